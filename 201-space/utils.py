@@ -1,0 +1,366 @@
+"""Run infrastructure shared by the scripts of this folder.
+
+Run directory, logging, seeds, device choice, atomic checkpoints, meters, the
+resumable cycling data stream, and the one-line error contract for bad input.
+Nothing here runs at import time; the scripts call these helpers from `main()`.
+"""
+
+import functools
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+logger = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, no traceback, exit code 2."""
+
+
+def exits_cleanly(main):
+    """Decorate a script's `main` so that a `UserError` ends it with one clear line."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(save, script, resume=None):
+    """Return the run directory (created), refusing to mix two runs in one folder.
+
+    `save` names the directory itself; without it a fresh
+    `experiments/<script>-<YYYYmmdd-HHMMSS>` is made next to the script.
+    """
+    if save:
+        run_dir = Path(save)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
+    holds_run = (run_dir / "args.json").exists() or (run_dir / "checkpoint.pt").exists()
+    if holds_run and not (resume and Path(resume).resolve().parent == run_dir.resolve()):
+        raise UserError(
+            f"{run_dir} already holds a run; choose another --save, or continue it with "
+            f"--resume {run_dir / 'checkpoint.pt'}"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def setup_logging(run_dir):
+    """Log INFO to stdout and to `run_dir/log.txt` (appending, so a resumed run keeps its log)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%m/%d %H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / "log.txt")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def save_args(args, run_dir):
+    """Write the run's arguments to `args.json`."""
+    write_json(Path(run_dir) / "args.json", vars(args))
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def log_environment(args, device):
+    """First log lines: arguments, library versions and device."""
+    logger.info("args = %s", json.dumps(vars(args), sort_keys=True))
+    import torchvision
+
+    logger.info(
+        "torch %s, torchvision %s, CUDA %s, device %s",
+        torch.__version__,
+        torchvision.__version__,
+        torch.version.cuda,
+        device,
+    )
+
+
+class History:
+    """`history.jsonl`: one JSON object per finished epoch."""
+
+    def __init__(self, run_dir, start_epoch=0):
+        self.path = Path(run_dir) / "history.jsonl"
+        # A run killed after logging an epoch but before checkpointing it repeats that
+        # epoch on resume; drop such lines so every epoch appears once.
+        if self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] < start_epoch
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------- seeds and device
+
+
+def set_seed(seed):
+    """Seed `random`, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """All global random states, as plain types that load with `weights_only=True`."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what `rng_state()` returned."""
+    version, *rest = state["python"]
+    random.setstate((version, tuple(rest[0]), rest[1]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name, gpu=0):
+    """Turn `--device auto|cuda|mps|cpu` (and `--gpu` for the CUDA index) into a device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+        if gpu >= torch.cuda.device_count():
+            raise UserError(f"--gpu {gpu} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda", gpu)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def peak_memory_mb(device):
+    """Peak memory of this process: the allocator's peak on CUDA, max RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(state, path):
+    """Write a checkpoint atomically: a temporary file, then `os.replace`."""
+    tmp = Path(f"{path}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint on the CPU, turning a missing or broken file into a `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--resume {path}: no such file; give the checkpoint.pt of the run to continue")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"--resume {path}: not a readable checkpoint ({reason}); start afresh or pick another file")
+
+
+def check_resume_args(saved, args, keys):
+    """Refuse to resume with settings that change the run (they would silently differ)."""
+    for key in keys:
+        if key in saved and saved[key] != getattr(args, key):
+            raise UserError(
+                f"--resume: the checkpoint was made with --{key} {saved[key]}, not {getattr(args, key)}; "
+                "resume with the run's own arguments"
+            )
+
+
+# ---------------------------------------------------------------- meters
+
+
+class AverageMeter:
+    """Running average of a scalar."""
+
+    def __init__(self):
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, value, n=1):
+        self.sum += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self):
+        return self.sum / max(self.count, 1)
+
+
+def accuracy(output, target, topk=(1,)):
+    """Top-k accuracies in percent, as 0-d tensors (no host read; call `float()` when logging)."""
+    maxk = min(max(topk), output.size(1))
+    pred = output.topk(maxk, dim=1).indices  # (B, maxk)
+    correct = pred.eq(target.view(-1, 1))  # (B, maxk)
+    return [correct[:, : min(k, maxk)].any(dim=1).float().mean() * 100.0 for k in topk]
+
+
+class Progress:
+    """Throughput and ETA for a fixed number of steps."""
+
+    def __init__(self, total_steps, done_steps=0):
+        self.total = total_steps
+        self.start_done = done_steps
+        self.start = time.time()
+
+    def line(self, done_steps, samples_per_step):
+        elapsed = max(time.time() - self.start, 1e-9)
+        steps = max(done_steps - self.start_done, 1)
+        per_step = elapsed / steps
+        eta = per_step * (self.total - done_steps)
+        return f"{samples_per_step / per_step:.1f} img/s, ETA {format_seconds(eta)}"
+
+
+def format_seconds(seconds):
+    """`3725` -> `1:02:05`."""
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def count_parameters(params):
+    """Number of elements in an iterable of tensors."""
+    return sum(p.numel() for p in params)
+
+
+# ---------------------------------------------------------------- data streams
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per pass, startable at any position, optionally sharded by rank.
+
+    Pass `p` visits `randperm(n)` drawn from a generator seeded with `seed + p`, so the
+    order depends only on (seed, pass) and a resumed run sees the same batches.
+    """
+
+    def __init__(self, num_samples, seed, shuffle=True, rank=0, world_size=1):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.pass_index = 0
+        self.offset = 0
+        self.per_rank = -(-num_samples // world_size)
+
+    def set_position(self, pass_index, offset=0):
+        """Start the next iteration at sample `offset` of pass `pass_index`."""
+        self.pass_index = pass_index
+        self.offset = offset
+
+    def order(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.pass_index)
+            order = torch.randperm(self.num_samples, generator=gen).tolist()
+        else:
+            order = list(range(self.num_samples))
+        order += order[: self.per_rank * self.world_size - self.num_samples]  # pad to equal shards
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        return iter(self.order()[self.offset :])
+
+    def __len__(self):
+        return self.per_rank - self.offset
+
+
+class Stream:
+    """A persistent, cycling, resumable iterator of batches over a dataset.
+
+    The search draws its architecture batches from one of these (never
+    `next(iter(loader))`), and its training epochs too. `position()` goes into the
+    checkpoint; `Stream(..., position=...)` continues from it exactly.
+    """
+
+    def __init__(self, dataset, batch_size, seed, workers=0, shuffle=True, rank=0, world_size=1,
+                 pin_memory=False, position=(0, 0)):
+        self.sampler = EpochSampler(len(dataset), seed, shuffle, rank, world_size)
+        self.batch_size = batch_size
+        self.loader_kwargs = dict(
+            dataset=dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            # A private generator keeps worker seeding off the global RNG, so creating
+            # an iterator mid-run does not shift the model's random draws.
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=False,
+        )
+        self.batches_per_pass = -(-self.sampler.per_rank // batch_size)
+        self.pass_index, self.batch_index = position
+        self._iter = None
+
+    def __len__(self):
+        return self.batches_per_pass
+
+    def position(self):
+        """(pass, batch within the pass) of the next batch."""
+        return [self.pass_index, self.batch_index]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iter is None:
+            self.sampler.set_position(self.pass_index, self.batch_index * self.batch_size)
+            self._iter = iter(DataLoader(**self.loader_kwargs))
+        batch = next(self._iter)
+        self.batch_index += 1
+        if self.batch_index == self.batches_per_pass:
+            self.pass_index, self.batch_index = self.pass_index + 1, 0
+            self._iter = None
+        return batch
+
+    def take(self, n):
+        """The next `n` batches (one training epoch when `n == len(self)`)."""
+        for _ in range(n):
+            yield next(self)
