@@ -1,0 +1,179 @@
+"""Datasets of the DARTS space: CIFAR-10/100, a synthetic set and ImageNet folders.
+
+`get_datasets(name, root, cutout, cutout_length, train_augment)` returns
+`(train, test, num_classes)` for CIFAR-10, CIFAR-100 or `synthetic`;
+`imagenet_datasets(root, train_augment, image_size)` returns `(train, val, num_classes)`
+from an `ImageFolder` tree `root/train`, `root/val` (the full ImageNet, or the search
+subset written by `prepare_imagenet_subset.py`). CIFAR downloads itself through
+torchvision when absent; `synthetic` lives in memory, needs no network and is learnable,
+for laptops and tests. Missing data ends with one clear line. Nothing runs at import.
+
+    python -c "import datasets; print(datasets.get_datasets('synthetic', '.')[2])"
+"""
+
+import pickle
+import socket
+from pathlib import Path
+
+import torch
+import torchvision.transforms as T
+from torch.utils.data import Dataset, TensorDataset
+from utils import UserError
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+DATASETS = ("cifar10", "cifar100", "synthetic")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+class Cutout:
+    """Zero a random `length` x `length` square (clipped at the border) of a (C, H, W) tensor.
+
+    Draws its centre from the torch RNG (seeded per DataLoader worker), never from
+    NumPy's global state, so data order and model randomness stay reproducible.
+    """
+
+    def __init__(self, length):
+        self.length = length
+
+    def __call__(self, img):
+        h, w = img.shape[-2:]
+        cy = int(torch.randint(h, (1,)))
+        cx = int(torch.randint(w, (1,)))
+        y0, y1 = max(cy - self.length // 2, 0), min(cy + self.length // 2, h)
+        x0, x1 = max(cx - self.length // 2, 0), min(cx + self.length // 2, w)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0.0
+        return img
+
+    def __repr__(self):
+        return f"Cutout(length={self.length})"
+
+
+def _cifar_transforms(mean, std, augment, cutout_length):
+    ops = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    if cutout_length:
+        ops.append(Cutout(cutout_length))
+    return T.Compose(ops)
+
+
+def _cifar(name, root, train_augment, cutout_length):
+    from torchvision import datasets
+
+    cls, folder, mean, std = {
+        "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", CIFAR10_MEAN, CIFAR10_STD),
+        "cifar100": (datasets.CIFAR100, "cifar-100-python", CIFAR100_MEAN, CIFAR100_STD),
+    }[name]
+    root = Path(root)
+    if not (root / folder).is_dir():
+        _download(cls, name, root, folder)
+    train_tf = _cifar_transforms(mean, std, train_augment, cutout_length)
+    test_tf = _cifar_transforms(mean, std, False, 0)
+    try:
+        train = cls(str(root), train=True, download=False, transform=train_tf)
+        test = cls(str(root), train=False, download=False, transform=test_tf)
+    except (RuntimeError, OSError, pickle.UnpicklingError, KeyError) as err:
+        raise UserError(f"{name} under {root / folder} is incomplete or damaged ({err}); delete it and run again")
+    return train, test, len(train.classes)
+
+
+def _download(cls, name, root, folder):
+    """Fetch CIFAR into `root`, failing within seconds (not minutes) without a network."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as err:  # URLError, timeouts, permission errors, bad archives
+        raise UserError(
+            f"{name} not found in {root} (expected {root / folder}/) and the download failed "
+            f"({type(err).__name__}); download it from {CIFAR_URL} into --data {root}, "
+            "or try the code with --dataset synthetic"
+        )
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+class Transformed(Dataset):
+    """Apply a tensor transform to the images of an in-memory `(image, label)` dataset."""
+
+    def __init__(self, dataset, transform):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
+    """Images = a fixed smooth pattern per class + Gaussian noise: learnable in a few steps.
+
+    The class patterns are the same for every call; `seed` only draws the samples, so
+    a train and a test set made with different seeds share their classes.
+    """
+    templates = torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    templates = torch.nn.functional.interpolate(templates, size=size, mode="bilinear", align_corners=False)
+    data_gen = torch.Generator().manual_seed(seed + 1)
+    labels = torch.randint(num_classes, (num_samples,), generator=data_gen)
+    images = templates[labels] + noise * torch.randn(num_samples, 3, size, size, generator=data_gen)
+    return TensorDataset(images, labels)
+
+
+def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True):
+    """Return `(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only."""
+    length = cutout_length if cutout else 0
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root, train_augment, length)
+    if name == "synthetic":
+        train, test = synthetic(256, seed=1), synthetic(128, seed=2)
+        if length:
+            train = Transformed(train, Cutout(length))
+        return train, test, 10
+    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def imagenet_datasets(root, train_augment=True, image_size=224):
+    """Return `(train, val, num_classes)` from the `ImageFolder` trees `root/train` and `root/val`.
+
+    Train: random resized crop, flip and colour jitter; val: resize to 256/224 of the
+    crop size, then a centre crop (the usual ImageNet protocol). `image_size` below 224
+    is for tests and small machines.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    missing = [str(root / sub) + "/" for sub in ("train", "val") if not (root / sub).is_dir()]
+    if missing:
+        raise UserError(
+            f"ImageNet not found: {root} lacks {' and '.join(missing)}; point --data at a folder holding "
+            "train/ and val/ with one sub-folder of images per class (prepare_imagenet_subset.py writes one)"
+        )
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if train_augment:
+        train_tf = T.Compose([
+            T.RandomResizedCrop(image_size),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+            T.ToTensor(),
+            normalize,
+        ])
+    else:
+        train_tf = T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    val_tf = T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    try:
+        train = ImageFolder(str(root / "train"), transform=train_tf)
+        val = ImageFolder(str(root / "val"), transform=val_tf)
+    except (FileNotFoundError, RuntimeError) as err:  # a class folder without images
+        raise UserError(f"ImageNet folder {root} is not a valid ImageFolder tree ({str(err).splitlines()[0]})")
+    if val.classes != train.classes:
+        raise UserError(
+            f"{root}/train and {root}/val hold different classes ({len(train.classes)} vs {len(val.classes)}); "
+            "both need one sub-folder per class with the same names"
+        )
+    return train, val, len(train.classes)
