@@ -1,0 +1,271 @@
+"""Cells of the DARTS search space: the op list, the `Genotype` type, published cells, JSON.
+
+A genotype lists, for each of the 4 intermediate nodes of a cell, its two inputs as
+`(op_name, input_index)`: index 0 is the cell's input c_{k-2}, 1 is c_{k-1}, 2.. are the
+earlier nodes. `normal_concat` / `reduce_concat` name the nodes whose outputs are
+concatenated into the cell's output.
+
+    python -c "import genotypes; print(genotypes.DrNAS_cifar10)"
+    python train.py --arch DrNAS_cifar10             # a name defined here
+    python train.py --arch experiments/.../genotype.json   # what a search wrote
+
+This file is data plus the JSON reader and writer; the network that builds a genotype is
+in `model.py`.
+"""
+
+import json
+from collections import namedtuple
+from pathlib import Path
+
+from utils import UserError
+
+Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+
+# The 7 DARTS ops searched by DrNAS. There is no 'none': DrNAS (like PC-DARTS' code)
+# searches without the zero op, so every derived edge is one of these.
+PRIMITIVES = [
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]
+
+# The published cells below all use these ops only, so the evaluation network of
+# `model.py` (which builds `operations.OPS`, keyed by PRIMITIVES) accepts exactly them.
+ACCEPTED_OPS = tuple(PRIMITIVES)
+
+# ---------------------------------------------------------------- published cells
+
+# DrNAS (Chen et al., ICLR 2021), progressive search on CIFAR-10:
+# 2.46 +- 0.03 % test error, 4.1M parameters (C=36, 20 cells).
+DrNAS_cifar10 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_5x5", 1),
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2), ("dil_conv_5x5", 3),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("sep_conv_5x5", 1),
+        ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
+        ("sep_conv_5x5", 1), ("dil_conv_5x5", 3),
+        ("skip_connect", 4), ("sep_conv_5x5", 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# DrNAS, searched directly on ImageNet: 23.7 % top-1 error, 5.7M parameters (C=48, 14 cells).
+DrNAS_imagenet = Genotype(
+    normal=[
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("dil_conv_3x3", 3),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("skip_connect", 2),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 2),
+        ("sep_conv_3x3", 3), ("sep_conv_3x3", 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# DARTS first order (Liu et al., ICLR 2019): 3.00 % error, 3.3M parameters.
+DARTS_V1 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("skip_connect", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+        ("skip_connect", 2), ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0), ("skip_connect", 2),
+        ("skip_connect", 2), ("avg_pool_3x3", 0),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# DARTS second order: 2.76 +- 0.09 % error, 3.3M parameters.
+DARTS_V2 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("skip_connect", 0),
+        ("skip_connect", 0), ("dil_conv_3x3", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+        ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0), ("skip_connect", 2),
+        ("skip_connect", 2), ("max_pool_3x3", 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# P-DARTS (Chen et al., ICCV 2019), CIFAR-10: 2.50 % error, 3.4M parameters.
+PDARTS = Genotype(
+    normal=[
+        ("skip_connect", 0), ("dil_conv_3x3", 1),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 0), ("dil_conv_5x5", 4),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("avg_pool_3x3", 0), ("sep_conv_5x5", 1),
+        ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+        ("max_pool_3x3", 0), ("dil_conv_3x3", 1),
+        ("dil_conv_3x3", 1), ("dil_conv_5x5", 3),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# PC-DARTS (Xu et al., ICLR 2020), CIFAR-10: 2.57 +- 0.07 % error, 3.6M parameters.
+PC_DARTS_cifar = Genotype(
+    normal=[
+        ("sep_conv_3x3", 1), ("skip_connect", 0),
+        ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
+        ("sep_conv_5x5", 0), ("sep_conv_3x3", 1),
+        ("avg_pool_3x3", 0), ("dil_conv_3x3", 1),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("sep_conv_5x5", 1), ("max_pool_3x3", 0),
+        ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# PC-DARTS searched on ImageNet: 24.2 % top-1 error, 5.3M parameters.
+PC_DARTS_image = Genotype(
+    normal=[
+        ("skip_connect", 1), ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 0), ("skip_connect", 1),
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 1), ("dil_conv_5x5", 4),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("sep_conv_3x3", 0), ("skip_connect", 1),
+        ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
+        ("sep_conv_3x3", 2), ("sep_conv_3x3", 1),
+        ("sep_conv_5x5", 0), ("sep_conv_3x3", 3),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+# The names `--arch` accepts (also what `choices` and error messages list).
+NAMED = {
+    name: globals()[name]
+    for name in (
+        "DrNAS_cifar10",
+        "DrNAS_imagenet",
+        "DARTS_V1",
+        "DARTS_V2",
+        "PDARTS",
+        "PC_DARTS_cifar",
+        "PC_DARTS_image",
+    )
+}
+
+# ---------------------------------------------------------------- JSON in and out
+
+
+def genotype_to_dict(genotype):
+    """A genotype as plain lists (JSON-able, loads under `torch.load(weights_only=True)`)."""
+    return {
+        "normal": [[op, int(index)] for op, index in genotype.normal],
+        "normal_concat": [int(i) for i in genotype.normal_concat],
+        "reduce": [[op, int(index)] for op, index in genotype.reduce],
+        "reduce_concat": [int(i) for i in genotype.reduce_concat],
+    }
+
+
+def _check_edges(edges, key):
+    """Validate one cell's edge list; return it as a list of (op, index) tuples."""
+    if not isinstance(edges, list) or not edges or len(edges) % 2:
+        raise UserError(f"'{key}' must be a non-empty list of [op, input] pairs, two per node")
+    checked = []
+    for position, edge in enumerate(edges):
+        if not (isinstance(edge, (list, tuple)) and len(edge) == 2):
+            raise UserError(f"'{key}' entry {position} is {edge!r}, not an [op, input] pair")
+        op, index = edge
+        if op not in ACCEPTED_OPS:
+            raise UserError(f"'{key}' uses op {op!r}, which is not in the space; accepted ops: {', '.join(ACCEPTED_OPS)}")
+        # Node n (0-based, two entries each) may read the 2 cell inputs and nodes 0..n-1.
+        limit = position // 2 + 2
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < limit:
+            raise UserError(f"'{key}' entry {position} reads input {index!r}; it must be an integer in 0..{limit - 1}")
+        checked.append((op, index))
+    return checked
+
+
+def _check_concat(concat, key, steps):
+    valid = range(steps + 2)
+    if (
+        not isinstance(concat, list)
+        or not concat
+        or any(not isinstance(i, int) or isinstance(i, bool) or i not in valid for i in concat)
+        or len(set(concat)) != len(concat)
+    ):
+        raise UserError(f"'{key}' must be a non-empty list of distinct node indices in 0..{steps + 1}, got {concat!r}")
+    return list(concat)
+
+
+def genotype_from_dict(data):
+    """Build a `Genotype` from `genotype_to_dict` output, checking ops, indices and shape."""
+    if isinstance(data, dict) and isinstance(data.get("genotype"), dict):
+        data = data["genotype"]  # a search's summary may nest the genotype under a key
+    if not isinstance(data, dict):
+        raise UserError(f"a genotype must be a JSON object with keys {', '.join(Genotype._fields)}")
+    missing = [key for key in Genotype._fields if key not in data]
+    if missing:
+        raise UserError(f"genotype lacks {', '.join(missing)}; expected keys {', '.join(Genotype._fields)}")
+    normal = _check_edges(data["normal"], "normal")
+    reduce = _check_edges(data["reduce"], "reduce")
+    if len(normal) != len(reduce):
+        raise UserError(f"'normal' has {len(normal)} entries but 'reduce' {len(reduce)}; both cells have the same nodes")
+    steps = len(normal) // 2
+    return Genotype(
+        normal=normal,
+        normal_concat=_check_concat(data["normal_concat"], "normal_concat", steps),
+        reduce=reduce,
+        reduce_concat=_check_concat(data["reduce_concat"], "reduce_concat", steps),
+    )
+
+
+def save_genotype(genotype, path):
+    """Write a genotype as JSON (what `train.py --arch PATH` reads)."""
+    Path(path).write_text(json.dumps(genotype_to_dict(genotype), indent=2) + "\n")
+
+
+def load_genotype(name_or_path):
+    """A genotype by name from this module, or from a genotype.json path; `UserError` if neither."""
+    if name_or_path in NAMED:
+        return NAMED[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise UserError(
+            f"--arch {name_or_path}: neither a genotype name nor a file; "
+            f"accepted names: {', '.join(NAMED)}, or the path of a genotype.json written by a search"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"--arch {path}: not valid JSON ({err}); give a genotype.json written by train_search.py")
+    try:
+        return genotype_from_dict(data)
+    except UserError as err:
+        raise UserError(f"--arch {path}: {err}") from None
