@@ -1,0 +1,118 @@
+"""NAS-Bench-201 architectures: the op list, the cell structure type and named cells.
+
+A cell has 4 nodes; node i (1..3) sums one op applied to every earlier node j < i, so
+there are 6 edges. Architectures are written as NAS-Bench-201 strings:
+
+    |nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|
+
+one `+`-separated group per node, each `op~j` naming the op on the edge from node j.
+`Structure.from_str(s)` parses (and validates) a string; `str(structure)` prints it
+back exactly.
+"""
+
+import json
+from pathlib import Path
+
+from utils import UserError
+
+# Op order of the NAS-Bench-201 search space (the columns of the architecture parameters).
+PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+
+MAX_NODES = 4
+# Edges in the order the supernet and the strings use: (to node i, from node j).
+EDGES = [(i, j) for i in range(1, MAX_NODES) for j in range(i)]
+
+
+class Structure:
+    """One NAS-Bench-201 cell: `nodes[i-1]` is a tuple of (op, j) for node i."""
+
+    def __init__(self, nodes):
+        self.nodes = tuple(tuple((op, int(j)) for op, j in node) for node in nodes)
+        self._validate()
+
+    def _validate(self):
+        if len(self.nodes) != MAX_NODES - 1:
+            raise ValueError(f"a cell has {MAX_NODES - 1} nodes, got {len(self.nodes)}")
+        for i, node in enumerate(self.nodes, start=1):
+            if sorted(j for _, j in node) != list(range(i)):
+                raise ValueError(f"node {i} must take exactly one op from each of nodes 0..{i - 1}")
+            for op, _ in node:
+                if op not in PRIMITIVES:
+                    raise ValueError(f"unknown op {op!r}; the space has {', '.join(PRIMITIVES)}")
+
+    @classmethod
+    def from_str(cls, arch):
+        """Parse `|op~0|+|op~0|op~1|+|...|`; raises ValueError on a malformed string."""
+        nodes = []
+        for group in arch.strip().split("+"):
+            if not (group.startswith("|") and group.endswith("|") and len(group) > 2):
+                raise ValueError(f"malformed node {group!r} in {arch!r}; expected |op~j|...|")
+            node = []
+            for token in group[1:-1].split("|"):
+                op, sep, j = token.partition("~")
+                if not sep or not j.isdigit():
+                    raise ValueError(f"malformed edge {token!r} in {arch!r}; expected op~j")
+                node.append((op, int(j)))
+            nodes.append(node)
+        return cls(nodes)
+
+    @classmethod
+    def from_edges(cls, ops):
+        """Build from one op name per edge, in `EDGES` order."""
+        nodes = [[] for _ in range(MAX_NODES - 1)]
+        for (i, j), op in zip(EDGES, ops, strict=True):
+            nodes[i - 1].append((op, j))
+        return cls(nodes)
+
+    def edge_ops(self):
+        """One op name per edge, in `EDGES` order."""
+        lookup = {(i, j): op for i, node in enumerate(self.nodes, start=1) for op, j in node}
+        return [lookup[edge] for edge in EDGES]
+
+    def __str__(self):
+        return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|" for node in self.nodes)
+
+    def __repr__(self):
+        return f"Structure({str(self)!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Structure) and self.edge_ops() == other.edge_ops()
+
+    def __hash__(self):
+        return hash(str(self))
+
+
+# Named cells. ResNet is NAS-Bench-201's reference; DrNAS is the paper's search result
+# (94.36 / 73.51 / 46.34 test accuracy on CIFAR-10 / CIFAR-100 / ImageNet16-120).
+ResNet = Structure.from_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
+DrNAS = Structure.from_str(
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+)
+NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
+
+
+def save_genotype(structure, path):
+    """Write a search's result as `{"arch": "|...|"}` (read back by `load_arch`)."""
+    Path(path).write_text(json.dumps({"arch": str(structure)}, indent=2) + "\n")
+
+
+def load_arch(spec):
+    """A named cell, an architecture string, or the path of a search's `genotype.json`."""
+    if spec in NAMED:
+        return NAMED[spec]
+    text = spec
+    if not spec.lstrip().startswith("|"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(
+                f"--arch {spec!r} is neither a named cell ({', '.join(NAMED)}), an architecture "
+                "string like '|nor_conv_3x3~0|+|...|', nor an existing genotype.json"
+            )
+        try:
+            text = json.loads(path.read_text())["arch"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(f"--arch {path}: not a genotype.json with an \"arch\" string ({err})")
+    try:
+        return Structure.from_str(text)
+    except ValueError as err:
+        raise UserError(f"--arch: {err}")

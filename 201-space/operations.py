@@ -1,0 +1,142 @@
+"""Operations of the NAS-Bench-201 space and the residual block between its stages.
+
+`OPS[name](C_in, C_out, stride, affine)` builds one candidate op. Inside search cells the
+ops use BatchNorm without affine parameters (`affine=False`), as the paper's code does;
+the evaluation network (`model.py`) uses affine BatchNorm. Every op with weights can
+`widen(index)`: it grows its channels to `len(index)` by copying the existing channels
+`index` (net2wider, used between the stages of the progressive search).
+"""
+
+import torch
+import torch.nn as nn
+
+
+def _take(tensor, index, dim):
+    """Copy of `tensor` with the channels `index` along `dim` (the net2wider mapping)."""
+    return tensor.index_select(dim, index.to(tensor.device)).clone()
+
+
+def widen_bn(bn, index):
+    """Grow a BatchNorm2d to `len(index)` channels, copying weights and running statistics."""
+    new = nn.BatchNorm2d(len(index), affine=bn.affine, track_running_stats=bn.track_running_stats)
+    new = new.to(device=next(iter(bn.buffers())).device)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            old = getattr(bn, name)
+            if old is not None:
+                getattr(new, name).copy_(_take(old, index, 0))
+        if bn.track_running_stats:
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new
+
+
+def widen_conv(conv, index):
+    """Grow a conv's input and output channels to `len(index)`, copying channels `index`."""
+    assert conv.groups == 1, "NAS-Bench-201 convs are dense"
+    new = nn.Conv2d(
+        len(index), len(index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        bias=conv.bias is not None,
+    ).to(conv.weight.device)
+    with torch.no_grad():
+        weight = _take(_take(conv.weight, index, 0), index, 1)  # (C_new, C_new, kh, kw)
+        new.weight.copy_(weight)
+        if conv.bias is not None:
+            new.bias.copy_(_take(conv.bias, index, 0))
+    return new
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv -> BatchNorm (NAS-Bench-201's `nor_conv_*`)."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+    def widen(self, index):
+        """net2wider: same op on `len(index)` channels, copied from channels `index`."""
+        self.op[1] = widen_conv(self.op[1], index)
+        self.op[2] = widen_bn(self.op[2], index)
+
+
+class Pooling(nn.Module):
+    """3x3 average pooling, with a 1x1 ReLUConvBN first when the channel count changes."""
+
+    def __init__(self, C_in, C_out, stride, affine=True):
+        super().__init__()
+        self.preprocess = None if C_in == C_out else ReLUConvBN(C_in, C_out, 1, 1, 0, affine)
+        self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        return self.pool(x)
+
+    def widen(self, index):
+        if self.preprocess is not None:
+            self.preprocess.widen(index)
+
+
+class Identity(nn.Module):
+    """`skip_connect` inside a cell (stride 1, same channels)."""
+
+    def forward(self, x):
+        return x
+
+    def widen(self, index):
+        pass
+
+
+class Zero(nn.Module):
+    """`none`: the edge is absent. Search cells skip it outright (its output is 0)."""
+
+    def __init__(self, C_out, stride):
+        super().__init__()
+        self.C_out = C_out
+        self.stride = stride
+
+    def forward(self, x):
+        out = x[:, :, :: self.stride, :: self.stride]
+        if out.size(1) != self.C_out:
+            out = out.new_zeros(out.size(0), self.C_out, out.size(2), out.size(3))
+        return out.mul(0.0)
+
+    def widen(self, index):
+        self.C_out = len(index)
+
+
+OPS = {
+    "none": lambda C_in, C_out, stride, affine: Zero(C_out, stride),
+    "skip_connect": lambda C_in, C_out, stride, affine: Identity(),
+    "nor_conv_1x1": lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 1, stride, 0, affine),
+    "nor_conv_3x3": lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 3, stride, 1, affine),
+    "avg_pool_3x3": lambda C_in, C_out, stride, affine: Pooling(C_in, C_out, stride, affine),
+}
+
+
+class ResNetBasicBlock(nn.Module):
+    """Residual reduction block between stages: two 3x3 ReLUConvBN, avg-pool + 1x1 shortcut."""
+
+    def __init__(self, C_in, C_out, stride=2):
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, stride, 1)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
+        if stride == 2:
+            self.downsample = nn.Sequential(
+                nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
+                nn.Conv2d(C_in, C_out, kernel_size=1, bias=False),
+            )
+        elif C_in != C_out:
+            self.downsample = ReLUConvBN(C_in, C_out, 1, 1, 0)
+        else:
+            self.downsample = None
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        return residual + self.conv_b(self.conv_a(x))
