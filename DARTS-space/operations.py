@@ -1,0 +1,215 @@
+"""Operations of the DARTS search space, each able to grow its channels (net2wider).
+
+`OPS[name](C, stride, affine)` builds one of the 7 candidate ops of `genotypes.PRIMITIVES`
+(the evaluation network of `model.py` uses them with `affine=True`); `search_op(name, C,
+stride)` builds the search-cell version, where pools are followed by a BatchNorm without
+affine parameters and every BatchNorm is affine-free, as in the paper's supernet.
+
+Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to
+C/k_new channels. `op.widen(index)` does it function-preservingly: `index` (length
+C_new, starting with `arange(C_old)`) names the old channel each new one copies, and
+afterwards `new_op(x[:, index]) == old_op(x)[:, out_index]` in eval mode, where
+`out_index` is what `widen` returns. Depthwise convs grow their groups, dense convs copy
+output channels and split the weight of a replicated input channel among its copies
+(Chen et al., Net2Net), BatchNorm copies its statistics. Each widening also reports which
+parameter became which (`Moved` records) so that the optimiser's momentum can follow.
+
+    python -c "import operations, torch; print(operations.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 16, 16)).shape)"
+"""
+
+from collections import namedtuple
+
+import torch
+import torch.nn as nn
+
+# A parameter replaced by widening: `new = expand(old, plan)`; plan = ((dim, index, divide), ...).
+Moved = namedtuple("Moved", "old new plan")
+
+
+def expand(tensor, plan):
+    """Apply a widening plan to a tensor (a parameter, or optimiser state shaped like it)."""
+    for dim, index, divide in plan:
+        index = index.to(tensor.device)
+        counts = torch.bincount(index, minlength=tensor.shape[dim]).to(tensor.dtype)
+        tensor = tensor.index_select(dim, index)
+        if divide:
+            # A replicated input channel feeds its copies: split its weight among them.
+            shape = [1] * tensor.dim()
+            shape[dim] = -1
+            tensor = tensor / counts[index].view(shape)
+    return tensor
+
+
+def grow_index(c_old, c_new, generator=None):
+    """`arange(c_old)` followed by `c_new - c_old` channels drawn at random among them."""
+    extra = torch.randint(c_old, (c_new - c_old,), generator=generator)
+    return torch.cat([torch.arange(c_old), extra])
+
+
+def widen_conv(conv, in_index, out_index, moved):
+    """A copy of `conv` on `len(in_index)` inputs and `len(out_index)` outputs."""
+    depthwise = conv.groups > 1
+    if depthwise:  # one filter per channel: inputs and outputs follow the same index
+        assert conv.groups == conv.in_channels == conv.out_channels
+        plan = ((0, out_index, False),)
+    else:
+        plan = ((0, out_index, False), (1, in_index, True))
+    new = nn.Conv2d(
+        len(in_index), len(out_index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        groups=len(out_index) if depthwise else 1, bias=False,
+    ).to(conv.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(expand(conv.weight, plan))
+    moved.append(Moved(conv.weight, new.weight, plan))
+    return new
+
+
+def widen_bn(bn, index, moved):
+    """A copy of `bn` on `len(index)` channels: affine weights and running statistics copied."""
+    new = nn.BatchNorm2d(len(index), affine=bn.affine).to(bn.running_mean.device).train(bn.training)
+    plan = ((0, index, False),)
+    with torch.no_grad():
+        new.running_mean.copy_(expand(bn.running_mean, plan))
+        new.running_var.copy_(expand(bn.running_var, plan))
+        new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        if bn.affine:
+            for name in ("weight", "bias"):
+                getattr(new, name).copy_(expand(getattr(bn, name), plan))
+                moved.append(Moved(getattr(bn, name), getattr(new, name), plan))
+    return new
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv -> BatchNorm (the cells' 1x1 preprocessing)."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        return self.bn(self.conv(self.relu(x)))
+
+    def widen(self, index, moved, generator=None):
+        """net2wider on input channels `index`; returns the output channels' index."""
+        out_index = index if self.conv.in_channels == self.conv.out_channels else grow_index(
+            self.conv.out_channels, self.conv.out_channels * len(index) // self.conv.in_channels, generator)
+        self.conv = widen_conv(self.conv, index, out_index, moved)
+        self.bn = widen_bn(self.bn, out_index, moved)
+        return out_index
+
+
+class DilConv(nn.Module):
+    """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.depthwise = nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation, groups=C_in, bias=False)
+        self.pointwise = nn.Conv2d(C_in, C_out, 1, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        return self.bn(self.pointwise(self.depthwise(self.relu(x))))
+
+    def widen(self, index, moved, generator=None):
+        """Depthwise filters follow `index`; the 1x1 conv maps to the same channels."""
+        self.depthwise = widen_conv(self.depthwise, index, index, moved)
+        self.pointwise = widen_conv(self.pointwise, index, index, moved)
+        self.bn = widen_bn(self.bn, index, moved)
+        return index
+
+
+class SepConv(nn.Module):
+    """Two stacked depthwise-separable convs (the first one carries the stride)."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.first = DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine)
+        self.second = DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+    def widen(self, index, moved, generator=None):
+        return self.second.widen(self.first.widen(index, moved, generator), moved, generator)
+
+
+class Identity(nn.Module):
+    """skip_connect at stride 1."""
+
+    def forward(self, x):
+        return x
+
+    def widen(self, index, moved, generator=None):
+        return index
+
+
+class FactorizedReduce(nn.Module):
+    """Halve H and W with two 1x1 stride-2 convs, the second shifted by one pixel."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        assert C_out % 2 == 0, "FactorizedReduce needs an even number of output channels"
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        # (B, C_out, H/2, W/2): even pixels through conv_1, odd ones through conv_2.
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+    def widen(self, index, moved, generator=None):
+        """Each half grows on its own, so the output index differs from `index`."""
+        half_old = self.conv_1.out_channels
+        half_new = half_old * len(index) // self.conv_1.in_channels
+        first, second = grow_index(half_old, half_new, generator), grow_index(half_old, half_new, generator)
+        self.conv_1 = widen_conv(self.conv_1, index, first, moved)
+        self.conv_2 = widen_conv(self.conv_2, index, second, moved)
+        out_index = torch.cat([first, second + half_old])
+        self.bn = widen_bn(self.bn, out_index, moved)
+        return out_index
+
+
+class PoolBN(nn.Module):
+    """3x3 max or average pooling, followed by an affine-free BatchNorm in search cells."""
+
+    def __init__(self, kind, C, stride):
+        super().__init__()
+        self.pool = make_pool(kind, stride)
+        self.bn = nn.BatchNorm2d(C, affine=False)
+
+    def forward(self, x):
+        return self.bn(self.pool(x))
+
+    def widen(self, index, moved, generator=None):
+        self.bn = widen_bn(self.bn, index, moved)
+        return index
+
+
+def make_pool(kind, stride):
+    """3x3 pooling; average pooling ignores the padding, as in DARTS."""
+    if kind == "max":
+        return nn.MaxPool2d(3, stride=stride, padding=1)
+    return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+
+OPS = {
+    "max_pool_3x3": lambda C, stride, affine: make_pool("max", stride),
+    "avg_pool_3x3": lambda C, stride, affine: make_pool("avg", stride),
+    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
+}
+
+
+def search_op(name, C, stride):
+    """The search-cell version of `OPS[name]`: affine-free BatchNorm, pools with BatchNorm."""
+    if name.endswith("pool_3x3"):
+        return PoolBN(name[:3], C, stride)
+    return OPS[name](C, stride, False)
