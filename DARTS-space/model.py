@@ -1,0 +1,202 @@
+"""The evaluation networks of the DARTS space: a searched cell stacked into a full network.
+
+`NetworkCIFAR` (32x32 inputs, 20 cells at C=36 in the paper) and `NetworkImageNet`
+(224x224 inputs, 14 cells at C=48) are built from a `genotypes.Genotype`. Both return
+`(logits, logits_aux)`; `logits_aux` comes from the auxiliary head and is `None` unless
+the network was built with `auxiliary=True` and is in training mode.
+
+    python -c "import model, genotypes; net = model.NetworkCIFAR(36, 10, 20, False, genotypes.DrNAS_cifar10); print(model.param_count(net))"
+
+Drop path (the `drop_path_prob` attribute, set by the training script each epoch) zeroes
+whole samples of every non-identity op's output, on any device.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from operations import OPS, FactorizedReduce, ReLUConvBN
+
+
+def drop_path(x, drop_prob):
+    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p).
+
+    The mask is drawn on `x`'s device (the DARTS code builds a `torch.cuda.FloatTensor`
+    here and so cannot run without a GPU). Out of place, so autograd keeps `x` intact.
+    """
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
+    return x / keep * mask
+
+
+class Cell(nn.Module):
+    """One cell: 2 inputs, `len(genotype.normal) // 2` nodes, each the sum of two ops."""
+
+    def __init__(self, genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
+        super().__init__()
+        # The previous-previous output is at twice our resolution when the previous
+        # cell reduced; a factorized reduce (two offset stride-2 1x1 convs) matches it.
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=True)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=True)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=True)
+        edges = genotype.reduce if reduction else genotype.normal
+        concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        self.reduction = reduction
+        self.steps = len(edges) // 2
+        self.concat = list(concat)
+        self.multiplier = len(self.concat)
+        self.indices = [index for _, index in edges]
+        self.ops = nn.ModuleList()
+        # Drop path skips identities: dropping a skip connection would cut the
+        # gradient highway that the cell relies on (DARTS does the same).
+        self.is_identity = []
+        for name, index in edges:
+            # Only edges from the two cell inputs change resolution in a reduction cell.
+            stride = 2 if reduction and index < 2 else 1
+            self.ops.append(OPS[name](C, stride, True))
+            self.is_identity.append(name == "skip_connect" and stride == 1)
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
+        for node in range(self.steps):
+            total = 0
+            for edge in (2 * node, 2 * node + 1):
+                h = self.ops[edge](states[self.indices[edge]])
+                if self.training and drop_prob > 0 and not self.is_identity[edge]:
+                    h = drop_path(h, drop_prob)
+                total = total + h
+            states.append(total)
+        return torch.cat([states[i] for i in self.concat], dim=1)  # (B, multiplier * C, H, W)
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """Auxiliary classifier on the 8x8 feature map after the second reduction cell."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        # A no-op at the design size (1x1 already); keeps larger inputs from failing.
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 768)
+        return self.classifier(x)
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """Auxiliary classifier after the second reduction cell (7x7 for 224x224 inputs)."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            # No BatchNorm after this conv: the DARTS/DrNAS ImageNet head leaves it out,
+            # and the published ImageNet numbers were trained that way.
+            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 768)
+        return self.classifier(x)
+
+
+class _Network(nn.Module):
+    """The stack of cells shared by both networks; subclasses provide the stem."""
+
+    def _build_cells(self, genotype, C_prev_prev, C_prev, C_curr, layers, reduction_prev, num_classes, aux_head):
+        self.cells = nn.ModuleList()
+        # Reduction cells at 1/3 and 2/3 of the depth double the channels and halve H, W.
+        self.reduction_layers = (layers // 3, 2 * layers // 3)
+        self.aux_layer = 2 * layers // 3
+        C_aux = None
+        for i in range(layers):
+            reduction = i in self.reduction_layers
+            if reduction:
+                C_curr *= 2
+            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == self.aux_layer:
+                C_aux = C_prev
+        self.auxiliary_head = aux_head(C_aux, num_classes) if self.auxiliary else None
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def _forward_cells(self, s0, s1):
+        logits_aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_layer and self.auxiliary_head is not None and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        out = F.adaptive_avg_pool2d(s1, 1).flatten(1)  # (B, C_prev)
+        return self.classifier(out), logits_aux
+
+
+class NetworkCIFAR(_Network):
+    """Evaluation network for 32x32 images: stem (3C channels), `layers` cells, classifier."""
+
+    def __init__(self, C, num_classes, layers, auxiliary, genotype, stem_multiplier=3):
+        super().__init__()
+        self.auxiliary = auxiliary
+        self.drop_path_prob = 0.0  # set by the training script every epoch
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, AuxiliaryHeadCIFAR)
+
+    def forward(self, x):
+        s = self.stem(x)  # (B, 3C, 32, 32)
+        return self._forward_cells(s, s)
+
+
+class NetworkImageNet(_Network):
+    """Evaluation network for 224x224 images: two stride-4/stride-2 stems, cells, classifier."""
+
+    def __init__(self, C, num_classes, layers, auxiliary, genotype):
+        super().__init__()
+        self.auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        # Two stems bring 224x224 down to 28x28 before the first cell (/8), so the
+        # cells work at the resolutions of the CIFAR network after its first reduction.
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        # stem0 is at twice stem1's resolution, so the first cell reduces its s0 input.
+        self._build_cells(genotype, C, C, C, layers, True, num_classes, AuxiliaryHeadImageNet)
+
+    def forward(self, x):
+        s0 = self.stem0(x)  # (B, C, H/4, W/4)
+        s1 = self.stem1(s0)  # (B, C, H/8, W/8)
+        return self._forward_cells(s0, s1)
+
+
+def param_count(model):
+    """Number of parameters without the auxiliary head (the figure papers report)."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head."))
