@@ -95,6 +95,24 @@ def reduce_max(tensor, dist):
     return out
 
 
+def broadcast_object(obj, dist):
+    """Rank 0's `obj` (any picklable value) on every rank."""
+    if dist.world_size <= 1:
+        return obj
+    holder = [obj]
+    torch_dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_gather_object(obj, dist):
+    """The list of every rank's `obj`, indexed by rank."""
+    if dist.world_size <= 1:
+        return [obj]
+    gathered = [None] * dist.world_size
+    torch_dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_parameters(module, dist):
     """Copy rank 0's parameters and buffers to every rank (same start everywhere)."""
     if dist.world_size <= 1:
