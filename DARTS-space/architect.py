@@ -1,0 +1,110 @@
+"""The architecture update of DrNAS: Adam on beta, first order or DARTS second order.
+
+`Architect(model, args).step(...)` takes one step on the architecture parameters with a
+held-out batch. Regularisers (`--reg_type`): `l2` is Adam weight decay `reg_scale` on
+beta; `kl` adds `reg_scale * KL(Dir(alpha) || Dir(1))` to the loss instead.
+
+First order (default): the gradient of the validation loss w.r.t. beta only; autograd
+is asked for nothing else, so no weight gradient is ever computed or stored.
+
+Second order (`--unrolled`, DARTS Eq. 7-8): with w' = w - lr * (g_train + momentum * m +
+wd * w), the gradient is grad_beta L_val(w', beta) - lr * H dw', where the Hessian-vector
+product H dw' is a central finite difference with eps = 0.01 / ||dw'|| and dw' =
+grad_w' L_val. It runs on the model itself (weights swapped in and out, BatchNorm
+statistics restored afterwards), so partial channels, `k` and pruned ops are simply
+those of the model: no copy is built and only the kept ops take part.
+
+Used by train_search.py and train_search_imagenet.py; not a script.
+"""
+
+import torch
+import torch.nn as nn
+
+
+class Architect:
+    """One Adam step on `model.arch_parameters()` per call of `step`."""
+
+    def __init__(self, model, args, reduce_grads=None):
+        self.model = model
+        self.criterion = nn.CrossEntropyLoss()
+        self.unrolled = args.unrolled
+        self.reg_type = args.reg_type
+        self.reg_scale = args.reg_scale
+        self.momentum = args.momentum
+        self.weight_decay = args.weight_decay
+        # Called on the arch params after their gradient is formed (mean over DDP ranks).
+        self.reduce_grads = reduce_grads
+        self.optimizer = torch.optim.Adam(
+            model.arch_parameters(),
+            lr=args.arch_learning_rate,
+            betas=(0.5, 0.999),
+            weight_decay=args.reg_scale if args.reg_type == "l2" else 0.0,
+        )
+
+    def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
+        """Update beta from a validation batch (and a training batch when unrolled)."""
+        arch = self.model.arch_parameters()
+        if self.unrolled:
+            grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
+        else:
+            loss = self.criterion(self.model(x_valid), y_valid)
+            grads = torch.autograd.grad(loss, arch)
+        if self.reg_type == "kl":
+            # The KL term does not depend on the weights: add its gradient directly.
+            kl = self.reg_scale * self.model.kl_regularizer()
+            grads = [g + k for g, k in zip(grads, torch.autograd.grad(kl, arch))]
+        for p, g in zip(arch, grads):
+            p.grad = g
+        if self.reduce_grads is not None:
+            self.reduce_grads(arch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------ second order
+
+    def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
+        model = self.model
+        weights = model.weights()
+        buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics
+        original = [w.detach().clone() for w in weights]
+
+        # One Dirichlet draw for the training loss, used by the virtual step and by both
+        # sides of the finite difference (fresh draws would swamp the tiny difference).
+        mix_train = model.sample_mix()  # (2, 14, n_kept), graph back to beta
+        mix_fixed = mix_train.detach()
+
+        # Virtual step w' = w - lr * (g + momentum * m + wd * w), like the SGD step.
+        g_train = torch.autograd.grad(self.criterion(model(x_train, mix_fixed), y_train), weights)
+        with torch.no_grad():
+            for w, g in zip(weights, g_train):
+                buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
+                step = g + self.weight_decay * w
+                if buf is not None:
+                    step = step + self.momentum * buf
+                w.sub_(lr * step)
+
+        # L_val at w': gradient w.r.t. beta (through a fresh draw) and w.r.t. w'.
+        loss_valid = self.criterion(model(x_valid), y_valid)
+        grads = torch.autograd.grad(loss_valid, model.arch_parameters() + weights)
+        d_arch, d_weights = grads[:2], grads[2:]
+
+        # H dw' = grad_beta L_train(w + eps dw') - grad_beta L_train(w - eps dw'), / 2 eps.
+        # beta enters L_train only through the mixing weights, so differentiate w.r.t.
+        # the (fixed) draw and carry the difference back through the sampler once.
+        eps = 0.01 / torch.cat([d.reshape(-1) for d in d_weights]).norm()
+        d_mix = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, w0, d in zip(weights, original, d_weights):
+                    w.copy_(w0 + sign * eps * d)
+            mix = mix_fixed.clone().requires_grad_(True)
+            d_mix.append(torch.autograd.grad(self.criterion(model(x_train, mix), y_train), mix)[0])
+        hvp = torch.autograd.grad(mix_train, model.arch_parameters(), grad_outputs=(d_mix[0] - d_mix[1]) / (2 * eps))
+
+        # Put the real weights and BatchNorm statistics back: the unrolled model was virtual.
+        with torch.no_grad():
+            for w, w0 in zip(weights, original):
+                w.copy_(w0)
+            for b, b0 in zip(model.buffers(), buffers):
+                b.copy_(b0)
+        return [da - lr * h for da, h in zip(d_arch, hvp)]

@@ -1,0 +1,280 @@
+"""The DARTS-space supernet of DrNAS with partial channels and progressive pruning.
+
+`Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed
+edges, output = concat of the 4 nodes), with the CIFAR stem or, with `imagenet=True`, the
+stems of the ImageNet evaluation network. The architecture parameters are two
+`nn.Parameter`s `beta_normal`, `beta_reduce` of shape (14, 7), so they live in
+`state_dict`; `arch_parameters()` returns them and `weights()` everything else.
+
+Every training forward draws the mixing weights of all edges of both cell types from
+Dir(elu(beta) + 1) in one reparameterised call (DrNAS Eq. 3); evaluation uses the
+Dirichlet mean. Progressive learning (DrNAS section 3.3): `prune(n)` keeps the n ops with
+the largest beta on every edge and deletes the others (they are never built or run
+again), `widen(k)` grows every op from C/k_old to C/k channels by net2wider.
+
+    python -c "import model_search as m; print(m.Network(16, 10, 8, k=4).genotype())"
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from genotypes import PRIMITIVES, Genotype
+from operations import FactorizedReduce, ReLUConvBN, grow_index, search_op
+from utils import UserError
+
+
+def channel_shuffle(x, groups):
+    """Interleave the channels of `groups` equal groups (ShuffleNet): (B, C, H, W) -> same."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def concentration(beta):
+    """Dirichlet concentration alpha = elu(beta) + 1 > 0 (DrNAS section 3.1)."""
+    return F.elu(beta) + 1.0
+
+
+def cell_channels(C, layers):
+    """(channels, is_reduction) of every cell: C doubles at 1/3 and 2/3 of the depth."""
+    cells, channels = [], C
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        channels *= 2 if reduction else 1
+        cells.append((channels, reduction))
+    return cells
+
+
+def check_k(C, layers, k, flag="--k"):
+    """Refuse a partial-channel factor that does not split every cell's channels evenly."""
+    if C % 2:
+        raise UserError(f"--init_channels {C} must be even (the reduction preprocessing halves it)")
+
+    def fits(q):
+        # Every cell's C/q must be whole; a reduction cell's C/q also feeds the two
+        # halves of FactorizedReduce (skip_connect at stride 2), so it must be even.
+        return all(c % q == 0 and (not red or (c // q) % 2 == 0) for c, red in cell_channels(C, layers))
+
+    if not fits(k):
+        valid = [q for q in range(1, C + 1) if fits(q)]
+        sizes = sorted({c for c, _ in cell_channels(C, layers)})
+        raise UserError(
+            f"{flag} {k} does not split the cells' channels {sizes} (init_channels {C}) into equal "
+            f"partial-channel groups; valid values: {', '.join(map(str, valid))}"
+        )
+
+
+class MixedOp(nn.Module):
+    """One edge: sum_o w_o * op_o over the kept ops, applied to the first C/k channels."""
+
+    def __init__(self, C, stride, k, kept):
+        super().__init__()
+        self.C = C
+        self.k = k
+        self.stride = stride
+        self.kept = list(kept)  # indices into PRIMITIVES, host data
+        self.ops = nn.ModuleList(search_op(PRIMITIVES[i], C // k, stride) for i in kept)
+        # On a reduction edge the bypassed channels must shrink too.
+        self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+
+    def forward(self, x, weights):
+        # x: (B, C, H, W); weights: (n_kept,) mixing weights of this edge.
+        part = x.shape[1] // self.k
+        mixed = sum(weights[i] * op(x[:, :part]) for i, op in enumerate(self.ops))  # (B, C/k, H', W')
+        if self.k == 1:
+            return mixed
+        out = torch.cat([mixed, self.bypass_pool(x[:, part:])], dim=1)  # (B, C, H', W')
+        return channel_shuffle(out, self.k)
+
+    def prune(self, kept):
+        """Keep only the ops `kept` (PRIMITIVES indices); the others are deleted."""
+        position = {op_index: i for i, op_index in enumerate(self.kept)}
+        self.ops = nn.ModuleList(self.ops[position[i]] for i in kept)
+        self.kept = list(kept)
+
+    def widen(self, k, generator, moved):
+        """net2wider every op from C/k_old to C/k channels (the same new channels for all)."""
+        index = grow_index(self.C // self.k, self.C // k, generator)
+        for op in self.ops:
+            op.widen(index, moved, generator)
+        self.k = k
+
+
+class Cell(nn.Module):
+    """A search cell: 2 inputs, `steps` nodes, one MixedOp per (input, node) pair."""
+
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k, kept):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        # The inputs are brought to C channels (and c_{k-2} to the resolution of c_{k-1}).
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for node in range(steps):
+            for j in range(2 + node):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(C, stride, k, kept[len(self.edges)]))
+
+    def forward(self, s0, s1, weights):
+        # weights: (14, n_kept), one row per edge in the order of self.edges.
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)  # (B, multiplier * C, H, W)
+
+
+class Network(nn.Module):
+    """The DrNAS supernet for the DARTS space (CIFAR stem, or ImageNet stems)."""
+
+    def __init__(self, C, num_classes, layers, k=6, steps=4, multiplier=4, stem_multiplier=3,
+                 imagenet=False, kept=None):
+        super().__init__()
+        check_k(C, layers, k)
+        self.C, self.layers, self.steps = C, layers, steps
+        self.k = k
+        num_edges = sum(2 + i for i in range(steps))
+        # kept[cell type][edge] = PRIMITIVES indices still searched (host data, see prune).
+        all_ops = list(range(len(PRIMITIVES)))
+        self.kept = kept or {"normal": [all_ops] * num_edges, "reduce": [all_ops] * num_edges}
+        self.kept = {t: [list(e) for e in edges] for t, edges in self.kept.items()}
+
+        if imagenet:
+            # Three stride-2 convs take 224 px to 28 px, as in the evaluation network.
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C),
+            )
+            self.stem1 = nn.Sequential(
+                nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C),
+            )
+            C_prev_prev, C_prev, reduction_prev = C, C, True
+        else:
+            C_stem = stem_multiplier * C
+            self.stem0 = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+            self.stem1 = None
+            C_prev_prev, C_prev, reduction_prev = C_stem, C_stem, False
+
+        self.cells = nn.ModuleList()
+        for C_curr, reduction in cell_channels(C, layers):
+            kept_cell = self.kept["reduce" if reduction else "normal"]
+            cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k, kept_cell)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        # DrNAS: beta ~ 1e-3 * N(0, 1); alpha = elu(beta) + 1 is then close to 1 (uniform).
+        self.beta_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
+        self.beta_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
+        self._set_kept_index()
+
+    # ------------------------------------------------------------ parameters
+
+    def arch_parameters(self):
+        return [self.beta_normal, self.beta_reduce]
+
+    def weights(self):
+        """Every parameter except the architecture ones (found by exclusion)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def _set_kept_index(self):
+        # (2, 14, n_kept) PRIMITIVES indices per edge; a buffer so it follows .to(device),
+        # not persistent because `kept` itself is saved with the checkpoint.
+        index = torch.tensor([self.kept["normal"], self.kept["reduce"]], dtype=torch.long)
+        self.register_buffer("kept_index", index.to(self.beta_normal.device), persistent=False)
+
+    def kept_concentrations(self):
+        """alpha of the kept ops: (2, 14, n_kept) for (normal, reduce)."""
+        alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, 7)
+        return alpha.gather(2, self.kept_index)
+
+    def sample_mix(self):
+        """Mixing weights of every edge: one reparameterised Dirichlet draw, (2, 14, n_kept).
+
+        Sampling the kept ops only equals sampling all ops, zeroing the pruned ones and
+        renormalising (aggregation property of the Dirichlet). validate_args=False: the
+        argument checks would read tensor values on the host in every forward.
+        """
+        alpha = self.kept_concentrations()
+        if not self.training:
+            return alpha / alpha.sum(-1, keepdim=True)  # the Dirichlet mean, deterministic
+        return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
+
+    def kl_regularizer(self):
+        """KL(Dir(alpha) || Dir(1)) summed over the edges of both cell types (kept ops)."""
+        alpha = self.kept_concentrations()
+        posterior = torch.distributions.Dirichlet(alpha, validate_args=False)
+        prior = torch.distributions.Dirichlet(torch.ones_like(alpha), validate_args=False)
+        return torch.distributions.kl_divergence(posterior, prior).sum()
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, x, mix=None):
+        """Logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights."""
+        if mix is None:
+            mix = self.sample_mix()
+        s0 = self.stem0(x)
+        s1 = s0 if self.stem1 is None else self.stem1(s0)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, mix[1] if cell.reduction else mix[0])
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    # ------------------------------------------------------------ progressive learning
+
+    def prune(self, n_keep):
+        """Keep on every edge the `n_keep` kept ops with the largest beta; delete the rest."""
+        for cell_type, beta in (("normal", self.beta_normal), ("reduce", self.beta_reduce)):
+            beta = beta.detach().cpu()
+            for e, kept in enumerate(self.kept[cell_type]):
+                ranked = sorted(kept, key=lambda i: float(beta[e, i]), reverse=True)
+                self.kept[cell_type][e] = sorted(ranked[:n_keep])
+        for cell in self.cells:
+            for e, edge in enumerate(cell.edges):
+                edge.prune(self.kept["reduce" if cell.reduction else "normal"][e])
+        self._set_kept_index()
+
+    def widen(self, k, generator=None):
+        """net2wider every mixed op to C/k channels; returns the `Moved` parameter records."""
+        check_k(self.C, self.layers, k)
+        moved = []
+        for cell in self.cells:
+            for edge in cell.edges:
+                edge.widen(k, generator, moved)
+        self.k = k
+        return moved
+
+    # ------------------------------------------------------------ derived architecture
+
+    def genotype(self):
+        """Per node the two incoming edges whose best kept op is strongest, then that op."""
+
+        def parse(beta, kept):
+            beta = beta.detach().cpu()
+            gene, start = [], 0
+            for node in range(self.steps):
+                scored = []
+                for j in range(2 + node):
+                    ops = kept[start + j]
+                    strength = F.softmax(beta[start + j, ops], dim=0)  # softmax over kept ops
+                    best = int(strength.argmax())
+                    scored.append((float(strength[best]), j, PRIMITIVES[ops[best]]))
+                for _, j, name in sorted(scored, key=lambda s: -s[0])[:2]:
+                    gene.append((name, j))
+                start += 2 + node
+            return gene
+
+        concat = list(range(2, 2 + self.steps))
+        return Genotype(
+            normal=parse(self.beta_normal, self.kept["normal"]), normal_concat=concat,
+            reduce=parse(self.beta_reduce, self.kept["reduce"]), reduce_concat=concat,
+        )
