@@ -11,9 +11,16 @@ import torch
 import torch.nn as nn
 
 
-def _take(tensor, index, dim):
-    """Copy of `tensor` with the channels `index` along `dim` (the net2wider mapping)."""
-    return tensor.index_select(dim, index.to(tensor.device)).clone()
+def widen_like(tensor, shape, index):
+    """Map `tensor` onto `shape` by copying channels `index` along every dimension that grew.
+
+    The same rule widens conv weights, BN statistics and SGD momentum buffers, so a
+    momentum buffer follows its weight channel for channel.
+    """
+    for dim, (old, new) in enumerate(zip(tensor.shape, shape)):
+        if old != new:
+            tensor = tensor.index_select(dim, index.to(tensor.device))
+    return tensor.clone()
 
 
 def widen_bn(bn, index):
@@ -21,27 +28,20 @@ def widen_bn(bn, index):
     new = nn.BatchNorm2d(len(index), affine=bn.affine, track_running_stats=bn.track_running_stats)
     new = new.to(device=next(iter(bn.buffers())).device)
     with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            old = getattr(bn, name)
-            if old is not None:
-                getattr(new, name).copy_(_take(old, index, 0))
-        if bn.track_running_stats:
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        for name, tensor in [*new.named_parameters(), *new.named_buffers()]:
+            tensor.copy_(widen_like(getattr(bn, name), tensor.shape, index))
     return new
 
 
 def widen_conv(conv, index):
-    """Grow a conv's input and output channels to `len(index)`, copying channels `index`."""
-    assert conv.groups == 1, "NAS-Bench-201 convs are dense"
+    """Grow a dense conv's input and output channels to `len(index)`, copying channels `index`."""
     new = nn.Conv2d(
         len(index), len(index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
         bias=conv.bias is not None,
     ).to(conv.weight.device)
     with torch.no_grad():
-        weight = _take(_take(conv.weight, index, 0), index, 1)  # (C_new, C_new, kh, kw)
-        new.weight.copy_(weight)
-        if conv.bias is not None:
-            new.bias.copy_(_take(conv.bias, index, 0))
+        for name, tensor in new.named_parameters():
+            tensor.copy_(widen_like(getattr(conv, name), tensor.shape, index))  # (C_new, C_new, kh, kw)
     return new
 
 

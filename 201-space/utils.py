@@ -117,8 +117,17 @@ class History:
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, record):
+        """Add one epoch's record."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def read_history(run_dir):
+    """The records of `run_dir/history.jsonl`, in order."""
+    path = Path(run_dir) / "history.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} not found; give the directory of a run")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- seeds and device
@@ -221,19 +230,21 @@ def check_resume_args(saved, args, keys):
 
 
 class AverageMeter:
-    """Running average of a scalar."""
+    """Running average of a scalar; tensors stay on their device until `avg` is read."""
 
     def __init__(self):
         self.sum = 0.0
         self.count = 0
 
     def update(self, value, n=1):
-        self.sum += float(value) * n
+        if torch.is_tensor(value):
+            value = value.detach()  # summing on the device avoids a host sync per step
+        self.sum = self.sum + value * n
         self.count += n
 
     @property
     def avg(self):
-        return self.sum / max(self.count, 1)
+        return float(self.sum) / max(self.count, 1)
 
 
 def accuracy(output, target, topk=(1,)):

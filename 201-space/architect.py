@@ -1,0 +1,98 @@
+"""The architecture update of DrNAS: Adam on `beta`, first or second order (`--unrolled`).
+
+First order: grad_beta L_val(w, beta). Second order (DARTS' approximation):
+  w' = w - lr * (grad_w L_train(w) + momentum * m + wd * w)
+  grad = grad_beta L_val(w', beta) - lr * H v,   v = grad_w' L_val(w', beta)
+with the Hessian-vector product H v = grad_beta grad_w L_train by central finite
+differences, eps = 0.01 / ||v||. The virtual step is taken in place on the model's own
+weights and undone afterwards, so it keeps partial channels and pruning as they are.
+Regularisers: `l2` = Adam weight decay on beta; `kl` = reg_scale * KL(Dir(alpha)||Dir(1)).
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+class Architect:
+    """Owns the architecture optimizer and performs one architecture step."""
+
+    def __init__(self, model, args):
+        self.model = model
+        self.momentum = args.momentum
+        self.weight_decay = args.weight_decay
+        self.unrolled = args.unrolled
+        self.reg_type = args.reg_type
+        self.reg_scale = args.reg_scale
+        self.optimizer = torch.optim.Adam(
+            model.arch_parameters(),
+            lr=args.arch_learning_rate,
+            betas=(0.5, 0.999),
+            # DrNAS: the l2 regulariser is plain weight decay on beta.
+            weight_decay=args.reg_scale if args.reg_type == "l2" else 0.0,
+        )
+
+    def loss(self, x, y):
+        """Validation loss of the architecture, with the KL prior term when asked for."""
+        loss = F.cross_entropy(self.model(x), y)
+        if self.reg_type == "kl":
+            loss = loss + self.reg_scale * self.model.kl_regularizer()
+        return loss
+
+    def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
+        """One Adam step on beta; the weights and their gradients are left untouched."""
+        arch = self.model.arch_parameters()
+        if self.unrolled:
+            grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
+        else:
+            # Gradients w.r.t. beta only: autograd skips every weight gradient.
+            grads = torch.autograd.grad(self.loss(x_valid, y_valid), arch)
+        for p, g in zip(arch, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---------------------------------------------------------------- second order
+
+    def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
+        weights = self.model.weights()
+        arch = self.model.arch_parameters()
+        saved = [w.detach().clone() for w in weights]
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+
+        # Virtual SGD step w' (as the weight optimizer would take it).
+        train_grads = self._grads(F.cross_entropy(self.model(x_train), y_train), weights)
+        with torch.no_grad():
+            for w, g in zip(weights, train_grads):
+                state = w_optimizer.state.get(w, {})
+                step = g + self.weight_decay * w
+                if "momentum_buffer" in state:
+                    step = step + self.momentum * state["momentum_buffer"]
+                w.sub_(lr * step)  # in place: the model itself now holds w'
+
+        # Gradients of L_val at w' w.r.t. beta and w'.
+        val_grads = self._grads(self.loss(x_valid, y_valid), arch + weights)
+        d_arch, v = val_grads[: len(arch)], val_grads[len(arch) :]
+
+        # Finite-difference Hessian-vector product around the original weights w.
+        eps = 0.01 / torch.sqrt(sum((g * g).sum() for g in v))
+        hvp = [torch.zeros_like(a) for a in arch]
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, w0, g in zip(weights, saved, v):
+                    w.copy_(w0 + sign * eps * g)
+            g_arch = self._grads(F.cross_entropy(self.model(x_train), y_train), arch)
+            hvp = [h + sign * g for h, g in zip(hvp, g_arch)]
+
+        # Restore w and the BN statistics the virtual forwards changed.
+        with torch.no_grad():
+            for w, w0 in zip(weights, saved):
+                w.copy_(w0)
+            for b, b0 in zip(self.model.buffers(), buffers):
+                b.copy_(b0)
+        return [da - lr * h / (2 * eps) for da, h in zip(d_arch, hvp)]
+
+    @staticmethod
+    def _grads(loss, params):
+        """d loss / d params, zeros for parameters the loss does not reach."""
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

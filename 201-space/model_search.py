@@ -1,0 +1,196 @@
+"""The NAS-Bench-201 supernet searched by DrNAS (and DARTS, SNAS, GDAS for comparison).
+
+`Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual
+reduction blocks -> BN + ReLU -> global pool -> classifier. Each cell has 6 edges; each
+edge is a `MixedOp` over the 5 NAS-Bench-201 ops, applied to `C/k` of its channels
+(partial channels). The architecture parameters `beta` (6 edges x 5 ops) are one
+`nn.Parameter` of the model, shared by all cells.
+
+With `method="dirichlet"` (DrNAS) every forward draws the mixing weights of all edges
+from Dir(elu(beta) + 1) in one reparameterised call, so gradients reach `beta` through
+the sample (paper Eq. 3-4). Ops pruned by the progressive search are host-side data
+(`kept`): they are deleted from the model and never evaluated.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from genotypes import EDGES, PRIMITIVES, Structure
+from operations import OPS, ResNetBasicBlock
+
+METHODS = ("dirichlet", "darts", "snas", "gdas")
+
+
+def channel_shuffle(x, groups):
+    """Interleave `groups` channel groups, (B, C, H, W) -> (B, C, H, W)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def concentration(beta):
+    """Dirichlet concentration alpha = elu(beta) + 1 > 0 (DrNAS Sec. 3.1)."""
+    return F.elu(beta) + 1.0
+
+
+class MixedOp(nn.Module):
+    """One edge: sum_o w_o * op_o(x[:, :C/k]), bypassed channels concatenated, then shuffled."""
+
+    def __init__(self, C, k):
+        super().__init__()
+        self.C, self.k = C, k
+        # Op name -> module; pruned ops are deleted, so they cost neither memory nor time.
+        self.ops = nn.ModuleDict({name: OPS[name](C // k, C // k, 1, False) for name in PRIMITIVES})
+
+    def forward(self, x, weights):
+        # x: (B, C, H, W); weights: (num_ops,) mixing weights over PRIMITIVES (0 where pruned).
+        part = x[:, : self.C // self.k] if self.k > 1 else x
+        # `none` outputs zeros, so it adds nothing to the sum (nor to any gradient): skip it.
+        terms = [weights[PRIMITIVES.index(name)] * op(part) for name, op in self.ops.items() if name != "none"]
+        out = sum(terms) if terms else torch.zeros_like(part)
+        if self.k == 1:
+            return out
+        return channel_shuffle(torch.cat([out, x[:, self.C // self.k :]], dim=1), self.k)
+
+    def prune(self, kept_names):
+        """Delete every op not in `kept_names`."""
+        for name in list(self.ops):
+            if name not in kept_names:
+                del self.ops[name]
+
+    def widen(self, k, generator):
+        """net2wider from C/self.k to C/k channels; returns the channel index used."""
+        old, new = self.C // self.k, self.C // k
+        extra = torch.randint(old, (new - old,), generator=generator)
+        index = torch.cat([torch.arange(old), extra])  # new channel c copies old channel index[c]
+        for op in self.ops.values():
+            op.widen(index)
+        self.k = k
+        return index
+
+
+class Cell(nn.Module):
+    """NAS-Bench-201 search cell: node i = sum_{j<i} MixedOp_{i,j}(node j), output node 3."""
+
+    def __init__(self, C, k):
+        super().__init__()
+        self.edges = nn.ModuleList(MixedOp(C, k) for _ in EDGES)
+
+    def forward(self, x, weights):
+        # weights: (6, num_ops), one row per edge in EDGES order.
+        nodes = [x]
+        for i in range(1, 4):
+            nodes.append(sum(self.edges[e](nodes[j], weights[e]) for e, (to, j) in enumerate(EDGES) if to == i))
+        return nodes[-1]
+
+
+class Network(nn.Module):
+    """The supernet. `arch_parameters()` is `[beta]`; `weights()` is everything else."""
+
+    def __init__(self, C=16, N=5, num_classes=10, k=1, method="dirichlet"):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}")
+        if C % k:
+            raise ValueError(f"k={k} does not divide the {C} channels of the first stage")
+        self.C, self.N, self.num_classes, self.k, self.method = C, N, num_classes, k, method
+        self.tau = 10.0  # Gumbel temperature for snas/gdas, set each epoch by the search
+        self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        layers, C_prev = [], C
+        for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
+            if stage > 0:
+                layers.append(ResNetBasicBlock(C_prev, C_curr, 2))
+            layers += [Cell(C_curr, k) for _ in range(N)]
+            C_prev = C_curr
+        self.cells = nn.ModuleList(layers)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        # DrNAS: beta ~ 1e-3 * N(0, 1), one row per edge, shared by all cells.
+        self.beta = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(PRIMITIVES)))
+        # Host-side pruning state: indices into PRIMITIVES kept on each edge.
+        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]
+        self._kept_index = {}
+
+    # ---------------------------------------------------------------- parameters
+
+    def arch_parameters(self):
+        return [self.beta]
+
+    def weights(self):
+        """Every parameter except the architecture's (for the weight optimizer and clipping)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def search_cells(self):
+        return [m for m in self.cells if isinstance(m, Cell)]
+
+    # ---------------------------------------------------------------- mixing weights
+
+    def kept_index(self):
+        """(edges, kept) index tensor on beta's device, rebuilt only when `kept` changes."""
+        key = (self.beta.device, tuple(map(tuple, self.kept)))
+        if key not in self._kept_index:
+            self._kept_index = {key: torch.tensor(self.kept, device=self.beta.device)}
+        return self._kept_index[key]
+
+    def arch_weights(self):
+        """Mixing weights (edges, ops) for one forward; pruned ops get exactly 0."""
+        index = self.kept_index()  # (6, n)
+        beta = self.beta.gather(1, index)  # (6, n), only the kept ops
+        if self.method == "dirichlet":
+            # One reparameterised draw for all edges; by the aggregation property this is
+            # Dir(alpha) with pruned ops removed and the rest renormalised.
+            w = torch.distributions.Dirichlet(concentration(beta)).rsample()
+        elif self.method == "darts":
+            w = F.softmax(beta, dim=-1)
+        else:  # snas: relaxed Gumbel-softmax; gdas: hard one-hot with straight-through grads
+            w = F.gumbel_softmax(beta, tau=self.tau, hard=self.method == "gdas", dim=-1)
+        return torch.zeros_like(self.beta).scatter(1, index, w)
+
+    def kl_regularizer(self):
+        """KL(Dir(alpha) || Dir(1)) summed over edges, over the kept ops (DrNAS Eq. 6)."""
+        alpha = concentration(self.beta.gather(1, self.kept_index()))
+        prior = torch.distributions.Dirichlet(torch.ones_like(alpha))
+        return torch.distributions.kl_divergence(torch.distributions.Dirichlet(alpha), prior).sum()
+
+    def forward(self, x):
+        weights = self.arch_weights()
+        x = self.stem(x)
+        for layer in self.cells:
+            x = layer(x, weights) if isinstance(layer, Cell) else layer(x)
+        x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
+        return self.classifier(x)
+
+    # ---------------------------------------------------------------- derived architecture
+
+    def genotype(self):
+        """Per edge the kept op with the largest beta, as a NAS-Bench-201 `Structure`."""
+        beta = self.beta.detach().cpu()
+        ops = [PRIMITIVES[max(kept, key=lambda o: beta[e, o].item())] for e, kept in enumerate(self.kept)]
+        return Structure.from_edges(ops)
+
+    def concentrations(self):
+        """alpha per edge as nested lists (for logs), pruned ops as None."""
+        alpha = concentration(self.beta.detach()).cpu().tolist()
+        return [[round(a, 4) if o in kept else None for o, a in enumerate(row)] for row, kept in zip(alpha, self.kept)]
+
+    # ---------------------------------------------------------------- progressive stages
+
+    def prune(self, keep):
+        """Keep the `keep` ops with the largest beta on every edge; delete the others."""
+        beta = self.beta.detach().cpu()
+        self.kept = [sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)]
+        for cell in self.search_cells():
+            for e, edge in enumerate(cell.edges):
+                edge.prune({PRIMITIVES[o] for o in self.kept[e]})
+
+    def widen(self, k, generator):
+        """net2wider every edge to C/k channels; returns {module name: channel index}."""
+        if k >= self.k or self.C % k:
+            raise ValueError(f"cannot widen from k={self.k} to k={k}")
+        indices = {}
+        for name, module in self.named_modules():
+            if isinstance(module, MixedOp):
+                indices[name] = module.widen(k, generator)
+        self.k = k
+        return indices
