@@ -97,6 +97,7 @@ def run_search(args, stages, script):
     benchmark = load_benchmark(args.benchmark) if args.benchmark else None
     run_dir = utils.prepare_run_dir(args.save, script, args.resume)
     utils.setup_logging(run_dir)
+    utils.save_args(args, run_dir)
     device = utils.resolve_device(args.device, args.gpu)
     utils.log_environment(args, device)
     utils.set_seed(args.seed)
