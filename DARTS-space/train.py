@@ -15,6 +15,7 @@ import argparse
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import datasets
 import distributed
@@ -69,7 +70,7 @@ def add_common_arguments(parser, *, epochs, batch_size, learning_rate, weight_de
     system.add_argument("--workers", type=int, default=workers, help="data loading worker processes")
     system.add_argument("--seed", type=int, default=0, help="random seed (processes use seed + rank)")
     system.add_argument("--report_freq", type=int, default=50, help="log a progress line every N steps")
-    system.add_argument("--save", type=str, default="", help="run directory (default experiments/eval-<time>)")
+    system.add_argument("--save", type=str, default="", help="run directory (default: the --resume checkpoint's folder, else experiments/eval-<time>)")
     system.add_argument("--resume", type=str, default="", help="checkpoint.pt of a run to continue")
 
 
@@ -96,7 +97,9 @@ def start(args, script):
     run_dir, error = None, None
     if distributed.is_main(dist):
         try:
-            run_dir = utils.prepare_run_dir(args.save, script, args.resume)
+            # A resumed run continues in its own folder unless --save says otherwise.
+            save = args.save or (str(Path(args.resume).parent) if args.resume else "")
+            run_dir = utils.prepare_run_dir(save, script, args.resume)
         except UserError as err:
             error = str(err)
     # Every rank learns of rank 0's refusal, so that no process waits for the others forever.

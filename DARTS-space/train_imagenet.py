@@ -1,0 +1,91 @@
+"""Train a searched cell from scratch on ImageNet (DrNAS section 4: 23.7 % top-1 error, 5.7M parameters).
+
+    torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet   # the paper: 250 epochs, batch 768
+    python train_imagenet.py --auxiliary --data /data/imagenet --batch_size 128 --learning_rate 0.0833  # one GPU
+    torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet --save RUN --resume RUN/checkpoint.pt
+    python train_imagenet.py --data TINY_TREE --image_size 32 --layers 5 --init_channels 8 --epochs 1 --device cpu
+
+`--data` holds `train/` and `val/` with one sub-folder of images per class. The epoch
+loop, checkpoints and the run directory are those of `train.py` (`fit`): log.txt,
+args.json, tb/, history.jsonl, checkpoint.pt (atomic, every epoch) and best.pt.
+"""
+
+import argparse
+import logging
+import math
+
+import datasets
+import distributed
+import genotypes
+import torch
+import torch.nn as nn
+import utils
+from model import NetworkImageNet, param_count
+from train import add_common_arguments, fit, start
+
+logger = logging.getLogger(__name__)
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=str, default="../data/imagenet", help="ImageFolder root with train/ and val/")
+    data.add_argument("--image_size", type=int, default=224,
+                      help="training crop side (the paper: 224; small values are for tests)")
+    add_common_arguments(parser, epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5,
+                         init_channels=48, layers=14, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8)
+    opt = parser.add_argument_group("schedule")
+    opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
+    opt.add_argument("--lr_scheduler", type=str, default="linear", choices=("linear", "cosine"),
+                     help="decay of the learning rate to 0 after the warm-up")
+    opt.add_argument("--warmup_epochs", type=int, default=5,
+                     help="epochs of linear learning-rate warm-up (large batches diverge without it)")
+    return parser
+
+
+def lr_factor(epoch, args):
+    """Multiplier of the initial learning rate in `epoch` (0-based): warm-up, then decay to 0."""
+    if epoch < args.warmup_epochs:
+        return (epoch + 1) / args.warmup_epochs
+    progress = epoch / args.epochs
+    if args.lr_scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+@utils.exits_cleanly
+def main(argv=None):
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    # Five stride-2 stages (stems, two reductions) take 224 pixels to 7x7. The factorized
+    # reduce needs even maps at each reduction, and the auxiliary head pools a 7x7 map.
+    if args.image_size % 32:
+        parser.error(f"--image_size {args.image_size} must be a multiple of 32 (five stride-2 stages)")
+    if args.auxiliary and args.image_size < 224:
+        parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
+    genotype = genotypes.load_genotype(args.arch)
+    dist, run_dir = start(args, "eval-imagenet")
+    try:
+        utils.set_seed(args.seed + dist.rank)
+        train_set, val_set, num_classes = datasets.imagenet_datasets(args.data, image_size=args.image_size)
+        logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
+        logger.info("genotype = %s", genotype)
+        model = NetworkImageNet(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
+        model.to(dist.device)
+        count = param_count(model)
+        logger.info("param count = %d (%.2f MB), auxiliary head %d more", count, count / 1e6,
+                    utils.count_parameters(model.parameters()) - count)
+        # Label smoothing in training only; validation reports the plain cross-entropy.
+        criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+        # Stepped once per epoch; the factor is a function of the epoch, so resume is exact.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
+        fit(args, dist, run_dir, model, train_set, val_set, criterion, optimizer, scheduler)
+    finally:
+        distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()
