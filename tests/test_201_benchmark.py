@@ -1,0 +1,181 @@
+"""NAS-Bench-201 look-ups: the compact table, the official format through the real
+nas_201_api (on a tiny benchmark file built here), their agreement, export and the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_script
+
+DRNAS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+RESNET = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+SEEDS = (777, 888)
+# Per seed, the two trials differ by +-0.5 so the mean (is_random=False) is the value.
+SPREAD = (-0.5, 0.5)
+
+
+def _trial(ResultsCount, arch, dataset, seed, epochs, eval_accs):
+    """A real ResultsCount whose last-epoch accuracy on each eval set is `eval_accs[set]`."""
+    train = {e: 50.0 + e * 0.1 for e in range(epochs)}
+    result = ResultsCount(dataset, None, train, {e: 1.0 for e in range(epochs)}, 0.1, 10.0,
+                          {"arch_str": arch, "channel": 16, "num_cells": 5, "class_num": 10}, seed, epochs, [0.01])
+    accs, losses, times = {}, {}, {}
+    for name, acc in eval_accs.items():
+        for e in range(epochs):
+            # Earlier epochs read 20 points lower: a look-up of the wrong epoch shows.
+            accs[f"{name}@{e}"] = acc if e == epochs - 1 else acc - 20.0
+            losses[f"{name}@{e}"], times[f"{name}@{e}"] = 1.0, 0.1
+    result.update_eval(accs, losses, times)
+    return result
+
+
+def _arch_results(api, index, arch, accs, epochs, shift):
+    """ArchResults of one architecture: `accs` maps dataset -> value, 2 trials each."""
+    results = api.ArchResults(index, arch)
+    for seed, delta in zip(SEEDS, SPREAD):
+        v = {name: value + delta + shift for name, value in accs.items()}
+        # Each eval set gets a distinct number so a wrong set name shows in the answer.
+        sets = {
+            "cifar10-valid": {"x-valid": v["cifar10-valid"], "ori-test": v["cifar10-valid"] - 3},
+            "cifar10": {"ori-test": v["cifar10"]},
+            "cifar100": {"x-valid": v["cifar100"] - 1, "x-test": v["cifar100"], "ori-test": v["cifar100"] - 2},
+            "ImageNet16-120": {"x-valid": v["ImageNet16-120"] - 1, "x-test": v["ImageNet16-120"],
+                               "ori-test": v["ImageNet16-120"] - 2},
+        }
+        for dataset, eval_accs in sets.items():
+            results.update(dataset, seed, _trial(api.ResultsCount, arch, dataset, seed, epochs, eval_accs))
+    return results
+
+
+def build_official(path, table):
+    """A tiny official-format file: `table` maps arch -> {dataset: accuracy} (200 epochs)."""
+    api = pytest.importorskip("nas_201_api")
+    archs = list(table)
+    arch2infos = {}
+    for index, arch in enumerate(archs):
+        full = _arch_results(api, index, arch, table[arch], 200, 0.0)
+        less = _arch_results(api, index, arch, table[arch], 12, -30.0)  # hp='12' reads 30 points lower
+        arch2infos[index] = {"less": less.state_dict(), "full": full.state_dict()}
+    torch.save({"meta_archs": archs, "arch2infos": arch2infos, "evaluated_indexes": list(range(len(archs)))}, path)
+    return path
+
+
+TINY = {
+    DRNAS: {"cifar10-valid": 91.55, "cifar10": 94.3633, "cifar100": 73.5133, "ImageNet16-120": 46.3444},
+    RESNET: {"cifar10-valid": 90.83, "cifar10": 93.97, "cifar100": 70.86, "ImageNet16-120": 43.63},
+    NONE: {"cifar10-valid": 10.0, "cifar10": 10.0, "cifar100": 1.0, "ImageNet16-120": 0.8333},
+}
+
+
+def close(a, b, tol=1e-6):
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], abs_tol=tol) for k in a)
+
+
+def test_official_file_through_nas_201_api(load_space, tmp_path):
+    benchmark, utils = load_space("201-space", "benchmark", "utils")
+    bench = benchmark.load_benchmark(build_official(tmp_path / "tiny.pth", TINY))
+    assert bench.kind == "official" and len(bench) == 3 and bench.archs() == list(TINY)
+    for arch, expected in TINY.items():
+        assert close(bench.query(arch), expected)
+    assert all(close(a, TINY[arch]) for a, arch in zip(bench.query_many([NONE, DRNAS] * 50), [NONE, DRNAS] * 50))
+    assert bench.path == tmp_path / "tiny.pth"
+    missing = DRNAS.replace("skip_connect~0", "avg_pool_3x3~0")
+    with pytest.raises(utils.UserError, match="not in the benchmark"):
+        bench.query(missing)
+    with pytest.raises(utils.UserError, match="not a NAS-Bench-201 architecture"):
+        bench.query("|conv~0|")
+
+
+def test_table_and_official_agree(load_space, tmp_path, nb201_table):
+    benchmark = load_space("201-space", "benchmark")
+    table = benchmark.load_benchmark(nb201_table)
+    archs = table.archs()[:5] + [DRNAS, RESNET]
+    rows = {arch: dict(table.query(arch), **{"cifar10-valid": 90.0}) for arch in archs}
+    official = benchmark.load_benchmark(build_official(tmp_path / "part.pth", rows))
+    for arch in archs:
+        answer = official.query(arch)
+        assert answer.pop("cifar10-valid") == pytest.approx(90.0)
+        assert close(answer, table.query(arch))
+
+
+def test_compact_table(load_space, nb201_table):
+    benchmark = load_space("201-space", "benchmark")
+    bench = benchmark.load_benchmark(nb201_table)
+    assert bench.kind == "table" and len(bench) == 15625 and bench.path == nb201_table
+    drnas = bench.query(DRNAS)
+    assert [round(drnas[d], 2) for d in benchmark.DATASETS] == [94.36, 73.51, 46.34]
+    archs = bench.archs()
+    best = [round(max(r[d] for r in bench.query_many(archs)), 2) for d in benchmark.DATASETS]
+    assert best == [94.37, 73.51, 47.31]
+    assert bench.query_many(archs[:100]) == [bench.query(a) for a in archs[:100]]
+
+
+def test_export_round_trip(load_space, tmp_path):
+    benchmark = load_space("201-space", "benchmark")
+    tiny = build_official(tmp_path / "tiny.pth", TINY)
+    out = tmp_path / "tiny.csv"
+    result = run_script("201-space", "benchmark.py", "export", "--benchmark", tiny, "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "index,arch,cifar10,cifar100,ImageNet16-120" and len(lines) == 4
+    assert lines[1] == f"0,{DRNAS},94.3633,73.5133,46.3444"
+    table = benchmark.load_benchmark(out)
+    official = benchmark.load_benchmark(tiny)
+    for arch in TINY:
+        expected = {d: official.query(arch)[d] for d in benchmark.DATASETS}
+        assert close(table.query(arch), expected, tol=5e-5)
+    # With the valid column the table answers everything the official file does.
+    benchmark.export_table(official, tmp_path / "valid.csv", with_valid=True)
+    full = benchmark.load_benchmark(tmp_path / "valid.csv")
+    assert all(close(full.query(arch), official.query(arch), tol=5e-5) for arch in TINY)
+
+
+def test_cli_query_prints_json(nb201_table):
+    result = run_script("201-space", "benchmark.py", "query", "--benchmark", nb201_table, "--arch", DRNAS)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"cifar10", "cifar100", "ImageNet16-120"}
+    assert round(answer["cifar10"], 2) == 94.36
+
+
+@pytest.mark.parametrize("content, message", [
+    ("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"),
+    ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,seventy,46\n", "bad number"),
+    ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,70\n", "expected 5 fields"),
+    ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,194.1,70,40\n", r"\[0, 100\]"),
+    ("index,arch,cifar10,cifar100,ImageNet16-120\n", "no rows"),
+])
+def test_malformed_table_fails_at_load(load_space, tmp_path, content, message):
+    benchmark, utils = load_space("201-space", "benchmark", "utils")
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(utils.UserError, match=message):
+        benchmark.load_benchmark(path)
+
+
+def test_bad_files_fail_at_load(load_space, tmp_path):
+    benchmark, utils = load_space("201-space", "benchmark", "utils")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    for name, message in [("missing.csv", "no such file"), ("notes.txt", "unknown format"),
+                          ("junk.pth", "not a readable"), ("other.pth", "not a NAS-Bench-201 file")]:
+        with pytest.raises(utils.UserError, match=message):
+            benchmark.load_benchmark(tmp_path / name)
+
+
+def test_cli_bad_input_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,x,1,2\n")
+    for path in (tmp_path / "missing.pth", bad):
+        result = run_script("201-space", "benchmark.py", "query", "--benchmark", path, "--arch", DRNAS)
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+
+
+def test_summarize(load_space):
+    benchmark = load_space("201-space", "benchmark")
+    assert benchmark.summarize([3.0, 1.0, 2.0, 10.0]) == {"min": 1.0, "median": 2.5, "max": 10.0}
