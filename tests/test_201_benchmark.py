@@ -166,14 +166,19 @@ def test_bad_files_fail_at_load(load_space, tmp_path):
             benchmark.load_benchmark(tmp_path / name)
 
 
-def test_cli_bad_input_one_line(tmp_path):
+def test_cli_bad_input_one_line(load_space, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,x,1,2\n")
-    for path in (tmp_path / "missing.pth", bad):
-        result = run_script("201-space", "benchmark.py", "query", "--benchmark", path, "--arch", DRNAS)
-        assert result.returncode != 0
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+    result = run_script("201-space", "benchmark.py", "query", "--benchmark", bad, "--arch", DRNAS)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+    benchmark = load_space("201-space", "benchmark")
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["query", "--benchmark", str(tmp_path / "missing.pth"), "--arch", DRNAS])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no such file" in err
 
 
 def test_summarize(load_space):
