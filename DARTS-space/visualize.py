@@ -1,0 +1,118 @@
+"""Draw the normal and reduction cells of a genotype to a PNG, SVG or PDF (matplotlib).
+
+    python visualize.py DrNAS_cifar10 --out ../docs/DrNAS_cifar10.png
+    python visualize.py experiments/search-.../genotype.json --out cell.svg
+
+Nodes: the cell inputs c_{k-2} and c_{k-1}, the intermediate nodes 0..3 and the output
+c_{k} (the concatenation of the nodes in `*_concat`). Each edge carries its op's name.
+The format follows the suffix of `--out`.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import genotypes
+import utils
+from utils import UserError
+
+logger = logging.getLogger(__name__)
+
+# One colour per op, so the same op reads the same in both cells.
+COLORS = {
+    "max_pool_3x3": "#1f77b4",
+    "avg_pool_3x3": "#17becf",
+    "skip_connect": "#7f7f7f",
+    "sep_conv_3x3": "#d62728",
+    "sep_conv_5x5": "#ff7f0e",
+    "dil_conv_3x3": "#2ca02c",
+    "dil_conv_5x5": "#9467bd",
+}
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("arch", type=str, metavar="NAME_OR_JSON",
+                        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search")
+    parser.add_argument("--out", type=str, default="cell.png", help="output picture (.png, .svg or .pdf)")
+    parser.add_argument("--dpi", type=int, default=150, help="resolution of a PNG")
+    return parser
+
+
+SPACING = 2.2  # horizontal distance between neighbouring nodes
+BEND = 0.6  # arc height / half the chord length: longer edges arc higher, so labels stay apart
+
+
+def node_positions(steps):
+    """x of every node on one line: the inputs, the intermediate nodes in order, the output."""
+    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)] + ["c_{k}"]
+    return {name: i * SPACING for i, name in enumerate(names)}
+
+
+def draw_cell(ax, edges, concat, title):
+    """Draw one cell (`edges` = [(op, input index)], two per node) as an arc diagram."""
+    steps = len(edges) // 2
+    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
+    pos = node_positions(steps)
+    arrow = dict(arrowstyle="-|>", mutation_scale=14, shrinkA=14, shrinkB=14)
+    for position, (op, index) in enumerate(edges):
+        (_, first), (_, second) = edges[position - position % 2 : position - position % 2 + 2]
+        # Of a node's two edges the one from the earlier node arcs above, the other below
+        # (the first above when both share an input), so arcs and labels do not overlap.
+        above = index == min(first, second) if first != second else position % 2 == 0
+        x0, x1 = pos[names[index]], pos[str(position // 2)]
+        # matplotlib's arc3 bends a left-to-right edge downwards for a positive rad.
+        rad = -BEND if above else BEND
+        color = COLORS.get(op, "black")
+        ax.annotate("", xy=(x1, 0), xytext=(x0, 0),
+                    arrowprops=dict(arrow, color=color, lw=1.8, connectionstyle=f"arc3,rad={rad}"))
+        # The curve's midpoint lies rad/2 times the chord length off the line.
+        ax.text((x0 + x1) / 2, -rad / 2 * (x1 - x0), op, fontsize=9, ha="center", va="center", color=color,
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.6))
+    for node in concat:
+        ax.annotate("", xy=(pos["c_{k}"], 0), xytext=(pos[names[node]], 0),
+                    arrowprops=dict(arrow, color="#aaaaaa", lw=1.0, ls="--", connectionstyle="arc3,rad=0.25"))
+    for name, x in pos.items():
+        is_io = name.startswith("c_")
+        ax.text(x, 0, f"${name}$" if is_io else name, fontsize=12, ha="center", va="center", zorder=3,
+                bbox=dict(boxstyle="round,pad=0.45", fc="#c6dbef" if is_io else "#fdd0a2", ec="black"))
+    height = BEND / 2 * (max(pos.values()) - SPACING)
+    ax.set_title(title, fontsize=13)
+    ax.set_xlim(-0.8, max(pos.values()) + 0.8)
+    ax.set_ylim(-height - 0.5, height + 0.5)
+    ax.axis("off")
+
+
+def plot_genotype(genotype, out, dpi=150, name=""):
+    """Write a picture of both cells of `genotype` to `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 11))
+    draw_cell(top, genotype.normal, genotype.normal_concat, f"{name} normal cell".strip())
+    draw_cell(bottom, genotype.reduce, genotype.reduce_concat, f"{name} reduction cell".strip())
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+
+
+@utils.exits_cleanly
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    if out.suffix.lower() not in FORMATS:
+        raise UserError(f"--out {out}: unknown picture format; use one of {', '.join(FORMATS)}")
+    genotype = genotypes.load_genotype(args.arch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = args.arch if args.arch in genotypes.NAMED else Path(args.arch).stem
+    plot_genotype(genotype, out, args.dpi, name)
+    logger.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()
