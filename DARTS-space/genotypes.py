@@ -252,21 +252,24 @@ def save_genotype(genotype, path):
     Path(path).write_text(json.dumps(genotype_to_dict(genotype), indent=2) + "\n")
 
 
-def load_genotype(name_or_path):
-    """A genotype by name from this module, or from a genotype.json path; `UserError` if neither."""
+def load_genotype(name_or_path, flag="--arch"):
+    """A genotype by name from this module, or from a genotype.json path; `UserError` if neither.
+
+    `flag` names the command-line argument in the error messages.
+    """
     if name_or_path in NAMED:
         return NAMED[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
         raise UserError(
-            f"--arch {name_or_path}: neither a genotype name nor a file; "
+            f"{flag} {name_or_path}: neither a genotype name nor a file; "
             f"accepted names: {', '.join(NAMED)}, or the path of a genotype.json written by a search"
         )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"--arch {path}: not valid JSON ({err}); give a genotype.json written by train_search.py")
+        raise UserError(f"{flag} {path}: not valid JSON ({err}); give a genotype.json written by train_search.py")
     try:
         return genotype_from_dict(data)
     except UserError as err:
-        raise UserError(f"--arch {path}: {err}") from None
+        raise UserError(f"{flag} {path}: {err}") from None

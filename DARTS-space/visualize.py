@@ -107,7 +107,7 @@ def main(argv=None):
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
         raise UserError(f"--out {out}: unknown picture format; use one of {', '.join(FORMATS)}")
-    genotype = genotypes.load_genotype(args.arch)
+    genotype = genotypes.load_genotype(args.arch, flag="genotype")
     out.parent.mkdir(parents=True, exist_ok=True)
     name = args.arch if args.arch in genotypes.NAMED else Path(args.arch).stem
     plot_genotype(genotype, out, args.dpi, name)

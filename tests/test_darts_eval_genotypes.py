@@ -1,0 +1,71 @@
+"""DARTS-space genotypes: JSON round trip, loading by name or path, one-line errors."""
+
+import json
+
+import pytest
+from conftest import run_script
+
+
+def test_json_round_trip_of_every_named_genotype(load_space, tmp_path):
+    genotypes = load_space("DARTS-space", "genotypes")
+    for name, genotype in genotypes.NAMED.items():
+        path = tmp_path / f"{name}.json"
+        genotypes.save_genotype(genotype, path)
+        loaded = genotypes.load_genotype(str(path))
+        assert genotypes.genotype_to_dict(loaded) == genotypes.genotype_to_dict(genotype)
+        assert genotypes.load_genotype(name) is genotype
+        for ops in (genotype.normal, genotype.reduce):
+            assert len(ops) == 8 and all(op in genotypes.PRIMITIVES for op, _ in ops)
+
+
+def test_nested_genotype_key_is_accepted(load_space, tmp_path):
+    genotypes = load_space("DARTS-space", "genotypes")
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"genotype": genotypes.genotype_to_dict(genotypes.DARTS_V2), "valid_acc": 80.0}))
+    assert genotypes.load_genotype(str(path)).normal == genotypes.DARTS_V2.normal
+
+
+def _bad_genotypes(genotypes):
+    good = genotypes.genotype_to_dict(genotypes.DrNAS_cifar10)
+    unknown_op = json.loads(json.dumps(good))
+    unknown_op["normal"][0][0] = "conv_7x1_1x7"
+    wrong_shape = json.loads(json.dumps(good))
+    wrong_shape["reduce"] = wrong_shape["reduce"][:6]  # 3 nodes, where 'normal' has 4
+    bad_index = json.loads(json.dumps(good))
+    bad_index["normal"][0][1] = 5  # node 0 can only read the two cell inputs
+    return {"unknown_op": unknown_op, "wrong_shape": wrong_shape, "bad_index": bad_index}
+
+
+def test_load_errors_in_process(load_space, tmp_path):
+    genotypes = load_space("DARTS-space", "genotypes")
+    with pytest.raises(genotypes.UserError, match="accepted names: DrNAS_cifar10"):
+        genotypes.load_genotype("DrNAS_cifar100")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(genotypes.UserError, match="not valid JSON"):
+        genotypes.load_genotype(str(tmp_path / "broken.json"))
+    expected = {"unknown_op": "accepted ops: max_pool_3x3, avg_pool_3x3", "bad_index": "integer in 0..1",
+                "wrong_shape": "'normal' has 8 entries but 'reduce' 6"}
+    for key, data in _bad_genotypes(genotypes).items():
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(genotypes.UserError, match=expected[key]):
+            genotypes.load_genotype(str(path))
+
+
+def test_wrong_arch_ends_with_one_clear_line(load_space, tmp_path):
+    genotypes = load_space("DARTS-space", "genotypes")
+    (tmp_path / "broken.json").write_text("{not json")
+    cases = {"unknown name": ("DrNAS_cifar100", "accepted names: DrNAS_cifar10, DrNAS_imagenet"),
+             "malformed JSON": (tmp_path / "broken.json", "not valid JSON")}
+    for key, data in _bad_genotypes(genotypes).items():
+        (tmp_path / f"{key}.json").write_text(json.dumps(data))
+    cases["unknown op"] = (tmp_path / "unknown_op.json", "accepted ops: max_pool_3x3")
+    for what, (arch, expected) in cases.items():
+        run_dir = tmp_path / f"run-{what.replace(' ', '_')}"
+        result = run_script("DARTS-space", "train.py", "--dataset", "synthetic", "--arch", arch,
+                            "--device", "cpu", "--save", run_dir, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (what, result.stderr)
+        assert len(lines) == 1 and expected in lines[0], (what, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout
+        assert not run_dir.exists()  # refused before anything was written
