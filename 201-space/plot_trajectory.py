@@ -66,6 +66,7 @@ def plot_trajectory(records, out_path):
     # The object API with an Agg canvas leaves pyplot's global backend alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(4.2 * len(DATASETS), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -82,9 +83,10 @@ def plot_trajectory(records, out_path):
         ax.set_xlabel("search epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) == 1:
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     fig.suptitle("NAS-Bench-201 accuracy during the search (200-epoch training)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
