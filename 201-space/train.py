@@ -58,7 +58,7 @@ def get_parser():
     system.add_argument("--seed", type=int, default=0, help="random seed")
     system.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="where to run")
     system.add_argument("--gpu", type=int, default=0, help="CUDA device index")
-    system.add_argument("--save", type=str, default=None, help="run directory (default: experiments/train-<time>)")
+    system.add_argument("--save", type=str, default=None, help="run directory; without it a new experiments/train-<time>")
     system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
     system.add_argument("--report_freq", type=int, default=50, help="steps between progress lines")
     return parser
