@@ -1,0 +1,132 @@
+"""DARTS-space evaluation scripts run as a user would: learning, exact resume, --arch PATH,
+torchrun on two CPU processes (gloo) for train.py and train_imagenet.py, visualize.py."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import SPACES, run_script
+
+# A small network that learns the synthetic set in two epochs on a busy CPU.
+TINY = ["--dataset", "synthetic", "--cutout", "--auxiliary", "--layers", "5", "--init_channels", "8",
+        "--batch_size", "16", "--learning_rate", "0.05", "--epochs", "2", "--device", "cpu", "--workers", "0",
+        "--seed", "3", "--report_freq", "8"]
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _checkpoint(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def _history(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_train_learns_and_resumes_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    result = run_script("DARTS-space", "train.py", *TINY, "--save", straight)
+    assert result.returncode == 0, result.stderr
+    log = (straight / "log.txt").read_text()
+    assert re.search(r"param count = \d+ \(", log)
+    history = _history(straight)
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[-1]["valid_acc"] > 40.0  # chance is 10 %
+    assert "best valid acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
+
+    # The same run, killed as soon as its first epoch is checkpointed, then resumed.
+    resumed = tmp_path / "resumed"
+    cmd = [sys.executable, "train.py", *map(str, TINY), "--save", str(resumed)]
+    proc = subprocess.Popen(cmd, cwd=SPACES["DARTS-space"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not (resumed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert _checkpoint(resumed)["epoch"] == 1, "the run was not stopped after its first epoch"
+    result = run_script("DARTS-space", "train.py", *TINY, "--save", resumed, "--resume", resumed / "checkpoint.pt")
+    assert result.returncode == 0, result.stderr
+    a, b = _checkpoint(straight), _checkpoint(resumed)
+    assert b["epoch"] == 2
+    _assert_same_state(a["model"], b["model"])
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
+    assert [h["valid_acc"] for h in _history(resumed)] == [h["valid_acc"] for h in history]
+
+
+def test_arch_path_from_a_search(load_space, tmp_path):
+    genotypes, model = load_space("DARTS-space", "genotypes", "model")
+    path = tmp_path / "genotype.json"
+    genotypes.save_genotype(genotypes.PC_DARTS_cifar, path)  # what train_search.py writes
+    expected = model.param_count(model.NetworkCIFAR(4, 10, 5, False, genotypes.PC_DARTS_cifar))
+    run_dir = tmp_path / "run"
+    result = run_script("DARTS-space", "train.py", "--dataset", "synthetic", "--arch", path, "--layers", "5",
+                        "--init_channels", "4", "--batch_size", "8", "--epochs", "1", "--max_steps_per_epoch", "2",
+                        "--device", "cpu", "--workers", "0", "--save", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"param count = {expected} (" in (run_dir / "log.txt").read_text()
+    assert json.loads((run_dir / "args.json").read_text())["arch"] == str(path)
+
+
+def _run_torchrun(tmp_path, script, *args):
+    run_dir = tmp_path / "run"
+    result = run_script("DARTS-space", *TORCHRUN, script, *args, "--device", "cpu", "--workers", "0",
+                        "--epochs", "1", "--max_steps_per_epoch", "3", "--save", run_dir, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (run_dir / "log.txt").read_text()
+    # Every rank compares its weights with rank 0's after training: identical replicas.
+    match = re.search(r"rank consistency: max \|w - w_rank0\| over 2 ranks = (\S+)", log)
+    assert match and float(match.group(1)) == 0.0, log
+    # One set of files, written once (by rank 0).
+    assert sorted(p.name for p in run_dir.iterdir()) == ["args.json", "best.pt", "checkpoint.pt", "history.jsonl",
+                                                         "log.txt", "tb"]
+    assert log.count("epoch 1/1 ") == 1 and log.count("param count") == 1
+    assert len(_history(run_dir)) == 1
+    assert "processes = 2" in log
+    return run_dir
+
+
+def test_train_under_torchrun(tmp_path):
+    _run_torchrun(tmp_path, "train.py", "--dataset", "synthetic", "--cutout", "--auxiliary", "--layers", "5",
+                  "--init_channels", "4", "--batch_size", "8")
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path):
+    """An ImageFolder tree of 32x32 PNGs in 3 classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3)):
+        for label in range(3):
+            folder = tmp_path / "imagenet" / split / f"n0{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path / "imagenet"
+
+
+def test_train_imagenet_under_torchrun(tmp_path, tiny_imagenet):
+    run_dir = _run_torchrun(tmp_path, "train_imagenet.py", "--data", tiny_imagenet, "--image_size", "32",
+                            "--layers", "5", "--init_channels", "8", "--batch_size", "4")
+    assert "param count = " in (run_dir / "log.txt").read_text()
+
+
+def test_visualize_writes_a_png(tmp_path):
+    out = tmp_path / "cell.png"
+    result = run_script("DARTS-space", "visualize.py", "DrNAS_cifar10", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
