@@ -40,7 +40,8 @@ RUN_DEFINING = (
 )
 
 
-def get_parser():
+def get_parser(progressive=False):
+    """The search's flags; `progressive=True` swaps --epochs/--k for the stage schedule."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
@@ -50,7 +51,6 @@ def get_parser():
     model = parser.add_argument_group("model")
     model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
     model.add_argument("--layers", type=int, default=5, help="search cells N per stage")
-    model.add_argument("--k", type=int, default=1, help="partial channels: 1/k of the channels go through each edge")
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--batch_size", type=int, default=64, help="batch size")
     optim.add_argument("--learning_rate", type=float, default=0.025, help="initial weight learning rate")
@@ -58,9 +58,17 @@ def get_parser():
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="weight decay of the weights")
     optim.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clip of the weights")
-    optim.add_argument("--epochs", type=int, default=100, help="search epochs")
+    if not progressive:
+        optim.add_argument("--epochs", type=int, default=100, help="search epochs")
     search = parser.add_argument_group("search")
     search.add_argument("--method", type=str, default="dirichlet", choices=METHODS, help="how mixing weights come from beta")
+    if progressive:  # DrNAS Sec. 3.3: two stages, pruning and widening in between
+        search.add_argument("--stage_epochs", type=int, nargs=2, default=[50, 50], metavar=("E1", "E2"), help="epochs of each stage")
+        search.add_argument("--stage_k", type=int, nargs=2, default=[4, 2], metavar=("K1", "K2"), help="partial channels k of each stage")
+        search.add_argument("--stage_keep", type=int, nargs=2, default=[5, 3], metavar=("N1", "N2"), help="ops kept per edge in each stage")
+        search.add_argument("--warmup_epochs", type=int, default=10, help="weight-only epochs at the start of each stage")
+    else:
+        search.add_argument("--k", type=int, default=1, help="partial channels: 1/k of the channels go through each edge")
     search.add_argument("--arch_learning_rate", type=float, default=3e-4, help="Adam learning rate of beta")
     search.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
     search.add_argument("--reg_type", type=str, default="l2", choices=("l2", "kl"), help="regulariser of beta")
@@ -93,7 +101,7 @@ def run_search(args, stages, script):
             valid = [k for k in range(1, args.init_channels + 1) if args.init_channels % k == 0]
             raise utils.UserError(f"--k {stage.k} does not divide the {args.init_channels} channels; use one of {valid}")
     if ckpt is not None:
-        utils.check_resume_args(ckpt["args"], args, RUN_DEFINING)
+        utils.check_resume_args(ckpt["args"], args, [key for key in RUN_DEFINING if hasattr(args, key)])
     benchmark = load_benchmark(args.benchmark) if args.benchmark else None
     run_dir = utils.prepare_run_dir(args.save, script, args.resume)
     utils.setup_logging(run_dir)
@@ -174,9 +182,9 @@ def run_search(args, stages, script):
     save_genotype(model.genotype(), run_dir / "genotype.json")
     logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
     if benchmark is not None:
-        from plot_trajectory import plot_trajectory
+        from plot_trajectory import plot_trajectory, read_history
 
-        plot_trajectory(utils.read_history(run_dir), run_dir / "trajectory.png")
+        plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
     return model
 
 
@@ -188,22 +196,30 @@ def train(model, architect, w_optimizer, train_stream, valid_stream, lr, arch_st
     steps = len(train_stream)
     for step, (x, y) in enumerate(train_stream.take(steps)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        valid_batch = None
         if arch_step:
-            x_valid, y_valid = next(valid_stream)
-            x_valid, y_valid = x_valid.to(device, non_blocking=True), y_valid.to(device, non_blocking=True)
-            architect.step(x, y, x_valid, y_valid, lr, w_optimizer)
-        w_optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward(inputs=weights)  # beta never receives the weight loss
-        torch.nn.utils.clip_grad_norm_(weights, args.grad_clip)
-        w_optimizer.step()
+            valid_batch = [t.to(device, non_blocking=True) for t in next(valid_stream)]
+        logits, loss = search_step(model, architect, w_optimizer, weights, (x, y), valid_batch, lr, args.grad_clip)
         loss_meter.update(loss, x.size(0))
-        acc_meter.update(utils.accuracy(logits.detach(), y)[0], x.size(0))
+        acc_meter.update(utils.accuracy(logits, y)[0], x.size(0))
         if (step + 1) % args.report_freq == 0 or step + 1 == steps:
             logger.info("train %03d/%03d loss %.4f acc %.2f | %s", step + 1, steps, loss_meter.avg, acc_meter.avg,
                         progress.line(epoch * steps + step + 1, x.size(0)))
     return acc_meter.avg, loss_meter.avg
+
+
+def search_step(model, architect, w_optimizer, weights, train_batch, valid_batch, lr, grad_clip):
+    """One search iteration: an architecture step (when `valid_batch` is given), then a weight step."""
+    x, y = train_batch
+    if valid_batch is not None:
+        architect.step(x, y, *valid_batch, lr, w_optimizer)
+    w_optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward(inputs=weights)  # beta never receives the weight loss
+    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_optimizer.step()
+    return logits.detach(), loss.detach()
 
 
 @torch.no_grad()

@@ -122,14 +122,6 @@ class History:
             f.write(json.dumps(record) + "\n")
 
 
-def read_history(run_dir):
-    """The records of `run_dir/history.jsonl`, in order."""
-    path = Path(run_dir) / "history.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path} not found; give the directory of a run")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 # ---------------------------------------------------------------- seeds and device
 
 
