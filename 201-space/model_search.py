@@ -179,7 +179,11 @@ class Network(nn.Module):
     def prune(self, keep):
         """Keep the `keep` ops with the largest beta on every edge; delete the others."""
         beta = self.beta.detach().cpu()
-        self.kept = [sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)]
+        self.set_kept([sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)])
+
+    def set_kept(self, kept):
+        """Keep the ops `kept[e]` (indices into PRIMITIVES) on edge e of every cell."""
+        self.kept = [list(ops) for ops in kept]
         for cell in self.search_cells():
             for e, edge in enumerate(cell.edges):
                 edge.prune({PRIMITIVES[o] for o in self.kept[e]})

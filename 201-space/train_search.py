@@ -126,8 +126,10 @@ def run_search(args, stages, script):
     w_optimizer, scheduler = make_weight_optimizer(model, args, sum(s.epochs for s in stages))
     stage_index, start_epoch = 0, 0
     if ckpt is not None:
-        for stage_index in range(1, ckpt["stage"] + 1):  # rebuild the shapes of the saved stage
-            enter_stage(model, stages[stage_index], args, stage_index)
+        stage_index = ckpt["stage"]
+        model.set_kept(ckpt["kept"])  # rebuild the saved stage's ops and widths, then load
+        if stages[stage_index].k != model.k:
+            model.widen(stages[stage_index].k, torch.Generator())
         w_optimizer, scheduler = make_weight_optimizer(model, args, sum(s.epochs for s in stages))
         model.load_state_dict(ckpt["model"])
         w_optimizer.load_state_dict(ckpt["optimizer"])
@@ -171,7 +173,7 @@ def run_search(args, stages, script):
                 writer.add_scalar(f"nb201/{dataset}", acc, epoch)
             history.append(record)
             utils.save_checkpoint(
-                dict(epoch=epoch + 1, stage=stage_index, model=model.state_dict(), optimizer=w_optimizer.state_dict(),
+                dict(epoch=epoch + 1, stage=stage_index, kept=model.kept, model=model.state_dict(), optimizer=w_optimizer.state_dict(),
                      scheduler=scheduler.state_dict(), architect=architect.optimizer.state_dict(),
                      genotype=record["genotype"], args=vars(args), rng=utils.rng_state(),
                      train_stream=train_stream.position(), valid_stream=valid_stream.position()),

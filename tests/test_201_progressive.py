@@ -1,0 +1,141 @@
+"""Progressive search of the 201 space: stage hand-over, exact resume in either stage, outputs."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import run_script
+
+TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "32",
+        "--workers", "0", "--device", "cpu", "--report_freq", "100"]
+
+
+def _search_step_state(ts, model, args):
+    """Two search steps, so that every weight has an SGD momentum buffer."""
+    from architect import Architect
+
+    architect = Architect(model, args)
+    optimizer, scheduler = ts.make_weight_optimizer(model, args, 4)
+    weights = model.weights()
+    for _ in range(2):
+        batch = (torch.randn(4, 3, 8, 8), torch.randint(10, (4,)))
+        ts.search_step(model, architect, optimizer, weights, batch, batch, 0.025, 5.0)
+    scheduler.step()
+    return architect, optimizer, scheduler
+
+
+def test_next_stage_widens_every_tensor_and_carries_momentum(load_space):
+    ts, ms = load_space("201-space", "train_search", "model_search")
+    torch.manual_seed(0)
+    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
+    model = ms.Network(C=8, N=1, num_classes=10, k=4)
+    architect, optimizer, scheduler = _search_step_state(ts, model, args)
+    old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    old_buffers = {n: b.clone() for n, b in model.named_buffers()}
+    old_momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters() if n != "beta"}
+    beta, lr = model.beta, scheduler.get_last_lr()[0]
+
+    new_opt, new_sched = ts.next_stage(model, ts.Stage(2, 2, 3, 0), args, 1, optimizer, scheduler, 4)
+
+    assert model.k == 2 and model.beta is beta, "beta keeps its identity (and so its Adam state)"
+    assert architect.optimizer.state[beta]["exp_avg"].shape == beta.shape
+    assert new_sched.get_last_lr()[0] == pytest.approx(lr), "the cosine schedule is continuous"
+    assert all(len(kept) == 3 for kept in model.kept)
+    checked = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, ms.MixedOp):
+            continue
+        assert set(module.ops) == {ms.PRIMITIVES[o] for o in model.kept[int(name.split(".")[-1])]}
+        for op_name, op in module.ops.items():
+            if not hasattr(op, "op"):
+                continue  # parameter-free ops
+            prefix = f"{name}.ops.{op_name}.op"
+            conv, bn = op.op[1], op.op[2]
+            old, new = module.C // 4, module.C // 2
+            assert conv.weight.shape[:2] == (new, new) and bn.running_mean.shape == (new,)
+            old_w = old_params[f"{prefix}.1.weight"]  # (old, old, kh, kw)
+            assert torch.equal(conv.weight[:old, :old], old_w), "existing channels are kept"
+            # Each new channel c copies an old channel: find the map from the output rows.
+            index = [next(j for j in range(old) if torch.equal(conv.weight[c, :old], old_w[j])) for c in range(new)]
+            assert torch.equal(conv.weight, old_w[index][:, index])
+            assert torch.equal(bn.running_mean, old_buffers[f"{prefix}.2.running_mean"][index])
+            assert torch.equal(bn.running_var, old_buffers[f"{prefix}.2.running_var"][index])
+            buf = new_opt.state[conv.weight]["momentum_buffer"]
+            assert buf.shape == conv.weight.shape
+            assert torch.equal(buf, old_momentum[f"{prefix}.1.weight"][index][:, index]), "momentum follows its channels"
+            checked += 1
+    assert checked > 0
+    # Every weight of the new optimizer is a live parameter with matching momentum shape.
+    assert {id(p) for g in new_opt.param_groups for p in g["params"]} == {id(p) for p in model.weights()}
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+def _run(ts, argv):
+    args = ts.get_parser(progressive=True).parse_args(argv)
+    stages = [ts.Stage(e, k, keep, args.warmup_epochs) for e, k, keep in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
+    return ts.run_search(args, stages, "test")
+
+
+def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
+    ts, utils = load_space("201-space", "train_search", "utils")
+    argv = TINY + ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "4", "2", "--trajectory_samples", "0"]
+    saves = []
+    real_save = utils.save_checkpoint
+
+    def keep_every_epoch(state, path):
+        real_save(state, path)
+        shutil.copy(path, tmp_path / f"epoch{state['epoch']}.pt")
+        saves.append(state["stage"])
+
+    monkeypatch.setattr(utils, "save_checkpoint", keep_every_epoch)
+    _run(ts, argv + ["--save", str(tmp_path / "full")])
+    assert saves == [0, 0, 1, 1]
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    monkeypatch.setattr(utils, "save_checkpoint", real_save)
+
+    for epoch in (2, 3):  # 2: at the stage boundary (resume prunes and widens); 3: inside stage 2
+        run_dir = tmp_path / f"resumed{epoch}"
+        run_dir.mkdir()
+        shutil.copy(tmp_path / f"epoch{epoch}.pt", run_dir / "checkpoint.pt")
+        _run(ts, argv + ["--save", str(run_dir), "--resume", str(run_dir / "checkpoint.pt")])
+        resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert resumed["epoch"] == full["epoch"] == 4
+        assert resumed["model"].keys() == full["model"].keys()
+        for key, value in full["model"].items():
+            torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(resumed["architect"]["state"][0][key], full["architect"]["state"][0][key], rtol=0, atol=1e-6)
+
+
+def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_table, load_space):
+    run_dir = tmp_path / "run"
+    result = run_script("201-space", "train_search_progressive.py", *TINY, "--stage_epochs", "1", "1", "--warmup_epochs", "0",
+                        "--benchmark", nb201_table, "--trajectory_samples", "20", "--save", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "stage 1: k=2, 3 ops kept per edge" in result.stdout
+    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == [0, 1]
+    for record in records:
+        assert set(record["benchmark"]) >= {"cifar10", "cifar100", "ImageNet16-120"}
+        for dataset, summary in record["trajectory"].items():
+            assert summary["min"] <= summary["median"] <= summary["max"]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    widths = {v.shape[0] for k, v in ckpt["model"].items() if ".edges." in k and k.endswith("running_mean")}
+    assert widths == {2, 4, 8}, "every op runs on C/k2 channels in stage 2 (C = 4, 8, 16 per stage)"
+    assert (run_dir / "trajectory.png").stat().st_size > 10_000
+    genotypes = load_space("201-space", "genotypes")
+    arch = genotypes.load_arch(str(run_dir / "genotype.json"))
+    assert all(len(kept) == 3 for kept in ckpt["kept"])
+    assert [genotypes.PRIMITIVES.index(op) for op in arch.edge_ops()] == [
+        max(kept, key=lambda o: ckpt["model"]["beta"][e, o]) for e, kept in enumerate(ckpt["kept"])
+    ], "the final cell is the argmax of beta among the kept ops"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--stage_k", "2", "4"], "K2 must divide K1"),
+    (["--stage_keep", "3", "4"], "--stage_keep must shrink"),
+])
+def test_bad_stage_schedule_is_refused(flags, message):
+    result = run_script("201-space", "train_search_progressive.py", *TINY, *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
