@@ -42,14 +42,13 @@ def main(argv=None):
     device = utils.resolve_device(args.device, args.gpu)
     search_args = search_parser().parse_args(["--k", str(args.k), "--method", args.method])
     torch.manual_seed(0)
-    model = Network(args.init_channels, args.layers, 10, args.k, args.method).to(device)
+    model = Network(args.init_channels, args.layers, 10, args.k, args.method).to(device, memory_format=torch.channels_last)
     architect = Architect(model, search_args)
     w_optimizer, _ = make_weight_optimizer(model, search_args, search_args.epochs)
     weights = model.weights()
 
     def batch():
-        x = torch.randn(args.batch_size, 3, 32, 32, device=device)
-        return x, torch.randint(10, (args.batch_size,), device=device)
+        return utils.to_device((torch.randn(args.batch_size, 3, 32, 32), torch.randint(10, (args.batch_size,))), device)
 
     def sync():
         if device.type == "cuda":

@@ -9,6 +9,7 @@ the evaluation network (`model.py`) uses affine BatchNorm. Every op with weights
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def widen_like(tensor, shape, index):
@@ -65,18 +66,31 @@ class ReLUConvBN(nn.Module):
         self.op[2] = widen_bn(self.op[2], index)
 
 
+def avg_pool_3x3(x, stride):
+    """3x3 average pooling that does not count the zero padding (`count_include_pad=False`).
+
+    Computed as a depthwise convolution with a ones kernel divided by the number of
+    pixels under the window: the same numbers as `F.avg_pool2d`, whose CPU kernel is
+    about 6x slower and took a third of a search step.
+    """
+    C, H, W = x.shape[1:]
+    kernel = x.new_ones(C, 1, 3, 3)
+    counts = F.conv2d(x.new_ones(1, 1, H, W), kernel[:1], stride=stride, padding=1)  # (1, 1, H', W')
+    return F.conv2d(x, kernel, stride=stride, padding=1, groups=C) / counts
+
+
 class Pooling(nn.Module):
     """3x3 average pooling, with a 1x1 ReLUConvBN first when the channel count changes."""
 
     def __init__(self, C_in, C_out, stride, affine=True):
         super().__init__()
         self.preprocess = None if C_in == C_out else ReLUConvBN(C_in, C_out, 1, 1, 0, affine)
-        self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        self.stride = stride
 
     def forward(self, x):
         if self.preprocess is not None:
             x = self.preprocess(x)
-        return self.pool(x)
+        return avg_pool_3x3(x, self.stride)
 
     def widen(self, index):
         if self.preprocess is not None:

@@ -120,7 +120,8 @@ def run_search(args, stages, script):
                                 position=ckpt["valid_stream"] if ckpt else (0, 0), **stream_args)
     valid_loader = DataLoader(valid_part, batch_size=args.batch_size, num_workers=args.workers)
 
-    model = Network(args.init_channels, args.layers, num_classes, stages[0].k, args.method).to(device)
+    model = Network(args.init_channels, args.layers, num_classes, stages[0].k, args.method)
+    model = model.to(device, memory_format=torch.channels_last)
     model.prune(stages[0].keep)
     architect = Architect(model, args)
     w_optimizer, scheduler = make_weight_optimizer(model, args, sum(s.epochs for s in stages))
@@ -130,6 +131,7 @@ def run_search(args, stages, script):
         model.set_kept(ckpt["kept"])  # rebuild the saved stage's ops and widths, then load
         if stages[stage_index].k != model.k:
             model.widen(stages[stage_index].k, torch.Generator())
+            model.to(memory_format=torch.channels_last)
         w_optimizer, scheduler = make_weight_optimizer(model, args, sum(s.epochs for s in stages))
         model.load_state_dict(ckpt["model"])
         w_optimizer.load_state_dict(ckpt["optimizer"])
@@ -196,11 +198,9 @@ def train(model, architect, w_optimizer, train_stream, valid_stream, lr, arch_st
     loss_meter, acc_meter = utils.AverageMeter(), utils.AverageMeter()
     weights = model.weights()
     steps = len(train_stream)
-    for step, (x, y) in enumerate(train_stream.take(steps)):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        valid_batch = None
-        if arch_step:
-            valid_batch = [t.to(device, non_blocking=True) for t in next(valid_stream)]
+    for step, batch in enumerate(train_stream.take(steps)):
+        x, y = utils.to_device(batch, device)
+        valid_batch = utils.to_device(next(valid_stream), device) if arch_step else None
         logits, loss = search_step(model, architect, w_optimizer, weights, (x, y), valid_batch, lr, args.grad_clip)
         loss_meter.update(loss, x.size(0))
         acc_meter.update(utils.accuracy(logits, y)[0], x.size(0))
@@ -229,8 +229,8 @@ def infer(model, loader, device):
     """Accuracy and loss of the supernet on `loader`."""
     model.eval()
     loss_meter, acc_meter = utils.AverageMeter(), utils.AverageMeter()
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for batch in loader:
+        x, y = utils.to_device(batch, device)
         logits = model(x)
         loss_meter.update(F.cross_entropy(logits, y), x.size(0))
         acc_meter.update(utils.accuracy(logits, y)[0], x.size(0))
@@ -273,6 +273,7 @@ def next_stage(model, stage, args, index, w_optimizer, scheduler, total_epochs):
         if "momentum_buffer" in w_optimizer.state.get(p, {})
     }
     channel_maps = enter_stage(model, stage, args, index)
+    model.to(memory_format=torch.channels_last)  # the widened convs are new modules
     new_optimizer, new_scheduler = make_weight_optimizer(model, args, total_epochs, lr=scheduler.get_last_lr()[0])
     new_scheduler.load_state_dict(scheduler.state_dict())  # the cosine schedule carries on
     for name, p in model.named_parameters():

@@ -177,6 +177,16 @@ def resolve_device(name, gpu=0):
     return torch.device(name)
 
 
+def to_device(batch, device):
+    """Move an (images, labels) batch to `device`, images channels-last.
+
+    Channels-last (NHWC) convolutions are about 20% faster on CPUs and on GPUs with
+    tensor cores; models are kept in the same memory format.
+    """
+    x, y = batch
+    return x.to(device, non_blocking=True, memory_format=torch.channels_last), y.to(device, non_blocking=True)
+
+
 def peak_memory_mb(device):
     """Peak memory of this process: the allocator's peak on CUDA, max RSS on the CPU."""
     if device.type == "cuda":
