@@ -42,12 +42,18 @@ RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "learning_rat
                "train_portion", "max_steps")
 
 
-def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def get_parser(imagenet=False, description=__doc__):
+    """The search flags; `imagenet=True` gives train_search_imagenet.py's data flags and defaults."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
-    data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads into it)")
+    if imagenet:
+        data.add_argument("--data", type=str, default="../data/imagenet_search",
+                          help="folder with train/ (weights) and val/ (architecture) class folders")
+        data.add_argument("--image_size", type=int, default=224, help="crop size of the images")
+    else:
+        data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
+        data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads into it)")
     data.add_argument("--train_portion", type=float, default=0.5,
                       help="share of the training images for the weights; the rest updates the architecture")
     model = parser.add_argument_group("model")
@@ -57,7 +63,8 @@ def get_parser():
     optim.add_argument("--batch_size", type=int, default=64, help="batch size (per process under torchrun)")
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
     optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
-    optim.add_argument("--lr_warmup_epochs", type=int, default=0, help="linear learning-rate warm-up epochs")
+    optim.add_argument("--lr_warmup_epochs", type=int, default=0,
+                       help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
     optim.add_argument("--grad_clip", type=float, default=5.0, help="gradient-norm clip of the weights")
@@ -82,6 +89,10 @@ def get_parser():
     system.add_argument("--report_freq", type=int, default=50, help="log a progress line every N steps")
     system.add_argument("--max_steps", type=int, default=0,
                         help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)")
+    if imagenet:
+        # The paper's ImageNet search (DESIGN.md section 4).
+        parser.set_defaults(batch_size=512, learning_rate=0.5, lr_warmup_epochs=5, arch_learning_rate=6e-3,
+                            init_channels=48, layers=14, stage_k=[6, 3], workers=8)
     return parser
 
 
@@ -99,11 +110,13 @@ def check_args(args):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
     for k in args.stage_k:
         check_k(args.init_channels, args.layers, k, flag="--stage_k")
+    if getattr(args, "image_size", 32) < 32:
+        raise utils.UserError(f"--image_size {args.image_size}: the stems and two reductions need at least 32 px")
 
 
 def learning_rate(epoch, args):
     """Cosine over all stages, continuous across them; optional linear warm-up first."""
-    if epoch < args.lr_warmup_epochs:
+    if epoch < args.lr_warmup_epochs and args.batch_size > 256:
         return args.learning_rate * (epoch + 1) / args.lr_warmup_epochs
     total = sum(args.stage_epochs)
     cos = (1 + math.cos(math.pi * epoch / total)) / 2

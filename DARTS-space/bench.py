@@ -1,0 +1,107 @@
+"""Seconds per search step and peak memory of the DrNAS supernet, one JSON line per config.
+
+A search step is what train_search.py does per batch after the warm-up: a first-order
+architecture step on one batch, then an SGD step of the weights (clipped) on another.
+Configurations: the paper's CIFAR search network (C=36, 20 cells, batch 64) in stage 1
+(k=6, all 7 ops) and stage 2 (k=4, 4 ops per edge: the 4 costliest ops, an upper bound
+of any pruning), and a small one (C=16, 8 cells, k=4, 7 ops). Each configuration runs in
+a fresh child process, so the peak memory (max RSS on the CPU, the allocator's peak on
+CUDA) is its own. Random 32x32 inputs, 10 classes.
+
+    python bench.py --device cpu                   # all configurations, 2 threads
+    python bench.py --device cuda --steps 20 --warmup 5
+    python bench.py --device cpu --config small    # one configuration
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import utils
+from architect import Architect
+from genotypes import PRIMITIVES
+from model_search import Network
+
+# name -> network settings. stage-2 `kept` = the 4 parametric ops on every edge.
+COSTLIEST = sorted(PRIMITIVES.index(n) for n in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"))
+CONFIGS = {
+    "paper_stage1": dict(C=36, layers=20, k=6, keep=None, batch=64, stage=1),
+    "paper_stage2": dict(C=36, layers=20, k=4, keep=COSTLIEST, batch=64, stage=2),
+    "small": dict(C=16, layers=8, k=4, keep=None, batch=64, stage=1),
+}
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device")
+    parser.add_argument("--gpu", type=int, default=0, help="CUDA device index")
+    parser.add_argument("--config", type=str, default=None, choices=sorted(CONFIGS),
+                        help="measure only this configuration (default: all, each in a child process)")
+    parser.add_argument("--steps", type=int, default=2, help="timed search steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed search steps first")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser
+
+
+def bench_search(name, args, device):
+    """Time `args.steps` search steps of configuration `name`; return its JSON record."""
+    cfg = CONFIGS[name]
+    kept = None if cfg["keep"] is None else {t: [cfg["keep"]] * 14 for t in ("normal", "reduce")}
+    model = Network(cfg["C"], 10, cfg["layers"], k=cfg["k"], kept=kept).to(device)
+    weights = model.weights()
+    optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
+    arch_args = argparse.Namespace(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9,
+                                   weight_decay=3e-4, arch_learning_rate=6e-4)
+    architect = Architect(model, arch_args)
+    criterion = nn.CrossEntropyLoss()
+    x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
+    y = torch.randint(10, (2, cfg["batch"]), device=device)
+
+    def step():
+        architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(x[0]), y[0])
+        torch.autograd.backward(loss, inputs=weights)
+        nn.utils.clip_grad_norm_(weights, 5.0)
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    tic = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    return dict(config=name, stage=cfg["stage"], C=cfg["C"], layers=cfg["layers"], k=cfg["k"],
+                ops_per_edge=len(cfg["keep"] or PRIMITIVES), batch=cfg["batch"], device=str(device),
+                threads=torch.get_num_threads(), s_per_step=round((time.perf_counter() - tic) / args.steps, 3),
+                peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))
+
+
+@utils.exits_cleanly
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if args.config is None:
+        # One child per configuration: a process's peak memory only grows.
+        for name in CONFIGS:
+            child = [sys.executable, __file__, "--config", name, "--device", args.device, "--gpu", str(args.gpu),
+                     "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                     "--seed", str(args.seed)]
+            if subprocess.run(child).returncode != 0:
+                raise utils.UserError(f"the measurement of {name} failed (see above)")
+        return
+    torch.set_num_threads(args.threads)
+    utils.set_seed(args.seed)
+    device = utils.resolve_device(args.device, args.gpu)
+    print(json.dumps(bench_search(args.config, args, device)), flush=True)  # the output is the JSON line
+
+
+if __name__ == "__main__":
+    main()
