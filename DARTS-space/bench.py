@@ -6,7 +6,9 @@ Configurations: the paper's CIFAR search network (C=36, 20 cells, batch 64) in s
 (k=6, all 7 ops) and stage 2 (k=4, 4 ops per edge: the 4 costliest ops, an upper bound
 of any pruning), and a small one (C=16, 8 cells, k=4, 7 ops). Each configuration runs in
 a fresh child process, so the peak memory (max RSS on the CPU, the allocator's peak on
-CUDA) is its own. Random 32x32 inputs, 10 classes.
+CUDA) is its own. Random 32x32 inputs, 10 classes. The last line, config `eval`, is one
+training step of train.py's network: DrNAS_cifar10 at C=36, 20 cells, batch 64, with the
+auxiliary head and drop path 0.2.
 
     python bench.py --device cpu                   # all configurations, 2 threads
     python bench.py --device cuda --steps 20 --warmup 5
@@ -23,7 +25,8 @@ import torch
 import torch.nn as nn
 import utils
 from architect import Architect
-from genotypes import PRIMITIVES
+from genotypes import PRIMITIVES, DrNAS_cifar10
+from model import NetworkCIFAR, param_count
 from model_search import Network
 
 # name -> network settings. stage-2 `kept` = the 4 parametric ops on every edge.
@@ -40,7 +43,7 @@ def get_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device")
     parser.add_argument("--gpu", type=int, default=0, help="CUDA device index")
-    parser.add_argument("--config", type=str, default=None, choices=sorted(CONFIGS),
+    parser.add_argument("--config", type=str, default=None, choices=sorted(CONFIGS) + ["eval"],
                         help="measure only this configuration (default: all, each in a child process)")
     parser.add_argument("--steps", type=int, default=2, help="timed search steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed search steps first")
@@ -90,7 +93,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.config is None:
         # One child per configuration: a process's peak memory only grows.
-        for name in CONFIGS:
+        for name in [*CONFIGS, "eval"]:
             child = [sys.executable, __file__, "--config", name, "--device", args.device, "--gpu", str(args.gpu),
                      "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
                      "--seed", str(args.seed)]
@@ -100,7 +103,43 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     utils.set_seed(args.seed)
     device = utils.resolve_device(args.device, args.gpu)
-    print(json.dumps(bench_search(args.config, args, device)), flush=True)  # the output is the JSON line
+    record = bench_eval(device, args) if args.config == "eval" else bench_search(args.config, args, device)
+    print(json.dumps(record), flush=True)  # the output is the JSON line
+
+
+# ---------------------------------------------------------------- evaluation network (train.py)
+
+
+def bench_eval(device, args):
+    """Time one train.py step (forward, backward, clip, SGD) of DrNAS_cifar10; return its record."""
+    model = NetworkCIFAR(36, 10, 20, True, DrNAS_cifar10).to(device)
+    model.drop_path_prob = 0.2  # drop path on, as in the second half of a run
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    criterion = nn.CrossEntropyLoss()
+    x = torch.randn(64, 3, 32, 32, device=device)
+    y = torch.randint(10, (64,), device=device)
+
+    def step():
+        logits, logits_aux = model(x)
+        loss = criterion(logits, y) + 0.4 * criterion(logits_aux, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    tic = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    return dict(config="eval", C=36, layers=20, batch=64, auxiliary=True, drop_path_prob=0.2, device=str(device),
+                threads=torch.get_num_threads(), s_per_step=round((time.perf_counter() - tic) / args.steps, 3),
+                peak_mem_mb=round(utils.peak_memory_mb(device), 1),
+                params=param_count(model))  # without the auxiliary head, as papers count
 
 
 if __name__ == "__main__":
