@@ -103,14 +103,14 @@ def run_search(args, stages, script):
     if ckpt is not None:
         utils.check_resume_args(ckpt["args"], args, [key for key in RUN_DEFINING if hasattr(args, key)])
     benchmark = load_benchmark(args.benchmark) if args.benchmark else None
+    device = utils.resolve_device(args.device, args.gpu)
+    train_data, _, num_classes = get_datasets(args.dataset, args.data)  # bad input fails before any file is written
     run_dir = utils.prepare_run_dir(args.save, script, args.resume)
     utils.setup_logging(run_dir)
     utils.save_args(args, run_dir)
-    device = utils.resolve_device(args.device, args.gpu)
     utils.log_environment(args, device)
     utils.set_seed(args.seed)
 
-    train_data, _, num_classes = get_datasets(args.dataset, args.data)
     split = int(len(train_data) * args.train_portion)
     stream_args = dict(batch_size=args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
     valid_part = Subset(train_data, range(split, len(train_data)))

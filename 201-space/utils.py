@@ -53,7 +53,8 @@ def prepare_run_dir(save, script, resume=None):
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
-    holds_run = (run_dir / "args.json").exists() or (run_dir / "checkpoint.pt").exists()
+    # A run counts once it has checkpointed an epoch; a run that died earlier is overwritten.
+    holds_run = (run_dir / "checkpoint.pt").exists()
     if holds_run and not (resume and Path(resume).resolve().parent == run_dir.resolve()):
         raise UserError(
             f"{run_dir} already holds a run; choose another --save, or continue it with "
@@ -212,10 +213,15 @@ def load_checkpoint(path):
     if not path.is_file():
         raise UserError(f"--resume {path}: no such file; give the checkpoint.pt of the run to continue")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"--resume {path}: not a readable checkpoint ({reason}); start afresh or pick another file")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for a damaged file
+        ckpt = None
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise UserError(
+            f"--resume {path}: not a readable checkpoint of this project (damaged or another kind of file); "
+            "start afresh or pick another file"
+        )
+    return ckpt
 
 
 def check_resume_args(saved, args, keys):

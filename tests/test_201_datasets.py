@@ -1,0 +1,84 @@
+"""201-space data: the pickled-batch reader on tiny CIFAR / ImageNet16 trees made here."""
+
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+
+
+def _write_batches(folder, files, label_key, size, labels_per_file, rng):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        labels = list(labels_per_file)
+        data = rng.integers(0, 256, size=(len(labels), 3 * size * size), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, label_key: labels}, f)
+
+
+def make_cifar10(root, per_file=8):
+    rng = np.random.default_rng(0)
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    _write_batches(root / "cifar-10-batches-py", files, "labels", 32, [i % 10 for i in range(per_file)], rng)
+
+
+def test_cifar10_tree_is_read(load_space, tmp_path):
+    datasets = load_space("201-space", "datasets")
+    make_cifar10(tmp_path)
+    train, test, classes = datasets.get_datasets("cifar10", tmp_path, train_augment=True)
+    assert classes == 10 and len(train) == 40 and len(test) == 8
+    x, y = train[3]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 3
+    # The test transform is deterministic (no crop or flip) and normalised.
+    raw = test.images[5].astype(np.float32) / 255  # (H, W, C)
+    expected = (torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(datasets.SOURCES["cifar10"][6]).view(3, 1, 1)) / torch.tensor(
+        datasets.SOURCES["cifar10"][7]
+    ).view(3, 1, 1)
+    torch.testing.assert_close(test[5][0], expected, rtol=0, atol=1e-5)
+
+
+def test_cifar100_and_imagenet16_trees(load_space, tmp_path):
+    datasets = load_space("201-space", "datasets")
+    rng = np.random.default_rng(1)
+    _write_batches(tmp_path / "c100" / "cifar-100-python", ["train", "test"], "fine_labels", 32, [0, 99, 50], rng)
+    train, test, classes = datasets.get_datasets("cifar100", tmp_path / "c100")
+    assert classes == 100 and sorted(train.labels) == [0, 50, 99]
+    # ImageNet16: 1-based labels over 1000 classes, only 1..120 kept (as 0..119).
+    files = [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]
+    _write_batches(tmp_path / "in16", files, "labels", 16, [1, 120, 121, 1000], rng)
+    train, test, classes = datasets.get_datasets("imagenet16-120", tmp_path / "in16")
+    assert classes == 120 and len(train) == 20 and sorted(set(test.labels)) == [0, 119]
+    assert train[0][0].shape == (3, 16, 16)
+
+
+def test_missing_imagenet16_names_files_and_alternative(load_space, tmp_path):
+    datasets, utils = load_space("201-space", "datasets", "utils")
+    with pytest.raises(utils.UserError, match="train_data_batch_1.*--dataset synthetic"):
+        datasets.get_datasets("imagenet16-120", tmp_path)
+
+
+def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_path, monkeypatch):
+    datasets, utils = load_space("201-space", "datasets", "utils")
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    root = tmp_path / "not_yet"
+    with pytest.raises(utils.UserError) as err:
+        datasets.get_datasets("cifar100", root)
+    message = str(err.value)
+    assert "\n" not in message and "cifar-100-python" in message and "--dataset synthetic" in message
+    assert not root.exists(), "a folder made only for the failed download is removed"
+
+
+def test_search_runs_on_a_cifar_tree(tmp_path):
+    make_cifar10(tmp_path / "data")
+    result = run_script("201-space", "train_search.py", "--dataset", "cifar10", "--data", tmp_path / "data", "--epochs", "1",
+                        "--init_channels", "4", "--layers", "1", "--batch_size", "10", "--workers", "0", "--device", "cpu",
+                        "--save", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert "train 002/002" in result.stdout  # 20 of the 40 images train the weights, 2 batches of 10
