@@ -140,7 +140,8 @@ class Network(nn.Module):
         if self.method == "dirichlet":
             # One reparameterised draw for all edges; by the aggregation property this is
             # Dir(alpha) with pruned ops removed and the rest renormalised.
-            w = torch.distributions.Dirichlet(concentration(beta)).rsample()
+            # validate_args=False: argument checks would read device values on the host.
+            w = torch.distributions.Dirichlet(concentration(beta), validate_args=False).rsample()
         elif self.method == "darts":
             w = F.softmax(beta, dim=-1)
         else:  # snas: relaxed Gumbel-softmax; gdas: hard one-hot with straight-through grads
@@ -150,8 +151,9 @@ class Network(nn.Module):
     def kl_regularizer(self):
         """KL(Dir(alpha) || Dir(1)) summed over edges, over the kept ops (DrNAS Eq. 6)."""
         alpha = concentration(self.beta.gather(1, self.kept_index()))
-        prior = torch.distributions.Dirichlet(torch.ones_like(alpha))
-        return torch.distributions.kl_divergence(torch.distributions.Dirichlet(alpha), prior).sum()
+        prior = torch.distributions.Dirichlet(torch.ones_like(alpha), validate_args=False)
+        posterior = torch.distributions.Dirichlet(alpha, validate_args=False)
+        return torch.distributions.kl_divergence(posterior, prior).sum()
 
     def forward(self, x):
         weights = self.arch_weights()
