@@ -68,8 +68,8 @@ def train(stream, steps, model, criterion, optimizer, device, args, progress, ep
     """Epoch `epoch`: `steps` batches from `stream`; returns (top-1 accuracy, loss)."""
     model.train()
     acc_meter, loss_meter = utils.AverageMeter(), utils.AverageMeter()
-    for step, (inputs, targets) in enumerate(stream.take(steps), start=1):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    for step, batch in enumerate(stream.take(steps), start=1):
+        inputs, targets = utils.to_device(batch, device)
         logits = model(inputs)  # (B, classes)
         loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -90,8 +90,8 @@ def infer(loader, model, criterion, device):
     model.eval()
     acc_meter, loss_meter = utils.AverageMeter(), utils.AverageMeter()
     with torch.no_grad():
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+        for batch in loader:
+            inputs, targets = utils.to_device(batch, device)
             logits = model(inputs)
             (acc,) = utils.accuracy(logits, targets)
             loss_meter.update(criterion(logits, targets), inputs.size(0))
@@ -118,7 +118,7 @@ def main(argv=None):
     utils.set_seed(args.seed)
 
     train_data, test_data, num_classes = get_datasets(args.dataset, args.data, train_augment=True)
-    model = Network(args.init_channels, args.layers, structure, num_classes).to(device)
+    model = Network(args.init_channels, args.layers, structure, num_classes).to(device, memory_format=torch.channels_last)
     params = utils.count_parameters(model.parameters())
     flops = count_flops(model, tuple(test_data[0][0].shape))
     logger.info("arch = %s", structure)
