@@ -57,7 +57,7 @@ def widen_conv(conv, in_index, out_index, moved):
     new = nn.Conv2d(
         len(in_index), len(out_index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
         groups=len(out_index) if depthwise else 1, bias=False,
-    ).to(conv.weight.device)
+    ).to(conv.weight.device).train(conv.training)
     with torch.no_grad():
         new.weight.copy_(expand(conv.weight, plan))
     moved.append(Moved(conv.weight, new.weight, plan))

@@ -1,0 +1,217 @@
+"""DARTS-space supernet and architect: parameters, sampling, pruning, widening, genotype,
+host reads, first- and second-order architecture steps, parameter counts."""
+
+import argparse
+
+import pytest
+import torch
+
+# Tiny supernet: C=4, 3 cells (normal, reduce, reduce), 16x16 inputs.
+C, LAYERS, SIZE = 4, 3, 16
+
+
+def arch_args(**kw):
+    base = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4,
+                arch_learning_rate=0.1)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def batch(n=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, SIZE, SIZE, generator=gen), torch.randint(10, (n,), generator=gen)
+
+
+def test_arch_parameters_registered_and_excluded(load_space):
+    model_search = load_space("DARTS-space", "model_search")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    state = net.state_dict()
+    assert state["beta_normal"].shape == (14, 7) and state["beta_reduce"].shape == (14, 7)
+    arch = {id(p) for p in net.arch_parameters()}
+    assert not any(id(p) in arch for p in net.weights())
+    assert len(net.weights()) + 2 == len(list(net.parameters()))
+    assert net.beta_normal.abs().max() < 0.01  # 1e-3 * N(0, 1)
+
+
+def test_dirichlet_samples_on_simplex(load_space):
+    model_search = load_space("DARTS-space", "model_search")
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    mix = net.sample_mix()
+    assert mix.shape == (2, 14, 7) and (mix > 0).all()
+    torch.testing.assert_close(mix.sum(-1), torch.ones(2, 14))
+    mix.sum().backward()
+    assert net.beta_normal.grad is not None  # reparameterised: gradients reach beta
+    net.eval()
+    torch.testing.assert_close(net.sample_mix().sum(-1), torch.ones(2, 14))
+
+
+def test_forward_backward_every_weight_gets_a_gradient(load_space):
+    model_search = load_space("DARTS-space", "model_search")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    x, y = batch()
+    out = net(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    torch.nn.functional.cross_entropy(out, y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_no_host_reads_in_supernet_pass(load_space, monkeypatch):
+    model_search = load_space("DARTS-space", "model_search")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    net.prune(3)  # the pruned supernet too
+    x, y = batch()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host inside the pass")
+
+    for name in ("__bool__", "item", "tolist", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    loss = torch.nn.functional.cross_entropy(net(x), y) + net.kl_regularizer()
+    loss.backward()
+    monkeypatch.undo()
+    assert net.beta_reduce.grad is not None
+
+
+def test_prune_keeps_count_and_never_runs_pruned_ops(load_space):
+    model_search, genotypes = load_space("DARTS-space", "model_search", "genotypes")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    before = {id(op): op for cell in net.cells for edge in cell.edges for op in edge.ops}
+    net.prune(3)
+    kept_ops = {id(op) for cell in net.cells for edge in cell.edges for op in edge.ops}
+    for cell in net.cells:
+        kept = net.kept["reduce" if cell.reduction else "normal"]
+        beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
+        for e, edge in enumerate(cell.edges):
+            assert len(edge.ops) == len(edge.kept) == 3 and edge.kept == kept[e]
+            assert set(kept[e]) == set(beta[e].topk(3).indices.tolist())  # top ops by beta
+    pruned = [op for key, op in before.items() if key not in kept_ops]
+    assert len(pruned) == len(net.cells) * 14 * 4
+
+    def explode(*args):
+        raise AssertionError("a pruned op was evaluated")
+
+    for op in pruned:
+        op.forward = explode
+    x, y = batch()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    assert net.sample_mix().shape == (2, 14, 3)
+    # Built directly with masks, a network never even constructs the pruned ops.
+    rebuilt = model_search.Network(C, 10, LAYERS, k=2, kept=net.kept)
+    assert sum(len(e.ops) for cell in rebuilt.cells for e in cell.edges) == len(net.cells) * 14 * 3
+    assert rebuilt.state_dict().keys() == net.state_dict().keys()
+
+
+def test_genotype_two_strongest_edges_best_kept_op(load_space):
+    model_search, genotypes = load_space("DARTS-space", "model_search", "genotypes")
+    P = genotypes.PRIMITIVES
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    with torch.no_grad():
+        net.beta_normal.zero_()
+        net.beta_reduce.zero_()
+        # Node 1 (edges 2, 3, 4): edges 2 and 4 are strong, edge 3 weak.
+        net.beta_normal[2, P.index("sep_conv_5x5")] = 3.0
+        net.beta_normal[4, P.index("dil_conv_3x3")] = 2.0
+        net.beta_normal[3, P.index("max_pool_3x3")] = 0.5
+    net.prune(4)
+    with torch.no_grad():  # a pruned op with a huge beta must not be chosen
+        pruned = next(i for i in range(7) if i not in net.kept["normal"][2])
+        net.beta_normal[2, pruned] = 10.0
+    g = net.genotype()
+    assert len(g.normal) == len(g.reduce) == 8 and g.normal_concat == [2, 3, 4, 5]
+    assert sorted(g.normal[2:4], key=lambda e: e[1]) == [("sep_conv_5x5", 0), ("dil_conv_3x3", 2)]
+    for node in range(4):
+        inputs = [j for _, j in g.normal[2 * node : 2 * node + 2]]
+        assert len(set(inputs)) == 2 and all(j < node + 2 for j in inputs)
+    assert all(op in P for op, _ in g.normal + g.reduce)
+    genotypes.genotype_from_dict(genotypes.genotype_to_dict(g))  # valid for train.py
+
+
+def _snapshot(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("reg_type", ["l2", "kl"])
+def test_architect_step_changes_only_arch_params(load_space, reg_type):
+    model_search, architect = load_space("DARTS-space", "model_search", "architect")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    arch = architect.Architect(net, arch_args(reg_type=reg_type))
+    sgd = torch.optim.SGD(net.weights(), 0.1, momentum=0.9)
+    before = _snapshot(net)
+    (x, y), (xv, yv) = batch(seed=1), batch(seed=2)
+    arch.step(x, y, xv, yv, 0.1, sgd)
+    after = net.state_dict()
+    assert not torch.equal(before["beta_normal"], after["beta_normal"])
+    for name, p in net.named_parameters():
+        if not name.startswith("beta"):
+            assert torch.equal(before[name], after[name]), name
+            assert p.grad is None, name  # no weight gradient was computed
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_unrolled_with_partial_channels_and_pruning(load_space, pruned):
+    model_search, architect = load_space("DARTS-space", "model_search", "architect")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    if pruned:
+        net.prune(3)
+        net.widen(1, torch.Generator().manual_seed(0))
+    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9, weight_decay=3e-4)
+    (x, y), (xv, yv) = batch(seed=1), batch(seed=2)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    sgd.step()  # momentum buffers exist, as mid-search
+    sgd.zero_grad(set_to_none=True)
+    arch = architect.Architect(net, arch_args(unrolled=True))
+    before = _snapshot(net)
+    arch.step(x, y, xv, yv, 0.05, sgd)
+    after = net.state_dict()
+    for name, value in before.items():
+        if name.startswith("beta"):
+            assert not torch.equal(value, after[name]) and torch.isfinite(after[name]).all()
+        else:  # weights and BatchNorm statistics are back where they were
+            assert torch.equal(value, after[name]), name
+
+
+def test_stage_switch_carries_momentum(load_space):
+    train_search, model_search, operations = load_space("DARTS-space", "train_search", "model_search", "operations")
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9)
+    x, y = batch()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    sgd.step()
+    old_state = {p: s["momentum_buffer"].clone() for p, s in sgd.state.items()}
+    stem = net.stem0[0].weight
+    args = argparse.Namespace(stage_keep=[7, 3], stage_k=[2, 1], seed=0, momentum=0.9, weight_decay=3e-4)
+    new = train_search.enter_stage(net, sgd, 1, args)
+    assert net.k == 1 and all(len(e.ops) == 3 for cell in net.cells for e in cell.edges)
+    for p in net.weights():
+        assert new.state[p]["momentum_buffer"].shape == p.shape
+    assert torch.equal(new.state[stem]["momentum_buffer"], old_state[stem])  # same parameter object
+    widened = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert widened and all(m.in_channels in (C, 2 * C, 4 * C) for m in widened)  # C/k with k=1
+    # The switch continues training.
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    new.step()
+
+
+def test_k_that_does_not_divide_is_refused(load_space):
+    model_search, utils = load_space("DARTS-space", "model_search", "utils")
+    with pytest.raises(utils.UserError, match="valid values: 1, 2, 4, 8"):
+        model_search.Network(16, 10, 8, k=6)
+
+
+def test_parameter_counts_match_paper(load_space):
+    model_search = load_space("DARTS-space", "model_search")
+    count = lambda net: sum(p.numel() for p in net.weights())  # noqa: E731
+    assert count(model_search.Network(16, 10, 8, k=4)) == 299_578
+    net = model_search.Network(36, 10, 20, k=6)
+    assert count(net) == 2_221_750  # stage 1
+    # The paper's code counts all 7 ops after widening to k=4 (it keeps pruned modules).
+    net.widen(4, torch.Generator().manual_seed(0))
+    assert count(net) == 2_986_462
+    net.prune(4)  # ours drops the pruned ops: between 1.8M and 2.97M by the ops kept
+    assert 1_816_174 <= count(net) <= 2_973_502

@@ -1,0 +1,68 @@
+"""DARTS-space search ops and data: shapes, function-preserving net2wider, Cutout, errors."""
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_op_shape_and_widening(load_space, stride):
+    operations, genotypes = load_space("DARTS-space", "operations", "genotypes")
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12)
+    size = 12 // stride
+    for name in genotypes.PRIMITIVES:
+        for op in (operations.OPS[name](8, stride, True), operations.search_op(name, 8, stride)):
+            assert op(x).shape == (2, 8, size, size), name
+        # net2wider 8 -> 12 channels keeps the function on replicated inputs (eval mode).
+        op = operations.search_op(name, 8, stride)
+        for _ in range(2):
+            op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics
+        op.eval()
+        before = op(x)
+        index = operations.grow_index(8, 12)
+        moved = []
+        out_index = op.widen(index, moved)
+        after = op(x[:, index])
+        assert after.shape == (2, 12, size, size), name
+        torch.testing.assert_close(after, before[:, out_index], atol=1e-5, rtol=1e-5)
+        for m in moved:  # every replaced parameter is reported with its plan
+            assert operations.expand(m.old, m.plan).shape == m.new.shape
+
+
+def test_widened_op_trains_and_keeps_mode(load_space):
+    operations = load_space("DARTS-space", "operations")
+    op = operations.search_op("sep_conv_3x3", 4, 1).eval()
+    op.widen(operations.grow_index(4, 8), [])
+    assert not any(m.training for m in op.modules())
+    op.train()
+    op(torch.randn(2, 8, 6, 6)).sum().backward()
+    assert all(p.grad is not None for p in op.parameters())
+
+
+def test_reduce_op_bn_is_affine_free_in_search(load_space):
+    operations = load_space("DARTS-space", "operations")
+    assert sum(p.numel() for p in operations.search_op("max_pool_3x3", 8, 2).parameters()) == 0
+    sep = operations.search_op("sep_conv_3x3", 8, 1)
+    assert all(not m.affine for m in sep.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_cutout_and_synthetic(load_space):
+    datasets = load_space("DARTS-space", "datasets")
+    train, test, num_classes = datasets.get_datasets("synthetic", "unused", cutout=True, cutout_length=8)
+    assert num_classes == 10 and len(train) == 256 and len(test) == 128
+    torch.manual_seed(0)
+    image, label = train[0]
+    assert image.shape == (3, 32, 32) and 0 <= int(label) < 10
+    assert (image == 0).sum() >= 3 * 4 * 4  # a (possibly clipped) 8x8 square is zeroed
+    state = torch.get_rng_state()
+    a = datasets.Cutout(8)(torch.ones(3, 16, 16))
+    torch.set_rng_state(state)
+    assert torch.equal(a, datasets.Cutout(8)(torch.ones(3, 16, 16)))  # torch RNG only
+
+
+def test_imagenet_folder_errors(load_space, tmp_path):
+    datasets, utils = load_space("DARTS-space", "datasets", "utils")
+    with pytest.raises(utils.UserError, match="train/ and .*val/"):
+        datasets.imagenet_datasets(tmp_path)
+    with pytest.raises(utils.UserError, match="unknown dataset"):
+        datasets.get_datasets("mnist", tmp_path)
