@@ -1,0 +1,269 @@
+"""The NAS-Bench-201 supernet as a model: its size, parameters and gradients, no host reads
+inside a pass, pruning, the derived genotype, net2wider widening and the architecture strings."""
+
+import csv
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def _batch(n=2, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(10, (n,), generator=g)
+
+
+def test_parameter_count_matches_the_paper(load_space):
+    ms = load_space("201-space", "model_search")
+    model = ms.Network(C=16, N=5, num_classes=10, k=1)
+    assert sum(p.numel() for p in model.weights()) == 1_686_106
+    assert sum(p.numel() for p in model.arch_parameters()) == 30
+    assert model.beta.shape == (6, 5)
+    assert len(model.search_cells()) == 15
+
+
+@pytest.mark.parametrize("method, k", [("dirichlet", 1), ("dirichlet", 2), ("darts", 2), ("gdas", 1)])
+def test_beta_in_state_dict_and_every_weight_gets_a_gradient(load_space, method, k):
+    ms = load_space("201-space", "model_search")
+    torch.manual_seed(0)
+    model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
+    assert "beta" in model.state_dict()
+    assert all(p is not model.beta for p in model.weights())
+    assert len(model.weights()) == len(list(model.parameters())) - 1
+    x, y = _batch()
+    out = model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    F.cross_entropy(out, y).backward()
+    weights = model.weights()
+    grads = [p.grad for p in weights if p.grad is not None]
+    if method == "gdas":  # one op per edge is active; others legitimately get no gradient
+        assert grads
+    else:
+        assert len(grads) == len(weights)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert model.beta.grad is not None and torch.isfinite(model.beta.grad).all()
+
+
+@pytest.mark.parametrize(
+    "method, prune",
+    [
+        ("dirichlet", None),
+        ("dirichlet", 2),
+        ("darts", None),
+        ("darts", 3),
+        ("gdas", 2),
+    ],
+)
+def test_forward_backward_reads_no_host_value(load_space, monkeypatch, method, prune):
+    ms = load_space("201-space", "model_search")
+    torch.manual_seed(0)
+    model = ms.Network(C=4, N=1, num_classes=10, k=2, method=method)
+    if prune:
+        model.prune(prune)
+    model.genotype()  # reads values, legitimately, outside the pass
+    x, y = _batch()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("tensor value read on the host inside the pass")
+
+    with monkeypatch.context() as patch:
+        for name in ("__bool__", "item", "tolist"):
+            patch.setattr(torch.Tensor, name, host_read)
+        model.arch_weights()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    assert model.beta.grad is not None
+    assert bool(torch.isfinite(loss))
+
+
+def test_kl_regularizer_reads_no_host_value(load_space, monkeypatch):
+    ms = load_space("201-space", "model_search")
+    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="darts")
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("tensor value read on the host")
+
+    with monkeypatch.context() as patch:
+        for name in ("__bool__", "item", "tolist"):
+            patch.setattr(torch.Tensor, name, host_read)
+        model.kl_regularizer().backward()
+
+
+@pytest.mark.parametrize("method", ["dirichlet", "darts"])
+def test_pruned_ops_are_deleted_and_never_called(load_space, method):
+    ms, gt = load_space("201-space", "model_search", "genotypes")
+    torch.manual_seed(0)
+    model = ms.Network(C=4, N=1, num_classes=10, k=1, method=method)
+    with torch.no_grad():
+        model.beta.copy_(torch.randn(6, 5))
+    calls = {}
+    all_ops = {}
+    for cell_index, cell in enumerate(model.search_cells()):
+        for e, edge in enumerate(cell.edges):
+            for name, op in edge.ops.items():
+                key = (cell_index, e, name)
+                all_ops[key] = op
+                calls[key] = 0
+                op.register_forward_hook(lambda mod, inp, out, key=key: calls.__setitem__(key, calls[key] + 1))
+    model.prune(3)
+    for cell in model.search_cells():
+        for e, edge in enumerate(cell.edges):
+            assert set(edge.ops) == {gt.PRIMITIVES[o] for o in model.kept[e]}
+            assert len(edge.ops) == 3
+    module_ids = {id(m) for m in model.modules()}
+    for key, op in all_ops.items():
+        kept = gt.PRIMITIVES.index(key[2]) in model.kept[key[1]]
+        assert (id(op) in module_ids) == kept, key
+    x, _ = _batch()
+    model(x)
+    model(x)
+    for (cell_index, e, name), count in calls.items():
+        kept = gt.PRIMITIVES.index(name) in model.kept[e]
+        expected = 2 if kept and name != "none" else 0
+        assert count == expected, (cell_index, e, name, count)
+
+
+def test_genotype_picks_argmax_of_kept_ops_and_round_trips(load_space):
+    ms, gt = load_space("201-space", "model_search", "genotypes")
+    model = ms.Network(C=4, N=1, num_classes=10, k=1)
+    want = ["nor_conv_3x3", "avg_pool_3x3", "skip_connect", "none", "nor_conv_1x1", "nor_conv_3x3"]
+    runner_up = ["skip_connect", "nor_conv_1x1", "none", "avg_pool_3x3", "nor_conv_3x3", "none"]
+    with torch.no_grad():
+        model.beta.zero_()
+        for e, (a, b) in enumerate(zip(want, runner_up)):
+            model.beta[e, gt.PRIMITIVES.index(a)] = 2.0
+            model.beta[e, gt.PRIMITIVES.index(b)] = 1.0
+            model.beta[e, gt.PRIMITIVES.index(next(o for o in gt.PRIMITIVES if o not in (a, b)))] = 0.5
+    geno = model.genotype()
+    assert isinstance(geno, gt.Structure)
+    assert geno.edge_ops() == want
+    assert str(gt.Structure.from_str(str(geno))) == str(geno)
+    assert all(op in gt.PRIMITIVES for op in geno.edge_ops())
+    # After pruning, raise a pruned op above all others: the genotype ignores it.
+    model.prune(3)
+    with torch.no_grad():
+        for e, kept in enumerate(model.kept):
+            pruned = next(o for o in range(5) if o not in kept)
+            model.beta[e, pruned] = 10.0
+    assert model.genotype().edge_ops() == want
+    # With two kept ops the runner-up wins once the winner drops below it.
+    model.prune(2)
+    with torch.no_grad():
+        for e, a in enumerate(want):
+            model.beta[e, gt.PRIMITIVES.index(a)] = -1.0
+    assert model.genotype().edge_ops() == runner_up
+
+
+def test_widen_copies_channels(load_space):
+    ms, ops = load_space("201-space", "model_search", "operations")
+    torch.manual_seed(0)
+    model = ms.Network(C=8, N=1, num_classes=10, k=4)
+    model.train()
+    for seed in range(2):  # non-trivial BN running statistics
+        model(_batch(4, 16, seed)[0])
+    old = {name: {n: t.detach().clone() for n, t in m.state_dict().items()} for name, m in model.named_modules()
+           if isinstance(m, ms.MixedOp)}
+    old_c = {name: m.C // m.k for name, m in model.named_modules() if isinstance(m, ms.MixedOp)}
+    indices = model.widen(2, torch.Generator().manual_seed(0))
+    assert model.k == 2
+    assert set(indices) == set(old)
+    for name, m in model.named_modules():
+        if not isinstance(m, ms.MixedOp):
+            continue
+        c_old, index = old_c[name], indices[name]
+        c_new = 2 * c_old
+        assert m.k == 2 and m.C // m.k == c_new
+        assert index.shape == (c_new,)
+        assert torch.equal(index[:c_old], torch.arange(c_old))
+        assert ((index >= 0) & (index < c_old)).all()
+        new = m.state_dict()
+        assert set(new) == set(old[name])
+        for key, t in new.items():
+            o = old[name][key]
+            if key.endswith("num_batches_tracked"):
+                assert torch.equal(t, o)
+                continue
+            if t.dim() == 4:  # conv weight (out, in, kh, kw)
+                assert t.shape == (c_new, c_new, *o.shape[2:])
+                assert torch.equal(t[:c_old, :c_old], o)
+                assert torch.equal(t, o[index][:, index])
+            else:  # BN running_mean / running_var
+                assert t.shape == (c_new,), key
+                assert torch.equal(t[:c_old], o)
+                assert torch.equal(t, o[index])
+        for op in m.ops.values():
+            if isinstance(op, ops.ReLUConvBN):
+                assert op.op[1].in_channels == op.op[1].out_channels == c_new
+                assert op.op[2].num_features == c_new
+    out = model(_batch(2, 16)[0])
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    with pytest.raises(ValueError):
+        model.widen(2, torch.Generator())  # not wider
+
+
+def test_widen_like_maps_momentum_like_weights(load_space):
+    ops = load_space("201-space", "operations")
+    t = torch.arange(2 * 2 * 3 * 3, dtype=torch.float32).view(2, 2, 3, 3)
+    index = torch.tensor([0, 1, 1, 0])
+    out = ops.widen_like(t, (4, 4, 3, 3), index)
+    assert torch.equal(out, t[index][:, index])
+    assert out.data_ptr() != t.data_ptr()
+
+
+# ---------------------------------------------------------------- architecture strings
+
+
+def _check_round_trip(gt, s):
+    structure = gt.Structure.from_str(s)
+    assert str(structure) == s
+    assert gt.Structure.from_edges(structure.edge_ops()) == structure
+
+
+def test_all_architectures_of_the_shared_table_round_trip(load_space, nb201_table):
+    gt = load_space("201-space", "genotypes")
+    with open(nb201_table, newline="") as f:
+        archs = [row["arch"] for row in csv.DictReader(f)]
+    assert len(archs) == 15_625
+    assert len(set(archs)) == 15_625
+    for s in archs:
+        _check_round_trip(gt, s)
+
+
+def test_all_edge_combinations_round_trip(load_space):
+    gt = load_space("201-space", "genotypes")
+    seen = set()
+    for ops in itertools.product(gt.PRIMITIVES, repeat=6):
+        structure = gt.Structure.from_edges(ops)
+        s = str(structure)
+        back = gt.Structure.from_str(s)
+        assert back.edge_ops() == list(ops)
+        assert str(back) == s
+        seen.add(s)
+    assert len(seen) == 5**6
+    assert str(gt.DrNAS) == "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "|nor_conv_3x3~0|",
+        "|nor_conv_3x3~0|+|none~0|none~1|",
+        "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|+|none~0|",
+        "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+        "|none-0|+|none~0|none~1|+|none~0|none~1|none~2|",
+        "|none~x|+|none~0|none~1|+|none~0|none~1|none~2|",
+        "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|",
+        "|none~0|+|none~0|none~0|+|none~0|none~1|none~2|",
+        "|none~0|+|none~0|none~1|+|none~0|none~1|",
+        "none~0+none~0|none~1+none~0|none~1|none~2",
+        "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|+",
+        "||+|none~0|none~1|+|none~0|none~1|none~2|",
+        "|none~0|+|none~0|none~1|+|none~0|none~1|none~3|",
+    ],
+)
+def test_malformed_strings_raise_value_error(load_space, bad):
+    gt = load_space("201-space", "genotypes")
+    with pytest.raises(ValueError):
+        gt.Structure.from_str(bad)

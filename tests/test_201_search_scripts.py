@@ -1,0 +1,283 @@
+"""201-space/train_search.py end to end, as a user runs it (subprocesses, cwd=201-space):
+the run directory, every method, exact resume after a kill, learning on synthetic data,
+and one-line errors for bad input.
+
+The independent runs are started together by one module fixture (they are tiny and
+mostly start-up time), so the file takes about as long as its longest run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from conftest import SPACES, run_script
+
+TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "16",
+        "--workers", "0", "--device", "cpu", "--report_freq", "1"]
+TIMEOUT = 300
+
+
+class Run:
+    """A train_search.py subprocess with its output in files (pipes could fill and block)."""
+
+    def __init__(self, root, name, args):
+        self.dir = root / name
+        self.out, self.err = root / f"{name}.stdout", root / f"{name}.stderr"
+        self.args = [*args, "--save", self.dir] if "--save" not in args else list(args)
+        self.start = time.monotonic()
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "train_search.py", *map(str, self.args)], cwd=SPACES["201-space"],
+                stdout=out, stderr=err, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0"),
+            )
+        self.seconds = None  # wall time of the process, set by a watcher thread when it ends
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self):
+        self.proc.wait()
+        self.seconds = time.monotonic() - self.start
+
+    def wait(self):
+        self.proc.wait(timeout=TIMEOUT)
+        self._watcher.join()
+        return self
+
+    @property
+    def returncode(self):
+        return self.wait().proc.returncode
+
+    @property
+    def stdout(self):
+        return self.wait().out.read_text()
+
+    @property
+    def stderr(self):
+        return self.wait().err.read_text()
+
+    def history(self):
+        return [json.loads(line) for line in (self.dir / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+METHOD_RUNS = {
+    "darts": ["--method", "darts"],
+    "snas": ["--method", "snas"],
+    "gdas": ["--method", "gdas"],
+    "unrolled": ["--unrolled"],
+    "kl": ["--reg_type", "kl"],
+}
+LEARN = ["--dataset", "synthetic", "--init_channels", "8", "--layers", "1", "--batch_size", "16", "--workers", "0",
+         "--device", "cpu", "--report_freq", "100", "--method", "darts", "--epochs", "3", "--learning_rate", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_runs")
+    garbage = root / "garbage" / "checkpoint.pt"
+    garbage.parent.mkdir()
+    garbage.write_bytes(os.urandom(512))
+    started = {
+        "two_epochs": Run(root, "two_epochs", [*TINY, "--epochs", "2"]),
+        "learn": Run(root, "learn", LEARN),
+        **{f"method_{name}": Run(root, f"method_{name}", [*TINY, "--epochs", "1", *flags])
+           for name, flags in METHOD_RUNS.items()},
+        "bad_resume_missing": Run(root, "bad_resume_missing", [*TINY, "--epochs", "1", "--resume", "/missing.pt"]),
+        "bad_resume_corrupt": Run(root, "bad_resume_corrupt", [*TINY, "--epochs", "1", "--resume", garbage]),
+        "bad_k": Run(root, "bad_k", [*TINY, "--epochs", "1", "--k", "3"]),
+    }
+    started["root"] = root
+    yield started
+    for run in started.values():
+        if isinstance(run, Run) and run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+def _ok(run):
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stderr[-3000:]}"
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
+    gt = load_space("201-space", "genotypes")
+    run = runs["two_epochs"]
+    _ok(run)
+    for name in ("log.txt", "args.json", "checkpoint.pt", "history.jsonl", "genotype.json"):
+        assert (run.dir / name).is_file(), name
+    assert not list(run.dir.glob("*.tmp"))
+    assert (run.dir / "tb").is_dir() and any(p.stat().st_size > 0 for p in (run.dir / "tb").rglob("*") if p.is_file())
+    args = json.loads((run.dir / "args.json").read_text())
+    assert args["epochs"] == 2 and args["dataset"] == "synthetic"
+    history = run.history()
+    assert [h["epoch"] for h in history] == [0, 1]
+    for h in history:
+        assert {"epoch", "lr", "train_acc", "valid_acc", "genotype"} <= set(h)
+        assert 0 <= h["train_acc"] <= 100 and 0 <= h["valid_acc"] <= 100
+        gt.Structure.from_str(h["genotype"])
+    assert history[1]["lr"] < history[0]["lr"]  # cosine schedule
+    arch = json.loads((run.dir / "genotype.json").read_text())["arch"]
+    structure = gt.Structure.from_str(arch)
+    assert str(structure) == arch and all(op in gt.PRIMITIVES for op in structure.edge_ops())
+    assert arch == history[-1]["genotype"]
+    ckpt = _load(run.dir / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["genotype"] == arch
+    log = (run.dir / "log.txt").read_text()
+    assert "final genotype" in log and "img/s" in log and "ETA" in log and "concentrations" in log
+    assert "Traceback" not in run.stderr
+
+
+def test_save_refuses_a_directory_holding_another_run(runs):
+    run = runs["two_epochs"]
+    _ok(run)
+    before = (run.dir / "checkpoint.pt").read_bytes()
+    again = run_script("201-space", "train_search.py", *TINY, "--epochs", "1", "--save", run.dir, timeout=TIMEOUT)
+    _one_line_error(again, "already holds a run")
+    assert (run.dir / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("name", list(METHOD_RUNS))
+def test_each_method_and_option_runs(runs, load_space, name):
+    gt = load_space("201-space", "genotypes")
+    run = runs[f"method_{name}"]
+    _ok(run)
+    history = run.history()
+    assert len(history) == 1
+    gt.Structure.from_str(json.loads((run.dir / "genotype.json").read_text())["arch"])
+    ckpt = _load(run.dir / "checkpoint.pt")
+    assert torch.isfinite(ckpt["model"]["beta"]).all()
+    # The architecture optimizer took steps in every method.
+    assert ckpt["architect"]["state"], "the architecture optimizer never stepped"
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def _wait_for_checkpoint_epoch(run, epoch, deadline):
+    path = run.dir / "checkpoint.pt"
+    while time.monotonic() < deadline:
+        if run.proc.poll() is not None:
+            return None
+        if path.is_file():
+            try:
+                if _load(path)["epoch"] >= epoch:
+                    return True
+            except Exception:  # not written yet; the write itself is atomic
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of epoch {epoch} in time")
+
+
+def test_resume_after_a_kill_is_exact(runs):
+    """Run A: 2 epochs in one go. Run B: the same, killed (SIGKILL) once epoch 1 is
+    checkpointed, then --resume'd for the second epoch. Final states agree to 1e-6."""
+    root = runs["root"]
+    b = Run(root, "resume_b", [*TINY, "--epochs", "2"])
+    try:
+        reached = _wait_for_checkpoint_epoch(b, 1, time.monotonic() + TIMEOUT)
+        assert reached, "run B finished before it could be killed: the test needs longer epochs"
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait()
+    finally:
+        if b.proc.poll() is None:
+            b.proc.kill()
+    killed_at = _load(b.dir / "checkpoint.pt")["epoch"]
+    assert killed_at == 1, killed_at
+    assert not (b.dir / "genotype.json").exists()  # it really did not finish
+    resumed = run_script("201-space", "train_search.py", *TINY, "--epochs", "2", "--save", b.dir,
+                         "--resume", b.dir / "checkpoint.pt", timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in (b.dir / "log.txt").read_text()
+
+    a = runs["two_epochs"]
+    _ok(a)
+    ca, cb = _load(a.dir / "checkpoint.pt"), _load(b.dir / "checkpoint.pt")
+    assert ca["epoch"] == cb["epoch"] == 2
+    assert ca["model"].keys() == cb["model"].keys()
+    for key, ta in ca["model"].items():
+        torch.testing.assert_close(cb["model"][key], ta, atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+    torch.testing.assert_close(cb["architect"], ca["architect"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(cb["optimizer"]["state"], ca["optimizer"]["state"], atol=1e-6, rtol=0)
+    assert cb["genotype"] == ca["genotype"]
+    assert cb["train_stream"] == ca["train_stream"] and cb["valid_stream"] == ca["valid_stream"]
+    hist_b = [json.loads(line) for line in (b.dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    assert [h["epoch"] for h in hist_b] == [0, 1]
+    for ha, hb in zip(a.history(), hist_b):
+        assert hb["train_acc"] == pytest.approx(ha["train_acc"], abs=1e-4)
+        assert hb["valid_acc"] == pytest.approx(ha["valid_acc"], abs=1e-4)
+        assert hb["genotype"] == ha["genotype"]
+
+
+# ---------------------------------------------------------------- it learns
+
+
+def test_short_search_learns(runs):
+    run = runs["learn"]
+    _ok(run)
+    history = run.history()
+    assert len(history) == 3
+    final = history[-1]
+    # Chance is 10 %; this run measured about 84 % train and 74 % valid accuracy.
+    assert final["train_acc"] > 45, history
+    assert final["valid_acc"] > 35, history
+    assert final["train_loss"] < history[0]["train_loss"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode not in (0, None), proc.returncode
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_data(runs):
+    """A CIFAR-10 search on a missing folder without network, on its own (after the other runs)."""
+    for run in runs.values():
+        if isinstance(run, Run):
+            run.wait()
+    save = runs["root"] / "bad_data"
+    start = time.monotonic()
+    proc = run_script("201-space", "train_search.py", "--dataset", "cifar10", "--data", "/nonexistent_dir_xyz",
+                      "--epochs", "1", "--device", "cpu", "--workers", "0", "--save", save, timeout=60)
+    return proc, save, time.monotonic() - start
+
+
+def test_missing_dataset_is_one_line(bad_data):
+    proc, _, seconds = bad_data  # run_script's timeout=60 fails the test if it hangs
+    _one_line_error(proc, "/nonexistent_dir_xyz", "--dataset synthetic")
+    assert seconds < 60
+
+
+def test_failed_start_leaves_no_run_behind(bad_data):
+    proc, save, _ = bad_data
+    assert proc.returncode != 0
+    assert not (save / "args.json").exists() and not (save / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "name, needles",
+    [
+        ("bad_resume_missing", ["/missing.pt"]),
+        ("bad_resume_corrupt", ["checkpoint.pt", "not a readable checkpoint"]),
+        ("bad_k", ["--k 3"]),
+    ],
+)
+def test_bad_resume_and_k_are_one_line(runs, name, needles):
+    _one_line_error(runs[name], *needles)

@@ -1,0 +1,166 @@
+"""201-space/utils.py: atomic checkpoints, the resumable batch stream and its sampler,
+meters and top-k accuracy."""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+
+def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
+    utils = load_space("201-space", "utils")
+    torch.manual_seed(0)
+    state = {"epoch": 3, "model": {"w": torch.randn(3, 4), "n": torch.tensor(7)}, "args": {"lr": 0.1, "name": "x"},
+             "rng": utils.rng_state(), "train_stream": [1, 2]}
+    path = tmp_path / "checkpoint.pt"
+    utils.save_checkpoint(state, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no .tmp left over
+    back = utils.load_checkpoint(path)
+    assert back["epoch"] == 3 and back["args"] == state["args"] and back["train_stream"] == [1, 2]
+    for key, t in state["model"].items():
+        assert torch.equal(back["model"][key], t)
+    # Overwriting replaces the file in one go.
+    state["epoch"] = 4
+    utils.save_checkpoint(state, path)
+    assert utils.load_checkpoint(path)["epoch"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_rng_state_round_trips(load_space, tmp_path):
+    utils = load_space("201-space", "utils")
+    import random
+
+    import numpy as np
+
+    utils.set_seed(5)
+    path = tmp_path / "c.pt"
+    utils.save_checkpoint({"epoch": 1, "rng": utils.rng_state()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    utils.set_rng_state(utils.load_checkpoint(path)["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
+    utils = load_space("201-space", "utils")
+    with pytest.raises(utils.UserError, match="no such file"):
+        utils.load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 20)
+    with pytest.raises(utils.UserError, match="not a readable checkpoint"):
+        utils.load_checkpoint(bad)
+    other = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), other)  # a valid torch file, but not a checkpoint
+    with pytest.raises(utils.UserError, match="not a readable checkpoint"):
+        utils.load_checkpoint(other)
+
+
+def _dataset(n=23):
+    return TensorDataset(torch.arange(n), torch.arange(n) * 10)
+
+
+def test_stream_resumes_exactly_from_a_position(load_space):
+    utils = load_space("201-space", "utils")
+    ds = _dataset()
+    stream = utils.Stream(ds, batch_size=4, seed=3)
+    assert len(stream) == stream.batches_per_pass == 6  # ceil(23 / 4)
+    for n in (0, 3, 6, 8, 13):
+        stream = utils.Stream(ds, batch_size=4, seed=3)
+        for _ in range(n):
+            next(stream)
+        pos = stream.position()
+        assert pos == [n // 6, n % 6]
+        resumed = utils.Stream(ds, batch_size=4, seed=3, position=tuple(pos))
+        for _ in range(8):  # crosses a pass boundary
+            a, b = next(stream), next(resumed)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert stream.position() == resumed.position()
+
+
+def test_stream_passes_cover_the_data_and_reshuffle(load_space):
+    utils = load_space("201-space", "utils")
+    ds = _dataset()
+    stream = utils.Stream(ds, batch_size=4, seed=3)
+    passes = []
+    for _ in range(3):
+        batches = list(stream.take(len(stream)))
+        assert [len(b[0]) for b in batches] == [4, 4, 4, 4, 4, 3]
+        order = torch.cat([b[0] for b in batches])
+        assert sorted(order.tolist()) == list(range(23))
+        passes.append(order.tolist())
+    assert passes[0] != passes[1] and passes[1] != passes[2]
+    # The order depends only on (seed, pass): a second stream repeats it; another seed does not.
+    again = utils.Stream(ds, batch_size=4, seed=3)
+    assert torch.cat([b[0] for b in again.take(6)]).tolist() == passes[0]
+    other = utils.Stream(ds, batch_size=4, seed=4)
+    assert torch.cat([b[0] for b in other.take(6)]).tolist() != passes[0]
+
+
+def test_stream_without_shuffle_is_in_order(load_space):
+    utils = load_space("201-space", "utils")
+    stream = utils.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)
+    assert torch.cat([b[0] for b in stream.take(4)]).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("n, world", [(23, 1), (23, 2), (23, 4), (24, 3)])
+def test_epoch_sampler_rank_sharding_covers_all_indices(load_space, n, world):
+    utils = load_space("201-space", "utils")
+    shards = [list(utils.EpochSampler(n, seed=7, rank=r, world_size=world)) for r in range(world)]
+    per_rank = -(-n // world)
+    assert all(len(s) == per_rank for s in shards)
+    assert all(len(utils.EpochSampler(n, 7, rank=r, world_size=world)) == per_rank for r in range(world))
+    flat = [i for s in shards for i in s]
+    assert set(flat) == set(range(n))
+    assert len(flat) - n == per_rank * world - n  # only the padding repeats
+    # Offsets continue the same pass.
+    sampler = utils.EpochSampler(n, seed=7, rank=0, world_size=world)
+    sampler.set_position(0, 2)
+    assert list(sampler) == shards[0][2:]
+    assert len(sampler) == per_rank - 2
+
+
+def test_average_meter_with_tensors_and_floats(load_space):
+    utils = load_space("201-space", "utils")
+    meter = utils.AverageMeter()
+    meter.update(torch.tensor(2.0, requires_grad=True) * 1, 2)
+    meter.update(torch.tensor(5.0), 1)
+    assert meter.avg == pytest.approx(3.0)
+    assert meter.count == 3
+    assert not getattr(meter.sum, "requires_grad", False)
+    floats = utils.AverageMeter()
+    assert floats.avg == 0.0
+    floats.update(1.0)
+    floats.update(4.0, 3)
+    assert floats.avg == pytest.approx(13.0 / 4)
+
+
+def test_accuracy_top1_top5(load_space):
+    utils = load_space("201-space", "utils")
+    output = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # target 0: top-1
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # target 1: rank 5 -> top-5 only
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 5: rank 6 -> neither
+            [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],  # target 3: top-1
+        ]
+    )
+    target = torch.tensor([0, 1, 5, 3])
+    top1, top5 = utils.accuracy(output, target, topk=(1, 5))
+    assert top1.dim() == 0
+    assert float(top1) == pytest.approx(50.0)
+    assert float(top5) == pytest.approx(75.0)
+    # A non-contiguous view works (the paper's code raised on it), and k > classes is capped.
+    (top1_t,) = utils.accuracy(output.t().contiguous().t(), target)
+    assert float(top1_t) == pytest.approx(50.0)
+    (top10,) = utils.accuracy(output[:, :4], torch.tensor([0, 1, 2, 3]), topk=(10,))
+    assert float(top10) == pytest.approx(100.0)
+
+
+def test_format_seconds_and_check_resume_args(load_space):
+    utils = load_space("201-space", "utils")
+    import types
+
+    assert utils.format_seconds(3725) == "1:02:05"
+    saved = {"epochs": 2, "seed": 1}
+    utils.check_resume_args(saved, types.SimpleNamespace(epochs=2, seed=1), ("epochs", "seed"))
+    with pytest.raises(utils.UserError, match="--epochs"):
+        utils.check_resume_args(saved, types.SimpleNamespace(epochs=3, seed=1), ("epochs", "seed"))
