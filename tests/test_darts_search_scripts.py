@@ -1,0 +1,171 @@
+"""DARTS-space search scripts run as a user would: smoke runs, exact resume across the
+stage boundary, the ImageNet search in one process and under torchrun, the subset writer."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import SPACES, run_script
+
+# A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
+TINY = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4",
+        "--stage_epochs", "2", "2", "--stage_k", "4", "2", "--stage_keep", "7", "3", "--warmup_epochs", "1",
+        "--max_steps", "2", "--report_freq", "1", "--device", "cpu", "--workers", "0"]
+
+# Runs train_search.main in one process, "killed" right after its N-th checkpoint each
+# time, then resumed from it: argv = N1 N2 ... -- <train_search arguments>.
+INTERRUPTED = """
+import sys, utils, train_search
+stops, argv = sys.argv[1:sys.argv.index('--')], sys.argv[sys.argv.index('--') + 1:]
+real_save = utils.save_checkpoint
+class Killed(Exception):
+    pass
+def save(state, path, _calls=[]):
+    real_save(state, path)
+    _calls.append(path)
+    if str(len(_calls)) in stops:
+        raise Killed
+utils.save_checkpoint = save
+run_dir = argv[argv.index('--save') + 1]
+for attempt in range(len(stops) + 1):
+    try:
+        train_search.main(argv + (['--resume', run_dir + '/checkpoint.pt'] if attempt else []))
+    except Killed:
+        continue
+"""
+
+
+def popen(space, *args):
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=SPACES[space], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(proc, timeout=400):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return out
+
+
+def test_k_not_dividing_is_refused_with_one_line():
+    result = run_script("DARTS-space", "train_search.py", "--dataset", "synthetic", "--init_channels", "16",
+                        "--layers", "8", "--stage_k", "6", "4", "--device", "cpu", timeout=300)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "--stage_k 6" in lines[0] and "valid values: 1, 2, 4, 8" in lines[0]
+
+
+def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
+    # The straight run and the interrupted one (killed after epochs 2 and 3, i.e. at the
+    # stage boundary and inside stage 2, resumed each time) run side by side.
+    straight = popen("DARTS-space", "train_search.py", *TINY, "--save", tmp_path / "straight")
+    broken = popen("DARTS-space", "-c", INTERRUPTED, "2", "3", "--", *TINY, "--save", tmp_path / "resumed")
+    finish(straight)
+    finish(broken)
+
+    run = tmp_path / "straight"
+    for name in ("log.txt", "args.json", "checkpoint.pt", "history.jsonl", "genotype.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3] and [h["stage"] for h in history] == [0, 0, 1, 1]
+    log = (run / "log.txt").read_text()
+    assert "genotype = Genotype(" in log and "concentration normal" in log and "img/s, ETA" in log
+    genotypes, utils = load_space("DARTS-space", "genotypes", "utils")
+    genotype = genotypes.load_genotype(str(run / "genotype.json"))
+    assert len(genotype.normal) == 8
+
+    a = utils.load_checkpoint(run / "checkpoint.pt")
+    b = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 4 and a["stage"] == b["stage"] == 1
+    assert a["kept"] == b["kept"] and a["k"] == b["k"] == 2
+    assert all(len(edge) == 3 for edge in a["kept"]["normal"])
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-6, rtol=0, msg=key)
+    for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        torch.testing.assert_close(s_a["momentum_buffer"], s_b["momentum_buffer"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a["architect"]["state"][0]["exp_avg"], b["architect"]["state"][0]["exp_avg"])
+    resumed_log = (tmp_path / "resumed" / "log.txt").read_text()
+    assert resumed_log.count("resumed from") == 2
+    assert len((tmp_path / "resumed" / "history.jsonl").read_text().splitlines()) == 4
+
+
+def _image_tree(root, classes=3, train=4, val=4, size=40):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(size, size, 3, generator=gen) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"img{i}.png")
+
+
+def test_imagenet_search_one_process_and_torchrun(tmp_path):
+    _image_tree(tmp_path / "tiny")
+    flags = ["--data", tmp_path / "tiny", "--image_size", "32", "--layers", "3", "--init_channels", "8",
+             "--batch_size", "2", "--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "2",
+             "--warmup_epochs", "0", "--max_steps", "2", "--device", "cpu", "--workers", "0"]
+    single = popen("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
+    ddp = popen("DARTS-space", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "train_search_imagenet.py", *flags, "--save", tmp_path / "two")
+    finish(single)
+    finish(ddp)
+    for run in ("one", "two"):
+        assert (tmp_path / run / "genotype.json").is_file() and (tmp_path / run / "checkpoint.pt").is_file()
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "2 process(es)" in log
+    # Every rank ends with rank 0's weights and beta, exactly.
+    diff = re.search(r"max \|param - rank 0 param\| = (\S+)", log)
+    assert diff is not None and float(diff.group(1)) == 0.0
+    history = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in history] == [0, 1]
+
+
+def test_imagenet_search_bad_folder_one_line(tmp_path):
+    result = run_script("DARTS-space", "train_search_imagenet.py", "--data", tmp_path, "--device", "cpu",
+                        "--save", tmp_path / "run", timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "train/" in result.stderr
+
+
+def test_prepare_imagenet_subset(load_space, tmp_path, capsys):
+    prepare = load_space("DARTS-space", "prepare_imagenet_subset")
+    for c in range(3):
+        folder = tmp_path / "imagenet" / "train" / f"n0{c}"
+        folder.mkdir(parents=True)
+        for i in range(40):
+            (folder / f"n0{c}_{i}.JPEG").write_bytes(b"")
+    out = tmp_path / "subset"
+    argv = ["--imagenet", str(tmp_path / "imagenet"), "--out", str(out), "--seed", "1",
+            "--train_fraction", "0.1", "--val_fraction", "0.05"]
+    prepare.main(argv)
+
+    def listing():
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_symlink())
+
+    first = listing()
+    assert len(first) == 3 * (4 + 2)
+    for c in range(3):
+        train = {p.name for p in (out / "train" / f"n0{c}").iterdir()}
+        val = {p.name for p in (out / "val" / f"n0{c}").iterdir()}
+        assert len(train) == 4 and len(val) == 2 and not train & val
+    link = next((out / "train" / "n00").iterdir())
+    assert link.resolve().parent == (tmp_path / "imagenet" / "train" / "n00").resolve()
+    prepare.main(argv)  # idempotent
+    assert listing() == first
+    with pytest.raises(SystemExit):
+        prepare.main(argv[:-6] + ["--seed", "2"] + argv[-4:])  # other settings: refused
+    with pytest.raises(SystemExit):
+        prepare.main(["--imagenet", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "other settings" in err[0] and "no class folders" in err[1]
