@@ -28,6 +28,8 @@ Moved = namedtuple("Moved", "old new plan")
 
 def expand(tensor, plan):
     """Apply a widening plan to a tensor (a parameter, or optimiser state shaped like it)."""
+    # The same plan serves the weight and its SGD momentum buffer, so the momentum of a
+    # copied channel is the momentum of the channel it copies (split like the weight).
     for dim, index, divide in plan:
         index = index.to(tensor.device)
         counts = torch.bincount(index, minlength=tensor.shape[dim]).to(tensor.dtype)
@@ -42,6 +44,7 @@ def expand(tensor, plan):
 
 def grow_index(c_old, c_new, generator=None):
     """`arange(c_old)` followed by `c_new - c_old` channels drawn at random among them."""
+    # Old channels keep their place; each new one replicates a random old one (net2wider).
     extra = torch.randint(c_old, (c_new - c_old,), generator=generator)
     return torch.cat([torch.arange(c_old), extra])
 
@@ -49,6 +52,9 @@ def grow_index(c_old, c_new, generator=None):
 def widen_conv(conv, in_index, out_index, moved):
     """A copy of `conv` on `len(in_index)` inputs and `len(out_index)` outputs."""
     depthwise = conv.groups > 1
+    # weight: (C_out, C_in / groups, kh, kw). A depthwise filter sees only its own
+    # channel, so copying it is exact; a dense conv sees every input channel, so the
+    # weight of a replicated input is divided by its number of copies.
     if depthwise:  # one filter per channel: inputs and outputs follow the same index
         assert conv.groups == conv.in_channels == conv.out_channels
         plan = ((0, out_index, False),)
@@ -89,10 +95,11 @@ class ReLUConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
-        return self.bn(self.conv(self.relu(x)))
+        return self.bn(self.conv(self.relu(x)))  # (B, C_out, H / stride, W / stride)
 
     def widen(self, index, moved, generator=None):
         """net2wider on input channels `index`; returns the output channels' index."""
+        # Square convs keep the input's channel map; otherwise the outputs grow in proportion.
         out_index = index if self.conv.in_channels == self.conv.out_channels else grow_index(
             self.conv.out_channels, self.conv.out_channels * len(index) // self.conv.in_channels, generator)
         self.conv = widen_conv(self.conv, index, out_index, moved)
@@ -111,6 +118,7 @@ class DilConv(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
+        # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
         return self.bn(self.pointwise(self.depthwise(self.relu(x))))
 
     def widen(self, index, moved, generator=None):
@@ -133,6 +141,7 @@ class SepConv(nn.Module):
         return self.second(self.first(x))
 
     def widen(self, index, moved, generator=None):
+        # Both halves follow one channel map: the first's output feeds the second.
         return self.second.widen(self.first.widen(index, moved, generator), moved, generator)
 
 
@@ -186,6 +195,7 @@ class PoolBN(nn.Module):
         return self.bn(self.pool(x))
 
     def widen(self, index, moved, generator=None):
+        # Pooling acts per channel: only the BatchNorm statistics need copying.
         self.bn = widen_bn(self.bn, index, moved)
         return index
 
@@ -197,6 +207,9 @@ def make_pool(kind, stride):
     return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
 
+# name -> constructor(C, stride, affine); the search version of each is `search_op`.
+# Pools carry no BatchNorm here (evaluation network); skip_connect reduces with
+# FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
 OPS = {
     "max_pool_3x3": lambda C, stride, affine: make_pool("max", stride),
     "avg_pool_3x3": lambda C, stride, affine: make_pool("avg", stride),

@@ -20,6 +20,7 @@ Also runs under `torchrun --nproc_per_node N` (see train_search_imagenet.py for 
 import argparse
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 # Settings that must not change when a run is resumed.
 RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "learning_rate", "stage_epochs",
                "stage_k", "stage_keep", "warmup_epochs", "unrolled", "reg_type", "reg_scale", "seed",
-               "train_portion", "max_steps")
+               "train_portion", "max_steps", "image_size")
 
 
 def get_parser(imagenet=False, description=__doc__):
@@ -60,7 +61,7 @@ def get_parser(imagenet=False, description=__doc__):
     model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
     model.add_argument("--layers", type=int, default=20, help="number of cells")
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--batch_size", type=int, default=64, help="batch size (per process under torchrun)")
+    optim.add_argument("--batch_size", type=int, default=64, help="batch size (in total: torchrun processes take equal shares)")
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
     optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
     optim.add_argument("--lr_warmup_epochs", type=int, default=0,
@@ -198,6 +199,10 @@ def search(args, script, imagenet=False):
                                         script, args.resume)
         utils.setup_logging(run_dir)
         utils.save_args(args, run_dir)
+        scripts = run_dir / "scripts"  # the code of the run, next to its results (DARTS)
+        scripts.mkdir(exist_ok=True)
+        for source in Path(__file__).resolve().parent.glob("*.py"):
+            shutil.copy(source, scripts / source.name)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"))
@@ -217,16 +222,20 @@ def search(args, script, imagenet=False):
             train_data, arch_data = Subset(full, range(split)), Subset(full, range(split, len(full)))
         ckpt = utils.load_checkpoint(args.resume) if args.resume else None
         if ckpt:
-            utils.check_resume_args(ckpt["args"], args, RESUME_KEYS)
+            utils.check_resume_args(ckpt["args"], args, [k for k in RESUME_KEYS if hasattr(args, k)])
         positions = ckpt["streams"] if ckpt else {"train": (0, 0), "arch": (0, 0)}
+        # --batch_size is the total batch (the paper's, whatever the number of processes).
+        if args.batch_size % dist.world_size:
+            raise utils.UserError(f"--batch_size {args.batch_size} does not split over {dist.world_size} processes")
+        batch = args.batch_size // dist.world_size
         shard = dict(workers=args.workers, rank=dist.rank, world_size=dist.world_size,
                      pin_memory=dist.device.type == "cuda")
         streams = {
-            "train": utils.Stream(train_data, args.batch_size, args.seed, position=positions["train"], **shard),
-            "arch": utils.Stream(arch_data, args.batch_size, args.seed + 1, position=positions["arch"], **shard),
+            "train": utils.Stream(train_data, batch, args.seed, position=positions["train"], **shard),
+            "arch": utils.Stream(arch_data, batch, args.seed + 1, position=positions["arch"], **shard),
         }
         eval_sampler = utils.EpochSampler(len(arch_data), args.seed, False, dist.rank, dist.world_size)
-        eval_loader = DataLoader(arch_data, args.batch_size, sampler=eval_sampler, num_workers=args.workers)
+        eval_loader = DataLoader(arch_data, batch, sampler=eval_sampler, num_workers=args.workers)
 
         # Model at the checkpoint's stage (its k and kept ops), optimisers, architect.
         stage = ckpt["stage"] if ckpt else 0

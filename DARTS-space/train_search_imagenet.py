@@ -10,7 +10,7 @@ epochs. Write the subsets once with prepare_imagenet_subset.py, then:
     python train_search_imagenet.py --data /data/imagenet_search --batch_size 64   # one GPU
     # CPU smoke run on a tiny folder tree (two processes, gloo):
     torchrun --nproc_per_node 2 train_search_imagenet.py --data tiny --image_size 32 --layers 5 \\
-        --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 \\
+        --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 \\
         --max_steps 2 --device cpu --workers 0
 
 `--data` holds `train/` (weights) and `val/` (architecture and the reported accuracy),
@@ -18,7 +18,7 @@ one sub-folder per class. The flags, run directory and resume are those of
 train_search.py, with the ImageNet defaults above.
 
 Several processes: under torchrun every process takes its own shard of both data
-streams (`--batch_size` is per process) and runs the same supernet. There is no DDP
+streams (`--batch_size` is the total, split evenly) and runs the same supernet. No DDP
 wrapper: after each weight backward the weight gradients are averaged over the ranks
 (one flat all-reduce), and after each architecture backward the beta gradients are
 averaged the same way, so every rank takes identical SGD and Adam steps and keeps

@@ -113,7 +113,7 @@ def _image_tree(root, classes=3, train=4, val=4, size=40):
 def test_imagenet_search_one_process_and_torchrun(tmp_path):
     _image_tree(tmp_path / "tiny")
     flags = ["--data", tmp_path / "tiny", "--image_size", "32", "--layers", "3", "--init_channels", "8",
-             "--batch_size", "2", "--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "2",
+             "--batch_size", "4", "--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "2",
              "--warmup_epochs", "0", "--max_steps", "2", "--device", "cpu", "--workers", "0"]
     single = popen("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
     ddp = popen("DARTS-space", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
