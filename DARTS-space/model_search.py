@@ -79,7 +79,12 @@ class MixedOp(nn.Module):
     def forward(self, x, weights):
         # x: (B, C, H, W); weights: (n_kept,) mixing weights of this edge.
         part = x.shape[1] // self.k
-        mixed = sum(weights[i] * op(x[:, :part]) for i, op in enumerate(self.ops))  # (B, C/k, H', W')
+        x_part = x[:, :part]
+        # One ReLU for all the conv ops of the edge (each op would otherwise keep its own
+        # copy for the backward pass); pools and skip take x itself.
+        relu = F.relu(x_part) if any(op.expects_relu for op in self.ops) else None
+        # op(x, w) = w * op(x), with w folded into the op's last BatchNorm (see operations).
+        mixed = sum(op(relu if op.expects_relu else x_part, weights[i]) for i, op in enumerate(self.ops))
         if self.k == 1:
             return mixed
         out = torch.cat([mixed, self.bypass_pool(x[:, part:])], dim=1)  # (B, C, H', W')

@@ -21,6 +21,7 @@ from collections import namedtuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # A parameter replaced by widening: `new = expand(old, plan)`; plan = ((dim, index, divide), ...).
 Moved = namedtuple("Moved", "old new plan")
@@ -72,7 +73,7 @@ def widen_conv(conv, in_index, out_index, moved):
 
 def widen_bn(bn, index, moved):
     """A copy of `bn` on `len(index)` channels: affine weights and running statistics copied."""
-    new = nn.BatchNorm2d(len(index), affine=bn.affine).to(bn.running_mean.device).train(bn.training)
+    new = batch_norm(len(index), bn.affine).to(bn.running_mean.device).train(bn.training)
     plan = ((0, index, False),)
     with torch.no_grad():
         new.running_mean.copy_(expand(bn.running_mean, plan))
@@ -85,6 +86,37 @@ def widen_bn(bn, index, moved):
     return new
 
 
+class MixBatchNorm(nn.BatchNorm2d):
+    """Affine-free BatchNorm whose output can be scaled by an edge's mixing weight for free.
+
+    `bn(x, scale)` equals `scale * bn(x)`, but passing the scalar as BatchNorm's affine
+    weight lets the fused kernel recompute the normalised input in the backward pass,
+    where the product would keep one more activation per op alive (DrNAS mixes 7 ops
+    on each of 14 edges per cell: this is a large share of the search's memory).
+    """
+
+    def __init__(self, num_features):
+        super().__init__(num_features, affine=False)
+
+    def forward(self, x, scale=None):
+        if scale is None:
+            return super().forward(x)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, scale.expand(self.num_features), None,
+                            self.training, self.momentum, self.eps)
+
+
+def batch_norm(C, affine):
+    """Affine BatchNorm (evaluation network) or the scalable affine-free one (search cells)."""
+    return nn.BatchNorm2d(C) if affine else MixBatchNorm(C)
+
+
+def normalize(bn, x, scale):
+    """`bn(x)`, times `scale` when given (only the search's MixBatchNorm receives one)."""
+    return bn(x) if scale is None else bn(x, scale)
+
+
 class ReLUConvBN(nn.Module):
     """ReLU -> Conv -> BatchNorm (the cells' 1x1 preprocessing)."""
 
@@ -92,7 +124,7 @@ class ReLUConvBN(nn.Module):
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
         self.conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.bn = batch_norm(C_out, affine)
 
     def forward(self, x):
         return self.bn(self.conv(self.relu(x)))  # (B, C_out, H / stride, W / stride)
@@ -108,18 +140,23 @@ class ReLUConvBN(nn.Module):
 
 
 class DilConv(nn.Module):
-    """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm."""
+    """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm.
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+    `relu=False` leaves the first ReLU to the caller: a search edge computes it once
+    for all its ops (`expects_relu` tells it to) instead of once per op.
+    """
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True, relu=True):
         super().__init__()
-        self.relu = nn.ReLU(inplace=False)
+        self.expects_relu = not relu
+        self.relu = nn.ReLU(inplace=False) if relu else nn.Identity()
         self.depthwise = nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation, groups=C_in, bias=False)
         self.pointwise = nn.Conv2d(C_in, C_out, 1, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.bn = batch_norm(C_out, affine)
 
-    def forward(self, x):
+    def forward(self, x, scale=None):
         # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
-        return self.bn(self.pointwise(self.depthwise(self.relu(x))))
+        return normalize(self.bn, self.pointwise(self.depthwise(self.relu(x))), scale)
 
     def widen(self, index, moved, generator=None):
         """Depthwise filters follow `index`; the 1x1 conv maps to the same channels."""
@@ -132,13 +169,14 @@ class DilConv(nn.Module):
 class SepConv(nn.Module):
     """Two stacked depthwise-separable convs (the first one carries the stride)."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, relu=True):
         super().__init__()
-        self.first = DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine)
+        self.first = DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine, relu)
         self.second = DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine)
+        self.expects_relu = self.first.expects_relu
 
-    def forward(self, x):
-        return self.second(self.first(x))
+    def forward(self, x, scale=None):
+        return self.second(self.first(x), scale)
 
     def widen(self, index, moved, generator=None):
         # Both halves follow one channel map: the first's output feeds the second.
@@ -148,8 +186,10 @@ class SepConv(nn.Module):
 class Identity(nn.Module):
     """skip_connect at stride 1."""
 
-    def forward(self, x):
-        return x
+    expects_relu = False
+
+    def forward(self, x, scale=None):
+        return x if scale is None else x * scale
 
     def widen(self, index, moved, generator=None):
         return index
@@ -158,18 +198,19 @@ class Identity(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halve H and W with two 1x1 stride-2 convs, the second shifted by one pixel."""
 
-    def __init__(self, C_in, C_out, affine=True):
+    def __init__(self, C_in, C_out, affine=True, relu=True):
         super().__init__()
         assert C_out % 2 == 0, "FactorizedReduce needs an even number of output channels"
-        self.relu = nn.ReLU(inplace=False)
+        self.expects_relu = not relu
+        self.relu = nn.ReLU(inplace=False) if relu else nn.Identity()
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.bn = batch_norm(C_out, affine)
 
-    def forward(self, x):
+    def forward(self, x, scale=None):
         x = self.relu(x)
         # (B, C_out, H/2, W/2): even pixels through conv_1, odd ones through conv_2.
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return normalize(self.bn, torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1), scale)
 
     def widen(self, index, moved, generator=None):
         """Each half grows on its own, so the output index differs from `index`."""
@@ -186,13 +227,15 @@ class FactorizedReduce(nn.Module):
 class PoolBN(nn.Module):
     """3x3 max or average pooling, followed by an affine-free BatchNorm in search cells."""
 
+    expects_relu = False
+
     def __init__(self, kind, C, stride):
         super().__init__()
         self.pool = make_pool(kind, stride)
-        self.bn = nn.BatchNorm2d(C, affine=False)
+        self.bn = MixBatchNorm(C)
 
-    def forward(self, x):
-        return self.bn(self.pool(x))
+    def forward(self, x, scale=None):
+        return self.bn(self.pool(x), scale)
 
     def widen(self, index, moved, generator=None):
         # Pooling acts per channel: only the BatchNorm statistics need copying.
@@ -207,22 +250,27 @@ def make_pool(kind, stride):
     return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
 
-# name -> constructor(C, stride, affine); the search version of each is `search_op`.
+# name -> constructor(C, stride, affine, relu=True); the search version of each is `search_op`.
 # Pools carry no BatchNorm here (evaluation network); skip_connect reduces with
 # FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
 OPS = {
-    "max_pool_3x3": lambda C, stride, affine: make_pool("max", stride),
-    "avg_pool_3x3": lambda C, stride, affine: make_pool("avg", stride),
-    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine),
-    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
-    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),
-    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
-    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
+    "max_pool_3x3": lambda C, stride, affine, relu=True: make_pool("max", stride),
+    "avg_pool_3x3": lambda C, stride, affine, relu=True: make_pool("avg", stride),
+    "skip_connect": lambda C, stride, affine, relu=True: (
+        Identity() if stride == 1 else FactorizedReduce(C, C, affine, relu)),
+    "sep_conv_3x3": lambda C, stride, affine, relu=True: SepConv(C, C, 3, stride, 1, affine, relu),
+    "sep_conv_5x5": lambda C, stride, affine, relu=True: SepConv(C, C, 5, stride, 2, affine, relu),
+    "dil_conv_3x3": lambda C, stride, affine, relu=True: DilConv(C, C, 3, stride, 2, 2, affine, relu),
+    "dil_conv_5x5": lambda C, stride, affine, relu=True: DilConv(C, C, 5, stride, 4, 2, affine, relu),
 }
 
 
 def search_op(name, C, stride):
-    """The search-cell version of `OPS[name]`: affine-free BatchNorm, pools with BatchNorm."""
+    """The search-cell version of `OPS[name]`: affine-free BatchNorm, pools with BatchNorm.
+
+    Call it as `op(x, scale)` = `scale * OPS-op(x)`; ops with `expects_relu` take the
+    edge's shared ReLU(x) instead of x.
+    """
     if name.endswith("pool_3x3"):
         return PoolBN(name[:3], C, stride)
-    return OPS[name](C, stride, False)
+    return OPS[name](C, stride, False, relu=False)

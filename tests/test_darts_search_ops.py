@@ -66,3 +66,23 @@ def test_imagenet_folder_errors(load_space, tmp_path):
         datasets.imagenet_datasets(tmp_path)
     with pytest.raises(utils.UserError, match="unknown dataset"):
         datasets.get_datasets("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_search_op_scale_and_shared_relu_match_plain_op(load_space, stride):
+    operations, genotypes = load_space("DARTS-space", "operations", "genotypes")
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12)
+    w = torch.tensor(0.3, requires_grad=True)
+    for name in genotypes.PRIMITIVES:
+        search = operations.search_op(name, 8, stride)
+        plain = operations.OPS[name](8, stride, False)  # own ReLU, unscaled
+        if name.endswith("pool_3x3"):
+            plain = torch.nn.Sequential(plain, torch.nn.BatchNorm2d(8, affine=False))
+        else:
+            plain.load_state_dict(search.state_dict())
+        inputs = torch.relu(x) if search.expects_relu else x
+        out = search(inputs, w)
+        torch.testing.assert_close(out, w * plain(x), atol=1e-5, rtol=1e-5)
+        (grad,) = torch.autograd.grad(out.square().sum(), w)  # the weight's gradient flows
+        assert torch.isfinite(grad)
