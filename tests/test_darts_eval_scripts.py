@@ -34,10 +34,29 @@ def _assert_same_state(a, b):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
 
 
+def _start(run_dir, *extra):
+    return subprocess.Popen([sys.executable, "train.py", *map(str, TINY), "--save", str(run_dir), *map(str, extra)],
+                            cwd=SPACES["DARTS-space"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_train_learns_and_resumes_exactly(tmp_path):
-    straight = tmp_path / "straight"
-    result = run_script("DARTS-space", "train.py", *TINY, "--save", straight)
+    """2 epochs straight vs. the same run killed once its first epoch is checkpointed, then resumed.
+
+    The two runs start side by side (most of their time is start-up) to keep the test short.
+    """
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    reference, killed = _start(straight), _start(resumed)
+    deadline = time.time() + 300
+    while not (resumed / "checkpoint.pt").exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.kill()
+    killed.wait()
+    assert _checkpoint(resumed)["epoch"] == 1, "the run was not stopped after its first epoch"
+    result = run_script("DARTS-space", "train.py", *TINY, "--save", resumed, "--resume", resumed / "checkpoint.pt")
     assert result.returncode == 0, result.stderr
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
     log = (straight / "log.txt").read_text()
     assert re.search(r"param count = \d+ \(", log)
     history = _history(straight)
@@ -45,25 +64,13 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     assert history[-1]["valid_acc"] > 40.0  # chance is 10 %
     assert "best valid acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
 
-    # The same run, killed as soon as its first epoch is checkpointed, then resumed.
-    resumed = tmp_path / "resumed"
-    cmd = [sys.executable, "train.py", *map(str, TINY), "--save", str(resumed)]
-    proc = subprocess.Popen(cmd, cwd=SPACES["DARTS-space"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 300
-    while not (resumed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    assert _checkpoint(resumed)["epoch"] == 1, "the run was not stopped after its first epoch"
-    result = run_script("DARTS-space", "train.py", *TINY, "--save", resumed, "--resume", resumed / "checkpoint.pt")
-    assert result.returncode == 0, result.stderr
     a, b = _checkpoint(straight), _checkpoint(resumed)
     assert b["epoch"] == 2
     _assert_same_state(a["model"], b["model"])
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
     assert [h["valid_acc"] for h in _history(resumed)] == [h["valid_acc"] for h in history]
+    assert "resumed from" in (resumed / "log.txt").read_text()
 
 
 def test_arch_path_from_a_search(load_space, tmp_path):
