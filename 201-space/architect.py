@@ -9,7 +9,10 @@ weights and undone afterwards, so it keeps partial channels and pruning as they 
 Regularisers: `l2` = Adam weight decay on beta; `kl` = reg_scale * KL(Dir(alpha)||Dir(1)).
 """
 
+import contextlib
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -39,13 +42,14 @@ class Architect:
         return loss
 
     def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
-        """One Adam step on beta; the weights and their gradients are left untouched."""
+        """One Adam step on beta; weights, their gradients and BN statistics are left untouched."""
         arch = self.model.arch_parameters()
-        if self.unrolled:
-            grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
-        else:
-            # Gradients w.r.t. beta only: autograd skips every weight gradient.
-            grads = torch.autograd.grad(self.loss(x_valid, y_valid), arch)
+        with batch_stats_only(self.model):
+            if self.unrolled:
+                grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
+            else:
+                # Gradients w.r.t. beta only: autograd skips every weight gradient.
+                grads = torch.autograd.grad(self.loss(x_valid, y_valid), arch)
         for p, g in zip(arch, grads):
             p.grad = g
         self.optimizer.step()
@@ -57,10 +61,13 @@ class Architect:
         weights = self.model.weights()
         arch = self.model.arch_parameters()
         saved = [w.detach().clone() for w in weights]
-        buffers = [b.detach().clone() for b in self.model.buffers()]
+        # One draw of the mixing weights for every L_train evaluation: the finite
+        # difference below must compare the same function at w + eps v and w - eps v.
+        mixing = self.model.arch_weights()
 
         # Virtual SGD step w' (as the weight optimizer would take it).
-        train_grads = self._grads(F.cross_entropy(self.model(x_train), y_train), weights)
+        train_loss = F.cross_entropy(self.model(x_train, mixing.detach()), y_train)
+        train_grads = self._grads(train_loss, weights)
         with torch.no_grad():
             for w, g in zip(weights, train_grads):
                 state = w_optimizer.state.get(w, {})
@@ -80,15 +87,14 @@ class Architect:
             with torch.no_grad():
                 for w, w0, g in zip(weights, saved, v):
                     w.copy_(w0 + sign * eps * g)
-            g_arch = self._grads(F.cross_entropy(self.model(x_train), y_train), arch)
-            hvp = [h + sign * g for h, g in zip(hvp, g_arch)]
+            loss = F.cross_entropy(self.model(x_train, mixing), y_train)
+            # retain_graph: the second difference reuses the graph of the shared draw.
+            g_arch = torch.autograd.grad(loss, arch, retain_graph=sign > 0, allow_unused=True)
+            hvp = [h + sign * (0 if g is None else g) for h, g in zip(hvp, g_arch)]
 
-        # Restore w and the BN statistics the virtual forwards changed.
-        with torch.no_grad():
+        with torch.no_grad():  # back to w
             for w, w0 in zip(weights, saved):
                 w.copy_(w0)
-            for b, b0 in zip(self.model.buffers(), buffers):
-                b.copy_(b0)
         return [da - lr * h / (2 * eps) for da, h in zip(d_arch, hvp)]
 
     @staticmethod
@@ -96,3 +102,20 @@ class Architect:
         """d loss / d params, zeros for parameters the loss does not reach."""
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@contextlib.contextmanager
+def batch_stats_only(model):
+    """BatchNorm layers normalise with batch statistics but leave their running statistics.
+
+    The architecture step sees validation batches and, for `--unrolled`, virtual
+    weights; the running statistics belong to the weights' training batches.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for layer in layers:
+        layer.track_running_stats = False  # in train mode: batch statistics, no update
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True

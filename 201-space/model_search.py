@@ -155,8 +155,10 @@ class Network(nn.Module):
         posterior = torch.distributions.Dirichlet(alpha, validate_args=False)
         return torch.distributions.kl_divergence(posterior, prior).sum()
 
-    def forward(self, x):
-        weights = self.arch_weights()
+    def forward(self, x, weights=None):
+        """Logits for x (B, 3, H, W); mixing weights are drawn unless given (edges, ops)."""
+        if weights is None:
+            weights = self.arch_weights()
         x = self.stem(x)
         for layer in self.cells:
             x = layer(x, weights) if isinstance(layer, Cell) else layer(x)
