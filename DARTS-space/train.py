@@ -87,7 +87,7 @@ def get_parser():
     return parser
 
 
-def start(args, script):
+def start(args, script, genotype):
     """Join torchrun's group, make the run directory and logging on rank 0; return (dist, run_dir)."""
     if args.batch_size <= 0 or args.epochs <= 0 or args.layers < 3:
         raise UserError("--batch_size and --epochs must be positive and --layers at least 3 (two reduction cells)")
@@ -110,6 +110,10 @@ def start(args, script):
         utils.setup_logging(run_dir)
         if not args.resume:
             utils.save_args(args, run_dir)
+            # The code of the run next to its results (DARTS' scripts/ folder).
+            (run_dir / "scripts").mkdir(exist_ok=True)
+            for source in Path(__file__).resolve().parent.glob("*.py"):
+                shutil.copy(source, run_dir / "scripts" / source.name)
     else:
         logging.basicConfig(level=logging.WARNING)
     if args.deterministic:
@@ -119,6 +123,9 @@ def start(args, script):
     if args.deterministic:
         logger.info("deterministic algorithms on: slower, and some GPU kernels may still vary")
     logger.info("processes = %d, batch per process = %d", dist.world_size, args.batch_size // dist.world_size)
+    logger.info("genotype = %s", genotype)
+    if run_dir is not None:
+        genotypes.save_genotype(genotype, run_dir / "genotype.json")  # for visualize.py and --arch
     return dist, run_dir
 
 
@@ -270,7 +277,7 @@ def infer(loader, model, amp_dtype, args, dist):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     genotype = genotypes.load_genotype(args.arch)  # a bad --arch fails before anything is written
-    dist, run_dir = start(args, "eval")
+    dist, run_dir = start(args, "eval", genotype)
     try:
         utils.set_seed(args.seed + dist.rank)
         if not distributed.is_main(dist):
@@ -279,7 +286,6 @@ def main(argv=None):
                                                                  args.cutout_length)
         if distributed.is_main(dist):
             distributed.barrier(dist)
-        logger.info("genotype = %s", genotype)
         # On the device before the optimizer exists, so resumed momentum lands there too.
         model = NetworkCIFAR(args.init_channels, num_classes, args.layers, args.auxiliary, genotype).to(dist.device)
         count = param_count(model)

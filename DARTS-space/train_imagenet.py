@@ -65,12 +65,11 @@ def main(argv=None):
     if args.auxiliary and args.image_size < 224:
         parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
     genotype = genotypes.load_genotype(args.arch)
-    dist, run_dir = start(args, "eval-imagenet")
+    dist, run_dir = start(args, "eval-imagenet", genotype)
     try:
         utils.set_seed(args.seed + dist.rank)
         train_set, val_set, num_classes = datasets.imagenet_datasets(args.data, image_size=args.image_size)
         logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
-        logger.info("genotype = %s", genotype)
         model = NetworkImageNet(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
         model.to(dist.device)
         count = param_count(model)

@@ -85,6 +85,8 @@ def test_arch_path_from_a_search(load_space, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"param count = {expected} (" in (run_dir / "log.txt").read_text()
     assert json.loads((run_dir / "args.json").read_text())["arch"] == str(path)
+    # The run keeps its cell, so `--arch RUN/genotype.json` and visualize.py can reuse it.
+    assert json.loads((run_dir / "genotype.json").read_text()) == genotypes.genotype_to_dict(genotypes.PC_DARTS_cifar)
 
 
 def _run_torchrun(tmp_path, script, *args):
@@ -97,8 +99,8 @@ def _run_torchrun(tmp_path, script, *args):
     match = re.search(r"rank consistency: max \|w - w_rank0\| over 2 ranks = (\S+)", log)
     assert match and float(match.group(1)) == 0.0, log
     # One set of files, written once (by rank 0).
-    assert sorted(p.name for p in run_dir.iterdir()) == ["args.json", "best.pt", "checkpoint.pt", "history.jsonl",
-                                                         "log.txt", "tb"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["args.json", "best.pt", "checkpoint.pt", "genotype.json",
+                                                         "history.jsonl", "log.txt", "scripts", "tb"]
     assert log.count("epoch 1/1 ") == 1 and log.count("param count") == 1
     assert len(_history(run_dir)) == 1
     assert "processes = 2" in log
