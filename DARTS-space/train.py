@@ -7,12 +7,14 @@
     python train.py --dataset synthetic --layers 5 --init_channels 8 --epochs 2 --device cpu  # CPU smoke run
 
 The run directory (`--save`, or experiments/eval-<time>) receives log.txt, args.json,
-tb/, history.jsonl, checkpoint.pt (every epoch, atomic) and best.pt. This file also holds
-the epoch loop that `train_imagenet.py` shares (`fit`, `train`, `infer`).
+genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch, atomic) and
+best.pt. `--max_steps_per_epoch` caps an epoch for smoke runs. This file also holds the
+epoch loop that `train_imagenet.py` shares (`start`, `fit`, `train`, `infer`).
 """
 
 import argparse
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -91,6 +93,8 @@ def start(args, script, genotype):
     """Join torchrun's group, make the run directory and logging on rank 0; return (dist, run_dir)."""
     if args.batch_size <= 0 or args.epochs <= 0 or args.layers < 3:
         raise UserError("--batch_size and --epochs must be positive and --layers at least 3 (two reduction cells)")
+    if args.resume and not Path(args.resume).is_file():
+        raise UserError(f"--resume {args.resume}: no such file; give the checkpoint.pt of the run to continue")
     dist = distributed.setup(args.device, args.gpu)
     if args.batch_size % dist.world_size:
         raise UserError(f"--batch_size {args.batch_size} does not split over {dist.world_size} processes")
@@ -197,7 +201,7 @@ def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, s
                 utils.save_checkpoint(state, run_dir / "checkpoint.pt")
                 if best_epoch == epoch:
                     shutil.copyfile(run_dir / "checkpoint.pt", run_dir / "best.pt.tmp")
-                    shutil.move(run_dir / "best.pt.tmp", run_dir / "best.pt")
+                    os.replace(run_dir / "best.pt.tmp", run_dir / "best.pt")  # atomic, like checkpoint.pt
                 record = {
                     "epoch": epoch, "lr": lr, "drop_path_prob": model.drop_path_prob, "train_acc": train_acc,
                     "train_loss": train_loss, "valid_acc": valid_acc, "valid_top5": valid_top5,
@@ -229,7 +233,7 @@ def train(stream, steps, net, criterion, optimizer, scaler, amp_dtype, args, dis
     net.train()
     device = dist.device
     # Running sums stay on the device: reading a value each step would stall the GPU.
-    sums = torch.zeros(3, device=device)  # loss * n, correct, n
+    sums = torch.zeros(4, device=device)  # loss * n, top-1 hits, top-5 hits, n
     for step, (x, y) in enumerate(stream.take(steps), 1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
@@ -243,15 +247,17 @@ def train(stream, steps, net, criterion, optimizer, scaler, amp_dtype, args, dis
         nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        n = y.size(0)
-        sums += torch.stack([loss.detach().float() * n, (logits.argmax(1) == y).sum().float(),
-                             torch.tensor(float(n), device=device)])
+        hits = logits.detach().topk(min(5, logits.size(1)), dim=1).indices.eq(y[:, None])  # (B, k)
+        sums += torch.stack([loss.detach().float() * y.size(0), hits[:, 0].sum().float(), hits.any(1).sum().float(),
+                             torch.tensor(float(y.size(0)), device=device)])
         if step % args.report_freq == 0 and distributed.is_main(dist):
-            loss_avg, acc = float(sums[0] / sums[2]), float(100 * sums[1] / sums[2])
-            logger.info("train epoch %d step %d/%d loss %.4f acc %.2f | %s", epoch + 1, step, steps, loss_avg, acc,
-                        progress.line(epoch * steps + step, args.batch_size))
+            # Rank 0's own running averages; the epoch line reports all ranks together.
+            loss_avg, top1, top5 = (float(v) for v in (sums[0] / sums[3], 100 * sums[1] / sums[3],
+                                                        100 * sums[2] / sums[3]))
+            logger.info("train epoch %d step %d/%d loss %.4f top1 %.2f top5 %.2f | %s", epoch + 1, step, steps,
+                        loss_avg, top1, top5, progress.line(epoch * steps + step, args.batch_size))
     sums = distributed.reduce_sum(sums, dist)
-    return float(100 * sums[1] / sums[2]), float(sums[0] / sums[2])
+    return float(100 * sums[1] / sums[3]), float(sums[0] / sums[3])
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@
 
 `--data` holds `train/` and `val/` with one sub-folder of images per class. The epoch
 loop, checkpoints and the run directory are those of `train.py` (`fit`): log.txt,
-args.json, tb/, history.jsonl, checkpoint.pt (atomic, every epoch) and best.pt.
+args.json, genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (atomic, every
+epoch) and best.pt.
 """
 
 import argparse
