@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from genotypes import PRIMITIVES, Genotype
-from operations import FactorizedReduce, ReLUConvBN, grow_index, search_op
+from operations import FactorizedReduce, LeanMaxPool, ReLUConvBN, grow_index, search_op
 from utils import UserError
 
 
@@ -74,7 +74,7 @@ class MixedOp(nn.Module):
         self.kept = list(kept)  # indices into PRIMITIVES, host data
         self.ops = nn.ModuleList(search_op(PRIMITIVES[i], C // k, stride) for i in kept)
         # On a reduction edge the bypassed channels must shrink too.
-        self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+        self.bypass_pool = LeanMaxPool(2, 2) if stride == 2 else nn.Identity()
 
     def forward(self, x, weights):
         # x: (B, C, H, W); weights: (n_kept,) mixing weights of this edge.

@@ -224,6 +224,41 @@ class FactorizedReduce(nn.Module):
         return out_index
 
 
+class _LeanMaxPool(torch.autograd.Function):
+    """Max pooling that keeps only its input for the backward pass, not the argmax indices.
+
+    The indices (int64, twice the size of the output) are recomputed in the backward
+    pass from the input, which the search keeps alive anyway (it is a view of a cell
+    state). Saves about a tenth of the search's activation memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding):
+        ctx.save_for_backward(x)
+        ctx.config = (kernel, stride, padding)
+        return F.max_pool2d(x, kernel, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        kernel, stride, padding = ctx.config
+        _, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices)
+        return grad_x, None, None, None
+
+
+class LeanMaxPool(nn.Module):
+    """`nn.MaxPool2d(kernel, stride, padding)` with the memory of `_LeanMaxPool`."""
+
+    def __init__(self, kernel, stride, padding=0):
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward(self, x):
+        return _LeanMaxPool.apply(x, self.kernel, self.stride, self.padding)
+
+
 class PoolBN(nn.Module):
     """3x3 max or average pooling, followed by an affine-free BatchNorm in search cells."""
 
@@ -231,7 +266,7 @@ class PoolBN(nn.Module):
 
     def __init__(self, kind, C, stride):
         super().__init__()
-        self.pool = make_pool(kind, stride)
+        self.pool = LeanMaxPool(3, stride, 1) if kind == "max" else make_pool(kind, stride)
         self.bn = MixBatchNorm(C)
 
     def forward(self, x, scale=None):

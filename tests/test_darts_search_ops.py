@@ -86,3 +86,15 @@ def test_search_op_scale_and_shared_relu_match_plain_op(load_space, stride):
         torch.testing.assert_close(out, w * plain(x), atol=1e-5, rtol=1e-5)
         (grad,) = torch.autograd.grad(out.square().sum(), w)  # the weight's gradient flows
         assert torch.isfinite(grad)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0)])
+def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding):
+    operations = load_space("DARTS-space", "operations")
+    x = torch.randn(2, 4, 8, 8, dtype=torch.double, requires_grad=True)
+    lean = operations.LeanMaxPool(kernel, stride, padding)
+    plain = torch.nn.MaxPool2d(kernel, stride, padding)
+    torch.testing.assert_close(lean(x), plain(x))
+    g = torch.randn_like(plain(x))
+    torch.testing.assert_close(torch.autograd.grad(lean(x), x, g)[0], torch.autograd.grad(plain(x), x, g)[0])
+    torch.autograd.gradcheck(lean, (x,))
