@@ -48,6 +48,7 @@ class Cell(nn.Module):
         self.steps = len(edges) // 2
         self.concat = list(concat)
         self.multiplier = len(self.concat)
+        self.genotype_edges = list(edges)
         self.indices = [index for _, index in edges]
         self.ops = nn.ModuleList()
         # Drop path skips identities: dropping a skip connection would cut the

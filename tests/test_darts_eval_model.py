@@ -108,3 +108,15 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
     for cell in net.cells:
         flags = [isinstance(op, operations.Identity) for op in cell.ops]
         assert flags == cell.is_identity
+
+
+def test_eval_ops_keep_their_relu_and_affine_batchnorm(load_space):
+    """The evaluation cells use the full ops: ReLU first, BatchNorm with affine parameters."""
+    model, genotypes = load_space("DARTS-space", "model", "genotypes")
+    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
+    for cell in net.cells:
+        for (name, _), op in zip(cell.genotype_edges, cell.ops):
+            if name.endswith("conv_3x3") or name.endswith("conv_5x5"):
+                assert any(isinstance(m, torch.nn.ReLU) for m in op.modules()), name
+            norms = [m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            assert all(m.affine for m in norms), name
