@@ -9,7 +9,7 @@ edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights onl
     python train_search.py --resume experiments/train_search-.../checkpoint.pt
     # CPU smoke run (about a minute): tiny network, 2 + 2 epochs, capped epochs
     python train_search.py --dataset synthetic --layers 5 --init_channels 8 --batch_size 8 \\
-        --stage_epochs 2 2 --stage_k 2 2 --warmup_epochs 1 --max_steps 4 --device cpu --workers 0
+        --stage_epochs 2 2 --stage_k 4 2 --warmup_epochs 1 --max_steps 4 --device cpu --workers 0
 
 The run directory (--save, or experiments/train_search-<time>) receives log.txt,
 args.json, tb/, checkpoint.pt (every epoch, atomically; --resume continues exactly,
