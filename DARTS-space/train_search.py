@@ -191,6 +191,12 @@ def infer(model, loader, max_steps, dist):
 
 def search(args, script, imagenet=False):
     """The whole search run, shared by this script and train_search_imagenet.py."""
+    # Bad input is refused before the run directory is made.
+    ckpt = utils.load_checkpoint(args.resume) if args.resume else None
+    if ckpt:
+        utils.check_resume_args(ckpt["args"], args, [k for k in RESUME_KEYS if hasattr(args, k)])
+    if imagenet and not all((Path(args.data) / sub).is_dir() for sub in ("train", "val")):
+        imagenet_datasets(args.data)  # raises the one-line error naming train/ and val/
     dist = distributed.setup(args.device, args.gpu)
     main_rank = distributed.is_main(dist)
     run_dir, writer = None, None
@@ -220,9 +226,6 @@ def search(args, script, imagenet=False):
             full, _, num_classes = get_datasets(args.dataset, args.data)
             split = int(len(full) * args.train_portion)
             train_data, arch_data = Subset(full, range(split)), Subset(full, range(split, len(full)))
-        ckpt = utils.load_checkpoint(args.resume) if args.resume else None
-        if ckpt:
-            utils.check_resume_args(ckpt["args"], args, [k for k in RESUME_KEYS if hasattr(args, k)])
         positions = ckpt["streams"] if ckpt else {"train": (0, 0), "arch": (0, 0)}
         # --batch_size is the total batch (the paper's, whatever the number of processes).
         if args.batch_size % dist.world_size:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SPACES, run_script
+from conftest import SPACES
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
 TINY = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4",
@@ -52,13 +52,19 @@ def finish(proc, timeout=400):
     return out
 
 
-def test_k_not_dividing_is_refused_with_one_line():
-    result = run_script("DARTS-space", "train_search.py", "--dataset", "synthetic", "--init_channels", "16",
-                        "--layers", "8", "--stage_k", "6", "4", "--device", "cpu", timeout=300)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "--stage_k 6" in lines[0] and "valid values: 1, 2, 4, 8" in lines[0]
+def test_bad_input_is_refused_with_one_line(tmp_path):
+    # A --k that does not split the channels (C=16 with k=6, which the paper's code cannot
+    # build either) and an ImageNet folder without train/ and val/, side by side.
+    bad_k = popen("DARTS-space", "train_search.py", "--dataset", "synthetic", "--init_channels", "16",
+                  "--layers", "8", "--stage_k", "6", "4", "--device", "cpu", "--save", tmp_path / "k")
+    bad_data = popen("DARTS-space", "train_search_imagenet.py", "--data", tmp_path, "--device", "cpu",
+                     "--save", tmp_path / "run")
+    for proc, expected in ((bad_k, ("--stage_k 6", "valid values: 1, 2, 4, 8")), (bad_data, ("train/", "val/"))):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in err, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and all(text in lines[0] for text in expected), err
+    assert not (tmp_path / "k").exists() and not (tmp_path / "run").exists()  # nothing written
 
 
 def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
@@ -129,13 +135,6 @@ def test_imagenet_search_one_process_and_torchrun(tmp_path):
     assert diff is not None and float(diff.group(1)) == 0.0
     history = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     assert [h["stage"] for h in history] == [0, 1]
-
-
-def test_imagenet_search_bad_folder_one_line(tmp_path):
-    result = run_script("DARTS-space", "train_search_imagenet.py", "--data", tmp_path, "--device", "cpu",
-                        "--save", tmp_path / "run", timeout=300)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "train/" in result.stderr
 
 
 def test_prepare_imagenet_subset(load_space, tmp_path, capsys):
