@@ -55,8 +55,8 @@ def get_parser(imagenet=False, description=__doc__):
     else:
         data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
         data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads into it)")
-    data.add_argument("--train_portion", type=float, default=0.5,
-                      help="share of the training images for the weights; the rest updates the architecture")
+        data.add_argument("--train_portion", type=float, default=0.5,
+                          help="share of the training images for the weights; the rest updates the architecture")
     model = parser.add_argument_group("model")
     model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
     model.add_argument("--layers", type=int, default=20, help="number of cells")
@@ -105,7 +105,7 @@ def check_args(args):
                               f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})")
     if any(not 1 <= keep <= 7 for keep in args.stage_keep) or args.stage_keep != sorted(args.stage_keep, reverse=True):
         raise utils.UserError(f"--stage_keep {args.stage_keep}: each stage keeps 1..7 ops, never more than before")
-    if any(e < 1 for e in args.stage_epochs) or not 0 < args.train_portion < 1:
+    if any(e < 1 for e in args.stage_epochs) or not 0 < getattr(args, "train_portion", 0.5) < 1:
         raise utils.UserError("--stage_epochs must be >= 1 and --train_portion in (0, 1)")
     if args.stage_k != sorted(args.stage_k, reverse=True):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
