@@ -54,18 +54,32 @@ class Cell(nn.Module):
         # Drop path skips identities: dropping a skip connection would cut the
         # gradient highway that the cell relies on (DARTS does the same).
         self.is_identity = []
+        # The convolutions start with a ReLU of their input. Several edges read the same
+        # state, so the cell rectifies each state once and hands the result to every op
+        # built without its own ReLU (`expects_relu`): the same function as DARTS' cell,
+        # but one saved activation per state instead of one per op.
+        self.takes_relu = []
         for name, index in edges:
             # Only edges from the two cell inputs change resolution in a reduction cell.
             stride = 2 if reduction and index < 2 else 1
-            self.ops.append(OPS[name](C, stride, True))
+            op = OPS[name](C, stride, True, relu=False)
+            self.ops.append(op)
             self.is_identity.append(name == "skip_connect" and stride == 1)
+            self.takes_relu.append(getattr(op, "expects_relu", False))  # pools take the raw state
 
     def forward(self, s0, s1, drop_prob):
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
+        rectified = {}  # state index -> relu(state), computed on first use
         for node in range(self.steps):
             total = 0
             for edge in (2 * node, 2 * node + 1):
-                h = self.ops[edge](states[self.indices[edge]])
+                index = self.indices[edge]
+                x = states[index]
+                if self.takes_relu[edge]:
+                    if index not in rectified:
+                        rectified[index] = F.relu(x)
+                    x = rectified[index]
+                h = self.ops[edge](x)
                 if self.training and drop_prob > 0 and not self.is_identity[edge]:
                     h = drop_path(h, drop_prob)
                 total = total + h

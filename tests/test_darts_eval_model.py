@@ -110,13 +110,33 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
         assert flags == cell.is_identity
 
 
-def test_eval_ops_keep_their_relu_and_affine_batchnorm(load_space):
-    """The evaluation cells use the full ops: ReLU first, BatchNorm with affine parameters."""
+def test_eval_ops_have_affine_batchnorm(load_space):
+    """The evaluation cells use BatchNorm with affine parameters (the search's has none)."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.affine for m in norms)
+
+
+def test_shared_relu_is_the_darts_cell(load_space):
+    """Rectifying each state once for all its ops computes what the ops' own ReLUs compute
+    (`OPS[name](C, stride, True)`, the DARTS ops, each starting with a ReLU)."""
+    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
+    torch.manual_seed(0)
+    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
+    x = torch.randn(2, 3, 32, 32)
+    net.train()
+    net(x)  # non-trivial BatchNorm statistics
+    net.eval()
+    shared = net(x)[0]
+    assert any(any(cell.takes_relu) for cell in net.cells)
     for cell in net.cells:
-        for (name, _), op in zip(cell.genotype_edges, cell.ops):
-            if name.endswith("conv_3x3") or name.endswith("conv_5x5"):
-                assert any(isinstance(m, torch.nn.ReLU) for m in op.modules()), name
-            norms = [m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-            assert all(m.affine for m in norms), name
+        C = cell.preprocess1.conv.out_channels
+        for i, ((name, index), op) in enumerate(zip(cell.genotype_edges, cell.ops)):
+            stride = 2 if cell.reduction and index < 2 else 1
+            own_relu = operations.OPS[name](C, stride, True)  # the default: ReLU inside the op
+            own_relu.load_state_dict(op.state_dict())
+            own_relu.eval()
+            cell.ops[i] = own_relu
+        cell.takes_relu = [False] * len(cell.ops)
+    assert torch.allclose(net(x)[0], shared, atol=1e-6)
