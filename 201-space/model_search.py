@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from genotypes import EDGES, PRIMITIVES, Structure
-from operations import OPS, ResNetBasicBlock
+from operations import OPS, ReLUConvBN, ResNetBasicBlock
 
 METHODS = ("dirichlet", "darts", "snas", "gdas")
 
@@ -41,11 +41,19 @@ class MixedOp(nn.Module):
         # Op name -> module; pruned ops are deleted, so they cost neither memory nor time.
         self.ops = nn.ModuleDict({name: OPS[name](C // k, C // k, 1, False) for name in PRIMITIVES})
 
-    def forward(self, x, weights):
-        # x: (B, C, H, W); weights: (num_ops,) mixing weights over PRIMITIVES (0 where pruned).
+    def forward(self, x, x_relu, weights):
+        # x, x_relu = relu(x): (B, C, H, W); weights: (num_ops,) over PRIMITIVES (0 where pruned).
         part = x[:, : self.C // self.k] if self.k > 1 else x
-        # `none` outputs zeros, so it adds nothing to the sum (nor to any gradient): skip it.
-        terms = [weights[PRIMITIVES.index(name)] * op(part) for name, op in self.ops.items() if name != "none"]
+        part_relu = x_relu[:, : self.C // self.k] if self.k > 1 else x_relu
+        terms = []
+        for name, op in self.ops.items():
+            w = weights[PRIMITIVES.index(name)]
+            if name == "none":
+                continue  # its output is zero: it adds nothing to the sum nor to any gradient
+            if isinstance(op, ReLUConvBN):
+                terms.append(op.forward_scaled(part_relu, w))  # w * BN(conv(relu(x)))
+            else:
+                terms.append(w * op(part))
         out = sum(terms) if terms else torch.zeros_like(part)
         if self.k == 1:
             return out
@@ -77,9 +85,11 @@ class Cell(nn.Module):
 
     def forward(self, x, weights):
         # weights: (6, num_ops), one row per edge in EDGES order.
-        nodes = [x]
+        nodes, relus = [x], [F.relu(x)]  # one ReLU per node, shared by all its conv ops
         for i in range(1, 4):
-            nodes.append(sum(self.edges[e](nodes[j], weights[e]) for e, (to, j) in enumerate(EDGES) if to == i))
+            node = sum(self.edges[e](nodes[j], relus[j], weights[e]) for e, (to, j) in enumerate(EDGES) if to == i)
+            nodes.append(node)
+            relus.append(F.relu(node) if i < 3 else None)  # the output node feeds no edge
         return nodes[-1]
 
 

@@ -208,6 +208,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     non-smooth on that scale, so with ReLU the difference measures the kinks, not the code.
     """
     monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x))
+    monkeypatch.setattr(torch.nn.functional, "relu", F.softplus)  # the search cells' shared ReLU
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=1, method="darts").double()

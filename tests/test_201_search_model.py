@@ -105,7 +105,9 @@ def test_pruned_ops_are_deleted_and_never_called(load_space, method):
                 key = (cell_index, e, name)
                 all_ops[key] = op
                 calls[key] = 0
-                op.register_forward_hook(lambda mod, inp, out, key=key: calls.__setitem__(key, calls[key] + 1))
+                # Conv ops run through forward_scaled (no __call__), so watch their conv.
+                target = op.op[1] if isinstance(op, ms.ReLUConvBN) else op
+                target.register_forward_hook(lambda mod, inp, out, key=key: calls.__setitem__(key, calls[key] + 1))
     model.prune(3)
     for cell in model.search_cells():
         for e, edge in enumerate(cell.edges):
@@ -267,3 +269,27 @@ def test_malformed_strings_raise_value_error(load_space, bad):
     gt = load_space("201-space", "genotypes")
     with pytest.raises(ValueError):
         gt.Structure.from_str(bad)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_forward_scaled_equals_scale_times_op(load_space, affine):
+    ops = load_space("201-space", "operations")
+    torch.manual_seed(0)
+    a, b = ops.ReLUConvBN(4, 4, 3, 1, 1, affine), ops.ReLUConvBN(4, 4, 3, 1, 1, affine)
+    b.load_state_dict(a.state_dict())
+    if affine:
+        with torch.no_grad():
+            for m in (a, b):
+                m.op[2].weight.copy_(torch.linspace(0.5, 2, 4))
+                m.op[2].bias.copy_(torch.linspace(-1, 1, 4))
+    x = torch.randn(3, 4, 6, 6)
+    scale = torch.tensor(0.3, requires_grad=True)
+    for train in (True, False):
+        a.train(train), b.train(train)
+        want = 0.3 * a(x)
+        got = b.forward_scaled(torch.relu(x), scale)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for (name, buf_a), buf_b in zip(a.named_buffers(), b.buffers()):
+            torch.testing.assert_close(buf_b, buf_a, msg=name)  # same running-statistics updates
+    got.sum().backward()
+    assert scale.grad is not None and torch.isfinite(scale.grad)
