@@ -14,7 +14,6 @@ epoch loop that `train_imagenet.py` shares (`start`, `fit`, `train`, `infer`).
 
 import argparse
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -192,31 +191,33 @@ def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, s
                 best_acc, best_epoch = valid_acc, epoch
             rng = distributed.all_gather_object(utils.rng_state(), dist)
             if main:
-                state = {
-                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_acc": best_acc,
-                    "best_epoch": best_epoch, "last_acc": valid_acc, "args": vars(args), "rng": rng,
-                    "data_position": stream.position(), "param_count": param_count(model),
-                }
-                utils.save_checkpoint(state, run_dir / "checkpoint.pt")
-                if best_epoch == epoch:
-                    shutil.copyfile(run_dir / "checkpoint.pt", run_dir / "best.pt.tmp")
-                    os.replace(run_dir / "best.pt.tmp", run_dir / "best.pt")  # atomic, like checkpoint.pt
                 record = {
                     "epoch": epoch, "lr": lr, "drop_path_prob": model.drop_path_prob, "train_acc": train_acc,
                     "train_loss": train_loss, "valid_acc": valid_acc, "valid_top5": valid_top5,
                     "valid_loss": valid_loss, "best_acc": best_acc, "time_s": round(time.time() - tic, 2),
                 }
-                history.append(record)
-                for key in ("train_acc", "train_loss", "valid_acc", "valid_top5", "valid_loss"):
-                    writer.add_scalar(key.replace("_", "/", 1), record[key], epoch)  # train/acc, valid/top5, ...
-                writer.add_scalar("lr", lr, epoch)
                 logger.info(
                     "epoch %d/%d lr %.3e drop_path %.3f | train acc %.2f loss %.4f | valid acc %.2f top5 %.2f "
                     "loss %.4f | best %.2f | %.1fs",
                     epoch + 1, args.epochs, lr, model.drop_path_prob, train_acc, train_loss, valid_acc, valid_top5,
                     valid_loss, best_acc, record["time_s"],
                 )
+                # Log, history and TensorBoard first, the checkpoint last: a run killed in
+                # between repeats this epoch on resume, and History drops the repeated line.
+                history.append(record)
+                for key in ("train_acc", "train_loss", "valid_acc", "valid_top5", "valid_loss"):
+                    writer.add_scalar(key.replace("_", "/", 1), record[key], epoch)  # train/acc, valid/top5, ...
+                writer.add_scalar("lr", lr, epoch)
+                writer.flush()
+                state = {
+                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_acc": best_acc,
+                    "best_epoch": best_epoch, "last_acc": valid_acc, "args": vars(args), "rng": rng,
+                    "data_position": stream.position(), "param_count": param_count(model),
+                }
+                if best_epoch == epoch:
+                    utils.save_checkpoint(state, run_dir / "best.pt")
+                utils.save_checkpoint(state, run_dir / "checkpoint.pt")
     finally:
         if writer is not None:
             writer.close()
