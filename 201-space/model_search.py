@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from genotypes import EDGES, PRIMITIVES, Structure
-from operations import OPS, ReLUConvBN, ResNetBasicBlock
+from operations import OPS, ResNetBasicBlock
 
 METHODS = ("dirichlet", "darts", "snas", "gdas")
 
@@ -45,15 +45,13 @@ class MixedOp(nn.Module):
         # x, x_relu = relu(x): (B, C, H, W); weights: (num_ops,) over PRIMITIVES (0 where pruned).
         part = x[:, : self.C // self.k] if self.k > 1 else x
         part_relu = x_relu[:, : self.C // self.k] if self.k > 1 else x_relu
-        terms = []
-        for name, op in self.ops.items():
-            w = weights[PRIMITIVES.index(name)]
-            if name == "none":
-                continue  # its output is zero: it adds nothing to the sum nor to any gradient
-            if isinstance(op, ReLUConvBN):
-                terms.append(op.forward_scaled(part_relu, w))  # w * BN(conv(relu(x)))
-            else:
-                terms.append(w * op(part))
+        # sum_o w_o * op_o(x); each op folds its weight in (see forward_scaled). `none`
+        # outputs zeros: it adds nothing to the sum nor to any gradient, so it is skipped.
+        terms = [
+            op.forward_scaled(part, part_relu, weights[PRIMITIVES.index(name)])
+            for name, op in self.ops.items()
+            if name != "none"
+        ]
         out = sum(terms) if terms else torch.zeros_like(part)
         if self.k == 1:
             return out

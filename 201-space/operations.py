@@ -80,7 +80,7 @@ class ReLUConvBN(nn.Module):
     def forward(self, x):
         return self.op(x)
 
-    def forward_scaled(self, x_relu, scale):
+    def forward_scaled(self, x, x_relu, scale):
         """`scale * self(x)` given `x_relu = relu(x)`, for search cells.
 
         The ReLU of a node is shared by all its ops, and the mixing weight rides on the
@@ -95,16 +95,18 @@ class ReLUConvBN(nn.Module):
         self.op[2] = widen_bn(self.op[2], index)
 
 
-def avg_pool_3x3(x, stride):
+def avg_pool_3x3(x, stride, scale=None):
     """3x3 average pooling that does not count the zero padding (`count_include_pad=False`).
 
     Computed as a depthwise convolution with a ones kernel divided by the number of
     pixels under the window: the same numbers as `F.avg_pool2d`, whose CPU kernel is
-    about 6x slower and took a third of a search step.
+    about 6x slower and took a third of a search step. A `scale` (a mixing weight)
+    multiplies the kernel, so `scale * pool(x)` keeps no output of its own for backward.
     """
     C, H, W = x.shape[1:]
-    kernel = x.new_ones(C, 1, 3, 3)
-    counts = F.conv2d(x.new_ones(1, 1, H, W), kernel[:1], stride=stride, padding=1)  # (1, 1, H', W')
+    ones = x.new_ones(1, 1, 3, 3)
+    counts = F.conv2d(x.new_ones(1, 1, H, W), ones, stride=stride, padding=1)  # (1, 1, H', W')
+    kernel = ones.expand(C, 1, 3, 3) if scale is None else (ones * scale).expand(C, 1, 3, 3)
     return F.conv2d(x, kernel, stride=stride, padding=1, groups=C) / counts
 
 
@@ -121,6 +123,10 @@ class Pooling(nn.Module):
             x = self.preprocess(x)
         return avg_pool_3x3(x, self.stride)
 
+    def forward_scaled(self, x, x_relu, scale):
+        """`scale * self(x)` (search cells, where C_in == C_out)."""
+        return avg_pool_3x3(x, self.stride, scale)
+
     def widen(self, index):
         if self.preprocess is not None:
             self.preprocess.widen(index)
@@ -131,6 +137,9 @@ class Identity(nn.Module):
 
     def forward(self, x):
         return x
+
+    def forward_scaled(self, x, x_relu, scale):
+        return scale * x
 
     def widen(self, index):
         pass

@@ -105,9 +105,15 @@ def test_pruned_ops_are_deleted_and_never_called(load_space, method):
                 key = (cell_index, e, name)
                 all_ops[key] = op
                 calls[key] = 0
-                # Conv ops run through forward_scaled (no __call__), so watch their conv.
-                target = op.op[1] if isinstance(op, ms.ReLUConvBN) else op
-                target.register_forward_hook(lambda mod, inp, out, key=key: calls.__setitem__(key, calls[key] + 1))
+                # Search cells call ops through forward_scaled (or __call__): count both.
+                op.register_forward_hook(lambda mod, inp, out, key=key: calls.__setitem__(key, calls[key] + 1))
+                if hasattr(op, "forward_scaled"):
+
+                    def counted(*args, key=key, original=op.forward_scaled):
+                        calls[key] += 1
+                        return original(*args)
+
+                    op.forward_scaled = counted
     model.prune(3)
     for cell in model.search_cells():
         for e, edge in enumerate(cell.edges):
@@ -287,7 +293,7 @@ def test_forward_scaled_equals_scale_times_op(load_space, affine):
     for train in (True, False):
         a.train(train), b.train(train)
         want = 0.3 * a(x)
-        got = b.forward_scaled(torch.relu(x), scale)
+        got = b.forward_scaled(x, torch.relu(x), scale)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         for (name, buf_a), buf_b in zip(a.named_buffers(), b.buffers()):
             torch.testing.assert_close(buf_b, buf_a, msg=name)  # same running-statistics updates
