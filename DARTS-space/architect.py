@@ -4,8 +4,8 @@
 held-out batch. Regularisers (`--reg_type`): `l2` is Adam weight decay `reg_scale` on
 beta; `kl` adds `reg_scale * KL(Dir(alpha) || Dir(1))` to the loss instead.
 
-First order (default): the gradient of the validation loss w.r.t. beta only; autograd
-is asked for nothing else, so no weight gradient is ever computed or stored.
+First order (default): the gradient of the validation loss w.r.t. beta only, with the
+weights frozen for the pass, so no weight gradient is ever computed or stored.
 
 Second order (`--unrolled`, DARTS Eq. 7-8): with w' = w - lr * (g_train + momentum * m +
 wd * w), the gradient is grad_beta L_val(w', beta) - lr * H dw', where the Hessian-vector
@@ -17,8 +17,28 @@ those of the model: no copy is built and only the kept ops take part.
 Used by train_search.py and train_search_imagenet.py; not a script.
 """
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
+
+
+@contextmanager
+def frozen(params):
+    """Mark `params` as not requiring gradients for the duration of a pass.
+
+    Autograd then neither computes nor prepares weight gradients (every conv skips its
+    weight-gradient kernel, and the search's lean ops skip their recomputation): an
+    architecture gradient needs only the gradients w.r.t. activations and beta.
+    """
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 class Architect:
@@ -47,8 +67,9 @@ class Architect:
         if self.unrolled:
             grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
         else:
-            loss = self.criterion(self.model(x_valid), y_valid)
-            grads = torch.autograd.grad(loss, arch)
+            with frozen(self.model.weights()):
+                loss = self.criterion(self.model(x_valid), y_valid)
+                grads = torch.autograd.grad(loss, arch)
         if self.reg_type == "kl":
             # The KL term does not depend on the weights: add its gradient directly.
             kl = self.reg_scale * self.model.kl_regularizer()
@@ -98,7 +119,8 @@ class Architect:
                 for w, w0, d in zip(weights, original, d_weights):
                     w.copy_(w0 + sign * eps * d)
             mix = mix_fixed.clone().requires_grad_(True)
-            d_mix.append(torch.autograd.grad(self.criterion(model(x_train, mix), y_train), mix)[0])
+            with frozen(weights):
+                d_mix.append(torch.autograd.grad(self.criterion(model(x_train, mix), y_train), mix)[0])
         hvp = torch.autograd.grad(mix_train, model.arch_parameters(), grad_outputs=(d_mix[0] - d_mix[1]) / (2 * eps))
 
         # Put the real weights and BatchNorm statistics back: the unrolled model was virtual.

@@ -139,12 +139,50 @@ class ReLUConvBN(nn.Module):
         return out_index
 
 
+class _DepthwisePointwise(torch.autograd.Function):
+    """depthwise conv -> 1x1 conv that keeps only its input for the backward pass.
+
+    The depthwise output (the 1x1 conv's input) is one of the largest activations of the
+    supernet; it is recomputed in the backward pass, and only when the 1x1 weights need
+    a gradient (a first-order architecture step needs none, so it never recomputes).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_dw, w_pw, stride, padding, dilation):
+        ctx.save_for_backward(x, w_dw, w_pw)
+        ctx.config = (stride, padding, dilation)
+        d = F.conv2d(x, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
+        return F.conv2d(d, w_pw)  # (B, C_out, H', W')
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_dw, w_pw = ctx.saved_tensors
+        stride, padding, dilation = ctx.config
+        need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        if need_pw:
+            d = F.conv2d(x, w_dw, None, stride, padding, dilation, groups=x.shape[1])
+        else:  # only its shape is read when the 1x1 weight gradient is not asked for
+            d = x.new_empty(grad.shape[0], x.shape[1], *grad.shape[2:])
+        grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
+            grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x or need_dw, need_pw, False])
+        grad_x = grad_dw = None
+        if need_x or need_dw:
+            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
+                grad_d, x, w_dw, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
+                [need_x, need_dw, False])
+        return grad_x, grad_dw, grad_pw, None, None, None
+
+
 class DilConv(nn.Module):
     """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm.
 
     `relu=False` leaves the first ReLU to the caller: a search edge computes it once
     for all its ops (`expects_relu` tells it to) instead of once per op.
     """
+
+    # Search cells set this (see `search_op`): the depthwise output is then recomputed
+    # in the backward pass instead of being kept.
+    lean = False
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True, relu=True):
         super().__init__()
@@ -155,8 +193,15 @@ class DilConv(nn.Module):
         self.bn = batch_norm(C_out, affine)
 
     def forward(self, x, scale=None):
-        # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
-        return normalize(self.bn, self.pointwise(self.depthwise(self.relu(x))), scale)
+        x = self.relu(x)
+        if self.lean:
+            dw = self.depthwise
+            y = _DepthwisePointwise.apply(x, dw.weight, self.pointwise.weight, dw.stride[0], dw.padding[0],
+                                          dw.dilation[0])
+        else:
+            # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
+            y = self.pointwise(self.depthwise(x))
+        return normalize(self.bn, y, scale)
 
     def widen(self, index, moved, generator=None):
         """Depthwise filters follow `index`; the 1x1 conv maps to the same channels."""
@@ -308,4 +353,8 @@ def search_op(name, C, stride):
     """
     if name.endswith("pool_3x3"):
         return PoolBN(name[:3], C, stride)
-    return OPS[name](C, stride, False, relu=False)
+    op = OPS[name](C, stride, False, relu=False)
+    for module in op.modules():
+        if isinstance(module, DilConv):  # also the two halves of a SepConv
+            module.lean = True
+    return op

@@ -98,3 +98,26 @@ def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding):
     g = torch.randn_like(plain(x))
     torch.testing.assert_close(torch.autograd.grad(lean(x), x, g)[0], torch.autograd.grad(plain(x), x, g)[0])
     torch.autograd.gradcheck(lean, (x,))
+
+
+@pytest.mark.parametrize("name,stride", [("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("dil_conv_5x5", 2)])
+def test_lean_conv_ops_match_plain_gradients(load_space, name, stride):
+    operations = load_space("DARTS-space", "operations")
+    torch.manual_seed(0)
+    lean = operations.search_op(name, 4, stride).double()
+    plain = operations.search_op(name, 4, stride).double()
+    plain.load_state_dict(lean.state_dict())
+    for module in plain.modules():
+        if isinstance(module, operations.DilConv):
+            module.lean = False
+    x = torch.randn(2, 4, 8, 8, dtype=torch.double, requires_grad=True)
+    g = torch.randn_like(plain(x))
+    params = list(lean.parameters())
+    grads_lean = torch.autograd.grad(lean(x), [x, *params], g)
+    grads_plain = torch.autograd.grad(plain(x), [x, *plain.parameters()], g)
+    for a, b in zip(grads_lean, grads_plain):
+        torch.testing.assert_close(a, b)
+    # Frozen weights (an architecture step): the shortcut without recomputation.
+    for p in params:
+        p.requires_grad_(False)
+    torch.testing.assert_close(torch.autograd.grad(lean(x), x, g)[0], grads_plain[0])
