@@ -204,7 +204,9 @@ def _check_edges(edges, key):
             raise UserError(f"'{key}' entry {position} is {edge!r}, not an [op, input] pair")
         op, index = edge
         if op not in ACCEPTED_OPS:
-            raise UserError(f"'{key}' uses op {op!r}, which is not in the space; accepted ops: {', '.join(ACCEPTED_OPS)}")
+            raise UserError(
+                f"'{key}' uses op {op!r}, which is not in the space; accepted ops: {', '.join(ACCEPTED_OPS)}"
+            )
         # Node n (0-based, two entries each) may read the 2 cell inputs and nodes 0..n-1.
         limit = position // 2 + 2
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < limit:
@@ -237,7 +239,9 @@ def genotype_from_dict(data):
     normal = _check_edges(data["normal"], "normal")
     reduce = _check_edges(data["reduce"], "reduce")
     if len(normal) != len(reduce):
-        raise UserError(f"'normal' has {len(normal)} entries but 'reduce' {len(reduce)}; both cells have the same nodes")
+        raise UserError(
+            f"'normal' has {len(normal)} entries but 'reduce' {len(reduce)}; both cells have the same nodes"
+        )
     steps = len(normal) // 2
     return Genotype(
         normal=normal,

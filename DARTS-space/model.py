@@ -5,7 +5,7 @@
 `(logits, logits_aux)`; `logits_aux` comes from the auxiliary head and is `None` unless
 the network was built with `auxiliary=True` and is in training mode.
 
-    python -c "import model, genotypes; net = model.NetworkCIFAR(36, 10, 20, False, genotypes.DrNAS_cifar10); print(model.param_count(net))"
+    python -c "import model, genotypes as g; print(model.param_count(model.NetworkCIFAR(36, 10, 20, False, g.DrNAS_cifar10)))"
 
 Drop path (the `drop_path_prob` attribute, set by the training script each epoch) zeroes
 whole samples of every non-identity op's output, on any device.

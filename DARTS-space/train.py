@@ -71,7 +71,8 @@ def add_common_arguments(parser, *, epochs, batch_size, learning_rate, weight_de
     system.add_argument("--workers", type=int, default=workers, help="data loading worker processes")
     system.add_argument("--seed", type=int, default=0, help="random seed (processes use seed + rank)")
     system.add_argument("--report_freq", type=int, default=50, help="log a progress line every N steps")
-    system.add_argument("--save", type=str, default="", help="run directory (default: the --resume checkpoint's folder, else experiments/eval-<time>)")
+    system.add_argument("--save", type=str, default="",
+                        help="run directory (default: the --resume checkpoint's folder, else experiments/eval-<time>)")
     system.add_argument("--resume", type=str, default="", help="checkpoint.pt of a run to continue")
 
 
