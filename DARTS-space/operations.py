@@ -140,27 +140,47 @@ class ReLUConvBN(nn.Module):
 
 
 class _DepthwisePointwise(torch.autograd.Function):
-    """depthwise conv -> 1x1 conv that keeps only its input for the backward pass.
+    """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward.
 
     The depthwise output (the 1x1 conv's input) is one of the largest activations of the
     supernet; it is recomputed in the backward pass, and only when the 1x1 weights need
-    a gradient (a first-order architecture step needs none, so it never recomputes).
+    a gradient (an architecture step freezes the weights, so it never recomputes). With
+    `bn` (the affine-free BatchNorm that ends the first half of a SepConv), the input is
+    that BatchNorm's input, which it keeps anyway, and the normalised, rectified tensor
+    is recomputed too: one activation less per SepConv.
     """
 
     @staticmethod
-    def forward(ctx, x, w_dw, w_pw, stride, padding, dilation):
-        ctx.save_for_backward(x, w_dw, w_pw)
+    def forward(ctx, x, w_dw, w_pw, stride, padding, dilation, bn):
+        mean = invstd = x.new_empty(0)
+        r = x
+        if bn is not None:
+            if bn.training:  # batch statistics; updates the running ones like nn.BatchNorm2d
+                y, mean, invstd = torch.ops.aten.native_batch_norm(
+                    x, None, None, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps)
+            else:
+                mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
+                y = (x - mean[:, None, None]) * invstd[:, None, None]
+            r = F.relu(y)
+            ctx.bn = (bn.training, bn.eps)
+        else:
+            ctx.bn = None
+        ctx.save_for_backward(x, w_dw, w_pw, mean, invstd)
         ctx.config = (stride, padding, dilation)
-        d = F.conv2d(x, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
+        d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
         return F.conv2d(d, w_pw)  # (B, C_out, H', W')
 
     @staticmethod
     def backward(ctx, grad):
-        x, w_dw, w_pw = ctx.saved_tensors
+        x, w_dw, w_pw, mean, invstd = ctx.saved_tensors
         stride, padding, dilation = ctx.config
         need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        r = x
+        if ctx.bn is not None:  # recompute the normalised, rectified input
+            y = (x - mean[:, None, None]) * invstd[:, None, None]
+            r = F.relu(y)
         if need_pw:
-            d = F.conv2d(x, w_dw, None, stride, padding, dilation, groups=x.shape[1])
+            d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])
         else:  # only its shape is read when the 1x1 weight gradient is not asked for
             d = x.new_empty(grad.shape[0], x.shape[1], *grad.shape[2:])
         grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
@@ -168,9 +188,17 @@ class _DepthwisePointwise(torch.autograd.Function):
         grad_x = grad_dw = None
         if need_x or need_dw:
             grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
-                grad_d, x, w_dw, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
+                grad_d, r, w_dw, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
                 [need_x, need_dw, False])
-        return grad_x, grad_dw, grad_pw, None, None, None
+        if need_x and ctx.bn is not None:
+            training, eps = ctx.bn
+            grad_y = grad_x * (y > 0)
+            if training:
+                grad_x = torch.ops.aten.native_batch_norm_backward(
+                    grad_y, x, None, None, None, mean, invstd, True, eps, [True, False, False])[0]
+            else:
+                grad_x = grad_y * invstd[:, None, None]
+        return grad_x, grad_dw, grad_pw, None, None, None, None
 
 
 class DilConv(nn.Module):
@@ -192,16 +220,17 @@ class DilConv(nn.Module):
         self.pointwise = nn.Conv2d(C_in, C_out, 1, bias=False)
         self.bn = batch_norm(C_out, affine)
 
-    def forward(self, x, scale=None):
-        x = self.relu(x)
+    def convs(self, x, bn=None):
+        """The op before its BatchNorm; `bn(x)` then ReLU come first when given (lean only)."""
         if self.lean:
             dw = self.depthwise
-            y = _DepthwisePointwise.apply(x, dw.weight, self.pointwise.weight, dw.stride[0], dw.padding[0],
-                                          dw.dilation[0])
-        else:
-            # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
-            y = self.pointwise(self.depthwise(x))
-        return normalize(self.bn, y, scale)
+            return _DepthwisePointwise.apply(x, dw.weight, self.pointwise.weight, dw.stride[0], dw.padding[0],
+                                             dw.dilation[0], bn)
+        # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
+        return self.pointwise(self.depthwise(x))
+
+    def forward(self, x, scale=None):
+        return normalize(self.bn, self.convs(self.relu(x)), scale)
 
     def widen(self, index, moved, generator=None):
         """Depthwise filters follow `index`; the 1x1 conv maps to the same channels."""
@@ -221,7 +250,15 @@ class SepConv(nn.Module):
         self.expects_relu = self.first.expects_relu
 
     def forward(self, x, scale=None):
-        return self.second(self.first(x), scale)
+        if not self.second.lean:
+            return self.second(self.first(x), scale)
+        # Lean search version: the first BatchNorm and the ReLU between the halves run
+        # inside the second half's fused function, which recomputes their output.
+        bn = self.first.bn
+        if bn.training:
+            bn.num_batches_tracked.add_(1)
+        hidden = self.first.convs(self.first.relu(x))  # (B, C_in, H', W'), before the first BatchNorm
+        return normalize(self.second.bn, self.second.convs(hidden, bn), scale)
 
     def widen(self, index, moved, generator=None):
         # Both halves follow one channel map: the first's output feeds the second.

@@ -112,11 +112,19 @@ def test_lean_conv_ops_match_plain_gradients(load_space, name, stride):
             module.lean = False
     x = torch.randn(2, 4, 8, 8, dtype=torch.double, requires_grad=True)
     g = torch.randn_like(plain(x))
+    lean(x)  # as many training passes as plain, for the running statistics
     params = list(lean.parameters())
     grads_lean = torch.autograd.grad(lean(x), [x, *params], g)
     grads_plain = torch.autograd.grad(plain(x), [x, *plain.parameters()], g)
     for a, b in zip(grads_lean, grads_plain):
         torch.testing.assert_close(a, b)
+    for key, value in plain.state_dict().items():  # BatchNorm running statistics alike
+        torch.testing.assert_close(lean.state_dict()[key], value, msg=key)
+    lean.eval()
+    plain.eval()
+    torch.testing.assert_close(lean(x), plain(x))
+    torch.testing.assert_close(torch.autograd.grad(lean(x), x, g)[0], torch.autograd.grad(plain(x), x, g)[0])
+    lean.train()
     # Frozen weights (an architecture step): the shortcut without recomputation.
     for p in params:
         p.requires_grad_(False)
