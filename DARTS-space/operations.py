@@ -14,6 +14,12 @@ output channels and split the weight of a replicated input channel among its cop
 (Chen et al., Net2Net), BatchNorm copies its statistics. Each widening also reports which
 parameter became which (`Moved` records) so that the optimiser's momentum can follow.
 
+Memory of the supernet (a search step keeps ~100 op activations per cell alive): the
+search ops fold their edge's mixing weight into their last BatchNorm (`MixBatchNorm`),
+take a ReLU shared by the edge, and recompute cheap intermediates in the backward pass
+instead of storing them (`_LeanMaxPool`, `_DepthwisePointwise`); the results and
+gradients equal those of the plain ops (tests/test_darts_search_ops.py).
+
     python -c "import operations, torch; print(operations.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 16, 16)).shape)"
 """
 
