@@ -53,7 +53,8 @@ def prepare_run_dir(save, script, resume=None):
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
-    holds_run = (run_dir / "args.json").exists() or (run_dir / "checkpoint.pt").exists()
+    # A run counts once it has checkpointed an epoch; a run that died earlier is overwritten.
+    holds_run = (run_dir / "checkpoint.pt").exists()
     if holds_run and not (resume and Path(resume).resolve().parent == run_dir.resolve()):
         raise UserError(
             f"{run_dir} already holds a run; choose another --save, or continue it with "
@@ -117,6 +118,7 @@ class History:
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, record):
+        """Add one epoch's record."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -176,6 +178,16 @@ def resolve_device(name, gpu=0):
     return torch.device(name)
 
 
+def to_device(batch, device):
+    """Move an (images, labels) batch to `device`, images channels-last.
+
+    Channels-last (NHWC) convolutions are about 20% faster on CPUs and on GPUs with
+    tensor cores; models are kept in the same memory format.
+    """
+    x, y = batch
+    return x.to(device, non_blocking=True, memory_format=torch.channels_last), y.to(device, non_blocking=True)
+
+
 def peak_memory_mb(device):
     """Peak memory of this process: the allocator's peak on CUDA, max RSS on the CPU."""
     if device.type == "cuda":
@@ -201,10 +213,15 @@ def load_checkpoint(path):
     if not path.is_file():
         raise UserError(f"--resume {path}: no such file; give the checkpoint.pt of the run to continue")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"--resume {path}: not a readable checkpoint ({reason}); start afresh or pick another file")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for a damaged file
+        ckpt = None
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise UserError(
+            f"--resume {path}: not a readable checkpoint of this project (damaged or another kind of file); "
+            "start afresh or pick another file"
+        )
+    return ckpt
 
 
 def check_resume_args(saved, args, keys):
@@ -221,19 +238,21 @@ def check_resume_args(saved, args, keys):
 
 
 class AverageMeter:
-    """Running average of a scalar."""
+    """Running average of a scalar; tensors stay on their device until `avg` is read."""
 
     def __init__(self):
         self.sum = 0.0
         self.count = 0
 
     def update(self, value, n=1):
-        self.sum += float(value) * n
+        if torch.is_tensor(value):
+            value = value.detach()  # summing on the device avoids a host sync per step
+        self.sum = self.sum + value * n
         self.count += n
 
     @property
     def avg(self):
-        return self.sum / max(self.count, 1)
+        return float(self.sum) / max(self.count, 1)
 
 
 def accuracy(output, target, topk=(1,)):
