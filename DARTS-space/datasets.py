@@ -4,17 +4,19 @@
 `(train, test, num_classes)` for CIFAR-10, CIFAR-100 or `synthetic`;
 `imagenet_datasets(root, train_augment, image_size)` returns `(train, val, num_classes)`
 from an `ImageFolder` tree `root/train`, `root/val` (the full ImageNet, or the search
-subset written by `prepare_imagenet_subset.py`). CIFAR downloads itself through
-torchvision when absent; `synthetic` lives in memory, needs no network and is learnable,
+subset written by `prepare_imagenet_subset.py`). CIFAR (pickled batches, read here)
+downloads itself when absent; `synthetic` lives in memory, needs no network and is learnable,
 for laptops and tests. Missing data ends with one clear line. Nothing runs at import.
 
     python -c "import datasets; print(datasets.get_datasets('synthetic', '.')[2])"
 """
 
 import pickle
+import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset, TensorDataset
@@ -25,7 +27,6 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 class Cutout:
@@ -60,36 +61,75 @@ def _cifar_transforms(mean, std, augment, cutout_length):
     return T.Compose(ops)
 
 
+# name: (folder, train files, test files, label key, classes, mean, std)
+CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
+                CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
+}
+DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+
+
+class PickledImages(Dataset):
+    """CIFAR's pickled batches: dicts {'data': (N, 3*32*32) uint8, label_key: [...]}."""
+
+    def __init__(self, folder, files, label_key, transform=None):
+        images, labels = [], []
+        for name in files:
+            try:
+                with open(Path(folder) / name, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(entry[label_key], dtype=np.int64))
+            except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+                raise UserError(f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again")
+        self.images = np.concatenate(images).transpose(0, 2, 3, 1)  # (N, H, W, C) for PIL
+        self.labels = np.concatenate(labels).tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
 def _cifar(name, root, train_augment, cutout_length):
-    from torchvision import datasets
-
-    cls, folder, mean, std = {
-        "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", CIFAR10_MEAN, CIFAR10_STD),
-        "cifar100": (datasets.CIFAR100, "cifar-100-python", CIFAR100_MEAN, CIFAR100_STD),
-    }[name]
+    folder_name, train_files, test_files, label_key, classes, mean, std = CIFAR[name]
     root = Path(root)
-    if not (root / folder).is_dir():
-        _download(cls, name, root, folder)
-    train_tf = _cifar_transforms(mean, std, train_augment, cutout_length)
-    test_tf = _cifar_transforms(mean, std, False, 0)
-    try:
-        train = cls(str(root), train=True, download=False, transform=train_tf)
-        test = cls(str(root), train=False, download=False, transform=test_tf)
-    except (RuntimeError, OSError, pickle.UnpicklingError, KeyError) as err:
-        raise UserError(f"{name} under {root / folder} is incomplete or damaged ({err}); delete it and run again")
-    return train, test, len(train.classes)
+    folder = root / folder_name
+    missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+    if missing:
+        _download(name, root)
+    train = PickledImages(folder, train_files, label_key, _cifar_transforms(mean, std, train_augment, cutout_length))
+    test = PickledImages(folder, test_files, label_key, _cifar_transforms(mean, std, False, 0))
+    return train, test, classes
 
 
-def _download(cls, name, root, folder):
-    """Fetch CIFAR into `root`, failing within seconds (not minutes) without a network."""
+def _download(name, root):
+    """Fetch a CIFAR archive into `root`, failing within seconds (not minutes) without a network."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    url, md5 = DOWNLOADS[name]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
+    created = not root.exists()
     try:
-        cls(str(root), train=True, download=True)
+        download_and_extract_archive(url, str(root), md5=md5)
     except Exception as err:  # URLError, timeouts, permission errors, bad archives
+        if created:  # leave no half-made folder behind
+            shutil.rmtree(root, ignore_errors=True)
         raise UserError(
-            f"{name} not found in {root} (expected {root / folder}/) and the download failed "
-            f"({type(err).__name__}); download it from {CIFAR_URL} into --data {root}, "
+            f"{name} not found in {root} (expected {root / CIFAR[name][0]}/) and the download failed "
+            f"({type(err).__name__}); download {url} and unpack it into --data {root}, "
             "or try the code with --dataset synthetic"
         )
     finally:
