@@ -74,18 +74,24 @@ def bench_search(name, args, device):
         nn.utils.clip_grad_norm_(weights, 5.0)
         optimizer.step()
 
+    seconds = time_steps(step, device, args)
+    return dict(config=name, stage=cfg["stage"], C=cfg["C"], layers=cfg["layers"], k=cfg["k"],
+                ops_per_edge=len(cfg["keep"] or PRIMITIVES), batch=cfg["batch"], device=str(device),
+                threads=torch.get_num_threads(), s_per_step=round(seconds, 3),
+                peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))
+
+
+def time_steps(step, device, args):
+    """Seconds per call of `step()`: `args.warmup` untimed calls, then the mean of `args.steps`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
         step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     tic = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync()
-    return dict(config=name, stage=cfg["stage"], C=cfg["C"], layers=cfg["layers"], k=cfg["k"],
-                ops_per_edge=len(cfg["keep"] or PRIMITIVES), batch=cfg["batch"], device=str(device),
-                threads=torch.get_num_threads(), s_per_step=round((time.perf_counter() - tic) / args.steps, 3),
-                peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))
+    return (time.perf_counter() - tic) / args.steps
 
 
 @utils.exits_cleanly
@@ -128,16 +134,9 @@ def bench_eval(device, args):
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    tic = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
+    seconds = time_steps(step, device, args)
     return dict(config="eval", C=36, layers=20, batch=64, auxiliary=True, drop_path_prob=0.2, device=str(device),
-                threads=torch.get_num_threads(), s_per_step=round((time.perf_counter() - tic) / args.steps, 3),
+                threads=torch.get_num_threads(), s_per_step=round(seconds, 3),
                 peak_mem_mb=round(utils.peak_memory_mb(device), 1),
                 params=param_count(model))  # without the auxiliary head, as papers count
 
