@@ -48,7 +48,7 @@ def widen_conv(conv, index):
 
 def scaled_batch_norm(bn, x, scale):
     """`scale * bn(x)` in one BatchNorm call (same statistics and running-average updates as `bn`)."""
-    weight = scale.expand(x.size(1)) if bn.weight is None else bn.weight * scale
+    weight = scale.expand(x.size(1)).contiguous() if bn.weight is None else bn.weight * scale
     bias = None if bn.bias is None else bn.bias * scale
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
@@ -106,7 +106,8 @@ def avg_pool_3x3(x, stride, scale=None):
     C, H, W = x.shape[1:]
     ones = x.new_ones(1, 1, 3, 3)
     counts = F.conv2d(x.new_ones(1, 1, H, W), ones, stride=stride, padding=1)  # (1, 1, H', W')
-    kernel = ones.expand(C, 1, 3, 3) if scale is None else (ones * scale).expand(C, 1, 3, 3)
+    # contiguous(): convolution kernels read a stride-0 (expanded) weight wrongly in backward.
+    kernel = (ones if scale is None else ones * scale).expand(C, 1, 3, 3).contiguous()
     return F.conv2d(x, kernel, stride=stride, padding=1, groups=C) / counts
 
 

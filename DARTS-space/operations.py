@@ -109,7 +109,7 @@ class MixBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         if self.training:
             self.num_batches_tracked.add_(1)
-        return F.batch_norm(x, self.running_mean, self.running_var, scale.expand(self.num_features), None,
+        return F.batch_norm(x, self.running_mean, self.running_var, scale.expand(self.num_features).contiguous(), None,
                             self.training, self.momentum, self.eps)
 
 
