@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 import utils
 from architect import Architect
+from benchmark import load_benchmark, summarize
 from datasets import DATASETS, get_datasets
 from genotypes import PRIMITIVES, Structure, save_genotype
-from model_search import METHODS, Network
+from model_search import METHODS, Network, concentration
 from operations import widen_like
+from plot_trajectory import plot_trajectory, read_history
 from torch.utils.data import DataLoader, Subset
 
 logger = logging.getLogger("search")
@@ -120,25 +122,24 @@ def run_search(args, stages, script):
                                 position=ckpt["valid_stream"] if ckpt else (0, 0), **stream_args)
     valid_loader = DataLoader(valid_part, batch_size=args.batch_size, num_workers=args.workers)
 
+    total_epochs = sum(s.epochs for s in stages)
+    stage_index, start_epoch = (ckpt["stage"], ckpt["epoch"]) if ckpt else (0, 0)
     model = Network(args.init_channels, args.layers, num_classes, stages[0].k, args.method)
-    model = model.to(device, memory_format=torch.channels_last)
-    model.prune(stages[0].keep)
-    architect = Architect(model, args)
-    w_optimizer, scheduler = make_weight_optimizer(model, args, sum(s.epochs for s in stages))
-    stage_index, start_epoch = 0, 0
-    if ckpt is not None:
-        stage_index = ckpt["stage"]
-        model.set_kept(ckpt["kept"])  # rebuild the saved stage's ops and widths, then load
+    if ckpt is not None:  # rebuild the saved stage's ops and widths before loading its tensors
+        model.set_kept(ckpt["kept"])
         if stages[stage_index].k != model.k:
             model.widen(stages[stage_index].k, torch.Generator())
-            model.to(memory_format=torch.channels_last)
-        w_optimizer, scheduler = make_weight_optimizer(model, args, sum(s.epochs for s in stages))
+    else:
+        model.prune(stages[0].keep)
+    model = model.to(device, memory_format=torch.channels_last)
+    architect = Architect(model, args)
+    w_optimizer, scheduler = make_weight_optimizer(model, args, total_epochs)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         w_optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         architect.optimizer.load_state_dict(ckpt["architect"])
         utils.set_rng_state(ckpt["rng"])
-        start_epoch = ckpt["epoch"]
         logger.info("resumed from %s at epoch %d (stage %d)", args.resume, start_epoch, stage_index)
     logger.info("param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel())
 
@@ -146,7 +147,6 @@ def run_search(args, stages, script):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(run_dir / "tb", purge_step=start_epoch)
-    total_epochs = sum(s.epochs for s in stages)
     progress = utils.Progress(total_epochs * len(train_stream), start_epoch * len(train_stream))
     try:
         for epoch in range(start_epoch, total_epochs):
@@ -186,8 +186,6 @@ def run_search(args, stages, script):
     save_genotype(model.genotype(), run_dir / "genotype.json")
     logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
     if benchmark is not None:
-        from plot_trajectory import plot_trajectory, read_history
-
         plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
     return model
 
@@ -289,20 +287,11 @@ def next_stage(model, stage, args, index, w_optimizer, scheduler, total_epochs):
 # ---------------------------------------------------------------- NAS-Bench-201
 
 
-def load_benchmark(path):
-    """The benchmark behind `--benchmark`, loaded (and checked) before the search starts."""
-    from benchmark import load_benchmark as load
-
-    return load(path)
-
-
 def query_benchmark(model, benchmark, args, epoch):
     """Benchmark accuracies of the derived architecture and of architectures drawn from the Dirichlet."""
     record = {"benchmark": benchmark.query(str(model.genotype()))}
     logger.info("NAS-Bench-201 %s", " ".join(f"{k} {v:.2f}" for k, v in record["benchmark"].items()))
     if args.trajectory_samples > 0:
-        from benchmark import summarize
-
         archs = sample_architectures(model, args.trajectory_samples, np.random.default_rng(args.seed * 100003 + epoch))
         results = benchmark.query_many(archs)
         record["trajectory"] = {key: summarize([r[key] for r in results]) for key in results[0]}
@@ -313,8 +302,6 @@ def query_benchmark(model, benchmark, args, epoch):
 
 def sample_architectures(model, count, rng):
     """Architecture strings from `count` draws of the current distribution (argmax per edge)."""
-    from model_search import concentration
-
     beta = model.beta.detach().cpu().double()
     archs = []
     for _ in range(count):
