@@ -87,51 +87,31 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)  # (B, multiplier * C, H, W)
 
 
-class AuxiliaryHeadCIFAR(nn.Module):
-    """Auxiliary classifier on the 8x8 feature map after the second reduction cell."""
+class AuxiliaryHead(nn.Module):
+    """Auxiliary classifier on the feature map after the second reduction cell.
 
-    def __init__(self, C, num_classes):
+    CIFAR (`pool_stride=3`, 8x8 input) and ImageNet (`pool_stride=2`, 7x7 input) differ
+    only in the pooling stride and in the BatchNorm after the 2x2 conv, which the
+    DARTS/DrNAS ImageNet head leaves out (the published ImageNet numbers were trained so).
+    """
+
+    def __init__(self, C, num_classes, pool_stride, final_bn):
         super().__init__()
-        self.features = nn.Sequential(
-            # Not in place: the input is the main path's feature map, read again by later cells.
-            nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
+        layers = [
+            nn.ReLU(inplace=False),  # the main path's feature map, read again by later cells
+            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),  # -> 2x2
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
-            nn.BatchNorm2d(768),
-            nn.ReLU(inplace=True),
-        )
+        ]
+        layers += [nn.BatchNorm2d(768)] if final_bn else []
+        self.features = nn.Sequential(*layers, nn.ReLU(inplace=True))
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x):
         x = self.features(x)
-        # A no-op at the design size (1x1 already); keeps larger inputs from failing.
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 768)
-        return self.classifier(x)
-
-
-class AuxiliaryHeadImageNet(nn.Module):
-    """Auxiliary classifier after the second reduction cell (7x7 for 224x224 inputs)."""
-
-    def __init__(self, C, num_classes):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False),  # the main path's feature map: leave it intact
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            # No BatchNorm after this conv: the DARTS/DrNAS ImageNet head leaves it out,
-            # and the published ImageNet numbers were trained that way.
-            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
-            nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x):
-        x = self.features(x)
+        # A no-op at the design sizes (1x1 already); keeps larger inputs from failing.
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 768)
         return self.classifier(x)
 
@@ -139,7 +119,8 @@ class AuxiliaryHeadImageNet(nn.Module):
 class _Network(nn.Module):
     """The stack of cells shared by both networks; subclasses provide the stem."""
 
-    def _build_cells(self, genotype, C_prev_prev, C_prev, C_curr, layers, reduction_prev, num_classes, aux_head):
+    def _build_cells(self, genotype, C_prev_prev, C_prev, C_curr, layers, reduction_prev, num_classes, aux_shape):
+        # aux_shape: (pool stride, final BatchNorm) of the auxiliary head, see AuxiliaryHead.
         self.cells = nn.ModuleList()
         # Reduction cells at 1/3 and 2/3 of the depth double the channels and halve H, W.
         self.reduction_layers = (layers // 3, 2 * layers // 3)
@@ -155,7 +136,7 @@ class _Network(nn.Module):
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
             if i == self.aux_layer:
                 C_aux = C_prev
-        self.auxiliary_head = aux_head(C_aux, num_classes) if self.auxiliary else None
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, *aux_shape) if self.auxiliary else None
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def _forward_cells(self, s0, s1):
@@ -177,7 +158,7 @@ class NetworkCIFAR(_Network):
         self.drop_path_prob = 0.0  # set by the training script every epoch
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, AuxiliaryHeadCIFAR)
+        self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, (3, True))
 
     def forward(self, x):
         s = self.stem(x)  # (B, 3C, 32, 32)
@@ -206,7 +187,7 @@ class NetworkImageNet(_Network):
             nn.BatchNorm2d(C),
         )
         # stem0 is at twice stem1's resolution, so the first cell reduces its s0 input.
-        self._build_cells(genotype, C, C, C, layers, True, num_classes, AuxiliaryHeadImageNet)
+        self._build_cells(genotype, C, C, C, layers, True, num_classes, (2, False))
 
     def forward(self, x):
         s0 = self.stem0(x)  # (B, C, H/4, W/4)
