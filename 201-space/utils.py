@@ -53,6 +53,8 @@ def prepare_run_dir(save, script, resume=None):
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--save {run_dir} is a file, not a folder; name a folder for the run")
     # A run counts once it has checkpointed an epoch; a run that died earlier is overwritten.
     holds_run = (run_dir / "checkpoint.pt").exists()
     if holds_run and not (resume and Path(resume).resolve().parent == run_dir.resolve()):
@@ -232,6 +234,18 @@ def check_resume_args(saved, args, keys):
                 f"--resume: the checkpoint was made with --{key} {saved[key]}, not {getattr(args, key)}; "
                 "resume with the run's own arguments"
             )
+
+
+def load_model_state(model, state, path):
+    """`model.load_state_dict(state)`, a mismatch turned into a `UserError` naming `path`."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise UserError(
+            f"--resume {path}: the checkpoint's network does not match this one ({first[:160]}); it was written "
+            "by an earlier version of the code or for another network: start a new run"
+        ) from None
 
 
 # ---------------------------------------------------------------- meters

@@ -1,7 +1,8 @@
 """The architecture update of DrNAS: Adam on beta, first order or DARTS second order.
 
 `Architect(model, args).step(...)` takes one step on the architecture parameters with a
-held-out batch. Regularisers (`--reg_type`): `l2` is Adam weight decay `reg_scale` on
+held-out batch (its gradient clipped to `grad_clip` when given, as in the paper's ImageNet
+search). Regularisers (`--reg_type`): `l2` is Adam weight decay `reg_scale` on
 beta; `kl` adds `reg_scale * KL(Dir(alpha) || Dir(1))` to the loss instead.
 
 First order (default): the gradient of the validation loss w.r.t. beta only, with the
@@ -44,7 +45,7 @@ def frozen(params):
 class Architect:
     """One Adam step on `model.arch_parameters()` per call of `step`."""
 
-    def __init__(self, model, args, reduce_grads=None):
+    def __init__(self, model, args, reduce_grads=None, grad_clip=None):
         self.model = model
         self.criterion = nn.CrossEntropyLoss()
         self.unrolled = args.unrolled
@@ -54,6 +55,9 @@ class Architect:
         self.weight_decay = args.weight_decay
         # Called on the arch params after their gradient is formed (mean over DDP ranks).
         self.reduce_grads = reduce_grads
+        # The paper's ImageNet search clips the architecture gradient (to --grad_clip)
+        # before the Adam step; its CIFAR search does not (None).
+        self.grad_clip = grad_clip
         self.optimizer = torch.optim.Adam(
             model.arch_parameters(),
             lr=args.arch_learning_rate,
@@ -78,6 +82,8 @@ class Architect:
             p.grad = g
         if self.reduce_grads is not None:
             self.reduce_grads(arch)
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(arch, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

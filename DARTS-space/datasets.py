@@ -2,7 +2,7 @@
 
 `get_datasets(name, root, cutout, cutout_length, train_augment)` returns
 `(train, test, num_classes)` for CIFAR-10, CIFAR-100 or `synthetic`;
-`imagenet_datasets(root, train_augment, image_size)` returns `(train, val, num_classes)`
+`imagenet_datasets(root, image_size, search)` returns `(train, val, num_classes)`
 from an `ImageFolder` tree `root/train`, `root/val` (the full ImageNet, or the search
 subset written by `prepare_imagenet_subset.py`). CIFAR (pickled batches, read here)
 downloads itself when absent; `synthetic` lives in memory, needs no network and is learnable,
@@ -178,12 +178,30 @@ def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True)
     raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def imagenet_datasets(root, train_augment=True, image_size=224):
+def imagenet_transforms(image_size=224, search=False):
+    """`(train, val)` transforms of the paper's ImageNet runs.
+
+    Evaluation (`train_imagenet.py`): random resized crop, flip and colour jitter for
+    training; resize to 256/224 of the crop, then a centre crop, for validation. Search
+    (`train_search_imagenet.py`): both splits train something (the weights, the
+    architecture), so both get the random resized crop and flip, without colour jitter.
+    """
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    crop_flip = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    if search:
+        search_tf = T.Compose([*crop_flip, T.ToTensor(), normalize])
+        return search_tf, search_tf
+    jitter = T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2)
+    train_tf = T.Compose([*crop_flip, jitter, T.ToTensor(), normalize])
+    val_tf = T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    return train_tf, val_tf
+
+
+def imagenet_datasets(root, image_size=224, search=False):
     """Return `(train, val, num_classes)` from the `ImageFolder` trees `root/train` and `root/val`.
 
-    Train: random resized crop, flip and colour jitter; val: resize to 256/224 of the
-    crop size, then a centre crop (the usual ImageNet protocol). `image_size` below 224
-    is for tests and small machines.
+    Transforms: `imagenet_transforms(image_size, search)`. `image_size` below 224 is for
+    tests and small machines.
     """
     from torchvision.datasets import ImageFolder
 
@@ -194,18 +212,7 @@ def imagenet_datasets(root, train_augment=True, image_size=224):
             f"ImageNet not found: {root} lacks {' and '.join(missing)}; point --data at a folder holding "
             "train/ and val/ with one sub-folder of images per class (prepare_imagenet_subset.py writes one)"
         )
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    if train_augment:
-        train_tf = T.Compose([
-            T.RandomResizedCrop(image_size),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
-            T.ToTensor(),
-            normalize,
-        ])
-    else:
-        train_tf = T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size), T.ToTensor(), normalize])
-    val_tf = T.Compose([T.Resize(image_size * 256 // 224), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    train_tf, val_tf = imagenet_transforms(image_size, search)
     try:
         train = ImageFolder(str(root / "train"), transform=train_tf)
         val = ImageFolder(str(root / "val"), transform=val_tf)

@@ -1,8 +1,8 @@
 """The DARTS-space supernet of DrNAS with partial channels and progressive pruning.
 
 `Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed
-edges, output = concat of the 4 nodes), with the CIFAR stem or, with `imagenet=True`, the
-stems of the ImageNet evaluation network. The architecture parameters are two
+edges, output = concat of the 4 nodes) on the CIFAR stem or, with `imagenet=True`, on
+three stride-2 convolutions; both stems end at 3C channels (`stem_multiplier`). The architecture parameters are two
 `nn.Parameter`s `beta_normal`, `beta_reduce` of shape (14, 7), so they live in
 `state_dict`; `arch_parameters()` returns them and `weights()` everything else.
 
@@ -150,22 +150,25 @@ class Network(nn.Module):
         self.kept = kept or {"normal": [all_ops] * num_edges, "reduce": [all_ops] * num_edges}
         self.kept = {t: [list(e) for e in edges] for t, edges in self.kept.items()}
 
+        C_stem = stem_multiplier * C
         if imagenet:
-            # Three stride-2 convs take 224 px to 28 px, as in the evaluation network.
+            # Three stride-2 convs take 224 px to 28 px and end at 3C channels (the paper's
+            # ImageNet supernet; its evaluation network ends its stems at C instead).
             self.stem0 = nn.Sequential(
-                nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+                nn.Conv2d(3, C_stem // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_stem // 2),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C),
+                nn.Conv2d(C_stem // 2, C_stem, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_stem),
             )
             self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C),
+                nn.ReLU(inplace=True), nn.Conv2d(C_stem, C_stem, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_stem),
             )
-            C_prev_prev, C_prev, reduction_prev = C, C, True
+            reduction_prev = True  # stem0's output is at twice stem1's resolution
         else:
-            C_stem = stem_multiplier * C
             self.stem0 = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
             self.stem1 = None
-            C_prev_prev, C_prev, reduction_prev = C_stem, C_stem, False
+            reduction_prev = False
+        C_prev_prev, C_prev = C_stem, C_stem
 
         self.cells = nn.ModuleList()
         for C_curr, reduction in cell_channels(C, layers):

@@ -1,15 +1,16 @@
 """Operations of the DARTS search space, each able to grow its channels (net2wider).
 
 `OPS[name](C, stride, affine)` builds one of the 7 candidate ops of `genotypes.PRIMITIVES`
-(the evaluation network of `model.py` uses them with `affine=True`); `search_op(name, C,
-stride)` builds the search-cell version, where pools are followed by a BatchNorm without
-affine parameters and every BatchNorm is affine-free, as in the paper's supernet.
+(the evaluation network of `model.py` uses them with `affine=True`); pools are followed by
+an affine-free BatchNorm, as in the paper's op table. `search_op(name, C, stride)` builds
+the search-cell version, where every BatchNorm is affine-free, as in the paper's supernet.
 
 Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to
-C/k_new channels. `op.widen(index)` does it function-preservingly: `index` (length
-C_new, starting with `arange(C_old)`) names the old channel each new one copies, and
-afterwards `new_op(x[:, index]) == old_op(x)[:, out_index]` in eval mode, where
-`out_index` is what `widen` returns. Depthwise convs grow their groups, dense convs copy
+C/k_new channels by net2wider: `op.widen(index)`, where `index` (length C_new, starting
+with `arange(C_old)`) names the old channel each new one copies. What is preserved is the
+op on replicated inputs: `new_op(x[:, index]) == old_op(x)[:, out_index]` in eval mode,
+where `out_index` is what `widen` returns. In the supernet the widened op reads new, real
+channels of the cell state instead of copies, so the supernet's function changes. Depthwise convs grow their groups, dense convs copy
 output channels and split the weight of a replicated input channel among its copies
 (Chen et al., Net2Net), BatchNorm copies its statistics. Each widening also reports which
 parameter became which (`Moved` records) so that the optimiser's momentum can follow.
@@ -373,12 +374,18 @@ def make_pool(kind, stride):
     return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
 
+def pool_bn(kind, C, stride):
+    """3x3 pooling followed by an affine-free BatchNorm, as every pool of the paper's cells."""
+    return nn.Sequential(make_pool(kind, stride), nn.BatchNorm2d(C, affine=False))
+
+
 # name -> constructor(C, stride, affine, relu=True); the search version of each is `search_op`.
-# Pools carry no BatchNorm here (evaluation network); skip_connect reduces with
+# Pools are followed by an affine-free BatchNorm in the evaluation cells too (the paper's
+# code builds both networks from one op table); skip_connect reduces with
 # FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
 OPS = {
-    "max_pool_3x3": lambda C, stride, affine, relu=True: make_pool("max", stride),
-    "avg_pool_3x3": lambda C, stride, affine, relu=True: make_pool("avg", stride),
+    "max_pool_3x3": lambda C, stride, affine, relu=True: pool_bn("max", C, stride),
+    "avg_pool_3x3": lambda C, stride, affine, relu=True: pool_bn("avg", C, stride),
     "skip_connect": lambda C, stride, affine, relu=True: (
         Identity() if stride == 1 else FactorizedReduce(C, C, affine, relu)),
     "sep_conv_3x3": lambda C, stride, affine, relu=True: SepConv(C, C, 3, stride, 1, affine, relu),

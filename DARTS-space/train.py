@@ -9,7 +9,7 @@
 The run directory (`--save`, or experiments/eval-<time>) receives log.txt, args.json,
 genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch, atomic) and
 best.pt. `--max_steps_per_epoch` caps an epoch for smoke runs. This file also holds the
-epoch loop that `train_imagenet.py` shares (`start`, `fit`, `train`, `infer`).
+epoch loop that `train_imagenet.py` shares (`check_args`, `join`, `open_run_dir`, `fit`, ...).
 """
 
 import argparse
@@ -89,15 +89,30 @@ def get_parser():
     return parser
 
 
-def start(args, script, genotype):
-    """Join torchrun's group, make the run directory and logging on rank 0; return (dist, run_dir)."""
+def check_args(args):
+    """Refuse bad settings and an unusable `--resume` before anything is written; return the checkpoint."""
     if args.batch_size <= 0 or args.epochs <= 0 or args.layers < 3:
         raise UserError("--batch_size and --epochs must be positive and --layers at least 3 (two reduction cells)")
-    if args.resume and not Path(args.resume).is_file():
-        raise UserError(f"--resume {args.resume}: no such file; give the checkpoint.pt of the run to continue")
+    if not args.resume:
+        return None
+    ckpt = utils.load_checkpoint(args.resume)
+    utils.check_resume_args(ckpt["args"], args, [key for key in RESUME_KEYS if hasattr(args, key)])
+    return ckpt
+
+
+def join(args):
+    """Join torchrun's group (or run alone) with the batch split evenly; return `dist`."""
     dist = distributed.setup(args.device, args.gpu)
     if args.batch_size % dist.world_size:
         raise UserError(f"--batch_size {args.batch_size} does not split over {dist.world_size} processes")
+    if args.deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+    return dist
+
+
+def open_run_dir(args, dist, script, genotype):
+    """Make the run directory and logging on rank 0 (the first write of a run); return it (None elsewhere)."""
     run_dir, error = None, None
     if distributed.is_main(dist):
         try:
@@ -118,33 +133,27 @@ def start(args, script, genotype):
             (run_dir / "scripts").mkdir(exist_ok=True)
             for source in Path(__file__).resolve().parent.glob("*.py"):
                 shutil.copy(source, run_dir / "scripts" / source.name)
+        # The checkpoint's --arch was checked: on resume this rewrites the same cell.
+        genotypes.save_genotype(genotype, run_dir / "genotype.json")  # for visualize.py and --arch
     else:
         logging.basicConfig(level=logging.WARNING)
-    if args.deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
     utils.log_environment(args, dist.device)
     if args.deterministic:
         logger.info("deterministic algorithms on: slower, and some GPU kernels may still vary")
     logger.info("processes = %d, batch per process = %d", dist.world_size, args.batch_size // dist.world_size)
     logger.info("genotype = %s", genotype)
-    if run_dir is not None:
-        genotypes.save_genotype(genotype, run_dir / "genotype.json")  # for visualize.py and --arch
-    return dist, run_dir
+    return run_dir
 
 
-def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, scheduler):
-    """Resume if asked, then train and evaluate every epoch, checkpointing atomically."""
+def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, scheduler, ckpt=None):
+    """Continue from `ckpt` (its model already loaded) if given; train and evaluate every epoch, checkpointing."""
     device, main = dist.device, distributed.is_main(dist)
     use_bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
     amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
     # The loss scaler only matters for fp16, whose small range underflows gradients.
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
     start_epoch, best_acc, best_epoch, position = 0, 0.0, -1, (0, 0)
-    if args.resume:
-        ckpt = utils.load_checkpoint(args.resume)
-        utils.check_resume_args(ckpt["args"], args, [key for key in RESUME_KEYS if hasattr(args, key)])
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -175,7 +184,7 @@ def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, s
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch)
         history = utils.History(run_dir, start_epoch)
-    valid_acc = ckpt["last_acc"] if args.resume else 0.0
+    valid_acc = ckpt["last_acc"] if ckpt is not None else 0.0
     try:
         for epoch in range(start_epoch, args.epochs):
             # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
@@ -188,7 +197,7 @@ def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, s
             # DDP's forward would wait for buffers from ranks that have finished.
             valid_acc, valid_top5, valid_loss = infer(test_loader, model, amp_dtype, args, dist)
             scheduler.step()
-            if valid_acc > best_acc:
+            if valid_acc > best_acc or best_epoch < 0:  # the first epoch is the best so far, even at 0 %
                 best_acc, best_epoch = valid_acc, epoch
             rng = distributed.all_gather_object(utils.rng_state(), dist)
             if main:
@@ -230,6 +239,14 @@ def fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, s
     return best_acc, valid_acc
 
 
+def training_loss(criterion, logits, logits_aux, y, aux_weight):
+    """criterion(logits, y), plus aux_weight * criterion(logits_aux, y) with the auxiliary head."""
+    loss = criterion(logits, y)
+    if logits_aux is not None:
+        loss = loss + aux_weight * criterion(logits_aux, y)
+    return loss
+
+
 def train(stream, steps, net, criterion, optimizer, scaler, amp_dtype, args, dist, progress, epoch):
     """One epoch of `steps` SGD steps; returns (top-1 accuracy %, loss) averaged over ranks."""
     net.train()
@@ -240,9 +257,7 @@ def train(stream, steps, net, criterion, optimizer, scaler, amp_dtype, args, dis
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
             logits, logits_aux = net(x)
-            loss = criterion(logits, y)
-            if logits_aux is not None:
-                loss = loss + args.auxiliary_weight * criterion(logits_aux, y)
+            loss = training_loss(criterion, logits, logits_aux, y, args.auxiliary_weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -284,8 +299,10 @@ def infer(loader, model, amp_dtype, args, dist):
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    genotype = genotypes.load_genotype(args.arch)  # a bad --arch fails before anything is written
-    dist, run_dir = start(args, "eval", genotype)
+    # Arguments, --arch, the checkpoint and the data are all checked before the run writes anything.
+    genotype = genotypes.load_genotype(args.arch)
+    ckpt = check_args(args)
+    dist = join(args)
     try:
         utils.set_seed(args.seed + dist.rank)
         if not distributed.is_main(dist):
@@ -296,6 +313,9 @@ def main(argv=None):
             distributed.barrier(dist)
         # On the device before the optimizer exists, so resumed momentum lands there too.
         model = NetworkCIFAR(args.init_channels, num_classes, args.layers, args.auxiliary, genotype).to(dist.device)
+        if ckpt is not None:
+            utils.load_model_state(model, ckpt["model"], args.resume)
+        run_dir = open_run_dir(args, dist, "eval", genotype)
         count = param_count(model)
         logger.info("param count = %d (%.2f MB), auxiliary head %d more", count, count / 1e6,
                     utils.count_parameters(model.parameters()) - count)
@@ -304,7 +324,7 @@ def main(argv=None):
                                     weight_decay=args.weight_decay)
         # Cosine from the initial rate to 0 over all epochs, stepped once per epoch.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
-        fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, scheduler)
+        fit(args, dist, run_dir, model, train_set, test_set, criterion, optimizer, scheduler, ckpt)
     finally:
         distributed.cleanup()
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import utils
 from model import NetworkImageNet, param_count
-from train import add_common_arguments, fit, start
+from train import add_common_arguments, check_args, fit, join, open_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +39,35 @@ def get_parser():
     opt = parser.add_argument_group("schedule")
     opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
     opt.add_argument("--lr_scheduler", type=str, default="linear", choices=("linear", "cosine"),
-                     help="decay of the learning rate to 0 after the warm-up")
+                     help="decay of the learning rate to 0 (linear: smaller slope in the last 5 epochs)")
     opt.add_argument("--warmup_epochs", type=int, default=5,
-                     help="epochs of linear learning-rate warm-up (large batches diverge without it)")
+                     help="epochs of linear learning-rate warm-up, applied when --batch_size > 256 (as in the paper)")
     return parser
 
 
+# The paper's linear decay takes a smaller slope over its last epochs, "because lr * 1/250
+# is relatively large" at the end of a straight line to 0.
+TAIL_EPOCHS = 5
+
+
 def lr_factor(epoch, args):
-    """Multiplier of the initial learning rate in `epoch` (0-based): warm-up, then decay to 0."""
-    if epoch < args.warmup_epochs:
+    """Multiplier of --learning_rate in `epoch` (0-based), as in the paper's code.
+
+    Warm-up (only for a batch above 256): (e + 1) / W for e < W. Then `linear`:
+    (E - 5 - e) / (E - 5) while E - e > 5, and (E - e) / (5 (E - 5)) in the last 5 epochs;
+    or `cosine`: (1 + cos(pi e / E)) / 2. Runs of 5 epochs or fewer shorten the tail to E - 1.
+    """
+    if epoch < args.warmup_epochs and args.batch_size > 256:
         return (epoch + 1) / args.warmup_epochs
-    progress = epoch / args.epochs
+    E = args.epochs
     if args.lr_scheduler == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / E))
+    tail = min(TAIL_EPOCHS, E - 1)
+    if epoch >= E:  # the scheduler's step after the last epoch
+        return 0.0
+    if E - epoch > tail:
+        return (E - tail - epoch) / (E - tail)
+    return (E - epoch) / (tail * (E - tail))
 
 
 @utils.exits_cleanly
@@ -65,14 +80,19 @@ def main(argv=None):
         parser.error(f"--image_size {args.image_size} must be a multiple of 32 (five stride-2 stages)")
     if args.auxiliary and args.image_size < 224:
         parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
+    # Arguments, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype = genotypes.load_genotype(args.arch)
-    dist, run_dir = start(args, "eval-imagenet", genotype)
+    ckpt = check_args(args)
+    train_set, val_set, num_classes = datasets.imagenet_datasets(args.data, args.image_size)
+    dist = join(args)
     try:
         utils.set_seed(args.seed + dist.rank)
-        train_set, val_set, num_classes = datasets.imagenet_datasets(args.data, image_size=args.image_size)
-        logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
         model = NetworkImageNet(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
         model.to(dist.device)
+        if ckpt is not None:
+            utils.load_model_state(model, ckpt["model"], args.resume)
+        run_dir = open_run_dir(args, dist, "eval-imagenet", genotype)
+        logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
         count = param_count(model)
         logger.info("param count = %d (%.2f MB), auxiliary head %d more", count, count / 1e6,
                     utils.count_parameters(model.parameters()) - count)
@@ -82,7 +102,7 @@ def main(argv=None):
                                     weight_decay=args.weight_decay)
         # Stepped once per epoch; the factor is a function of the epoch, so resume is exact.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
-        fit(args, dist, run_dir, model, train_set, val_set, criterion, optimizer, scheduler)
+        fit(args, dist, run_dir, model, train_set, val_set, criterion, optimizer, scheduler, ckpt)
     finally:
         distributed.cleanup()
 

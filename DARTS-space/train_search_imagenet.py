@@ -1,9 +1,11 @@
-"""Progressive DrNAS search in the DARTS space directly on ImageNet (DESIGN.md section 4).
+"""Progressive DrNAS search in the DARTS space directly on ImageNet (DrNAS section 4).
 
-The paper searches a 14-cell, 48-channel network with the ImageNet stems on 10 % of the
-ImageNet training images (weights) and 2.5 % (architecture), batch 512, lr 0.5 with a
-5-epoch linear warm-up, partial channels k=6 then k=3, 7 then 4 ops per edge, 25 + 25
-epochs. Write the subsets once with prepare_imagenet_subset.py, then:
+The paper searches a 14-cell, 48-channel network (three stride-2 stem convs ending at 3C
+channels) on 10 % of the ImageNet training images (weights) and 2.5 % (architecture),
+both with random resized crops and flips, batch 512, lr 0.5 with a 5-epoch linear
+warm-up, beta's gradient clipped to --grad_clip, partial channels k=6 then k=3, 7 then 4
+ops per edge, 25 + 25 epochs, seed 0. Write the subsets once with
+prepare_imagenet_subset.py, then:
 
     python prepare_imagenet_subset.py --imagenet /data/imagenet --out /data/imagenet_search
     torchrun --nproc_per_node 8 train_search_imagenet.py --data /data/imagenet_search

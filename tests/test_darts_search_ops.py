@@ -76,10 +76,8 @@ def test_search_op_scale_and_shared_relu_match_plain_op(load_space, stride):
     w = torch.tensor(0.3, requires_grad=True)
     for name in genotypes.PRIMITIVES:
         search = operations.search_op(name, 8, stride)
-        plain = operations.OPS[name](8, stride, False)  # own ReLU, unscaled
-        if name.endswith("pool_3x3"):
-            plain = torch.nn.Sequential(plain, torch.nn.BatchNorm2d(8, affine=False))
-        else:
+        plain = operations.OPS[name](8, stride, False)  # own ReLU, unscaled; pools end in their BatchNorm
+        if not name.endswith("pool_3x3"):
             plain.load_state_dict(search.state_dict())
         inputs = torch.relu(x) if search.expects_relu else x
         out = search(inputs, w)

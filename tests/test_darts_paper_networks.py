@@ -1,0 +1,312 @@
+"""The DARTS-space networks, ImageNet settings and schedules of the paper, and refusals that write nothing.
+
+Each test pins one fact of the paper's code: the pools of the evaluation cells end in an
+affine-free BatchNorm, the ImageNet search supernet's stems end at 3C channels, the
+ImageNet search clips beta's gradient and uses crop+flip for both of its splits, and
+`train_imagenet.py` follows the paper's warm-up and linear decay epoch by epoch.
+"""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from conftest import SPACES, run_script
+
+# ---------------------------------------------------------------- evaluation network
+
+
+def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
+    """Every pooling op of an evaluation cell is pool -> BatchNorm2d(C, affine=False), as in the search."""
+    model, genotypes = load_space("DARTS-space", "model", "genotypes")
+    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
+    pools = 0
+    for cell in net.cells:
+        for (name, _), op in zip(cell.genotype_edges, cell.ops):
+            if name.endswith("pool_3x3"):
+                pools += 1
+                pool, bn = op
+                kind = nn.MaxPool2d if name.startswith("max") else nn.AvgPool2d
+                assert isinstance(pool, kind) and pool.kernel_size in (3, (3, 3))
+                assert isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.num_features == cell.preprocess1.bn.num_features
+    assert pools > 0  # DrNAS_cifar10 has a max pool in its reduction cell
+
+
+def test_eval_pool_op_normalises_the_pooled_map(load_space):
+    """In training mode a pool op's output has zero mean and unit variance per channel (batch statistics)."""
+    operations = load_space("DARTS-space", "operations")
+    torch.manual_seed(0)
+    x = 3 * torch.randn(4, 6, 8, 8) + 2
+    for name in ("max_pool_3x3", "avg_pool_3x3"):
+        out = operations.OPS[name](6, 2, True)(x)
+        torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(6), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.var((0, 2, 3), unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "network,args,batchnorms,params",
+    [("NetworkCIFAR", (36, 10, 20), 299, 4_099_294), ("NetworkImageNet", (48, 1000, 14), 214, 5_726_368)],
+)
+def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space, network, args, batchnorms, params):
+    """DrNAS_cifar10 (C=36, 20 cells) and DrNAS_imagenet (C=48, 14 cells): 299 / 214 BatchNorms, 4.10M / 5.73M."""
+    model, genotypes = load_space("DARTS-space", "model", "genotypes")
+    genotype = genotypes.DrNAS_cifar10 if network == "NetworkCIFAR" else genotypes.DrNAS_imagenet
+    net = getattr(model, network)(*args, True, genotype)  # with the auxiliary head
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == batchnorms
+    assert model.param_count(net) == params
+
+
+def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
+    """A checkpoint whose tensors do not fit the network (e.g. pools saved without BatchNorm) is refused."""
+    tiny = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "4", "--batch_size", "8", "--epochs", "2",
+            "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0"]
+    run = tmp_path / "run"
+    done = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--save", run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    # The layout of checkpoints written before pools had their BatchNorm: no pool statistics.
+    pool_bn = re.compile(r"\.ops\.\d+\.1\.(running_mean|running_var|num_batches_tracked)$")
+    stripped = {k: v for k, v in ckpt["model"].items() if not pool_bn.search(k)}
+    assert len(stripped) < len(ckpt["model"])
+    ckpt["model"] = stripped
+    old = tmp_path / "old" / "checkpoint.pt"
+    old.parent.mkdir()
+    torch.save(ckpt, old)
+    before = old.read_bytes()
+    result = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--resume", old)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(old) in lines[0] and "earlier version" in lines[0], lines[0]
+    assert sorted(p.name for p in old.parent.iterdir()) == ["checkpoint.pt"] and old.read_bytes() == before
+
+
+# ---------------------------------------------------------------- ImageNet search
+
+
+def test_imagenet_search_stems_end_at_three_times_C(load_space):
+    """The ImageNet supernet's stems: 3 -> 3C/2 -> 3C (stride 2 twice), ReLU, 3C -> 3C (stride 2); cells read 3C."""
+    model_search = load_space("DARTS-space", "model_search")
+    net = model_search.Network(48, 1000, 14, k=6, imagenet=True)
+    convs = [m for m in (*net.stem0, *net.stem1) if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [
+        (3, 72, (2, 2)), (72, 144, (2, 2)), (144, 144, (2, 2))]
+    assert isinstance(net.stem1[0], nn.ReLU)
+    first, second = net.cells[0], net.cells[1]
+    assert isinstance(first.preprocess0, type(net.cells[5].preprocess0))  # FactorizedReduce after a reduction
+    assert first.preprocess0.conv_1.in_channels == first.preprocess1.conv.in_channels == 144
+    assert second.preprocess0.conv.in_channels == 144
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_imagenet_search_weight_count_is_the_papers(load_space):
+    """C=48, 14 cells, k=6, 1000 classes: 3,642,896 weights; the CIFAR stem's net differs by the stems alone."""
+    model_search = load_space("DARTS-space", "model_search")
+    imagenet = model_search.Network(48, 1000, 14, k=6, imagenet=True)
+    cifar = model_search.Network(48, 1000, 14, k=6, imagenet=False)
+    count = sum(p.numel() for p in imagenet.weights())
+    assert count == 3_642_896
+    arch = {id(p) for p in imagenet.arch_parameters()}
+    assert not arch & {id(p) for p in imagenet.weights()}  # beta is not a weight
+    C3 = 3 * 48  # conv weights + affine BatchNorm (weight, bias) of each stem layer
+    imagenet_stems = 3 * (C3 // 2) * 9 + 2 * (C3 // 2) + (C3 // 2) * C3 * 9 + 2 * C3 + C3 * C3 * 9 + 2 * C3
+    cifar_stem = 3 * C3 * 9 + 2 * C3
+    assert count - sum(p.numel() for p in cifar.weights()) == imagenet_stems - cifar_stem
+
+
+class _Args:
+    unrolled, reg_type, reg_scale, momentum, weight_decay, arch_learning_rate = False, "l2", 0.0, 0.9, 3e-4, 1e-3
+
+
+def test_architect_clips_beta_gradient_to_grad_clip(load_space):
+    """With `grad_clip` (the ImageNet search), Adam receives beta's gradient clipped to that norm; without, the raw one."""
+    model_search, architect = load_space("DARTS-space", "model_search", "architect")
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(10, (4,))
+    norms = {}
+    for clip in (None, 1e-4):
+        torch.manual_seed(1)
+        net = model_search.Network(4, 10, 3, k=1)
+        arch = architect.Architect(net, _Args(), grad_clip=clip)
+        optimizer = torch.optim.SGD(net.weights(), 0.1)
+        torch.manual_seed(2)
+        arch.step(x, y, x, y, 0.1, optimizer)
+        # After one Adam step (beta1 = 0.5) exp_avg = 0.5 * the gradient Adam received.
+        states = arch.optimizer.state.values()
+        norms[clip] = 2 * torch.cat([s["exp_avg"].flatten() for s in states]).norm().item()
+    assert norms[None] > 1e-3  # the raw gradient is far larger than the clip
+    assert norms[1e-4] == pytest.approx(1e-4, rel=1e-4)
+
+
+def test_imagenet_search_transforms_are_crop_and_flip_for_both_splits(load_space, tiny_imagenet):
+    """Search: weights and architecture batches both get RandomResizedCrop + flip, no ColorJitter."""
+    datasets = load_space("DARTS-space", "datasets")
+    T = pytest.importorskip("torchvision.transforms")
+    train, arch, classes = datasets.imagenet_datasets(tiny_imagenet, 224, search=True)
+    assert classes == 3
+    for dataset in (train, arch):
+        kinds = [type(t) for t in dataset.transform.transforms]
+        assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+        assert dataset.transform.transforms[0].size == (224, 224)
+    assert dataset[0][0].shape == (3, 224, 224)
+
+
+def test_imagenet_evaluation_transforms(load_space):
+    """Evaluation: crop, flip and ColorJitter(0.4, 0.4, 0.4, 0.2) to train; resize 256 + centre crop 224 to test."""
+    datasets = load_space("DARTS-space", "datasets")
+    T = pytest.importorskip("torchvision.transforms")
+    train_tf, val_tf = datasets.imagenet_transforms(224)
+    kinds = [type(t) for t in train_tf.transforms]
+    assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ColorJitter, T.ToTensor, T.Normalize]
+    jitter = train_tf.transforms[2]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3
+    assert jitter.hue == (-0.2, 0.2)
+    assert [type(t) for t in val_tf.transforms] == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    assert val_tf.transforms[0].size == 256 and val_tf.transforms[1].size == (224, 224)
+    normalize = val_tf.transforms[-1]
+    assert list(normalize.mean) == [0.485, 0.456, 0.406] and list(normalize.std) == [0.229, 0.224, 0.225]
+
+
+def test_imagenet_search_defaults_are_the_papers(load_space):
+    """train_search_imagenet.py: batch 512, lr 0.5 (5 warm-up epochs), arch lr 6e-3, C=48, 14 cells, k 6 -> 3, seed 0."""
+    script = load_space("DARTS-space", "train_search_imagenet")
+    args = script.get_parser().parse_args([])
+    assert (args.batch_size, args.learning_rate, args.learning_rate_min, args.lr_warmup_epochs) == (512, 0.5, 0.0, 5)
+    assert (args.arch_learning_rate, args.init_channels, args.layers, args.seed) == (6e-3, 48, 14, 0)
+    assert (args.stage_epochs, args.stage_k, args.stage_keep, args.warmup_epochs) == ([25, 25], [6, 3], [7, 4], 10)
+    assert (args.grad_clip, args.momentum, args.weight_decay, args.reg_type, args.reg_scale) == (5.0, 0.9, 3e-4,
+                                                                                                 "l2", 1e-3)
+
+
+def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
+    """train_search_imagenet.py hands --grad_clip to the architecture step: with a tiny clip beta barely moves."""
+    run = tmp_path / "run"
+    result = run_script("DARTS-space", "train_search_imagenet.py", "--data", tiny_imagenet, "--image_size", "32",
+                        "--layers", "5", "--init_channels", "8", "--batch_size", "3", "--stage_epochs", "1", "1",
+                        "--stage_k", "4", "2", "--warmup_epochs", "0", "--max_steps", "2", "--device", "cpu",
+                        "--workers", "0", "--grad_clip", "1e-9", "--reg_scale", "0", "--save", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["architect"]["state"]
+    # exp_avg mixes the received gradients with weights summing to below 1: its norm stays under the clip.
+    assert all(s["exp_avg"].norm() <= 1e-9 * 1.001 for s in state.values()) and len(state) == 2
+
+
+# ---------------------------------------------------------------- train_imagenet.py schedule
+
+
+def paper_lr(epoch, epochs, lr0, batch_size):
+    """The learning rate of the paper's train_imagenet.py (linear scheduler) in `epoch`."""
+    if epoch < 5 and batch_size > 256:
+        return lr0 * (epoch + 1) / 5
+    if epochs - epoch > 5:
+        return lr0 * (epochs - 5 - epoch) / (epochs - 5)
+    return lr0 * (epochs - epoch) / (5 * (epochs - 5))
+
+
+@pytest.mark.parametrize("batch_size", [768, 256, 64])
+def test_train_imagenet_linear_schedule_every_epoch(load_space, batch_size):
+    """250 epochs: warm-up (e+1)/5 only above batch 256, then the linear decay with its last-5-epoch tail."""
+    script = load_space("DARTS-space", "train_imagenet")
+    args = script.get_parser().parse_args(["--batch_size", str(batch_size)])
+    for epoch in range(250):
+        assert args.learning_rate * script.lr_factor(epoch, args) == pytest.approx(
+            paper_lr(epoch, 250, 0.5, batch_size), abs=1e-12), epoch
+    assert script.lr_factor(249, args) == pytest.approx(1 / (5 * 245))  # the last epoch is not at 0
+
+
+def test_train_imagenet_cosine_alternative(load_space):
+    """--lr_scheduler cosine: (1 + cos(pi e / E)) / 2, the same warm-up for large batches."""
+    script = load_space("DARTS-space", "train_imagenet")
+    args = script.get_parser().parse_args(["--lr_scheduler", "cosine", "--epochs", "20"])
+    expected = [(e + 1) / 5 if e < 5 else 0.5 * (1 + math.cos(math.pi * e / 20)) for e in range(20)]
+    assert [script.lr_factor(e, args) for e in range(20)] == pytest.approx(expected)
+
+
+def test_train_imagenet_defaults_are_the_papers(load_space):
+    """train_imagenet.py: 250 epochs, batch 768, lr 0.5, wd 3e-5, label smoothing 0.1, aux 0.4, C=48, 14 cells."""
+    script = load_space("DARTS-space", "train_imagenet")
+    args = script.get_parser().parse_args([])
+    assert (args.epochs, args.batch_size, args.learning_rate, args.weight_decay) == (250, 768, 0.5, 3e-5)
+    assert (args.label_smoothing, args.auxiliary_weight, args.init_channels, args.layers) == (0.1, 0.4, 48, 14)
+    assert (args.lr_scheduler, args.warmup_epochs, args.drop_path_prob, args.grad_clip) == ("linear", 5, 0.0, 5.0)
+    assert (args.momentum, args.arch, args.seed) == (0.9, "DrNAS_imagenet", 0)
+
+
+def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_imagenet):
+    """`train_imagenet.py --epochs 12 --learning_rate 0.5` logs the paper's rate each epoch, batch 300 and 64."""
+    procs = {}
+    for batch in (300, 64):
+        argv = ["train_imagenet.py", "--data", tiny_imagenet, "--image_size", "32", "--layers", "5",
+                "--init_channels", "4", "--epochs", "12", "--learning_rate", "0.5", "--batch_size", batch,
+                "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0", "--save", tmp_path / str(batch)]
+        procs[batch] = subprocess.Popen([sys.executable, *map(str, argv)], cwd=SPACES["DARTS-space"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for batch, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        history = [json.loads(line) for line in (tmp_path / str(batch) / "history.jsonl").read_text().splitlines()]
+        assert [h["lr"] for h in history] == pytest.approx([paper_lr(e, 12, 0.5, batch) for e in range(12)])
+
+
+# ---------------------------------------------------------------- nothing written before every check
+
+
+def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
+    """train.py with an empty --data or a missing --resume: one line, non-zero exit, no run folder."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [("--data", empty, "--save", tmp_path / "a"), ("--resume", tmp_path / "missing.pt", "--save", tmp_path / "b")]
+    procs = [subprocess.Popen([sys.executable, "train.py", "--device", "cpu", *map(str, case)],
+                              cwd=SPACES["DARTS-space"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for case in cases]
+    for proc, expected in zip(procs, ("not found", "no such file")):
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and expected in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any(empty.iterdir())
+
+
+def test_train_resume_with_another_arch_leaves_the_run_untouched(tmp_path):
+    """A refused --resume (other --arch) changes no file of the run, genotype.json included."""
+    tiny = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "4", "--batch_size", "8", "--epochs", "2",
+            "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0"]
+    run = tmp_path / "run"
+    done = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--save", run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--arch", "DARTS_V2",
+                        "--resume", run / "checkpoint.pt")
+    assert result.returncode != 0 and "--arch" in result.stderr and "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_search_refuses_missing_cifar_before_writing(tmp_path):
+    """train_search.py without CIFAR: one line and no run folder."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_script("DARTS-space", "train_search.py", "--data", empty, "--device", "cpu", "--save", tmp_path / "run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "not found" in lines[0], result.stderr
+    assert not (tmp_path / "run").exists() and not any(empty.iterdir())
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path):
+    """An ImageFolder tree of 32x32 PNGs in 3 classes (6 training, 3 validation images each)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3)):
+        for label in range(3):
+            folder = tmp_path / "imagenet" / split / f"n0{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path / "imagenet"
