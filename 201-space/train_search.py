@@ -113,10 +113,9 @@ def run_search(args, stages, script):
     utils.log_environment(args, device)
     utils.set_seed(args.seed)
 
-    split = int(len(train_data) * args.train_portion)
+    train_part, valid_part = split_search_data(train_data, args.train_portion)
     stream_args = dict(batch_size=args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
-    valid_part = Subset(train_data, range(split, len(train_data)))
-    train_stream = utils.Stream(Subset(train_data, range(split)), seed=args.seed,
+    train_stream = utils.Stream(train_part, seed=args.seed,
                                 position=ckpt["train_stream"] if ckpt else (0, 0), **stream_args)
     valid_stream = utils.Stream(valid_part, seed=args.seed + 1,
                                 position=ckpt["valid_stream"] if ckpt else (0, 0), **stream_args)
@@ -155,8 +154,8 @@ def run_search(args, stages, script):
                 stage_index = index
                 w_optimizer, scheduler = next_stage(model, stages[index], args, index, w_optimizer, scheduler, total_epochs)
                 logger.info("stage %d: k=%d, %d ops kept per edge, %d weights", index, model.k, stages[index].keep, utils.count_parameters(model.weights()))
-            warm = epoch - sum(s.epochs for s in stages[:index]) < stages[index].warmup
-            model.tau = args.tau_max - (args.tau_max - args.tau_min) * epoch / max(total_epochs - 1, 1)
+            warm = is_warmup(stages, epoch)
+            model.tau = gumbel_tau(args, epoch, total_epochs)
             lr = scheduler.get_last_lr()[0]
             train_acc, train_loss = train(model, architect, w_optimizer, train_stream, valid_stream, lr, not warm, args, device, progress, epoch)
             valid_acc, valid_loss = infer(model, valid_loader, device)
@@ -246,6 +245,23 @@ def stage_of(stages, epoch):
         if epoch < end:
             return index
     return len(stages) - 1
+
+
+def is_warmup(stages, epoch):
+    """Whether `epoch` is a weight-only warm-up epoch: one of the first `warmup` epochs of its stage."""
+    index = stage_of(stages, epoch)
+    return epoch - sum(s.epochs for s in stages[:index]) < stages[index].warmup
+
+
+def gumbel_tau(args, epoch, total_epochs):
+    """Gumbel temperature of snas/gdas in `epoch`: linear from tau_max (first) to tau_min (last epoch)."""
+    return args.tau_max - (args.tau_max - args.tau_min) * epoch / max(total_epochs - 1, 1)
+
+
+def split_search_data(train_data, train_portion):
+    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest."""
+    split = int(len(train_data) * train_portion)
+    return Subset(train_data, range(split)), Subset(train_data, range(split, len(train_data)))
 
 
 def make_weight_optimizer(model, args, total_epochs, lr=None):

@@ -1,6 +1,7 @@
 """Progressive search of the 201 space: stage hand-over, exact resume in either stage, outputs."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -93,6 +94,16 @@ def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
     assert saves == [0, 0, 1, 1]
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     monkeypatch.setattr(utils, "save_checkpoint", real_save)
+    # Warm-up: no architecture step in the first epoch of either stage, one per batch in the others.
+    steps = -(-int(len(ts.get_datasets("synthetic", None)[0]) * 0.5) // 32)  # train_portion 0.5, batch 32
+    epochs = [torch.load(tmp_path / f"epoch{e}.pt", weights_only=True) for e in (1, 2, 3, 4)]
+    adam_steps = [int(c["architect"]["state"][0]["step"]) if c["architect"]["state"] else 0 for c in epochs]
+    assert adam_steps == [0, steps, steps, 2 * steps]
+    assert int(full["architect"]["state"][0]["step"]) == (4 - 2) * steps, "(total - warm-up epochs) x steps"
+    assert torch.equal(epochs[1]["model"]["beta"], epochs[2]["model"]["beta"]), "beta rests in stage 2's warm-up"
+    # One cosine schedule over the 4 epochs of both stages, from 0.025 to 0.001.
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "full" / "history.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.001 + 0.024 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-9)
 
     for epoch in (2, 3):  # 2: at the stage boundary (resume prunes and widens); 3: inside stage 2
         run_dir = tmp_path / f"resumed{epoch}"

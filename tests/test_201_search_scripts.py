@@ -133,6 +133,9 @@ def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
     assert arch == history[-1]["genotype"]
     ckpt = _load(run.dir / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["genotype"] == arch
+    # No warm-up in train_search.py: one architecture step per batch of every epoch (128 samples, batch 16).
+    assert int(ckpt["architect"]["state"][0]["step"]) == 2 * 8
+    assert [h["lr"] for h in history] == pytest.approx([0.025, 0.013], rel=1e-9), "cosine 0.025 -> 0.001 over 2 epochs"
     log = (run.dir / "log.txt").read_text()
     assert "final genotype" in log and "img/s" in log and "ETA" in log and "concentrations" in log
     assert "Traceback" not in run.stderr

@@ -1,0 +1,660 @@
+"""The DrNAS method on NAS-Bench-201 as 201-space/ carries it, one paper-defining fact per test.
+
+Each test name states the fact it pins and checks the property itself on a tiny network
+(C=4..8, N=1..2, 8x8 or 16x16 inputs), so that changing the fact in the code fails it:
+the search space and supernet, the Dirichlet mixing weights, the mixed op and its
+partial channels, the architecture step (Adam, KL prior, second order), the weight step
+(SGD, clipping), the schedules, the progressive stages, the data and the paper's settings,
+and NAS-Bench-201's training protocol for the found cell.
+"""
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+D = torch.distributions
+BETA1, BETA2, ADAM_EPS = 0.5, 0.999, 1e-8
+
+
+def _batch(n=4, size=8, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g, dtype=dtype), torch.randint(10, (n,), generator=g)
+
+
+def _flat(tensors):
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _op_copy(ops, name, C, source):
+    """A fresh `OPS[name]` of a search cell (BN without affine) holding the weights of `source`."""
+    op = ops.OPS[name](C, C, 1, False).train()
+    op.load_state_dict(source.state_dict())
+    return op
+
+
+def _kl_to_uniform(beta):
+    """sum over edges of KL(Dir(elu(beta) + 1) || Dir(1)), written from torch.distributions."""
+    alpha = F.elu(beta) + 1
+    return D.kl_divergence(D.Dirichlet(alpha), D.Dirichlet(torch.ones_like(alpha))).sum()
+
+
+# ---------------------------------------------------------------- the search space
+
+
+def test_space_has_the_five_nas_bench_201_ops_in_order_on_six_edges_of_a_four_node_cell(load_space):
+    """PRIMITIVES and EDGES: 5 ops (the columns of beta) on the 6 edges (i, j), j < i, of nodes 0..3."""
+    gt = load_space("201-space", "genotypes")
+    assert gt.PRIMITIVES == ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+    assert gt.EDGES == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
+
+
+def test_nas_bench_201_ops_compute_zero_identity_relu_conv_bn_and_avg_pool_without_padding_count(load_space):
+    """none = 0, skip = x, nor_conv_kxk = BN(conv_kxk(relu x), pad k//2), avg_pool_3x3 ignores the zero padding."""
+    ops = load_space("201-space", "operations")
+    torch.manual_seed(0)
+    C = 4
+    x = torch.randn(3, C, 8, 8)
+    assert torch.equal(ops.OPS["none"](C, C, 1, False)(x), torch.zeros_like(x))
+    assert torch.equal(ops.OPS["skip_connect"](C, C, 1, False)(x), x)
+    for name, kernel in (("nor_conv_1x1", 1), ("nor_conv_3x3", 3)):
+        op = ops.OPS[name](C, C, 1, False).train()
+        conv = op.op[1]
+        assert conv.weight.shape == (C, C, kernel, kernel) and conv.bias is None
+        want = F.batch_norm(F.conv2d(F.relu(x), conv.weight, padding=kernel // 2), None, None, training=True)
+        torch.testing.assert_close(op(x), want, rtol=1e-5, atol=1e-5)
+    pool = ops.OPS["avg_pool_3x3"](C, C, 1, False)
+    torch.testing.assert_close(pool(x), F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the supernet
+
+
+@pytest.mark.parametrize("net", ["search", "eval"])
+def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_residual_reductions(load_space, net):
+    """stem conv3x3 + BN -> N cells (C) -> block -> N cells (2C) -> block -> N cells (4C) -> BN, ReLU, pool, linear."""
+    ms, model_mod, gt, ops = load_space("201-space", "model_search", "model", "genotypes", "operations")
+    torch.manual_seed(0)
+    C, N, classes = 4, 2, 7
+    if net == "search":
+        model, cell_type = ms.Network(C, N, classes, k=1), ms.Cell
+    else:
+        model, cell_type = model_mod.Network(C, N, gt.DrNAS, classes), model_mod.InferCell
+    stem_conv, stem_bn = model.stem
+    assert isinstance(stem_conv, nn.Conv2d) and stem_conv.bias is None
+    assert (stem_conv.in_channels, stem_conv.out_channels, stem_conv.kernel_size) == (3, C, (3, 3))
+    assert stem_conv.stride == (1, 1) and stem_conv.padding == (1, 1)
+    assert isinstance(stem_bn, nn.BatchNorm2d) and stem_bn.num_features == C
+    layers = list(model.cells)
+    kinds = ["cell" if isinstance(m, cell_type) else "block" if isinstance(m, ops.ResNetBasicBlock) else "?"
+             for m in layers]
+    assert kinds == ["cell"] * N + ["block"] + ["cell"] * N + ["block"] + ["cell"] * N
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for m in layers]
+    x = torch.randn(2, 3, 16, 16)
+    logits = model.train()(x)
+    for h in hooks:
+        h.remove()
+    assert shapes == [(2, C, 16, 16)] * N + [(2, 2 * C, 8, 8)] * (N + 1) + [(2, 4 * C, 4, 4)] * (N + 1)
+    bn, relu = model.lastact
+    assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 4 * C and isinstance(relu, nn.ReLU)
+    assert isinstance(model.global_pooling, nn.AdaptiveAvgPool2d) and model.global_pooling.output_size in (1, (1, 1))
+    assert isinstance(model.classifier, nn.Linear)
+    assert (model.classifier.in_features, model.classifier.out_features) == (4 * C, classes)
+    assert logits.shape == (2, classes)
+
+
+def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_pooled_conv1x1_shortcut(load_space):
+    """ResNetBasicBlock(C_in, C_out, 2)(x) = conv1x1(avgpool2(x)) + RCB3x3(RCB3x3_stride2(x))."""
+    ops = load_space("201-space", "operations")
+    torch.manual_seed(0)
+    block = ops.ResNetBasicBlock(4, 8, 2).train()
+    x = torch.randn(2, 4, 8, 8)
+
+    def rcb(op, inp, stride):
+        conv, bn = op.op[1], op.op[2]
+        return F.batch_norm(F.conv2d(F.relu(inp), conv.weight, stride=stride, padding=1), None, None,
+                            bn.weight, bn.bias, training=True)
+
+    shortcut = block.downsample[1]
+    assert block.conv_a.op[1].weight.shape == (8, 4, 3, 3) and block.conv_b.op[1].weight.shape == (8, 8, 3, 3)
+    assert shortcut.weight.shape == (8, 4, 1, 1) and shortcut.bias is None
+    want = F.conv2d(F.avg_pool2d(x, 2, 2), shortcut.weight) + rcb(block.conv_b, rcb(block.conv_a, x, 2), 1)
+    torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node(load_space):
+    """node_i = sum_{j<i} sum_o w[e(i,j), o] op_o(node_j); the cell outputs node 3."""
+    ms, gt = load_space("201-space", "model_search", "genotypes")
+    torch.manual_seed(0)
+    cell = ms.Cell(4, 1).train()
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.rand(6, 5)
+    got = cell(x, w)
+    nodes = [x]
+    for i in range(1, 4):
+        node = 0
+        for e, (to, j) in enumerate(gt.EDGES):
+            if to == i:
+                node = node + sum(w[e, o] * cell.edges[e].ops[name](nodes[j]) for o, name in enumerate(gt.PRIMITIVES))
+        nodes.append(node)
+    torch.testing.assert_close(got, nodes[3], rtol=1e-5, atol=1e-5)
+
+
+def test_beta_is_one_6x5_parameter_initialised_as_1e_3_times_standard_normal(load_space):
+    """beta ~ 1e-3 N(0, 1), shape (edges, ops), the only architecture parameter and not a weight."""
+    ms = load_space("201-space", "model_search")
+    betas = []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        model = ms.Network(4, 1, 10, k=1)
+        assert model.beta.shape == (6, 5) and model.arch_parameters() == [model.beta]
+        assert all(p is not model.beta for p in model.weights())
+        betas.append(model.beta.detach().flatten())
+    sample = torch.cat(betas) / 1e-3  # 600 draws, should be N(0, 1)
+    assert abs(sample.mean()) < 0.2
+    assert 0.85 < sample.std() < 1.15
+    assert 0.6 < (sample.abs() < 1).float().mean() < 0.76  # 68 % within one standard deviation
+
+
+def test_dirichlet_weights_are_one_rsample_of_dir_elu_beta_plus_one_over_all_edges_shared_by_all_cells(
+    load_space, monkeypatch
+):
+    """One reparameterised draw per forward, batch (6 edges, 5 ops), alpha = elu(beta) + 1, fed to every cell."""
+    ms = load_space("201-space", "model_search")
+    torch.manual_seed(0)
+    model = ms.Network(4, 2, 10, k=1, method="dirichlet").train()
+    with torch.no_grad():
+        model.beta.copy_(torch.randn(6, 5))
+    draws, fed = [], []
+    real = D.Dirichlet.rsample
+
+    def recording(self, sample_shape=()):
+        sample = real(self, sample_shape)
+        draws.append((self.concentration.detach().clone(), sample))
+        return sample
+
+    monkeypatch.setattr(D.Dirichlet, "rsample", recording)
+    for cell in model.search_cells():
+        cell.register_forward_pre_hook(lambda m, inputs: fed.append(inputs[1]))
+    model(_batch(2)[0])
+    assert len(draws) == 1, "all edges (and all cells) use one Dirichlet draw"
+    alpha, sample = draws[0]
+    assert alpha.shape == (6, 5)
+    torch.testing.assert_close(alpha, F.elu(model.beta.detach()) + 1)
+    assert len(fed) == 6 and all(torch.equal(w, sample) for w in fed)
+    assert fed[0].requires_grad, "the pathwise gradient reaches beta through the sample"
+
+
+# ---------------------------------------------------------------- the mixed op
+
+
+def test_mixed_op_with_one_hot_weights_is_exactly_that_op(load_space):
+    """MixedOp(k=1) with weight 1 on op o and 0 elsewhere gives op_o(x): no op bypasses its weight."""
+    ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
+    torch.manual_seed(0)
+    C = 6
+    mixed = ms.MixedOp(C, 1).train()
+    x = torch.randn(4, C, 8, 8)
+    for o, name in enumerate(gt.PRIMITIVES):
+        alone = _op_copy(ops, name, C, mixed.ops[name])
+        w = torch.zeros(5)
+        w[o] = 1.0
+        torch.testing.assert_close(mixed(x, F.relu(x), w), alone(x), rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_mixed_op_is_the_weighted_sum_of_its_ops_linear_in_each_weight(load_space):
+    """MixedOp(k=1)(x, w) = sum_o w_o op_o(x) for any w, and d/dw_o of it is op_o(x)."""
+    ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
+    torch.manual_seed(0)
+    C = 6
+    mixed = ms.MixedOp(C, 1).train()
+    x = torch.randn(4, C, 8, 8)
+    outs = [_op_copy(ops, name, C, mixed.ops[name])(x) for name in gt.PRIMITIVES]
+    for trial in range(3):
+        w = (torch.rand(5) * 2 + 0.1).requires_grad_(True)  # not on the simplex: linearity, not averaging
+        got = mixed(x, F.relu(x), w)
+        torch.testing.assert_close(got, sum(w_o * out for w_o, out in zip(w.detach(), outs)), rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(got)
+        (dw,) = torch.autograd.grad((got * g).sum(), w)
+        torch.testing.assert_close(dw, torch.stack([(out * g).sum() for out in outs]), rtol=1e-4, atol=1e-4)
+
+
+def _shuffled(y, k):
+    """Channel o = i*k + g of the output takes channel g*(C/k) + i of y (k interleaved groups)."""
+    C = y.size(1)
+    out = torch.empty_like(y)
+    for o in range(C):
+        g, i = o % k, o // k
+        out[:, o] = y[:, g * (C // k) + i]
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_groups(load_space, k):
+    """k>1: ops see x[:, :C/k]; out = shuffle_k(cat(sum_o w_o op_o(x[:, :C/k]), x[:, C/k:]))."""
+    ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
+    torch.manual_seed(0)
+    C = 8
+    q = C // k
+    mixed = ms.MixedOp(C, k).train()
+    x = torch.randn(3, C, 6, 6)
+    # Zero mixing weights: only the bypassed channels, after C/k zeros, then shuffled.
+    got = mixed(x, F.relu(x), torch.zeros(5))
+    want = torch.empty_like(x)
+    for o in range(C):
+        j = (o % k) * q + o // k  # the channel before the shuffle
+        want[:, o] = 0.0 if j < q else x[:, j]
+    assert torch.equal(got, want)
+    # Any weights: the first C/k channels carry the mixed ops of those channels only.
+    w = torch.rand(5) + 0.1
+    part = x[:, :q]
+    mixed_part = sum(w[o] * _op_copy(ops, name, q, mixed.ops[name])(part) for o, name in enumerate(gt.PRIMITIVES))
+    want = _shuffled(torch.cat([mixed_part, x[:, q:]], dim=1), k)
+    torch.testing.assert_close(mixed(x, F.relu(x), w), want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the architecture step
+
+
+def _arch_args(ts, *argv):
+    return ts.get_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("reg_type", ["l2", "kl"])
+def test_architecture_loss_adds_reg_scale_times_kl_only_for_reg_type_kl(load_space, reg_type):
+    """Architect.loss = CE(model(x_val), y_val) [+ reg_scale * KL(Dir(alpha) || Dir(1)) when reg_type is kl]."""
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    torch.manual_seed(0)
+    model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
+    with torch.no_grad():
+        model.beta.copy_(torch.randn(6, 5, dtype=torch.float64))
+    architect = arch.Architect(model, _arch_args(ts, "--reg_type", reg_type, "--reg_scale", "0.3"))
+    x, y = _batch(dtype=torch.float64)
+    with arch.batch_stats_only(model):
+        got = architect.loss(x, y)
+        ce = F.cross_entropy(model(x), y)
+    want = ce + 0.3 * _kl_to_uniform(model.beta) if reg_type == "kl" else ce
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reg_type", ["l2", "kl"])
+def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay_reg_scale_for_l2_only(
+    load_space, reg_type
+):
+    """Two steps with different gradients equal hand-written Adam; L2 decay = reg_scale (l2) or 0 (kl)."""
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    torch.manual_seed(0)
+    model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
+    with torch.no_grad():
+        model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
+    lr, reg = 0.01, 0.05
+    architect = arch.Architect(model, _arch_args(ts, "--reg_type", reg_type, "--reg_scale", str(reg),
+                                                 "--arch_learning_rate", str(lr)))
+    w_opt = torch.optim.SGD(model.weights(), 0.025)
+    beta = model.beta.detach().clone()
+    m, v = torch.zeros_like(beta), torch.zeros_like(beta)
+    grads = []
+    for t in (1, 2):
+        xt, yt = _batch(seed=10 + t, dtype=torch.float64)
+        xv, yv = _batch(seed=t, dtype=torch.float64)
+        with arch.batch_stats_only(model):
+            loss = F.cross_entropy(model(xv), yv)
+            if reg_type == "kl":
+                loss = loss + reg * _kl_to_uniform(model.beta)
+            (g,) = torch.autograd.grad(loss, [model.beta])
+        grads.append(g)
+        g = g + (reg if reg_type == "l2" else 0.0) * beta  # Adam's (coupled) L2 weight decay
+        m = BETA1 * m + (1 - BETA1) * g
+        v = BETA2 * v + (1 - BETA2) * g * g
+        beta = beta - lr * (m / (1 - BETA1**t)) / ((v / (1 - BETA2**t)).sqrt() + ADAM_EPS)
+        architect.step(xt, yt, xv, yv, 0.025, w_opt)
+        torch.testing.assert_close(model.beta.detach(), beta, rtol=1e-10, atol=1e-13, msg=f"step {t}")
+    assert (grads[0] - grads[1]).norm() > 0.05 * grads[0].norm(), "the two steps see different gradients"
+
+
+def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_along_v_around_w(load_space):
+    """--unrolled: L_val at w' = w - lr (g + momentum m + wd w); Hv at w +- (0.01/||v||) v; w restored."""
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    torch.manual_seed(0)
+    model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
+    args = _arch_args(ts, "--unrolled", "--arch_learning_rate", "0.01")  # momentum 0.9, weight decay 3e-4
+    architect = arch.Architect(model, args)
+    weights = model.weights()
+    lr = 0.1
+    w_opt = torch.optim.SGD(weights, lr, momentum=0.9, weight_decay=3e-4)
+    bufs = [0.1 * torch.randn_like(p) for p in weights]
+    for p, b in zip(weights, bufs):
+        w_opt.state[p]["momentum_buffer"] = b.clone()
+    xt, yt = _batch(seed=1, dtype=torch.float64)
+    xv, yv = _batch(seed=2, dtype=torch.float64)
+    w0 = [p.detach().clone() for p in weights]
+    with arch.batch_stats_only(model):
+        g_train = torch.autograd.grad(F.cross_entropy(model(xt), yt), weights)
+    w_virtual = [w - lr * (g + 0.9 * b + 3e-4 * w) for w, g, b in zip(w0, g_train, bufs)]
+    shadow = ms.Network(4, 1, 10, k=1, method="darts").double().train()
+    shadow.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p, w in zip(shadow.weights(), w_virtual):
+            p.copy_(w)
+    with arch.batch_stats_only(shadow):
+        v = torch.autograd.grad(F.cross_entropy(shadow(xv), yv), shadow.weights())
+
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, inputs: seen.append(_flat(m.weights()).clone()))
+    architect.step(xt, yt, xv, yv, lr, w_opt)
+    handle.remove()
+
+    assert len(seen) == 4, "forwards: L_train(w), L_val(w'), L_train(w + eps v), L_train(w - eps v)"
+    torch.testing.assert_close(seen[0], _flat(w0), rtol=0, atol=0)
+    torch.testing.assert_close(seen[1], _flat(w_virtual), rtol=1e-10, atol=1e-12)
+    plus, minus = seen[2], seen[3]
+    assert (plus - minus).norm().item() == pytest.approx(0.02, rel=1e-9)
+    torch.testing.assert_close((plus + minus) / 2, _flat(w0), rtol=0, atol=1e-12)
+    v = _flat(v)
+    torch.testing.assert_close(plus - minus, 0.02 * v / v.norm(), rtol=1e-8, atol=1e-12)
+    for p, w in zip(weights, w0):
+        assert torch.equal(p, w), "the weights are restored after the step"
+
+
+# ---------------------------------------------------------------- the weight step
+
+
+def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_weights_only(load_space):
+    """make_weight_optimizer with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
+    ts, ms = load_space("201-space", "train_search", "model_search")
+    torch.manual_seed(0)
+    model = ms.Network(4, 1, 10, k=1)
+    opt, _ = ts.make_weight_optimizer(model, ts.get_parser().parse_args([]), 10)
+    weights = model.weights()
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in weights]
+    w = [p.detach().clone() for p in weights]
+    buf = None
+    for _ in range(2):
+        grads = [torch.randn_like(p) for p in weights]
+        for p, g in zip(weights, grads):
+            p.grad = g.clone()
+        opt.step()
+        d = [g + 3e-4 * wi for g, wi in zip(grads, w)]
+        buf = d if buf is None else [0.9 * b + di for b, di in zip(buf, d)]
+        w = [wi - 0.025 * b for wi, b in zip(w, buf)]
+        torch.testing.assert_close(_flat(weights), _flat(w), rtol=1e-6, atol=1e-7)
+
+
+def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(load_space):
+    """search_step: ||clipped weight gradient|| = grad_clip (beta excluded); beta gets no gradient, never moves."""
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    torch.manual_seed(0)
+    model = ms.Network(4, 1, 10, k=1).train()
+    architect = arch.Architect(model, _arch_args(ts))
+    weights = model.weights()
+    opt = torch.optim.SGD(weights, lr=1.0, momentum=0.0, weight_decay=0.0)
+    beta0 = model.beta.detach().clone()
+    clip = 1e-3
+
+    def displacement(grad_clip, seed):
+        before = _flat(weights)
+        ts.search_step(model, architect, opt, weights, _batch(seed=seed), None, 0.025, grad_clip)
+        return (_flat(weights) - before).norm().item()
+
+    assert displacement(1e6, 0) > 100 * clip, "the true gradient is far above the clip"
+    assert displacement(clip, 1) == pytest.approx(clip, rel=1e-5)
+    assert model.beta.grad is None and torch.equal(model.beta, beta0)
+    # A gradient already on beta neither enters the clipped norm nor changes.
+    planted = torch.full_like(model.beta, 1e3)
+    model.beta.grad = planted.clone()
+    assert displacement(clip, 2) == pytest.approx(clip, rel=1e-5)
+    assert torch.equal(model.beta.grad, planted) and torch.equal(model.beta, beta0)
+
+
+# ---------------------------------------------------------------- one search epoch
+
+
+def _epoch_setup(ts, ms, arch, n=16, portion=0.75, batch=4):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(n, 3, 8, 8), torch.randint(10, (n,)))
+    args = ts.get_parser().parse_args(["--train_portion", str(portion), "--batch_size", str(batch),
+                                       "--report_freq", "1000"])
+    model = ms.Network(4, 1, 10, k=1).train()
+    architect = arch.Architect(model, args)
+    w_opt, _ = ts.make_weight_optimizer(model, args, 1)
+    return data, args, model, architect, w_opt
+
+
+def _rows_in(rows, pool):
+    return all(any(torch.equal(r, p) for p in pool) for r in rows)
+
+
+def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
+    """split_search_data: first int(n * train_portion) samples -> weights, the rest -> beta; arch step first."""
+    ts, ms, arch, utils = load_space("201-space", "train_search", "model_search", "architect", "utils")
+    data, args, model, architect, w_opt = _epoch_setup(ts, ms, arch)
+    train_part, valid_part = ts.split_search_data(data, args.train_portion)
+    assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
+    train_rows, valid_rows = data.tensors[0][:12], data.tensors[0][12:]
+    train_stream = utils.Stream(train_part, args.batch_size, seed=0)
+    valid_stream = utils.Stream(valid_part, args.batch_size, seed=1)
+    events = []
+    real_step = architect.step
+    inside = [False]
+
+    def arch_step(x_train, y_train, x_valid, y_valid, lr, opt):
+        events.append(("arch", x_train, x_valid))
+        inside[0] = True
+        try:
+            return real_step(x_train, y_train, x_valid, y_valid, lr, opt)
+        finally:
+            inside[0] = False
+
+    architect.step = arch_step
+    model.register_forward_pre_hook(lambda m, inputs: None if inside[0] else events.append(("weights", inputs[0])))
+    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, True, args, torch.device("cpu"),
+             utils.Progress(3), 0)
+    assert [e[0] for e in events] == ["arch", "weights"] * 3, "each iteration: architecture step, then weight step"
+    for event in events:
+        if event[0] == "arch":
+            assert _rows_in(event[1], train_rows) and _rows_in(event[2], valid_rows)
+        else:
+            assert _rows_in(event[1], train_rows)
+
+
+def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
+    """train(arch_step=False) (a warm-up epoch) moves weights only; train(arch_step=True) takes len(stream) steps."""
+    ts, ms, arch, utils = load_space("201-space", "train_search", "model_search", "architect", "utils")
+    data, args, model, architect, w_opt = _epoch_setup(ts, ms, arch)
+    train_part, valid_part = ts.split_search_data(data, args.train_portion)
+    train_stream = utils.Stream(train_part, args.batch_size, seed=0)
+    valid_stream = utils.Stream(valid_part, args.batch_size, seed=1)
+    cpu = torch.device("cpu")
+    beta0, w0 = model.beta.detach().clone(), _flat(model.weights())
+    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, False, args, cpu, utils.Progress(6), 0)
+    assert torch.equal(model.beta, beta0) and not architect.optimizer.state
+    assert valid_stream.position() == [0, 0], "no architecture batch is drawn"
+    assert not torch.equal(_flat(model.weights()), w0)
+    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, True, args, cpu, utils.Progress(6), 1)
+    assert int(architect.optimizer.state[model.beta]["step"]) == len(train_stream) == 3
+    beta1 = model.beta.detach().clone()
+    state1 = {k: v.clone() for k, v in architect.optimizer.state[model.beta].items()}
+    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, False, args, cpu, utils.Progress(9), 2)
+    assert torch.equal(model.beta, beta1)
+    for key, value in architect.optimizer.state[model.beta].items():
+        assert torch.equal(value, state1[key]), key
+
+
+# ---------------------------------------------------------------- schedules and stages
+
+
+def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
+    """is_warmup: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
+    ts = load_space("201-space", "train_search")
+    stages = [ts.Stage(4, 4, 5, 2), ts.Stage(3, 2, 3, 2)]
+    assert [ts.is_warmup(stages, e) for e in range(7)] == [True, True, False, False, True, True, False]
+    assert not any(ts.is_warmup([ts.Stage(5, 1, 5, 0)], e) for e in range(5))
+
+
+def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
+    """lr(e) = lr_min + (lr - lr_min)(1 + cos(pi e / T)) / 2, T = all epochs, continuous across the stage switch."""
+    ts, ms = load_space("201-space", "train_search", "model_search")
+    torch.manual_seed(0)
+    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
+    stages = [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
+    total = 7
+    model = ms.Network(8, 1, 10, k=4)
+    opt, sched = ts.make_weight_optimizer(model, args, total)
+    stage_index = 0
+    for epoch in range(total):
+        index = ts.stage_of(stages, epoch)
+        if index != stage_index:
+            stage_index = index
+            opt, sched = ts.next_stage(model, stages[index], args, index, opt, sched, total)
+        want = 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi * epoch / total)) / 2
+        assert sched.get_last_lr()[0] == pytest.approx(want, rel=1e-9), epoch
+        assert all(g["lr"] == pytest.approx(want, rel=1e-9) for g in opt.param_groups), epoch
+        opt.step()
+        sched.step()
+
+
+def test_gumbel_temperature_falls_linearly_from_10_to_1_over_the_epochs(load_space):
+    """gumbel_tau (snas, gdas): tau_max = 10 at the first epoch, tau_min = 1 at the last, linear between."""
+    ts = load_space("201-space", "train_search")
+    args = ts.get_parser().parse_args([])
+    assert [ts.gumbel_tau(args, e, 10) for e in range(10)] == pytest.approx([10.0 - e for e in range(10)])
+    assert [ts.gumbel_tau(args, e, 4) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
+
+
+def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(load_space):
+    """enter_stage(Stage(k=2, keep=3)) from k=4: every edge keeps its 3 largest-beta ops, on C/2 channels."""
+    ts, ms, gt = load_space("201-space", "train_search", "model_search", "genotypes")
+    torch.manual_seed(0)
+    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
+    model = ms.Network(8, 1, 10, k=4)
+    with torch.no_grad():
+        model.beta.copy_(torch.randn(6, 5))
+    top3 = [sorted(torch.topk(model.beta[e].detach(), 3).indices.tolist()) for e in range(6)]
+    ts.enter_stage(model, ts.Stage(2, 2, 3, 0), args, 1)
+    assert model.kept == top3 and model.k == 2
+    for cell in model.search_cells():
+        for e, edge in enumerate(cell.edges):
+            assert edge.k == 2 and set(edge.ops) == {gt.PRIMITIVES[o] for o in top3[e]}
+            for op in edge.ops.values():
+                if hasattr(op, "op"):
+                    assert op.op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
+
+
+# ---------------------------------------------------------------- the paper's settings
+
+
+def test_train_search_defaults_are_the_papers_settings(load_space, monkeypatch):
+    """train_search.py: 100 epochs, batch 64, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, DrNAS l2 1e-3, ..."""
+    ts = load_space("201-space", "train_search")
+    args = ts.get_parser().parse_args([])
+    want = {"epochs": 100, "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001,
+            "arch_learning_rate": 3e-4, "init_channels": 16, "layers": 5, "k": 1, "train_portion": 0.5, "seed": 2,
+            "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3,
+            "method": "dirichlet", "unrolled": False, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
+    assert {key: getattr(args, key) for key in want} == want
+    calls = []
+    monkeypatch.setattr(ts, "run_search", lambda args, stages, script: calls.append(stages))
+    ts.main([])
+    assert calls == [[ts.Stage(100, 1, 5, 0)]], "one stage: all epochs, k, all 5 ops, no warm-up"
+
+
+def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_then_3_ops_10_warm_up(
+    load_space, monkeypatch
+):
+    """train_search_progressive.py: stages (50, k 4, 5 ops) and (50, k 2, 3 ops), 10 warm-up epochs each."""
+    ts, tsp = load_space("201-space", "train_search", "train_search_progressive")
+    args = ts.get_parser(progressive=True).parse_args([])
+    want = {"stage_epochs": [50, 50], "stage_k": [4, 2], "stage_keep": [5, 3], "warmup_epochs": 10,
+            "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "arch_learning_rate": 3e-4,
+            "init_channels": 16, "layers": 5, "train_portion": 0.5, "seed": 2, "momentum": 0.9, "weight_decay": 3e-4,
+            "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3, "method": "dirichlet", "unrolled": False}
+    assert {key: getattr(args, key) for key in want} == want
+    calls = []
+    monkeypatch.setattr(tsp, "run_search", lambda args, stages, script: calls.append(stages))
+    tsp.main([])
+    assert calls == [[ts.Stage(50, 4, 5, 10), ts.Stage(50, 2, 3, 10)]]
+
+
+# ---------------------------------------------------------------- data
+
+
+def _write_pickles(folder, files, label_key, size, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in files:
+        data = rng.integers(0, 256, size=(len(labels), 3 * size * size), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, label_key: list(labels)}, f)
+
+
+def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_normalisation(load_space, tmp_path):
+    """Training images: RandomCrop(size, padding 4 on 32 px / 2 on 16 px), flip p=0.5, ToTensor, Normalize."""
+    datasets = load_space("201-space", "datasets")
+    T = datasets.T
+    _write_pickles(tmp_path / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                   "labels", 32, [0, 1])
+    _write_pickles(tmp_path / "cifar-100-python", ["train", "test"], "fine_labels", 32, [0, 1])
+    _write_pickles(tmp_path / "in16", [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"],
+                   "labels", 16, [1, 2])
+    expected = {
+        "cifar10": (tmp_path, 32, 4, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        "cifar100": (tmp_path, 32, 4, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        "imagenet16-120": (tmp_path / "in16", 16, 2, [x / 255 for x in (122.68, 116.66, 104.01)],
+                           [x / 255 for x in (63.22, 61.26, 65.09)]),
+    }
+    for name, (root, size, padding, mean, std) in expected.items():
+        train, test, _ = datasets.get_datasets(name, root)  # the search's call: augmented training set
+        crop, flip, to_tensor, norm = train.transform.transforms
+        assert isinstance(crop, T.RandomCrop) and tuple(crop.size) == (size, size) and crop.padding == padding
+        assert crop.fill == 0 and crop.padding_mode == "constant"
+        assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
+        assert isinstance(to_tensor, T.ToTensor) and isinstance(norm, T.Normalize)
+        assert list(norm.mean) == pytest.approx(list(mean)) and list(norm.std) == pytest.approx(list(std))
+        test_ops = test.transform.transforms
+        assert [type(t) for t in test_ops] == [T.ToTensor, T.Normalize], "test images are not augmented"
+        assert list(test_ops[1].mean) == pytest.approx(list(mean)) and list(test_ops[1].std) == pytest.approx(list(std))
+
+
+# ---------------------------------------------------------------- NAS-Bench-201's training protocol
+
+
+@pytest.fixture
+def restore_logging():
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(load_space, tmp_path, restore_logging):
+    """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
+    train = load_space("201-space", "train")
+    args = train.get_parser().parse_args([])
+    want = {"init_channels": 16, "layers": 5, "epochs": 200, "batch_size": 256, "learning_rate": 0.1,
+            "momentum": 0.9, "weight_decay": 5e-4, "arch": "DrNAS", "dataset": "cifar10"}
+    assert {key: getattr(args, key) for key in want} == want
+    run = tmp_path / "run"
+    train.main(["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "128",
+                "--workers", "0", "--device", "cpu", "--report_freq", "100", "--arch", "ResNet", "--epochs", "2",
+                "--save", str(run)])
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    (group,) = ckpt["optimizer"]["param_groups"]
+    assert group["nesterov"] is True and group["momentum"] == 0.9 and group["dampening"] == 0
+    assert group["weight_decay"] == 5e-4 and group["initial_lr"] == 0.1
+    assert ckpt["scheduler"]["T_max"] == 2 and ckpt["scheduler"]["eta_min"] == 0.0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in history] == pytest.approx([0.1, 0.05])
