@@ -1,6 +1,6 @@
 """Progressive DrNAS search in the DARTS space on CIFAR-10 / CIFAR-100 (or synthetic data).
 
-The paper's run (DESIGN.md section 4): the full evaluation-size network (C=36, 20 cells)
+The paper's run: the full evaluation-size network (C=36, 20 cells)
 in two stages, partial channels k=6 with all 7 ops, then k=4 with the 4 best ops per
 edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights only:
 
@@ -68,7 +68,8 @@ def get_parser(imagenet=False, description=__doc__):
                        help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
-    optim.add_argument("--grad_clip", type=float, default=5.0, help="gradient-norm clip of the weights")
+    optim.add_argument("--grad_clip", type=float, default=5.0,
+                       help="gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)")
     search = parser.add_argument_group("search")
     search.add_argument("--arch_learning_rate", type=float, default=6e-4, help="Adam learning rate of beta")
     search.add_argument("--unrolled", action="store_true", help="second-order architecture gradient (DARTS)")
@@ -91,9 +92,9 @@ def get_parser(imagenet=False, description=__doc__):
     system.add_argument("--max_steps", type=int, default=0,
                         help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)")
     if imagenet:
-        # The paper's ImageNet search (DESIGN.md section 4).
+        # The paper's ImageNet search.
         parser.set_defaults(batch_size=512, learning_rate=0.5, lr_warmup_epochs=5, arch_learning_rate=6e-3,
-                            init_channels=48, layers=14, stage_k=[6, 3], workers=8)
+                            init_channels=48, layers=14, stage_k=[6, 3], workers=8, seed=0)
     return parser
 
 
@@ -143,10 +144,28 @@ def enter_stage(model, optimizer, stage, args):
     return new
 
 
+def stage_schedule(epoch, args):
+    """(stage, arch_on) of an epoch: its stage, and False in the stage's warm-up (weights only)."""
+    starts = [sum(args.stage_epochs[:s]) for s in range(len(args.stage_epochs))]
+    stage = max(s for s, first in enumerate(starts) if first <= epoch)
+    return stage, epoch - starts[stage] >= args.warmup_epochs
+
+
+def weight_step(model, optimizer, weights, x, y, grad_clip, dist):
+    """One SGD step of the weights on a training batch, gradient norm clipped; returns (logits, loss)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    torch.autograd.backward(loss, inputs=weights)  # weights only: beta is the architect's
+    distributed.average_gradients(weights, dist)
+    nn.utils.clip_grad_norm_(weights, grad_clip)
+    optimizer.step()
+    return logits, loss
+
+
 def train(model, architect, streams, optimizer, steps, arch_on, args, dist, progress, done):
     """One epoch of search steps; returns (top-1 %, loss) over this rank's batches."""
     model.train()
-    criterion = nn.CrossEntropyLoss()
     weights = model.weights()
     lr = optimizer.param_groups[0]["lr"]
     totals = torch.zeros(3, device=dist.device)  # loss sum, correct sum, samples
@@ -155,13 +174,7 @@ def train(model, architect, streams, optimizer, steps, arch_on, args, dist, prog
         if arch_on:
             xv, yv = (t.to(dist.device, non_blocking=True) for t in next(streams["arch"]))
             architect.step(x, y, xv, yv, lr, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = criterion(logits, y)
-        torch.autograd.backward(loss, inputs=weights)  # weights only: beta is the architect's
-        distributed.average_gradients(weights, dist)
-        nn.utils.clip_grad_norm_(weights, args.grad_clip)
-        optimizer.step()
+        logits, loss = weight_step(model, optimizer, weights, x, y, args.grad_clip, dist)
         (top1,) = utils.accuracy(logits.detach(), y)
         totals += torch.stack([loss.detach() * len(y), top1 * len(y) / 100, totals.new_tensor(len(y))])
         if (step + 1) % args.report_freq == 0 or step + 1 == steps:
@@ -195,10 +208,18 @@ def search(args, script, imagenet=False):
     ckpt = utils.load_checkpoint(args.resume) if args.resume else None
     if ckpt:
         utils.check_resume_args(ckpt["args"], args, [k for k in RESUME_KEYS if hasattr(args, k)])
-    if imagenet and not all((Path(args.data) / sub).is_dir() for sub in ("train", "val")):
-        imagenet_datasets(args.data)  # raises the one-line error naming train/ and val/
+    # Data: weights and architecture see disjoint images.
+    if imagenet:
+        train_data, arch_data, num_classes = imagenet_datasets(args.data, args.image_size, search=True)
+    else:
+        full, _, num_classes = get_datasets(args.dataset, args.data)
+        split = int(len(full) * args.train_portion)
+        train_data, arch_data = Subset(full, range(split)), Subset(full, range(split, len(full)))
     dist = distributed.setup(args.device, args.gpu)
     main_rank = distributed.is_main(dist)
+    # --batch_size is the total batch (the paper's, whatever the number of processes).
+    if args.batch_size % dist.world_size:
+        raise utils.UserError(f"--batch_size {args.batch_size} does not split over {dist.world_size} processes")
     run_dir, writer = None, None
     if main_rank:
         run_dir = utils.prepare_run_dir(args.save or (args.resume and Path(args.resume).parent),
@@ -219,17 +240,7 @@ def search(args, script, imagenet=False):
         logger.info("run directory %s, %d process(es)", run_dir, dist.world_size)
         utils.set_seed(args.seed)
 
-        # Data: weights and architecture see disjoint images.
-        if imagenet:
-            train_data, arch_data, num_classes = imagenet_datasets(args.data, image_size=args.image_size)
-        else:
-            full, _, num_classes = get_datasets(args.dataset, args.data)
-            split = int(len(full) * args.train_portion)
-            train_data, arch_data = Subset(full, range(split)), Subset(full, range(split, len(full)))
         positions = ckpt["streams"] if ckpt else {"train": (0, 0), "arch": (0, 0)}
-        # --batch_size is the total batch (the paper's, whatever the number of processes).
-        if args.batch_size % dist.world_size:
-            raise utils.UserError(f"--batch_size {args.batch_size} does not split over {dist.world_size} processes")
         batch = args.batch_size // dist.world_size
         shard = dict(workers=args.workers, rank=dist.rank, world_size=dist.world_size,
                      pin_memory=dist.device.type == "cuda")
@@ -247,10 +258,11 @@ def search(args, script, imagenet=False):
         optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
         reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
-        architect = Architect(model, args, reduce_grads=reduce)
+        # The paper's ImageNet search clips the architecture gradient too; its CIFAR search does not.
+        architect = Architect(model, args, reduce_grads=reduce, grad_clip=args.grad_clip if imagenet else None)
         start_epoch = 0
         if ckpt:
-            model.load_state_dict(ckpt["model"])
+            utils.load_model_state(model, ckpt["model"], args.resume)
             optimizer.load_state_dict(ckpt["optimizer"])
             architect.optimizer.load_state_dict(ckpt["architect"])
             utils.set_rng_state(ckpt["rng"])
@@ -261,13 +273,12 @@ def search(args, script, imagenet=False):
                     utils.count_parameters(model.weights()))
 
         total = sum(args.stage_epochs)
-        stage_start = [sum(args.stage_epochs[:s]) for s in range(len(args.stage_epochs))]
         steps = min(len(streams["train"]), args.max_steps or len(streams["train"]))
         progress = utils.Progress(total * steps, start_epoch * steps)
         history = utils.History(run_dir, start_epoch) if main_rank else None
         for epoch in range(start_epoch, total):
             tic = time.time()
-            epoch_stage = max(s for s in range(len(stage_start)) if stage_start[s] <= epoch)
+            epoch_stage, arch_on = stage_schedule(epoch, args)
             if epoch_stage > stage:
                 optimizer = enter_stage(model, optimizer, epoch_stage, args)
                 stage = epoch_stage
@@ -276,7 +287,6 @@ def search(args, script, imagenet=False):
             lr = learning_rate(epoch, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            arch_on = epoch - stage_start[stage] >= args.warmup_epochs
             logger.info("epoch %d/%d stage %d lr %.5f%s", epoch + 1, total, stage, lr,
                         "" if arch_on else " (weights only: warm-up)")
             train_acc, train_loss = train(model, architect, streams, optimizer, steps, arch_on, args, dist,

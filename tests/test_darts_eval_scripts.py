@@ -2,6 +2,7 @@
 torchrun on two CPU processes (gloo) for train.py and train_imagenet.py, visualize.py."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -61,6 +62,9 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     assert re.search(r"param count = \d+ \(", log)
     history = _history(straight)
     assert [h["epoch"] for h in history] == [0, 1]
+    # DARTS' drop-path ramp drop_path_prob * epoch / epochs (default 0.3) and the cosine learning rate to 0.
+    assert [h["drop_path_prob"] for h in history] == pytest.approx([0.0, 0.3 * 1 / 2])
+    assert [h["lr"] for h in history] == pytest.approx([0.05, 0.05 * (1 + math.cos(math.pi * 1 / 2)) / 2])
     assert history[-1]["valid_acc"] > 40.0  # chance is 10 %
     assert "best valid acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
 

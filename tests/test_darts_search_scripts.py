@@ -98,6 +98,8 @@ def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
     for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         torch.testing.assert_close(s_a["momentum_buffer"], s_b["momentum_buffer"], atol=1e-6, rtol=0)
     torch.testing.assert_close(a["architect"]["state"][0]["exp_avg"], b["architect"]["state"][0]["exp_avg"])
+    # Adam stepped beta once per batch of the non-warm-up epochs only (epochs 1 and 3, 2 steps each).
+    assert [float(s["step"]) for s in a["architect"]["state"].values()] == [2 * 2] * 2
     resumed_log = (tmp_path / "resumed" / "log.txt").read_text()
     assert resumed_log.count("resumed from") == 2
     assert len((tmp_path / "resumed" / "history.jsonl").read_text().splitlines()) == 4
