@@ -7,17 +7,19 @@
   200 epochs on cifar10 / cifar100 / ImageNet16-120 and the cifar10-valid valid accuracy;
 * a compact table, CSV `index,arch,cifar10,cifar100,ImageNet16-120` (test accuracy in
   percent after 200 epochs, one row per architecture, optionally a `cifar10-valid`
-  column), which loads in well under a second.
+  column), which loads in well under a second, plain or gzipped. `tables/` ships one for
+  all 15,625 architectures (see tables/README.md for where it comes from).
 
 Both answer `query(arch_str)` with a dict keyed by dataset. Run from this folder:
 
-    python benchmark.py query --benchmark ../../shared/data/nb201_test_accuracy.csv \
+    python benchmark.py query --benchmark tables/nb201_test_accuracy.csv.gz \
         --arch '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
     python benchmark.py export --benchmark NAS-Bench-201-v1_0-e61699.pth --out nb201.csv
 """
 
 import argparse
 import csv
+import gzip
 import json
 import logging
 import math
@@ -66,14 +68,16 @@ class TableBenchmark:
         self._rows = {}
         self._order = []
         try:
-            with open(self.path, newline="") as f:
+            # The table shipped in tables/ is gzipped; plain CSV files are read as they are.
+            opener = gzip.open if self.path.suffix == ".gz" else open
+            with opener(self.path, "rt", newline="") as f:
                 reader = csv.reader(f)
                 header = next(reader, None)
                 columns = self._check_header(header)
                 for line, row in enumerate(reader, start=2):
                     if row:
                         self._add_row(row, columns, line)
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
+        except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
             raise UserError(f"--benchmark {self.path}: cannot read the table ({err})")
         if not self._rows:
             raise UserError(f"--benchmark {self.path}: the table has a header but no rows")
@@ -221,7 +225,7 @@ def load_benchmark(path):
         )
     with open(path, "rb") as f:
         head = f.read(64)
-    if path.suffix.lower() == ".csv" or head.startswith(b"index,"):
+    if path.suffix.lower() in (".csv", ".gz") or head.startswith(b"index,"):
         return TableBenchmark(path)
     # torch.save writes a zip archive (PK) or, for old files, a raw pickle (0x80).
     if path.suffix.lower() in (".pth", ".pt") or head[:2] == b"PK" or head[:1] == b"\x80":

@@ -1,8 +1,10 @@
-"""The two folders' `utils.py` are one file kept in two places (STYLE.md section 8)."""
+"""Files kept identical in both folders: `utils.py` and the run engine `engine.py` (STYLE.md section 8)."""
 
+import pytest
 from conftest import SPACES
 
 
-def test_utils_copies_are_identical():
-    first, second = (SPACES[space] / "utils.py" for space in ("201-space", "DARTS-space"))
-    assert first.read_text() == second.read_text(), "edit 201-space/utils.py and copy it to DARTS-space/ (or back)"
+@pytest.mark.parametrize("name", ["utils.py", "engine.py"])
+def test_shared_files_are_identical_in_both_folders(name):
+    first, second = (SPACES[space] / name for space in ("201-space", "DARTS-space"))
+    assert first.read_text() == second.read_text(), f"edit 201-space/{name} and copy it to DARTS-space/ (or back)"
