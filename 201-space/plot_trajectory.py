@@ -6,7 +6,7 @@ architectures sampled from the current Dirichlet. The figure has one panel per d
 a band between the min and max of the sampled architectures, their median dashed, and
 the derived architecture as a solid line. The search draws it at its end; redraw it with
 
-    python plot_trajectory.py experiments/search-20260101-120000
+    python plot_trajectory.py experiments/train_search-20260101-120000
     python plot_trajectory.py RUN_DIR --out trajectory.pdf
 """
 

@@ -8,26 +8,54 @@ Stage 1 searches all 5 ops on 1/k1 of the channels. Between the stages every edg
 its `N2` ops with the largest beta, and every op is widened from C/k1 to C/k2 channels
 (net2wider, SGD momentum carried along, Adam state of beta and the cosine schedule
 kept). Each stage starts with `--warmup_epochs` epochs that train the weights only.
-The loop, checkpoints and outputs are those of `train_search.py`.
+The run directory is experiments/train_search_progressive-<time> (or `--save`), with the
+outputs of `train_search.py`; checkpoints, preemption and `--resume` work the same way.
 """
 
+import logging
+
+import torch
+
+import engine
+import search
 import utils
-from genotypes import PRIMITIVES
-from train_search import Stage, get_parser, run_search
+from architect import Architect
+from benchmark import load_benchmark
+from datasets import get_datasets
+from search import RESUME_KEYS
+
+logger = logging.getLogger(__name__)
+
+
+def get_parser():
+    return search.get_parser(progressive=True, description=__doc__)
 
 
 @utils.exits_cleanly
 def main(argv=None):
-    parser = get_parser(progressive=True)
-    args = parser.parse_args(argv)
-    stages = [Stage(e, k, keep, args.warmup_epochs) for e, k, keep in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
-    if not stages[0].k > stages[1].k >= 1 or stages[0].k % stages[1].k:
-        parser.error(f"--stage_k {args.stage_k[0]} {args.stage_k[1]}: stage 2 widens, so K2 must divide K1 and be smaller")
-    if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep >= 1:
-        parser.error(f"--stage_keep must shrink within {len(PRIMITIVES)}..1, got {args.stage_keep}")
-    if min(args.stage_epochs) < 1 or args.warmup_epochs < 0:
-        parser.error("--stage_epochs must be positive and --warmup_epochs not negative")
-    run_search(args, stages, "train_search_progressive")
+    args = get_parser().parse_args(argv)
+    run = engine.Run(args, "train_search_progressive", RESUME_KEYS)  # checks the flags and --resume
+    stages, state = search.get_stages(args), run.task_state()  # two stages, checked
+    benchmark = load_benchmark(args.benchmark) if args.benchmark else None
+    # A missing dataset fails here, before the run writes anything.
+    train_data, _, num_classes = run.first_on_rank0(lambda: get_datasets(args.dataset, args.data))
+    utils.set_seed(args.seed)
+    device = run.dist.device
+    streams, valid_loader = search.search_data(train_data, args, device)
+    # Stage 1's supernet, or the saved stage's (pruned and widened) when resuming.
+    model = search.build_model(args, stages, num_classes, state).to(device, memory_format=torch.channels_last)
+    architect = Architect(model, args)
+    epochs = sum(s.epochs for s in stages)  # one cosine schedule over both stages
+    optimizer, scheduler = search.make_weight_optimizer(model, args, epochs)
+    task = search.Search(model, architect, optimizer, scheduler, streams, valid_loader, args, benchmark)
+    if state is not None:
+        task.load_state_dict(state, args.resume)
+    run_dir = run.open()
+    logger.info(
+        "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
+    )
+    run.fit(task, epochs, len(streams["train"]))
+    search.finish(model, run_dir, benchmark)
 
 
 if __name__ == "__main__":

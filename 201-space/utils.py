@@ -33,7 +33,12 @@ def exits_cleanly(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            # Under torchrun every rank fails alike: rank 0 alone says why.
+            if os.environ.get("RANK", "0") == "0":
+                print(f"error: {err}", file=sys.stderr)
+                for handler in logging.getLogger().handlers:  # log.txt keeps the reason too
+                    if isinstance(handler, logging.FileHandler):
+                        handler.emit(logging.makeLogRecord({"msg": f"error: {err}", "levelno": logging.ERROR}))
             raise SystemExit(2) from None
 
     return wrapper

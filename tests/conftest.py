@@ -6,17 +6,21 @@ folder from `sys.modules`, puts the folder first on `sys.path`, imports the name
 drops them again afterwards, so a test always sees the folder it asked for.
 """
 
+import contextlib
 import importlib
 import os
+import pickle
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = {"201-space": ROOT / "201-space", "DARTS-space": ROOT / "DARTS-space"}
-SHARED_TABLE = ROOT.parent / "shared" / "data" / "nb201_test_accuracy.csv"
+NB201_TABLE = SPACES["201-space"] / "tables" / "nb201_test_accuracy.csv.gz"
 
 # Tests are many small CPU jobs; one thread each avoids oversubscribing 2-core machines.
 torch.set_num_threads(1)
@@ -46,22 +50,70 @@ def load_space(monkeypatch):
 
 @pytest.fixture
 def nb201_table():
-    """Path of the shared NAS-Bench-201 accuracy table; skips when this clone lacks it."""
-    if not SHARED_TABLE.is_file():
-        pytest.skip(f"NAS-Bench-201 table not found at {SHARED_TABLE} (only in the project's workspace)")
-    return SHARED_TABLE
+    """Path of the NAS-Bench-201 accuracy table shipped in 201-space/tables/."""
+    return NB201_TABLE
+
+
+def script_env(**extra):
+    """The environment of a script run by a test: one thread each (tests run side by side), fixed hashing."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", **extra)
 
 
 def run_script(space, *args, timeout=600, env=None):
     """Run a script of a space as a user would (subprocess, cwd = the folder)."""
-    import subprocess
-
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", **(env or {}))
     return subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=SPACES[space],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env=script_env(**(env or {})),
     )
+
+
+def popen_script(space, *args, stdout=subprocess.DEVNULL):
+    """Start a script of a space without waiting (for runs side by side, or to signal it)."""
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=SPACES[space], stdout=stdout,
+                            stderr=subprocess.PIPE, text=True, env=script_env())
+
+
+def assert_one_line_error(returncode, stderr, *expected):
+    """The bad-input contract: a non-zero exit, one line on stderr holding `expected`, no traceback."""
+    lines = stderr.strip().splitlines()
+    assert returncode not in (0, None) and "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1 and all(text in lines[0] for text in expected), stderr[-3000:]
+    return lines[0]
+
+
+@contextlib.contextmanager
+def forbid_host_reads():
+    """Inside the block, reading a tensor's value on the host (`.item()`, `bool`, ...) raises."""
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    names = ("__bool__", "item", "tolist", "__int__", "__float__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+    for name in names:
+        setattr(torch.Tensor, name, host_read)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0):
+    """A CIFAR tree in the original pickled layout (`cifar-10-batches-py/` or `cifar-100-python/`) under `root`."""
+    rng = np.random.default_rng(seed)
+    if name == "cifar10":
+        folder, files, key, classes = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + [
+            "test_batch"], "labels", 10
+    else:
+        folder, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        data = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / file, "wb") as f:
+            pickle.dump({"data": data, key: rng.integers(0, classes, per_batch).tolist()}, f)
+    return folder

@@ -6,6 +6,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+
 from conftest import run_script
 
 
@@ -81,4 +82,4 @@ def test_search_runs_on_a_cifar_tree(tmp_path):
                         "--init_channels", "4", "--layers", "1", "--batch_size", "10", "--workers", "0", "--device", "cpu",
                         "--save", tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    assert "train 002/002" in result.stdout  # 20 of the 40 images train the weights, 2 batches of 10
+    assert "step 2/2 " in result.stdout  # 20 of the 40 images train the weights, 2 batches of 10

@@ -270,7 +270,7 @@ def _arch_args(ts, *argv):
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
 def test_architecture_loss_adds_reg_scale_times_kl_only_for_reg_type_kl(load_space, reg_type):
     """Architect.loss = CE(model(x_val), y_val) [+ reg_scale * KL(Dir(alpha) || Dir(1)) when reg_type is kl]."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     with torch.no_grad():
@@ -289,7 +289,7 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
     load_space, reg_type
 ):
     """Two steps with different gradients equal hand-written Adam; L2 decay = reg_scale (l2) or 0 (kl)."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     with torch.no_grad():
@@ -321,7 +321,7 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
 
 def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_along_v_around_w(load_space):
     """--unrolled: L_val at w' = w - lr (g + momentum m + wd w); Hv at w +- (0.01/||v||) v; w restored."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     args = _arch_args(ts, "--unrolled", "--arch_learning_rate", "0.01")  # momentum 0.9, weight decay 3e-4
@@ -368,7 +368,7 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
 
 def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_weights_only(load_space):
     """make_weight_optimizer with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
-    ts, ms = load_space("201-space", "train_search", "model_search")
+    ts, ms = load_space("201-space", "search", "model_search")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1)
     opt, _ = ts.make_weight_optimizer(model, ts.get_parser().parse_args([]), 10)
@@ -389,7 +389,7 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_we
 
 def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(load_space):
     """search_step: ||clipped weight gradient|| = grad_clip (beta excluded); beta gets no gradient, never moves."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1).train()
     architect = arch.Architect(model, _arch_args(ts))
@@ -416,15 +416,28 @@ def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(lo
 # ---------------------------------------------------------------- one search epoch
 
 
-def _epoch_setup(ts, ms, arch, n=16, portion=0.75, batch=4):
+def _search_task(ts, ms, arch, utils, argv, n=16, portion=0.75, batch=4, k=1):
+    """A `Search` task on n random 8x8 images; the streams draw batches as the scripts' do."""
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(n, 3, 8, 8), torch.randint(10, (n,)))
-    args = ts.get_parser().parse_args(["--train_portion", str(portion), "--batch_size", str(batch),
-                                       "--report_freq", "1000"])
-    model = ms.Network(4, 1, 10, k=1).train()
+    progressive = "--stage_epochs" in argv
+    args = ts.get_parser(progressive=progressive).parse_args(
+        ["--train_portion", str(portion), "--batch_size", str(batch), "--init_channels", "4", *argv])
+    model = ms.Network(4, 1, 10, k=k).train()
     architect = arch.Architect(model, args)
-    w_opt, _ = ts.make_weight_optimizer(model, args, 1)
-    return data, args, model, architect, w_opt
+    w_opt, scheduler = ts.make_weight_optimizer(model, args, sum(s.epochs for s in ts.get_stages(args)))
+    train_part, valid_part = ts.split_search_data(data, args.train_portion)
+    streams = {"train": utils.Stream(train_part, args.batch_size, seed=0),
+               "valid": utils.Stream(valid_part, args.batch_size, seed=1)}
+    task = ts.Search(model, architect, w_opt, scheduler, streams, None, args)
+    return data, task
+
+
+def _epoch(task, epoch):
+    """What engine.Run.fit does with the task's training steps of one epoch."""
+    task.begin_epoch(epoch)
+    for step in range(len(task.streams["train"])):
+        task.step(epoch, step)
 
 
 def _rows_in(rows, pool):
@@ -433,15 +446,13 @@ def _rows_in(rows, pool):
 
 def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
     """split_search_data: first int(n * train_portion) samples -> weights, the rest -> beta; arch step first."""
-    ts, ms, arch, utils = load_space("201-space", "train_search", "model_search", "architect", "utils")
-    data, args, model, architect, w_opt = _epoch_setup(ts, ms, arch)
-    train_part, valid_part = ts.split_search_data(data, args.train_portion)
+    ts, ms, arch, utils = load_space("201-space", "search", "model_search", "architect", "utils")
+    data, task = _search_task(ts, ms, arch, utils, ["--epochs", "1"])
+    train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
     train_rows, valid_rows = data.tensors[0][:12], data.tensors[0][12:]
-    train_stream = utils.Stream(train_part, args.batch_size, seed=0)
-    valid_stream = utils.Stream(valid_part, args.batch_size, seed=1)
     events = []
-    real_step = architect.step
+    real_step = task.architect.step
     inside = [False]
 
     def arch_step(x_train, y_train, x_valid, y_valid, lr, opt):
@@ -452,10 +463,9 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
         finally:
             inside[0] = False
 
-    architect.step = arch_step
-    model.register_forward_pre_hook(lambda m, inputs: None if inside[0] else events.append(("weights", inputs[0])))
-    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, True, args, torch.device("cpu"),
-             utils.Progress(3), 0)
+    task.architect.step = arch_step
+    task.model.register_forward_pre_hook(lambda m, inputs: None if inside[0] else events.append(("weights", inputs[0])))
+    _epoch(task, 0)
     assert [e[0] for e in events] == ["arch", "weights"] * 3, "each iteration: architecture step, then weight step"
     for event in events:
         if event[0] == "arch":
@@ -465,23 +475,22 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
 
 
 def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
-    """train(arch_step=False) (a warm-up epoch) moves weights only; train(arch_step=True) takes len(stream) steps."""
-    ts, ms, arch, utils = load_space("201-space", "train_search", "model_search", "architect", "utils")
-    data, args, model, architect, w_opt = _epoch_setup(ts, ms, arch)
-    train_part, valid_part = ts.split_search_data(data, args.train_portion)
-    train_stream = utils.Stream(train_part, args.batch_size, seed=0)
-    valid_stream = utils.Stream(valid_part, args.batch_size, seed=1)
-    cpu = torch.device("cpu")
+    """A warm-up epoch (the first of each stage here) moves weights only; other epochs take len(stream) steps."""
+    ts, ms, arch, utils = load_space("201-space", "search", "model_search", "architect", "utils")
+    argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
+    _, task = _search_task(ts, ms, arch, utils, argv, k=2)
+    model, architect, valid_stream = task.model, task.architect, task.streams["valid"]
     beta0, w0 = model.beta.detach().clone(), _flat(model.weights())
-    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, False, args, cpu, utils.Progress(6), 0)
+    _epoch(task, 0)
     assert torch.equal(model.beta, beta0) and not architect.optimizer.state
     assert valid_stream.position() == [0, 0], "no architecture batch is drawn"
     assert not torch.equal(_flat(model.weights()), w0)
-    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, True, args, cpu, utils.Progress(6), 1)
-    assert int(architect.optimizer.state[model.beta]["step"]) == len(train_stream) == 3
+    _epoch(task, 1)
+    assert int(architect.optimizer.state[model.beta]["step"]) == len(task.streams["train"]) == 3
     beta1 = model.beta.detach().clone()
     state1 = {k: v.clone() for k, v in architect.optimizer.state[model.beta].items()}
-    ts.train(model, architect, w_opt, train_stream, valid_stream, 0.025, False, args, cpu, utils.Progress(9), 2)
+    _epoch(task, 2)  # stage 2's warm-up, after the switch
+    assert task.stage == 1 and model.k == 1
     assert torch.equal(model.beta, beta1)
     for key, value in architect.optimizer.state[model.beta].items():
         assert torch.equal(value, state1[key]), key
@@ -492,7 +501,7 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
 
 def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
     """is_warmup: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
-    ts = load_space("201-space", "train_search")
+    ts = load_space("201-space", "search")
     stages = [ts.Stage(4, 4, 5, 2), ts.Stage(3, 2, 3, 2)]
     assert [ts.is_warmup(stages, e) for e in range(7)] == [True, True, False, False, True, True, False]
     assert not any(ts.is_warmup([ts.Stage(5, 1, 5, 0)], e) for e in range(5))
@@ -500,44 +509,44 @@ def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
 
 def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
     """lr(e) = lr_min + (lr - lr_min)(1 + cos(pi e / T)) / 2, T = all epochs, continuous across the stage switch."""
-    ts, ms = load_space("201-space", "train_search", "model_search")
+    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
-    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
-    stages = [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
+    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8", "--stage_epochs", "3", "4",
+                                                       "--warmup_epochs", "1"])
+    assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
     total = 7
     model = ms.Network(8, 1, 10, k=4)
     opt, sched = ts.make_weight_optimizer(model, args, total)
-    stage_index = 0
+    task = ts.Search(model, arch.Architect(model, args), opt, sched, None, None, args)
     for epoch in range(total):
-        index = ts.stage_of(stages, epoch)
-        if index != stage_index:
-            stage_index = index
-            opt, sched = ts.next_stage(model, stages[index], args, index, opt, sched, total)
+        record = task.begin_epoch(epoch)  # switches the stage at epoch 3
+        assert record["stage"] == (epoch >= 3) and model.k == (4 if epoch < 3 else 2)
         want = 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi * epoch / total)) / 2
-        assert sched.get_last_lr()[0] == pytest.approx(want, rel=1e-9), epoch
-        assert all(g["lr"] == pytest.approx(want, rel=1e-9) for g in opt.param_groups), epoch
-        opt.step()
-        sched.step()
+        assert record["lr"] == task.scheduler.get_last_lr()[0] == pytest.approx(want, rel=1e-9), epoch
+        assert all(g["lr"] == pytest.approx(want, rel=1e-9) for g in task.optimizer.param_groups), epoch
+        task.optimizer.step()
+        task.end_epoch(epoch, {})
 
 
 def test_gumbel_temperature_falls_linearly_from_10_to_1_over_the_epochs(load_space):
     """gumbel_tau (snas, gdas): tau_max = 10 at the first epoch, tau_min = 1 at the last, linear between."""
-    ts = load_space("201-space", "train_search")
+    ts = load_space("201-space", "search")
     args = ts.get_parser().parse_args([])
     assert [ts.gumbel_tau(args, e, 10) for e in range(10)] == pytest.approx([10.0 - e for e in range(10)])
     assert [ts.gumbel_tau(args, e, 4) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
 
 
 def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(load_space):
-    """enter_stage(Stage(k=2, keep=3)) from k=4: every edge keeps its 3 largest-beta ops, on C/2 channels."""
-    ts, ms, gt = load_space("201-space", "train_search", "model_search", "genotypes")
+    """enter_stage(stage 1: k=2, keep=3) from k=4: every edge keeps its 3 largest-beta ops, on C/2 channels."""
+    ts, ms, gt = load_space("201-space", "search", "model_search", "genotypes")
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
     model = ms.Network(8, 1, 10, k=4)
     with torch.no_grad():
         model.beta.copy_(torch.randn(6, 5))
     top3 = [sorted(torch.topk(model.beta[e].detach(), 3).indices.tolist()) for e in range(6)]
-    ts.enter_stage(model, ts.Stage(2, 2, 3, 0), args, 1)
+    assert ts.get_stages(args)[1] == ts.Stage(50, 2, 3, 10)
+    ts.enter_stage(model, ts.make_weight_optimizer(model, args, 100)[0], 1, args)
     assert model.kept == top3 and model.k == 2
     for cell in model.search_cells():
         for e, edge in enumerate(cell.edges):
@@ -550,36 +559,28 @@ def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(lo
 # ---------------------------------------------------------------- the paper's settings
 
 
-def test_train_search_defaults_are_the_papers_settings(load_space, monkeypatch):
+def test_train_search_defaults_are_the_papers_settings(load_space):
     """train_search.py: 100 epochs, batch 64, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, DrNAS l2 1e-3, ..."""
-    ts = load_space("201-space", "train_search")
+    ts, search = load_space("201-space", "train_search", "search")
     args = ts.get_parser().parse_args([])
     want = {"epochs": 100, "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001,
             "arch_learning_rate": 3e-4, "init_channels": 16, "layers": 5, "k": 1, "train_portion": 0.5, "seed": 2,
             "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3,
             "method": "dirichlet", "unrolled": False, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
     assert {key: getattr(args, key) for key in want} == want
-    calls = []
-    monkeypatch.setattr(ts, "run_search", lambda args, stages, script: calls.append(stages))
-    ts.main([])
-    assert calls == [[ts.Stage(100, 1, 5, 0)]], "one stage: all epochs, k, all 5 ops, no warm-up"
+    assert search.get_stages(args) == [search.Stage(100, 1, 5, 0)], "one stage: all epochs, k, all 5 ops, no warm-up"
 
 
-def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_then_3_ops_10_warm_up(
-    load_space, monkeypatch
-):
+def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_then_3_ops_10_warm_up(load_space):
     """train_search_progressive.py: stages (50, k 4, 5 ops) and (50, k 2, 3 ops), 10 warm-up epochs each."""
-    ts, tsp = load_space("201-space", "train_search", "train_search_progressive")
-    args = ts.get_parser(progressive=True).parse_args([])
+    search, tsp = load_space("201-space", "search", "train_search_progressive")
+    args = tsp.get_parser().parse_args([])
     want = {"stage_epochs": [50, 50], "stage_k": [4, 2], "stage_keep": [5, 3], "warmup_epochs": 10,
             "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "arch_learning_rate": 3e-4,
             "init_channels": 16, "layers": 5, "train_portion": 0.5, "seed": 2, "momentum": 0.9, "weight_decay": 3e-4,
             "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3, "method": "dirichlet", "unrolled": False}
     assert {key: getattr(args, key) for key in want} == want
-    calls = []
-    monkeypatch.setattr(tsp, "run_search", lambda args, stages, script: calls.append(stages))
-    tsp.main([])
-    assert calls == [[ts.Stage(50, 4, 5, 10), ts.Stage(50, 2, 3, 10)]]
+    assert search.get_stages(args) == [search.Stage(50, 4, 5, 10), search.Stage(50, 2, 3, 10)]
 
 
 # ---------------------------------------------------------------- data
@@ -651,7 +652,7 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     train.main(["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "128",
                 "--workers", "0", "--device", "cpu", "--report_freq", "100", "--arch", "ResNet", "--epochs", "2",
                 "--save", str(run)])
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["task"]
     (group,) = ckpt["optimizer"]["param_groups"]
     assert group["nesterov"] is True and group["momentum"] == 0.9 and group["dampening"] == 0
     assert group["weight_decay"] == 5e-4 and group["initial_lr"] == 0.1

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+
 from conftest import run_script
 
 TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "32",
@@ -26,22 +27,25 @@ def _search_step_state(ts, model, args):
     return architect, optimizer, scheduler
 
 
-def test_next_stage_widens_every_tensor_and_carries_momentum(load_space):
-    ts, ms = load_space("201-space", "train_search", "model_search")
+def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
+    ts, ms = load_space("201-space", "search", "model_search")
     torch.manual_seed(0)
-    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
+    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])  # stage 1: k 2, 3 ops kept
     model = ms.Network(C=8, N=1, num_classes=10, k=4)
     architect, optimizer, scheduler = _search_step_state(ts, model, args)
     old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     old_buffers = {n: b.clone() for n, b in model.named_buffers()}
-    old_momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters() if n != "beta"}
+    old_momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()
+                    if n != "beta"}
     beta, lr = model.beta, scheduler.get_last_lr()[0]
 
-    new_opt, new_sched = ts.next_stage(model, ts.Stage(2, 2, 3, 0), args, 1, optimizer, scheduler, 4)
+    new_opt = ts.enter_stage(model, optimizer, 1, args)
+    new_sched = ts.continue_schedule(scheduler, new_opt)
 
     assert model.k == 2 and model.beta is beta, "beta keeps its identity (and so its Adam state)"
     assert architect.optimizer.state[beta]["exp_avg"].shape == beta.shape
     assert new_sched.get_last_lr()[0] == pytest.approx(lr), "the cosine schedule is continuous"
+    assert [g["lr"] for g in new_opt.param_groups] == pytest.approx([lr])
     assert all(len(kept) == 3 for kept in model.kept)
     checked = 0
     for name, module in model.named_modules():
@@ -64,7 +68,8 @@ def test_next_stage_widens_every_tensor_and_carries_momentum(load_space):
             assert torch.equal(bn.running_var, old_buffers[f"{prefix}.2.running_var"][index])
             buf = new_opt.state[conv.weight]["momentum_buffer"]
             assert buf.shape == conv.weight.shape
-            assert torch.equal(buf, old_momentum[f"{prefix}.1.weight"][index][:, index]), "momentum follows its channels"
+            want = old_momentum[f"{prefix}.1.weight"][index][:, index]
+            assert torch.equal(buf, want), "momentum follows its channels"
             checked += 1
     assert checked > 0
     # Every weight of the new optimizer is a live parameter with matching momentum shape.
@@ -72,31 +77,27 @@ def test_next_stage_widens_every_tensor_and_carries_momentum(load_space):
     model(torch.randn(2, 3, 8, 8)).sum().backward()
 
 
-def _run(ts, argv):
-    args = ts.get_parser(progressive=True).parse_args(argv)
-    stages = [ts.Stage(e, k, keep, args.warmup_epochs) for e, k, keep in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
-    return ts.run_search(args, stages, "test")
-
-
 def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
-    ts, utils = load_space("201-space", "train_search", "utils")
-    argv = TINY + ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "4", "2", "--trajectory_samples", "0"]
+    tsp, utils, datasets = load_space("201-space", "train_search_progressive", "utils", "datasets")
+    argv = TINY + ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "4", "2",
+                   "--trajectory_samples", "0"]
     saves = []
     real_save = utils.save_checkpoint
 
     def keep_every_epoch(state, path):
         real_save(state, path)
         shutil.copy(path, tmp_path / f"epoch{state['epoch']}.pt")
-        saves.append(state["stage"])
+        saves.append(state["task"]["stage"])
 
     monkeypatch.setattr(utils, "save_checkpoint", keep_every_epoch)
-    _run(ts, argv + ["--save", str(tmp_path / "full")])
+    tsp.main(argv + ["--save", str(tmp_path / "full")])
     assert saves == [0, 0, 1, 1]
-    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    full_ckpt = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    full = full_ckpt["task"]
     monkeypatch.setattr(utils, "save_checkpoint", real_save)
     # Warm-up: no architecture step in the first epoch of either stage, one per batch in the others.
-    steps = -(-int(len(ts.get_datasets("synthetic", None)[0]) * 0.5) // 32)  # train_portion 0.5, batch 32
-    epochs = [torch.load(tmp_path / f"epoch{e}.pt", weights_only=True) for e in (1, 2, 3, 4)]
+    steps = -(-int(len(datasets.get_datasets("synthetic", None)[0]) * 0.5) // 32)  # train_portion 0.5, batch 32
+    epochs = [torch.load(tmp_path / f"epoch{e}.pt", weights_only=True)["task"] for e in (1, 2, 3, 4)]
     adam_steps = [int(c["architect"]["state"][0]["step"]) if c["architect"]["state"] else 0 for c in epochs]
     assert adam_steps == [0, steps, steps, 2 * steps]
     assert int(full["architect"]["state"][0]["step"]) == (4 - 2) * steps, "(total - warm-up epochs) x steps"
@@ -109,19 +110,22 @@ def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
         run_dir = tmp_path / f"resumed{epoch}"
         run_dir.mkdir()
         shutil.copy(tmp_path / f"epoch{epoch}.pt", run_dir / "checkpoint.pt")
-        _run(ts, argv + ["--save", str(run_dir), "--resume", str(run_dir / "checkpoint.pt")])
-        resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-        assert resumed["epoch"] == full["epoch"] == 4
+        tsp.main(argv + ["--save", str(run_dir), "--resume", str(run_dir / "checkpoint.pt")])
+        resumed_ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        resumed = resumed_ckpt["task"]
+        assert resumed_ckpt["epoch"] == full_ckpt["epoch"] == 4
         assert resumed["model"].keys() == full["model"].keys()
         for key, value in full["model"].items():
             torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
         for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(resumed["architect"]["state"][0][key], full["architect"]["state"][0][key], rtol=0, atol=1e-6)
+            torch.testing.assert_close(resumed["architect"]["state"][0][key], full["architect"]["state"][0][key],
+                                       rtol=0, atol=1e-6)
 
 
 def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_table, load_space):
     run_dir = tmp_path / "run"
-    result = run_script("201-space", "train_search_progressive.py", *TINY, "--stage_epochs", "1", "1", "--warmup_epochs", "0",
+    result = run_script("201-space", "train_search_progressive.py", *TINY, "--stage_epochs", "1", "1",
+                        "--warmup_epochs", "0",
                         "--benchmark", nb201_table, "--trajectory_samples", "20", "--save", run_dir)
     assert result.returncode == 0, result.stderr
     assert "stage 1: k=2, 3 ops kept per edge" in result.stdout
@@ -131,7 +135,7 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
         assert set(record["benchmark"]) >= {"cifar10", "cifar100", "ImageNet16-120"}
         for dataset, summary in record["trajectory"].items():
             assert summary["min"] <= summary["median"] <= summary["max"]
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)["task"]
     widths = {v.shape[0] for k, v in ckpt["model"].items() if ".edges." in k and k.endswith("running_mean")}
     assert widths == {2, 4, 8}, "every op runs on C/k2 channels in stage 2 (C = 4, 8, 16 per stage)"
     assert (run_dir / "trajectory.png").stat().st_size > 10_000

@@ -141,7 +141,7 @@ def test_weight_step_moves_only_weights(load_space):
     beta0 = model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
     x, y = _batch()
-    # As train_search.train does it.
+    # As search.search_step does it.
     opt.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     loss.backward(inputs=weights)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+
 from conftest import SPACES, run_script
 
 TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "16",
@@ -132,9 +133,9 @@ def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
     assert str(structure) == arch and all(op in gt.PRIMITIVES for op in structure.edge_ops())
     assert arch == history[-1]["genotype"]
     ckpt = _load(run.dir / "checkpoint.pt")
-    assert ckpt["epoch"] == 2 and ckpt["genotype"] == arch
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 0 and ckpt["task"]["genotype"] == arch
     # No warm-up in train_search.py: one architecture step per batch of every epoch (128 samples, batch 16).
-    assert int(ckpt["architect"]["state"][0]["step"]) == 2 * 8
+    assert int(ckpt["task"]["architect"]["state"][0]["step"]) == 2 * 8
     assert [h["lr"] for h in history] == pytest.approx([0.025, 0.013], rel=1e-9), "cosine 0.025 -> 0.001 over 2 epochs"
     log = (run.dir / "log.txt").read_text()
     assert "final genotype" in log and "img/s" in log and "ETA" in log and "concentrations" in log
@@ -158,10 +159,10 @@ def test_each_method_and_option_runs(runs, load_space, name):
     history = run.history()
     assert len(history) == 1
     gt.Structure.from_str(json.loads((run.dir / "genotype.json").read_text())["arch"])
-    ckpt = _load(run.dir / "checkpoint.pt")
-    assert torch.isfinite(ckpt["model"]["beta"]).all()
+    task = _load(run.dir / "checkpoint.pt")["task"]
+    assert torch.isfinite(task["model"]["beta"]).all()
     # The architecture optimizer took steps in every method.
-    assert ckpt["architect"]["state"], "the architecture optimizer never stepped"
+    assert task["architect"]["state"], "the architecture optimizer never stepped"
 
 
 # ---------------------------------------------------------------- exact resume
@@ -207,13 +208,14 @@ def test_resume_after_a_kill_is_exact(runs):
     _ok(a)
     ca, cb = _load(a.dir / "checkpoint.pt"), _load(b.dir / "checkpoint.pt")
     assert ca["epoch"] == cb["epoch"] == 2
-    assert ca["model"].keys() == cb["model"].keys()
-    for key, ta in ca["model"].items():
-        torch.testing.assert_close(cb["model"][key], ta, atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
-    torch.testing.assert_close(cb["architect"], ca["architect"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(cb["optimizer"]["state"], ca["optimizer"]["state"], atol=1e-6, rtol=0)
-    assert cb["genotype"] == ca["genotype"]
-    assert cb["train_stream"] == ca["train_stream"] and cb["valid_stream"] == ca["valid_stream"]
+    ta, tb = ca["task"], cb["task"]
+    assert ta["model"].keys() == tb["model"].keys()
+    for key, value in ta["model"].items():
+        torch.testing.assert_close(tb["model"][key], value, atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+    torch.testing.assert_close(tb["architect"], ta["architect"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(tb["optimizer"]["state"], ta["optimizer"]["state"], atol=1e-6, rtol=0)
+    assert tb["genotype"] == ta["genotype"]
+    assert cb["streams"] == ca["streams"] and set(ca["streams"]) == {"train", "valid"}
     hist_b = [json.loads(line) for line in (b.dir / "history.jsonl").read_text().splitlines() if line.strip()]
     assert [h["epoch"] for h in hist_b] == [0, 1]
     for ha, hb in zip(a.history(), hist_b):

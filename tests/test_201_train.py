@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+
 from conftest import run_script
 
 CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -56,11 +57,12 @@ def test_train_learns_and_logs_param_count(load_space, tmp_path):
     result = run_script("201-space", "train.py", *TINY, "--arch", DRNAS, "--epochs", "2", "--save", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "run"
-    for name in ("log.txt", "args.json", "checkpoint.pt", "best.pt", "history.jsonl", "tb"):
+    for name in ("log.txt", "args.json", "checkpoint.pt", "best.pt", "history.jsonl", "tb", "genotype.json"):
         assert (run / name).exists(), name
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [0, 1]
     assert history[-1]["test_acc"] > 20.0  # 10 classes: chance is 10 %
+    assert json.loads((run / "genotype.json").read_text())["arch"] == DRNAS  # the cell trained
     model, genotypes, utils = load_space("201-space", "model", "genotypes", "utils")
     expected = utils.count_parameters(model.Network(4, 1, genotypes.DrNAS, 10).parameters())
     logged = re.search(r"param count = (\d+)", (run / "log.txt").read_text())
@@ -106,12 +108,13 @@ def test_exact_resume_with_genotype_json(load_space, tmp_path, monkeypatch, rest
 
     whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert whole["epoch"] == split["epoch"] == 2 and whole["train_stream"] == split["train_stream"]
-    for key, value in whole["model"].items():
-        assert torch.allclose(value.float(), split["model"][key].float(), atol=1e-6), key
-    for index, state in whole["optimizer"]["state"].items():
-        assert torch.allclose(state["momentum_buffer"], split["optimizer"]["state"][index]["momentum_buffer"],
-                              atol=1e-6)
+    assert whole["epoch"] == split["epoch"] == 2 and whole["streams"] == split["streams"]
+    assert split["task"]["arch"] == MIXED
+    for key, value in whole["task"]["model"].items():
+        assert torch.allclose(value.float(), split["task"]["model"][key].float(), atol=1e-6), key
+    for index, state in whole["task"]["optimizer"]["state"].items():
+        assert torch.allclose(state["momentum_buffer"],
+                              split["task"]["optimizer"]["state"][index]["momentum_buffer"], atol=1e-6)
     lines = [json.loads(x) for x in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
     reference = [json.loads(x) for x in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]

@@ -1,0 +1,392 @@
+"""The DrNAS search of the NAS-Bench-201 space, as `train_search.py` and `train_search_progressive.py` run it.
+
+The flags, the stages (paper Sec. 3.3: prune and widen between them), the data split,
+one search step (an architecture step, then a weight step), the `Search` task that
+`engine.Run.fit` drives epoch by epoch, and the NAS-Bench-201 queries of every epoch.
+`bench.py` times `search_step`. Not a script.
+"""
+
+import argparse
+import logging
+from collections import namedtuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+import engine
+import utils
+from benchmark import summarize
+from datasets import DATASETS
+from genotypes import PRIMITIVES, Structure, save_genotype
+from model_search import METHODS, Network, concentration
+from operations import widen_like
+from plot_trajectory import plot_trajectory, read_history
+
+logger = logging.getLogger(__name__)
+
+# One stage of the search: its epochs, partial-channel k, ops kept per edge, warm-up epochs.
+Stage = namedtuple("Stage", "epochs k keep warmup")
+
+# Flags that change what a run computes: a resumed run must keep them.
+RESUME_KEYS = (
+    "dataset",
+    "method",
+    "batch_size",
+    "learning_rate",
+    "learning_rate_min",
+    "momentum",
+    "weight_decay",
+    "epochs",
+    "init_channels",
+    "layers",
+    "seed",
+    "grad_clip",
+    "train_portion",
+    "unrolled",
+    "arch_learning_rate",
+    "reg_type",
+    "reg_scale",
+    "tau_max",
+    "tau_min",
+    "k",
+    "stage_epochs",
+    "stage_k",
+    "stage_keep",
+    "warmup_epochs",
+)
+
+
+def get_parser(progressive=False, description=__doc__):
+    """The search's flags; `progressive=True` swaps --epochs/--k for the stage schedule."""
+    parser = argparse.ArgumentParser(
+        description=description.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
+    data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads itself here)")
+    portion = "share of the training set for weights; the rest trains the architecture"
+    data.add_argument("--train_portion", type=float, default=0.5, help=portion)
+    data.add_argument("--workers", type=int, default=2, help="data loading processes (0 for an exactly resumable run)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
+    model.add_argument("--layers", type=int, default=5, help="search cells N per stage")
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--batch_size", type=int, default=64, help="batch size")
+    optim.add_argument("--learning_rate", type=float, default=0.025, help="initial weight learning rate")
+    optim.add_argument("--learning_rate_min", type=float, default=0.001, help="final learning rate of the cosine")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight_decay", type=float, default=3e-4, help="weight decay of the weights")
+    optim.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clip of the weights")
+    if not progressive:
+        optim.add_argument("--epochs", type=int, default=100, help="search epochs")
+    add_search_flags(parser.add_argument_group("search"), progressive)
+    system = parser.add_argument_group("system")
+    system.add_argument("--seed", type=int, default=2, help="random seed")
+    devices = ("auto", "cuda", "mps", "cpu")
+    system.add_argument("--device", type=str, default="auto", choices=devices, help="where to run")
+    system.add_argument("--gpu", type=int, default=0, help="CUDA device index")
+    system.add_argument("--save", type=str, default=None, help="run directory (default: experiments/<script>-<time>)")
+    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+    system.add_argument("--report_freq", type=int, default=50, help="steps between progress lines")
+    minutes = "also checkpoint inside an epoch, at most every this many minutes"
+    system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
+    return parser
+
+
+def add_search_flags(group, progressive):
+    """The search group: the mixing method, k or the stage schedule, beta's optimizer and prior, the benchmark."""
+    group.add_argument("--method", type=str, default="dirichlet", choices=METHODS, help="mixing weights from beta")
+    if progressive:  # DrNAS Sec. 3.3: two stages, pruning and widening in between
+        stage = dict(type=int, nargs=2)
+        group.add_argument("--stage_epochs", **stage, default=[50, 50], metavar=("E1", "E2"), help="epochs per stage")
+        group.add_argument("--stage_k", **stage, default=[4, 2], metavar=("K1", "K2"), help="partial channels k")
+        group.add_argument("--stage_keep", **stage, default=[5, 3], metavar=("N1", "N2"), help="ops kept per edge")
+        warmup = "weight-only epochs at the start of each stage"
+        group.add_argument("--warmup_epochs", type=int, default=10, help=warmup)
+    else:
+        k = "partial channels: 1/k of the channels go through each edge"
+        group.add_argument("--k", type=int, default=1, help=k)
+    group.add_argument("--arch_learning_rate", type=float, default=3e-4, help="Adam learning rate of beta")
+    group.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
+    group.add_argument("--reg_type", type=str, default="l2", choices=("l2", "kl"), help="regulariser of beta")
+    group.add_argument("--reg_scale", type=float, default=1e-3, help="weight of the regulariser")
+    group.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
+    group.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")
+    benchmark = "NAS-Bench-201 .pth file or compact CSV table to query each epoch"
+    group.add_argument("--benchmark", type=str, default=None, help=benchmark)
+    samples = "architectures drawn from the Dirichlet each epoch (needs --benchmark)"
+    group.add_argument("--trajectory_samples", type=int, default=100, help=samples)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def get_stages(args):
+    """The stages the flags ask for: one for train_search.py, two for the progressive search."""
+    if not hasattr(args, "stage_epochs"):
+        stages = [Stage(args.epochs, args.k, len(PRIMITIVES), 0)]
+    else:
+        stages = [Stage(*s, args.warmup_epochs) for s in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
+        if not stages[0].k > stages[1].k or stages[0].k % stages[1].k:
+            raise utils.UserError(
+                f"--stage_k {args.stage_k[0]} {args.stage_k[1]}: stage 2 widens, so K2 must divide K1 and be smaller"
+            )
+        if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep:
+            raise utils.UserError(f"--stage_keep must shrink within {len(PRIMITIVES)}..1, got {args.stage_keep}")
+    for stage in stages:
+        if args.init_channels % stage.k:
+            valid = [k for k in range(1, args.init_channels + 1) if args.init_channels % k == 0]
+            flag = "--stage_k" if hasattr(args, "stage_k") else "--k"
+            raise utils.UserError(
+                f"{flag} {stage.k} does not divide the {args.init_channels} channels; use one of {valid}"
+            )
+    return stages
+
+
+def stage_of(stages, epoch):
+    """Index of the stage that `epoch` belongs to."""
+    end = 0
+    for index, stage in enumerate(stages):
+        end += stage.epochs
+        if epoch < end:
+            return index
+    return len(stages) - 1
+
+
+def is_warmup(stages, epoch):
+    """Whether `epoch` is a weight-only warm-up epoch: one of the first `warmup` epochs of its stage."""
+    index = stage_of(stages, epoch)
+    return epoch - sum(s.epochs for s in stages[:index]) < stages[index].warmup
+
+
+def gumbel_tau(args, epoch, total_epochs):
+    """Gumbel temperature of snas/gdas in `epoch`: linear from tau_max (first) to tau_min (last epoch)."""
+    return args.tau_max - (args.tau_max - args.tau_min) * epoch / max(total_epochs - 1, 1)
+
+
+def build_model(args, stages, num_classes, state=None):
+    """The supernet of the first stage, or of the saved stage (ops and widths) when resuming."""
+    model = Network(args.init_channels, args.layers, num_classes, stages[0].k, args.method)
+    if state is None:
+        model.prune(stages[0].keep)
+    else:  # rebuild the saved stage's ops and widths; its tensors are loaded afterwards
+        model.set_kept(state["kept"])
+        if state["k"] != model.k:
+            model.widen(state["k"], torch.Generator())
+    return model
+
+
+def sgd(model, args, lr):
+    """The weight optimizer: SGD with momentum and weight decay over `weights()` (never beta)."""
+    return torch.optim.SGD(model.weights(), lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def make_weight_optimizer(model, args, total_epochs):
+    """SGD over `weights()` and a cosine schedule over all epochs of all stages."""
+    optimizer = sgd(model, args, args.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_epochs, eta_min=args.learning_rate_min)
+    return optimizer, scheduler
+
+
+def continue_schedule(scheduler, optimizer):
+    """`scheduler`'s cosine schedule, carried on with a stage's new `optimizer` (continuous learning rate)."""
+    new = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, scheduler.T_max, eta_min=scheduler.eta_min)
+    new.load_state_dict(scheduler.state_dict())
+    return new
+
+
+def enter_stage(model, optimizer, stage, args):
+    """Enter stage `stage` (an index): prune, widen, and a new SGD whose momentum follows the copied channels."""
+    target = get_stages(args)[stage]
+    momentum = {
+        name: optimizer.state[p]["momentum_buffer"]
+        for name, p in model.named_parameters()
+        if "momentum_buffer" in optimizer.state.get(p, {})
+    }
+    model.prune(target.keep)
+    channel_maps = {}
+    if target.k != model.k:  # a private generator: the same channels in a resumed run
+        channel_maps = model.widen(target.k, torch.Generator().manual_seed(args.seed + stage))
+    model.to(memory_format=torch.channels_last)  # the widened convs are new modules
+    new = sgd(model, args, optimizer.param_groups[0]["lr"])
+    for name, p in model.named_parameters():
+        if name in momentum:
+            buf = momentum[name]
+            if buf.shape != p.shape:
+                buf = widen_like(buf, p.shape, channel_maps[name.split(".ops.")[0]])
+            new.state[p]["momentum_buffer"] = buf
+    return new
+
+
+# ---------------------------------------------------------------- data and one step
+
+
+def split_search_data(train_data, train_portion):
+    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest."""
+    split = int(len(train_data) * train_portion)
+    return Subset(train_data, range(split)), Subset(train_data, range(split, len(train_data)))
+
+
+def search_data(train_data, args, device):
+    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter."""
+    train_part, valid_part = split_search_data(train_data, args.train_portion)
+    kwargs = dict(batch_size=args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+    streams = {
+        "train": utils.Stream(train_part, seed=args.seed, **kwargs),
+        "valid": utils.Stream(valid_part, seed=args.seed + 1, **kwargs),
+    }
+    return streams, DataLoader(valid_part, batch_size=args.batch_size, num_workers=args.workers)
+
+
+def search_step(model, architect, w_optimizer, weights, train_batch, valid_batch, lr, grad_clip):
+    """One search iteration: an architecture step (when `valid_batch` is given), then a weight step."""
+    x, y = train_batch
+    if valid_batch is not None:
+        architect.step(x, y, *valid_batch, lr, w_optimizer)
+    w_optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward(inputs=weights)  # beta never receives the weight loss
+    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_optimizer.step()
+    return logits.detach(), loss.detach()
+
+
+@torch.no_grad()
+def infer(model, loader, device):
+    """{"acc", "loss", "top5"} of the supernet on `loader`."""
+    model.eval()
+    meter = engine.Meter(device)
+    for batch in loader:
+        x, y = utils.to_device(batch, device)
+        logits = model(x)
+        meter.update(logits, y, F.cross_entropy(logits, y))
+    return meter.result()
+
+
+# ---------------------------------------------------------------- the task
+
+
+class Search(engine.Task):
+    """The search as `engine.Run.fit` runs it: stage switches, warm-up, one search step per training batch."""
+
+    def __init__(self, model, architect, optimizer, scheduler, streams, valid_loader, args, benchmark=None):
+        self.model, self.architect, self.optimizer, self.scheduler = model, architect, optimizer, scheduler
+        self.streams, self.valid_loader, self.args, self.benchmark = streams, valid_loader, args, benchmark
+        self.stages = get_stages(args)
+        self.total_epochs = sum(s.epochs for s in self.stages)
+        self.device = model.beta.device
+        self.stage = 0
+        self.lr = self.arch_on = self.weights = None  # set by begin_epoch
+
+    def load_state_dict(self, state, path):
+        """Continue from the task state of the checkpoint `path` (the model has the saved stage's shape)."""
+        utils.load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.architect.optimizer.load_state_dict(state["architect"])
+        self.stage = state["stage"]
+
+    def begin_epoch(self, epoch):
+        index = stage_of(self.stages, epoch)
+        if index != self.stage:  # stage boundary: prune, widen, hand the momentum and the schedule over
+            self.stage = index
+            self.optimizer = enter_stage(self.model, self.optimizer, index, self.args)
+            self.scheduler = continue_schedule(self.scheduler, self.optimizer)
+            logger.info(
+                "stage %d: k=%d, %d ops kept per edge, %d weights",
+                index,
+                self.model.k,
+                self.stages[index].keep,
+                utils.count_parameters(self.model.weights()),
+            )
+        self.arch_on = not is_warmup(self.stages, epoch)
+        if not self.arch_on:
+            logger.info("epoch %d/%d: warm-up, weights only", epoch + 1, self.total_epochs)
+        self.model.tau = gumbel_tau(self.args, epoch, self.total_epochs)
+        self.lr = self.scheduler.get_last_lr()[0]
+        self.weights = self.model.weights()
+        self.model.train()
+        return {"stage": index, "lr": self.lr}
+
+    def step(self, epoch, step):
+        x, y = utils.to_device(next(self.streams["train"]), self.device)
+        valid_batch = utils.to_device(next(self.streams["valid"]), self.device) if self.arch_on else None
+        logits, loss = search_step(
+            self.model, self.architect, self.optimizer, self.weights, (x, y), valid_batch, self.lr, self.args.grad_clip
+        )
+        return logits, y, loss
+
+    def evaluate(self, epoch):
+        result = infer(self.model, self.valid_loader, self.device)
+        return {"valid_acc": result["acc"], "valid_loss": result["loss"]}
+
+    def end_epoch(self, epoch, record):
+        self.scheduler.step()
+        record["genotype"] = str(self.model.genotype())
+        logger.info("genotype = %s", record["genotype"])
+        logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), self.model.concentrations())
+        if self.benchmark is not None:
+            record.update(query_benchmark(self.model, self.benchmark, self.args, epoch))
+
+    def state_dict(self):
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "architect": self.architect.optimizer.state_dict(),
+            "stage": self.stage,
+            "kept": self.model.kept,
+            "k": self.model.k,
+            "genotype": str(self.model.genotype()),
+        }
+
+    def watched(self):
+        return [self.model.beta]
+
+
+def finish(model, run_dir, benchmark):
+    """After the last epoch: genotype.json, the final genotype in the log and, with a benchmark, trajectory.png."""
+    save_genotype(model.genotype(), run_dir / "genotype.json")
+    logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
+    if benchmark is not None:
+        plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
+
+
+# ---------------------------------------------------------------- NAS-Bench-201
+
+
+def query_benchmark(model, benchmark, args, epoch):
+    """Benchmark accuracies of the derived architecture and of architectures drawn from the Dirichlet."""
+    accs = benchmark.query(str(model.genotype()))
+    # The flat nb201_* fields become the TensorBoard scalars nb201/<dataset>.
+    record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in accs.items()}}
+    logger.info("NAS-Bench-201 %s", " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
+    if args.trajectory_samples > 0:
+        archs = sample_architectures(model, args.trajectory_samples, np.random.default_rng(args.seed * 100003 + epoch))
+        results = benchmark.query_many(archs)
+        record["trajectory"] = {key: summarize([r[key] for r in results]) for key in results[0]}
+        logger.info(
+            "sampled %d architectures: %s",
+            len(archs),
+            " ".join(f"{k} {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" for k, s in record["trajectory"].items()),
+        )
+    return record
+
+
+def sample_architectures(model, count, rng):
+    """Architecture strings from `count` draws of the current distribution (argmax per edge)."""
+    beta = model.beta.detach().cpu().double()
+    archs = []
+    for _ in range(count):
+        ops = []
+        for e, kept in enumerate(model.kept):
+            if model.method == "dirichlet":
+                w = rng.dirichlet(concentration(beta[e, kept]).numpy())
+            else:  # the categorical distribution softmax(beta) of DARTS, SNAS and GDAS
+                w = rng.gumbel(size=len(kept)) + beta[e, kept].numpy()
+            ops.append(PRIMITIVES[kept[int(np.argmax(w))]])
+        archs.append(str(Structure.from_edges(ops)))
+    return archs

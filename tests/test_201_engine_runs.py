@@ -1,0 +1,187 @@
+"""The run engine as the 201-space scripts use it (subprocesses, cwd=201-space): preemption by
+SIGTERM in the middle of an epoch and an exact resume from there, a diverging search that
+stops with one line, flags and old checkpoints refused before anything is written, and
+training steps that read nothing back from the device."""
+
+import importlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from conftest import SPACES, assert_one_line_error, forbid_host_reads, script_env
+
+TIMEOUT = 300
+PREEMPT = "--dataset synthetic --epochs 2 --layers 2 --batch_size 8 --device cpu --workers 0 --report_freq 1".split()
+
+
+def _start(root, name, script, args):
+    """A script's subprocess, its output in files (pipes could fill and block)."""
+    with open(root / f"{name}.out", "w") as out, open(root / f"{name}.err", "w") as err:
+        return subprocess.Popen(
+            [sys.executable, script, *map(str, args)],
+            cwd=SPACES["201-space"],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=script_env(),
+        )
+
+
+def _finish(proc, root, name):
+    """(exit code, stderr) of a started process."""
+    try:
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, (root / f"{name}.err").read_text()
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _tensors(tree, prefix=""):
+    """{path: tensor} of every tensor in nested dicts and lists."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else []
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
+def _history(run_dir):
+    """history.jsonl without the wall-clock field (it differs between any two runs)."""
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines if line.strip()]
+
+
+def _wait_for_log(proc, log, needle, deadline):
+    """Wait until `needle` shows in the run's log.txt (written unbuffered, unlike a redirected stdout)."""
+    while time.monotonic() < deadline:
+        if log.is_file() and needle in log.read_text():
+            return
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {needle!r} was logged"
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not logged in time")
+
+
+def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
+    """Run A is sent SIGTERM early in epoch 2: it checkpoints that step and exits 0. Resumed, it ends
+    where the uninterrupted run B ends: the same task state (1e-6) and the same history."""
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    a = _start(tmp_path, "a", "train_search.py", [*PREEMPT, "--save", a_dir])
+    b = _start(tmp_path, "b", "train_search.py", [*PREEMPT, "--save", b_dir])
+    try:
+        # Epoch 1 is checkpointed and epoch 2 has taken its first of 16 steps.
+        _wait_for_log(a, a_dir / "log.txt", "epoch 2/2 step 1/16", time.monotonic() + TIMEOUT)
+        assert _load(a_dir / "checkpoint.pt")["epoch"] == 1
+        a.send_signal(signal.SIGTERM)
+        code, err = _finish(a, tmp_path, "a")
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert code == 0, err[-3000:]
+    stopped = _load(a_dir / "checkpoint.pt")
+    assert stopped["epoch"] == 1 and 0 < stopped["step"] <= 16, (stopped["epoch"], stopped["step"])
+    # The training stream stands after the stopped step (pass 1 is epoch 2), the meter holds its sums.
+    assert stopped["streams"]["train"] == ([1, stopped["step"]] if stopped["step"] < 16 else [2, 0])
+    assert stopped["meter"] is not None
+    assert not (a_dir / "genotype.json").exists(), "the preempted run did not finish"
+    assert "preempted" in (a_dir / "log.txt").read_text()
+
+    resumed = _start(tmp_path, "resumed", "train_search.py", [*PREEMPT, "--resume", a_dir / "checkpoint.pt"])
+    code, err = _finish(resumed, tmp_path, "resumed")
+    assert code == 0, err[-3000:]
+    code, err = _finish(b, tmp_path, "b")
+    assert code == 0, err[-3000:]
+
+    ca, cb = _load(a_dir / "checkpoint.pt"), _load(b_dir / "checkpoint.pt")
+    assert ca["epoch"] == cb["epoch"] == 2 and ca["step"] == cb["step"] == 0
+    assert ca["streams"] == cb["streams"]
+    ta, tb = _tensors(ca["task"]), _tensors(cb["task"])
+    assert ta.keys() == tb.keys() and any(key.startswith("/optimizer/") for key in ta)
+    assert any(key.startswith("/architect/") for key in ta) and any(key.startswith("/model/") for key in ta)
+    for key, value in tb.items():
+        torch.testing.assert_close(ta[key], value, rtol=0, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+    assert ca["task"]["genotype"] == cb["task"]["genotype"]
+    assert _history(a_dir) == _history(b_dir)
+    assert (a_dir / "genotype.json").read_text() == (b_dir / "genotype.json").read_text()
+
+
+def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    flags = "--epochs 3 --learning_rate 1e12 --grad_clip 1e30 --layers 1 --batch_size 8 --device cpu --workers 0"
+    argv = ["--dataset", "synthetic", *flags.split(), "--save", run_dir]
+    proc = _start(tmp_path, "div", "train_search.py", argv)
+    assert_one_line_error(*_finish(proc, tmp_path, "div"), "not finite")
+    if (run_dir / "checkpoint.pt").exists():
+        for key, value in _tensors(_load(run_dir / "checkpoint.pt")).items():
+            if value.is_floating_point():
+                assert torch.isfinite(value).all(), key
+
+
+@pytest.mark.parametrize("script", ["train_search.py", "train.py"])
+def test_bad_epochs_a_file_as_save_and_an_old_checkpoint_are_one_line_and_write_nothing(tmp_path, script):
+    existing = tmp_path / "existing_file"
+    existing.write_text("keep me\n")
+    old = tmp_path / "old" / "checkpoint.pt"  # the layout before the engine: no version, no task part
+    old.parent.mkdir()
+    torch.save({"epoch": 1, "model": {}, "optimizer": {}, "args": {}}, old)
+    tiny = "--dataset synthetic --init_channels 4 --layers 1 --device cpu --workers 0".split()
+    cases = {
+        "epochs": ([*tiny, "--epochs", "-1", "--save", tmp_path / "run"], "--epochs -1"),
+        "save": ([*tiny, "--epochs", "1", "--save", existing], "is a file"),
+        "old_checkpoint": ([*tiny, "--epochs", "2", "--resume", old], "earlier version"),
+    }
+    procs = {name: _start(tmp_path, name, script, argv) for name, (argv, _) in cases.items()}
+    for name, (_, needle) in cases.items():
+        assert_one_line_error(*_finish(procs[name], tmp_path, name), needle)
+    assert not (tmp_path / "run").exists()
+    assert existing.read_text() == "keep me\n"
+    logs = {f"{name}.{ext}" for name in cases for ext in ("out", "err")}
+    assert {p.name for p in tmp_path.iterdir()} == {"existing_file", "old", *logs}
+    assert [p.name for p in old.parent.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("flags", [["--method", "dirichlet"], ["--method", "gdas", "--unrolled"], ["--reg_type", "kl"]])
+def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
+    """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
+    search, model_search, architect, train, genotypes = load_space(
+        "201-space", "search", "model_search", "architect", "train", "genotypes"
+    )
+    # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
+    monkeypatch.setattr(
+        importlib.import_module("torch.optim.adam"),
+        "_get_value",
+        lambda x: x.numpy().item() if torch.is_tensor(x) else x,
+    )
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(10, (32,)))
+    argv = [*"--init_channels 4 --layers 1 --batch_size 4 --epochs 2 --workers 0".split(), *flags]
+    args = search.get_parser().parse_args(argv)
+    streams, loader = search.search_data(data, args, torch.device("cpu"))
+    model = model_search.Network(4, 1, 10, 1, args.method)
+    optimizer, scheduler = search.make_weight_optimizer(model, args, 2)
+    task = search.Search(model, architect.Architect(model, args), optimizer, scheduler, streams, loader, args)
+    task.begin_epoch(1)
+    task.step(1, 0)  # the streams build their loaders at the start of a pass: not a per-step cost
+    with forbid_host_reads():
+        for step in (1, 2):
+            task.step(1, step)
+
+    net = train.Network(4, 1, genotypes.DrNAS, 10)
+    sgd = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, nesterov=True)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, 2)
+    task = train.Train(net, sgd, cosine, search.utils.Stream(data, 4, seed=0), None, genotypes.DrNAS)
+    task.begin_epoch(0)
+    task.step(0, 0)
+    with forbid_host_reads():
+        for step in (1, 2):
+            task.step(0, step)
