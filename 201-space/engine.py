@@ -31,6 +31,7 @@ from utils import UserError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 2
+SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, whichever script of either folder wrote it (`Run._save`);
 # what is particular to a script lies under "task".
 CHECKPOINT_KEYS = ("version", "epoch", "step", "args", "rng", "streams", "meter", "best", "task")
@@ -244,7 +245,7 @@ class Run:
             start_epoch, start_step, best = self.ckpt["epoch"], self.ckpt["step"], self.ckpt["best"]
             meter_sums = self.ckpt["meter"] if start_step else None
             for name, stream in (task.streams or {}).items():
-                stream.pass_index, stream.batch_index = self.ckpt["streams"][name]
+                stream.seek(self.ckpt["streams"][name])
             rng = self.ckpt["rng"]
             if len(rng) == dist.world_size:
                 utils.set_rng_state(rng[dist.rank])
@@ -328,19 +329,25 @@ class Run:
 
     def _after_step(self, task, epoch, step, steps, meter, best):
         """Progress lines, time-based checkpoints and preemption, between two steps."""
-        if self._clock.due(step + 1 == steps or (step + 1) % self.args.report_freq == 0):
-            result = meter.result()  # this rank's running averages; the epoch line has all ranks
+        scheduled = step + 1 == steps or (step + 1) % self.args.report_freq == 0
+        if self._clock.due(scheduled):  # also every 30 s: this rank's running averages, no collective
+            result = meter.result()
             logger.info("epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s", epoch + 1,
                         self._clock.epochs, step + 1, steps, result["loss"], result["acc"], result["top5"],
                         self._clock.line())
+        # Under torchrun the ranks decide together, at steps they all agree on: every
+        # SYNC_STEPS steps, so that a stop costs no device sync per step.
+        if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
+            return
+        if scheduled:
             self._check(task, epoch, steps)
-        stop = self._stop
-        if self.dist.world_size > 1:  # every rank stops at the same step
-            flag = torch.tensor(float(stop), device=self.dist.device)
-            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-            stop = bool(flag.item())
         minutes = getattr(self.args, "checkpoint_minutes", 0) or math.inf
         timed = time.time() - self._last_save > 60 * minutes and step + 1 < steps
+        stop = self._stop
+        if self.dist.world_size > 1:  # every rank stops (or checkpoints) at the same step
+            flags = torch.tensor([float(stop), float(timed)], device=self.dist.device)
+            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+            stop, timed = (bool(v) for v in flags.tolist())
         if stop or timed:
             self._save(task, epoch, step + 1, meter, best)  # checks first that all is finite
             if stop:

@@ -32,6 +32,9 @@ def exits_cleanly(main):
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C before the training loop (which handles it itself)
+            print("interrupted (outside the training loop, so no checkpoint was written now)", file=sys.stderr)
+            raise SystemExit(130) from None
         except UserError as err:
             # Under torchrun every rank fails alike: rank 0 alone says why.
             if os.environ.get("RANK", "0") == "0":
@@ -383,6 +386,11 @@ class Stream:
     def position(self):
         """(pass, batch within the pass) of the next batch."""
         return [self.pass_index, self.batch_index]
+
+    def seek(self, position):
+        """Continue from `position` (a saved `position()`); batches already prefetched are dropped."""
+        self.pass_index, self.batch_index = position
+        self._iter = None
 
     def __iter__(self):
         return self

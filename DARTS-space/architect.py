@@ -97,7 +97,7 @@ class Architect:
 
         # One Dirichlet draw for the training loss, used by the virtual step and by both
         # sides of the finite difference (fresh draws would swamp the tiny difference).
-        mix_train = model.sample_mix()  # (2, 14, n_kept), graph back to beta
+        mix_train = model.arch_weights()  # (2, 14, n_kept), graph back to beta
         mix_fixed = mix_train.detach()
 
         # Virtual step w' = w - lr * (g + momentum * m + wd * w), like the SGD step.

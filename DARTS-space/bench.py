@@ -23,11 +23,15 @@ import time
 
 import torch
 import torch.nn as nn
+
+import distributed
+import search
 import utils
 from architect import Architect
 from genotypes import PRIMITIVES, DrNAS_cifar10
 from model import NetworkCIFAR, param_count
 from model_search import Network
+from training import training_loss
 
 # name -> network settings. stage-2 `kept` = the 4 parametric ops on every edge.
 COSTLIEST = sorted(PRIMITIVES.index(n) for n in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"))
@@ -62,17 +66,13 @@ def bench_search(name, args, device):
     arch_args = argparse.Namespace(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9,
                                    weight_decay=3e-4, arch_learning_rate=6e-4)
     architect = Architect(model, arch_args)
-    criterion = nn.CrossEntropyLoss()
+    dist = distributed.Dist(rank=0, local_rank=0, world_size=1, device=device)
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
 
-    def step():
+    def step():  # the search's step: beta on one batch, then the weights on another
         architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(x[0]), y[0])
-        torch.autograd.backward(loss, inputs=weights)
-        nn.utils.clip_grad_norm_(weights, 5.0)
-        optimizer.step()
+        search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
 
     seconds = time_steps(step, device, args)
     return dict(config=name, stage=cfg["stage"], C=cfg["C"], layers=cfg["layers"], k=cfg["k"],
@@ -128,7 +128,7 @@ def bench_eval(device, args):
 
     def step():
         logits, logits_aux = model(x)
-        loss = criterion(logits, y) + 0.4 * criterion(logits_aux, y)
+        loss = training_loss(criterion, logits, logits_aux, y, 0.4)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -206,7 +206,7 @@ class Network(nn.Module):
         alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, 7)
         return alpha.gather(2, self.kept_index)
 
-    def sample_mix(self):
+    def arch_weights(self):
         """Mixing weights of every edge: one reparameterised Dirichlet draw, (2, 14, n_kept).
 
         Sampling the kept ops only equals sampling all ops, zeroing the pruned ones and
@@ -230,7 +230,7 @@ class Network(nn.Module):
     def forward(self, x, mix=None):
         """Logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights."""
         if mix is None:
-            mix = self.sample_mix()
+            mix = self.arch_weights()
         s0 = self.stem0(x)
         s1 = s0 if self.stem1 is None else self.stem1(s0)
         for cell in self.cells:

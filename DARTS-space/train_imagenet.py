@@ -3,12 +3,12 @@
     torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet   # the paper: 250 epochs, batch 768
     python train_imagenet.py --auxiliary --data /data/imagenet --batch_size 128 --learning_rate 0.0833  # one GPU
     torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet --resume RUN/checkpoint.pt
-    python train_imagenet.py --data TINY_TREE --image_size 32 --layers 5 --init_channels 8 --epochs 1 --device cpu
+    python train_imagenet.py --dataset synthetic --image_size 32 --layers 5 --init_channels 8 --epochs 1 --device cpu
 
-`--data` holds `train/` and `val/` with one sub-folder of images per class. The epoch
-loop, checkpoints and the run directory are those of `train.py` (`fit`): log.txt,
-args.json, genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (atomic, every
-epoch) and best.pt.
+`--data` holds `train/` and `val/` with one sub-folder of images per class. The run
+directory (experiments/train_imagenet-<time>) is that of `train.py`: log.txt, args.json,
+genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (atomic, every epoch and every
+`--checkpoint_minutes`; SIGTERM checkpoints the step in progress) and best.pt.
 """
 
 import argparse
@@ -17,12 +17,13 @@ import math
 
 import datasets
 import distributed
+import engine
 import genotypes
 import torch
 import torch.nn as nn
 import utils
-from model import NetworkImageNet, param_count
-from train import add_common_arguments, check_args, fit, join, open_run_dir
+from model import NetworkImageNet
+from training import RESUME_KEYS, Training, add_arguments, finish, log_model
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
+    data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"),
+                      help="ImageNet folders (--data), or an in-memory synthetic set for smoke runs")
     data.add_argument("--data", type=str, default="../data/imagenet", help="ImageFolder root with train/ and val/")
     data.add_argument("--image_size", type=int, default=224,
                       help="training crop side (the paper: 224; small values are for tests)")
-    add_common_arguments(parser, epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5,
-                         init_channels=48, layers=14, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8)
+    add_arguments(parser, epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5, init_channels=48,
+                  layers=14, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8, seed=0)
     opt = parser.add_argument_group("schedule")
     opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
     opt.add_argument("--lr_scheduler", type=str, default="linear", choices=("linear", "cosine"),
@@ -70,6 +73,14 @@ def lr_factor(epoch, args):
     return (E - epoch) / (tail * (E - tail))
 
 
+def load_data(args):
+    """(train, val, classes): the ImageFolder tree, or the in-memory synthetic set at --image_size."""
+    if args.dataset == "synthetic":
+        return (datasets.synthetic(256, seed=1, size=args.image_size), datasets.synthetic(128, seed=2, size=args.image_size),
+                10)
+    return datasets.imagenet_datasets(args.data, args.image_size)
+
+
 @utils.exits_cleanly
 def main(argv=None):
     parser = get_parser()
@@ -80,29 +91,28 @@ def main(argv=None):
         parser.error(f"--image_size {args.image_size} must be a multiple of 32 (five stride-2 stages)")
     if args.auxiliary and args.image_size < 224:
         parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
-    # Arguments, --arch, the checkpoint and the data are all checked before the run writes anything.
+    # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype = genotypes.load_genotype(args.arch)
-    ckpt = check_args(args)
-    train_set, val_set, num_classes = datasets.imagenet_datasets(args.data, args.image_size)
-    dist = join(args)
+    train_set, val_set, num_classes = load_data(args)
+    run = engine.Run(args, "train_imagenet", RESUME_KEYS, join=distributed.setup)
     try:
-        utils.set_seed(args.seed + dist.rank)
+        utils.set_seed(args.seed + run.dist.rank)
         model = NetworkImageNet(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
-        model.to(dist.device)
-        if ckpt is not None:
-            utils.load_model_state(model, ckpt["model"], args.resume)
-        run_dir = open_run_dir(args, dist, "eval-imagenet", genotype)
+        model.to(run.dist.device)
+        state = run.task_state()
+        if state is not None:
+            utils.load_model_state(model, state["model"], args.resume)
+        run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
+        logger.info("genotype = %s", genotype)
         logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
-        count = param_count(model)
-        logger.info("param count = %d (%.2f MB), auxiliary head %d more", count, count / 1e6,
-                    utils.count_parameters(model.parameters()) - count)
+        log_model(model)
         # Label smoothing in training only; validation reports the plain cross-entropy.
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-        optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                    weight_decay=args.weight_decay)
         # Stepped once per epoch; the factor is a function of the epoch, so resume is exact.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
-        fit(args, dist, run_dir, model, train_set, val_set, criterion, optimizer, scheduler, ckpt)
+        task = Training(args, run.dist, model, train_set, val_set, criterion,
+                        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, args)), state)
+        best = run.fit(task, args.epochs, task.steps)
+        finish(run, model, best)
     finally:
         distributed.cleanup()
 

@@ -10,38 +10,76 @@ prepare_imagenet_subset.py, then:
     python prepare_imagenet_subset.py --imagenet /data/imagenet --out /data/imagenet_search
     torchrun --nproc_per_node 8 train_search_imagenet.py --data /data/imagenet_search
     python train_search_imagenet.py --data /data/imagenet_search --batch_size 64   # one GPU
-    # CPU smoke run on a tiny folder tree (two processes, gloo):
-    torchrun --nproc_per_node 2 train_search_imagenet.py --data tiny --image_size 32 --layers 5 \\
+    # CPU smoke run, two processes (gloo), on in-memory synthetic images:
+    torchrun --nproc_per_node 2 train_search_imagenet.py --dataset synthetic --image_size 32 --layers 5 \\
         --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 \\
         --max_steps 2 --device cpu --workers 0
 
 `--data` holds `train/` (weights) and `val/` (architecture and the reported accuracy),
-one sub-folder per class. The flags, run directory and resume are those of
-train_search.py, with the ImageNet defaults above.
-
-Several processes: under torchrun every process takes its own shard of both data
-streams (`--batch_size` is the total, split evenly) and runs the same supernet. No DDP
-wrapper: after each weight backward the weight gradients are averaged over the ranks
-(one flat all-reduce), and after each architecture backward the beta gradients are
-averaged the same way, so every rank takes identical SGD and Adam steps and keeps
-identical weights and beta (checked and logged at the end of the run). A DDP wrapper
-would fire its weight all-reduce hooks inside the architecture backward too, which needs
-no weight gradient at all. Rank 0 alone logs and writes.
+one sub-folder per class. `--dataset synthetic` replaces them with two in-memory sets of
+`--image_size` images in 10 classes (256 for the weights, 128 for the architecture), for
+smoke runs. Flags, run directory (experiments/train_search_imagenet-<time>), preemption
+and resume are those of train_search.py, with the ImageNet defaults above. Under torchrun
+every process takes its own shard of both streams and the gradients of weights and beta
+are averaged over the ranks (see search.py); the replicas' agreement is logged at the end.
 """
 
+import argparse
+import logging
+
+import datasets
+import distributed
+import engine
+import search
 import utils
-from train_search import check_args, get_parser as search_parser, search
+
+logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    return search_parser(imagenet=True, description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"),
+                      help="ImageNet folders (--data), or in-memory synthetic images for smoke runs")
+    data.add_argument("--data", type=str, default="../data/imagenet_search",
+                      help="folder with train/ (weights) and val/ (architecture) class folders")
+    data.add_argument("--image_size", type=int, default=224, help="crop size of the images")
+    search.add_arguments(parser)
+    # The paper's ImageNet search.
+    parser.set_defaults(batch_size=512, learning_rate=0.5, lr_warmup_epochs=5, arch_learning_rate=6e-3,
+                        init_channels=48, layers=14, stage_k=[6, 3], workers=8, seed=0)
+    return parser
+
+
+def load_data(args):
+    """(weights' images, architecture's images, classes): the two ImageFolder trees, or synthetic sets."""
+    if args.dataset == "synthetic":
+        size = args.image_size
+        return datasets.synthetic(256, seed=1, size=size), datasets.synthetic(128, seed=2, size=size), 10
+    return datasets.imagenet_datasets(args.data, args.image_size, search=True)
 
 
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    check_args(args)
-    search(args, "train_search_imagenet", imagenet=True)
+    # Flags, the checkpoint and the data are all checked before the run writes anything.
+    search.check_args(args)
+    run = engine.Run(args, "train_search_imagenet", search.RESUME_KEYS, join=distributed.setup)
+    try:
+        utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
+        train_data, valid_data, num_classes = run.first_on_rank0(lambda: load_data(args))
+        state = run.task_state()
+        model = search.network(args, num_classes, run.dist.device, state, imagenet=True)
+        run.open()
+        logger.info("%d images for the weights, %d for the architecture, %d classes", len(train_data),
+                    len(valid_data), num_classes)
+        task = search.Search(args, run.dist, model, train_data, valid_data, run.run_dir, state,
+                             arch_grad_clip=args.grad_clip)
+        run.fit(task, sum(args.stage_epochs), task.steps)
+        search.finish(run, model)
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The DrNAS method in the DARTS space, as a specification: every paper-defining fact of the
-CIFAR search (`model_search`, `architect`, `train_search`) and of the CIFAR evaluation
-(`train`, `datasets`) is asserted on tiny networks, by hand-written reference computations.
+CIFAR search (`model_search`, `architect`, `search`) and of the CIFAR evaluation
+(`training`, `datasets`) is asserted on tiny networks, by hand-written reference computations.
 
 Read top to bottom: the op set and the supernet, the mixed edge, the architecture optimiser
 (first and second order), the weight step and the schedule of the search, the evaluation's
@@ -100,7 +100,7 @@ def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_
         cell.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args))
         cell.register_forward_hook(lambda m, args, out, i=i: outputs.__setitem__(i, out))
     x, _ = batch(size=24)
-    mix = net.sample_mix()  # (2, 14, 7)
+    mix = net.arch_weights()  # (2, 14, 7)
     with torch.no_grad():
         net(x, mix)
         stem = net.stem0(x)
@@ -139,7 +139,7 @@ def test_training_mixing_weights_are_dirichlet_with_concentration_elu_beta_plus_
         net.beta_normal.copy_(row.expand(14, 7))
         net.beta_reduce.copy_(row.roll(3).expand(14, 7))
     with torch.no_grad():
-        draws = torch.stack([net.sample_mix() for _ in range(300)])  # (300, 2, 14, 7)
+        draws = torch.stack([net.arch_weights() for _ in range(300)])  # (300, 2, 14, 7)
     for t, beta in enumerate((row, row.roll(3))):
         a = concentration_by_hand(beta)
         a0 = a.sum()
@@ -162,7 +162,7 @@ def test_evaluation_mixing_weights_are_the_dirichlet_mean(load_space):
     net.eval()
     alpha = concentration_by_hand(torch.stack([net.beta_normal, net.beta_reduce]).detach())
     mean = alpha / alpha.sum(-1, keepdim=True)
-    torch.testing.assert_close(net.sample_mix(), mean)
+    torch.testing.assert_close(net.arch_weights(), mean)
     x, _ = batch()
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(x, mean))
@@ -301,16 +301,16 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
         mixes.append(args[1].detach().clone() if len(args) > 1 else None)
 
     net.register_forward_pre_hook(snapshot)
-    sample = net.sample_mix
+    sample = net.arch_weights
 
     def recording_sample():
         mix = sample()
         sampled.append(mix.detach().clone())
         return mix
 
-    net.sample_mix = recording_sample
+    net.arch_weights = recording_sample
     arch.step(x, y, xv, yv, lr, sgd)
-    del net.sample_mix
+    del net.arch_weights
     for key, value in net.state_dict().items():  # the real weights and BatchNorm statistics are back
         if not key.startswith("beta"):
             assert torch.equal(value, state0[key]), key
@@ -341,8 +341,8 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
 
 
 def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta(load_space):
-    """train_search.weight_step: CE loss, gradient of the weights only, its global norm clipped to grad_clip."""
-    train_search, model_search, distributed = load_space(SPACE, "train_search", "model_search", "distributed")
+    """search.weight_step: CE loss, gradient of the weights only, its global norm clipped to grad_clip."""
+    search, model_search, distributed = load_space(SPACE, "search", "model_search", "distributed")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     weights = net.weights()
@@ -351,7 +351,7 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     w0, beta0 = flat(weights), flat(net.arch_parameters())
     clip = 1e-3
     torch.manual_seed(5)
-    logits, loss = train_search.weight_step(net, sgd, weights, x, y, clip, distributed.setup("cpu"))
+    logits, loss = search.weight_step(net, sgd, weights, x, y, clip, distributed.setup("cpu"))
     torch.testing.assert_close(loss, F.cross_entropy(logits, y))
     torch.manual_seed(5)  # the same draw: the unclipped gradient is far larger than the clip
     full = flat(torch.autograd.grad(F.cross_entropy(net(x), y), weights)).norm()
@@ -363,50 +363,54 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
 
 def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
     """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34."""
-    train_search = load_space(SPACE, "train_search")
+    train_search, search = load_space(SPACE, "train_search", "search")
     args = train_search.get_parser().parse_args([])
-    schedule = [train_search.stage_schedule(epoch, args) for epoch in range(50)]
+    schedule = [search.stage_schedule(epoch, args) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
     args = argparse.Namespace(stage_epochs=[3, 4, 2], warmup_epochs=1)
-    assert [train_search.stage_schedule(e, args) for e in range(9)] == [
+    assert [search.stage_schedule(e, args) for e in range(9)] == [
         (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True)]
 
 
 def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
-    """train_search.train: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch."""
-    train_search, model_search, architect, distributed, utils = load_space(
-        SPACE, "train_search", "model_search", "architect", "distributed", "utils")
+    """search.Search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch."""
+    search, model_search, distributed = load_space(SPACE, "search", "model_search", "distributed")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
-    args = argparse.Namespace(grad_clip=5.0, report_freq=100, **vars(arch_args(arch_learning_rate=0.01)))
-    arch = architect.Architect(net, args)
-    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9, weight_decay=3e-4)
-    dist = distributed.setup("cpu")
+    args = argparse.Namespace(grad_clip=5.0, learning_rate=0.05, learning_rate_min=0.0, lr_warmup_epochs=0,
+                              stage_epochs=[2], warmup_epochs=1, batch_size=2, workers=0, seed=0, max_steps=0,
+                              **vars(arch_args(arch_learning_rate=0.01)))
     data = [batch(seed=s) for s in range(4)]
+    images = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
+    task = search.Search(args, distributed.setup("cpu"), net, images, images)
     beta0, w0 = flat(net.arch_parameters()), flat(net.weights())
-    streams = {"train": iter(data[:2]), "arch": iter([])}  # a warm-up epoch must not read the arch stream
-    train_search.train(net, arch, streams, sgd, 2, False, args, dist, utils.Progress(2), 0)
-    assert torch.equal(flat(net.arch_parameters()), beta0) and not arch.optimizer.state
+    task.streams = {"train": iter(data[:2]), "valid": iter([])}  # a warm-up epoch must not read the arch stream
+    task.begin_epoch(0)
+    for step in range(2):
+        task.step(0, step)
+    assert torch.equal(flat(net.arch_parameters()), beta0) and not task.architect.optimizer.state
     assert not torch.equal(flat(net.weights()), w0)
-    streams = {"train": iter(data[2:]), "arch": iter(data[:2])}
-    train_search.train(net, arch, streams, sgd, 2, True, args, dist, utils.Progress(2), 0)
+    task.streams = {"train": iter(data[2:]), "valid": iter(data[:2])}
+    task.begin_epoch(1)
+    for step in range(2):
+        task.step(1, step)
     assert not torch.equal(flat(net.arch_parameters()), beta0)
-    assert all(float(state["step"]) == 2 for state in arch.optimizer.state.values())
+    assert all(float(state["step"]) == 2 for state in task.architect.optimizer.state.values())
 
 
 def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(load_space):
     """The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch."""
-    train_search = load_space(SPACE, "train_search")
+    train_search, search = load_space(SPACE, "train_search", "search")
     args = train_search.get_parser().parse_args([])
     for epoch in range(50):
-        assert train_search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
+        assert search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
     args.learning_rate_min = 0.001  # and learning_rate_min is the end point of the cosine
-    assert train_search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
+    assert search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
 
 
 def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_lr(load_space):
     """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr."""
-    train_search, model_search = load_space(SPACE, "train_search", "model_search")
+    search, model_search = load_space(SPACE, "search", "model_search")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
@@ -414,7 +418,7 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
         net.beta_reduce.normal_(0, 1)
     args = argparse.Namespace(stage_keep=[7, 3], stage_k=[2, 1], seed=0, momentum=0.9, weight_decay=3e-4)
     sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
-    new = train_search.enter_stage(net, sgd, 1, args)
+    new = search.enter_stage(net, sgd, 1, args)
     for cell in net.cells:
         beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
         for e, edge in enumerate(cell.edges):
@@ -428,26 +432,25 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
 
 def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arch_after_warmup(
         load_space, tmp_path, monkeypatch):
-    """search(): per epoch, the weights' SGD (momentum 0.9, wd 3e-4, no beta) at learning_rate(epoch), arch_on."""
-    train_search, utils = load_space(SPACE, "train_search", "utils")
+    """train_search.py: each epoch's SGD (momentum 0.9, wd 3e-4, no beta) at learning_rate(epoch), arch_on."""
+    train_search, search, utils = load_space(SPACE, "train_search", "search", "utils")
     monkeypatch.setattr(utils, "setup_logging", lambda run_dir: None)  # keep pytest's logging
     seen = []
 
-    def fake_train(model, architect, streams, optimizer, steps, arch_on, args, dist, progress, done):
+    def recording_step(task, epoch, step):
+        optimizer, model = task.optimizer, task.model
         groups = [{key: value for key, value in g.items() if key != "params"} for g in optimizer.param_groups]
         params = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
-        seen.append({"type": type(optimizer), "groups": groups, "params": params, "arch_on": arch_on, "k": model.k,
-                     "weights": {id(p) for p in model.weights()}, "beta": {id(p) for p in model.arch_parameters()},
-                     "architect": architect})
-        return 0.0, 0.0
+        seen.append({"type": type(optimizer), "groups": groups, "params": params, "arch_on": task.arch_on,
+                     "k": model.k, "weights": {id(p) for p in model.weights()},
+                     "beta": {id(p) for p in model.arch_parameters()}, "architect": task.architect})
+        return torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), torch.zeros(())
 
-    monkeypatch.setattr(train_search, "train", fake_train)
-    args = train_search.get_parser().parse_args([
+    monkeypatch.setattr(search.Search, "step", recording_step)
+    train_search.main([
         "--dataset", "synthetic", "--layers", "3", "--init_channels", "4", "--batch_size", "2",
         "--stage_epochs", "2", "2", "--stage_k", "2", "1", "--stage_keep", "7", "3", "--warmup_epochs", "1",
         "--max_steps", "1", "--device", "cpu", "--workers", "0", "--save", str(tmp_path / "run")])
-    train_search.check_args(args)
-    train_search.search(args, "train_search")
     assert [s["arch_on"] for s in seen] == [False, True, False, True]
     assert [s["k"] for s in seen] == [2, 2, 1, 1]
     for epoch, s in enumerate(seen):
@@ -468,8 +471,8 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
 
 
 def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(load_space):
-    """train.training_loss = CE(logits) + aux_weight * CE(aux logits); CE(logits) without the aux head."""
-    train = load_space(SPACE, "train")
+    """training.training_loss = CE(logits) + aux_weight * CE(aux logits); CE(logits) without the aux head."""
+    training = load_space(SPACE, "training")
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
     aux = torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
     y = torch.tensor([0, 2])
@@ -478,13 +481,13 @@ def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(loa
         return sum(math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(z.tolist(), y.tolist())) / 2
 
     criterion = torch.nn.CrossEntropyLoss()
-    assert float(train.training_loss(criterion, logits, aux, y, 0.4)) == pytest.approx(ce(logits) + 0.4 * ce(aux))
-    assert float(train.training_loss(criterion, logits, None, y, 0.4)) == pytest.approx(ce(logits))
+    assert float(training.training_loss(criterion, logits, aux, y, 0.4)) == pytest.approx(ce(logits) + 0.4 * ce(aux))
+    assert float(training.training_loss(criterion, logits, None, y, 0.4)) == pytest.approx(ce(logits))
 
 
 def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(load_space):
-    """train.train: the step's loss is CE + auxiliary_weight * CE_aux, the gradient norm is clipped to grad_clip."""
-    train, distributed, utils = load_space(SPACE, "train", "distributed", "utils")
+    """training.Training.step: the loss is CE + auxiliary_weight * CE_aux, the gradient norm is clipped to grad_clip."""
+    training, distributed = load_space(SPACE, "training", "distributed")
     torch.manual_seed(0)
 
     class TwoHeads(torch.nn.Module):
@@ -495,25 +498,22 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
         def forward(self, x):
             return self.main(x.flatten(1)), self.aux(x.flatten(1))
 
-    class OneBatch:
-        def __init__(self, x, y):
-            self.batch = (x, y)
-
-        def take(self, steps):
-            return iter([self.batch] * steps)
-
     net = TwoHeads()
     x, y = torch.randn(4, 3, 2, 2) * 10, torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         main, aux = net(x)
         expected = F.cross_entropy(main, y) + 0.25 * F.cross_entropy(aux, y)
     before = flat(net.parameters())
-    sgd = torch.optim.SGD(net.parameters(), lr=1.0)
-    args = argparse.Namespace(amp=False, auxiliary_weight=0.25, grad_clip=1e-3, report_freq=1000, batch_size=4)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    _, loss = train.train(OneBatch(x, y), 1, net, torch.nn.CrossEntropyLoss(), sgd, scaler, torch.bfloat16, args,
-                          distributed.setup("cpu"), utils.Progress(1), 0)
-    assert loss == pytest.approx(float(expected), rel=1e-6)
+    # Plain SGD with lr 1: the step moves the weights by exactly the clipped gradient.
+    args = argparse.Namespace(amp=False, deterministic=False, auxiliary_weight=0.25, grad_clip=1e-3, batch_size=4,
+                              learning_rate=1.0, momentum=0.0, weight_decay=0.0, seed=0, workers=0,
+                              max_steps_per_epoch=0)
+    data = torch.utils.data.TensorDataset(x, y)  # one batch of all 4 samples
+    task = training.Training(args, distributed.setup("cpu"), net, data, data, torch.nn.CrossEntropyLoss(),
+                             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0))
+    _, targets, loss = task.step(0, 0)
+    assert sorted(targets.tolist()) == [0, 1, 2, 3]
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     torch.testing.assert_close((flat(net.parameters()) - before).norm(), torch.tensor(1e-3), atol=0, rtol=1e-4)
 
 

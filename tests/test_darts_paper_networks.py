@@ -8,7 +8,6 @@ ImageNet search clips beta's gradient and uses crop+flip for both of its splits,
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import SPACES, run_script
+from conftest import SPACES, assert_one_line_error, run_script, script_env
 
 # ---------------------------------------------------------------- evaluation network
 
@@ -72,17 +71,15 @@ def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     # The layout of checkpoints written before pools had their BatchNorm: no pool statistics.
     pool_bn = re.compile(r"\.ops\.\d+\.1\.(running_mean|running_var|num_batches_tracked)$")
-    stripped = {k: v for k, v in ckpt["model"].items() if not pool_bn.search(k)}
-    assert len(stripped) < len(ckpt["model"])
-    ckpt["model"] = stripped
+    stripped = {k: v for k, v in ckpt["task"]["model"].items() if not pool_bn.search(k)}
+    assert len(stripped) < len(ckpt["task"]["model"])
+    ckpt["task"]["model"] = stripped
     old = tmp_path / "old" / "checkpoint.pt"
     old.parent.mkdir()
     torch.save(ckpt, old)
     before = old.read_bytes()
     result = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--resume", old)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert str(old) in lines[0] and "earlier version" in lines[0], lines[0]
+    assert_one_line_error(result.returncode, result.stderr, str(old), "earlier version")
     assert sorted(p.name for p in old.parent.iterdir()) == ["checkpoint.pt"] and old.read_bytes() == before
 
 
@@ -191,7 +188,7 @@ def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
                         "--stage_k", "4", "2", "--warmup_epochs", "0", "--max_steps", "2", "--device", "cpu",
                         "--workers", "0", "--grad_clip", "1e-9", "--reg_scale", "0", "--save", run)
     assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["architect"]["state"]
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["task"]["architect"]["state"]
     # exp_avg mixes the received gradients with weights summing to below 1: its norm stays under the clip.
     assert all(s["exp_avg"].norm() <= 1e-9 * 1.001 for s in state.values()) and len(state) == 2
 
@@ -246,7 +243,7 @@ def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_i
                 "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0", "--save", tmp_path / str(batch)]
         procs[batch] = subprocess.Popen([sys.executable, *map(str, argv)], cwd=SPACES["DARTS-space"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                        env=script_env())
     for batch, proc in procs.items():
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -263,12 +260,12 @@ def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
     empty.mkdir()
     cases = [("--data", empty, "--save", tmp_path / "a"), ("--resume", tmp_path / "missing.pt", "--save", tmp_path / "b")]
     procs = [subprocess.Popen([sys.executable, "train.py", "--device", "cpu", *map(str, case)],
-                              cwd=SPACES["DARTS-space"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=SPACES["DARTS-space"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=script_env())
              for case in cases]
     for proc, expected in zip(procs, ("not found", "no such file")):
         _, err = proc.communicate(timeout=300)
-        lines = err.strip().splitlines()
-        assert proc.returncode != 0 and len(lines) == 1 and expected in lines[0], err
+        assert_one_line_error(proc.returncode, err, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any(empty.iterdir())
 
 
@@ -291,8 +288,7 @@ def test_search_refuses_missing_cifar_before_writing(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_script("DARTS-space", "train_search.py", "--data", empty, "--device", "cpu", "--save", tmp_path / "run")
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and "not found" in lines[0], result.stderr
+    assert_one_line_error(result.returncode, result.stderr, "not found")
     assert not (tmp_path / "run").exists() and not any(empty.iterdir())
 
 

@@ -36,13 +36,13 @@ def test_arch_parameters_registered_and_excluded(load_space):
 def test_dirichlet_samples_on_simplex(load_space):
     model_search = load_space("DARTS-space", "model_search")
     net = model_search.Network(C, 10, LAYERS, k=2)
-    mix = net.sample_mix()
+    mix = net.arch_weights()
     assert mix.shape == (2, 14, 7) and (mix > 0).all()
     torch.testing.assert_close(mix.sum(-1), torch.ones(2, 14))
     mix.sum().backward()
     assert net.beta_normal.grad is not None  # reparameterised: gradients reach beta
     net.eval()
-    torch.testing.assert_close(net.sample_mix().sum(-1), torch.ones(2, 14))
+    torch.testing.assert_close(net.arch_weights().sum(-1), torch.ones(2, 14))
 
 
 def test_forward_backward_every_weight_gets_a_gradient(load_space):
@@ -97,7 +97,7 @@ def test_prune_keeps_count_and_never_runs_pruned_ops(load_space):
         op.forward = explode
     x, y = batch()
     torch.nn.functional.cross_entropy(net(x), y).backward()
-    assert net.sample_mix().shape == (2, 14, 3)
+    assert net.arch_weights().shape == (2, 14, 3)
     # Built directly with masks, a network never even constructs the pruned ops.
     rebuilt = model_search.Network(C, 10, LAYERS, k=2, kept=net.kept)
     assert sum(len(e.ops) for cell in rebuilt.cells for e in cell.edges) == len(net.cells) * 14 * 3
@@ -176,7 +176,7 @@ def test_unrolled_with_partial_channels_and_pruning(load_space, pruned):
 
 
 def test_stage_switch_carries_momentum(load_space):
-    train_search, model_search, operations = load_space("DARTS-space", "train_search", "model_search", "operations")
+    search, model_search = load_space("DARTS-space", "search", "model_search")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9)
@@ -186,7 +186,7 @@ def test_stage_switch_carries_momentum(load_space):
     old_state = {p: s["momentum_buffer"].clone() for p, s in sgd.state.items()}
     stem = net.stem0[0].weight
     args = argparse.Namespace(stage_keep=[7, 3], stage_k=[2, 1], seed=0, momentum=0.9, weight_decay=3e-4)
-    new = train_search.enter_stage(net, sgd, 1, args)
+    new = search.enter_stage(net, sgd, 1, args)
     assert net.k == 1 and all(len(e.ops) == 3 for cell in net.cells for e in cell.edges)
     for p in net.weights():
         assert new.state[p]["momentum_buffer"].shape == p.shape

@@ -89,7 +89,9 @@ def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
 
     a = utils.load_checkpoint(run / "checkpoint.pt")
     b = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
-    assert a["epoch"] == b["epoch"] == 4 and a["stage"] == b["stage"] == 1
+    assert a["epoch"] == b["epoch"] == 4 and a["step"] == b["step"] == 0
+    a, b = a["task"], b["task"]
+    assert a["stage"] == b["stage"] == 1
     assert a["kept"] == b["kept"] and a["k"] == b["k"] == 2
     assert all(len(edge) == 3 for edge in a["kept"]["normal"])
     assert a["model"].keys() == b["model"].keys()

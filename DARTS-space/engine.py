@@ -1,0 +1,455 @@
+"""The run engine: everything a training script does besides its own step.
+
+A script parses its flags, builds data, model and optimisers into a `Task`, and hands it
+to a `Run`, which owns the rest: argument checks, the run folder and logging, the
+checkpoint (atomic, resumable at any step), the epoch loop with progress and ETA, the
+metrics (top-1/top-5, summed on the device, reduced over ranks), history.jsonl and
+TensorBoard, preemption (SIGTERM/SIGINT) and divergence (a loss or a watched tensor that
+is not finite). The same file serves both folders of the repository.
+
+    run = Run(args, "train_search", RESUME_KEYS)      # checks args and --resume, writes nothing
+    task = Search(...)                                # built from run.task_state() when resuming
+    run.open()                                        # the first write: run folder, log, args.json
+    run.fit(task, epochs, steps_per_epoch)            # the loop; returns at the end of the run
+
+Not a script.
+"""
+
+import logging
+import math
+import shutil
+import signal
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+import utils
+from utils import UserError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 2
+SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
+# The top-level keys of every checkpoint, whichever script of either folder wrote it (`Run._save`);
+# what is particular to a script lies under "task".
+CHECKPOINT_KEYS = ("version", "epoch", "step", "args", "rng", "streams", "meter", "best", "task")
+Dist = namedtuple("Dist", "rank local_rank world_size device")
+
+# Valid ranges of the numeric flags, checked for every flag a script has: (low, high, low
+# inclusive, high inclusive); None is unbounded.
+RANGES = {
+    "epochs": (1, None, True, True),
+    "batch_size": (1, None, True, True),
+    "init_channels": (1, None, True, True),
+    "layers": (1, None, True, True),
+    "report_freq": (1, None, True, True),
+    "k": (1, None, True, True),
+    "image_size": (1, None, True, True),
+    "cutout_length": (1, None, True, True),
+    "workers": (0, None, True, True),
+    "gpu": (0, None, True, True),
+    "max_steps": (0, None, True, True),
+    "max_steps_per_epoch": (0, None, True, True),
+    "warmup_epochs": (0, None, True, True),
+    "lr_warmup_epochs": (0, None, True, True),
+    "trajectory_samples": (0, None, True, True),
+    "learning_rate": (0, None, False, True),
+    "arch_learning_rate": (0, None, False, True),
+    "learning_rate_min": (0, None, True, True),
+    "grad_clip": (0, None, False, True),
+    "weight_decay": (0, None, True, True),
+    "reg_scale": (0, None, True, True),
+    "auxiliary_weight": (0, None, True, True),
+    "momentum": (0, 1, True, False),
+    "drop_path_prob": (0, 1, True, False),
+    "label_smoothing": (0, 1, True, False),
+    "train_portion": (0, 1, False, False),
+    "tau_max": (0, None, False, True),
+    "tau_min": (0, None, False, True),
+    "checkpoint_minutes": (0, None, False, True),
+    "stage_epochs": (1, None, True, True),
+    "stage_k": (1, None, True, True),
+    "stage_keep": (1, None, True, True),
+}
+
+
+def check_ranges(args):
+    """Refuse a numeric flag outside its valid range (`RANGES`) with one line naming it."""
+    for name, (low, high, low_in, high_in) in RANGES.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v is None or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            too_low = low is not None and (v < low or (v == low and not low_in))
+            too_high = high is not None and (v > high or (v == high and not high_in))
+            if too_low or too_high or (isinstance(v, float) and not math.isfinite(v)):
+                lo = "-inf" if low is None else f"{low}"
+                hi = "inf" if high is None else f"{high}"
+                interval = f"{'[' if low_in else '('}{lo}, {hi}{']' if high_in else ')'}"
+                raise UserError(f"--{name} {v} is out of range: it must lie in {interval}")
+
+
+class Meter:
+    """Loss, top-1 and top-5 of an epoch: sums on the device, read (and reduced over ranks) once."""
+
+    def __init__(self, device, sums=None):
+        # loss * n, top-1 hits, top-5 hits, n
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)
+        if sums is not None:
+            self.sums.copy_(torch.as_tensor(sums, dtype=torch.float64))
+
+    def update(self, logits, targets, loss):
+        """Add a batch: `loss` is its mean over the batch (a 0-d tensor, never read here)."""
+        logits = logits.detach()
+        hits = logits.topk(min(5, logits.size(1)), dim=1).indices.eq(targets[:, None])  # (B, min(5, classes))
+        n = targets.new_tensor(targets.size(0), dtype=torch.float64)
+        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double(), n])
+
+    def result(self, dist=None):
+        """{"loss", "acc", "top5"} over every rank's batches (accuracies in %)."""
+        sums = self.sums.clone()
+        if dist is not None and dist.world_size > 1:
+            torch_dist.all_reduce(sums)
+        loss, top1, top5, n = sums.tolist()
+        n = max(n, 1.0)
+        return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n}
+
+
+class Task:
+    """What a script hands to `Run.fit`. Override what the script needs."""
+
+    streams = None  # {name: utils.Stream}: their positions go into every checkpoint
+    best_metric = None  # a record key ("valid_acc"): logged as best_acc, best.pt written when it improves
+
+    def begin_epoch(self, epoch):
+        """Set up `epoch` (learning rate, stage switch, ...); return fields for its record (e.g. lr)."""
+        return {}
+
+    def step(self, epoch, step):
+        """One training step; return (logits, targets, loss) of its training batch."""
+        raise NotImplementedError
+
+    def evaluate(self, epoch):
+        """Fields of the record from the held-out data (e.g. {"valid_acc": ..., "valid_loss": ...})."""
+        return {}
+
+    def end_epoch(self, epoch, record):
+        """Add fields to the epoch's record and log extras (genotype, ...)."""
+
+    def state_dict(self):
+        """Everything of the task a resumed run needs (model, optimisers, stage, ...), plain types."""
+        return {}
+
+    def watched(self):
+        """Tensors that must stay finite (the architecture parameters)."""
+        return []
+
+
+class Run:
+    """One run of a script: checked arguments, run folder, checkpoints, epoch loop, signals, divergence."""
+
+    def __init__(self, args, script, resume_keys, join=None):
+        """Check the flags and the --resume checkpoint, then join the processes (`join(device, gpu)`).
+
+        Nothing is written here, and every check comes before a process group forms.
+        """
+        check_ranges(args)
+        self.args, self.script = args, script
+        self.ckpt = None
+        if args.resume:
+            ckpt = utils.load_checkpoint(args.resume)
+            if ckpt.get("version") != CHECKPOINT_VERSION:
+                raise UserError(f"--resume {args.resume}: written by an earlier version of this code (another "
+                                "checkpoint layout); start a new run")
+            utils.check_resume_args(ckpt["args"], args, [key for key in resume_keys if hasattr(args, key)])
+            if ckpt["args"].get("script", script) != script:
+                raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['args']['script']}.py, not {script}.py")
+            self.ckpt = ckpt
+        gpu = getattr(args, "gpu", 0)
+        self.dist = join(args.device, gpu) if join else Dist(0, 0, 1, utils.resolve_device(args.device, gpu))
+        self.run_dir = self.writer = self.history = None
+        self.main = self.dist.rank == 0
+        if args.batch_size % self.dist.world_size:
+            raise UserError(f"--batch_size {args.batch_size} does not split over {self.dist.world_size} processes")
+
+    def first_on_rank0(self, load):
+        """`load()` on rank 0, then on the other ranks (a download happens once); any failure stops all."""
+        result, error = None, None
+        for turn in (True, False):
+            if self.main == turn:
+                try:
+                    result = load()
+                except UserError as err:
+                    error = str(err)
+            if self.dist.world_size > 1:
+                torch_dist.barrier()
+        self.agree(error)
+        return result
+
+    # ------------------------------------------------------------ start
+
+    def task_state(self):
+        """The task part of the checkpoint being resumed, or None for a new run."""
+        return None if self.ckpt is None else self.ckpt["task"]
+
+    def agree(self, error):
+        """Every rank learns whether any rank failed; all raise the first error, so none waits forever."""
+        if self.dist.world_size > 1:
+            errors = [None] * self.dist.world_size
+            torch_dist.all_gather_object(errors, error)
+            error = next((e for e in errors if e), None)
+        if error:
+            raise UserError(error)
+
+    def open(self, files=None):
+        """Make the run folder (rank 0) and logging: the first thing a run writes.
+
+        `files` maps file names to callables writing them (e.g. genotype.json), called once.
+        """
+        args, error = self.args, None
+        if self.main:
+            try:
+                # A resumed run continues in the checkpoint's folder unless --save says otherwise.
+                save = args.save or (str(Path(args.resume).parent) if args.resume else None)
+                self.run_dir = utils.prepare_run_dir(save, self.script, args.resume)
+            except UserError as err:
+                error = str(err)
+        self.agree(error)
+        if not self.main:
+            logging.basicConfig(level=logging.WARNING)
+            return None
+        utils.setup_logging(self.run_dir)
+        if self.ckpt is None:
+            utils.write_json(self.run_dir / "args.json", {**vars(args), "script": self.script})
+            # The code of the run next to its results (DARTS' scripts/ folder).
+            scripts = self.run_dir / "scripts"
+            scripts.mkdir(exist_ok=True)
+            for source in Path(__file__).resolve().parent.glob("*.py"):
+                shutil.copy(source, scripts / source.name)
+        for name, write in (files or {}).items():
+            write(self.run_dir / name)
+        utils.log_environment(args, self.dist.device)
+        logger.info("run directory %s, %d process(es)", self.run_dir, self.dist.world_size)
+        return self.run_dir
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self, task, epochs, steps):
+        """Epochs `start .. epochs - 1` of `steps` training steps each, resumable at any step."""
+        args, dist = self.args, self.dist
+        start_epoch, start_step = 0, 0
+        meter_sums, best = None, {"value": None, "epoch": -1}
+        if self.ckpt is not None:
+            start_epoch, start_step, best = self.ckpt["epoch"], self.ckpt["step"], self.ckpt["best"]
+            meter_sums = self.ckpt["meter"] if start_step else None
+            for name, stream in (task.streams or {}).items():
+                stream.seek(self.ckpt["streams"][name])
+            rng = self.ckpt["rng"]
+            if len(rng) == dist.world_size:
+                utils.set_rng_state(rng[dist.rank])
+            else:
+                logger.info("resuming on %d processes, not %d: random draws will differ", dist.world_size, len(rng))
+            logger.info("resumed from %s at epoch %d, step %d", args.resume, start_epoch + 1, start_step)
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: a resumed run replaces what TensorBoard holds past its checkpoint.
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_epoch)
+            self.history = utils.History(self.run_dir, start_epoch)
+        self._bad = torch.full((), -1, dtype=torch.long, device=dist.device)  # first non-finite step
+        self._stop = False
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._clock = _Clock(epochs, steps, start_epoch, start_step)
+        self._steps = steps
+        self._last_save = time.time()
+        try:
+            for epoch in range(start_epoch, epochs):
+                first = start_step if epoch == start_epoch else 0
+                meter = Meter(dist.device, meter_sums if epoch == start_epoch else None)
+                self._epoch_start = time.time()
+                record = {"epoch": epoch, **task.begin_epoch(epoch)}
+                for step in range(first, steps):
+                    logits, targets, loss = task.step(epoch, step)
+                    meter.update(logits, targets, loss)
+                    self._watch(loss, epoch * steps + step)
+                    self._clock.tick(targets.size(0) * dist.world_size)
+                    self._after_step(task, epoch, step, steps, meter, best)
+                train = meter.result(dist)
+                self._check(task, epoch, steps)
+                tic = time.time()
+                record.update(train_loss=train["loss"], train_acc=train["acc"], train_top5=train["top5"])
+                record.update(task.evaluate(epoch))
+                self._clock.evaluated(time.time() - tic)
+                task.end_epoch(epoch, record)
+                self._check(task, epoch, steps)
+                best = self._end_epoch(task, epoch, record, best)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self.writer is not None:
+                self.writer.close()
+        return best
+
+    def _on_signal(self, signum, frame):
+        self._stop = True
+        logger.info("%s received: stopping after this step", signal.Signals(signum).name)
+
+    def _watch(self, loss, global_step):
+        # Device-side: remember the first step whose loss is not finite, without a host read.
+        bad = ~torch.isfinite(loss.detach())
+        self._bad = torch.where(bad & (self._bad < 0), torch.full_like(self._bad, global_step), self._bad)
+
+    def _check(self, task, epoch, steps, state=None):
+        """Stop with one line if a loss, a watched tensor or the `state` about to be saved is not finite.
+
+        One host read, here. A step's loss comes from the weights before its update, so a
+        checkpoint could hold non-finite weights with every loss finite: hence `state`.
+        """
+        device = self.dist.device
+        flags = torch.stack([self._bad.double(), _any_not_finite(task.watched(), device),
+                             _any_not_finite(_float_tensors(state), device)])
+        if self.dist.world_size > 1:
+            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        bad_step, bad_watched, bad_state = flags.tolist()
+        if bad_step >= 0:
+            what, where = "the training loss", f"epoch {int(bad_step) // steps + 1}, step {int(bad_step) % steps + 1}"
+        elif bad_watched:
+            what, where = "the architecture parameters", f"epoch {epoch + 1}"
+        elif bad_state:
+            what, where = "the weights or optimiser state", f"epoch {epoch + 1}"
+        else:
+            return
+        kept = "nothing was checkpointed"
+        if self.run_dir is not None and (self.run_dir / "checkpoint.pt").exists():
+            kept = f"the last good checkpoint {self.run_dir / 'checkpoint.pt'} is kept"
+        raise UserError(f"{what} is not finite at {where}: the run diverged and stops ({kept}); try a smaller "
+                        f"--learning_rate (now {self.args.learning_rate}) or --grad_clip")
+
+    def _after_step(self, task, epoch, step, steps, meter, best):
+        """Progress lines, time-based checkpoints and preemption, between two steps."""
+        scheduled = step + 1 == steps or (step + 1) % self.args.report_freq == 0
+        if self._clock.due(scheduled):  # also every 30 s: this rank's running averages, no collective
+            result = meter.result()
+            logger.info("epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s", epoch + 1,
+                        self._clock.epochs, step + 1, steps, result["loss"], result["acc"], result["top5"],
+                        self._clock.line())
+        # Under torchrun the ranks decide together, at steps they all agree on: every
+        # SYNC_STEPS steps, so that a stop costs no device sync per step.
+        if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
+            return
+        if scheduled:
+            self._check(task, epoch, steps)
+        minutes = getattr(self.args, "checkpoint_minutes", 0) or math.inf
+        timed = time.time() - self._last_save > 60 * minutes and step + 1 < steps
+        stop = self._stop
+        if self.dist.world_size > 1:  # every rank stops (or checkpoints) at the same step
+            flags = torch.tensor([float(stop), float(timed)], device=self.dist.device)
+            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+            stop, timed = (bool(v) for v in flags.tolist())
+        if stop or timed:
+            self._save(task, epoch, step + 1, meter, best)  # checks first that all is finite
+            if stop:
+                logger.info("preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
+                            epoch + 1, step + 1, self.run_dir / "checkpoint.pt" if self.run_dir else "")
+                raise SystemExit(0)
+
+    def _end_epoch(self, task, epoch, record, best):
+        metric = task.best_metric
+        if metric is not None and (best["value"] is None or record[metric] > best["value"]):
+            best = {"value": record[metric], "epoch": epoch}
+        if metric is not None:
+            record["best_acc"] = best["value"]
+        record["time_s"] = round(time.time() - self._epoch_start, 2)
+        if self.main:
+            logger.info("epoch %d/%d %s", epoch + 1, self._clock.epochs, " ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40))
+            # History and TensorBoard first, the checkpoint last: a run killed in between
+            # repeats this epoch on resume, and History drops the repeated line.
+            self.history.append(record)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+            self.writer.flush()
+        self._save(task, epoch + 1, 0, None, best)
+        if self.main and metric is not None and best["epoch"] == epoch:
+            shutil.copy(self.run_dir / "checkpoint.pt", self.run_dir / "best.pt.tmp")
+            Path(self.run_dir / "best.pt.tmp").replace(self.run_dir / "best.pt")
+        self._last_save = time.time()
+        return best
+
+    def _save(self, task, epoch, step, meter, best):
+        """Write checkpoint.pt atomically (rank 0); `epoch`/`step` is where a resumed run starts."""
+        rng = [utils.rng_state()]
+        if self.dist.world_size > 1:
+            rng = [None] * self.dist.world_size
+            torch_dist.all_gather_object(rng, utils.rng_state())
+        state = task.state_dict()
+        self._check(task, epoch if step else epoch - 1, self._steps, state)  # only finite checkpoints
+        if not self.main:
+            return
+        utils.save_checkpoint({
+            "version": CHECKPOINT_VERSION, "epoch": epoch, "step": step, "args": {**vars(self.args),
+                                                                                "script": self.script},
+            "rng": rng, "streams": {name: s.position() for name, s in (task.streams or {}).items()},
+            "meter": None if meter is None else meter.sums.tolist(), "best": best, "task": state,
+        }, self.run_dir / "checkpoint.pt")
+        self._last_save = time.time()
+
+
+def _float_tensors(obj):
+    """Every floating-point tensor inside nested dicts, lists and tuples (a task's state)."""
+    if torch.is_tensor(obj):
+        if obj.is_floating_point():
+            yield obj.detach()
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _float_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _float_tensors(value)
+
+
+def _any_not_finite(tensors, device):
+    """1.0 if any of `tensors` holds a NaN or an infinity, else 0.0: a float64 scalar on `device`, not read."""
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    for t in tensors:
+        bad = bad | (~torch.isfinite(t.detach())).any().to(device)
+    return bad.double()
+
+
+class _Clock:
+    """Throughput and ETA over the training steps and the evaluations still to come."""
+
+    def __init__(self, epochs, steps, start_epoch, start_step):
+        self.epochs, self.steps = epochs, steps
+        self.left = (epochs - start_epoch) * steps - start_step
+        self.done = 0
+        self.samples = 0
+        self.start = self.last_line = time.time()
+        self.eval_seconds = self.eval_total = 0.0
+        self.evals_left = epochs - start_epoch
+
+    def tick(self, samples):
+        self.done += 1
+        self.samples += samples
+
+    def evaluated(self, seconds):
+        self.eval_seconds = seconds
+        self.eval_total += seconds
+        self.evals_left -= 1
+
+    def due(self, scheduled):
+        """A progress line is due: at the scheduled steps, and at least every 30 s."""
+        if scheduled or time.time() - self.last_line >= 30:
+            self.last_line = time.time()
+            return True
+        return False
+
+    def line(self):
+        elapsed = max(time.time() - self.start - self.eval_total, 1e-9)  # training time only
+        per_step = elapsed / max(self.done, 1)
+        eta = per_step * (self.left - self.done) + self.eval_seconds * self.evals_left
+        return f"{self.samples / elapsed:.1f} img/s, ETA {utils.format_seconds(eta)}"

@@ -1,0 +1,281 @@
+"""The progressive DrNAS search: what `train_search.py` (CIFAR) and `train_search_imagenet.py` share.
+
+The search flags (`add_arguments`) and their checks (`check_args`), the schedule of the
+weights' learning rate (`learning_rate`) and of the stages (`stage_schedule`), the stage
+switch of progressive learning (`enter_stage`: prune to the best ops, widen to the next
+k, DrNAS section 3.3), the weight step (`weight_step`), and the `Search` task that the run
+engine drives epoch by epoch: per batch one architecture step on a held-out batch (after
+the stage's warm-up) and one weight step on a training batch; per epoch the held-out
+accuracy with the Dirichlet mean, the genotype and the concentrations.
+
+Several processes (torchrun): every process takes its own shard of both data streams
+(`--batch_size` is the total, split evenly) and runs the same supernet. No DDP wrapper:
+after each weight backward the weight gradients are averaged over the ranks (one flat
+all-reduce), and after each architecture backward the beta gradients likewise, so every
+rank takes identical SGD and Adam steps. A DDP wrapper would fire its weight all-reduce
+hooks inside the architecture backward too, which needs no weight gradient at all.
+
+Not a script.
+"""
+
+import logging
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import distributed
+import engine
+import utils
+from architect import Architect
+from genotypes import PRIMITIVES, genotype_to_dict, save_genotype
+from model_search import Network, check_k
+from operations import expand
+
+logger = logging.getLogger(__name__)
+
+# Settings that must not change when a run is resumed.
+RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "learning_rate", "stage_epochs",
+               "stage_k", "stage_keep", "warmup_epochs", "unrolled", "reg_type", "reg_scale", "seed",
+               "train_portion", "max_steps", "image_size")
+
+
+def add_arguments(parser):
+    """The model, optimization, search and system flags of both search scripts (CIFAR defaults)."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
+    model.add_argument("--layers", type=int, default=20, help="number of cells")
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--batch_size", type=int, default=64,
+                       help="batch size (in total: torchrun processes take equal shares)")
+    optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
+    optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
+    optim.add_argument("--lr_warmup_epochs", type=int, default=0,
+                       help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
+    optim.add_argument("--grad_clip", type=float, default=5.0,
+                       help="gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)")
+    search = parser.add_argument_group("search")
+    search.add_argument("--arch_learning_rate", type=float, default=6e-4, help="Adam learning rate of beta")
+    search.add_argument("--unrolled", action="store_true", help="second-order architecture gradient (DARTS)")
+    search.add_argument("--reg_type", type=str, default="l2", choices=("l2", "kl"),
+                        help="regulariser of beta: Adam weight decay (l2) or KL to Dir(1) (kl)")
+    search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
+    search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")
+    search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
+    search.add_argument("--stage_keep", type=int, nargs="+", default=[7, 4], help="ops kept per edge in each stage")
+    search.add_argument("--warmup_epochs", type=int, default=10,
+                        help="epochs at the start of each stage that train the weights only")
+    system = parser.add_argument_group("system")
+    system.add_argument("--save", type=str, default=None,
+                        help="run directory (default: the --resume checkpoint's folder, "
+                             "else experiments/<script>-<time>)")
+    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+    system.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"),
+                        help="device; under torchrun each process takes GPU LOCAL_RANK")
+    system.add_argument("--gpu", type=int, default=0, help="CUDA device index (one process)")
+    system.add_argument("--workers", type=int, default=2, help="data loading worker processes")
+    system.add_argument("--seed", type=int, default=2, help="random seed")
+    system.add_argument("--report_freq", type=int, default=50,
+                        help="log a progress line every N steps (and every 30 s)")
+    system.add_argument("--checkpoint_minutes", type=float, default=20.0,
+                        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)")
+    system.add_argument("--max_steps", type=int, default=0,
+                        help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)")
+
+
+def check_args(args):
+    """Refuse a flag out of range or inconsistent stage settings with one clear line, before any work."""
+    engine.check_ranges(args)
+    n = len(args.stage_epochs)
+    if not (len(args.stage_k) == len(args.stage_keep) == n):
+        raise utils.UserError(f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got "
+                              f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})")
+    if any(not 1 <= keep <= 7 for keep in args.stage_keep) or args.stage_keep != sorted(args.stage_keep, reverse=True):
+        raise utils.UserError(f"--stage_keep {args.stage_keep}: each stage keeps 1..7 ops, never more than before")
+    if args.stage_k != sorted(args.stage_k, reverse=True):
+        raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
+    for k in args.stage_k:
+        check_k(args.init_channels, args.layers, k, flag="--stage_k")
+    if getattr(args, "image_size", 32) < 32:
+        raise utils.UserError(f"--image_size {args.image_size}: the stems and two reductions need at least 32 px")
+
+
+def learning_rate(epoch, args):
+    """Cosine over all stages, continuous across them; optional linear warm-up first."""
+    if epoch < args.lr_warmup_epochs and args.batch_size > 256:
+        return args.learning_rate * (epoch + 1) / args.lr_warmup_epochs
+    total = sum(args.stage_epochs)
+    cos = (1 + math.cos(math.pi * epoch / total)) / 2
+    return args.learning_rate_min + (args.learning_rate - args.learning_rate_min) * cos
+
+
+def stage_schedule(epoch, args):
+    """(stage, arch_on) of an epoch: its stage, and False in the stage's warm-up (weights only)."""
+    starts = [sum(args.stage_epochs[:s]) for s in range(len(args.stage_epochs))]
+    stage = max(s for s, first in enumerate(starts) if first <= epoch)
+    return stage, epoch - starts[stage] >= args.warmup_epochs
+
+
+def enter_stage(model, optimizer, stage, args):
+    """Prune to the stage's top ops, net2wider to its k, rebuild SGD carrying the momentum."""
+    model.prune(args.stage_keep[stage])
+    # A private generator: the same channels on every rank and in a resumed run.
+    moved = model.widen(args.stage_k[stage], torch.Generator().manual_seed(args.seed + stage))
+    new = torch.optim.SGD(model.weights(), lr=optimizer.param_groups[0]["lr"], momentum=args.momentum,
+                          weight_decay=args.weight_decay)
+    # Momentum follows the parameters: unchanged ones keep theirs, widened ones get
+    # theirs expanded with the same channel copies; pruned ops' state is dropped.
+    for p in model.weights():
+        if p in optimizer.state:
+            new.state[p] = optimizer.state[p]
+    for m in moved:
+        buf = optimizer.state.get(m.old, {}).get("momentum_buffer")
+        if buf is not None:
+            new.state[m.new] = {"momentum_buffer": expand(buf, m.plan)}
+    return new
+
+
+def weight_step(model, optimizer, weights, x, y, grad_clip, dist):
+    """One SGD step of the weights on a training batch, gradient norm clipped; returns (logits, loss)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    torch.autograd.backward(loss, inputs=weights)  # weights only: beta is the architect's
+    distributed.average_gradients(weights, dist)
+    nn.utils.clip_grad_norm_(weights, grad_clip)
+    optimizer.step()
+    return logits, loss
+
+
+@torch.no_grad()
+def infer(model, loader, max_steps, dist):
+    """Top-1, top-5 and loss on the held-out split with the Dirichlet-mean architecture, over all ranks."""
+    model.eval()
+    meter = engine.Meter(dist.device)
+    for step, (x, y) in enumerate(loader):
+        if max_steps and step == max_steps:
+            break
+        x, y = x.to(dist.device), y.to(dist.device)
+        logits = model(x)
+        meter.update(logits, y, F.cross_entropy(logits, y))
+    return meter.result(dist)
+
+
+def network(args, num_classes, device, state=None, imagenet=False):
+    """The supernet; when resuming, at the checkpoint's stage (its k and kept ops) and with its tensors."""
+    k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
+    model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept).to(device)
+    if state is not None:
+        utils.load_model_state(model, state["model"], args.resume)
+    return model
+
+
+def short_name(op):
+    """`sep_conv_3x3` -> `sep3x3`, `max_pool_3x3` -> `maxpool`, `skip_connect` -> `skip`."""
+    return op.replace("_conv_", "").replace("_pool_3x3", "pool").replace("_connect", "")
+
+
+def concentration_lines(model):
+    """One line per cell type: every edge (`input>node`) with the concentration of each kept op."""
+    alpha = model.kept_concentrations().detach().cpu()  # (2, 14, n_kept)
+    edges = [(j, node) for node in range(2, 2 + model.steps) for j in range(node)]
+    lines = []
+    for t, cell_type in enumerate(("normal", "reduce")):
+        parts = [f"{j}>{node} " + " ".join(f"{short_name(PRIMITIVES[op])}={a:.3f}"
+                                           for op, a in zip(model.kept[cell_type][e], alpha[t, e].tolist()))
+                 for e, (j, node) in enumerate(edges)]
+        lines.append(f"concentration {cell_type}: " + " | ".join(parts))
+    return lines
+
+
+class Search(engine.Task):
+    """The progressive DrNAS search, epoch by epoch: stage switches, architecture and weight steps, genotype."""
+
+    def __init__(self, args, dist, model, train_data, valid_data, run_dir=None, state=None, arch_grad_clip=None):
+        self.args, self.dist, self.model, self.run_dir = args, dist, model, run_dir
+        self.optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
+                                         weight_decay=args.weight_decay)
+        reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
+        # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
+        self.architect = Architect(model, args, reduce_grads=reduce, grad_clip=arch_grad_clip)
+        self.stage = 0
+        if state is not None:  # the model's tensors were loaded (and checked) before the run folder existed
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.architect.optimizer.load_state_dict(state["architect"])
+            self.stage = state["stage"]
+        distributed.broadcast_parameters(model, dist)  # the same start on every rank
+        batch = args.batch_size // dist.world_size
+        shard = dict(workers=args.workers, rank=dist.rank, world_size=dist.world_size,
+                     pin_memory=dist.device.type == "cuda")
+        # Weights and architecture see disjoint images, each from a resumable stream of its own.
+        self.streams = {"train": utils.Stream(train_data, batch, args.seed, **shard),
+                        "valid": utils.Stream(valid_data, batch, args.seed + 1, **shard)}
+        sampler = utils.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size)
+        self.valid_loader = DataLoader(valid_data, batch, sampler=sampler, num_workers=args.workers)
+        self.steps = min(len(self.streams["train"]), args.max_steps or len(self.streams["train"]))
+        self.arch_on, self.weights = False, model.weights()
+        logger.info("param size = %.6f MB (%d weights)", utils.count_parameters(self.weights) / 1e6,
+                    utils.count_parameters(self.weights))
+
+    def begin_epoch(self, epoch):
+        stage, self.arch_on = stage_schedule(epoch, self.args)
+        if stage > self.stage:
+            self.optimizer = enter_stage(self.model, self.optimizer, stage, self.args)
+            self.stage = stage
+            logger.info("stage %d: kept %d ops per edge, k=%d, %d weights", stage, self.args.stage_keep[stage],
+                        self.model.k, utils.count_parameters(self.model.weights()))
+        self.weights = self.model.weights()
+        lr = learning_rate(epoch, self.args)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        logger.info("epoch %d: stage %d, lr %.5f%s", epoch + 1, self.stage, lr,
+                    "" if self.arch_on else ", weights only (warm-up)")
+        return {"stage": self.stage, "k": self.model.k, "lr": lr}
+
+    def step(self, epoch, step):
+        device = self.dist.device
+        x, y = (t.to(device, non_blocking=True) for t in next(self.streams["train"]))
+        if self.arch_on:  # beta first, on a held-out batch (DrNAS Algorithm 1), then the weights
+            xv, yv = (t.to(device, non_blocking=True) for t in next(self.streams["valid"]))
+            self.architect.step(x, y, xv, yv, self.optimizer.param_groups[0]["lr"], self.optimizer)
+        logits, loss = weight_step(self.model, self.optimizer, self.weights, x, y, self.args.grad_clip, self.dist)
+        return logits, y, loss
+
+    def evaluate(self, epoch):
+        result = infer(self.model, self.valid_loader, self.args.max_steps, self.dist)
+        distributed.broadcast_parameters(self.model, self.dist)  # BatchNorm statistics of rank 0
+        return {"valid_acc": result["acc"], "valid_top5": result["top5"], "valid_loss": result["loss"]}
+
+    def end_epoch(self, epoch, record):
+        genotype = self.model.genotype()
+        logger.info("genotype = %s", genotype)
+        for line in concentration_lines(self.model):
+            logger.info("%s", line)
+        record["genotype"] = genotype_to_dict(genotype)
+        record["alpha_max"] = float(self.model.kept_concentrations().detach().max())
+        if self.run_dir is not None:  # rank 0
+            save_genotype(genotype, self.run_dir / "genotype.json")
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "architect": self.architect.optimizer.state_dict(), "stage": self.stage, "k": self.model.k,
+                "kept": self.model.kept, "genotype": genotype_to_dict(self.model.genotype())}
+
+    def watched(self):
+        return self.model.arch_parameters()
+
+
+def finish(run, model):
+    """The last lines of a search: replica agreement under torchrun, the final genotype, where it is."""
+    if run.dist.world_size > 1:
+        logger.info("replicas agree: max |param - rank 0 param| = %.3e",
+                    distributed.max_parameter_difference(model, run.dist))
+    logger.info("final genotype = %s", model.genotype())
+    if run.main:
+        logger.info("written to %s (genotype.json for train.py --arch), peak memory %.0f MB", run.run_dir,
+                    utils.peak_memory_mb(run.dist.device))

@@ -1,0 +1,177 @@
+"""Training a searched cell from scratch: what `train.py` (CIFAR) and `train_imagenet.py` share.
+
+The flags of both scripts (`add_arguments`), the training loss with the auxiliary head
+(`training_loss`), the evaluation (`infer`) and the `Training` task that the run engine
+drives epoch by epoch (drop path ramped with the epoch, SGD with gradient clipping,
+optional mixed precision, DistributedDataParallel under torchrun). Not a script.
+"""
+
+import logging
+
+import distributed
+import engine
+import genotypes
+import torch
+import torch.nn as nn
+import utils
+from model import param_count
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+logger = logging.getLogger(__name__)
+
+# Settings that define the run; `--resume` refuses a checkpoint made with others.
+RESUME_KEYS = (
+    "dataset", "arch", "layers", "init_channels", "auxiliary", "auxiliary_weight", "cutout", "cutout_length",
+    "drop_path_prob", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "seed",
+    "max_steps_per_epoch", "lr_scheduler", "warmup_epochs", "label_smoothing", "image_size",
+)
+
+
+def add_arguments(parser, *, epochs, batch_size, learning_rate, weight_decay, init_channels, layers, drop_path_prob,
+                  arch, workers, seed):
+    """Flags shared by train.py and train_imagenet.py (the defaults differ per script)."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", type=str, default=arch,
+                       help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search")
+    model.add_argument("--init_channels", type=int, default=init_channels, help="channels C of the first cells")
+    model.add_argument("--layers", type=int, default=layers, help="number of cells")
+    model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
+    model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
+    model.add_argument("--drop_path_prob", type=float, default=drop_path_prob,
+                       help="drop path probability, ramped linearly from 0 at epoch 0 to this at the end")
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    opt.add_argument("--batch_size", type=int, default=batch_size,
+                     help="total batch size, split evenly over the torchrun processes")
+    opt.add_argument("--learning_rate", type=float, default=learning_rate, help="initial SGD learning rate")
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    opt.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
+    opt.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping")
+    opt.add_argument("--max_steps_per_epoch", type=int, default=0,
+                     help="cap on training steps per epoch for smoke runs (0: full passes over the data)")
+    system = parser.add_argument_group("system")
+    system.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"),
+                        help="device; under torchrun each process takes GPU LOCAL_RANK")
+    system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
+    system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
+    system.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms and no cuDNN benchmark (slower)")
+    system.add_argument("--workers", type=int, default=workers, help="data loading worker processes")
+    system.add_argument("--seed", type=int, default=seed, help="random seed (processes use seed + rank)")
+    system.add_argument("--report_freq", type=int, default=50, help="log a progress line every N steps (and every 30 s)")
+    system.add_argument("--checkpoint_minutes", type=float, default=20.0,
+                        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)")
+    system.add_argument("--save", type=str, default=None,
+                        help="run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)")
+    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+
+
+def training_loss(criterion, logits, logits_aux, targets, aux_weight):
+    """CE(main) + aux_weight * CE(auxiliary head), or CE(main) alone without the head (DARTS)."""
+    loss = criterion(logits, targets)
+    if logits_aux is not None:
+        loss = loss + aux_weight * criterion(logits_aux, targets)
+    return loss
+
+
+@torch.no_grad()
+def infer(loader, model, amp_dtype, args, dist):
+    """Top-1, top-5 and cross-entropy on this rank's shard of `loader`, summed over ranks."""
+    model.eval()
+    meter = engine.Meter(dist.device)
+    criterion = nn.CrossEntropyLoss()
+    for x, y in loader:
+        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+        with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=args.amp):
+            logits, _ = model(x)
+        meter.update(logits, y, criterion(logits.float(), y))
+    return meter.result(dist)
+
+
+class Training(engine.Task):
+    """SGD on a searched network: drop path ramped per epoch, auxiliary loss, gradient clipping, AMP."""
+
+    best_metric = "valid_acc"
+
+    def __init__(self, args, dist, model, train_set, test_set, criterion, scheduler_for, state=None):
+        self.args, self.dist, self.model, self.criterion = args, dist, model, criterion
+        if args.deterministic:
+            torch.backends.cudnn.benchmark = False
+            torch.use_deterministic_algorithms(True)
+            logger.info("deterministic algorithms on: slower, and some GPU kernels may still vary")
+        device = dist.device
+        use_bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
+        # The loss scaler only matters for fp16, whose small range underflows gradients.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp and self.amp_dtype == torch.float16)
+        self.optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                         weight_decay=args.weight_decay)
+        self.scheduler = scheduler_for(self.optimizer)
+        if state is not None:  # the model's tensors were loaded (and checked) before the run folder existed
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        # DDP averages the gradients in the backward pass; every rank steps the same weights.
+        self.net = model
+        if dist.world_size > 1:
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        per_rank = args.batch_size // dist.world_size
+        # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
+        self.streams = {"train": utils.Stream(train_set, per_rank, args.seed, args.workers, rank=dist.rank,
+                                              world_size=dist.world_size, pin_memory=device.type == "cuda")}
+        # Test shards without padding, so the summed counts cover each test image once.
+        self.test_loader = DataLoader(Subset(test_set, range(dist.rank, len(test_set), dist.world_size)),
+                                      batch_size=per_rank, num_workers=args.workers)
+        full = len(self.streams["train"])
+        self.steps = min(full, args.max_steps_per_epoch) if args.max_steps_per_epoch > 0 else full
+
+    def begin_epoch(self, epoch):
+        # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
+        self.model.drop_path_prob = self.args.drop_path_prob * epoch / self.args.epochs
+        return {"lr": self.scheduler.get_last_lr()[0], "drop_path_prob": self.model.drop_path_prob}
+
+    def step(self, epoch, step):
+        self.net.train()
+        x, y = (t.to(self.dist.device, non_blocking=True) for t in next(self.streams["train"]))
+        with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.args.amp):
+            logits, logits_aux = self.net(x)
+            loss = training_loss(self.criterion, logits, logits_aux, y, self.args.auxiliary_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(self.net.parameters(), self.args.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logits, y, loss
+
+    def evaluate(self, epoch):
+        # The bare model, not DDP: ranks hold different numbers of test batches, and
+        # DDP's forward would wait for buffers from ranks that have finished.
+        result = infer(self.test_loader, self.model, self.amp_dtype, self.args, self.dist)
+        return {"valid_acc": result["acc"], "valid_top5": result["top5"], "valid_loss": result["loss"]}
+
+    def end_epoch(self, epoch, record):
+        self.scheduler.step()
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "param_count": param_count(self.model)}
+
+
+def log_model(model):
+    """The parameter count the papers report (no auxiliary head), and the head's."""
+    count = param_count(model)
+    logger.info("param count = %d (%.2fM), auxiliary head %d more", count, count / 1e6,
+                utils.count_parameters(model.parameters()) - count)
+
+
+def finish(run, model, best):
+    """The last lines of a training run: best accuracy, replica agreement under torchrun, memory."""
+    dist = run.dist
+    if dist.world_size > 1:
+        diff = distributed.max_parameter_difference(model, dist)
+        logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
+    logger.info("done: best valid acc %.2f (epoch %d), peak memory %.0f MB", best["value"] or 0.0,
+                best["epoch"] + 1, utils.peak_memory_mb(dist.device))

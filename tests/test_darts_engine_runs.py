@@ -1,0 +1,193 @@
+"""DARTS-space scripts on the run engine, run as a user would: preemption (SIGTERM) mid-epoch and an
+exact resume, divergence stopped with one line, flags refused before anything is written, and one
+checkpoint layout for every script."""
+
+import importlib
+import json
+import signal
+import time
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from conftest import assert_one_line_error, forbid_host_reads, popen_script
+
+TINY = ["--dataset", "synthetic", "--layers", "5", "--device", "cpu", "--workers", "0"]
+# 16 steps per epoch (256 synthetic images), cutout and drop path draw random numbers.
+TRAIN = ["train.py", *TINY, "--init_channels", "8", "--batch_size", "16", "--epochs", "2", "--cutout", "--auxiliary",
+         "--report_freq", "1"]
+# Two stages of one epoch each, 6 steps per epoch, architecture steps from the start.
+SEARCH = ["train_search.py", *TINY, "--init_channels", "8", "--batch_size", "8", "--stage_epochs", "1", "1",
+          "--stage_k", "4", "2", "--warmup_epochs", "0", "--max_steps", "6", "--report_freq", "1"]
+# One epoch of one step: the smallest run that writes a checkpoint.
+SHORT = {"train": ["train.py", *TINY, "--init_channels", "4", "--batch_size", "8", "--epochs", "1",
+                   "--max_steps_per_epoch", "1"],
+         "train_search": ["train_search.py", *TINY, "--init_channels", "8", "--batch_size", "8", "--stage_epochs", "1",
+                          "--stage_k", "4", "--stage_keep", "7", "--warmup_epochs", "0", "--max_steps", "1"]}
+
+
+def _wait(proc, timeout=300):
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def _finish(proc):
+    returncode, err = _wait(proc)
+    assert returncode == 0, err[-3000:]
+
+
+def _checkpoint(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def _history(run_dir):
+    """history.jsonl without the epochs' durations."""
+    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in record.items() if key != "time_s"} for record in records]
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, (dict, list, tuple)):
+        for value in obj.values() if isinstance(obj, dict) else obj:
+            yield from _tensors(value)
+
+
+def _assert_same(a, b, where="task"):
+    """Two nested states agree: tensors to 1e-6, everything else exactly."""
+    if torch.is_tensor(a):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-6, rtol=0, msg=where)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _preempt(proc, run_dir, marker, timeout=300):
+    """SIGTERM `proc` as soon as its log shows `marker` (a progress line inside epoch 2)."""
+    log, deadline = run_dir / "log.txt", time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if log.is_file() and marker in log.read_text():
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    return _wait(proc)
+
+
+def _preempted_run_resumes_exactly(tmp_path, argv, marker):
+    """A straight run and one preempted inside epoch 2 (then resumed) end in the same state and history."""
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    reference = popen_script("DARTS-space", *argv, "--save", straight)
+    preempted = popen_script("DARTS-space", *argv, "--save", broken)
+    returncode, err = _preempt(preempted, broken, marker)
+    assert returncode == 0, err[-3000:]
+    ckpt = _checkpoint(broken)
+    assert ckpt["epoch"] == 1 and ckpt["step"] > 0, "not stopped inside epoch 2"
+    assert "preempted: checkpoint written" in (broken / "log.txt").read_text()
+    # Without --save the run continues in its checkpoint's folder.
+    _finish(popen_script("DARTS-space", *argv, "--resume", broken / "checkpoint.pt"))
+    _finish(reference)
+    a, b = _checkpoint(straight), _checkpoint(broken)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 0)
+    _assert_same(a["task"], b["task"])
+    assert _history(broken) == _history(straight)
+    return a
+
+
+def test_train_preempted_mid_epoch_resumes_exactly(tmp_path):
+    ckpt = _preempted_run_resumes_exactly(tmp_path, TRAIN, "epoch 2/2 step 2/16 ")
+    assert ckpt["task"].keys() >= {"model", "optimizer", "scheduler", "scaler"}
+
+
+def test_search_preempted_mid_epoch_resumes_exactly(tmp_path):
+    # Preempted in stage 2, after the switch to k=2 and 4 ops per edge.
+    ckpt = _preempted_run_resumes_exactly(tmp_path, SEARCH, "epoch 2/2 step 1/6 ")
+    assert ckpt["task"]["stage"] == 1 and ckpt["task"]["k"] == 2
+
+
+def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_path):
+    """--learning_rate 1e12: the weights overflow within a few steps and the run stops, exit 2, one line."""
+    blow_up = ["--learning_rate", "1e12", "--grad_clip", "1e30"]
+    runs = {"train": [*SHORT["train"], "--epochs", "3"],
+            "train_search": [*SHORT["train_search"], "--stage_epochs", "2", "1", "--stage_k", "4", "2",
+                             "--stage_keep", "7", "4"]}
+    procs = {name: popen_script("DARTS-space", *argv, *blow_up, "--save", tmp_path / name)
+             for name, argv in runs.items()}
+    kept = 0
+    for name, proc in procs.items():
+        assert_one_line_error(*_wait(proc), "not finite")
+        if (tmp_path / name / "checkpoint.pt").exists():
+            kept += 1
+            state = _checkpoint(tmp_path / name)["task"]
+            assert all(torch.isfinite(t).all() for t in _tensors(state) if t.is_floating_point()), name
+    # One step per epoch: the first epoch's weights are still finite and are kept.
+    assert kept > 0
+
+
+def test_bad_flags_a_file_as_save_and_an_old_checkpoint_are_refused_before_writing(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a run folder\n")
+    old = tmp_path / "old" / "checkpoint.pt"  # the layout before the engine: no version, no "task"
+    old.parent.mkdir()
+    torch.save({"epoch": 1, "stage": 0, "model": {}, "args": {}}, old)
+    cases = [([*SHORT["train"], "--epochs", "-1", "--save", tmp_path / "a"], "--epochs -1"),
+             ([*SHORT["train_search"], "--stage_epochs", "-1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "4",
+               "--save", tmp_path / "b"], "--stage_epochs -1"),
+             ([*SHORT["train"], "--save", taken], "is a file"),
+             ([*SHORT["train_search"], "--resume", old], "earlier version")]
+    procs = [(popen_script("DARTS-space", *argv), expected) for argv, expected in cases]
+    for proc, expected in procs:
+        assert_one_line_error(*_wait(proc), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "taken"]
+    assert taken.read_text() == "a file, not a run folder\n" and [p.name for p in old.parent.iterdir()] == [old.name]
+
+
+def test_every_script_writes_the_engines_checkpoint_layout(load_space, tmp_path):
+    engine = load_space("DARTS-space", "engine")
+    procs = {name: popen_script("DARTS-space", *argv, "--save", tmp_path / name) for name, argv in SHORT.items()}
+    for name, proc in procs.items():
+        _finish(proc)
+        ckpt = _checkpoint(tmp_path / name)
+        assert set(ckpt) == set(engine.CHECKPOINT_KEYS), name
+        assert ckpt["version"] == engine.CHECKPOINT_VERSION and ckpt["args"]["script"] == name
+    task = _checkpoint(tmp_path / "train_search")["task"]
+    assert set(task) == {"model", "optimizer", "architect", "stage", "k", "kept", "genotype"}
+
+
+@pytest.mark.parametrize("flags", [[], ["--unrolled"], ["--reg_type", "kl"]])
+def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
+    """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
+    train_search, search, train, training, model, genotypes, distributed = load_space(
+        "DARTS-space", "train_search", "search", "train", "training", "model", "genotypes", "distributed")
+    # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_value",
+                        lambda x: x.numpy().item() if torch.is_tensor(x) else x)
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(10, (32,)))
+    dist = distributed.setup("cpu")
+    tiny = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "4", "--batch_size", "4", "--workers", "0"]
+    args = train_search.get_parser().parse_args([*tiny, "--stage_k", "2", "1", "--warmup_epochs", "0", *flags])
+    task = search.Search(args, dist, search.network(args, 10, dist.device), data, data)
+    task.begin_epoch(0)
+    task.step(0, 0)  # the streams build their loaders at the start of a pass: not a per-step cost
+    with forbid_host_reads():
+        for step in (1, 2):
+            task.step(0, step)
+
+    args = train.get_parser().parse_args([*tiny, "--auxiliary"])
+    net = model.NetworkCIFAR(4, 10, 3, True, genotypes.DrNAS_cifar10)
+    task = training.Training(args, dist, net, data, data, torch.nn.CrossEntropyLoss(),
+                             lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs))
+    task.begin_epoch(1)  # drop path on
+    task.step(1, 0)
+    with forbid_host_reads():
+        for step in (1, 2):
+            task.step(1, step)
