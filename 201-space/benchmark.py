@@ -78,13 +78,13 @@ class TableBenchmark:
                     if row:
                         self._add_row(row, columns, line)
         except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
-            raise UserError(f"--benchmark {self.path}: cannot read the table ({err})")
+            raise UserError(f"--benchmark {self.path}: cannot read the table ({err})") from None
         if not self._rows:
             raise UserError(f"--benchmark {self.path}: the table has a header but no rows")
         self._order.sort()
 
     def _check_header(self, header):
-        if header is None or header[: len(HEADER)] != HEADER or header[len(HEADER):] not in ([], [VALID]):
+        if header is None or header[: len(HEADER)] != HEADER or header[len(HEADER) :] not in ([], [VALID]):
             raise UserError(
                 f"--benchmark {self.path}: not a NAS-Bench-201 table; the first line must be "
                 f"{','.join(HEADER)} (optionally ,{VALID}), got {','.join(header or [])!r}"
@@ -99,7 +99,7 @@ class TableBenchmark:
             index = int(row[0])
             values = [float(v) for v in row[2:]]
         except ValueError as err:
-            raise UserError(f"{where}: bad number ({err})")
+            raise UserError(f"{where}: bad number ({err})") from None
         if not all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in values):
             raise UserError(f"{where}: accuracies must be percentages in [0, 100], got {row[2:]}")
         arch = row[1].strip()
@@ -152,14 +152,14 @@ class OfficialBenchmark:
             raise UserError(
                 f"--benchmark {self.path} is an official NAS-Bench-201 file, which needs the "
                 "nas_201_api package (pip install nas-bench-201); or use a compact CSV table"
-            )
+            ) from None
         try:
             # nas_201_api's own torch.load lacks weights_only=False, which torch >= 2.6
             # needs for these pickles; so we load the dict and hand it over.
             data = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as err:  # torch/pickle raise many types for a foreign file
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UserError(f"--benchmark {self.path}: not a readable NAS-Bench-201 file ({reason})")
+            raise UserError(f"--benchmark {self.path}: not a readable NAS-Bench-201 file ({reason})") from None
         keys = ("meta_archs", "arch2infos", "evaluated_indexes")
         if not isinstance(data, dict) or any(key not in data for key in keys):
             raise UserError(
@@ -168,7 +168,9 @@ class OfficialBenchmark:
         try:
             self.api = NASBench201API(_HandOver(data), verbose=False)
         except Exception as err:
-            raise UserError(f"--benchmark {self.path}: nas_201_api rejected the file ({type(err).__name__}: {err})")
+            raise UserError(
+                f"--benchmark {self.path}: nas_201_api rejected the file ({type(err).__name__}: {err})"
+            ) from None
         del data
         self._cache = {}
 
@@ -260,24 +262,37 @@ def get_parser():
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{query,export}")
     query = commands.add_parser(
-        "query", help="print one architecture's accuracies as JSON",
+        "query",
+        help="print one architecture's accuracies as JSON",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     group = query.add_argument_group("query")
-    group.add_argument("--benchmark", type=str, required=True, default=None,
-                       help="official NAS-Bench-201 .pth or compact CSV table")
-    group.add_argument("--arch", type=str, required=True, default=None,
-                       help="architecture string, e.g. '|nor_conv_3x3~0|+|...|'")
+    group.add_argument(
+        "--benchmark", type=str, required=True, default=None, help="official NAS-Bench-201 .pth or compact CSV table"
+    )
+    group.add_argument(
+        "--arch", type=str, required=True, default=None, help="architecture string, e.g. '|nor_conv_3x3~0|+|...|'"
+    )
     export = commands.add_parser(
-        "export", help="write the compact CSV table from the official file",
+        "export",
+        help="write the compact CSV table from the official file",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     group = export.add_argument_group("export")
-    group.add_argument("--benchmark", type=str, required=True, default=None,
-                       help="official NAS-Bench-201 .pth (a table is copied as is)")
+    group.add_argument(
+        "--benchmark",
+        type=str,
+        required=True,
+        default=None,
+        help="official NAS-Bench-201 .pth (a table is copied as is)",
+    )
     group.add_argument("--out", type=str, required=True, default=None, help="CSV file to write")
-    group.add_argument("--with_valid", action="store_true", default=False,
-                       help=f"add a {VALID} column (valid accuracy) after the three test accuracies")
+    group.add_argument(
+        "--with_valid",
+        action="store_true",
+        default=False,
+        help=f"add a {VALID} column (valid accuracy) after the three test accuracies",
+    )
     return parser
 
 

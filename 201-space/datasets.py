@@ -17,19 +17,44 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset, TensorDataset
+
 from utils import UserError
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120", "synthetic")
 
 # name: (folder, train files, test files, label key, classes kept, image size, mean, std)
 SOURCES = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10, 32,
-                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, 32,
-                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        ["train"],
+        ["test"],
+        "fine_labels",
+        100,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
     # ImageNet16-120 keeps classes 1..120 of the 1000 (labels in the files are 1-based).
-    "imagenet16-120": ("", [f"train_data_batch_{i}" for i in range(1, 11)], ["val_data"], "labels", 120, 16,
-                       tuple(x / 255 for x in (122.68, 116.66, 104.01)), tuple(x / 255 for x in (63.22, 61.26, 65.09))),
+    "imagenet16-120": (
+        "",
+        [f"train_data_batch_{i}" for i in range(1, 11)],
+        ["val_data"],
+        "labels",
+        120,
+        16,
+        tuple(x / 255 for x in (122.68, 116.66, 104.01)),
+        tuple(x / 255 for x in (63.22, 61.26, 65.09)),
+    ),
 }
 DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
@@ -50,7 +75,9 @@ class PickledImages(Dataset):
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, size, size))
                 labels.append(np.asarray(entry[label_key], dtype=np.int64) - int(one_based))
             except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-                raise UserError(f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again")
+                raise UserError(
+                    f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again"
+                ) from None
         images, labels = np.concatenate(images), np.concatenate(labels)
         keep = labels < num_classes
         self.images = images[keep].transpose(0, 2, 3, 1)  # (N, H, W, C) for PIL
@@ -86,7 +113,7 @@ def _download(name, root):
             f"{name} not found in {root} (expected {root / SOURCES[name][0]}/) and the download failed "
             f"({type(err).__name__}); download {url} and unpack it into --data {root}, "
             "or try the code with --dataset synthetic"
-        )
+        ) from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -124,9 +151,13 @@ def get_datasets(name, root, train_augment=True):
         missing = [f for f in train_files + test_files if not (folder / f).is_file()]
     if missing:
         how = IMAGENET16_HELP if name == "imagenet16-120" else f"delete {folder} and run again to download it"
-        raise UserError(f"{name} not found: {folder} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-                        f"{how}, or try the code with --dataset synthetic")
+        raise UserError(
+            f"{name} not found: {folder} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+            f"{how}, or try the code with --dataset synthetic"
+        )
     one_based = name == "imagenet16-120"
-    train = PickledImages(folder, train_files, label_key, classes, size, one_based, _transforms(size, mean, std, train_augment))
+    train = PickledImages(
+        folder, train_files, label_key, classes, size, one_based, _transforms(size, mean, std, train_augment)
+    )
     test = PickledImages(folder, test_files, label_key, classes, size, one_based, _transforms(size, mean, std, False))
     return train, test, classes

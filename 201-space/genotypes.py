@@ -111,8 +111,8 @@ def load_arch(spec):
         try:
             text = json.loads(path.read_text())["arch"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(f"--arch {path}: not a genotype.json with an \"arch\" string ({err})")
+            raise UserError(f'--arch {path}: not a genotype.json with an "arch" string ({err})') from None
     try:
         return Structure.from_str(text)
     except ValueError as err:
-        raise UserError(f"--arch: {err}")
+        raise UserError(f"--arch: {err}") from None

@@ -12,6 +12,7 @@ NAS-Bench-201's: the all-`nor_conv_3x3` cell at C=16, N=5 with 10 classes has
 
 import torch
 import torch.nn as nn
+
 from operations import OPS, ResNetBasicBlock
 
 

@@ -15,6 +15,7 @@ the sample (paper Eq. 3-4). Ops pruned by the progressive search are host-side d
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from genotypes import EDGES, PRIMITIVES, Structure
 from operations import OPS, ResNetBasicBlock
 
@@ -191,7 +192,9 @@ class Network(nn.Module):
     def prune(self, keep):
         """Keep the `keep` ops with the largest beta on every edge; delete the others."""
         beta = self.beta.detach().cpu()
-        self.set_kept([sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)])
+        self.set_kept(
+            [sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)]
+        )
 
     def set_kept(self, kept):
         """Keep the ops `kept[e]` (indices into PRIMITIVES) on edge e of every cell."""

@@ -37,7 +37,12 @@ def widen_bn(bn, index):
 def widen_conv(conv, index):
     """Grow a dense conv's input and output channels to `len(index)`, copying channels `index`."""
     new = nn.Conv2d(
-        len(index), len(index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        len(index),
+        len(index),
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
         bias=conv.bias is not None,
     ).to(conv.weight.device)
     with torch.no_grad():

@@ -35,7 +35,7 @@ def read_history(run_dir):
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise UserError(f"{path} line {line_no}: not JSON ({err})")
+                raise UserError(f"{path} line {line_no}: not JSON ({err})") from None
     return records
 
 
@@ -55,7 +55,7 @@ def _series(records):
             derived = [float(r["benchmark"][dataset]) for r in usable]
             sampled = {s: [float(r["trajectory"][dataset][s]) for r in usable] for s in STATS}
         except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"history record lacks {dataset} accuracies ({type(err).__name__}: {err})")
+            raise UserError(f"history record lacks {dataset} accuracies ({type(err).__name__}: {err})") from None
         series[dataset] = (derived, sampled)
     return epochs, series
 
@@ -74,11 +74,26 @@ def plot_trajectory(records, out_path):
     marker = "o" if len(epochs) <= 30 else None
     for ax, dataset in zip(axes, DATASETS):
         derived, sampled = series[dataset]
-        ax.fill_between(epochs, sampled["min"], sampled["max"], color="tab:blue", alpha=0.2, linewidth=0,
-                        label="sampled architectures (min-max)")
+        ax.fill_between(
+            epochs,
+            sampled["min"],
+            sampled["max"],
+            color="tab:blue",
+            alpha=0.2,
+            linewidth=0,
+            label="sampled architectures (min-max)",
+        )
         ax.plot(epochs, sampled["median"], "--", color="tab:blue", linewidth=1.2, label="sampled median")
-        ax.plot(epochs, derived, "-", color="tab:red", linewidth=1.8, marker=marker, markersize=3,
-                label="derived architecture")
+        ax.plot(
+            epochs,
+            derived,
+            "-",
+            color="tab:red",
+            linewidth=1.8,
+            marker=marker,
+            markersize=3,
+            label="derived architecture",
+        )
         ax.set_title(TITLES[dataset])
         ax.set_xlabel("search epoch")
         ax.set_ylabel("test accuracy (%)")

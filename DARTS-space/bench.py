@@ -43,12 +43,18 @@ CONFIGS = {
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device")
     parser.add_argument("--gpu", type=int, default=0, help="CUDA device index")
-    parser.add_argument("--config", type=str, default=None, choices=sorted(CONFIGS) + ["eval"],
-                        help="measure only this configuration (default: all, each in a child process)")
+    parser.add_argument(
+        "--config",
+        type=str,
+        default=None,
+        choices=sorted(CONFIGS) + ["eval"],
+        help="measure only this configuration (default: all, each in a child process)",
+    )
     parser.add_argument("--steps", type=int, default=2, help="timed search steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed search steps first")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
@@ -63,8 +69,9 @@ def bench_search(name, args, device):
     model = Network(cfg["C"], 10, cfg["layers"], k=cfg["k"], kept=kept).to(device)
     weights = model.weights()
     optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
-    arch_args = argparse.Namespace(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9,
-                                   weight_decay=3e-4, arch_learning_rate=6e-4)
+    arch_args = argparse.Namespace(
+        unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4
+    )
     architect = Architect(model, arch_args)
     dist = distributed.Dist(rank=0, local_rank=0, world_size=1, device=device)
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
@@ -75,10 +82,20 @@ def bench_search(name, args, device):
         search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
 
     seconds = time_steps(step, device, args)
-    return dict(config=name, stage=cfg["stage"], C=cfg["C"], layers=cfg["layers"], k=cfg["k"],
-                ops_per_edge=len(cfg["keep"] or PRIMITIVES), batch=cfg["batch"], device=str(device),
-                threads=torch.get_num_threads(), s_per_step=round(seconds, 3),
-                peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))
+    return dict(
+        config=name,
+        stage=cfg["stage"],
+        C=cfg["C"],
+        layers=cfg["layers"],
+        k=cfg["k"],
+        ops_per_edge=len(cfg["keep"] or PRIMITIVES),
+        batch=cfg["batch"],
+        device=str(device),
+        threads=torch.get_num_threads(),
+        s_per_step=round(seconds, 3),
+        peak_mem_mb=round(utils.peak_memory_mb(device), 1),
+        params=utils.count_parameters(weights),
+    )
 
 
 def time_steps(step, device, args):
@@ -100,9 +117,24 @@ def main(argv=None):
     if args.config is None:
         # One child per configuration: a process's peak memory only grows.
         for name in [*CONFIGS, "eval"]:
-            child = [sys.executable, __file__, "--config", name, "--device", args.device, "--gpu", str(args.gpu),
-                     "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                     "--seed", str(args.seed)]
+            child = [
+                sys.executable,
+                __file__,
+                "--config",
+                name,
+                "--device",
+                args.device,
+                "--gpu",
+                str(args.gpu),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+                "--seed",
+                str(args.seed),
+            ]
             if subprocess.run(child).returncode != 0:
                 raise utils.UserError(f"the measurement of {name} failed (see above)")
         return
@@ -135,10 +167,19 @@ def bench_eval(device, args):
         optimizer.step()
 
     seconds = time_steps(step, device, args)
-    return dict(config="eval", C=36, layers=20, batch=64, auxiliary=True, drop_path_prob=0.2, device=str(device),
-                threads=torch.get_num_threads(), s_per_step=round(seconds, 3),
-                peak_mem_mb=round(utils.peak_memory_mb(device), 1),
-                params=param_count(model))  # without the auxiliary head, as papers count
+    return dict(
+        config="eval",
+        C=36,
+        layers=20,
+        batch=64,
+        auxiliary=True,
+        drop_path_prob=0.2,
+        device=str(device),
+        threads=torch.get_num_threads(),
+        s_per_step=round(seconds, 3),
+        peak_mem_mb=round(utils.peak_memory_mb(device), 1),
+        params=param_count(model),
+    )  # without the auxiliary head, as papers count
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset, TensorDataset
+
 from utils import UserError
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -63,8 +64,15 @@ def _cifar_transforms(mean, std, augment, cutout_length):
 
 # name: (folder, train files, test files, label key, classes, mean, std)
 CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
-                CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
 }
 DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
@@ -85,7 +93,9 @@ class PickledImages(Dataset):
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.append(np.asarray(entry[label_key], dtype=np.int64))
             except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-                raise UserError(f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again")
+                raise UserError(
+                    f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again"
+                ) from None
         self.images = np.concatenate(images).transpose(0, 2, 3, 1)  # (N, H, W, C) for PIL
         self.labels = np.concatenate(labels).tolist()
         self.transform = transform
@@ -131,7 +141,7 @@ def _download(name, root):
             f"{name} not found in {root} (expected {root / CIFAR[name][0]}/) and the download failed "
             f"({type(err).__name__}); download {url} and unpack it into --data {root}, "
             "or try the code with --dataset synthetic"
-        )
+        ) from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -217,7 +227,9 @@ def imagenet_datasets(root, image_size=224, search=False):
         train = ImageFolder(str(root / "train"), transform=train_tf)
         val = ImageFolder(str(root / "val"), transform=val_tf)
     except (FileNotFoundError, RuntimeError) as err:  # a class folder without images
-        raise UserError(f"ImageNet folder {root} is not a valid ImageFolder tree ({str(err).splitlines()[0]})")
+        raise UserError(
+            f"ImageNet folder {root} is not a valid ImageFolder tree ({str(err).splitlines()[0]})"
+        ) from None
     if val.classes != train.classes:
         raise UserError(
             f"{root}/train and {root}/val hold different classes ({len(train.classes)} vs {len(val.classes)}); "

@@ -16,6 +16,7 @@ from collections import namedtuple
 
 import torch
 import torch.distributed as torch_dist
+
 from utils import UserError, resolve_device
 
 Dist = namedtuple("Dist", "rank local_rank world_size device")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+
 import utils
 from utils import UserError
 
@@ -161,8 +162,10 @@ class Run:
         if args.resume:
             ckpt = utils.load_checkpoint(args.resume)
             if ckpt.get("version") != CHECKPOINT_VERSION:
-                raise UserError(f"--resume {args.resume}: written by an earlier version of this code (another "
-                                "checkpoint layout); start a new run")
+                raise UserError(
+                    f"--resume {args.resume}: written by an earlier version of this code (another "
+                    "checkpoint layout); start a new run"
+                )
             utils.check_resume_args(ckpt["args"], args, [key for key in resume_keys if hasattr(args, key)])
             if ckpt["args"].get("script", script) != script:
                 raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['args']['script']}.py, not {script}.py")
@@ -308,8 +311,13 @@ class Run:
         checkpoint could hold non-finite weights with every loss finite: hence `state`.
         """
         device = self.dist.device
-        flags = torch.stack([self._bad.double(), _any_not_finite(task.watched(), device),
-                             _any_not_finite(_float_tensors(state), device)])
+        flags = torch.stack(
+            [
+                self._bad.double(),
+                _any_not_finite(task.watched(), device),
+                _any_not_finite(_float_tensors(state), device),
+            ]
+        )
         if self.dist.world_size > 1:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
         bad_step, bad_watched, bad_state = flags.tolist()
@@ -324,17 +332,27 @@ class Run:
         kept = "nothing was checkpointed"
         if self.run_dir is not None and (self.run_dir / "checkpoint.pt").exists():
             kept = f"the last good checkpoint {self.run_dir / 'checkpoint.pt'} is kept"
-        raise UserError(f"{what} is not finite at {where}: the run diverged and stops ({kept}); try a smaller "
-                        f"--learning_rate (now {self.args.learning_rate}) or --grad_clip")
+        raise UserError(
+            f"{what} is not finite at {where}: the run diverged and stops ({kept}); try a smaller "
+            f"--learning_rate (now {self.args.learning_rate}) or --grad_clip"
+        )
 
     def _after_step(self, task, epoch, step, steps, meter, best):
         """Progress lines, time-based checkpoints and preemption, between two steps."""
         scheduled = step + 1 == steps or (step + 1) % self.args.report_freq == 0
         if self._clock.due(scheduled):  # also every 30 s: this rank's running averages, no collective
             result = meter.result()
-            logger.info("epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s", epoch + 1,
-                        self._clock.epochs, step + 1, steps, result["loss"], result["acc"], result["top5"],
-                        self._clock.line())
+            logger.info(
+                "epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s",
+                epoch + 1,
+                self._clock.epochs,
+                step + 1,
+                steps,
+                result["loss"],
+                result["acc"],
+                result["top5"],
+                self._clock.line(),
+            )
         # Under torchrun the ranks decide together, at steps they all agree on: every
         # SYNC_STEPS steps, so that a stop costs no device sync per step.
         if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
@@ -351,8 +369,12 @@ class Run:
         if stop or timed:
             self._save(task, epoch, step + 1, meter, best)  # checks first that all is finite
             if stop:
-                logger.info("preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
-                            epoch + 1, step + 1, self.run_dir / "checkpoint.pt" if self.run_dir else "")
+                logger.info(
+                    "preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
+                    epoch + 1,
+                    step + 1,
+                    self.run_dir / "checkpoint.pt" if self.run_dir else "",
+                )
                 raise SystemExit(0)
 
     def _end_epoch(self, task, epoch, record, best):
@@ -363,9 +385,16 @@ class Run:
             record["best_acc"] = best["value"]
         record["time_s"] = round(time.time() - self._epoch_start, 2)
         if self.main:
-            logger.info("epoch %d/%d %s", epoch + 1, self._clock.epochs, " ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-                if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40))
+            logger.info(
+                "epoch %d/%d %s",
+                epoch + 1,
+                self._clock.epochs,
+                " ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in record.items()
+                    if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40
+                ),
+            )
             # History and TensorBoard first, the checkpoint last: a run killed in between
             # repeats this epoch on resume, and History drops the repeated line.
             self.history.append(record)
@@ -390,12 +419,20 @@ class Run:
         self._check(task, epoch if step else epoch - 1, self._steps, state)  # only finite checkpoints
         if not self.main:
             return
-        utils.save_checkpoint({
-            "version": CHECKPOINT_VERSION, "epoch": epoch, "step": step, "args": {**vars(self.args),
-                                                                                "script": self.script},
-            "rng": rng, "streams": {name: s.position() for name, s in (task.streams or {}).items()},
-            "meter": None if meter is None else meter.sums.tolist(), "best": best, "task": state,
-        }, self.run_dir / "checkpoint.pt")
+        utils.save_checkpoint(
+            {
+                "version": CHECKPOINT_VERSION,
+                "epoch": epoch,
+                "step": step,
+                "args": {**vars(self.args), "script": self.script},
+                "rng": rng,
+                "streams": {name: s.position() for name, s in (task.streams or {}).items()},
+                "meter": None if meter is None else meter.sums.tolist(),
+                "best": best,
+                "task": state,
+            },
+            self.run_dir / "checkpoint.pt",
+        )
         self._last_save = time.time()
 
 

@@ -43,17 +43,25 @@ ACCEPTED_OPS = tuple(PRIMITIVES)
 # 2.46 +- 0.03 % test error, 4.1M parameters (C=36, 20 cells).
 DrNAS_cifar10 = Genotype(
     normal=[
-        ("sep_conv_3x3", 0), ("sep_conv_5x5", 1),
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
-        ("skip_connect", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 2), ("dil_conv_5x5", 3),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_5x5", 1),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2),
+        ("dil_conv_5x5", 3),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("max_pool_3x3", 0), ("sep_conv_5x5", 1),
-        ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
-        ("sep_conv_5x5", 1), ("dil_conv_5x5", 3),
-        ("skip_connect", 4), ("sep_conv_5x5", 1),
+        ("max_pool_3x3", 0),
+        ("sep_conv_5x5", 1),
+        ("dil_conv_5x5", 2),
+        ("sep_conv_5x5", 1),
+        ("sep_conv_5x5", 1),
+        ("dil_conv_5x5", 3),
+        ("skip_connect", 4),
+        ("sep_conv_5x5", 1),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -61,17 +69,25 @@ DrNAS_cifar10 = Genotype(
 # DrNAS, searched directly on ImageNet: 23.7 % top-1 error, 5.7M parameters (C=48, 14 cells).
 DrNAS_imagenet = Genotype(
     normal=[
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0), ("dil_conv_3x3", 3),
-        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("dil_conv_3x3", 3),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("max_pool_3x3", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0), ("skip_connect", 2),
-        ("sep_conv_3x3", 0), ("sep_conv_3x3", 2),
-        ("sep_conv_3x3", 3), ("sep_conv_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 2),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 2),
+        ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 1),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -80,17 +96,25 @@ DrNAS_imagenet = Genotype(
 # 3.3M; this released cell counts 3.17M at C=36, 20 cells).
 DARTS_V1 = Genotype(
     normal=[
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
-        ("skip_connect", 0), ("sep_conv_3x3", 1),
-        ("skip_connect", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0), ("skip_connect", 2),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 2),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
-        ("skip_connect", 2), ("max_pool_3x3", 0),
-        ("max_pool_3x3", 0), ("skip_connect", 2),
-        ("skip_connect", 2), ("avg_pool_3x3", 0),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("avg_pool_3x3", 0),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -98,17 +122,25 @@ DARTS_V1 = Genotype(
 # DARTS second order: 2.76 +- 0.09 % error, 3.3M parameters.
 DARTS_V2 = Genotype(
     normal=[
-        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1), ("skip_connect", 0),
-        ("skip_connect", 0), ("dil_conv_3x3", 2),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("skip_connect", 0),
+        ("dil_conv_3x3", 2),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
-        ("skip_connect", 2), ("max_pool_3x3", 1),
-        ("max_pool_3x3", 0), ("skip_connect", 2),
-        ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -116,17 +148,25 @@ DARTS_V2 = Genotype(
 # P-DARTS (Chen et al., ICCV 2019), CIFAR-10: 2.50 % error, 3.4M parameters.
 PDARTS = Genotype(
     normal=[
-        ("skip_connect", 0), ("dil_conv_3x3", 1),
-        ("skip_connect", 0), ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 0), ("dil_conv_5x5", 4),
+        ("skip_connect", 0),
+        ("dil_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 0),
+        ("dil_conv_5x5", 4),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("avg_pool_3x3", 0), ("sep_conv_5x5", 1),
-        ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
-        ("max_pool_3x3", 0), ("dil_conv_3x3", 1),
-        ("dil_conv_3x3", 1), ("dil_conv_5x5", 3),
+        ("avg_pool_3x3", 0),
+        ("sep_conv_5x5", 1),
+        ("sep_conv_3x3", 0),
+        ("dil_conv_5x5", 2),
+        ("max_pool_3x3", 0),
+        ("dil_conv_3x3", 1),
+        ("dil_conv_3x3", 1),
+        ("dil_conv_5x5", 3),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -134,17 +174,25 @@ PDARTS = Genotype(
 # PC-DARTS (Xu et al., ICLR 2020), CIFAR-10: 2.57 +- 0.07 % error, 3.6M parameters.
 PC_DARTS_cifar = Genotype(
     normal=[
-        ("sep_conv_3x3", 1), ("skip_connect", 0),
-        ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
-        ("sep_conv_5x5", 0), ("sep_conv_3x3", 1),
-        ("avg_pool_3x3", 0), ("dil_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("sep_conv_3x3", 0),
+        ("dil_conv_3x3", 1),
+        ("sep_conv_5x5", 0),
+        ("sep_conv_3x3", 1),
+        ("avg_pool_3x3", 0),
+        ("dil_conv_3x3", 1),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("sep_conv_5x5", 1), ("max_pool_3x3", 0),
-        ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
-        ("sep_conv_3x3", 0), ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+        ("sep_conv_5x5", 1),
+        ("max_pool_3x3", 0),
+        ("sep_conv_5x5", 1),
+        ("sep_conv_5x5", 2),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -152,17 +200,25 @@ PC_DARTS_cifar = Genotype(
 # PC-DARTS searched on ImageNet: 24.2 % top-1 error, 5.3M parameters.
 PC_DARTS_image = Genotype(
     normal=[
-        ("skip_connect", 1), ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 0), ("skip_connect", 1),
-        ("sep_conv_3x3", 1), ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 1), ("dil_conv_5x5", 4),
+        ("skip_connect", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 1),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 1),
+        ("dil_conv_5x5", 4),
     ],
     normal_concat=[2, 3, 4, 5],
     reduce=[
-        ("sep_conv_3x3", 0), ("skip_connect", 1),
-        ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
-        ("sep_conv_3x3", 2), ("sep_conv_3x3", 1),
-        ("sep_conv_5x5", 0), ("sep_conv_3x3", 3),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 1),
+        ("dil_conv_5x5", 2),
+        ("max_pool_3x3", 1),
+        ("sep_conv_3x3", 2),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_5x5", 0),
+        ("sep_conv_3x3", 3),
     ],
     reduce_concat=[2, 3, 4, 5],
 )
@@ -272,7 +328,9 @@ def load_genotype(name_or_path, flag="--arch"):
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{flag} {path}: not valid JSON ({err}); give a genotype.json written by train_search.py")
+        raise UserError(
+            f"{flag} {path}: not valid JSON ({err}); give a genotype.json written by train_search.py"
+        ) from None
     try:
         return genotype_from_dict(data)
     except UserError as err:

@@ -5,7 +5,7 @@
 `(logits, logits_aux)`; `logits_aux` comes from the auxiliary head and is `None` unless
 the network was built with `auxiliary=True` and is in training mode.
 
-    python -c "import model, genotypes as g; print(model.param_count(model.NetworkCIFAR(36, 10, 20, False, g.DrNAS_cifar10)))"
+    python -c "import model as m, genotypes as g; print(m.param_count(m.NetworkCIFAR(36, 10, 20, 0, g.DrNAS_cifar10)))"
 
 Drop path (the `drop_path_prob` attribute, set by the training script each epoch) zeroes
 whole samples of every non-identity op's output, on any device.
@@ -14,6 +14,7 @@ whole samples of every non-identity op's output, on any device.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from operations import OPS, FactorizedReduce, ReLUConvBN
 
 

@@ -18,6 +18,7 @@ again), `widen(k)` grows every op from C/k_old to C/k channels by net2wider.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from genotypes import PRIMITIVES, Genotype
 from operations import FactorizedReduce, LeanMaxPool, ReLUConvBN, grow_index, search_op
 from utils import UserError
@@ -132,14 +133,15 @@ class Cell(nn.Module):
             node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
             offset += len(states)
             states.append(node)
-        return torch.cat(states[-self.multiplier:], dim=1)  # (B, multiplier * C, H, W)
+        return torch.cat(states[-self.multiplier :], dim=1)  # (B, multiplier * C, H, W)
 
 
 class Network(nn.Module):
     """The DrNAS supernet for the DARTS space (CIFAR stem, or ImageNet stems)."""
 
-    def __init__(self, C, num_classes, layers, k=6, steps=4, multiplier=4, stem_multiplier=3,
-                 imagenet=False, kept=None):
+    def __init__(
+        self, C, num_classes, layers, k=6, steps=4, multiplier=4, stem_multiplier=3, imagenet=False, kept=None
+    ):
         super().__init__()
         check_k(C, layers, k)
         self.C, self.layers, self.steps = C, layers, steps
@@ -155,12 +157,15 @@ class Network(nn.Module):
             # Three stride-2 convs take 224 px to 28 px and end at 3C channels (the paper's
             # ImageNet supernet; its evaluation network ends its stems at C instead).
             self.stem0 = nn.Sequential(
-                nn.Conv2d(3, C_stem // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_stem // 2),
+                nn.Conv2d(3, C_stem // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_stem // 2),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(C_stem // 2, C_stem, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_stem),
+                nn.Conv2d(C_stem // 2, C_stem, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C_stem),
             )
             self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True), nn.Conv2d(C_stem, C_stem, 3, stride=2, padding=1, bias=False),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C_stem, C_stem, 3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(C_stem),
             )
             reduction_prev = True  # stem0's output is at twice stem1's resolution
@@ -283,6 +288,8 @@ class Network(nn.Module):
 
         concat = list(range(2, 2 + self.steps))
         return Genotype(
-            normal=parse(self.beta_normal, self.kept["normal"]), normal_concat=concat,
-            reduce=parse(self.beta_reduce, self.kept["reduce"]), reduce_concat=concat,
+            normal=parse(self.beta_normal, self.kept["normal"]),
+            normal_concat=concat,
+            reduce=parse(self.beta_reduce, self.kept["reduce"]),
+            reduce_concat=concat,
         )

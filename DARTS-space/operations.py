@@ -10,9 +10,10 @@ C/k_new channels by net2wider: `op.widen(index)`, where `index` (length C_new, s
 with `arange(C_old)`) names the old channel each new one copies. What is preserved is the
 op on replicated inputs: `new_op(x[:, index]) == old_op(x)[:, out_index]` in eval mode,
 where `out_index` is what `widen` returns. In the supernet the widened op reads new, real
-channels of the cell state instead of copies, so the supernet's function changes. Depthwise convs grow their groups, dense convs copy
-output channels and split the weight of a replicated input channel among its copies
-(Chen et al., Net2Net), BatchNorm copies its statistics. Each widening also reports which
+channels of the cell state instead of copies, so the supernet's function changes.
+Depthwise convs grow their groups, dense convs copy output channels and split the
+weight of a replicated input channel among its copies (Chen et al., Net2Net), BatchNorm
+copies its statistics. Each widening also reports which
 parameter became which (`Moved` records) so that the optimiser's momentum can follow.
 
 Memory of the supernet (a search step keeps ~100 op activations per cell alive): the
@@ -21,7 +22,7 @@ take a ReLU shared by the edge, and recompute cheap intermediates in the backwar
 instead of storing them (`_LeanMaxPool`, `_DepthwisePointwise`); the results and
 gradients equal those of the plain ops (tests/test_darts_search_ops.py).
 
-    python -c "import operations, torch; print(operations.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 16, 16)).shape)"
+    python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
 
 from collections import namedtuple
@@ -68,10 +69,20 @@ def widen_conv(conv, in_index, out_index, moved):
         plan = ((0, out_index, False),)
     else:
         plan = ((0, out_index, False), (1, in_index, True))
-    new = nn.Conv2d(
-        len(in_index), len(out_index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        groups=len(out_index) if depthwise else 1, bias=False,
-    ).to(conv.weight.device).train(conv.training)
+    new = (
+        nn.Conv2d(
+            len(in_index),
+            len(out_index),
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=len(out_index) if depthwise else 1,
+            bias=False,
+        )
+        .to(conv.weight.device)
+        .train(conv.training)
+    )
     with torch.no_grad():
         new.weight.copy_(expand(conv.weight, plan))
     moved.append(Moved(conv.weight, new.weight, plan))
@@ -110,8 +121,16 @@ class MixBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         if self.training:
             self.num_batches_tracked.add_(1)
-        return F.batch_norm(x, self.running_mean, self.running_var, scale.expand(self.num_features).contiguous(), None,
-                            self.training, self.momentum, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            scale.expand(self.num_features).contiguous(),
+            None,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
 
 def batch_norm(C, affine):
@@ -139,8 +158,13 @@ class ReLUConvBN(nn.Module):
     def widen(self, index, moved, generator=None):
         """net2wider on input channels `index`; returns the output channels' index."""
         # Square convs keep the input's channel map; otherwise the outputs grow in proportion.
-        out_index = index if self.conv.in_channels == self.conv.out_channels else grow_index(
-            self.conv.out_channels, self.conv.out_channels * len(index) // self.conv.in_channels, generator)
+        out_index = (
+            index
+            if self.conv.in_channels == self.conv.out_channels
+            else grow_index(
+                self.conv.out_channels, self.conv.out_channels * len(index) // self.conv.in_channels, generator
+            )
+        )
         self.conv = widen_conv(self.conv, index, out_index, moved)
         self.bn = widen_bn(self.bn, out_index, moved)
         return out_index
@@ -164,7 +188,8 @@ class _DepthwisePointwise(torch.autograd.Function):
         if bn is not None:
             if bn.training:  # batch statistics; updates the running ones like nn.BatchNorm2d
                 y, mean, invstd = torch.ops.aten.native_batch_norm(
-                    x, None, None, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps)
+                    x, None, None, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps
+                )
             else:
                 mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
                 y = (x - mean[:, None, None]) * invstd[:, None, None]
@@ -191,18 +216,30 @@ class _DepthwisePointwise(torch.autograd.Function):
         else:  # only its shape is read when the 1x1 weight gradient is not asked for
             d = x.new_empty(grad.shape[0], x.shape[1], *grad.shape[2:])
         grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
-            grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x or need_dw, need_pw, False])
+            grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x or need_dw, need_pw, False]
+        )
         grad_x = grad_dw = None
         if need_x or need_dw:
             grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
-                grad_d, r, w_dw, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
-                [need_x, need_dw, False])
+                grad_d,
+                r,
+                w_dw,
+                None,
+                [stride] * 2,
+                [padding] * 2,
+                [dilation] * 2,
+                False,
+                [0, 0],
+                x.shape[1],
+                [need_x, need_dw, False],
+            )
         if need_x and ctx.bn is not None:
             training, eps = ctx.bn
             grad_y = grad_x * (y > 0)
             if training:
                 grad_x = torch.ops.aten.native_batch_norm_backward(
-                    grad_y, x, None, None, None, mean, invstd, True, eps, [True, False, False])[0]
+                    grad_y, x, None, None, None, mean, invstd, True, eps, [True, False, False]
+                )[0]
             else:
                 grad_x = grad_y * invstd[:, None, None]
         return grad_x, grad_dw, grad_pw, None, None, None, None
@@ -231,8 +268,9 @@ class DilConv(nn.Module):
         """The op before its BatchNorm; `bn(x)` then ReLU come first when given (lean only)."""
         if self.lean:
             dw = self.depthwise
-            return _DepthwisePointwise.apply(x, dw.weight, self.pointwise.weight, dw.stride[0], dw.padding[0],
-                                             dw.dilation[0], bn)
+            return _DepthwisePointwise.apply(
+                x, dw.weight, self.pointwise.weight, dw.stride[0], dw.padding[0], dw.dilation[0], bn
+            )
         # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
         return self.pointwise(self.depthwise(x))
 
@@ -333,7 +371,8 @@ class _LeanMaxPool(torch.autograd.Function):
         kernel, stride, padding = ctx.config
         _, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad, x, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices)
+            grad, x, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices
+        )
         return grad_x, None, None, None
 
 
@@ -387,7 +426,8 @@ OPS = {
     "max_pool_3x3": lambda C, stride, affine, relu=True: pool_bn("max", C, stride),
     "avg_pool_3x3": lambda C, stride, affine, relu=True: pool_bn("avg", C, stride),
     "skip_connect": lambda C, stride, affine, relu=True: (
-        Identity() if stride == 1 else FactorizedReduce(C, C, affine, relu)),
+        Identity() if stride == 1 else FactorizedReduce(C, C, affine, relu)
+    ),
     "sep_conv_3x3": lambda C, stride, affine, relu=True: SepConv(C, C, 3, stride, 1, affine, relu),
     "sep_conv_5x5": lambda C, stride, affine, relu=True: SepConv(C, C, 5, stride, 2, affine, relu),
     "dil_conv_3x3": lambda C, stride, affine, relu=True: DilConv(C, C, 3, stride, 2, 2, affine, relu),

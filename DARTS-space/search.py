@@ -37,9 +37,24 @@ from operations import expand
 logger = logging.getLogger(__name__)
 
 # Settings that must not change when a run is resumed.
-RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "learning_rate", "stage_epochs",
-               "stage_k", "stage_keep", "warmup_epochs", "unrolled", "reg_type", "reg_scale", "seed",
-               "train_portion", "max_steps", "image_size")
+RESUME_KEYS = (
+    "dataset",
+    "layers",
+    "init_channels",
+    "batch_size",
+    "learning_rate",
+    "stage_epochs",
+    "stage_k",
+    "stage_keep",
+    "warmup_epochs",
+    "unrolled",
+    "reg_type",
+    "reg_scale",
+    "seed",
+    "train_portion",
+    "max_steps",
+    "image_size",
+)
 
 
 def add_arguments(parser):
@@ -48,43 +63,80 @@ def add_arguments(parser):
     model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
     model.add_argument("--layers", type=int, default=20, help="number of cells")
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--batch_size", type=int, default=64,
-                       help="batch size (in total: torchrun processes take equal shares)")
+    optim.add_argument(
+        "--batch_size", type=int, default=64, help="batch size (in total: torchrun processes take equal shares)"
+    )
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
     optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
-    optim.add_argument("--lr_warmup_epochs", type=int, default=0,
-                       help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)")
+    optim.add_argument(
+        "--lr_warmup_epochs",
+        type=int,
+        default=0,
+        help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)",
+    )
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
-    optim.add_argument("--grad_clip", type=float, default=5.0,
-                       help="gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)")
+    optim.add_argument(
+        "--grad_clip",
+        type=float,
+        default=5.0,
+        help="gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)",
+    )
     search = parser.add_argument_group("search")
     search.add_argument("--arch_learning_rate", type=float, default=6e-4, help="Adam learning rate of beta")
     search.add_argument("--unrolled", action="store_true", help="second-order architecture gradient (DARTS)")
-    search.add_argument("--reg_type", type=str, default="l2", choices=("l2", "kl"),
-                        help="regulariser of beta: Adam weight decay (l2) or KL to Dir(1) (kl)")
+    search.add_argument(
+        "--reg_type",
+        type=str,
+        default="l2",
+        choices=("l2", "kl"),
+        help="regulariser of beta: Adam weight decay (l2) or KL to Dir(1) (kl)",
+    )
     search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
     search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
     search.add_argument("--stage_keep", type=int, nargs="+", default=[7, 4], help="ops kept per edge in each stage")
-    search.add_argument("--warmup_epochs", type=int, default=10,
-                        help="epochs at the start of each stage that train the weights only")
+    search.add_argument(
+        "--warmup_epochs", type=int, default=10, help="epochs at the start of each stage that train the weights only"
+    )
+    add_system_arguments(parser)
+
+
+def add_system_arguments(parser):
+    """The system flags of the searches: device, workers, seed, run folder, resume, reporting."""
     system = parser.add_argument_group("system")
-    system.add_argument("--save", type=str, default=None,
-                        help="run directory (default: the --resume checkpoint's folder, "
-                             "else experiments/<script>-<time>)")
+    system.add_argument(
+        "--save",
+        type=str,
+        default=None,
+        help="run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)",
+    )
     system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
-    system.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"),
-                        help="device; under torchrun each process takes GPU LOCAL_RANK")
+    system.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        choices=("auto", "cuda", "mps", "cpu"),
+        help="device; under torchrun each process takes GPU LOCAL_RANK",
+    )
     system.add_argument("--gpu", type=int, default=0, help="CUDA device index (one process)")
     system.add_argument("--workers", type=int, default=2, help="data loading worker processes")
     system.add_argument("--seed", type=int, default=2, help="random seed")
-    system.add_argument("--report_freq", type=int, default=50,
-                        help="log a progress line every N steps (and every 30 s)")
-    system.add_argument("--checkpoint_minutes", type=float, default=20.0,
-                        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)")
-    system.add_argument("--max_steps", type=int, default=0,
-                        help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)")
+    system.add_argument(
+        "--report_freq", type=int, default=50, help="log a progress line every N steps (and every 30 s)"
+    )
+    system.add_argument(
+        "--checkpoint_minutes",
+        type=float,
+        default=20.0,
+        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)",
+    )
+    system.add_argument(
+        "--max_steps",
+        type=int,
+        default=0,
+        help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)",
+    )
 
 
 def check_args(args):
@@ -92,8 +144,10 @@ def check_args(args):
     engine.check_ranges(args)
     n = len(args.stage_epochs)
     if not (len(args.stage_k) == len(args.stage_keep) == n):
-        raise utils.UserError(f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got "
-                              f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})")
+        raise utils.UserError(
+            f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got "
+            f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})"
+        )
     if any(not 1 <= keep <= 7 for keep in args.stage_keep) or args.stage_keep != sorted(args.stage_keep, reverse=True):
         raise utils.UserError(f"--stage_keep {args.stage_keep}: each stage keeps 1..7 ops, never more than before")
     if args.stage_k != sorted(args.stage_k, reverse=True):
@@ -125,8 +179,9 @@ def enter_stage(model, optimizer, stage, args):
     model.prune(args.stage_keep[stage])
     # A private generator: the same channels on every rank and in a resumed run.
     moved = model.widen(args.stage_k[stage], torch.Generator().manual_seed(args.seed + stage))
-    new = torch.optim.SGD(model.weights(), lr=optimizer.param_groups[0]["lr"], momentum=args.momentum,
-                          weight_decay=args.weight_decay)
+    new = torch.optim.SGD(
+        model.weights(), lr=optimizer.param_groups[0]["lr"], momentum=args.momentum, weight_decay=args.weight_decay
+    )
     # Momentum follows the parameters: unchanged ones keep theirs, widened ones get
     # theirs expanded with the same channel copies; pruned ops' state is dropped.
     for p in model.weights():
@@ -185,9 +240,13 @@ def concentration_lines(model):
     edges = [(j, node) for node in range(2, 2 + model.steps) for j in range(node)]
     lines = []
     for t, cell_type in enumerate(("normal", "reduce")):
-        parts = [f"{j}>{node} " + " ".join(f"{short_name(PRIMITIVES[op])}={a:.3f}"
-                                           for op, a in zip(model.kept[cell_type][e], alpha[t, e].tolist()))
-                 for e, (j, node) in enumerate(edges)]
+        parts = [
+            f"{j}>{node} "
+            + " ".join(
+                f"{short_name(PRIMITIVES[op])}={a:.3f}" for op, a in zip(model.kept[cell_type][e], alpha[t, e].tolist())
+            )
+            for e, (j, node) in enumerate(edges)
+        ]
         lines.append(f"concentration {cell_type}: " + " | ".join(parts))
     return lines
 
@@ -197,8 +256,9 @@ class Search(engine.Task):
 
     def __init__(self, args, dist, model, train_data, valid_data, run_dir=None, state=None, arch_grad_clip=None):
         self.args, self.dist, self.model, self.run_dir = args, dist, model, run_dir
-        self.optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
-                                         weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            model.weights(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
+        )
         reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
         # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
         self.architect = Architect(model, args, reduce_grads=reduce, grad_clip=arch_grad_clip)
@@ -209,32 +269,48 @@ class Search(engine.Task):
             self.stage = state["stage"]
         distributed.broadcast_parameters(model, dist)  # the same start on every rank
         batch = args.batch_size // dist.world_size
-        shard = dict(workers=args.workers, rank=dist.rank, world_size=dist.world_size,
-                     pin_memory=dist.device.type == "cuda")
+        shard = dict(
+            workers=args.workers, rank=dist.rank, world_size=dist.world_size, pin_memory=dist.device.type == "cuda"
+        )
         # Weights and architecture see disjoint images, each from a resumable stream of its own.
-        self.streams = {"train": utils.Stream(train_data, batch, args.seed, **shard),
-                        "valid": utils.Stream(valid_data, batch, args.seed + 1, **shard)}
+        self.streams = {
+            "train": utils.Stream(train_data, batch, args.seed, **shard),
+            "valid": utils.Stream(valid_data, batch, args.seed + 1, **shard),
+        }
         sampler = utils.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size)
         self.valid_loader = DataLoader(valid_data, batch, sampler=sampler, num_workers=args.workers)
         self.steps = min(len(self.streams["train"]), args.max_steps or len(self.streams["train"]))
         self.arch_on, self.weights = False, model.weights()
-        logger.info("param size = %.6f MB (%d weights)", utils.count_parameters(self.weights) / 1e6,
-                    utils.count_parameters(self.weights))
+        logger.info(
+            "param size = %.6f MB (%d weights)",
+            utils.count_parameters(self.weights) / 1e6,
+            utils.count_parameters(self.weights),
+        )
 
     def begin_epoch(self, epoch):
         stage, self.arch_on = stage_schedule(epoch, self.args)
         if stage > self.stage:
             self.optimizer = enter_stage(self.model, self.optimizer, stage, self.args)
             self.stage = stage
-            logger.info("stage %d: kept %d ops per edge, k=%d, %d weights", stage, self.args.stage_keep[stage],
-                        self.model.k, utils.count_parameters(self.model.weights()))
+            logger.info(
+                "stage %d: kept %d ops per edge, k=%d, %d weights",
+                stage,
+                self.args.stage_keep[stage],
+                self.model.k,
+                utils.count_parameters(self.model.weights()),
+            )
         self.weights = self.model.weights()
         lr = learning_rate(epoch, self.args)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        logger.info("epoch %d: stage %d, lr %.5f%s", epoch + 1, self.stage, lr,
-                    "" if self.arch_on else ", weights only (warm-up)")
+        logger.info(
+            "epoch %d: stage %d, lr %.5f%s",
+            epoch + 1,
+            self.stage,
+            lr,
+            "" if self.arch_on else ", weights only (warm-up)",
+        )
         return {"stage": self.stage, "k": self.model.k, "lr": lr}
 
     def step(self, epoch, step):
@@ -262,9 +338,15 @@ class Search(engine.Task):
             save_genotype(genotype, self.run_dir / "genotype.json")
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "architect": self.architect.optimizer.state_dict(), "stage": self.stage, "k": self.model.k,
-                "kept": self.model.kept, "genotype": genotype_to_dict(self.model.genotype())}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "architect": self.architect.optimizer.state_dict(),
+            "stage": self.stage,
+            "k": self.model.k,
+            "kept": self.model.kept,
+            "genotype": genotype_to_dict(self.model.genotype()),
+        }
 
     def watched(self):
         return self.model.arch_parameters()
@@ -273,9 +355,13 @@ class Search(engine.Task):
 def finish(run, model):
     """The last lines of a search: replica agreement under torchrun, the final genotype, where it is."""
     if run.dist.world_size > 1:
-        logger.info("replicas agree: max |param - rank 0 param| = %.3e",
-                    distributed.max_parameter_difference(model, run.dist))
+        logger.info(
+            "replicas agree: max |param - rank 0 param| = %.3e", distributed.max_parameter_difference(model, run.dist)
+        )
     logger.info("final genotype = %s", model.genotype())
     if run.main:
-        logger.info("written to %s (genotype.json for train.py --arch), peak memory %.0f MB", run.run_dir,
-                    utils.peak_memory_mb(run.dist.device))
+        logger.info(
+            "written to %s (genotype.json for train.py --arch), peak memory %.0f MB",
+            run.run_dir,
+            utils.peak_memory_mb(run.dist.device),
+        )

@@ -16,12 +16,13 @@ epoch for smoke runs.
 import argparse
 import logging
 
+import torch
+import torch.nn as nn
+
 import datasets
 import distributed
 import engine
 import genotypes
-import torch
-import torch.nn as nn
 import utils
 from model import NetworkCIFAR
 from training import RESUME_KEYS, Training, add_arguments, finish, log_model
@@ -30,15 +31,27 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=datasets.DATASETS, help="dataset")
     data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads itself here)")
     data.add_argument("--cutout", action="store_true", help="cutout augmentation on the training images")
     data.add_argument("--cutout_length", type=int, default=16, help="side of the cutout square")
-    add_arguments(parser, epochs=600, batch_size=64, learning_rate=0.025, weight_decay=3e-4, init_channels=36,
-                  layers=20, drop_path_prob=0.3, arch="DrNAS_cifar10", workers=2, seed=0)
+    add_arguments(
+        parser,
+        epochs=600,
+        batch_size=64,
+        learning_rate=0.025,
+        weight_decay=3e-4,
+        init_channels=36,
+        layers=20,
+        drop_path_prob=0.3,
+        arch="DrNAS_cifar10",
+        workers=2,
+        seed=0,
+    )
     return parser
 
 
@@ -53,7 +66,8 @@ def main(argv=None):
     try:
         utils.set_seed(args.seed + run.dist.rank)
         train_set, test_set, num_classes = run.first_on_rank0(
-            lambda: datasets.get_datasets(args.dataset, args.data, args.cutout, args.cutout_length))
+            lambda: datasets.get_datasets(args.dataset, args.data, args.cutout, args.cutout_length)
+        )
         # On the device before the optimizer exists, so resumed momentum lands there too.
         model = NetworkCIFAR(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
         model = model.to(run.dist.device)
@@ -64,8 +78,16 @@ def main(argv=None):
         logger.info("genotype = %s", genotype)
         log_model(model)
         # Cosine from the initial rate to 0 over all epochs, stepped once per epoch.
-        task = Training(args, run.dist, model, train_set, test_set, nn.CrossEntropyLoss(),
-                        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs), state)
+        task = Training(
+            args,
+            run.dist,
+            model,
+            train_set,
+            test_set,
+            nn.CrossEntropyLoss(),
+            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs),
+            state,
+        )
         best = run.fit(task, args.epochs, task.steps)
         finish(run, model, best)
     finally:

@@ -15,12 +15,13 @@ import argparse
 import logging
 import math
 
+import torch
+import torch.nn as nn
+
 import datasets
 import distributed
 import engine
 import genotypes
-import torch
-import torch.nn as nn
 import utils
 from model import NetworkImageNet
 from training import RESUME_KEYS, Training, add_arguments, finish, log_model
@@ -29,22 +30,49 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"),
-                      help="ImageNet folders (--data), or an in-memory synthetic set for smoke runs")
+    data.add_argument(
+        "--dataset",
+        type=str,
+        default="imagenet",
+        choices=("imagenet", "synthetic"),
+        help="ImageNet folders (--data), or an in-memory synthetic set for smoke runs",
+    )
     data.add_argument("--data", type=str, default="../data/imagenet", help="ImageFolder root with train/ and val/")
-    data.add_argument("--image_size", type=int, default=224,
-                      help="training crop side (the paper: 224; small values are for tests)")
-    add_arguments(parser, epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5, init_channels=48,
-                  layers=14, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8, seed=0)
+    data.add_argument(
+        "--image_size", type=int, default=224, help="training crop side (the paper: 224; small values are for tests)"
+    )
+    add_arguments(
+        parser,
+        epochs=250,
+        batch_size=768,
+        learning_rate=0.5,
+        weight_decay=3e-5,
+        init_channels=48,
+        layers=14,
+        drop_path_prob=0.0,
+        arch="DrNAS_imagenet",
+        workers=8,
+        seed=0,
+    )
     opt = parser.add_argument_group("schedule")
     opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
-    opt.add_argument("--lr_scheduler", type=str, default="linear", choices=("linear", "cosine"),
-                     help="decay of the learning rate to 0 (linear: smaller slope in the last 5 epochs)")
-    opt.add_argument("--warmup_epochs", type=int, default=5,
-                     help="epochs of linear learning-rate warm-up, applied when --batch_size > 256 (as in the paper)")
+    opt.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default="linear",
+        choices=("linear", "cosine"),
+        help="decay of the learning rate to 0 (linear: smaller slope in the last 5 epochs)",
+    )
+    opt.add_argument(
+        "--warmup_epochs",
+        type=int,
+        default=5,
+        help="epochs of linear learning-rate warm-up, applied when --batch_size > 256 (as in the paper)",
+    )
     return parser
 
 
@@ -76,8 +104,11 @@ def lr_factor(epoch, args):
 def load_data(args):
     """(train, val, classes): the ImageFolder tree, or the in-memory synthetic set at --image_size."""
     if args.dataset == "synthetic":
-        return (datasets.synthetic(256, seed=1, size=args.image_size), datasets.synthetic(128, seed=2, size=args.image_size),
-                10)
+        return (
+            datasets.synthetic(256, seed=1, size=args.image_size),
+            datasets.synthetic(128, seed=2, size=args.image_size),
+            10,
+        )
     return datasets.imagenet_datasets(args.data, args.image_size)
 
 
@@ -109,8 +140,16 @@ def main(argv=None):
         # Label smoothing in training only; validation reports the plain cross-entropy.
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         # Stepped once per epoch; the factor is a function of the epoch, so resume is exact.
-        task = Training(args, run.dist, model, train_set, val_set, criterion,
-                        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, args)), state)
+        task = Training(
+            args,
+            run.dist,
+            model,
+            train_set,
+            val_set,
+            criterion,
+            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, args)),
+            state,
+        )
         best = run.fit(task, args.epochs, task.steps)
         finish(run, model, best)
     finally:

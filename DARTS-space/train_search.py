@@ -35,13 +35,18 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=datasets.DATASETS, help="dataset to search on")
     data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads into it)")
-    data.add_argument("--train_portion", type=float, default=0.5,
-                      help="share of the training images for the weights; the rest updates the architecture")
+    data.add_argument(
+        "--train_portion",
+        type=float,
+        default=0.5,
+        help="share of the training images for the weights; the rest updates the architecture",
+    )
     search.add_arguments(parser)
     return parser
 

@@ -37,18 +37,37 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"),
-                      help="ImageNet folders (--data), or in-memory synthetic images for smoke runs")
-    data.add_argument("--data", type=str, default="../data/imagenet_search",
-                      help="folder with train/ (weights) and val/ (architecture) class folders")
+    data.add_argument(
+        "--dataset",
+        type=str,
+        default="imagenet",
+        choices=("imagenet", "synthetic"),
+        help="ImageNet folders (--data), or in-memory synthetic images for smoke runs",
+    )
+    data.add_argument(
+        "--data",
+        type=str,
+        default="../data/imagenet_search",
+        help="folder with train/ (weights) and val/ (architecture) class folders",
+    )
     data.add_argument("--image_size", type=int, default=224, help="crop size of the images")
     search.add_arguments(parser)
     # The paper's ImageNet search.
-    parser.set_defaults(batch_size=512, learning_rate=0.5, lr_warmup_epochs=5, arch_learning_rate=6e-3,
-                        init_channels=48, layers=14, stage_k=[6, 3], workers=8, seed=0)
+    parser.set_defaults(
+        batch_size=512,
+        learning_rate=0.5,
+        lr_warmup_epochs=5,
+        arch_learning_rate=6e-3,
+        init_channels=48,
+        layers=14,
+        stage_k=[6, 3],
+        workers=8,
+        seed=0,
+    )
     return parser
 
 
@@ -72,10 +91,15 @@ def main(argv=None):
         state = run.task_state()
         model = search.network(args, num_classes, run.dist.device, state, imagenet=True)
         run.open()
-        logger.info("%d images for the weights, %d for the architecture, %d classes", len(train_data),
-                    len(valid_data), num_classes)
-        task = search.Search(args, run.dist, model, train_data, valid_data, run.run_dir, state,
-                             arch_grad_clip=args.grad_clip)
+        logger.info(
+            "%d images for the weights, %d for the architecture, %d classes",
+            len(train_data),
+            len(valid_data),
+            num_classes,
+        )
+        task = search.Search(
+            args, run.dist, model, train_data, valid_data, run.run_dir, state, arch_grad_clip=args.grad_clip
+        )
         run.fit(task, sum(args.stage_epochs), task.steps)
         search.finish(run, model)
     finally:

@@ -8,62 +8,126 @@ optional mixed precision, DistributedDataParallel under torchrun). Not a script.
 
 import logging
 
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
 import distributed
 import engine
 import genotypes
-import torch
-import torch.nn as nn
 import utils
 from model import param_count
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
 
 logger = logging.getLogger(__name__)
 
 # Settings that define the run; `--resume` refuses a checkpoint made with others.
 RESUME_KEYS = (
-    "dataset", "arch", "layers", "init_channels", "auxiliary", "auxiliary_weight", "cutout", "cutout_length",
-    "drop_path_prob", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "seed",
-    "max_steps_per_epoch", "lr_scheduler", "warmup_epochs", "label_smoothing", "image_size",
+    "dataset",
+    "arch",
+    "layers",
+    "init_channels",
+    "auxiliary",
+    "auxiliary_weight",
+    "cutout",
+    "cutout_length",
+    "drop_path_prob",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "seed",
+    "max_steps_per_epoch",
+    "lr_scheduler",
+    "warmup_epochs",
+    "label_smoothing",
+    "image_size",
 )
 
 
-def add_arguments(parser, *, epochs, batch_size, learning_rate, weight_decay, init_channels, layers, drop_path_prob,
-                  arch, workers, seed):
+def add_arguments(
+    parser,
+    *,
+    epochs,
+    batch_size,
+    learning_rate,
+    weight_decay,
+    init_channels,
+    layers,
+    drop_path_prob,
+    arch,
+    workers,
+    seed,
+):
     """Flags shared by train.py and train_imagenet.py (the defaults differ per script)."""
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", type=str, default=arch,
-                       help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search")
+    model.add_argument(
+        "--arch",
+        type=str,
+        default=arch,
+        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search",
+    )
     model.add_argument("--init_channels", type=int, default=init_channels, help="channels C of the first cells")
     model.add_argument("--layers", type=int, default=layers, help="number of cells")
     model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
     model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
-    model.add_argument("--drop_path_prob", type=float, default=drop_path_prob,
-                       help="drop path probability, ramped linearly from 0 at epoch 0 to this at the end")
+    model.add_argument(
+        "--drop_path_prob",
+        type=float,
+        default=drop_path_prob,
+        help="drop path probability, ramped linearly from 0 at epoch 0 to this at the end",
+    )
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=epochs, help="training epochs")
-    opt.add_argument("--batch_size", type=int, default=batch_size,
-                     help="total batch size, split evenly over the torchrun processes")
+    opt.add_argument(
+        "--batch_size", type=int, default=batch_size, help="total batch size, split evenly over the torchrun processes"
+    )
     opt.add_argument("--learning_rate", type=float, default=learning_rate, help="initial SGD learning rate")
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
     opt.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping")
-    opt.add_argument("--max_steps_per_epoch", type=int, default=0,
-                     help="cap on training steps per epoch for smoke runs (0: full passes over the data)")
+    opt.add_argument(
+        "--max_steps_per_epoch",
+        type=int,
+        default=0,
+        help="cap on training steps per epoch for smoke runs (0: full passes over the data)",
+    )
+    add_system_arguments(parser, workers, seed)
+
+
+def add_system_arguments(parser, workers, seed):
+    """The system flags of both training scripts: device, precision, workers, seed, run folder, resume."""
     system = parser.add_argument_group("system")
-    system.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"),
-                        help="device; under torchrun each process takes GPU LOCAL_RANK")
+    system.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        choices=("auto", "cuda", "mps", "cpu"),
+        help="device; under torchrun each process takes GPU LOCAL_RANK",
+    )
     system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
-    system.add_argument("--deterministic", action="store_true",
-                        help="deterministic algorithms and no cuDNN benchmark (slower)")
+    system.add_argument(
+        "--deterministic", action="store_true", help="deterministic algorithms and no cuDNN benchmark (slower)"
+    )
     system.add_argument("--workers", type=int, default=workers, help="data loading worker processes")
     system.add_argument("--seed", type=int, default=seed, help="random seed (processes use seed + rank)")
-    system.add_argument("--report_freq", type=int, default=50, help="log a progress line every N steps (and every 30 s)")
-    system.add_argument("--checkpoint_minutes", type=float, default=20.0,
-                        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)")
-    system.add_argument("--save", type=str, default=None,
-                        help="run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)")
+    system.add_argument(
+        "--report_freq", type=int, default=50, help="log a progress line every N steps (and every 30 s)"
+    )
+    system.add_argument(
+        "--checkpoint_minutes",
+        type=float,
+        default=20.0,
+        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)",
+    )
+    system.add_argument(
+        "--save",
+        type=str,
+        default=None,
+        help="run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)",
+    )
     system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
 
 
@@ -105,8 +169,9 @@ class Training(engine.Task):
         self.amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
         # The loss scaler only matters for fp16, whose small range underflows gradients.
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp and self.amp_dtype == torch.float16)
-        self.optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                         weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
+        )
         self.scheduler = scheduler_for(self.optimizer)
         if state is not None:  # the model's tensors were loaded (and checked) before the run folder existed
             self.optimizer.load_state_dict(state["optimizer"])
@@ -118,11 +183,23 @@ class Training(engine.Task):
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         per_rank = args.batch_size // dist.world_size
         # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
-        self.streams = {"train": utils.Stream(train_set, per_rank, args.seed, args.workers, rank=dist.rank,
-                                              world_size=dist.world_size, pin_memory=device.type == "cuda")}
+        self.streams = {
+            "train": utils.Stream(
+                train_set,
+                per_rank,
+                args.seed,
+                args.workers,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                pin_memory=device.type == "cuda",
+            )
+        }
         # Test shards without padding, so the summed counts cover each test image once.
-        self.test_loader = DataLoader(Subset(test_set, range(dist.rank, len(test_set), dist.world_size)),
-                                      batch_size=per_rank, num_workers=args.workers)
+        self.test_loader = DataLoader(
+            Subset(test_set, range(dist.rank, len(test_set), dist.world_size)),
+            batch_size=per_rank,
+            num_workers=args.workers,
+        )
         full = len(self.streams["train"])
         self.steps = min(full, args.max_steps_per_epoch) if args.max_steps_per_epoch > 0 else full
 
@@ -155,16 +232,24 @@ class Training(engine.Task):
         self.scheduler.step()
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "param_count": param_count(self.model)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "param_count": param_count(self.model),
+        }
 
 
 def log_model(model):
     """The parameter count the papers report (no auxiliary head), and the head's."""
     count = param_count(model)
-    logger.info("param count = %d (%.2fM), auxiliary head %d more", count, count / 1e6,
-                utils.count_parameters(model.parameters()) - count)
+    logger.info(
+        "param count = %d (%.2fM), auxiliary head %d more",
+        count,
+        count / 1e6,
+        utils.count_parameters(model.parameters()) - count,
+    )
 
 
 def finish(run, model, best):
@@ -173,5 +258,9 @@ def finish(run, model, best):
     if dist.world_size > 1:
         diff = distributed.max_parameter_difference(model, dist)
         logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
-    logger.info("done: best valid acc %.2f (epoch %d), peak memory %.0f MB", best["value"] or 0.0,
-                best["epoch"] + 1, utils.peak_memory_mb(dist.device))
+    logger.info(
+        "done: best valid acc %.2f (epoch %d), peak memory %.0f MB",
+        best["value"] or 0.0,
+        best["epoch"] + 1,
+        utils.peak_memory_mb(dist.device),
+    )

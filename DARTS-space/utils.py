@@ -361,8 +361,18 @@ class Stream:
     checkpoint; `Stream(..., position=...)` continues from it exactly.
     """
 
-    def __init__(self, dataset, batch_size, seed, workers=0, shuffle=True, rank=0, world_size=1,
-                 pin_memory=False, position=(0, 0)):
+    def __init__(
+        self,
+        dataset,
+        batch_size,
+        seed,
+        workers=0,
+        shuffle=True,
+        rank=0,
+        world_size=1,
+        pin_memory=False,
+        position=(0, 0),
+    ):
         self.sampler = EpochSampler(len(dataset), seed, shuffle, rank, world_size)
         self.batch_size = batch_size
         self.loader_kwargs = dict(

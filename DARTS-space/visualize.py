@@ -32,10 +32,15 @@ FORMATS = (".png", ".svg", ".pdf")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("arch", type=str, metavar="NAME_OR_JSON",
-                        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "arch",
+        type=str,
+        metavar="NAME_OR_JSON",
+        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search",
+    )
     parser.add_argument("--out", type=str, default="cell.png", help="output picture (.png, .svg or .pdf)")
     parser.add_argument("--dpi", type=int, default=150, help="resolution of a PNG")
     return parser
@@ -66,18 +71,42 @@ def draw_cell(ax, edges, concat, title):
         # matplotlib's arc3 bends a left-to-right edge downwards for a positive rad.
         rad = -BEND if above else BEND
         color = COLORS.get(op, "black")
-        ax.annotate("", xy=(x1, 0), xytext=(x0, 0),
-                    arrowprops=dict(arrow, color=color, lw=1.8, connectionstyle=f"arc3,rad={rad}"))
+        ax.annotate(
+            "",
+            xy=(x1, 0),
+            xytext=(x0, 0),
+            arrowprops=dict(arrow, color=color, lw=1.8, connectionstyle=f"arc3,rad={rad}"),
+        )
         # The curve's midpoint lies rad/2 times the chord length off the line.
-        ax.text((x0 + x1) / 2, -rad / 2 * (x1 - x0), op, fontsize=9, ha="center", va="center", color=color,
-                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.6))
+        ax.text(
+            (x0 + x1) / 2,
+            -rad / 2 * (x1 - x0),
+            op,
+            fontsize=9,
+            ha="center",
+            va="center",
+            color=color,
+            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.6),
+        )
     for node in concat:
-        ax.annotate("", xy=(pos["c_{k}"], 0), xytext=(pos[names[node]], 0),
-                    arrowprops=dict(arrow, color="#aaaaaa", lw=1.0, ls="--", connectionstyle="arc3,rad=0.25"))
+        ax.annotate(
+            "",
+            xy=(pos["c_{k}"], 0),
+            xytext=(pos[names[node]], 0),
+            arrowprops=dict(arrow, color="#aaaaaa", lw=1.0, ls="--", connectionstyle="arc3,rad=0.25"),
+        )
     for name, x in pos.items():
         is_io = name.startswith("c_")
-        ax.text(x, 0, f"${name}$" if is_io else name, fontsize=12, ha="center", va="center", zorder=3,
-                bbox=dict(boxstyle="round,pad=0.45", fc="#c6dbef" if is_io else "#fdd0a2", ec="black"))
+        ax.text(
+            x,
+            0,
+            f"${name}$" if is_io else name,
+            fontsize=12,
+            ha="center",
+            va="center",
+            zorder=3,
+            bbox=dict(boxstyle="round,pad=0.45", fc="#c6dbef" if is_io else "#fdd0a2", ec="black"),
+        )
     height = BEND / 2 * (max(pos.values()) - SPACING)
     ax.set_title(title, fontsize=13)
     ax.set_xlim(-0.8, max(pos.values()) + 0.8)

@@ -73,8 +73,14 @@ def run_script(space, *args, timeout=600, env=None):
 
 def popen_script(space, *args, stdout=subprocess.DEVNULL):
     """Start a script of a space without waiting (for runs side by side, or to signal it)."""
-    return subprocess.Popen([sys.executable, *map(str, args)], cwd=SPACES[space], stdout=stdout,
-                            stderr=subprocess.PIPE, text=True, env=script_env())
+    return subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        cwd=SPACES[space],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+    )
 
 
 def assert_one_line_error(returncode, stderr, *expected):
@@ -107,8 +113,12 @@ def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0):
     """A CIFAR tree in the original pickled layout (`cifar-10-batches-py/` or `cifar-100-python/`) under `root`."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
-        folder, files, key, classes = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + [
-            "test_batch"], "labels", 10
+        folder, files, key, classes = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+            "labels",
+            10,
+        )
     else:
         folder, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
     folder.mkdir(parents=True, exist_ok=True)

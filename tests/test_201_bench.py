@@ -7,8 +7,22 @@ from conftest import run_script
 
 def test_bench_prints_one_json_line(load_space):
     model_search = load_space("201-space", "model_search")
-    result = run_script("201-space", "bench.py", "--device", "cpu", "--init_channels", "4", "--layers", "1",
-                        "--batch_size", "4", "--steps", "1", "--threads", "1")
+    result = run_script(
+        "201-space",
+        "bench.py",
+        "--device",
+        "cpu",
+        "--init_channels",
+        "4",
+        "--layers",
+        "1",
+        "--batch_size",
+        "4",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["s_per_step"] > 0 and report["peak_mem_mb"] > 0

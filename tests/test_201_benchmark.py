@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from conftest import run_script
 
 DRNAS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -19,8 +20,18 @@ SPREAD = (-0.5, 0.5)
 def _trial(ResultsCount, arch, dataset, seed, epochs, eval_accs):
     """A real ResultsCount whose last-epoch accuracy on each eval set is `eval_accs[set]`."""
     train = {e: 50.0 + e * 0.1 for e in range(epochs)}
-    result = ResultsCount(dataset, None, train, {e: 1.0 for e in range(epochs)}, 0.1, 10.0,
-                          {"arch_str": arch, "channel": 16, "num_cells": 5, "class_num": 10}, seed, epochs, [0.01])
+    result = ResultsCount(
+        dataset,
+        None,
+        train,
+        {e: 1.0 for e in range(epochs)},
+        0.1,
+        10.0,
+        {"arch_str": arch, "channel": 16, "num_cells": 5, "class_num": 10},
+        seed,
+        epochs,
+        [0.01],
+    )
     accs, losses, times = {}, {}, {}
     for name, acc in eval_accs.items():
         for e in range(epochs):
@@ -41,8 +52,11 @@ def _arch_results(api, index, arch, accs, epochs, shift):
             "cifar10-valid": {"x-valid": v["cifar10-valid"], "ori-test": v["cifar10-valid"] - 3},
             "cifar10": {"ori-test": v["cifar10"]},
             "cifar100": {"x-valid": v["cifar100"] - 1, "x-test": v["cifar100"], "ori-test": v["cifar100"] - 2},
-            "ImageNet16-120": {"x-valid": v["ImageNet16-120"] - 1, "x-test": v["ImageNet16-120"],
-                               "ori-test": v["ImageNet16-120"] - 2},
+            "ImageNet16-120": {
+                "x-valid": v["ImageNet16-120"] - 1,
+                "x-test": v["ImageNet16-120"],
+                "ori-test": v["ImageNet16-120"] - 2,
+            },
         }
         for dataset, eval_accs in sets.items():
             results.update(dataset, seed, _trial(api.ResultsCount, arch, dataset, seed, epochs, eval_accs))
@@ -140,13 +154,16 @@ def test_cli_query_prints_json(nb201_table):
     assert round(answer["cifar10"], 2) == 94.36
 
 
-@pytest.mark.parametrize("content, message", [
-    ("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"),
-    ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,seventy,46\n", "bad number"),
-    ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,70\n", "expected 5 fields"),
-    ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,194.1,70,40\n", r"\[0, 100\]"),
-    ("index,arch,cifar10,cifar100,ImageNet16-120\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"),
+        ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,seventy,46\n", "bad number"),
+        ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,70\n", "expected 5 fields"),
+        ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,194.1,70,40\n", r"\[0, 100\]"),
+        ("index,arch,cifar10,cifar100,ImageNet16-120\n", "no rows"),
+    ],
+)
 def test_malformed_table_fails_at_load(load_space, tmp_path, content, message):
     benchmark, utils = load_space("201-space", "benchmark", "utils")
     path = tmp_path / "bad.csv"
@@ -160,8 +177,12 @@ def test_bad_files_fail_at_load(load_space, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     torch.save({"weights": 1}, tmp_path / "other.pth")
-    for name, message in [("missing.csv", "no such file"), ("notes.txt", "unknown format"),
-                          ("junk.pth", "not a readable"), ("other.pth", "not a NAS-Bench-201 file")]:
+    for name, message in [
+        ("missing.csv", "no such file"),
+        ("notes.txt", "unknown format"),
+        ("junk.pth", "not a readable"),
+        ("other.pth", "not a NAS-Bench-201 file"),
+    ]:
         with pytest.raises(utils.UserError, match=message):
             benchmark.load_benchmark(tmp_path / name)
 

@@ -34,9 +34,9 @@ def test_cifar10_tree_is_read(load_space, tmp_path):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 3
     # The test transform is deterministic (no crop or flip) and normalised.
     raw = test.images[5].astype(np.float32) / 255  # (H, W, C)
-    expected = (torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(datasets.SOURCES["cifar10"][6]).view(3, 1, 1)) / torch.tensor(
-        datasets.SOURCES["cifar10"][7]
-    ).view(3, 1, 1)
+    expected = (
+        torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(datasets.SOURCES["cifar10"][6]).view(3, 1, 1)
+    ) / torch.tensor(datasets.SOURCES["cifar10"][7]).view(3, 1, 1)
     torch.testing.assert_close(test[5][0], expected, rtol=0, atol=1e-5)
 
 
@@ -78,8 +78,27 @@ def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_p
 
 def test_search_runs_on_a_cifar_tree(tmp_path):
     make_cifar10(tmp_path / "data")
-    result = run_script("201-space", "train_search.py", "--dataset", "cifar10", "--data", tmp_path / "data", "--epochs", "1",
-                        "--init_channels", "4", "--layers", "1", "--batch_size", "10", "--workers", "0", "--device", "cpu",
-                        "--save", tmp_path / "run")
+    result = run_script(
+        "201-space",
+        "train_search.py",
+        "--dataset",
+        "cifar10",
+        "--data",
+        tmp_path / "data",
+        "--epochs",
+        "1",
+        "--init_channels",
+        "4",
+        "--layers",
+        "1",
+        "--batch_size",
+        "10",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--save",
+        tmp_path / "run",
+    )
     assert result.returncode == 0, result.stderr
     assert "step 2/2 " in result.stdout  # 20 of the 40 images train the weights, 2 batches of 10

@@ -92,8 +92,9 @@ def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_resid
     assert stem_conv.stride == (1, 1) and stem_conv.padding == (1, 1)
     assert isinstance(stem_bn, nn.BatchNorm2d) and stem_bn.num_features == C
     layers = list(model.cells)
-    kinds = ["cell" if isinstance(m, cell_type) else "block" if isinstance(m, ops.ResNetBasicBlock) else "?"
-             for m in layers]
+    kinds = [
+        "cell" if isinstance(m, cell_type) else "block" if isinstance(m, ops.ResNetBasicBlock) else "?" for m in layers
+    ]
     assert kinds == ["cell"] * N + ["block"] + ["cell"] * N + ["block"] + ["cell"] * N
     shapes = []
     hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for m in layers]
@@ -119,8 +120,9 @@ def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_po
 
     def rcb(op, inp, stride):
         conv, bn = op.op[1], op.op[2]
-        return F.batch_norm(F.conv2d(F.relu(inp), conv.weight, stride=stride, padding=1), None, None,
-                            bn.weight, bn.bias, training=True)
+        return F.batch_norm(
+            F.conv2d(F.relu(inp), conv.weight, stride=stride, padding=1), None, None, bn.weight, bn.bias, training=True
+        )
 
     shortcut = block.downsample[1]
     assert block.conv_a.op[1].weight.shape == (8, 4, 3, 3) and block.conv_b.op[1].weight.shape == (8, 8, 3, 3)
@@ -217,7 +219,7 @@ def test_mixed_op_is_the_weighted_sum_of_its_ops_linear_in_each_weight(load_spac
     mixed = ms.MixedOp(C, 1).train()
     x = torch.randn(4, C, 8, 8)
     outs = [_op_copy(ops, name, C, mixed.ops[name])(x) for name in gt.PRIMITIVES]
-    for trial in range(3):
+    for _ in range(3):
         w = (torch.rand(5) * 2 + 0.1).requires_grad_(True)  # not on the simplex: linearity, not averaging
         got = mixed(x, F.relu(x), w)
         torch.testing.assert_close(got, sum(w_o * out for w_o, out in zip(w.detach(), outs)), rtol=1e-5, atol=1e-5)
@@ -295,8 +297,9 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
     with torch.no_grad():
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     lr, reg = 0.01, 0.05
-    architect = arch.Architect(model, _arch_args(ts, "--reg_type", reg_type, "--reg_scale", str(reg),
-                                                 "--arch_learning_rate", str(lr)))
+    architect = arch.Architect(
+        model, _arch_args(ts, "--reg_type", reg_type, "--reg_scale", str(reg), "--arch_learning_rate", str(lr))
+    )
     w_opt = torch.optim.SGD(model.weights(), 0.025)
     beta = model.beta.detach().clone()
     m, v = torch.zeros_like(beta), torch.zeros_like(beta)
@@ -422,13 +425,16 @@ def _search_task(ts, ms, arch, utils, argv, n=16, portion=0.75, batch=4, k=1):
     data = TensorDataset(torch.randn(n, 3, 8, 8), torch.randint(10, (n,)))
     progressive = "--stage_epochs" in argv
     args = ts.get_parser(progressive=progressive).parse_args(
-        ["--train_portion", str(portion), "--batch_size", str(batch), "--init_channels", "4", *argv])
+        ["--train_portion", str(portion), "--batch_size", str(batch), "--init_channels", "4", *argv]
+    )
     model = ms.Network(4, 1, 10, k=k).train()
     architect = arch.Architect(model, args)
     w_opt, scheduler = ts.make_weight_optimizer(model, args, sum(s.epochs for s in ts.get_stages(args)))
     train_part, valid_part = ts.split_search_data(data, args.train_portion)
-    streams = {"train": utils.Stream(train_part, args.batch_size, seed=0),
-               "valid": utils.Stream(valid_part, args.batch_size, seed=1)}
+    streams = {
+        "train": utils.Stream(train_part, args.batch_size, seed=0),
+        "valid": utils.Stream(valid_part, args.batch_size, seed=1),
+    }
     task = ts.Search(model, architect, w_opt, scheduler, streams, None, args)
     return data, task
 
@@ -511,8 +517,9 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
     """lr(e) = lr_min + (lr - lr_min)(1 + cos(pi e / T)) / 2, T = all epochs, continuous across the stage switch."""
     ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
-    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8", "--stage_epochs", "3", "4",
-                                                       "--warmup_epochs", "1"])
+    args = ts.get_parser(progressive=True).parse_args(
+        ["--init_channels", "8", "--stage_epochs", "3", "4", "--warmup_epochs", "1"]
+    )
     assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
     total = 7
     model = ms.Network(8, 1, 10, k=4)
@@ -563,10 +570,28 @@ def test_train_search_defaults_are_the_papers_settings(load_space):
     """train_search.py: 100 epochs, batch 64, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, DrNAS l2 1e-3, ..."""
     ts, search = load_space("201-space", "train_search", "search")
     args = ts.get_parser().parse_args([])
-    want = {"epochs": 100, "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001,
-            "arch_learning_rate": 3e-4, "init_channels": 16, "layers": 5, "k": 1, "train_portion": 0.5, "seed": 2,
-            "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3,
-            "method": "dirichlet", "unrolled": False, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
+    want = {
+        "epochs": 100,
+        "batch_size": 64,
+        "learning_rate": 0.025,
+        "learning_rate_min": 0.001,
+        "arch_learning_rate": 3e-4,
+        "init_channels": 16,
+        "layers": 5,
+        "k": 1,
+        "train_portion": 0.5,
+        "seed": 2,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "grad_clip": 5.0,
+        "reg_type": "l2",
+        "reg_scale": 1e-3,
+        "method": "dirichlet",
+        "unrolled": False,
+        "tau_max": 10.0,
+        "tau_min": 1.0,
+        "dataset": "cifar10",
+    }
     assert {key: getattr(args, key) for key in want} == want
     assert search.get_stages(args) == [search.Stage(100, 1, 5, 0)], "one stage: all epochs, k, all 5 ops, no warm-up"
 
@@ -575,10 +600,27 @@ def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_t
     """train_search_progressive.py: stages (50, k 4, 5 ops) and (50, k 2, 3 ops), 10 warm-up epochs each."""
     search, tsp = load_space("201-space", "search", "train_search_progressive")
     args = tsp.get_parser().parse_args([])
-    want = {"stage_epochs": [50, 50], "stage_k": [4, 2], "stage_keep": [5, 3], "warmup_epochs": 10,
-            "batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "arch_learning_rate": 3e-4,
-            "init_channels": 16, "layers": 5, "train_portion": 0.5, "seed": 2, "momentum": 0.9, "weight_decay": 3e-4,
-            "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3, "method": "dirichlet", "unrolled": False}
+    want = {
+        "stage_epochs": [50, 50],
+        "stage_k": [4, 2],
+        "stage_keep": [5, 3],
+        "warmup_epochs": 10,
+        "batch_size": 64,
+        "learning_rate": 0.025,
+        "learning_rate_min": 0.001,
+        "arch_learning_rate": 3e-4,
+        "init_channels": 16,
+        "layers": 5,
+        "train_portion": 0.5,
+        "seed": 2,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "grad_clip": 5.0,
+        "reg_type": "l2",
+        "reg_scale": 1e-3,
+        "method": "dirichlet",
+        "unrolled": False,
+    }
     assert {key: getattr(args, key) for key in want} == want
     assert search.get_stages(args) == [search.Stage(50, 4, 5, 10), search.Stage(50, 2, 3, 10)]
 
@@ -599,16 +641,27 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
     """Training images: RandomCrop(size, padding 4 on 32 px / 2 on 16 px), flip p=0.5, ToTensor, Normalize."""
     datasets = load_space("201-space", "datasets")
     T = datasets.T
-    _write_pickles(tmp_path / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
-                   "labels", 32, [0, 1])
+    _write_pickles(
+        tmp_path / "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+        "labels",
+        32,
+        [0, 1],
+    )
     _write_pickles(tmp_path / "cifar-100-python", ["train", "test"], "fine_labels", 32, [0, 1])
-    _write_pickles(tmp_path / "in16", [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"],
-                   "labels", 16, [1, 2])
+    _write_pickles(
+        tmp_path / "in16", [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"], "labels", 16, [1, 2]
+    )
     expected = {
         "cifar10": (tmp_path, 32, 4, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
         "cifar100": (tmp_path, 32, 4, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-        "imagenet16-120": (tmp_path / "in16", 16, 2, [x / 255 for x in (122.68, 116.66, 104.01)],
-                           [x / 255 for x in (63.22, 61.26, 65.09)]),
+        "imagenet16-120": (
+            tmp_path / "in16",
+            16,
+            2,
+            [x / 255 for x in (122.68, 116.66, 104.01)],
+            [x / 255 for x in (63.22, 61.26, 65.09)],
+        ),
     }
     for name, (root, size, padding, mean, std) in expected.items():
         train, test, _ = datasets.get_datasets(name, root)  # the search's call: augmented training set
@@ -645,13 +698,43 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
     train = load_space("201-space", "train")
     args = train.get_parser().parse_args([])
-    want = {"init_channels": 16, "layers": 5, "epochs": 200, "batch_size": 256, "learning_rate": 0.1,
-            "momentum": 0.9, "weight_decay": 5e-4, "arch": "DrNAS", "dataset": "cifar10"}
+    want = {
+        "init_channels": 16,
+        "layers": 5,
+        "epochs": 200,
+        "batch_size": 256,
+        "learning_rate": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "arch": "DrNAS",
+        "dataset": "cifar10",
+    }
     assert {key: getattr(args, key) for key in want} == want
     run = tmp_path / "run"
-    train.main(["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "128",
-                "--workers", "0", "--device", "cpu", "--report_freq", "100", "--arch", "ResNet", "--epochs", "2",
-                "--save", str(run)])
+    train.main(
+        [
+            "--dataset",
+            "synthetic",
+            "--init_channels",
+            "4",
+            "--layers",
+            "1",
+            "--batch_size",
+            "128",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--report_freq",
+            "100",
+            "--arch",
+            "ResNet",
+            "--epochs",
+            "2",
+            "--save",
+            str(run),
+        ]
+    )
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["task"]
     (group,) = ckpt["optimizer"]["param_groups"]
     assert group["nesterov"] is True and group["momentum"] == 0.9 and group["dampening"] == 0

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from conftest import run_script
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")

@@ -9,8 +9,22 @@ import torch
 
 from conftest import run_script
 
-TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "32",
-        "--workers", "0", "--device", "cpu", "--report_freq", "100"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--init_channels",
+    "4",
+    "--layers",
+    "1",
+    "--batch_size",
+    "32",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--report_freq",
+    "100",
+]
 
 
 def _search_step_state(ts, model, args):
@@ -35,8 +49,9 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
     architect, optimizer, scheduler = _search_step_state(ts, model, args)
     old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     old_buffers = {n: b.clone() for n, b in model.named_buffers()}
-    old_momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()
-                    if n != "beta"}
+    old_momentum = {
+        n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters() if n != "beta"
+    }
     beta, lr = model.beta, scheduler.get_last_lr()[0]
 
     new_opt = ts.enter_stage(model, optimizer, 1, args)
@@ -79,8 +94,18 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
 
 def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
     tsp, utils, datasets = load_space("201-space", "train_search_progressive", "utils", "datasets")
-    argv = TINY + ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "4", "2",
-                   "--trajectory_samples", "0"]
+    argv = TINY + [
+        "--stage_epochs",
+        "2",
+        "2",
+        "--warmup_epochs",
+        "1",
+        "--stage_k",
+        "4",
+        "2",
+        "--trajectory_samples",
+        "0",
+    ]
     saves = []
     real_save = utils.save_checkpoint
 
@@ -118,22 +143,36 @@ def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
         for key, value in full["model"].items():
             torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
         for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(resumed["architect"]["state"][0][key], full["architect"]["state"][0][key],
-                                       rtol=0, atol=1e-6)
+            torch.testing.assert_close(
+                resumed["architect"]["state"][0][key], full["architect"]["state"][0][key], rtol=0, atol=1e-6
+            )
 
 
 def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_table, load_space):
     run_dir = tmp_path / "run"
-    result = run_script("201-space", "train_search_progressive.py", *TINY, "--stage_epochs", "1", "1",
-                        "--warmup_epochs", "0",
-                        "--benchmark", nb201_table, "--trajectory_samples", "20", "--save", run_dir)
+    result = run_script(
+        "201-space",
+        "train_search_progressive.py",
+        *TINY,
+        "--stage_epochs",
+        "1",
+        "1",
+        "--warmup_epochs",
+        "0",
+        "--benchmark",
+        nb201_table,
+        "--trajectory_samples",
+        "20",
+        "--save",
+        run_dir,
+    )
     assert result.returncode == 0, result.stderr
     assert "stage 1: k=2, 3 ops kept per edge" in result.stdout
     records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == [0, 1]
     for record in records:
         assert set(record["benchmark"]) >= {"cifar10", "cifar100", "ImageNet16-120"}
-        for dataset, summary in record["trajectory"].items():
+        for summary in record["trajectory"].values():
             assert summary["min"] <= summary["median"] <= summary["max"]
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)["task"]
     widths = {v.shape[0] for k, v in ckpt["model"].items() if ".edges." in k and k.endswith("running_mean")}
@@ -147,10 +186,13 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
     ], "the final cell is the argmax of beta among the kept ops"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--stage_k", "2", "4"], "K2 must divide K1"),
-    (["--stage_keep", "3", "4"], "--stage_keep must shrink"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--stage_k", "2", "4"], "K2 must divide K1"),
+        (["--stage_keep", "3", "4"], "--stage_keep must shrink"),
+    ],
+)
 def test_bad_stage_schedule_is_refused(flags, message):
     result = run_script("201-space", "train_search_progressive.py", *TINY, *flags)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -76,7 +76,9 @@ def test_pathwise_gradient_of_second_moment_matches_finite_difference():
     alpha = torch.tensor([1.5, 0.8, 1.1, 2.0, 0.6], dtype=torch.float64)
     mc = _pathwise_grad(alpha, lambda w: w[:, 0] ** 2, seed=1)
     h = 1e-5
-    fd = torch.stack([(closed(alpha + h * e) - closed(alpha - h * e)) / (2 * h) for e in torch.eye(5, dtype=torch.float64)])
+    fd = torch.stack(
+        [(closed(alpha + h * e) - closed(alpha - h * e)) / (2 * h) for e in torch.eye(5, dtype=torch.float64)]
+    )
     torch.testing.assert_close(mc, fd, atol=0.004, rtol=0.05)
 
 
@@ -216,7 +218,9 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     model.train()
     lr, wd, mom, reg = 0.5, 3e-4, 0.9, 0.1
-    architect = arch.Architect(model, _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg))
+    architect = arch.Architect(
+        model, _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg)
+    )
     w_opt = torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
     names = [n for n, _ in model.named_parameters() if n != "beta"]
     bufs = {}
@@ -230,7 +234,9 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     buffers = {n: b.clone() for n, b in model.named_buffers()}
 
     def call(params, beta, x):
-        return torch.func.functional_call(model, {**params, "beta": beta, **{n: b.clone() for n, b in buffers.items()}}, (x,))
+        return torch.func.functional_call(
+            model, {**params, "beta": beta, **{n: b.clone() for n, b in buffers.items()}}, (x,)
+        )
 
     def objective(beta, create_graph=False):
         w = {n: t.clone().requires_grad_(True) for n, t in w0.items()}

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+
 from conftest import forbid_host_reads
 
 
@@ -162,8 +163,11 @@ def test_widen_copies_channels(load_space):
     model.train()
     for seed in range(2):  # non-trivial BN running statistics
         model(_batch(4, 16, seed)[0])
-    old = {name: {n: t.detach().clone() for n, t in m.state_dict().items()} for name, m in model.named_modules()
-           if isinstance(m, ms.MixedOp)}
+    old = {
+        name: {n: t.detach().clone() for n, t in m.state_dict().items()}
+        for name, m in model.named_modules()
+        if isinstance(m, ms.MixedOp)
+    }
     old_c = {name: m.C // m.k for name, m in model.named_modules() if isinstance(m, ms.MixedOp)}
     indices = model.widen(2, torch.Generator().manual_seed(0))
     assert model.k == 2
@@ -241,7 +245,10 @@ def test_all_edge_combinations_round_trip(load_space):
         assert str(back) == s
         seen.add(s)
     assert len(seen) == 5**6
-    assert str(gt.DrNAS) == "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    assert (
+        str(gt.DrNAS)
+        == "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    )
 
 
 @pytest.mark.parametrize(

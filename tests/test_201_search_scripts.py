@@ -19,8 +19,22 @@ import torch
 
 from conftest import SPACES, run_script
 
-TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "16",
-        "--workers", "0", "--device", "cpu", "--report_freq", "1"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--init_channels",
+    "4",
+    "--layers",
+    "1",
+    "--batch_size",
+    "16",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--report_freq",
+    "1",
+]
 TIMEOUT = 300
 
 
@@ -34,8 +48,12 @@ class Run:
         self.start = time.monotonic()
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "train_search.py", *map(str, self.args)], cwd=SPACES["201-space"],
-                stdout=out, stderr=err, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0"),
+                [sys.executable, "train_search.py", *map(str, self.args)],
+                cwd=SPACES["201-space"],
+                stdout=out,
+                stderr=err,
+                text=True,
+                env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0"),
             )
         self.seconds = None  # wall time of the process, set by a watcher thread when it ends
         self._watcher = threading.Thread(target=self._watch, daemon=True)
@@ -73,8 +91,28 @@ METHOD_RUNS = {
     "unrolled": ["--unrolled"],
     "kl": ["--reg_type", "kl"],
 }
-LEARN = ["--dataset", "synthetic", "--init_channels", "8", "--layers", "1", "--batch_size", "16", "--workers", "0",
-         "--device", "cpu", "--report_freq", "100", "--method", "darts", "--epochs", "3", "--learning_rate", "0.1"]
+LEARN = [
+    "--dataset",
+    "synthetic",
+    "--init_channels",
+    "8",
+    "--layers",
+    "1",
+    "--batch_size",
+    "16",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--report_freq",
+    "100",
+    "--method",
+    "darts",
+    "--epochs",
+    "3",
+    "--learning_rate",
+    "0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +124,10 @@ def runs(tmp_path_factory):
     started = {
         "two_epochs": Run(root, "two_epochs", [*TINY, "--epochs", "2"]),
         "learn": Run(root, "learn", LEARN),
-        **{f"method_{name}": Run(root, f"method_{name}", [*TINY, "--epochs", "1", *flags])
-           for name, flags in METHOD_RUNS.items()},
+        **{
+            f"method_{name}": Run(root, f"method_{name}", [*TINY, "--epochs", "1", *flags])
+            for name, flags in METHOD_RUNS.items()
+        },
         "bad_resume_missing": Run(root, "bad_resume_missing", [*TINY, "--epochs", "1", "--resume", "/missing.pt"]),
         "bad_resume_corrupt": Run(root, "bad_resume_corrupt", [*TINY, "--epochs", "1", "--resume", garbage]),
         "bad_k": Run(root, "bad_k", [*TINY, "--epochs", "1", "--k", "3"]),
@@ -199,8 +239,18 @@ def test_resume_after_a_kill_is_exact(runs):
     killed_at = _load(b.dir / "checkpoint.pt")["epoch"]
     assert killed_at == 1, killed_at
     assert not (b.dir / "genotype.json").exists()  # it really did not finish
-    resumed = run_script("201-space", "train_search.py", *TINY, "--epochs", "2", "--save", b.dir,
-                         "--resume", b.dir / "checkpoint.pt", timeout=TIMEOUT)
+    resumed = run_script(
+        "201-space",
+        "train_search.py",
+        *TINY,
+        "--epochs",
+        "2",
+        "--save",
+        b.dir,
+        "--resume",
+        b.dir / "checkpoint.pt",
+        timeout=TIMEOUT,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in (b.dir / "log.txt").read_text()
 
@@ -259,8 +309,23 @@ def bad_data(runs):
             run.wait()
     save = runs["root"] / "bad_data"
     start = time.monotonic()
-    proc = run_script("201-space", "train_search.py", "--dataset", "cifar10", "--data", "/nonexistent_dir_xyz",
-                      "--epochs", "1", "--device", "cpu", "--workers", "0", "--save", save, timeout=60)
+    proc = run_script(
+        "201-space",
+        "train_search.py",
+        "--dataset",
+        "cifar10",
+        "--data",
+        "/nonexistent_dir_xyz",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--save",
+        save,
+        timeout=60,
+    )
     return proc, save, time.monotonic() - start
 
 

@@ -15,21 +15,38 @@ NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 RESNET = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
 DRNAS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 MIXED = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|"
-TINY = ["--dataset", "synthetic", "--init_channels", "4", "--layers", "1", "--batch_size", "32",
-        "--workers", "0", "--device", "cpu", "--report_freq", "4"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--init_channels",
+    "4",
+    "--layers",
+    "1",
+    "--batch_size",
+    "32",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--report_freq",
+    "4",
+]
 
 
 # NAS-Bench-201's own cost numbers (params in MB = 1e6, FLOPs in M) at C=16, N=5:
 # all-conv3x3 1.531546 MB / 220.11969 M on CIFAR-10 and 1.537396 MB / 220.12554 M on
 # CIFAR-100, all-none 0.073306 MB / 7.78305 M, ResNet 0.559386 MB / 78.56193 M.
-@pytest.mark.parametrize("arch, classes, params, flops", [
-    (CONV3, 10, 1531546, 220119690),
-    (CONV3, 100, 1537396, 220125540),
-    (CONV3, 120, 1538696, None),
-    (NONE, 10, 73306, 7783050),
-    (RESNET, 10, 559386, 78561930),
-    (DRNAS, 10, 1288506, None),
-])
+@pytest.mark.parametrize(
+    "arch, classes, params, flops",
+    [
+        (CONV3, 10, 1531546, 220119690),
+        (CONV3, 100, 1537396, 220125540),
+        (CONV3, 120, 1538696, None),
+        (NONE, 10, 73306, 7783050),
+        (RESNET, 10, 559386, 78561930),
+        (DRNAS, 10, 1288506, None),
+    ],
+)
 def test_golden_counts(load_space, arch, classes, params, flops):
     model, genotypes, utils = load_space("201-space", "model", "genotypes", "utils")
     net = model.Network(16, 5, genotypes.Structure.from_str(arch), classes)
@@ -113,18 +130,22 @@ def test_exact_resume_with_genotype_json(load_space, tmp_path, monkeypatch, rest
     for key, value in whole["task"]["model"].items():
         assert torch.allclose(value.float(), split["task"]["model"][key].float(), atol=1e-6), key
     for index, state in whole["task"]["optimizer"]["state"].items():
-        assert torch.allclose(state["momentum_buffer"],
-                              split["task"]["optimizer"]["state"][index]["momentum_buffer"], atol=1e-6)
+        assert torch.allclose(
+            state["momentum_buffer"], split["task"]["optimizer"]["state"][index]["momentum_buffer"], atol=1e-6
+        )
     lines = [json.loads(x) for x in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
     reference = [json.loads(x) for x in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
     assert [r["test_acc"] for r in lines] == pytest.approx([r["test_acc"] for r in reference], abs=1e-6)
 
 
-@pytest.mark.parametrize("arch, message", [
-    ("|nor_conv_3x3~0|+|nor_conv_5x5~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|", "unknown op"),
-    ("missing_genotype.json", "neither a named cell"),
-])
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("|nor_conv_3x3~0|+|nor_conv_5x5~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|", "unknown op"),
+        ("missing_genotype.json", "neither a named cell"),
+    ],
+)
 def test_bad_arch_one_line(load_space, tmp_path, capsys, arch, message):
     train = load_space("201-space", "train")
     with pytest.raises(SystemExit) as exit_info:

@@ -9,8 +9,13 @@ from torch.utils.data import TensorDataset
 def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
     utils = load_space("201-space", "utils")
     torch.manual_seed(0)
-    state = {"epoch": 3, "model": {"w": torch.randn(3, 4), "n": torch.tensor(7)}, "args": {"lr": 0.1, "name": "x"},
-             "rng": utils.rng_state(), "train_stream": [1, 2]}
+    state = {
+        "epoch": 3,
+        "model": {"w": torch.randn(3, 4), "n": torch.tensor(7)},
+        "args": {"lr": 0.1, "name": "x"},
+        "rng": utils.rng_state(),
+        "train_stream": [1, 2],
+    }
     path = tmp_path / "checkpoint.pt"
     utils.save_checkpoint(state, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no .tmp left over

@@ -3,6 +3,7 @@
 import ast
 
 import pytest
+
 from conftest import ROOT, SPACES
 
 MAX_FUNCTION_LINES = 70
@@ -22,9 +23,12 @@ def _is_training_script(path):
 def test_no_function_is_longer_than_70_lines(path):
     """Every function and method fits on about a screen."""
     tree = ast.parse(path.read_text())
-    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
     assert not long, f"{path.name}: {', '.join(long)}"
 
 
@@ -44,9 +48,16 @@ def test_no_script_imports_another_script(space):
 
 def test_nothing_refers_to_files_outside_the_repository():
     """A user's clone stands alone: no path into the project's workspace, no design notes it lacks."""
-    files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".txt", ".toml", "")
-             and ".git" not in p.parts and "experiments" not in p.parts and "__pycache__" not in p.parts
-             and p.name != "test_code_layout.py"]
+    files = [
+        p
+        for p in ROOT.rglob("*")
+        if p.is_file()
+        and p.suffix in (".py", ".md", ".txt", ".toml", "")
+        and ".git" not in p.parts
+        and "experiments" not in p.parts
+        and "__pycache__" not in p.parts
+        and p.name != "test_code_layout.py"
+    ]
     for path in files:
         try:
             text = path.read_text()

@@ -6,6 +6,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+
 from conftest import run_script
 
 
@@ -48,8 +49,30 @@ def test_offline_download_is_one_line_and_leaves_nothing(load_space, tmp_path, m
 
 def test_train_runs_on_a_cifar_tree(tmp_path):
     make_cifar10(tmp_path / "data")
-    result = run_script("DARTS-space", "train.py", "--dataset", "cifar10", "--data", tmp_path / "data", "--cutout",
-                        "--layers", "3", "--init_channels", "4", "--batch_size", "8", "--epochs", "1",
-                        "--max_steps_per_epoch", "2", "--workers", "0", "--device", "cpu", "--save", tmp_path / "run")
+    result = run_script(
+        "DARTS-space",
+        "train.py",
+        "--dataset",
+        "cifar10",
+        "--data",
+        tmp_path / "data",
+        "--cutout",
+        "--layers",
+        "3",
+        "--init_channels",
+        "4",
+        "--batch_size",
+        "8",
+        "--epochs",
+        "1",
+        "--max_steps_per_epoch",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--save",
+        tmp_path / "run",
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "checkpoint.pt").is_file()

@@ -15,16 +15,74 @@ from conftest import assert_one_line_error, forbid_host_reads, popen_script
 
 TINY = ["--dataset", "synthetic", "--layers", "5", "--device", "cpu", "--workers", "0"]
 # 16 steps per epoch (256 synthetic images), cutout and drop path draw random numbers.
-TRAIN = ["train.py", *TINY, "--init_channels", "8", "--batch_size", "16", "--epochs", "2", "--cutout", "--auxiliary",
-         "--report_freq", "1"]
+TRAIN = [
+    "train.py",
+    *TINY,
+    "--init_channels",
+    "8",
+    "--batch_size",
+    "16",
+    "--epochs",
+    "2",
+    "--cutout",
+    "--auxiliary",
+    "--report_freq",
+    "1",
+]
 # Two stages of one epoch each, 6 steps per epoch, architecture steps from the start.
-SEARCH = ["train_search.py", *TINY, "--init_channels", "8", "--batch_size", "8", "--stage_epochs", "1", "1",
-          "--stage_k", "4", "2", "--warmup_epochs", "0", "--max_steps", "6", "--report_freq", "1"]
+SEARCH = [
+    "train_search.py",
+    *TINY,
+    "--init_channels",
+    "8",
+    "--batch_size",
+    "8",
+    "--stage_epochs",
+    "1",
+    "1",
+    "--stage_k",
+    "4",
+    "2",
+    "--warmup_epochs",
+    "0",
+    "--max_steps",
+    "6",
+    "--report_freq",
+    "1",
+]
 # One epoch of one step: the smallest run that writes a checkpoint.
-SHORT = {"train": ["train.py", *TINY, "--init_channels", "4", "--batch_size", "8", "--epochs", "1",
-                   "--max_steps_per_epoch", "1"],
-         "train_search": ["train_search.py", *TINY, "--init_channels", "8", "--batch_size", "8", "--stage_epochs", "1",
-                          "--stage_k", "4", "--stage_keep", "7", "--warmup_epochs", "0", "--max_steps", "1"]}
+SHORT = {
+    "train": [
+        "train.py",
+        *TINY,
+        "--init_channels",
+        "4",
+        "--batch_size",
+        "8",
+        "--epochs",
+        "1",
+        "--max_steps_per_epoch",
+        "1",
+    ],
+    "train_search": [
+        "train_search.py",
+        *TINY,
+        "--init_channels",
+        "8",
+        "--batch_size",
+        "8",
+        "--stage_epochs",
+        "1",
+        "--stage_k",
+        "4",
+        "--stage_keep",
+        "7",
+        "--warmup_epochs",
+        "0",
+        "--max_steps",
+        "1",
+    ],
+}
 
 
 def _wait(proc, timeout=300):
@@ -116,11 +174,24 @@ def test_search_preempted_mid_epoch_resumes_exactly(tmp_path):
 def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_path):
     """--learning_rate 1e12: the weights overflow within a few steps and the run stops, exit 2, one line."""
     blow_up = ["--learning_rate", "1e12", "--grad_clip", "1e30"]
-    runs = {"train": [*SHORT["train"], "--epochs", "3"],
-            "train_search": [*SHORT["train_search"], "--stage_epochs", "2", "1", "--stage_k", "4", "2",
-                             "--stage_keep", "7", "4"]}
-    procs = {name: popen_script("DARTS-space", *argv, *blow_up, "--save", tmp_path / name)
-             for name, argv in runs.items()}
+    runs = {
+        "train": [*SHORT["train"], "--epochs", "3"],
+        "train_search": [
+            *SHORT["train_search"],
+            "--stage_epochs",
+            "2",
+            "1",
+            "--stage_k",
+            "4",
+            "2",
+            "--stage_keep",
+            "7",
+            "4",
+        ],
+    }
+    procs = {
+        name: popen_script("DARTS-space", *argv, *blow_up, "--save", tmp_path / name) for name, argv in runs.items()
+    }
     kept = 0
     for name, proc in procs.items():
         assert_one_line_error(*_wait(proc), "not finite")
@@ -138,11 +209,28 @@ def test_bad_flags_a_file_as_save_and_an_old_checkpoint_are_refused_before_writi
     old = tmp_path / "old" / "checkpoint.pt"  # the layout before the engine: no version, no "task"
     old.parent.mkdir()
     torch.save({"epoch": 1, "stage": 0, "model": {}, "args": {}}, old)
-    cases = [([*SHORT["train"], "--epochs", "-1", "--save", tmp_path / "a"], "--epochs -1"),
-             ([*SHORT["train_search"], "--stage_epochs", "-1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "4",
-               "--save", tmp_path / "b"], "--stage_epochs -1"),
-             ([*SHORT["train"], "--save", taken], "is a file"),
-             ([*SHORT["train_search"], "--resume", old], "earlier version")]
+    cases = [
+        ([*SHORT["train"], "--epochs", "-1", "--save", tmp_path / "a"], "--epochs -1"),
+        (
+            [
+                *SHORT["train_search"],
+                "--stage_epochs",
+                "-1",
+                "1",
+                "--stage_k",
+                "4",
+                "2",
+                "--stage_keep",
+                "7",
+                "4",
+                "--save",
+                tmp_path / "b",
+            ],
+            "--stage_epochs -1",
+        ),
+        ([*SHORT["train"], "--save", taken], "is a file"),
+        ([*SHORT["train_search"], "--resume", old], "earlier version"),
+    ]
     procs = [(popen_script("DARTS-space", *argv), expected) for argv, expected in cases]
     for proc, expected in procs:
         assert_one_line_error(*_wait(proc), expected)
@@ -166,10 +254,14 @@ def test_every_script_writes_the_engines_checkpoint_layout(load_space, tmp_path)
 def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
     """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
     train_search, search, train, training, model, genotypes, distributed = load_space(
-        "DARTS-space", "train_search", "search", "train", "training", "model", "genotypes", "distributed")
+        "DARTS-space", "train_search", "search", "train", "training", "model", "genotypes", "distributed"
+    )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
-    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_value",
-                        lambda x: x.numpy().item() if torch.is_tensor(x) else x)
+    monkeypatch.setattr(
+        importlib.import_module("torch.optim.adam"),
+        "_get_value",
+        lambda x: x.numpy().item() if torch.is_tensor(x) else x,
+    )
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(10, (32,)))
     dist = distributed.setup("cpu")
@@ -184,8 +276,15 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
 
     args = train.get_parser().parse_args([*tiny, "--auxiliary"])
     net = model.NetworkCIFAR(4, 10, 3, True, genotypes.DrNAS_cifar10)
-    task = training.Training(args, dist, net, data, data, torch.nn.CrossEntropyLoss(),
-                             lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs))
+    task = training.Training(
+        args,
+        dist,
+        net,
+        data,
+        data,
+        torch.nn.CrossEntropyLoss(),
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs),
+    )
     task.begin_epoch(1)  # drop path on
     task.step(1, 0)
     with forbid_host_reads():

@@ -4,6 +4,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from conftest import run_script
 
 
@@ -44,8 +45,11 @@ def test_load_errors_in_process(load_space, tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(genotypes.UserError, match="not valid JSON"):
         genotypes.load_genotype(str(tmp_path / "broken.json"))
-    expected = {"unknown_op": "accepted ops: max_pool_3x3, avg_pool_3x3", "bad_index": "integer in 0..1",
-                "wrong_shape": "'normal' has 8 entries but 'reduce' 6"}
+    expected = {
+        "unknown_op": "accepted ops: max_pool_3x3, avg_pool_3x3",
+        "bad_index": "integer in 0..1",
+        "wrong_shape": "'normal' has 8 entries but 'reduce' 6",
+    }
     for key, data in _bad_genotypes(genotypes).items():
         path = tmp_path / f"{key}.json"
         path.write_text(json.dumps(data))
@@ -56,20 +60,33 @@ def test_load_errors_in_process(load_space, tmp_path):
 def test_wrong_arch_ends_with_one_clear_line(load_space, tmp_path):
     genotypes = load_space("DARTS-space", "genotypes")
     (tmp_path / "broken.json").write_text("{not json")
-    cases = {"unknown name": ("DrNAS_cifar100", "accepted names: DrNAS_cifar10, DrNAS_imagenet"),
-             "malformed JSON": (tmp_path / "broken.json", "not valid JSON")}
+    cases = {
+        "unknown name": ("DrNAS_cifar100", "accepted names: DrNAS_cifar10, DrNAS_imagenet"),
+        "malformed JSON": (tmp_path / "broken.json", "not valid JSON"),
+    }
     for key, data in _bad_genotypes(genotypes).items():
         (tmp_path / f"{key}.json").write_text(json.dumps(data))
     cases["unknown op"] = (tmp_path / "unknown_op.json", "accepted ops: max_pool_3x3")
 
     def attempt(what):
-        return run_script("DARTS-space", "train.py", "--dataset", "synthetic", "--arch", cases[what][0],
-                          "--device", "cpu", "--save", tmp_path / f"run-{what.replace(' ', '_')}", timeout=180)
+        return run_script(
+            "DARTS-space",
+            "train.py",
+            "--dataset",
+            "synthetic",
+            "--arch",
+            cases[what][0],
+            "--device",
+            "cpu",
+            "--save",
+            tmp_path / f"run-{what.replace(' ', '_')}",
+            timeout=180,
+        )
 
     # The three runs spend their time importing torch: side by side they take the time of one.
     with ThreadPoolExecutor(len(cases)) as pool:
         results = dict(zip(cases, pool.map(attempt, cases)))
-    for what, (arch, expected) in cases.items():
+    for what, (_, expected) in cases.items():
         run_dir, result = tmp_path / f"run-{what.replace(' ', '_')}", results[what]
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (what, result.stderr)

@@ -28,8 +28,14 @@ def batch(n=2, seed=0, size=SIZE, dtype=torch.float32):
 
 
 def arch_args(**kw):
-    base = {"unrolled": False, "reg_type": "l2", "reg_scale": 1e-3, "momentum": 0.9, "weight_decay": 3e-4,
-            "arch_learning_rate": 6e-4}
+    base = {
+        "unrolled": False,
+        "reg_type": "l2",
+        "reg_scale": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "arch_learning_rate": 6e-4,
+    }
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -47,8 +53,12 @@ def kl_to_uniform_dirichlet(beta):
     a = concentration_by_hand(beta)
     a0 = a.sum(-1)
     K = a.shape[-1]
-    kl = (torch.lgamma(a0) - torch.lgamma(a).sum(-1) - math.lgamma(K)
-          + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[..., None])).sum(-1))
+    kl = (
+        torch.lgamma(a0)
+        - torch.lgamma(a).sum(-1)
+        - math.lgamma(K)
+        + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[..., None])).sum(-1)
+    )
     return kl.sum()
 
 
@@ -68,8 +78,15 @@ def shuffle_by_hand(t, groups):
 def test_primitives_are_the_seven_darts_ops_in_order_without_none(load_space):
     """The searched op set is the 7 DARTS ops (no `none`), in this order."""
     genotypes = load_space(SPACE, "genotypes")
-    assert genotypes.PRIMITIVES == ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-                                    "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    assert genotypes.PRIMITIVES == [
+        "max_pool_3x3",
+        "avg_pool_3x3",
+        "skip_connect",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "dil_conv_3x3",
+        "dil_conv_5x5",
+    ]
 
 
 def test_beta_is_initialised_as_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
@@ -329,7 +346,7 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
     with torch.no_grad():
         offset = 0
         for w in weights:
-            w.copy_(snaps[1][offset: offset + w.numel()].view_as(w))
+            w.copy_(snaps[1][offset : offset + w.numel()].view_as(w))
             offset += w.numel()
     dw = flat(torch.autograd.grad(F.cross_entropy(net(xv, sampled[1]), yv), weights))
     direction = (plus - minus) / 2
@@ -369,7 +386,16 @@ def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
     args = argparse.Namespace(stage_epochs=[3, 4, 2], warmup_epochs=1)
     assert [search.stage_schedule(e, args) for e in range(9)] == [
-        (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True)]
+        (0, False),
+        (0, True),
+        (0, True),
+        (1, False),
+        (1, True),
+        (1, True),
+        (1, True),
+        (2, False),
+        (2, True),
+    ]
 
 
 def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
@@ -377,9 +403,19 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
     search, model_search, distributed = load_space(SPACE, "search", "model_search", "distributed")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
-    args = argparse.Namespace(grad_clip=5.0, learning_rate=0.05, learning_rate_min=0.0, lr_warmup_epochs=0,
-                              stage_epochs=[2], warmup_epochs=1, batch_size=2, workers=0, seed=0, max_steps=0,
-                              **vars(arch_args(arch_learning_rate=0.01)))
+    args = argparse.Namespace(
+        grad_clip=5.0,
+        learning_rate=0.05,
+        learning_rate_min=0.0,
+        lr_warmup_epochs=0,
+        stage_epochs=[2],
+        warmup_epochs=1,
+        batch_size=2,
+        workers=0,
+        seed=0,
+        max_steps=0,
+        **vars(arch_args(arch_learning_rate=0.01)),
+    )
     data = [batch(seed=s) for s in range(4)]
     images = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     task = search.Search(args, distributed.setup("cpu"), net, images, images)
@@ -431,7 +467,8 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
 
 
 def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arch_after_warmup(
-        load_space, tmp_path, monkeypatch):
+    load_space, tmp_path, monkeypatch
+):
     """train_search.py: each epoch's SGD (momentum 0.9, wd 3e-4, no beta) at learning_rate(epoch), arch_on."""
     train_search, search, utils = load_space(SPACE, "train_search", "search", "utils")
     monkeypatch.setattr(utils, "setup_logging", lambda run_dir: None)  # keep pytest's logging
@@ -441,16 +478,52 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
         optimizer, model = task.optimizer, task.model
         groups = [{key: value for key, value in g.items() if key != "params"} for g in optimizer.param_groups]
         params = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
-        seen.append({"type": type(optimizer), "groups": groups, "params": params, "arch_on": task.arch_on,
-                     "k": model.k, "weights": {id(p) for p in model.weights()},
-                     "beta": {id(p) for p in model.arch_parameters()}, "architect": task.architect})
+        seen.append(
+            {
+                "type": type(optimizer),
+                "groups": groups,
+                "params": params,
+                "arch_on": task.arch_on,
+                "k": model.k,
+                "weights": {id(p) for p in model.weights()},
+                "beta": {id(p) for p in model.arch_parameters()},
+                "architect": task.architect,
+            }
+        )
         return torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), torch.zeros(())
 
     monkeypatch.setattr(search.Search, "step", recording_step)
-    train_search.main([
-        "--dataset", "synthetic", "--layers", "3", "--init_channels", "4", "--batch_size", "2",
-        "--stage_epochs", "2", "2", "--stage_k", "2", "1", "--stage_keep", "7", "3", "--warmup_epochs", "1",
-        "--max_steps", "1", "--device", "cpu", "--workers", "0", "--save", str(tmp_path / "run")])
+    train_search.main(
+        [
+            "--dataset",
+            "synthetic",
+            "--layers",
+            "3",
+            "--init_channels",
+            "4",
+            "--batch_size",
+            "2",
+            "--stage_epochs",
+            "2",
+            "2",
+            "--stage_k",
+            "2",
+            "1",
+            "--stage_keep",
+            "7",
+            "3",
+            "--warmup_epochs",
+            "1",
+            "--max_steps",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--save",
+            str(tmp_path / "run"),
+        ]
+    )
     assert [s["arch_on"] for s in seen] == [False, True, False, True]
     assert [s["k"] for s in seen] == [2, 2, 1, 1]
     for epoch, s in enumerate(seen):
@@ -458,7 +531,11 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
         group = s["groups"][0]
         assert group["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 4)))
         assert (group["momentum"], group["weight_decay"], group["dampening"], group["nesterov"]) == (
-            0.9, 3e-4, 0, False)
+            0.9,
+            3e-4,
+            0,
+            False,
+        )
         assert s["params"][0] == s["weights"] and not s["beta"] & s["weights"]
     adam = seen[0]["architect"].optimizer
     assert type(adam) is torch.optim.Adam
@@ -505,12 +582,29 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
         expected = F.cross_entropy(main, y) + 0.25 * F.cross_entropy(aux, y)
     before = flat(net.parameters())
     # Plain SGD with lr 1: the step moves the weights by exactly the clipped gradient.
-    args = argparse.Namespace(amp=False, deterministic=False, auxiliary_weight=0.25, grad_clip=1e-3, batch_size=4,
-                              learning_rate=1.0, momentum=0.0, weight_decay=0.0, seed=0, workers=0,
-                              max_steps_per_epoch=0)
+    args = argparse.Namespace(
+        amp=False,
+        deterministic=False,
+        auxiliary_weight=0.25,
+        grad_clip=1e-3,
+        batch_size=4,
+        learning_rate=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        seed=0,
+        workers=0,
+        max_steps_per_epoch=0,
+    )
     data = torch.utils.data.TensorDataset(x, y)  # one batch of all 4 samples
-    task = training.Training(args, distributed.setup("cpu"), net, data, data, torch.nn.CrossEntropyLoss(),
-                             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0))
+    task = training.Training(
+        args,
+        distributed.setup("cpu"),
+        net,
+        data,
+        data,
+        torch.nn.CrossEntropyLoss(),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0),
+    )
     _, targets, loss = task.step(0, 0)
     assert sorted(targets.tolist()) == [0, 1, 2, 3]
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
@@ -564,11 +658,27 @@ def test_search_defaults_are_the_papers(load_space):
     """train_search.py: 25+25 epochs, batch 64, SGD 0.1->0, Adam 6e-4, C 36, 20 cells, k 6/4, keep 7/4, l2 1e-3."""
     train_search = load_space(SPACE, "train_search")
     args = vars(train_search.get_parser().parse_args([]))
-    expected = {"dataset": "cifar10", "stage_epochs": [25, 25], "batch_size": 64, "learning_rate": 0.1,
-                "learning_rate_min": 0.0, "lr_warmup_epochs": 0, "arch_learning_rate": 6e-4, "init_channels": 36,
-                "layers": 20, "stage_k": [6, 4], "stage_keep": [7, 4], "warmup_epochs": 10, "train_portion": 0.5,
-                "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3,
-                "unrolled": False}
+    expected = {
+        "dataset": "cifar10",
+        "stage_epochs": [25, 25],
+        "batch_size": 64,
+        "learning_rate": 0.1,
+        "learning_rate_min": 0.0,
+        "lr_warmup_epochs": 0,
+        "arch_learning_rate": 6e-4,
+        "init_channels": 36,
+        "layers": 20,
+        "stage_k": [6, 4],
+        "stage_keep": [7, 4],
+        "warmup_epochs": 10,
+        "train_portion": 0.5,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "grad_clip": 5.0,
+        "reg_type": "l2",
+        "reg_scale": 1e-3,
+        "unrolled": False,
+    }
     assert {key: args[key] for key in expected} == expected
 
 
@@ -576,7 +686,19 @@ def test_train_defaults_are_the_papers(load_space):
     """train.py: 600 epochs, batch 64, SGD 0.025, C 36, 20 cells, drop path 0.3, aux 0.4, cutout 16, DrNAS_cifar10."""
     train = load_space(SPACE, "train")
     args = vars(train.get_parser().parse_args([]))
-    expected = {"dataset": "cifar10", "epochs": 600, "batch_size": 64, "learning_rate": 0.025, "momentum": 0.9,
-                "weight_decay": 3e-4, "init_channels": 36, "layers": 20, "drop_path_prob": 0.3,
-                "auxiliary_weight": 0.4, "cutout_length": 16, "grad_clip": 5.0, "arch": "DrNAS_cifar10"}
+    expected = {
+        "dataset": "cifar10",
+        "epochs": 600,
+        "batch_size": 64,
+        "learning_rate": 0.025,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "init_channels": 36,
+        "layers": 20,
+        "drop_path_prob": 0.3,
+        "auxiliary_weight": 0.4,
+        "cutout_length": 16,
+        "grad_clip": 5.0,
+        "arch": "DrNAS_cifar10",
+    }
     assert {key: args[key] for key in expected} == expected

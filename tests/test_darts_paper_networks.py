@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+
 from conftest import SPACES, assert_one_line_error, run_script, script_env
 
 # ---------------------------------------------------------------- evaluation network
@@ -33,7 +34,11 @@ def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
                 pool, bn = op
                 kind = nn.MaxPool2d if name.startswith("max") else nn.AvgPool2d
                 assert isinstance(pool, kind) and pool.kernel_size in (3, (3, 3))
-                assert isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.num_features == cell.preprocess1.bn.num_features
+                assert (
+                    isinstance(bn, nn.BatchNorm2d)
+                    and not bn.affine
+                    and bn.num_features == cell.preprocess1.bn.num_features
+                )
     assert pools > 0  # DrNAS_cifar10 has a max pool in its reduction cell
 
 
@@ -63,8 +68,24 @@ def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space
 
 def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
     """A checkpoint whose tensors do not fit the network (e.g. pools saved without BatchNorm) is refused."""
-    tiny = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "4", "--batch_size", "8", "--epochs", "2",
-            "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0"]
+    tiny = [
+        "--dataset",
+        "synthetic",
+        "--layers",
+        "5",
+        "--init_channels",
+        "4",
+        "--batch_size",
+        "8",
+        "--epochs",
+        "2",
+        "--max_steps_per_epoch",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     run = tmp_path / "run"
     done = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--save", run)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -92,7 +113,10 @@ def test_imagenet_search_stems_end_at_three_times_C(load_space):
     net = model_search.Network(48, 1000, 14, k=6, imagenet=True)
     convs = [m for m in (*net.stem0, *net.stem1) if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [
-        (3, 72, (2, 2)), (72, 144, (2, 2)), (144, 144, (2, 2))]
+        (3, 72, (2, 2)),
+        (72, 144, (2, 2)),
+        (144, 144, (2, 2)),
+    ]
     assert isinstance(net.stem1[0], nn.ReLU)
     first, second = net.cells[0], net.cells[1]
     assert isinstance(first.preprocess0, type(net.cells[5].preprocess0))  # FactorizedReduce after a reduction
@@ -121,7 +145,7 @@ class _Args:
 
 
 def test_architect_clips_beta_gradient_to_grad_clip(load_space):
-    """With `grad_clip` (the ImageNet search), Adam receives beta's gradient clipped to that norm; without, the raw one."""
+    """With `grad_clip` (ImageNet search), Adam receives beta's gradient clipped to that norm; without, the raw one."""
     model_search, architect = load_space("DARTS-space", "model_search", "architect")
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 16, 16), torch.randint(10, (4,))
@@ -170,23 +194,58 @@ def test_imagenet_evaluation_transforms(load_space):
 
 
 def test_imagenet_search_defaults_are_the_papers(load_space):
-    """train_search_imagenet.py: batch 512, lr 0.5 (5 warm-up epochs), arch lr 6e-3, C=48, 14 cells, k 6 -> 3, seed 0."""
+    """train_search_imagenet.py: batch 512, lr 0.5 (5 warm-up epochs), arch lr 6e-3, C=48, 14 cells, k 6->3, seed 0."""
     script = load_space("DARTS-space", "train_search_imagenet")
     args = script.get_parser().parse_args([])
     assert (args.batch_size, args.learning_rate, args.learning_rate_min, args.lr_warmup_epochs) == (512, 0.5, 0.0, 5)
     assert (args.arch_learning_rate, args.init_channels, args.layers, args.seed) == (6e-3, 48, 14, 0)
     assert (args.stage_epochs, args.stage_k, args.stage_keep, args.warmup_epochs) == ([25, 25], [6, 3], [7, 4], 10)
-    assert (args.grad_clip, args.momentum, args.weight_decay, args.reg_type, args.reg_scale) == (5.0, 0.9, 3e-4,
-                                                                                                 "l2", 1e-3)
+    assert (args.grad_clip, args.momentum, args.weight_decay, args.reg_type, args.reg_scale) == (
+        5.0,
+        0.9,
+        3e-4,
+        "l2",
+        1e-3,
+    )
 
 
 def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
     """train_search_imagenet.py hands --grad_clip to the architecture step: with a tiny clip beta barely moves."""
     run = tmp_path / "run"
-    result = run_script("DARTS-space", "train_search_imagenet.py", "--data", tiny_imagenet, "--image_size", "32",
-                        "--layers", "5", "--init_channels", "8", "--batch_size", "3", "--stage_epochs", "1", "1",
-                        "--stage_k", "4", "2", "--warmup_epochs", "0", "--max_steps", "2", "--device", "cpu",
-                        "--workers", "0", "--grad_clip", "1e-9", "--reg_scale", "0", "--save", run)
+    result = run_script(
+        "DARTS-space",
+        "train_search_imagenet.py",
+        "--data",
+        tiny_imagenet,
+        "--image_size",
+        "32",
+        "--layers",
+        "5",
+        "--init_channels",
+        "8",
+        "--batch_size",
+        "3",
+        "--stage_epochs",
+        "1",
+        "1",
+        "--stage_k",
+        "4",
+        "2",
+        "--warmup_epochs",
+        "0",
+        "--max_steps",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--grad_clip",
+        "1e-9",
+        "--reg_scale",
+        "0",
+        "--save",
+        run,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["task"]["architect"]["state"]
     # exp_avg mixes the received gradients with weights summing to below 1: its norm stays under the clip.
@@ -212,7 +271,8 @@ def test_train_imagenet_linear_schedule_every_epoch(load_space, batch_size):
     args = script.get_parser().parse_args(["--batch_size", str(batch_size)])
     for epoch in range(250):
         assert args.learning_rate * script.lr_factor(epoch, args) == pytest.approx(
-            paper_lr(epoch, 250, 0.5, batch_size), abs=1e-12), epoch
+            paper_lr(epoch, 250, 0.5, batch_size), abs=1e-12
+        ), epoch
     assert script.lr_factor(249, args) == pytest.approx(1 / (5 * 245))  # the last epoch is not at 0
 
 
@@ -238,12 +298,39 @@ def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_i
     """`train_imagenet.py --epochs 12 --learning_rate 0.5` logs the paper's rate each epoch, batch 300 and 64."""
     procs = {}
     for batch in (300, 64):
-        argv = ["train_imagenet.py", "--data", tiny_imagenet, "--image_size", "32", "--layers", "5",
-                "--init_channels", "4", "--epochs", "12", "--learning_rate", "0.5", "--batch_size", batch,
-                "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0", "--save", tmp_path / str(batch)]
-        procs[batch] = subprocess.Popen([sys.executable, *map(str, argv)], cwd=SPACES["DARTS-space"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        env=script_env())
+        argv = [
+            "train_imagenet.py",
+            "--data",
+            tiny_imagenet,
+            "--image_size",
+            "32",
+            "--layers",
+            "5",
+            "--init_channels",
+            "4",
+            "--epochs",
+            "12",
+            "--learning_rate",
+            "0.5",
+            "--batch_size",
+            batch,
+            "--max_steps_per_epoch",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--save",
+            tmp_path / str(batch),
+        ]
+        procs[batch] = subprocess.Popen(
+            [sys.executable, *map(str, argv)],
+            cwd=SPACES["DARTS-space"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=script_env(),
+        )
     for batch, proc in procs.items():
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -258,11 +345,21 @@ def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
     """train.py with an empty --data or a missing --resume: one line, non-zero exit, no run folder."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = [("--data", empty, "--save", tmp_path / "a"), ("--resume", tmp_path / "missing.pt", "--save", tmp_path / "b")]
-    procs = [subprocess.Popen([sys.executable, "train.py", "--device", "cpu", *map(str, case)],
-                              cwd=SPACES["DARTS-space"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=script_env())
-             for case in cases]
+    cases = [
+        ("--data", empty, "--save", tmp_path / "a"),
+        ("--resume", tmp_path / "missing.pt", "--save", tmp_path / "b"),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "train.py", "--device", "cpu", *map(str, case)],
+            cwd=SPACES["DARTS-space"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=script_env(),
+        )
+        for case in cases
+    ]
     for proc, expected in zip(procs, ("not found", "no such file")):
         _, err = proc.communicate(timeout=300)
         assert_one_line_error(proc.returncode, err, expected)
@@ -271,14 +368,31 @@ def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
 
 def test_train_resume_with_another_arch_leaves_the_run_untouched(tmp_path):
     """A refused --resume (other --arch) changes no file of the run, genotype.json included."""
-    tiny = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "4", "--batch_size", "8", "--epochs", "2",
-            "--max_steps_per_epoch", "1", "--device", "cpu", "--workers", "0"]
+    tiny = [
+        "--dataset",
+        "synthetic",
+        "--layers",
+        "5",
+        "--init_channels",
+        "4",
+        "--batch_size",
+        "8",
+        "--epochs",
+        "2",
+        "--max_steps_per_epoch",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     run = tmp_path / "run"
     done = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--save", run)
     assert done.returncode == 0, done.stderr[-2000:]
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    result = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--arch", "DARTS_V2",
-                        "--resume", run / "checkpoint.pt")
+    result = run_script(
+        "DARTS-space", "train.py", *tiny, "--epochs", "1", "--arch", "DARTS_V2", "--resume", run / "checkpoint.pt"
+    )
     assert result.returncode != 0 and "--arch" in result.stderr and "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
@@ -287,7 +401,9 @@ def test_search_refuses_missing_cifar_before_writing(tmp_path):
     """train_search.py without CIFAR: one line and no run folder."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_script("DARTS-space", "train_search.py", "--data", empty, "--device", "cpu", "--save", tmp_path / "run")
+    result = run_script(
+        "DARTS-space", "train_search.py", "--data", empty, "--device", "cpu", "--save", tmp_path / "run"
+    )
     assert_one_line_error(result.returncode, result.stderr, "not found")
     assert not (tmp_path / "run").exists() and not any(empty.iterdir())
 

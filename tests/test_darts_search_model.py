@@ -11,8 +11,7 @@ C, LAYERS, SIZE = 4, 3, 16
 
 
 def arch_args(**kw):
-    base = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4,
-                arch_learning_rate=0.1)
+    base = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=0.1)
     return argparse.Namespace(**{**base, **kw})
 
 

@@ -8,12 +8,39 @@ import sys
 
 import pytest
 import torch
+
 from conftest import SPACES
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
-TINY = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4",
-        "--stage_epochs", "2", "2", "--stage_k", "4", "2", "--stage_keep", "7", "3", "--warmup_epochs", "1",
-        "--max_steps", "2", "--report_freq", "1", "--device", "cpu", "--workers", "0"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--layers",
+    "3",
+    "--init_channels",
+    "8",
+    "--batch_size",
+    "4",
+    "--stage_epochs",
+    "2",
+    "2",
+    "--stage_k",
+    "4",
+    "2",
+    "--stage_keep",
+    "7",
+    "3",
+    "--warmup_epochs",
+    "1",
+    "--max_steps",
+    "2",
+    "--report_freq",
+    "1",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+]
 
 # Runs train_search.main in one process, "killed" right after its N-th checkpoint each
 # time, then resumed from it: argv = N1 N2 ... -- <train_search arguments>.
@@ -42,8 +69,14 @@ def popen(space, *args):
     import os
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    return subprocess.Popen([sys.executable, *map(str, args)], cwd=SPACES[space], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        cwd=SPACES[space],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def finish(proc, timeout=400):
@@ -55,10 +88,26 @@ def finish(proc, timeout=400):
 def test_bad_input_is_refused_with_one_line(tmp_path):
     # A --k that does not split the channels (C=16 with k=6, which the paper's code cannot
     # build either) and an ImageNet folder without train/ and val/, side by side.
-    bad_k = popen("DARTS-space", "train_search.py", "--dataset", "synthetic", "--init_channels", "16",
-                  "--layers", "8", "--stage_k", "6", "4", "--device", "cpu", "--save", tmp_path / "k")
-    bad_data = popen("DARTS-space", "train_search_imagenet.py", "--data", tmp_path, "--device", "cpu",
-                     "--save", tmp_path / "run")
+    bad_k = popen(
+        "DARTS-space",
+        "train_search.py",
+        "--dataset",
+        "synthetic",
+        "--init_channels",
+        "16",
+        "--layers",
+        "8",
+        "--stage_k",
+        "6",
+        "4",
+        "--device",
+        "cpu",
+        "--save",
+        tmp_path / "k",
+    )
+    bad_data = popen(
+        "DARTS-space", "train_search_imagenet.py", "--data", tmp_path, "--device", "cpu", "--save", tmp_path / "run"
+    )
     for proc, expected in ((bad_k, ("--stage_k 6", "valid values: 1, 2, 4, 8")), (bad_data, ("train/", "val/"))):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode != 0 and "Traceback" not in err, err
@@ -122,12 +171,48 @@ def _image_tree(root, classes=3, train=4, val=4, size=40):
 
 def test_imagenet_search_one_process_and_torchrun(tmp_path):
     _image_tree(tmp_path / "tiny")
-    flags = ["--data", tmp_path / "tiny", "--image_size", "32", "--layers", "3", "--init_channels", "8",
-             "--batch_size", "4", "--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "2",
-             "--warmup_epochs", "0", "--max_steps", "2", "--device", "cpu", "--workers", "0"]
+    flags = [
+        "--data",
+        tmp_path / "tiny",
+        "--image_size",
+        "32",
+        "--layers",
+        "3",
+        "--init_channels",
+        "8",
+        "--batch_size",
+        "4",
+        "--stage_epochs",
+        "1",
+        "1",
+        "--stage_k",
+        "4",
+        "2",
+        "--stage_keep",
+        "7",
+        "2",
+        "--warmup_epochs",
+        "0",
+        "--max_steps",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     single = popen("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
-    ddp = popen("DARTS-space", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "train_search_imagenet.py", *flags, "--save", tmp_path / "two")
+    ddp = popen(
+        "DARTS-space",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "train_search_imagenet.py",
+        *flags,
+        "--save",
+        tmp_path / "two",
+    )
     finish(single)
     finish(ddp)
     for run in ("one", "two"):
@@ -149,8 +234,18 @@ def test_prepare_imagenet_subset(load_space, tmp_path, capsys):
         for i in range(40):
             (folder / f"n0{c}_{i}.JPEG").write_bytes(b"")
     out = tmp_path / "subset"
-    argv = ["--imagenet", str(tmp_path / "imagenet"), "--out", str(out), "--seed", "1",
-            "--train_fraction", "0.1", "--val_fraction", "0.05"]
+    argv = [
+        "--imagenet",
+        str(tmp_path / "imagenet"),
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        "--train_fraction",
+        "0.1",
+        "--val_fraction",
+        "0.05",
+    ]
     prepare.main(argv)
 
     def listing():

@@ -1,6 +1,7 @@
 """Files kept identical in both folders: `utils.py` and the run engine `engine.py` (STYLE.md section 8)."""
 
 import pytest
+
 from conftest import SPACES
 
 
