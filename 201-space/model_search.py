@@ -187,6 +187,14 @@ class Network(nn.Module):
         alpha = concentration(self.beta.detach()).cpu().tolist()
         return [[round(a, 4) if o in kept else None for o, a in enumerate(row)] for row, kept in zip(alpha, self.kept)]
 
+    def softmax_weights(self):
+        """softmax(beta) over the kept ops per edge as nested lists (for logs), pruned ops as None."""
+        rows = []
+        for row, kept in zip(self.beta.detach().cpu(), self.kept):
+            p = F.softmax(row[kept], dim=0).tolist()
+            rows.append([round(p[kept.index(o)], 4) if o in kept else None for o in range(len(row))])
+        return rows
+
     # ---------------------------------------------------------------- progressive stages
 
     def prune(self, keep):

@@ -327,7 +327,10 @@ class Search(engine.Task):
         self.scheduler.step()
         record["genotype"] = str(self.model.genotype())
         logger.info("genotype = %s", record["genotype"])
-        logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), self.model.concentrations())
+        if self.model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
+            logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), self.model.concentrations())
+        else:
+            logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), self.model.softmax_weights())
         if self.benchmark is not None:
             record.update(query_benchmark(self.model, self.benchmark, self.args, epoch))
 

@@ -173,7 +173,7 @@ def main(argv=None):
         task.load_state_dict(state, args.resume)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})
     logger.info("arch = %s", structure)
-    logger.info("param count = %d (%.6f MB), FLOPs = %.5f M", params, params / 1e6, flops / 1e6)
+    logger.info("param count = %d (%.6fM), FLOPs = %.5fM", params, params / 1e6, flops / 1e6)
     best = run.fit(task, args.epochs, len(train_stream))
     logger.info(
         "done: %s, %d params, best test acc %.2f%% (epoch %d)", structure, params, best["value"], best["epoch"] + 1

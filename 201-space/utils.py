@@ -259,48 +259,6 @@ def load_model_state(model, state, path):
 # ---------------------------------------------------------------- meters
 
 
-class AverageMeter:
-    """Running average of a scalar; tensors stay on their device until `avg` is read."""
-
-    def __init__(self):
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, value, n=1):
-        if torch.is_tensor(value):
-            value = value.detach()  # summing on the device avoids a host sync per step
-        self.sum = self.sum + value * n
-        self.count += n
-
-    @property
-    def avg(self):
-        return float(self.sum) / max(self.count, 1)
-
-
-def accuracy(output, target, topk=(1,)):
-    """Top-k accuracies in percent, as 0-d tensors (no host read; call `float()` when logging)."""
-    maxk = min(max(topk), output.size(1))
-    pred = output.topk(maxk, dim=1).indices  # (B, maxk)
-    correct = pred.eq(target.view(-1, 1))  # (B, maxk)
-    return [correct[:, : min(k, maxk)].any(dim=1).float().mean() * 100.0 for k in topk]
-
-
-class Progress:
-    """Throughput and ETA for a fixed number of steps."""
-
-    def __init__(self, total_steps, done_steps=0):
-        self.total = total_steps
-        self.start_done = done_steps
-        self.start = time.time()
-
-    def line(self, done_steps, samples_per_step):
-        elapsed = max(time.time() - self.start, 1e-9)
-        steps = max(done_steps - self.start_done, 1)
-        per_step = elapsed / steps
-        eta = per_step * (self.total - done_steps)
-        return f"{samples_per_step / per_step:.1f} img/s, ETA {format_seconds(eta)}"
-
-
 def format_seconds(seconds):
     """`3725` -> `1:02:05`."""
     seconds = int(max(seconds, 0))

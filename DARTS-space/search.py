@@ -282,9 +282,9 @@ class Search(engine.Task):
         self.steps = min(len(self.streams["train"]), args.max_steps or len(self.streams["train"]))
         self.arch_on, self.weights = False, model.weights()
         logger.info(
-            "param size = %.6f MB (%d weights)",
-            utils.count_parameters(self.weights) / 1e6,
+            "param count = %d weights (%.2fM)",
             utils.count_parameters(self.weights),
+            utils.count_parameters(self.weights) / 1e6,
         )
 
     def begin_epoch(self, epoch):

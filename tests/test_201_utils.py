@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from conftest import forbid_host_reads
+
 
 def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
     utils = load_space("201-space", "utils")
@@ -123,23 +125,9 @@ def test_epoch_sampler_rank_sharding_covers_all_indices(load_space, n, world):
     assert len(sampler) == per_rank - 2
 
 
-def test_average_meter_with_tensors_and_floats(load_space):
-    utils = load_space("201-space", "utils")
-    meter = utils.AverageMeter()
-    meter.update(torch.tensor(2.0, requires_grad=True) * 1, 2)
-    meter.update(torch.tensor(5.0), 1)
-    assert meter.avg == pytest.approx(3.0)
-    assert meter.count == 3
-    assert not getattr(meter.sum, "requires_grad", False)
-    floats = utils.AverageMeter()
-    assert floats.avg == 0.0
-    floats.update(1.0)
-    floats.update(4.0, 3)
-    assert floats.avg == pytest.approx(13.0 / 4)
-
-
-def test_accuracy_top1_top5(load_space):
-    utils = load_space("201-space", "utils")
+def test_meter_sums_loss_top1_top5_on_the_device(load_space):
+    """engine.Meter: loss weighted by batch size, top-1 and top-5 in %, nothing read until result()."""
+    engine = load_space("201-space", "engine")
     output = torch.tensor(
         [
             [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # target 0: top-1
@@ -149,15 +137,20 @@ def test_accuracy_top1_top5(load_space):
         ]
     )
     target = torch.tensor([0, 1, 5, 3])
-    top1, top5 = utils.accuracy(output, target, topk=(1, 5))
-    assert top1.dim() == 0
-    assert float(top1) == pytest.approx(50.0)
-    assert float(top5) == pytest.approx(75.0)
-    # A non-contiguous view works (the paper's code raised on it), and k > classes is capped.
-    (top1_t,) = utils.accuracy(output.t().contiguous().t(), target)
-    assert float(top1_t) == pytest.approx(50.0)
-    (top10,) = utils.accuracy(output[:, :4], torch.tensor([0, 1, 2, 3]), topk=(10,))
-    assert float(top10) == pytest.approx(100.0)
+    meter = engine.Meter(torch.device("cpu"))
+    with forbid_host_reads():
+        meter.update(output, target, torch.tensor(2.0, requires_grad=True) * 1)
+        # A non-contiguous view works, and fewer than 5 classes cap top-5 at all of them.
+        meter.update(output.t().contiguous().t()[:2], target[:2], torch.tensor(5.0))
+    result = meter.result()
+    assert result["loss"] == pytest.approx((2.0 * 4 + 5.0 * 2) / 6)
+    assert result["acc"] == pytest.approx(100 * 3 / 6) and result["top5"] == pytest.approx(100 * 5 / 6)
+    small = engine.Meter(torch.device("cpu"))
+    small.update(output[:, :4], torch.tensor([0, 1, 2, 3]), torch.tensor(1.0))
+    assert small.result()["top5"] == pytest.approx(100.0)
+    # The sums are what a mid-epoch checkpoint stores; a meter rebuilt from them continues exactly.
+    again = engine.Meter(torch.device("cpu"), meter.sums.tolist())
+    assert again.result() == result
 
 
 def test_format_seconds_and_check_resume_args(load_space):
