@@ -256,7 +256,7 @@ def load_model_state(model, state, path):
         ) from None
 
 
-# ---------------------------------------------------------------- meters
+# ---------------------------------------------------------------- counts and times
 
 
 def format_seconds(seconds):
