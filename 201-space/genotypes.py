@@ -84,16 +84,19 @@ class Structure:
 
 # Named cells. ResNet is NAS-Bench-201's reference; DrNAS is the paper's search result
 # (94.36 / 73.51 / 46.34 test accuracy on CIFAR-10 / CIFAR-100 / ImageNet16-120).
-ResNet = Structure.from_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")
+ResNet = Structure.from_str("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|")
 DrNAS = Structure.from_str(
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 )
 NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
-def save_genotype(structure, path):
-    """Write a search's result as `{"arch": "|...|"}` (read back by `load_arch`)."""
-    Path(path).write_text(json.dumps({"arch": str(structure)}, indent=2) + "\n")
+def save_genotype(structure, path, data=None):
+    """Write a search's result as `{"arch": "|...|"}` (read back by `load_arch`).
+
+    `data` adds what the search ran on (dataset, data folder, image size, classes); `load_arch` ignores it.
+    """
+    Path(path).write_text(json.dumps({"arch": str(structure), **(data or {})}, indent=2) + "\n")
 
 
 def load_arch(spec):

@@ -742,3 +742,11 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     assert ckpt["scheduler"]["T_max"] == 2 and ckpt["scheduler"]["eta_min"] == 0.0
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.05])
+
+
+def test_named_resnet_cell_is_nas_bench_201_residual_block(load_space, nb201_table):
+    """ResNet: node1 = conv3x3(x), node2 = conv3x3(node1), output = x + node2 (NAS-Bench-201's reference cell)."""
+    genotypes, benchmark = load_space("201-space", "genotypes", "benchmark")
+    assert str(genotypes.ResNet) == ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|")
+    accs = benchmark.load_benchmark(nb201_table).query(str(genotypes.ResNet))
+    assert accs["cifar10"] > 93.5 and accs["cifar100"] > 70.0  # a working residual block, not a cut graph
