@@ -10,10 +10,15 @@
   column), which loads in well under a second, plain or gzipped. `tables/` ships one for
   all 15,625 architectures (see tables/README.md for where it comes from).
 
-Both answer `query(arch_str)` with a dict keyed by dataset. Run from this folder:
+Both answer `query(arch_str)` with a dict keyed by dataset. `--benchmark` defaults to the
+shipped table (found next to this file, whatever the current folder); `--benchmark none`
+turns the searches' look-ups off. `--arch` takes a named cell (DrNAS, ResNet), an
+architecture string or a search's genotype.json:
 
-    python benchmark.py query --benchmark tables/nb201_test_accuracy.csv.gz \
+    python benchmark.py query --arch DrNAS
+    python benchmark.py query \
         --arch '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
+    python benchmark.py query --benchmark NAS-Bench-201-v1_0-e61699.pth --arch experiments/.../genotype.json
     python benchmark.py export --benchmark NAS-Bench-201-v1_0-e61699.pth --out nb201.csv
 """
 
@@ -28,9 +33,18 @@ import statistics
 import sys
 from pathlib import Path
 
+from genotypes import NAMED, Structure, load_arch
 from utils import UserError, exits_cleanly
 
 logger = logging.getLogger(__name__)
+
+# The table shipped in tables/: the default of every --benchmark, resolved against this
+# folder rather than the current one, so the scripts find it from anywhere.
+DEFAULT_TABLE = "tables/nb201_test_accuracy.csv.gz"
+HERE = Path(__file__).resolve().parent
+# The search data sets the benchmark measured (the searches' --dataset names); on any
+# other data set its figures describe the cell, not the run.
+MEASURED = ("cifar10", "cifar100", "imagenet16-120")
 
 # Test accuracy after 200 epochs on these datasets; cifar10-valid (valid accuracy) only
 # where the source has it.
@@ -49,8 +63,6 @@ def summarize(accs):
 
 def _unknown_arch(arch, path):
     """The error for an architecture the benchmark does not hold (says why, if it can)."""
-    from genotypes import Structure
-
     try:
         Structure.from_str(arch)
     except ValueError as err:
@@ -217,6 +229,26 @@ class OfficialBenchmark:
         return result
 
 
+def benchmark_path(spec):
+    """The file a --benchmark value names: None for 'none', the shipped table for the default."""
+    if spec is None or spec.strip().lower() == "none":
+        return None
+    return HERE / DEFAULT_TABLE if spec == DEFAULT_TABLE else Path(spec)
+
+
+def open_benchmark(spec):
+    """`load_benchmark` of a --benchmark value, or None when it is 'none'."""
+    path = benchmark_path(spec)
+    return None if path is None else load_benchmark(path)
+
+
+def benchmark_note(dataset):
+    """None on a data set the benchmark measured; otherwise the label its figures carry in a search."""
+    if dataset in MEASURED:
+        return None
+    return f"the benchmark's figures for the cell, not measured on {dataset}"
+
+
 def load_benchmark(path):
     """Open a benchmark (official .pth or compact CSV), failing with a `UserError` at once."""
     path = Path(path)
@@ -268,10 +300,18 @@ def get_parser():
     )
     group = query.add_argument_group("query")
     group.add_argument(
-        "--benchmark", type=str, required=True, default=None, help="official NAS-Bench-201 .pth or compact CSV table"
+        "--benchmark",
+        type=str,
+        default=DEFAULT_TABLE,
+        help="official NAS-Bench-201 .pth or compact CSV table (the default is the table shipped next to this file)",
     )
     group.add_argument(
-        "--arch", type=str, required=True, default=None, help="architecture string, e.g. '|nor_conv_3x3~0|+|...|'"
+        "--arch",
+        type=str,
+        required=True,
+        default=None,
+        help=f"cell: a named one ({', '.join(NAMED)}), an architecture string '|nor_conv_3x3~0|+|...|', "
+        "or a search's genotype.json",
     )
     export = commands.add_parser(
         "export",
@@ -300,10 +340,16 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    bench = load_benchmark(args.benchmark)
     if args.command == "query":
-        sys.stdout.write(json.dumps(bench.query(args.arch.strip())) + "\n")
+        structure = load_arch(args.arch.strip())  # a bad --arch fails before the benchmark loads
+        path = benchmark_path(args.benchmark)
+        if path is None:
+            raise UserError("query needs a benchmark; --benchmark none is for the searches")
+        # The canonical string (nodes' edges in order), as the benchmark spells it.
+        arch = str(Structure.from_edges(structure.edge_ops()))
+        sys.stdout.write(json.dumps(load_benchmark(path).query(arch)) + "\n")
     else:
+        bench = load_benchmark(benchmark_path(args.benchmark) or args.benchmark)
         count = export_table(bench, args.out, args.with_valid)
         logger.info("wrote %d architectures to %s", count, args.out)
 

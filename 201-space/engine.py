@@ -3,9 +3,10 @@
 A script parses its flags, builds data, model and optimisers into a `Task`, and hands it
 to a `Run`, which owns the rest: argument checks, the run folder and logging, the
 checkpoint (atomic, resumable at any step), the epoch loop with progress and ETA, the
-metrics (top-1/top-5, summed on the device, reduced over ranks), history.jsonl and
-TensorBoard, preemption (SIGTERM/SIGINT) and divergence (a loss or a watched tensor that
-is not finite). The same file serves both folders of the repository.
+metrics (top-1/top-5, summed on the device, reduced over ranks), history.jsonl (with the
+run's wall time and device-hours, counted across resumes) and TensorBoard, preemption
+(SIGTERM/SIGINT) and divergence (a loss or a watched tensor that is not finite). The same
+file serves both folders of the repository.
 
     run = Run(args, "train_search", RESUME_KEYS)      # checks args and --resume, writes nothing
     task = Search(...)                                # built from run.task_state() when resuming
@@ -35,7 +36,7 @@ CHECKPOINT_VERSION = 2
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, whichever script of either folder wrote it (`Run._save`);
 # what is particular to a script lies under "task".
-CHECKPOINT_KEYS = ("version", "epoch", "step", "args", "rng", "streams", "meter", "best", "task")
+CHECKPOINT_KEYS = ("version", "epoch", "step", "args", "rng", "streams", "meter", "best", "usage", "task")
 Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 # Valid ranges of the numeric flags, checked for every flag a script has: (low, high, low
@@ -267,6 +268,10 @@ class Run:
         self._clock = _Clock(epochs, steps, start_epoch, start_step)
         self._steps = steps
         self._last_save = time.time()
+        # Wall seconds and device-hours of the earlier sessions of this run (checkpoints
+        # before "usage" existed count from zero), and when this session's loop began.
+        done = (self.ckpt or {}).get("usage") or {"wall_s": 0.0, "device_hours": 0.0}
+        self._usage = (done, time.time())
         try:
             for epoch in range(start_epoch, epochs):
                 first = start_step if epoch == start_epoch else 0
@@ -384,6 +389,9 @@ class Run:
         if metric is not None:
             record["best_acc"] = best["value"]
         record["time_s"] = round(time.time() - self._epoch_start, 2)
+        usage = self.usage()
+        record.update(wall_s=round(usage["wall_s"], 2), device_hours=round(usage["device_hours"], 6))
+        record["device"] = self.dist.device.type
         if self.main:
             logger.info(
                 "epoch %d/%d %s",
@@ -409,6 +417,19 @@ class Run:
         self._last_save = time.time()
         return best
 
+    def usage(self):
+        """{"wall_s", "device_hours"} of the run so far, resumed sessions included: what a report's cost is.
+
+        Counted from the start of each session's epoch loop (set-up and downloads are not);
+        device-hours are wall hours times the number of processes.
+        """
+        done, since = self._usage
+        seconds = time.time() - since
+        return {
+            "wall_s": done["wall_s"] + seconds,
+            "device_hours": done["device_hours"] + seconds * self.dist.world_size / 3600,
+        }
+
     def _save(self, task, epoch, step, meter, best):
         """Write checkpoint.pt atomically (rank 0); `epoch`/`step` is where a resumed run starts."""
         rng = [utils.rng_state()]
@@ -429,6 +450,7 @@ class Run:
                 "streams": {name: s.position() for name, s in (task.streams or {}).items()},
                 "meter": None if meter is None else meter.sums.tolist(),
                 "best": best,
+                "usage": self.usage(),
                 "task": state,
             },
             self.run_dir / "checkpoint.pt",

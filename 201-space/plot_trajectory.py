@@ -1,10 +1,14 @@
 """Draw the accuracy trajectory of a search run with a NAS-Bench-201 benchmark.
 
-A search run with `--benchmark PATH` records in `history.jsonl`, for every epoch, the
-benchmark accuracy of the derived architecture and the min / median / max accuracy of
-architectures sampled from the current Dirichlet. The figure has one panel per dataset:
-a band between the min and max of the sampled architectures, their median dashed, and
-the derived architecture as a solid line. The search draws it at its end; redraw it with
+A search run with a benchmark (by default the shipped table; `--benchmark none` turns it
+off) records in `history.jsonl`, for every epoch, the benchmark accuracy of the derived
+architecture and the min / median / max accuracy of architectures sampled from the
+current Dirichlet. The figure has one panel per dataset: a band between the min and max
+of the sampled architectures, their median dashed, and the derived architecture as a
+solid line, over the epochs numbered as the log numbers them (from 1); a dotted line
+marks where a stage of the progressive search begins. On a data set the benchmark did
+not measure (synthetic, an image folder) the title says the figures describe the cells,
+not the run. The search draws it at its end; redraw it with
 
     python plot_trajectory.py experiments/train_search-20260101-120000
     python plot_trajectory.py RUN_DIR --out trajectory.pdf
@@ -39,30 +43,75 @@ def read_history(run_dir):
     return records
 
 
-def _series(records):
-    """Epochs, derived accuracies and sampled summaries per dataset, checked."""
-    usable = [r for r in records if isinstance(r, dict) and "benchmark" in r and "trajectory" in r]
+def trajectory_series(records):
+    """What the figure draws, checked: 1-based epochs (the log's numbering) and per dataset the
+    derived cell's accuracies and, where recorded, the sampled min / median / max; plus where a
+    stage begins (`[(x, stage number)]`, between two epochs) and the runs' benchmark note."""
+    usable = sorted((r for r in records if isinstance(r, dict) and "benchmark" in r), key=lambda r: r["epoch"])
     if not usable:
         raise UserError(
-            "the history has no benchmark accuracies or trajectory; run the search with "
-            "--benchmark PATH (the official NAS-Bench-201 file or a CSV table)"
+            "the history has no benchmark accuracies (a search with --benchmark none); search with the "
+            "default --benchmark (the shipped table), another CSV table or the official file"
         )
-    usable.sort(key=lambda r: r["epoch"])
-    epochs = [int(r["epoch"]) for r in usable]
+    epochs = [int(r["epoch"]) + 1 for r in usable]
+    # A run with --trajectory_samples 0 records the derived cell only: no band then.
+    sampled_records = [(e, r) for e, r in zip(epochs, usable) if "trajectory" in r]
     series = {}
     for dataset in DATASETS:
         try:
             derived = [float(r["benchmark"][dataset]) for r in usable]
-            sampled = {s: [float(r["trajectory"][dataset][s]) for r in usable] for s in STATS}
+            sampled = {s: [float(r["trajectory"][dataset][s]) for _, r in sampled_records] for s in STATS}
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"history record lacks {dataset} accuracies ({type(err).__name__}: {err})") from None
-        series[dataset] = (derived, sampled)
-    return epochs, series
+        series[dataset] = {"derived": derived, "sampled": sampled}
+    stage_starts = [
+        (epoch - 0.5, int(r["stage"]) + 1)
+        for epoch, r, before in zip(epochs[1:], usable[1:], usable)
+        if r.get("stage", 0) != before.get("stage", 0)
+    ]
+    return {
+        "epochs": epochs,
+        "sampled_epochs": [e for e, _ in sampled_records],
+        "series": series,
+        "stage_starts": stage_starts,
+        "note": next((r["benchmark_note"] for r in usable if r.get("benchmark_note")), None),
+    }
 
 
-def plot_trajectory(records, out_path):
-    """Draw the trajectory figure of `records` (history lines) into `out_path`."""
-    epochs, series = _series(records)
+def _draw_panel(ax, data, dataset, marker):
+    """One dataset's panel: the sampled band and median, the derived cell, the stage switches."""
+    sampled, epochs = data["series"][dataset]["sampled"], data["sampled_epochs"]
+    band = dict(color="tab:blue", alpha=0.2, label="sampled architectures (min-max)")
+    if len(epochs) == 1:  # a band one epoch wide has no area: a bar and a tick instead
+        ax.vlines(epochs, sampled["min"], sampled["max"], linewidth=8, **band)
+        ax.plot(epochs, sampled["median"], "_", color="tab:blue", markersize=14, label="sampled median")
+    elif epochs:
+        ax.fill_between(epochs, sampled["min"], sampled["max"], linewidth=0, **band)
+        ax.plot(epochs, sampled["median"], "--", color="tab:blue", linewidth=1.2, label="sampled median")
+    derived = data["series"][dataset]["derived"]
+    style = dict(color="tab:red", linewidth=1.8, marker=marker, markersize=3, label="derived architecture")
+    ax.plot(data["epochs"], derived, "-", **style)
+    for x, stage in data["stage_starts"]:
+        ax.axvline(x, color="0.3", linestyle=":", linewidth=1.2)
+        ax.annotate(
+            f"stage {stage}",
+            (x, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
+    ax.set_title(TITLES[dataset])
+    ax.set_xlabel("search epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+
+
+def draw_trajectory(records):
+    """The trajectory figure of `records` (history lines), a matplotlib Figure on an Agg canvas."""
+    data = trajectory_series(records)
     # The object API with an Agg canvas leaves pyplot's global backend alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -71,38 +120,23 @@ def plot_trajectory(records, out_path):
     fig = Figure(figsize=(4.2 * len(DATASETS), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(DATASETS))
+    epochs = data["epochs"]
     marker = "o" if len(epochs) <= 30 else None
     for ax, dataset in zip(axes, DATASETS):
-        derived, sampled = series[dataset]
-        ax.fill_between(
-            epochs,
-            sampled["min"],
-            sampled["max"],
-            color="tab:blue",
-            alpha=0.2,
-            linewidth=0,
-            label="sampled architectures (min-max)",
-        )
-        ax.plot(epochs, sampled["median"], "--", color="tab:blue", linewidth=1.2, label="sampled median")
-        ax.plot(
-            epochs,
-            derived,
-            "-",
-            color="tab:red",
-            linewidth=1.8,
-            marker=marker,
-            markersize=3,
-            label="derived architecture",
-        )
-        ax.set_title(TITLES[dataset])
-        ax.set_xlabel("search epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, alpha=0.3)
+        _draw_panel(ax, data, dataset, marker)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) == 1:
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle("NAS-Bench-201 accuracy during the search (200-epoch training)")
+    title = "NAS-Bench-201 accuracy during the search (200-epoch training)"
+    # A search on a data set the benchmark did not measure says so under the title.
+    fig.suptitle(f"{title}\n{data['note']}" if data["note"] else title)
+    return fig
+
+
+def plot_trajectory(records, out_path):
+    """Draw the trajectory figure of `records` (history lines) into `out_path`."""
+    fig = draw_trajectory(records)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120)
@@ -115,7 +149,7 @@ def get_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     group = parser.add_argument_group("plot")
-    group.add_argument("run_dir", type=str, help="run directory of a search made with --benchmark")
+    group.add_argument("run_dir", type=str, help="run directory of a search made with a benchmark")
     group.add_argument("--out", type=str, default=None, help="output image (default: RUN_DIR/trajectory.png)")
     return parser
 

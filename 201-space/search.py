@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 import engine
 import utils
-from benchmark import summarize
+from benchmark import DEFAULT_TABLE, benchmark_note, summarize
 from datasets import DATASETS
 from genotypes import PRIMITIVES, Structure, save_genotype
 from model_search import METHODS, Network, concentration
@@ -44,6 +44,7 @@ RESUME_KEYS = (
     "seed",
     "grad_clip",
     "train_portion",
+    "image_size",
     "unrolled",
     "arch_learning_rate",
     "reg_type",
@@ -65,7 +66,10 @@ def get_parser(progressive=False, description=__doc__):
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
-    data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads itself here)")
+    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
+    data.add_argument("--data", type=str, default="../data", help=folder)
+    size = "imagefolder: images are resized to this many pixels square"
+    data.add_argument("--image_size", type=int, default=32, help=size)
     portion = "share of the training set for weights; the rest trains the architecture"
     data.add_argument("--train_portion", type=float, default=0.5, help=portion)
     data.add_argument("--workers", type=int, default=2, help="data loading processes (0 for an exactly resumable run)")
@@ -114,9 +118,9 @@ def add_search_flags(group, progressive):
     group.add_argument("--reg_scale", type=float, default=1e-3, help="weight of the regulariser")
     group.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
     group.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")
-    benchmark = "NAS-Bench-201 .pth file or compact CSV table to query each epoch"
-    group.add_argument("--benchmark", type=str, default=None, help=benchmark)
-    samples = "architectures drawn from the Dirichlet each epoch (needs --benchmark)"
+    benchmark = "NAS-Bench-201 .pth file or CSV table queried each epoch (default: the shipped table); none: no queries"
+    group.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=benchmark)
+    samples = "architectures drawn from the Dirichlet each epoch and looked up in the benchmark"
     group.add_argument("--trajectory_samples", type=int, default=100, help=samples)
 
 
@@ -224,7 +228,10 @@ def enter_stage(model, optimizer, stage, args):
 
 
 def split_search_data(train_data, train_portion):
-    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest."""
+    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest.
+
+    An imagefolder training set comes in a seeded random order, so both parts hold every class.
+    """
     split = int(len(train_data) * train_portion)
     return Subset(train_data, range(split)), Subset(train_data, range(split, len(train_data)))
 
@@ -350,15 +357,34 @@ class Search(engine.Task):
         return [self.model.beta]
 
 
-def finish(model, run_dir, benchmark):
-    """After the last epoch: genotype.json, the final genotype in the log and, with a benchmark, trajectory.png."""
-    save_genotype(model.genotype(), run_dir / "genotype.json")
+def finish(model, run_dir, benchmark, data=None):
+    """After the last epoch: genotype.json, the final genotype in the log and, with a benchmark, trajectory.png.
+
+    `data` (from `datasets.data_record`) goes into genotype.json next to the cell, for train.py.
+    """
+    save_genotype(model.genotype(), run_dir / "genotype.json", data)
     logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
     if benchmark is not None:
         plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
+        logger.info("NAS-Bench-201 trajectory drawn in %s", run_dir / "trajectory.png")
 
 
 # ---------------------------------------------------------------- NAS-Bench-201
+
+
+def log_benchmark(benchmark, args):
+    """The run's first word on NAS-Bench-201: the benchmark its epochs query, or that they query none."""
+    if benchmark is None:
+        logger.info("NAS-Bench-201 look-ups off (--benchmark none): no benchmark accuracies, no trajectory.png")
+        return
+    note = benchmark_note(args.dataset)
+    logger.info(
+        "NAS-Bench-201 %s %s (%d architectures) queried every epoch%s",
+        benchmark.kind,
+        benchmark.path,
+        len(benchmark),
+        f"; {args.dataset} is none of its data sets, so its figures describe the cells, not this run" if note else "",
+    )
 
 
 def query_benchmark(model, benchmark, args, epoch):
@@ -366,7 +392,12 @@ def query_benchmark(model, benchmark, args, epoch):
     accs = benchmark.query(str(model.genotype()))
     # The flat nb201_* fields become the TensorBoard scalars nb201/<dataset>.
     record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in accs.items()}}
-    logger.info("NAS-Bench-201 %s", " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
+    # On a data set the benchmark did not measure, the figures describe the cell, not this run.
+    note = benchmark_note(args.dataset)
+    if note:
+        record["benchmark_note"] = note
+    label = f"NAS-Bench-201 ({note}):" if note else "NAS-Bench-201"
+    logger.info("%s %s", label, " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
     if args.trajectory_samples > 0:
         archs = sample_architectures(model, args.trajectory_samples, np.random.default_rng(args.seed * 100003 + epoch))
         results = benchmark.query_many(archs)

@@ -9,6 +9,7 @@ random crop and flip. These are the defaults here.
     python train.py --arch experiments/train_search-.../genotype.json --dataset cifar100
     python train.py --arch '|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|' \
         --dataset imagenet16-120 --data ~/data/ImageNet16
+    python train.py --arch RUN/genotype.json --dataset imagefolder --data DIR   # your images (as the search's)
     python train.py --dataset synthetic --epochs 2 --batch_size 32 --device cpu   # CPU smoke run
     python train.py --arch DrNAS --resume experiments/train-.../checkpoint.pt     # continue a run
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 # Flags that change what a run computes: a resumed run must keep them (and its --arch).
 RESUME_KEYS = (
     "dataset",
+    "image_size",
     "init_channels",
     "layers",
     "epochs",
@@ -54,7 +56,10 @@ def get_parser():
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to train on")
-    data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads itself here)")
+    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
+    data.add_argument("--data", type=str, default="../data", help=folder)
+    size = "imagefolder: images are resized to this many pixels square"
+    data.add_argument("--image_size", type=int, default=32, help=size)
     data.add_argument("--workers", type=int, default=2, help="data loading processes (0 for an exactly resumable run)")
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -155,7 +160,7 @@ def main(argv=None):
     device = run.dist.device
     utils.set_seed(args.seed)
     train_data, test_data, num_classes = run.first_on_rank0(
-        lambda: get_datasets(args.dataset, args.data, train_augment=True)
+        lambda: get_datasets(args.dataset, args.data, True, image_size=args.image_size, seed=args.seed)
     )
     model = Network(args.init_channels, args.layers, structure, num_classes)
     model = model.to(device, memory_format=torch.channels_last)
@@ -173,6 +178,8 @@ def main(argv=None):
         task.load_state_dict(state, args.resume)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})
     logger.info("arch = %s", structure)
+    if args.dataset == "imagefolder":  # classes, image counts, normalisation
+        logger.info("%s", train_data.summary)
     logger.info("param count = %d (%.6fM), FLOPs = %.5fM", params, params / 1e6, flops / 1e6)
     best = run.fit(task, args.epochs, len(train_stream))
     logger.info(

@@ -1,12 +1,13 @@
-"""Datasets of the DARTS space: CIFAR-10/100, a synthetic set and ImageNet folders.
+"""Datasets of the DARTS space: CIFAR-10/100, a synthetic set, your own images and ImageNet folders.
 
-`get_datasets(name, root, cutout, cutout_length, train_augment)` returns
-`(train, test, num_classes)` for CIFAR-10, CIFAR-100 or `synthetic`;
+`get_datasets(name, root, cutout, cutout_length, train_augment, image_size, seed)` returns
+`(train, test, num_classes)` for CIFAR-10, CIFAR-100, `synthetic` or `imagefolder` (your
+images in `root/train/<class>/*` and `root/val/<class>/*`, for the CIFAR-style networks);
 `imagenet_datasets(root, image_size, search)` returns `(train, val, num_classes)`
 from an `ImageFolder` tree `root/train`, `root/val` (the full ImageNet, or the search
 subset written by `prepare_imagenet_subset.py`). CIFAR (pickled batches, read here)
 downloads itself when absent; `synthetic` lives in memory, needs no network and is learnable,
-for laptops and tests. Missing data ends with one clear line. Nothing runs at import.
+for laptops and tests. Missing or broken data ends with one clear line. Nothing runs at import.
 
     python -c "import datasets; print(datasets.get_datasets('synthetic', '.')[2])"
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms as T
+from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from utils import UserError
@@ -27,7 +29,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-DATASETS = ("cifar10", "cifar100", "synthetic")
+DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder")
 
 
 class Cutout:
@@ -104,8 +106,6 @@ class PickledImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
-        from PIL import Image
-
         image = Image.fromarray(self.images[index])
         if self.transform is not None:
             image = self.transform(image)
@@ -175,9 +175,160 @@ def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
     return TensorDataset(images, labels)
 
 
-def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True):
-    """Return `(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only."""
+# ---------------------------------------------------------------- your own images
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+STATS_IMAGES = 2000  # images sampled (seed 0) for the per-channel mean and std
+
+
+class BadImage(UserError):
+    """An image file that does not decode; one line even when a DataLoader worker re-raises it.
+
+    A worker's exception comes back as `BadImage("Caught BadImage in DataLoader worker ...
+    Original Traceback ...")`, whose last line is `datasets.BadImage: <message>`: only that message is kept.
+    """
+
+    def __init__(self, message):
+        super().__init__(message.strip().splitlines()[-1].split("BadImage: ", 1)[-1])
+
+
+def load_image(path):
+    """The RGB image at `path`; `BadImage` naming the file when it does not decode."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path, err):
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return BadImage(f"{path} is not a readable image ({reason}); replace or delete it")
+
+
+class ImageFiles(Dataset):
+    """`(path, label)` samples read from disk; the image goes through `transform`."""
+
+    summary = ""  # a line for the log, set by `imagefolder`
+
+    def __init__(self, samples, classes, transform=None):
+        self.samples, self.classes, self.transform = samples, classes, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        image = load_image(path)
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+def scan_split(folder):
+    """`(classes, samples)` of `folder/<class>/*` (sub-folders included); `UserError` when a class has no image."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{folder} holds no class folders; put the images of each class in {folder}/<class>/")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p
+            for p in (folder / name).rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        if not files:
+            kinds = ", ".join(IMAGE_EXTENSIONS[:3])
+            raise UserError(f"class folder {folder / name} holds no images ({kinds}, ...); add some or remove it")
+        samples += [(str(p), label) for p in files]
+    for path, _ in samples:  # headers only: a file that is no image fails now, not hours into a run
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise _unreadable(path, err) from None
+    return classes, samples
+
+
+def image_stats(samples, image_size):
+    """Per-channel mean and std of up to `STATS_IMAGES` resized images (a fixed seed: the same in every run)."""
+    pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:STATS_IMAGES].tolist()
+    to_tensor = T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
+    sums = torch.zeros(2, 3, dtype=torch.float64)  # per channel: sum of x, sum of x^2
+    for i in pick:
+        pixels = to_tensor(load_image(samples[i][0])).double().flatten(1)  # (3, S*S)
+        sums += torch.stack([pixels.sum(1), pixels.square().sum(1)])
+    count = len(pick) * image_size**2
+    mean = sums[0] / count
+    std = (sums[1] / count - mean.square()).clamp_min(1e-6).sqrt()  # one-colour images: no division by zero
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _folder_transforms(size, mean, std, augment, cutout_length):
+    ops = [T.Resize((size, size))]
+    ops += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops + ([Cutout(cutout_length)] if cutout_length else []))
+
+
+def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0):
+    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`).
+
+    The training images come in a random order drawn from `seed`, so the searches' split at
+    `--train_portion` gives both halves every class. Images are resized to `image_size`
+    squared and normalised with the training images' own statistics (`image_stats`);
+    training adds CIFAR's random crop (padding image_size // 8), flip and cutout. `train.summary`
+    is a line for the log.
+    """
+    root = Path(root)
+    layout = f"--dataset imagefolder expects {root}/train/<class>/* and {root}/val/<class>/* (or test/)"
+    if not root.is_dir():
+        raise UserError(f"--data {root}: no such folder; {layout}")
+    if not (root / "train").is_dir():
+        raise UserError(f"{root} has no train/ folder; {layout}")
+    test_dir = next((root / sub for sub in ("val", "test") if (root / sub).is_dir()), None)
+    if test_dir is None:
+        raise UserError(f"{root} has neither val/ nor test/; {layout}")
+    if image_size % 4 or image_size < 8:
+        raise UserError(f"--image_size {image_size}: the networks halve the images twice; give a multiple of 4, >= 8")
+    classes, train_samples = scan_split(root / "train")
+    test_classes, test_samples = scan_split(test_dir)
+    if test_classes != classes:
+        only = sorted(set(classes) ^ set(test_classes))[:5]
+        raise UserError(
+            f"{root}/train and {test_dir} hold different classes ({len(classes)} vs {len(test_classes)}; "
+            f"not in both: {', '.join(only)}); both need one folder per class, with the same names"
+        )
+    if len(classes) < 2:
+        raise UserError(f"{root}/train holds one class ({classes[0]}); a classifier needs two or more")
+    mean, std = image_stats(train_samples, image_size)
+    order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    train_tf = _folder_transforms(image_size, mean, std, train_augment, cutout_length)
+    train = ImageFiles([train_samples[i] for i in order], classes, train_tf)
+    test = ImageFiles(test_samples, classes, _folder_transforms(image_size, mean, std, False, 0))
+    train.summary = (
+        f"imagefolder {root}: {len(classes)} classes, {len(train)} training and {len(test)} {test_dir.name} images "
+        f"at {image_size}x{image_size}, normalised with mean {mean} std {std}"
+    )
+    return train, test, len(classes)
+
+
+def data_record(args, train_data, num_classes):
+    """What a search's genotype.json records about its data, so train.py can train the cell on the same."""
+    return {
+        "dataset": args.dataset,
+        "data": str(Path(args.data).resolve()),
+        "image_size": int(train_data[0][0].shape[-1]),  # (C, H, W) of one training image
+        "num_classes": num_classes,
+    }
+
+
+def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True, image_size=32, seed=0):
+    """Return `(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only.
+
+    `image_size` and `seed` serve imagefolder only (see `imagefolder`).
+    """
     length = cutout_length if cutout else 0
+    if name == "imagefolder":
+        return imagefolder(root, image_size, seed, train_augment, length)
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, train_augment, length)
     if name == "synthetic":

@@ -307,9 +307,12 @@ def genotype_from_dict(data):
     )
 
 
-def save_genotype(genotype, path):
-    """Write a genotype as JSON (what `train.py --arch PATH` reads)."""
-    Path(path).write_text(json.dumps(genotype_to_dict(genotype), indent=2) + "\n")
+def save_genotype(genotype, path, data=None):
+    """Write a genotype as JSON (what `train.py --arch PATH` reads).
+
+    `data` adds what the search ran on (dataset, data folder, image size, classes); `load_genotype` ignores it.
+    """
+    Path(path).write_text(json.dumps({**genotype_to_dict(genotype), **(data or {})}, indent=2) + "\n")
 
 
 def load_genotype(name_or_path, flag="--arch"):

@@ -139,8 +139,11 @@ def add_system_arguments(parser):
     )
 
 
-def check_args(args):
-    """Refuse a flag out of range or inconsistent stage settings with one clear line, before any work."""
+def check_args(args, min_image_size=32):
+    """Refuse a flag out of range or inconsistent stage settings with one clear line, before any work.
+
+    `min_image_size`: the smallest --image_size the network takes (32 for the ImageNet supernet's /8 stem).
+    """
     engine.check_ranges(args)
     n = len(args.stage_epochs)
     if not (len(args.stage_k) == len(args.stage_keep) == n):
@@ -154,8 +157,10 @@ def check_args(args):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
     for k in args.stage_k:
         check_k(args.init_channels, args.layers, k, flag="--stage_k")
-    if getattr(args, "image_size", 32) < 32:
-        raise utils.UserError(f"--image_size {args.image_size}: the stems and two reductions need at least 32 px")
+    if getattr(args, "image_size", 32) < min_image_size:
+        raise utils.UserError(
+            f"--image_size {args.image_size}: the stems and two reductions need at least {min_image_size} px"
+        )
 
 
 def learning_rate(epoch, args):
@@ -254,8 +259,11 @@ def concentration_lines(model):
 class Search(engine.Task):
     """The progressive DrNAS search, epoch by epoch: stage switches, architecture and weight steps, genotype."""
 
-    def __init__(self, args, dist, model, train_data, valid_data, run_dir=None, state=None, arch_grad_clip=None):
-        self.args, self.dist, self.model, self.run_dir = args, dist, model, run_dir
+    def __init__(
+        self, args, dist, model, train_data, valid_data, run_dir=None, state=None, arch_grad_clip=None, data=None
+    ):
+        # data: what genotype.json records about the data besides the cell (datasets.data_record)
+        self.args, self.dist, self.model, self.run_dir, self.data = args, dist, model, run_dir, data
         self.optimizer = torch.optim.SGD(
             model.weights(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
         )
@@ -335,7 +343,7 @@ class Search(engine.Task):
         record["genotype"] = genotype_to_dict(genotype)
         record["alpha_max"] = float(self.model.kept_concentrations().detach().max())
         if self.run_dir is not None:  # rank 0
-            save_genotype(genotype, self.run_dir / "genotype.json")
+            save_genotype(genotype, self.run_dir / "genotype.json", self.data)
 
     def state_dict(self):
         return {

@@ -1,10 +1,11 @@
-"""Train a searched cell from scratch on CIFAR-10/100: the paper's evaluation (DrNAS section 4).
+"""Train a searched cell from scratch on CIFAR-10/100 (or your images): the paper's evaluation (DrNAS sec. 4).
 
     python train.py --cutout --auxiliary                       # DrNAS_cifar10, 600 epochs: 2.46 +- 0.03 % error
     python train.py --cutout --auxiliary --arch experiments/train_search-.../genotype.json
     torchrun --nproc_per_node 4 train.py --cutout --auxiliary  # same total batch, split over 4 GPUs
     python train.py --cutout --auxiliary --resume RUN/checkpoint.pt   # continue a run (also a preempted one)
     python train.py --dataset synthetic --layers 5 --init_channels 8 --epochs 2 --device cpu  # CPU smoke run
+    python train.py --arch RUN/genotype.json --dataset imagefolder --data DIR --cutout   # your images
 
 The run directory (`--save`, or experiments/train-<time>) receives log.txt, args.json,
 genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every
@@ -36,7 +37,15 @@ def get_parser():
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=datasets.DATASETS, help="dataset")
-    data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads itself here)")
+    data.add_argument(
+        "--data",
+        type=str,
+        default="../data",
+        help="dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)",
+    )
+    data.add_argument(
+        "--image_size", type=int, default=32, help="imagefolder: images are resized to this many pixels square"
+    )
     data.add_argument("--cutout", action="store_true", help="cutout augmentation on the training images")
     data.add_argument("--cutout_length", type=int, default=16, help="side of the cutout square")
     add_arguments(
@@ -62,11 +71,18 @@ def main(argv=None):
     genotype = genotypes.load_genotype(args.arch)
     if args.layers < 3:
         raise utils.UserError(f"--layers {args.layers}: the network needs at least 3 cells (two reduction cells)")
+    if args.auxiliary and args.dataset == "imagefolder" and args.image_size < 32:
+        raise utils.UserError(
+            f"--auxiliary needs --image_size 32 or more (its head pools 5x5 windows of the 1/4-size maps), "
+            f"not {args.image_size}; drop --auxiliary or raise --image_size"
+        )
     run = engine.Run(args, "train", RESUME_KEYS, join=distributed.setup)
     try:
         utils.set_seed(args.seed + run.dist.rank)
         train_set, test_set, num_classes = run.first_on_rank0(
-            lambda: datasets.get_datasets(args.dataset, args.data, args.cutout, args.cutout_length)
+            lambda: datasets.get_datasets(
+                args.dataset, args.data, args.cutout, args.cutout_length, image_size=args.image_size, seed=args.seed
+            )
         )
         # On the device before the optimizer exists, so resumed momentum lands there too.
         model = NetworkCIFAR(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
@@ -76,6 +92,8 @@ def main(argv=None):
             utils.load_model_state(model, state["model"], args.resume)
         run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
         logger.info("genotype = %s", genotype)
+        if args.dataset == "imagefolder":  # classes, image counts, normalisation
+            logger.info("%s", train_set.summary)
         log_model(model)
         # Cosine from the initial rate to 0 over all epochs, stepped once per epoch.
         task = Training(

@@ -11,6 +11,8 @@ edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights onl
     # CPU smoke run (about a minute): tiny network, 2 + 2 epochs, capped epochs
     python train_search.py --dataset synthetic --layers 5 --init_channels 8 --batch_size 8 \\
         --stage_epochs 2 2 --stage_k 4 2 --warmup_epochs 1 --max_steps 4 --device cpu --workers 0
+    # your own images: DIR/train/<class>/* (searched on) and DIR/val/<class>/* (for train.py)
+    python train_search.py --dataset imagefolder --data DIR --image_size 32
 
 `--train_portion` of the training images train the weights, the rest the architecture
 (and give the reported held-out accuracy). The run directory (`--save`, or
@@ -40,7 +42,15 @@ def get_parser():
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=datasets.DATASETS, help="dataset to search on")
-    data.add_argument("--data", type=str, default="../data", help="dataset folder (CIFAR downloads into it)")
+    data.add_argument(
+        "--data",
+        type=str,
+        default="../data",
+        help="dataset folder (CIFAR downloads into it; imagefolder: DIR with train/<class>/ and val/<class>/)",
+    )
+    data.add_argument(
+        "--image_size", type=int, default=32, help="imagefolder: images are resized to this many pixels square"
+    )
     data.add_argument(
         "--train_portion",
         type=float,
@@ -52,25 +62,31 @@ def get_parser():
 
 
 def load_data(args):
-    """(weights' images, architecture's images, classes): the training set split at --train_portion."""
-    full, _, num_classes = datasets.get_datasets(args.dataset, args.data)
+    """(weights' images, architecture's images, classes, whole training set), split at --train_portion.
+
+    An imagefolder training set comes in a seeded random order, so both parts hold every class.
+    """
+    full, _, num_classes = datasets.get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
     split = int(len(full) * args.train_portion)
-    return Subset(full, range(split)), Subset(full, range(split, len(full))), num_classes
+    return Subset(full, range(split)), Subset(full, range(split, len(full))), num_classes, full
 
 
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
-    search.check_args(args)
+    search.check_args(args, min_image_size=8)  # the CIFAR supernet's stem keeps the size
     run = engine.Run(args, "train_search", search.RESUME_KEYS, join=distributed.setup)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
-        train_data, valid_data, num_classes = run.first_on_rank0(lambda: load_data(args))
+        train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
         state = run.task_state()
         model = search.network(args, num_classes, run.dist.device, state)
         run.open()
-        task = search.Search(args, run.dist, model, train_data, valid_data, run.run_dir, state)
+        if args.dataset == "imagefolder":  # classes, image counts, normalisation
+            logger.info("%s", full.summary)
+        data = datasets.data_record(args, full, num_classes)  # recorded in genotype.json, for train.py
+        task = search.Search(args, run.dist, model, train_data, valid_data, run.run_dir, state, data=data)
         run.fit(task, sum(args.stage_epochs), task.steps)
         search.finish(run, model)
     finally:

@@ -97,8 +97,9 @@ def main(argv=None):
             len(valid_data),
             num_classes,
         )
+        data = datasets.data_record(args, train_data, num_classes)  # recorded in genotype.json
         task = search.Search(
-            args, run.dist, model, train_data, valid_data, run.run_dir, state, arch_grad_clip=args.grad_clip
+            args, run.dist, model, train_data, valid_data, run.run_dir, state, arch_grad_clip=args.grad_clip, data=data
         )
         run.fit(task, sum(args.stage_epochs), task.steps)
         search.finish(run, model)

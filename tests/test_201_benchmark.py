@@ -1,13 +1,17 @@
 """NAS-Bench-201 look-ups: the compact table, the official format through the real
-nas_201_api (on a tiny benchmark file built here), their agreement, export and the CLI."""
+nas_201_api (on a tiny benchmark file built here), their agreement, export, the CLI
+(the shipped table by default, from any folder; named cells), and the searches' flag."""
 
 import json
 import math
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import SPACES, run_script, script_env
 
 DRNAS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 RESNET = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
@@ -146,12 +150,80 @@ def test_export_round_trip(load_space, tmp_path):
     assert all(close(full.query(arch), official.query(arch), tol=5e-5) for arch in TINY)
 
 
-def test_cli_query_prints_json(nb201_table):
-    result = run_script("201-space", "benchmark.py", "query", "--benchmark", nb201_table, "--arch", DRNAS)
+def test_cli_query_prints_json_from_the_shipped_table_in_any_folder(tmp_path):
+    # No --benchmark and another current folder: the table next to benchmark.py answers.
+    result = subprocess.run(
+        [sys.executable, SPACES["201-space"] / "benchmark.py", "query", "--arch", DRNAS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=script_env(),
+    )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert set(answer) == {"cifar10", "cifar100", "ImageNet16-120"}
-    assert round(answer["cifar10"], 2) == 94.36
+    assert list(answer) == ["cifar10", "cifar100", "ImageNet16-120"]
+    assert [round(answer[d], 2) for d in answer] == [94.36, 73.51, 46.34]
+
+
+def _query(benchmark, capsys, *argv):
+    """benchmark.py query in this process: (rounded answer or None, stderr)."""
+    try:
+        benchmark.main(["query", *map(str, argv)])
+    except SystemExit as exit_info:
+        assert exit_info.code != 0
+        return None, capsys.readouterr().err
+    answer = json.loads(capsys.readouterr().out)
+    return [round(answer[d], 2) for d in benchmark.DATASETS], ""
+
+
+def test_query_takes_named_cells_strings_and_genotype_files(load_space, tmp_path, monkeypatch, capsys, nb201_table):
+    benchmark, genotypes = load_space("201-space", "benchmark", "genotypes")
+    genotypes.save_genotype(genotypes.DrNAS, tmp_path / "genotype.json")
+    # The same cell with node 2's edges listed the other way round.
+    reordered = DRNAS.replace("|nor_conv_3x3~0|nor_conv_3x3~1|", "|nor_conv_3x3~1|nor_conv_3x3~0|")
+    for cwd in (SPACES["201-space"], tmp_path):
+        monkeypatch.chdir(cwd)
+        for arch in (DRNAS, "DrNAS", tmp_path / "genotype.json", reordered):
+            assert _query(benchmark, capsys, "--arch", arch) == ([94.36, 73.51, 46.34], ""), (cwd, arch)
+    assert _query(benchmark, capsys, "--arch", "DrNAS", "--benchmark", nb201_table)[0] == [94.36, 73.51, 46.34]
+    assert _query(benchmark, capsys, "--arch", "ResNet")[0] == [
+        round(v, 2) for v in benchmark.load_benchmark(nb201_table).query(str(genotypes.ResNet)).values()
+    ]
+    for argv, message in [
+        (["--arch", "Foo"], "neither a named cell"),
+        (["--arch", DRNAS.replace("skip_connect", "conv")], "unknown op"),
+        (["--arch", "DrNAS", "--benchmark", "none"], "query needs a benchmark"),
+        (["--arch", "DrNAS", "--benchmark", tmp_path / "missing.csv"], "no such file"),
+    ]:
+        answer, err = _query(benchmark, capsys, *argv)
+        assert answer is None and len(err.strip().splitlines()) == 1 and message in err, (argv, err)
+
+
+def test_benchmark_flag_default_and_none(load_space, tmp_path, monkeypatch, nb201_table):
+    benchmark, search = load_space("201-space", "benchmark", "search")
+    for progressive in (False, True):
+        args = search.get_parser(progressive=progressive).parse_args([])
+        assert args.benchmark == benchmark.DEFAULT_TABLE
+    monkeypatch.chdir(tmp_path)  # the default does not depend on the current folder
+    assert benchmark.benchmark_path(benchmark.DEFAULT_TABLE) == nb201_table
+    assert len(benchmark.open_benchmark(benchmark.DEFAULT_TABLE)) == 15625
+    assert benchmark.open_benchmark("none") is None and benchmark.open_benchmark("None") is None
+    # Any other path is the user's, relative to the current folder.
+    assert str(benchmark.benchmark_path("mine.csv")) == "mine.csv"
+    assert [benchmark.benchmark_note(d) for d in ("cifar10", "cifar100", "imagenet16-120")] == [None] * 3
+    for dataset in ("synthetic", "imagefolder"):
+        assert benchmark.benchmark_note(dataset) == f"the benchmark's figures for the cell, not measured on {dataset}"
+
+
+def test_shipped_table_loads_fast(load_space, nb201_table):
+    benchmark = load_space("201-space", "benchmark")
+    start = time.perf_counter()
+    bench = benchmark.load_benchmark(nb201_table)
+    seconds = time.perf_counter() - start
+    assert len(bench) == 15625
+    # Measured ~0.05 s; the bound leaves room for a loaded CI machine.
+    assert seconds < 2.0, seconds
 
 
 @pytest.mark.parametrize(

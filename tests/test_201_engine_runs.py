@@ -57,9 +57,10 @@ def _tensors(tree, prefix=""):
 
 
 def _history(run_dir):
-    """history.jsonl without the wall-clock field (it differs between any two runs)."""
+    """history.jsonl without the wall-clock fields (they differ between any two runs)."""
     lines = (run_dir / "history.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines if line.strip()]
+    timing = ("time_s", "wall_s", "device_hours")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines if line.strip()]
 
 
 def _wait_for_log(proc, log, needle, deadline):

@@ -60,3 +60,67 @@ def test_cli_redraws_from_history(load_space, tmp_path, capsys):
     assert exit_info.value.code != 0
     assert capsys.readouterr().err.startswith("error: the history has no benchmark")
     assert not (run / "trajectory.png").exists()
+
+
+def _history_file(tmp_path, records):
+    """A run directory whose history.jsonl holds `records`."""
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def _derived_lines(ax):
+    return [line for line in ax.get_lines() if line.get_label() == "derived architecture"]
+
+
+def test_epochs_count_from_one_like_the_log(load_space, tmp_path):
+    plot = load_space("201-space", "plot_trajectory")
+    records = plot.read_history(_history_file(tmp_path, _records(4)))
+    data = plot.trajectory_series(records)
+    assert data["epochs"] == data["sampled_epochs"] == [1, 2, 3, 4]
+    assert data["stage_starts"] == [] and data["note"] is None
+    fig = plot.draw_trajectory(records)
+    assert len(fig.axes) == 3
+    for ax, dataset in zip(fig.axes, DATASETS):
+        (line,) = _derived_lines(ax)
+        assert list(line.get_xdata()) == [1, 2, 3, 4]
+        assert list(line.get_ydata()) == [r["benchmark"][dataset] for r in records]
+        assert ax.get_xlabel() == "search epoch"
+    assert "not measured" not in fig._suptitle.get_text()
+
+
+def test_progressive_plot_marks_the_stage_switch(load_space, tmp_path):
+    plot = load_space("201-space", "plot_trajectory")
+    records = _records(6)
+    for record in records:
+        record["stage"] = 0 if record["epoch"] < 4 else 1  # the second stage begins at epoch 5 (log numbering)
+    records = plot.read_history(_history_file(tmp_path, records))
+    assert plot.trajectory_series(records)["stage_starts"] == [(4.5, 2)]
+    fig = plot.draw_trajectory(records)
+    for ax in fig.axes:
+        marks = [line for line in ax.get_lines() if list(line.get_xdata()) == [4.5, 4.5]]
+        assert len(marks) == 1, "one vertical line between epochs 4 and 5"
+        assert [t.get_text() for t in ax.texts] == ["stage 2"]
+    assert _is_png(plot.plot_trajectory(records, tmp_path / "progressive.png"))
+
+
+def test_plot_of_a_data_set_the_benchmark_did_not_measure_says_so(load_space, tmp_path):
+    plot = load_space("201-space", "plot_trajectory")
+    note = "the benchmark's figures for the cell, not measured on synthetic"
+    records = [dict(r, benchmark_note=note) for r in _records(3)]
+    fig = plot.draw_trajectory(records)
+    assert fig._suptitle.get_text().endswith("\n" + note)
+
+
+def test_plot_without_sampled_architectures_draws_the_derived_cell(load_space, tmp_path):
+    """--trajectory_samples 0 records the derived cell only: no band, no median, still a figure."""
+    plot = load_space("201-space", "plot_trajectory")
+    records = _records(3)
+    for record in records:
+        del record["trajectory"]
+    fig = plot.draw_trajectory(records)
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["derived architecture"]
+        assert not ax.collections
+    assert _is_png(plot.plot_trajectory(records, tmp_path / "derived.png"))

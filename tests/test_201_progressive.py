@@ -172,6 +172,7 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
     assert [r["stage"] for r in records] == [0, 1]
     for record in records:
         assert set(record["benchmark"]) >= {"cifar10", "cifar100", "ImageNet16-120"}
+        assert record["benchmark_note"].endswith("not measured on synthetic")
         for summary in record["trajectory"].values():
             assert summary["min"] <= summary["median"] <= summary["max"]
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)["task"]

@@ -112,7 +112,11 @@ LEARN = [
     "3",
     "--learning_rate",
     "0.1",
+    "--benchmark",
+    "none",
 ]
+# The smoke run, smallest: synthetic, 1 epoch, the default benchmark (the shipped table).
+DEFAULT_BENCHMARK = "--dataset synthetic --epochs 1 --layers 1 --batch_size 64 --workers 0 --device cpu".split()
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,7 @@ def runs(tmp_path_factory):
     started = {
         "two_epochs": Run(root, "two_epochs", [*TINY, "--epochs", "2"]),
         "learn": Run(root, "learn", LEARN),
+        "default_benchmark": Run(root, "default_benchmark", DEFAULT_BENCHMARK),
         **{
             f"method_{name}": Run(root, f"method_{name}", [*TINY, "--epochs", "1", *flags])
             for name, flags in METHOD_RUNS.items()
@@ -287,6 +292,37 @@ def test_short_search_learns(runs):
     assert final["train_acc"] > 45, history
     assert final["valid_acc"] > 35, history
     assert final["train_loss"] < history[0]["train_loss"]
+
+
+# ---------------------------------------------------------------- NAS-Bench-201 by default
+
+
+def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, load_space):
+    benchmark = load_space("201-space", "benchmark")
+    run = runs["default_benchmark"]
+    _ok(run)
+    (record,) = run.history()
+    bench = benchmark.load_benchmark(benchmark.HERE / benchmark.DEFAULT_TABLE)
+    assert record["benchmark"] == bench.query(record["genotype"])
+    assert record["nb201_cifar10"] == record["benchmark"]["cifar10"]
+    assert set(record["trajectory"]) == set(benchmark.DATASETS)
+    # Synthetic data is none of the benchmark's data sets: the figures are labelled as the cell's.
+    note = "the benchmark's figures for the cell, not measured on synthetic"
+    assert record["benchmark_note"] == note
+    log = (run.dir / "log.txt").read_text()
+    assert f"NAS-Bench-201 ({note}): cifar10 {record['nb201_cifar10']:.2f}" in log
+    png = run.dir / "trajectory.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_none_makes_no_queries(runs):
+    run = runs["learn"]  # --benchmark none
+    _ok(run)
+    for record in run.history():
+        assert not {"benchmark", "trajectory", "benchmark_note"} & set(record)
+        assert not any(key.startswith("nb201_") for key in record)
+    assert not (run.dir / "trajectory.png").exists()
+    assert "NAS-Bench-201 look-ups off (--benchmark none)" in (run.dir / "log.txt").read_text()
 
 
 # ---------------------------------------------------------------- bad input

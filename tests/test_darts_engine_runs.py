@@ -100,9 +100,10 @@ def _checkpoint(run_dir):
 
 
 def _history(run_dir):
-    """history.jsonl without the epochs' durations."""
+    """history.jsonl without the wall-clock fields (the epochs' durations, the run's wall time and device-hours)."""
     records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    return [{key: value for key, value in record.items() if key != "time_s"} for record in records]
+    timing = ("time_s", "wall_s", "device_hours")
+    return [{key: value for key, value in record.items() if key not in timing} for record in records]
 
 
 def _tensors(obj):

@@ -1,0 +1,165 @@
+"""Your own images (`--dataset imagefolder --data DIR`) in both spaces, as a user runs them.
+
+A generated ImageFolder tree (3 colour classes, 16x16 and 28x20 PNG/JPEG files, some grey or
+RGBA) is searched with each space's train_search.py; the genotype.json the search writes
+records the data, and that space's train.py trains the cell on the same folder well above
+chance. Bad trees (no val/, an empty class, a corrupt file, classes that differ, the DARTS
+auxiliary head on small images) end with one line before anything is written. The runs
+start side by side in one module fixture, so the file takes about as long as its longest chain.
+"""
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from conftest import assert_one_line_error, run_script
+
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 180, 60), "fox": (50, 70, 210)}
+SYSTEM = ["--device", "cpu", "--workers", "0", "--report_freq", "1"]
+SEARCH_201 = ["train_search.py", "--init_channels", "4", "--layers", "1", "--batch_size", "16", "--epochs", "1"]
+TRAIN_201 = ["train.py", "--init_channels", "4", "--layers", "1", "--batch_size", "12", "--epochs", "6"]
+SEARCH_DARTS = [
+    "train_search.py",
+    *("--layers", "3", "--init_channels", "8", "--batch_size", "4", "--max_steps", "2"),
+    *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "3", "--warmup_epochs", "0"),
+]
+TRAIN_DARTS = [
+    "train.py",
+    *("--layers", "3", "--init_channels", "8", "--batch_size", "6", "--learning_rate", "0.05", "--epochs", "6"),
+    *("--drop_path_prob", "0", "--cutout", "--cutout_length", "8", "--auxiliary"),
+]
+
+
+def write_image_folder(root, train=12, test=6, test_split="val", seed=0):
+    """`root/train/<class>/*` and `root/<test_split>/<class>/*`: a colour and a darker stripe per class."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), (test_split, test)):
+        for label, (name, colour) in enumerate(COLOURS.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                h, w = (16, 16) if i % 3 else (20, 28)  # resized to --image_size whatever the shape
+                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                pixels[:, label * w // 3 : (label + 1) * w // 3] //= 2
+                image = Image.fromarray(pixels)
+                if i == 0:  # grey and RGBA files become RGB on loading
+                    image = image.convert("L" if label == 0 else "RGBA")
+                image.save(folder / f"{i}.{'jpg' if i % 4 == 1 else 'png'}")
+    return root
+
+
+def _bad_trees(good, tmp):
+    """The broken copies of `good`: (name, space, script arguments, expected words in the error line)."""
+    trees = {name: tmp / name for name in ("no_val", "empty_class", "corrupt", "mismatch")}
+    for tree in trees.values():
+        shutil.copytree(good, tree)
+    shutil.rmtree(trees["no_val"] / "val")
+    for path in (trees["empty_class"] / "train" / "dog").iterdir():
+        path.unlink()
+    (trees["empty_class"] / "train" / "dog" / "notes.txt").write_text("not an image")
+    (trees["corrupt"] / "val" / "cat" / "0.png").write_bytes(b"this is no PNG")
+    (trees["mismatch"] / "val" / "fox").rename(trees["mismatch"] / "val" / "wolf")
+    return [
+        ("no_val", "201-space", [*SEARCH_201, "--data", trees["no_val"]], ["has neither val/ nor test/"]),
+        ("empty_class", "DARTS-space", [*SEARCH_DARTS, "--data", trees["empty_class"]], ["dog holds no images"]),
+        ("corrupt", "201-space", [*TRAIN_201, "--data", trees["corrupt"]], ["cat/0.png is not a readable image"]),
+        ("mismatch", "DARTS-space", [*TRAIN_DARTS, "--data", trees["mismatch"]], ["different classes", "wolf"]),
+        ("small_auxiliary", "DARTS-space", [*TRAIN_DARTS, "--data", good, "--image_size", "16"], ["--auxiliary"]),
+    ]
+
+
+def _search_then_train(space, tree, search, train, tmp):
+    """Search on `tree`, then train the genotype.json it wrote: (search, train, genotype.json, test accuracies)."""
+    common = ["--dataset", "imagefolder", "--data", tree, *SYSTEM]
+    found = run_script(space, *search, *common, "--save", tmp / f"{space}-search")
+    if found.returncode != 0:
+        return found, None, None, None
+    genotype = tmp / f"{space}-search" / "genotype.json"
+    trained = run_script(space, *train, *common, "--arch", genotype, "--save", tmp / f"{space}-train")
+    history = tmp / f"{space}-train" / "history.jsonl"
+    accs = [
+        record.get("test_acc", record.get("valid_acc"))
+        for record in map(json.loads, history.read_text().splitlines() if history.is_file() else [])
+    ]
+    return found, trained, json.loads(genotype.read_text()), accs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every subprocess of this file, started side by side: name -> future of its result."""
+    tmp = tmp_path_factory.mktemp("imagefolder")
+    good = write_image_folder(tmp / "images")
+    with_test = write_image_folder(tmp / "images_test", test_split="test", seed=1)  # test/ instead of val/
+    pool = ThreadPoolExecutor(max_workers=4)
+    futures = {
+        "201-space": pool.submit(_search_then_train, "201-space", good, SEARCH_201, TRAIN_201, tmp),
+        "DARTS-space": pool.submit(_search_then_train, "DARTS-space", with_test, SEARCH_DARTS, TRAIN_DARTS, tmp),
+    }
+    for name, space, args, expected in _bad_trees(good, tmp):
+        save = tmp / f"{name}-run"
+        args = [*args, "--dataset", "imagefolder", *SYSTEM, "--save", save]
+        futures[name] = (pool.submit(run_script, space, *args), save, expected)
+    yield futures, good, with_test
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_search_then_train_learns_the_folder(runs, space):
+    futures, good, with_test = runs
+    tree = good if space == "201-space" else with_test
+    found, trained, genotype, accs = futures[space].result(timeout=600)
+    assert found.returncode == 0, found.stderr[-3000:]
+    split = "val" if space == "201-space" else "test"
+    summary = f"imagefolder {tree}: 3 classes, 36 training and 18 {split} images at 32x32, normalised with mean"
+    assert summary in found.stdout
+    # What train.py needs besides the cell; the genotype loaders ignore these keys.
+    assert {k: genotype[k] for k in ("dataset", "data", "image_size", "num_classes")} == {
+        "dataset": "imagefolder",
+        "data": str(tree.resolve()),
+        "image_size": 32,
+        "num_classes": 3,
+    }
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert summary in trained.stdout
+    assert len(accs) == 6 and max(accs) >= 75.0, accs  # chance is 33 %
+
+
+@pytest.mark.parametrize("name", ["no_val", "empty_class", "corrupt", "mismatch", "small_auxiliary"])
+def test_bad_folder_is_one_line_and_writes_nothing(runs, name):
+    future, save, expected = runs[0][name]
+    result = future.result(timeout=600)
+    assert_one_line_error(result.returncode, result.stderr, *expected)
+    assert not save.exists()
+
+
+def test_split_order_is_seeded_and_mixes_classes(load_space, tmp_path):
+    """The searches split the training set at --train_portion: both halves must hold every class."""
+    datasets = load_space("201-space", "datasets")
+    tree = write_image_folder(tmp_path / "images")
+    labels = {seed: [y for _, y in datasets.get_datasets("imagefolder", tree, seed=seed)[0].samples] for seed in (0, 1)}
+    assert labels[0] == [y for _, y in datasets.get_datasets("imagefolder", tree, seed=0)[0].samples]
+    assert labels[0] != labels[1] and sorted(labels[0]) == sorted(labels[1])
+    assert set(labels[0][:18]) == set(labels[0][18:]) == {0, 1, 2}
+    train, test, classes = datasets.get_datasets("imagefolder", tree, train_augment=False, image_size=24)
+    assert classes == 3 and train[0][0].shape == test[0][0].shape == (3, 24, 24)
+    assert abs(float(train[0][0].mean())) < 3  # normalised with the folder's own statistics
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_image_that_breaks_later_is_one_line_from_a_worker(load_space, tmp_path, space):
+    """A file whose header reads but whose pixels do not: one line naming it, also via a DataLoader worker."""
+    datasets, utils = load_space(space, "datasets", "utils")
+    tree = write_image_folder(tmp_path / "images")
+    broken = tree / "val" / "dog" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # header intact, pixel data cut
+    _, test, _ = datasets.get_datasets("imagefolder", tree)
+    with pytest.raises(utils.UserError) as err:
+        list(DataLoader(test, batch_size=6, num_workers=1))
+    assert str(err.value).startswith(f"{broken} is not a readable image (") and "\n" not in str(err.value)
+    with pytest.raises(utils.UserError, match="multiple of 4"):
+        datasets.get_datasets("imagefolder", tree, image_size=30)

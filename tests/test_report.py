@@ -1,0 +1,249 @@
+"""report.py of both folders on real tiny runs, and the wall time and device-hours every run records.
+
+Three 201 searches (seeds 1, 2, 3) and three DARTS train.py runs start side by side in one
+module fixture (they are mostly start-up time); report.py then tabulates them as a user
+runs it. A DARTS search folder is written by hand (its cost is given, not measured), so
+that the search table and the naming of a searched cell are covered without a search.
+"""
+
+import csv
+import json
+import logging
+import re
+import statistics
+import time
+from argparse import Namespace
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, popen_script, run_script
+
+SEARCH_201 = [
+    "--dataset",
+    "synthetic",
+    "--init_channels",
+    "4",
+    "--layers",
+    "1",
+    "--batch_size",
+    "16",
+    "--epochs",
+    "1",
+    "--trajectory_samples",
+    "0",
+    "--benchmark",
+    "none",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--report_freq",
+    "100",
+]
+TRAIN_DARTS = [
+    "--dataset",
+    "synthetic",
+    "--layers",
+    "5",
+    "--init_channels",
+    "4",
+    "--batch_size",
+    "8",
+    "--epochs",
+    "1",
+    "--max_steps_per_epoch",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
+# A cell that is none of the named genotypes: the report names it "cell <8 hex digits>".
+CELL = {
+    "normal": [["sep_conv_3x3", i % 2] for i in range(8)],
+    "normal_concat": [2, 3, 4, 5],
+    "reduce": [["max_pool_3x3", i % 2] for i in range(8)],
+    "reduce_concat": [2, 3, 4, 5],
+}
+
+
+def _write_search(run_dir):
+    """A finished DARTS search of two epochs (1 + 1 stages) on one GPU, 1.2 device-hours."""
+    run_dir.mkdir()
+    args = {"script": "train_search", "seed": 5, "dataset": "synthetic", "stage_epochs": [1, 1]}
+    (run_dir / "args.json").write_text(json.dumps(args))
+    records = [{"epoch": 0, "wall_s": 1800.0, "device_hours": 0.5}, {"epoch": 1, "wall_s": 4320.0, "device_hours": 1.2}]
+    (run_dir / "history.jsonl").write_text("".join(json.dumps({**r, "device": "cuda"}) + "\n" for r in records))
+    (run_dir / "genotype.json").write_text(json.dumps(CELL))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    _write_search(root / "search")
+    procs = {
+        f"s{seed}": popen_script(
+            "201-space", "train_search.py", *SEARCH_201, "--seed", seed, "--save", root / f"s{seed}"
+        )
+        for seed in (1, 2, 3)
+    }
+    for name, extra in (
+        ("e1", ["--seed", "1"]),
+        ("e2", ["--seed", "2"]),
+        ("cell", ["--arch", root / "search/genotype.json"]),
+    ):
+        procs[name] = popen_script("DARTS-space", "train.py", *TRAIN_DARTS, *extra, "--save", root / name)
+    try:
+        for name, proc in procs.items():
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return root
+
+
+def _history(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def _report(space, *args):
+    result = run_script(space, "report.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_every_run_records_wall_time_and_device_hours(runs):
+    for name in ("s1", "s2", "s3", "e1", "e2", "cell"):
+        last = _history(runs / name)[-1]
+        assert last["device"] == "cpu" and last["wall_s"] >= last["time_s"] > 0, (name, last)
+        assert last["device_hours"] == pytest.approx(last["wall_s"] / 3600, abs=5e-6), "one process"
+        usage = torch.load(runs / name / "checkpoint.pt", weights_only=True)["usage"]
+        assert usage["wall_s"] >= last["wall_s"] and set(usage) == {"wall_s", "device_hours"}
+
+
+def test_201_report_averages_the_seeds_like_the_paper(runs, load_space, nb201_table):
+    benchmark = load_space("201-space", "benchmark").load_benchmark(nb201_table)
+    out = _report("201-space", *(runs / f"s{seed}" for seed in (1, 2, 3)), "--csv", runs / "nb201.csv")
+    assert "mean ± std over 3 runs" in out and "sample std, ddof=1" in out, out
+    summary = next(line for line in out.splitlines() if line.startswith("| mean ± std over 3 runs"))
+    assert len(re.findall(r"\d+\.\d\d ± \d+\.\d\d", summary)) == 4, summary  # 3 data sets and the cost
+    with open(runs / "nb201.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["row"] for r in rows] == ["run", "run", "run", "mean", "std"]
+    assert [int(r["seed"]) for r in rows[:3]] == [1, 2, 3]
+    for row, seed in zip(rows, (1, 2, 3)):
+        arch = json.loads((runs / f"s{seed}" / "genotype.json").read_text())["arch"]
+        assert row["cell"] == arch and float(row["cifar100"]) == pytest.approx(benchmark.query(arch)["cifar100"])
+        assert float(row["search (device-hours)"]) == pytest.approx(_history(runs / f"s{seed}")[-1]["device_hours"])
+    for name in ("cifar10", "cifar100", "ImageNet16-120", "search (device-hours)"):
+        values = [float(r[name]) for r in rows[:3]]
+        assert float(rows[3][name]) == pytest.approx(statistics.fmean(values))
+        assert float(rows[4][name]) == pytest.approx(statistics.stdev(values))  # ddof=1
+        assert f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" in summary
+
+
+def test_darts_report_tabulates_searches_and_evaluations(runs):
+    out = _report("DARTS-space", runs / "search", runs / "e1", runs / "e2", runs / "cell", "--csv", runs / "darts.csv")
+    search_row = next(line for line in out.splitlines() if line.startswith(f"| {runs / 'search'} |"))
+    cell = re.search(r"cell [0-9a-f]{8}", search_row).group(0)
+    assert "| 0.05 | cuda |" in search_row, "1.2 GPU-hours = 0.05 GPU-days"
+    assert "search (GPU-days)" in out and "search synthetic: mean ± std over 1 run " in out, out
+    assert "eval synthetic, DrNAS_cifar10: mean ± std over 2 runs" in out, out
+    assert f"| {runs / 'cell'} | 0 | synthetic | {cell} |" in out, "a search's cell keeps its name in training"
+    with open(runs / "darts.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["table"] == "eval"]
+    assert [(r["row"], r["cell"]) for r in rows] == [
+        ("run", "DrNAS_cifar10"),
+        ("run", "DrNAS_cifar10"),
+        ("run", cell),
+        ("mean", "DrNAS_cifar10"),
+        ("std", "DrNAS_cifar10"),
+        ("mean", cell),
+        ("std", cell),
+    ]
+    for row, name in zip(rows, ("e1", "e2")):
+        history = _history(runs / name)
+        params = torch.load(runs / name / "checkpoint.pt", weights_only=True)["task"]["param_count"]
+        assert float(row["params (M)"]) == pytest.approx(params / 1e6)
+        assert float(row["last error (%)"]) == pytest.approx(100 - history[-1]["valid_acc"])
+    errors = [float(r["best error (%)"]) for r in rows[:2]]
+    assert float(rows[4]["best error (%)"]) == pytest.approx(statistics.stdev(errors))
+    assert float(rows[6]["best error (%)"]) == 0.0, "a single run's std"
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_a_folder_that_is_not_a_finished_run_is_one_line(runs, tmp_path, space):
+    result = run_script(space, "report.py", tmp_path)
+    assert_one_line_error(result.returncode, result.stderr, str(tmp_path), "not a run folder")
+    run = "s1" if space == "201-space" else "e1"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("args.json", "genotype.json"):
+        (unfinished / name).write_text((runs / run / name).read_text())
+    result = run_script(space, "report.py", runs / run, unfinished)
+    assert_one_line_error(result.returncode, result.stderr, str(unfinished), "unfinished (0 of 1 epochs)")
+
+
+class _Tiny:
+    """A task for the engine alone: a constant batch, 50 ms a step."""
+
+    streams = best_metric = None
+
+    def begin_epoch(self, epoch):
+        return {}
+
+    def step(self, epoch, step):
+        time.sleep(0.05)
+        logits = torch.zeros(2, 3)
+        return logits, torch.zeros(2, dtype=torch.long), logits.sum()
+
+    def evaluate(self, epoch):
+        return {}
+
+    def end_epoch(self, epoch, record):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def watched(self):
+        return []
+
+
+@pytest.fixture
+def restore_logging():
+    """`Run.open` points the root logger at the run's log.txt; put pytest's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_wall_time_continues_across_a_resume(load_space, tmp_path, restore_logging):
+    """A resumed run's wall clock starts from the checkpoint's total, not from zero."""
+    engine = load_space("201-space", "engine")
+    args = Namespace(resume=None, save=str(tmp_path / "run"), device="cpu", batch_size=2, report_freq=100)
+    run = engine.Run(args, "tiny", [])
+    run.open()
+    run.fit(_Tiny(), 1, 2)  # epoch 1 of 2, then the run "stops"
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["usage"]
+    args.resume = str(tmp_path / "run" / "checkpoint.pt")
+    run = engine.Run(args, "tiny", [])
+    run.open()
+    run.fit(_Tiny(), 2, 2)
+    records = _history(tmp_path / "run")
+    assert [r["epoch"] for r in records] == [0, 1] and all(r["device"] == "cpu" for r in records)
+    assert 0.1 <= records[0]["wall_s"] <= first["wall_s"] + 0.01, "two 50 ms steps, the checkpoint after the record"
+    # Rounded to 0.01 s; without the carried total the difference would be time_s - first["wall_s"] (< time_s - 0.1).
+    assert records[1]["wall_s"] - first["wall_s"] >= records[1]["time_s"] - 0.02, "the second session adds on"
+    assert records[1]["device_hours"] == pytest.approx(records[1]["wall_s"] / 3600, abs=5e-6)  # both rounded
+    assert set(torch.load(args.resume, weights_only=True)) == set(engine.CHECKPOINT_KEYS)
