@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Subset
 
 import engine
 import utils
-from benchmark import DEFAULT_TABLE, benchmark_note, summarize
-from datasets import DATASETS
+from architect import Architect
+from benchmark import DEFAULT_TABLE, benchmark_note, open_benchmark, summarize
+from datasets import DATASETS, data_record, get_datasets
 from genotypes import PRIMITIVES, Structure, save_genotype
 from model_search import METHODS, Network, concentration
 from operations import widen_like
@@ -424,3 +425,33 @@ def sample_architectures(model, count, rng):
             ops.append(PRIMITIVES[kept[int(np.argmax(w))]])
         archs.append(str(Structure.from_edges(ops)))
     return archs
+
+
+def run_search(args, script):
+    """A whole search, as `train_search.py` and `train_search_progressive.py` run it: data, model, engine."""
+    run = engine.Run(args, script, RESUME_KEYS)  # checks the flags and --resume; writes nothing
+    stages, state = get_stages(args), run.task_state()
+    benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
+    # A missing dataset fails here, before the run writes anything.
+    train_data, _, num_classes = run.first_on_rank0(
+        lambda: get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
+    )
+    utils.set_seed(args.seed)
+    device = run.dist.device
+    streams, valid_loader = search_data(train_data, args, device)
+    model = build_model(args, stages, num_classes, state).to(device, memory_format=torch.channels_last)
+    architect = Architect(model, args)
+    epochs = sum(s.epochs for s in stages)
+    optimizer, scheduler = make_weight_optimizer(model, args, epochs)
+    task = Search(model, architect, optimizer, scheduler, streams, valid_loader, args, benchmark)
+    if state is not None:
+        task.load_state_dict(state, args.resume)
+    run_dir = run.open()
+    if args.dataset == "imagefolder":  # classes, image counts, normalisation
+        logger.info("%s", train_data.summary)
+    log_benchmark(benchmark, args)
+    logger.info(
+        "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
+    )
+    run.fit(task, epochs, len(streams["train"]))
+    finish(model, run_dir, benchmark, data_record(args, train_data, num_classes))

@@ -13,19 +13,8 @@ The run directory is experiments/train_search_progressive-<time> (or `--save`), 
 outputs of `train_search.py`; checkpoints, preemption and `--resume` work the same way.
 """
 
-import logging
-
-import torch
-
-import engine
 import search
 import utils
-from architect import Architect
-from benchmark import open_benchmark
-from datasets import data_record, get_datasets
-from search import RESUME_KEYS
-
-logger = logging.getLogger(__name__)
 
 
 def get_parser():
@@ -35,33 +24,7 @@ def get_parser():
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    run = engine.Run(args, "train_search_progressive", RESUME_KEYS)  # checks the flags and --resume
-    stages, state = search.get_stages(args), run.task_state()  # two stages, checked
-    benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
-    # A missing dataset fails here, before the run writes anything.
-    train_data, _, num_classes = run.first_on_rank0(
-        lambda: get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
-    )
-    utils.set_seed(args.seed)
-    device = run.dist.device
-    streams, valid_loader = search.search_data(train_data, args, device)
-    # Stage 1's supernet, or the saved stage's (pruned and widened) when resuming.
-    model = search.build_model(args, stages, num_classes, state).to(device, memory_format=torch.channels_last)
-    architect = Architect(model, args)
-    epochs = sum(s.epochs for s in stages)  # one cosine schedule over both stages
-    optimizer, scheduler = search.make_weight_optimizer(model, args, epochs)
-    task = search.Search(model, architect, optimizer, scheduler, streams, valid_loader, args, benchmark)
-    if state is not None:
-        task.load_state_dict(state, args.resume)
-    run_dir = run.open()
-    if args.dataset == "imagefolder":  # classes, image counts, normalisation
-        logger.info("%s", train_data.summary)
-    search.log_benchmark(benchmark, args)
-    logger.info(
-        "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
-    )
-    run.fit(task, epochs, len(streams["train"]))
-    search.finish(model, run_dir, benchmark, data_record(args, train_data, num_classes))
+    search.run_search(args, "train_search_progressive")
 
 
 if __name__ == "__main__":

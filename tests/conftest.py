@@ -127,3 +127,35 @@ def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0):
         with open(folder / file, "wb") as f:
             pickle.dump({"data": data, key: rng.integers(0, classes, per_batch).tolist()}, f)
     return folder
+
+
+@pytest.fixture
+def restore_logging():
+    """`Run.open` points the root logger at the run's log.txt; put pytest's handlers back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path):
+    """An ImageFolder tree of 32x32 PNGs in 3 classes (6 training, 3 validation images each)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3)):
+        for label in range(3):
+            folder = tmp_path / "imagenet" / split / f"n0{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path / "imagenet"

@@ -679,21 +679,6 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
 # ---------------------------------------------------------------- NAS-Bench-201's training protocol
 
 
-@pytest.fixture
-def restore_logging():
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(load_space, tmp_path, restore_logging):
     """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
     train = load_space("201-space", "train")

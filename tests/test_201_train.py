@@ -2,7 +2,6 @@
 a short training run that learns, --arch from genotype.json, exact resume, bad input."""
 
 import json
-import logging
 import re
 
 import pytest
@@ -88,19 +87,6 @@ def test_train_learns_and_logs_param_count(load_space, tmp_path):
 
 class Killed(Exception):
     """Stands for the process dying right after a checkpoint was written."""
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def test_exact_resume_with_genotype_json(load_space, tmp_path, monkeypatch, restore_logging):

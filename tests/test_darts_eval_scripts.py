@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -199,22 +198,6 @@ def test_train_under_torchrun(tmp_path):
         "--batch_size",
         "8",
     )
-
-
-@pytest.fixture
-def tiny_imagenet(tmp_path):
-    """An ImageFolder tree of 32x32 PNGs in 3 classes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 3)):
-        for label in range(3):
-            folder = tmp_path / "imagenet" / split / f"n0{label}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return tmp_path / "imagenet"
 
 
 def test_train_imagenet_under_torchrun(tmp_path, tiny_imagenet):

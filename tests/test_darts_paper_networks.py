@@ -12,12 +12,25 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from conftest import SPACES, assert_one_line_error, run_script, script_env
+
+# One epoch of train.py on a tiny network and the synthetic set, capped at one step.
+TINY_TRAIN = (
+    "--dataset synthetic --layers 5 --init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1 "
+    "--device cpu --workers 0"
+).split()
+
+
+def _tiny_train_run(tmp_path):
+    run = tmp_path / "run"
+    done = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--save", run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
 
 # ---------------------------------------------------------------- evaluation network
 
@@ -68,27 +81,7 @@ def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space
 
 def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
     """A checkpoint whose tensors do not fit the network (e.g. pools saved without BatchNorm) is refused."""
-    tiny = [
-        "--dataset",
-        "synthetic",
-        "--layers",
-        "5",
-        "--init_channels",
-        "4",
-        "--batch_size",
-        "8",
-        "--epochs",
-        "2",
-        "--max_steps_per_epoch",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
-    run = tmp_path / "run"
-    done = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--save", run)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run = _tiny_train_run(tmp_path)
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     # The layout of checkpoints written before pools had their BatchNorm: no pool statistics.
     pool_bn = re.compile(r"\.ops\.\d+\.1\.(running_mean|running_var|num_batches_tracked)$")
@@ -99,7 +92,7 @@ def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
     old.parent.mkdir()
     torch.save(ckpt, old)
     before = old.read_bytes()
-    result = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--resume", old)
+    result = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--resume", old)
     assert_one_line_error(result.returncode, result.stderr, str(old), "earlier version")
     assert sorted(p.name for p in old.parent.iterdir()) == ["checkpoint.pt"] and old.read_bytes() == before
 
@@ -368,31 +361,9 @@ def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
 
 def test_train_resume_with_another_arch_leaves_the_run_untouched(tmp_path):
     """A refused --resume (other --arch) changes no file of the run, genotype.json included."""
-    tiny = [
-        "--dataset",
-        "synthetic",
-        "--layers",
-        "5",
-        "--init_channels",
-        "4",
-        "--batch_size",
-        "8",
-        "--epochs",
-        "2",
-        "--max_steps_per_epoch",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
-    run = tmp_path / "run"
-    done = run_script("DARTS-space", "train.py", *tiny, "--epochs", "1", "--save", run)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run = _tiny_train_run(tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    result = run_script(
-        "DARTS-space", "train.py", *tiny, "--epochs", "1", "--arch", "DARTS_V2", "--resume", run / "checkpoint.pt"
-    )
+    result = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--arch", "DARTS_V2", "--resume", run / "checkpoint.pt")
     assert result.returncode != 0 and "--arch" in result.stderr and "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
@@ -406,19 +377,3 @@ def test_search_refuses_missing_cifar_before_writing(tmp_path):
     )
     assert_one_line_error(result.returncode, result.stderr, "not found")
     assert not (tmp_path / "run").exists() and not any(empty.iterdir())
-
-
-@pytest.fixture
-def tiny_imagenet(tmp_path):
-    """An ImageFolder tree of 32x32 PNGs in 3 classes (6 training, 3 validation images each)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 3)):
-        for label in range(3):
-            folder = tmp_path / "imagenet" / split / f"n0{label}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return tmp_path / "imagenet"

@@ -8,7 +8,6 @@ that the search table and the naming of a searched cell are covered without a se
 
 import csv
 import json
-import logging
 import re
 import statistics
 import time
@@ -212,20 +211,6 @@ class _Tiny:
 
     def watched(self):
         return []
-
-
-@pytest.fixture
-def restore_logging():
-    """`Run.open` points the root logger at the run's log.txt; put pytest's handlers back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def test_wall_time_continues_across_a_resume(load_space, tmp_path, restore_logging):
