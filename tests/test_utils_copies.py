@@ -1,4 +1,4 @@
-"""Files kept identical in both folders: `utils.py` and the run engine `engine.py` (STYLE.md section 8)."""
+"""Files kept identical in both folders: `utils.py` and the run engine `engine.py` (one copy per folder)."""
 
 import pytest
 
