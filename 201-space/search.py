@@ -73,7 +73,6 @@ def get_parser(progressive=False, description=__doc__):
     data.add_argument("--image_size", type=int, default=32, help=size)
     portion = "share of the training set for weights; the rest trains the architecture"
     data.add_argument("--train_portion", type=float, default=0.5, help=portion)
-    data.add_argument("--workers", type=int, default=2, help="data loading processes (0 for an exactly resumable run)")
     model = parser.add_argument_group("model")
     model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
     model.add_argument("--layers", type=int, default=5, help="search cells N per stage")
@@ -87,16 +86,7 @@ def get_parser(progressive=False, description=__doc__):
     if not progressive:
         optim.add_argument("--epochs", type=int, default=100, help="search epochs")
     add_search_flags(parser.add_argument_group("search"), progressive)
-    system = parser.add_argument_group("system")
-    system.add_argument("--seed", type=int, default=2, help="random seed")
-    devices = ("auto", "cuda", "mps", "cpu")
-    system.add_argument("--device", type=str, default="auto", choices=devices, help="where to run")
-    system.add_argument("--gpu", type=int, default=0, help="CUDA device index")
-    system.add_argument("--save", type=str, default=None, help="run directory (default: experiments/<script>-<time>)")
-    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
-    system.add_argument("--report_freq", type=int, default=50, help="steps between progress lines")
-    minutes = "also checkpoint inside an epoch, at most every this many minutes"
-    system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
+    engine.add_run_arguments(parser, seed=2)
     return parser
 
 

@@ -60,7 +60,6 @@ def get_parser():
     data.add_argument("--data", type=str, default="../data", help=folder)
     size = "imagefolder: images are resized to this many pixels square"
     data.add_argument("--image_size", type=int, default=32, help=size)
-    data.add_argument("--workers", type=int, default=2, help="data loading processes (0 for an exactly resumable run)")
     model = parser.add_argument_group("model")
     model.add_argument(
         "--arch",
@@ -76,21 +75,7 @@ def get_parser():
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial learning rate (cosine to 0)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD Nesterov momentum")
     optim.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay")
-    system = parser.add_argument_group("system")
-    system.add_argument("--seed", type=int, default=0, help="random seed")
-    system.add_argument(
-        "--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="where to run"
-    )
-    system.add_argument("--gpu", type=int, default=0, help="CUDA device index")
-    system.add_argument("--save", type=str, default=None, help="run directory (default: experiments/train-<time>)")
-    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
-    system.add_argument("--report_freq", type=int, default=50, help="steps between progress lines")
-    system.add_argument(
-        "--checkpoint_minutes",
-        type=float,
-        default=20.0,
-        help="also checkpoint inside an epoch, at most every this many minutes",
-    )
+    engine.add_run_arguments(parser, seed=0)
     return parser
 
 

@@ -324,7 +324,7 @@ def data_record(args, train_data, num_classes):
 def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True, image_size=32, seed=0):
     """Return `(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only.
 
-    `image_size` and `seed` serve imagefolder only (see `imagefolder`).
+    `image_size` sets imagefolder's and synthetic's image side; `seed` serves imagefolder only.
     """
     length = cutout_length if cutout else 0
     if name == "imagefolder":
@@ -332,11 +332,18 @@ def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True,
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, train_augment, length)
     if name == "synthetic":
-        train, test = synthetic(256, seed=1), synthetic(128, seed=2)
+        train, test = synthetic(256, seed=1, size=image_size), synthetic(128, seed=2, size=image_size)
         if length:
             train = Transformed(train, Cutout(length))
         return train, test, 10
     raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def imagenet_or_synthetic(args, search=False):
+    """`(train, val, classes)` of the ImageNet scripts: the ImageFolder tree `--data`, or `--dataset synthetic`."""
+    if args.dataset == "synthetic":  # smoke runs at --image_size
+        return get_datasets("synthetic", args.data, image_size=args.image_size)
+    return imagenet_datasets(args.data, args.image_size, search)
 
 
 def imagenet_transforms(image_size=224, search=False):

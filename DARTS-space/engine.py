@@ -77,6 +77,26 @@ RANGES = {
 }
 
 
+def add_run_arguments(parser, seed, workers=2):
+    """The flags every training script has for its run (what this engine reads); returns their group."""
+    system = parser.add_argument_group("system")
+    devices = ("auto", "cuda", "mps", "cpu")
+    device = "where to run; under torchrun each process takes GPU LOCAL_RANK"
+    system.add_argument("--device", type=str, default="auto", choices=devices, help=device)
+    system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
+    loaders = "data loading processes (0 for an exactly resumable run)"
+    system.add_argument("--workers", type=int, default=workers, help=loaders)
+    system.add_argument("--seed", type=int, default=seed, help="random seed")
+    save = "run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)"
+    system.add_argument("--save", type=str, default=None, help=save)
+    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+    report = "log a progress line every N steps (and at least every 30 s)"
+    system.add_argument("--report_freq", type=int, default=50, help=report)
+    minutes = "also checkpoint inside an epoch at most every M minutes (a preempted run loses less)"
+    system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
+    return system
+
+
 def check_ranges(args):
     """Refuse a numeric flag outside its valid range (`RANGES`) with one line naming it."""
     for name, (low, high, low_in, high_in) in RANGES.items():
@@ -285,13 +305,12 @@ class Run:
                     self._clock.tick(targets.size(0) * dist.world_size)
                     self._after_step(task, epoch, step, steps, meter, best)
                 train = meter.result(dist)
-                self._check(task, epoch, steps)
+                self._check(task, epoch)  # a diverged run stops before it evaluates
                 tic = time.time()
                 record.update(train_loss=train["loss"], train_acc=train["acc"], train_top5=train["top5"])
                 record.update(task.evaluate(epoch))
                 self._clock.evaluated(time.time() - tic)
                 task.end_epoch(epoch, record)
-                self._check(task, epoch, steps)
                 best = self._end_epoch(task, epoch, record, best)
         finally:
             for sig, handler in handlers.items():
@@ -307,9 +326,9 @@ class Run:
     def _watch(self, loss, global_step):
         # Device-side: remember the first step whose loss is not finite, without a host read.
         bad = ~torch.isfinite(loss.detach())
-        self._bad = torch.where(bad & (self._bad < 0), torch.full_like(self._bad, global_step), self._bad)
+        self._bad = torch.where(bad & (self._bad < 0), global_step, self._bad)
 
-    def _check(self, task, epoch, steps, state=None):
+    def _check(self, task, epoch, state=None):
         """Stop with one line if a loss, a watched tensor or the `state` about to be saved is not finite.
 
         One host read, here. A step's loss comes from the weights before its update, so a
@@ -327,7 +346,8 @@ class Run:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
         bad_step, bad_watched, bad_state = flags.tolist()
         if bad_step >= 0:
-            what, where = "the training loss", f"epoch {int(bad_step) // steps + 1}, step {int(bad_step) % steps + 1}"
+            epoch_of, step_of = divmod(int(bad_step), self._steps)
+            what, where = "the training loss", f"epoch {epoch_of + 1}, step {step_of + 1}"
         elif bad_watched:
             what, where = "the architecture parameters", f"epoch {epoch + 1}"
         elif bad_state:
@@ -363,7 +383,7 @@ class Run:
         if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
             return
         if scheduled:
-            self._check(task, epoch, steps)
+            self._check(task, epoch)
         minutes = getattr(self.args, "checkpoint_minutes", 0) or math.inf
         timed = time.time() - self._last_save > 60 * minutes and step + 1 < steps
         stop = self._stop
@@ -372,7 +392,7 @@ class Run:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
             stop, timed = (bool(v) for v in flags.tolist())
         if stop or timed:
-            self._save(task, epoch, step + 1, meter, best)  # checks first that all is finite
+            self._save(task, epoch, step + 1, meter, best)
             if stop:
                 logger.info(
                     "preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
@@ -383,6 +403,9 @@ class Run:
                 raise SystemExit(0)
 
     def _end_epoch(self, task, epoch, record, best):
+        """Record the epoch (log, history, TensorBoard) and checkpoint it, once all is known to be finite."""
+        state = task.state_dict()
+        self._check(task, epoch, state)
         metric = task.best_metric
         if metric is not None and (best["value"] is None or record[metric] > best["value"]):
             best = {"value": record[metric], "epoch": epoch}
@@ -410,7 +433,7 @@ class Run:
                 if isinstance(value, (int, float)) and key != "epoch":
                     self.writer.add_scalar(key.replace("_", "/", 1), value, epoch)
             self.writer.flush()
-        self._save(task, epoch + 1, 0, None, best)
+        self._save(task, epoch + 1, 0, None, best, state)
         if self.main and metric is not None and best["epoch"] == epoch:
             shutil.copy(self.run_dir / "checkpoint.pt", self.run_dir / "best.pt.tmp")
             Path(self.run_dir / "best.pt.tmp").replace(self.run_dir / "best.pt")
@@ -430,14 +453,18 @@ class Run:
             "device_hours": done["device_hours"] + seconds * self.dist.world_size / 3600,
         }
 
-    def _save(self, task, epoch, step, meter, best):
-        """Write checkpoint.pt atomically (rank 0); `epoch`/`step` is where a resumed run starts."""
+    def _save(self, task, epoch, step, meter, best, state=None):
+        """Write checkpoint.pt atomically (rank 0); `epoch`/`step` is where a resumed run starts.
+
+        Only finite checkpoints are written: a `state` not given is taken and checked here.
+        """
+        if state is None:
+            state = task.state_dict()
+            self._check(task, epoch, state)
         rng = [utils.rng_state()]
         if self.dist.world_size > 1:
             rng = [None] * self.dist.world_size
             torch_dist.all_gather_object(rng, utils.rng_state())
-        state = task.state_dict()
-        self._check(task, epoch if step else epoch - 1, self._steps, state)  # only finite checkpoints
         if not self.main:
             return
         utils.save_checkpoint(
@@ -483,7 +510,7 @@ class _Clock:
     """Throughput and ETA over the training steps and the evaluations still to come."""
 
     def __init__(self, epochs, steps, start_epoch, start_step):
-        self.epochs, self.steps = epochs, steps
+        self.epochs = epochs
         self.left = (epochs - start_epoch) * steps - start_step
         self.done = 0
         self.samples = 0

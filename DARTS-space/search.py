@@ -103,34 +103,8 @@ def add_arguments(parser):
 
 
 def add_system_arguments(parser):
-    """The system flags of the searches: device, workers, seed, run folder, resume, reporting."""
-    system = parser.add_argument_group("system")
-    system.add_argument(
-        "--save",
-        type=str,
-        default=None,
-        help="run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)",
-    )
-    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
-    system.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        choices=("auto", "cuda", "mps", "cpu"),
-        help="device; under torchrun each process takes GPU LOCAL_RANK",
-    )
-    system.add_argument("--gpu", type=int, default=0, help="CUDA device index (one process)")
-    system.add_argument("--workers", type=int, default=2, help="data loading worker processes")
-    system.add_argument("--seed", type=int, default=2, help="random seed")
-    system.add_argument(
-        "--report_freq", type=int, default=50, help="log a progress line every N steps (and every 30 s)"
-    )
-    system.add_argument(
-        "--checkpoint_minutes",
-        type=float,
-        default=20.0,
-        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)",
-    )
+    """The system flags of the searches: the engine's run flags and the smoke-run cap."""
+    system = engine.add_run_arguments(parser, seed=2)
     system.add_argument(
         "--max_steps",
         type=int,

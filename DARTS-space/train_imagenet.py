@@ -101,17 +101,6 @@ def lr_factor(epoch, args):
     return (E - epoch) / (tail * (E - tail))
 
 
-def load_data(args):
-    """(train, val, classes): the ImageFolder tree, or the in-memory synthetic set at --image_size."""
-    if args.dataset == "synthetic":
-        return (
-            datasets.synthetic(256, seed=1, size=args.image_size),
-            datasets.synthetic(128, seed=2, size=args.image_size),
-            10,
-        )
-    return datasets.imagenet_datasets(args.data, args.image_size)
-
-
 @utils.exits_cleanly
 def main(argv=None):
     parser = get_parser()
@@ -124,7 +113,7 @@ def main(argv=None):
         parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype = genotypes.load_genotype(args.arch)
-    train_set, val_set, num_classes = load_data(args)
+    train_set, val_set, num_classes = datasets.imagenet_or_synthetic(args)
     run = engine.Run(args, "train_imagenet", RESUME_KEYS, join=distributed.setup)
     try:
         utils.set_seed(args.seed + run.dist.rank)

@@ -71,14 +71,6 @@ def get_parser():
     return parser
 
 
-def load_data(args):
-    """(weights' images, architecture's images, classes): the two ImageFolder trees, or synthetic sets."""
-    if args.dataset == "synthetic":
-        size = args.image_size
-        return datasets.synthetic(256, seed=1, size=size), datasets.synthetic(128, seed=2, size=size), 10
-    return datasets.imagenet_datasets(args.data, args.image_size, search=True)
-
-
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
@@ -87,7 +79,9 @@ def main(argv=None):
     run = engine.Run(args, "train_search_imagenet", search.RESUME_KEYS, join=distributed.setup)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
-        train_data, valid_data, num_classes = run.first_on_rank0(lambda: load_data(args))
+        train_data, valid_data, num_classes = run.first_on_rank0(
+            lambda: datasets.imagenet_or_synthetic(args, search=True)
+        )
         state = run.task_state()
         model = search.network(args, num_classes, run.dist.device, state, imagenet=True)
         run.open()

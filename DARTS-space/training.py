@@ -97,38 +97,11 @@ def add_arguments(
 
 
 def add_system_arguments(parser, workers, seed):
-    """The system flags of both training scripts: device, precision, workers, seed, run folder, resume."""
-    system = parser.add_argument_group("system")
-    system.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        choices=("auto", "cuda", "mps", "cpu"),
-        help="device; under torchrun each process takes GPU LOCAL_RANK",
-    )
-    system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
+    """The system flags of both training scripts: the engine's run flags, precision and determinism."""
+    system = engine.add_run_arguments(parser, seed, workers)
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
-    system.add_argument(
-        "--deterministic", action="store_true", help="deterministic algorithms and no cuDNN benchmark (slower)"
-    )
-    system.add_argument("--workers", type=int, default=workers, help="data loading worker processes")
-    system.add_argument("--seed", type=int, default=seed, help="random seed (processes use seed + rank)")
-    system.add_argument(
-        "--report_freq", type=int, default=50, help="log a progress line every N steps (and every 30 s)"
-    )
-    system.add_argument(
-        "--checkpoint_minutes",
-        type=float,
-        default=20.0,
-        help="also checkpoint inside an epoch at most every M minutes (preemption loses less)",
-    )
-    system.add_argument(
-        "--save",
-        type=str,
-        default=None,
-        help="run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)",
-    )
-    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+    determinism = "deterministic algorithms and no cuDNN benchmark (slower)"
+    system.add_argument("--deterministic", action="store_true", help=determinism)
 
 
 def training_loss(criterion, logits, logits_aux, targets, aux_weight):
@@ -206,10 +179,10 @@ class Training(engine.Task):
     def begin_epoch(self, epoch):
         # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
         self.model.drop_path_prob = self.args.drop_path_prob * epoch / self.args.epochs
+        self.net.train()  # once per epoch: evaluation switches it off at the end of the last one
         return {"lr": self.scheduler.get_last_lr()[0], "drop_path_prob": self.model.drop_path_prob}
 
     def step(self, epoch, step):
-        self.net.train()
         x, y = (t.to(self.dist.device, non_blocking=True) for t in next(self.streams["train"]))
         with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.args.amp):
             logits, logits_aux = self.net(x)

@@ -566,32 +566,19 @@ def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(lo
 # ---------------------------------------------------------------- the paper's settings
 
 
+# The settings both 201 searches share (DrNAS's NAS-Bench-201 experiments).
+SEARCH_SETTINGS = dict(
+    batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4, init_channels=16,
+    layers=5, train_portion=0.5, seed=2, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, reg_type="l2",
+    reg_scale=1e-3, method="dirichlet", unrolled=False,
+)  # fmt: skip
+
+
 def test_train_search_defaults_are_the_papers_settings(load_space):
     """train_search.py: 100 epochs, batch 64, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, DrNAS l2 1e-3, ..."""
     ts, search = load_space("201-space", "train_search", "search")
     args = ts.get_parser().parse_args([])
-    want = {
-        "epochs": 100,
-        "batch_size": 64,
-        "learning_rate": 0.025,
-        "learning_rate_min": 0.001,
-        "arch_learning_rate": 3e-4,
-        "init_channels": 16,
-        "layers": 5,
-        "k": 1,
-        "train_portion": 0.5,
-        "seed": 2,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
-        "grad_clip": 5.0,
-        "reg_type": "l2",
-        "reg_scale": 1e-3,
-        "method": "dirichlet",
-        "unrolled": False,
-        "tau_max": 10.0,
-        "tau_min": 1.0,
-        "dataset": "cifar10",
-    }
+    want = {**SEARCH_SETTINGS, "epochs": 100, "k": 1, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
     assert {key: getattr(args, key) for key in want} == want
     assert search.get_stages(args) == [search.Stage(100, 1, 5, 0)], "one stage: all epochs, k, all 5 ops, no warm-up"
 
@@ -600,27 +587,7 @@ def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_t
     """train_search_progressive.py: stages (50, k 4, 5 ops) and (50, k 2, 3 ops), 10 warm-up epochs each."""
     search, tsp = load_space("201-space", "search", "train_search_progressive")
     args = tsp.get_parser().parse_args([])
-    want = {
-        "stage_epochs": [50, 50],
-        "stage_k": [4, 2],
-        "stage_keep": [5, 3],
-        "warmup_epochs": 10,
-        "batch_size": 64,
-        "learning_rate": 0.025,
-        "learning_rate_min": 0.001,
-        "arch_learning_rate": 3e-4,
-        "init_channels": 16,
-        "layers": 5,
-        "train_portion": 0.5,
-        "seed": 2,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
-        "grad_clip": 5.0,
-        "reg_type": "l2",
-        "reg_scale": 1e-3,
-        "method": "dirichlet",
-        "unrolled": False,
-    }
+    want = {**SEARCH_SETTINGS, "stage_epochs": [50, 50], "stage_k": [4, 2], "stage_keep": [5, 3], "warmup_epochs": 10}
     assert {key: getattr(args, key) for key in want} == want
     assert search.get_stages(args) == [search.Stage(50, 4, 5, 10), search.Stage(50, 2, 3, 10)]
 

@@ -7,24 +7,9 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY_201, run_script
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--init_channels",
-    "4",
-    "--layers",
-    "1",
-    "--batch_size",
-    "32",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--report_freq",
-    "100",
-]
+TINY = [*TINY_201, "--report_freq", "100"]
 
 
 def _search_step_state(ts, model, args):

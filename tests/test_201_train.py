@@ -7,29 +7,14 @@ import re
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY_201, run_script
 
 CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 RESNET = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 DRNAS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 MIXED = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|"
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--init_channels",
-    "4",
-    "--layers",
-    "1",
-    "--batch_size",
-    "32",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--report_freq",
-    "4",
-]
+TINY = [*TINY_201, "--report_freq", "4"]
 
 
 # NAS-Bench-201's own cost numbers (params in MB = 1e6, FLOPs in M) at C=16, N=5:
