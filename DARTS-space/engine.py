@@ -412,8 +412,7 @@ class Run:
         if metric is not None:
             record["best_acc"] = best["value"]
         record["time_s"] = round(time.time() - self._epoch_start, 2)
-        usage = self.usage()
-        record.update(wall_s=round(usage["wall_s"], 2), device_hours=round(usage["device_hours"], 6))
+        record.update(self.usage())
         record["device"] = self.dist.device.type
         if self.main:
             logger.info(
@@ -448,9 +447,10 @@ class Run:
         """
         done, since = self._usage
         seconds = time.time() - since
+        # Rounded here, so that history.jsonl and the checkpoint count alike (rounding keeps the order).
         return {
-            "wall_s": done["wall_s"] + seconds,
-            "device_hours": done["device_hours"] + seconds * self.dist.world_size / 3600,
+            "wall_s": round(done["wall_s"] + seconds, 2),
+            "device_hours": round(done["device_hours"] + seconds * self.dist.world_size / 3600, 6),
         }
 
     def _save(self, task, epoch, step, meter, best, state=None):
