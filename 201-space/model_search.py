@@ -103,6 +103,7 @@ class Network(nn.Module):
             raise ValueError(f"k={k} does not divide the {C} channels of the first stage")
         self.C, self.N, self.num_classes, self.k, self.method = C, N, num_classes, k, method
         self.tau = 10.0  # Gumbel temperature for snas/gdas, set each epoch by the search
+        self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         layers, C_prev = [], C
         for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
@@ -165,14 +166,19 @@ class Network(nn.Module):
         return torch.distributions.kl_divergence(posterior, prior).sum()
 
     def forward(self, x, weights=None):
-        """Logits for x (B, 3, H, W); mixing weights are drawn unless given (edges, ops)."""
+        """fp32 logits for x (B, 3, H, W); mixing weights are drawn unless given (edges, ops).
+
+        With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
+        """
         if weights is None:
             weights = self.arch_weights()
-        x = self.stem(x)
-        for layer in self.cells:
-            x = layer(x, weights) if isinstance(layer, Cell) else layer(x)
-        x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
-        return self.classifier(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            x = self.stem(x)
+            for layer in self.cells:
+                x = layer(x, weights) if isinstance(layer, Cell) else layer(x)
+            x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
+            logits = self.classifier(x)
+        return logits.float()
 
     # ---------------------------------------------------------------- derived architecture
 

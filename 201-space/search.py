@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+import accel
 import engine
 import utils
 from architect import Architect
@@ -86,7 +87,8 @@ def get_parser(progressive=False, description=__doc__):
     if not progressive:
         optim.add_argument("--epochs", type=int, default=100, help="search epochs")
     add_search_flags(parser.add_argument_group("search"), progressive)
-    engine.add_run_arguments(parser, seed=2)
+    system = engine.add_run_arguments(parser, seed=2)
+    accel.add_amp_argument(system)
     return parser
 
 
@@ -420,6 +422,8 @@ def sample_architectures(model, count, rng):
 def run_search(args, script):
     """A whole search, as `train_search.py` and `train_search_progressive.py` run it: data, model, engine."""
     run = engine.Run(args, script, RESUME_KEYS)  # checks the flags and --resume; writes nothing
+    if args.amp:
+        accel.check_amp(run.dist.device)
     stages, state = get_stages(args), run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
     # A missing dataset fails here, before the run writes anything.
@@ -430,6 +434,7 @@ def run_search(args, script):
     device = run.dist.device
     streams, valid_loader = search_data(train_data, args, device)
     model = build_model(args, stages, num_classes, state).to(device, memory_format=torch.channels_last)
+    model.amp = args.amp
     architect = Architect(model, args)
     epochs = sum(s.epochs for s in stages)
     optimizer, scheduler = make_weight_optimizer(model, args, epochs)

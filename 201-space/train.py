@@ -11,6 +11,7 @@ random crop and flip. These are the defaults here.
         --dataset imagenet16-120 --data ~/data/ImageNet16
     python train.py --arch RUN/genotype.json --dataset imagefolder --data DIR   # your images (as the search's)
     python train.py --dataset synthetic --epochs 2 --batch_size 32 --device cpu   # CPU smoke run
+    python train.py --arch DrNAS --amp --compile   # bf16 and torch.compile (CUDA graphs on one GPU)
     python train.py --arch DrNAS --resume experiments/train-.../checkpoint.pt     # continue a run
 
 The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json,
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import accel
 import engine
 import utils
 from datasets import DATASETS, get_datasets
@@ -75,7 +77,9 @@ def get_parser():
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial learning rate (cosine to 0)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD Nesterov momentum")
     optim.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay")
-    engine.add_run_arguments(parser, seed=0)
+    system = engine.add_run_arguments(parser, seed=0)
+    system.add_argument("--amp", action="store_true", help="bf16 autocast (the loss and the optimiser stay fp32)")
+    accel.add_compile_argument(system)
     return parser
 
 
@@ -84,10 +88,18 @@ class Train(engine.Task):
 
     best_metric = "test_acc"
 
-    def __init__(self, model, optimizer, scheduler, train_stream, test_loader, structure):
+    def __init__(self, model, optimizer, scheduler, train_stream, test_loader, structure, amp=False, compiled=False):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.streams, self.test_loader, self.structure = {"train": train_stream}, test_loader, structure
         self.device = next(model.parameters()).device
+        self.amp, self.compiled = amp, compiled
+        # The network the steps run: compiled (--compile) or the model itself; checkpoints hold the model's tensors.
+        self.net = accel.compile_model(model, self.device) if compiled else model
+
+    def forward(self, inputs):
+        """fp32 logits of the network (bf16 autocast with --amp)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.net(inputs).float()
 
     def load_state_dict(self, state, path):
         """Continue from the task state of the checkpoint `path`."""
@@ -101,7 +113,8 @@ class Train(engine.Task):
 
     def step(self, epoch, step):
         inputs, targets = utils.to_device(next(self.streams["train"]), self.device)
-        logits = self.model(inputs)  # (B, classes)
+        accel.begin_step(self.device, 1, self.compiled)
+        logits = self.forward(inputs)  # (B, classes)
         loss = F.cross_entropy(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,7 +127,7 @@ class Train(engine.Task):
         meter = engine.Meter(self.device)
         for batch in self.test_loader:
             inputs, targets = utils.to_device(batch, self.device)
-            logits = self.model(inputs)
+            logits = self.forward(inputs)
             meter.update(logits, targets, F.cross_entropy(logits, targets))
         result = meter.result()
         return {"test_acc": result["acc"], "test_loss": result["loss"]}
@@ -143,6 +156,8 @@ def main(argv=None):
             f"--resume: the checkpoint trains {state['arch']}, not {structure}; resume with the run's own --arch"
         )
     device = run.dist.device
+    if args.amp:
+        accel.check_amp(device)
     utils.set_seed(args.seed)
     train_data, test_data, num_classes = run.first_on_rank0(
         lambda: get_datasets(args.dataset, args.data, True, image_size=args.image_size, seed=args.seed)
@@ -158,7 +173,7 @@ def main(argv=None):
     pin = device.type == "cuda"
     train_stream = utils.Stream(train_data, args.batch_size, seed=args.seed, workers=args.workers, pin_memory=pin)
     test_loader = DataLoader(test_data, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin)
-    task = Train(model, optimizer, scheduler, train_stream, test_loader, structure)
+    task = Train(model, optimizer, scheduler, train_stream, test_loader, structure, args.amp, args.compile)
     if state is not None:
         task.load_state_dict(state, args.resume)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})

@@ -26,7 +26,7 @@ def drop_path(x, drop_prob):
     no backward pass needs (the ops end in BatchNorm or pooling), so no activation copy
     is kept per edge; this saves about a sixth of the training memory at C=36, 20 cells.
     """
-    keep = 1.0 - drop_prob
+    keep = 1.0 - drop_prob  # a float, or a 0-dim tensor (the network's, so a compiled graph reads its value)
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
     return x.div_(keep).mul_(mask)
 
@@ -68,7 +68,8 @@ class Cell(nn.Module):
             self.is_identity.append(name == "skip_connect" and stride == 1)
             self.takes_relu.append(getattr(op, "expects_relu", False))  # pools take the raw state
 
-    def forward(self, s0, s1, drop_prob):
+    def forward(self, s0, s1, drop_prob=None):
+        # drop_prob: None (no drop path), or the probability as a 0-dim tensor
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
         rectified = {}  # state index -> relu(state), computed on first use
         for node in range(self.steps):
@@ -81,7 +82,7 @@ class Cell(nn.Module):
                         rectified[index] = F.relu(x)
                     x = rectified[index]
                 h = self.ops[edge](x)
-                if self.training and drop_prob > 0 and not self.is_identity[edge]:
+                if drop_prob is not None and not self.is_identity[edge]:
                     h = drop_path(h, drop_prob)
                 total = total + h
             states.append(total)
@@ -118,7 +119,26 @@ class AuxiliaryHead(nn.Module):
 
 
 class _Network(nn.Module):
-    """The stack of cells shared by both networks; subclasses provide the stem."""
+    """The stack of cells shared by both networks; subclasses provide the stem.
+
+    `drop_path_prob` (set every epoch) is kept as a float for logs and as a 0-dim buffer
+    that the forward pass reads, so that `torch.compile` neither guards on the value
+    nor compiles again each epoch; drop path runs in training mode when it is above 0.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("drop_prob", torch.zeros(()), persistent=False)
+        self.drop_path_prob = 0.0
+
+    @property
+    def drop_path_prob(self):
+        return self._drop_path_prob
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p):
+        self._drop_path_prob, self._drop_path_on = float(p), p > 0
+        self.drop_prob.fill_(p)
 
     def _build_cells(self, genotype, C_prev_prev, C_prev, C_curr, layers, reduction_prev, num_classes, aux_shape):
         # aux_shape: (pool stride, final BatchNorm) of the auxiliary head, see AuxiliaryHead.
@@ -142,8 +162,9 @@ class _Network(nn.Module):
 
     def _forward_cells(self, s0, s1):
         logits_aux = None
+        drop_prob = self.drop_prob if self.training and self._drop_path_on else None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, drop_prob)
             if i == self.aux_layer and self.auxiliary_head is not None and self.training:
                 logits_aux = self.auxiliary_head(s1)
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)  # (B, C_prev)
@@ -156,7 +177,6 @@ class NetworkCIFAR(_Network):
     def __init__(self, C, num_classes, layers, auxiliary, genotype, stem_multiplier=3):
         super().__init__()
         self.auxiliary = auxiliary
-        self.drop_path_prob = 0.0  # set by the training script every epoch
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, (3, True))
@@ -172,7 +192,6 @@ class NetworkImageNet(_Network):
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
         super().__init__()
         self.auxiliary = auxiliary
-        self.drop_path_prob = 0.0
         # Two stems bring 224x224 down to 28x28 before the first cell (/8), so the
         # cells work at the resolutions of the CIFAR network after its first reduction.
         self.stem0 = nn.Sequential(

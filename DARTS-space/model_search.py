@@ -189,6 +189,7 @@ class Network(nn.Module):
         self.beta_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
         self.beta_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
         self._set_kept_index()
+        self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
 
     # ------------------------------------------------------------ parameters
 
@@ -233,14 +234,25 @@ class Network(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(self, x, mix=None):
-        """Logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights."""
+        """fp32 logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights.
+
+        With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
+        """
         if mix is None:
             mix = self.arch_weights()
-        s0 = self.stem0(x)
-        s1 = s0 if self.stem1 is None else self.stem1(s0)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, mix[1] if cell.reduction else mix[0])
-        return self.classifier(self.global_pooling(s1).flatten(1))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            s0 = self.stem0(x)
+            s1 = s0 if self.stem1 is None else self.stem1(s0)
+            for cell in self.cells:
+                s0, s1 = s1, cell(s0, s1, mix[1] if cell.reduction else mix[0])
+            logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits.float()
+
+    def use_lean_ops(self, lean):
+        """Memory-saving ops (recomputation in the backward pass, see operations) on or off: the one switch."""
+        for module in self.modules():
+            if hasattr(module, "lean"):
+                module.lean = lean
 
     # ------------------------------------------------------------ progressive learning
 

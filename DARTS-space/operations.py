@@ -20,7 +20,8 @@ Memory of the supernet (a search step keeps ~100 op activations per cell alive):
 search ops fold their edge's mixing weight into their last BatchNorm (`MixBatchNorm`),
 take a ReLU shared by the edge, and recompute cheap intermediates in the backward pass
 instead of storing them (`_LeanMaxPool`, `_DepthwisePointwise`); the results and
-gradients equal those of the plain ops (tests/test_darts_search_ops.py).
+gradients equal those of the plain ops (tests/test_darts_search_ops.py). The supernet's
+`use_lean_ops(False)` (`--lean_ops off`) runs the plain ops instead: no recomputation, more memory.
 
     python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
@@ -170,6 +171,17 @@ class ReLUConvBN(nn.Module):
         return out_index
 
 
+def compute_dtype(x):
+    """The dtype convolutions on `x` run in: autocast's (bf16 under --amp) when it is on, else `x`'s own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def cast(grad, dtype):
+    """`grad` in `dtype` (None stays None)."""
+    return None if grad is None else grad.to(dtype)
+
+
 class _DepthwisePointwise(torch.autograd.Function):
     """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward.
 
@@ -183,7 +195,11 @@ class _DepthwisePointwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_dw, w_pw, stride, padding, dilation, bn):
-        mean = invstd = x.new_empty(0)
+        # Under autocast (--amp) the convolutions run in its dtype; the backward pass runs
+        # outside autocast, so the weights are cast here once and saved in that dtype.
+        dtype, weight_dtype = compute_dtype(x), w_dw.dtype
+        w_dw, w_pw = w_dw.to(dtype), w_pw.to(dtype)
+        mean = invstd = x.new_empty(0, dtype=torch.float32)
         r = x
         if bn is not None:
             if bn.training:  # batch statistics; updates the running ones like nn.BatchNorm2d
@@ -193,12 +209,13 @@ class _DepthwisePointwise(torch.autograd.Function):
             else:
                 mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
                 y = (x - mean[:, None, None]) * invstd[:, None, None]
-            r = F.relu(y)
+            r = F.relu(y).to(dtype)
             ctx.bn = (bn.training, bn.eps)
         else:
             ctx.bn = None
         ctx.save_for_backward(x, w_dw, w_pw, mean, invstd)
-        ctx.config = (stride, padding, dilation)
+        ctx.config, ctx.weight_dtype = (stride, padding, dilation), weight_dtype
+        r = r.to(dtype)
         d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
         return F.conv2d(d, w_pw)  # (B, C_out, H', W')
 
@@ -211,6 +228,7 @@ class _DepthwisePointwise(torch.autograd.Function):
         if ctx.bn is not None:  # recompute the normalised, rectified input
             y = (x - mean[:, None, None]) * invstd[:, None, None]
             r = F.relu(y)
+        r, grad = r.to(w_dw.dtype), grad.to(w_dw.dtype)
         if need_pw:
             d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])
         else:  # only its shape is read when the 1x1 weight gradient is not asked for
@@ -235,14 +253,15 @@ class _DepthwisePointwise(torch.autograd.Function):
             )
         if need_x and ctx.bn is not None:
             training, eps = ctx.bn
-            grad_y = grad_x * (y > 0)
+            grad_y = (grad_x * (y > 0)).to(x.dtype)
             if training:
                 grad_x = torch.ops.aten.native_batch_norm_backward(
                     grad_y, x, None, None, None, mean, invstd, True, eps, [True, False, False]
                 )[0]
             else:
                 grad_x = grad_y * invstd[:, None, None]
-        return grad_x, grad_dw, grad_pw, None, None, None, None
+        # Gradients in the dtypes of the inputs (fp32 weights under autocast).
+        return cast(grad_x, x.dtype), cast(grad_dw, ctx.weight_dtype), cast(grad_pw, ctx.weight_dtype), *[None] * 4
 
 
 class DilConv(nn.Module):
@@ -377,13 +396,17 @@ class _LeanMaxPool(torch.autograd.Function):
 
 
 class LeanMaxPool(nn.Module):
-    """`nn.MaxPool2d(kernel, stride, padding)` with the memory of `_LeanMaxPool`."""
+    """`nn.MaxPool2d(kernel, stride, padding)` with the memory of `_LeanMaxPool` (plain when `lean` is off)."""
+
+    lean = True
 
     def __init__(self, kernel, stride, padding=0):
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def forward(self, x):
+        if not self.lean:
+            return F.max_pool2d(x, self.kernel, self.stride, self.padding)
         return _LeanMaxPool.apply(x, self.kernel, self.stride, self.padding)
 
 
@@ -439,7 +462,8 @@ def search_op(name, C, stride):
     """The search-cell version of `OPS[name]`: affine-free BatchNorm, pools with BatchNorm.
 
     Call it as `op(x, scale)` = `scale * OPS-op(x)`; ops with `expects_relu` take the
-    edge's shared ReLU(x) instead of x.
+    edge's shared ReLU(x) instead of x. Its memory-saving parts start `lean`; the supernet's
+    `use_lean_ops(False)` turns them all into the plain ops (the one place of that choice).
     """
     if name.endswith("pool_3x3"):
         return PoolBN(name[:3], C, stride)

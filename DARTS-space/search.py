@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import accel
 import distributed
 import engine
 import utils
@@ -105,6 +106,9 @@ def add_arguments(parser):
 def add_system_arguments(parser):
     """The system flags of the searches: the engine's run flags and the smoke-run cap."""
     system = engine.add_run_arguments(parser, seed=2)
+    accel.add_amp_argument(system)
+    lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
+    system.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
     system.add_argument(
         "--max_steps",
         type=int,
@@ -200,9 +204,13 @@ def infer(model, loader, max_steps, dist):
 
 
 def network(args, num_classes, device, state=None, imagenet=False):
-    """The supernet; when resuming, at the checkpoint's stage (its k and kept ops) and with its tensors."""
+    """The supernet (--amp, --lean_ops); when resuming, at the checkpoint's stage (k, kept ops) with its tensors."""
+    if args.amp:
+        accel.check_amp(device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
     model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept).to(device)
+    model.amp = args.amp
+    model.use_lean_ops(args.lean_ops == "on")
     if state is not None:
         utils.load_model_state(model, state["model"], args.resume)
     return model

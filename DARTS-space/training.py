@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+import accel
 import distributed
 import engine
 import genotypes
@@ -100,6 +101,7 @@ def add_system_arguments(parser, workers, seed):
     """The system flags of both training scripts: the engine's run flags, precision and determinism."""
     system = engine.add_run_arguments(parser, seed, workers)
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
+    accel.add_compile_argument(system)
     determinism = "deterministic algorithms and no cuDNN benchmark (slower)"
     system.add_argument("--deterministic", action="store_true", help=determinism)
 
@@ -154,6 +156,10 @@ class Training(engine.Task):
         self.net = model
         if dist.world_size > 1:
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if args.compile:  # after DDP, so that its all-reduces overlap the compiled backward
+            self.net = accel.compile_model(self.net, device, dist.world_size)
+        # Evaluation runs the bare model under torchrun (see evaluate), else the same network as training.
+        self.eval_net = self.net if dist.world_size == 1 else model
         per_rank = args.batch_size // dist.world_size
         # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
         self.streams = {
@@ -184,6 +190,7 @@ class Training(engine.Task):
 
     def step(self, epoch, step):
         x, y = (t.to(self.dist.device, non_blocking=True) for t in next(self.streams["train"]))
+        accel.begin_step(self.dist.device, self.dist.world_size, self.args.compile)
         with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.args.amp):
             logits, logits_aux = self.net(x)
             loss = training_loss(self.criterion, logits, logits_aux, y, self.args.auxiliary_weight)
@@ -198,7 +205,7 @@ class Training(engine.Task):
     def evaluate(self, epoch):
         # The bare model, not DDP: ranks hold different numbers of test batches, and
         # DDP's forward would wait for buffers from ranks that have finished.
-        result = infer(self.test_loader, self.model, self.amp_dtype, self.args, self.dist)
+        result = infer(self.test_loader, self.eval_net, self.amp_dtype, self.args, self.dist)
         return {"valid_acc": result["acc"], "valid_top5": result["top5"], "valid_loss": result["loss"]}
 
     def end_epoch(self, epoch, record):

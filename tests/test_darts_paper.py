@@ -584,6 +584,7 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
     # Plain SGD with lr 1: the step moves the weights by exactly the clipped gradient.
     args = argparse.Namespace(
         amp=False,
+        compile=False,
         deterministic=False,
         auxiliary_weight=0.25,
         grad_clip=1e-3,

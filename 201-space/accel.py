@@ -1,0 +1,61 @@
+"""Speed flags shared by the scripts of this folder: bf16 mixed precision and `torch.compile`.
+
+`--amp` (the searches; the training scripts have their own): the supernet runs its cells
+under bf16 autocast, while beta, the Dirichlet draw, the KL term, the loss and every
+optimiser state stay fp32 (`check_amp` refuses a device without bf16 autocast).
+`--compile` (the training scripts): `compile_model` wraps the network in `torch.compile`
+with static shapes; on one CUDA GPU it runs as CUDA graphs (`mode="reduce-overhead"`),
+whose steps are marked with `begin_step`. Not a script; the same file in both folders.
+"""
+
+import shutil
+
+import torch
+
+from utils import UserError
+
+
+def add_amp_argument(group):
+    """The searches' `--amp` flag."""
+    group.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast in the supernet for the weight and architecture steps "
+        "(beta, the Dirichlet draw, the KL term, the loss and the optimiser states stay fp32)",
+    )
+
+
+def check_amp(device):
+    """Refuse `--amp` with one line where bf16 autocast is not available (a search has no fp16 fallback)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--amp needs bf16, which {torch.cuda.get_device_name(device)} lacks; run without --amp")
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"--amp runs on CUDA GPUs and CPUs, not on {device.type}; run without --amp")
+
+
+def add_compile_argument(group):
+    """The training scripts' `--compile` flag."""
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (static shapes; CUDA graphs on one GPU); the first steps compile",
+    )
+
+
+def uses_cuda_graphs(device, world_size):
+    """Whether `compile_model` captures CUDA graphs: on one CUDA GPU (DDP's all-reduces stay outside graphs)."""
+    return device.type == "cuda" and world_size == 1
+
+
+def compile_model(model, device, world_size=1):
+    """`torch.compile(model)` with static shapes: CUDA graphs on one GPU, the default inductor mode elsewhere."""
+    if device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
+        raise UserError("--compile on a CPU needs a C++ compiler (g++) for inductor's kernels; install one or drop it")
+    mode = "reduce-overhead" if uses_cuda_graphs(device, world_size) else None
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
+def begin_step(device, world_size, compiled):
+    """Mark a new training step for CUDA graphs, so the previous step's outputs may be overwritten."""
+    if compiled and uses_cuda_graphs(device, world_size):
+        torch.compiler.cudagraph_mark_step_begin()
