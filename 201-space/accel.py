@@ -3,9 +3,10 @@
 `--amp` (the searches; the training scripts have their own): the supernet runs its cells
 under bf16 autocast, while beta, the Dirichlet draw, the KL term, the loss and every
 optimiser state stay fp32 (`check_amp` refuses a device without bf16 autocast).
-`--compile` (the training scripts): `compile_model` wraps the network in `torch.compile`
-with static shapes; on one CUDA GPU it runs as CUDA graphs (`mode="reduce-overhead"`),
-whose steps are marked with `begin_step`. Not a script; the same file in both folders.
+`--compile`: `compile_model` compiles the network in place (`nn.Module.compile`, so its
+state_dict and checkpoints keep their keys) with static shapes; on one CUDA GPU it runs as
+CUDA graphs (`mode="reduce-overhead"`), whose steps are marked with `begin_step`. Not a
+script; the same file in both folders.
 """
 
 import shutil
@@ -34,7 +35,7 @@ def check_amp(device):
 
 
 def add_compile_argument(group):
-    """The training scripts' `--compile` flag."""
+    """The `--compile` flag."""
     group.add_argument(
         "--compile",
         action="store_true",
@@ -47,12 +48,16 @@ def uses_cuda_graphs(device, world_size):
     return device.type == "cuda" and world_size == 1
 
 
-def compile_model(model, device, world_size=1):
-    """`torch.compile(model)` with static shapes: CUDA graphs on one GPU, the default inductor mode elsewhere."""
+def check_compile(device):
+    """Refuse `--compile` with one line where inductor cannot build kernels (a CPU without a C++ compiler)."""
     if device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
         raise UserError("--compile on a CPU needs a C++ compiler (g++) for inductor's kernels; install one or drop it")
-    mode = "reduce-overhead" if uses_cuda_graphs(device, world_size) else None
-    return torch.compile(model, mode=mode, dynamic=False)
+
+
+def compile_model(model, device, world_size=1):
+    """Compile `model` in place, static shapes: CUDA graphs on one GPU, the default inductor mode elsewhere."""
+    check_compile(device)
+    model.compile(mode="reduce-overhead" if uses_cuda_graphs(device, world_size) else None, dynamic=False)
 
 
 def begin_step(device, world_size, compiled):

@@ -123,6 +123,19 @@ def _transforms(size, mean, std, augment):
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
+def record_device_recipe(dataset, images, labels, mean, std, augment=False, padding=0, cutout=0):
+    """Record on `dataset` what `device_data.py` needs to redo its transform on the GPU, batch by batch.
+
+    `images` (N, H, W, C) are uint8 pixels, normalised with `mean` and `std` (or, with `mean`
+    None, float values used as they are); `augment` adds the random crop (zero padding
+    `padding`) and horizontal flip; `cutout` > 0 zeroes a square of that side after normalising.
+    """
+    dataset.device_recipe = dict(
+        images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout
+    )
+    return dataset
+
+
 def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
     """Images = a fixed smooth pattern per class + Gaussian noise: learnable in a few steps.
 
@@ -302,4 +315,6 @@ def get_datasets(name, root, train_augment=True, image_size=32, seed=0):
         folder, train_files, label_key, classes, size, one_based, _transforms(size, mean, std, train_augment)
     )
     test = PickledImages(folder, test_files, label_key, classes, size, one_based, _transforms(size, mean, std, False))
+    for data, augment in ((train, train_augment), (test, False)):  # the same steps as `_transforms`
+        record_device_recipe(data, data.images, data.labels, mean, std, augment, padding=size // 8)
     return train, test, classes

@@ -143,6 +143,7 @@ class Network(nn.Module):
             self._kept_index = {key: torch.tensor(self.kept, device=self.beta.device)}
         return self._kept_index[key]
 
+    @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
         """Mixing weights (edges, ops) for one forward; pruned ops get exactly 0."""
         index = self.kept_index()  # (6, n)
@@ -166,7 +167,7 @@ class Network(nn.Module):
         return torch.distributions.kl_divergence(posterior, prior).sum()
 
     def forward(self, x, weights=None):
-        """fp32 logits for x (B, 3, H, W); mixing weights are drawn unless given (edges, ops).
+        """Logits for x (B, 3, H, W), fp32 under `amp`; mixing weights are drawn unless given (edges, ops).
 
         With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
         """
@@ -178,7 +179,7 @@ class Network(nn.Module):
                 x = layer(x, weights) if isinstance(layer, Cell) else layer(x)
             x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
             logits = self.classifier(x)
-        return logits.float()
+        return logits.float() if self.amp else logits  # the loss is taken in fp32
 
     # ---------------------------------------------------------------- derived architecture
 

@@ -13,9 +13,10 @@ from collections import namedtuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 import accel
+import device_data
 import engine
 import utils
 from architect import Architect
@@ -74,6 +75,7 @@ def get_parser(progressive=False, description=__doc__):
     data.add_argument("--image_size", type=int, default=32, help=size)
     portion = "share of the training set for weights; the rest trains the architecture"
     data.add_argument("--train_portion", type=float, default=0.5, help=portion)
+    device_data.add_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
     model.add_argument("--layers", type=int, default=5, help="search cells N per stage")
@@ -89,6 +91,7 @@ def get_parser(progressive=False, description=__doc__):
     add_search_flags(parser.add_argument_group("search"), progressive)
     system = engine.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
+    accel.add_compile_argument(system)
     return parser
 
 
@@ -230,14 +233,18 @@ def split_search_data(train_data, train_portion):
 
 
 def search_data(train_data, args, device):
-    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter."""
+    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter.
+
+    Held on the device and augmented there when `--data_on_device` says so (see device_data).
+    """
     train_part, valid_part = split_search_data(train_data, args.train_portion)
-    kwargs = dict(batch_size=args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+    on_device = device_data.use_device(args.data_on_device, train_data, device)
+    kwargs = dict(device=device, on_device=on_device, workers=args.workers, pin_memory=device.type == "cuda")
     streams = {
-        "train": utils.Stream(train_part, seed=args.seed, **kwargs),
-        "valid": utils.Stream(valid_part, seed=args.seed + 1, **kwargs),
+        "train": device_data.stream(train_part, args.batch_size, args.seed, **kwargs),
+        "valid": device_data.stream(valid_part, args.batch_size, args.seed + 1, **kwargs),
     }
-    return streams, DataLoader(valid_part, batch_size=args.batch_size, num_workers=args.workers)
+    return streams, device_data.loader(valid_part, args.batch_size, device, on_device, args.workers)
 
 
 def search_step(model, architect, w_optimizer, weights, train_batch, valid_batch, lr, grad_clip):
@@ -424,6 +431,8 @@ def run_search(args, script):
     run = engine.Run(args, script, RESUME_KEYS)  # checks the flags and --resume; writes nothing
     if args.amp:
         accel.check_amp(run.dist.device)
+    if args.compile:
+        accel.check_compile(run.dist.device)
     stages, state = get_stages(args), run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
     # A missing dataset fails here, before the run writes anything.
@@ -435,6 +444,8 @@ def run_search(args, script):
     streams, valid_loader = search_data(train_data, args, device)
     model = build_model(args, stages, num_classes, state).to(device, memory_format=torch.channels_last)
     model.amp = args.amp
+    if args.compile:  # in place, so the architect, the task and the checkpoints use the compiled network
+        accel.compile_model(model, device)
     architect = Architect(model, args)
     epochs = sum(s.epochs for s in stages)
     optimizer, scheduler = make_weight_optimizer(model, args, epochs)

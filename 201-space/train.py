@@ -26,9 +26,9 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 import accel
+import device_data
 import engine
 import utils
 from datasets import DATASETS, get_datasets
@@ -62,6 +62,7 @@ def get_parser():
     data.add_argument("--data", type=str, default="../data", help=folder)
     size = "imagefolder: images are resized to this many pixels square"
     data.add_argument("--image_size", type=int, default=32, help=size)
+    device_data.add_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument(
         "--arch",
@@ -93,13 +94,13 @@ class Train(engine.Task):
         self.streams, self.test_loader, self.structure = {"train": train_stream}, test_loader, structure
         self.device = next(model.parameters()).device
         self.amp, self.compiled = amp, compiled
-        # The network the steps run: compiled (--compile) or the model itself; checkpoints hold the model's tensors.
-        self.net = accel.compile_model(model, self.device) if compiled else model
+        if compiled:
+            accel.compile_model(model, self.device)
 
     def forward(self, inputs):
         """fp32 logits of the network (bf16 autocast with --amp)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.net(inputs).float()
+            return self.model(inputs).float()
 
     def load_state_dict(self, state, path):
         """Continue from the task state of the checkpoint `path`."""
@@ -170,9 +171,11 @@ def main(argv=None):
         model.parameters(), lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=0.0)
-    pin = device.type == "cuda"
-    train_stream = utils.Stream(train_data, args.batch_size, seed=args.seed, workers=args.workers, pin_memory=pin)
-    test_loader = DataLoader(test_data, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin)
+    pin, on_device = device.type == "cuda", device_data.use_device(args.data_on_device, train_data, device)
+    train_stream = device_data.stream(
+        train_data, args.batch_size, args.seed, device, on_device, args.workers, pin_memory=pin
+    )
+    test_loader = device_data.loader(test_data, args.batch_size, device, on_device, args.workers, pin)
     task = Train(model, optimizer, scheduler, train_stream, test_loader, structure, args.amp, args.compile)
     if state is not None:
         task.load_state_dict(state, args.resume)

@@ -207,6 +207,18 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_name(device):
+    """What a measurement ran on: the GPU's name, or the CPU's model name (Linux), else the device type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({device.type})" if names else device.type
+    except OSError:
+        return device.type
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

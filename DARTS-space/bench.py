@@ -12,7 +12,14 @@ auxiliary head and drop path 0.2.
 
     python bench.py --device cpu                   # all configurations, 2 threads
     python bench.py --device cuda --steps 20 --warmup 5
+    python bench.py --device cuda --amp --compile  # bf16 and torch.compile, as the scripts' flags
+    python bench.py --device cuda --lean_ops off   # the search without the memory-saving ops
     python bench.py --device cpu --config small    # one configuration
+
+Each record has `s_per_step`, `images_per_s` (both batches of a search step), `peak_mem_mb`
+and `projected_h`, the hours of the paper's run at this speed, evaluation not counted: a
+search stage is 25 epochs of 391 steps, the first 10 weight-only (timed as `s_per_weight_step`);
+`eval` is 600 epochs of 782 steps (50,000 images in batches of 64).
 """
 
 import argparse
@@ -24,6 +31,7 @@ import time
 import torch
 import torch.nn as nn
 
+import accel
 import distributed
 import search
 import utils
@@ -59,7 +67,16 @@ def get_parser():
     parser.add_argument("--warmup", type=int, default=1, help="untimed search steps first")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast, as the scripts' --amp")
+    parser.add_argument("--compile", action="store_true", help="torch.compile, as train.py's --compile")
+    lean = "the search's memory-saving ops (recomputation in the backward pass), as train_search.py's --lean_ops"
+    parser.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
     return parser
+
+
+# The paper's runs: a search stage is 25 epochs of 391 steps (10 of them weight-only); evaluation 600 x 782.
+STAGE_EPOCHS, WARMUP_EPOCHS, SEARCH_STEPS = 25, 10, 391
+EVAL_STEPS = 600 * 782
 
 
 def bench_search(name, args, device):
@@ -67,6 +84,10 @@ def bench_search(name, args, device):
     cfg = CONFIGS[name]
     kept = None if cfg["keep"] is None else {t: [cfg["keep"]] * 14 for t in ("normal", "reduce")}
     model = Network(cfg["C"], 10, cfg["layers"], k=cfg["k"], kept=kept).to(device)
+    model.amp = args.amp
+    model.use_lean_ops(args.lean_ops == "on")
+    if args.compile:
+        accel.compile_model(model, device)
     weights = model.weights()
     optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
     arch_args = argparse.Namespace(
@@ -77,11 +98,18 @@ def bench_search(name, args, device):
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
 
+    def weight_step():  # a warm-up epoch's step: the weights only
+        accel.begin_step(device, 1, args.compile)
+        search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
+
     def step():  # the search's step: beta on one batch, then the weights on another
+        accel.begin_step(device, 1, args.compile)
         architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
         search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
 
     seconds = time_steps(step, device, args)
+    weight_seconds = time_steps(weight_step, device, args)
+    stage_s = SEARCH_STEPS * (WARMUP_EPOCHS * weight_seconds + (STAGE_EPOCHS - WARMUP_EPOCHS) * seconds)
     return dict(
         config=name,
         stage=cfg["stage"],
@@ -90,11 +118,24 @@ def bench_search(name, args, device):
         k=cfg["k"],
         ops_per_edge=len(cfg["keep"] or PRIMITIVES),
         batch=cfg["batch"],
-        device=str(device),
-        threads=torch.get_num_threads(),
-        s_per_step=round(seconds, 3),
+        **speed_flags(device, args),
+        s_per_step=round(seconds, 4),
+        s_per_weight_step=round(weight_seconds, 4),
+        images_per_s=round(2 * cfg["batch"] / seconds, 1),
         peak_mem_mb=round(utils.peak_memory_mb(device), 1),
         params=utils.count_parameters(weights),
+        projected_h=round(stage_s / 3600, 2),
+    )
+
+
+def speed_flags(device, args):
+    """What a record was measured on and with."""
+    return dict(
+        device=utils.device_name(device),
+        threads=torch.get_num_threads(),
+        amp=args.amp,
+        compile=args.compile,
+        lean_ops=args.lean_ops,
     )
 
 
@@ -134,6 +175,10 @@ def main(argv=None):
                 str(args.threads),
                 "--seed",
                 str(args.seed),
+                "--lean_ops",
+                args.lean_ops,
+                *(["--amp"] if args.amp else []),
+                *(["--compile"] if args.compile else []),
             ]
             if subprocess.run(child).returncode != 0:
                 raise utils.UserError(f"the measurement of {name} failed (see above)")
@@ -141,6 +186,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     utils.set_seed(args.seed)
     device = utils.resolve_device(args.device, args.gpu)
+    if args.amp:
+        accel.check_amp(device)
     record = bench_eval(device, args) if args.config == "eval" else bench_search(args.config, args, device)
     print(json.dumps(record), flush=True)  # the output is the JSON line
 
@@ -153,14 +200,18 @@ def bench_eval(device, args):
     model = NetworkCIFAR(36, 10, 20, True, DrNAS_cifar10).to(device)
     model.drop_path_prob = 0.2  # drop path on, as in the second half of a run
     model.train()
+    if args.compile:
+        accel.compile_model(model, device)
     optimizer = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     criterion = nn.CrossEntropyLoss()
     x = torch.randn(64, 3, 32, 32, device=device)
     y = torch.randint(10, (64,), device=device)
 
-    def step():
-        logits, logits_aux = model(x)
-        loss = training_loss(criterion, logits, logits_aux, y, 0.4)
+    def step():  # train.py's step (bf16 autocast with --amp, as its --amp on a bf16 device)
+        accel.begin_step(device, 1, args.compile)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            logits, logits_aux = model(x)
+            loss = training_loss(criterion, logits, logits_aux, y, 0.4)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -174,12 +225,13 @@ def bench_eval(device, args):
         batch=64,
         auxiliary=True,
         drop_path_prob=0.2,
-        device=str(device),
-        threads=torch.get_num_threads(),
-        s_per_step=round(seconds, 3),
+        **speed_flags(device, args),
+        s_per_step=round(seconds, 4),
+        images_per_s=round(64 / seconds, 1),
         peak_mem_mb=round(utils.peak_memory_mb(device), 1),
-        params=param_count(model),
-    )  # without the auxiliary head, as papers count
+        params=param_count(model),  # without the auxiliary head, as papers count
+        projected_h=round(EVAL_STEPS * seconds / 3600, 2),
+    )
 
 
 if __name__ == "__main__":

@@ -121,6 +121,9 @@ def _cifar(name, root, train_augment, cutout_length):
         _download(name, root)
     train = PickledImages(folder, train_files, label_key, _cifar_transforms(mean, std, train_augment, cutout_length))
     test = PickledImages(folder, test_files, label_key, _cifar_transforms(mean, std, False, 0))
+    # The same steps as `_cifar_transforms`, for device_data.py.
+    record_device_recipe(train, train.images, train.labels, mean, std, train_augment, 4, cutout_length)
+    record_device_recipe(test, test.images, test.labels, mean, std)
     return train, test, classes
 
 
@@ -144,6 +147,19 @@ def _download(name, root):
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def record_device_recipe(dataset, images, labels, mean, std, augment=False, padding=0, cutout=0):
+    """Record on `dataset` what `device_data.py` needs to redo its transform on the GPU, batch by batch.
+
+    `images` (N, H, W, C) are uint8 pixels, normalised with `mean` and `std` (or, with `mean`
+    None, float values used as they are); `augment` adds the random crop (zero padding
+    `padding`) and horizontal flip; `cutout` > 0 zeroes a square of that side after normalising.
+    """
+    dataset.device_recipe = dict(
+        images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout
+    )
+    return dataset
 
 
 class Transformed(Dataset):
@@ -334,7 +350,9 @@ def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True,
     if name == "synthetic":
         train, test = synthetic(256, seed=1, size=image_size), synthetic(128, seed=2, size=image_size)
         if length:
+            images, labels = train.tensors
             train = Transformed(train, Cutout(length))
+            record_device_recipe(train, images.permute(0, 2, 3, 1), labels, None, None, cutout=length)
         return train, test, 10
     raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 

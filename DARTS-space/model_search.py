@@ -212,6 +212,7 @@ class Network(nn.Module):
         alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, 7)
         return alpha.gather(2, self.kept_index)
 
+    @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
         """Mixing weights of every edge: one reparameterised Dirichlet draw, (2, 14, n_kept).
 
@@ -234,7 +235,7 @@ class Network(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(self, x, mix=None):
-        """fp32 logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights.
+        """Logits (B, num_classes), fp32 under `amp`; `mix` (2, 14, n_kept) overrides the sampled weights.
 
         With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
         """
@@ -246,7 +247,7 @@ class Network(nn.Module):
             for cell in self.cells:
                 s0, s1 = s1, cell(s0, s1, mix[1] if cell.reduction else mix[0])
             logits = self.classifier(self.global_pooling(s1).flatten(1))
-        return logits.float()
+        return logits.float() if self.amp else logits  # the loss is taken in fp32
 
     def use_lean_ops(self, lean):
         """Memory-saving ops (recomputation in the backward pass, see operations) on or off: the one switch."""

@@ -24,9 +24,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import Subset
 
 import accel
+import device_data
 import distributed
 import engine
 import utils
@@ -107,6 +108,7 @@ def add_system_arguments(parser):
     """The system flags of the searches: the engine's run flags and the smoke-run cap."""
     system = engine.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
+    device_data.add_argument(system)
     lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
     system.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
     system.add_argument(
@@ -259,16 +261,25 @@ class Search(engine.Task):
             self.stage = state["stage"]
         distributed.broadcast_parameters(model, dist)  # the same start on every rank
         batch = args.batch_size // dist.world_size
+        on_device = device_data.use_device(args.data_on_device, train_data, dist.device)
         shard = dict(
-            workers=args.workers, rank=dist.rank, world_size=dist.world_size, pin_memory=dist.device.type == "cuda"
+            device=dist.device,
+            on_device=on_device,
+            workers=args.workers,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            pin_memory=dist.device.type == "cuda",
         )
         # Weights and architecture see disjoint images, each from a resumable stream of its own.
         self.streams = {
-            "train": utils.Stream(train_data, batch, args.seed, **shard),
-            "valid": utils.Stream(valid_data, batch, args.seed + 1, **shard),
+            "train": device_data.stream(train_data, batch, args.seed, **shard),
+            "valid": device_data.stream(valid_data, batch, args.seed + 1, **shard),
         }
-        sampler = utils.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size)
-        self.valid_loader = DataLoader(valid_data, batch, sampler=sampler, num_workers=args.workers)
+        # This rank's shard of the held-out images, in order (padded to equal shards).
+        shard_order = utils.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
+        self.valid_loader = device_data.loader(
+            Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers
+        )
         self.steps = min(len(self.streams["train"]), args.max_steps or len(self.streams["train"]))
         self.arch_on, self.weights = False, model.weights()
         logger.info(

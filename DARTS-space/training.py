@@ -11,9 +11,10 @@ import logging
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 import accel
+import device_data
 import distributed
 import engine
 import genotypes
@@ -102,6 +103,7 @@ def add_system_arguments(parser, workers, seed):
     system = engine.add_run_arguments(parser, seed, workers)
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
     accel.add_compile_argument(system)
+    device_data.add_argument(system)
     determinism = "deterministic algorithms and no cuDNN benchmark (slower)"
     system.add_argument("--deterministic", action="store_true", help=determinism)
 
@@ -152,33 +154,23 @@ class Training(engine.Task):
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
+        if args.compile:  # in place: the model, DDP's and the checkpoints' tensors stay the same
+            accel.compile_model(model, device, dist.world_size)
         # DDP averages the gradients in the backward pass; every rank steps the same weights.
         self.net = model
         if dist.world_size > 1:
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if args.compile:  # after DDP, so that its all-reduces overlap the compiled backward
-            self.net = accel.compile_model(self.net, device, dist.world_size)
-        # Evaluation runs the bare model under torchrun (see evaluate), else the same network as training.
-        self.eval_net = self.net if dist.world_size == 1 else model
-        per_rank = args.batch_size // dist.world_size
+        per_rank, pin = args.batch_size // dist.world_size, device.type == "cuda"
+        on_device = device_data.use_device(args.data_on_device, train_set, device)
         # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
         self.streams = {
-            "train": utils.Stream(
-                train_set,
-                per_rank,
-                args.seed,
-                args.workers,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                pin_memory=device.type == "cuda",
+            "train": device_data.stream(
+                train_set, per_rank, args.seed, device, on_device, args.workers, True, dist.rank, dist.world_size, pin
             )
         }
         # Test shards without padding, so the summed counts cover each test image once.
-        self.test_loader = DataLoader(
-            Subset(test_set, range(dist.rank, len(test_set), dist.world_size)),
-            batch_size=per_rank,
-            num_workers=args.workers,
-        )
+        test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
+        self.test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
         full = len(self.streams["train"])
         self.steps = min(full, args.max_steps_per_epoch) if args.max_steps_per_epoch > 0 else full
 
@@ -205,7 +197,7 @@ class Training(engine.Task):
     def evaluate(self, epoch):
         # The bare model, not DDP: ranks hold different numbers of test batches, and
         # DDP's forward would wait for buffers from ranks that have finished.
-        result = infer(self.test_loader, self.eval_net, self.amp_dtype, self.args, self.dist)
+        result = infer(self.test_loader, self.model, self.amp_dtype, self.args, self.dist)
         return {"valid_acc": result["acc"], "valid_top5": result["top5"], "valid_loss": result["loss"]}
 
     def end_epoch(self, epoch, record):

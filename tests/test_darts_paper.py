@@ -585,6 +585,7 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
     args = argparse.Namespace(
         amp=False,
         compile=False,
+        data_on_device="off",
         deterministic=False,
         auxiliary_weight=0.25,
         grad_clip=1e-3,

@@ -1,0 +1,225 @@
+"""Data on the device: in-memory image sets held on the GPU and augmented there, batch by batch.
+
+CIFAR-10/100 and ImageNet16-120 (uint8 images, 150 MB at most) and the synthetic sets fit in
+GPU memory. Held there, a batch is a gather: the random crop (zero padding), horizontal flip
+and cutout are index arithmetic over the whole batch, with no DataLoader workers, PIL
+transforms or per-batch copies from the host. `DeviceStream` visits the samples in the order
+of `utils.Stream` (the same `utils.EpochSampler`) and draws crops, flips and cutout centres
+from the global torch RNG of the device, so a checkpoint's position and RNG state resume it
+exactly. `DeviceLoader` is the in-order evaluation loader. `stream()` and `loader()` return
+either path, as `--data_on_device` (`add_argument`, `use_device`) decides.
+
+A dataset can be held when it, or the dataset under its (nested) `Subset`s, carries the
+`device_recipe` that `datasets.record_device_recipe` writes, or is a `TensorDataset` of float
+images (used as they are); image files (imagefolder, ImageNet) cannot.
+"""
+
+import weakref
+
+import torch
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+import utils
+
+MODES = ("auto", "on", "off")
+_HELD = weakref.WeakKeyDictionary()  # dataset -> {device: (images, labels)}: a split's parts share one copy
+
+
+def add_argument(group):
+    """Add `--data_on_device` to an argparse parser or group."""
+    group.add_argument(
+        "--data_on_device",
+        choices=MODES,
+        default="auto",
+        help="hold the data set on the device and augment it there: auto = on for CUDA with an in-memory data "
+        "set (cifar10, cifar100, imagenet16-120, synthetic), off elsewhere (the DataLoader path: ImageFolder, "
+        "ImageNet, CPUs)",
+    )
+
+
+def _base(dataset):
+    """(the dataset under any `Subset`s, their composed indices as a tensor, or None without a `Subset`)."""
+    indices = None
+    while isinstance(dataset, Subset):
+        outer = torch.as_tensor(dataset.indices, dtype=torch.int64)
+        indices = outer if indices is None else outer[indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def _recipe(dataset):
+    """What `datasets.record_device_recipe` recorded; a float `TensorDataset` gets a plain one; else None."""
+    recipe = getattr(dataset, "device_recipe", None)
+    if recipe is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        images, labels = dataset.tensors
+        if images.dim() == 4 and images.is_floating_point():
+            recipe = dict(images=images.permute(0, 2, 3, 1), labels=labels, mean=None, std=None)
+    return recipe
+
+
+def supported(dataset):
+    """Whether `dataset` (or a possibly nested `Subset` of it) can be held on the device."""
+    return _recipe(_base(dataset)[0]) is not None
+
+
+def use_device(mode, dataset, device):
+    """Resolve `--data_on_device` (`auto`, `on` or `off`) for `dataset` on `device`."""
+    if mode == "off":
+        return False
+    if mode == "on":
+        if not supported(dataset):
+            raise utils.UserError(
+                "--data_on_device on: this data set is read from image files and cannot be held on the device; "
+                "use --data_on_device auto or off"
+            )
+        return True
+    return torch.device(device).type == "cuda" and supported(dataset)
+
+
+class _Held:
+    """A dataset's images (uint8 or float, (N, H, W, C)) and labels on the device, and its batches."""
+
+    def __init__(self, dataset, device):
+        base, indices = _base(dataset)
+        recipe = _recipe(base)
+        if recipe is None:
+            raise utils.UserError(f"{type(base).__name__} cannot be held on the device; use --data_on_device off")
+        self.device = torch.device(device)
+        held = _HELD.setdefault(base, {})
+        if self.device not in held:
+            images = torch.as_tensor(recipe["images"]).to(self.device).contiguous()
+            held[self.device] = images, torch.as_tensor(recipe["labels"], dtype=torch.int64).to(self.device)
+        self.images, self.labels = held[self.device]
+        self.indices = None if indices is None else indices.to(self.device)
+        self.size = len(self.images) if indices is None else len(indices)
+        self.mean, self.std = (
+            (None, None)
+            if recipe["mean"] is None
+            else (torch.tensor(v, dtype=torch.float32, device=self.device) for v in (recipe["mean"], recipe["std"]))
+        )
+        self.augment, self.padding, self.cutout = (recipe.get(k, 0) for k in ("augment", "padding", "cutout"))
+        self.rows, self.cols = (torch.arange(n, device=self.device) for n in self.images.shape[1:3])
+
+    def batch(self, positions, augment):
+        """`(images, labels)` of the samples at `positions` (a device tensor), augmented if `augment` and the set is.
+
+        Images come out float32, normalised, (B, C, H, W) in channels-last memory format.
+        """
+        index = positions if self.indices is None else self.indices[positions]
+        x = self._crop_flip(index) if augment and self.augment else self.images[index]
+        if self.mean is not None:  # the arithmetic of ToTensor and Normalize, so the values match the DataLoader's
+            x = x.float().div_(255).sub_(self.mean).div_(self.std)
+        if augment and self.cutout:
+            x = self._cutout(x)
+        return x.permute(0, 3, 1, 2), self.labels[index]
+
+    def _crop_flip(self, index):
+        """`RandomCrop(size, padding)` then `RandomHorizontalFlip()`: one gather of source pixels per batch."""
+        b, p = len(index), self.padding
+        height, width = len(self.rows), len(self.cols)
+        shift = torch.randint(0, 2 * p + 1, (2, b, 1), device=self.device) - p  # crop offset minus padding
+        flip = torch.rand(b, 1, device=self.device) < 0.5
+        rows = self.rows + shift[0]  # (B, H) source rows; out of range = padding
+        cols = torch.where(flip, self.cols.flip(0), self.cols) + shift[1]  # (B, W)
+        pixels = self.images[
+            index[:, None, None], rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
+        ]
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        return pixels.masked_fill_(~inside[..., None], 0)
+
+    def _cutout(self, x):
+        """`datasets.Cutout`: zero the square [c - length // 2, c + length // 2) around a random pixel, clipped."""
+        b, half = len(x), self.cutout // 2
+        cy = torch.randint(0, len(self.rows), (b, 1), device=self.device)
+        cx = torch.randint(0, len(self.cols), (b, 1), device=self.device)
+        in_rows = (self.rows >= cy - half) & (self.rows < cy + half)
+        in_cols = (self.cols >= cx - half) & (self.cols < cx + half)
+        return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[..., None], 0)
+
+
+class DeviceStream:
+    """`utils.Stream` for a dataset held on the device: the same batches of samples, in the same order.
+
+    Yields `(images, labels)` on `device`, augmented as the dataset's transform would (crops,
+    flips and cutout drawn from the device's global RNG). `position()` and `seek()` as in
+    `utils.Stream`. The first batch of a pass uploads the pass's order (one host-to-device
+    copy); the other batches read nothing on the host.
+    """
+
+    def __init__(self, dataset, batch_size, seed, device, shuffle=True, rank=0, world_size=1, position=(0, 0)):
+        self.held = _Held(dataset, device)
+        self.sampler = utils.EpochSampler(len(dataset), seed, shuffle, rank, world_size)
+        self.batch_size = batch_size
+        self.batches_per_pass = -(-self.sampler.per_rank // batch_size)
+        self.pass_index, self.batch_index = position
+        self._order, self._order_pass = None, None
+
+    def __len__(self):
+        return self.batches_per_pass
+
+    def position(self):
+        """(pass, batch within the pass) of the next batch."""
+        return [self.pass_index, self.batch_index]
+
+    def seek(self, position):
+        """Continue from `position` (a saved `position()`)."""
+        self.pass_index, self.batch_index = position
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._order_pass != self.pass_index:
+            self._upload_order()
+        start = self.batch_index * self.batch_size
+        batch = self.held.batch(self._order[start : start + self.batch_size], augment=True)
+        self.batch_index += 1
+        if self.batch_index == self.batches_per_pass:
+            self.pass_index, self.batch_index = self.pass_index + 1, 0
+        return batch
+
+    def _upload_order(self):
+        """This rank's samples of the current pass, copied to the device once (pinned, asynchronous on CUDA)."""
+        self.sampler.set_position(self.pass_index)
+        order = torch.tensor(self.sampler.order(), dtype=torch.int64)
+        if self.held.device.type == "cuda":
+            order = order.pin_memory()
+        self._order = order.to(self.held.device, non_blocking=True)
+        self._order_pass = self.pass_index
+
+    def take(self, n):
+        """The next `n` batches (one training epoch when `n == len(self)`)."""
+        for _ in range(n):
+            yield next(self)
+
+
+class DeviceLoader:
+    """The samples of a dataset held on the device, in order and without augmentation (for evaluation)."""
+
+    def __init__(self, dataset, batch_size, device):
+        self.held = _Held(dataset, device)
+        self.batch_size = batch_size
+        self.positions = torch.arange(self.held.size, device=self.held.device)
+
+    def __len__(self):
+        return -(-self.held.size // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.held.size, self.batch_size):
+            yield self.held.batch(self.positions[start : start + self.batch_size], augment=False)
+
+
+def stream(
+    dataset, batch_size, seed, device, on_device, workers=0, shuffle=True, rank=0, world_size=1, pin_memory=False
+):
+    """A `DeviceStream` when `on_device`, else a `utils.Stream` (which ignores `device`)."""
+    if on_device:
+        return DeviceStream(dataset, batch_size, seed, device, shuffle, rank, world_size)
+    return utils.Stream(dataset, batch_size, seed, workers, shuffle, rank, world_size, pin_memory)
+
+
+def loader(dataset, batch_size, device, on_device, workers=0, pin_memory=False):
+    """A `DeviceLoader` when `on_device`, else the `DataLoader` of the evaluation passes."""
+    if on_device:
+        return DeviceLoader(dataset, batch_size, device)
+    return DataLoader(dataset, batch_size, num_workers=workers, pin_memory=pin_memory)
