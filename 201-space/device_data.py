@@ -209,6 +209,13 @@ class DeviceLoader:
             yield self.held.batch(self.positions[start : start + self.batch_size], augment=False)
 
 
+def describe(batches):
+    """One line for the log: where a `stream()`'s batches come from."""
+    if isinstance(batches, DeviceStream):
+        return f"data held on {batches.held.device}, augmented there per batch (--data_on_device)"
+    return f"data through a DataLoader with {batches.loader_kwargs['num_workers']} workers (--data_on_device off)"
+
+
 def stream(
     dataset, batch_size, seed, device, on_device, workers=0, shuffle=True, rank=0, world_size=1, pin_memory=False
 ):

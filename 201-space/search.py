@@ -456,6 +456,7 @@ def run_search(args, script):
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)
     log_benchmark(benchmark, args)
+    logger.info("%s", device_data.describe(streams["train"]))
     logger.info(
         "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
     )

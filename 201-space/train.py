@@ -181,6 +181,7 @@ def main(argv=None):
         task.load_state_dict(state, args.resume)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})
     logger.info("arch = %s", structure)
+    logger.info("%s", device_data.describe(train_stream))
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)
     logger.info("param count = %d (%.6fM), FLOPs = %.5fM", params, params / 1e6, flops / 1e6)

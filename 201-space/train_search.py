@@ -3,6 +3,7 @@
     cd 201-space && python train_search.py                      # CIFAR-10, paper settings
     python train_search.py --dataset synthetic --epochs 2 --device cpu    # a CPU smoke run
     python train_search.py --benchmark none                     # no NAS-Bench-201 look-ups
+    python train_search.py --amp --compile                      # GPU: bf16 cells, torch.compile
     python train_search.py --dataset imagefolder --data DIR   # your images: DIR/train/<class>/*, DIR/val/<class>/*
     python train_search.py --resume experiments/train_search-.../checkpoint.pt
 

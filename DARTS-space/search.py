@@ -281,6 +281,7 @@ class Search(engine.Task):
             Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers
         )
         self.steps = min(len(self.streams["train"]), args.max_steps or len(self.streams["train"]))
+        logger.info("%s", device_data.describe(self.streams["train"]))
         self.arch_on, self.weights = False, model.weights()
         logger.info(
             "param count = %d weights (%.2fM)",

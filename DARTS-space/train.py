@@ -4,6 +4,7 @@
     python train.py --cutout --auxiliary --arch experiments/train_search-.../genotype.json
     torchrun --nproc_per_node 4 train.py --cutout --auxiliary  # same total batch, split over 4 GPUs
     python train.py --cutout --auxiliary --resume RUN/checkpoint.pt   # continue a run (also a preempted one)
+    python train.py --cutout --auxiliary --amp --compile       # GPU: bf16, CUDA graphs, data on the device
     python train.py --dataset synthetic --layers 5 --init_channels 8 --epochs 2 --device cpu  # CPU smoke run
     python train.py --arch RUN/genotype.json --dataset imagefolder --data DIR --cutout   # your images
 

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet   # the paper: 250 epochs, batch 768
     python train_imagenet.py --auxiliary --data /data/imagenet --batch_size 128 --learning_rate 0.0833  # one GPU
+    python train_imagenet.py --auxiliary --data /data/imagenet --amp --compile   # bf16, torch.compile
     torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet --resume RUN/checkpoint.pt
     python train_imagenet.py --dataset synthetic --image_size 32 --layers 5 --init_channels 8 --epochs 1 --device cpu
 

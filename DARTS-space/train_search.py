@@ -6,6 +6,7 @@ edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights onl
 
     python train_search.py                                  # CIFAR-10, paper settings
     python train_search.py --dataset cifar100 --unrolled --reg_type kl
+    python train_search.py --amp --lean_ops off              # GPU: bf16 cells, plain ops (more memory)
     python train_search.py --resume experiments/train_search-.../checkpoint.pt   # also a preempted run
     torchrun --nproc_per_node 4 train_search.py             # the same total batch, split over 4 GPUs
     # CPU smoke run (about a minute): tiny network, 2 + 2 epochs, capped epochs

@@ -171,6 +171,7 @@ class Training(engine.Task):
         # Test shards without padding, so the summed counts cover each test image once.
         test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
         self.test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
+        logger.info("%s", device_data.describe(self.streams["train"]))
         full = len(self.streams["train"])
         self.steps = min(full, args.max_steps_per_epoch) if args.max_steps_per_epoch > 0 else full
 

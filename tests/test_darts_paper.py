@@ -414,6 +414,7 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
         workers=0,
         seed=0,
         max_steps=0,
+        data_on_device="off",
         **vars(arch_args(arch_learning_rate=0.01)),
     )
     data = [batch(seed=s) for s in range(4)]
