@@ -126,7 +126,8 @@ class Meter:
         """Add a batch: `loss` is its mean over the batch (a 0-d tensor, never read here)."""
         logits = logits.detach()
         hits = logits.topk(min(5, logits.size(1)), dim=1).indices.eq(targets[:, None])  # (B, min(5, classes))
-        n = targets.new_tensor(targets.size(0), dtype=torch.float64)
+        # Filled on the device: `new_tensor` would copy from the host and wait for the GPU every step.
+        n = torch.full((), targets.size(0), dtype=torch.float64, device=targets.device)
         self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double(), n])
 
     def result(self, dist=None):

@@ -321,6 +321,7 @@ class Search(engine.Task):
     def step(self, epoch, step):
         x, y = utils.to_device(next(self.streams["train"]), self.device)
         valid_batch = utils.to_device(next(self.streams["valid"]), self.device) if self.arch_on else None
+        accel.begin_step(self.device, 1, self.args.compile)
         logits, loss = search_step(
             self.model, self.architect, self.optimizer, self.weights, (x, y), valid_batch, self.lr, self.args.grad_clip
         )

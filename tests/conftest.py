@@ -161,3 +161,22 @@ def tiny_imagenet(tmp_path):
                 pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return tmp_path / "imagenet"
+
+
+# ---------------------------------------------------------------- the CUDA tier (tests/test_cuda.py)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run where PyTorch sees a CUDA GPU and skip, saying so, everywhere else.
+
+    `python -m pytest tests -m cuda` selects them alone (the GPU machine's `.ci/gpu` runs that).
+    """
+    if torch.cuda.is_available():
+        return
+    reason = (
+        f"no CUDA GPU: torch {torch.__version__} (CUDA {torch.version.cuda or 'none in this build'}) sees none; "
+        "these tests run on a GPU machine (.ci/gpu)"
+    )
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
