@@ -8,6 +8,7 @@ Nothing here runs at import time; the scripts call these helpers from `main()`.
 import functools
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -128,9 +129,20 @@ class History:
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, record):
-        """Add one epoch's record."""
+        """Add one epoch's record; a value that is not finite (a diverged held-out loss) is written as null."""
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+
+
+def strict_json(value):
+    """`value` with every float that is not finite replaced by None: JSON has no NaN or Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------- seeds and device

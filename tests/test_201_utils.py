@@ -1,6 +1,8 @@
 """201-space/utils.py: atomic checkpoints, the resumable batch stream and its sampler,
 meters and top-k accuracy."""
 
+import json
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -162,3 +164,20 @@ def test_format_seconds_and_check_resume_args(load_space):
     utils.check_resume_args(saved, types.SimpleNamespace(epochs=2, seed=1), ("epochs", "seed"))
     with pytest.raises(utils.UserError, match="--epochs"):
         utils.check_resume_args(saved, types.SimpleNamespace(epochs=3, seed=1), ("epochs", "seed"))
+
+
+def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_path):
+    """A diverged held-out loss is written as null (JSON has no NaN); a resume keeps the epochs before it."""
+    utils = load_space("201-space", "utils")
+    history = utils.History(tmp_path)
+    history.append({"epoch": 0, "valid_loss": float("nan"), "nested": {"x": [1.5, float("inf")]}})
+    history.append({"epoch": 1, "valid_loss": 0.5})
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert "NaN" not in lines[0] and "Infinity" not in lines[0]
+    assert json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} in history.jsonl")) == {
+        "epoch": 0,
+        "valid_loss": None,
+        "nested": {"x": [1.5, None]},
+    }
+    utils.History(tmp_path, start_epoch=1)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "history.jsonl").read_text().splitlines()] == [0]
