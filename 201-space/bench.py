@@ -59,8 +59,7 @@ def main(argv=None):
     model = Network(args.init_channels, args.layers, 10, args.k, args.method)
     model = model.to(device, memory_format=torch.channels_last)
     model.amp = args.amp
-    if args.amp:
-        accel.check_amp(device)
+    accel.check_flags(args, device)
     if args.compile:
         accel.compile_model(model, device)
     architect = Architect(model, search_args)

@@ -430,10 +430,7 @@ def sample_architectures(model, count, rng):
 def run_search(args, script):
     """A whole search, as `train_search.py` and `train_search_progressive.py` run it: data, model, engine."""
     run = engine.Run(args, script, RESUME_KEYS)  # checks the flags and --resume; writes nothing
-    if args.amp:
-        accel.check_amp(run.dist.device)
-    if args.compile:
-        accel.check_compile(run.dist.device)
+    accel.check_flags(args, run.dist.device)
     stages, state = get_stages(args), run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
     # A missing dataset fails here, before the run writes anything.

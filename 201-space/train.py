@@ -157,8 +157,7 @@ def main(argv=None):
             f"--resume: the checkpoint trains {state['arch']}, not {structure}; resume with the run's own --arch"
         )
     device = run.dist.device
-    if args.amp:
-        accel.check_amp(device)
+    accel.check_flags(args, device)
     utils.set_seed(args.seed)
     train_data, test_data, num_classes = run.first_on_rank0(
         lambda: get_datasets(args.dataset, args.data, True, image_size=args.image_size, seed=args.seed)

@@ -2,7 +2,7 @@
 
 `--amp` (the searches; the training scripts have their own): the supernet runs its cells
 under bf16 autocast, while beta, the Dirichlet draw, the KL term, the loss and every
-optimiser state stay fp32 (`check_amp` refuses a device without bf16 autocast).
+optimiser state stay fp32. `check_flags` refuses either flag, in one line, where it cannot run.
 `--compile`: `compile_model` compiles the network in place (`nn.Module.compile`, so its
 state_dict and checkpoints keep their keys) with static shapes; on one CUDA GPU it runs as
 CUDA graphs (`mode="reduce-overhead"`), whose steps are marked with `begin_step`. Not a
@@ -26,12 +26,25 @@ def add_amp_argument(group):
     )
 
 
-def check_amp(device):
-    """Refuse `--amp` with one line where bf16 autocast is not available (a search has no fp16 fallback)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"--amp needs bf16, which {torch.cuda.get_device_name(device)} lacks; run without --amp")
-    if device.type not in ("cuda", "cpu"):
+def check_flags(args, device, amp_needs_bf16=True):
+    """Refuse `--amp` or `--compile` with one line where they cannot run, before the run writes anything.
+
+    `amp_needs_bf16`: the searches and the 201 training have no fp16 fallback (the DARTS
+    training scripts have one, with a loss scaler). Scripts without one of the flags pass.
+    """
+    amp, compiled = getattr(args, "amp", False), getattr(args, "compile", False)
+    if amp and device.type not in ("cuda", "cpu"):
         raise UserError(f"--amp runs on CUDA GPUs and CPUs, not on {device.type}; run without --amp")
+    if amp and amp_needs_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--amp needs bf16, which {torch.cuda.get_device_name(device)} lacks; run without --amp")
+    if compiled and device.type == "cpu":
+        if shutil.which("g++") is None and shutil.which("c++") is None:
+            raise UserError("--compile on a CPU needs a C++ compiler (g++) for inductor's kernels; install one")
+        if amp:  # measured with torch 2.14: NaN or wrong weight gradients of dilated depthwise convolutions
+            raise UserError(
+                "--compile with --amp on a CPU: inductor's bf16 CPU kernels get the weight gradients of dilated "
+                "depthwise convolutions wrong; use one of the two flags on CPUs"
+            )
 
 
 def add_compile_argument(group):
@@ -48,15 +61,8 @@ def uses_cuda_graphs(device, world_size):
     return device.type == "cuda" and world_size == 1
 
 
-def check_compile(device):
-    """Refuse `--compile` with one line where inductor cannot build kernels (a CPU without a C++ compiler)."""
-    if device.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
-        raise UserError("--compile on a CPU needs a C++ compiler (g++) for inductor's kernels; install one or drop it")
-
-
 def compile_model(model, device, world_size=1):
     """Compile `model` in place, static shapes: CUDA graphs on one GPU, the default inductor mode elsewhere."""
-    check_compile(device)
     model.compile(mode="reduce-overhead" if uses_cuda_graphs(device, world_size) else None, dynamic=False)
 
 

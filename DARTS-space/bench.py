@@ -185,8 +185,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     utils.set_seed(args.seed)
     device = utils.resolve_device(args.device, args.gpu)
-    if args.amp:
-        accel.check_amp(device)
+    accel.check_flags(args, device)
     if args.compile and args.config != "eval":
         raise utils.UserError(
             f"--compile measures the eval configuration only (train.py's --compile), not {args.config}: the search "

@@ -207,8 +207,7 @@ def infer(model, loader, max_steps, dist):
 
 def network(args, num_classes, device, state=None, imagenet=False):
     """The supernet (--amp, --lean_ops); when resuming, at the checkpoint's stage (k, kept ops) with its tensors."""
-    if args.amp:
-        accel.check_amp(device)
+    accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
     model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept).to(device)
     model.amp = args.amp

@@ -21,6 +21,7 @@ import logging
 import torch
 import torch.nn as nn
 
+import accel
 import datasets
 import distributed
 import engine
@@ -79,6 +80,7 @@ def main(argv=None):
         )
     run = engine.Run(args, "train", RESUME_KEYS, join=distributed.setup)
     try:
+        accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
         train_set, test_set, num_classes = run.first_on_rank0(
             lambda: datasets.get_datasets(

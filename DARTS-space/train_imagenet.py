@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn as nn
 
+import accel
 import datasets
 import distributed
 import engine
@@ -117,6 +118,7 @@ def main(argv=None):
     train_set, val_set, num_classes = datasets.imagenet_or_synthetic(args)
     run = engine.Run(args, "train_imagenet", RESUME_KEYS, join=distributed.setup)
     try:
+        accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
         model = NetworkImageNet(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
         model.to(run.dist.device)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_201, run_script
+from conftest import TINY_201, assert_one_line_error, run_script
 
 
 def history(run_dir):
@@ -114,3 +114,19 @@ def test_darts_compiled_training_steps_match_eager(load_space):
             losses[name].append(float(loss.detach()))
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert losses["eager"][-1] < losses["eager"][0]
+
+
+@pytest.mark.parametrize(
+    "space, script, flags",
+    [
+        ("201-space", "train.py", TINY_201),
+        ("201-space", "train_search.py", TINY_201),
+        ("DARTS-space", "train.py", ["--dataset", "synthetic", "--device", "cpu", "--layers", "3"]),
+    ],
+)
+def test_amp_with_compile_on_a_cpu_is_refused_before_writing(tmp_path, space, script, flags):
+    """Inductor's bf16 CPU kernels get dilated depthwise-conv weight gradients wrong: one line, nothing written."""
+    save = tmp_path / "run"
+    result = run_script(space, script, *flags, "--amp", "--compile", "--save", save)
+    assert_one_line_error(result.returncode, result.stderr, "--compile with --amp on a CPU")
+    assert not save.exists()
