@@ -137,7 +137,7 @@ class _Held:
         return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[..., None], 0)
 
 
-class DeviceStream:
+class DeviceStream(utils.BatchCursor):
     """`utils.Stream` for a dataset held on the device: the same batches of samples, in the same order.
 
     Yields `(images, labels)` on `device`, augmented as the dataset's transform would (crops,
@@ -154,28 +154,12 @@ class DeviceStream:
         self.pass_index, self.batch_index = position
         self._order, self._order_pass = None, None
 
-    def __len__(self):
-        return self.batches_per_pass
-
-    def position(self):
-        """(pass, batch within the pass) of the next batch."""
-        return [self.pass_index, self.batch_index]
-
-    def seek(self, position):
-        """Continue from `position` (a saved `position()`)."""
-        self.pass_index, self.batch_index = position
-
-    def __iter__(self):
-        return self
-
     def __next__(self):
         if self._order_pass != self.pass_index:
             self._upload_order()
         start = self.batch_index * self.batch_size
         batch = self.held.batch(self._order[start : start + self.batch_size], augment=True)
-        self.batch_index += 1
-        if self.batch_index == self.batches_per_pass:
-            self.pass_index, self.batch_index = self.pass_index + 1, 0
+        self._advance()
         return batch
 
     def _upload_order(self):
@@ -186,11 +170,6 @@ class DeviceStream:
             order = order.pin_memory()
         self._order = order.to(self.held.device, non_blocking=True)
         self._order_pass = self.pass_index
-
-    def take(self, n):
-        """The next `n` batches (one training epoch when `n == len(self)`)."""
-        for _ in range(n):
-            yield next(self)
 
 
 class DeviceLoader:

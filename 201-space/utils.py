@@ -335,7 +335,42 @@ class EpochSampler(Sampler):
         return self.per_rank - self.offset
 
 
-class Stream:
+class BatchCursor:
+    """Where a cycling stream of batches stands: (pass, batch within the pass), with its iterator protocol.
+
+    Subclasses set `pass_index`, `batch_index` and `batches_per_pass`, and call `_advance()`
+    after each batch they return from `__next__`.
+    """
+
+    def __len__(self):
+        return self.batches_per_pass
+
+    def position(self):
+        """(pass, batch within the pass) of the next batch."""
+        return [self.pass_index, self.batch_index]
+
+    def seek(self, position):
+        """Continue from `position` (a saved `position()`)."""
+        self.pass_index, self.batch_index = position
+
+    def __iter__(self):
+        return self
+
+    def take(self, n):
+        """The next `n` batches (one training epoch when `n == len(self)`)."""
+        for _ in range(n):
+            yield next(self)
+
+    def _advance(self):
+        """Count the batch just taken; True when it ended a pass."""
+        self.batch_index += 1
+        if self.batch_index < self.batches_per_pass:
+            return False
+        self.pass_index, self.batch_index = self.pass_index + 1, 0
+        return True
+
+
+class Stream(BatchCursor):
     """A persistent, cycling, resumable iterator of batches over a dataset.
 
     The search draws its architecture batches from one of these (never
@@ -372,33 +407,16 @@ class Stream:
         self.pass_index, self.batch_index = position
         self._iter = None
 
-    def __len__(self):
-        return self.batches_per_pass
-
-    def position(self):
-        """(pass, batch within the pass) of the next batch."""
-        return [self.pass_index, self.batch_index]
-
     def seek(self, position):
         """Continue from `position` (a saved `position()`); batches already prefetched are dropped."""
-        self.pass_index, self.batch_index = position
+        super().seek(position)
         self._iter = None
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         if self._iter is None:
             self.sampler.set_position(self.pass_index, self.batch_index * self.batch_size)
             self._iter = iter(DataLoader(**self.loader_kwargs))
         batch = next(self._iter)
-        self.batch_index += 1
-        if self.batch_index == self.batches_per_pass:
-            self.pass_index, self.batch_index = self.pass_index + 1, 0
+        if self._advance():  # a new pass: a new permutation, a new iterator
             self._iter = None
         return batch
-
-    def take(self, n):
-        """The next `n` batches (one training epoch when `n == len(self)`)."""
-        for _ in range(n):
-            yield next(self)
