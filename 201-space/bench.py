@@ -55,11 +55,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = utils.resolve_device(args.device, args.gpu)
     search_args = search_parser().parse_args(["--k", str(args.k), "--method", args.method])
+    accel.check_flags(args, device)
     torch.manual_seed(0)
     model = Network(args.init_channels, args.layers, 10, args.k, args.method)
     model = model.to(device, memory_format=torch.channels_last)
     model.amp = args.amp
-    accel.check_flags(args, device)
     if args.compile:
         accel.compile_model(model, device)
     architect = Architect(model, search_args)

@@ -24,6 +24,21 @@ from utils import UserError
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120", "synthetic", "imagefolder")
 
+
+def add_arguments(parser, verb):
+    """The data flags of the CIFAR-style scripts (`--dataset`, `--data`, `--image_size`); returns their group.
+
+    `verb`: what the script does with the data set ("search on", "train on"), for the help text.
+    """
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help=f"dataset to {verb}")
+    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
+    data.add_argument("--data", type=str, default="../data", help=folder)
+    size = "imagefolder: images are resized to this many pixels square"
+    data.add_argument("--image_size", type=int, default=32, help=size)
+    return data
+
+
 # name: (folder, train files, test files, label key, classes kept, image size, mean, std)
 SOURCES = {
     "cifar10": (

@@ -21,7 +21,8 @@ import engine
 import utils
 from architect import Architect
 from benchmark import DEFAULT_TABLE, benchmark_note, open_benchmark, summarize
-from datasets import DATASETS, data_record, get_datasets
+from datasets import add_arguments as add_data_arguments
+from datasets import data_record, get_datasets
 from genotypes import PRIMITIVES, Structure, save_genotype
 from model_search import METHODS, Network, concentration
 from operations import widen_like
@@ -67,12 +68,7 @@ def get_parser(progressive=False, description=__doc__):
     parser = argparse.ArgumentParser(
         description=description.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to search on")
-    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
-    data.add_argument("--data", type=str, default="../data", help=folder)
-    size = "imagefolder: images are resized to this many pixels square"
-    data.add_argument("--image_size", type=int, default=32, help=size)
+    data = add_data_arguments(parser, "search on")
     portion = "share of the training set for weights; the rest trains the architecture"
     data.add_argument("--train_portion", type=float, default=0.5, help=portion)
     device_data.add_argument(data)

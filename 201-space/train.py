@@ -31,7 +31,8 @@ import accel
 import device_data
 import engine
 import utils
-from datasets import DATASETS, get_datasets
+from datasets import add_arguments as add_data_arguments
+from datasets import get_datasets
 from genotypes import NAMED, load_arch, save_genotype
 from model import Network, count_flops
 
@@ -56,12 +57,7 @@ def get_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help="dataset to train on")
-    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
-    data.add_argument("--data", type=str, default="../data", help=folder)
-    size = "imagefolder: images are resized to this many pixels square"
-    data.add_argument("--image_size", type=int, default=32, help=size)
+    data = add_data_arguments(parser, "train on")
     device_data.add_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument(

@@ -32,6 +32,36 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder")
 
 
+def add_arguments(parser, verb):
+    """The data flags of the CIFAR-style scripts (`--dataset`, `--data`, `--image_size`); returns their group.
+
+    `verb`: what the script does with the data set ("search on", "train on"), for the help text.
+    """
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help=f"dataset to {verb}")
+    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
+    data.add_argument("--data", type=str, default="../data", help=folder)
+    size = "imagefolder: images are resized to this many pixels square"
+    data.add_argument("--image_size", type=int, default=32, help=size)
+    return data
+
+
+def add_imagenet_arguments(parser, folder, folder_help):
+    """The data flags of the ImageNet scripts: `--dataset imagenet|synthetic`, `--data`, `--image_size`."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        type=str,
+        default="imagenet",
+        choices=("imagenet", "synthetic"),
+        help="ImageNet folders (--data), or an in-memory synthetic set for smoke runs",
+    )
+    data.add_argument("--data", type=str, default=folder, help=folder_help)
+    size = "crop side of the images (the paper: 224; small values are for tests)"
+    data.add_argument("--image_size", type=int, default=224, help=size)
+    return data
+
+
 class Cutout:
     """Zero a random `length` x `length` square (clipped at the border) of a (C, H, W) tensor.
 

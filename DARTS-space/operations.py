@@ -209,13 +209,13 @@ class _DepthwisePointwise(torch.autograd.Function):
             else:
                 mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
                 y = (x - mean[:, None, None]) * invstd[:, None, None]
-            r = F.relu(y).to(dtype)
+            r = F.relu(y)
             ctx.bn = (bn.training, bn.eps)
         else:
             ctx.bn = None
         ctx.save_for_backward(x, w_dw, w_pw, mean, invstd)
         ctx.config, ctx.weight_dtype = (stride, padding, dilation), weight_dtype
-        r = r.to(dtype)
+        r = r.to(dtype)  # the BatchNorm's output, or the input itself, in the convolutions' dtype
         d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
         return F.conv2d(d, w_pw)  # (B, C_out, H', W')
 

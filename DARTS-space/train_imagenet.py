@@ -35,18 +35,7 @@ def get_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        type=str,
-        default="imagenet",
-        choices=("imagenet", "synthetic"),
-        help="ImageNet folders (--data), or an in-memory synthetic set for smoke runs",
-    )
-    data.add_argument("--data", type=str, default="../data/imagenet", help="ImageFolder root with train/ and val/")
-    data.add_argument(
-        "--image_size", type=int, default=224, help="training crop side (the paper: 224; small values are for tests)"
-    )
+    datasets.add_imagenet_arguments(parser, "../data/imagenet", "ImageFolder root with train/ and val/")
     add_arguments(
         parser,
         epochs=250,

@@ -41,17 +41,7 @@ def get_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="cifar10", choices=datasets.DATASETS, help="dataset to search on")
-    data.add_argument(
-        "--data",
-        type=str,
-        default="../data",
-        help="dataset folder (CIFAR downloads into it; imagefolder: DIR with train/<class>/ and val/<class>/)",
-    )
-    data.add_argument(
-        "--image_size", type=int, default=32, help="imagefolder: images are resized to this many pixels square"
-    )
+    data = datasets.add_arguments(parser, "search on")
     data.add_argument(
         "--train_portion",
         type=float,

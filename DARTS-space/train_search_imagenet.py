@@ -40,21 +40,8 @@ def get_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        type=str,
-        default="imagenet",
-        choices=("imagenet", "synthetic"),
-        help="ImageNet folders (--data), or in-memory synthetic images for smoke runs",
-    )
-    data.add_argument(
-        "--data",
-        type=str,
-        default="../data/imagenet_search",
-        help="folder with train/ (weights) and val/ (architecture) class folders",
-    )
-    data.add_argument("--image_size", type=int, default=224, help="crop size of the images")
+    folder = "folder with train/ (weights) and val/ (architecture) class folders"
+    datasets.add_imagenet_arguments(parser, "../data/imagenet_search", folder)
     search.add_arguments(parser)
     # The paper's ImageNet search.
     parser.set_defaults(

@@ -23,6 +23,10 @@ SPACES = {"201-space": ROOT / "201-space", "DARTS-space": ROOT / "DARTS-space"}
 NB201_TABLE = SPACES["201-space"] / "tables" / "nb201_test_accuracy.csv.gz"
 # The smallest 201 network on the synthetic set, for the scripts' runs in tests.
 TINY_201 = "--dataset synthetic --init_channels 4 --layers 1 --batch_size 32 --workers 0 --device cpu".split()
+# The smallest DARTS train.py run (add --dataset and --layers): one epoch of two batches of 8.
+TINY_DARTS_TRAIN = (
+    "--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 2 --workers 0 --device cpu"
+).split()
 
 # Tests are many small CPU jobs; one thread each avoids oversubscribing 2-core machines.
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY_DARTS_TRAIN, run_script
 
 
 def make_cifar10(root, per_file=8):
@@ -59,18 +59,7 @@ def test_train_runs_on_a_cifar_tree(tmp_path):
         "--cutout",
         "--layers",
         "3",
-        "--init_channels",
-        "4",
-        "--batch_size",
-        "8",
-        "--epochs",
-        "1",
-        "--max_steps_per_epoch",
-        "2",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
+        *TINY_DARTS_TRAIN,
         "--save",
         tmp_path / "run",
     )

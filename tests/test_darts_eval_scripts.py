@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import SPACES, run_script
+from conftest import SPACES, TINY_DARTS_TRAIN, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
 TINY = [
@@ -119,18 +119,7 @@ def test_arch_path_from_a_search(load_space, tmp_path):
         path,
         "--layers",
         "5",
-        "--init_channels",
-        "4",
-        "--batch_size",
-        "8",
-        "--epochs",
-        "1",
-        "--max_steps_per_epoch",
-        "2",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *TINY_DARTS_TRAIN,
         "--save",
         run_dir,
     )

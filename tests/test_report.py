@@ -16,7 +16,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import assert_one_line_error, popen_script, run_script
+from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
 
 SEARCH_201 = [
     "--dataset",
@@ -40,24 +40,7 @@ SEARCH_201 = [
     "--report_freq",
     "100",
 ]
-TRAIN_DARTS = [
-    "--dataset",
-    "synthetic",
-    "--layers",
-    "5",
-    "--init_channels",
-    "4",
-    "--batch_size",
-    "8",
-    "--epochs",
-    "1",
-    "--max_steps_per_epoch",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TRAIN_DARTS = ["--dataset", "synthetic", "--layers", "5", *TINY_DARTS_TRAIN]
 # A cell that is none of the named genotypes: the report names it "cell <8 hex digits>".
 CELL = {
     "normal": [["sep_conv_3x3", i % 2] for i in range(8)],
