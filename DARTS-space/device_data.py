@@ -191,8 +191,8 @@ class DeviceLoader:
 def describe(batches):
     """One line for the log: where a `stream()`'s batches come from."""
     if isinstance(batches, DeviceStream):
-        return f"data held on {batches.held.device}, augmented there per batch (--data_on_device)"
-    return f"data through a DataLoader with {batches.loader_kwargs['num_workers']} workers (--data_on_device off)"
+        return f"data held on {batches.held.device}, augmented there per batch"
+    return f"data through a DataLoader with {batches.loader_kwargs['num_workers']} workers"
 
 
 def stream(
