@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -241,15 +242,26 @@ def save_checkpoint(state, path):
     os.replace(tmp, path)
 
 
+def read_checkpoint(path):
+    """The object saved in `path` (tensors on the CPU), or None when the file is not a readable torch file.
+
+    Quiet: a damaged file must end in our one-line error, not in torch's warnings about it
+    (random bytes can look like an unknown pickle protocol, for instance).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # torch raises many types for a damaged file
+            return None
+
+
 def load_checkpoint(path):
     """Load a checkpoint on the CPU, turning a missing or broken file into a `UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--resume {path}: no such file; give the checkpoint.pt of the run to continue")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types for a damaged file
-        ckpt = None
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "epoch" not in ckpt:
         raise UserError(
             f"--resume {path}: not a readable checkpoint of this project (damaged or another kind of file); "

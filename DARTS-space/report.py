@@ -34,10 +34,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 from genotypes import NAMED, genotype_from_dict, genotype_to_dict
-from utils import UserError, exits_cleanly
+from utils import UserError, exits_cleanly, read_checkpoint
 
 SEARCHES = ("train_search", "train_search_imagenet")
 TRAININGS = ("train", "train_imagenet")
@@ -166,11 +164,14 @@ def run_rows(run_dir):
     if args["script"] in SEARCHES:
         days = None if last.get("device_hours") is None else last["device_hours"] / 24
         return "search", {**row, "epochs": epochs, "cost": days, "device": last.get("device", "n/a")}
-    try:  # the count without the auxiliary head, as the papers give it
-        params = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)["task"]
-        params = params["param_count"] / 1e6
-    except Exception as err:  # torch raises many types for a damaged file
-        raise UserError(f"{run_dir}: no readable checkpoint.pt with a parameter count ({type(err).__name__})") from None
+    ckpt = read_checkpoint(Path(run_dir) / "checkpoint.pt")  # the count without the auxiliary head, as papers give it
+    try:
+        params = ckpt["task"]["param_count"] / 1e6
+    except (TypeError, KeyError):
+        raise UserError(
+            f"{run_dir}: no readable checkpoint.pt with a parameter count (missing or damaged); "
+            "give the --save folders of finished runs"
+        ) from None
     return "eval", {
         **row,
         "params (M)": params,

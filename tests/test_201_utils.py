@@ -2,6 +2,7 @@
 meters and top-k accuracy."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -57,6 +58,13 @@ def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
     bad.write_bytes(b"\x00garbage" * 20)
     with pytest.raises(utils.UserError, match="not a readable checkpoint"):
         utils.load_checkpoint(bad)
+    odd = tmp_path / "odd.pt"
+    odd.write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(utils.UserError, match="not a readable checkpoint"):
+            utils.load_checkpoint(odd)
+    assert not caught, "the one-line error only, no warning before it"
     other = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), other)  # a valid torch file, but not a checkpoint
     with pytest.raises(utils.UserError, match="not a readable checkpoint"):

@@ -170,6 +170,16 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(runs, tmp_path, space):
     assert_one_line_error(result.returncode, result.stderr, str(unfinished), "unfinished (0 of 1 epochs)")
 
 
+def test_a_damaged_evaluation_checkpoint_is_one_line(runs, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("args.json", "history.jsonl", "genotype.json"):
+        (damaged / name).write_text((runs / "e1" / name).read_text())
+    (damaged / "checkpoint.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch would warn of pickle protocol 227
+    result = run_script("DARTS-space", "report.py", runs / "e1", damaged)
+    assert_one_line_error(result.returncode, result.stderr, str(damaged), "no readable checkpoint.pt")
+
+
 class _Tiny:
     """A task for the engine alone: a constant batch, 50 ms a step."""
 
