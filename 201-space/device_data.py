@@ -100,16 +100,17 @@ class _Held:
         self.augment, self.padding, self.cutout = (recipe.get(k, 0) for k in ("augment", "padding", "cutout"))
         self.rows, self.cols = (torch.arange(n, device=self.device) for n in self.images.shape[1:3])
 
-    def batch(self, positions, augment):
-        """`(images, labels)` of the samples at `positions` (a device tensor), augmented if `augment` and the set is.
+    def batch(self, positions):
+        """`(images, labels)` of the samples at `positions` (a device tensor), as the dataset's transform makes them.
 
-        Images come out float32, normalised, (B, C, H, W) in channels-last memory format.
+        A set whose transform augments is augmented (crops, flips, cutout); images come out
+        float32, normalised, (B, C, H, W) in channels-last memory format.
         """
         index = positions if self.indices is None else self.indices[positions]
-        x = self._crop_flip(index) if augment and self.augment else self.images[index]
+        x = self._crop_flip(index) if self.augment else self.images[index]
         if self.mean is not None:  # the arithmetic of ToTensor and Normalize, so the values match the DataLoader's
             x = x.float().div_(255).sub_(self.mean).div_(self.std)
-        if augment and self.cutout:
+        if self.cutout:
             x = self._cutout(x)
         return x.permute(0, 3, 1, 2), self.labels[index]
 
@@ -158,7 +159,7 @@ class DeviceStream(utils.BatchCursor):
         if self._order_pass != self.pass_index:
             self._upload_order()
         start = self.batch_index * self.batch_size
-        batch = self.held.batch(self._order[start : start + self.batch_size], augment=True)
+        batch = self.held.batch(self._order[start : start + self.batch_size])
         self._advance()
         return batch
 
@@ -173,7 +174,11 @@ class DeviceStream(utils.BatchCursor):
 
 
 class DeviceLoader:
-    """The samples of a dataset held on the device, in order and without augmentation (for evaluation)."""
+    """The samples of a dataset held on the device, in order (for evaluation).
+
+    Each batch is what the dataset's DataLoader would give: a test set as it is, and the
+    search's held-out part of the training set augmented, as in the paper's code.
+    """
 
     def __init__(self, dataset, batch_size, device):
         self.held = _Held(dataset, device)
@@ -185,7 +190,7 @@ class DeviceLoader:
 
     def __iter__(self):
         for start in range(0, self.held.size, self.batch_size):
-            yield self.held.batch(self.positions[start : start + self.batch_size], augment=False)
+            yield self.held.batch(self.positions[start : start + self.batch_size])
 
 
 def describe(batches):

@@ -91,11 +91,10 @@ def test_device_loader_equals_the_dataloader(load_space, tmp_path, space):
     train, test = _pickled_sets(datasets, space, tmp_path, cutout=16)
     plain, _ = _pickled_sets(datasets, space, tmp_path, augment=False)
     split = Subset(Subset(plain, range(3, 19)), [5, 0, 7, 2, 9])
-    # (set, the same set without augmentation): the loader never augments, even a training set.
-    for data, same in ((test, test), (plain, plain), (train, plain), (split, split), (_numbered_set(),) * 2):
+    for data in (test, plain, split, _numbered_set()):  # sets whose transforms do not augment
         loader = device_data.DeviceLoader(data, 3, "cpu")
         batches = list(loader)
-        reference = list(DataLoader(same, 3))
+        reference = list(DataLoader(data, 3))
         assert len(loader) == len(batches) == len(reference)
         for (x, y), (x_ref, y_ref) in zip(batches, reference):
             assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
@@ -159,6 +158,30 @@ def test_augmented_images_are_crops_and_flips_of_their_source(load_space, tmp_pa
     assert padding == {"cifar10": 4, "imagenet16-120": 2}[name]
     assert {oy for oy, _, _ in seen} == {ox for _, ox, _ in seen} == set(range(2 * padding + 1))
     assert {flip for _, _, flip in seen} == {False, True}
+
+
+@pytest.mark.parametrize("space", SPACE_NAMES)
+def test_device_loader_augments_what_its_dataloader_would(load_space, tmp_path, space):
+    """The search's held-out images are training images: augmented, as the paper's code evaluates them."""
+    device_data, datasets = load_space(space, "device_data", "datasets")
+    train, _ = _pickled_sets(datasets, space, tmp_path)
+    plain, _ = _pickled_sets(datasets, space, tmp_path, augment=False)
+    held_out = range(6, len(train))  # as `split_search_data` makes it
+    padding = next(t.padding for t in train.transform.transforms if isinstance(t, T.RandomCrop))
+    pad_value = plain.transform(Image.fromarray(np.zeros((*plain.images.shape[1:3], 3), np.uint8)))[:, 0, 0]
+    torch.manual_seed(0)
+    batches = list(device_data.DeviceLoader(Subset(train, held_out), 4, "cpu"))
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    assert len(x) == len(held_out) == 14
+    moved = 0
+    for out, label, i in zip(x, y, held_out):
+        source, source_label = plain[i]
+        assert int(label) == source_label
+        candidates, keys = _crops(source, pad_value, padding)
+        index, cut = _which(out, candidates)
+        assert not cut.any(), "no cutout without --cutout"
+        moved += keys[index] != (padding, padding, False)
+    assert moved >= 10, "the crops and flips are random, most images move"
 
 
 def _check_cutout(out, candidate, cut, length, datasets, monkeypatch):
