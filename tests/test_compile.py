@@ -1,7 +1,7 @@
 """`--compile` on the CPU: compiled and eager training agree; drop path stays random and compiles once.
 
-The script test runs inductor (a C++ compiler builds its kernels: about a minute on two
-cores); the drop-path tests trace the DARTS evaluation network with a counting backend,
+The script tests run inductor (a C++ compiler builds its kernels: about a minute each on
+two cores); the drop-path tests trace the DARTS evaluation network with a counting backend,
 which shows what `torch.compile` sees without building kernels.
 """
 
@@ -37,6 +37,42 @@ def test_201_train_compiled_and_eager_agree(tmp_path):
     # The checkpoint holds the plain module's keys, so it loads into an uncompiled network.
     ckpt = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=True)
     assert not any("_orig_mod" in key for key in ckpt["task"]["model"])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler on the CPU")
+def test_201_second_order_search_compiled_and_eager_agree(tmp_path):
+    """One epoch of the 201 search with --unrolled, with and without --compile: the cells compiled, the mixing
+    weights eager, and the retained backward passes of the virtual step through compiled cells give the same
+    search. `--method darts` (softmax weights): a Dirichlet draw is a rejection sampler, so rounding-level
+    differences in beta can flip an acceptance and change a whole draw; the compiled cells are the same."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        save = tmp_path / name
+        flags = [
+            *TINY_201,
+            "--epochs",
+            "1",
+            "--unrolled",
+            "--method",
+            "darts",
+            "--benchmark",
+            "none",
+            "--save",
+            save,
+            *extra,
+        ]
+        result = run_script("201-space", "train_search.py", *flags)
+        assert result.returncode == 0, result.stderr
+        runs[name] = history(save)[0], torch.load(save / "checkpoint.pt", weights_only=True)["task"]
+    (eager, eager_task), (compiled, compiled_task) = runs["eager"], runs["compiled"]
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+    assert compiled["valid_loss"] == pytest.approx(eager["valid_loss"], rel=1e-3)
+    beta = eager_task["model"]["beta"]
+    assert not torch.equal(beta, torch.zeros_like(beta)), "the architecture was trained"
+    # Adam steps near-zero gradient entries by about its learning rate (3e-4) whatever their size, so rounding
+    # moves such an entry by up to a step; a wrong second-order term would move beta by several.
+    torch.testing.assert_close(compiled_task["model"]["beta"], beta, rtol=0, atol=3e-4)
+    assert not any("_orig_mod" in key for key in compiled_task["model"])
 
 
 class CountingBackend:

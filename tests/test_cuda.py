@@ -120,6 +120,8 @@ def _script_runs(tmp):
         "s201_amp": ("201-space", ["train_search.py", *S201, "--epochs", "2", "--amp"]),
         "s201_off": ("201-space", ["train_search.py", *S201, "--epochs", "1", "--data_on_device", "off"]),
         "s201_compile": ("201-space", ["train_search.py", *S201, "--epochs", "1", "--compile", "--amp"]),
+        # Second order compiled: retained backward passes through the compiled cells, under CUDA graphs.
+        "s201_unrolled_compile": ("201-space", ["train_search.py", *S201, "--epochs", "1", "--unrolled", "--compile"]),
         "s201_resumed": (
             "201-space",
             ["-c", INTERRUPTED, "train_search", "--", *S201, "--epochs", "2", "--data_on_device", "on"],
@@ -714,7 +716,17 @@ def test_per_step_bookkeeping_never_waits_for_the_device(load_space):
 
 
 @pytest.mark.parametrize(
-    "name", ["s201_darts", "s201_snas", "s201_gdas", "s201_unrolled", "s201_amp", "s201_off", "s201_compile"]
+    "name",
+    [
+        "s201_darts",
+        "s201_snas",
+        "s201_gdas",
+        "s201_unrolled",
+        "s201_amp",
+        "s201_off",
+        "s201_compile",
+        "s201_unrolled_compile",
+    ],
 )
 def test_201_search_variants(runs, load_space, name):
     """Each method, second order with the KL prior, bf16, data left on the host: a cell, finite tensors on the
@@ -729,7 +741,8 @@ def test_201_search_variants(runs, load_space, name):
     assert adam_steps(task) == [epochs * S201_STEPS]
     assert task["model"]["beta"].dtype == torch.float32
     args = json.loads((run.dir / "args.json").read_text())
-    assert (args["amp"], args["compile"]) == (name in ("s201_amp", "s201_compile"), name == "s201_compile")
+    assert (args["amp"], args["compile"]) == (name in ("s201_amp", "s201_compile"), name.endswith("_compile"))
+    assert args["unrolled"] == name.startswith("s201_unrolled")
     if name == "s201_amp":  # the same batches and draws as the fp32 run s201: bf16 follows it closely
         fp32 = ran_on_the_device(runs["s201"], 2)
         assert abs(history[-1]["train_loss"] - fp32[-1]["train_loss"]) < 0.25, (history, fp32)
