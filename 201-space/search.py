@@ -299,8 +299,9 @@ class Search(engine.Task):
             self.optimizer = enter_stage(self.model, self.optimizer, index, self.args)
             self.scheduler = continue_schedule(self.scheduler, self.optimizer)
             logger.info(
-                "stage %d: k=%d, %d ops kept per edge, %d weights",
-                index,
+                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
+                index + 1,
+                len(self.stages),
                 self.model.k,
                 self.stages[index].keep,
                 utils.count_parameters(self.model.weights()),

@@ -421,7 +421,7 @@ class Run:
                 epoch + 1,
                 self._clock.epochs,
                 " ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                    _shown(k, v)
                     for k, v in record.items()
                     if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40
                 ),
@@ -484,6 +484,16 @@ class Run:
             self.run_dir / "checkpoint.pt",
         )
         self._last_save = time.time()
+
+
+def _shown(key, value):
+    """A record field as the epoch's log line shows it: floats to 4 digits, the stage counted from 1.
+
+    history.jsonl counts epochs and stages from 0; the log counts both from 1, as the paper does.
+    """
+    if key == "stage":
+        return f"stage {value + 1}"
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
 
 
 def _float_tensors(obj):

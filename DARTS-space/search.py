@@ -294,8 +294,9 @@ class Search(engine.Task):
             self.optimizer = enter_stage(self.model, self.optimizer, stage, self.args)
             self.stage = stage
             logger.info(
-                "stage %d: kept %d ops per edge, k=%d, %d weights",
-                stage,
+                "stage %d/%d: kept %d ops per edge, k=%d, %d weights",
+                stage + 1,
+                len(self.args.stage_epochs),
                 self.args.stage_keep[stage],
                 self.model.k,
                 utils.count_parameters(self.model.weights()),
@@ -308,7 +309,7 @@ class Search(engine.Task):
         logger.info(
             "epoch %d: stage %d, lr %.5f%s",
             epoch + 1,
-            self.stage,
+            self.stage + 1,
             lr,
             "" if self.arch_on else ", weights only (warm-up)",
         )

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -29,7 +30,7 @@ def _search_step_state(ts, model, args):
 def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
     ts, ms = load_space("201-space", "search", "model_search")
     torch.manual_seed(0)
-    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])  # stage 1: k 2, 3 ops kept
+    args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])  # stage 2: k 2, 3 ops kept
     model = ms.Network(C=8, N=1, num_classes=10, k=4)
     architect, optimizer, scheduler = _search_step_state(ts, model, args)
     old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -152,9 +153,10 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
         run_dir,
     )
     assert result.returncode == 0, result.stderr
-    assert "stage 1: k=2, 3 ops kept per edge" in result.stdout
+    assert "stage 2/2: k=2, 3 ops kept per edge" in result.stdout
     records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in records] == [0, 1]
+    assert [r["stage"] for r in records] == [0, 1], "history.jsonl counts stages from 0, the log from 1"
+    assert re.search(r"epoch 1/2 stage 1 lr .* epoch 2/2 stage 2 lr ", result.stdout, re.S), result.stdout
     for record in records:
         assert set(record["benchmark"]) >= {"cifar10", "cifar100", "ImageNet16-120"}
         assert record["benchmark_note"].endswith("not measured on synthetic")
