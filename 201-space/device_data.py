@@ -4,7 +4,7 @@ CIFAR-10/100 and ImageNet16-120 (uint8 images, 150 MB at most) and the synthetic
 GPU memory. Held there, a batch is a gather: the random crop (zero padding), horizontal flip
 and cutout are index arithmetic over the whole batch, with no DataLoader workers, PIL
 transforms or per-batch copies from the host. `DeviceStream` visits the samples in the order
-of `utils.Stream` (the same `utils.EpochSampler`) and draws crops, flips and cutout centres
+of `streams.Stream` (the same `streams.EpochSampler`) and draws crops, flips and cutout centres
 from the global torch RNG of the device, so a checkpoint's position and RNG state resume it
 exactly. `DeviceLoader` is the in-order evaluation loader. `stream()` and `loader()` return
 either path, as `--data_on_device` (`add_argument`, `use_device`) decides.
@@ -19,6 +19,7 @@ import weakref
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+import streams
 import utils
 
 MODES = ("auto", "on", "off")
@@ -138,18 +139,18 @@ class _Held:
         return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[..., None], 0)
 
 
-class DeviceStream(utils.BatchCursor):
-    """`utils.Stream` for a dataset held on the device: the same batches of samples, in the same order.
+class DeviceStream(streams.BatchCursor):
+    """`streams.Stream` for a dataset held on the device: the same batches of samples, in the same order.
 
     Yields `(images, labels)` on `device`, augmented as the dataset's transform would (crops,
     flips and cutout drawn from the device's global RNG). `position()` and `seek()` as in
-    `utils.Stream`. The first batch of a pass uploads the pass's order (one host-to-device
+    `streams.Stream`. The first batch of a pass uploads the pass's order (one host-to-device
     copy); the other batches read nothing on the host.
     """
 
     def __init__(self, dataset, batch_size, seed, device, shuffle=True, rank=0, world_size=1, position=(0, 0)):
         self.held = _Held(dataset, device)
-        self.sampler = utils.EpochSampler(len(dataset), seed, shuffle, rank, world_size)
+        self.sampler = streams.EpochSampler(len(dataset), seed, shuffle, rank, world_size)
         self.batch_size = batch_size
         self.batches_per_pass = -(-self.sampler.per_rank // batch_size)
         self.pass_index, self.batch_index = position
@@ -203,10 +204,10 @@ def describe(batches):
 def stream(
     dataset, batch_size, seed, device, on_device, workers=0, shuffle=True, rank=0, world_size=1, pin_memory=False
 ):
-    """A `DeviceStream` when `on_device`, else a `utils.Stream` (which ignores `device`)."""
+    """A `DeviceStream` when `on_device`, else a `streams.Stream` (which ignores `device`)."""
     if on_device:
         return DeviceStream(dataset, batch_size, seed, device, shuffle, rank, world_size)
-    return utils.Stream(dataset, batch_size, seed, workers, shuffle, rank, world_size, pin_memory)
+    return streams.Stream(dataset, batch_size, seed, workers, shuffle, rank, world_size, pin_memory)
 
 
 def loader(dataset, batch_size, device, on_device, workers=0, pin_memory=False):

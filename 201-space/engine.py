@@ -5,8 +5,10 @@ to a `Run`, which owns the rest: argument checks, the run folder and logging, th
 checkpoint (atomic, resumable at any step), the epoch loop with progress and ETA, the
 metrics (top-1/top-5, summed on the device, reduced over ranks), history.jsonl (with the
 run's wall time and device-hours, counted across resumes) and TensorBoard, preemption
-(SIGTERM/SIGINT) and divergence (a loss or a watched tensor that is not finite). The same
-file serves both folders of the repository.
+(SIGTERM/SIGINT) and divergence (a loss or a watched tensor that is not finite). Its parts
+live beside it: the run flags and their ranges in `run_flags.py`, the metrics and the ETA in
+`progress.py`, the non-finite checks in `divergence.py`, the resumable data streams in
+`streams.py`. The same files serve both folders of the repository.
 
     run = Run(args, "train_search", RESUME_KEYS)      # checks args and --resume, writes nothing
     task = Search(...)                                # built from run.task_state() when resuming
@@ -28,6 +30,9 @@ import torch
 import torch.distributed as torch_dist
 
 import utils
+from divergence import Divergence
+from progress import Clock, Meter
+from run_flags import check_ranges
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -39,111 +44,11 @@ SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints
 CHECKPOINT_KEYS = ("version", "epoch", "step", "args", "rng", "streams", "meter", "best", "usage", "task")
 Dist = namedtuple("Dist", "rank local_rank world_size device")
 
-# Valid ranges of the numeric flags, checked for every flag a script has: (low, high, low
-# inclusive, high inclusive); None is unbounded.
-RANGES = {
-    "epochs": (1, None, True, True),
-    "batch_size": (1, None, True, True),
-    "init_channels": (1, None, True, True),
-    "layers": (1, None, True, True),
-    "report_freq": (1, None, True, True),
-    "k": (1, None, True, True),
-    "image_size": (1, None, True, True),
-    "cutout_length": (1, None, True, True),
-    "workers": (0, None, True, True),
-    "gpu": (0, None, True, True),
-    "max_steps": (0, None, True, True),
-    "max_steps_per_epoch": (0, None, True, True),
-    "warmup_epochs": (0, None, True, True),
-    "lr_warmup_epochs": (0, None, True, True),
-    "trajectory_samples": (0, None, True, True),
-    "learning_rate": (0, None, False, True),
-    "arch_learning_rate": (0, None, False, True),
-    "learning_rate_min": (0, None, True, True),
-    "grad_clip": (0, None, False, True),
-    "weight_decay": (0, None, True, True),
-    "reg_scale": (0, None, True, True),
-    "auxiliary_weight": (0, None, True, True),
-    "momentum": (0, 1, True, False),
-    "drop_path_prob": (0, 1, True, False),
-    "label_smoothing": (0, 1, True, False),
-    "train_portion": (0, 1, False, False),
-    "tau_max": (0, None, False, True),
-    "tau_min": (0, None, False, True),
-    "checkpoint_minutes": (0, None, False, True),
-    "stage_epochs": (1, None, True, True),
-    "stage_k": (1, None, True, True),
-    "stage_keep": (1, None, True, True),
-}
-
-
-def add_run_arguments(parser, seed, workers=2):
-    """The flags every training script has for its run (what this engine reads); returns their group."""
-    system = parser.add_argument_group("system")
-    devices = ("auto", "cuda", "mps", "cpu")
-    device = "where to run; under torchrun each process takes GPU LOCAL_RANK"
-    system.add_argument("--device", type=str, default="auto", choices=devices, help=device)
-    system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
-    loaders = "data loading processes (0 for an exactly resumable run)"
-    system.add_argument("--workers", type=int, default=workers, help=loaders)
-    system.add_argument("--seed", type=int, default=seed, help="random seed")
-    save = "run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)"
-    system.add_argument("--save", type=str, default=None, help=save)
-    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
-    report = "log a progress line every N steps (and at least every 30 s)"
-    system.add_argument("--report_freq", type=int, default=50, help=report)
-    minutes = "also checkpoint inside an epoch at most every M minutes (a preempted run loses less)"
-    system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
-    return system
-
-
-def check_ranges(args):
-    """Refuse a numeric flag outside its valid range (`RANGES`) with one line naming it."""
-    for name, (low, high, low_in, high_in) in RANGES.items():
-        value = getattr(args, name, None)
-        for v in value if isinstance(value, list) else [value]:
-            if v is None or not isinstance(v, (int, float)) or isinstance(v, bool):
-                continue
-            too_low = low is not None and (v < low or (v == low and not low_in))
-            too_high = high is not None and (v > high or (v == high and not high_in))
-            if too_low or too_high or (isinstance(v, float) and not math.isfinite(v)):
-                lo = "-inf" if low is None else f"{low}"
-                hi = "inf" if high is None else f"{high}"
-                interval = f"{'[' if low_in else '('}{lo}, {hi}{']' if high_in else ')'}"
-                raise UserError(f"--{name} {v} is out of range: it must lie in {interval}")
-
-
-class Meter:
-    """Loss, top-1 and top-5 of an epoch: sums on the device, read (and reduced over ranks) once."""
-
-    def __init__(self, device, sums=None):
-        # loss * n, top-1 hits, top-5 hits, n
-        self.sums = torch.zeros(4, device=device, dtype=torch.float64)
-        if sums is not None:
-            self.sums.copy_(torch.as_tensor(sums, dtype=torch.float64))
-
-    def update(self, logits, targets, loss):
-        """Add a batch: `loss` is its mean over the batch (a 0-d tensor, never read here)."""
-        logits = logits.detach()
-        hits = logits.topk(min(5, logits.size(1)), dim=1).indices.eq(targets[:, None])  # (B, min(5, classes))
-        # Filled on the device: `new_tensor` would copy from the host and wait for the GPU every step.
-        n = torch.full((), targets.size(0), dtype=torch.float64, device=targets.device)
-        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double(), n])
-
-    def result(self, dist=None):
-        """{"loss", "acc", "top5"} over every rank's batches (accuracies in %)."""
-        sums = self.sums.clone()
-        if dist is not None and dist.world_size > 1:
-            torch_dist.all_reduce(sums)
-        loss, top1, top5, n = sums.tolist()
-        n = max(n, 1.0)
-        return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n}
-
 
 class Task:
     """What a script hands to `Run.fit`. Override what the script needs."""
 
-    streams = None  # {name: utils.Stream}: their positions go into every checkpoint
+    streams = None  # {name: streams.Stream}: their positions go into every checkpoint
     best_metric = None  # a record key ("valid_acc"): logged as best_acc, best.pt written when it improves
 
     def begin_epoch(self, epoch):
@@ -283,11 +188,10 @@ class Run:
             # purge_step: a resumed run replaces what TensorBoard holds past its checkpoint.
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_epoch)
             self.history = utils.History(self.run_dir, start_epoch)
-        self._bad = torch.full((), -1, dtype=torch.long, device=dist.device)  # first non-finite step
+        self._divergence = Divergence(dist.device, steps)
         self._stop = False
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self._clock = _Clock(epochs, steps, start_epoch, start_step)
-        self._steps = steps
+        self._clock = Clock(epochs, steps, start_epoch, start_step)
         self._last_save = time.time()
         # Wall seconds and device-hours of the earlier sessions of this run (checkpoints
         # before "usage" existed count from zero), and when this session's loop began.
@@ -302,7 +206,7 @@ class Run:
                 for step in range(first, steps):
                     logits, targets, loss = task.step(epoch, step)
                     meter.update(logits, targets, loss)
-                    self._watch(loss, epoch * steps + step)
+                    self._divergence.watch(loss, epoch * steps + step)
                     self._clock.tick(targets.size(0) * dist.world_size)
                     self._after_step(task, epoch, step, steps, meter, best)
                 train = meter.result(dist)
@@ -324,37 +228,12 @@ class Run:
         self._stop = True
         logger.info("%s received: stopping after this step", signal.Signals(signum).name)
 
-    def _watch(self, loss, global_step):
-        # Device-side: remember the first step whose loss is not finite, without a host read.
-        bad = ~torch.isfinite(loss.detach())
-        self._bad = torch.where(bad & (self._bad < 0), global_step, self._bad)
-
     def _check(self, task, epoch, state=None):
-        """Stop with one line if a loss, a watched tensor or the `state` about to be saved is not finite.
-
-        One host read, here. A step's loss comes from the weights before its update, so a
-        checkpoint could hold non-finite weights with every loss finite: hence `state`.
-        """
-        device = self.dist.device
-        flags = torch.stack(
-            [
-                self._bad.double(),
-                _any_not_finite(task.watched(), device),
-                _any_not_finite(_float_tensors(state), device),
-            ]
-        )
-        if self.dist.world_size > 1:
-            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
-        bad_step, bad_watched, bad_state = flags.tolist()
-        if bad_step >= 0:
-            epoch_of, step_of = divmod(int(bad_step), self._steps)
-            what, where = "the training loss", f"epoch {epoch_of + 1}, step {step_of + 1}"
-        elif bad_watched:
-            what, where = "the architecture parameters", f"epoch {epoch + 1}"
-        elif bad_state:
-            what, where = "the weights or optimiser state", f"epoch {epoch + 1}"
-        else:
+        """Stop with one line if a loss, a watched tensor or the `state` about to be saved is not finite."""
+        found = self._divergence.find(task.watched(), state, epoch, self.dist.world_size)
+        if found is None:
             return
+        what, where = found
         kept = "nothing was checkpointed"
         if self.run_dir is not None and (self.run_dir / "checkpoint.pt").exists():
             kept = f"the last good checkpoint {self.run_dir / 'checkpoint.pt'} is kept"
@@ -494,59 +373,3 @@ def _shown(key, value):
     if key == "stage":
         return f"stage {value + 1}"
     return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-
-
-def _float_tensors(obj):
-    """Every floating-point tensor inside nested dicts, lists and tuples (a task's state)."""
-    if torch.is_tensor(obj):
-        if obj.is_floating_point():
-            yield obj.detach()
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _float_tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _float_tensors(value)
-
-
-def _any_not_finite(tensors, device):
-    """1.0 if any of `tensors` holds a NaN or an infinity, else 0.0: a float64 scalar on `device`, not read."""
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    for t in tensors:
-        bad = bad | (~torch.isfinite(t.detach())).any().to(device)
-    return bad.double()
-
-
-class _Clock:
-    """Throughput and ETA over the training steps and the evaluations still to come."""
-
-    def __init__(self, epochs, steps, start_epoch, start_step):
-        self.epochs = epochs
-        self.left = (epochs - start_epoch) * steps - start_step
-        self.done = 0
-        self.samples = 0
-        self.start = self.last_line = time.time()
-        self.eval_seconds = self.eval_total = 0.0
-        self.evals_left = epochs - start_epoch
-
-    def tick(self, samples):
-        self.done += 1
-        self.samples += samples
-
-    def evaluated(self, seconds):
-        self.eval_seconds = seconds
-        self.eval_total += seconds
-        self.evals_left -= 1
-
-    def due(self, scheduled):
-        """A progress line is due: at the scheduled steps, and at least every 30 s."""
-        if scheduled or time.time() - self.last_line >= 30:
-            self.last_line = time.time()
-            return True
-        return False
-
-    def line(self):
-        elapsed = max(time.time() - self.start - self.eval_total, 1e-9)  # training time only
-        per_step = elapsed / max(self.done, 1)
-        eta = per_step * (self.left - self.done) + self.eval_seconds * self.evals_left
-        return f"{self.samples / elapsed:.1f} img/s, ETA {utils.format_seconds(eta)}"

@@ -18,6 +18,8 @@ from torch.utils.data import Subset
 import accel
 import device_data
 import engine
+import progress
+import run_flags
 import utils
 from architect import Architect
 from benchmark import DEFAULT_TABLE, benchmark_note, open_benchmark, summarize
@@ -85,7 +87,7 @@ def get_parser(progressive=False, description=__doc__):
     if not progressive:
         optim.add_argument("--epochs", type=int, default=100, help="search epochs")
     add_search_flags(parser.add_argument_group("search"), progressive)
-    system = engine.add_run_arguments(parser, seed=2)
+    system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     accel.add_compile_argument(system)
     return parser
@@ -261,7 +263,7 @@ def search_step(model, architect, w_optimizer, weights, train_batch, valid_batch
 def infer(model, loader, device):
     """{"acc", "loss", "top5"} of the supernet on `loader`."""
     model.eval()
-    meter = engine.Meter(device)
+    meter = progress.Meter(device)
     for batch in loader:
         x, y = utils.to_device(batch, device)
         logits = model(x)

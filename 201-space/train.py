@@ -30,6 +30,8 @@ import torch.nn.functional as F
 import accel
 import device_data
 import engine
+import progress
+import run_flags
 import utils
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
@@ -74,7 +76,7 @@ def get_parser():
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial learning rate (cosine to 0)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD Nesterov momentum")
     optim.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay")
-    system = engine.add_run_arguments(parser, seed=0)
+    system = run_flags.add_run_arguments(parser, seed=0)
     system.add_argument("--amp", action="store_true", help="bf16 autocast (the loss and the optimiser stay fp32)")
     accel.add_compile_argument(system)
     return parser
@@ -121,7 +123,7 @@ class Train(engine.Task):
     @torch.no_grad()
     def evaluate(self, epoch):
         self.model.eval()
-        meter = engine.Meter(self.device)
+        meter = progress.Meter(self.device)
         for batch in self.test_loader:
             inputs, targets = utils.to_device(batch, self.device)
             logits = self.forward(inputs)

@@ -30,6 +30,9 @@ import accel
 import device_data
 import distributed
 import engine
+import progress
+import run_flags
+import streams
 import utils
 from architect import Architect
 from genotypes import PRIMITIVES, genotype_to_dict, save_genotype
@@ -106,7 +109,7 @@ def add_arguments(parser):
 
 def add_system_arguments(parser):
     """The system flags of the searches: the engine's run flags and the smoke-run cap."""
-    system = engine.add_run_arguments(parser, seed=2)
+    system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
     lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
@@ -124,7 +127,7 @@ def check_args(args, min_image_size=32):
 
     `min_image_size`: the smallest --image_size the network takes (32 for the ImageNet supernet's /8 stem).
     """
-    engine.check_ranges(args)
+    run_flags.check_ranges(args)
     n = len(args.stage_epochs)
     if not (len(args.stage_k) == len(args.stage_keep) == n):
         raise utils.UserError(
@@ -195,7 +198,7 @@ def weight_step(model, optimizer, weights, x, y, grad_clip, dist):
 def infer(model, loader, max_steps, dist):
     """Top-1, top-5 and loss on the held-out split with the Dirichlet-mean architecture, over all ranks."""
     model.eval()
-    meter = engine.Meter(dist.device)
+    meter = progress.Meter(dist.device)
     for step, (x, y) in enumerate(loader):
         if max_steps and step == max_steps:
             break
@@ -275,7 +278,7 @@ class Search(engine.Task):
             "valid": device_data.stream(valid_data, batch, args.seed + 1, **shard),
         }
         # This rank's shard of the held-out images, in order (padded to equal shards).
-        shard_order = utils.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
+        shard_order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
         self.valid_loader = device_data.loader(
             Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers
         )

@@ -18,6 +18,8 @@ import device_data
 import distributed
 import engine
 import genotypes
+import progress
+import run_flags
 import utils
 from model import param_count
 
@@ -100,7 +102,7 @@ def add_arguments(
 
 def add_system_arguments(parser, workers, seed):
     """The system flags of both training scripts: the engine's run flags, precision and determinism."""
-    system = engine.add_run_arguments(parser, seed, workers)
+    system = run_flags.add_run_arguments(parser, seed, workers)
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
     accel.add_compile_argument(system)
     device_data.add_argument(system)
@@ -120,7 +122,7 @@ def training_loss(criterion, logits, logits_aux, targets, aux_weight):
 def infer(loader, model, amp_dtype, args, dist):
     """Top-1, top-5 and cross-entropy on this rank's shard of `loader`, summed over ranks."""
     model.eval()
-    meter = engine.Meter(dist.device)
+    meter = progress.Meter(dist.device)
     criterion = nn.CrossEntropyLoss()
     for x, y in loader:
         x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)

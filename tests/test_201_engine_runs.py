@@ -154,8 +154,8 @@ def test_bad_epochs_a_file_as_save_and_an_old_checkpoint_are_one_line_and_write_
 @pytest.mark.parametrize("flags", [["--method", "dirichlet"], ["--method", "gdas", "--unrolled"], ["--reg_type", "kl"]])
 def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
     """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
-    search, model_search, architect, train, genotypes = load_space(
-        "201-space", "search", "model_search", "architect", "train", "genotypes"
+    search, model_search, architect, train, genotypes, streams = load_space(
+        "201-space", "search", "model_search", "architect", "train", "genotypes", "streams"
     )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
     monkeypatch.setattr(
@@ -167,10 +167,10 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
     data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(10, (32,)))
     argv = [*"--init_channels 4 --layers 1 --batch_size 4 --epochs 2 --workers 0".split(), *flags]
     args = search.get_parser().parse_args(argv)
-    streams, loader = search.search_data(data, args, torch.device("cpu"))
+    batches, loader = search.search_data(data, args, torch.device("cpu"))
     model = model_search.Network(4, 1, 10, 1, args.method)
     optimizer, scheduler = search.make_weight_optimizer(model, args, 2)
-    task = search.Search(model, architect.Architect(model, args), optimizer, scheduler, streams, loader, args)
+    task = search.Search(model, architect.Architect(model, args), optimizer, scheduler, batches, loader, args)
     task.begin_epoch(1)
     task.step(1, 0)  # the streams build their loaders at the start of a pass: not a per-step cost
     with forbid_host_reads():
@@ -180,7 +180,7 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
     net = train.Network(4, 1, genotypes.DrNAS, 10)
     sgd = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, nesterov=True)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, 2)
-    task = train.Train(net, sgd, cosine, search.utils.Stream(data, 4, seed=0), None, genotypes.DrNAS)
+    task = train.Train(net, sgd, cosine, streams.Stream(data, 4, seed=0), None, genotypes.DrNAS)
     task.begin_epoch(0)
     task.step(0, 0)
     with forbid_host_reads():

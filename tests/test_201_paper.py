@@ -419,7 +419,7 @@ def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(lo
 # ---------------------------------------------------------------- one search epoch
 
 
-def _search_task(ts, ms, arch, utils, argv, n=16, portion=0.75, batch=4, k=1):
+def _search_task(ts, ms, arch, st, argv, n=16, portion=0.75, batch=4, k=1):
     """A `Search` task on n random 8x8 images; the streams draw batches as the scripts' do."""
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(n, 3, 8, 8), torch.randint(10, (n,)))
@@ -432,8 +432,8 @@ def _search_task(ts, ms, arch, utils, argv, n=16, portion=0.75, batch=4, k=1):
     w_opt, scheduler = ts.make_weight_optimizer(model, args, sum(s.epochs for s in ts.get_stages(args)))
     train_part, valid_part = ts.split_search_data(data, args.train_portion)
     streams = {
-        "train": utils.Stream(train_part, args.batch_size, seed=0),
-        "valid": utils.Stream(valid_part, args.batch_size, seed=1),
+        "train": st.Stream(train_part, args.batch_size, seed=0),
+        "valid": st.Stream(valid_part, args.batch_size, seed=1),
     }
     task = ts.Search(model, architect, w_opt, scheduler, streams, None, args)
     return data, task
@@ -452,8 +452,8 @@ def _rows_in(rows, pool):
 
 def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
     """split_search_data: first int(n * train_portion) samples -> weights, the rest -> beta; arch step first."""
-    ts, ms, arch, utils = load_space("201-space", "search", "model_search", "architect", "utils")
-    data, task = _search_task(ts, ms, arch, utils, ["--epochs", "1"])
+    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "streams")
+    data, task = _search_task(ts, ms, arch, st, ["--epochs", "1"])
     train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
     train_rows, valid_rows = data.tensors[0][:12], data.tensors[0][12:]
@@ -482,9 +482,9 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
 
 def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
     """A warm-up epoch (the first of each stage here) moves weights only; other epochs take len(stream) steps."""
-    ts, ms, arch, utils = load_space("201-space", "search", "model_search", "architect", "utils")
+    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "streams")
     argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
-    _, task = _search_task(ts, ms, arch, utils, argv, k=2)
+    _, task = _search_task(ts, ms, arch, st, argv, k=2)
     model, architect, valid_stream = task.model, task.architect, task.streams["valid"]
     beta0, w0 = model.beta.detach().clone(), _flat(model.weights())
     _epoch(task, 0)

@@ -76,17 +76,17 @@ def _dataset(n=23):
 
 
 def test_stream_resumes_exactly_from_a_position(load_space):
-    utils = load_space("201-space", "utils")
+    streams = load_space("201-space", "streams")
     ds = _dataset()
-    stream = utils.Stream(ds, batch_size=4, seed=3)
+    stream = streams.Stream(ds, batch_size=4, seed=3)
     assert len(stream) == stream.batches_per_pass == 6  # ceil(23 / 4)
     for n in (0, 3, 6, 8, 13):
-        stream = utils.Stream(ds, batch_size=4, seed=3)
+        stream = streams.Stream(ds, batch_size=4, seed=3)
         for _ in range(n):
             next(stream)
         pos = stream.position()
         assert pos == [n // 6, n % 6]
-        resumed = utils.Stream(ds, batch_size=4, seed=3, position=tuple(pos))
+        resumed = streams.Stream(ds, batch_size=4, seed=3, position=tuple(pos))
         for _ in range(8):  # crosses a pass boundary
             a, b = next(stream), next(resumed)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -94,9 +94,9 @@ def test_stream_resumes_exactly_from_a_position(load_space):
 
 
 def test_stream_passes_cover_the_data_and_reshuffle(load_space):
-    utils = load_space("201-space", "utils")
+    streams = load_space("201-space", "streams")
     ds = _dataset()
-    stream = utils.Stream(ds, batch_size=4, seed=3)
+    stream = streams.Stream(ds, batch_size=4, seed=3)
     passes = []
     for _ in range(3):
         batches = list(stream.take(len(stream)))
@@ -106,38 +106,38 @@ def test_stream_passes_cover_the_data_and_reshuffle(load_space):
         passes.append(order.tolist())
     assert passes[0] != passes[1] and passes[1] != passes[2]
     # The order depends only on (seed, pass): a second stream repeats it; another seed does not.
-    again = utils.Stream(ds, batch_size=4, seed=3)
+    again = streams.Stream(ds, batch_size=4, seed=3)
     assert torch.cat([b[0] for b in again.take(6)]).tolist() == passes[0]
-    other = utils.Stream(ds, batch_size=4, seed=4)
+    other = streams.Stream(ds, batch_size=4, seed=4)
     assert torch.cat([b[0] for b in other.take(6)]).tolist() != passes[0]
 
 
 def test_stream_without_shuffle_is_in_order(load_space):
-    utils = load_space("201-space", "utils")
-    stream = utils.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)
+    streams = load_space("201-space", "streams")
+    stream = streams.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)
     assert torch.cat([b[0] for b in stream.take(4)]).tolist() == list(range(10))
 
 
 @pytest.mark.parametrize("n, world", [(23, 1), (23, 2), (23, 4), (24, 3)])
 def test_epoch_sampler_rank_sharding_covers_all_indices(load_space, n, world):
-    utils = load_space("201-space", "utils")
-    shards = [list(utils.EpochSampler(n, seed=7, rank=r, world_size=world)) for r in range(world)]
+    streams = load_space("201-space", "streams")
+    shards = [list(streams.EpochSampler(n, seed=7, rank=r, world_size=world)) for r in range(world)]
     per_rank = -(-n // world)
     assert all(len(s) == per_rank for s in shards)
-    assert all(len(utils.EpochSampler(n, 7, rank=r, world_size=world)) == per_rank for r in range(world))
+    assert all(len(streams.EpochSampler(n, 7, rank=r, world_size=world)) == per_rank for r in range(world))
     flat = [i for s in shards for i in s]
     assert set(flat) == set(range(n))
     assert len(flat) - n == per_rank * world - n  # only the padding repeats
     # Offsets continue the same pass.
-    sampler = utils.EpochSampler(n, seed=7, rank=0, world_size=world)
+    sampler = streams.EpochSampler(n, seed=7, rank=0, world_size=world)
     sampler.set_position(0, 2)
     assert list(sampler) == shards[0][2:]
     assert len(sampler) == per_rank - 2
 
 
 def test_meter_sums_loss_top1_top5_on_the_device(load_space):
-    """engine.Meter: loss weighted by batch size, top-1 and top-5 in %, nothing read until result()."""
-    engine = load_space("201-space", "engine")
+    """progress.Meter: loss weighted by batch size, top-1 and top-5 in %, nothing read until result()."""
+    progress = load_space("201-space", "progress")
     output = torch.tensor(
         [
             [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # target 0: top-1
@@ -147,7 +147,7 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
         ]
     )
     target = torch.tensor([0, 1, 5, 3])
-    meter = engine.Meter(torch.device("cpu"))
+    meter = progress.Meter(torch.device("cpu"))
     with forbid_host_reads():
         meter.update(output, target, torch.tensor(2.0, requires_grad=True) * 1)
         # A non-contiguous view works, and fewer than 5 classes cap top-5 at all of them.
@@ -155,11 +155,11 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
     result = meter.result()
     assert result["loss"] == pytest.approx((2.0 * 4 + 5.0 * 2) / 6)
     assert result["acc"] == pytest.approx(100 * 3 / 6) and result["top5"] == pytest.approx(100 * 5 / 6)
-    small = engine.Meter(torch.device("cpu"))
+    small = progress.Meter(torch.device("cpu"))
     small.update(output[:, :4], torch.tensor([0, 1, 2, 3]), torch.tensor(1.0))
     assert small.result()["top5"] == pytest.approx(100.0)
     # The sums are what a mid-epoch checkpoint stores; a meter rebuilt from them continues exactly.
-    again = engine.Meter(torch.device("cpu"), meter.sums.tolist())
+    again = progress.Meter(torch.device("cpu"), meter.sums.tolist())
     assert again.result() == result
 
 

@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import time
-import types
 import warnings
 
 import pytest
@@ -692,10 +691,12 @@ def test_per_step_bookkeeping_never_waits_for_the_device(load_space):
     """What the run engine does after every step (`Meter.update` with the batch's logits, targets and loss;
     the watch for a non-finite loss) and a batch of the device data stream (mid-pass): no synchronisation
     either. (The engine reads values on the host only at progress lines and checkpoints.)"""
-    engine, device_data, datasets = load_space("201-space", "engine", "device_data", "datasets")
+    progress, divergence, device_data, datasets = load_space(
+        "201-space", "progress", "divergence", "device_data", "datasets"
+    )
     device = torch.device(DEVICE)
-    meter = engine.Meter(device)
-    watch = types.SimpleNamespace(_bad=torch.full((), -1, dtype=torch.long, device=device))  # Run's own state
+    meter = progress.Meter(device)
+    watch = divergence.Divergence(device, 16)
     logits = torch.randn(32, 10, device=device)
     targets = torch.randint(10, (32,), device=device)
     loss = F.cross_entropy(logits, targets)
@@ -705,7 +706,7 @@ def test_per_step_bookkeeping_never_waits_for_the_device(load_space):
     def step():
         next(stream)
         meter.update(logits, targets, loss)
-        engine.Run._watch(watch, loss, 7)
+        watch.watch(loss, 7)
 
     step()
     assert synchronisations(step) == []

@@ -1,6 +1,6 @@
 """Data on the device (`device_data.py`), on the CPU device.
 
-The same samples in the same order as `utils.Stream`, the same pixels as the DataLoader's
+The same samples in the same order as `streams.Stream`, the same pixels as the DataLoader's
 transforms (every augmented image is one of the crops and flips the transform could make,
 and cutout zeroes the square `datasets.Cutout` would), exact resume from a position and RNG
 state, no host reads per batch, the `--data_on_device` choice, and one file in both folders.
@@ -58,12 +58,12 @@ ORDERS = [dict(), dict(shuffle=False), dict(rank=1, world_size=3), dict(rank=2, 
 @pytest.mark.parametrize("sharding", ORDERS, ids=str)
 @pytest.mark.parametrize("subset", [False, True])
 def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, subset):
-    device_data, utils = load_space(space, "device_data", "utils")
+    device_data, streams = load_space(space, "device_data", "streams")
     data = _numbered_set()
     if subset:  # the searches' split, split again
         data = Subset(Subset(data, range(5, 37)), [3, 1, 4, 15, 9, 2, 6, 5, 30, 25, 8, 7, 11, 0, 31])
     stream = device_data.DeviceStream(data, 4, 3, "cpu", **sharding)
-    reference = utils.Stream(data, 4, 3, **sharding)
+    reference = streams.Stream(data, 4, 3, **sharding)
     assert len(stream) == len(reference)
     for _ in range(3 * len(stream) + 1):  # three passes and a bit, partial batches included
         x, y = next(stream)
@@ -74,10 +74,10 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
 
 
 def test_stream_and_loader_pick_the_path(load_space):
-    device_data, utils = load_space("201-space", "device_data", "utils")
+    device_data, streams = load_space("201-space", "device_data", "streams")
     data = _numbered_set()
     assert isinstance(device_data.stream(data, 4, 0, "cpu", True), device_data.DeviceStream)
-    assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), utils.Stream)
+    assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)
     assert isinstance(device_data.loader(data, 4, "cpu", True), device_data.DeviceLoader)
     assert isinstance(device_data.loader(data, 4, "cpu", False), DataLoader)
 
@@ -128,7 +128,7 @@ def _which(out, candidates):
 
 def _augmented_samples(load_space, tmp_path, space, name, cutout=0, batches=20):
     """Yield (output image, its source transformed without augmentation, pad value, padding, datasets)."""
-    device_data, utils, datasets = load_space(space, "device_data", "utils", "datasets")
+    device_data, streams, datasets = load_space(space, "device_data", "streams", "datasets")
     train, _ = _pickled_sets(datasets, space, tmp_path, name, cutout=cutout)
     plain, _ = _pickled_sets(datasets, space, tmp_path, name, augment=False)
     # What the DataLoader path does: its padding, and the normalised value of a zero (padding) pixel.
@@ -137,7 +137,7 @@ def _augmented_samples(load_space, tmp_path, space, name, cutout=0, batches=20):
     pad_value = plain.transform(Image.fromarray(np.zeros((h, w, 3), np.uint8)))[:, 0, 0]
     torch.manual_seed(0)
     stream = device_data.DeviceStream(train, 20, 5, "cpu")
-    reference = utils.Stream(plain, 20, 5)  # the same order, without augmentation
+    reference = streams.Stream(plain, 20, 5)  # the same order, without augmentation
     for _ in range(batches):
         (x, y), (x_ref, y_ref) = next(stream), next(reference)
         assert torch.equal(y, y_ref)
@@ -214,11 +214,11 @@ def test_cutout_zeroes_the_square_datasets_cutout_would(load_space, tmp_path, mo
 
 
 def test_cutout_on_the_synthetic_set(load_space, monkeypatch):
-    device_data, utils, datasets = load_space("DARTS-space", "device_data", "utils", "datasets")
+    device_data, streams, datasets = load_space("DARTS-space", "device_data", "streams", "datasets")
     train, _, _ = datasets.get_datasets("synthetic", ".", cutout=True, cutout_length=10, image_size=16)
     assert device_data.supported(train)
     stream = device_data.DeviceStream(train, 32, 0, "cpu")
-    reference = utils.Stream(train.dataset, 32, 0)  # the images before cutout
+    reference = streams.Stream(train.dataset, 32, 0)  # the images before cutout
     for _ in range(len(stream)):
         (x, y), (x_ref, y_ref) = next(stream), next(reference)
         assert torch.equal(y, y_ref)

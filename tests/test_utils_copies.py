@@ -1,11 +1,22 @@
-"""Files kept identical in both folders: `utils.py`, the run engine `engine.py` and the speed flags `accel.py`."""
+"""Files kept identical in both folders: the run engine and its parts, the helpers, the speed flags, device data."""
 
 import pytest
 
 from conftest import SPACES
 
+SHARED = [
+    "utils.py",
+    "engine.py",
+    "run_flags.py",
+    "progress.py",
+    "divergence.py",
+    "streams.py",
+    "accel.py",
+    "device_data.py",
+]
 
-@pytest.mark.parametrize("name", ["utils.py", "engine.py", "accel.py"])
+
+@pytest.mark.parametrize("name", SHARED)
 def test_shared_files_are_identical_in_both_folders(name):
     first, second = (SPACES[space] / name for space in ("201-space", "DARTS-space"))
     assert first.read_text() == second.read_text(), f"edit 201-space/{name} and copy it to DARTS-space/ (or back)"

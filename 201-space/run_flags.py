@@ -1,0 +1,84 @@
+"""The flags every run has, and the valid ranges of the numeric flags of every script.
+
+`add_run_arguments` adds the system flags the run engine reads (device, workers, seed,
+run folder, resume, progress lines, timed checkpoints); `check_ranges` refuses, in one
+line, any numeric flag of a script outside its range in `RANGES`. Not a script; the same
+file in both folders.
+"""
+
+import math
+
+from utils import UserError
+
+# Valid ranges of the numeric flags, checked for every flag a script has: (low, high, low
+# inclusive, high inclusive); None is unbounded.
+RANGES = {
+    "epochs": (1, None, True, True),
+    "batch_size": (1, None, True, True),
+    "init_channels": (1, None, True, True),
+    "layers": (1, None, True, True),
+    "report_freq": (1, None, True, True),
+    "k": (1, None, True, True),
+    "image_size": (1, None, True, True),
+    "cutout_length": (1, None, True, True),
+    "workers": (0, None, True, True),
+    "gpu": (0, None, True, True),
+    "max_steps": (0, None, True, True),
+    "max_steps_per_epoch": (0, None, True, True),
+    "warmup_epochs": (0, None, True, True),
+    "lr_warmup_epochs": (0, None, True, True),
+    "trajectory_samples": (0, None, True, True),
+    "learning_rate": (0, None, False, True),
+    "arch_learning_rate": (0, None, False, True),
+    "learning_rate_min": (0, None, True, True),
+    "grad_clip": (0, None, False, True),
+    "weight_decay": (0, None, True, True),
+    "reg_scale": (0, None, True, True),
+    "auxiliary_weight": (0, None, True, True),
+    "momentum": (0, 1, True, False),
+    "drop_path_prob": (0, 1, True, False),
+    "label_smoothing": (0, 1, True, False),
+    "train_portion": (0, 1, False, False),
+    "tau_max": (0, None, False, True),
+    "tau_min": (0, None, False, True),
+    "checkpoint_minutes": (0, None, False, True),
+    "stage_epochs": (1, None, True, True),
+    "stage_k": (1, None, True, True),
+    "stage_keep": (1, None, True, True),
+}
+
+
+def add_run_arguments(parser, seed, workers=2):
+    """The flags every training script has for its run (what this engine reads); returns their group."""
+    system = parser.add_argument_group("system")
+    devices = ("auto", "cuda", "mps", "cpu")
+    device = "where to run; under torchrun each process takes GPU LOCAL_RANK"
+    system.add_argument("--device", type=str, default="auto", choices=devices, help=device)
+    system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
+    loaders = "data loading processes (0 for an exactly resumable run)"
+    system.add_argument("--workers", type=int, default=workers, help=loaders)
+    system.add_argument("--seed", type=int, default=seed, help="random seed")
+    save = "run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)"
+    system.add_argument("--save", type=str, default=None, help=save)
+    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+    report = "log a progress line every N steps (and at least every 30 s)"
+    system.add_argument("--report_freq", type=int, default=50, help=report)
+    minutes = "also checkpoint inside an epoch at most every M minutes (a preempted run loses less)"
+    system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
+    return system
+
+
+def check_ranges(args):
+    """Refuse a numeric flag outside its valid range (`RANGES`) with one line naming it."""
+    for name, (low, high, low_in, high_in) in RANGES.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v is None or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            too_low = low is not None and (v < low or (v == low and not low_in))
+            too_high = high is not None and (v > high or (v == high and not high_in))
+            if too_low or too_high or (isinstance(v, float) and not math.isfinite(v)):
+                lo = "-inf" if low is None else f"{low}"
+                hi = "inf" if high is None else f"{high}"
+                interval = f"{'[' if low_in else '('}{lo}, {hi}{']' if high_in else ')'}"
+                raise UserError(f"--{name} {v} is out of range: it must lie in {interval}")
