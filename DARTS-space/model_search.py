@@ -20,7 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genotypes import PRIMITIVES, Genotype
-from operations import FactorizedReduce, LeanMaxPool, ReLUConvBN, grow_index, search_op
+from lean_ops import LeanMaxPool
+from net2wider import grow_index
+from operations import FactorizedReduce, ReLUConvBN, search_op
 from utils import UserError
 
 

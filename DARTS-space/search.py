@@ -37,7 +37,7 @@ import utils
 from architect import Architect
 from genotypes import PRIMITIVES, genotype_to_dict, save_genotype
 from model_search import Network, check_k
-from operations import expand
+from net2wider import expand
 
 logger = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def test_bf16_search_steps_learn_with_fp32_states(load_space, space):
 
 @pytest.mark.parametrize("lean", [True, False])
 def test_memory_saving_ops_under_autocast_match_the_plain_ops(load_space, lean):
-    """SepConv (recomputing `_DepthwisePointwise`) and max pool under bf16 autocast, lean or plain, vs fp32."""
+    """SepConv (recomputing `DepthwisePointwise`) and max pool under bf16 autocast, lean or plain, vs fp32."""
     operations = load_space("DARTS-space", "operations")
     torch.manual_seed(0)
     probe = torch.randn(12, 12)

@@ -451,7 +451,7 @@ def _input(precision, *shape, seed=0):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name,stride", [("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("dil_conv_3x3", 1)])
 def test_depthwise_pointwise_matches_plain_ops(load_space, name, stride, precision):
-    """`_DepthwisePointwise` (SepConv's fused BatchNorm-ReLU-convs, DilConv) against the same op with
+    """`DepthwisePointwise` (SepConv's fused BatchNorm-ReLU-convs, DilConv) against the same op with
     `lean = False`: output, gradients of the input, the mixing weight and every weight, BatchNorm statistics;
     then with frozen weights (the architecture step's path, no recomputation). Gradients keep the dtypes of
     what they belong to (fp32 weights, the input's dtype)."""
@@ -494,9 +494,9 @@ def test_depthwise_pointwise_matches_plain_ops(load_space, name, stride, precisi
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0)])
 def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding, precision):
     """`_LeanMaxPool` (argmax recomputed in the backward pass) equals max pooling exactly, gradient included."""
-    operations = load_space("DARTS-space", "operations")
+    lean_ops = load_space("DARTS-space", "lean_ops")
     x = _input(precision, 4, 8, 12, 12)
-    lean = operations.LeanMaxPool(kernel, stride, padding)
+    lean = lean_ops.LeanMaxPool(kernel, stride, padding)
     assert lean.lean
     with autocast(precision):
         out_lean, out_plain = lean(x), F.max_pool2d(x, kernel, stride, padding)
@@ -511,8 +511,8 @@ def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding, pre
 def test_mix_batch_norm_with_scale_matches_scaled_batch_norm(load_space, precision):
     """`MixBatchNorm(x, w)` (the mixing weight as BatchNorm's affine weight) against w * BatchNorm(x):
     output, gradients of x and w, running statistics."""
-    operations = load_space("DARTS-space", "operations")
-    mix = operations.MixBatchNorm(8).to(DEVICE)
+    lean_ops = load_space("DARTS-space", "lean_ops")
+    mix = lean_ops.MixBatchNorm(8).to(DEVICE)
     plain = torch.nn.BatchNorm2d(8, affine=False).to(DEVICE)
     x = _input(precision, 4, 8, 6, 6)
     w = torch.tensor(0.3, device=DEVICE, requires_grad=True)

@@ -6,7 +6,7 @@ import torch
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_op_shape_and_widening(load_space, stride):
-    operations, genotypes = load_space("DARTS-space", "operations", "genotypes")
+    operations, net2wider, genotypes = load_space("DARTS-space", "operations", "net2wider", "genotypes")
     torch.manual_seed(0)
     x = torch.randn(2, 8, 12, 12)
     size = 12 // stride
@@ -19,20 +19,20 @@ def test_every_op_shape_and_widening(load_space, stride):
             op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics
         op.eval()
         before = op(x)
-        index = operations.grow_index(8, 12)
+        index = net2wider.grow_index(8, 12)
         moved = []
         out_index = op.widen(index, moved)
         after = op(x[:, index])
         assert after.shape == (2, 12, size, size), name
         torch.testing.assert_close(after, before[:, out_index], atol=1e-5, rtol=1e-5)
         for m in moved:  # every replaced parameter is reported with its plan
-            assert operations.expand(m.old, m.plan).shape == m.new.shape
+            assert net2wider.expand(m.old, m.plan).shape == m.new.shape
 
 
 def test_widened_op_trains_and_keeps_mode(load_space):
-    operations = load_space("DARTS-space", "operations")
+    operations, net2wider = load_space("DARTS-space", "operations", "net2wider")
     op = operations.search_op("sep_conv_3x3", 4, 1).eval()
-    op.widen(operations.grow_index(4, 8), [])
+    op.widen(net2wider.grow_index(4, 8), [])
     assert not any(m.training for m in op.modules())
     op.train()
     op(torch.randn(2, 8, 6, 6)).sum().backward()
@@ -88,9 +88,9 @@ def test_search_op_scale_and_shared_relu_match_plain_op(load_space, stride):
 
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0)])
 def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding):
-    operations = load_space("DARTS-space", "operations")
+    lean_ops = load_space("DARTS-space", "lean_ops")
     x = torch.randn(2, 4, 8, 8, dtype=torch.double, requires_grad=True)
-    lean = operations.LeanMaxPool(kernel, stride, padding)
+    lean = lean_ops.LeanMaxPool(kernel, stride, padding)
     plain = torch.nn.MaxPool2d(kernel, stride, padding)
     torch.testing.assert_close(lean(x), plain(x))
     g = torch.randn_like(plain(x))

@@ -1,0 +1,185 @@
+"""The memory-lean parts of the DARTS search ops, and the BatchNorm that mixes for free.
+
+A search step keeps ~100 op activations per cell alive. `MixBatchNorm` folds an edge's
+mixing weight into the op's last BatchNorm; `DepthwisePointwise` (the depthwise and 1x1
+convs of `DilConv`/`SepConv`, with SepConv's middle BatchNorm and ReLU) and `LeanMaxPool`
+keep only their inputs and recompute the rest in the backward pass. Their results and
+gradients equal those of the plain ops (tests/test_darts_search_ops.py), also under bf16
+autocast. Not a script.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MixBatchNorm(nn.BatchNorm2d):
+    """Affine-free BatchNorm whose output can be scaled by an edge's mixing weight for free.
+
+    `bn(x, scale)` equals `scale * bn(x)`, but passing the scalar as BatchNorm's affine
+    weight lets the fused kernel recompute the normalised input in the backward pass,
+    where the product would keep one more activation per op alive (DrNAS mixes 7 ops
+    on each of 14 edges per cell: this is a large share of the search's memory).
+    """
+
+    def __init__(self, num_features):
+        super().__init__(num_features, affine=False)
+
+    def forward(self, x, scale=None):
+        if scale is None:
+            return super().forward(x)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            scale.expand(self.num_features).contiguous(),
+            None,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+def batch_norm(C, affine):
+    """Affine BatchNorm (evaluation network) or the scalable affine-free one (search cells)."""
+    return nn.BatchNorm2d(C) if affine else MixBatchNorm(C)
+
+
+def normalize(bn, x, scale):
+    """`bn(x)`, times `scale` when given (only the search's MixBatchNorm receives one)."""
+    return bn(x) if scale is None else bn(x, scale)
+
+
+def compute_dtype(x):
+    """The dtype convolutions on `x` run in: autocast's (bf16 under --amp) when it is on, else `x`'s own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def cast(grad, dtype):
+    """`grad` in `dtype` (None stays None)."""
+    return None if grad is None else grad.to(dtype)
+
+
+class DepthwisePointwise(torch.autograd.Function):
+    """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward.
+
+    The depthwise output (the 1x1 conv's input) is one of the largest activations of the
+    supernet; it is recomputed in the backward pass, and only when the 1x1 weights need
+    a gradient (an architecture step freezes the weights, so it never recomputes). With
+    `bn` (the affine-free BatchNorm that ends the first half of a SepConv), the input is
+    that BatchNorm's input, which it keeps anyway, and the normalised, rectified tensor
+    is recomputed too: one activation less per SepConv.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_dw, w_pw, stride, padding, dilation, bn):
+        # Under autocast (--amp) the convolutions run in its dtype; the backward pass runs
+        # outside autocast, so the weights are cast here once and saved in that dtype.
+        dtype, weight_dtype = compute_dtype(x), w_dw.dtype
+        w_dw, w_pw = w_dw.to(dtype), w_pw.to(dtype)
+        mean = invstd = x.new_empty(0, dtype=torch.float32)
+        r = x
+        if bn is not None:
+            if bn.training:  # batch statistics; updates the running ones like nn.BatchNorm2d
+                y, mean, invstd = torch.ops.aten.native_batch_norm(
+                    x, None, None, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps
+                )
+            else:
+                mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
+                y = (x - mean[:, None, None]) * invstd[:, None, None]
+            r = F.relu(y)
+            ctx.bn = (bn.training, bn.eps)
+        else:
+            ctx.bn = None
+        ctx.save_for_backward(x, w_dw, w_pw, mean, invstd)
+        ctx.config, ctx.weight_dtype = (stride, padding, dilation), weight_dtype
+        r = r.to(dtype)  # the BatchNorm's output, or the input itself, in the convolutions' dtype
+        d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
+        return F.conv2d(d, w_pw)  # (B, C_out, H', W')
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_dw, w_pw, mean, invstd = ctx.saved_tensors
+        stride, padding, dilation = ctx.config
+        need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        r = x
+        if ctx.bn is not None:  # recompute the normalised, rectified input
+            y = (x - mean[:, None, None]) * invstd[:, None, None]
+            r = F.relu(y)
+        r, grad = r.to(w_dw.dtype), grad.to(w_dw.dtype)
+        if need_pw:
+            d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])
+        else:  # only its shape is read when the 1x1 weight gradient is not asked for
+            d = x.new_empty(grad.shape[0], x.shape[1], *grad.shape[2:])
+        grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
+            grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x or need_dw, need_pw, False]
+        )
+        grad_x = grad_dw = None
+        if need_x or need_dw:
+            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
+                grad_d,
+                r,
+                w_dw,
+                None,
+                [stride] * 2,
+                [padding] * 2,
+                [dilation] * 2,
+                False,
+                [0, 0],
+                x.shape[1],
+                [need_x, need_dw, False],
+            )
+        if need_x and ctx.bn is not None:
+            training, eps = ctx.bn
+            grad_y = (grad_x * (y > 0)).to(x.dtype)
+            if training:
+                grad_x = torch.ops.aten.native_batch_norm_backward(
+                    grad_y, x, None, None, None, mean, invstd, True, eps, [True, False, False]
+                )[0]
+            else:
+                grad_x = grad_y * invstd[:, None, None]
+        # Gradients in the dtypes of the inputs (fp32 weights under autocast).
+        return cast(grad_x, x.dtype), cast(grad_dw, ctx.weight_dtype), cast(grad_pw, ctx.weight_dtype), *[None] * 4
+
+
+class _LeanMaxPool(torch.autograd.Function):
+    """Max pooling that keeps only its input for the backward pass, not the argmax indices.
+
+    The indices (int64, twice the size of the output) are recomputed in the backward
+    pass from the input, which the search keeps alive anyway (it is a view of a cell
+    state). Saves about a tenth of the search's activation memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding):
+        ctx.save_for_backward(x)
+        ctx.config = (kernel, stride, padding)
+        return F.max_pool2d(x, kernel, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        kernel, stride, padding = ctx.config
+        _, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices
+        )
+        return grad_x, None, None, None
+
+
+class LeanMaxPool(nn.Module):
+    """`nn.MaxPool2d(kernel, stride, padding)` with the memory of `_LeanMaxPool` (plain when `lean` is off)."""
+
+    lean = True
+
+    def __init__(self, kernel, stride, padding=0):
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward(self, x):
+        if not self.lean:
+            return F.max_pool2d(x, self.kernel, self.stride, self.padding)
+        return _LeanMaxPool.apply(x, self.kernel, self.stride, self.padding)
