@@ -11,6 +11,7 @@ SHARED = [
     "progress.py",
     "divergence.py",
     "streams.py",
+    "image_files.py",
     "accel.py",
     "device_data.py",
 ]

@@ -1,0 +1,99 @@
+"""Your own images on disk: the class folders of a split, their files checked, and their statistics.
+
+`scan_split(folder)` lists `folder/<class>/*` (one folder per class, sub-folders included)
+and opens every file's header, so that a file that is no image fails before the run
+starts; `ImageFiles` reads the images; `image_stats` gives the per-channel mean and std
+used to normalise them. A file that does not decode ends the run with one line naming
+it (`BadImage`), also from a DataLoader worker. Not a script; the same file in both folders.
+"""
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+STATS_IMAGES = 2000  # images sampled (seed 0) for the per-channel mean and std
+
+
+class BadImage(UserError):
+    """An image file that does not decode; one line even when a DataLoader worker re-raises it.
+
+    A worker's exception comes back as `BadImage("Caught BadImage in DataLoader worker ...
+    Original Traceback ...")`, whose last line is `image_files.BadImage: <message>`: only that message is kept.
+    """
+
+    def __init__(self, message):
+        super().__init__(message.strip().splitlines()[-1].split("BadImage: ", 1)[-1])
+
+
+def load_image(path):
+    """The RGB image at `path`; `BadImage` naming the file when it does not decode."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path, err):
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return BadImage(f"{path} is not a readable image ({reason}); replace or delete it")
+
+
+class ImageFiles(Dataset):
+    """`(path, label)` samples read from disk; the image goes through `transform`."""
+
+    summary = ""  # a line for the log, set by `imagefolder`
+
+    def __init__(self, samples, classes, transform=None):
+        self.samples, self.classes, self.transform = samples, classes, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        image = load_image(path)
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+def scan_split(folder):
+    """`(classes, samples)` of `folder/<class>/*` (sub-folders included); `UserError` when a class has no image."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{folder} holds no class folders; put the images of each class in {folder}/<class>/")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p
+            for p in (folder / name).rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        if not files:
+            kinds = ", ".join(IMAGE_EXTENSIONS[:3])
+            raise UserError(f"class folder {folder / name} holds no images ({kinds}, ...); add some or remove it")
+        samples += [(str(p), label) for p in files]
+    for path, _ in samples:  # headers only: a file that is no image fails now, not hours into a run
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise _unreadable(path, err) from None
+    return classes, samples
+
+
+def image_stats(samples, image_size):
+    """Per-channel mean and std of up to `STATS_IMAGES` resized images (a fixed seed: the same in every run)."""
+    pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:STATS_IMAGES].tolist()
+    to_tensor = T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
+    sums = torch.zeros(2, 3, dtype=torch.float64)  # per channel: sum of x, sum of x^2
+    for i in pick:
+        pixels = to_tensor(load_image(samples[i][0])).double().flatten(1)  # (3, S*S)
+        sums += torch.stack([pixels.sum(1), pixels.square().sum(1)])
+    count = len(pick) * image_size**2
+    mean = sums[0] / count
+    std = (sums[1] / count - mean.square()).clamp_min(1e-6).sqrt()  # one-colour images: no division by zero
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
