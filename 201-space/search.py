@@ -2,7 +2,7 @@
 
 The flags, the stages (paper Sec. 3.3: prune and widen between them), the data split,
 one search step (an architecture step, then a weight step), the `Search` task that
-`engine.Run.fit` drives epoch by epoch, and the NAS-Bench-201 queries of every epoch.
+`engine.Run.fit` drives epoch by epoch (its NAS-Bench-201 record: trajectory.py).
 `bench.py` times `search_step`. Not a script.
 """
 
@@ -10,7 +10,6 @@ import argparse
 import logging
 from collections import namedtuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
@@ -22,13 +21,14 @@ import progress
 import run_flags
 import utils
 from architect import Architect
-from benchmark import DEFAULT_TABLE, benchmark_note, open_benchmark, summarize
+from benchmark import DEFAULT_TABLE, open_benchmark
 from datasets import add_arguments as add_data_arguments
 from datasets import data_record, get_datasets
-from genotypes import PRIMITIVES, Structure, save_genotype
-from model_search import METHODS, Network, concentration
+from genotypes import PRIMITIVES, save_genotype
+from model_search import METHODS, Network
 from operations import widen_like
 from plot_trajectory import plot_trajectory, read_history
+from trajectory import log_benchmark, query_benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -367,63 +367,6 @@ def finish(model, run_dir, benchmark, data=None):
     if benchmark is not None:
         plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
         logger.info("NAS-Bench-201 trajectory drawn in %s", run_dir / "trajectory.png")
-
-
-# ---------------------------------------------------------------- NAS-Bench-201
-
-
-def log_benchmark(benchmark, args):
-    """The run's first word on NAS-Bench-201: the benchmark its epochs query, or that they query none."""
-    if benchmark is None:
-        logger.info("NAS-Bench-201 look-ups off (--benchmark none): no benchmark accuracies, no trajectory.png")
-        return
-    note = benchmark_note(args.dataset)
-    logger.info(
-        "NAS-Bench-201 %s %s (%d architectures) queried every epoch%s",
-        benchmark.kind,
-        benchmark.path,
-        len(benchmark),
-        f"; {args.dataset} is none of its data sets, so its figures describe the cells, not this run" if note else "",
-    )
-
-
-def query_benchmark(model, benchmark, args, epoch):
-    """Benchmark accuracies of the derived architecture and of architectures drawn from the Dirichlet."""
-    accs = benchmark.query(str(model.genotype()))
-    # The flat nb201_* fields become the TensorBoard scalars nb201/<dataset>.
-    record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in accs.items()}}
-    # On a data set the benchmark did not measure, the figures describe the cell, not this run.
-    note = benchmark_note(args.dataset)
-    if note:
-        record["benchmark_note"] = note
-    label = f"NAS-Bench-201 ({note}):" if note else "NAS-Bench-201"
-    logger.info("%s %s", label, " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
-    if args.trajectory_samples > 0:
-        archs = sample_architectures(model, args.trajectory_samples, np.random.default_rng(args.seed * 100003 + epoch))
-        results = benchmark.query_many(archs)
-        record["trajectory"] = {key: summarize([r[key] for r in results]) for key in results[0]}
-        logger.info(
-            "sampled %d architectures: %s",
-            len(archs),
-            " ".join(f"{k} {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" for k, s in record["trajectory"].items()),
-        )
-    return record
-
-
-def sample_architectures(model, count, rng):
-    """Architecture strings from `count` draws of the current distribution (argmax per edge)."""
-    beta = model.beta.detach().cpu().double()
-    archs = []
-    for _ in range(count):
-        ops = []
-        for e, kept in enumerate(model.kept):
-            if model.method == "dirichlet":
-                w = rng.dirichlet(concentration(beta[e, kept]).numpy())
-            else:  # the categorical distribution softmax(beta) of DARTS, SNAS and GDAS
-                w = rng.gumbel(size=len(kept)) + beta[e, kept].numpy()
-            ops.append(PRIMITIVES[kept[int(np.argmax(w))]])
-        archs.append(str(Structure.from_edges(ops)))
-    return archs
 
 
 def run_search(args, script):
