@@ -65,6 +65,11 @@ def add_run_arguments(parser, seed, workers=2):
     system.add_argument("--report_freq", type=int, default=50, help=report)
     minutes = "also checkpoint inside an epoch at most every M minutes (a preempted run loses less)"
     system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
+    determinism = (
+        "deterministic kernels where PyTorch has them (the few without one warn once) and no cuDNN autotuning: "
+        "slower; repeatable on the same GPU and software"
+    )
+    system.add_argument("--deterministic", action="store_true", help=determinism)
     return system
 
 

@@ -97,6 +97,8 @@ class Run:
             if ckpt["args"].get("script", script) != script:
                 raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['args']['script']}.py, not {script}.py")
             self.ckpt = ckpt
+        if getattr(args, "deterministic", False):
+            utils.set_deterministic()  # before any process group or CUDA work
         gpu = getattr(args, "gpu", 0)
         self.dist = join(args.device, gpu) if join else Dist(0, 0, 1, utils.resolve_device(args.device, gpu))
         self.run_dir = self.writer = self.history = None
@@ -161,6 +163,8 @@ class Run:
         for name, write in (files or {}).items():
             write(self.run_dir / name)
         utils.log_environment(args, self.dist.device)
+        if getattr(args, "deterministic", False):
+            logger.info("--deterministic: deterministic kernels and no cuDNN autotuning (slower)")
         logger.info("run directory %s, %d process(es)", self.run_dir, self.dist.world_size)
         return self.run_dir
 

@@ -101,13 +101,11 @@ def add_arguments(
 
 
 def add_system_arguments(parser, workers, seed):
-    """The system flags of both training scripts: the engine's run flags, precision and determinism."""
+    """The system flags of both training scripts: the engine's run flags (--deterministic too) and precision."""
     system = run_flags.add_run_arguments(parser, seed, workers)
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
     accel.add_compile_argument(system)
     device_data.add_argument(system)
-    determinism = "deterministic algorithms and no cuDNN benchmark (slower)"
-    system.add_argument("--deterministic", action="store_true", help=determinism)
 
 
 def training_loss(criterion, logits, logits_aux, targets, aux_weight):
@@ -139,10 +137,6 @@ class Training(engine.Task):
 
     def __init__(self, args, dist, model, train_set, test_set, criterion, scheduler_for, state=None):
         self.args, self.dist, self.model, self.criterion = args, dist, model, criterion
-        if args.deterministic:
-            torch.backends.cudnn.benchmark = False
-            torch.use_deterministic_algorithms(True)
-            logger.info("deterministic algorithms on: slower, and some GPU kernels may still vary")
         device = dist.device
         use_bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.amp_dtype = torch.bfloat16 if use_bf16 else torch.float16

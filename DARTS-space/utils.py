@@ -193,11 +193,24 @@ def resolve_device(name, gpu=0):
             raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
         if gpu >= torch.cuda.device_count():
             raise UserError(f"--gpu {gpu} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-        torch.backends.cudnn.benchmark = True
+        # cuDNN autotuning picks kernels by timing, so it is off under --deterministic.
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
         return torch.device("cuda", gpu)
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
     return torch.device(name)
+
+
+def set_deterministic():
+    """`--deterministic`: deterministic kernels where PyTorch has them, and no cuDNN autotuning.
+
+    Call it before CUDA starts: cuBLAS reads its workspace setting (which deterministic GEMMs
+    need) when it starts. Ops with no deterministic kernel (e.g. adaptive average pooling's
+    backward on CUDA) warn once instead of stopping the run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def to_device(batch, device):

@@ -2,6 +2,7 @@
 meters and top-k accuracy."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -189,3 +190,21 @@ def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_p
     }
     utils.History(tmp_path, start_epoch=1)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "history.jsonl").read_text().splitlines()] == [0]
+
+
+def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, monkeypatch):
+    """--deterministic: deterministic kernels (ops without one warn, they do not stop the run), no cuDNN autotuning,
+    and the cuBLAS workspace setting deterministic GEMMs need, unless the user set one."""
+    utils = load_space("201-space", "utils")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    try:
+        utils.set_deterministic()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.benchmark is False
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        utils.set_deterministic()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8", "the user's own setting stays"
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -147,6 +147,8 @@ def _script_runs(tmp):
         "dt_amp": ("DARTS-space", ["train.py", *DT, "--amp", "--data_on_device", "off"]),
         "dt_compile": ("DARTS-space", ["train.py", *DT, "--compile"]),
         "dt_amp_compile": ("DARTS-space", ["train.py", *DT, "--amp", "--compile"]),
+        # Deterministic kernels: adaptive pooling's backward has none on CUDA and must warn, not stop the run.
+        "dt_deterministic": ("DARTS-space", ["train.py", *DT, "--deterministic"]),
         "dt_resumed": ("DARTS-space", ["-c", INTERRUPTED, "train", "--", *DT, "--data_on_device", "on"]),
         "dt_torchrun": ("DARTS-space", [*TORCHRUN, "train.py", *DT, "--epochs", "1", "--max_steps_per_epoch", "3"]),
         "collectives": ("DARTS-space", [*TORCHRUN, collectives, DEVICE]),
@@ -846,7 +848,7 @@ def test_darts_search_through_both_stages_on_the_device(runs, load_space, name):
     assert re.search(r"peak memory \d+ MB", run.log())
 
 
-@pytest.mark.parametrize("name", ["dt", "dt_amp", "dt_compile", "dt_amp_compile"])
+@pytest.mark.parametrize("name", ["dt", "dt_amp", "dt_compile", "dt_amp_compile", "dt_deterministic"])
 def test_darts_train_learns_on_the_device(runs, load_space, name):
     """DARTS train.py, 2 epochs with the auxiliary head, cutout and drop path: above chance, the loss falls;
     the checkpoint loads into a fresh network on the GPU, which reproduces the recorded accuracy (fp32 runs)."""

@@ -120,12 +120,15 @@ def test_arch_path_from_a_search(load_space, tmp_path):
         "--layers",
         "5",
         *TINY_DARTS_TRAIN,
+        "--deterministic",
         "--save",
         run_dir,
     )
     assert result.returncode == 0, result.stderr
-    assert f"param count = {expected} (" in (run_dir / "log.txt").read_text()
-    assert json.loads((run_dir / "args.json").read_text())["arch"] == str(path)
+    log = (run_dir / "log.txt").read_text()
+    assert f"param count = {expected} (" in log and "--deterministic: deterministic kernels" in log
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["arch"] == str(path) and args["deterministic"] is True
     # The run keeps its cell, so `--arch RUN/genotype.json` and visualize.py can reuse it.
     assert json.loads((run_dir / "genotype.json").read_text()) == genotypes.genotype_to_dict(genotypes.PC_DARTS_cifar)
 
