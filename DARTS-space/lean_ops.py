@@ -4,8 +4,8 @@ A search step keeps ~100 op activations per cell alive. `MixBatchNorm` folds an 
 mixing weight into the op's last BatchNorm; `DepthwisePointwise` (the depthwise and 1x1
 convs of `DilConv`/`SepConv`, with SepConv's middle BatchNorm and ReLU) and `LeanMaxPool`
 keep only their inputs and recompute the rest in the backward pass. Their results and
-gradients equal those of the plain ops (tests/test_darts_search_ops.py), also under bf16
-autocast. Not a script.
+gradients equal those of the plain ops (tests/test_darts_search_ops.py; under bf16
+autocast, tests/test_amp.py). Not a script.
 """
 
 import torch
