@@ -40,8 +40,8 @@ def get_parser():
     parser.add_argument("--method", type=str, default="dirichlet", choices=METHODS, help="search method")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast, as the search's --amp")
-    parser.add_argument("--compile", action="store_true", help="torch.compile, as the search's --compile")
+    accel.add_amp_argument(parser)  # the search's own flags
+    accel.add_compile_argument(parser)
     return parser
 
 

@@ -70,8 +70,7 @@ def get_parser():
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast, as the scripts' --amp")
     parser.add_argument("--compile", action="store_true", help="torch.compile the eval configuration (train.py's)")
-    lean = "the search's memory-saving ops (recomputation in the backward pass), as train_search.py's --lean_ops"
-    parser.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
+    search.add_lean_ops_argument(parser)  # the searches' own flag
     return parser
 
 

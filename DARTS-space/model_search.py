@@ -252,7 +252,7 @@ class Network(nn.Module):
         return logits.float() if self.amp else logits  # the loss is taken in fp32
 
     def use_lean_ops(self, lean):
-        """Memory-saving ops (recomputation in the backward pass, see operations) on or off: the one switch."""
+        """Memory-saving ops (recomputation in the backward pass, see lean_ops.py) on or off: the one switch."""
         for module in self.modules():
             if hasattr(module, "lean"):
                 module.lean = lean

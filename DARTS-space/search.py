@@ -112,14 +112,19 @@ def add_system_arguments(parser):
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
-    lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
-    system.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
+    add_lean_ops_argument(system)
     system.add_argument(
         "--max_steps",
         type=int,
         default=0,
         help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)",
     )
+
+
+def add_lean_ops_argument(group):
+    """`--lean_ops on|off`: the supernet's memory-saving ops (`Network.use_lean_ops`)."""
+    lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
+    group.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
 
 
 def check_args(args, min_image_size=32):

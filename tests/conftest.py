@@ -60,6 +60,31 @@ def nb201_table():
     return NB201_TABLE
 
 
+# `python -c INTERRUPTED <script module> N1 N2 ... -- <arguments with --save>`: runs the script's main() in one
+# process, "killed" right after its N-th checkpoint each time, and resumes it from that checkpoint.
+INTERRUPTED = """
+import importlib, sys, utils
+script, stops = sys.argv[1], sys.argv[2:sys.argv.index("--")]
+argv = sys.argv[sys.argv.index("--") + 1:]
+real_save = utils.save_checkpoint
+class Killed(Exception):
+    pass
+def save(state, path, _calls=[]):
+    real_save(state, path)
+    _calls.append(path)
+    if str(len(_calls)) in stops:
+        raise Killed
+utils.save_checkpoint = save
+main = importlib.import_module(script).main
+run_dir = argv[argv.index("--save") + 1]
+for attempt in range(len(stops) + 1):
+    try:
+        main(argv + (["--resume", run_dir + "/checkpoint.pt"] if attempt else []))
+    except Killed:
+        continue
+"""
+
+
 def script_env(**extra):
     """The environment of a script run by a test: one thread each (tests run side by side), fixed hashing."""
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", **extra)

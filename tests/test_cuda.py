@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SPACES, TINY_201, script_env
+from conftest import INTERRUPTED, SPACES, TINY_201, script_env
 
 pytestmark = pytest.mark.cuda
 
@@ -61,30 +61,6 @@ DT = [
     *("--batch_size", "16", "--learning_rate", "0.05", "--epochs", "2", "--seed", "3", "--report_freq", "8"),
     *("--device", DEVICE, "--workers", "0"),
 ]
-
-# Runs `main(argv)` of a script in one process, "killed" right after its first checkpoint, then resumed from
-# it: argv = <script module> -- <arguments> (with --save).
-INTERRUPTED = """
-import importlib, sys, utils
-script, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
-real_save = utils.save_checkpoint
-class Killed(Exception):
-    pass
-def save(state, path, _calls=[]):
-    real_save(state, path)
-    _calls.append(path)
-    if len(_calls) == 1:
-        raise Killed
-utils.save_checkpoint = save
-main = importlib.import_module(script).main
-run_dir = argv[argv.index("--save") + 1]
-try:
-    main(argv)
-except Killed:
-    pass
-utils.save_checkpoint = real_save
-main(argv + ["--resume", run_dir + "/checkpoint.pt"])
-"""
 
 # The collectives the run engine uses, in a torchrun group of one: NCCL on the GPU (argv[1] names the device).
 COLLECTIVES = """
@@ -123,7 +99,7 @@ def _script_runs(tmp):
         "s201_unrolled_compile": ("201-space", ["train_search.py", *S201, "--epochs", "1", "--unrolled", "--compile"]),
         "s201_resumed": (
             "201-space",
-            ["-c", INTERRUPTED, "train_search", "--", *S201, "--epochs", "2", "--data_on_device", "on"],
+            ["-c", INTERRUPTED, "train_search", "1", "--", *S201, "--epochs", "2", "--data_on_device", "on"],
         ),
         "p201": (
             "201-space",
@@ -149,7 +125,7 @@ def _script_runs(tmp):
         "dt_amp_compile": ("DARTS-space", ["train.py", *DT, "--amp", "--compile"]),
         # Deterministic kernels: adaptive pooling's backward has none on CUDA and must warn, not stop the run.
         "dt_deterministic": ("DARTS-space", ["train.py", *DT, "--deterministic"]),
-        "dt_resumed": ("DARTS-space", ["-c", INTERRUPTED, "train", "--", *DT, "--data_on_device", "on"]),
+        "dt_resumed": ("DARTS-space", ["-c", INTERRUPTED, "train", "1", "--", *DT, "--data_on_device", "on"]),
         "dt_torchrun": ("DARTS-space", [*TORCHRUN, "train.py", *DT, "--epochs", "1", "--max_steps_per_epoch", "3"]),
         "collectives": ("DARTS-space", [*TORCHRUN, collectives, DEVICE]),
     }

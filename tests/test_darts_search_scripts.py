@@ -3,13 +3,11 @@ stage boundary, the ImageNet search in one process and under torchrun, the subse
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import SPACES
+from conftest import INTERRUPTED, popen_script
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
 TINY = [
@@ -42,53 +40,16 @@ TINY = [
     "0",
 ]
 
-# Runs train_search.main in one process, "killed" right after its N-th checkpoint each
-# time, then resumed from it: argv = N1 N2 ... -- <train_search arguments>.
-INTERRUPTED = """
-import sys, utils, train_search
-stops, argv = sys.argv[1:sys.argv.index('--')], sys.argv[sys.argv.index('--') + 1:]
-real_save = utils.save_checkpoint
-class Killed(Exception):
-    pass
-def save(state, path, _calls=[]):
-    real_save(state, path)
-    _calls.append(path)
-    if str(len(_calls)) in stops:
-        raise Killed
-utils.save_checkpoint = save
-run_dir = argv[argv.index('--save') + 1]
-for attempt in range(len(stops) + 1):
-    try:
-        train_search.main(argv + (['--resume', run_dir + '/checkpoint.pt'] if attempt else []))
-    except Killed:
-        continue
-"""
-
-
-def popen(space, *args):
-    import os
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    return subprocess.Popen(
-        [sys.executable, *map(str, args)],
-        cwd=SPACES[space],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
 
 def finish(proc, timeout=400):
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    return out
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
 
 
 def test_bad_input_is_refused_with_one_line(tmp_path):
     # A --k that does not split the channels (C=16 with k=6, which the paper's code cannot
     # build either) and an ImageNet folder without train/ and val/, side by side.
-    bad_k = popen(
+    bad_k = popen_script(
         "DARTS-space",
         "train_search.py",
         "--dataset",
@@ -105,11 +66,11 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
         "--save",
         tmp_path / "k",
     )
-    bad_data = popen(
+    bad_data = popen_script(
         "DARTS-space", "train_search_imagenet.py", "--data", tmp_path, "--device", "cpu", "--save", tmp_path / "run"
     )
     for proc, expected in ((bad_k, ("--stage_k 6", "valid values: 1, 2, 4, 8")), (bad_data, ("train/", "val/"))):
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode != 0 and "Traceback" not in err, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and all(text in lines[0] for text in expected), err
@@ -119,8 +80,10 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
 def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
     # The straight run and the interrupted one (killed after epochs 2 and 3, i.e. at the
     # stage boundary and inside stage 2, resumed each time) run side by side.
-    straight = popen("DARTS-space", "train_search.py", *TINY, "--save", tmp_path / "straight")
-    broken = popen("DARTS-space", "-c", INTERRUPTED, "2", "3", "--", *TINY, "--save", tmp_path / "resumed")
+    straight = popen_script("DARTS-space", "train_search.py", *TINY, "--save", tmp_path / "straight")
+    broken = popen_script(
+        "DARTS-space", "-c", INTERRUPTED, "train_search", "2", "3", "--", *TINY, "--save", tmp_path / "resumed"
+    )
     finish(straight)
     finish(broken)
 
@@ -200,8 +163,8 @@ def test_imagenet_search_one_process_and_torchrun(tmp_path):
         "--workers",
         "0",
     ]
-    single = popen("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
-    ddp = popen(
+    single = popen_script("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
+    ddp = popen_script(
         "DARTS-space",
         "-m",
         "torch.distributed.run",
