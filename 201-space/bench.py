@@ -5,14 +5,18 @@
     python bench.py --device cuda --steps 20 --amp --compile
 
 A step is what the search (`search.py`) does per batch: a first-order architecture step on a
-validation batch, then a weight step (forward, backward, clip, SGD). The last line is
-one JSON object with `s_per_step`, `images_per_s` (the two batches of a step), `peak_mem_mb`,
-`params` and `projected_h`: the hours of the paper's search at this speed, 100 epochs of
-391 steps (25,000 training images in batches of 64), evaluation not counted.
+validation batch, then a weight step (forward, backward, clip, SGD). The two are timed apart
+(the device synchronised around each), and the step is their sum, so it is never reported
+faster than its weight step. Progress goes to stderr; stdout gets one JSON object, printed
+when the measurement ends, with `s_per_step`, `s_per_arch_step` and `s_per_weight_step`
+(its two parts), `images_per_s` (the two batches of a step), `peak_mem_mb`, `params` and
+`projected_h`: the hours of the paper's search at this speed, 100 epochs of 391 steps
+(25,000 training images in batches of 64), evaluation not counted.
 """
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -32,7 +36,7 @@ def get_parser():
     parser.add_argument(
         "--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="where to run"
     )
-    parser.add_argument("--gpu", type=int, default=0, help="CUDA device index")
+    parser.add_argument("--gpu", type=int, default=None, help="CUDA device index (default 0)")
     parser.add_argument("--batch_size", type=int, default=64, help="batch size")
     parser.add_argument("--init_channels", type=int, default=16, help="channels C")
     parser.add_argument("--layers", type=int, default=5, help="cells N per stage")
@@ -48,6 +52,38 @@ def get_parser():
 PAPER_STEPS = 100 * 391  # the paper's 201 search: 100 epochs of 25,000 images in batches of 64
 
 
+def log(message):
+    """One progress line on stderr: stdout carries the JSON line alone."""
+    print(f"bench.py: {message}", file=sys.stderr, flush=True)
+
+
+def time_steps(parts, warmup, steps, device):
+    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`.
+
+    Each part is timed on its own, the device synchronised before and after it: the parts of a step add up
+    to the step, whatever the load on the machine. The peak memory counts from the first timed step.
+    """
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    seconds = dict.fromkeys(parts, 0.0)
+    total = warmup + steps
+    every = max(1, total // 5)  # about five progress lines, however many steps
+    start = time.perf_counter()
+    for i in range(total):
+        if i == warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for name, part in parts.items():
+            sync()
+            tic = time.perf_counter()
+            part(i)
+            sync()
+            if i >= warmup:
+                seconds[name] += time.perf_counter() - tic
+        if (i + 1) % every == 0 or i + 1 == total:
+            kind = "warm-up" if i < warmup else "timed"
+            log(f"step {i + 1}/{total} ({kind}) done, {time.perf_counter() - start:.1f} s elapsed")
+    return {name: s / steps for name, s in seconds.items()}
+
+
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
@@ -56,6 +92,9 @@ def main(argv=None):
     device = utils.resolve_device(args.device, args.gpu)
     search_args = search_parser().parse_args(["--k", str(args.k), "--method", args.method])
     accel.check_flags(args, device)
+    config = f"C={args.init_channels},N={args.layers},k={args.k},batch={args.batch_size},{args.method}"
+    warmup = 2 if not args.compile else 4  # the allocator, cuDNN autotuning, compilation
+    log(f"{config} on {utils.device_name(device)}: {warmup} warm-up and {args.steps} timed search steps")
     torch.manual_seed(0)
     model = Network(args.init_channels, args.layers, 10, args.k, args.method)
     model = model.to(device, memory_format=torch.channels_last)
@@ -70,40 +109,36 @@ def main(argv=None):
         images, labels = torch.randn(args.batch_size, 3, 32, 32), torch.randint(10, (args.batch_size,))
         return utils.to_device((images, labels), device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     model.train()
     batches = [batch() for _ in range(4)]  # made before timing: the search's data arrive on the device
 
-    def step(i):
-        accel.begin_step(device, 1, args.compile)
-        search_step(model, architect, w_optimizer, weights, batches[i % 4], batches[(i + 1) % 4], 0.025, 5.0)
+    # search_step's two parts, on the same batches: beta on a validation batch, then the weights.
+    def arch_step(i):
+        accel.begin_step(device, 1, args.compile)  # a new step (for CUDA graphs) starts with beta's
+        x, y = batches[i % 4]
+        architect.step(x, y, *batches[(i + 1) % 4], 0.025, w_optimizer)
 
-    for i in range(2 if not args.compile else 4):  # warm-up: allocator, cuDNN autotuning, compilation
-        step(i)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for i in range(args.steps):
-        step(i)
-    sync()
-    seconds = (time.perf_counter() - start) / args.steps
+    def weight_step(i):  # search_step without a validation batch is its weight step alone
+        search_step(model, architect, w_optimizer, weights, batches[i % 4], None, 0.025, 5.0)
+
+    seconds = time_steps({"arch": arch_step, "weight": weight_step}, warmup, args.steps, device)
+    step_s = seconds["arch"] + seconds["weight"]
+    arch_s, weight_s = round(seconds["arch"], 4), round(seconds["weight"], 4)
     result = dict(
-        config=f"C={args.init_channels},N={args.layers},k={args.k},batch={args.batch_size},{args.method}",
+        config=config,
         device=utils.device_name(device),
         threads=torch.get_num_threads(),
         amp=args.amp,
         compile=args.compile,
-        s_per_step=round(seconds, 4),
-        images_per_s=round(2 * args.batch_size / seconds, 1),
+        s_per_step=round(arch_s + weight_s, 4),  # the sum of the printed parts: never below either
+        s_per_arch_step=arch_s,
+        s_per_weight_step=weight_s,
+        images_per_s=round(2 * args.batch_size / step_s, 1),
         peak_mem_mb=round(utils.peak_memory_mb(device), 1),
         params=utils.count_parameters(weights),
-        projected_h=round(PAPER_STEPS * seconds / 3600, 2),
+        projected_h=round(PAPER_STEPS * step_s / 3600, 2),
     )
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

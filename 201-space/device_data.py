@@ -17,7 +17,7 @@ images (used as they are); image files (imagefolder, ImageNet) cannot.
 import weakref
 
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 import streams
 import utils
@@ -214,4 +214,4 @@ def loader(dataset, batch_size, device, on_device, workers=0, pin_memory=False):
     """A `DeviceLoader` when `on_device`, else the `DataLoader` of the evaluation passes."""
     if on_device:
         return DeviceLoader(dataset, batch_size, device)
-    return DataLoader(dataset, batch_size, num_workers=workers, pin_memory=pin_memory)
+    return streams.Loader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory)

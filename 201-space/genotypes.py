@@ -1,4 +1,4 @@
-"""NAS-Bench-201 architectures: the op list, the cell structure type and named cells.
+"""NAS-Bench-201 architectures: the op list, the cell structure type, named cells, genotype.json.
 
 A cell has 4 nodes; node i (1..3) sums one op applied to every earlier node j < i, so
 there are 6 edges. Architectures are written as NAS-Bench-201 strings:
@@ -14,6 +14,9 @@ import json
 from pathlib import Path
 
 from utils import UserError
+
+# The search space, as checkpoints record it (a checkpoint of the other folder is refused).
+SPACE = "NAS-Bench-201"
 
 # Op order of the NAS-Bench-201 search space (the columns of the architecture parameters).
 PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
@@ -91,19 +94,33 @@ DrNAS = Structure.from_str(
 NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
+# What a search's genotype.json records about its data besides the cell (`datasets.data_record`).
+DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
+# Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
+FOLDER_DATASETS = ("imagefolder",)
+
+
 def save_genotype(structure, path, data=None):
     """Write a search's result as `{"arch": "|...|"}` (read back by `load_arch`).
 
-    `data` adds what the search ran on (dataset, data folder, image size, classes); `load_arch` ignores it.
+    `data` adds what the search ran on (`DATA_KEYS`); `load_arch_and_data` returns it next to the cell.
     """
     Path(path).write_text(json.dumps({"arch": str(structure), **(data or {})}, indent=2) + "\n")
 
 
 def load_arch(spec):
     """A named cell, an architecture string, or the path of a search's `genotype.json`."""
+    return load_arch_and_data(spec)[0]
+
+
+def load_arch_and_data(spec):
+    """`load_arch(spec)` and the data record of its genotype.json (a dict of `DATA_KEYS`, else None).
+
+    Named cells, architecture strings and a genotype.json written without a record have None.
+    """
     if spec in NAMED:
-        return NAMED[spec]
-    text = spec
+        return NAMED[spec], None
+    text, data = spec, None
     if not spec.lstrip().startswith("|"):
         path = Path(spec)
         if not path.is_file():
@@ -112,10 +129,36 @@ def load_arch(spec):
                 "string like '|nor_conv_3x3~0|+|...|', nor an existing genotype.json"
             )
         try:
-            text = json.loads(path.read_text())["arch"]
+            saved = json.loads(path.read_text())
+            text = saved["arch"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f'--arch {path}: not a genotype.json with an "arch" string ({err})') from None
+        if all(key in saved for key in DATA_KEYS):
+            data = {key: saved[key] for key in DATA_KEYS}
     try:
-        return Structure.from_str(text)
+        return Structure.from_str(text), data
     except ValueError as err:
         raise UserError(f"--arch: {err}") from None
+
+
+def data_difference(spec, searched, trained):
+    """The log line saying that the cell `spec` was searched on other data or at another size, else None.
+
+    `searched`: the data record of its genotype.json (None: nothing to compare); `trained`: this run's.
+    Training a cell on other data is legitimate (CIFAR cells on ImageNet): the line informs, it does not refuse.
+    """
+    if searched is None:
+        return None
+    (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
+    if (data, size) == (run_data, run_size):
+        return None
+    line = f"--arch {spec} was searched on {data} at {size} px; this run trains on {run_data} at {run_size} px"
+    if data == run_data:  # the same images at another size: only --image_size makes that difference
+        line += f"; --image_size {size} trains at the searched size"
+    return line
+
+
+def _data_and_size(record):
+    """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
+    folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
+    return f"{record['dataset']}{folder}", record["image_size"]

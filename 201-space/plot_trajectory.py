@@ -19,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+import run_folder
 from benchmark import DATASETS
 from utils import UserError, exits_cleanly
 
@@ -159,6 +160,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out) if args.out else Path(args.run_dir) / "trajectory.png"
+    run_folder.check_writable(out, "--out")  # before any drawing, so a path that cannot be written ends in one line
     plot_trajectory(read_history(args.run_dir), out)
     logger.info("wrote %s", out)
 

@@ -28,6 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import run_folder
 from benchmark import DATASETS, load_benchmark
 from genotypes import Structure
 from utils import UserError, exits_cleanly
@@ -68,6 +69,12 @@ def read_run(run_dir, scripts):
         wanted = " or ".join(f"{s}.py" for s in scripts)
         raise UserError(f"{run_dir}: a run of {script}.py; this report takes runs of {wanted}")
     epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]
+    pid = run_folder.holder(run_dir)
+    if pid is not None:
+        raise UserError(
+            f"{run_dir}: still running (process {pid}, {len(history)} of {epochs} epochs done); "
+            "wait for it to end, or leave it out"
+        )
     if len(history) < epochs or not (run_dir / "genotype.json").is_file():
         raise UserError(
             f"{run_dir}: unfinished ({len(history)} of {epochs} epochs); finish it with "
@@ -164,6 +171,8 @@ def search_rows(run_dirs, benchmark):
 @exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.csv:
+        run_folder.check_writable(args.csv, "--csv")
     run_dirs = list(dict.fromkeys(args.runs))  # a folder named twice counts once
     for run_dir in run_dirs:
         read_run(run_dir, SCRIPTS)  # every folder is checked before the benchmark loads

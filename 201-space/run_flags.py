@@ -2,8 +2,9 @@
 
 `add_run_arguments` adds the system flags the run engine reads (device, workers, seed,
 run folder, resume, progress lines, timed checkpoints); `check_ranges` refuses, in one
-line, any numeric flag of a script outside its range in `RANGES`. Not a script; the same
-file in both folders.
+line, any numeric flag of a script outside its range in `RANGES`; `check_resume` refuses a
+resumed run whose flags differ from its checkpoint's, except those in `MAY_CHANGE`. Not a
+script; the same file in both folders.
 """
 
 import math
@@ -48,13 +49,33 @@ RANGES = {
 }
 
 
+# The flags a resumed run may change, in every script: where and how it runs (the same
+# computation, other kernels or data paths), and what it logs. Every other flag must stay.
+MAY_CHANGE = (
+    "device",
+    "gpu",
+    "workers",
+    "data",
+    "data_on_device",
+    "compile",
+    "lean_ops",
+    "deterministic",
+    "save",
+    "resume",
+    "report_freq",
+    "checkpoint_minutes",
+    "benchmark",
+)
+
+
 def add_run_arguments(parser, seed, workers=2):
     """The flags every training script has for its run (what this engine reads); returns their group."""
     system = parser.add_argument_group("system")
     devices = ("auto", "cuda", "mps", "cpu")
     device = "where to run; under torchrun each process takes GPU LOCAL_RANK"
     system.add_argument("--device", type=str, default="auto", choices=devices, help=device)
-    system.add_argument("--gpu", type=int, default=0, help="CUDA device index for a single-process run")
+    gpu = "CUDA device index for a single-process run (default 0; refused where the run is not on CUDA)"
+    system.add_argument("--gpu", type=int, default=None, help=gpu)
     loaders = "data loading processes (0 for an exactly resumable run)"
     system.add_argument("--workers", type=int, default=workers, help=loaders)
     system.add_argument("--seed", type=int, default=seed, help="random seed")
@@ -74,16 +95,57 @@ def add_run_arguments(parser, seed, workers=2):
 
 
 def check_ranges(args):
-    """Refuse a numeric flag outside its valid range (`RANGES`) with one line naming it."""
+    """Refuse a numeric flag outside its valid range (`RANGES`), or not finite, with one line naming it."""
     for name, (low, high, low_in, high_in) in RANGES.items():
         value = getattr(args, name, None)
         for v in value if isinstance(value, list) else [value]:
             if v is None or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{name} {v} is not a finite number; give {_range_text(name)}")
             too_low = low is not None and (v < low or (v == low and not low_in))
             too_high = high is not None and (v > high or (v == high and not high_in))
-            if too_low or too_high or (isinstance(v, float) and not math.isfinite(v)):
-                lo = "-inf" if low is None else f"{low}"
-                hi = "inf" if high is None else f"{high}"
-                interval = f"{'[' if low_in else '('}{lo}, {hi}{']' if high_in else ')'}"
-                raise UserError(f"--{name} {v} is out of range: it must lie in {interval}")
+            if too_low or too_high:
+                raise UserError(f"--{name} {v} is out of range: give {_range_text(name)}")
+
+
+def _range_text(name):
+    """`RANGES[name]` in words: "a number > 0", "a number in [0, 1)"."""
+    low, high, low_in, high_in = RANGES[name]
+    if high is None:
+        return f"a number {'>=' if low_in else '>'} {low}"
+    return f"a number in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_warmup(warmup_epochs, stage_epochs):
+    """Refuse a warm-up that covers a whole stage: that stage's architecture would never be trained."""
+    for stage, epochs in enumerate(stage_epochs):
+        if warmup_epochs >= epochs:
+            raise UserError(
+                f"--warmup_epochs {warmup_epochs} covers all {epochs} epochs of stage {stage + 1} (--stage_epochs "
+                f"{' '.join(map(str, stage_epochs))}), which would never train the architecture; pass --warmup_epochs "
+                f"{min(stage_epochs) - 1} or less, or longer --stage_epochs"
+            )
+
+
+def check_resume(saved, args):
+    """Refuse to resume with a flag that differs from the checkpoint's `saved` ones, unless it is in `MAY_CHANGE`.
+
+    One rule for every script: a flag the checkpoint does not know (added since) is not compared.
+    """
+    for key, value in vars(args).items():
+        if key in MAY_CHANGE or key not in saved or saved[key] == value:
+            continue
+        raise UserError(
+            f"--resume: the checkpoint was made with --{key} {_shown(saved[key])}, not {_shown(value)}; "
+            f"resume with the run's own --{key}"
+        )
+
+
+def _shown(value):
+    """A flag's value as it is typed: lists space-separated, booleans as on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)

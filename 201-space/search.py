@@ -35,35 +35,6 @@ logger = logging.getLogger(__name__)
 # One stage of the search: its epochs, partial-channel k, ops kept per edge, warm-up epochs.
 Stage = namedtuple("Stage", "epochs k keep warmup")
 
-# Flags that change what a run computes: a resumed run must keep them.
-RESUME_KEYS = (
-    "dataset",
-    "method",
-    "batch_size",
-    "learning_rate",
-    "learning_rate_min",
-    "momentum",
-    "weight_decay",
-    "epochs",
-    "init_channels",
-    "layers",
-    "seed",
-    "grad_clip",
-    "train_portion",
-    "image_size",
-    "unrolled",
-    "arch_learning_rate",
-    "reg_type",
-    "reg_scale",
-    "tau_max",
-    "tau_min",
-    "k",
-    "stage_epochs",
-    "stage_k",
-    "stage_keep",
-    "warmup_epochs",
-)
-
 
 def get_parser(progressive=False, description=__doc__):
     """The search's flags; `progressive=True` swaps --epochs/--k for the stage schedule."""
@@ -133,6 +104,7 @@ def get_stages(args):
             )
         if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep:
             raise utils.UserError(f"--stage_keep must shrink within {len(PRIMITIVES)}..1, got {args.stage_keep}")
+        run_flags.check_warmup(args.warmup_epochs, args.stage_epochs)
     for stage in stages:
         if args.init_channels % stage.k:
             valid = [k for k in range(1, args.init_channels + 1) if args.init_channels % k == 0]
@@ -371,7 +343,7 @@ def finish(model, run_dir, benchmark, data=None):
 
 def run_search(args, script):
     """A whole search, as `train_search.py` and `train_search_progressive.py` run it: data, model, engine."""
-    run = engine.Run(args, script, RESUME_KEYS)  # checks the flags and --resume; writes nothing
+    run = engine.Run(args, script)  # checks the flags and --resume; writes nothing
     accel.check_flags(args, run.dist.device)
     stages, state = get_stages(args), run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise

@@ -18,7 +18,8 @@ The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.jso
 genotype.json (the cell trained), scripts/, tb/, history.jsonl, checkpoint.pt (every
 epoch and every `--checkpoint_minutes`, atomic) and best.pt (best test accuracy so far).
 SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume` continues
-from there.
+from there. A search's genotype.json records the data it searched on: a run on other
+data, or at another image size, says so in one log line (and trains as it was told).
 """
 
 import argparse
@@ -34,25 +35,11 @@ import progress
 import run_flags
 import utils
 from datasets import add_arguments as add_data_arguments
-from datasets import get_datasets
-from genotypes import NAMED, load_arch, save_genotype
+from datasets import data_record, get_datasets
+from genotypes import NAMED, data_difference, load_arch_and_data, save_genotype
 from model import Network, count_flops
 
 logger = logging.getLogger(__name__)
-
-# Flags that change what a run computes: a resumed run must keep them (and its --arch).
-RESUME_KEYS = (
-    "dataset",
-    "image_size",
-    "init_channels",
-    "layers",
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "seed",
-)
 
 
 def get_parser():
@@ -147,8 +134,8 @@ class Train(engine.Task):
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    structure = load_arch(args.arch)  # a bad --arch fails before anything is created
-    run = engine.Run(args, "train", RESUME_KEYS)  # checks the flags and --resume; writes nothing
+    structure, searched = load_arch_and_data(args.arch)  # a bad --arch fails before anything is created
+    run = engine.Run(args, "train")  # checks the flags and --resume; writes nothing
     state = run.task_state()
     if state is not None and state["arch"] != str(structure):
         raise utils.UserError(
@@ -178,6 +165,10 @@ def main(argv=None):
         task.load_state_dict(state, args.resume)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})
     logger.info("arch = %s", structure)
+    # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
+    other_data = data_difference(args.arch, searched, data_record(args, test_data, num_classes))
+    if other_data:
+        logger.info("%s", other_data)
     logger.info("%s", device_data.describe(train_stream))
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)

@@ -2,7 +2,9 @@
 
 `--amp` (the searches; the training scripts have their own): the supernet runs its cells
 under bf16 autocast, while beta, the Dirichlet draw, the KL term, the loss and every
-optimiser state stay fp32. `check_flags` refuses either flag, in one line, where it cannot run.
+optimiser state stay fp32 (`amp_dtype`: fp16 for the DARTS training on GPUs without bf16).
+`check_flags` refuses either flag, in one line, where it cannot run; `describe` says, in the
+log, what they do.
 `--compile`: `compile_model` compiles the network in place (`nn.Module.compile`, so its
 state_dict and checkpoints keep their keys) with static shapes; on one CUDA GPU it runs as
 CUDA graphs (`mode="reduce-overhead"`), whose steps are marked with `begin_step`. Not a
@@ -26,6 +28,28 @@ def add_amp_argument(group):
     )
 
 
+def amp_dtype(device):
+    """The autocast dtype of `--amp` on `device`: bf16 where it is supported (CPUs, most GPUs), else fp16.
+
+    The scripts without an fp16 path refuse `--amp` on such a GPU (`check_flags`).
+    """
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def describe(args, device):
+    """Log lines of the speed flags in use: the dtype `--amp` runs in, and that `--compile` starts slowly."""
+    lines = []
+    if getattr(args, "amp", False):
+        dtype = amp_dtype(device)
+        scaled = ", with a loss scaler" if dtype == torch.float16 else ""
+        lines.append(f"--amp: {str(dtype).removeprefix('torch.')} autocast{scaled} (optimiser states stay fp32)")
+    if getattr(args, "compile", False):
+        lines.append("--compile: compiling the network; the first steps take about a minute (longer on a CPU)")
+    return lines
+
+
 def check_flags(args, device, amp_needs_bf16=True):
     """Refuse `--amp` or `--compile` with one line where they cannot run, before the run writes anything.
 
@@ -35,7 +59,7 @@ def check_flags(args, device, amp_needs_bf16=True):
     amp, compiled = getattr(args, "amp", False), getattr(args, "compile", False)
     if amp and device.type not in ("cuda", "cpu"):
         raise UserError(f"--amp runs on CUDA GPUs and CPUs, not on {device.type}; run without --amp")
-    if amp and amp_needs_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if amp and amp_needs_bf16 and amp_dtype(device) != torch.bfloat16:
         raise UserError(f"--amp needs bf16, which {torch.cuda.get_device_name(device)} lacks; run without --amp")
     if compiled and device.type == "cpu":
         if shutil.which("g++") is None and shutil.which("c++") is None:

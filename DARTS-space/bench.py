@@ -8,7 +8,10 @@ of any pruning), and a small one (C=16, 8 cells, k=4, 7 ops). Each configuration
 a fresh child process, so the peak memory (max RSS on the CPU, the allocator's peak on
 CUDA) is its own. Random 32x32 inputs, 10 classes. The last line, config `eval`, is one
 training step of train.py's network: DrNAS_cifar10 at C=36, 20 cells, batch 64, with the
-auxiliary head and drop path 0.2.
+auxiliary head and drop path 0.2. The architecture step and the weight step of a search step
+are timed apart (the device synchronised around each), and the search step is their sum, so
+it is never reported faster than its weight step. Progress goes to stderr; each child prints
+its JSON line to stdout as soon as its configuration ends.
 
     python bench.py --device cpu                   # all configurations, 2 threads
     python bench.py --device cuda --steps 20 --warmup 5
@@ -19,7 +22,8 @@ auxiliary head and drop path 0.2.
 
 Each record has `s_per_step`, `images_per_s` (both batches of a search step), `peak_mem_mb`
 and `projected_h`, the hours of the paper's run at this speed, evaluation not counted: a
-search stage is 25 epochs of 391 steps, the first 10 weight-only (timed as `s_per_weight_step`);
+search stage is 25 epochs of 391 steps, the first 10 weight-only (a weight-only step taken as
+the weight part of a search step, `s_per_weight_step`; its architecture part is `s_per_arch_step`);
 `eval` is 600 epochs of 782 steps (50,000 images in batches of 64).
 """
 
@@ -56,7 +60,7 @@ def get_parser():
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device")
-    parser.add_argument("--gpu", type=int, default=0, help="CUDA device index")
+    parser.add_argument("--gpu", type=int, default=None, help="CUDA device index (default 0)")
     parser.add_argument(
         "--config",
         type=str,
@@ -96,17 +100,18 @@ def bench_search(name, args, device):
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
 
-    def weight_step():  # a warm-up epoch's step: the weights only
-        accel.begin_step(device, 1, args.compile)
-        search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
-
-    def step():  # the search's step: beta on one batch, then the weights on another
+    # The search's step in its two parts: beta on one batch, then the weights on another (all a warm-up
+    # epoch's step does).
+    def arch_step():
         accel.begin_step(device, 1, args.compile)
         architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
+
+    def weight_step():
         search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
 
-    seconds = time_steps(step, device, args)
-    weight_seconds = time_steps(weight_step, device, args)
+    parts = time_steps(name, {"arch": arch_step, "weight": weight_step}, device, args)
+    seconds, weight_seconds = parts["arch"] + parts["weight"], parts["weight"]
+    arch_s, weight_s = round(parts["arch"], 4), round(weight_seconds, 4)
     stage_s = SEARCH_STEPS * (WARMUP_EPOCHS * weight_seconds + (STAGE_EPOCHS - WARMUP_EPOCHS) * seconds)
     return dict(
         config=name,
@@ -117,8 +122,9 @@ def bench_search(name, args, device):
         ops_per_edge=len(cfg["keep"] or PRIMITIVES),
         batch=cfg["batch"],
         **speed_flags(device, args),
-        s_per_step=round(seconds, 4),
-        s_per_weight_step=round(weight_seconds, 4),
+        s_per_step=round(arch_s + weight_s, 4),  # the sum of the printed parts: never below either
+        s_per_arch_step=arch_s,
+        s_per_weight_step=weight_s,
         images_per_s=round(2 * cfg["batch"] / seconds, 1),
         peak_mem_mb=round(utils.peak_memory_mb(device), 1),
         params=utils.count_parameters(weights),
@@ -137,25 +143,46 @@ def speed_flags(device, args):
     )
 
 
-def time_steps(step, device, args):
-    """Seconds per call of `step()`: `args.warmup` untimed calls, then the mean of `args.steps`."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        step()
-    sync()
-    tic = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    return (time.perf_counter() - tic) / args.steps
+def log(message):
+    """One progress line on stderr: stdout carries the JSON lines alone."""
+    print(f"bench.py: {message}", file=sys.stderr, flush=True)
+
+
+def time_steps(name, parts, device, args):
+    """Mean seconds of each part of a step ({part: fn}, run in order): `args.warmup` untimed steps, then `args.steps`.
+
+    Each part is timed on its own, the device synchronised before and after it: the parts of a step add up
+    to the step, whatever the load on the machine. Logs a progress line every few steps.
+    """
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    seconds = dict.fromkeys(parts, 0.0)
+    total = args.warmup + args.steps
+    every = max(1, total // 5)  # about five progress lines, however many steps
+    start = time.perf_counter()
+    for i in range(total):
+        for part, run in parts.items():
+            sync()
+            tic = time.perf_counter()
+            run()
+            sync()
+            if i >= args.warmup:
+                seconds[part] += time.perf_counter() - tic
+        if (i + 1) % every == 0 or i + 1 == total:
+            kind = "warm-up" if i < args.warmup else "timed"
+            log(f"{name}: step {i + 1}/{total} ({kind}) done, {time.perf_counter() - start:.1f} s elapsed")
+    return {part: s / args.steps for part, s in seconds.items()}
 
 
 @utils.exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.config is None:
-        # One child per configuration: a process's peak memory only grows.
-        for name in [*CONFIGS, "eval"] if not args.compile else ["eval"]:
+        utils.resolve_device(args.device, args.gpu)  # a bad --device or --gpu stops here, before any child
+        # One child per configuration: a process's peak memory only grows. The child writes to this process's
+        # stdout and stderr itself, so its progress shows as it runs and its JSON line as soon as it ends.
+        names = [*CONFIGS, "eval"] if not args.compile else ["eval"]
+        for i, name in enumerate(names, 1):
+            log(f"configuration {i}/{len(names)}: {name}, in a process of its own")
             child = [
                 sys.executable,
                 __file__,
@@ -163,8 +190,7 @@ def main(argv=None):
                 name,
                 "--device",
                 args.device,
-                "--gpu",
-                str(args.gpu),
+                *(["--gpu", str(args.gpu)] if args.gpu is not None else []),  # only when given: "None" is no index
                 "--steps",
                 str(args.steps),
                 "--warmup",
@@ -190,6 +216,7 @@ def main(argv=None):
             f"--compile measures the eval configuration only (train.py's --compile), not {args.config}: the search "
             "is not compiled (tracing its 20 cells x 14 edges of custom autograd ops takes longer than it saves)"
         )
+    log(f"{args.config} on {utils.device_name(device)}: {args.warmup} warm-up and {args.steps} timed steps")
     record = bench_eval(device, args) if args.config == "eval" else bench_search(args.config, args, device)
     print(json.dumps(record), flush=True)  # the output is the JSON line
 
@@ -219,7 +246,7 @@ def bench_eval(device, args):
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
-    seconds = time_steps(step, device, args)
+    seconds = time_steps("eval", {"step": step}, device, args)["step"]
     return dict(
         config="eval",
         C=36,

@@ -22,7 +22,7 @@ from utils import UserError, resolve_device
 Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 
-def setup(device_name, gpu=0):
+def setup(device_name, gpu=None):
     """Join the torchrun process group when WORLD_SIZE > 1; return this process's `Dist`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:

@@ -10,7 +10,7 @@ live beside it: the run flags and their ranges in `run_flags.py`, the metrics an
 `progress.py`, the non-finite checks in `divergence.py`, the resumable data streams in
 `streams.py`. The same files serve both folders of the repository.
 
-    run = Run(args, "train_search", RESUME_KEYS)      # checks args and --resume, writes nothing
+    run = Run(args, "train_search")                   # checks args, outputs and --resume, writes nothing
     task = Search(...)                                # built from run.task_state() when resuming
     run.open()                                        # the first write: run folder, log, args.json
     run.fit(task, epochs, steps_per_epoch)            # the loop; returns at the end of the run
@@ -29,19 +29,22 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
+import accel
+import run_folder
 import utils
 from divergence import Divergence
+from genotypes import SPACE
 from progress import Clock, Meter
-from run_flags import check_ranges
+from run_flags import check_ranges, check_resume
 from utils import UserError
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: "space" recorded, so that a checkpoint of the other folder is refused
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, whichever script of either folder wrote it (`Run._save`);
 # what is particular to a script lies under "task".
-CHECKPOINT_KEYS = ("version", "epoch", "step", "args", "rng", "streams", "meter", "best", "usage", "task")
+CHECKPOINT_KEYS = ("version", "space", "epoch", "step", "args", "rng", "streams", "meter", "best", "usage", "task")
 Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 
@@ -78,8 +81,8 @@ class Task:
 class Run:
     """One run of a script: checked arguments, run folder, checkpoints, epoch loop, signals, divergence."""
 
-    def __init__(self, args, script, resume_keys, join=None):
-        """Check the flags and the --resume checkpoint, then join the processes (`join(device, gpu)`).
+    def __init__(self, args, script, join=None):
+        """Check the flags, the run folder and the --resume checkpoint, then join the processes (`join(device, gpu)`).
 
         Nothing is written here, and every check comes before a process group forms.
         """
@@ -88,18 +91,26 @@ class Run:
         self.ckpt = None
         if args.resume:
             ckpt = utils.load_checkpoint(args.resume)
+            written_by = (ckpt.get("space"), ckpt.get("args", {}).get("script"))
+            if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (SPACE, script):
+                raise UserError(
+                    f"--resume {args.resume}: a checkpoint of {written_by[1]}.py in the {written_by[0]} space, "
+                    f"not of this {script}.py ({SPACE} space); give one of this script's checkpoints"
+                )
             if ckpt.get("version") != CHECKPOINT_VERSION:
                 raise UserError(
                     f"--resume {args.resume}: written by an earlier version of this code (another "
                     "checkpoint layout); start a new run"
                 )
-            utils.check_resume_args(ckpt["args"], args, [key for key in resume_keys if hasattr(args, key)])
-            if ckpt["args"].get("script", script) != script:
-                raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['args']['script']}.py, not {script}.py")
+            check_resume(ckpt["args"], args)
             self.ckpt = ckpt
+        # A resumed run continues in the checkpoint's folder unless --save says otherwise.
+        resumed_in = Path(args.resume).parent if args.resume else None
+        self._run_dir = Path(args.save or resumed_in or run_folder.default_run_dir(script))
+        run_folder.check_run_dir(self._run_dir, args.resume)
         if getattr(args, "deterministic", False):
             utils.set_deterministic()  # before any process group or CUDA work
-        gpu = getattr(args, "gpu", 0)
+        gpu = getattr(args, "gpu", None)
         self.dist = join(args.device, gpu) if join else Dist(0, 0, 1, utils.resolve_device(args.device, gpu))
         self.run_dir = self.writer = self.history = None
         self.main = self.dist.rank == 0
@@ -142,10 +153,8 @@ class Run:
         """
         args, error = self.args, None
         if self.main:
-            try:
-                # A resumed run continues in the checkpoint's folder unless --save says otherwise.
-                save = args.save or (str(Path(args.resume).parent) if args.resume else None)
-                self.run_dir = utils.prepare_run_dir(save, self.script, args.resume)
+            try:  # the folder's lock is held from here to the end of the process
+                self.run_dir = run_folder.open_run_dir(self._run_dir, args.resume)
             except UserError as err:
                 error = str(err)
         self.agree(error)
@@ -165,6 +174,8 @@ class Run:
         utils.log_environment(args, self.dist.device)
         if getattr(args, "deterministic", False):
             logger.info("--deterministic: deterministic kernels and no cuDNN autotuning (slower)")
+        for line in accel.describe(args, self.dist.device):
+            logger.info("%s", line)
         logger.info("run directory %s, %d process(es)", self.run_dir, self.dist.world_size)
         return self.run_dir
 
@@ -221,6 +232,8 @@ class Run:
                 self._clock.evaluated(time.time() - tic)
                 task.end_epoch(epoch, record)
                 best = self._end_epoch(task, epoch, record, best)
+                if self._stop_agreed() and epoch + 1 < epochs:  # a signal during the evaluation
+                    self._preempted(epoch + 1, 0)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -270,21 +283,32 @@ class Run:
             self._check(task, epoch)
         minutes = getattr(self.args, "checkpoint_minutes", 0) or math.inf
         timed = time.time() - self._last_save > 60 * minutes and step + 1 < steps
-        stop = self._stop
-        if self.dist.world_size > 1:  # every rank stops (or checkpoints) at the same step
-            flags = torch.tensor([float(stop), float(timed)], device=self.dist.device)
-            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
-            stop, timed = (bool(v) for v in flags.tolist())
+        stop, timed = self._agreed(self._stop, timed)
         if stop or timed:
             self._save(task, epoch, step + 1, meter, best)
             if stop:
-                logger.info(
-                    "preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
-                    epoch + 1,
-                    step + 1,
-                    self.run_dir / "checkpoint.pt" if self.run_dir else "",
-                )
-                raise SystemExit(0)
+                self._preempted(epoch, step + 1)
+
+    def _agreed(self, *flags):
+        """Under torchrun, each flag true on any rank is true on all: every rank stops (or checkpoints) alike."""
+        if self.dist.world_size == 1:
+            return flags
+        values = torch.tensor([float(f) for f in flags], device=self.dist.device)
+        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in values.tolist())
+
+    def _stop_agreed(self):
+        return self._agreed(self._stop)[0]
+
+    def _preempted(self, epoch, step):
+        """End the run after its preemption checkpoint (written at `epoch`, `step`), exit status 0."""
+        logger.info(
+            "preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
+            epoch + 1,
+            step,
+            self.run_dir / "checkpoint.pt" if self.run_dir else "",
+        )
+        raise SystemExit(0)
 
     def _end_epoch(self, task, epoch, record, best):
         """Record the epoch (log, history, TensorBoard) and checkpoint it, once all is known to be finite."""
@@ -354,6 +378,7 @@ class Run:
         utils.save_checkpoint(
             {
                 "version": CHECKPOINT_VERSION,
+                "space": SPACE,
                 "epoch": epoch,
                 "step": step,
                 "args": {**vars(self.args), "script": self.script},

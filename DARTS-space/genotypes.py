@@ -19,6 +19,9 @@ from pathlib import Path
 
 from utils import UserError
 
+# The search space, as checkpoints record it (a checkpoint of the other folder is refused).
+SPACE = "DARTS"
+
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
 # The 7 DARTS ops searched by DrNAS. There is no 'none': DrNAS (like PC-DARTS' code)
@@ -307,10 +310,16 @@ def genotype_from_dict(data):
     )
 
 
+# What a search's genotype.json records about its data besides the cell (`datasets.data_record`).
+DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
+# Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
+FOLDER_DATASETS = ("imagefolder", "imagenet")
+
+
 def save_genotype(genotype, path, data=None):
     """Write a genotype as JSON (what `train.py --arch PATH` reads).
 
-    `data` adds what the search ran on (dataset, data folder, image size, classes); `load_genotype` ignores it.
+    `data` adds what the search ran on (`DATA_KEYS`); `load_genotype_and_data` returns it next to the cell.
     """
     Path(path).write_text(json.dumps({**genotype_to_dict(genotype), **(data or {})}, indent=2) + "\n")
 
@@ -320,8 +329,16 @@ def load_genotype(name_or_path, flag="--arch"):
 
     `flag` names the command-line argument in the error messages.
     """
+    return load_genotype_and_data(name_or_path, flag)[0]
+
+
+def load_genotype_and_data(name_or_path, flag="--arch"):
+    """`load_genotype(name_or_path, flag)` and the data record of its genotype.json (a dict of `DATA_KEYS`, else None).
+
+    Named genotypes and a genotype.json written without a record have None.
+    """
     if name_or_path in NAMED:
-        return NAMED[name_or_path]
+        return NAMED[name_or_path], None
     path = Path(name_or_path)
     if not path.is_file():
         raise UserError(
@@ -335,6 +352,32 @@ def load_genotype(name_or_path, flag="--arch"):
             f"{flag} {path}: not valid JSON ({err}); give a genotype.json written by train_search.py"
         ) from None
     try:
-        return genotype_from_dict(data)
+        genotype = genotype_from_dict(data)
     except UserError as err:
         raise UserError(f"{flag} {path}: {err}") from None
+    if all(key in data for key in DATA_KEYS):
+        return genotype, {key: data[key] for key in DATA_KEYS}
+    return genotype, None
+
+
+def data_difference(spec, searched, trained):
+    """The log line saying that the cell `spec` was searched on other data or at another size, else None.
+
+    `searched`: the data record of its genotype.json (None: nothing to compare); `trained`: this run's.
+    Training a cell on other data is legitimate (CIFAR cells on ImageNet): the line informs, it does not refuse.
+    """
+    if searched is None:
+        return None
+    (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
+    if (data, size) == (run_data, run_size):
+        return None
+    line = f"--arch {spec} was searched on {data} at {size} px; this run trains on {run_data} at {run_size} px"
+    if data == run_data:  # the same images at another size: only --image_size makes that difference
+        line += f"; --image_size {size} trains at the searched size"
+    return line
+
+
+def _data_and_size(record):
+    """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
+    folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
+    return f"{record['dataset']}{folder}", record["image_size"]

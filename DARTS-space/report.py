@@ -34,6 +34,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import run_folder
 from genotypes import NAMED, genotype_from_dict, genotype_to_dict
 from utils import UserError, exits_cleanly, read_checkpoint
 
@@ -69,6 +70,12 @@ def read_run(run_dir, scripts):
         wanted = " or ".join(f"{s}.py" for s in scripts)
         raise UserError(f"{run_dir}: a run of {script}.py; this report takes runs of {wanted}")
     epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]
+    pid = run_folder.holder(run_dir)
+    if pid is not None:
+        raise UserError(
+            f"{run_dir}: still running (process {pid}, {len(history)} of {epochs} epochs done); "
+            "wait for it to end, or leave it out"
+        )
     if len(history) < epochs or not (run_dir / "genotype.json").is_file():
         raise UserError(
             f"{run_dir}: unfinished ({len(history)} of {epochs} epochs); finish it with "
@@ -185,6 +192,8 @@ def run_rows(run_dir):
 @exits_cleanly
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.csv:
+        run_folder.check_writable(args.csv, "--csv")
     rows = {"search": [], "eval": []}
     for run_dir in dict.fromkeys(args.runs):  # a folder named twice counts once
         kind, row = run_rows(run_dir)

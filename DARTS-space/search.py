@@ -41,26 +41,6 @@ from net2wider import expand
 
 logger = logging.getLogger(__name__)
 
-# Settings that must not change when a run is resumed.
-RESUME_KEYS = (
-    "dataset",
-    "layers",
-    "init_channels",
-    "batch_size",
-    "learning_rate",
-    "stage_epochs",
-    "stage_k",
-    "stage_keep",
-    "warmup_epochs",
-    "unrolled",
-    "reg_type",
-    "reg_scale",
-    "seed",
-    "train_portion",
-    "max_steps",
-    "image_size",
-)
-
 
 def add_arguments(parser):
     """The model, optimization, search and system flags of both search scripts (CIFAR defaults)."""
@@ -143,6 +123,7 @@ def check_args(args, min_image_size=32):
         raise utils.UserError(f"--stage_keep {args.stage_keep}: each stage keeps 1..7 ops, never more than before")
     if args.stage_k != sorted(args.stage_k, reverse=True):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
+    run_flags.check_warmup(args.warmup_epochs, args.stage_epochs)
     for k in args.stage_k:
         check_k(args.init_channels, args.layers, k, flag="--stage_k")
     if getattr(args, "image_size", 32) < min_image_size:

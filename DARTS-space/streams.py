@@ -4,12 +4,49 @@
 under torchrun); `Stream` cycles over a dataset through a DataLoader for as many passes
 as asked, and `position()` / `seek()` continue it at any batch. The searches draw their
 architecture batches from a `Stream`, never from `next(iter(loader))`. `BatchCursor` is
-the position bookkeeping `Stream` shares with `device_data.DeviceStream`. Not a script;
-the same file in both folders.
+the position bookkeeping `Stream` shares with `device_data.DeviceStream`. Every loader
+here is a `Loader`, whose worker processes leave SIGTERM and SIGINT to the main process.
+Not a script; the same file in both folders.
 """
+
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+# What a cluster (SLURM's scancel, a time limit), `timeout` or Ctrl-C send to every process
+# of the job; the main process alone answers them, with a checkpoint (engine.Run).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def ignore_stop_signals(worker_id=None):
+    """A DataLoader worker's `worker_init_fn`: ignore the stop signals, which are the main process's.
+
+    PyTorch's workers die of a SIGTERM not sent by their parent, and the main process then
+    fails with "DataLoader worker ... is killed by signal"; an ignoring worker serves on
+    until the main process has checkpointed and shuts it down.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class Loader(DataLoader):
+    """A DataLoader whose workers never take the stop signals (see `ignore_stop_signals`).
+
+    The signals are also held back while the workers start: a forked worker inherits the
+    block, so one signalled before its `worker_init_fn` runs keeps it pending, never
+    delivered. The main process gets what arrived meanwhile as soon as they are started.
+    """
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(dataset, worker_init_fn=ignore_stop_signals, **kwargs)
+
+    def __iter__(self):
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class EpochSampler(Sampler):
@@ -130,7 +167,7 @@ class Stream(BatchCursor):
     def __next__(self):
         if self._iter is None:
             self.sampler.set_position(self.pass_index, self.batch_index * self.batch_size)
-            self._iter = iter(DataLoader(**self.loader_kwargs))
+            self._iter = iter(Loader(**self.loader_kwargs))
         batch = next(self._iter)
         if self._advance():  # a new pass: a new permutation, a new iterator
             self._iter = None

@@ -12,7 +12,8 @@ The run directory (`--save`, or experiments/train-<time>) receives log.txt, args
 genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every
 `--checkpoint_minutes`, atomic) and best.pt. SIGTERM or SIGINT checkpoints the step in
 progress and exits 0; `--resume` continues from there. `--max_steps_per_epoch` caps an
-epoch for smoke runs.
+epoch for smoke runs. A search's genotype.json records the data it searched on: a run on
+other data, or at another image size, says so in one log line (and trains as it was told).
 """
 
 import argparse
@@ -28,7 +29,7 @@ import engine
 import genotypes
 import utils
 from model import NetworkCIFAR
-from training import RESUME_KEYS, Training, add_arguments, finish, log_model
+from training import Training, add_arguments, finish, log_model, log_searched_data
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
-    genotype = genotypes.load_genotype(args.arch)
+    genotype, searched = genotypes.load_genotype_and_data(args.arch)
     if args.layers < 3:
         raise utils.UserError(f"--layers {args.layers}: the network needs at least 3 cells (two reduction cells)")
     if args.auxiliary and args.dataset == "imagefolder" and args.image_size < 32:
@@ -68,7 +69,7 @@ def main(argv=None):
             f"--auxiliary needs --image_size 32 or more (its head pools 5x5 windows of the 1/4-size maps), "
             f"not {args.image_size}; drop --auxiliary or raise --image_size"
         )
-    run = engine.Run(args, "train", RESUME_KEYS, join=distributed.setup)
+    run = engine.Run(args, "train", join=distributed.setup)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
@@ -85,6 +86,7 @@ def main(argv=None):
             utils.load_model_state(model, state["model"], args.resume)
         run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
         logger.info("genotype = %s", genotype)
+        log_searched_data(args, searched, test_set, num_classes)
         if args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", train_set.summary)
         log_model(model)

@@ -9,7 +9,8 @@
 `--data` holds `train/` and `val/` with one sub-folder of images per class. The run
 directory (experiments/train_imagenet-<time>) is that of `train.py`: log.txt, args.json,
 genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (atomic, every epoch and every
-`--checkpoint_minutes`; SIGTERM checkpoints the step in progress) and best.pt.
+`--checkpoint_minutes`; SIGTERM checkpoints the step in progress) and best.pt. A cell
+searched on other data (a CIFAR search's genotype.json) says so in one log line, as in train.py.
 """
 
 import argparse
@@ -26,7 +27,7 @@ import engine
 import genotypes
 import utils
 from model import NetworkImageNet
-from training import RESUME_KEYS, Training, add_arguments, finish, log_model
+from training import Training, add_arguments, finish, log_model, log_searched_data
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def main(argv=None):
     if args.auxiliary and args.image_size < 224:
         parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
-    genotype = genotypes.load_genotype(args.arch)
+    genotype, searched = genotypes.load_genotype_and_data(args.arch)
     train_set, val_set, num_classes = datasets.imagenet_or_synthetic(args)
-    run = engine.Run(args, "train_imagenet", RESUME_KEYS, join=distributed.setup)
+    run = engine.Run(args, "train_imagenet", join=distributed.setup)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
@@ -116,6 +117,7 @@ def main(argv=None):
             utils.load_model_state(model, state["model"], args.resume)
         run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
         logger.info("genotype = %s", genotype)
+        log_searched_data(args, searched, val_set, num_classes)
         logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
         log_model(model)
         # Label smoothing in training only; validation reports the plain cross-entropy.

@@ -67,7 +67,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args, min_image_size=8)  # the CIFAR supernet's stem keeps the size
-    run = engine.Run(args, "train_search", search.RESUME_KEYS, join=distributed.setup)
+    run = engine.Run(args, "train_search", join=distributed.setup)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
         train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))

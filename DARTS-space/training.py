@@ -3,7 +3,8 @@
 The flags of both scripts (`add_arguments`), the training loss with the auxiliary head
 (`training_loss`), the evaluation (`infer`) and the `Training` task that the run engine
 drives epoch by epoch (drop path ramped with the epoch, SGD with gradient clipping,
-optional mixed precision, DistributedDataParallel under torchrun). Not a script.
+optional mixed precision, DistributedDataParallel under torchrun), and the log lines
+both write (`log_searched_data`, `log_model`, `finish`). Not a script.
 """
 
 import logging
@@ -14,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 import accel
+import datasets
 import device_data
 import distributed
 import engine
@@ -24,30 +26,6 @@ import utils
 from model import param_count
 
 logger = logging.getLogger(__name__)
-
-# Settings that define the run; `--resume` refuses a checkpoint made with others.
-RESUME_KEYS = (
-    "dataset",
-    "arch",
-    "layers",
-    "init_channels",
-    "auxiliary",
-    "auxiliary_weight",
-    "cutout",
-    "cutout_length",
-    "drop_path_prob",
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "seed",
-    "max_steps_per_epoch",
-    "lr_scheduler",
-    "warmup_epochs",
-    "label_smoothing",
-    "image_size",
-)
 
 
 def add_arguments(
@@ -208,6 +186,17 @@ class Training(engine.Task):
             "scaler": self.scaler.state_dict(),
             "param_count": param_count(self.model),
         }
+
+
+def log_searched_data(args, searched, test_set, num_classes):
+    """One log line when --arch was searched on other data, or at another size, than this run's (else none).
+
+    `searched`: the data record of the genotype.json (`genotypes.load_genotype_and_data`).
+    """
+    # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
+    line = genotypes.data_difference(args.arch, searched, datasets.data_record(args, test_set, num_classes))
+    if line:
+        logger.info("%s", line)
 
 
 def log_model(model):

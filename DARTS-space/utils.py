@@ -1,6 +1,6 @@
 """Run infrastructure shared by the scripts of this folder.
 
-Run directory, logging, seeds, device choice, atomic checkpoints, and the one-line
+Logging, seeds, device choice, atomic checkpoints, and the one-line
 error contract for bad input.
 Nothing here runs at import time; the scripts call these helpers from `main()`.
 """
@@ -12,7 +12,6 @@ import math
 import os
 import random
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -48,31 +47,7 @@ def exits_cleanly(main):
     return wrapper
 
 
-# ---------------------------------------------------------------- run directory
-
-
-def prepare_run_dir(save, script, resume=None):
-    """Return the run directory (created), refusing to mix two runs in one folder.
-
-    `save` names the directory itself; without it a fresh
-    `experiments/<script>-<YYYYmmdd-HHMMSS>` is made next to the script.
-    """
-    if save:
-        run_dir = Path(save)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--save {run_dir} is a file, not a folder; name a folder for the run")
-    # A run counts once it has checkpointed an epoch; a run that died earlier is overwritten.
-    holds_run = (run_dir / "checkpoint.pt").exists()
-    if holds_run and not (resume and Path(resume).resolve().parent == run_dir.resolve()):
-        raise UserError(
-            f"{run_dir} already holds a run; choose another --save, or continue it with "
-            f"--resume {run_dir / 'checkpoint.pt'}"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+# ---------------------------------------------------------------- logging
 
 
 def setup_logging(run_dir):
@@ -87,16 +62,14 @@ def setup_logging(run_dir):
     root.setLevel(logging.INFO)
 
 
-def save_args(args, run_dir):
-    """Write the run's arguments to `args.json`."""
-    write_json(Path(run_dir) / "args.json", vars(args))
-
-
 def write_json(path, obj):
     """Write `obj` as indented JSON, atomically."""
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def log_environment(args, device):
@@ -179,8 +152,11 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_device(name, gpu=0):
-    """Turn `--device auto|cuda|mps|cpu` (and `--gpu` for the CUDA index) into a device."""
+def resolve_device(name, gpu=None):
+    """Turn `--device auto|cuda|mps|cpu` (and `--gpu`, the CUDA index, 0 when not given) into a device.
+
+    A `--gpu` given for a run that is not on CUDA is refused rather than ignored.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -191,11 +167,15 @@ def resolve_device(name, gpu=0):
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+        gpu = 0 if gpu is None else gpu
         if gpu >= torch.cuda.device_count():
             raise UserError(f"--gpu {gpu} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
         # cuDNN autotuning picks kernels by timing, so it is off under --deterministic.
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
         return torch.device("cuda", gpu)
+    if gpu is not None:
+        seen = "" if torch.cuda.is_available() else " (PyTorch sees no CUDA GPU)"
+        raise UserError(f"--gpu {gpu} picks a CUDA GPU, but this run is on {name}{seen}; drop --gpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
     return torch.device(name)
@@ -250,8 +230,11 @@ def device_name(device):
 def save_checkpoint(state, path):
     """Write a checkpoint atomically: a temporary file, then `os.replace`."""
     tmp = Path(f"{path}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:  # a write that failed (a full disk) leaves no half file behind
+        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path):
@@ -280,16 +263,6 @@ def load_checkpoint(path):
             "start afresh or pick another file"
         )
     return ckpt
-
-
-def check_resume_args(saved, args, keys):
-    """Refuse to resume with settings that change the run (they would silently differ)."""
-    for key in keys:
-        if key in saved and saved[key] != getattr(args, key):
-            raise UserError(
-                f"--resume: the checkpoint was made with --{key} {saved[key]}, not {getattr(args, key)}; "
-                "resume with the run's own arguments"
-            )
 
 
 def load_model_state(model, state, path):

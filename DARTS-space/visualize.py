@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import genotypes
+import run_folder
 import utils
 from utils import UserError
 
@@ -136,6 +137,7 @@ def main(argv=None):
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
         raise UserError(f"--out {out}: unknown picture format; use one of {', '.join(FORMATS)}")
+    run_folder.check_writable(out, "--out")  # before any drawing, so a path that cannot be written ends in one line
     genotype = genotypes.load_genotype(args.arch, flag="genotype")
     out.parent.mkdir(parents=True, exist_ok=True)
     name = args.arch if args.arch in genotypes.NAMED else Path(args.arch).stem

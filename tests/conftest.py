@@ -102,8 +102,11 @@ def run_script(space, *args, timeout=600, env=None):
     )
 
 
-def popen_script(space, *args, stdout=subprocess.DEVNULL):
-    """Start a script of a space without waiting (for runs side by side, or to signal it)."""
+def popen_script(space, *args, stdout=subprocess.DEVNULL, new_session=False):
+    """Start a script of a space without waiting (for runs side by side, or to signal it).
+
+    `new_session`: in a process group of its own (as `setsid` starts it), for `os.killpg`.
+    """
     return subprocess.Popen(
         [sys.executable, *map(str, args)],
         cwd=SPACES[space],
@@ -111,6 +114,7 @@ def popen_script(space, *args, stdout=subprocess.DEVNULL):
         stderr=subprocess.PIPE,
         text=True,
         env=script_env(),
+        start_new_session=new_session,
     )
 
 

@@ -1,27 +1,94 @@
-"""DARTS-space bench.py: one JSON line per configuration, and its one-line refusals."""
+"""DARTS-space bench.py: one JSON line per configuration, its progress on stderr, and its one-line refusals."""
 
+import argparse
 import json
+import subprocess
 
 import pytest
+import torch
 
 from conftest import assert_one_line_error, run_script
 
 
-def test_small_search_config_prints_one_json_line():
+def test_small_search_config_prints_one_json_line_and_its_progress():
     """The small supernet (C=16, 8 cells, k=4: 299,578 weights, as the paper's code), one timed step."""
     result = run_script(
         "DARTS-space", "bench.py", "--device", "cpu", "--config", "small", "--steps", "1", "--warmup", "0"
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    [line] = result.stdout.strip().splitlines()  # stdout holds the JSON line alone
+    report = json.loads(line)
     assert (report["config"], report["C"], report["layers"], report["k"]) == ("small", 16, 8, 4)
     assert report["params"] == 299_578 and report["ops_per_edge"] == 7 and report["lean_ops"] == "on"
-    assert report["s_per_step"] > report["s_per_weight_step"] > 0 and report["peak_mem_mb"] > 0
+    assert report["s_per_weight_step"] > 0 and report["peak_mem_mb"] > 0
+    # The search step is the sum of its printed parts (arithmetic, not timing), so never below its weight step.
     seconds, weight_seconds = report["s_per_step"], report["s_per_weight_step"]
+    assert seconds == pytest.approx(report["s_per_arch_step"] + weight_seconds, abs=1e-9)
+    assert seconds >= weight_seconds
     assert report["images_per_s"] == pytest.approx(2 * 64 / seconds, abs=0.1), "both batches of a search step"
     # The paper's stage: 25 epochs of 391 steps, the first 10 weight-only.
     stage_h = 391 * (10 * weight_seconds + 15 * seconds) / 3600
     assert report["projected_h"] == pytest.approx(stage_h, abs=0.01)
+    progress = result.stderr.strip().splitlines()
+    assert progress[0].startswith("bench.py: small on ") and "0 warm-up and 1 timed steps" in progress[0]
+    assert progress[1].startswith("bench.py: small: step 1/1 (timed) done, ") and progress[1].endswith(" s elapsed")
+
+
+def test_each_part_of_a_step_is_timed_on_its_own_after_the_warm_up(load_space, monkeypatch, capsys):
+    """A clock that the parts move by known amounts: warm-up steps count nowhere, each part gets its own mean."""
+    bench = load_space("DARTS-space", "bench")
+    clock, calls = [0.0], []
+
+    def part(name, seconds):
+        def run():
+            calls.append(name)
+            step = (len(calls) - 1) // 2  # 0-based index of this call's step
+            clock[0] += 100.0 if step < 1 else seconds * step  # the warm-up step is slow; then 1x, 2x
+
+        return run
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    args = argparse.Namespace(warmup=1, steps=2)
+    seconds = bench.time_steps(
+        "small", {"arch": part("arch", 3.0), "weight": part("weight", 1.0)}, torch.device("cpu"), args
+    )
+    assert seconds == {"arch": 4.5, "weight": 1.5}  # the means of 3, 6 and 1, 2
+    assert calls == ["arch", "weight"] * 3  # in order, each step
+    err = capsys.readouterr().err
+    assert "small: step 1/3 (warm-up) done, 200.0 s elapsed" in err
+    assert "small: step 3/3 (timed) done, 212.0 s elapsed" in err
+
+
+def test_each_configuration_runs_in_a_child_that_gets_gpu_only_when_given(load_space, monkeypatch, capsys):
+    """The children write to the user's streams themselves; `--gpu` reaches them only when it was given."""
+    bench = load_space("DARTS-space", "bench")
+    children = []
+
+    def run(command, **kwargs):
+        children.append((command, kwargs))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    bench.main(["--device", "cpu", "--steps", "1"])
+    assert [command[command.index("--config") + 1] for command, _ in children] == [
+        "paper_stage1",
+        "paper_stage2",
+        "small",
+        "eval",
+    ]
+    assert all("--gpu" not in command and kwargs == {} for command, kwargs in children)  # nothing captured
+    assert "configuration 1/4: paper_stage1" in capsys.readouterr().err
+
+    children.clear()  # a CUDA machine stood in for: the parent checks --device and --gpu before any child
+    monkeypatch.setattr(bench.utils, "resolve_device", lambda name, gpu=None: torch.device("cuda", gpu or 0))
+    bench.main(["--device", "cuda", "--gpu", "1", "--compile"])
+    [(command, _)] = children  # --compile measures the eval configuration alone
+    assert command[command.index("--gpu") + 1] == "1" and "--compile" in command
+
+
+def test_gpu_off_cuda_is_one_line_before_any_child():
+    result = run_script("DARTS-space", "bench.py", "--device", "cpu", "--gpu", "0")
+    assert_one_line_error(result.returncode, result.stderr, "--gpu 0")
 
 
 def test_compile_of_a_search_config_is_one_line():

@@ -165,6 +165,7 @@ def _run_torchrun(tmp_path, script, *args):
         "genotype.json",
         "history.jsonl",
         "log.txt",
+        "run.lock",
         "scripts",
         "tb",
     ]

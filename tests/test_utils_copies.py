@@ -14,6 +14,7 @@ SHARED = [
     "image_files.py",
     "accel.py",
     "device_data.py",
+    "run_folder.py",
 ]
 
 

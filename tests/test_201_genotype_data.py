@@ -1,0 +1,64 @@
+"""201-space train.py on a search's genotype.json, which records the data the cell was searched on:
+one log line when the run trains on other data or at another image size, none when they match."""
+
+import argparse
+
+import pytest
+
+from conftest import TINY_201, run_script
+
+DRNAS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+NOTE = "was searched on"
+
+
+def _write_genotype(load_space, path, data):
+    """A genotype.json as a search writes it: the DrNAS cell and the record `data` of its data."""
+    genotypes = load_space("201-space", "genotypes")
+    genotypes.save_genotype(genotypes.Structure.from_str(DRNAS), path, data)
+    return path
+
+
+def _train_notes(tmp_path, genotype, *args):
+    """Train `genotype` one epoch (`TINY_201`, then `args`) into tmp_path/run; its log's lines about the cell's data."""
+    command = ["train.py", *TINY_201, "--epochs", "1", "--arch", genotype, "--save", tmp_path / "run", *args]
+    result = run_script("201-space", *command)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    return [line.split(" ", 2)[2] for line in log.splitlines() if NOTE in line]  # without the time stamp
+
+
+def test_other_data_set_and_size_says_so_in_one_line(load_space, tmp_path):
+    record = {"dataset": "cifar100", "data": "/data/cifar", "image_size": 28, "num_classes": 100}
+    genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)
+    notes = _train_notes(tmp_path, genotype)
+    assert notes == [f"--arch {genotype} was searched on cifar100 at 28 px; this run trains on synthetic at 32 px"]
+
+
+def test_same_images_at_another_size_name_the_searched_size(load_space, tmp_path, tiny_imagenet):
+    """A cell searched on an image folder at 28 px, trained at the default 32 px: the line names the flag to match."""
+    folder = tiny_imagenet.resolve()
+    record = {"dataset": "imagefolder", "data": str(folder), "image_size": 28, "num_classes": 3}
+    genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)
+    notes = _train_notes(tmp_path, genotype, "--dataset", "imagefolder", "--data", folder)
+    assert notes == [
+        f"--arch {genotype} was searched on imagefolder {folder} at 28 px; this run trains on imagefolder "
+        f"{folder} at 32 px; --image_size 28 trains at the searched size"
+    ]
+
+
+def test_matching_data_says_nothing(load_space, tmp_path):
+    """The record a search on the synthetic set writes (`datasets.data_record`, as search.py makes it)."""
+    datasets = load_space("201-space", "datasets")
+    train_data, _, classes = datasets.get_datasets("synthetic", "../data")
+    record = datasets.data_record(argparse.Namespace(dataset="synthetic", data="../data"), train_data, classes)
+    genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)
+    assert _train_notes(tmp_path, genotype) == []
+
+
+@pytest.mark.parametrize("spec", ["DrNAS", DRNAS, "genotype.json"])
+def test_only_a_genotype_json_with_a_record_has_one(load_space, tmp_path, spec):
+    genotypes = load_space("201-space", "genotypes")
+    if spec == "genotype.json":  # written without a record, as train.py writes the cell it trained
+        spec = str(_write_genotype(load_space, tmp_path / spec, None))
+    structure, record = genotypes.load_arch_and_data(spec)
+    assert str(structure) == DRNAS and record is None
