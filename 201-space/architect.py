@@ -63,10 +63,10 @@ class Architect:
         saved = [w.detach().clone() for w in weights]
         # One draw of the mixing weights for every L_train evaluation: the finite
         # difference below must compare the same function at w + eps v and w - eps v.
-        mixing = self.model.arch_weights()
+        mix_train = self.model.arch_weights()  # (6, ops), graph back to beta
 
         # Virtual SGD step w' (as the weight optimizer would take it).
-        train_loss = F.cross_entropy(self.model(x_train, mixing.detach()), y_train)
+        train_loss = F.cross_entropy(self.model(x_train, mix_train.detach()), y_train)
         train_grads = self._grads(train_loss, weights)
         with torch.no_grad():
             for w, g in zip(weights, train_grads):
@@ -87,7 +87,7 @@ class Architect:
             with torch.no_grad():
                 for w, w0, g in zip(weights, saved, v):
                     w.copy_(w0 + sign * eps * g)
-            loss = F.cross_entropy(self.model(x_train, mixing), y_train)
+            loss = F.cross_entropy(self.model(x_train, mix_train), y_train)
             # retain_graph: the second difference reuses the graph of the shared draw.
             g_arch = torch.autograd.grad(loss, arch, retain_graph=sign > 0, allow_unused=True)
             hvp = [h + sign * (0 if g is None else g) for h, g in zip(hvp, g_arch)]

@@ -26,7 +26,7 @@ import utils
 from architect import Architect
 from model_search import METHODS, Network
 from search import get_parser as search_parser
-from search import make_weight_optimizer, search_step
+from search import search_step, sgd
 
 
 def get_parser():
@@ -102,7 +102,7 @@ def main(argv=None):
     if args.compile:
         accel.compile_model(model, device)
     architect = Architect(model, search_args)
-    w_optimizer, _ = make_weight_optimizer(model, search_args, search_args.epochs)
+    w_optimizer = sgd(model, search_args, search_args.learning_rate)
     weights = model.weights()
 
     def batch():

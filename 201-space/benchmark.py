@@ -146,7 +146,7 @@ class _HandOver(dict):
     memory of a 2-5 GB file; a copy of this dict is the dict itself.
     """
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, _memo):
         return self
 
 

@@ -7,19 +7,20 @@ ImageNet16-120 is the NAS-Bench-201 authors' download. `synthetic` lives in memo
 needs no network and is learnable, for laptops and tests. `imagefolder` reads
 `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`), resized to `image_size`
 (see `imagefolder`). Missing or broken data ends with one clear line saying what is wrong.
+What both spaces share (the data flags, the synthetic set, the CIFAR download, the records
+for device_data.py and genotype.json) is in data_common.py.
 """
 
 import pickle
-import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
+import data_common
 from image_files import ImageFiles, image_stats, scan_split
 from utils import UserError
 
@@ -27,17 +28,8 @@ DATASETS = ("cifar10", "cifar100", "imagenet16-120", "synthetic", "imagefolder")
 
 
 def add_arguments(parser, verb):
-    """The data flags of the CIFAR-style scripts (`--dataset`, `--data`, `--image_size`); returns their group.
-
-    `verb`: what the script does with the data set ("search on", "train on"), for the help text.
-    """
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help=f"dataset to {verb}")
-    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
-    data.add_argument("--data", type=str, default="../data", help=folder)
-    size = "imagefolder: images are resized to this many pixels square"
-    data.add_argument("--image_size", type=int, default=32, help=size)
-    return data
+    """The data flags (`data_common.add_arguments`) with this space's data sets as the `--dataset` choices."""
+    return data_common.add_arguments(parser, verb, DATASETS)
 
 
 # name: (folder, train files, test files, label key, classes kept, image size, mean, std)
@@ -74,10 +66,6 @@ SOURCES = {
         tuple(x / 255 for x in (63.22, 61.26, 65.09)),
     ),
 }
-DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
-}
 IMAGENET16_HELP = "get the ImageNet16 pickles linked from the NAS-Bench-201 README (github.com/D-X-Y/NAS-Bench-201)"
 
 
@@ -112,62 +100,14 @@ class PickledImages(Dataset):
         return image, self.labels[index]
 
 
-def _download(name, root):
-    """Fetch a CIFAR archive into `root`, failing within seconds (not minutes) without a network."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    url, md5 = DOWNLOADS[name]
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    created = not root.exists()
-    try:
-        download_and_extract_archive(url, str(root), md5=md5)
-    except Exception as err:  # URLError, timeouts, permission errors, bad archives
-        if created:  # leave no half-made folder behind
-            shutil.rmtree(root, ignore_errors=True)
-        raise UserError(
-            f"{name} not found in {root} (expected {root / SOURCES[name][0]}/) and the download failed "
-            f"({type(err).__name__}); download {url} and unpack it into --data {root}, "
-            "or try the code with --dataset synthetic"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def _transforms(size, mean, std, augment):
     ops = [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-def record_device_recipe(dataset, images, labels, mean, std, augment=False, padding=0, cutout=0):
-    """Record on `dataset` what `device_data.py` needs to redo its transform on the GPU, batch by batch.
-
-    `images` (N, H, W, C) are uint8 pixels, normalised with `mean` and `std` (or, with `mean`
-    None, float values used as they are); `augment` adds the random crop (zero padding
-    `padding`) and horizontal flip; `cutout` > 0 zeroes a square of that side after normalising.
-    """
-    dataset.device_recipe = dict(
-        images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout
-    )
-    return dataset
-
-
-def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
-    """Images = a fixed smooth pattern per class + Gaussian noise: learnable in a few steps.
-
-    The class patterns are the same for every call; `seed` only draws the samples, so
-    a train and a test set made with different seeds share their classes.
-    """
-    templates = torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    templates = torch.nn.functional.interpolate(templates, size=size, mode="bilinear", align_corners=False)
-    data_gen = torch.Generator().manual_seed(seed + 1)
-    labels = torch.randint(num_classes, (num_samples,), generator=data_gen)
-    images = templates[labels] + noise * torch.randn(num_samples, 3, size, size, generator=data_gen)
-    return TensorDataset(images, labels)
-
-
 # ---------------------------------------------------------------- your own images
 # (their class folders, files and statistics: image_files.py)
+# imagefolder stays per folder: DARTS-space's adds cutout to the training transform.
 
 
 def imagefolder(root, image_size=32, seed=0, train_augment=True):
@@ -213,29 +153,19 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True):
     return train, test, len(classes)
 
 
-def data_record(args, train_data, num_classes):
-    """What a search's genotype.json records about its data, so train.py can train the cell on the same."""
-    return {
-        "dataset": args.dataset,
-        "data": str(Path(args.data).resolve()),
-        "image_size": int(train_data[0][0].shape[-1]),  # (C, H, W) of one training image
-        "num_classes": num_classes,
-    }
-
-
 def get_datasets(name, root, train_augment=True, image_size=32, seed=0):
     """Return `(train, test, num_classes)` for `name` in `DATASETS`; `image_size` and `seed` serve imagefolder only."""
     if name == "imagefolder":
         return imagefolder(root, image_size, seed, train_augment)
     if name == "synthetic":
-        return synthetic(256, seed=1), synthetic(128, seed=2), 10
+        return data_common.synthetic(256, seed=1), data_common.synthetic(128, seed=2), 10
     if name not in SOURCES:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     subdir, train_files, test_files, label_key, classes, size, mean, std = SOURCES[name]
     folder = Path(root) / subdir
     missing = [f for f in train_files + test_files if not (folder / f).is_file()]
-    if missing and name in DOWNLOADS:
-        _download(name, Path(root))
+    if missing and name in data_common.DOWNLOADS:
+        data_common.download(name, Path(root), folder)
         missing = [f for f in train_files + test_files if not (folder / f).is_file()]
     if missing:
         how = IMAGENET16_HELP if name == "imagenet16-120" else f"delete {folder} and run again to download it"
@@ -249,5 +179,5 @@ def get_datasets(name, root, train_augment=True, image_size=32, seed=0):
     )
     test = PickledImages(folder, test_files, label_key, classes, size, one_based, _transforms(size, mean, std, False))
     for data, augment in ((train, train_augment), (test, False)):  # the same steps as `_transforms`
-        record_device_recipe(data, data.images, data.labels, mean, std, augment, padding=size // 8)
+        data_common.record_device_recipe(data, data.images, data.labels, mean, std, augment, padding=size // 8)
     return train, test, classes

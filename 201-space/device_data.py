@@ -10,7 +10,7 @@ exactly. `DeviceLoader` is the in-order evaluation loader. `stream()` and `loade
 either path, as `--data_on_device` (`add_argument`, `use_device`) decides.
 
 A dataset can be held when it, or the dataset under its (nested) `Subset`s, carries the
-`device_recipe` that `datasets.record_device_recipe` writes, or is a `TensorDataset` of float
+`device_recipe` that `data_common.record_device_recipe` writes, or is a `TensorDataset` of float
 images (used as they are); image files (imagefolder, ImageNet) cannot.
 """
 
@@ -49,7 +49,7 @@ def _base(dataset):
 
 
 def _recipe(dataset):
-    """What `datasets.record_device_recipe` recorded; a float `TensorDataset` gets a plain one; else None."""
+    """What `data_common.record_device_recipe` recorded; a float `TensorDataset` gets a plain one; else None."""
     recipe = getattr(dataset, "device_recipe", None)
     if recipe is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         images, labels = dataset.tensors

@@ -1,19 +1,26 @@
-"""The run engine: everything a training script does besides its own step.
+"""The run engine: the services a training script's own loop calls, and nothing of its step.
 
-A script parses its flags, builds data, model and optimisers into a `Task`, and hands it
-to a `Run`, which owns the rest: argument checks, the run folder and logging, the
-checkpoint (atomic, resumable at any step), the epoch loop with progress and ETA, the
-metrics (top-1/top-5, summed on the device, reduced over ranks), history.jsonl (with the
-run's wall time and device-hours, counted across resumes) and TensorBoard, preemption
-(SIGTERM/SIGINT) and divergence (a loss or a watched tensor that is not finite). Its parts
-live beside it: the run flags and their ranges in `run_flags.py`, the metrics and the ETA in
-`progress.py`, the non-finite checks in `divergence.py`, the resumable data streams in
-`streams.py`. The same files serve both folders of the repository.
+A script parses its flags, builds data, model and optimisers, and writes its epoch loop
+itself, top to bottom; a `Run` offers what every loop needs around it: argument checks,
+the run folder and logging, where a resumed run starts (also inside an epoch), atomic
+checkpoints (every epoch, every `--checkpoint_minutes`, and on SIGTERM/SIGINT, after which
+the run exits 0), the divergence check (a loss or a watched tensor that is not finite),
+the metrics (top-1/top-5, summed on the device, reduced over ranks), progress lines with
+an ETA, history.jsonl (with wall time and device-hours, counted across resumes) and
+TensorBoard. Its parts live beside it: the run flags and their ranges in `run_flags.py`,
+the run folder and its lock in `run_folder.py`, the metrics and the ETA in `progress.py`,
+the non-finite checks in `divergence.py`, the resumable data streams in `streams.py`. The
+same files serve both folders of the repository.
 
-    run = Run(args, "train_search")                   # checks args, outputs and --resume, writes nothing
-    task = Search(...)                                # built from run.task_state() when resuming
-    run.open()                                        # the first write: run folder, log, args.json
-    run.fit(task, epochs, steps_per_epoch)            # the loop; returns at the end of the run
+    run = Run(args, "train")                      # checks args, outputs and --resume; writes nothing
+    state = run.task_state()                      # what a resumed run's `state()` returned, else None
+    ...                                           # data, model, optimisers (loaded from `state`)
+    run.open()                                    # the first write: run folder, log, args.json
+    for epoch in run.epochs(epochs, steps, state=..., streams=..., watched=..., best=...):
+        for step in run.steps():                  # a resumed run starts at its checkpoint's step
+            logits, loss = ...                    # the script's step
+            run.update(logits, targets, loss)
+        run.end_epoch({"lr": lr, **run.train_metrics(), "test_acc": ...})
 
 Not a script.
 """
@@ -48,45 +55,17 @@ CHECKPOINT_KEYS = ("version", "space", "epoch", "step", "args", "rng", "streams"
 Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 
-class Task:
-    """What a script hands to `Run.fit`. Override what the script needs."""
-
-    streams = None  # {name: streams.Stream}: their positions go into every checkpoint
-    best_metric = None  # a record key ("valid_acc"): logged as best_acc, best.pt written when it improves
-
-    def begin_epoch(self, epoch):
-        """Set up `epoch` (learning rate, stage switch, ...); return fields for its record (e.g. lr)."""
-        return {}
-
-    def step(self, epoch, step):
-        """One training step; return (logits, targets, loss) of its training batch."""
-        raise NotImplementedError
-
-    def evaluate(self, epoch):
-        """Fields of the record from the held-out data (e.g. {"valid_acc": ..., "valid_loss": ...})."""
-        return {}
-
-    def end_epoch(self, epoch, record):
-        """Add fields to the epoch's record and log extras (genotype, ...)."""
-
-    def state_dict(self):
-        """Everything of the task a resumed run needs (model, optimisers, stage, ...), plain types."""
-        return {}
-
-    def watched(self):
-        """Tensors that must stay finite (the architecture parameters)."""
-        return []
-
-
 class Run:
     """One run of a script: checked arguments, run folder, checkpoints, epoch loop, signals, divergence."""
 
-    def __init__(self, args, script, join=None):
+    def __init__(self, args, script, join=None, ranges=None):
         """Check the flags, the run folder and the --resume checkpoint, then join the processes (`join(device, gpu)`).
+
+        `ranges`: the valid ranges of the script's own numeric flags, beside the shared `run_flags.RANGES`.
 
         Nothing is written here, and every check comes before a process group forms.
         """
-        check_ranges(args)
+        check_ranges(args, ranges)
         self.args, self.script = args, script
         self.ckpt = None
         if args.resume:
@@ -114,6 +93,7 @@ class Run:
         self.dist = join(args.device, gpu) if join else Dist(0, 0, 1, utils.resolve_device(args.device, gpu))
         self.run_dir = self.writer = self.history = None
         self.main = self.dist.rank == 0
+        self.best = {"value": None, "epoch": -1}  # of the record key given to `epochs` as `best`
         if args.batch_size % self.dist.world_size:
             raise UserError(f"--batch_size {args.batch_size} does not split over {self.dist.world_size} processes")
 
@@ -134,7 +114,7 @@ class Run:
     # ------------------------------------------------------------ start
 
     def task_state(self):
-        """The task part of the checkpoint being resumed, or None for a new run."""
+        """The script's part of the checkpoint being resumed (what its `state()` returned), or None for a new run."""
         return None if self.ckpt is None else self.ckpt["task"]
 
     def agree(self, error):
@@ -179,17 +159,24 @@ class Run:
         logger.info("run directory %s, %d process(es)", self.run_dir, self.dist.world_size)
         return self.run_dir
 
-    # ------------------------------------------------------------ the loop
+    # ------------------------------------------------------------ the loop's services
 
-    def fit(self, task, epochs, steps):
-        """Epochs `start .. epochs - 1` of `steps` training steps each, resumable at any step."""
+    def epochs(self, epochs, steps, state, streams=None, watched=(), best=None):
+        """Yield the epochs still to run: all of them, or from a resumed checkpoint's epoch on.
+
+        The script's loop calls `steps()`, `update()` and `end_epoch()` inside; around it this
+        holds TensorBoard, history.jsonl and the SIGTERM/SIGINT handlers. `steps`: training
+        steps per epoch; `state()`: the script's part of every checkpoint (plain types);
+        `streams`: {name: stream} whose positions checkpoints keep; `watched`: tensors that must
+        stay finite (beta); `best`: the record key whose best epoch is copied to best.pt.
+        """
         args, dist = self.args, self.dist
-        start_epoch, start_step = 0, 0
-        meter_sums, best = None, {"value": None, "epoch": -1}
+        self._state, self._streams, self._watched, self._best_key = state, streams or {}, watched, best
+        start_epoch, start_step, meter_sums = 0, 0, None
         if self.ckpt is not None:
-            start_epoch, start_step, best = self.ckpt["epoch"], self.ckpt["step"], self.ckpt["best"]
+            start_epoch, start_step, self.best = self.ckpt["epoch"], self.ckpt["step"], self.ckpt["best"]
             meter_sums = self.ckpt["meter"] if start_step else None
-            for name, stream in (task.streams or {}).items():
+            for name, stream in self._streams.items():
                 stream.seek(self.ckpt["streams"][name])
             rng = self.ckpt["rng"]
             if len(rng) == dist.world_size:
@@ -206,48 +193,100 @@ class Run:
         self._divergence = Divergence(dist.device, steps)
         self._stop = False
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._epochs, self._steps = epochs, steps
         self._clock = Clock(epochs, steps, start_epoch, start_step)
         self._last_save = time.time()
-        # Wall seconds and device-hours of the earlier sessions of this run (checkpoints
-        # before "usage" existed count from zero), and when this session's loop began.
-        done = (self.ckpt or {}).get("usage") or {"wall_s": 0.0, "device_hours": 0.0}
-        self._usage = (done, time.time())
+        # Wall seconds and device-hours of the earlier sessions of this run, and when this session's loop began.
+        self._usage = ((self.ckpt or {}).get("usage") or {"wall_s": 0.0, "device_hours": 0.0}, time.time())
         try:
             for epoch in range(start_epoch, epochs):
-                first = start_step if epoch == start_epoch else 0
-                meter = Meter(dist.device, meter_sums if epoch == start_epoch else None)
+                self.epoch = epoch
+                self._first_step = start_step if epoch == start_epoch else 0
+                self._meter = Meter(dist.device, meter_sums if epoch == start_epoch else None)
                 self._epoch_start = time.time()
-                record = {"epoch": epoch, **task.begin_epoch(epoch)}
-                for step in range(first, steps):
-                    logits, targets, loss = task.step(epoch, step)
-                    meter.update(logits, targets, loss)
-                    self._divergence.watch(loss, epoch * steps + step)
-                    self._clock.tick(targets.size(0) * dist.world_size)
-                    self._after_step(task, epoch, step, steps, meter, best)
-                train = meter.result(dist)
-                self._check(task, epoch)  # a diverged run stops before it evaluates
-                tic = time.time()
-                record.update(train_loss=train["loss"], train_acc=train["acc"], train_top5=train["top5"])
-                record.update(task.evaluate(epoch))
-                self._clock.evaluated(time.time() - tic)
-                task.end_epoch(epoch, record)
-                best = self._end_epoch(task, epoch, record, best)
-                if self._stop_agreed() and epoch + 1 < epochs:  # a signal during the evaluation
-                    self._preempted(epoch + 1, 0)
+                yield epoch
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if self.writer is not None:
                 self.writer.close()
-        return best
 
-    def _on_signal(self, signum, frame):
+    def steps(self):
+        """Yield the training steps of the epoch (a resumed run's first epoch from its checkpoint's step on).
+
+        Between two steps: the progress line, the timed checkpoint, and after SIGTERM/SIGINT the
+        preemption checkpoint and exit 0. After the last: the divergence check, before any evaluation.
+        """
+        epoch, steps = self.epoch, self._steps
+        for step in range(self._first_step, steps):
+            self._step = step
+            yield step
+            self._after_step(epoch, step, steps)
+        self._trained = self._meter.result(self.dist)
+        self._check(epoch)  # a diverged run stops before it evaluates
+        self._evaluation_start = time.time()
+
+    def update(self, logits, targets, loss):
+        """Count one training step's batch in the epoch's metrics (on the device: no host read)."""
+        self._meter.update(logits, targets, loss)
+        self._divergence.watch(loss, self.epoch * self._steps + self._step)
+        self._clock.tick(targets.size(0) * self.dist.world_size)
+
+    def train_metrics(self):
+        """The epoch's training loss, top-1 and top-5 (all ranks), once `steps()` has run out."""
+        return {
+            "train_loss": self._trained["loss"],
+            "train_acc": self._trained["acc"],
+            "train_top5": self._trained["top5"],
+        }
+
+    def end_epoch(self, record):
+        """Record the epoch (log, history.jsonl, TensorBoard) and checkpoint it, once all is known to be finite.
+
+        `record`: the script's fields of the epoch (lr, metrics, genotype, ...); the run adds the
+        epoch, the best value so far, the time and the cost. A signal that came during the
+        evaluation ends the run here, after the checkpoint. Returns the record as written.
+        """
+        epoch = self.epoch
+        self._clock.evaluated(time.time() - self._evaluation_start)
+        record = {"epoch": epoch, **record}
+        state = self._state()
+        self._check(epoch, state)
+        key = self._best_key
+        if key is not None and (self.best["value"] is None or record[key] > self.best["value"]):
+            self.best = {"value": record[key], "epoch": epoch}
+        if key is not None:
+            record["best_acc"] = self.best["value"]
+        record["time_s"] = round(time.time() - self._epoch_start, 2)
+        record.update(self.usage())
+        record["device"] = self.dist.device.type
+        if self.main:
+            shown = (_shown(k, v) for k, v in record.items() if k != "epoch" and _loggable(v))
+            logger.info("epoch %d/%d %s", epoch + 1, self._clock.epochs, " ".join(shown))
+            # History and TensorBoard first, the checkpoint last: a run killed in between
+            # repeats this epoch on resume, and History drops the repeated line.
+            self.history.append(record)
+            for name, value in record.items():
+                if isinstance(value, (int, float)) and name != "epoch":
+                    self.writer.add_scalar(name.replace("_", "/", 1), value, epoch)
+            self.writer.flush()
+        self._save(epoch + 1, 0, None, state)
+        if self.main and key is not None and self.best["epoch"] == epoch:
+            shutil.copy(self.run_dir / "checkpoint.pt", self.run_dir / "best.pt.tmp")
+            Path(self.run_dir / "best.pt.tmp").replace(self.run_dir / "best.pt")
+        if self._agreed(self._stop)[0] and epoch + 1 < self._clock.epochs:  # a signal during the evaluation
+            self._preempted(epoch + 1, 0)
+        return record
+
+    # ------------------------------------------------------------ between steps
+
+    def _on_signal(self, signum, _frame):
         self._stop = True
         logger.info("%s received: stopping after this step", signal.Signals(signum).name)
 
-    def _check(self, task, epoch, state=None):
+    def _check(self, epoch, state=None):
         """Stop with one line if a loss, a watched tensor or the `state` about to be saved is not finite."""
-        found = self._divergence.find(task.watched(), state, epoch, self.dist.world_size)
+        found = self._divergence.find(list(self._watched), state, epoch, self.dist.world_size)
         if found is None:
             return
         what, where = found
@@ -259,11 +298,11 @@ class Run:
             f"--learning_rate (now {self.args.learning_rate}) or --grad_clip"
         )
 
-    def _after_step(self, task, epoch, step, steps, meter, best):
+    def _after_step(self, epoch, step, steps):
         """Progress lines, time-based checkpoints and preemption, between two steps."""
         scheduled = step + 1 == steps or (step + 1) % self.args.report_freq == 0
         if self._clock.due(scheduled):  # also every 30 s: this rank's running averages, no collective
-            result = meter.result()
+            result = self._meter.result()
             logger.info(
                 "epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s",
                 epoch + 1,
@@ -280,12 +319,12 @@ class Run:
         if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
             return
         if scheduled:
-            self._check(task, epoch)
+            self._check(epoch)
         minutes = getattr(self.args, "checkpoint_minutes", 0) or math.inf
         timed = time.time() - self._last_save > 60 * minutes and step + 1 < steps
         stop, timed = self._agreed(self._stop, timed)
         if stop or timed:
-            self._save(task, epoch, step + 1, meter, best)
+            self._save(epoch, step + 1, self._meter)
             if stop:
                 self._preempted(epoch, step + 1)
 
@@ -297,9 +336,6 @@ class Run:
         torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
         return tuple(bool(v) for v in values.tolist())
 
-    def _stop_agreed(self):
-        return self._agreed(self._stop)[0]
-
     def _preempted(self, epoch, step):
         """End the run after its preemption checkpoint (written at `epoch`, `step`), exit status 0."""
         logger.info(
@@ -309,43 +345,6 @@ class Run:
             self.run_dir / "checkpoint.pt" if self.run_dir else "",
         )
         raise SystemExit(0)
-
-    def _end_epoch(self, task, epoch, record, best):
-        """Record the epoch (log, history, TensorBoard) and checkpoint it, once all is known to be finite."""
-        state = task.state_dict()
-        self._check(task, epoch, state)
-        metric = task.best_metric
-        if metric is not None and (best["value"] is None or record[metric] > best["value"]):
-            best = {"value": record[metric], "epoch": epoch}
-        if metric is not None:
-            record["best_acc"] = best["value"]
-        record["time_s"] = round(time.time() - self._epoch_start, 2)
-        record.update(self.usage())
-        record["device"] = self.dist.device.type
-        if self.main:
-            logger.info(
-                "epoch %d/%d %s",
-                epoch + 1,
-                self._clock.epochs,
-                " ".join(
-                    _shown(k, v)
-                    for k, v in record.items()
-                    if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40
-                ),
-            )
-            # History and TensorBoard first, the checkpoint last: a run killed in between
-            # repeats this epoch on resume, and History drops the repeated line.
-            self.history.append(record)
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self.writer.add_scalar(key.replace("_", "/", 1), value, epoch)
-            self.writer.flush()
-        self._save(task, epoch + 1, 0, None, best, state)
-        if self.main and metric is not None and best["epoch"] == epoch:
-            shutil.copy(self.run_dir / "checkpoint.pt", self.run_dir / "best.pt.tmp")
-            Path(self.run_dir / "best.pt.tmp").replace(self.run_dir / "best.pt")
-        self._last_save = time.time()
-        return best
 
     def usage(self):
         """{"wall_s", "device_hours"} of the run so far, resumed sessions included: what a report's cost is.
@@ -361,14 +360,14 @@ class Run:
             "device_hours": round(done["device_hours"] + seconds * self.dist.world_size / 3600, 6),
         }
 
-    def _save(self, task, epoch, step, meter, best, state=None):
+    def _save(self, epoch, step, meter, state=None):
         """Write checkpoint.pt atomically (rank 0); `epoch`/`step` is where a resumed run starts.
 
         Only finite checkpoints are written: a `state` not given is taken and checked here.
         """
         if state is None:
-            state = task.state_dict()
-            self._check(task, epoch, state)
+            state = self._state()
+            self._check(epoch, state)
         rng = [utils.rng_state()]
         if self.dist.world_size > 1:
             rng = [None] * self.dist.world_size
@@ -383,9 +382,9 @@ class Run:
                 "step": step,
                 "args": {**vars(self.args), "script": self.script},
                 "rng": rng,
-                "streams": {name: s.position() for name, s in (task.streams or {}).items()},
+                "streams": {name: s.position() for name, s in self._streams.items()},
                 "meter": None if meter is None else meter.sums.tolist(),
-                "best": best,
+                "best": self.best,
                 "usage": self.usage(),
                 "task": state,
             },
@@ -402,3 +401,8 @@ def _shown(key, value):
     if key == "stage":
         return f"stage {value + 1}"
     return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+
+
+def _loggable(value):
+    """Whether a record field fits the epoch's log line (numbers and short strings; not the genotype)."""
+    return isinstance(value, (int, float, str)) and len(str(value)) < 40

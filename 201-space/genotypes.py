@@ -94,7 +94,7 @@ DrNAS = Structure.from_str(
 NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
-# What a search's genotype.json records about its data besides the cell (`datasets.data_record`).
+# What a search's genotype.json records about its data besides the cell (`data_common.data_record`).
 DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
 # Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
 FOLDER_DATASETS = ("imagefolder",)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genotypes import EDGES, PRIMITIVES, Structure
+from net2wider import grow_index
 from operations import OPS, ResNetBasicBlock
 
 METHODS = ("dirichlet", "darts", "snas", "gdas")
@@ -42,14 +43,14 @@ class MixedOp(nn.Module):
         # Op name -> module; pruned ops are deleted, so they cost neither memory nor time.
         self.ops = nn.ModuleDict({name: OPS[name](C // k, C // k, 1, False) for name in PRIMITIVES})
 
-    def forward(self, x, x_relu, weights):
-        # x, x_relu = relu(x): (B, C, H, W); weights: (num_ops,) over PRIMITIVES (0 where pruned).
+    def forward(self, x, x_relu, mix):
+        # x, x_relu = relu(x): (B, C, H, W); mix: (num_ops,) mixing weights over PRIMITIVES (0 where pruned).
         part = x[:, : self.C // self.k] if self.k > 1 else x
         part_relu = x_relu[:, : self.C // self.k] if self.k > 1 else x_relu
         # sum_o w_o * op_o(x); each op folds its weight in (see forward_scaled). `none`
         # outputs zeros: it adds nothing to the sum nor to any gradient, so it is skipped.
         terms = [
-            op.forward_scaled(part, part_relu, weights[PRIMITIVES.index(name)])
+            op.forward_scaled(part, part_relu, mix[PRIMITIVES.index(name)])
             for name, op in self.ops.items()
             if name != "none"
         ]
@@ -64,15 +65,12 @@ class MixedOp(nn.Module):
             if name not in kept_names:
                 del self.ops[name]
 
-    def widen(self, k, generator):
-        """net2wider from C/self.k to C/k channels; returns the channel index used."""
-        old, new = self.C // self.k, self.C // k
-        extra = torch.randint(old, (new - old,), generator=generator)
-        index = torch.cat([torch.arange(old), extra])  # new channel c copies old channel index[c]
+    def widen(self, k, generator, moved):
+        """net2wider every op from C/self.k to C/k channels (the same new channels for all)."""
+        index = grow_index(self.C // self.k, self.C // k, generator)
         for op in self.ops.values():
-            op.widen(index)
+            op.widen(index, moved, generator)
         self.k = k
-        return index
 
 
 class Cell(nn.Module):
@@ -82,11 +80,11 @@ class Cell(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList(MixedOp(C, k) for _ in EDGES)
 
-    def forward(self, x, weights):
-        # weights: (6, num_ops), one row per edge in EDGES order.
+    def forward(self, x, mix):
+        # mix: (6, num_ops) mixing weights, one row per edge in EDGES order.
         nodes, relus = [x], [F.relu(x)]  # one ReLU per node, shared by all its conv ops
         for i in range(1, 4):
-            node = sum(self.edges[e](nodes[j], relus[j], weights[e]) for e, (to, j) in enumerate(EDGES) if to == i)
+            node = sum(self.edges[e](nodes[j], relus[j], mix[e]) for e, (to, j) in enumerate(EDGES) if to == i)
             nodes.append(node)
             relus.append(F.relu(node) if i < 3 else None)  # the output node feeds no edge
         return nodes[-1]
@@ -166,17 +164,17 @@ class Network(nn.Module):
         posterior = torch.distributions.Dirichlet(alpha, validate_args=False)
         return torch.distributions.kl_divergence(posterior, prior).sum()
 
-    def forward(self, x, weights=None):
+    def forward(self, x, mix=None):
         """Logits for x (B, 3, H, W), fp32 under `amp`; mixing weights are drawn unless given (edges, ops).
 
         With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
         """
-        if weights is None:
-            weights = self.arch_weights()
+        if mix is None:
+            mix = self.arch_weights()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             x = self.stem(x)
             for layer in self.cells:
-                x = layer(x, weights) if isinstance(layer, Cell) else layer(x)
+                x = layer(x, mix) if isinstance(layer, Cell) else layer(x)
             x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
             logits = self.classifier(x)
         return logits.float() if self.amp else logits  # the loss is taken in fp32
@@ -218,13 +216,13 @@ class Network(nn.Module):
             for e, edge in enumerate(cell.edges):
                 edge.prune({PRIMITIVES[o] for o in self.kept[e]})
 
-    def widen(self, k, generator):
-        """net2wider every edge to C/k channels; returns {module name: channel index}."""
+    def widen(self, k, generator=None):
+        """net2wider every edge to C/k channels; returns the `Moved` parameter records."""
         if k >= self.k or self.C % k:
             raise ValueError(f"cannot widen from k={self.k} to k={k}")
-        indices = {}
-        for name, module in self.named_modules():
-            if isinstance(module, MixedOp):
-                indices[name] = module.widen(k, generator)
+        moved = []
+        for cell in self.search_cells():
+            for edge in cell.edges:
+                edge.widen(k, generator, moved)
         self.k = k
-        return indices
+        return moved

@@ -2,53 +2,16 @@
 
 `OPS[name](C_in, C_out, stride, affine)` builds one candidate op. Inside search cells the
 ops use BatchNorm without affine parameters (`affine=False`), as the paper's code does;
-the evaluation network (`model.py`) uses affine BatchNorm. Every op with weights can
-`widen(index)`: it grows its channels to `len(index)` by copying the existing channels
-`index` (net2wider, used between the stages of the progressive search).
+the evaluation network (`model.py`) uses affine BatchNorm. Every op can
+`widen(index, moved, generator)`: it grows its channels to `len(index)` by copying the
+existing channels `index` (net2wider.py, used between the stages of the progressive
+search), appends the replaced parameters to `moved` and returns its outputs' index.
 """
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def widen_like(tensor, shape, index):
-    """Map `tensor` onto `shape` by copying channels `index` along every dimension that grew.
-
-    The same rule widens conv weights, BN statistics and SGD momentum buffers, so a
-    momentum buffer follows its weight channel for channel.
-    """
-    for dim, (old, new) in enumerate(zip(tensor.shape, shape)):
-        if old != new:
-            tensor = tensor.index_select(dim, index.to(tensor.device))
-    return tensor.clone()
-
-
-def widen_bn(bn, index):
-    """Grow a BatchNorm2d to `len(index)` channels, copying weights and running statistics."""
-    new = nn.BatchNorm2d(len(index), affine=bn.affine, track_running_stats=bn.track_running_stats)
-    new = new.to(device=next(iter(bn.buffers())).device)
-    with torch.no_grad():
-        for name, tensor in [*new.named_parameters(), *new.named_buffers()]:
-            tensor.copy_(widen_like(getattr(bn, name), tensor.shape, index))
-    return new
-
-
-def widen_conv(conv, index):
-    """Grow a dense conv's input and output channels to `len(index)`, copying channels `index`."""
-    new = nn.Conv2d(
-        len(index),
-        len(index),
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        bias=conv.bias is not None,
-    ).to(conv.weight.device)
-    with torch.no_grad():
-        for name, tensor in new.named_parameters():
-            tensor.copy_(widen_like(getattr(conv, name), tensor.shape, index))  # (C_new, C_new, kh, kw)
-    return new
+from net2wider import grow_index, widen_bn, widen_conv
 
 
 def scaled_batch_norm(bn, x, scale):
@@ -94,10 +57,19 @@ class ReLUConvBN(nn.Module):
         """
         return scaled_batch_norm(self.op[2], self.op[1](x_relu), scale)
 
-    def widen(self, index):
-        """net2wider: same op on `len(index)` channels, copied from channels `index`."""
-        self.op[1] = widen_conv(self.op[1], index)
-        self.op[2] = widen_bn(self.op[2], index)
+    def widen(self, index, moved, generator=None):
+        """net2wider on input channels `index`; returns the output channels' index."""
+        conv = self.op[1]
+        # Square convs (all of a search cell's) keep the input's channel map; otherwise the
+        # outputs grow in proportion.
+        out_index = (
+            index
+            if conv.in_channels == conv.out_channels
+            else grow_index(conv.out_channels, conv.out_channels * len(index) // conv.in_channels, generator)
+        )
+        self.op[1] = widen_conv(conv, index, out_index, moved)
+        self.op[2] = widen_bn(self.op[2], out_index, moved)
+        return out_index
 
 
 def avg_pool_3x3(x, stride, scale=None):
@@ -133,9 +105,9 @@ class Pooling(nn.Module):
         """`scale * self(x)` (search cells, where C_in == C_out)."""
         return avg_pool_3x3(x, self.stride, scale)
 
-    def widen(self, index):
-        if self.preprocess is not None:
-            self.preprocess.widen(index)
+    def widen(self, index, moved, generator=None):
+        """Pooling acts per channel: only a 1x1 preprocessing has weights to copy."""
+        return index if self.preprocess is None else self.preprocess.widen(index, moved, generator)
 
 
 class Identity(nn.Module):
@@ -147,8 +119,8 @@ class Identity(nn.Module):
     def forward_scaled(self, x, x_relu, scale):
         return scale * x
 
-    def widen(self, index):
-        pass
+    def widen(self, index, moved, generator=None):
+        return index
 
 
 class Zero(nn.Module):
@@ -165,8 +137,9 @@ class Zero(nn.Module):
             out = out.new_zeros(out.size(0), self.C_out, out.size(2), out.size(3))
         return out.mul(0.0)
 
-    def widen(self, index):
+    def widen(self, index, moved, generator=None):
         self.C_out = len(index)
+        return index
 
 
 OPS = {

@@ -1,14 +1,13 @@
 """The DrNAS search of the NAS-Bench-201 space, as `train_search.py` and `train_search_progressive.py` run it.
 
 The flags, the stages (paper Sec. 3.3: prune and widen between them), the data split,
-one search step (an architecture step, then a weight step), the `Search` task that
-`engine.Run.fit` drives epoch by epoch (its NAS-Bench-201 record: trajectory.py).
-`bench.py` times `search_step`. Not a script.
+one search step (an architecture step, then a weight step) and `search`, the loop of
+epochs and steps (its NAS-Bench-201 record: trajectory.py). `bench.py` times
+`search_step`. Not a script.
 """
 
 import argparse
 import logging
-from collections import namedtuple
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +21,25 @@ import run_flags
 import utils
 from architect import Architect
 from benchmark import DEFAULT_TABLE, open_benchmark
+from data_common import data_record
 from datasets import add_arguments as add_data_arguments
-from datasets import data_record, get_datasets
+from datasets import get_datasets
 from genotypes import PRIMITIVES, save_genotype
 from model_search import METHODS, Network
-from operations import widen_like
+from net2wider import carry_momentum
 from plot_trajectory import plot_trajectory, read_history
+from stages import Stage, check_warmup, stage_at
 from trajectory import log_benchmark, query_benchmark
 
 logger = logging.getLogger(__name__)
 
-# One stage of the search: its epochs, partial-channel k, ops kept per edge, warm-up epochs.
-Stage = namedtuple("Stage", "epochs k keep warmup")
+# Valid ranges of the numeric flags only the searches of this folder have (run_flags.RANGES holds the rest).
+FLAG_RANGES = {
+    "k": (1, None, True, True),
+    "tau_max": (0, None, False, True),
+    "tau_min": (0, None, False, True),
+    "trajectory_samples": (0, None, True, True),
+}
 
 
 def get_parser(progressive=False, description=__doc__):
@@ -104,7 +110,7 @@ def get_stages(args):
             )
         if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep:
             raise utils.UserError(f"--stage_keep must shrink within {len(PRIMITIVES)}..1, got {args.stage_keep}")
-        run_flags.check_warmup(args.warmup_epochs, args.stage_epochs)
+        check_warmup(stages)
     for stage in stages:
         if args.init_channels % stage.k:
             valid = [k for k in range(1, args.init_channels + 1) if args.init_channels % k == 0]
@@ -113,22 +119,6 @@ def get_stages(args):
                 f"{flag} {stage.k} does not divide the {args.init_channels} channels; use one of {valid}"
             )
     return stages
-
-
-def stage_of(stages, epoch):
-    """Index of the stage that `epoch` belongs to."""
-    end = 0
-    for index, stage in enumerate(stages):
-        end += stage.epochs
-        if epoch < end:
-            return index
-    return len(stages) - 1
-
-
-def is_warmup(stages, epoch):
-    """Whether `epoch` is a weight-only warm-up epoch: one of the first `warmup` epochs of its stage."""
-    index = stage_of(stages, epoch)
-    return epoch - sum(s.epochs for s in stages[:index]) < stages[index].warmup
 
 
 def gumbel_tau(args, epoch, total_epochs):
@@ -153,40 +143,16 @@ def sgd(model, args, lr):
     return torch.optim.SGD(model.weights(), lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def make_weight_optimizer(model, args, total_epochs):
-    """SGD over `weights()` and a cosine schedule over all epochs of all stages."""
-    optimizer = sgd(model, args, args.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_epochs, eta_min=args.learning_rate_min)
-    return optimizer, scheduler
-
-
-def continue_schedule(scheduler, optimizer):
-    """`scheduler`'s cosine schedule, carried on with a stage's new `optimizer` (continuous learning rate)."""
-    new = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, scheduler.T_max, eta_min=scheduler.eta_min)
-    new.load_state_dict(scheduler.state_dict())
-    return new
-
-
 def enter_stage(model, optimizer, stage, args):
     """Enter stage `stage` (an index): prune, widen, and a new SGD whose momentum follows the copied channels."""
     target = get_stages(args)[stage]
-    momentum = {
-        name: optimizer.state[p]["momentum_buffer"]
-        for name, p in model.named_parameters()
-        if "momentum_buffer" in optimizer.state.get(p, {})
-    }
     model.prune(target.keep)
-    channel_maps = {}
+    moved = []
     if target.k != model.k:  # a private generator: the same channels in a resumed run
-        channel_maps = model.widen(target.k, torch.Generator().manual_seed(args.seed + stage))
+        moved = model.widen(target.k, torch.Generator().manual_seed(args.seed + stage))
     model.to(memory_format=torch.channels_last)  # the widened convs are new modules
     new = sgd(model, args, optimizer.param_groups[0]["lr"])
-    for name, p in model.named_parameters():
-        if name in momentum:
-            buf = momentum[name]
-            if buf.shape != p.shape:
-                buf = widen_like(buf, p.shape, channel_maps[name.split(".ops.")[0]])
-            new.state[p]["momentum_buffer"] = buf
+    carry_momentum(optimizer, new, moved)
     return new
 
 
@@ -243,90 +209,65 @@ def infer(model, loader, device):
     return meter.result()
 
 
-# ---------------------------------------------------------------- the task
+# ---------------------------------------------------------------- the loop
 
 
-class Search(engine.Task):
-    """The search as `engine.Run.fit` runs it: stage switches, warm-up, one search step per training batch."""
+def search(run, model, architect, optimizer, streams, valid_loader, args, benchmark=None):
+    """The search (DrNAS Algorithm 1), epoch by epoch: the stage switch, then per training batch an architecture
+    step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell."""
+    stages, device = get_stages(args), model.beta.device
+    epochs = sum(s.epochs for s in stages)
+    resumed = run.task_state()
+    stage = 0 if resumed is None else resumed["stage"]
 
-    def __init__(self, model, architect, optimizer, scheduler, streams, valid_loader, args, benchmark=None):
-        self.model, self.architect, self.optimizer, self.scheduler = model, architect, optimizer, scheduler
-        self.streams, self.valid_loader, self.args, self.benchmark = streams, valid_loader, args, benchmark
-        self.stages = get_stages(args)
-        self.total_epochs = sum(s.epochs for s in self.stages)
-        self.device = model.beta.device
-        self.stage = 0
-        self.lr = self.arch_on = self.weights = None  # set by begin_epoch
-
-    def load_state_dict(self, state, path):
-        """Continue from the task state of the checkpoint `path` (the model has the saved stage's shape)."""
-        utils.load_model_state(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.architect.optimizer.load_state_dict(state["architect"])
-        self.stage = state["stage"]
-
-    def begin_epoch(self, epoch):
-        index = stage_of(self.stages, epoch)
-        if index != self.stage:  # stage boundary: prune, widen, hand the momentum and the schedule over
-            self.stage = index
-            self.optimizer = enter_stage(self.model, self.optimizer, index, self.args)
-            self.scheduler = continue_schedule(self.scheduler, self.optimizer)
-            logger.info(
-                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
-                index + 1,
-                len(self.stages),
-                self.model.k,
-                self.stages[index].keep,
-                utils.count_parameters(self.model.weights()),
-            )
-        self.arch_on = not is_warmup(self.stages, epoch)
-        if not self.arch_on:
-            logger.info("epoch %d/%d: warm-up, weights only", epoch + 1, self.total_epochs)
-        self.model.tau = gumbel_tau(self.args, epoch, self.total_epochs)
-        self.lr = self.scheduler.get_last_lr()[0]
-        self.weights = self.model.weights()
-        self.model.train()
-        return {"stage": index, "lr": self.lr}
-
-    def step(self, epoch, step):
-        x, y = utils.to_device(next(self.streams["train"]), self.device)
-        valid_batch = utils.to_device(next(self.streams["valid"]), self.device) if self.arch_on else None
-        accel.begin_step(self.device, 1, self.args.compile)
-        logits, loss = search_step(
-            self.model, self.architect, self.optimizer, self.weights, (x, y), valid_batch, self.lr, self.args.grad_clip
-        )
-        return logits, y, loss
-
-    def evaluate(self, epoch):
-        result = infer(self.model, self.valid_loader, self.device)
-        return {"valid_acc": result["acc"], "valid_loss": result["loss"]}
-
-    def end_epoch(self, epoch, record):
-        self.scheduler.step()
-        record["genotype"] = str(self.model.genotype())
-        logger.info("genotype = %s", record["genotype"])
-        if self.model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
-            logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), self.model.concentrations())
-        else:
-            logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), self.model.softmax_weights())
-        if self.benchmark is not None:
-            record.update(query_benchmark(self.model, self.benchmark, self.args, epoch))
-
-    def state_dict(self):
+    def state():  # the script's part of every checkpoint
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "architect": self.architect.optimizer.state_dict(),
-            "stage": self.stage,
-            "kept": self.model.kept,
-            "k": self.model.k,
-            "genotype": str(self.model.genotype()),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "architect": architect.optimizer.state_dict(),
+            "stage": stage,
+            "kept": model.kept,
+            "k": model.k,
+            "genotype": str(model.genotype()),
         }
 
-    def watched(self):
-        return [self.model.beta]
+    for epoch in run.epochs(epochs, len(streams["train"]), state, streams, watched=[model.beta]):
+        index, arch_on = stage_at(stages, epoch)
+        if index != stage:  # stage boundary: prune, widen, hand the momentum over (DrNAS Sec. 3.3)
+            stage, optimizer = index, enter_stage(model, optimizer, index, args)
+            logger.info(
+                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
+                stage + 1,
+                len(stages),
+                model.k,
+                stages[stage].keep,
+                utils.count_parameters(model.weights()),
+            )
+        if not arch_on:
+            logger.info("epoch %d/%d: warm-up, weights only", epoch + 1, epochs)
+        model.tau = gumbel_tau(args, epoch, epochs)
+        lr = utils.cosine_lr(epoch, epochs, args.learning_rate, args.learning_rate_min)
+        utils.set_lr(optimizer, lr)
+        weights = model.weights()
+        model.train()
+        for _ in run.steps():
+            x, y = utils.to_device(next(streams["train"]), device)
+            valid_batch = utils.to_device(next(streams["valid"]), device) if arch_on else None
+            accel.begin_step(device, 1, args.compile)
+            logits, loss = search_step(model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip)
+            run.update(logits, y, loss)
+        valid = infer(model, valid_loader, device)
+        genotype = str(model.genotype())
+        logger.info("genotype = %s", genotype)
+        if model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
+            logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), model.concentrations())
+        else:
+            logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), model.softmax_weights())
+        record = {"stage": stage, "lr": lr, **run.train_metrics(), "valid_acc": valid["acc"]}
+        record.update(valid_loss=valid["loss"], genotype=genotype)
+        if benchmark is not None:
+            record.update(query_benchmark(model, benchmark, args, epoch))
+        run.end_epoch(record)
 
 
 def finish(model, run_dir, benchmark, data=None):
@@ -343,7 +284,7 @@ def finish(model, run_dir, benchmark, data=None):
 
 def run_search(args, script):
     """A whole search, as `train_search.py` and `train_search_progressive.py` run it: data, model, engine."""
-    run = engine.Run(args, script)  # checks the flags and --resume; writes nothing
+    run = engine.Run(args, script, ranges=FLAG_RANGES)  # checks the flags and --resume; writes nothing
     accel.check_flags(args, run.dist.device)
     stages, state = get_stages(args), run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
@@ -359,11 +300,11 @@ def run_search(args, script):
     if args.compile:  # in place, so the architect, the task and the checkpoints use the compiled network
         accel.compile_model(model, device)
     architect = Architect(model, args)
-    epochs = sum(s.epochs for s in stages)
-    optimizer, scheduler = make_weight_optimizer(model, args, epochs)
-    task = Search(model, architect, optimizer, scheduler, streams, valid_loader, args, benchmark)
-    if state is not None:
-        task.load_state_dict(state, args.resume)
+    optimizer = sgd(model, args, args.learning_rate)
+    if state is not None:  # the resumed run's tensors (the model was built at its stage's shape)
+        utils.load_model_state(model, state["model"], args.resume)
+        optimizer.load_state_dict(state["optimizer"])
+        architect.optimizer.load_state_dict(state["architect"])
     run_dir = run.open()
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)
@@ -372,5 +313,5 @@ def run_search(args, script):
     logger.info(
         "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
     )
-    run.fit(task, epochs, len(streams["train"]))
+    search(run, model, architect, optimizer, streams, valid_loader, args, benchmark)
     finish(model, run_dir, benchmark, data_record(args, train_data, num_classes))

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def ignore_stop_signals(worker_id=None):
+def ignore_stop_signals(_worker_id=None):
     """A DataLoader worker's `worker_init_fn`: ignore the stop signals, which are the main process's.
 
     PyTorch's workers die of a SIGTERM not sent by their parent, and the main process then
@@ -107,11 +107,6 @@ class BatchCursor:
 
     def __iter__(self):
         return self
-
-    def take(self, n):
-        """The next `n` batches (one training epoch when `n == len(self)`)."""
-        for _ in range(n):
-            yield next(self)
 
     def _advance(self):
         """Count the batch just taken; True when it ended a pass."""

@@ -34,8 +34,9 @@ import engine
 import progress
 import run_flags
 import utils
+from data_common import data_record
 from datasets import add_arguments as add_data_arguments
-from datasets import data_record, get_datasets
+from datasets import get_datasets
 from genotypes import NAMED, data_difference, load_arch_and_data, save_genotype
 from model import Network, count_flops
 
@@ -69,66 +70,49 @@ def get_parser():
     return parser
 
 
-class Train(engine.Task):
-    """Training from scratch as `engine.Run.fit` runs it: one SGD step per batch, the test set each epoch."""
+def train(run, model, optimizer, train_stream, test_loader, structure, args):
+    """The training loop: per epoch, one SGD step per batch on a cosine learning rate, then the test set."""
+    device = run.dist.device
 
-    best_metric = "test_acc"
+    def state():  # the script's part of every checkpoint
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "arch": str(structure)}
 
-    def __init__(self, model, optimizer, scheduler, train_stream, test_loader, structure, amp=False, compiled=False):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.streams, self.test_loader, self.structure = {"train": train_stream}, test_loader, structure
-        self.device = next(model.parameters()).device
-        self.amp, self.compiled = amp, compiled
-        if compiled:
-            accel.compile_model(model, self.device)
+    steps = len(train_stream)
+    for epoch in run.epochs(args.epochs, steps, state, streams={"train": train_stream}, best="test_acc"):
+        lr = utils.cosine_lr(epoch, args.epochs, args.learning_rate)
+        utils.set_lr(optimizer, lr)
+        model.train()
+        for _ in run.steps():
+            inputs, targets = utils.to_device(next(train_stream), device)
+            accel.begin_step(device, 1, args.compile)
+            logits = forward(model, inputs, args.amp)  # (B, classes)
+            loss = F.cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            run.update(logits, targets, loss)
+        test = infer(model, test_loader, device, args.amp)
+        test_fields = {"test_acc": test["acc"], "test_loss": test["loss"]}
+        run.end_epoch({"lr": lr, **run.train_metrics(), **test_fields, "arch": str(structure)})
+    return run.best
 
-    def forward(self, inputs):
-        """fp32 logits of the network (bf16 autocast with --amp)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(inputs).float()
 
-    def load_state_dict(self, state, path):
-        """Continue from the task state of the checkpoint `path`."""
-        utils.load_model_state(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+def forward(model, inputs, amp):
+    """fp32 logits of the network (bf16 autocast with --amp)."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(inputs).float()
 
-    def begin_epoch(self, epoch):
-        self.model.train()
-        return {"lr": self.scheduler.get_last_lr()[0]}
 
-    def step(self, epoch, step):
-        inputs, targets = utils.to_device(next(self.streams["train"]), self.device)
-        accel.begin_step(self.device, 1, self.compiled)
-        logits = self.forward(inputs)  # (B, classes)
-        loss = F.cross_entropy(logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return logits, targets, loss
-
-    @torch.no_grad()
-    def evaluate(self, epoch):
-        self.model.eval()
-        meter = progress.Meter(self.device)
-        for batch in self.test_loader:
-            inputs, targets = utils.to_device(batch, self.device)
-            logits = self.forward(inputs)
-            meter.update(logits, targets, F.cross_entropy(logits, targets))
-        result = meter.result()
-        return {"test_acc": result["acc"], "test_loss": result["loss"]}
-
-    def end_epoch(self, epoch, record):
-        self.scheduler.step()
-        record["arch"] = str(self.structure)
-
-    def state_dict(self):
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "arch": str(self.structure),
-        }
+@torch.no_grad()
+def infer(model, loader, device, amp):
+    """{"acc", "loss", "top5"} of the network on `loader`."""
+    model.eval()
+    meter = progress.Meter(device)
+    for batch in loader:
+        inputs, targets = utils.to_device(batch, device)
+        logits = forward(model, inputs, amp)
+        meter.update(logits, targets, F.cross_entropy(logits, targets))
+    return meter.result()
 
 
 @utils.exits_cleanly
@@ -154,15 +138,16 @@ def main(argv=None):
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=0.0)
     pin, on_device = device.type == "cuda", device_data.use_device(args.data_on_device, train_data, device)
     train_stream = device_data.stream(
         train_data, args.batch_size, args.seed, device, on_device, args.workers, pin_memory=pin
     )
     test_loader = device_data.loader(test_data, args.batch_size, device, on_device, args.workers, pin)
-    task = Train(model, optimizer, scheduler, train_stream, test_loader, structure, args.amp, args.compile)
-    if state is not None:
-        task.load_state_dict(state, args.resume)
+    if state is not None:  # the resumed run's model and optimiser
+        utils.load_model_state(model, state["model"], args.resume)
+        optimizer.load_state_dict(state["optimizer"])
+    if args.compile:  # in place: the optimiser and the checkpoints keep the same tensors
+        accel.compile_model(model, device)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})
     logger.info("arch = %s", structure)
     # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
@@ -173,7 +158,7 @@ def main(argv=None):
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)
     logger.info("param count = %d (%.6fM), FLOPs = %.5fM", params, params / 1e6, flops / 1e6)
-    best = run.fit(task, args.epochs, len(train_stream))
+    best = train(run, model, optimizer, train_stream, test_loader, structure, args)
     logger.info(
         "done: %s, %d params, best test acc %.2f%% (epoch %d)", structure, params, best["value"], best["epoch"] + 1
     )

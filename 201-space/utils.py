@@ -280,6 +280,20 @@ def load_model_state(model, state, path):
 # ---------------------------------------------------------------- counts and times
 
 
+def cosine_lr(epoch, epochs, lr, lr_min=0.0):
+    """The learning rate of `epoch` (counted from 0) on a cosine from `lr` down to `lr_min` over `epochs`.
+
+    Computed from the epoch alone, so a resumed run, or a new optimiser at a stage switch, goes on with it.
+    """
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def set_lr(optimizer, lr):
+    """Give every parameter group of `optimizer` the learning rate `lr` (once per epoch)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def format_seconds(seconds):
     """`3725` -> `1:02:05`."""
     seconds = int(max(seconds, 0))

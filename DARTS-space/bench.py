@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 import accel
-import distributed
+import engine
 import search
 import utils
 from architect import Architect
@@ -96,7 +96,7 @@ def bench_search(name, args, device):
         unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4
     )
     architect = Architect(model, arch_args)
-    dist = distributed.Dist(rank=0, local_rank=0, world_size=1, device=device)
+    dist = engine.Dist(rank=0, local_rank=0, world_size=1, device=device)
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
 

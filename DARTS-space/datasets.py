@@ -8,21 +8,22 @@ from an `ImageFolder` tree `root/train`, `root/val` (the full ImageNet, or the s
 subset written by `prepare_imagenet_subset.py`). CIFAR (pickled batches, read here)
 downloads itself when absent; `synthetic` lives in memory, needs no network and is learnable,
 for laptops and tests. Missing or broken data ends with one clear line. Nothing runs at import.
+What both spaces share (the data flags, the synthetic set, the CIFAR download, the records
+for device_data.py and genotype.json) is in data_common.py.
 
     python -c "import datasets; print(datasets.get_datasets('synthetic', '.')[2])"
 """
 
 import pickle
-import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
+import data_common
 from image_files import ImageFiles, image_stats, scan_split
 from utils import UserError
 
@@ -34,17 +35,8 @@ DATASETS = ("cifar10", "cifar100", "synthetic", "imagefolder")
 
 
 def add_arguments(parser, verb):
-    """The data flags of the CIFAR-style scripts (`--dataset`, `--data`, `--image_size`); returns their group.
-
-    `verb`: what the script does with the data set ("search on", "train on"), for the help text.
-    """
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", type=str, default="cifar10", choices=DATASETS, help=f"dataset to {verb}")
-    folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
-    data.add_argument("--data", type=str, default="../data", help=folder)
-    size = "imagefolder: images are resized to this many pixels square"
-    data.add_argument("--image_size", type=int, default=32, help=size)
-    return data
+    """The data flags (`data_common.add_arguments`) with this space's data sets as the `--dataset` choices."""
+    return data_common.add_arguments(parser, verb, DATASETS)
 
 
 def add_imagenet_arguments(parser, folder, folder_help):
@@ -108,10 +100,6 @@ CIFAR = {
     ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
 }
-DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
-}
 
 
 class PickledImages(Dataset):
@@ -149,48 +137,13 @@ def _cifar(name, root, train_augment, cutout_length):
     folder = root / folder_name
     missing = [f for f in train_files + test_files if not (folder / f).is_file()]
     if missing:
-        _download(name, root)
+        data_common.download(name, root, folder)
     train = PickledImages(folder, train_files, label_key, _cifar_transforms(mean, std, train_augment, cutout_length))
     test = PickledImages(folder, test_files, label_key, _cifar_transforms(mean, std, False, 0))
     # The same steps as `_cifar_transforms`, for device_data.py.
-    record_device_recipe(train, train.images, train.labels, mean, std, train_augment, 4, cutout_length)
-    record_device_recipe(test, test.images, test.labels, mean, std)
+    data_common.record_device_recipe(train, train.images, train.labels, mean, std, train_augment, 4, cutout_length)
+    data_common.record_device_recipe(test, test.images, test.labels, mean, std)
     return train, test, classes
-
-
-def _download(name, root):
-    """Fetch a CIFAR archive into `root`, failing within seconds (not minutes) without a network."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    url, md5 = DOWNLOADS[name]
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    created = not root.exists()
-    try:
-        download_and_extract_archive(url, str(root), md5=md5)
-    except Exception as err:  # URLError, timeouts, permission errors, bad archives
-        if created:  # leave no half-made folder behind
-            shutil.rmtree(root, ignore_errors=True)
-        raise UserError(
-            f"{name} not found in {root} (expected {root / CIFAR[name][0]}/) and the download failed "
-            f"({type(err).__name__}); download {url} and unpack it into --data {root}, "
-            "or try the code with --dataset synthetic"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def record_device_recipe(dataset, images, labels, mean, std, augment=False, padding=0, cutout=0):
-    """Record on `dataset` what `device_data.py` needs to redo its transform on the GPU, batch by batch.
-
-    `images` (N, H, W, C) are uint8 pixels, normalised with `mean` and `std` (or, with `mean`
-    None, float values used as they are); `augment` adds the random crop (zero padding
-    `padding`) and horizontal flip; `cutout` > 0 zeroes a square of that side after normalising.
-    """
-    dataset.device_recipe = dict(
-        images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout
-    )
-    return dataset
 
 
 class Transformed(Dataset):
@@ -208,22 +161,9 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
-    """Images = a fixed smooth pattern per class + Gaussian noise: learnable in a few steps.
-
-    The class patterns are the same for every call; `seed` only draws the samples, so
-    a train and a test set made with different seeds share their classes.
-    """
-    templates = torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    templates = torch.nn.functional.interpolate(templates, size=size, mode="bilinear", align_corners=False)
-    data_gen = torch.Generator().manual_seed(seed + 1)
-    labels = torch.randint(num_classes, (num_samples,), generator=data_gen)
-    images = templates[labels] + noise * torch.randn(num_samples, 3, size, size, generator=data_gen)
-    return TensorDataset(images, labels)
-
-
 # ---------------------------------------------------------------- your own images
 # (their class folders, files and statistics: image_files.py)
+# imagefolder stays per folder: this space's adds cutout to the training transform.
 
 
 def _folder_transforms(size, mean, std, augment, cutout_length):
@@ -275,16 +215,6 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0
     return train, test, len(classes)
 
 
-def data_record(args, train_data, num_classes):
-    """What a search's genotype.json records about its data, so train.py can train the cell on the same."""
-    return {
-        "dataset": args.dataset,
-        "data": str(Path(args.data).resolve()),
-        "image_size": int(train_data[0][0].shape[-1]),  # (C, H, W) of one training image
-        "num_classes": num_classes,
-    }
-
-
 def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True, image_size=32, seed=0):
     """Return `(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only.
 
@@ -296,11 +226,12 @@ def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True,
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, train_augment, length)
     if name == "synthetic":
-        train, test = synthetic(256, seed=1, size=image_size), synthetic(128, seed=2, size=image_size)
+        train = data_common.synthetic(256, seed=1, size=image_size)
+        test = data_common.synthetic(128, seed=2, size=image_size)
         if length:
             images, labels = train.tensors
             train = Transformed(train, Cutout(length))
-            record_device_recipe(train, images.permute(0, 2, 3, 1), labels, None, None, cutout=length)
+            data_common.record_device_recipe(train, images.permute(0, 2, 3, 1), labels, None, None, cutout=length)
         return train, test, 10
     raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 

@@ -8,18 +8,16 @@ takes GPU LOCAL_RANK:
     torchrun --nproc_per_node 2 train.py --auxiliary --cutout
     torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet
 
-Only rank 0 logs and writes files (`is_main`). Nothing runs at import time.
+Only rank 0 logs and writes files (`engine.Run`). Nothing runs at import time.
 """
 
 import os
-from collections import namedtuple
 
 import torch
 import torch.distributed as torch_dist
 
+from engine import Dist
 from utils import UserError, resolve_device
-
-Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 
 def setup(device_name, gpu=None):
@@ -45,11 +43,6 @@ def setup(device_name, gpu=None):
     return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def is_main(dist):
-    """True in the process that logs and writes files (rank 0, or the only process)."""
-    return dist.rank == 0
-
-
 def average_gradients(params, dist):
     """All-reduce the mean of every parameter's `.grad` (None grads are skipped).
 
@@ -71,47 +64,12 @@ def average_gradients(params, dist):
         offset += g.numel()
 
 
-def reduce_mean(tensor, dist):
-    """The mean of `tensor` over all ranks (a new tensor; the input is left alone)."""
-    out = tensor.detach().clone()
-    if dist.world_size > 1:
-        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
-        out.div_(dist.world_size)
-    return out
-
-
-def reduce_sum(tensor, dist):
-    """The sum of `tensor` over all ranks (a new tensor), e.g. correct counts and totals."""
-    out = tensor.detach().clone()
-    if dist.world_size > 1:
-        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
-    return out
-
-
 def reduce_max(tensor, dist):
     """The element-wise maximum of `tensor` over all ranks (a new tensor)."""
     out = tensor.detach().clone()
     if dist.world_size > 1:
         torch_dist.all_reduce(out, op=torch_dist.ReduceOp.MAX)
     return out
-
-
-def broadcast_object(obj, dist):
-    """Rank 0's `obj` (any picklable value) on every rank."""
-    if dist.world_size <= 1:
-        return obj
-    holder = [obj]
-    torch_dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def all_gather_object(obj, dist):
-    """The list of every rank's `obj`, indexed by rank."""
-    if dist.world_size <= 1:
-        return [obj]
-    gathered = [None] * dist.world_size
-    torch_dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def broadcast_parameters(module, dist):
@@ -139,12 +97,6 @@ def max_parameter_difference(module, dist):
             torch_dist.broadcast(reference, src=0)
             worst = torch.maximum(worst, (p.detach() - reference).abs().max().float())
     return float(reduce_max(worst, dist))
-
-
-def barrier(dist):
-    """Wait for every rank (a no-op in one process)."""
-    if dist.world_size > 1:
-        torch_dist.barrier()
 
 
 def cleanup():

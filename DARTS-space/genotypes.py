@@ -310,7 +310,7 @@ def genotype_from_dict(data):
     )
 
 
-# What a search's genotype.json records about its data besides the cell (`datasets.data_record`).
+# What a search's genotype.json records about its data besides the cell (`data_common.data_record`).
 DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
 # Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
 FOLDER_DATASETS = ("imagefolder", "imagenet")

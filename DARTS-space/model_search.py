@@ -79,15 +79,15 @@ class MixedOp(nn.Module):
         # On a reduction edge the bypassed channels must shrink too.
         self.bypass_pool = LeanMaxPool(2, 2) if stride == 2 else nn.Identity()
 
-    def forward(self, x, weights):
-        # x: (B, C, H, W); weights: (n_kept,) mixing weights of this edge.
+    def forward(self, x, mix):
+        # x: (B, C, H, W); mix: (n_kept,) mixing weights of this edge.
         part = x.shape[1] // self.k
         x_part = x[:, :part]
         # One ReLU for all the conv ops of the edge (each op would otherwise keep its own
         # copy for the backward pass); pools and skip take x itself.
         relu = F.relu(x_part) if any(op.expects_relu for op in self.ops) else None
         # op(x, w) = w * op(x), with w folded into the op's last BatchNorm (see operations).
-        mixed = sum(op(relu if op.expects_relu else x_part, weights[i]) for i, op in enumerate(self.ops))
+        mixed = sum(op(relu if op.expects_relu else x_part, mix[i]) for i, op in enumerate(self.ops))
         if self.k == 1:
             return mixed
         out = torch.cat([mixed, self.bypass_pool(x[:, part:])], dim=1)  # (B, C, H', W')
@@ -127,12 +127,12 @@ class Cell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self.edges.append(MixedOp(C, stride, k, kept[len(self.edges)]))
 
-    def forward(self, s0, s1, weights):
-        # weights: (14, n_kept), one row per edge in the order of self.edges.
+    def forward(self, s0, s1, mix):
+        # mix: (14, n_kept) mixing weights, one row per edge in the order of self.edges.
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
-            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            node = sum(self.edges[offset + j](h, mix[offset + j]) for j, h in enumerate(states))
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier :], dim=1)  # (B, multiplier * C, H, W)

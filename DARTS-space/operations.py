@@ -6,11 +6,16 @@ an affine-free BatchNorm, as in the paper's op table. `search_op(name, C, stride
 the search-cell version, where every BatchNorm is affine-free, as in the paper's supernet.
 
 Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to
-C/k_new channels: `op.widen(index)` (net2wider.py), where `index` (length C_new, starting
-with `arange(C_old)`) names the old channel each new one copies. What is preserved is the
-op on replicated inputs: `new_op(x[:, index]) == old_op(x)[:, out_index]` in eval mode,
-where `out_index` is what `widen` returns. In the supernet the widened op reads new, real
-channels of the cell state instead of copies, so the supernet's function changes.
+C/k_new channels: `op.widen(index, moved, generator)` (net2wider.py), where `index`
+(length C_new, starting with `arange(C_old)`) names the old channel each new one copies;
+`widen` returns the same for its outputs (`out_index`). Weights are copied, not divided,
+as in the paper's code, so a dense conv adds the share of every new input channel to its
+outputs. Fed zeros on the new input channels, every op but sep_conv keeps its old output
+channels, and the conv ops' new ones copy theirs: `new_op(x_pad) == old_op(x)[:, out_index]`
+(sep_conv's second half reads the copies its first half made). On replicated inputs
+`x[:, index]` only per-channel ops (pools, skip at stride 1) keep their function. In the
+supernet the widened op reads new, real channels of the cell state, so the supernet's
+function changes.
 
 Memory of the supernet: the search ops fold their edge's mixing weight into their last
 BatchNorm, take a ReLU shared by the edge, and recompute cheap intermediates in the

@@ -11,8 +11,10 @@ cell, epochs and the search cost the run measured (history.jsonl's `device_hours
 hours of the epoch loop times the number of processes, summed over resumes) in GPU-days
 (device-days unless every run used CUDA; n/a for runs made before the engine recorded
 it). Evaluation runs (train.py, train_imagenet.py): one row each with seed, data set,
-cell, parameters in millions (without the auxiliary head), epochs, and the test error
-(100 - accuracy, %) at the best epoch and at the last, and the last top-5 error. A cell
+cell, parameters in millions (without the auxiliary head), epochs, the test error (100 -
+test accuracy, %) and top-5 test error of the last epoch (the number the paper reports,
+as DARTS does), then the error of the best epoch, which is chosen on the test set itself
+(there is no held-out split in training) and so is optimistic. A cell
 is named by its genotype.json: a named genotype (DrNAS_cifar10, ...) by its name, any
 other as `cell` and the first 8 hex digits of the SHA-1 of its content, so that a search
 and the training runs of its genotype.json carry the same name. Evaluation runs are grouped by
@@ -27,15 +29,14 @@ a partial run.
 """
 
 import argparse
-import csv
 import hashlib
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import run_folder
 from genotypes import NAMED, genotype_from_dict, genotype_to_dict
+from report_tables import markdown, read_run, runs_text, summarize, write_csv
 from utils import UserError, exits_cleanly, read_checkpoint
 
 SEARCHES = ("train_search", "train_search_imagenet")
@@ -51,104 +52,6 @@ def get_parser():
     return parser
 
 
-def read_run(run_dir, scripts):
-    """args.json and history.jsonl of a finished run of one of `scripts`; a `UserError` for anything else."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "args.json").is_file():
-        what = "not a run folder (no args.json)" if run_dir.is_dir() else "no such folder"
-        raise UserError(f"{run_dir}: {what}; give the --save folders of finished runs")
-    try:
-        args = json.loads((run_dir / "args.json").read_text())
-        path = run_dir / "history.jsonl"
-        history = [
-            json.loads(line) for line in (path.read_text() if path.exists() else "").splitlines() if line.strip()
-        ]
-    except (OSError, ValueError) as err:
-        raise UserError(f"{run_dir}: unreadable args.json or history.jsonl ({err})") from None
-    if not isinstance(args, dict) or args.get("script") not in scripts:
-        script = args.get("script") if isinstance(args, dict) else None
-        wanted = " or ".join(f"{s}.py" for s in scripts)
-        raise UserError(f"{run_dir}: a run of {script}.py; this report takes runs of {wanted}")
-    epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]
-    pid = run_folder.holder(run_dir)
-    if pid is not None:
-        raise UserError(
-            f"{run_dir}: still running (process {pid}, {len(history)} of {epochs} epochs done); "
-            "wait for it to end, or leave it out"
-        )
-    if len(history) < epochs or not (run_dir / "genotype.json").is_file():
-        raise UserError(
-            f"{run_dir}: unfinished ({len(history)} of {epochs} epochs); finish it with "
-            f"--resume {run_dir / 'checkpoint.pt'}, or leave it out"
-        )
-    return args, history
-
-
-def mean_std(values):
-    """(mean, sample std with ddof=1) of the values that are not None; std 0.0 for one value, None for none."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarize(rows, keys, numeric):
-    """Per group of rows equal in the `keys` columns: (a row of (mean, std) of the `numeric` columns, run count)."""
-    groups = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
-    summaries = []
-    for group in groups.values():
-        summary = {column: "" for column in group[0]}
-        summary.update({k: group[0][k] for k in keys}, run=f"mean ± std over {_runs(len(group))}")
-        if "cell" not in keys:
-            summary["cell"] = f"{len({r['cell'] for r in group})} distinct"
-        summary.update({column: mean_std([r[column] for r in group]) for column in numeric})
-        if "device" in summary:
-            summary["device"] = ", ".join(sorted({str(r["device"]) for r in group}))
-        summaries.append((summary, len(group)))
-    return summaries
-
-
-def _runs(count):
-    return f"{count} run" if count == 1 else f"{count} runs"
-
-
-def markdown(rows, summaries):
-    """The lines of a Markdown table: the run rows, then the summary rows (mean ± std, 2 decimals)."""
-
-    def text(value):
-        if value is None:
-            return "n/a"
-        if isinstance(value, tuple):
-            return f"{value[0]:.2f} ± {value[1]:.2f}"
-        if isinstance(value, float):
-            return f"{value:.2f}"
-        return str(value).replace("|", "\\|")  # a 201 cell string's bars would split the Markdown cell
-
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    for row in rows + [summary for summary, _ in summaries]:
-        lines.append("| " + " | ".join(text(v) for v in row.values()) + " |")
-    return lines
-
-
-def write_csv(path, tables):
-    """`tables` ({name: (rows, summaries)}) as one CSV: the run rows, then each summary as a `mean` and a `std` row."""
-    columns = ["table", "row"]
-    for rows, _ in tables.values():
-        columns += [column for column in rows[0] if column not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, [*columns, "runs"], lineterminator="\n")
-        writer.writeheader()
-        for name, (rows, summaries) in tables.items():
-            for row in rows:
-                writer.writerow({**row, "table": name, "row": "run", "runs": 1})
-            for summary, count in summaries:
-                for i, kind in enumerate(("mean", "std")):
-                    plain = {k: (v[i] if isinstance(v, tuple) else v) for k, v in summary.items()}
-                    writer.writerow({**plain, "table": name, "row": kind, "run": "", "runs": count})
-
-
 def cell_name(run_dir):
     """The name of the run's genotype.json: a named genotype's name, else `cell` + 8 hex digits of its SHA-1."""
     path = Path(run_dir) / "genotype.json"
@@ -160,6 +63,11 @@ def cell_name(run_dir):
         if genotype_to_dict(genotype) == plain:
             return name
     return "cell " + hashlib.sha1(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _test(record, key):
+    """`test_<key>` of a history record (test accuracy, %); runs recorded before its rename call it `valid_<key>`."""
+    return record[f"test_{key}"] if f"test_{key}" in record else record[f"valid_{key}"]
 
 
 def run_rows(run_dir):
@@ -183,9 +91,9 @@ def run_rows(run_dir):
         **row,
         "params (M)": params,
         "epochs": epochs,
-        "best error (%)": 100 - max(r["valid_acc"] for r in history),
-        "last error (%)": 100 - last["valid_acc"],
-        "last top-5 error (%)": 100 - last["valid_top5"],
+        "test error (%)": 100 - _test(last, "acc"),  # the last epoch's, as the paper reports it
+        "test top-5 error (%)": 100 - _test(last, "top5"),
+        "best-epoch error (%, chosen on test)": 100 - max(_test(r, "acc") for r in history),
     }
 
 
@@ -205,13 +113,21 @@ def main(argv=None):
         tables["search"] = (searches, summarize(searches, ["data set"], [cost]))
         lines += ["Search runs", "", *markdown(*tables["search"]), ""]
     if rows["eval"]:
-        numeric = [column for column in rows["eval"][0] if column.endswith("(%)") or column == "params (M)"]
+        numeric = [column for column in rows["eval"][0] if "(%" in column or column == "params (M)"]
         tables["eval"] = (rows["eval"], summarize(rows["eval"], ["data set", "cell"], numeric))
-        lines += ["Evaluation runs (test error = 100 - test accuracy)", "", *markdown(*tables["eval"]), ""]
+        lines += [
+            "Evaluation runs (test error = 100 - test accuracy of the last epoch, the paper's number; the best "
+            "epoch is chosen on the test set itself, so its error is optimistic)",
+            "",
+            *markdown(*tables["eval"]),
+            "",
+        ]
     for name, (_, summaries) in tables.items():
         for summary, count in summaries:
             group = summary["data set"] + ("" if name == "search" else f", {summary['cell']}")
-            lines.append(f"{name} {group}: mean ± std over {_runs(count)} (sample std, ddof=1; 0.00 for a single run).")
+            lines.append(
+                f"{name} {group}: mean ± std over {runs_text(count)} (sample std, ddof=1; 0.00 for a single run)."
+            )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.csv:
         write_csv(args.csv, tables)

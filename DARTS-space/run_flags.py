@@ -2,7 +2,7 @@
 
 `add_run_arguments` adds the system flags the run engine reads (device, workers, seed,
 run folder, resume, progress lines, timed checkpoints); `check_ranges` refuses, in one
-line, any numeric flag of a script outside its range in `RANGES`; `check_resume` refuses a
+line, any numeric flag of a script outside its range (`RANGES`, and the script's own); `check_resume` refuses a
 resumed run whose flags differ from its checkpoint's, except those in `MAY_CHANGE`. Not a
 script; the same file in both folders.
 """
@@ -11,37 +11,27 @@ import math
 
 from utils import UserError
 
-# Valid ranges of the numeric flags, checked for every flag a script has: (low, high, low
-# inclusive, high inclusive); None is unbounded.
+# Valid ranges of the numeric flags of both folders, checked for every flag a script has:
+# (low, high, low inclusive, high inclusive); None is unbounded. A flag of one folder alone has
+# its range next to its definition there (`FLAG_RANGES`), handed to `check_ranges`.
 RANGES = {
     "epochs": (1, None, True, True),
     "batch_size": (1, None, True, True),
     "init_channels": (1, None, True, True),
     "layers": (1, None, True, True),
     "report_freq": (1, None, True, True),
-    "k": (1, None, True, True),
     "image_size": (1, None, True, True),
-    "cutout_length": (1, None, True, True),
     "workers": (0, None, True, True),
     "gpu": (0, None, True, True),
-    "max_steps": (0, None, True, True),
-    "max_steps_per_epoch": (0, None, True, True),
     "warmup_epochs": (0, None, True, True),
-    "lr_warmup_epochs": (0, None, True, True),
-    "trajectory_samples": (0, None, True, True),
     "learning_rate": (0, None, False, True),
     "arch_learning_rate": (0, None, False, True),
     "learning_rate_min": (0, None, True, True),
     "grad_clip": (0, None, False, True),
     "weight_decay": (0, None, True, True),
     "reg_scale": (0, None, True, True),
-    "auxiliary_weight": (0, None, True, True),
     "momentum": (0, 1, True, False),
-    "drop_path_prob": (0, 1, True, False),
-    "label_smoothing": (0, 1, True, False),
     "train_portion": (0, 1, False, False),
-    "tau_max": (0, None, False, True),
-    "tau_min": (0, None, False, True),
     "checkpoint_minutes": (0, None, False, True),
     "stage_epochs": (1, None, True, True),
     "stage_k": (1, None, True, True),
@@ -94,38 +84,31 @@ def add_run_arguments(parser, seed, workers=2):
     return system
 
 
-def check_ranges(args):
-    """Refuse a numeric flag outside its valid range (`RANGES`), or not finite, with one line naming it."""
-    for name, (low, high, low_in, high_in) in RANGES.items():
+def check_ranges(args, own=None):
+    """Refuse a numeric flag outside its valid range, or not finite, with one line naming it.
+
+    The ranges are `RANGES` and the script's `own` ({flag: (low, high, low inclusive, high inclusive)}).
+    """
+    for name, bounds in {**RANGES, **(own or {})}.items():
+        low, high, low_in, high_in = bounds
         value = getattr(args, name, None)
         for v in value if isinstance(value, list) else [value]:
             if v is None or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             if isinstance(v, float) and not math.isfinite(v):
-                raise UserError(f"--{name} {v} is not a finite number; give {_range_text(name)}")
+                raise UserError(f"--{name} {v} is not a finite number; give {_range_text(bounds)}")
             too_low = low is not None and (v < low or (v == low and not low_in))
             too_high = high is not None and (v > high or (v == high and not high_in))
             if too_low or too_high:
-                raise UserError(f"--{name} {v} is out of range: give {_range_text(name)}")
+                raise UserError(f"--{name} {v} is out of range: give {_range_text(bounds)}")
 
 
-def _range_text(name):
-    """`RANGES[name]` in words: "a number > 0", "a number in [0, 1)"."""
-    low, high, low_in, high_in = RANGES[name]
+def _range_text(bounds):
+    """A range in words: "a number > 0", "a number in [0, 1)"."""
+    low, high, low_in, high_in = bounds
     if high is None:
         return f"a number {'>=' if low_in else '>'} {low}"
     return f"a number in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
-
-
-def check_warmup(warmup_epochs, stage_epochs):
-    """Refuse a warm-up that covers a whole stage: that stage's architecture would never be trained."""
-    for stage, epochs in enumerate(stage_epochs):
-        if warmup_epochs >= epochs:
-            raise UserError(
-                f"--warmup_epochs {warmup_epochs} covers all {epochs} epochs of stage {stage + 1} (--stage_epochs "
-                f"{' '.join(map(str, stage_epochs))}), which would never train the architecture; pass --warmup_epochs "
-                f"{min(stage_epochs) - 1} or less, or longer --stage_epochs"
-            )
 
 
 def check_resume(saved, args):

@@ -1,12 +1,12 @@
 """The progressive DrNAS search: what `train_search.py` (CIFAR) and `train_search_imagenet.py` share.
 
-The search flags (`add_arguments`) and their checks (`check_args`), the schedule of the
-weights' learning rate (`learning_rate`) and of the stages (`stage_schedule`), the stage
-switch of progressive learning (`enter_stage`: prune to the best ops, widen to the next
-k, DrNAS section 3.3), the weight step (`weight_step`), and the `Search` task that the run
-engine drives epoch by epoch: per batch one architecture step on a held-out batch (after
-the stage's warm-up) and one weight step on a training batch; per epoch the held-out
-accuracy with the Dirichlet mean, the genotype and the concentrations.
+The search flags (`add_arguments`) and their checks (`check_args`), the weights' learning
+rate (`learning_rate`) and the stages (`get_stages`), the stage switch of progressive
+learning (`enter_stage`: prune to the best ops, widen to the next k, DrNAS section 3.3),
+one search step (`search_step`), and `search`, the loop: per batch one architecture step
+on a held-out batch (after the stage's warm-up) and one weight step on a training batch;
+per epoch the held-out accuracy with the Dirichlet mean, the genotype and the
+concentrations.
 
 Several processes (torchrun): every process takes its own shard of both data streams
 (`--batch_size` is the total, split evenly) and runs the same supernet. No DDP wrapper:
@@ -19,7 +19,6 @@ Not a script.
 """
 
 import logging
-import math
 
 import torch
 import torch.nn as nn
@@ -29,7 +28,6 @@ from torch.utils.data import Subset
 import accel
 import device_data
 import distributed
-import engine
 import progress
 import run_flags
 import streams
@@ -37,9 +35,13 @@ import utils
 from architect import Architect
 from genotypes import PRIMITIVES, genotype_to_dict, save_genotype
 from model_search import Network, check_k
-from net2wider import expand
+from net2wider import carry_momentum
+from stages import Stage, check_warmup, stage_at
 
 logger = logging.getLogger(__name__)
+
+# Valid ranges of the numeric flags only the searches of this folder have (run_flags.RANGES holds the rest).
+FLAG_RANGES = {"lr_warmup_epochs": (0, None, True, True), "max_steps": (0, None, True, True)}
 
 
 def add_arguments(parser):
@@ -112,7 +114,7 @@ def check_args(args, min_image_size=32):
 
     `min_image_size`: the smallest --image_size the network takes (32 for the ImageNet supernet's /8 stem).
     """
-    run_flags.check_ranges(args)
+    run_flags.check_ranges(args, FLAG_RANGES)
     n = len(args.stage_epochs)
     if not (len(args.stage_k) == len(args.stage_keep) == n):
         raise utils.UserError(
@@ -123,7 +125,7 @@ def check_args(args, min_image_size=32):
         raise utils.UserError(f"--stage_keep {args.stage_keep}: each stage keeps 1..7 ops, never more than before")
     if args.stage_k != sorted(args.stage_k, reverse=True):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
-    run_flags.check_warmup(args.warmup_epochs, args.stage_epochs)
+    check_warmup(get_stages(args))
     for k in args.stage_k:
         check_k(args.init_channels, args.layers, k, flag="--stage_k")
     if getattr(args, "image_size", 32) < min_image_size:
@@ -133,38 +135,30 @@ def check_args(args, min_image_size=32):
 
 
 def learning_rate(epoch, args):
-    """Cosine over all stages, continuous across them; optional linear warm-up first."""
+    """Cosine over all stages, continuous across them; a linear warm-up first for batches over 256 (ImageNet)."""
     if epoch < args.lr_warmup_epochs and args.batch_size > 256:
         return args.learning_rate * (epoch + 1) / args.lr_warmup_epochs
-    total = sum(args.stage_epochs)
-    cos = (1 + math.cos(math.pi * epoch / total)) / 2
-    return args.learning_rate_min + (args.learning_rate - args.learning_rate_min) * cos
+    return utils.cosine_lr(epoch, sum(args.stage_epochs), args.learning_rate, args.learning_rate_min)
 
 
-def stage_schedule(epoch, args):
-    """(stage, arch_on) of an epoch: its stage, and False in the stage's warm-up (weights only)."""
-    starts = [sum(args.stage_epochs[:s]) for s in range(len(args.stage_epochs))]
-    stage = max(s for s, first in enumerate(starts) if first <= epoch)
-    return stage, epoch - starts[stage] >= args.warmup_epochs
+def get_stages(args):
+    """The stages the flags ask for (DrNAS Sec. 3.3): epochs, k, ops kept and warm-up epochs of each."""
+    return [Stage(*s, args.warmup_epochs) for s in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
+
+
+def sgd(model, args, lr):
+    """The weight optimizer: SGD with momentum and weight decay over `weights()` (never beta)."""
+    return torch.optim.SGD(model.weights(), lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 def enter_stage(model, optimizer, stage, args):
-    """Prune to the stage's top ops, net2wider to its k, rebuild SGD carrying the momentum."""
-    model.prune(args.stage_keep[stage])
+    """Enter stage `stage` (an index): prune, widen, and a new SGD whose momentum follows the copied channels."""
+    target = get_stages(args)[stage]
+    model.prune(target.keep)
     # A private generator: the same channels on every rank and in a resumed run.
-    moved = model.widen(args.stage_k[stage], torch.Generator().manual_seed(args.seed + stage))
-    new = torch.optim.SGD(
-        model.weights(), lr=optimizer.param_groups[0]["lr"], momentum=args.momentum, weight_decay=args.weight_decay
-    )
-    # Momentum follows the parameters: unchanged ones keep theirs, widened ones get
-    # theirs expanded with the same channel copies; pruned ops' state is dropped.
-    for p in model.weights():
-        if p in optimizer.state:
-            new.state[p] = optimizer.state[p]
-    for m in moved:
-        buf = optimizer.state.get(m.old, {}).get("momentum_buffer")
-        if buf is not None:
-            new.state[m.new] = {"momentum_buffer": expand(buf, m.plan)}
+    moved = model.widen(target.k, torch.Generator().manual_seed(args.seed + stage))
+    new = sgd(model, args, optimizer.param_groups[0]["lr"])
+    carry_momentum(optimizer, new, moved)
     return new
 
 
@@ -178,6 +172,14 @@ def weight_step(model, optimizer, weights, x, y, grad_clip, dist):
     nn.utils.clip_grad_norm_(weights, grad_clip)
     optimizer.step()
     return logits, loss
+
+
+def search_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip, dist):
+    """One search iteration: an architecture step (when `valid_batch` is given), then a weight step."""
+    x, y = train_batch
+    if valid_batch is not None:  # beta first, on a held-out batch (DrNAS Algorithm 1), then the weights
+        architect.step(x, y, *valid_batch, lr, optimizer)
+    return weight_step(model, optimizer, weights, x, y, grad_clip, dist)
 
 
 @torch.no_grad()
@@ -194,7 +196,7 @@ def infer(model, loader, max_steps, dist):
     return meter.result(dist)
 
 
-def network(args, num_classes, device, state=None, imagenet=False):
+def build_model(args, num_classes, device, state=None, imagenet=False):
     """The supernet (--amp, --lean_ops); when resuming, at the checkpoint's stage (k, kept ops) with its tensors."""
     accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
@@ -228,119 +230,106 @@ def concentration_lines(model):
     return lines
 
 
-class Search(engine.Task):
-    """The progressive DrNAS search, epoch by epoch: stage switches, architecture and weight steps, genotype."""
+def search_data(train_data, valid_data, args, dist):
+    """This rank's streams of the weights' ("train") and the architecture's ("valid") batches, its shard of the
+    held-out images for the evaluation, and the steps per epoch."""
+    batch = args.batch_size // dist.world_size
+    on_device = device_data.use_device(args.data_on_device, train_data, dist.device)
+    shard = dict(
+        device=dist.device,
+        on_device=on_device,
+        workers=args.workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        pin_memory=dist.device.type == "cuda",
+    )
+    # Weights and architecture see disjoint images, each from a resumable stream of its own.
+    data = {
+        "train": device_data.stream(train_data, batch, args.seed, **shard),
+        "valid": device_data.stream(valid_data, batch, args.seed + 1, **shard),
+    }
+    # This rank's shard of the held-out images, in order (padded to equal shards).
+    shard_order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
+    valid_loader = device_data.loader(Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers)
+    steps = min(len(data["train"]), args.max_steps or len(data["train"]))
+    logger.info("%s", device_data.describe(data["train"]))
+    return data, valid_loader, steps
 
-    def __init__(
-        self, args, dist, model, train_data, valid_data, run_dir=None, state=None, arch_grad_clip=None, data=None
-    ):
-        # data: what genotype.json records about the data besides the cell (datasets.data_record)
-        self.args, self.dist, self.model, self.run_dir, self.data = args, dist, model, run_dir, data
-        self.optimizer = torch.optim.SGD(
-            model.weights(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
-        )
-        reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
-        # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
-        self.architect = Architect(model, args, reduce_grads=reduce, grad_clip=arch_grad_clip)
-        self.stage = 0
-        if state is not None:  # the model's tensors were loaded (and checked) before the run folder existed
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.architect.optimizer.load_state_dict(state["architect"])
-            self.stage = state["stage"]
-        distributed.broadcast_parameters(model, dist)  # the same start on every rank
-        batch = args.batch_size // dist.world_size
-        on_device = device_data.use_device(args.data_on_device, train_data, dist.device)
-        shard = dict(
-            device=dist.device,
-            on_device=on_device,
-            workers=args.workers,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            pin_memory=dist.device.type == "cuda",
-        )
-        # Weights and architecture see disjoint images, each from a resumable stream of its own.
-        self.streams = {
-            "train": device_data.stream(train_data, batch, args.seed, **shard),
-            "valid": device_data.stream(valid_data, batch, args.seed + 1, **shard),
-        }
-        # This rank's shard of the held-out images, in order (padded to equal shards).
-        shard_order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
-        self.valid_loader = device_data.loader(
-            Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers
-        )
-        self.steps = min(len(self.streams["train"]), args.max_steps or len(self.streams["train"]))
-        logger.info("%s", device_data.describe(self.streams["train"]))
-        self.arch_on, self.weights = False, model.weights()
-        logger.info(
-            "param count = %d weights (%.2fM)",
-            utils.count_parameters(self.weights),
-            utils.count_parameters(self.weights) / 1e6,
-        )
 
-    def begin_epoch(self, epoch):
-        stage, self.arch_on = stage_schedule(epoch, self.args)
-        if stage > self.stage:
-            self.optimizer = enter_stage(self.model, self.optimizer, stage, self.args)
-            self.stage = stage
-            logger.info(
-                "stage %d/%d: kept %d ops per edge, k=%d, %d weights",
-                stage + 1,
-                len(self.args.stage_epochs),
-                self.args.stage_keep[stage],
-                self.model.k,
-                utils.count_parameters(self.model.weights()),
-            )
-        self.weights = self.model.weights()
-        lr = learning_rate(epoch, self.args)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        logger.info(
-            "epoch %d: stage %d, lr %.5f%s",
-            epoch + 1,
-            self.stage + 1,
-            lr,
-            "" if self.arch_on else ", weights only (warm-up)",
-        )
-        return {"stage": self.stage, "k": self.model.k, "lr": lr}
+def optimizers(model, args, dist, state=None, arch_grad_clip=None):
+    """SGD over the weights and the `Architect` (Adam over beta), with a resumed run's states."""
+    optimizer = sgd(model, args, args.learning_rate)
+    reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
+    # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
+    architect = Architect(model, args, reduce_grads=reduce, grad_clip=arch_grad_clip)
+    if state is not None:  # the model's tensors were loaded (and checked) by build_model
+        optimizer.load_state_dict(state["optimizer"])
+        architect.optimizer.load_state_dict(state["architect"])
+    return optimizer, architect
 
-    def step(self, epoch, step):
-        device = self.dist.device
-        x, y = (t.to(device, non_blocking=True) for t in next(self.streams["train"]))
-        if self.arch_on:  # beta first, on a held-out batch (DrNAS Algorithm 1), then the weights
-            xv, yv = (t.to(device, non_blocking=True) for t in next(self.streams["valid"]))
-            self.architect.step(x, y, xv, yv, self.optimizer.param_groups[0]["lr"], self.optimizer)
-        logits, loss = weight_step(self.model, self.optimizer, self.weights, x, y, self.args.grad_clip, self.dist)
-        return logits, y, loss
 
-    def evaluate(self, epoch):
-        result = infer(self.model, self.valid_loader, self.args.max_steps, self.dist)
-        distributed.broadcast_parameters(self.model, self.dist)  # BatchNorm statistics of rank 0
-        return {"valid_acc": result["acc"], "valid_top5": result["top5"], "valid_loss": result["loss"]}
+def search(run, model, train_data, valid_data, args, arch_grad_clip=None, data=None):
+    """The progressive search (DrNAS Algorithm 1, Sec. 3.3), epoch by epoch: the stage switch, then per training
+    batch an architecture step on a held-out batch (after the stage's warm-up) and a weight step; the held-out
+    accuracy, the cell and its concentrations. `data` goes into genotype.json beside the cell."""
+    dist, stages, resumed = run.dist, get_stages(args), run.task_state()
+    optimizer, architect = optimizers(model, args, dist, resumed, arch_grad_clip)
+    distributed.broadcast_parameters(model, dist)  # the same start on every rank
+    batches, valid_loader, steps = search_data(train_data, valid_data, args, dist)
+    stage = 0 if resumed is None else resumed["stage"]
+    weights = model.weights()
+    logger.info(
+        "param count = %d weights (%.2fM)", utils.count_parameters(weights), utils.count_parameters(weights) / 1e6
+    )
 
-    def end_epoch(self, epoch, record):
-        genotype = self.model.genotype()
-        logger.info("genotype = %s", genotype)
-        for line in concentration_lines(self.model):
-            logger.info("%s", line)
-        record["genotype"] = genotype_to_dict(genotype)
-        record["alpha_max"] = float(self.model.kept_concentrations().detach().max())
-        if self.run_dir is not None:  # rank 0
-            save_genotype(genotype, self.run_dir / "genotype.json", self.data)
-
-    def state_dict(self):
+    def state():  # the script's part of every checkpoint
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "architect": self.architect.optimizer.state_dict(),
-            "stage": self.stage,
-            "k": self.model.k,
-            "kept": self.model.kept,
-            "genotype": genotype_to_dict(self.model.genotype()),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "architect": architect.optimizer.state_dict(),
+            "stage": stage,
+            "k": model.k,
+            "kept": model.kept,
+            "genotype": genotype_to_dict(model.genotype()),
         }
 
-    def watched(self):
-        return self.model.arch_parameters()
+    epochs = sum(s.epochs for s in stages)
+    for epoch in run.epochs(epochs, steps, state, batches, watched=model.arch_parameters()):
+        index, arch_on = stage_at(stages, epoch)
+        if index != stage:  # stage boundary: prune, widen, hand the momentum over
+            stage, optimizer = index, enter_stage(model, optimizer, index, args)
+            count = utils.count_parameters(model.weights())
+            keep = stages[stage].keep
+            logger.info(
+                "stage %d/%d: kept %d ops per edge, k=%d, %d weights", stage + 1, len(stages), keep, model.k, count
+            )
+        lr = learning_rate(epoch, args)
+        utils.set_lr(optimizer, lr)
+        weights = model.weights()
+        model.train()
+        warm = "" if arch_on else ", weights only (warm-up)"
+        logger.info("epoch %d: stage %d, lr %.5f%s", epoch + 1, stage + 1, lr, warm)
+        for _ in run.steps():
+            x, y = (t.to(dist.device, non_blocking=True) for t in next(batches["train"]))
+            valid_batch = None
+            if arch_on:  # the architecture's batch only when beta trains
+                valid_batch = tuple(t.to(dist.device, non_blocking=True) for t in next(batches["valid"]))
+            logits, loss = search_step(
+                model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip, dist
+            )
+            run.update(logits, y, loss)
+        valid = infer(model, valid_loader, args.max_steps, dist)
+        distributed.broadcast_parameters(model, dist)  # BatchNorm statistics of rank 0
+        genotype = model.genotype()
+        logger.info("genotype = %s", genotype)
+        for line in concentration_lines(model):
+            logger.info("%s", line)
+        if run.main:
+            save_genotype(genotype, run.run_dir / "genotype.json", data)
+        record = {"stage": stage, "k": model.k, "lr": lr, **run.train_metrics()}
+        record.update(valid_acc=valid["acc"], valid_top5=valid["top5"], valid_loss=valid["loss"])
+        record.update(genotype=genotype_to_dict(genotype), alpha_max=float(model.kept_concentrations().detach().max()))
+        run.end_epoch(record)
 
 
 def finish(run, model):

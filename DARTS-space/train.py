@@ -19,7 +19,6 @@ other data, or at another image size, says so in one log line (and trains as it 
 import argparse
 import logging
 
-import torch
 import torch.nn as nn
 
 import accel
@@ -29,7 +28,7 @@ import engine
 import genotypes
 import utils
 from model import NetworkCIFAR
-from training import Training, add_arguments, finish, log_model, log_searched_data
+from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def main(argv=None):
             f"--auxiliary needs --image_size 32 or more (its head pools 5x5 windows of the 1/4-size maps), "
             f"not {args.image_size}; drop --auxiliary or raise --image_size"
         )
-    run = engine.Run(args, "train", join=distributed.setup)
+    run = engine.Run(args, "train", join=distributed.setup, ranges=FLAG_RANGES)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
@@ -90,18 +89,12 @@ def main(argv=None):
         if args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", train_set.summary)
         log_model(model)
-        # Cosine from the initial rate to 0 over all epochs, stepped once per epoch.
-        task = Training(
-            args,
-            run.dist,
-            model,
-            train_set,
-            test_set,
-            nn.CrossEntropyLoss(),
-            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs),
-            state,
-        )
-        best = run.fit(task, args.epochs, task.steps)
+
+        # Cosine from the initial rate to 0 over all epochs, set once per epoch.
+        def learning_rate(epoch):
+            return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
+
+        best = train(run, model, train_set, test_set, nn.CrossEntropyLoss(), learning_rate, args)
         finish(run, model, best)
     finally:
         distributed.cleanup()

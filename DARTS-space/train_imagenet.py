@@ -17,7 +17,6 @@ import argparse
 import logging
 import math
 
-import torch
 import torch.nn as nn
 
 import accel
@@ -27,7 +26,7 @@ import engine
 import genotypes
 import utils
 from model import NetworkImageNet
-from training import Training, add_arguments, finish, log_model, log_searched_data
+from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +85,6 @@ def lr_factor(epoch, args):
     if args.lr_scheduler == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / E))
     tail = min(TAIL_EPOCHS, E - 1)
-    if epoch >= E:  # the scheduler's step after the last epoch
-        return 0.0
     if E - epoch > tail:
         return (E - tail - epoch) / (E - tail)
     return (E - epoch) / (tail * (E - tail))
@@ -105,8 +102,9 @@ def main(argv=None):
         parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype, searched = genotypes.load_genotype_and_data(args.arch)
-    train_set, val_set, num_classes = datasets.imagenet_or_synthetic(args)
-    run = engine.Run(args, "train_imagenet", join=distributed.setup)
+    # ImageNet's val/ folder is the test set (the paper reports on it), so its records are test_acc, test_top5, ...
+    train_set, test_set, num_classes = datasets.imagenet_or_synthetic(args)
+    run = engine.Run(args, "train_imagenet", join=distributed.setup, ranges=FLAG_RANGES)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
@@ -117,23 +115,17 @@ def main(argv=None):
             utils.load_model_state(model, state["model"], args.resume)
         run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
         logger.info("genotype = %s", genotype)
-        log_searched_data(args, searched, val_set, num_classes)
-        logger.info("%d training and %d validation images in %d classes", len(train_set), len(val_set), num_classes)
+        log_searched_data(args, searched, test_set, num_classes)
+        logger.info("%d training and %d test (val/) images in %d classes", len(train_set), len(test_set), num_classes)
         log_model(model)
-        # Label smoothing in training only; validation reports the plain cross-entropy.
+        # Label smoothing in training only; the test set reports the plain cross-entropy.
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-        # Stepped once per epoch; the factor is a function of the epoch, so resume is exact.
-        task = Training(
-            args,
-            run.dist,
-            model,
-            train_set,
-            val_set,
-            criterion,
-            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(epoch, args)),
-            state,
-        )
-        best = run.fit(task, args.epochs, task.steps)
+
+        # A function of the epoch alone, so resume is exact.
+        def learning_rate(epoch):
+            return args.learning_rate * lr_factor(epoch, args)
+
+        best = train(run, model, train_set, test_set, criterion, learning_rate, args)
         finish(run, model, best)
     finally:
         distributed.cleanup()

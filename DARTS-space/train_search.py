@@ -28,6 +28,7 @@ import logging
 
 from torch.utils.data import Subset
 
+import data_common
 import datasets
 import distributed
 import engine
@@ -67,18 +68,16 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args, min_image_size=8)  # the CIFAR supernet's stem keeps the size
-    run = engine.Run(args, "train_search", join=distributed.setup)
+    run = engine.Run(args, "train_search", join=distributed.setup, ranges=search.FLAG_RANGES)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
         train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
-        state = run.task_state()
-        model = search.network(args, num_classes, run.dist.device, state)
+        model = search.build_model(args, num_classes, run.dist.device, run.task_state())
         run.open()
         if args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", full.summary)
-        data = datasets.data_record(args, full, num_classes)  # recorded in genotype.json, for train.py
-        task = search.Search(args, run.dist, model, train_data, valid_data, run.run_dir, state, data=data)
-        run.fit(task, sum(args.stage_epochs), task.steps)
+        data = data_common.data_record(args, full, num_classes)  # recorded in genotype.json, for train.py
+        search.search(run, model, train_data, valid_data, args, data=data)
         search.finish(run, model)
     finally:
         distributed.cleanup()

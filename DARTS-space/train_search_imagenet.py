@@ -27,6 +27,7 @@ are averaged over the ranks (see search.py); the replicas' agreement is logged a
 import argparse
 import logging
 
+import data_common
 import datasets
 import distributed
 import engine
@@ -63,14 +64,13 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args)
-    run = engine.Run(args, "train_search_imagenet", join=distributed.setup)
+    run = engine.Run(args, "train_search_imagenet", join=distributed.setup, ranges=search.FLAG_RANGES)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
         train_data, valid_data, num_classes = run.first_on_rank0(
             lambda: datasets.imagenet_or_synthetic(args, search=True)
         )
-        state = run.task_state()
-        model = search.network(args, num_classes, run.dist.device, state, imagenet=True)
+        model = search.build_model(args, num_classes, run.dist.device, run.task_state(), imagenet=True)
         run.open()
         logger.info(
             "%d images for the weights, %d for the architecture, %d classes",
@@ -78,11 +78,8 @@ def main(argv=None):
             len(valid_data),
             num_classes,
         )
-        data = datasets.data_record(args, train_data, num_classes)  # recorded in genotype.json
-        task = search.Search(
-            args, run.dist, model, train_data, valid_data, run.run_dir, state, arch_grad_clip=args.grad_clip, data=data
-        )
-        run.fit(task, sum(args.stage_epochs), task.steps)
+        data = data_common.data_record(args, train_data, num_classes)  # recorded in genotype.json
+        search.search(run, model, train_data, valid_data, args, arch_grad_clip=args.grad_clip, data=data)
         search.finish(run, model)
     finally:
         distributed.cleanup()

@@ -1,8 +1,8 @@
 """Training a searched cell from scratch: what `train.py` (CIFAR) and `train_imagenet.py` share.
 
 The flags of both scripts (`add_arguments`), the training loss with the auxiliary head
-(`training_loss`), the evaluation (`infer`) and the `Training` task that the run engine
-drives epoch by epoch (drop path ramped with the epoch, SGD with gradient clipping,
+(`training_loss`), one SGD step (`train_step`), the evaluation (`infer`) and `train`, the
+loop of epochs and steps (drop path ramped with the epoch, SGD with gradient clipping,
 optional mixed precision, DistributedDataParallel under torchrun), and the log lines
 both write (`log_searched_data`, `log_model`, `finish`). Not a script.
 """
@@ -15,10 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 import accel
-import datasets
+import data_common
 import device_data
 import distributed
-import engine
 import genotypes
 import progress
 import run_flags
@@ -26,6 +25,15 @@ import utils
 from model import param_count
 
 logger = logging.getLogger(__name__)
+
+# Valid ranges of the numeric flags only the training scripts of this folder have (run_flags.RANGES holds the rest).
+FLAG_RANGES = {
+    "cutout_length": (1, None, True, True),
+    "auxiliary_weight": (0, None, True, True),
+    "drop_path_prob": (0, 1, True, False),
+    "label_smoothing": (0, 1, True, False),
+    "max_steps_per_epoch": (0, None, True, True),
+}
 
 
 def add_arguments(
@@ -108,84 +116,77 @@ def infer(loader, model, amp_dtype, args, dist):
     return meter.result(dist)
 
 
-class Training(engine.Task):
-    """SGD on a searched network: drop path ramped per epoch, auxiliary loss, gradient clipping, AMP."""
+def train_step(net, optimizer, scaler, criterion, batch, amp_dtype, args):
+    """One SGD step on a training batch (auxiliary loss, gradient clipping, --amp); returns (logits, loss)."""
+    x, y = batch
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=args.amp):
+        logits, logits_aux = net(x)
+        loss = training_loss(criterion, logits, logits_aux, y, args.auxiliary_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss
 
-    best_metric = "valid_acc"
 
-    def __init__(self, args, dist, model, train_set, test_set, criterion, scheduler_for, state=None):
-        self.args, self.dist, self.model, self.criterion = args, dist, model, criterion
-        device = dist.device
-        use_bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-        self.amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
-        # The loss scaler only matters for fp16, whose small range underflows gradients.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp and self.amp_dtype == torch.float16)
-        self.optimizer = torch.optim.SGD(
-            model.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
-        )
-        self.scheduler = scheduler_for(self.optimizer)
-        if state is not None:  # the model's tensors were loaded (and checked) before the run folder existed
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-        if args.compile:  # in place: the model, DDP's and the checkpoints' tensors stay the same
-            accel.compile_model(model, device, dist.world_size)
-        # DDP averages the gradients in the backward pass; every rank steps the same weights.
-        self.net = model
-        if dist.world_size > 1:
-            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        per_rank, pin = args.batch_size // dist.world_size, device.type == "cuda"
-        on_device = device_data.use_device(args.data_on_device, train_set, device)
-        # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
-        self.streams = {
-            "train": device_data.stream(
-                train_set, per_rank, args.seed, device, on_device, args.workers, True, dist.rank, dist.world_size, pin
-            )
+def train(run, model, train_set, test_set, criterion, learning_rate, args):
+    """The training loop: per epoch the drop path ramp and `learning_rate(epoch)`, one SGD step per batch, then
+    the test set. Returns the best epoch's test accuracy (best.pt is chosen on the test set: there is no other)."""
+    dist, device, resumed = run.dist, run.dist.device, run.task_state()
+    amp_dtype = accel.amp_dtype(device)
+    # The loss scaler only matters for fp16, whose small range underflows gradients.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
+    optimizer = torch.optim.SGD(
+        model.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    if resumed is not None:  # the model's tensors were loaded (and checked) before the run folder existed
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+    if args.compile:  # in place: the model, DDP's and the checkpoints' tensors stay the same
+        accel.compile_model(model, device, dist.world_size)
+    # DDP averages the gradients in the backward pass; every rank steps the same weights.
+    net = model
+    if dist.world_size > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    per_rank, pin = args.batch_size // dist.world_size, device.type == "cuda"
+    on_device = device_data.use_device(args.data_on_device, train_set, device)
+    # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
+    batches = device_data.stream(
+        train_set, per_rank, args.seed, device, on_device, args.workers, True, dist.rank, dist.world_size, pin
+    )
+    # Test shards without padding, so the summed counts cover each test image once.
+    test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
+    test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
+    logger.info("%s", device_data.describe(batches))
+    steps = min(len(batches), args.max_steps_per_epoch or len(batches))
+
+    def state():  # the script's part of every checkpoint
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "param_count": param_count(model),
         }
-        # Test shards without padding, so the summed counts cover each test image once.
-        test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
-        self.test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
-        logger.info("%s", device_data.describe(self.streams["train"]))
-        full = len(self.streams["train"])
-        self.steps = min(full, args.max_steps_per_epoch) if args.max_steps_per_epoch > 0 else full
 
-    def begin_epoch(self, epoch):
+    for epoch in run.epochs(args.epochs, steps, state, {"train": batches}, best="test_acc"):
         # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
-        self.model.drop_path_prob = self.args.drop_path_prob * epoch / self.args.epochs
-        self.net.train()  # once per epoch: evaluation switches it off at the end of the last one
-        return {"lr": self.scheduler.get_last_lr()[0], "drop_path_prob": self.model.drop_path_prob}
-
-    def step(self, epoch, step):
-        x, y = (t.to(self.dist.device, non_blocking=True) for t in next(self.streams["train"]))
-        accel.begin_step(self.dist.device, self.dist.world_size, self.args.compile)
-        with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.args.amp):
-            logits, logits_aux = self.net(x)
-            loss = training_loss(self.criterion, logits, logits_aux, y, self.args.auxiliary_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(self.net.parameters(), self.args.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return logits, y, loss
-
-    def evaluate(self, epoch):
+        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+        lr = learning_rate(epoch)
+        utils.set_lr(optimizer, lr)
+        net.train()  # once per epoch: evaluation switches it off at the end of the last one
+        for _ in run.steps():
+            x, y = (t.to(device, non_blocking=True) for t in next(batches))
+            accel.begin_step(device, dist.world_size, args.compile)
+            logits, loss = train_step(net, optimizer, scaler, criterion, (x, y), amp_dtype, args)
+            run.update(logits, y, loss)
         # The bare model, not DDP: ranks hold different numbers of test batches, and
         # DDP's forward would wait for buffers from ranks that have finished.
-        result = infer(self.test_loader, self.model, self.amp_dtype, self.args, self.dist)
-        return {"valid_acc": result["acc"], "valid_top5": result["top5"], "valid_loss": result["loss"]}
-
-    def end_epoch(self, epoch, record):
-        self.scheduler.step()
-
-    def state_dict(self):
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "param_count": param_count(self.model),
-        }
+        test = infer(test_loader, model, amp_dtype, args, dist)
+        record = {"lr": lr, "drop_path_prob": model.drop_path_prob, **run.train_metrics()}
+        run.end_epoch({**record, "test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"]})
+    return run.best
 
 
 def log_searched_data(args, searched, test_set, num_classes):
@@ -194,7 +195,7 @@ def log_searched_data(args, searched, test_set, num_classes):
     `searched`: the data record of the genotype.json (`genotypes.load_genotype_and_data`).
     """
     # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
-    line = genotypes.data_difference(args.arch, searched, datasets.data_record(args, test_set, num_classes))
+    line = genotypes.data_difference(args.arch, searched, data_common.data_record(args, test_set, num_classes))
     if line:
         logger.info("%s", line)
 
@@ -217,7 +218,7 @@ def finish(run, model, best):
         diff = distributed.max_parameter_difference(model, dist)
         logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
     logger.info(
-        "done: best valid acc %.2f (epoch %d), peak memory %.0f MB",
+        "done: best test acc %.2f (epoch %d), peak memory %.0f MB",
         best["value"] or 0.0,
         best["epoch"] + 1,
         utils.peak_memory_mb(dist.device),

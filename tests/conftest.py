@@ -60,29 +60,9 @@ def nb201_table():
     return NB201_TABLE
 
 
-# `python -c INTERRUPTED <script module> N1 N2 ... -- <arguments with --save>`: runs the script's main() in one
-# process, "killed" right after its N-th checkpoint each time, and resumes it from that checkpoint.
-INTERRUPTED = """
-import importlib, sys, utils
-script, stops = sys.argv[1], sys.argv[2:sys.argv.index("--")]
-argv = sys.argv[sys.argv.index("--") + 1:]
-real_save = utils.save_checkpoint
-class Killed(Exception):
-    pass
-def save(state, path, _calls=[]):
-    real_save(state, path)
-    _calls.append(path)
-    if str(len(_calls)) in stops:
-        raise Killed
-utils.save_checkpoint = save
-main = importlib.import_module(script).main
-run_dir = argv[argv.index("--save") + 1]
-for attempt in range(len(stops) + 1):
-    try:
-        main(argv + (["--resume", run_dir + "/checkpoint.pt"] if attempt else []))
-    except Killed:
-        continue
-"""
+# `python INTERRUPTED_RUN <script module> N1 N2 ... -- <arguments with --save>` (run from a space folder): the
+# script's main() in one process, "killed" right after its N-th checkpoint each time and resumed from it.
+INTERRUPTED_RUN = Path(__file__).resolve().parent / "interrupted_run.py"
 
 
 def script_env(**extra):
@@ -180,23 +160,28 @@ def restore_logging():
     root.setLevel(level)
 
 
-@pytest.fixture
-def tiny_imagenet(tmp_path):
-    """An ImageFolder tree of 32x32 PNGs in 3 classes (6 training, 3 validation images each)."""
+def write_tiny_imagenet(root):
+    """An ImageFolder tree of 32x32 PNGs in 3 classes (6 training, 3 validation images each) at `root`."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 6), ("val", 3)):
         for label in range(3):
-            folder = tmp_path / "imagenet" / split / f"n0{label}"
+            folder = root / split / f"n0{label}"
             folder.mkdir(parents=True)
             for i in range(count):
                 pixels = (rng.random((32, 32, 3)) * 60 + 80 * label).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    return tmp_path / "imagenet"
+    return root
 
 
-# ---------------------------------------------------------------- the CUDA tier (tests/test_cuda.py)
+@pytest.fixture
+def tiny_imagenet(tmp_path):
+    """`write_tiny_imagenet` under the test's tmp_path."""
+    return write_tiny_imagenet(tmp_path / "imagenet")
+
+
+# ---------------------------------------------------------------- the CUDA tier (tests/test_cuda_*.py)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -213,3 +198,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def cuda_runs(tmp_path_factory):
+    """The CUDA tier's background script runs (tests/cuda_jobs.py), started together: name -> `cuda_jobs.Run`."""
+    import cuda_jobs
+
+    started = cuda_jobs.start(tmp_path_factory.mktemp("cuda_runs"))
+    yield started
+    cuda_jobs.stop(started)
+
+
+@pytest.fixture
+def start_cuda_runs(request):
+    """Start `cuda_runs` now if this session reads them (tests/test_cuda_scripts.py does).
+
+    The runs take minutes, mostly start-up and compilation: the tier's in-process test files use this fixture,
+    so the runs go on in the background while they run; a session without the script tests starts none.
+    """
+    if any("cuda_runs" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("cuda_runs")

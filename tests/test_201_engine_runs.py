@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from conftest import SPACES, assert_one_line_error, forbid_host_reads, script_env
+from loop_run import LoopRun
 
 TIMEOUT = 300
 PREEMPT = "--dataset synthetic --epochs 2 --layers 2 --batch_size 8 --device cpu --workers 0 --report_freq 1".split()
@@ -169,20 +170,15 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
     args = search.get_parser().parse_args(argv)
     batches, loader = search.search_data(data, args, torch.device("cpu"))
     model = model_search.Network(4, 1, 10, 1, args.method)
-    optimizer, scheduler = search.make_weight_optimizer(model, args, 2)
-    task = search.Search(model, architect.Architect(model, args), optimizer, scheduler, batches, loader, args)
-    task.begin_epoch(1)
-    task.step(1, 0)  # the streams build their loaders at the start of a pass: not a per-step cost
-    with forbid_host_reads():
-        for step in (1, 2):
-            task.step(1, step)
+    optimizer = search.sgd(model, args, args.learning_rate)
+    # Epoch 2 of the search loop, 3 steps: the first starts the streams' loaders, not a per-step cost.
+    run = LoopRun(only=[1], steps=3, guard=forbid_host_reads)
+    search.search(run, model, architect.Architect(model, args), optimizer, batches, loader, args)
+    assert len(run.updates) == 3
 
+    args = train.get_parser().parse_args("--epochs 2 --batch_size 4 --workers 0".split())
     net = train.Network(4, 1, genotypes.DrNAS, 10)
     sgd = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, nesterov=True)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, 2)
-    task = train.Train(net, sgd, cosine, streams.Stream(data, 4, seed=0), None, genotypes.DrNAS)
-    task.begin_epoch(0)
-    task.step(0, 0)
-    with forbid_host_reads():
-        for step in (1, 2):
-            task.step(0, step)
+    run = LoopRun(only=[0], steps=3, guard=forbid_host_reads)
+    train.train(run, net, sgd, streams.Stream(data, 4, seed=0), [], genotypes.DrNAS, args)
+    assert len(run.updates) == 3

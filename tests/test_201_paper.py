@@ -11,6 +11,7 @@ and NAS-Bench-201's training protocol for the found cell.
 import json
 import math
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
+
+from loop_run import LoopRun
 
 D = torch.distributions
 BETA1, BETA2, ADAM_EPS = 0.5, 0.999, 1e-8
@@ -370,11 +373,12 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
 
 
 def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_weights_only(load_space):
-    """make_weight_optimizer with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
+    """The weight optimizer (`sgd`) with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
     ts, ms = load_space("201-space", "search", "model_search")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1)
-    opt, _ = ts.make_weight_optimizer(model, ts.get_parser().parse_args([]), 10)
+    args = ts.get_parser().parse_args([])
+    opt = ts.sgd(model, args, args.learning_rate)
     weights = model.weights()
     assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in weights]
     w = [p.detach().clone() for p in weights]
@@ -420,7 +424,7 @@ def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(lo
 
 
 def _search_task(ts, ms, arch, st, argv, n=16, portion=0.75, batch=4, k=1):
-    """A `Search` task on n random 8x8 images; the streams draw batches as the scripts' do."""
+    """The pieces `search.search` takes, on n random 8x8 images; the streams draw batches as the scripts' do."""
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(n, 3, 8, 8), torch.randint(10, (n,)))
     progressive = "--stage_epochs" in argv
@@ -428,22 +432,21 @@ def _search_task(ts, ms, arch, st, argv, n=16, portion=0.75, batch=4, k=1):
         ["--train_portion", str(portion), "--batch_size", str(batch), "--init_channels", "4", *argv]
     )
     model = ms.Network(4, 1, 10, k=k).train()
-    architect = arch.Architect(model, args)
-    w_opt, scheduler = ts.make_weight_optimizer(model, args, sum(s.epochs for s in ts.get_stages(args)))
     train_part, valid_part = ts.split_search_data(data, args.train_portion)
     streams = {
         "train": st.Stream(train_part, args.batch_size, seed=0),
         "valid": st.Stream(valid_part, args.batch_size, seed=1),
     }
-    task = ts.Search(model, architect, w_opt, scheduler, streams, None, args)
+    task = SimpleNamespace(search=ts.search, model=model, architect=arch.Architect(model, args), streams=streams)
+    task.optimizer, task.args = ts.sgd(model, args, args.learning_rate), args
     return data, task
 
 
-def _epoch(task, epoch):
-    """What engine.Run.fit does with the task's training steps of one epoch."""
-    task.begin_epoch(epoch)
-    for step in range(len(task.streams["train"])):
-        task.step(epoch, step)
+def _epoch(task, epoch, steps=None):
+    """Epoch `epoch` of the search loop (`search.search`), evaluated on no images; returns its LoopRun."""
+    run = LoopRun(only=[epoch], steps=steps)
+    task.search(run, task.model, task.architect, task.optimizer, task.streams, [], task.args)
+    return run
 
 
 def _rows_in(rows, pool):
@@ -495,8 +498,8 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
     assert int(architect.optimizer.state[model.beta]["step"]) == len(task.streams["train"]) == 3
     beta1 = model.beta.detach().clone()
     state1 = {k: v.clone() for k, v in architect.optimizer.state[model.beta].items()}
-    _epoch(task, 2)  # stage 2's warm-up, after the switch
-    assert task.stage == 1 and model.k == 1
+    run = _epoch(task, 2)  # stage 2's warm-up, after the switch
+    assert run.records[-1]["stage"] == 1 and model.k == 1
     assert torch.equal(model.beta, beta1)
     for key, value in architect.optimizer.state[model.beta].items():
         assert torch.equal(value, state1[key]), key
@@ -506,11 +509,13 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
 
 
 def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
-    """is_warmup: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
-    ts = load_space("201-space", "search")
-    stages = [ts.Stage(4, 4, 5, 2), ts.Stage(3, 2, 3, 2)]
-    assert [ts.is_warmup(stages, e) for e in range(7)] == [True, True, False, False, True, True, False]
-    assert not any(ts.is_warmup([ts.Stage(5, 1, 5, 0)], e) for e in range(5))
+    """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
+    stages_py = load_space("201-space", "stages")
+    stages = [stages_py.Stage(4, 4, 5, 2), stages_py.Stage(3, 2, 3, 2)]
+    assert [stages_py.stage_at(stages, e) for e in range(7)] == [
+        (0, False), (0, False), (0, True), (0, True), (1, False), (1, False), (1, True)
+    ]  # fmt: skip
+    assert all(stages_py.stage_at([stages_py.Stage(5, 1, 5, 0)], e) == (0, True) for e in range(5))
 
 
 def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
@@ -523,16 +528,15 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
     assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
     total = 7
     model = ms.Network(8, 1, 10, k=4)
-    opt, sched = ts.make_weight_optimizer(model, args, total)
-    task = ts.Search(model, arch.Architect(model, args), opt, sched, None, None, args)
-    for epoch in range(total):
-        record = task.begin_epoch(epoch)  # switches the stage at epoch 3
-        assert record["stage"] == (epoch >= 3) and model.k == (4 if epoch < 3 else 2)
+    streams = {"train": [None], "valid": [None]}  # no steps are taken
+    run = LoopRun(steps=0)
+    ts.search(run, model, arch.Architect(model, args), ts.sgd(model, args, 0.025), streams, [], args)
+    for epoch, (record, saved) in enumerate(zip(run.records, run.saved)):  # the stage switches at epoch 3
+        assert record["stage"] == (epoch >= 3) and saved["k"] == (4 if epoch < 3 else 2)
         want = 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi * epoch / total)) / 2
-        assert record["lr"] == task.scheduler.get_last_lr()[0] == pytest.approx(want, rel=1e-9), epoch
-        assert all(g["lr"] == pytest.approx(want, rel=1e-9) for g in task.optimizer.param_groups), epoch
-        task.optimizer.step()
-        task.end_epoch(epoch, {})
+        assert record["lr"] == pytest.approx(want, rel=1e-9), epoch
+        assert all(g["lr"] == pytest.approx(want, rel=1e-9) for g in saved["optimizer"]["param_groups"]), epoch
+    assert len(run.records) == total
 
 
 def test_gumbel_temperature_falls_linearly_from_10_to_1_over_the_epochs(load_space):
@@ -553,7 +557,7 @@ def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(lo
         model.beta.copy_(torch.randn(6, 5))
     top3 = [sorted(torch.topk(model.beta[e].detach(), 3).indices.tolist()) for e in range(6)]
     assert ts.get_stages(args)[1] == ts.Stage(50, 2, 3, 10)
-    ts.enter_stage(model, ts.make_weight_optimizer(model, args, 100)[0], 1, args)
+    ts.enter_stage(model, ts.sgd(model, args, args.learning_rate), 1, args)
     assert model.kept == top3 and model.k == 2
     for cell in model.search_cells():
         for e, edge in enumerate(cell.edges):
@@ -690,8 +694,7 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["task"]
     (group,) = ckpt["optimizer"]["param_groups"]
     assert group["nesterov"] is True and group["momentum"] == 0.9 and group["dampening"] == 0
-    assert group["weight_decay"] == 5e-4 and group["initial_lr"] == 0.1
-    assert ckpt["scheduler"]["T_max"] == 2 and ckpt["scheduler"]["eta_min"] == 0.0
+    assert group["weight_decay"] == 5e-4
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.05])
 

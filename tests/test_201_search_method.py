@@ -345,11 +345,11 @@ def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, m
     used = []
     original = ms.Network.forward
 
-    def recording(self, x, weights=None):
-        if weights is None:
-            weights = self.arch_weights()
-        used.append(weights.detach().clone())
-        return original(self, x, weights)
+    def recording(self, x, mix=None):
+        if mix is None:
+            mix = self.arch_weights()
+        used.append(mix.detach().clone())
+        return original(self, x, mix)
 
     monkeypatch.setattr(ms.Network, "forward", recording)
     architect = arch.Architect(model, _args(unrolled=True))

@@ -85,31 +85,13 @@ def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, sp
     assert _load(run_dir / "checkpoint.pt")["epoch"] == 2
 
 
-class _SignalledInEvaluation:
-    """A task of two steps per epoch whose evaluation receives SIGTERM (the engine's test double)."""
-
-    streams = None
-    best_metric = None
-
-    def begin_epoch(self, epoch):
-        return {}
-
-    def step(self, epoch, step):
-        logits = torch.zeros(2, 3)
-        return logits, torch.zeros(2, dtype=torch.long), torch.tensor(1.0)
-
-    def evaluate(self, epoch):
+def _signalled_in_evaluation(run, epochs):
+    """A loop of two steps an epoch whose evaluation receives SIGTERM."""
+    for _ in run.epochs(epochs, 2, state=dict):
+        for _ in run.steps():
+            run.update(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.tensor(1.0))
         os.kill(os.getpid(), signal.SIGTERM)  # the handler only notes it; the epoch is finished first
-        return {"valid_acc": 50.0}
-
-    def end_epoch(self, epoch, record):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def watched(self):
-        return []
+        run.end_epoch({**run.train_metrics(), "valid_acc": 50.0})
 
 
 def test_a_signal_during_evaluation_ends_after_the_epochs_checkpoint(load_space, tmp_path, restore_logging):
@@ -118,7 +100,7 @@ def test_a_signal_during_evaluation_ends_after_the_epochs_checkpoint(load_space,
     run = engine.Run(args, "tiny")
     run.open()
     with pytest.raises(SystemExit) as stopped:
-        run.fit(_SignalledInEvaluation(), 3, 2)
+        _signalled_in_evaluation(run, 3)
     assert stopped.value.code == 0
     ckpt = _load(tmp_path / "run" / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 0), "epoch 1 recorded and checkpointed, epoch 2 not begun"

@@ -91,8 +91,8 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     # DARTS' drop-path ramp drop_path_prob * epoch / epochs (default 0.3) and the cosine learning rate to 0.
     assert [h["drop_path_prob"] for h in history] == pytest.approx([0.0, 0.3 * 1 / 2])
     assert [h["lr"] for h in history] == pytest.approx([0.05, 0.05 * (1 + math.cos(math.pi * 1 / 2)) / 2])
-    assert history[-1]["valid_acc"] > 40.0  # chance is 10 %
-    assert "best valid acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
+    assert history[-1]["test_acc"] > 40.0  # chance is 10 %
+    assert "best test acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
 
     a, b = _checkpoint(straight), _checkpoint(resumed)
     assert b["epoch"] == 2
@@ -100,7 +100,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     _assert_same_state(a["model"], b["model"])
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
-    assert [h["valid_acc"] for h in _history(resumed)] == [h["valid_acc"] for h in history]
+    assert [h["test_acc"] for h in _history(resumed)] == [h["test_acc"] for h in history]
     assert "resumed from" in (resumed / "log.txt").read_text()
 
 

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loop_run import LoopRun
+
 SPACE = "DARTS-space"
 # Tiny supernet: C=4, 3 cells (normal, reduce, reduce), 16x16 inputs, 10 classes.
 C, LAYERS, SIZE = 4, 3, 16
@@ -380,12 +382,12 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
 
 def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
     """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34."""
-    train_search, search = load_space(SPACE, "train_search", "search")
+    train_search, search, stages = load_space(SPACE, "train_search", "search", "stages")
     args = train_search.get_parser().parse_args([])
-    schedule = [search.stage_schedule(epoch, args) for epoch in range(50)]
+    schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
-    args = argparse.Namespace(stage_epochs=[3, 4, 2], warmup_epochs=1)
-    assert [search.stage_schedule(e, args) for e in range(9)] == [
+    args = argparse.Namespace(stage_epochs=[3, 4, 2], stage_k=[1, 1, 1], stage_keep=[7, 7, 7], warmup_epochs=1)
+    assert [stages.stage_at(search.get_stages(args), e) for e in range(9)] == [
         (0, False),
         (0, True),
         (0, True),
@@ -399,40 +401,26 @@ def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights
 
 
 def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
-    """search.Search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch."""
-    search, model_search, distributed = load_space(SPACE, "search", "model_search", "distributed")
+    """search.search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch."""
+    search, model_search, train_search = load_space(SPACE, "search", "model_search", "train_search")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
-    args = argparse.Namespace(
-        grad_clip=5.0,
-        learning_rate=0.05,
-        learning_rate_min=0.0,
-        lr_warmup_epochs=0,
-        stage_epochs=[2],
-        warmup_epochs=1,
-        batch_size=2,
-        workers=0,
-        seed=0,
-        max_steps=0,
-        data_on_device="off",
-        **vars(arch_args(arch_learning_rate=0.01)),
-    )
+    argv = f"--layers {LAYERS} --init_channels {C} --batch_size 2 --workers 0 --seed 0 --data_on_device off"
+    argv += " --learning_rate 0.05 --arch_learning_rate 0.01 --stage_epochs 2 --stage_k 2 --stage_keep 7"
+    args = train_search.get_parser().parse_args([*argv.split(), "--warmup_epochs", "1"])
     data = [batch(seed=s) for s in range(4)]
     images = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
-    task = search.Search(args, distributed.setup("cpu"), net, images, images)
     beta0, w0 = flat(net.arch_parameters()), flat(net.weights())
-    task.streams = {"train": iter(data[:2]), "valid": iter([])}  # a warm-up epoch must not read the arch stream
-    task.begin_epoch(0)
-    for step in range(2):
-        task.step(0, step)
-    assert torch.equal(flat(net.arch_parameters()), beta0) and not task.architect.optimizer.state
-    assert not torch.equal(flat(net.weights()), w0)
-    task.streams = {"train": iter(data[2:]), "valid": iter(data[:2])}
-    task.begin_epoch(1)
-    for step in range(2):
-        task.step(1, step)
+    run = LoopRun(steps=2)
+    search.search(run, net, images, images, args)
+    warm, searched = run.saved  # the script's state at the end of epochs 1 and 2
+    assert torch.equal(flat([warm["model"]["beta_normal"], warm["model"]["beta_reduce"]]), beta0)
+    assert not warm["architect"]["state"], "no Adam step in the warm-up"
+    weight_names = [name for name, p in net.named_parameters() if not name.startswith("beta_")]
+    assert not torch.equal(flat(warm["model"][name] for name in weight_names), w0), "the weights trained"
     assert not torch.equal(flat(net.arch_parameters()), beta0)
-    assert all(float(state["step"]) == 2 for state in task.architect.optimizer.state.values())
+    assert all(float(state["step"]) == 2 for state in searched["architect"]["state"].values())
+    assert len(searched["architect"]["state"]) == 2, "both betas step once per batch"
 
 
 def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(load_space):
@@ -467,6 +455,51 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
     assert {id(p) for p in group["params"]} == {id(p) for p in net.weights()}
 
 
+def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widened_ones_expanded(load_space):
+    """enter_stage hands the weights' SGD momentum to the new optimiser: a parameter the switch keeps (the
+    stem, ...) keeps its buffer, a widened one gets the old buffer expanded with its own channel plan (as
+    net2wider.expand grew the weight), pruned ops leave none behind; ops grow to C/k; training goes on."""
+    search, model_search, net2wider, train_search = load_space(
+        SPACE, "search", "model_search", "net2wider", "train_search"
+    )
+    torch.manual_seed(0)
+    net = model_search.Network(C, 10, LAYERS, k=2)
+    argv = ["--stage_epochs", "1", "1", "--stage_k", "2", "1", "--stage_keep", "7", "3", "--warmup_epochs", "0"]
+    args = train_search.get_parser().parse_args(argv)
+    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9)
+    x, y = batch()
+    for _ in range(2):  # buffers that are not just the last gradient
+        sgd.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        sgd.step()
+    old = {p: sgd.state[p]["momentum_buffer"].clone() for p in net.weights()}
+    moved, widen = [], net.widen
+
+    def recording_widen(*widen_args):
+        records = widen(*widen_args)
+        moved.extend(records)
+        return records
+
+    net.widen = recording_widen
+    new = search.enter_stage(net, sgd, 1, args)
+    del net.widen
+    weights = net.weights()
+    assert set(new.state) <= set(weights), "pruned ops leave no state behind"
+    kept = [p for p in weights if p in old]
+    assert any(p is net.stem0[0].weight for p in kept)
+    for p in kept:
+        assert torch.equal(new.state[p]["momentum_buffer"], old[p])
+    assert moved and any(m.new.shape != m.old.shape for m in moved)
+    for m in moved:
+        assert any(m.new is p for p in weights)
+        assert torch.equal(new.state[m.new]["momentum_buffer"], net2wider.expand(old[m.old], m.plan))
+    assert len(kept) + len(moved) == len(weights), "every weight of the new optimiser has its momentum"
+    depthwise = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert depthwise and all(m.in_channels in (C, 2 * C, 4 * C) for m in depthwise)  # all channels: k=1
+    F.cross_entropy(net(x), y).backward()
+    new.step()
+
+
 def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arch_after_warmup(
     load_space, tmp_path, monkeypatch
 ):
@@ -475,8 +508,7 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     monkeypatch.setattr(utils, "setup_logging", lambda run_dir: None)  # keep pytest's logging
     seen = []
 
-    def recording_step(task, epoch, step):
-        optimizer, model = task.optimizer, task.model
+    def recording_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip, dist):
         groups = [{key: value for key, value in g.items() if key != "params"} for g in optimizer.param_groups]
         params = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
         seen.append(
@@ -484,16 +516,16 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
                 "type": type(optimizer),
                 "groups": groups,
                 "params": params,
-                "arch_on": task.arch_on,
+                "arch_on": valid_batch is not None,
                 "k": model.k,
                 "weights": {id(p) for p in model.weights()},
                 "beta": {id(p) for p in model.arch_parameters()},
-                "architect": task.architect,
+                "architect": architect,
             }
         )
-        return torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), torch.zeros(())
+        return torch.zeros(2, 10), torch.zeros(())
 
-    monkeypatch.setattr(search.Search, "step", recording_step)
+    monkeypatch.setattr(search, "search_step", recording_step)
     train_search.main(
         [
             "--dataset",
@@ -545,6 +577,56 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     assert adam.param_groups[0]["eps"] == 1e-8 and adam.param_groups[0]["weight_decay"] == 1e-3
 
 
+def _indexed_images(first, count, size):
+    """`count` images whose pixels all hold their index (first, first + 1, ...); labels 0..9 in turn."""
+    index = torch.arange(first, first + count, dtype=torch.float32)
+    images = index.view(-1, 1, 1, 1).expand(-1, 3, size, size).clone()
+    return torch.utils.data.TensorDataset(images, index.long() % 10)
+
+
+@pytest.mark.parametrize("script", ["train_search", "train_search_imagenet"])
+def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_search_data(
+    load_space, tmp_path, monkeypatch, restore_logging, tiny_imagenet, script
+):
+    """One epoch of a search: every weight step's images and every architecture step's images, by index.
+    CIFAR (train_search.py): the training set split at --train_portion, the first share for the weights, the
+    rest for beta. ImageNet (train_search_imagenet.py): train/ for the weights, val/ for beta (two disjoint
+    draws from ImageNet's training images, prepare_imagenet_subset.py). Either way the two parts share no image
+    and each is seen whole, once, per epoch."""
+    module, search, architect, datasets = load_space(SPACE, script, "search", "architect", "datasets")
+    size = 8 if script == "train_search" else 32
+    if script == "train_search":  # 32 training images: 16 for the weights, 16 for beta
+        parts = (range(16), range(16, 32))
+        full = _indexed_images(0, 32, size)
+        monkeypatch.setattr(datasets, "get_datasets", lambda *args, **kwargs: (full, _indexed_images(99, 4, size), 10))
+    else:  # the folders: the weights read train/, the architecture val/
+        train, val, _ = datasets.imagenet_datasets(tiny_imagenet, size, search=True)
+        assert {path for path, _ in train.samples} == {str(p) for p in tiny_imagenet.glob("train/*/*.png")}
+        assert {path for path, _ in val.samples} == {str(p) for p in tiny_imagenet.glob("val/*/*.png")}
+        parts = (range(16), range(16, 32))
+        both = (_indexed_images(0, 16, size), _indexed_images(16, 16, size), 10)
+        monkeypatch.setattr(datasets, "imagenet_or_synthetic", lambda *args, **kwargs: both)
+    seen = {"weights": [], "architecture": []}
+    arch_step, weight_step = architect.Architect.step, search.weight_step
+
+    def recording_arch_step(self, x, y, x_valid, y_valid, *rest):
+        seen["architecture"] += x_valid[:, 0, 0, 0].long().tolist()
+        return arch_step(self, x, y, x_valid, y_valid, *rest)
+
+    def recording_weight_step(model, optimizer, weights, x, *rest):
+        seen["weights"] += x[:, 0, 0, 0].long().tolist()
+        return weight_step(model, optimizer, weights, x, *rest)
+
+    monkeypatch.setattr(architect.Architect, "step", recording_arch_step)
+    monkeypatch.setattr(search, "weight_step", recording_weight_step)
+    flags = ["--stage_epochs", "1", "--stage_k", "2", "--stage_keep", "7", "--warmup_epochs", "0", "--layers", "3"]
+    flags += ["--init_channels", "4", "--batch_size", "4", "--device", "cpu", "--workers", "0"]
+    module.main([*flags, "--dataset", "synthetic", "--save", str(tmp_path / "run")])
+    weights, arch = seen["weights"], seen["architecture"]
+    assert not set(weights) & set(arch), "no image trains both the weights and beta"
+    assert sorted(weights) == list(parts[0]) and sorted(arch) == list(parts[1]), "each part whole, once"
+
+
 # ---------------------------------------------------------------- evaluation: loss and data
 
 
@@ -564,8 +646,8 @@ def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(loa
 
 
 def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(load_space):
-    """training.Training.step: the loss is CE + auxiliary_weight * CE_aux, the gradient norm is clipped to grad_clip."""
-    training, distributed = load_space(SPACE, "training", "distributed")
+    """training.train's step: the loss is CE + auxiliary_weight * CE_aux, the gradient norm is clipped to grad_clip."""
+    training = load_space(SPACE, "training")
     torch.manual_seed(0)
 
     class TwoHeads(torch.nn.Module):
@@ -597,18 +679,13 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
         seed=0,
         workers=0,
         max_steps_per_epoch=0,
+        epochs=1,
+        drop_path_prob=0.0,
     )
     data = torch.utils.data.TensorDataset(x, y)  # one batch of all 4 samples
-    task = training.Training(
-        args,
-        distributed.setup("cpu"),
-        net,
-        data,
-        data,
-        torch.nn.CrossEntropyLoss(),
-        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0),
-    )
-    _, targets, loss = task.step(0, 0)
+    run = LoopRun(steps=1)
+    training.train(run, net, data, data, torch.nn.CrossEntropyLoss(), lambda epoch: 1.0, args)
+    [(_, _, targets, loss)] = run.updates
     assert sorted(targets.tolist()) == [0, 1, 2, 3]
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     torch.testing.assert_close((flat(net.parameters()) - before).norm(), torch.tensor(1e-3), atol=0, rtol=1e-4)

@@ -13,7 +13,9 @@ def test_every_op_shape_and_widening(load_space, stride):
     for name in genotypes.PRIMITIVES:
         for op in (operations.OPS[name](8, stride, True), operations.search_op(name, 8, stride)):
             assert op(x).shape == (2, 8, size, size), name
-        # net2wider 8 -> 12 channels keeps the function on replicated inputs (eval mode).
+        # net2wider 8 -> 12 channels copies weights (no division, as the paper's code), so
+        # with zeros on the new input channels the old output channels are kept (eval mode);
+        # sep_conv's second half reads the copies its first half made, so it keeps nothing simple.
         op = operations.search_op(name, 8, stride)
         for _ in range(2):
             op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics
@@ -22,11 +24,17 @@ def test_every_op_shape_and_widening(load_space, stride):
         index = net2wider.grow_index(8, 12)
         moved = []
         out_index = op.widen(index, moved)
-        after = op(x[:, index])
+        after = op(torch.cat([x, torch.zeros(2, 4, 12, 12)], dim=1))
         assert after.shape == (2, 12, size, size), name
-        torch.testing.assert_close(after, before[:, out_index], atol=1e-5, rtol=1e-5)
-        for m in moved:  # every replaced parameter is reported with its plan
-            assert net2wider.expand(m.old, m.plan).shape == m.new.shape
+        originals = [out_index.tolist().index(c) for c in range(8)]  # where each old output channel went
+        if name.endswith("pool_3x3") or (name == "skip_connect" and stride == 1):
+            torch.testing.assert_close(after[:, originals], before, atol=1e-5, rtol=1e-5)
+            # Per-channel ops keep their function on replicated inputs too.
+            torch.testing.assert_close(op(x[:, index]), before[:, out_index], atol=1e-5, rtol=1e-5)
+        elif not name.startswith("sep_conv"):  # dil_conv, FactorizedReduce: the new channels copy the old ones'
+            torch.testing.assert_close(after, before[:, out_index], atol=1e-5, rtol=1e-5)
+        for m in moved:  # every replaced parameter is reported with its plan, and is a copy
+            assert torch.equal(net2wider.expand(m.old, m.plan), m.new)
 
 
 def test_widened_op_trains_and_keeps_mode(load_space):

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import INTERRUPTED, popen_script
+from conftest import INTERRUPTED_RUN, popen_script
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
 TINY = [
@@ -82,7 +82,7 @@ def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
     # stage boundary and inside stage 2, resumed each time) run side by side.
     straight = popen_script("DARTS-space", "train_search.py", *TINY, "--save", tmp_path / "straight")
     broken = popen_script(
-        "DARTS-space", "-c", INTERRUPTED, "train_search", "2", "3", "--", *TINY, "--save", tmp_path / "resumed"
+        "DARTS-space", INTERRUPTED_RUN, "train_search", "2", "3", "--", *TINY, "--save", tmp_path / "resumed"
     )
     finish(straight)
     finish(broken)

@@ -82,10 +82,7 @@ def _search_then_train(space, tree, search, train, tmp):
     genotype = tmp / f"{space}-search" / "genotype.json"
     trained = run_script(space, *train, *common, "--arch", genotype, "--save", tmp / f"{space}-train")
     history = tmp / f"{space}-train" / "history.jsonl"
-    accs = [
-        record.get("test_acc", record.get("valid_acc"))
-        for record in map(json.loads, history.read_text().splitlines() if history.is_file() else [])
-    ]
+    accs = [json.loads(line)["test_acc"] for line in (history.read_text().splitlines() if history.is_file() else [])]
     return found, trained, json.loads(genotype.read_text()), accs
 
 

@@ -147,14 +147,22 @@ def test_darts_report_tabulates_searches_and_evaluations(runs):
         ("mean", cell),
         ("std", cell),
     ]
+    # The paper's number (the last epoch's test error) leads; the best epoch, picked on the test set, comes after.
+    errors = [column for column in rows[0] if "error (%" in column]
+    assert errors == ["test error (%)", "test top-5 error (%)", "best-epoch error (%, chosen on test)"], errors
+    header = next(line for line in out.splitlines() if "error (%" in line)  # the Markdown table's too
+    assert header.index("error (%") == header.index("| test error (%) |") + 7, header
+    assert header.index("| test error (%) |") < header.index("| best-epoch error (%, chosen on test) |"), header
     for row, name in zip(rows, ("e1", "e2")):
         history = _history(runs / name)
         params = torch.load(runs / name / "checkpoint.pt", weights_only=True)["task"]["param_count"]
         assert float(row["params (M)"]) == pytest.approx(params / 1e6)
-        assert float(row["last error (%)"]) == pytest.approx(100 - history[-1]["valid_acc"])
-    errors = [float(r["best error (%)"]) for r in rows[:2]]
-    assert float(rows[4]["best error (%)"]) == pytest.approx(statistics.stdev(errors))
-    assert float(rows[6]["best error (%)"]) == 0.0, "a single run's std"
+        assert float(row[errors[0]]) == pytest.approx(100 - history[-1]["test_acc"]), "the first error: last epoch"
+        assert float(row["test top-5 error (%)"]) == pytest.approx(100 - history[-1]["test_top5"])
+        assert float(row[errors[2]]) == pytest.approx(100 - max(h["test_acc"] for h in history))
+    best = [float(r["best-epoch error (%, chosen on test)"]) for r in rows[:2]]
+    assert float(rows[4]["best-epoch error (%, chosen on test)"]) == pytest.approx(statistics.stdev(best))
+    assert float(rows[6]["best-epoch error (%, chosen on test)"]) == 0.0, "a single run's std"
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
@@ -170,6 +178,21 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(runs, tmp_path, space):
     assert_one_line_error(result.returncode, result.stderr, str(unfinished), "unfinished (0 of 1 epochs)")
 
 
+def test_an_evaluation_recorded_as_valid_reports_the_same(runs, tmp_path):
+    """Runs of train.py made before test_* was its name recorded the test set as valid_acc, valid_top5, ..."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("args.json", "genotype.json", "checkpoint.pt"):
+        (old / name).write_bytes((runs / "e1" / name).read_bytes())
+    history = (runs / "e1" / "history.jsonl").read_text()
+    (old / "history.jsonl").write_text(history.replace('"test_', '"valid_'))
+    new_row, old_row = (
+        next(line for line in _report("DARTS-space", run).splitlines() if line.startswith(f"| {run} |")).split(" | ")
+        for run in (runs / "e1", old)
+    )
+    assert old_row[1:] == new_row[1:], (new_row, old_row)
+
+
 def test_a_damaged_evaluation_checkpoint_is_one_line(runs, tmp_path):
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -180,30 +203,14 @@ def test_a_damaged_evaluation_checkpoint_is_one_line(runs, tmp_path):
     assert_one_line_error(result.returncode, result.stderr, str(damaged), "no readable checkpoint.pt")
 
 
-class _Tiny:
-    """A task for the engine alone: a constant batch, 50 ms a step."""
-
-    streams = best_metric = None
-
-    def begin_epoch(self, epoch):
-        return {}
-
-    def step(self, epoch, step):
-        time.sleep(0.05)
-        logits = torch.zeros(2, 3)
-        return logits, torch.zeros(2, dtype=torch.long), logits.sum()
-
-    def evaluate(self, epoch):
-        return {}
-
-    def end_epoch(self, epoch, record):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def watched(self):
-        return []
+def _tiny_loop(run, epochs):
+    """The engine alone, as a script's loop calls it: two steps an epoch on a constant batch, 50 ms each."""
+    for _ in run.epochs(epochs, 2, state=dict):
+        for _ in run.steps():
+            time.sleep(0.05)
+            logits = torch.zeros(2, 3)
+            run.update(logits, torch.zeros(2, dtype=torch.long), logits.sum())
+        run.end_epoch(run.train_metrics())
 
 
 def test_wall_time_continues_across_a_resume(load_space, tmp_path, restore_logging):
@@ -212,12 +219,12 @@ def test_wall_time_continues_across_a_resume(load_space, tmp_path, restore_loggi
     args = Namespace(resume=None, save=str(tmp_path / "run"), device="cpu", batch_size=2, report_freq=100)
     run = engine.Run(args, "tiny")
     run.open()
-    run.fit(_Tiny(), 1, 2)  # epoch 1 of 2, then the run "stops"
+    _tiny_loop(run, 1)  # epoch 1 of 2, then the run "stops"
     first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["usage"]
     args.resume = str(tmp_path / "run" / "checkpoint.pt")
     run = engine.Run(args, "tiny")
     run.open()
-    run.fit(_Tiny(), 2, 2)
+    _tiny_loop(run, 2)
     records = _history(tmp_path / "run")
     assert [r["epoch"] for r in records] == [0, 1] and all(r["device"] == "cpu" for r in records)
     assert 0.1 <= records[0]["wall_s"] <= first["wall_s"] + 0.01, "two 50 ms steps, the checkpoint after the record"

@@ -1,4 +1,5 @@
-"""Files kept identical in both folders: the run engine and its parts, the helpers, the speed flags, device data."""
+"""Files kept identical in both folders: the run engine and its parts, helpers, speed flags, device data, net2wider,
+the data helpers of both datasets.py and the table helpers of both report.py."""
 
 import pytest
 
@@ -15,6 +16,10 @@ SHARED = [
     "accel.py",
     "device_data.py",
     "run_folder.py",
+    "net2wider.py",
+    "stages.py",
+    "data_common.py",
+    "report_tables.py",
 ]
 
 

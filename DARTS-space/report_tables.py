@@ -1,0 +1,115 @@
+"""The parts of the two report.py that are the same: reading a finished run, and tables of runs with mean ± std.
+
+`read_run` reads args.json and history.jsonl of a finished run and refuses anything else in
+one line (not a run, a run of another script, one still going or stopped early);
+`summarize` groups rows and gives each group a row of mean ± std (the sample std, ddof=1;
+0.00 for a single run); `markdown` and `write_csv` write the rows and the summaries. Each
+folder's report.py builds its rows. The same file in both folders (a test keeps them so).
+"""
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import run_folder
+from utils import UserError
+
+
+def read_run(run_dir, scripts):
+    """args.json and history.jsonl of a finished run of one of `scripts`; a `UserError` for anything else."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "args.json").is_file():
+        what = "not a run folder (no args.json)" if run_dir.is_dir() else "no such folder"
+        raise UserError(f"{run_dir}: {what}; give the --save folders of finished runs")
+    try:
+        args = json.loads((run_dir / "args.json").read_text())
+        path = run_dir / "history.jsonl"
+        history = [
+            json.loads(line) for line in (path.read_text() if path.exists() else "").splitlines() if line.strip()
+        ]
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir}: unreadable args.json or history.jsonl ({err})") from None
+    if not isinstance(args, dict) or args.get("script") not in scripts:
+        script = args.get("script") if isinstance(args, dict) else None
+        wanted = " or ".join(f"{s}.py" for s in scripts)
+        raise UserError(f"{run_dir}: a run of {script}.py; this report takes runs of {wanted}")
+    epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]
+    pid = run_folder.holder(run_dir)
+    if pid is not None:
+        raise UserError(
+            f"{run_dir}: still running (process {pid}, {len(history)} of {epochs} epochs done); "
+            "wait for it to end, or leave it out"
+        )
+    if len(history) < epochs or not (run_dir / "genotype.json").is_file():
+        raise UserError(
+            f"{run_dir}: unfinished ({len(history)} of {epochs} epochs); finish it with "
+            f"--resume {run_dir / 'checkpoint.pt'}, or leave it out"
+        )
+    return args, history
+
+
+def mean_std(values):
+    """(mean, sample std with ddof=1) of the values that are not None; std 0.0 for one value, None for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows, keys, numeric):
+    """Per group of rows equal in the `keys` columns: (a row of (mean, std) of the `numeric` columns, run count)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    summaries = []
+    for group in groups.values():
+        summary = {column: "" for column in group[0]}
+        summary.update({k: group[0][k] for k in keys}, run=f"mean ± std over {runs_text(len(group))}")
+        if "cell" not in keys:
+            summary["cell"] = f"{len({r['cell'] for r in group})} distinct"
+        summary.update({column: mean_std([r[column] for r in group]) for column in numeric})
+        if "device" in summary:
+            summary["device"] = ", ".join(sorted({str(r["device"]) for r in group}))
+        summaries.append((summary, len(group)))
+    return summaries
+
+
+def runs_text(count):
+    """The run count of a summary row as words: `1 run`, `2 runs`, ..."""
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
+def markdown(rows, summaries):
+    """The lines of a Markdown table: the run rows, then the summary rows (mean ± std, 2 decimals)."""
+
+    def text(value):
+        if value is None:
+            return "n/a"
+        if isinstance(value, tuple):
+            return f"{value[0]:.2f} ± {value[1]:.2f}"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value).replace("|", "\\|")  # a 201 cell string's bars would split the Markdown cell
+
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    for row in rows + [summary for summary, _ in summaries]:
+        lines.append("| " + " | ".join(text(v) for v in row.values()) + " |")
+    return lines
+
+
+def write_csv(path, tables):
+    """`tables` ({name: (rows, summaries)}) as one CSV: the run rows, then each summary as a `mean` and a `std` row."""
+    columns = ["table", "row"]
+    for rows, _ in tables.values():
+        columns += [column for column in rows[0] if column not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, [*columns, "runs"], lineterminator="\n")
+        writer.writeheader()
+        for name, (rows, summaries) in tables.items():
+            for row in rows:
+                writer.writerow({**row, "table": name, "row": "run", "runs": 1})
+            for summary, count in summaries:
+                for i, kind in enumerate(("mean", "std")):
+                    plain = {k: (v[i] if isinstance(v, tuple) else v) for k, v in summary.items()}
+                    writer.writerow({**plain, "table": name, "row": kind, "run": "", "runs": count})

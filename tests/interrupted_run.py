@@ -1,0 +1,46 @@
+"""Run a script's `main()` as if it were killed right after some of its checkpoints, and resumed each time.
+
+    python tests/interrupted_run.py SCRIPT N1 N2 ... -- ARGUMENTS
+
+Run from a space folder (201-space/ or DARTS-space/), the way tests run scripts (`conftest.INTERRUPTED_RUN`
+with `run_script`/`popen_script`). SCRIPT is the script's module name (`train_search`, `train`), N1 N2 ...
+the checkpoints (counted from 1 over the whole run, resumes included) after which the run "dies", and
+ARGUMENTS the script's own, holding `--save DIR`. After each death it starts again in the same process with
+`--resume DIR/checkpoint.pt`, so the run ends where a straight run with ARGUMENTS ends, through the resumes.
+"""
+
+import importlib
+import os
+import sys
+
+
+class Killed(Exception):
+    """The run "dies" here, right after a checkpoint was written."""
+
+
+def main(argv):
+    split = argv.index("--")
+    script, stops, arguments = argv[0], {int(n) for n in argv[1:split]}, argv[split + 1 :]
+    sys.path[0] = os.getcwd()  # the space folder, as for `python -c`; not this file's folder
+    utils = importlib.import_module("utils")
+    real_save, saved = utils.save_checkpoint, []
+
+    def save_then_maybe_die(state, path):
+        real_save(state, path)
+        saved.append(path)
+        if len(saved) in stops:
+            raise Killed
+
+    utils.save_checkpoint = save_then_maybe_die
+    script_main = importlib.import_module(script).main
+    run_dir = arguments[arguments.index("--save") + 1]
+    for attempt in range(len(stops) + 1):
+        try:
+            script_main(arguments + (["--resume", f"{run_dir}/checkpoint.pt"] if attempt else []))
+        except Killed:
+            continue
+        return
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
