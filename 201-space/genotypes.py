@@ -13,6 +13,7 @@ back exactly.
 import json
 from pathlib import Path
 
+from data_common import DATA_KEYS
 from utils import UserError
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
@@ -94,12 +95,6 @@ DrNAS = Structure.from_str(
 NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
-# What a search's genotype.json records about its data besides the cell (`data_common.data_record`).
-DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
-# Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
-FOLDER_DATASETS = ("imagefolder",)
-
-
 def save_genotype(structure, path, data=None):
     """Write a search's result as `{"arch": "|...|"}` (read back by `load_arch`).
 
@@ -139,26 +134,3 @@ def load_arch_and_data(spec):
         return Structure.from_str(text), data
     except ValueError as err:
         raise UserError(f"--arch: {err}") from None
-
-
-def data_difference(spec, searched, trained):
-    """The log line saying that the cell `spec` was searched on other data or at another size, else None.
-
-    `searched`: the data record of its genotype.json (None: nothing to compare); `trained`: this run's.
-    Training a cell on other data is legitimate (CIFAR cells on ImageNet): the line informs, it does not refuse.
-    """
-    if searched is None:
-        return None
-    (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
-    if (data, size) == (run_data, run_size):
-        return None
-    line = f"--arch {spec} was searched on {data} at {size} px; this run trains on {run_data} at {run_size} px"
-    if data == run_data:  # the same images at another size: only --image_size makes that difference
-        line += f"; --image_size {size} trains at the searched size"
-    return line
-
-
-def _data_and_size(record):
-    """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
-    folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
-    return f"{record['dataset']}{folder}", record["image_size"]

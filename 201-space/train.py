@@ -34,10 +34,10 @@ import engine
 import progress
 import run_flags
 import utils
-from data_common import data_record
+from data_common import data_difference, data_record
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
-from genotypes import NAMED, data_difference, load_arch_and_data, save_genotype
+from genotypes import NAMED, load_arch_and_data, save_genotype
 from model import Network, count_flops
 
 logger = logging.getLogger(__name__)

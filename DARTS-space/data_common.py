@@ -5,7 +5,8 @@ folder's `datasets.add_arguments` names its own data sets); `synthetic` is the i
 learnable set for laptops and tests; `download` fetches a CIFAR archive, failing in one
 line within seconds without a network; `record_device_recipe` tells `device_data.py` how a
 data set's transform is redone on the device; `data_record` is what a search's
-genotype.json says about its data. The same file in both folders (a test keeps them so).
+genotype.json says about its data, and `data_difference` the log line of a training run on
+other data. The same file in both folders (a test keeps them so).
 """
 
 import shutil
@@ -98,3 +99,32 @@ def data_record(args, train_data, num_classes):
         "image_size": int(train_data[0][0].shape[-1]),  # (C, H, W) of one training image
         "num_classes": num_classes,
     }
+
+
+# What a search's genotype.json records about its data besides the cell (`data_record`).
+DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
+# Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
+FOLDER_DATASETS = ("imagefolder", "imagenet")
+
+
+def data_difference(spec, searched, trained):
+    """The log line saying that the cell `spec` was searched on other data or at another size, else None.
+
+    `searched`: the data record of its genotype.json (None: nothing to compare); `trained`: this run's.
+    Training a cell on other data is legitimate (CIFAR cells on ImageNet): the line informs, it does not refuse.
+    """
+    if searched is None:
+        return None
+    (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
+    if (data, size) == (run_data, run_size):
+        return None
+    line = f"--arch {spec} was searched on {data} at {size} px; this run trains on {run_data} at {run_size} px"
+    if data == run_data:  # the same images at another size: only --image_size makes that difference
+        line += f"; --image_size {size} trains at the searched size"
+    return line
+
+
+def _data_and_size(record):
+    """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
+    folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
+    return f"{record['dataset']}{folder}", record["image_size"]

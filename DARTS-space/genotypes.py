@@ -17,6 +17,7 @@ import json
 from collections import namedtuple
 from pathlib import Path
 
+from data_common import DATA_KEYS
 from utils import UserError
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
@@ -310,12 +311,6 @@ def genotype_from_dict(data):
     )
 
 
-# What a search's genotype.json records about its data besides the cell (`data_common.data_record`).
-DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
-# Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
-FOLDER_DATASETS = ("imagefolder", "imagenet")
-
-
 def save_genotype(genotype, path, data=None):
     """Write a genotype as JSON (what `train.py --arch PATH` reads).
 
@@ -358,26 +353,3 @@ def load_genotype_and_data(name_or_path, flag="--arch"):
     if all(key in data for key in DATA_KEYS):
         return genotype, {key: data[key] for key in DATA_KEYS}
     return genotype, None
-
-
-def data_difference(spec, searched, trained):
-    """The log line saying that the cell `spec` was searched on other data or at another size, else None.
-
-    `searched`: the data record of its genotype.json (None: nothing to compare); `trained`: this run's.
-    Training a cell on other data is legitimate (CIFAR cells on ImageNet): the line informs, it does not refuse.
-    """
-    if searched is None:
-        return None
-    (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
-    if (data, size) == (run_data, run_size):
-        return None
-    line = f"--arch {spec} was searched on {data} at {size} px; this run trains on {run_data} at {run_size} px"
-    if data == run_data:  # the same images at another size: only --image_size makes that difference
-        line += f"; --image_size {size} trains at the searched size"
-    return line
-
-
-def _data_and_size(record):
-    """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
-    folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
-    return f"{record['dataset']}{folder}", record["image_size"]

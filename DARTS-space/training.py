@@ -195,7 +195,7 @@ def log_searched_data(args, searched, test_set, num_classes):
     `searched`: the data record of the genotype.json (`genotypes.load_genotype_and_data`).
     """
     # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
-    line = genotypes.data_difference(args.arch, searched, data_common.data_record(args, test_set, num_classes))
+    line = data_common.data_difference(args.arch, searched, data_common.data_record(args, test_set, num_classes))
     if line:
         logger.info("%s", line)
 

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -214,16 +213,6 @@ def test_benchmark_flag_default_and_none(load_space, tmp_path, monkeypatch, nb20
     assert [benchmark.benchmark_note(d) for d in ("cifar10", "cifar100", "imagenet16-120")] == [None] * 3
     for dataset in ("synthetic", "imagefolder"):
         assert benchmark.benchmark_note(dataset) == f"the benchmark's figures for the cell, not measured on {dataset}"
-
-
-def test_shipped_table_loads_fast(load_space, nb201_table):
-    benchmark = load_space("201-space", "benchmark")
-    start = time.perf_counter()
-    bench = benchmark.load_benchmark(nb201_table)
-    seconds = time.perf_counter() - start
-    assert len(bench) == 15625
-    # Measured ~0.05 s; the bound leaves room for a loaded CI machine.
-    assert seconds < 2.0, seconds
 
 
 @pytest.mark.parametrize(

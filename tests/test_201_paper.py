@@ -596,6 +596,15 @@ def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_t
     assert search.get_stages(args) == [search.Stage(50, 4, 5, 10), search.Stage(50, 2, 3, 10)]
 
 
+def test_both_searches_look_up_100_sampled_architectures_per_epoch(load_space):
+    """--trajectory_samples defaults to 100 in train_search.py and train_search_progressive.py: each epoch 100
+    cells drawn from the current distribution are looked up in NAS-Bench-201 beside the derived one, the band of
+    the trajectory figure (trajectory.py; README, "--trajectory_samples (100)")."""
+    ts, tsp = load_space("201-space", "train_search", "train_search_progressive")
+    for parser in (ts.get_parser(), tsp.get_parser()):
+        assert parser.parse_args([]).trajectory_samples == 100
+
+
 # ---------------------------------------------------------------- data
 
 

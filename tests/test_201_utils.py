@@ -37,6 +37,38 @@ def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_the_previous_one(
+    load_space, tmp_path, monkeypatch, space
+):
+    """(utils.py is the same file in both folders.) A checkpoint lands by `os.replace` of `<path>.tmp` (atomic);
+    a write that dies midway (a full disk, a kill) leaves the previous checkpoint whole and loadable, and no
+    .tmp file behind."""
+    utils = load_space(space, "utils")
+    path = tmp_path / "checkpoint.pt"
+    replaced, real_replace = [], os.replace
+
+    def recording_replace(source, target):
+        replaced.append((str(source), str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    utils.save_checkpoint({"epoch": 1, "w": torch.arange(5.0)}, path)
+    assert replaced == [(f"{path}.tmp", str(path))]
+
+    def dies_midway(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04" + bytes(100))  # the start of a torch file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError, match="No space left"):
+        utils.save_checkpoint({"epoch": 2, "w": torch.zeros(5)}, path)
+    back = utils.load_checkpoint(path)
+    assert back["epoch"] == 1 and torch.equal(back["w"], torch.arange(5.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_rng_state_round_trips(load_space, tmp_path):
     utils = load_space("201-space", "utils")
     import random

@@ -25,6 +25,15 @@ needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="inductor nee
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from scratch: both folders hold modules of the same names (`operations`, ...), which
+    load_space swaps between tests, and compiled code and its guards cached by one test would look them up."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _batch(generator, n=16, size=32, dtype=torch.float32):
     images = torch.randn(n, 3, size, size, generator=generator, dtype=dtype)
     return images, torch.randint(10, (n,), generator=generator)
@@ -258,6 +267,8 @@ def test_darts_compiled_training_steps_match_eager(load_space):
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
             losses[name].append(float(loss.detach()))
+    # aot_eager runs eager kernels on the traced graph: on a 2-core AMD EPYC the 3 losses agreed with eager (1 or
+    # 2 threads) and float64 to 2e-7; a lost term (the auxiliary loss: 0.4 * CE) moves them by percents.
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert losses["eager"][-1] < losses["eager"][0]
 

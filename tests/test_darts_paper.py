@@ -313,6 +313,7 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
     weights = net.weights()
     w0 = flat(weights)
     state0 = {k: t.clone() for k, t in net.state_dict().items() if not k.startswith("beta")}
+    betas0 = [b.detach().clone() for b in net.arch_parameters()]
     snaps, mixes, sampled = [], [], []
 
     def snapshot(module, args):  # (x,) or (x, mix)
@@ -333,6 +334,8 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
     for key, value in net.state_dict().items():  # the real weights and BatchNorm statistics are back
         if not key.startswith("beta"):
             assert torch.equal(value, state0[key]), key
+    for beta, beta0 in zip(net.arch_parameters(), betas0):  # only beta moved
+        assert not torch.equal(beta, beta0) and torch.isfinite(beta).all()
     assert len(sampled) == 2  # the training draw (fixed for the virtual step and both sides), the validation one
     assert len(snaps) == 4  # virtual step, validation at w', then w + eps dw' and w - eps dw'
     assert torch.equal(snaps[0], w0)

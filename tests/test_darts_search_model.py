@@ -150,14 +150,14 @@ def test_architect_step_changes_only_arch_params(load_space, reg_type):
             assert p.grad is None, name  # no weight gradient was computed
 
 
-@pytest.mark.parametrize("pruned", [False, True])
-def test_unrolled_with_partial_channels_and_pruning(load_space, pruned):
+def test_unrolled_after_pruning_and_widening(load_space):
+    """--unrolled on a pruned and widened supernet (the second stage); the unpruned one, with partial channels:
+    test_darts_paper.py::test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of_dw."""
     model_search, architect = load_space("DARTS-space", "model_search", "architect")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
-    if pruned:
-        net.prune(3)
-        net.widen(1, torch.Generator().manual_seed(0))
+    net.prune(3)
+    net.widen(1, torch.Generator().manual_seed(0))
     sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9, weight_decay=3e-4)
     (x, y), (xv, yv) = batch(seed=1), batch(seed=2)
     torch.nn.functional.cross_entropy(net(x), y).backward()
@@ -172,29 +172,6 @@ def test_unrolled_with_partial_channels_and_pruning(load_space, pruned):
             assert not torch.equal(value, after[name]) and torch.isfinite(after[name]).all()
         else:  # weights and BatchNorm statistics are back where they were
             assert torch.equal(value, after[name]), name
-
-
-def test_stage_switch_carries_momentum(load_space):
-    search, model_search = load_space("DARTS-space", "search", "model_search")
-    torch.manual_seed(0)
-    net = model_search.Network(C, 10, LAYERS, k=2)
-    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9)
-    x, y = batch()
-    torch.nn.functional.cross_entropy(net(x), y).backward()
-    sgd.step()
-    old_state = {p: s["momentum_buffer"].clone() for p, s in sgd.state.items()}
-    stem = net.stem0[0].weight
-    args = argparse.Namespace(stage_keep=[7, 3], stage_k=[2, 1], seed=0, momentum=0.9, weight_decay=3e-4)
-    new = search.enter_stage(net, sgd, 1, args)
-    assert net.k == 1 and all(len(e.ops) == 3 for cell in net.cells for e in cell.edges)
-    for p in net.weights():
-        assert new.state[p]["momentum_buffer"].shape == p.shape
-    assert torch.equal(new.state[stem]["momentum_buffer"], old_state[stem])  # same parameter object
-    widened = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
-    assert widened and all(m.in_channels in (C, 2 * C, 4 * C) for m in widened)  # C/k with k=1
-    # The switch continues training.
-    torch.nn.functional.cross_entropy(net(x), y).backward()
-    new.step()
 
 
 def test_k_that_does_not_divide_is_refused(load_space):
