@@ -193,7 +193,7 @@ class Run:
         self._divergence = Divergence(dist.device, steps)
         self._stop = False
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self._epochs, self._steps = epochs, steps
+        self._steps = steps
         self._clock = Clock(epochs, steps, start_epoch, start_step)
         self._last_save = time.time()
         # Wall seconds and device-hours of the earlier sessions of this run, and when this session's loop began.

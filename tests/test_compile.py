@@ -16,6 +16,7 @@ import shutil
 
 import pytest
 import torch
+import torch._dynamo.symbolic_convert
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
@@ -25,13 +26,22 @@ needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="inductor nee
 CPU = torch.device("cpu")
 
 
+def _forget_compilations():
+    torch._dynamo.reset()
+    # Dynamo also remembers modules by name for its guards (torch 2.14: a functools.cache on
+    # symbolic_convert._import_module), so a DARTS `operations` would be taken for the 201 one compiled before.
+    import_module = getattr(torch._dynamo.symbolic_convert, "_import_module", None)
+    if hasattr(import_module, "cache_clear"):
+        import_module.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
-    """Each test compiles from scratch: both folders hold modules of the same names (`operations`, ...), which
-    load_space swaps between tests, and compiled code and its guards cached by one test would look them up."""
-    torch._dynamo.reset()
+    """Each test compiles from scratch: both folders hold modules of the same names (`operations`, `model`,
+    ...), which load_space swaps between tests, and what dynamo cached for one test would look them up."""
+    _forget_compilations()
     yield
-    torch._dynamo.reset()
+    _forget_compilations()
 
 
 def _batch(generator, n=16, size=32, dtype=torch.float32):

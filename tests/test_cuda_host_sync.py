@@ -4,6 +4,7 @@ Marked `cuda`: skips without a GPU, saying why. The tests run in-process while t
 tests/test_cuda_scripts.py go on (this file sorts before that one).
 """
 
+import contextlib
 import warnings
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cuda_jobs import DEVICE, DT, T201, batches, darts_search_args
+from loop_run import LoopRun
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("start_cuda_runs")]
 
@@ -21,23 +23,31 @@ def flag_id(flags):
     return "-".join(f.lstrip("-") for f in flags) or "default"
 
 
-def synchronisations(step, times=3):
-    """Warnings of CUDA's sync debug mode during `times` calls of `step()` (after the caller's warm-up)."""
-    if torch.device(DEVICE).type != "cuda":  # nothing to watch off the GPU: the steps just run
-        for _ in range(times):
-            step()
-        return []
+@contextlib.contextmanager
+def watching_synchronisations(found):
+    """CUDA's sync debug mode inside the block; what it warns of goes into the list `found`."""
+    if torch.device(DEVICE).type != "cuda":  # nothing to watch off the GPU: the block just runs
+        yield
+        return
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            for _ in range(times):
-                step()
+            yield
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message).lower()]
+    found += [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message).lower()]
+
+
+def synchronisations(step, times=3):
+    """Warnings of CUDA's sync debug mode during `times` calls of `step()` (after the caller's warm-up)."""
+    found = []
+    with watching_synchronisations(found):
+        for _ in range(times):
+            step()
+    return found
 
 
 @pytest.mark.parametrize(
@@ -52,7 +62,7 @@ def test_201_search_step_never_waits_for_the_device(load_space, flags):
     model = model_search.Network(8, 1, 10, 1, args.method).to(DEVICE, memory_format=torch.channels_last).train()
     model.amp = args.amp
     architect = architect_module.Architect(model, args)
-    optimizer, _ = search.make_weight_optimizer(model, args, args.epochs)
+    optimizer = search.sgd(model, args, args.learning_rate)
     weights = model.weights()
     train, valid = (utils.to_device(batch, torch.device(DEVICE)) for batch in batches(16, 16))
 
@@ -79,9 +89,8 @@ def test_darts_search_step_never_waits_for_the_device(load_space, flags):
     dist = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device(DEVICE))
     (x, y), (xv, yv) = [tuple(t.to(DEVICE) for t in batch) for batch in batches(8, 16)]
 
-    def step():  # as search.Search.step: beta on a held-out batch, then the weights
-        architect.step(x, y, xv, yv, 0.1, optimizer)
-        search.weight_step(model, optimizer, weights, x, y, args.grad_clip, dist)
+    def step():  # beta on a held-out batch, then the weights
+        search.search_step(model, architect, optimizer, weights, (x, y), (xv, yv), 0.1, args.grad_clip, dist)
 
     step()
     assert synchronisations(step) == []
@@ -89,58 +98,58 @@ def test_darts_search_step_never_waits_for_the_device(load_space, flags):
 
 @pytest.mark.parametrize("flags", [[], ["--amp"]], ids=flag_id)
 def test_darts_training_step_never_waits_for_the_device(load_space, flags):
-    """train.py's step (training.Training.step: auxiliary head, drop path, clipping, the loss scaler) on
-    batches already on the device."""
-    train, training, genotypes, model_module, distributed, datasets = load_space(
-        "DARTS-space", "train", "training", "genotypes", "model", "distributed", "datasets"
+    """train.py's step (training.train_step: auxiliary head, drop path, clipping, the loss scaler) on batches
+    already on the device, with the optimiser and scaler train.py builds."""
+    train, training, genotypes, model_module, accel = load_space(
+        "DARTS-space", "train", "training", "genotypes", "model", "accel"
     )
     args = train.get_parser().parse_args([*DT, *flags])
-    dist = distributed.Dist(rank=0, local_rank=0, world_size=1, device=torch.device(DEVICE))
     torch.manual_seed(0)
-    model = model_module.NetworkCIFAR(8, 10, 5, True, genotypes.DrNAS_cifar10).to(DEVICE)
-    train_set, test_set, _ = datasets.get_datasets("synthetic", "unused")
-    task = training.Training(
-        args,
-        dist,
-        model,
-        train_set,
-        test_set,
-        torch.nn.CrossEntropyLoss(),
-        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs),
-    )
-    task.begin_epoch(1)  # drop path on
+    model = model_module.NetworkCIFAR(8, 10, 5, True, genotypes.DrNAS_cifar10).to(DEVICE).train()
+    model.drop_path_prob = args.drop_path_prob * 1 / args.epochs  # the second epoch's: drop path on
     assert model.drop_path_prob > 0
-    x, y = (t.to(DEVICE) for t in batches(16, 32)[0])
-    task.streams = {"train": iter(lambda: (x, y), None)}  # batches already on the device
+    optimizer = torch.optim.SGD(
+        model.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    amp_dtype = accel.amp_dtype(torch.device(DEVICE))
+    scaler = torch.amp.GradScaler(torch.device(DEVICE).type, enabled=args.amp and amp_dtype == torch.float16)
+    batch = tuple(t.to(DEVICE) for t in batches(16, 32)[0])
 
     def step():
-        task.step(1, 0)
+        training.train_step(model, optimizer, scaler, torch.nn.CrossEntropyLoss(), batch, amp_dtype, args)
 
     step()
     assert synchronisations(step) == []
+
+
+class _Repeat:
+    """A stream of one batch, `length` batches a pass (train.train reads its length)."""
+
+    def __init__(self, batch, length):
+        self.batch, self.length = batch, length
+
+    def __len__(self):
+        return self.length
+
+    def __next__(self):
+        return self.batch
 
 
 @pytest.mark.parametrize("flags", [[], ["--amp"]], ids=flag_id)
 def test_201_training_step_never_waits_for_the_device(load_space, flags):
-    """201 train.py's step (train.Train.step: Nesterov SGD, --amp) on batches already on the device."""
+    """201 train.py's loop (train.train: Nesterov SGD, --amp) on batches already on the device: its steps after
+    the first, watched by LoopRun's guard; the test pass at the epoch's end is outside it."""
     train, model_module, genotypes = load_space("201-space", "train", "model", "genotypes")
     args = train.get_parser().parse_args([*T201, *flags])
     torch.manual_seed(0)
     structure = genotypes.load_arch(args.arch)
-    model = model_module.Network(4, 1, structure, 10)
-    model = model.to(DEVICE, memory_format=torch.channels_last)
+    model = model_module.Network(4, 1, structure, 10).to(DEVICE, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
-    x, y = (t.to(DEVICE) for t in batches(32, 32)[0])
-    stream = iter(lambda: (x, y), None)  # batches already on the device
-    task = train.Train(model, optimizer, scheduler, stream, None, structure, amp=args.amp)
-    task.begin_epoch(0)
-
-    def step():
-        task.step(0, 0)
-
-    step()
-    assert synchronisations(step) == []
+    stream = _Repeat(tuple(t.to(DEVICE) for t in batches(32, 32)[0]), 4)
+    found = []
+    run = LoopRun(only=[0], steps=4, device=DEVICE, guard=lambda: watching_synchronisations(found))
+    train.train(run, model, optimizer, stream, [], structure, args)
+    assert len(run.updates) == 4 and found == []
 
 
 def test_per_step_bookkeeping_never_waits_for_the_device(load_space):

@@ -65,7 +65,7 @@ def test_201_first_search_step_matches_the_cpu(load_space, fp32_exact, method):
             fixed = mixing.to(device)
             model.arch_weights = lambda m=model, w=fixed: w + (m.beta - m.beta.detach())
         architect = architect_module.Architect(model, args)
-        optimizer, _ = search.make_weight_optimizer(model, args, args.epochs)
+        optimizer = search.sgd(model, args, args.learning_rate)
         train, valid = utils.to_device(train_batch, device), utils.to_device(valid_batch, device)
         with architect_module.batch_stats_only(model):
             arch_loss = architect.loss(*valid)

@@ -444,7 +444,9 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
     with torch.no_grad():
         net.beta_normal.normal_(0, 1)
         net.beta_reduce.normal_(0, 1)
-    args = argparse.Namespace(stage_keep=[7, 3], stage_k=[2, 1], seed=0, momentum=0.9, weight_decay=3e-4)
+    args = argparse.Namespace(
+        stage_epochs=[1, 1], stage_keep=[7, 3], stage_k=[2, 1], warmup_epochs=0, seed=0, momentum=0.9, weight_decay=3e-4
+    )
     sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
     new = search.enter_stage(net, sgd, 1, args)
     for cell in net.cells:
