@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,16 @@ def popen_script(space, *args, stdout=subprocess.DEVNULL, new_session=False):
         env=script_env(),
         start_new_session=new_session,
     )
+
+
+def wait_for_log(proc, log, needle, deadline):
+    """Wait until `needle` shows in the run's log.txt (written unbuffered, unlike a redirected stdout)."""
+    while time.monotonic() < deadline:
+        if log.is_file() and needle in log.read_text():
+            return
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {needle!r} was logged"
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not logged in time")
 
 
 def assert_one_line_error(returncode, stderr, *expected):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from conftest import SPACES, assert_one_line_error, forbid_host_reads, script_env
+from conftest import SPACES, assert_one_line_error, forbid_host_reads, script_env, wait_for_log
 from loop_run import LoopRun
 
 TIMEOUT = 300
@@ -64,16 +64,6 @@ def _history(run_dir):
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines if line.strip()]
 
 
-def _wait_for_log(proc, log, needle, deadline):
-    """Wait until `needle` shows in the run's log.txt (written unbuffered, unlike a redirected stdout)."""
-    while time.monotonic() < deadline:
-        if log.is_file() and needle in log.read_text():
-            return
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {needle!r} was logged"
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} not logged in time")
-
-
 def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     """Run A is sent SIGTERM early in epoch 2: it checkpoints that step and exits 0. Resumed, it ends
     where the uninterrupted run B ends: the same task state (1e-6) and the same history."""
@@ -82,7 +72,7 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     b = _start(tmp_path, "b", "train_search.py", [*PREEMPT, "--save", b_dir])
     try:
         # Epoch 1 is checkpointed and epoch 2 has taken its first of 16 steps.
-        _wait_for_log(a, a_dir / "log.txt", "epoch 2/2 step 1/16", time.monotonic() + TIMEOUT)
+        wait_for_log(a, a_dir / "log.txt", "epoch 2/2 step 1/16", time.monotonic() + TIMEOUT)
         assert _load(a_dir / "checkpoint.pt")["epoch"] == 1
         a.send_signal(signal.SIGTERM)
         code, err = _finish(a, tmp_path, "a")

@@ -16,7 +16,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import TINY_201, assert_one_line_error, popen_script, run_script
+from conftest import TINY_201, assert_one_line_error, popen_script, run_script, wait_for_log
 
 TIMEOUT = 300
 # A DARTS training of 2 x 32 steps, data through 2 DataLoader workers (the default).
@@ -25,17 +25,6 @@ DARTS_TRAIN = (
 )
 # A 201 search of 2 x 16 steps, data through 2 DataLoader workers.
 S201 = ["train_search.py", *TINY_201, "--batch_size", "8", "--epochs", "2", "--workers", "2", "--report_freq", "2"]
-
-
-def _wait_for(proc, path, needle, deadline=None):
-    """Wait until `needle` is in the file `path` (the run's log.txt is written unbuffered)."""
-    deadline = deadline or time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if path.is_file() and needle in path.read_text():
-            return
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {needle!r}: {proc.stderr.read()}"
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} not in {path} in time")
 
 
 def _finish(proc):
@@ -68,7 +57,7 @@ def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, sp
     resumed, it runs to the end with every epoch once in its history."""
     run_dir = tmp_path / "run"
     proc = popen_script(space, *argv, "--save", run_dir, new_session=True)
-    _wait_for(proc, run_dir / "log.txt", marker)
+    wait_for_log(proc, run_dir / "log.txt", marker, time.monotonic() + TIMEOUT)
     assert "data through a DataLoader with 2 workers" in (run_dir / "log.txt").read_text()
     os.killpg(proc.pid, sig)
     code, err = _finish(proc)
@@ -119,7 +108,7 @@ def test_one_writer_per_run_folder(tmp_path):
     refused, live = (first, second) if first.poll() is not None else (second, first)
     try:
         assert_one_line_error(refused.returncode, refused.stderr.read(), "a live run (process", str(live.pid))
-        _wait_for(live, run_dir / "log.txt", "epoch 1/3 lr ")  # epoch 1 is checkpointed
+        wait_for_log(live, run_dir / "log.txt", "epoch 1/3 lr ", time.monotonic() + TIMEOUT)  # epoch 1 is checkpointed
         resume = run_script("DARTS-space", *argv[:-2], "--resume", run_dir / "checkpoint.pt", timeout=60)
         assert_one_line_error(resume.returncode, resume.stderr, f"a live run (process {live.pid})")
         report = run_script("DARTS-space", "report.py", run_dir, timeout=60)
@@ -135,7 +124,7 @@ def test_a_killed_run_leaves_its_folder_free_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     argv = [*DARTS_TRAIN, "--epochs", "2", "--workers", "0"]
     proc = popen_script("DARTS-space", *argv, "--save", run_dir, new_session=True)
-    _wait_for(proc, run_dir / "log.txt", "epoch 2/2 step 4/32 ")
+    wait_for_log(proc, run_dir / "log.txt", "epoch 2/2 step 4/32 ", time.monotonic() + TIMEOUT)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert (run_dir / "run.lock").exists()
