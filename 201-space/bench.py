@@ -22,6 +22,7 @@ import time
 import torch
 
 import accel
+import run_flags
 import utils
 from architect import Architect
 from model_search import METHODS, Network
@@ -30,9 +31,7 @@ from search import search_step, sgd
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument(
         "--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="where to run"
     )

@@ -33,6 +33,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import run_flags
 from genotypes import NAMED, Structure, load_arch
 from utils import UserError, exits_cleanly
 
@@ -290,13 +291,13 @@ def export_table(bench, out, with_valid=False):
 def get_parser():
     parser = argparse.ArgumentParser(
         description="Query NAS-Bench-201 or export its compact table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=run_flags.HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{query,export}")
     query = commands.add_parser(
         "query",
         help="print one architecture's accuracies as JSON",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=run_flags.HelpFormatter,
     )
     group = query.add_argument_group("query")
     group.add_argument(
@@ -316,7 +317,7 @@ def get_parser():
     export = commands.add_parser(
         "export",
         help="write the compact CSV table from the official file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=run_flags.HelpFormatter,
     )
     group = export.add_argument_group("export")
     group.add_argument(

@@ -12,7 +12,8 @@ the run folder and its lock in `run_folder.py`, the metrics and the ETA in `prog
 the non-finite checks in `divergence.py`, the resumable data streams in `streams.py`. The
 same files serve both folders of the repository.
 
-    run = Run(args, "train")                      # checks args, outputs and --resume; writes nothing
+    args = parse_args(get_parser(), "train", argv)  # resumed: the checkpoint's flags where none is given
+    run = Run(args, "train")                        # checks args, outputs and --resume; writes nothing
     state = run.task_state()                      # what a resumed run's `state()` returned, else None
     ...                                           # data, model, optimisers (loaded from `state`)
     run.open()                                    # the first write: run folder, log, args.json
@@ -27,6 +28,7 @@ Not a script.
 
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -37,12 +39,12 @@ import torch
 import torch.distributed as torch_dist
 
 import accel
+import run_flags
 import run_folder
 import utils
 from divergence import Divergence
 from genotypes import SPACE
 from progress import Clock, Meter
-from run_flags import check_ranges, check_resume
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -51,8 +53,50 @@ CHECKPOINT_VERSION = 3  # 3: "space" recorded, so that a checkpoint of the other
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, whichever script of either folder wrote it (`Run._save`);
 # what is particular to a script lies under "task".
-CHECKPOINT_KEYS = ("version", "space", "epoch", "step", "args", "rng", "streams", "meter", "best", "usage", "task")
+CHECKPOINT_KEYS = (
+    "version", "space", "epoch", "epochs", "step", "args", "rng", "streams", "meter", "best", "usage", "task"
+)  # fmt: skip
 Dist = namedtuple("Dist", "rank local_rank world_size device")
+
+
+def parse_args(parser, script, argv=None):
+    """The script's flags; with `--resume`, every flag the command line leaves out is the checkpoint's.
+
+    Flags given beside `--resume` must be ones a resume may change (`run_flags.MAY_CHANGE`)
+    or equal the checkpoint's; one line names every other. `--resume` of a finished run
+    says so in one line and exits 0, writing nothing.
+    """
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return args
+    args.resume = str(run_folder.checkpoint_of(args.resume))
+    ckpt = read_resumed(args.resume, script)
+    saved, typed = ckpt["args"], run_flags.typed_flags(parser, argv)
+    for key in vars(args):
+        if key in saved and key not in typed and key not in ("save", "resume"):
+            setattr(args, key, saved[key])
+    run_flags.check_resume(saved, args)
+    if ckpt.get("epochs") is not None and ckpt["epoch"] >= ckpt["epochs"]:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{args.resume}: the run is finished ({ckpt['epochs']} of {ckpt['epochs']} epochs); nothing to do")
+        raise SystemExit(0)
+    return args
+
+
+def read_resumed(path, script):
+    """The checkpoint at `path`, refused in one line unless this script of this space, in this layout, wrote it."""
+    ckpt = utils.load_checkpoint(path)
+    written_by = (ckpt.get("space"), ckpt.get("args", {}).get("script"))
+    if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (SPACE, script):
+        raise UserError(
+            f"--resume {path}: a checkpoint of {written_by[1]}.py in the {written_by[0]} space, "
+            f"not of this {script}.py ({SPACE} space); resume it with {written_by[0]}/{written_by[1]}.py"
+        )
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise UserError(
+            f"--resume {path}: written by an earlier version of this code (another checkpoint layout); start a new run"
+        )
+    return ckpt
 
 
 class Run:
@@ -65,24 +109,15 @@ class Run:
 
         Nothing is written here, and every check comes before a process group forms.
         """
-        check_ranges(args, ranges)
+        run_flags.check_ranges(args, ranges)
         self.args, self.script = args, script
         self.ckpt = None
         if args.resume:
-            ckpt = utils.load_checkpoint(args.resume)
-            written_by = (ckpt.get("space"), ckpt.get("args", {}).get("script"))
-            if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (SPACE, script):
-                raise UserError(
-                    f"--resume {args.resume}: a checkpoint of {written_by[1]}.py in the {written_by[0]} space, "
-                    f"not of this {script}.py ({SPACE} space); give one of this script's checkpoints"
-                )
-            if ckpt.get("version") != CHECKPOINT_VERSION:
-                raise UserError(
-                    f"--resume {args.resume}: written by an earlier version of this code (another "
-                    "checkpoint layout); start a new run"
-                )
-            check_resume(ckpt["args"], args)
-            self.ckpt = ckpt
+            args.resume = str(run_folder.checkpoint_of(args.resume))
+            self.ckpt = read_resumed(args.resume, script)
+            run_flags.check_resume(self.ckpt["args"], args)
+        if getattr(args, "threads", 0):
+            torch.set_num_threads(args.threads)
         # A resumed run continues in the checkpoint's folder unless --save says otherwise.
         resumed_in = Path(args.resume).parent if args.resume else None
         self._run_dir = Path(args.save or resumed_in or run_folder.default_run_dir(script))
@@ -141,8 +176,21 @@ class Run:
         if not self.main:
             logging.basicConfig(level=logging.WARNING)
             return None
+        # A run resumed into a new folder takes its log, history and TensorBoard scalars along (the old stays).
+        moved_from = Path(args.resume).parent if self.ckpt is not None else None
+        if moved_from is not None and moved_from.resolve() != self.run_dir.resolve():
+            try:
+                for name in ("log.txt", "history.jsonl"):
+                    if (moved_from / name).is_file():
+                        shutil.copy(moved_from / name, self.run_dir / name)
+                if (moved_from / "tb").is_dir():
+                    shutil.copytree(moved_from / "tb", self.run_dir / "tb", dirs_exist_ok=True)
+            except OSError as err:
+                raise UserError(f"--save {self.run_dir}: cannot copy the run there ({err.strerror or err})") from None
+        else:
+            moved_from = None
         utils.setup_logging(self.run_dir)
-        if self.ckpt is None:
+        if self.ckpt is None or moved_from is not None:
             utils.write_json(self.run_dir / "args.json", {**vars(args), "script": self.script})
             # The code of the run next to its results (DARTS' scripts/ folder).
             scripts = self.run_dir / "scripts"
@@ -156,7 +204,14 @@ class Run:
             logger.info("--deterministic: deterministic kernels and no cuDNN autotuning (slower)")
         for line in accel.describe(args, self.dist.device):
             logger.info("%s", line)
-        logger.info("run directory %s, %d process(es)", self.run_dir, self.dist.world_size)
+        if moved_from is not None:
+            logger.info("continuing the run of %s in %s (the old folder is left as it was)", moved_from, self.run_dir)
+        logger.info(
+            "run directory %s, %d process(es), %d CPU thread(s)",
+            self.run_dir,
+            self.dist.world_size,
+            torch.get_num_threads(),
+        )
         return self.run_dir
 
     # ------------------------------------------------------------ the loop's services
@@ -171,6 +226,7 @@ class Run:
         stay finite (beta); `best`: the record key whose best epoch is copied to best.pt.
         """
         args, dist = self.args, self.dist
+        steps = min(steps, getattr(args, "max_steps_per_epoch", 0) or steps)  # the smoke-run cap
         self._state, self._streams, self._watched, self._best_key = state, streams or {}, watched, best
         start_epoch, start_step, meter_sums = 0, 0, None
         if self.ckpt is not None:
@@ -272,8 +328,7 @@ class Run:
             self.writer.flush()
         self._save(epoch + 1, 0, None, state)
         if self.main and key is not None and self.best["epoch"] == epoch:
-            shutil.copy(self.run_dir / "checkpoint.pt", self.run_dir / "best.pt.tmp")
-            Path(self.run_dir / "best.pt.tmp").replace(self.run_dir / "best.pt")
+            utils.write_atomic(self.run_dir / "best.pt", (self.run_dir / "checkpoint.pt").read_bytes())
         if self._agreed(self._stop)[0] and epoch + 1 < self._clock.epochs:  # a signal during the evaluation
             self._preempted(epoch + 1, 0)
         return record
@@ -281,6 +336,9 @@ class Run:
     # ------------------------------------------------------------ between steps
 
     def _on_signal(self, signum, _frame):
+        if self._stop and signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
+            logger.info("second SIGINT: stopping at once (the last checkpoint is kept)")
+            raise SystemExit(130)
         self._stop = True
         logger.info("%s received: stopping after this step", signal.Signals(signum).name)
 
@@ -338,11 +396,15 @@ class Run:
 
     def _preempted(self, epoch, step):
         """End the run after its preemption checkpoint (written at `epoch`, `step`), exit status 0."""
+        world = self.dist.world_size
+        launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
         logger.info(
-            "preempted: checkpoint written at epoch %d, step %d; continue with --resume %s",
+            "preempted: checkpoint written at epoch %d, step %d; continue with: %s %s.py --resume %s",
             epoch + 1,
             step,
-            self.run_dir / "checkpoint.pt" if self.run_dir else "",
+            launcher,
+            self.script,
+            self.run_dir,
         )
         raise SystemExit(0)
 
@@ -379,6 +441,7 @@ class Run:
                 "version": CHECKPOINT_VERSION,
                 "space": SPACE,
                 "epoch": epoch,
+                "epochs": self._clock.epochs,
                 "step": step,
                 "args": {**vars(self.args), "script": self.script},
                 "rng": rng,

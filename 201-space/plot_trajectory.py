@@ -19,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+import run_flags
 import run_folder
 from benchmark import DATASETS
 from utils import UserError, exits_cleanly
@@ -147,7 +148,7 @@ def plot_trajectory(records, out_path):
 def get_parser():
     parser = argparse.ArgumentParser(
         description="Redraw trajectory.png of a search run from its history.jsonl.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=run_flags.HelpFormatter,
     )
     group = parser.add_argument_group("plot")
     group.add_argument("run_dir", type=str, help="run directory of a search made with a benchmark")

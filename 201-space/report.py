@@ -26,6 +26,7 @@ import json
 import sys
 from pathlib import Path
 
+import run_flags
 import run_folder
 from benchmark import DATASETS, load_benchmark
 from genotypes import Structure
@@ -38,9 +39,7 @@ TABLE = "tables/nb201_test_accuracy.csv.gz"
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument("runs", type=str, nargs="+", metavar="RUN_DIR", help="run folders of finished searches")
     parser.add_argument(
         "--benchmark", type=str, default=TABLE, help="NAS-Bench-201 .pth or compact CSV table for the accuracies"

@@ -114,20 +114,59 @@ def default_run_dir(script):
     return Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
 
 
+def checkpoint_of(resume):
+    """The checkpoint `--resume` names: the file itself, or a run folder's checkpoint.pt.
+
+    A missing one is refused in one line, naming the live run that has not checkpointed yet.
+    """
+    path = Path(resume)
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    if ckpt.is_file():
+        return ckpt
+    pid = holder(ckpt.parent)
+    if pid is not None:
+        raise UserError(
+            f"--resume {resume}: a live run (process {pid}) is writing there and has no checkpoint yet; "
+            "let it run, or stop it (it checkpoints on SIGTERM) and resume it then"
+        )
+    if path.is_dir():
+        raise UserError(f"--resume {resume}: the folder holds no checkpoint.pt (no epoch was saved); start afresh")
+    raise UserError(f"--resume {resume}: no such file; give a run folder or its checkpoint.pt")
+
+
 def check_run_dir(run_dir, resume=None):
-    """Refuse, writing nothing, a run folder that cannot take this run: not writable, live, or another run's."""
+    """Refuse, writing nothing, a run folder that cannot take this run.
+
+    A run writes only its own folder: a new or empty one, the folder of a run that died
+    before its first checkpoint, or, resuming, the folder of its checkpoint.pt. Another
+    checkpoint (best.pt, a copy) continues only into a new folder, so no later epoch is
+    overwritten; a run resumed into a new folder needs it empty.
+    """
     run_dir = Path(run_dir)
     check_writable(run_dir, "--save", folder=True)
     pid = holder(run_dir)
     if pid is not None:
         raise live_run_error(run_dir, pid)
-    # A run counts once it has checkpointed an epoch; a run that died earlier is overwritten.
-    holds_run = (run_dir / "checkpoint.pt").exists()
-    if holds_run and not (resume and Path(resume).resolve().parent == run_dir.resolve()):
+    if resume is not None and Path(resume).resolve().parent == run_dir.resolve():
+        if Path(resume).name != "checkpoint.pt":
+            raise UserError(
+                f"--resume {resume}: continuing from it in {run_dir} would overwrite the run's later epochs; "
+                "give --save NEW_FOLDER to continue it there"
+            )
+        return
+    # The lock file alone is no content: a run may take it before it writes (`open_run_dir`).
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME) if run_dir.is_dir() else []
+    if not held:
+        return
+    if (run_dir / "checkpoint.pt").exists():
         raise UserError(
-            f"{run_dir} already holds a run; choose another --save, or continue it with "
-            f"--resume {run_dir / 'checkpoint.pt'}"
+            f"--save {run_dir} already holds a run; choose another --save, or continue it with --resume {run_dir}"
         )
+    died_early = (run_dir / "args.json").exists() or (run_dir / LOCK_NAME).exists()
+    if resume is None and died_early:
+        return  # a run that stopped before its first checkpoint left nothing to keep
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    raise UserError(f"--save {run_dir} is not empty ({shown}) and holds no run of its own; name a new or empty folder")
 
 
 def open_run_dir(run_dir, resume=None):

@@ -44,9 +44,7 @@ FLAG_RANGES = {
 
 def get_parser(progressive=False, description=__doc__):
     """The search's flags; `progressive=True` swaps --epochs/--k for the stage schedule."""
-    parser = argparse.ArgumentParser(
-        description=description.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=description.splitlines()[0], formatter_class=run_flags.HelpFormatter)
     data = add_data_arguments(parser, "search on")
     portion = "share of the training set for weights; the rest trains the architecture"
     data.add_argument("--train_portion", type=float, default=0.5, help=portion)

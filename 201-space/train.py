@@ -44,9 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=run_flags.HelpFormatter)
     data = add_data_arguments(parser, "train on")
     device_data.add_argument(data)
     model = parser.add_argument_group("model")
@@ -117,7 +115,7 @@ def infer(model, loader, device, amp):
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = engine.parse_args(get_parser(), "train", argv)
     structure, searched = load_arch_and_data(args.arch)  # a bad --arch fails before anything is created
     run = engine.Run(args, "train")  # checks the flags and --resume; writes nothing
     state = run.task_state()

@@ -17,6 +17,7 @@ or SIGINT checkpoints the step in progress and exits 0; `--resume` continues fro
 The search itself lives in search.py.
 """
 
+import engine
 import search
 import utils
 
@@ -27,7 +28,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = engine.parse_args(get_parser(), "train_search", argv)
     search.run_search(args, "train_search")
 
 

@@ -13,6 +13,7 @@ The run directory is experiments/train_search_progressive-<time> (or `--save`), 
 outputs of `train_search.py`; checkpoints, preemption and `--resume` work the same way.
 """
 
+import engine
 import search
 import utils
 
@@ -23,7 +24,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = engine.parse_args(get_parser(), "train_search_progressive", argv)
     search.run_search(args, "train_search_progressive")
 
 

@@ -6,6 +6,7 @@ Nothing here runs at import time; the scripts call these helpers from `main()`.
 """
 
 import functools
+import io
 import json
 import logging
 import math
@@ -62,14 +63,30 @@ def setup_logging(run_dir):
     root.setLevel(logging.INFO)
 
 
-def write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
+def write_atomic(path, data):
+    """Write the bytes `data` to `path` atomically: a temporary file, then `os.replace`.
+
+    The one way this code writes a file that must never be half-written (checkpoints, JSON).
+    A failed write (a full disk, no permission) leaves the old file as it was and no
+    temporary file, and ends the run in one line naming the path and the cause.
+    """
     tmp = Path(f"{path}.tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(
+            f"cannot write {path}: {err.strerror or err}; free some space or fix the permissions, "
+            "then resume the run (its last good checkpoint is kept)"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def log_environment(args, device):
@@ -99,12 +116,15 @@ class History:
                 for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["epoch"] < start_epoch
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def append(self, record):
         """Add one epoch's record; a value that is not finite (a diverged held-out loss) is written as null."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+        except OSError as err:
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}; free some space, then resume") from None
 
 
 def strict_json(value):
@@ -228,13 +248,14 @@ def device_name(device):
 
 
 def save_checkpoint(state, path):
-    """Write a checkpoint atomically: a temporary file, then `os.replace`."""
-    tmp = Path(f"{path}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:  # a write that failed (a full disk) leaves no half file behind
-        tmp.unlink(missing_ok=True)
+    """Write a checkpoint atomically (`write_atomic`), serialised in memory first.
+
+    Serialising to memory keeps torch's writer away from the disk: a full disk then fails
+    as one `OSError` of the write, not as the chained errors of torch's zip writer.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def read_checkpoint(path):

@@ -13,7 +13,7 @@ are timed apart (the device synchronised around each), and the search step is th
 it is never reported faster than its weight step. Progress goes to stderr; each child prints
 its JSON line to stdout as soon as its configuration ends.
 
-    python bench.py --device cpu                   # all configurations, 2 threads
+    python bench.py --device cpu --threads 2       # all configurations, 2 CPU threads
     python bench.py --device cuda --steps 20 --warmup 5
     python bench.py --device cuda --amp            # bf16, as the scripts' --amp
     python bench.py --device cuda --config eval --amp --compile   # train.py --amp --compile
@@ -38,6 +38,7 @@ import torch.nn as nn
 
 import accel
 import engine
+import run_flags
 import search
 import utils
 from architect import Architect
@@ -56,9 +57,7 @@ CONFIGS = {
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device")
     parser.add_argument("--gpu", type=int, default=None, help="CUDA device index (default 0)")
     parser.add_argument(
@@ -70,7 +69,7 @@ def get_parser():
     )
     parser.add_argument("--steps", type=int, default=2, help="timed search steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed search steps first")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast, as the scripts' --amp")
     parser.add_argument("--compile", action="store_true", help="torch.compile the eval configuration (train.py's)")
@@ -207,7 +206,8 @@ def main(argv=None):
             if subprocess.run(child).returncode != 0:
                 raise utils.UserError(f"the measurement of {name} failed (see above)")
         return
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     utils.set_seed(args.seed)
     device = utils.resolve_device(args.device, args.gpu)
     accel.check_flags(args, device)

@@ -17,6 +17,7 @@ import os
 import random
 from pathlib import Path
 
+import run_flags
 import utils
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,7 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument(
         "--imagenet",
         type=str,

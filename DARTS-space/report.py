@@ -34,6 +34,7 @@ import json
 import sys
 from pathlib import Path
 
+import run_flags
 import run_folder
 from genotypes import NAMED, genotype_from_dict, genotype_to_dict
 from report_tables import markdown, read_run, runs_text, summarize, write_csv
@@ -44,9 +45,7 @@ TRAININGS = ("train", "train_imagenet")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument("runs", type=str, nargs="+", metavar="RUN_DIR", help="run folders of finished runs")
     parser.add_argument("--csv", type=str, default=None, help="also write the rows to this CSV file")
     return parser

@@ -1,12 +1,16 @@
 """The flags every run has, and the valid ranges of the numeric flags of every script.
 
-`add_run_arguments` adds the system flags the run engine reads (device, workers, seed,
-run folder, resume, progress lines, timed checkpoints); `check_ranges` refuses, in one
-line, any numeric flag of a script outside its range (`RANGES`, and the script's own); `check_resume` refuses a
-resumed run whose flags differ from its checkpoint's, except those in `MAY_CHANGE`. Not a
-script; the same file in both folders.
+`add_run_arguments` adds the system flags the run engine reads (device, threads, workers,
+seed, run folder, resume, progress lines, timed checkpoints, the smoke-run step cap);
+`check_ranges` refuses, in one line, any numeric flag of a script outside its range
+(`RANGES`, and the script's own); `check_resume` refuses a resumed run whose flags differ
+from its checkpoint's, except those in `MAY_CHANGE`, naming every such flag at once;
+`typed_flags` tells which flags the command line gave (the others a resume takes from its
+checkpoint). `HelpFormatter` shows each default once in `--help`. Not a script; the same
+file in both folders.
 """
 
+import argparse
 import math
 
 from utils import UserError
@@ -22,6 +26,8 @@ RANGES = {
     "report_freq": (1, None, True, True),
     "image_size": (1, None, True, True),
     "workers": (0, None, True, True),
+    "threads": (0, None, True, True),
+    "max_steps_per_epoch": (0, None, True, True),
     "gpu": (0, None, True, True),
     "warmup_epochs": (0, None, True, True),
     "learning_rate": (0, None, False, True),
@@ -44,6 +50,7 @@ RANGES = {
 MAY_CHANGE = (
     "device",
     "gpu",
+    "threads",
     "workers",
     "data",
     "data_on_device",
@@ -58,6 +65,15 @@ MAY_CHANGE = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with each flag's default shown once: not where the help says it already, nor a default of None."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_run_arguments(parser, seed, workers=2):
     """The flags every training script has for its run (what this engine reads); returns their group."""
     system = parser.add_argument_group("system")
@@ -66,22 +82,39 @@ def add_run_arguments(parser, seed, workers=2):
     system.add_argument("--device", type=str, default="auto", choices=devices, help=device)
     gpu = "CUDA device index for a single-process run (default 0; refused where the run is not on CUDA)"
     system.add_argument("--gpu", type=int, default=None, help=gpu)
+    threads = "CPU threads of PyTorch's operations (0: PyTorch's default, one per core)"
+    system.add_argument("--threads", type=int, default=0, help=threads)
     loaders = "data loading processes (0 for an exactly resumable run)"
     system.add_argument("--workers", type=int, default=workers, help=loaders)
     system.add_argument("--seed", type=int, default=seed, help="random seed")
     save = "run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)"
     system.add_argument("--save", type=str, default=None, help=save)
-    system.add_argument("--resume", type=str, default=None, help="checkpoint.pt of a run to continue")
+    resume = "a run folder (or its checkpoint.pt) to continue, with its own flags unless given"
+    system.add_argument("--resume", type=str, default=None, help=resume)
     report = "log a progress line every N steps (and at least every 30 s)"
     system.add_argument("--report_freq", type=int, default=50, help=report)
     minutes = "also checkpoint inside an epoch at most every M minutes (a preempted run loses less)"
     system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
+    cap = "cap on training steps per epoch, for smoke runs (0: whole epochs); a search's held-out pass takes as many"
+    system.add_argument("--max_steps_per_epoch", type=int, default=0, help=cap)
     determinism = (
         "deterministic kernels where PyTorch has them (the few without one warn once) and no cuDNN autotuning: "
         "slower; repeatable on the same GPU and software"
     )
     system.add_argument("--deterministic", action="store_true", help=determinism)
     return system
+
+
+def typed_flags(parser, argv):
+    """The destinations of the flags the command line `argv` gives (whatever their values), as a set.
+
+    argparse fills in a default only where the namespace has no value yet, so a namespace
+    pre-filled with a marker keeps the marker for every flag the command line leaves out.
+    """
+    unset = object()
+    names = {action.dest: unset for action in parser._actions if action.dest != argparse.SUPPRESS}
+    given = parser.parse_args(argv, argparse.Namespace(**names))
+    return {name for name, value in vars(given).items() if value is not unset}
 
 
 def check_ranges(args, own=None):
@@ -112,16 +145,20 @@ def _range_text(bounds):
 
 
 def check_resume(saved, args):
-    """Refuse to resume with a flag that differs from the checkpoint's `saved` ones, unless it is in `MAY_CHANGE`.
+    """Refuse to resume with flags that differ from the checkpoint's `saved` ones, unless in `MAY_CHANGE`.
 
-    One rule for every script: a flag the checkpoint does not know (added since) is not compared.
+    One rule for every script, one line naming every differing flag; a flag the checkpoint
+    does not know (added since) is not compared.
     """
-    for key, value in vars(args).items():
-        if key in MAY_CHANGE or key not in saved or saved[key] == value:
-            continue
+    differ = [
+        f"--{key} {_shown(saved[key])}, not {_shown(value)};"
+        for key, value in vars(args).items()
+        if key not in MAY_CHANGE and key in saved and saved[key] != value
+    ]
+    if differ:
         raise UserError(
-            f"--resume: the checkpoint was made with --{key} {_shown(saved[key])}, not {_shown(value)}; "
-            f"resume with the run's own --{key}"
+            f"--resume: the checkpoint was made with {' '.join(differ)} drop these flags (--resume alone "
+            "takes the run's own) or give the run's values"
         )
 
 

@@ -41,7 +41,7 @@ from stages import Stage, check_warmup, stage_at
 logger = logging.getLogger(__name__)
 
 # Valid ranges of the numeric flags only the searches of this folder have (run_flags.RANGES holds the rest).
-FLAG_RANGES = {"lr_warmup_epochs": (0, None, True, True), "max_steps": (0, None, True, True)}
+FLAG_RANGES = {"lr_warmup_epochs": (0, None, True, True)}
 
 
 def add_arguments(parser):
@@ -90,17 +90,11 @@ def add_arguments(parser):
 
 
 def add_system_arguments(parser):
-    """The system flags of the searches: the engine's run flags and the smoke-run cap."""
+    """The system flags of the searches: the engine's run flags, --amp, data on the device, --lean_ops."""
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
     add_lean_ops_argument(system)
-    system.add_argument(
-        "--max_steps",
-        type=int,
-        default=0,
-        help="cap on training and evaluation steps per epoch, for smoke runs only (0 = whole epochs)",
-    )
 
 
 def add_lean_ops_argument(group):
@@ -251,9 +245,8 @@ def search_data(train_data, valid_data, args, dist):
     # This rank's shard of the held-out images, in order (padded to equal shards).
     shard_order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
     valid_loader = device_data.loader(Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers)
-    steps = min(len(data["train"]), args.max_steps or len(data["train"]))
     logger.info("%s", device_data.describe(data["train"]))
-    return data, valid_loader, steps
+    return data, valid_loader, len(data["train"])  # the engine caps the steps at --max_steps_per_epoch
 
 
 def optimizers(model, args, dist, state=None, arch_grad_clip=None):
@@ -318,7 +311,7 @@ def search(run, model, train_data, valid_data, args, arch_grad_clip=None, data=N
                 model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip, dist
             )
             run.update(logits, y, loss)
-        valid = infer(model, valid_loader, args.max_steps, dist)
+        valid = infer(model, valid_loader, args.max_steps_per_epoch, dist)
         distributed.broadcast_parameters(model, dist)  # BatchNorm statistics of rank 0
         genotype = model.genotype()
         logger.info("genotype = %s", genotype)

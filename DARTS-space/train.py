@@ -26,6 +26,7 @@ import datasets
 import distributed
 import engine
 import genotypes
+import run_flags
 import utils
 from model import NetworkCIFAR
 from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
@@ -34,9 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     data = datasets.add_arguments(parser, "train on")
     data.add_argument("--cutout", action="store_true", help="cutout augmentation on the training images")
     data.add_argument("--cutout_length", type=int, default=16, help="side of the cutout square")
@@ -58,7 +57,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = engine.parse_args(get_parser(), "train", argv)
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype, searched = genotypes.load_genotype_and_data(args.arch)
     if args.layers < 3:

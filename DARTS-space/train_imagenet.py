@@ -24,6 +24,7 @@ import datasets
 import distributed
 import engine
 import genotypes
+import run_flags
 import utils
 from model import NetworkImageNet
 from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
@@ -32,9 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     datasets.add_imagenet_arguments(parser, "../data/imagenet", "ImageFolder root with train/ and val/")
     add_arguments(
         parser,
@@ -93,7 +92,7 @@ def lr_factor(epoch, args):
 @utils.exits_cleanly
 def main(argv=None):
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = engine.parse_args(parser, "train_imagenet", argv)
     # Five stride-2 stages (stems, two reductions) take 224 pixels to 7x7. The factorized
     # reduce needs even maps at each reduction, and the auxiliary head pools a 7x7 map.
     if args.image_size % 32:

@@ -11,7 +11,7 @@ edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights onl
     torchrun --nproc_per_node 4 train_search.py             # the same total batch, split over 4 GPUs
     # CPU smoke run (about a minute): tiny network, 2 + 2 epochs, capped epochs
     python train_search.py --dataset synthetic --layers 5 --init_channels 8 --batch_size 8 \\
-        --stage_epochs 2 2 --stage_k 4 2 --warmup_epochs 1 --max_steps 4 --device cpu --workers 0
+        --stage_epochs 2 2 --stage_k 4 2 --warmup_epochs 1 --max_steps_per_epoch 4 --device cpu --workers 0
     # your own images: DIR/train/<class>/* (searched on) and DIR/val/<class>/* (for train.py)
     python train_search.py --dataset imagefolder --data DIR --image_size 32
 
@@ -32,6 +32,7 @@ import data_common
 import datasets
 import distributed
 import engine
+import run_flags
 import search
 import utils
 
@@ -39,9 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     data = datasets.add_arguments(parser, "search on")
     data.add_argument(
         "--train_portion",
@@ -65,7 +64,7 @@ def load_data(args):
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = engine.parse_args(get_parser(), "train_search", argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args, min_image_size=8)  # the CIFAR supernet's stem keeps the size
     run = engine.Run(args, "train_search", join=distributed.setup, ranges=search.FLAG_RANGES)

@@ -13,7 +13,7 @@ prepare_imagenet_subset.py, then:
     # CPU smoke run, two processes (gloo), on in-memory synthetic images:
     torchrun --nproc_per_node 2 train_search_imagenet.py --dataset synthetic --image_size 32 --layers 5 \\
         --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 \\
-        --max_steps 2 --device cpu --workers 0
+        --max_steps_per_epoch 2 --device cpu --workers 0
 
 `--data` holds `train/` (weights) and `val/` (architecture and the reported accuracy),
 one sub-folder per class. `--dataset synthetic` replaces them with two in-memory sets of
@@ -31,6 +31,7 @@ import data_common
 import datasets
 import distributed
 import engine
+import run_flags
 import search
 import utils
 
@@ -38,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     folder = "folder with train/ (weights) and val/ (architecture) class folders"
     datasets.add_imagenet_arguments(parser, "../data/imagenet_search", folder)
     search.add_arguments(parser)
@@ -61,7 +60,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = engine.parse_args(get_parser(), "train_search_imagenet", argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args)
     run = engine.Run(args, "train_search_imagenet", join=distributed.setup, ranges=search.FLAG_RANGES)

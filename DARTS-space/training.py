@@ -32,7 +32,6 @@ FLAG_RANGES = {
     "auxiliary_weight": (0, None, True, True),
     "drop_path_prob": (0, 1, True, False),
     "label_smoothing": (0, 1, True, False),
-    "max_steps_per_epoch": (0, None, True, True),
 }
 
 
@@ -77,12 +76,6 @@ def add_arguments(
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
     opt.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping")
-    opt.add_argument(
-        "--max_steps_per_epoch",
-        type=int,
-        default=0,
-        help="cap on training steps per epoch for smoke runs (0: full passes over the data)",
-    )
     add_system_arguments(parser, workers, seed)
 
 
@@ -160,7 +153,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
     test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
     logger.info("%s", device_data.describe(batches))
-    steps = min(len(batches), args.max_steps_per_epoch or len(batches))
+    steps = len(batches)  # the engine caps them at --max_steps_per_epoch
 
     def state():  # the script's part of every checkpoint
         return {

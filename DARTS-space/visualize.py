@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import genotypes
+import run_flags
 import run_folder
 import utils
 from utils import UserError
@@ -33,9 +34,7 @@ FORMATS = (".png", ".svg", ".pdf")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument(
         "arch",
         type=str,

@@ -37,7 +37,7 @@ T201 = [*on_device(TINY_201), "--arch", "DrNAS", "--epochs", "2", "--report_freq
 DS = [
     *("--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "8"),
     *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "3", "--warmup_epochs", "0"),
-    *("--max_steps", "3", "--report_freq", "1", "--device", DEVICE, "--workers", "0"),
+    *("--max_steps_per_epoch", "3", "--report_freq", "1", "--device", DEVICE, "--workers", "0"),
 ]
 DS_STEPS = 3
 # The DARTS evaluation network of the CPU tests (5 cells of 8 channels, auxiliary head, cutout): 2 epochs of

@@ -56,14 +56,24 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     utils.save_checkpoint({"epoch": 1, "w": torch.arange(5.0)}, path)
     assert replaced == [(f"{path}.tmp", str(path))]
 
-    def dies_midway(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
-            out.write(b"PK\x03\x04" + bytes(100))  # the start of a torch file, then the disk is full
-        raise OSError(28, "No space left on device")
+    class DiesMidway:  # the temporary file, whose disk fills after the start of a torch file
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
 
-    monkeypatch.setattr(torch, "save", dies_midway)
-    with pytest.raises(OSError, match="No space left"):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(bytes(data)[:100])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(utils, "open", DiesMidway, raising=False)
+    with pytest.raises(utils.UserError, match=f"cannot write {path}: No space left on device"):
         utils.save_checkpoint({"epoch": 2, "w": torch.zeros(5)}, path)
+    monkeypatch.undo()
     back = utils.load_checkpoint(path)
     assert back["epoch"] == 1 and torch.equal(back["w"], torch.arange(5.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

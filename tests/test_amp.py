@@ -1,5 +1,8 @@
 """`--amp` in both searches on the CPU: bf16 cells, fp32 draw, beta, loss and optimiser states; it still learns.
 
+The scripts refuse `--amp` on a CPU without bf16 units (`accel.cpu_has_bf16`); there their tests check the
+refusal, and the in-process tests below still check the bf16 numerics.
+
 Also the memory-saving ops under autocast (their backward passes run outside it) and the
 `--lean_ops off` switch, which must compute the same function as the lean ops.
 """
@@ -11,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_201, run_script
+from conftest import TINY_201, assert_one_line_error, run_script
 
 ARCH_ARGS = argparse.Namespace(
     unrolled=False, reg_type="kl", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4
@@ -129,10 +132,15 @@ def test_lean_ops_off_computes_the_same_supernet(load_space):
     torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-4)
 
 
-def test_201_search_script_with_amp_learns(tmp_path):
+def test_201_search_script_with_amp_learns(tmp_path, load_space):
+    """On a CPU with bf16 units the search learns under --amp; on one without, --amp is refused before any write."""
     save = tmp_path / "run"
     flags = [*TINY_201, "--epochs", "3", "--benchmark", "none", "--save", save]
     result = run_script("201-space", "train_search.py", *flags, "--amp")
+    if not load_space("201-space", "accel").cpu_has_bf16():
+        assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
+        assert not save.exists()
+        return
     assert result.returncode == 0, result.stderr
     history = [json.loads(line) for line in (save / "history.jsonl").read_text().splitlines()]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -140,11 +148,16 @@ def test_201_search_script_with_amp_learns(tmp_path):
     assert json.loads((save / "args.json").read_text())["amp"] is True
 
 
-def test_darts_search_script_with_amp_and_plain_ops(tmp_path):
+def test_darts_search_script_with_amp_and_plain_ops(tmp_path, load_space):
+    """As the 201 test: a search under --amp where the CPU has bf16 units, a one-line refusal where it has none."""
     save = tmp_path / "run"
     flags = "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2"
     flags = [*flags.split(), "--warmup_epochs", "0", "--max_steps", "3", "--device", "cpu", "--workers", "0"]
     result = run_script("DARTS-space", "train_search.py", *flags, "--amp", "--lean_ops", "off", "--save", save)
+    if not load_space("DARTS-space", "accel").cpu_has_bf16():
+        assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
+        assert not save.exists()
+        return
     assert result.returncode == 0, result.stderr
     history = [json.loads(line) for line in (save / "history.jsonl").read_text().splitlines()]
     assert [h["stage"] for h in history] == [0, 1]

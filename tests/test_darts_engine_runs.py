@@ -46,7 +46,7 @@ SEARCH = [
     "2",
     "--warmup_epochs",
     "0",
-    "--max_steps",
+    "--max_steps_per_epoch",
     "6",
     "--report_freq",
     "1",
@@ -80,7 +80,7 @@ SHORT = {
         "7",
         "--warmup_epochs",
         "0",
-        "--max_steps",
+        "--max_steps_per_epoch",
         "1",
     ],
 }

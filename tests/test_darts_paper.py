@@ -552,7 +552,7 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
             "3",
             "--warmup_epochs",
             "1",
-            "--max_steps",
+            "--max_steps_per_epoch",
             "1",
             "--device",
             "cpu",

@@ -226,7 +226,7 @@ def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
         "2",
         "--warmup_epochs",
         "0",
-        "--max_steps",
+        "--max_steps_per_epoch",
         "2",
         "--device",
         "cpu",

@@ -25,7 +25,7 @@ SEARCH_201 = ["train_search.py", "--init_channels", "4", "--layers", "1", "--bat
 TRAIN_201 = ["train.py", "--init_channels", "4", "--layers", "1", "--batch_size", "12", "--epochs", "6"]
 SEARCH_DARTS = [
     "train_search.py",
-    *("--layers", "3", "--init_channels", "8", "--batch_size", "4", "--max_steps", "2"),
+    *("--layers", "3", "--init_channels", "8", "--batch_size", "4", "--max_steps_per_epoch", "2"),
     *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "3", "--warmup_epochs", "0"),
 ]
 TRAIN_DARTS = [

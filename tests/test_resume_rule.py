@@ -69,7 +69,7 @@ def test_a_darts_search_resumed_with_another_arch_learning_rate_is_refused(tmp_p
     argv = [
         "train_search.py",
         *"--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --device cpu --workers 0".split(),
-        *"--stage_epochs 1 1 --stage_k 2 1 --stage_keep 7 4 --warmup_epochs 0 --max_steps 2".split(),
+        *"--stage_epochs 1 1 --stage_k 2 1 --stage_keep 7 4 --warmup_epochs 0 --max_steps_per_epoch 2".split(),
     ]
     first = run_script("DARTS-space", *argv, "--save", run_dir)
     assert first.returncode == 0, first.stderr[-3000:]
