@@ -13,7 +13,7 @@ back exactly.
 import json
 from pathlib import Path
 
-from data_common import DATA_KEYS
+from data_common import DATA_KEYS, read_genotype_json
 from utils import UserError
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
@@ -123,11 +123,10 @@ def load_arch_and_data(spec):
                 f"--arch {spec!r} is neither a named cell ({', '.join(NAMED)}), an architecture "
                 "string like '|nor_conv_3x3~0|+|...|', nor an existing genotype.json"
             )
-        try:
-            saved = json.loads(path.read_text())
-            text = saved["arch"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(f'--arch {path}: not a genotype.json with an "arch" string ({err})') from None
+        saved = read_genotype_json(path, f"--arch {path}", SPACE)  # a DARTS-space file is named as such
+        text = saved.get("arch") if isinstance(saved, dict) else None
+        if not isinstance(text, str):
+            raise UserError(f"--arch {path}: not a genotype.json with an \"arch\" string like '|nor_conv_3x3~0|+|...|'")
         if all(key in saved for key in DATA_KEYS):
             data = {key: saved[key] for key in DATA_KEYS}
     try:

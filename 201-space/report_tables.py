@@ -1,7 +1,8 @@
 """The parts of the two report.py that are the same: reading a finished run, and tables of runs with mean ± std.
 
 `read_run` reads args.json and history.jsonl of a finished run and refuses anything else in
-one line (not a run, a run of another script, one still going or stopped early);
+one line (not a run, a run of the other space or of another script, one still going or
+stopped early);
 `summarize` groups rows and gives each group a row of mean ± std (the sample std, ddof=1;
 0.00 for a single run); `markdown` and `write_csv` write the rows and the summaries. Each
 folder's report.py builds its rows. The same file in both folders (a test keeps them so).
@@ -13,6 +14,8 @@ import statistics
 from pathlib import Path
 
 import run_folder
+from data_common import FOLDERS, genotype_space
+from genotypes import SPACE
 from utils import UserError
 
 
@@ -30,8 +33,17 @@ def read_run(run_dir, scripts):
         ]
     except (OSError, ValueError) as err:
         raise UserError(f"{run_dir}: unreadable args.json or history.jsonl ({err})") from None
-    if not isinstance(args, dict) or args.get("script") not in scripts:
-        script = args.get("script") if isinstance(args, dict) else None
+    script = args.get("script") if isinstance(args, dict) else None
+    # Both folders have a train_search.py and a train.py: the run's cell tells the other space's runs apart
+    # (genotype.json, written when a search ends and when a training starts; a damaged one is report.py's to name).
+    try:
+        space = genotype_space(json.loads((run_dir / "genotype.json").read_text()))
+    except (OSError, ValueError):
+        space = None
+    if space not in (None, SPACE):
+        folder = FOLDERS[space]
+        raise UserError(f"{run_dir}: a run of the {folder} ({script}.py); report it with {folder}/report.py")
+    if script not in scripts:
         wanted = " or ".join(f"{s}.py" for s in scripts)
         raise UserError(f"{run_dir}: a run of {script}.py; this report takes runs of {wanted}")
     epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]

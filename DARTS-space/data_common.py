@@ -6,9 +6,11 @@ learnable set for laptops and tests; `download` fetches a CIFAR archive, failing
 line within seconds without a network; `record_device_recipe` tells `device_data.py` how a
 data set's transform is redone on the device; `data_record` is what a search's
 genotype.json says about its data, and `data_difference` the log line of a training run on
-other data. The same file in both folders (a test keeps them so).
+other data; `read_genotype_json` reads a genotype.json and refuses one of the other space
+(`genotype_space` tells the two apart). The same file in both folders (a test keeps them so).
 """
 
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -128,3 +130,41 @@ def _data_and_size(record):
     """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
     folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
     return f"{record['dataset']}{folder}", record["image_size"]
+
+
+# The folder of each search space in this repository, keyed by the space's name as checkpoints record it
+# (`genotypes.SPACE`).
+FOLDERS = {"NAS-Bench-201": "201-space", "DARTS": "DARTS-space"}
+
+
+def genotype_space(saved):
+    """The space (a key of `FOLDERS`) whose cell the parsed genotype.json `saved` holds, or None for neither.
+
+    Told by content, which genotype.json files of every version have: a 201 cell is an "arch" string
+    (`|op~0|+|...|`), a DARTS cell has "normal" and "reduce" edge lists (at the top, or under "genotype").
+    """
+    if not isinstance(saved, dict):
+        return None
+    if isinstance(saved.get("arch"), str) and saved["arch"].lstrip().startswith("|"):
+        return "NAS-Bench-201"
+    cell = saved["genotype"] if isinstance(saved.get("genotype"), dict) else saved
+    return "DARTS" if "normal" in cell and "reduce" in cell else None
+
+
+def read_genotype_json(path, where, space):
+    """The parsed JSON of the genotype.json `path`, for a folder of `space` (`genotypes.SPACE`).
+
+    Refused in one line, starting with `where` (`--arch PATH`), if it is not JSON, or if it holds a
+    cell of the other space: that folder's scripts take it, and the line says which one.
+    """
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{where}: not valid JSON ({err}); give a genotype.json written by train_search.py") from None
+    other = genotype_space(saved)
+    if other not in (None, space):
+        raise UserError(
+            f"{where}: a {FOLDERS[other]} genotype.json, not a {FOLDERS[space]} one; "
+            f"train it with {FOLDERS[other]}/train.py"
+        )
+    return saved

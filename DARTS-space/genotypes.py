@@ -17,7 +17,7 @@ import json
 from collections import namedtuple
 from pathlib import Path
 
-from data_common import DATA_KEYS
+from data_common import DATA_KEYS, read_genotype_json
 from utils import UserError
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
@@ -340,12 +340,7 @@ def load_genotype_and_data(name_or_path, flag="--arch"):
             f"{flag} {name_or_path}: neither a genotype name nor a file; "
             f"accepted names: {', '.join(NAMED)}, or the path of a genotype.json written by a search"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(
-            f"{flag} {path}: not valid JSON ({err}); give a genotype.json written by train_search.py"
-        ) from None
+    data = read_genotype_json(path, f"{flag} {path}", SPACE)  # a 201-space file is named as such
     try:
         genotype = genotype_from_dict(data)
     except UserError as err:

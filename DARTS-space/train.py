@@ -93,8 +93,8 @@ def main(argv=None):
         def learning_rate(epoch):
             return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
 
-        best = train(run, model, train_set, test_set, nn.CrossEntropyLoss(), learning_rate, args)
-        finish(run, model, best)
+        last = train(run, model, train_set, test_set, nn.CrossEntropyLoss(), learning_rate, args)
+        finish(run, model, last)
     finally:
         distributed.cleanup()
 

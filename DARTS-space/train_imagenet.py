@@ -95,10 +95,17 @@ def main(argv=None):
     args = engine.parse_args(parser, "train_imagenet", argv)
     # Five stride-2 stages (stems, two reductions) take 224 pixels to 7x7. The factorized
     # reduce needs even maps at each reduction, and the auxiliary head pools a 7x7 map.
+    # One line, not argparse's usage block (which every torchrun process would print).
     if args.image_size % 32:
-        parser.error(f"--image_size {args.image_size} must be a multiple of 32 (five stride-2 stages)")
+        raise utils.UserError(
+            f"--image_size {args.image_size} is not a multiple of 32 (the network halves it five times); "
+            "give 224 (ImageNet), or 32, 64, ... for small runs"
+        )
     if args.auxiliary and args.image_size < 224:
-        parser.error("--auxiliary needs --image_size of at least 224 (its head pools the 7x7 map of 224 pixels)")
+        raise utils.UserError(
+            f"--auxiliary needs --image_size 224 or more (its head pools the 7x7 map of 224 pixels), not "
+            f"{args.image_size}; drop --auxiliary or raise --image_size"
+        )
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype, searched = genotypes.load_genotype_and_data(args.arch)
     # ImageNet's val/ folder is the test set (the paper reports on it), so its records are test_acc, test_top5, ...
@@ -124,8 +131,8 @@ def main(argv=None):
         def learning_rate(epoch):
             return args.learning_rate * lr_factor(epoch, args)
 
-        best = train(run, model, train_set, test_set, criterion, learning_rate, args)
-        finish(run, model, best)
+        last = train(run, model, train_set, test_set, criterion, learning_rate, args)
+        finish(run, model, last)
     finally:
         distributed.cleanup()
 

@@ -126,7 +126,8 @@ def train_step(net, optimizer, scaler, criterion, batch, amp_dtype, args):
 
 def train(run, model, train_set, test_set, criterion, learning_rate, args):
     """The training loop: per epoch the drop path ramp and `learning_rate(epoch)`, one SGD step per batch, then
-    the test set. Returns the best epoch's test accuracy (best.pt is chosen on the test set: there is no other)."""
+    the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
+    epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
     dist, device, resumed = run.dist, run.dist.device, run.task_state()
     amp_dtype = accel.amp_dtype(device)
     # The loss scaler only matters for fp16, whose small range underflows gradients.
@@ -163,6 +164,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
             "param_count": param_count(model),
         }
 
+    record = None
     for epoch in run.epochs(args.epochs, steps, state, {"train": batches}, best="test_acc"):
         # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
@@ -178,8 +180,9 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
         # DDP's forward would wait for buffers from ranks that have finished.
         test = infer(test_loader, model, amp_dtype, args, dist)
         record = {"lr": lr, "drop_path_prob": model.drop_path_prob, **run.train_metrics()}
-        run.end_epoch({**record, "test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"]})
-    return run.best
+        test_fields = {"test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"]}
+        record = run.end_epoch({**record, **test_fields})
+    return record
 
 
 def log_searched_data(args, searched, test_set, num_classes):
@@ -204,14 +207,24 @@ def log_model(model):
     )
 
 
-def finish(run, model, best):
-    """The last lines of a training run: best accuracy, replica agreement under torchrun, memory."""
-    dist = run.dist
+def finish(run, model, last):
+    """The last lines of a training run: replica agreement under torchrun, then the accuracies and memory.
+
+    `last`: the last epoch's record (`train`). Its test accuracy leads, as the paper reports it (so does
+    DARTS); the best epoch's follows, marked as chosen on the test set, which makes it optimistic.
+    """
+    dist, best = run.dist, run.best
     if dist.world_size > 1:
         diff = distributed.max_parameter_difference(model, dist)
         logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
+    if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
+        final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
+    else:
+        epochs = last["epoch"] + 1
+        final = f"test acc {last['test_acc']:.2f} % after {epochs} epochs (the paper's figure: the last epoch)"
     logger.info(
-        "done: best test acc %.2f (epoch %d), peak memory %.0f MB",
+        "done: %s; best test acc %.2f %% (epoch %d, chosen on the test set), peak memory %.0f MB",
+        final,
         best["value"] or 0.0,
         best["epoch"] + 1,
         utils.peak_memory_mb(dist.device),

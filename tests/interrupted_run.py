@@ -6,7 +6,8 @@ Run from a space folder (201-space/ or DARTS-space/), the way tests run scripts 
 with `run_script`/`popen_script`). SCRIPT is the script's module name (`train_search`, `train`), N1 N2 ...
 the checkpoints (counted from 1 over the whole run, resumes included) after which the run "dies", and
 ARGUMENTS the script's own, holding `--save DIR`. After each death it starts again in the same process with
-`--resume DIR/checkpoint.pt`, so the run ends where a straight run with ARGUMENTS ends, through the resumes.
+`--resume DIR` alone (the checkpoint's own flags), so the run ends where a straight run with ARGUMENTS ends,
+through the resumes.
 """
 
 import importlib
@@ -36,7 +37,7 @@ def main(argv):
     run_dir = arguments[arguments.index("--save") + 1]
     for attempt in range(len(stops) + 1):
         try:
-            script_main(arguments + (["--resume", f"{run_dir}/checkpoint.pt"] if attempt else []))
+            script_main(["--resume", run_dir] if attempt else arguments)
         except Killed:
             continue
         return

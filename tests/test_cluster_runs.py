@@ -65,9 +65,12 @@ def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, sp
     ckpt = _load(run_dir / "checkpoint.pt")
     assert ckpt["epoch"] == 0 and ckpt["step"] > 0, (ckpt["epoch"], ckpt["step"])
     assert not list(run_dir.glob("*.tmp"))
+    # The preemption line gives the command that continues the run: the script and the run folder, nothing else.
+    command = f"continue with: python {argv[0]} --resume {run_dir}"
     assert "preempted: checkpoint written" in (run_dir / "log.txt").read_text()
+    assert (run_dir / "log.txt").read_text().splitlines()[-1].endswith(command)
 
-    resumed = popen_script(space, *argv, "--resume", run_dir / "checkpoint.pt", new_session=True)
+    resumed = popen_script(space, *command.split()[3:], new_session=True)
     code, err = _finish(resumed)
     assert code == 0, err[-3000:]
     assert _epochs(run_dir) == [0, 1]

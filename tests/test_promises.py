@@ -1,0 +1,172 @@
+"""What the README and the scripts promise, held: --amp on a CPU without bf16 units, train_imagenet.py's
+--image_size checks, the training scripts' closing line, and files of the other space named as such.
+
+Scripts run in process (`main(argv)`) where they stop before any work, so each test is fast; the closing
+line comes from real tiny runs.
+"""
+
+import json
+import logging
+from argparse import Namespace
+
+import pytest
+import torch
+
+from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, run_script
+
+# A DARTS cell and a NAS-Bench-201 cell, as each folder's genotype.json holds them.
+DARTS_CELL = "DrNAS_cifar10"
+CELL_201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+def refusal(capsys, main, *argv):
+    """Run a script's `main(argv)` in process: it must exit 2 with one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    return assert_one_line_error(exit_info.value.code, capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- --amp on a CPU
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+@pytest.mark.parametrize("amp_needs_bf16", [True, False])
+def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, space, amp_needs_bf16):
+    """Every script (fp16 fallback or not) refuses --amp where the CPU emulates bf16; one with bf16 units runs it."""
+    accel = load_space(space, "accel")
+    args, cpu = Namespace(amp=True, compile=False), torch.device("cpu")
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)
+    with pytest.raises(accel.UserError) as refused:
+        accel.check_flags(args, cpu, amp_needs_bf16)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("--amp on a CPU without bf16 units") and "run without --amp" in line
+    accel.check_flags(Namespace(amp=False, compile=False), cpu, amp_needs_bf16)  # fp32 is never refused
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
+    accel.check_flags(args, cpu, amp_needs_bf16)
+
+
+# ---------------------------------------------------------------- train_imagenet.py --image_size
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--image_size", "48"], "--image_size 48 is not a multiple of 32"),
+        (["--image_size", "64", "--auxiliary"], "--auxiliary needs --image_size 224 or more"),
+    ],
+)
+def test_train_imagenet_image_size_ends_in_one_line(load_space, capsys, tmp_path, flags, expected):
+    """Not argparse's usage block, which every torchrun process printed; nothing is made before."""
+    train_imagenet = load_space("DARTS-space", "train_imagenet")
+    save = tmp_path / "run"
+    argv = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "8", "--device", "cpu", "--save", save]
+    line = refusal(capsys, train_imagenet.main, *argv, *flags)
+    assert expected in line
+    assert not save.exists()
+
+
+# ---------------------------------------------------------------- the closing line
+
+
+@pytest.mark.parametrize(
+    ("space", "flags"),
+    [
+        ("201-space", [*TINY_201, "--epochs", "2"]),
+        ("DARTS-space", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--epochs", "2"]),
+    ],
+)
+def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, flags):
+    """The paper's figure (the last epoch) leads the `done:` line; the best epoch, chosen on test, follows."""
+    save = tmp_path / "run"
+    result = run_script(space, "train.py", *flags, "--save", save)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (save / "history.jsonl").read_text().splitlines()]
+    last, best = history[-1], max(history, key=lambda record: record["test_acc"])
+    closing = (save / "log.txt").read_text().strip().splitlines()[-1]
+    assert "done: " in closing
+    assert f"test acc {last['test_acc']:.2f} % after {last['epoch'] + 1} epochs" in closing
+    assert f"best test acc {best['test_acc']:.2f} % (epoch {best['epoch'] + 1}, chosen on the test set)" in closing
+    assert closing.index("% after") < closing.index("best test acc")
+
+
+def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplog):
+    """`finish` with a best epoch that is not the last: each number where it belongs."""
+    training = load_space("DARTS-space", "training")
+    dist = Namespace(world_size=1, device=torch.device("cpu"))
+    run = Namespace(dist=dist, best={"value": 91.35, "epoch": 579}, args=Namespace(epochs=600))
+    with caplog.at_level(logging.INFO):
+        training.finish(run, None, {"epoch": 599, "test_acc": 91.2})
+    assert (
+        "done: test acc 91.20 % after 600 epochs (the paper's figure: the last epoch); "
+        "best test acc 91.35 % (epoch 580, chosen on the test set)"
+    ) in caplog.text
+
+
+# ---------------------------------------------------------------- files of the other space
+
+
+def darts_genotype_json(load_space, path):
+    """A genotype.json as a DARTS-space search writes it (the cell and its data record)."""
+    genotypes = load_space("DARTS-space", "genotypes")
+    data = {"dataset": "cifar10", "data": "/data", "image_size": 32, "num_classes": 10}
+    genotypes.save_genotype(genotypes.NAMED[DARTS_CELL], path, data)
+    return path
+
+
+def genotype_json_201(load_space, path):
+    """A genotype.json as a 201-space search writes it (the cell and its data record)."""
+    genotypes = load_space("201-space", "genotypes")
+    data = {"dataset": "cifar10", "data": "/data", "image_size": 32, "num_classes": 10}
+    genotypes.save_genotype(genotypes.Structure.from_str(CELL_201), path, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("train", [*TINY_201, "--save", "{tmp}/run", "--arch"]),
+        ("benchmark", ["query", "--arch"]),
+    ],
+)
+def test_201_scripts_name_a_darts_genotype_json(load_space, capsys, tmp_path, script, argv):
+    genotype = darts_genotype_json(load_space, tmp_path / "genotype.json")
+    main = load_space("201-space", script).main
+    line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
+    assert f"--arch {genotype}: a DARTS-space genotype.json" in line and "DARTS-space/train.py" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "flag"),
+    [
+        ("train", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--save", "{tmp}/run", "--arch"], "--arch"),
+        ("train_imagenet", ["--dataset", "synthetic", "--device", "cpu", "--save", "{tmp}/run", "--arch"], "--arch"),
+        ("visualize", ["--out", "{tmp}/cell.png"], "genotype"),
+    ],
+)
+def test_darts_scripts_name_a_201_genotype_json(load_space, capsys, tmp_path, script, argv, flag):
+    genotype = genotype_json_201(load_space, tmp_path / "genotype.json")
+    main = load_space("DARTS-space", script).main
+    line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
+    assert f"{flag} {genotype}: a 201-space genotype.json" in line and "201-space/train.py" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cell.png").exists()
+
+
+def write_run(load_space, run_dir, space, script):
+    """A finished one-epoch run folder of `space` by `script`, written by hand: args.json, history, genotype.json."""
+    run_dir.mkdir()
+    args = {"script": script, "seed": 0, "dataset": "synthetic", "epochs": 1, "method": "dirichlet"}
+    (run_dir / "args.json").write_text(json.dumps(args))
+    (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 0, "test_acc": 50.0, "device": "cpu"}) + "\n")
+    write = genotype_json_201 if space == "201-space" else darts_genotype_json
+    write(load_space, run_dir / "genotype.json")
+    return run_dir
+
+
+@pytest.mark.parametrize(("space", "other"), [("201-space", "DARTS-space"), ("DARTS-space", "201-space")])
+@pytest.mark.parametrize("script", ["train_search", "train"])
+def test_report_names_a_run_of_the_other_space(load_space, capsys, tmp_path, space, other, script):
+    run_dir = write_run(load_space, tmp_path / "run", other, script)
+    line = refusal(capsys, load_space(space, "report").main, run_dir)
+    assert f"{run_dir}: a run of the {other} ({script}.py); report it with {other}/report.py" in line
