@@ -62,13 +62,20 @@ def summarize(accs):
     return {"min": min(accs), "median": float(statistics.median(accs)), "max": max(accs)}
 
 
+class NotInBenchmark(UserError):
+    """A well-formed cell the benchmark does not hold, such as one with an op added to the space's `PRIMITIVES`.
+
+    `benchmark.py query` stops on it; a search records the cell as not in NAS-Bench-201 and goes on (trajectory.py).
+    """
+
+
 def _unknown_arch(arch, path):
     """The error for an architecture the benchmark does not hold (says why, if it can)."""
     try:
         Structure.from_str(arch)
     except ValueError as err:
         return UserError(f"{arch!r} is not a NAS-Bench-201 architecture string ({err})")
-    return UserError(f"architecture {arch} is not in the benchmark {path}")
+    return NotInBenchmark(f"architecture {arch} is not in the benchmark {path}")
 
 
 class TableBenchmark:

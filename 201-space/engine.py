@@ -13,7 +13,7 @@ the non-finite checks in `divergence.py`, the resumable data streams in `streams
 same files serve both folders of the repository.
 
     args = parse_args(get_parser(), "train", argv)  # resumed: the checkpoint's flags where none is given
-    run = Run(args, "train")                        # checks args, outputs and --resume; writes nothing
+    run = Run(args, "train")                      # checks args, outputs and --resume; writes nothing
     state = run.task_state()                      # what a resumed run's `state()` returned, else None
     ...                                           # data, model, optimisers (loaded from `state`)
     run.open()                                    # the first write: run folder, log, args.json
@@ -176,21 +176,21 @@ class Run:
         if not self.main:
             logging.basicConfig(level=logging.WARNING)
             return None
-        # A run resumed into a new folder takes its log, history and TensorBoard scalars along (the old stays).
-        moved_from = Path(args.resume).parent if self.ckpt is not None else None
-        if moved_from is not None and moved_from.resolve() != self.run_dir.resolve():
+        # A run resumed into a new folder takes its log, history, best.pt and TensorBoard scalars along (the old
+        # folder stays as it was).
+        moved_from = Path(args.resume).parent if self.ckpt is not None else self.run_dir
+        moved = moved_from.resolve() != self.run_dir.resolve()
+        if moved:
             try:
-                for name in ("log.txt", "history.jsonl"):
+                for name in ("log.txt", "history.jsonl", "best.pt"):
                     if (moved_from / name).is_file():
                         shutil.copy(moved_from / name, self.run_dir / name)
                 if (moved_from / "tb").is_dir():
                     shutil.copytree(moved_from / "tb", self.run_dir / "tb", dirs_exist_ok=True)
             except OSError as err:
                 raise UserError(f"--save {self.run_dir}: cannot copy the run there ({err.strerror or err})") from None
-        else:
-            moved_from = None
         utils.setup_logging(self.run_dir)
-        if self.ckpt is None or moved_from is not None:
+        if self.ckpt is None or moved:
             utils.write_json(self.run_dir / "args.json", {**vars(args), "script": self.script})
             # The code of the run next to its results (DARTS' scripts/ folder).
             scripts = self.run_dir / "scripts"
@@ -204,7 +204,7 @@ class Run:
             logger.info("--deterministic: deterministic kernels and no cuDNN autotuning (slower)")
         for line in accel.describe(args, self.dist.device):
             logger.info("%s", line)
-        if moved_from is not None:
+        if moved:
             logger.info("continuing the run of %s in %s (the old folder is left as it was)", moved_from, self.run_dir)
         logger.info(
             "run directory %s, %d process(es), %d CPU thread(s)",

@@ -2,8 +2,8 @@
 
 `Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual
 reduction blocks -> BN + ReLU -> global pool -> classifier. Each cell has 6 edges; each
-edge is a `MixedOp` over the 5 NAS-Bench-201 ops, applied to `C/k` of its channels
-(partial channels). The architecture parameters `beta` (6 edges x 5 ops) are one
+edge is a `MixedOp` over the ops of `PRIMITIVES` (NAS-Bench-201's 5), applied to `C/k` of its channels
+(partial channels). The architecture parameters `beta` (6 edges x len(PRIMITIVES) ops) are one
 `nn.Parameter` of the model, shared by all cells.
 
 With `method="dirichlet"` (DrNAS) every forward draws the mixing weights of all edges
@@ -203,7 +203,11 @@ class Network(nn.Module):
     # ---------------------------------------------------------------- progressive stages
 
     def prune(self, keep):
-        """Keep the `keep` ops with the largest beta on every edge; delete the others."""
+        """Keep the `keep` ops with the largest beta on every edge; delete the others.
+
+        Ties go to the op earlier in PRIMITIVES (a stable sort). Pruned at initialisation (the first stage of a
+        search keeping fewer than all ops), beta is still 1e-3 * N(0, 1): the choice is random, fixed by the seed.
+        """
         beta = self.beta.detach().cpu()
         self.set_kept(
             [sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)]

@@ -8,7 +8,8 @@ of the sampled architectures, their median dashed, and the derived architecture 
 solid line, over the epochs numbered as the log numbers them (from 1); a dotted line
 marks where a stage of the progressive search begins. On a data set the benchmark did
 not measure (synthetic, an image folder) the title says the figures describe the cells,
-not the run. The search draws it at its end; redraw it with
+not the run. Cells not in NAS-Bench-201 (an op added to the space, see trajectory.py) leave
+gaps, and the title counts them. The search draws it at its end; redraw it with
 
     python plot_trajectory.py experiments/train_search-20260101-120000
     python plot_trajectory.py RUN_DIR --out trajectory.pdf
@@ -48,7 +49,10 @@ def read_history(run_dir):
 def trajectory_series(records):
     """What the figure draws, checked: 1-based epochs (the log's numbering) and per dataset the
     derived cell's accuracies and, where recorded, the sampled min / median / max; plus where a
-    stage begins (`[(x, stage number)]`, between two epochs) and the runs' benchmark note."""
+    stage begins (`[(x, stage number)]`, between two epochs), the runs' benchmark note and what
+    was not in NAS-Bench-201 (`missing`: a line for the title, or None). A derived cell recorded
+    as not in NAS-Bench-201 (`"benchmark": null`) or an epoch none of whose sampled cells is
+    (`"trajectory": null`) is NaN there: a gap in the line or the band."""
     usable = sorted((r for r in records if isinstance(r, dict) and "benchmark" in r), key=lambda r: r["epoch"])
     if not usable:
         raise UserError(
@@ -58,11 +62,15 @@ def trajectory_series(records):
     epochs = [int(r["epoch"]) + 1 for r in usable]
     # A run with --trajectory_samples 0 records the derived cell only: no band then.
     sampled_records = [(e, r) for e, r in zip(epochs, usable) if "trajectory" in r]
+    nan = float("nan")
     series = {}
     for dataset in DATASETS:
         try:
-            derived = [float(r["benchmark"][dataset]) for r in usable]
-            sampled = {s: [float(r["trajectory"][dataset][s]) for _, r in sampled_records] for s in STATS}
+            derived = [nan if r["benchmark"] is None else float(r["benchmark"][dataset]) for r in usable]
+            sampled = {
+                s: [nan if r["trajectory"] is None else float(r["trajectory"][dataset][s]) for _, r in sampled_records]
+                for s in STATS
+            }
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"history record lacks {dataset} accuracies ({type(err).__name__}: {err})") from None
         series[dataset] = {"derived": derived, "sampled": sampled}
@@ -71,12 +79,20 @@ def trajectory_series(records):
         for epoch, r, before in zip(epochs[1:], usable[1:], usable)
         if r.get("stage", 0) != before.get("stage", 0)
     ]
+    derived_out = sum(r["benchmark"] is None for r in usable)
+    sampled_out = sum(int(r.get("trajectory_missing", 0)) for _, r in sampled_records)
+    missing = None
+    if derived_out or sampled_out:
+        missing = (
+            f"not in NAS-Bench-201, left out: the derived cell of {derived_out} epoch(s), {sampled_out} sampled cell(s)"
+        )
     return {
         "epochs": epochs,
         "sampled_epochs": [e for e, _ in sampled_records],
         "series": series,
         "stage_starts": stage_starts,
         "note": next((r["benchmark_note"] for r in usable if r.get("benchmark_note")), None),
+        "missing": missing,
     }
 
 
@@ -131,8 +147,8 @@ def draw_trajectory(records):
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     axes[0].legend(loc="best", fontsize=8)
     title = "NAS-Bench-201 accuracy during the search (200-epoch training)"
-    # A search on a data set the benchmark did not measure says so under the title.
-    fig.suptitle(f"{title}\n{data['note']}" if data["note"] else title)
+    # A search on a data set the benchmark did not measure, or with cells outside it, says so under the title.
+    fig.suptitle("\n".join(line for line in (title, data["note"], data["missing"]) if line))
     return fig
 
 

@@ -75,7 +75,8 @@ def add_search_flags(group, progressive):
         stage = dict(type=int, nargs=2)
         group.add_argument("--stage_epochs", **stage, default=[50, 50], metavar=("E1", "E2"), help="epochs per stage")
         group.add_argument("--stage_k", **stage, default=[4, 2], metavar=("K1", "K2"), help="partial channels k")
-        group.add_argument("--stage_keep", **stage, default=[5, 3], metavar=("N1", "N2"), help="ops kept per edge")
+        keep = "ops kept per edge (stage 1 keeps those with the largest initial beta, set by --seed)"
+        group.add_argument("--stage_keep", **stage, default=[5, 3], metavar=("N1", "N2"), help=keep)
         warmup = "weight-only epochs at the start of each stage"
         group.add_argument("--warmup_epochs", type=int, default=10, help=warmup)
     else:
@@ -106,8 +107,11 @@ def get_stages(args):
             raise utils.UserError(
                 f"--stage_k {args.stage_k[0]} {args.stage_k[1]}: stage 2 widens, so K2 must divide K1 and be smaller"
             )
-        if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep:
-            raise utils.UserError(f"--stage_keep must shrink within {len(PRIMITIVES)}..1, got {args.stage_keep}")
+        if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep >= 1:
+            raise utils.UserError(
+                f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops), "
+                f"got {args.stage_keep}"
+            )
         check_warmup(stages)
     for stage in stages:
         if args.init_channels % stage.k:
@@ -125,7 +129,11 @@ def gumbel_tau(args, epoch, total_epochs):
 
 
 def build_model(args, stages, num_classes, state=None):
-    """The supernet of the first stage, or of the saved stage (ops and widths) when resuming."""
+    """The supernet of the first stage, or of the saved stage (ops and widths) when resuming.
+
+    The first stage keeps its N1 ops per edge from the start: those with the largest beta at initialisation
+    (`Network.prune`), a random choice fixed by --seed; with N1 = all ops (the default) it keeps them all.
+    """
     model = Network(args.init_channels, args.layers, num_classes, stages[0].k, args.method)
     if state is None:
         model.prune(stages[0].keep)
@@ -196,11 +204,13 @@ def search_step(model, architect, w_optimizer, weights, train_batch, valid_batch
 
 
 @torch.no_grad()
-def infer(model, loader, device):
-    """{"acc", "loss", "top5"} of the supernet on `loader`."""
+def infer(model, loader, device, max_steps=0):
+    """{"acc", "loss", "top5"} of the supernet on `loader` (its first `max_steps` batches, when given)."""
     model.eval()
     meter = progress.Meter(device)
-    for batch in loader:
+    for step, batch in enumerate(loader):
+        if step == max_steps > 0:
+            break
         x, y = utils.to_device(batch, device)
         logits = model(x)
         meter.update(logits, y, F.cross_entropy(logits, y))
@@ -217,6 +227,7 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, benchm
     epochs = sum(s.epochs for s in stages)
     resumed = run.task_state()
     stage = 0 if resumed is None else resumed["stage"]
+    announced = None  # the stage whose line the log has
 
     def state():  # the script's part of every checkpoint
         return {
@@ -233,12 +244,14 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, benchm
         index, arch_on = stage_at(stages, epoch)
         if index != stage:  # stage boundary: prune, widen, hand the momentum over (DrNAS Sec. 3.3)
             stage, optimizer = index, enter_stage(model, optimizer, index, args)
+        if stage != announced:  # the first epoch this process runs in the stage: stage 1, a resumed or a new one
+            announced = stage
             logger.info(
                 "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
                 stage + 1,
                 len(stages),
                 model.k,
-                stages[stage].keep,
+                len(model.kept[0]),
                 utils.count_parameters(model.weights()),
             )
         if not arch_on:
@@ -254,7 +267,7 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, benchm
             accel.begin_step(device, 1, args.compile)
             logits, loss = search_step(model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip)
             run.update(logits, y, loss)
-        valid = infer(model, valid_loader, device)
+        valid = infer(model, valid_loader, device, args.max_steps_per_epoch)
         genotype = str(model.genotype())
         logger.info("genotype = %s", genotype)
         if model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead

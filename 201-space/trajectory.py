@@ -5,14 +5,16 @@ edge) and summarises those of `--trajectory_samples` cells drawn from the curren
 Dirichlet (or softmax) distribution: min, median and max per data set. The records go
 into history.jsonl and TensorBoard; plot_trajectory.py draws them. On a data set the
 benchmark did not measure (synthetic, your own images) the figures describe the cells,
-not the run, and the records say so. Not a script.
+not the run, and the records say so. A cell the benchmark does not hold (one with an op
+added to the space) is recorded as not in NAS-Bench-201 and the search goes on
+(`query_benchmark`). Not a script.
 """
 
 import logging
 
 import numpy as np
 
-from benchmark import benchmark_note, summarize
+from benchmark import NotInBenchmark, benchmark_note, summarize
 from genotypes import PRIMITIVES, Structure
 from model_search import concentration
 
@@ -35,26 +37,49 @@ def log_benchmark(benchmark, args):
 
 
 def query_benchmark(model, benchmark, args, epoch):
-    """Benchmark accuracies of the derived architecture and of architectures drawn from the Dirichlet."""
-    accs = benchmark.query(str(model.genotype()))
+    """Benchmark accuracies of the derived architecture and of architectures drawn from the Dirichlet.
+
+    The record: `benchmark`, the derived cell's accuracy per data set, and its flat copies `nb201_<dataset>`;
+    with --trajectory_samples, `trajectory`: per data set the min / median / max over the drawn cells.
+    A cell NAS-Bench-201 does not hold (`NotInBenchmark`: an op added to the space) is recorded, not an error:
+    the derived one as `"benchmark": None` without `nb201_*` fields; drawn ones by their count
+    `trajectory_missing` (present only when some are), `trajectory` then summarising the others (None when no
+    drawn cell is held). The epoch's log says so in one line.
+    """
+    arch = str(model.genotype())
+    accs = _lookup(benchmark, arch)
     # The flat nb201_* fields become the TensorBoard scalars nb201/<dataset>.
-    record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in accs.items()}}
+    record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in (accs or {}).items()}}
     # On a data set the benchmark did not measure, the figures describe the cell, not this run.
     note = benchmark_note(args.dataset)
     if note:
         record["benchmark_note"] = note
-    label = f"NAS-Bench-201 ({note}):" if note else "NAS-Bench-201"
-    logger.info("%s %s", label, " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
+    if accs is None:
+        logger.info("the derived cell %s is not in NAS-Bench-201 (%s): no accuracies", arch, benchmark.path)
+    else:
+        label = f"NAS-Bench-201 ({note}):" if note else "NAS-Bench-201"
+        logger.info("%s %s", label, " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
     if args.trajectory_samples > 0:
         archs = sample_architectures(model, args.trajectory_samples, np.random.default_rng(args.seed * 100003 + epoch))
-        results = benchmark.query_many(archs)
-        record["trajectory"] = {key: summarize([r[key] for r in results]) for key in results[0]}
-        logger.info(
-            "sampled %d architectures: %s",
-            len(archs),
-            " ".join(f"{k} {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" for k, s in record["trajectory"].items()),
+        results = [found for found in (_lookup(benchmark, a) for a in archs) if found is not None]
+        missing = len(archs) - len(results)
+        record["trajectory"] = {key: summarize([r[key] for r in results]) for key in results[0]} if results else None
+        if missing:
+            record["trajectory_missing"] = missing
+        summary = " ".join(
+            f"{k} {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" for k, s in (record["trajectory"] or {}).items()
         )
+        left_out = f" ({missing} not in NAS-Bench-201, left out)" if missing else ""
+        logger.info("sampled %d architectures%s: %s", len(archs), left_out, summary or "none in NAS-Bench-201")
     return record
+
+
+def _lookup(benchmark, arch):
+    """`benchmark.query(arch)`, or None for a cell the benchmark does not hold."""
+    try:
+        return benchmark.query(arch)
+    except NotInBenchmark:
+        return None
 
 
 def sample_architectures(model, count, rng):

@@ -3,7 +3,7 @@
 `Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed
 edges, output = concat of the 4 nodes) on the CIFAR stem or, with `imagenet=True`, on
 three stride-2 convolutions; both stems end at 3C channels (`stem_multiplier`). The architecture parameters are two
-`nn.Parameter`s `beta_normal`, `beta_reduce` of shape (14, 7), so they live in
+`nn.Parameter`s `beta_normal`, `beta_reduce` of shape (14, len(PRIMITIVES)), so they live in
 `state_dict`; `arch_parameters()` returns them and `weights()` everything else.
 
 Every training forward draws the mixing weights of all edges of both cell types from
@@ -211,7 +211,7 @@ class Network(nn.Module):
 
     def kept_concentrations(self):
         """alpha of the kept ops: (2, 14, n_kept) for (normal, reduce)."""
-        alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, 7)
+        alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, len(PRIMITIVES))
         return alpha.gather(2, self.kept_index)
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
@@ -260,7 +260,11 @@ class Network(nn.Module):
     # ------------------------------------------------------------ progressive learning
 
     def prune(self, n_keep):
-        """Keep on every edge the `n_keep` kept ops with the largest beta; delete the rest."""
+        """Keep on every edge the `n_keep` kept ops with the largest beta; delete the rest.
+
+        Ties go to the op earlier in PRIMITIVES (a stable sort). Pruned at initialisation (the first stage of a
+        search keeping fewer than all ops), beta is still 1e-3 * N(0, 1): the choice is random, fixed by the seed.
+        """
         for cell_type, beta in (("normal", self.beta_normal), ("reduce", self.beta_reduce)):
             beta = beta.detach().cpu()
             for e, kept in enumerate(self.kept[cell_type]):

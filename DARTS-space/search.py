@@ -82,7 +82,13 @@ def add_arguments(parser):
     search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
     search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
-    search.add_argument("--stage_keep", type=int, nargs="+", default=[7, 4], help="ops kept per edge in each stage")
+    search.add_argument(
+        "--stage_keep",
+        type=int,
+        nargs="+",
+        default=[7, 4],
+        help="ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)",
+    )
     search.add_argument(
         "--warmup_epochs", type=int, default=10, help="epochs at the start of each stage that train the weights only"
     )
@@ -115,8 +121,12 @@ def check_args(args, min_image_size=32):
             f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got "
             f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})"
         )
-    if any(not 1 <= keep <= 7 for keep in args.stage_keep) or args.stage_keep != sorted(args.stage_keep, reverse=True):
-        raise utils.UserError(f"--stage_keep {args.stage_keep}: each stage keeps 1..7 ops, never more than before")
+    keep, n_ops = args.stage_keep, len(PRIMITIVES)
+    if any(not 1 <= count <= n_ops for count in keep) or keep != sorted(keep, reverse=True):
+        raise utils.UserError(
+            f"--stage_keep {args.stage_keep}: each stage keeps 1..{n_ops} ops (the space has {n_ops}), "
+            "never more than before"
+        )
     if args.stage_k != sorted(args.stage_k, reverse=True):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
     check_warmup(get_stages(args))
@@ -191,10 +201,18 @@ def infer(model, loader, max_steps, dist):
 
 
 def build_model(args, num_classes, device, state=None, imagenet=False):
-    """The supernet (--amp, --lean_ops); when resuming, at the checkpoint's stage (k, kept ops) with its tensors."""
+    """The supernet (--amp, --lean_ops) of the first stage, its `--stage_keep` N1 ops per edge from the start;
+    when resuming, at the checkpoint's stage (k, kept ops) with its tensors.
+
+    Stage 1 keeps the N1 ops with the largest beta at initialisation (`Network.prune`): a random choice,
+    fixed by --seed and alike on every rank; with N1 = all ops (the default) it keeps them all.
+    """
     accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
-    model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept).to(device)
+    model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept)
+    if state is None:  # a resumed run's kept ops are the checkpoint's
+        model.prune(args.stage_keep[0])
+    model = model.to(device)
     model.amp = args.amp
     model.use_lean_ops(args.lean_ops == "on")
     if state is not None:
@@ -287,14 +305,20 @@ def search(run, model, train_data, valid_data, args, arch_grad_clip=None, data=N
         }
 
     epochs = sum(s.epochs for s in stages)
+    announced = None  # the stage whose line the log has
     for epoch in run.epochs(epochs, steps, state, batches, watched=model.arch_parameters()):
         index, arch_on = stage_at(stages, epoch)
         if index != stage:  # stage boundary: prune, widen, hand the momentum over
             stage, optimizer = index, enter_stage(model, optimizer, index, args)
-            count = utils.count_parameters(model.weights())
-            keep = stages[stage].keep
+        if stage != announced:  # the first epoch this process runs in the stage: stage 1, a resumed or a new one
+            announced = stage
             logger.info(
-                "stage %d/%d: kept %d ops per edge, k=%d, %d weights", stage + 1, len(stages), keep, model.k, count
+                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
+                stage + 1,
+                len(stages),
+                model.k,
+                len(model.kept["normal"][0]),
+                utils.count_parameters(model.weights()),
             )
         lr = learning_rate(epoch, args)
         utils.set_lr(optimizer, lr)

@@ -223,7 +223,7 @@ def test_darts_search_through_both_stages_on_the_device(cuda_runs, load_space, n
     run = cuda_runs[name]
     history = ran_on_the_device(run, 2)
     assert [h["stage"] for h in history] == [0, 1] and [h["k"] for h in history] == [4, 2]
-    assert "stage 2/2: kept 3 ops per edge, k=2" in run.log()
+    assert "stage 2/2: k=2, 3 ops kept per edge" in run.log()
     genotype = genotypes.load_genotype(str(run.dir / "genotype.json"))
     assert len(genotype.normal) == len(genotype.reduce) == 8
     task = run.checkpoint()["task"]

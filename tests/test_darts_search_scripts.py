@@ -187,7 +187,9 @@ def test_imagenet_search_one_process_and_torchrun(tmp_path):
     assert diff is not None and float(diff.group(1)) == 0.0
     history = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     assert [h["stage"] for h in history] == [0, 1], "history.jsonl counts stages from 0, the log from 1"
-    assert "stage 2/2: kept" in log and "epoch 2: stage 2, lr" in log and "epoch 2/2 stage 2 " in log
+    assert (
+        "stage 2/2: k=2, 2 ops kept per edge" in log and "epoch 2: stage 2, lr" in log and "epoch 2/2 stage 2 " in log
+    )
 
 
 def test_prepare_imagenet_subset(load_space, tmp_path, capsys):

@@ -118,7 +118,7 @@ def test_best_pt_continues_only_into_a_new_folder_which_becomes_a_whole_run_fold
     assert _snapshot(old) == before, "the old folder is left as it was"
     args = json.loads((new / "args.json").read_text())
     assert (args["save"], args["epochs"], args["script"]) == (str(new), 3, "train")
-    assert (new / "scripts" / "train.py").is_file() and (new / "genotype.json").is_file()
+    assert all((new / name).exists() for name in ("scripts/train.py", "genotype.json", "best.pt", "tb"))
     assert [json.loads(line)["epoch"] for line in (new / "history.jsonl").read_text().splitlines()] == [0, 1, 2]
     log = (new / "log.txt").read_text()
     assert log.startswith((old / "log.txt").read_text()) and f"continuing the run of {old} in {new}" in log
