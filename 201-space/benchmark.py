@@ -142,10 +142,6 @@ class TableBenchmark:
             raise _unknown_arch(str(arch), self.path)
         return dict(row)
 
-    def query_many(self, archs):
-        """`query` for each architecture of a list."""
-        return [self.query(arch) for arch in archs]
-
 
 class _HandOver(dict):
     """The benchmark dict, handed to nas_201_api without the deep copy it would make.
@@ -207,10 +203,6 @@ class OfficialBenchmark:
         if arch not in self._cache:
             self._cache[arch] = self._lookup(arch)
         return dict(self._cache[arch])
-
-    def query_many(self, archs):
-        """`query` for each architecture of a list."""
-        return [self.query(arch) for arch in archs]
 
     def _lookup(self, arch):
         # query_index_by_arch answers -1 (not an error) for a string it does not know.
