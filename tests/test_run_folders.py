@@ -234,3 +234,14 @@ def test_a_second_ctrl_c_stops_at_once(load_space, tmp_path, restore_logging):
     assert stopped.value.code == 130
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     assert "second SIGINT: stopping at once" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_what_the_readme_commands_write_is_ignored_by_git_and_bench_threads_agree(load_space):
+    """The README's default output paths stay out of `git status`; both bench.py take --threads alike."""
+    if not (SPACES["201-space"].parent / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = ["201-space/experiments/run/log.txt", "DARTS-space/runs/s0/checkpoint.pt", "DARTS-space/cell.png"]
+    ignored = subprocess.run(["git", "check-ignore", *outputs], cwd=SPACES["201-space"].parent, capture_output=True)
+    assert ignored.stdout.decode().split() == outputs
+    defaults = {space: load_space(space, "bench").get_parser().get_default("threads") for space in SPACES}
+    assert defaults == {"201-space": 0, "DARTS-space": 0}, "0: PyTorch's default, as in every script"
