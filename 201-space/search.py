@@ -220,9 +220,10 @@ def infer(model, loader, device, max_steps=0):
 # ---------------------------------------------------------------- the loop
 
 
-def search(run, model, architect, optimizer, streams, valid_loader, args, benchmark=None):
+def search(run, model, architect, optimizer, streams, valid_loader, args, benchmark=None, data=None):
     """The search (DrNAS Algorithm 1), epoch by epoch: the stage switch, then per training batch an architecture
-    step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell."""
+    step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell,
+    written to genotype.json every epoch (with `data`, for train.py), so an interrupted search leaves its cell."""
     stages, device = get_stages(args), model.beta.device
     epochs = sum(s.epochs for s in stages)
     resumed = run.task_state()
@@ -274,6 +275,8 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, benchm
             logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), model.concentrations())
         else:
             logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), model.softmax_weights())
+        if run.main:
+            save_genotype(model.genotype(), run.run_dir / "genotype.json", data)
         record = {"stage": stage, "lr": lr, **run.train_metrics(), "valid_acc": valid["acc"]}
         record.update(valid_loss=valid["loss"], genotype=genotype)
         if benchmark is not None:
@@ -281,12 +284,9 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, benchm
         run.end_epoch(record)
 
 
-def finish(model, run_dir, benchmark, data=None):
-    """After the last epoch: genotype.json, the final genotype in the log and, with a benchmark, trajectory.png.
-
-    `data` (from `datasets.data_record`) goes into genotype.json next to the cell, for train.py.
-    """
-    save_genotype(model.genotype(), run_dir / "genotype.json", data)
+def finish(model, run_dir, benchmark):
+    """After the last epoch: the final genotype in the log (genotype.json has it) and, with a benchmark,
+    trajectory.png."""
     logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
     if benchmark is not None:
         plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
@@ -303,6 +303,8 @@ def run_search(args, script):
     train_data, _, num_classes = run.first_on_rank0(
         lambda: get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
     )
+    # What genotype.json records of the data, for train.py; before the seed, as reading an image may draw crops.
+    data = data_record(args, train_data, num_classes)
     utils.set_seed(args.seed)
     device = run.dist.device
     streams, valid_loader = search_data(train_data, args, device)
@@ -324,5 +326,5 @@ def run_search(args, script):
     logger.info(
         "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
     )
-    search(run, model, architect, optimizer, streams, valid_loader, args, benchmark)
-    finish(model, run_dir, benchmark, data_record(args, train_data, num_classes))
+    search(run, model, architect, optimizer, streams, valid_loader, args, benchmark, data)
+    finish(model, run_dir, benchmark)

@@ -35,7 +35,7 @@ def read_run(run_dir, scripts):
         raise UserError(f"{run_dir}: unreadable args.json or history.jsonl ({err})") from None
     script = args.get("script") if isinstance(args, dict) else None
     # Both folders have a train_search.py and a train.py: the run's cell tells the other space's runs apart
-    # (genotype.json, written when a search ends and when a training starts; a damaged one is report.py's to name).
+    # (genotype.json, written by a search every epoch and when a training starts; a damaged one is report.py's to name).
     try:
         space = genotype_space(json.loads((run_dir / "genotype.json").read_text()))
     except (OSError, ValueError):
