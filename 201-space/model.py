@@ -22,21 +22,22 @@ class InferCell(nn.Module):
     def __init__(self, structure, C):
         super().__init__()
         self.structure = structure
-        # 'none' edges contribute nothing, so they get no module at all.
+        # An op that `adds_nothing` (the zero op) contributes nothing, so its edge gets no module at all.
         self.links = []  # (i, j) of every edge with an op, node by node
         edges = {}
         for i, node in enumerate(structure.nodes, start=1):
-            for op, j in node:
-                if op != "none":
+            for name, j in node:
+                op = OPS[name](C, C, 1, True)
+                if not getattr(op, "adds_nothing", False):
                     self.links.append((i, j))
-                    edges[f"{i}_from_{j}"] = OPS[op](C, C, 1, True)
+                    edges[f"{i}_from_{j}"] = op
         self.edges = nn.ModuleDict(edges)
 
     def forward(self, x):
         nodes = [x]  # node 0 is the cell input, (B, C, H, W)
         for i in range(1, len(self.structure.nodes) + 1):
             terms = [self.edges[f"{i}_from_{j}"](nodes[j]) for ii, j in self.links if ii == i]
-            # A node whose edges are all 'none' is zero, as NAS-Bench-201's Zero op gives.
+            # A node whose edges all add nothing is zero, as NAS-Bench-201's Zero op gives.
             nodes.append(sum(terms[1:], terms[0]) if terms else torch.zeros_like(x))
         return nodes[-1]
 

@@ -2,7 +2,7 @@
 
 `Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual
 reduction blocks -> BN + ReLU -> global pool -> classifier. Each cell has 6 edges; each
-edge is a `MixedOp` over the ops of `PRIMITIVES` (NAS-Bench-201's 5), applied to `C/k` of its channels
+edge is a `MixedOp` over the ops of `PRIMITIVES`, applied to `C/k` of its channels
 (partial channels). The architecture parameters `beta` (6 edges x len(PRIMITIVES) ops) are one
 `nn.Parameter` of the model, shared by all cells.
 
@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genotypes import EDGES, PRIMITIVES, Structure
-from net2wider import grow_index
+from net2wider import grow_index, widen_op
 from operations import OPS, ResNetBasicBlock
 
 METHODS = ("dirichlet", "darts", "snas", "gdas")
@@ -35,7 +35,12 @@ def concentration(beta):
 
 
 class MixedOp(nn.Module):
-    """One edge: sum_o w_o * op_o(x[:, :C/k]), bypassed channels concatenated, then shuffled."""
+    """One edge: sum_o w_o * op_o(x[:, :C/k]), bypassed channels concatenated, then shuffled.
+
+    Any op of `OPS` takes part as `w * op(x)`. An op with the optional overrides of operations.py runs
+    through them instead: `forward_scaled` (the node's shared ReLU, the weight folded into its BatchNorm),
+    and `adds_nothing` (the zero op: skipped, it adds nothing to the sum nor to any gradient).
+    """
 
     def __init__(self, C, k):
         super().__init__()
@@ -47,13 +52,13 @@ class MixedOp(nn.Module):
         # x, x_relu = relu(x): (B, C, H, W); mix: (num_ops,) mixing weights over PRIMITIVES (0 where pruned).
         part = x[:, : self.C // self.k] if self.k > 1 else x
         part_relu = x_relu[:, : self.C // self.k] if self.k > 1 else x_relu
-        # sum_o w_o * op_o(x); each op folds its weight in (see forward_scaled). `none`
-        # outputs zeros: it adds nothing to the sum nor to any gradient, so it is skipped.
-        terms = [
-            op.forward_scaled(part, part_relu, mix[PRIMITIVES.index(name)])
-            for name, op in self.ops.items()
-            if name != "none"
-        ]
+        terms = []  # w_o * op_o(x), in PRIMITIVES order
+        for name, op in self.ops.items():
+            if getattr(op, "adds_nothing", False):
+                continue
+            w = mix[PRIMITIVES.index(name)]
+            scaled = getattr(op, "forward_scaled", None)  # the op folds its weight in
+            terms.append(scaled(part, part_relu, w) if scaled is not None else w * op(part))
         out = sum(terms) if terms else torch.zeros_like(part)
         if self.k == 1:
             return out
@@ -69,7 +74,7 @@ class MixedOp(nn.Module):
         """net2wider every op from C/self.k to C/k channels (the same new channels for all)."""
         index = grow_index(self.C // self.k, self.C // k, generator)
         for op in self.ops.values():
-            op.widen(index, moved, generator)
+            widen_op(op, index, moved, generator)
         self.k = k
 
 

@@ -1,11 +1,19 @@
 """Operations of the NAS-Bench-201 space and the residual block between its stages.
 
-`OPS[name](C_in, C_out, stride, affine)` builds one candidate op. Inside search cells the
-ops use BatchNorm without affine parameters (`affine=False`), as the paper's code does;
-the evaluation network (`model.py`) uses affine BatchNorm. Every op can
-`widen(index, moved, generator)`: it grows its channels to `len(index)` by copying the
-existing channels `index` (net2wider.py, used between the stages of the progressive
-search), appends the replaced parameters to `moved` and returns its outputs' index.
+`OPS[name](C_in, C_out, stride, affine)` builds one candidate op: an `nn.Module` whose
+`forward(x)` is the op. That is all a new op needs (with its name in `genotypes.PRIMITIVES`):
+search cells mix it as `w * op(x)` and net2wider widens its convs and BatchNorms
+(`net2wider.widen_op`). Inside search cells the ops use BatchNorm without affine parameters
+(`affine=False`), as the paper's code does; the evaluation network (`model.py`) uses affine BatchNorm.
+
+The built-in ops add optional overrides, used where an op has them:
+- `forward_scaled(x, x_relu, scale)` = `scale * op(x)`, given the node's shared `x_relu = relu(x)`:
+  the mixing weight rides on the BatchNorm (or the pooling kernel), so a search cell keeps about
+  half the activations (`MixedOp`);
+- `adds_nothing = True` (the zero op, `none`): its output is 0, so cells skip it;
+- `widen(index, moved, generator)`: grows its channels to `len(index)` by copying the existing
+  channels `index` (net2wider.py, between the stages of the progressive search), appends the
+  replaced parameters to `moved` and returns its outputs' index.
 """
 
 import torch.nn as nn
@@ -124,7 +132,9 @@ class Identity(nn.Module):
 
 
 class Zero(nn.Module):
-    """`none`: the edge is absent. Search cells skip it outright (its output is 0)."""
+    """`none`: the edge is absent. Cells skip it outright (`adds_nothing`: its output is 0)."""
+
+    adds_nothing = True
 
     def __init__(self, C_out, stride):
         super().__init__()

@@ -76,7 +76,7 @@ def add_search_flags(group, progressive):
         group.add_argument("--stage_epochs", **stage, default=[50, 50], metavar=("E1", "E2"), help="epochs per stage")
         group.add_argument("--stage_k", **stage, default=[4, 2], metavar=("K1", "K2"), help="partial channels k")
         keep = "ops kept per edge (stage 1 keeps those with the largest initial beta, set by --seed)"
-        group.add_argument("--stage_keep", **stage, default=[5, 3], metavar=("N1", "N2"), help=keep)
+        group.add_argument("--stage_keep", **stage, default=[len(PRIMITIVES), 3], metavar=("N1", "N2"), help=keep)
         warmup = "weight-only epochs at the start of each stage"
         group.add_argument("--warmup_epochs", type=int, default=10, help=warmup)
     else:

@@ -1,11 +1,11 @@
 """Progressive DrNAS search on the NAS-Bench-201 space (paper Sec. 3.3).
 
-    cd 201-space && python train_search_progressive.py      # CIFAR-10: k 4 -> 2, 5 -> 3 ops, 50 + 50 epochs
+    cd 201-space && python train_search_progressive.py      # CIFAR-10: k 4 -> 2, all -> 3 ops, 50 + 50 epochs
     python train_search_progressive.py --dataset synthetic --device cpu \\
         --stage_epochs 2 2 --warmup_epochs 1                 # a CPU smoke run of both stages
     python train_search_progressive.py --dataset imagefolder --data DIR   # your images (see train_search.py)
 
-Stage 1 searches `N1` ops per edge on 1/k1 of the channels: by default all 5; fewer, those
+Stage 1 searches `N1` ops per edge on 1/k1 of the channels: by default all of them; fewer, those
 with the largest beta at initialisation (a random choice, fixed by --seed). Between the
 stages every edge keeps its `N2` ops with the largest beta, and every op is widened from
 C/k1 to C/k2 channels (net2wider, SGD momentum carried along, Adam state of beta and the

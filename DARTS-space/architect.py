@@ -111,9 +111,10 @@ class Architect:
                 w.sub_(lr * step)
 
         # L_val at w': gradient w.r.t. beta (through a fresh draw) and w.r.t. w'.
+        arch = model.arch_parameters()
         loss_valid = self.criterion(model(x_valid), y_valid)
-        grads = torch.autograd.grad(loss_valid, model.arch_parameters() + weights)
-        d_arch, d_weights = grads[:2], grads[2:]
+        grads = torch.autograd.grad(loss_valid, arch + weights)
+        d_arch, d_weights = grads[: len(arch)], grads[len(arch) :]
 
         # H dw' = grad_beta L_train(w + eps dw') - grad_beta L_train(w - eps dw'), / 2 eps.
         # beta enters L_train only through the mixing weights, so differentiate w.r.t.
@@ -127,7 +128,7 @@ class Architect:
             mix = mix_fixed.clone().requires_grad_(True)
             with frozen(weights):
                 d_mix.append(torch.autograd.grad(self.criterion(model(x_train, mix), y_train), mix)[0])
-        hvp = torch.autograd.grad(mix_train, model.arch_parameters(), grad_outputs=(d_mix[0] - d_mix[1]) / (2 * eps))
+        hvp = torch.autograd.grad(mix_train, arch, grad_outputs=(d_mix[0] - d_mix[1]) / (2 * eps))
 
         # Put the real weights and BatchNorm statistics back: the unrolled model was virtual.
         with torch.no_grad():

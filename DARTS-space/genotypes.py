@@ -37,9 +37,9 @@ PRIMITIVES = [
     "dil_conv_5x5",
 ]
 
-# The published cells below all use these ops only, so the evaluation network of
-# `model.py` (which builds `operations.OPS`, keyed by PRIMITIVES) accepts exactly them.
-ACCEPTED_OPS = tuple(PRIMITIVES)
+# The published cells below all use these ops only. The evaluation network of `model.py`
+# builds `operations.OPS`, keyed by PRIMITIVES, so a genotype may use exactly the ops of
+# PRIMITIVES (read when it is checked: an op added to the space is accepted too).
 
 # ---------------------------------------------------------------- published cells
 
@@ -263,10 +263,8 @@ def _check_edges(edges, key):
         if not (isinstance(edge, (list, tuple)) and len(edge) == 2):
             raise UserError(f"'{key}' entry {position} is {edge!r}, not an [op, input] pair")
         op, index = edge
-        if op not in ACCEPTED_OPS:
-            raise UserError(
-                f"'{key}' uses op {op!r}, which is not in the space; accepted ops: {', '.join(ACCEPTED_OPS)}"
-            )
+        if op not in PRIMITIVES:
+            raise UserError(f"'{key}' uses op {op!r}, which is not in the space; accepted ops: {', '.join(PRIMITIVES)}")
         # Node n (0-based, two entries each) may read the 2 cell inputs and nodes 0..n-1.
         limit = position // 2 + 2
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < limit:

@@ -15,20 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from operations import OPS, FactorizedReduce, ReLUConvBN
+from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 
-def drop_path(x, drop_prob):
+def drop_path(x, drop_prob, in_place=True):
     """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p).
 
     The mask is drawn on `x`'s device (the DARTS code builds a `torch.cuda.FloatTensor`
-    here and so cannot run without a GPU). In place: `x` is an op's fresh output, which
-    no backward pass needs (the ops end in BatchNorm or pooling), so no activation copy
-    is kept per edge; this saves about a sixth of the training memory at C=36, 20 cells.
+    here and so cannot run without a GPU). In place (the cells do it for ops that are
+    `drop_in_place`: the built-in ops end in a BatchNorm, whose fresh output no backward pass
+    needs), no activation copy is kept per edge; this saves about a sixth of the training
+    memory at C=36, 20 cells. Other ops' outputs (`in_place=False`) are left untouched.
     """
     keep = 1.0 - drop_prob  # a float, or a 0-dim tensor (the network's, so a compiled graph reads its value)
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
-    return x.div_(keep).mul_(mask)
+    return x.div_(keep).mul_(mask) if in_place else x.div(keep).mul(mask)
 
 
 class Cell(nn.Module):
@@ -55,17 +56,22 @@ class Cell(nn.Module):
         # Drop path skips identities: dropping a skip connection would cut the
         # gradient highway that the cell relies on (DARTS does the same).
         self.is_identity = []
+        self.drop_in_place = []  # whether drop path may scale the op's output in place (see drop_path)
         # The convolutions start with a ReLU of their input. Several edges read the same
         # state, so the cell rectifies each state once and hands the result to every op
-        # built without its own ReLU (`expects_relu`): the same function as DARTS' cell,
-        # but one saved activation per state instead of one per op.
+        # that can leave its ReLU to the cell (`share_relu`, then `expects_relu`): the same
+        # function as DARTS' cell, but one saved activation per state instead of one per op.
         self.takes_relu = []
         for name, index in edges:
             # Only edges from the two cell inputs change resolution in a reduction cell.
             stride = 2 if reduction and index < 2 else 1
-            op = OPS[name](C, stride, True, relu=False)
+            op = OPS[name](C, stride, True)
+            share_relu = getattr(op, "share_relu", None)
+            if share_relu is not None:
+                op = share_relu()
             self.ops.append(op)
-            self.is_identity.append(name == "skip_connect" and stride == 1)
+            self.is_identity.append(isinstance(op, (Identity, nn.Identity)))
+            self.drop_in_place.append(getattr(op, "drop_in_place", False))
             self.takes_relu.append(getattr(op, "expects_relu", False))  # pools take the raw state
 
     def forward(self, s0, s1, drop_prob=None):
@@ -83,7 +89,7 @@ class Cell(nn.Module):
                     x = rectified[index]
                 h = self.ops[edge](x)
                 if drop_prob is not None and not self.is_identity[edge]:
-                    h = drop_path(h, drop_prob)
+                    h = drop_path(h, drop_prob, self.drop_in_place[edge])
                 total = total + h
             states.append(total)
         return torch.cat([states[i] for i in self.concat], dim=1)  # (B, multiplier * C, H, W)

@@ -54,7 +54,7 @@ def check_k(C, layers, k, flag="--k"):
 
     def fits(q):
         # Every cell's C/q must be whole; a reduction cell's C/q also feeds the two
-        # halves of FactorizedReduce (skip_connect at stride 2), so it must be even.
+        # halves of FactorizedReduce (the identity op at stride 2), so it must be even.
         return all(c % q == 0 and (not red or (c // q) % 2 == 0) for c, red in cell_channels(C, layers))
 
     if not fits(k):
@@ -67,7 +67,11 @@ def check_k(C, layers, k, flag="--k"):
 
 
 class MixedOp(nn.Module):
-    """One edge: sum_o w_o * op_o over the kept ops, applied to the first C/k channels."""
+    """One edge: sum_o w_o * op_o over the kept ops, applied to the first C/k channels.
+
+    The ops are `operations.search_op`s, each called as `op(x, w)` = `w * op(x)`: the built-in ops in
+    their search form (shared ReLU, weight folded into their last BatchNorm), any other op as it is.
+    """
 
     def __init__(self, C, stride, k, kept):
         super().__init__()
@@ -83,10 +87,10 @@ class MixedOp(nn.Module):
         # x: (B, C, H, W); mix: (n_kept,) mixing weights of this edge.
         part = x.shape[1] // self.k
         x_part = x[:, :part]
-        # One ReLU for all the conv ops of the edge (each op would otherwise keep its own
-        # copy for the backward pass); pools and skip take x itself.
+        # One ReLU for all the ops of the edge that expect it (each op would otherwise keep
+        # its own copy for the backward pass); the others take x itself.
         relu = F.relu(x_part) if any(op.expects_relu for op in self.ops) else None
-        # op(x, w) = w * op(x), with w folded into the op's last BatchNorm (see operations).
+        # op(x, w) = w * op(x) (see operations.search_op).
         mixed = sum(op(relu if op.expects_relu else x_part, mix[i]) for i, op in enumerate(self.ops))
         if self.k == 1:
             return mixed

@@ -8,7 +8,9 @@ running statistics. Weights are copied, never divided: this follows the paper's 
 whose wider ops concatenate copies, not Net2Net (Chen et al.), which divides the weight of
 a replicated input channel among its copies. Each widening appends `Moved` records (old
 parameter, new parameter, plan) so that the optimiser's momentum can follow (`carry_momentum`).
-The file is the same in both folders (tests/test_utils_copies.py). Not a script.
+`widen_op` widens one candidate op: by its own `widen(index, moved, generator)` when it has one
+(the built-in ops), else by walking its layers (`widen_layers`), so a plain op made of convs and
+BatchNorms needs nothing more. The file is the same in both folders (tests/test_utils_copies.py). Not a script.
 """
 
 import copy
@@ -16,6 +18,8 @@ from collections import namedtuple
 
 import torch
 import torch.nn as nn
+
+from utils import UserError
 
 # A parameter replaced by widening: `new = expand(old, plan)`; plan = ((dim, index), ...).
 Moved = namedtuple("Moved", "old new plan")
@@ -87,6 +91,76 @@ def widen_bn(bn, index, moved):
             setattr(new, name, nn.Parameter(expand(old.detach(), plan), requires_grad=old.requires_grad))
             moved.append(Moved(old, getattr(new, name), plan))
     return new
+
+
+def widen_op(op, index, moved, generator=None):
+    """net2wider of a candidate op on input channels `index`; returns its output channels' index.
+
+    An op with a `widen(index, moved, generator)` method of its own (an override: the built-in ops
+    have one) is widened by it; any other op by `widen_layers`.
+    """
+    widen = getattr(op, "widen", None)
+    if widen is not None:
+        return widen(index, moved, generator)
+    return widen_layers(op, index, moved, generator)
+
+
+def widen_layers(op, index, moved, generator=None):
+    """net2wider of an op whose layers are applied one after the other, in the order they are registered
+    (e.g. an nn.Sequential of ReLU, Conv2d and BatchNorm2d); the layers are replaced in place.
+
+    `index` (from `grow_index`: it starts with `arange(C_old)`) maps the new input channels to old ones.
+    A dense conv widens its inputs by it, and its outputs by the same map when it is square, else in
+    proportion with new channels drawn by `grow_index`; a depthwise conv grows its groups with its channels;
+    a BatchNorm follows the channels it normalises. Layers without tensors (ReLU, pooling, ...) act per
+    channel and stay. Anything else (a Linear, a grouped conv, a layer that does not take the previous
+    layer's channels, tensors held outside a Conv2d or BatchNorm2d) is refused, no guess: a one-line
+    UserError stops the run, whose last checkpoint is kept.
+    Returns the output channels' index.
+    """
+    width = int(index.max()) + 1  # the channels the layer at hand reads, before widening
+    for parent, name, layer in _layers(op):
+        where = f"net2wider: {type(op).__name__} layer {name} ({type(layer).__name__})"
+        channels = layer.in_channels if isinstance(layer, nn.Conv2d) else getattr(layer, "num_features", width)
+        if channels != width:
+            raise UserError(f"{where} reads {channels} channels, not the {width} before it: not a chain of layers")
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups == 1:
+                out_index = (
+                    index
+                    if layer.out_channels == layer.in_channels
+                    else grow_index(layer.out_channels, layer.out_channels * len(index) // width, generator)
+                )
+            elif layer.groups == layer.in_channels == layer.out_channels:  # depthwise: one filter per channel
+                out_index = index
+            else:
+                raise UserError(f"{where} is a grouped conv; give the op a widen method of its own")
+            setattr(parent, name, widen_conv(layer, index, out_index, moved))
+            index, width = out_index, layer.out_channels
+        elif isinstance(layer, nn.BatchNorm2d):
+            setattr(parent, name, widen_bn(layer, index, moved))
+        elif _holds_tensors(layer):
+            raise UserError(f"{where} holds tensors but is no Conv2d or BatchNorm2d; give the op a widen method")
+    return index
+
+
+def _holds_tensors(module):
+    """Whether `module` has parameters or buffers of its own (not its children's)."""
+    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+
+
+def _layers(module):
+    """(parent, name, layer) of every leaf module under `module`, in registration order."""
+    if _holds_tensors(module):
+        raise UserError(
+            f"net2wider: {type(module).__name__} holds tensors of its own; make it an nn.Sequential of "
+            "Conv2d and BatchNorm2d layers, or give it a widen method"
+        )
+    for name, child in list(module.named_children()):
+        if next(child.children(), None) is None:
+            yield module, name, child
+        else:
+            yield from _layers(child)
 
 
 def carry_momentum(old, new, moved):

@@ -1,26 +1,33 @@
 """Operations of the DARTS search space, each able to grow its channels (net2wider).
 
-`OPS[name](C, stride, affine)` builds one of the 7 candidate ops of `genotypes.PRIMITIVES`
-(the evaluation network of `model.py` uses them with `affine=True`); pools are followed by
-an affine-free BatchNorm, as in the paper's op table. `search_op(name, C, stride)` builds
-the search-cell version, where every BatchNorm is affine-free, as in the paper's supernet.
+`OPS[name](C, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the
+op. That is all a new op needs (with its name in `genotypes.PRIMITIVES`): the evaluation cells
+(`model.py`, `affine=True`) run it as it is, search cells mix it as `w * op(x)` (`search_op`
+wraps it in `Scaled`), and net2wider widens its convs and BatchNorms (`net2wider.widen_op`).
+Pools are followed by an affine-free BatchNorm, as in the paper's op table; search cells build
+every op with `affine=False`, as the paper's supernet does.
 
-Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to
-C/k_new channels: `op.widen(index, moved, generator)` (net2wider.py), where `index`
-(length C_new, starting with `arange(C_old)`) names the old channel each new one copies;
-`widen` returns the same for its outputs (`out_index`). Weights are copied, not divided,
-as in the paper's code, so a dense conv adds the share of every new input channel to its
-outputs. Fed zeros on the new input channels, every op but sep_conv keeps its old output
-channels, and the conv ops' new ones copy theirs: `new_op(x_pad) == old_op(x)[:, out_index]`
-(sep_conv's second half reads the copies its first half made). On replicated inputs
-`x[:, index]` only per-channel ops (pools, skip at stride 1) keep their function. In the
-supernet the widened op reads new, real channels of the cell state, so the supernet's
-function changes.
+The built-in ops add optional overrides, used where an op has them:
+- `share_relu()`: the op drops its first ReLU and sets `expects_relu`; a cell then computes
+  the ReLU of a state once for all the ops that read it (one saved activation instead of one per op);
+- `search_form()`: the op as search cells run it, `op(x, scale)` = `scale * op(x)` with its ReLU
+  shared, the mixing weight folded into its last BatchNorm, and memory-lean parts that recompute
+  cheap intermediates in the backward pass (lean_ops.py; the supernet's `use_lean_ops(False)`,
+  `--lean_ops off`, runs them plainly);
+- `widen(index, moved, generator)`: net2wider (net2wider.py), where `index` (length C_new,
+  starting with `arange(C_old)`) names the old channel each new one copies; it returns the same for
+  its outputs (`out_index`);
+- `drop_in_place = True`: the op's output is a tensor of its own that no backward pass reads (it
+  ends in a BatchNorm), so drop path may scale it in place.
 
-Memory of the supernet: the search ops fold their edge's mixing weight into their last
-BatchNorm, take a ReLU shared by the edge, and recompute cheap intermediates in the
-backward pass instead of storing them (lean_ops.py). The supernet's `use_lean_ops(False)`
-(`--lean_ops off`) runs the plain ops instead: no recomputation, more memory.
+Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to C/k_new
+channels. Weights are copied, not divided, as in the paper's code, so a dense conv adds the share
+of every new input channel to its outputs. Fed zeros on the new input channels, every op but
+sep_conv keeps its old output channels, and the conv ops' new ones copy theirs:
+`new_op(x_pad) == old_op(x)[:, out_index]` (sep_conv's second half reads the copies its first half
+made). On replicated inputs `x[:, index]` only per-channel ops (pools, skip at stride 1) keep their
+function. In the supernet the widened op reads new, real channels of the cell state, so the
+supernet's function changes.
 
     python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
@@ -29,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from lean_ops import DepthwisePointwise, LeanMaxPool, MixBatchNorm, batch_norm, normalize
-from net2wider import grow_index, widen_bn, widen_conv
+from net2wider import grow_index, widen_bn, widen_conv, widen_op
 
 
 class ReLUConvBN(nn.Module):
@@ -60,20 +67,17 @@ class ReLUConvBN(nn.Module):
 
 
 class DilConv(nn.Module):
-    """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm.
+    """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm."""
 
-    `relu=False` leaves the first ReLU to the caller: a search edge computes it once
-    for all its ops (`expects_relu` tells it to) instead of once per op.
-    """
-
-    # Search cells set this (see `search_op`): the depthwise output is then recomputed
+    # Search cells set this (see `search_form`): the depthwise output is then recomputed
     # in the backward pass instead of being kept.
     lean = False
+    expects_relu = False
+    drop_in_place = True
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True, relu=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__()
-        self.expects_relu = not relu
-        self.relu = nn.ReLU(inplace=False) if relu else nn.Identity()
+        self.relu = nn.ReLU(inplace=False)
         self.depthwise = nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation, groups=C_in, bias=False)
         self.pointwise = nn.Conv2d(C_in, C_out, 1, bias=False)
         self.bn = batch_norm(C_out, affine)
@@ -91,6 +95,16 @@ class DilConv(nn.Module):
     def forward(self, x, scale=None):
         return normalize(self.bn, self.convs(self.relu(x)), scale)
 
+    def share_relu(self):
+        """Leave the first ReLU to the caller, which hands in relu(x) (`expects_relu`)."""
+        self.relu, self.expects_relu = nn.Identity(), True
+        return self
+
+    def search_form(self):
+        """Shared ReLU, lean, `op(x, scale)` (the BatchNorm of a search op is a `MixBatchNorm`)."""
+        self.lean = True
+        return self.share_relu()
+
     def widen(self, index, moved, generator=None):
         """Depthwise filters follow `index`; the 1x1 conv maps to the same channels."""
         self.depthwise = widen_conv(self.depthwise, index, index, moved)
@@ -102,11 +116,13 @@ class DilConv(nn.Module):
 class SepConv(nn.Module):
     """Two stacked depthwise-separable convs (the first one carries the stride)."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, relu=True):
+    expects_relu = False
+    drop_in_place = True
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__()
-        self.first = DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine, relu)
+        self.first = DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine)
         self.second = DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine)
-        self.expects_relu = self.first.expects_relu
 
     def forward(self, x, scale=None):
         if not self.second.lean:
@@ -118,6 +134,17 @@ class SepConv(nn.Module):
             bn.num_batches_tracked.add_(1)
         hidden = self.first.convs(self.first.relu(x))  # (B, C_in, H', W'), before the first BatchNorm
         return normalize(self.second.bn, self.second.convs(hidden, bn), scale)
+
+    def share_relu(self):
+        """Leave the first half's ReLU to the caller (`expects_relu`)."""
+        self.first.share_relu()
+        self.expects_relu = True
+        return self
+
+    def search_form(self):
+        """Shared ReLU, both halves lean, `op(x, scale)`."""
+        self.first.lean = self.second.lean = True
+        return self.share_relu()
 
     def widen(self, index, moved, generator=None):
         # Both halves follow one channel map: the first's output feeds the second.
@@ -132,6 +159,9 @@ class Identity(nn.Module):
     def forward(self, x, scale=None):
         return x if scale is None else x * scale
 
+    def search_form(self):
+        return self
+
     def widen(self, index, moved, generator=None):
         return index
 
@@ -139,11 +169,13 @@ class Identity(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halve H and W with two 1x1 stride-2 convs, the second shifted by one pixel."""
 
-    def __init__(self, C_in, C_out, affine=True, relu=True):
+    expects_relu = False
+    drop_in_place = True
+
+    def __init__(self, C_in, C_out, affine=True):
         super().__init__()
         assert C_out % 2 == 0, "FactorizedReduce needs an even number of output channels"
-        self.expects_relu = not relu
-        self.relu = nn.ReLU(inplace=False) if relu else nn.Identity()
+        self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.bn = batch_norm(C_out, affine)
@@ -152,6 +184,15 @@ class FactorizedReduce(nn.Module):
         x = self.relu(x)
         # (B, C_out, H/2, W/2): even pixels through conv_1, odd ones through conv_2.
         return normalize(self.bn, torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1), scale)
+
+    def share_relu(self):
+        """Leave the ReLU to the caller, which hands in relu(x) (`expects_relu`)."""
+        self.relu, self.expects_relu = nn.Identity(), True
+        return self
+
+    def search_form(self):
+        """Shared ReLU, `op(x, scale)`."""
+        return self.share_relu()
 
     def widen(self, index, moved, generator=None):
         """Each half grows on its own, so the output index differs from `index`."""
@@ -166,7 +207,7 @@ class FactorizedReduce(nn.Module):
 
 
 class PoolBN(nn.Module):
-    """3x3 max or average pooling, followed by an affine-free BatchNorm in search cells."""
+    """The search form of `PoolThenBN`: lean max pooling, the mixing weight folded into the BatchNorm."""
 
     expects_relu = False
 
@@ -191,39 +232,59 @@ def make_pool(kind, stride):
     return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
 
-def pool_bn(kind, C, stride):
-    """3x3 pooling followed by an affine-free BatchNorm, as every pool of the paper's cells."""
-    return nn.Sequential(make_pool(kind, stride), nn.BatchNorm2d(C, affine=False))
+class PoolThenBN(nn.Sequential):
+    """3x3 pooling (`[0]`) followed by an affine-free BatchNorm (`[1]`), as every pool of the paper's cells."""
+
+    drop_in_place = True
+
+    def __init__(self, kind, C, stride):
+        super().__init__(make_pool(kind, stride), nn.BatchNorm2d(C, affine=False))
+        self.kind, self.stride = kind, stride
+
+    def search_form(self):
+        return PoolBN(self.kind, self[1].num_features, self.stride)
 
 
-# name -> constructor(C, stride, affine, relu=True); the search version of each is `search_op`.
+class Scaled(nn.Module):
+    """A search cell's form of an op without `search_form`: `Scaled(op)(x, scale)` = `scale * op(x)`."""
+
+    expects_relu = False
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x, scale=None):
+        out = self.op(x)
+        return out if scale is None else scale * out
+
+    def widen(self, index, moved, generator=None):
+        return widen_op(self.op, index, moved, generator)
+
+
+# name -> constructor(C, stride, affine) of a plain module; the search version of each is `search_op`.
 # Pools are followed by an affine-free BatchNorm in the evaluation cells too (the paper's
 # code builds both networks from one op table); skip_connect reduces with
 # FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
 OPS = {
-    "max_pool_3x3": lambda C, stride, affine, relu=True: pool_bn("max", C, stride),
-    "avg_pool_3x3": lambda C, stride, affine, relu=True: pool_bn("avg", C, stride),
-    "skip_connect": lambda C, stride, affine, relu=True: (
-        Identity() if stride == 1 else FactorizedReduce(C, C, affine, relu)
-    ),
-    "sep_conv_3x3": lambda C, stride, affine, relu=True: SepConv(C, C, 3, stride, 1, affine, relu),
-    "sep_conv_5x5": lambda C, stride, affine, relu=True: SepConv(C, C, 5, stride, 2, affine, relu),
-    "dil_conv_3x3": lambda C, stride, affine, relu=True: DilConv(C, C, 3, stride, 2, 2, affine, relu),
-    "dil_conv_5x5": lambda C, stride, affine, relu=True: DilConv(C, C, 5, stride, 4, 2, affine, relu),
+    "max_pool_3x3": lambda C, stride, affine: PoolThenBN("max", C, stride),
+    "avg_pool_3x3": lambda C, stride, affine: PoolThenBN("avg", C, stride),
+    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
 }
 
 
 def search_op(name, C, stride):
-    """The search-cell version of `OPS[name]`: affine-free BatchNorm, pools with BatchNorm.
+    """The search-cell version of `OPS[name](C, stride, False)`, called as `op(x, scale)` = `scale * OPS-op(x)`.
 
-    Call it as `op(x, scale)` = `scale * OPS-op(x)`; ops with `expects_relu` take the
-    edge's shared ReLU(x) instead of x. Its memory-saving parts start `lean`; the supernet's
-    `use_lean_ops(False)` turns them all into the plain ops (the one place of that choice).
+    An op with `search_form()` runs in that form (ops with `expects_relu` then take the edge's
+    shared ReLU(x) instead of x; memory-saving parts start `lean`, and the supernet's
+    `use_lean_ops(False)` turns them all into the plain ops, the one place of that choice);
+    any other op is wrapped in `Scaled`.
     """
-    if name.endswith("pool_3x3"):
-        return PoolBN(name[:3], C, stride)
-    op = OPS[name](C, stride, False, relu=False)
-    for module in op.modules():
-        if isinstance(module, DilConv):  # also the two halves of a SepConv
-            module.lean = True
-    return op
+    op = OPS[name](C, stride, False)
+    search_form = getattr(op, "search_form", None)
+    return search_form() if search_form is not None else Scaled(op)

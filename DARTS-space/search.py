@@ -86,7 +86,7 @@ def add_arguments(parser):
         "--stage_keep",
         type=int,
         nargs="+",
-        default=[7, 4],
+        default=[len(PRIMITIVES), 4],
         help="ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)",
     )
     search.add_argument(

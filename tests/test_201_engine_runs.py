@@ -85,7 +85,10 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     # The training stream stands after the stopped step (pass 1 is epoch 2), the meter holds its sums.
     assert stopped["streams"]["train"] == ([1, stopped["step"]] if stopped["step"] < 16 else [2, 0])
     assert stopped["meter"] is not None
-    assert not (a_dir / "genotype.json").exists(), "the preempted run did not finish"
+    assert not (a_dir / "trajectory.png").exists(), "the preempted run did not finish"
+    # It leaves the cell of its last finished epoch, as history.jsonl records it.
+    epoch_1 = json.loads((a_dir / "history.jsonl").read_text().splitlines()[0])
+    assert json.loads((a_dir / "genotype.json").read_text())["arch"] == epoch_1["genotype"]
     assert "preempted" in (a_dir / "log.txt").read_text()
 
     resumed = _start(tmp_path, "resumed", "train_search.py", [*PREEMPT, "--resume", a_dir / "checkpoint.pt"])

@@ -1,0 +1,417 @@
+"""A new candidate op is a plain `nn.Module`: one `OPS` entry and its name in `PRIMITIVES`, nothing else.
+
+In each folder a plain 5x5 ReLU-conv-BN (no `forward_scaled`, no `widen`, no `relu` argument) is added to
+the op table, then searched (one stage and progressively, through a widening), trained in a derived cell
+and mixed on an edge next to the built-in ops. The built-in ops' fused and lean forms (their optional
+overrides) are checked against the plain `w * op(x)` they stand for.
+"""
+
+import copy
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import TINY_201, TINY_DARTS_TRAIN
+
+
+class Conv5x5(nn.Sequential):
+    """The new op: ReLU -> 5x5 conv -> BatchNorm, nothing more (a class of its own only to be found again)."""
+
+    def __init__(self, C_in, C_out, stride, affine):
+        super().__init__(
+            nn.ReLU(), nn.Conv2d(C_in, C_out, 5, stride, 2, bias=False), nn.BatchNorm2d(C_out, affine=affine)
+        )
+
+
+# The table entry of each folder: 201 `OPS[name](C_in, C_out, stride, affine)`, DARTS `OPS[name](C, stride, affine)`.
+NEW = {
+    "201-space": ("nor_conv_5x5", lambda C_in, C_out, stride, affine: Conv5x5(C_in, C_out, stride, affine)),
+    "DARTS-space": ("conv_5x5", lambda C, stride, affine: Conv5x5(C, C, stride, affine)),
+}
+
+
+def add_op(request, genotypes, operations, name, build):
+    """Put op `name` into the folder's `OPS` and `PRIMITIVES` (the list every module imported, extended in place)."""
+    primitives = genotypes.PRIMITIVES
+    operations.OPS[name] = build
+    primitives.append(name)
+
+    def restore():
+        primitives.remove(name)
+        del operations.OPS[name]
+
+    request.addfinalizer(restore)
+
+
+@pytest.fixture
+def with_new_op(load_space, request):
+    """`load(space, *names)`: the folder's genotypes, operations and `names`, with the new op in the table."""
+
+    def load(space, *names):
+        genotypes, operations, *modules = load_space(space, "genotypes", "operations", *names)
+        add_op(request, genotypes, operations, *NEW[space])
+        return genotypes, operations, *modules
+
+    return load
+
+
+def new_ops(model):
+    return [m for m in model.modules() if isinstance(m, Conv5x5)]
+
+
+def capture_models(monkeypatch, search):
+    """Record the supernet `search.build_model` builds, and what each of its widenings does to the new op."""
+    built, widenings = [], []
+    build_model = search.build_model
+
+    def recording(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        widen = model.widen
+
+        def recording_widen(k, generator=None):
+            ops = new_ops(model)
+            before = [(op[1].weight.detach().clone(), op[2].running_mean.clone()) for op in ops]
+            moved = widen(k, generator)
+            after = [(op[1].weight, op[1].weight.detach().clone(), op[2].running_mean.clone()) for op in ops]
+            widenings.append((ops, before, after, moved))
+            return moved
+
+        model.widen = recording_widen
+        built.append((model, [p.detach().clone() for p in model.arch_parameters()]))
+        return model
+
+    monkeypatch.setattr(search, "build_model", recording)
+    return built, widenings
+
+
+def history(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def assert_trained(model, arch_before, column, n_ops):
+    """The new op is in every edge of the supernet, received a gradient, and its architecture column moved."""
+    ops = new_ops(model)
+    assert ops, "the new op is in the supernet"
+    for op in ops:
+        grad = op[1].weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, "the op is trained"
+    for beta, before in zip(model.arch_parameters(), arch_before):
+        assert beta.shape[-1] == n_ops
+        assert not torch.equal(beta[:, column], before[:, column]), "its architecture weight is trained"
+    return ops
+
+
+def assert_widened(widenings, model):
+    """The stage switch widened every new op by net2wider: channels doubled, old ones kept, new ones copies of
+    old ones (the same map for the conv's inputs, its outputs and the BatchNorm), momentum records."""
+    assert len(widenings) == 1
+    ops, before, after, moved = widenings[0]
+    assert ops and all(op in new_ops(model) for op in ops), "the widened ops are the network's"
+    moved_new = {id(m.new) for m in moved}
+    for (old_w, old_mean), (param, new_w, new_mean) in zip(before, after):
+        old, new = old_w.shape[0], new_w.shape[0]
+        assert new == 2 * old and new_w.shape[1] == new and new_mean.shape == (new,)
+        assert id(param) in moved_new, "SGD momentum follows the widened conv"
+        index = [next(j for j in range(old) if torch.equal(old_mean[j], new_mean[c])) for c in range(new)]
+        assert index[:old] == list(range(old))
+        assert torch.equal(new_w, old_w[index][:, index])
+
+
+def train_losses(run_dir):
+    losses = [h["train_loss"] for h in history(run_dir)]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    return losses
+
+
+def logged_params(run_dir):
+    found = re.search(r"param count = (\d+)", (run_dir / "log.txt").read_text())
+    assert found
+    return int(found.group(1))
+
+
+def own_params(model, skip=()):
+    """The parameters of the network counted module by module."""
+    return sum(
+        p.numel()
+        for name, m in model.named_modules()
+        if not any(name.startswith(s) for s in skip)
+        for p in m.parameters(recurse=False)
+    )
+
+
+def conv_bn_params(op):
+    conv, bn = op[1], op[2]
+    return conv.weight.numel() + (2 * bn.num_features if bn.affine else 0)
+
+
+# ---------------------------------------------------------------- NAS-Bench-201 space
+
+
+SEARCH_201 = [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"]
+
+
+def test_201_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
+    genotypes, _, search, train_search = with_new_op("201-space", "search", "train_search")
+    built, _ = capture_models(monkeypatch, search)
+    run_dir = tmp_path / "run"
+    train_search.main([*SEARCH_201, "--epochs", "2", "--save", str(run_dir)])
+    train_losses(run_dir)
+    model, beta = built[0]
+    column = genotypes.PRIMITIVES.index(NEW["201-space"][0])
+    ops = assert_trained(model, beta, column, 6)
+    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
+    saved = json.loads((run_dir / "genotype.json").read_text())["arch"]
+    assert genotypes.Structure.from_str(saved) == model.genotype()
+
+
+def test_201_progressive_search_widens_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
+    genotypes, _, search, progressive = with_new_op("201-space", "search", "train_search_progressive")
+    built, widenings = capture_models(monkeypatch, search)
+    run_dir = tmp_path / "run"
+    stages = ["--stage_epochs", "1", "1", "--warmup_epochs", "0", "--stage_k", "4", "2", "--stage_keep", "6", "6"]
+    progressive.main([*SEARCH_201, *stages, "--save", str(run_dir)])
+    assert [h["stage"] for h in history(run_dir)] == [0, 1]
+    train_losses(run_dir)
+    model, beta = built[0]
+    assert model.k == 2
+    assert_widened(widenings, model)
+    ops = assert_trained(model, beta, genotypes.PRIMITIVES.index(NEW["201-space"][0]), 6)
+    for cell in model.search_cells():
+        for edge in cell.edges:
+            (op,) = [op for op in edge.ops.values() if isinstance(op, Conv5x5)]
+            assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
+    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
+
+
+def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging):
+    genotypes, operations, model_module, train = with_new_op("201-space", "model", "train")
+    # A zero op under another name gets no module either: its class says it adds nothing, not its name.
+    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+    name = NEW["201-space"][0]
+    arch = f"|{name}~0|+|{name}~0|nothing~1|+|skip_connect~0|{name}~1|avg_pool_3x3~2|"
+    nets = []
+
+    def recording(*args):
+        nets.append(model_module.Network(*args))
+        return nets[-1]
+
+    monkeypatch.setattr(train, "Network", recording)
+    run_dir = tmp_path / "run"
+    train.main([*TINY_201, "--arch", arch, "--epochs", "1", "--max_steps_per_epoch", "2", "--save", str(run_dir)])
+    train_losses(run_dir)
+    assert json.loads((run_dir / "genotype.json").read_text())["arch"] == arch
+    (net,) = nets
+    ops = new_ops(net)
+    assert len(ops) == 3 * 3, "three edges in each of the three cells"
+    assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
+    cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
+    assert [len(cell.edges) for cell in cells] == [5] * 3 and not any(
+        isinstance(m, operations.Zero) for m in net.modules()
+    )
+    params = logged_params(run_dir)
+    assert params == own_params(net) == sum(p.numel() for p in net.parameters())
+    # The op's parameters are all counted: the same network with `none` there has exactly those fewer.
+    without = model_module.Network(4, 1, genotypes.Structure.from_str(arch.replace(name, "none")), 10)
+    assert params - own_params(without) == sum(conv_bn_params(op) for op in ops)
+
+
+def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
+    """An edge computes sum_o w_o * op_o(x): every op with a fused form (`forward_scaled`: the node's shared ReLU,
+    the weight folded into its BatchNorm or kernel) through it, equal to `w * op(x)`, any other op as `w * op(x)`."""
+    genotypes, operations, model_search = with_new_op("201-space", "model_search")
+    # A zero op under another name is skipped as well: its class says it adds nothing, not its name.
+    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+    fused = 0
+    for name in genotypes.PRIMITIVES:  # the overrides, one by one: values, gradients, BatchNorm statistics
+        torch.manual_seed(0)
+        op = operations.OPS[name](8, 8, 1, False).train()
+        if hasattr(op, "forward_scaled"):
+            plain = copy.deepcopy(op)
+            x = torch.randn(3, 8, 6, 6, requires_grad=True)
+            w = torch.tensor(0.37, requires_grad=True)
+            got = op.forward_scaled(x, torch.relu(x), w)
+            _assert_same(got, w * plain(x), [x, w, *op.parameters()], [x, w, *plain.parameters()], name)
+            for a, b in zip(op.buffers(), plain.buffers()):
+                torch.testing.assert_close(a, b, msg=name)
+            fused += 1
+    assert fused == 4  # skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
+
+    torch.manual_seed(0)
+    edge = model_search.MixedOp(8, 1).train()
+    plain = copy.deepcopy(edge.ops)  # the same ops, called as `op(x)`
+    calls = {name: 0 for name in edge.ops}
+    for name, op in edge.ops.items():
+        op.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls[name] + 1))
+    x = torch.randn(3, 8, 6, 6, requires_grad=True)
+    mix = torch.rand(len(genotypes.PRIMITIVES)).softmax(0).requires_grad_(True)
+    got = edge(x, torch.relu(x), mix)
+    want = sum(mix[genotypes.PRIMITIVES.index(name)] * op(x) for name, op in plain.items())
+    assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
+    assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
+    _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
+    for a, b in zip(edge.buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b)  # the same BatchNorm statistics
+
+
+# ---------------------------------------------------------------- DARTS space
+
+
+SEARCH_DARTS = [
+    *("--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4"),
+    *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "8", "8", "--warmup_epochs", "0"),
+    *("--max_steps_per_epoch", "2", "--report_freq", "100", "--device", "cpu", "--workers", "0"),
+]
+
+
+@pytest.mark.parametrize("order", ["first", "unrolled"])
+def test_darts_progressive_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging, order):
+    genotypes, _, search, train_search = with_new_op("DARTS-space", "search", "train_search")
+    built, widenings = capture_models(monkeypatch, search)
+    run_dir = tmp_path / "run"
+    train_search.main([*SEARCH_DARTS, *(["--unrolled"] if order == "unrolled" else []), "--save", str(run_dir)])
+    assert [h["stage"] for h in history(run_dir)] == [0, 1]
+    train_losses(run_dir)
+    model, arch = built[0]
+    assert model.k == 2
+    assert_widened(widenings, model)
+    ops = assert_trained(model, arch, genotypes.PRIMITIVES.index(NEW["DARTS-space"][0]), 8)
+    edges = [edge for cell in model.cells for edge in cell.edges]
+    assert len(ops) == len(edges)
+    for edge in edges:
+        (op,) = new_ops(edge)
+        assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
+    genotype = genotypes.load_genotype(str(run_dir / "genotype.json"))
+    assert genotype == model.genotype()
+
+
+def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
+    genotypes, _, model_module, train = with_new_op("DARTS-space", "model", "train")
+    name = NEW["DARTS-space"][0]
+    # The new op on edges from the cell inputs: stride 2 in the reduction cells.
+    edges = [(name, 0), ("sep_conv_3x3", 1), (name, 1), ("skip_connect", 2)]
+    edges += [("max_pool_3x3", 0), (name, 3), ("dil_conv_3x3", 2), ("avg_pool_3x3", 4)]
+    genotype = genotypes.Genotype(normal=edges, normal_concat=[2, 3, 4, 5], reduce=edges, reduce_concat=[2, 3, 4, 5])
+    path = tmp_path / "genotype.json"
+    genotypes.save_genotype(genotype, path)
+    nets = []
+
+    def recording(*args):
+        nets.append(model_module.NetworkCIFAR(*args))
+        return nets[-1]
+
+    monkeypatch.setattr(train, "NetworkCIFAR", recording)
+    run_dir = tmp_path / "run"
+    # Two epochs: the second one drops paths, the new op's included.
+    argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--arch", str(path), "--epochs", "2"]
+    train.main([*argv, "--save", str(run_dir)])
+    assert len(train_losses(run_dir)) == 2 and history(run_dir)[-1]["drop_path_prob"] > 0
+    (net,) = nets
+    ops = new_ops(net)
+    assert len(ops) == 3 * 3, "three edges in each of the three cells"
+    strides = sorted(op[1].stride[0] for op in ops)
+    assert strides == [1] * 5 + [2] * 4, "two of them on the inputs of each reduction cell"
+    assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
+    params = logged_params(run_dir)
+    assert params == own_params(net, skip=("auxiliary_head",)) == model_module.param_count(net)
+    # The same network with a parameter-free pool there has exactly the op's parameters fewer.
+    pools = [(("max_pool_3x3" if op == name else op), j) for op, j in edges]
+    without = model_module.NetworkCIFAR(4, 10, 3, False, genotype._replace(normal=pools, reduce=pools))
+    assert params - model_module.param_count(without) == sum(conv_bn_params(op) for op in ops)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
+    """An edge computes sum_o w_o * op_o(x): every built-in op in its search form (`search_op`: the edge's shared
+    ReLU when it `expects_relu`, the weight folded into its last BatchNorm, lean or not), equal to
+    `w * OPS[name](C, stride, False)(x)`, the new op as `w * op(x)`."""
+    genotypes, operations, model_search = with_new_op("DARTS-space", "model_search")
+
+    def set_lean(module):
+        for m in module.modules():
+            if hasattr(m, "lean"):
+                m.lean = lean
+        return module.train()
+
+    for name in genotypes.PRIMITIVES:  # the overrides, one by one: values, gradients, BatchNorm statistics
+        torch.manual_seed(0)
+        search = set_lean(operations.search_op(name, 8, stride))
+        torch.manual_seed(0)  # the same draws: the plain op holds the same weights
+        plain = operations.OPS[name](8, stride, False).train()
+        x = torch.randn(3, 8, 8, 8, requires_grad=True)
+        w = torch.tensor(0.37, requires_grad=True)
+        got = search(torch.relu(x) if search.expects_relu else x, w)
+        _assert_same(got, w * plain(x), [x, w, *search.parameters()], [x, w, *plain.parameters()], name)
+        for a, b in zip(search.buffers(), plain.buffers()):
+            torch.testing.assert_close(a, b, msg=name)
+
+    n = len(genotypes.PRIMITIVES)
+    torch.manual_seed(0)
+    edge = set_lean(model_search.MixedOp(8, stride, 1, range(n)))
+    torch.manual_seed(0)
+    plain = nn.ModuleList(operations.OPS[name](8, stride, False) for name in genotypes.PRIMITIVES).train()
+    x = torch.randn(3, 8, 8, 8, requires_grad=True)
+    mix = torch.rand(n).softmax(0).requires_grad_(True)
+    got = edge(x, mix)
+    want = sum(mix[i] * op(x) for i, op in enumerate(plain))
+    _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
+    for a, b in zip(edge.buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b)
+    assert [type(op) for op in new_ops(edge)] == [Conv5x5]
+
+
+# ---------------------------------------------------------------- net2wider of a plain op
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
+    n2w = load_space(space, "net2wider")
+    torch.manual_seed(0)
+    op = nn.Sequential(
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4, affine=False)),
+        nn.Conv2d(4, 6, 1, bias=True),
+        nn.BatchNorm2d(6),
+    )
+    op(torch.randn(2, 4, 5, 5))  # running statistics
+    old = copy.deepcopy(op)
+    index = n2w.grow_index(4, 8, torch.Generator().manual_seed(1))
+    moved = []
+    out_index = n2w.widen_op(op, index, moved, torch.Generator().manual_seed(2))
+    assert len(out_index) == 12 and torch.equal(out_index[:6], torch.arange(6))
+    dense, bn, (depthwise, bn2), last, bn3 = op[1], op[2], op[3], op[4], op[5]
+    assert torch.equal(dense.weight, old[1].weight[index][:, index])
+    assert torch.equal(bn.weight, old[2].weight[index]) and torch.equal(bn.running_var, old[2].running_var[index])
+    assert depthwise.groups == 8 and torch.equal(depthwise.weight, old[3][0].weight[index])
+    assert torch.equal(bn2.running_mean, old[3][1].running_mean[index])
+    assert torch.equal(last.weight, old[4].weight[out_index][:, index])
+    assert torch.equal(last.bias, old[4].bias[out_index])
+    assert torch.equal(bn3.bias, old[5].bias[out_index])
+    assert {id(m.new) for m in moved} == {id(p) for p in op.parameters()}, "every parameter has a momentum plan"
+    for m in moved:
+        assert torch.equal(n2w.expand(m.old, m.plan), m.new)
+    assert op(torch.randn(2, 8, 5, 5)).shape == (2, 12, 5, 5)
+    # Not a chain of convs and BatchNorms: refused, not guessed.
+    for bad in (nn.Sequential(nn.Conv2d(4, 4, 1, groups=2)), nn.Sequential(nn.Flatten(), nn.Linear(4, 4))):
+        with pytest.raises(Exception, match="net2wider") as refused:
+            n2w.widen_op(bad, index, [])
+        assert type(refused.value).__name__ == "UserError", "one line, not a traceback"
+
+
+def _assert_same(got, want, inputs_got, inputs_want, msg=None):
+    """Equal values and equal gradients w.r.t. matching inputs (input, weights, parameters), tightly."""
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=msg)
+    g = torch.randn_like(want)
+    grads_got = torch.autograd.grad(got, inputs_got, g, allow_unused=True)
+    grads_want = torch.autograd.grad(want, inputs_want, g, allow_unused=True)
+    assert len(grads_got) == len(grads_want)
+    for a, b in zip(grads_got, grads_want):
+        assert (a is None) == (b is None), msg
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=msg)
