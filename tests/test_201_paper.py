@@ -22,6 +22,9 @@ from torch.utils.data import TensorDataset
 
 from loop_run import LoopRun
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 D = torch.distributions
 BETA1, BETA2, ADAM_EPS = 0.5, 0.999, 1e-8
 

@@ -8,6 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 D = torch.distributions
 
 

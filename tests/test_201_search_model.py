@@ -11,6 +11,9 @@ import torch.nn.functional as F
 
 from conftest import forbid_host_reads
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 
 def _batch(n=2, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)

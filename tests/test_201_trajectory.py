@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 
 def _model(load_space, method, beta):
     model_search = load_space("201-space", "model_search")

@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 # Parameters without the auxiliary head, C=36, 20 cells, 10 classes (DrNAS_cifar10: the
 # paper's 4.10M; DARTS_V2: the 3.3M of the DARTS README), and C=48, 14 cells, 1000 classes.
 GOLDEN_CIFAR = {

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 from loop_run import LoopRun
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 SPACE = "DARTS-space"
 # Tiny supernet: C=4, 3 cells (normal, reduce, reduce), 16x16 inputs, 10 classes.
 C, LAYERS, SIZE = 4, 3, 16

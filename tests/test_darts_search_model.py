@@ -6,6 +6,9 @@ import argparse
 import pytest
 import torch
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 # Tiny supernet: C=4, 3 cells (normal, reduce, reduce), 16x16 inputs.
 C, LAYERS, SIZE = 4, 3, 16
 

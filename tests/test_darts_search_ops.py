@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_op_shape_and_widening(load_space, stride):

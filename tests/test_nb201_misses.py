@@ -4,9 +4,13 @@ as not in NAS-Bench-201 (trajectory.query_benchmark), the trajectory plot leaves
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import TINY_201
+
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
 
 EXTRA = "nor_conv_5x5"  # not one of NAS-Bench-201's five ops
 

@@ -17,6 +17,9 @@ import torch.nn as nn
 
 from conftest import TINY_201, TINY_DARTS_TRAIN
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 
 class Conv5x5(nn.Sequential):
     """The new op: ReLU -> 5x5 conv -> BatchNorm, nothing more (a class of its own only to be found again)."""

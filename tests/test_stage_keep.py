@@ -9,6 +9,9 @@ import torch
 
 from conftest import INTERRUPTED_RUN, TINY_201, popen_script
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
 # Both spaces' progressive searches, tiny, k 4 -> 2; the tests add --stage_keep and --stage_epochs.
 BASE = {
     "201-space": [*TINY_201, "--stage_k", "4", "2", "--warmup_epochs", "0", "--benchmark", "none"],
