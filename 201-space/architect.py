@@ -6,7 +6,8 @@ First order: grad_beta L_val(w, beta). Second order (DARTS' approximation):
 with the Hessian-vector product H v = grad_beta grad_w L_train by central finite
 differences, eps = 0.01 / ||v||. The virtual step is taken in place on the model's own
 weights and undone afterwards, so it keeps partial channels and pruning as they are.
-Regularisers: `l2` = Adam weight decay on beta; `kl` = reg_scale * KL(Dir(alpha)||Dir(1)).
+Regularisers (`--reg_type`, the table `REGULARIZERS`): a term on beta added to the loss times
+`reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in the paper's code), `kl` = KL(Dir(alpha)||Dir(1)).
 """
 
 import contextlib
@@ -14,6 +15,24 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the
+# architecture loss times --reg_scale. A new regulariser is one more entry.
+REGULARIZERS = {
+    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the
+    # paper's code gives Adam, so the update is the paper's.
+    "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
+    # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
+    "kl": lambda model: model.kl_regularizer(),
+}
+
+
+def regularizer_grads(model, reg_type, reg_scale):
+    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`.
+
+    The term does not depend on the weights, so it adds to the first- or second-order gradient as it is.
+    """
+    return torch.autograd.grad(reg_scale * REGULARIZERS[reg_type](model), model.arch_parameters())
 
 
 class Architect:
@@ -26,20 +45,8 @@ class Architect:
         self.unrolled = args.unrolled
         self.reg_type = args.reg_type
         self.reg_scale = args.reg_scale
-        self.optimizer = torch.optim.Adam(
-            model.arch_parameters(),
-            lr=args.arch_learning_rate,
-            betas=(0.5, 0.999),
-            # DrNAS: the l2 regulariser is plain weight decay on beta.
-            weight_decay=args.reg_scale if args.reg_type == "l2" else 0.0,
-        )
-
-    def loss(self, x, y):
-        """Validation loss of the architecture, with the KL prior term when asked for."""
-        loss = F.cross_entropy(self.model(x), y)
-        if self.reg_type == "kl":
-            loss = loss + self.reg_scale * self.model.kl_regularizer()
-        return loss
+        # No weight decay here: the regulariser is a term of the loss (REGULARIZERS).
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999))
 
     def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
         """One Adam step on beta; weights, their gradients and BN statistics are left untouched."""
@@ -49,9 +56,10 @@ class Architect:
                 grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
             else:
                 # Gradients w.r.t. beta only: autograd skips every weight gradient.
-                grads = torch.autograd.grad(self.loss(x_valid, y_valid), arch)
-        for p, g in zip(arch, grads):
-            p.grad = g
+                grads = torch.autograd.grad(F.cross_entropy(self.model(x_valid), y_valid), arch)
+        reg = regularizer_grads(self.model, self.reg_type, self.reg_scale)
+        for p, g, r in zip(arch, grads, reg):
+            p.grad = g + r
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -77,7 +85,7 @@ class Architect:
                 w.sub_(lr * step)  # in place: the model itself now holds w'
 
         # Gradients of L_val at w' w.r.t. beta and w'.
-        val_grads = self._grads(self.loss(x_valid, y_valid), arch + weights)
+        val_grads = self._grads(F.cross_entropy(self.model(x_valid), y_valid), arch + weights)
         d_arch, v = val_grads[: len(arch)], val_grads[len(arch) :]
 
         # Finite-difference Hessian-vector product around the original weights w.

@@ -19,7 +19,7 @@ import engine
 import progress
 import run_flags
 import utils
-from architect import Architect
+from architect import REGULARIZERS, Architect
 from benchmark import DEFAULT_TABLE, open_benchmark
 from data_common import data_record
 from datasets import add_arguments as add_data_arguments
@@ -84,7 +84,8 @@ def add_search_flags(group, progressive):
         group.add_argument("--k", type=int, default=1, help=k)
     group.add_argument("--arch_learning_rate", type=float, default=3e-4, help="Adam learning rate of beta")
     group.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
-    group.add_argument("--reg_type", type=str, default="l2", choices=("l2", "kl"), help="regulariser of beta")
+    reg = "regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or KL to Dir(1)"
+    group.add_argument("--reg_type", type=str, default="l2", choices=tuple(REGULARIZERS), help=reg)
     group.add_argument("--reg_scale", type=float, default=1e-3, help="weight of the regulariser")
     group.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
     group.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")

@@ -2,8 +2,9 @@
 
 `Architect(model, args).step(...)` takes one step on the architecture parameters with a
 held-out batch (its gradient clipped to `grad_clip` when given, as in the paper's ImageNet
-search). Regularisers (`--reg_type`): `l2` is Adam weight decay `reg_scale` on
-beta; `kl` adds `reg_scale * KL(Dir(alpha) || Dir(1))` to the loss instead.
+search). Regularisers (`--reg_type`, the table `REGULARIZERS`): a term on beta added to the
+loss times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in the paper's code), `kl` =
+KL(Dir(alpha) || Dir(1)).
 
 First order (default): the gradient of the validation loss w.r.t. beta only, with the
 weights frozen for the pass, so no weight gradient is ever computed or stored.
@@ -22,6 +23,24 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+
+# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the
+# architecture loss times --reg_scale. A new regulariser is one more entry.
+REGULARIZERS = {
+    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the
+    # paper's code gives Adam, so the update is the paper's.
+    "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
+    # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
+    "kl": lambda model: model.kl_regularizer(),
+}
+
+
+def regularizer_grads(model, reg_type, reg_scale):
+    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`.
+
+    The term does not depend on the weights, so it adds to the first- or second-order gradient as it is.
+    """
+    return torch.autograd.grad(reg_scale * REGULARIZERS[reg_type](model), model.arch_parameters())
 
 
 @contextmanager
@@ -58,12 +77,8 @@ class Architect:
         # The paper's ImageNet search clips the architecture gradient (to --grad_clip)
         # before the Adam step; its CIFAR search does not (None).
         self.grad_clip = grad_clip
-        self.optimizer = torch.optim.Adam(
-            model.arch_parameters(),
-            lr=args.arch_learning_rate,
-            betas=(0.5, 0.999),
-            weight_decay=args.reg_scale if args.reg_type == "l2" else 0.0,
-        )
+        # No weight decay here: the regulariser is a term of the loss (REGULARIZERS).
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999))
 
     def step(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
         """Update beta from a validation batch (and a training batch when unrolled)."""
@@ -74,12 +89,9 @@ class Architect:
             with frozen(self.model.weights()):
                 loss = self.criterion(self.model(x_valid), y_valid)
                 grads = torch.autograd.grad(loss, arch)
-        if self.reg_type == "kl":
-            # The KL term does not depend on the weights: add its gradient directly.
-            kl = self.reg_scale * self.model.kl_regularizer()
-            grads = [g + k for g, k in zip(grads, torch.autograd.grad(kl, arch))]
-        for p, g in zip(arch, grads):
-            p.grad = g
+        reg = regularizer_grads(self.model, self.reg_type, self.reg_scale)
+        for p, g, r in zip(arch, grads, reg):
+            p.grad = g + r
         if self.reduce_grads is not None:
             self.reduce_grads(arch)
         if self.grad_clip is not None:

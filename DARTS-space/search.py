@@ -32,7 +32,7 @@ import progress
 import run_flags
 import streams
 import utils
-from architect import Architect
+from architect import REGULARIZERS, Architect
 from genotypes import PRIMITIVES, genotype_to_dict, save_genotype
 from model_search import Network, check_k
 from net2wider import carry_momentum
@@ -76,8 +76,9 @@ def add_arguments(parser):
         "--reg_type",
         type=str,
         default="l2",
-        choices=("l2", "kl"),
-        help="regulariser of beta: Adam weight decay (l2) or KL to Dir(1) (kl)",
+        choices=tuple(REGULARIZERS),
+        help="regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or "
+        "KL to Dir(1) (kl)",
     )
     search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
     search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")

@@ -276,20 +276,20 @@ def _arch_args(ts, *argv):
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
-def test_architecture_loss_adds_reg_scale_times_kl_only_for_reg_type_kl(load_space, reg_type):
-    """Architect.loss = CE(model(x_val), y_val) [+ reg_scale * KL(Dir(alpha) || Dir(1)) when reg_type is kl]."""
+def test_the_regulariser_adds_reg_scale_times_its_term_to_the_architecture_loss(load_space, reg_type):
+    """The gradient on beta: of CE(model(x_val), y_val) + reg_scale * (||beta||^2 / 2 for l2, KL(Dir(alpha) || Dir(1))
+    for kl); the l2 term's gradient reg_scale * beta is the paper's Adam weight decay."""
     ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     with torch.no_grad():
         model.beta.copy_(torch.randn(6, 5, dtype=torch.float64))
-    architect = arch.Architect(model, _arch_args(ts, "--reg_type", reg_type, "--reg_scale", "0.3"))
-    x, y = _batch(dtype=torch.float64)
-    with arch.batch_stats_only(model):
-        got = architect.loss(x, y)
-        ce = F.cross_entropy(model(x), y)
-    want = ce + 0.3 * _kl_to_uniform(model.beta) if reg_type == "kl" else ce
+    (got,) = arch.regularizer_grads(model, reg_type, 0.3)
+    term = 0.5 * model.beta.pow(2).sum() if reg_type == "l2" else _kl_to_uniform(model.beta)
+    (want,) = torch.autograd.grad(0.3 * term, [model.beta])
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if reg_type == "l2":
+        torch.testing.assert_close(got, 0.3 * model.beta.detach(), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])

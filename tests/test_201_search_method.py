@@ -198,7 +198,8 @@ def test_kl_is_zero_at_the_uniform_prior(load_space):
 
 @pytest.mark.parametrize("momentum_state, reg_type", [(False, "l2"), (True, "kl")])
 def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, momentum_state, reg_type):
-    """Architect._unrolled_grads against d/dbeta L_val(w - lr (grad_w L_train + wd w + m buf), beta).
+    """Architect._unrolled_grads + the regulariser's gradient against d/dbeta of
+    L_val(w - lr (grad_w L_train + wd w + m buf), beta) + reg_scale * term(beta).
 
     ReLU is swapped for softplus: the architect's Hessian-vector product is a central
     difference with a weight perturbation of norm 0.01 (DARTS' choice), and on a network
@@ -240,13 +241,14 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         g = torch.autograd.grad(lt, [w[n] for n in names], create_graph=create_graph)
         w1 = {n: w[n] - lr * (gi + wd * w[n] + (mom * bufs[n] if n in bufs else 0)) for n, gi in zip(names, g)}
         loss = F.cross_entropy(call(w1, beta, xv), yv)
-        if reg_type == "kl":
-            loss = loss + reg * _kl_reference(beta, [list(range(5))] * 6)
-        return loss
+        # The regulariser's term, whose gradient the architect adds to the second-order one.
+        term = _kl_reference(beta, [list(range(5))] * 6) if reg_type == "kl" else 0.5 * beta.pow(2).sum()
+        return loss + reg * term
 
     beta0 = model.beta.detach().clone()
     with arch.batch_stats_only(model):  # as Architect.step runs it
         got = architect._unrolled_grads(xt, yt, xv, yv, lr, w_opt)[0]
+    got = got + arch.regularizer_grads(model, reg_type, reg)[0]
 
     # The model is left as it was.
     for n, p in model.named_parameters():

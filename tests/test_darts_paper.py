@@ -582,7 +582,9 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     assert type(adam) is torch.optim.Adam
     assert {id(p) for p in adam.param_groups[0]["params"]} == seen[0]["beta"]
     assert adam.param_groups[0]["lr"] == 6e-4 and adam.param_groups[0]["betas"] == (0.5, 0.999)
-    assert adam.param_groups[0]["eps"] == 1e-8 and adam.param_groups[0]["weight_decay"] == 1e-3
+    assert adam.param_groups[0]["eps"] == 1e-8 and adam.param_groups[0]["weight_decay"] == 0
+    # The paper's Adam weight decay 1e-3 on beta: the l2 term, whose gradient is 1e-3 * beta.
+    assert (seen[0]["architect"].reg_type, seen[0]["architect"].reg_scale) == ("l2", 1e-3)
 
 
 def _indexed_images(first, count, size):
