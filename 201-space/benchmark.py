@@ -25,17 +25,17 @@ architecture string or a search's genotype.json:
 import argparse
 import csv
 import gzip
+import io
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
 
 import run_flags
 from genotypes import NAMED, Structure, load_arch
-from utils import UserError, exits_cleanly
+from utils import UserError, exits_cleanly, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -273,17 +273,15 @@ def load_benchmark(path):
 def export_table(bench, out, with_valid=False):
     """Write `bench` as a compact table (every architecture, index order, 4 decimals)."""
     columns = [*DATASETS, VALID] if with_valid else list(DATASETS)
-    out = Path(out)
-    tmp = Path(f"{out}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["index", "arch", *columns])
-        for index, arch in enumerate(bench.archs()):
-            accs = bench.query(arch)
-            if with_valid and VALID not in accs:
-                raise UserError(f"--with_valid: {bench.path} has no {VALID} accuracy for {arch}")
-            writer.writerow([index, arch, *(f"{accs[c]:.4f}" for c in columns)])
-    os.replace(tmp, out)
+    text = io.StringIO()  # built in memory, then written at once: a refusal midway leaves no file behind
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "arch", *columns])
+    for index, arch in enumerate(bench.archs()):
+        accs = bench.query(arch)
+        if with_valid and VALID not in accs:
+            raise UserError(f"--with_valid: {bench.path} has no {VALID} accuracy for {arch}")
+        writer.writerow([index, arch, *(f"{accs[c]:.4f}" for c in columns)])
+    write_atomic(out, text.getvalue().encode())
     return len(bench)
 
 
