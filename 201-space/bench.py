@@ -20,10 +20,8 @@ import sys
 import time
 
 import torch
+from runkit import accel, run_flags, utils
 
-import accel
-import run_flags
-import utils
 from architect import Architect
 from model_search import METHODS, Network
 from search import get_parser as search_parser

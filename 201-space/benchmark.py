@@ -33,9 +33,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import run_flags
+from runkit import run_flags
+from runkit.utils import UserError, exits_cleanly, write_atomic
+
 from genotypes import NAMED, Structure, load_arch
-from utils import UserError, exits_cleanly, write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from runkit import data_common
+from runkit.image_files import ImageFiles, image_stats, scan_split
+from runkit.utils import UserError
 from torch.utils.data import Dataset
-
-import data_common
-from image_files import ImageFiles, image_stats, scan_split
-from utils import UserError
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120", "synthetic", "imagefolder")
 

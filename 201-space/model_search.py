@@ -15,9 +15,9 @@ the sample (paper Eq. 3-4). Ops pruned by the progressive search are host-side d
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from runkit.net2wider import grow_index, widen_op
 
 from genotypes import EDGES, PRIMITIVES, Structure
-from net2wider import grow_index, widen_op
 from operations import OPS, ResNetBasicBlock
 
 METHODS = ("dirichlet", "darts", "snas", "gdas")

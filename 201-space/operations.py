@@ -18,8 +18,7 @@ The built-in ops add optional overrides, used where an op has them:
 
 import torch.nn as nn
 import torch.nn.functional as F
-
-from net2wider import grow_index, widen_bn, widen_conv
+from runkit.net2wider import grow_index, widen_bn, widen_conv
 
 
 def scaled_batch_norm(bn, x, scale):

@@ -20,10 +20,10 @@ import json
 import logging
 from pathlib import Path
 
-import run_flags
-import run_folder
+from runkit import run_flags, run_folder
+from runkit.utils import UserError, exits_cleanly
+
 from benchmark import DATASETS
-from utils import UserError, exits_cleanly
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ import json
 import sys
 from pathlib import Path
 
-import run_flags
-import run_folder
+from runkit import run_flags, run_folder
+from runkit.report_tables import markdown, read_run, runs_text, summarize, write_csv
+from runkit.utils import UserError, exits_cleanly
+
 from benchmark import DATASETS, load_benchmark
-from genotypes import Structure
-from report_tables import markdown, read_run, runs_text, summarize, write_csv
-from utils import UserError, exits_cleanly
+from genotypes import SPACE, Structure
 
 SCRIPTS = ("train_search", "train_search_progressive")
 # The table shipped in tables/, found next to this file whatever the current folder.
@@ -52,7 +52,7 @@ def search_rows(run_dirs, benchmark):
     """One row per run (column -> value), in the order given; the cost column is GPU-hours if all used CUDA."""
     rows = []
     for run_dir in run_dirs:
-        args, history = read_run(run_dir, SCRIPTS)
+        args, history = read_run(run_dir, SPACE, SCRIPTS)
         try:
             arch = json.loads((Path(run_dir) / "genotype.json").read_text())["arch"]
             # The canonical spelling (edges in order) is the one the benchmark knows.
@@ -75,7 +75,7 @@ def main(argv=None):
         run_folder.check_writable(args.csv, "--csv")
     run_dirs = list(dict.fromkeys(args.runs))  # a folder named twice counts once
     for run_dir in run_dirs:
-        read_run(run_dir, SCRIPTS)  # every folder is checked before the benchmark loads
+        read_run(run_dir, SPACE, SCRIPTS)  # every folder is checked before the benchmark loads
     path = Path(__file__).resolve().parent / TABLE if args.benchmark == TABLE else args.benchmark
     rows, cost = search_rows(run_dirs, load_benchmark(path))
     summaries = summarize(rows, ["data set", "method"], [*DATASETS, cost])

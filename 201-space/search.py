@@ -11,24 +11,19 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from runkit import accel, device_data, engine, progress, run_flags, utils
+from runkit.data_common import data_record
+from runkit.net2wider import carry_momentum
+from runkit.stages import Stage, check_warmup, stage_at
 from torch.utils.data import Subset
 
-import accel
-import device_data
-import engine
-import progress
-import run_flags
-import utils
 from architect import REGULARIZERS, Architect
 from benchmark import DEFAULT_TABLE, open_benchmark
-from data_common import data_record
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
-from genotypes import PRIMITIVES, save_genotype
+from genotypes import PRIMITIVES, SPACE, save_genotype
 from model_search import METHODS, Network
-from net2wider import carry_momentum
 from plot_trajectory import plot_trajectory, read_history
-from stages import Stage, check_warmup, stage_at
 from trajectory import log_benchmark, query_benchmark
 
 logger = logging.getLogger(__name__)
@@ -296,7 +291,7 @@ def finish(model, run_dir, benchmark):
 
 def run_search(args, script):
     """A whole search, as `train_search.py` and `train_search_progressive.py` run it: data, model, engine."""
-    run = engine.Run(args, script, ranges=FLAG_RANGES)  # checks the flags and --resume; writes nothing
+    run = engine.Run(args, SPACE, script, ranges=FLAG_RANGES)  # checks the flags and --resume; writes nothing
     accel.check_flags(args, run.dist.device)
     stages, state = get_stages(args), run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise

@@ -27,17 +27,12 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from runkit import accel, device_data, engine, progress, run_flags, utils
+from runkit.data_common import data_difference, data_record
 
-import accel
-import device_data
-import engine
-import progress
-import run_flags
-import utils
-from data_common import data_difference, data_record
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
-from genotypes import NAMED, load_arch_and_data, save_genotype
+from genotypes import NAMED, SPACE, load_arch_and_data, save_genotype
 from model import Network, count_flops
 
 logger = logging.getLogger(__name__)
@@ -118,9 +113,9 @@ def infer(model, loader, device, amp):
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), "train", argv)
+    args = engine.parse_args(get_parser(), SPACE, "train", argv)
     structure, searched = load_arch_and_data(args.arch)  # a bad --arch fails before anything is created
-    run = engine.Run(args, "train")  # checks the flags and --resume; writes nothing
+    run = engine.Run(args, SPACE, "train")  # checks the flags and --resume; writes nothing
     state = run.task_state()
     if state is not None and state["arch"] != str(structure):
         raise utils.UserError(

@@ -18,9 +18,10 @@ or SIGINT checkpoints the step in progress and exits 0; `--resume` continues fro
 The search itself lives in search.py.
 """
 
-import engine
+from runkit import engine, utils
+
 import search
-import utils
+from genotypes import SPACE
 
 
 def get_parser():
@@ -29,7 +30,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), "train_search", argv)
+    args = engine.parse_args(get_parser(), SPACE, "train_search", argv)
     search.run_search(args, "train_search")
 
 

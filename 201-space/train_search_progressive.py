@@ -14,9 +14,10 @@ The run directory is experiments/train_search_progressive-<time> (or `--save`), 
 outputs of `train_search.py`; checkpoints, preemption and `--resume` work the same way.
 """
 
-import engine
+from runkit import engine, utils
+
 import search
-import utils
+from genotypes import SPACE
 
 
 def get_parser():
@@ -25,7 +26,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), "train_search_progressive", argv)
+    args = engine.parse_args(get_parser(), SPACE, "train_search_progressive", argv)
     search.run_search(args, "train_search_progressive")
 
 

@@ -35,12 +35,9 @@ import time
 
 import torch
 import torch.nn as nn
+from runkit import accel, engine, run_flags, utils
 
-import accel
-import engine
-import run_flags
 import search
-import utils
 from architect import Architect
 from genotypes import PRIMITIVES, DrNAS_cifar10
 from model import NetworkCIFAR, param_count

@@ -21,11 +21,10 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from runkit import data_common
+from runkit.image_files import ImageFiles, image_stats, scan_split
+from runkit.utils import UserError
 from torch.utils.data import Dataset
-
-import data_common
-from image_files import ImageFiles, image_stats, scan_split
-from utils import UserError
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)

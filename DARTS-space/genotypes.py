@@ -17,8 +17,8 @@ import json
 from collections import namedtuple
 from pathlib import Path
 
-from data_common import DATA_KEYS, read_genotype_json
-from utils import UserError
+from runkit.data_common import DATA_KEYS, read_genotype_json
+from runkit.utils import UserError
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
 SPACE = "DARTS"

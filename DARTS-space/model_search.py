@@ -18,12 +18,12 @@ again), `widen(k)` grows every op from C/k_old to C/k channels by net2wider.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from runkit.net2wider import grow_index
+from runkit.utils import UserError
 
 from genotypes import PRIMITIVES, Genotype
 from lean_ops import LeanMaxPool
-from net2wider import grow_index
 from operations import FactorizedReduce, ReLUConvBN, search_op
-from utils import UserError
 
 
 def channel_shuffle(x, groups):

@@ -34,9 +34,9 @@ supernet's function changes.
 
 import torch
 import torch.nn as nn
+from runkit.net2wider import grow_index, widen_bn, widen_conv, widen_op
 
 from lean_ops import DepthwisePointwise, LeanMaxPool, MixBatchNorm, batch_norm, normalize
-from net2wider import grow_index, widen_bn, widen_conv, widen_op
 
 
 class ReLUConvBN(nn.Module):

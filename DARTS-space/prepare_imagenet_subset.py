@@ -17,8 +17,7 @@ import os
 import random
 from pathlib import Path
 
-import run_flags
-import utils
+from runkit import run_flags, utils
 
 logger = logging.getLogger(__name__)
 

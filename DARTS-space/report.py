@@ -34,11 +34,11 @@ import json
 import sys
 from pathlib import Path
 
-import run_flags
-import run_folder
-from genotypes import NAMED, genotype_from_dict, genotype_to_dict
-from report_tables import markdown, read_run, runs_text, summarize, write_csv
-from utils import UserError, exits_cleanly, read_checkpoint
+from runkit import run_flags, run_folder
+from runkit.report_tables import markdown, read_run, runs_text, summarize, write_csv
+from runkit.utils import UserError, exits_cleanly, read_checkpoint
+
+from genotypes import NAMED, SPACE, genotype_from_dict, genotype_to_dict
 
 SEARCHES = ("train_search", "train_search_imagenet")
 TRAININGS = ("train", "train_imagenet")
@@ -71,7 +71,7 @@ def _test(record, key):
 
 def run_rows(run_dir):
     """(kind, row) of one finished run: kind is "search" or "eval"."""
-    args, history = read_run(run_dir, SEARCHES + TRAININGS)
+    args, history = read_run(run_dir, SPACE, SEARCHES + TRAININGS)
     last = history[-1]
     row = {"run": str(run_dir), "seed": args["seed"], "data set": args["dataset"], "cell": cell_name(run_dir)}
     epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]

@@ -23,20 +23,14 @@ import logging
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from runkit import accel, device_data, distributed, progress, run_flags, streams, utils
+from runkit.net2wider import carry_momentum
+from runkit.stages import Stage, check_warmup, stage_at
 from torch.utils.data import Subset
 
-import accel
-import device_data
-import distributed
-import progress
-import run_flags
-import streams
-import utils
 from architect import REGULARIZERS, Architect
 from genotypes import PRIMITIVES, genotype_to_dict, save_genotype
 from model_search import Network, check_k
-from net2wider import carry_momentum
-from stages import Stage, check_warmup, stage_at
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,11 @@ import argparse
 import logging
 
 import torch.nn as nn
+from runkit import accel, distributed, engine, run_flags, utils
 
-import accel
 import datasets
-import distributed
-import engine
 import genotypes
-import run_flags
-import utils
+from genotypes import SPACE
 from model import NetworkCIFAR
 from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
 
@@ -57,7 +54,7 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), "train", argv)
+    args = engine.parse_args(get_parser(), SPACE, "train", argv)
     # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
     genotype, searched = genotypes.load_genotype_and_data(args.arch)
     if args.layers < 3:
@@ -67,7 +64,7 @@ def main(argv=None):
             f"--auxiliary needs --image_size 32 or more (its head pools 5x5 windows of the 1/4-size maps), "
             f"not {args.image_size}; drop --auxiliary or raise --image_size"
         )
-    run = engine.Run(args, "train", join=distributed.setup, ranges=FLAG_RANGES)
+    run = engine.Run(args, SPACE, "train", join=distributed.setup, ranges=FLAG_RANGES)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)

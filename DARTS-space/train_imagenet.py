@@ -18,14 +18,11 @@ import logging
 import math
 
 import torch.nn as nn
+from runkit import accel, distributed, engine, run_flags, utils
 
-import accel
 import datasets
-import distributed
-import engine
 import genotypes
-import run_flags
-import utils
+from genotypes import SPACE
 from model import NetworkImageNet
 from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
 
@@ -92,7 +89,7 @@ def lr_factor(epoch, args):
 @utils.exits_cleanly
 def main(argv=None):
     parser = get_parser()
-    args = engine.parse_args(parser, "train_imagenet", argv)
+    args = engine.parse_args(parser, SPACE, "train_imagenet", argv)
     # Five stride-2 stages (stems, two reductions) take 224 pixels to 7x7. The factorized
     # reduce needs even maps at each reduction, and the auxiliary head pools a 7x7 map.
     # One line, not argparse's usage block (which every torchrun process would print).
@@ -110,7 +107,7 @@ def main(argv=None):
     genotype, searched = genotypes.load_genotype_and_data(args.arch)
     # ImageNet's val/ folder is the test set (the paper reports on it), so its records are test_acc, test_top5, ...
     train_set, test_set, num_classes = datasets.imagenet_or_synthetic(args)
-    run = engine.Run(args, "train_imagenet", join=distributed.setup, ranges=FLAG_RANGES)
+    run = engine.Run(args, SPACE, "train_imagenet", join=distributed.setup, ranges=FLAG_RANGES)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)

@@ -26,15 +26,12 @@ and exits 0; `--resume` continues exactly, across the stage boundary too.
 import argparse
 import logging
 
+from runkit import data_common, distributed, engine, run_flags, utils
 from torch.utils.data import Subset
 
-import data_common
 import datasets
-import distributed
-import engine
-import run_flags
 import search
-import utils
+from genotypes import SPACE
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +61,10 @@ def load_data(args):
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), "train_search", argv)
+    args = engine.parse_args(get_parser(), SPACE, "train_search", argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args, min_image_size=8)  # the CIFAR supernet's stem keeps the size
-    run = engine.Run(args, "train_search", join=distributed.setup, ranges=search.FLAG_RANGES)
+    run = engine.Run(args, SPACE, "train_search", join=distributed.setup, ranges=search.FLAG_RANGES)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
         train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))

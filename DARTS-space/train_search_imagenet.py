@@ -27,13 +27,11 @@ are averaged over the ranks (see search.py); the replicas' agreement is logged a
 import argparse
 import logging
 
-import data_common
+from runkit import data_common, distributed, engine, run_flags, utils
+
 import datasets
-import distributed
-import engine
-import run_flags
 import search
-import utils
+from genotypes import SPACE
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +58,10 @@ def get_parser():
 
 @utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), "train_search_imagenet", argv)
+    args = engine.parse_args(get_parser(), SPACE, "train_search_imagenet", argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
     search.check_args(args)
-    run = engine.Run(args, "train_search_imagenet", join=distributed.setup, ranges=search.FLAG_RANGES)
+    run = engine.Run(args, SPACE, "train_search_imagenet", join=distributed.setup, ranges=search.FLAG_RANGES)
     try:
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
         train_data, valid_data, num_classes = run.first_on_rank0(

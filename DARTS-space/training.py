@@ -11,17 +11,11 @@ import logging
 
 import torch
 import torch.nn as nn
+from runkit import accel, data_common, device_data, distributed, progress, run_flags, utils
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-import accel
-import data_common
-import device_data
-import distributed
 import genotypes
-import progress
-import run_flags
-import utils
 from model import param_count
 
 logger = logging.getLogger(__name__)

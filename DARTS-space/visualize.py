@@ -12,11 +12,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from runkit import run_flags, run_folder, utils
+from runkit.utils import UserError
+
 import genotypes
-import run_flags
-import run_folder
-import utils
-from utils import UserError
 
 logger = logging.getLogger(__name__)
 

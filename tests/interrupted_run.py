@@ -23,7 +23,7 @@ def main(argv):
     split = argv.index("--")
     script, stops, arguments = argv[0], {int(n) for n in argv[1:split]}, argv[split + 1 :]
     sys.path[0] = os.getcwd()  # the space folder, as for `python -c`; not this file's folder
-    utils = importlib.import_module("utils")
+    utils = importlib.import_module("runkit.utils")
     real_save, saved = utils.save_checkpoint, []
 
     def save_then_maybe_die(state, path):

@@ -91,7 +91,7 @@ def close(a, b, tol=1e-6):
 
 
 def test_official_file_through_nas_201_api(load_space, tmp_path):
-    benchmark, utils = load_space("201-space", "benchmark", "utils")
+    benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
     bench = benchmark.load_benchmark(build_official(tmp_path / "tiny.pth", TINY))
     assert bench.kind == "official" and len(bench) == 3 and bench.archs() == list(TINY)
     for arch, expected in TINY.items():
@@ -225,7 +225,7 @@ def test_benchmark_flag_default_and_none(load_space, tmp_path, monkeypatch, nb20
     ],
 )
 def test_malformed_table_fails_at_load(load_space, tmp_path, content, message):
-    benchmark, utils = load_space("201-space", "benchmark", "utils")
+    benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
     path = tmp_path / "bad.csv"
     path.write_text(content)
     with pytest.raises(utils.UserError, match=message):
@@ -233,7 +233,7 @@ def test_malformed_table_fails_at_load(load_space, tmp_path, content, message):
 
 
 def test_bad_files_fail_at_load(load_space, tmp_path):
-    benchmark, utils = load_space("201-space", "benchmark", "utils")
+    benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     torch.save({"weights": 1}, tmp_path / "other.pth")

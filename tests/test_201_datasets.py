@@ -55,13 +55,13 @@ def test_cifar100_and_imagenet16_trees(load_space, tmp_path):
 
 
 def test_missing_imagenet16_names_files_and_alternative(load_space, tmp_path):
-    datasets, utils = load_space("201-space", "datasets", "utils")
+    datasets, utils = load_space("201-space", "datasets", "runkit.utils")
     with pytest.raises(utils.UserError, match="train_data_batch_1.*--dataset synthetic"):
         datasets.get_datasets("imagenet16-120", tmp_path)
 
 
 def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_path, monkeypatch):
-    datasets, utils = load_space("201-space", "datasets", "utils")
+    datasets, utils = load_space("201-space", "datasets", "runkit.utils")
     import torchvision.datasets.utils as tv_utils
 
     def offline(*args, **kwargs):

@@ -48,7 +48,7 @@ def test_same_images_at_another_size_name_the_searched_size(load_space, tmp_path
 
 def test_matching_data_says_nothing(load_space, tmp_path):
     """The record a search on the synthetic set writes (`data_common.data_record`, as search.py makes it)."""
-    datasets, data_common = load_space("201-space", "datasets", "data_common")
+    datasets, data_common = load_space("201-space", "datasets", "runkit.data_common")
     train_data, _, classes = datasets.get_datasets("synthetic", "../data")
     record = data_common.data_record(argparse.Namespace(dataset="synthetic", data="../data"), train_data, classes)
     genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)

@@ -458,7 +458,7 @@ def _rows_in(rows, pool):
 
 def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
     """split_search_data: first int(n * train_portion) samples -> weights, the rest -> beta; arch step first."""
-    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "streams")
+    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "runkit.streams")
     data, task = _search_task(ts, ms, arch, st, ["--epochs", "1"])
     train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
@@ -488,7 +488,7 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
 
 def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
     """A warm-up epoch (the first of each stage here) moves weights only; other epochs take len(stream) steps."""
-    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "streams")
+    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "runkit.streams")
     argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
     _, task = _search_task(ts, ms, arch, st, argv, k=2)
     model, architect, valid_stream = task.model, task.architect, task.streams["valid"]
@@ -513,7 +513,7 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
 
 def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
     """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
-    stages_py = load_space("201-space", "stages")
+    stages_py = load_space("201-space", "runkit.stages")
     stages = [stages_py.Stage(4, 4, 5, 2), stages_py.Stage(3, 2, 3, 2)]
     assert [stages_py.stage_at(stages, e) for e in range(7)] == [
         (0, False), (0, False), (0, True), (0, True), (1, False), (1, False), (1, True)

@@ -35,7 +35,7 @@ def test_plot_writes_png(load_space, tmp_path):
 
 
 def test_plot_refuses_records_without_benchmark(load_space, tmp_path):
-    plot, utils = load_space("201-space", "plot_trajectory", "utils")
+    plot, utils = load_space("201-space", "plot_trajectory", "runkit.utils")
     plain = [{"epoch": 0, "lr": 0.025, "train_acc": 50.0}]
     with pytest.raises(utils.UserError, match="--benchmark"):
         plot.plot_trajectory(plain, tmp_path / "x.png")

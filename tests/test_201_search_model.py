@@ -160,7 +160,7 @@ def test_genotype_picks_argmax_of_kept_ops_and_round_trips(load_space):
 
 
 def test_widen_copies_channels(load_space):
-    ms, ops, n2w = load_space("201-space", "model_search", "operations", "net2wider")
+    ms, ops, n2w = load_space("201-space", "model_search", "operations", "runkit.net2wider")
     torch.manual_seed(0)
     model = ms.Network(C=8, N=1, num_classes=10, k=4)
     model.train()

@@ -32,7 +32,7 @@ TINY = [*TINY_201, "--report_freq", "4"]
     ],
 )
 def test_golden_counts(load_space, arch, classes, params, flops):
-    model, genotypes, utils = load_space("201-space", "model", "genotypes", "utils")
+    model, genotypes, utils = load_space("201-space", "model", "genotypes", "runkit.utils")
     net = model.Network(16, 5, genotypes.Structure.from_str(arch), classes)
     assert utils.count_parameters(net.parameters()) == params
     if flops is not None:
@@ -64,7 +64,7 @@ def test_train_learns_and_logs_param_count(load_space, tmp_path):
     assert [r["epoch"] for r in history] == [0, 1]
     assert history[-1]["test_acc"] > 20.0  # 10 classes: chance is 10 %
     assert json.loads((run / "genotype.json").read_text())["arch"] == DRNAS  # the cell trained
-    model, genotypes, utils = load_space("201-space", "model", "genotypes", "utils")
+    model, genotypes, utils = load_space("201-space", "model", "genotypes", "runkit.utils")
     expected = utils.count_parameters(model.Network(4, 1, genotypes.DrNAS, 10).parameters())
     logged = re.search(r"param count = (\d+)", (run / "log.txt").read_text())
     assert logged and int(logged.group(1)) == expected
@@ -75,7 +75,7 @@ class Killed(Exception):
 
 
 def test_exact_resume_with_genotype_json(load_space, tmp_path, monkeypatch, restore_logging):
-    train, genotypes, utils = load_space("201-space", "train", "genotypes", "utils")
+    train, genotypes, utils = load_space("201-space", "train", "genotypes", "runkit.utils")
     genotype = tmp_path / "genotype.json"
     genotypes.save_genotype(genotypes.Structure.from_str(MIXED), genotype)
     args = [*TINY, "--arch", str(genotype), "--epochs", "2"]

@@ -14,7 +14,7 @@ from conftest import forbid_host_reads
 
 
 def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
-    utils = load_space("201-space", "utils")
+    utils = load_space("201-space", "runkit.utils")
     torch.manual_seed(0)
     state = {
         "epoch": 3,
@@ -44,7 +44,7 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     """(utils.py is the same file in both folders.) A checkpoint lands by `os.replace` of `<path>.tmp` (atomic);
     a write that dies midway (a full disk, a kill) leaves the previous checkpoint whole and loadable, and no
     .tmp file behind."""
-    utils = load_space(space, "utils")
+    utils = load_space(space, "runkit.utils")
     path = tmp_path / "checkpoint.pt"
     replaced, real_replace = [], os.replace
 
@@ -80,7 +80,7 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
 
 
 def test_rng_state_round_trips(load_space, tmp_path):
-    utils = load_space("201-space", "utils")
+    utils = load_space("201-space", "runkit.utils")
     import random
 
     import numpy as np
@@ -95,7 +95,7 @@ def test_rng_state_round_trips(load_space, tmp_path):
 
 
 def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
-    utils = load_space("201-space", "utils")
+    utils = load_space("201-space", "runkit.utils")
     with pytest.raises(utils.UserError, match="no such file"):
         utils.load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
@@ -120,7 +120,7 @@ def _dataset(n=23):
 
 
 def test_stream_resumes_exactly_from_a_position(load_space):
-    streams = load_space("201-space", "streams")
+    streams = load_space("201-space", "runkit.streams")
     ds = _dataset()
     stream = streams.Stream(ds, batch_size=4, seed=3)
     assert len(stream) == stream.batches_per_pass == 6  # ceil(23 / 4)
@@ -138,7 +138,7 @@ def test_stream_resumes_exactly_from_a_position(load_space):
 
 
 def test_stream_passes_cover_the_data_and_reshuffle(load_space):
-    streams = load_space("201-space", "streams")
+    streams = load_space("201-space", "runkit.streams")
     ds = _dataset()
     stream = streams.Stream(ds, batch_size=4, seed=3)
     passes = []
@@ -157,14 +157,14 @@ def test_stream_passes_cover_the_data_and_reshuffle(load_space):
 
 
 def test_stream_without_shuffle_is_in_order(load_space):
-    streams = load_space("201-space", "streams")
+    streams = load_space("201-space", "runkit.streams")
     stream = streams.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)
     assert torch.cat([b[0] for b in islice(stream, 4)]).tolist() == list(range(10))
 
 
 @pytest.mark.parametrize("n, world", [(23, 1), (23, 2), (23, 4), (24, 3)])
 def test_epoch_sampler_rank_sharding_covers_all_indices(load_space, n, world):
-    streams = load_space("201-space", "streams")
+    streams = load_space("201-space", "runkit.streams")
     shards = [list(streams.EpochSampler(n, seed=7, rank=r, world_size=world)) for r in range(world)]
     per_rank = -(-n // world)
     assert all(len(s) == per_rank for s in shards)
@@ -181,7 +181,7 @@ def test_epoch_sampler_rank_sharding_covers_all_indices(load_space, n, world):
 
 def test_meter_sums_loss_top1_top5_on_the_device(load_space):
     """progress.Meter: loss weighted by batch size, top-1 and top-5 in %, nothing read until result()."""
-    progress = load_space("201-space", "progress")
+    progress = load_space("201-space", "runkit.progress")
     output = torch.tensor(
         [
             [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # target 0: top-1
@@ -208,13 +208,13 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
 
 
 def test_format_seconds(load_space):
-    utils = load_space("201-space", "utils")
+    utils = load_space("201-space", "runkit.utils")
     assert utils.format_seconds(3725) == "1:02:05"
 
 
 def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_path):
     """A diverged held-out loss is written as null (JSON has no NaN); a resume keeps the epochs before it."""
-    utils = load_space("201-space", "utils")
+    utils = load_space("201-space", "runkit.utils")
     history = utils.History(tmp_path)
     history.append({"epoch": 0, "valid_loss": float("nan"), "nested": {"x": [1.5, float("inf")]}})
     history.append({"epoch": 1, "valid_loss": 0.5})
@@ -232,7 +232,7 @@ def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_p
 def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, monkeypatch):
     """--deterministic: deterministic kernels (ops without one warn, they do not stop the run), no cuDNN autotuning,
     and the cuBLAS workspace setting deterministic GEMMs need, unless the user set one."""
-    utils = load_space("201-space", "utils")
+    utils = load_space("201-space", "runkit.utils")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     try:

@@ -137,7 +137,7 @@ def test_201_search_script_with_amp_learns(tmp_path, load_space):
     save = tmp_path / "run"
     flags = [*TINY_201, "--epochs", "3", "--benchmark", "none", "--save", save]
     result = run_script("201-space", "train_search.py", *flags, "--amp")
-    if not load_space("201-space", "accel").cpu_has_bf16():
+    if not load_space("201-space", "runkit.accel").cpu_has_bf16():
         assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
         assert not save.exists()
         return
@@ -154,7 +154,7 @@ def test_darts_search_script_with_amp_and_plain_ops(tmp_path, load_space):
     flags = "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2"
     flags = [*flags.split(), "--warmup_epochs", "0", "--max_steps", "3", "--device", "cpu", "--workers", "0"]
     result = run_script("DARTS-space", "train_search.py", *flags, "--amp", "--lean_ops", "off", "--save", save)
-    if not load_space("DARTS-space", "accel").cpu_has_bf16():
+    if not load_space("DARTS-space", "runkit.accel").cpu_has_bf16():
         assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
         assert not save.exists()
         return

@@ -85,7 +85,7 @@ def test_201_train_steps_compiled_and_eager_agree(load_space):
     """Three training steps of the network compiled in place (as train.py --compile) and eager: the same losses,
     the same state after the first step and the same test loss (evaluation mode) then; the compiled network's
     state has the plain module's keys, so a checkpoint loads into an uncompiled network."""
-    train, model_module, genotypes, accel = load_space("201-space", "train", "model", "genotypes", "accel")
+    train, model_module, genotypes, accel = load_space("201-space", "train", "model", "genotypes", "runkit.accel")
     args = train.get_parser().parse_args([])
     structure = genotypes.load_arch("DrNAS")
     torch.manual_seed(0)
@@ -144,7 +144,7 @@ def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
     through the compiled cells), the same losses, the same weights and BatchNorm statistics afterwards.
     `--method darts` (softmax weights): the mixing weights do not depend on a random draw."""
     search, model_search, architect_module, accel = load_space(
-        "201-space", "search", "model_search", "architect", "accel"
+        "201-space", "search", "model_search", "architect", "runkit.accel"
     )
     args = search.get_parser().parse_args(["--unrolled", "--method", "darts"])
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
 def test_201_scripts_compile_the_network_they_run(load_space, tmp_path, restore_logging, monkeypatch, script):
     """--compile: the script hands its network to `accel.compile_model` once, on the run's device (a stand-in
     that compiles nothing records the call; the tests above compare what compiling does)."""
-    module, accel = load_space("201-space", script[:-3], "accel")
+    module, accel = load_space("201-space", script[:-3], "runkit.accel")
     calls = []
     monkeypatch.setattr(accel, "compile_model", lambda model, device, *rest: calls.append((model, device)))
     flags = ["--arch", "DrNAS"] if script == "train.py" else ["--benchmark", "none"]
@@ -298,7 +298,7 @@ def test_amp_with_compile_on_a_cpu_is_refused_before_writing(tmp_path, load_spac
     """
     save = tmp_path / "run"
     result = run_script(space, script, *flags, "--amp", "--compile", "--save", save)
-    bf16 = load_space(space, "accel").cpu_has_bf16()
+    bf16 = load_space(space, "runkit.accel").cpu_has_bf16()
     expected = "--compile with --amp on a CPU" if bf16 else "--amp on a CPU without bf16 units"
     assert_one_line_error(result.returncode, result.stderr, expected)
     assert not save.exists()

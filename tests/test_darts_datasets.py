@@ -34,7 +34,7 @@ def test_cifar10_tree_with_cutout(load_space, tmp_path):
 
 
 def test_offline_download_is_one_line_and_leaves_nothing(load_space, tmp_path, monkeypatch):
-    datasets, utils = load_space("DARTS-space", "datasets", "utils")
+    datasets, utils = load_space("DARTS-space", "datasets", "runkit.utils")
     import torchvision.datasets.utils as tv_utils
 
     def offline(*args, **kwargs):

@@ -241,7 +241,7 @@ def test_bad_flags_a_file_as_save_and_an_old_checkpoint_are_refused_before_writi
 
 
 def test_every_script_writes_the_engines_checkpoint_layout(load_space, tmp_path):
-    engine = load_space("DARTS-space", "engine")
+    engine = load_space("DARTS-space", "runkit.engine")
     procs = {name: popen_script("DARTS-space", *argv, "--save", tmp_path / name) for name, argv in SHORT.items()}
     for name, proc in procs.items():
         _finish(proc)
@@ -256,7 +256,7 @@ def test_every_script_writes_the_engines_checkpoint_layout(load_space, tmp_path)
 def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
     """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
     train_search, search, train, training, model, genotypes, distributed = load_space(
-        "DARTS-space", "train_search", "search", "train", "training", "model", "genotypes", "distributed"
+        "DARTS-space", "train_search", "search", "train", "training", "model", "genotypes", "runkit.distributed"
     )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
     monkeypatch.setattr(

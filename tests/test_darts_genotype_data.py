@@ -56,7 +56,7 @@ def test_train_imagenet_at_another_size_names_the_searched_size(load_space, tmp_
 
 def test_matching_data_says_nothing(load_space, tmp_path):
     """The record a search on the synthetic set writes (`data_common.data_record`, as train_search.py makes it)."""
-    datasets, data_common = load_space("DARTS-space", "datasets", "data_common")
+    datasets, data_common = load_space("DARTS-space", "datasets", "runkit.data_common")
     full, _, classes = datasets.get_datasets("synthetic", "../data")
     record = data_common.data_record(argparse.Namespace(dataset="synthetic", data="../data"), full, classes)
     genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)

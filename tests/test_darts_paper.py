@@ -367,7 +367,7 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
 
 def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta(load_space):
     """search.weight_step: CE loss, gradient of the weights only, its global norm clipped to grad_clip."""
-    search, model_search, distributed = load_space(SPACE, "search", "model_search", "distributed")
+    search, model_search, distributed = load_space(SPACE, "search", "model_search", "runkit.distributed")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     weights = net.weights()
@@ -388,7 +388,7 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
 
 def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
     """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34."""
-    train_search, search, stages = load_space(SPACE, "train_search", "search", "stages")
+    train_search, search, stages = load_space(SPACE, "train_search", "search", "runkit.stages")
     args = train_search.get_parser().parse_args([])
     schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
@@ -468,7 +468,7 @@ def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widen
     stem, ...) keeps its buffer, a widened one gets the old buffer expanded with its own channel plan (as
     net2wider.expand grew the weight), pruned ops leave none behind; ops grow to C/k; training goes on."""
     search, model_search, net2wider, train_search = load_space(
-        SPACE, "search", "model_search", "net2wider", "train_search"
+        SPACE, "search", "model_search", "runkit.net2wider", "train_search"
     )
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
@@ -512,7 +512,7 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     load_space, tmp_path, monkeypatch
 ):
     """train_search.py: each epoch's SGD (momentum 0.9, wd 3e-4, no beta) at learning_rate(epoch), arch_on."""
-    train_search, search, utils = load_space(SPACE, "train_search", "search", "utils")
+    train_search, search, utils = load_space(SPACE, "train_search", "search", "runkit.utils")
     monkeypatch.setattr(utils, "setup_logging", lambda run_dir: None)  # keep pytest's logging
     seen = []
 

@@ -178,7 +178,7 @@ def test_unrolled_after_pruning_and_widening(load_space):
 
 
 def test_k_that_does_not_divide_is_refused(load_space):
-    model_search, utils = load_space("DARTS-space", "model_search", "utils")
+    model_search, utils = load_space("DARTS-space", "model_search", "runkit.utils")
     with pytest.raises(utils.UserError, match="valid values: 1, 2, 4, 8"):
         model_search.Network(16, 10, 8, k=6)
 

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.quick
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_op_shape_and_widening(load_space, stride):
-    operations, net2wider, genotypes = load_space("DARTS-space", "operations", "net2wider", "genotypes")
+    operations, net2wider, genotypes = load_space("DARTS-space", "operations", "runkit.net2wider", "genotypes")
     torch.manual_seed(0)
     x = torch.randn(2, 8, 12, 12)
     size = 12 // stride
@@ -41,7 +41,7 @@ def test_every_op_shape_and_widening(load_space, stride):
 
 
 def test_widened_op_trains_and_keeps_mode(load_space):
-    operations, net2wider = load_space("DARTS-space", "operations", "net2wider")
+    operations, net2wider = load_space("DARTS-space", "operations", "runkit.net2wider")
     op = operations.search_op("sep_conv_3x3", 4, 1).eval()
     op.widen(net2wider.grow_index(4, 8), [])
     assert not any(m.training for m in op.modules())
@@ -72,7 +72,7 @@ def test_cutout_and_synthetic(load_space):
 
 
 def test_imagenet_folder_errors(load_space, tmp_path):
-    datasets, utils = load_space("DARTS-space", "datasets", "utils")
+    datasets, utils = load_space("DARTS-space", "datasets", "runkit.utils")
     with pytest.raises(utils.UserError, match="train/ and .*val/"):
         datasets.imagenet_datasets(tmp_path)
     with pytest.raises(utils.UserError, match="unknown dataset"):

@@ -95,7 +95,7 @@ def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2, 3] and [h["stage"] for h in history] == [0, 0, 1, 1]
     log = (run / "log.txt").read_text()
     assert "genotype = Genotype(" in log and "concentration normal" in log and "img/s, ETA" in log
-    genotypes, utils = load_space("DARTS-space", "genotypes", "utils")
+    genotypes, utils = load_space("DARTS-space", "genotypes", "runkit.utils")
     genotype = genotypes.load_genotype(str(run / "genotype.json"))
     assert len(genotype.normal) == 8
 

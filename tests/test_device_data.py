@@ -59,7 +59,7 @@ ORDERS = [dict(), dict(shuffle=False), dict(rank=1, world_size=3), dict(rank=2, 
 @pytest.mark.parametrize("sharding", ORDERS, ids=str)
 @pytest.mark.parametrize("subset", [False, True])
 def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, subset):
-    device_data, streams = load_space(space, "device_data", "streams")
+    device_data, streams = load_space(space, "runkit.device_data", "runkit.streams")
     data = _numbered_set()
     if subset:  # the searches' split, split again
         data = Subset(Subset(data, range(5, 37)), [3, 1, 4, 15, 9, 2, 6, 5, 30, 25, 8, 7, 11, 0, 31])
@@ -75,7 +75,7 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
 
 
 def test_stream_and_loader_pick_the_path(load_space):
-    device_data, streams = load_space("201-space", "device_data", "streams")
+    device_data, streams = load_space("201-space", "runkit.device_data", "runkit.streams")
     data = _numbered_set()
     assert isinstance(device_data.stream(data, 4, 0, "cpu", True), device_data.DeviceStream)
     assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)
@@ -88,7 +88,7 @@ def test_stream_and_loader_pick_the_path(load_space):
 
 @pytest.mark.parametrize("space", SPACE_NAMES)
 def test_device_loader_equals_the_dataloader(load_space, tmp_path, space):
-    device_data, datasets = load_space(space, "device_data", "datasets")
+    device_data, datasets = load_space(space, "runkit.device_data", "datasets")
     train, test = _pickled_sets(datasets, space, tmp_path, cutout=16)
     plain, _ = _pickled_sets(datasets, space, tmp_path, augment=False)
     split = Subset(Subset(plain, range(3, 19)), [5, 0, 7, 2, 9])
@@ -129,7 +129,7 @@ def _which(out, candidates):
 
 def _augmented_samples(load_space, tmp_path, space, name, cutout=0, batches=20):
     """Yield (output image, its source transformed without augmentation, pad value, padding, datasets)."""
-    device_data, streams, datasets = load_space(space, "device_data", "streams", "datasets")
+    device_data, streams, datasets = load_space(space, "runkit.device_data", "runkit.streams", "datasets")
     train, _ = _pickled_sets(datasets, space, tmp_path, name, cutout=cutout)
     plain, _ = _pickled_sets(datasets, space, tmp_path, name, augment=False)
     # What the DataLoader path does: its padding, and the normalised value of a zero (padding) pixel.
@@ -164,7 +164,7 @@ def test_augmented_images_are_crops_and_flips_of_their_source(load_space, tmp_pa
 @pytest.mark.parametrize("space", SPACE_NAMES)
 def test_device_loader_augments_what_its_dataloader_would(load_space, tmp_path, space):
     """The search's held-out images are training images: augmented, as the paper's code evaluates them."""
-    device_data, datasets = load_space(space, "device_data", "datasets")
+    device_data, datasets = load_space(space, "runkit.device_data", "datasets")
     train, _ = _pickled_sets(datasets, space, tmp_path)
     plain, _ = _pickled_sets(datasets, space, tmp_path, augment=False)
     held_out = range(6, len(train))  # as `split_search_data` makes it
@@ -215,7 +215,7 @@ def test_cutout_zeroes_the_square_datasets_cutout_would(load_space, tmp_path, mo
 
 
 def test_cutout_on_the_synthetic_set(load_space, monkeypatch):
-    device_data, streams, datasets = load_space("DARTS-space", "device_data", "streams", "datasets")
+    device_data, streams, datasets = load_space("DARTS-space", "runkit.device_data", "runkit.streams", "datasets")
     train, _, _ = datasets.get_datasets("synthetic", ".", cutout=True, cutout_length=10, image_size=16)
     assert device_data.supported(train)
     stream = device_data.DeviceStream(train, 32, 0, "cpu")
@@ -233,7 +233,7 @@ def test_cutout_on_the_synthetic_set(load_space, monkeypatch):
 
 @pytest.mark.parametrize("space", SPACE_NAMES)
 def test_resume_from_position_and_rng_state_is_exact(load_space, tmp_path, space):
-    device_data, datasets = load_space(space, "device_data", "datasets")
+    device_data, datasets = load_space(space, "runkit.device_data", "datasets")
     train, _ = _pickled_sets(datasets, space, tmp_path, cutout=16)
     torch.manual_seed(1)
     stream = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2)  # 10 samples: 2 batches a pass
@@ -260,7 +260,7 @@ def test_resume_from_position_and_rng_state_is_exact(load_space, tmp_path, space
 
 @pytest.mark.parametrize("space", SPACE_NAMES)
 def test_no_host_reads_per_batch(load_space, tmp_path, space):
-    device_data, datasets = load_space(space, "device_data", "datasets")
+    device_data, datasets = load_space(space, "runkit.device_data", "datasets")
     train, test = _pickled_sets(datasets, space, tmp_path, cutout=16)
     stream = device_data.DeviceStream(Subset(train, range(2, 19)), 4, 0, "cpu")
     loader = device_data.DeviceLoader(test, 3, "cpu")
@@ -275,7 +275,7 @@ def test_no_host_reads_per_batch(load_space, tmp_path, space):
 
 
 def test_use_device_resolves_the_flag(load_space, tmp_path, tiny_imagenet):
-    device_data, datasets, utils = load_space("201-space", "device_data", "datasets", "utils")
+    device_data, datasets, utils = load_space("201-space", "runkit.device_data", "datasets", "runkit.utils")
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -150,7 +150,7 @@ def test_split_order_is_seeded_and_mixes_classes(load_space, tmp_path):
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_image_that_breaks_later_is_one_line_from_a_worker(load_space, tmp_path, space):
     """A file whose header reads but whose pixels do not: one line naming it, also via a DataLoader worker."""
-    datasets, utils = load_space(space, "datasets", "utils")
+    datasets, utils = load_space(space, "datasets", "runkit.utils")
     tree = write_image_folder(tmp_path / "images")
     broken = tree / "val" / "dog" / "3.png"
     broken.write_bytes(broken.read_bytes()[:100])  # header intact, pixel data cut

@@ -24,7 +24,7 @@ def _widened_op(load_space, space, C):
 def test_same_public_api_in_both_folders(load_space):
     signatures = []
     for space in SPACES:
-        n2w = load_space(space, "net2wider")
+        n2w = load_space(space, "runkit.net2wider")
         public = sorted(name for name in vars(n2w) if not name.startswith("_") and callable(getattr(n2w, name)))
         assert set(PUBLIC) <= set(public), space
         signatures.append({name: str(inspect.signature(getattr(n2w, name))) for name in PUBLIC})
@@ -34,7 +34,7 @@ def test_same_public_api_in_both_folders(load_space):
 
 @pytest.mark.parametrize("space", SPACES)
 def test_grow_index_keeps_old_channels_and_is_reproducible(load_space, space):
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     index = n2w.grow_index(4, 10, torch.Generator().manual_seed(3))
     assert torch.equal(index[:4], torch.arange(4)) and index.shape == (10,) and (index < 4).all()
     assert torch.equal(index, n2w.grow_index(4, 10, torch.Generator().manual_seed(3)))
@@ -42,7 +42,7 @@ def test_grow_index_keeps_old_channels_and_is_reproducible(load_space, space):
 
 @pytest.mark.parametrize("space", SPACES)
 def test_dense_conv_copies_weights_without_division(load_space, space):
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 3, 3, padding=1, bias=True)
     in_index, out_index = torch.tensor([0, 1, 2, 3, 1, 1]), torch.tensor([0, 1, 2, 0, 2])
@@ -63,7 +63,7 @@ def test_dense_conv_copies_weights_without_division(load_space, space):
 
 @pytest.mark.parametrize("space", SPACES)
 def test_depthwise_conv_grows_its_groups(load_space, space):
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
     index = torch.tensor([0, 1, 2, 3, 3, 0])
     new = n2w.widen_conv(conv, index, index, [])
@@ -76,7 +76,7 @@ def test_depthwise_conv_grows_its_groups(load_space, space):
 
 @pytest.mark.parametrize("space", SPACES)
 def test_bn_copies_running_statistics_and_affine_parameters(load_space, space):
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     bn = nn.BatchNorm2d(4)
     with torch.no_grad():
         for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
@@ -97,7 +97,7 @@ def test_bn_copies_running_statistics_and_affine_parameters(load_space, space):
 
 
 def test_darts_search_bn_stays_a_mix_batch_norm(load_space):
-    n2w, lean_ops = load_space("DARTS-space", "net2wider", "lean_ops")
+    n2w, lean_ops = load_space("DARTS-space", "runkit.net2wider", "lean_ops")
     bn = lean_ops.MixBatchNorm(4)
     new = n2w.widen_bn(bn, torch.tensor([0, 1, 2, 3, 0]), [])
     assert type(new) is lean_ops.MixBatchNorm and new.num_features == 5
@@ -108,7 +108,7 @@ def test_darts_search_bn_stays_a_mix_batch_norm(load_space):
 
 @pytest.mark.parametrize("space", SPACES)
 def test_expand_carries_momentum_with_the_parameters_channels(load_space, space):
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 3, 1, bias=False)
     sgd = torch.optim.SGD(conv.parameters(), 0.1, momentum=0.9)
@@ -129,7 +129,7 @@ def test_expand_carries_momentum_with_the_parameters_channels(load_space, space)
 @pytest.mark.parametrize("space", SPACES)
 def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, space):
     """201 nor_conv_3x3, DARTS dil_conv_3x3: zeros on the new input channels leave the old outputs unchanged."""
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     op = _widened_op(load_space, space, 4)
     x = torch.randn(2, 4, 6, 6)

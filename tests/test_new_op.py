@@ -372,7 +372,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
-    n2w = load_space(space, "net2wider")
+    n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     op = nn.Sequential(
         nn.ReLU(),

@@ -34,7 +34,7 @@ def refusal(capsys, main, *argv):
 @pytest.mark.parametrize("amp_needs_bf16", [True, False])
 def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, space, amp_needs_bf16):
     """Every script (fp16 fallback or not) refuses --amp where the CPU emulates bf16; one with bf16 units runs it."""
-    accel = load_space(space, "accel")
+    accel = load_space(space, "runkit.accel")
     args, cpu = Namespace(amp=True, compile=False), torch.device("cpu")
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)
     with pytest.raises(accel.UserError) as refused:

@@ -215,14 +215,14 @@ def _tiny_loop(run, epochs):
 
 def test_wall_time_continues_across_a_resume(load_space, tmp_path, restore_logging):
     """A resumed run's wall clock starts from the checkpoint's total, not from zero."""
-    engine = load_space("201-space", "engine")
+    engine = load_space("201-space", "runkit.engine")
     args = Namespace(resume=None, save=str(tmp_path / "run"), device="cpu", batch_size=2, report_freq=100)
-    run = engine.Run(args, "tiny")
+    run = engine.Run(args, "test", "tiny")
     run.open()
     _tiny_loop(run, 1)  # epoch 1 of 2, then the run "stops"
     first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["usage"]
     args.resume = str(tmp_path / "run" / "checkpoint.pt")
-    run = engine.Run(args, "tiny")
+    run = engine.Run(args, "test", "tiny")
     run.open()
     _tiny_loop(run, 2)
     records = _history(tmp_path / "run")

@@ -44,7 +44,7 @@ def _typed(value):
 
 @pytest.mark.parametrize(("space", "module", "kwargs"), PARSERS, ids=lambda p: str(p) if isinstance(p, str) else "")
 def test_every_flag_outside_may_change_must_equal_the_checkpoints(load_space, space, module, kwargs):
-    script, run_flags, utils = load_space(space, module, "run_flags", "utils")
+    script, run_flags, utils = load_space(space, module, "runkit.run_flags", "runkit.utils")
     parser = script.get_parser(**kwargs)
     saved = vars(parser.parse_args([]))
     compared = 0

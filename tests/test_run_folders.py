@@ -40,7 +40,12 @@ T201 = ["train.py", *TINY_201, "--max_steps_per_epoch", "2", "--threads", "1"]
 def _write_checkpoint(engine, utils, parser, script, path, epoch, epochs, **flags):
     """A checkpoint of `script` after `epoch` of `epochs` epochs, made with the default flags but `flags`."""
     saved = {**vars(parser.parse_args([])), **flags, "script": script}
-    state = {"version": engine.CHECKPOINT_VERSION, "space": engine.SPACE, "epoch": epoch, "epochs": epochs}
+    state = {
+        "version": engine.CHECKPOINT_VERSION,
+        "space": sys.modules["genotypes"].SPACE,
+        "epoch": epoch,
+        "epochs": epochs,
+    }
     utils.save_checkpoint({**state, "step": 0, "args": saved}, path)
 
 
@@ -53,28 +58,32 @@ def _snapshot(folder):
 def test_resume_alone_takes_the_checkpoints_flags_and_names_every_differing_one(
     load_space, tmp_path, space, module, kwargs, script
 ):
-    program, engine, utils = load_space(space, module, "engine", "utils")
+    program, engine, utils = load_space(space, module, "runkit.engine", "runkit.utils")
     parser = program.get_parser(**kwargs)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _write_checkpoint(engine, utils, parser, script, run_dir / "checkpoint.pt", 1, 3, layers=2, seed=7, workers=0)
 
-    args = engine.parse_args(parser, script, ["--resume", str(run_dir)])  # a run folder means its checkpoint.pt
+    args = engine.parse_args(
+        parser, program.SPACE, script, ["--resume", str(run_dir)]
+    )  # a run folder means its checkpoint.pt
     assert args.resume == str(run_dir / "checkpoint.pt")
     assert (args.layers, args.seed, args.workers, args.save) == (2, 7, 0, None)
-    changed = engine.parse_args(parser, script, ["--resume", str(run_dir), "--workers", "3", "--layers", "2"])
+    changed = engine.parse_args(
+        parser, program.SPACE, script, ["--resume", str(run_dir), "--workers", "3", "--layers", "2"]
+    )
     assert (changed.workers, changed.layers) == (3, 2), "a flag a resume may change, and one equal to the checkpoint's"
     with pytest.raises(utils.UserError) as refused:
-        engine.parse_args(parser, script, ["--resume", str(run_dir), "--layers", "4", "--seed", "1"])
+        engine.parse_args(parser, program.SPACE, script, ["--resume", str(run_dir), "--layers", "4", "--seed", "1"])
     assert "--layers 2, not 4;" in str(refused.value) and "--seed 7, not 1;" in str(refused.value)
 
 
 def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_path, capsys):
-    program, engine, utils = load_space("DARTS-space", "train", "engine", "utils")
+    program, engine, utils = load_space("DARTS-space", "train", "runkit.engine", "runkit.utils")
     parser = program.get_parser()
     _write_checkpoint(engine, utils, parser, "train", tmp_path / "checkpoint.pt", 3, 3)
     with pytest.raises(SystemExit) as ended:
-        engine.parse_args(parser, "train", ["--resume", str(tmp_path)])
+        engine.parse_args(parser, program.SPACE, "train", ["--resume", str(tmp_path)])
     assert ended.value.code == 0
     assert capsys.readouterr().out.strip() == f"{tmp_path / 'checkpoint.pt'}: the run is finished (3 of 3 epochs); " + (
         "nothing to do"
@@ -221,9 +230,9 @@ def test_help_shows_each_default_once_and_every_training_script_has_the_same_sys
 
 def test_a_second_ctrl_c_stops_at_once(load_space, tmp_path, restore_logging):
     """The first SIGINT asks for a checkpoint after the step; a second, before it ends, stops the run there."""
-    engine = load_space("201-space", "engine")
+    engine = load_space("201-space", "runkit.engine")
     args = Namespace(resume=None, save=str(tmp_path / "run"), device="cpu", batch_size=2, report_freq=100)
-    run = engine.Run(args, "tiny")
+    run = engine.Run(args, "test", "tiny")
     run.open()
     with pytest.raises(SystemExit) as stopped:
         for _ in run.epochs(2, 3, state=dict):

@@ -26,7 +26,7 @@ SCRIPT = {"201-space": "train_search_progressive", "DARTS-space": "train_search"
 
 def _build(load_space, space, argv, state=None):
     """The search's supernet as its script builds it (seeded as the script seeds it), with the parsed flags."""
-    search, script, utils = load_space(space, "search", SCRIPT[space], "utils")
+    search, script, utils = load_space(space, "search", SCRIPT[space], "runkit.utils")
     args = script.get_parser().parse_args(argv)
     utils.set_seed(args.seed)
     if space == "201-space":
@@ -84,7 +84,7 @@ def test_every_stage_logs_k_and_ops_when_it_starts_and_resume_in_stage_1_is_exac
     assert log.count(first) == 1 and log.count(second) == 1 and log.index(first) < log.index("epoch 1/3")
     resumed_log = (tmp_path / "resumed" / "log.txt").read_text()
     assert resumed_log.count(first) == 2 and resumed_log.count(second) == 1, "the resumed run names its stage"
-    utils = load_space(space, "utils")
+    utils = load_space(space, "runkit.utils")
     a = utils.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["task"]
     b = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["task"]
     assert a["kept"] == b["kept"]
@@ -98,7 +98,7 @@ def test_every_stage_logs_k_and_ops_when_it_starts_and_resume_in_stage_1_is_exac
 def test_stage_keep_bounds_follow_the_primitives(load_space, space):
     """With one more op in PRIMITIVES, N1 may be that many ops and no more, refused in one line naming the
     bound; 0 ops is refused. (The scripts print a UserError as their one line, see utils.exits_cleanly.)"""
-    search, script, genotypes, utils = load_space(space, "search", SCRIPT[space], "genotypes", "utils")
+    search, script, genotypes, utils = load_space(space, "search", SCRIPT[space], "genotypes", "runkit.utils")
     genotypes.PRIMITIVES.append("extra_op")  # the list the search reads (the modules are dropped afterwards)
     n_ops = len(genotypes.PRIMITIVES)
     check = search.get_stages if space == "201-space" else search.check_args

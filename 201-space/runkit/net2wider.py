@@ -19,7 +19,7 @@ from collections import namedtuple
 import torch
 import torch.nn as nn
 
-from utils import UserError
+from .utils import UserError
 
 # A parameter replaced by widening: `new = expand(old, plan)`; plan = ((dim, index), ...).
 Moved = namedtuple("Moved", "old new plan")

@@ -12,7 +12,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils import UserError
+from .utils import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 STATS_IMAGES = 2000  # images sampled (seed 0) for the per-channel mean and std

@@ -13,13 +13,12 @@ import json
 import statistics
 from pathlib import Path
 
-import run_folder
-from data_common import FOLDERS, genotype_space
-from genotypes import SPACE
-from utils import UserError
+from . import run_folder
+from .data_common import FOLDERS, genotype_space
+from .utils import UserError
 
 
-def read_run(run_dir, scripts):
+def read_run(run_dir, space, scripts):
     """args.json and history.jsonl of a finished run of one of `scripts`; a `UserError` for anything else."""
     run_dir = Path(run_dir)
     if not (run_dir / "args.json").is_file():
@@ -37,11 +36,11 @@ def read_run(run_dir, scripts):
     # Both folders have a train_search.py and a train.py: the run's cell tells the other space's runs apart
     # (genotype.json, written by a search every epoch and when a training starts; a damaged one is report.py's to name).
     try:
-        space = genotype_space(json.loads((run_dir / "genotype.json").read_text()))
+        found = genotype_space(json.loads((run_dir / "genotype.json").read_text()))
     except (OSError, ValueError):
-        space = None
-    if space not in (None, SPACE):
-        folder = FOLDERS[space]
+        found = None
+    if found not in (None, space):
+        folder = FOLDERS[found]
         raise UserError(f"{run_dir}: a run of the {folder} ({script}.py); report it with {folder}/report.py")
     if script not in scripts:
         wanted = " or ".join(f"{s}.py" for s in scripts)

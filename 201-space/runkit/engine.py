@@ -12,8 +12,8 @@ the run folder and its lock in `run_folder.py`, the metrics and the ETA in `prog
 the non-finite checks in `divergence.py`, the resumable data streams in `streams.py`. The
 same files serve both folders of the repository.
 
-    args = parse_args(get_parser(), "train", argv)  # resumed: the checkpoint's flags where none is given
-    run = Run(args, "train")                      # checks args, outputs and --resume; writes nothing
+    args = parse_args(get_parser(), SPACE, "train", argv)  # resumed: the checkpoint's flags where none is given
+    run = Run(args, SPACE, "train")                      # checks args, outputs and --resume; writes nothing
     state = run.task_state()                      # what a resumed run's `state()` returned, else None
     ...                                           # data, model, optimisers (loaded from `state`)
     run.open()                                    # the first write: run folder, log, args.json
@@ -38,14 +38,10 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-import accel
-import run_flags
-import run_folder
-import utils
-from divergence import Divergence
-from genotypes import SPACE
-from progress import Clock, Meter
-from utils import UserError
+from . import accel, run_flags, run_folder, utils
+from .divergence import Divergence
+from .progress import Clock, Meter
+from .utils import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +57,7 @@ CHECKPOINT_KEYS = (
 Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 
-def parse_args(parser, script, argv=None):
+def parse_args(parser, space, script, argv=None):
     """The script's flags; with `--resume`, every flag the command line leaves out is the checkpoint's.
 
     Flags given beside `--resume` must be ones a resume may change (`run_flags.MAY_CHANGE`)
@@ -72,7 +68,7 @@ def parse_args(parser, script, argv=None):
     if args.resume is None:
         return args
     args.resume = str(run_folder.checkpoint_of(args.resume))
-    ckpt = read_resumed(args.resume, script)
+    ckpt = read_resumed(args.resume, space, script)
     saved, typed = ckpt["args"], run_flags.typed_flags(parser, argv)
     for key in vars(args):
         if key in saved and key not in typed and key not in ("save", "resume"):
@@ -85,14 +81,14 @@ def parse_args(parser, script, argv=None):
     return args
 
 
-def read_resumed(path, script):
+def read_resumed(path, space, script):
     """The checkpoint at `path`, refused in one line unless this script of this space, in this layout, wrote it."""
     ckpt = utils.load_checkpoint(path)
     written_by = (ckpt.get("space"), ckpt.get("args", {}).get("script"))
-    if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (SPACE, script):
+    if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (space, script):
         raise UserError(
             f"--resume {path}: a checkpoint of {written_by[1]}.py in the {written_by[0]} space, "
-            f"not of this {script}.py ({SPACE} space); resume it with {written_by[0]}/{written_by[1]}.py"
+            f"not of this {script}.py ({space} space); resume it with {written_by[0]}/{written_by[1]}.py"
         )
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise UserError(
@@ -104,7 +100,7 @@ def read_resumed(path, script):
 class Run:
     """One run of a script: checked arguments, run folder, checkpoints, epoch loop, signals, divergence."""
 
-    def __init__(self, args, script, join=None, ranges=None):
+    def __init__(self, args, space, script, join=None, ranges=None):
         """Check the flags, the run folder and the --resume checkpoint, then join the processes (`join(device, gpu)`).
 
         `ranges`: the valid ranges of the script's own numeric flags, beside the shared `run_flags.RANGES`.
@@ -112,11 +108,11 @@ class Run:
         Nothing is written here, and every check comes before a process group forms.
         """
         run_flags.check_ranges(args, ranges)
-        self.args, self.script = args, script
+        self.args, self.space, self.script = args, space, script
         self.ckpt = None
         if args.resume:
             args.resume = str(run_folder.checkpoint_of(args.resume))
-            self.ckpt = read_resumed(args.resume, script)
+            self.ckpt = read_resumed(args.resume, space, script)
             run_flags.check_resume(self.ckpt["args"], args)
         if getattr(args, "threads", 0):
             torch.set_num_threads(args.threads)
@@ -441,7 +437,7 @@ class Run:
         utils.save_checkpoint(
             {
                 "version": CHECKPOINT_VERSION,
-                "space": SPACE,
+                "space": self.space,
                 "epoch": epoch,
                 "epochs": self._clock.epochs,
                 "step": step,

@@ -13,7 +13,7 @@ file in both folders.
 import argparse
 import math
 
-from utils import UserError
+from .utils import UserError
 
 # Valid ranges of the numeric flags of both folders, checked for every flag a script has:
 # (low, high, low inclusive, high inclusive); None is unbounded. A flag of one folder alone has

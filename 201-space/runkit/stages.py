@@ -10,7 +10,7 @@ steps. Not a script; the same file in both folders.
 
 from collections import namedtuple
 
-from utils import UserError
+from .utils import UserError
 
 # One stage: its epochs, partial-channel k, ops kept per edge, weight-only warm-up epochs.
 Stage = namedtuple("Stage", "epochs k keep warmup")

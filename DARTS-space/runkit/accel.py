@@ -17,7 +17,7 @@ import shutil
 
 import torch
 
-from utils import UserError
+from .utils import UserError
 
 
 def add_amp_argument(group):

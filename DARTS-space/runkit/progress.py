@@ -10,7 +10,7 @@ import time
 import torch
 import torch.distributed as torch_dist
 
-import utils
+from . import utils
 
 
 class Meter:

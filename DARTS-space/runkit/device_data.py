@@ -19,8 +19,7 @@ import weakref
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-import streams
-import utils
+from . import streams, utils
 
 MODES = ("auto", "on", "off")
 _HELD = weakref.WeakKeyDictionary()  # dataset -> {device: (images, labels)}: a split's parts share one copy

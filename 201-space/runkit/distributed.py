@@ -16,8 +16,8 @@ import os
 import torch
 import torch.distributed as torch_dist
 
-from engine import Dist
-from utils import UserError, resolve_device
+from .engine import Dist
+from .utils import UserError, resolve_device
 
 
 def setup(device_name, gpu=None):

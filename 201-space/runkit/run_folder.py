@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from utils import UserError
+from .utils import UserError
 
 LOCK_NAME = "run.lock"
 _HELD = {}  # resolved run folder -> the open lock file of this process

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from utils import UserError
+from .utils import UserError
 
 DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
