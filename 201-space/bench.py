@@ -4,7 +4,7 @@
     python bench.py --device cuda --steps 20
     python bench.py --device cuda --steps 20 --amp --compile
 
-A step is what the search (`search.py`) does per batch: a first-order architecture step on a
+A step is what the search (`train_search.py`) does per batch: a first-order architecture step on a
 validation batch, then a weight step (forward, backward, clip, SGD). The two are timed apart
 (the device synchronised around each), and the step is their sum, so it is never reported
 faster than its weight step. Progress goes to stderr; stdout gets one JSON object, printed
@@ -21,11 +21,11 @@ import time
 
 import torch
 from runkit import accel, run_flags, utils
+from train_search import get_parser as search_parser
+from train_search import search_step, sgd
 
 from architect import Architect
-from model_search import METHODS, Network
-from search import get_parser as search_parser
-from search import search_step, sgd
+from model_search import SAMPLERS, Network
 
 
 def get_parser():
@@ -38,7 +38,7 @@ def get_parser():
     parser.add_argument("--init_channels", type=int, default=16, help="channels C")
     parser.add_argument("--layers", type=int, default=5, help="cells N per stage")
     parser.add_argument("--k", type=int, default=1, help="partial channels")
-    parser.add_argument("--method", type=str, default="dirichlet", choices=METHODS, help="search method")
+    parser.add_argument("--method", type=str, default="dirichlet", choices=tuple(SAMPLERS), help="search method")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     accel.add_amp_argument(parser)  # the search's own flags

@@ -6,10 +6,11 @@ edge is a `MixedOp` over the ops of `PRIMITIVES`, applied to `C/k` of its channe
 (partial channels). The architecture parameters `beta` (6 edges x len(PRIMITIVES) ops) are one
 `nn.Parameter` of the model, shared by all cells.
 
-With `method="dirichlet"` (DrNAS) every forward draws the mixing weights of all edges
+How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With
+`method="dirichlet"` (DrNAS) every training forward draws the mixing weights of all edges
 from Dir(elu(beta) + 1) in one reparameterised call, so gradients reach `beta` through
-the sample (paper Eq. 3-4). Ops pruned by the progressive search are host-side data
-(`kept`): they are deleted from the model and never evaluated.
+the sample (paper Eq. 3-4); evaluation uses the Dirichlet mean. Ops pruned by the progressive
+search are host-side data (`kept`): they are deleted from the model and never evaluated.
 """
 
 import torch
@@ -19,8 +20,6 @@ from runkit.net2wider import grow_index, widen_op
 
 from genotypes import EDGES, PRIMITIVES, Structure
 from operations import OPS, ResNetBasicBlock
-
-METHODS = ("dirichlet", "darts", "snas", "gdas")
 
 
 def channel_shuffle(x, groups):
@@ -32,6 +31,52 @@ def channel_shuffle(x, groups):
 def concentration(beta):
     """Dirichlet concentration alpha = elu(beta) + 1 > 0 (DrNAS Sec. 3.1)."""
     return F.elu(beta) + 1.0
+
+
+# ---------------------------------------------------------------- samplers (--method)
+# A sampler turns beta, gathered over the kept ops (last dim), into mixing weights of the same shape:
+# `sampler(beta, tau, training)`, tau the Gumbel temperature of the epoch (`gumbel_tau`), training the
+# module's mode. It runs in every forward: no host read of a tensor value (no .item(), no `if tensor`).
+
+
+def dirichlet_sampler(beta, tau, training):
+    """DrNAS: one reparameterised draw from Dir(elu(beta) + 1) in training, the Dirichlet mean in eval."""
+    alpha = concentration(beta)
+    if not training:
+        return alpha / alpha.sum(-1, keepdim=True)
+    # validate_args=False: the argument checks would read tensor values on the host.
+    return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
+
+
+def softmax_sampler(beta, tau, training):
+    """DARTS: softmax(beta), in both modes."""
+    return F.softmax(beta, dim=-1)
+
+
+def gumbel_sampler(beta, tau, training):
+    """SNAS: a relaxed Gumbel-softmax sample at temperature tau."""
+    # eval samples too (the method defines no deterministic weights): each evaluation forward draws anew.
+    return F.gumbel_softmax(beta, tau=tau, hard=False, dim=-1)
+
+
+def hard_gumbel_sampler(beta, tau, training):
+    """GDAS: a one-hot Gumbel-softmax sample at temperature tau, with straight-through gradients."""
+    # eval samples too (one sampled op per edge, as in training): each evaluation forward draws anew.
+    return F.gumbel_softmax(beta, tau=tau, hard=True, dim=-1)
+
+
+# --method: name -> sampler. A new sampler is one more entry; the flag offers the keys.
+SAMPLERS = {
+    "dirichlet": dirichlet_sampler,
+    "darts": softmax_sampler,
+    "snas": gumbel_sampler,
+    "gdas": hard_gumbel_sampler,
+}
+
+
+def gumbel_tau(epoch, epochs, tau_max, tau_min):
+    """Gumbel temperature of `epoch` (0-based) of `epochs`: linear from tau_max (first) to tau_min (last epoch)."""
+    return tau_max - (tau_max - tau_min) * epoch / max(epochs - 1, 1)
 
 
 class MixedOp(nn.Module):
@@ -100,12 +145,12 @@ class Network(nn.Module):
 
     def __init__(self, C=16, N=5, num_classes=10, k=1, method="dirichlet"):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}")
+        if method not in SAMPLERS:
+            raise ValueError(f"method must be one of {tuple(SAMPLERS)}, not {method!r}")
         if C % k:
             raise ValueError(f"k={k} does not divide the {C} channels of the first stage")
         self.C, self.N, self.num_classes, self.k, self.method = C, N, num_classes, k, method
-        self.tau = 10.0  # Gumbel temperature for snas/gdas, set each epoch by the search
+        self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         layers, C_prev = [], C
@@ -148,18 +193,14 @@ class Network(nn.Module):
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
-        """Mixing weights (edges, ops) for one forward; pruned ops get exactly 0."""
+        """Mixing weights (edges, ops) for one forward, from the `method`'s sampler; pruned ops get exactly 0.
+
+        The sampler sees beta of the kept ops only; for the Dirichlet this is, by the aggregation property,
+        Dir(alpha) with pruned ops removed and the rest renormalised.
+        """
         index = self.kept_index()  # (6, n)
         beta = self.beta.gather(1, index)  # (6, n), only the kept ops
-        if self.method == "dirichlet":
-            # One reparameterised draw for all edges; by the aggregation property this is
-            # Dir(alpha) with pruned ops removed and the rest renormalised.
-            # validate_args=False: argument checks would read device values on the host.
-            w = torch.distributions.Dirichlet(concentration(beta), validate_args=False).rsample()
-        elif self.method == "darts":
-            w = F.softmax(beta, dim=-1)
-        else:  # snas: relaxed Gumbel-softmax; gdas: hard one-hot with straight-through grads
-            w = F.gumbel_softmax(beta, tau=self.tau, hard=self.method == "gdas", dim=-1)
+        w = SAMPLERS[self.method](beta, self.tau, self.training)
         return torch.zeros_like(self.beta).scatter(1, index, w)
 
     def kl_regularizer(self):

@@ -1,4 +1,4 @@
-"""Progressive DrNAS search on the NAS-Bench-201 space (paper Sec. 3.3).
+"""Progressive DrNAS search on the NAS-Bench-201 space (paper Sec. 3.3): train_search.py with two stages.
 
     cd 201-space && python train_search_progressive.py      # CIFAR-10: k 4 -> 2, all -> 3 ops, 50 + 50 epochs
     python train_search_progressive.py --dataset synthetic --device cpu \\
@@ -14,20 +14,15 @@ The run directory is experiments/train_search_progressive-<time> (or `--save`), 
 outputs of `train_search.py`; checkpoints, preemption and `--resume` work the same way.
 """
 
-from runkit import engine, utils
-
-import search
-from genotypes import SPACE
+import train_search
 
 
 def get_parser():
-    return search.get_parser(progressive=True, description=__doc__)
+    return train_search.get_parser(progressive=True, description=__doc__)
 
 
-@utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), SPACE, "train_search_progressive", argv)
-    search.run_search(args, "train_search_progressive")
+    train_search.main(argv, progressive=True, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ class Architect:
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics
         original = [w.detach().clone() for w in weights]
 
-        # One Dirichlet draw for the training loss, used by the virtual step and by both
+        # One draw of the mixing weights for the training loss, used by the virtual step and by both
         # sides of the finite difference (fresh draws would swamp the tiny difference).
         mix_train = model.arch_weights()  # (2, 14, n_kept), graph back to beta
         mix_fixed = mix_train.detach()

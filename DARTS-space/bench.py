@@ -35,14 +35,14 @@ import time
 
 import torch
 import torch.nn as nn
+import train_search as search
 from runkit import accel, engine, run_flags, utils
+from train import training_loss
 
-import search
 from architect import Architect
 from genotypes import PRIMITIVES, DrNAS_cifar10
 from model import NetworkCIFAR, param_count
 from model_search import Network
-from training import training_loss
 
 # name -> network settings. stage-2 `kept` = the 4 parametric ops on every edge.
 COSTLIEST = sorted(PRIMITIVES.index(n) for n in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"))

@@ -6,9 +6,10 @@ three stride-2 convolutions; both stems end at 3C channels (`stem_multiplier`). 
 `nn.Parameter`s `beta_normal`, `beta_reduce` of shape (14, len(PRIMITIVES)), so they live in
 `state_dict`; `arch_parameters()` returns them and `weights()` everything else.
 
-Every training forward draws the mixing weights of all edges of both cell types from
-Dir(elu(beta) + 1) in one reparameterised call (DrNAS Eq. 3); evaluation uses the
-Dirichlet mean. Progressive learning (DrNAS section 3.3): `prune(n)` keeps the n ops with
+How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With
+`method="dirichlet"` (DrNAS) every training forward draws the mixing weights of all edges of
+both cell types from Dir(elu(beta) + 1) in one reparameterised call (DrNAS Eq. 3); evaluation
+uses the Dirichlet mean. Progressive learning (DrNAS section 3.3): `prune(n)` keeps the n ops with
 the largest beta on every edge and deletes the others (they are never built or run
 again), `widen(k)` grows every op from C/k_old to C/k channels by net2wider.
 
@@ -35,6 +36,52 @@ def channel_shuffle(x, groups):
 def concentration(beta):
     """Dirichlet concentration alpha = elu(beta) + 1 > 0 (DrNAS section 3.1)."""
     return F.elu(beta) + 1.0
+
+
+# ------------------------------------------------------------ samplers (--method)
+# A sampler turns beta, gathered over the kept ops (last dim), into mixing weights of the same shape:
+# `sampler(beta, tau, training)`, tau the Gumbel temperature of the epoch (`gumbel_tau`), training the
+# module's mode. It runs in every forward: no host read of a tensor value (no .item(), no `if tensor`).
+
+
+def dirichlet_sampler(beta, tau, training):
+    """DrNAS: one reparameterised draw from Dir(elu(beta) + 1) in training, the Dirichlet mean in eval."""
+    alpha = concentration(beta)
+    if not training:
+        return alpha / alpha.sum(-1, keepdim=True)
+    # validate_args=False: the argument checks would read tensor values on the host.
+    return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
+
+
+def softmax_sampler(beta, tau, training):
+    """DARTS: softmax(beta), in both modes."""
+    return F.softmax(beta, dim=-1)
+
+
+def gumbel_sampler(beta, tau, training):
+    """SNAS: a relaxed Gumbel-softmax sample at temperature tau."""
+    # eval samples too (the method defines no deterministic weights): each evaluation forward draws anew.
+    return F.gumbel_softmax(beta, tau=tau, hard=False, dim=-1)
+
+
+def hard_gumbel_sampler(beta, tau, training):
+    """GDAS: a one-hot Gumbel-softmax sample at temperature tau, with straight-through gradients."""
+    # eval samples too (one sampled op per edge, as in training): each evaluation forward draws anew.
+    return F.gumbel_softmax(beta, tau=tau, hard=True, dim=-1)
+
+
+# --method: name -> sampler. A new sampler is one more entry; the flag offers the keys.
+SAMPLERS = {
+    "dirichlet": dirichlet_sampler,
+    "darts": softmax_sampler,
+    "snas": gumbel_sampler,
+    "gdas": hard_gumbel_sampler,
+}
+
+
+def gumbel_tau(epoch, epochs, tau_max, tau_min):
+    """Gumbel temperature of `epoch` (0-based) of `epochs`: linear from tau_max (first) to tau_min (last epoch)."""
+    return tau_max - (tau_max - tau_min) * epoch / max(epochs - 1, 1)
 
 
 def cell_channels(C, layers):
@@ -143,15 +190,29 @@ class Cell(nn.Module):
 
 
 class Network(nn.Module):
-    """The DrNAS supernet for the DARTS space (CIFAR stem, or ImageNet stems)."""
+    """The DrNAS supernet for the DARTS space (CIFAR stem, or ImageNet stems); `method` names its sampler."""
 
     def __init__(
-        self, C, num_classes, layers, k=6, steps=4, multiplier=4, stem_multiplier=3, imagenet=False, kept=None
+        self,
+        C,
+        num_classes,
+        layers,
+        k=6,
+        steps=4,
+        multiplier=4,
+        stem_multiplier=3,
+        imagenet=False,
+        kept=None,
+        method="dirichlet",
     ):
         super().__init__()
+        if method not in SAMPLERS:
+            raise ValueError(f"method must be one of {tuple(SAMPLERS)}, not {method!r}")
         check_k(C, layers, k)
         self.C, self.layers, self.steps = C, layers, steps
         self.k = k
+        self.method = method
+        self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         num_edges = sum(2 + i for i in range(steps))
         # kept[cell type][edge] = PRIMITIVES indices still searched (host data, see prune).
         all_ops = list(range(len(PRIMITIVES)))
@@ -213,6 +274,10 @@ class Network(nn.Module):
         index = torch.tensor([self.kept["normal"], self.kept["reduce"]], dtype=torch.long)
         self.register_buffer("kept_index", index.to(self.beta_normal.device), persistent=False)
 
+    def kept_beta(self):
+        """beta of the kept ops: (2, 14, n_kept) for (normal, reduce)."""
+        return torch.stack([self.beta_normal, self.beta_reduce]).gather(2, self.kept_index)
+
     def kept_concentrations(self):
         """alpha of the kept ops: (2, 14, n_kept) for (normal, reduce)."""
         alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, len(PRIMITIVES))
@@ -220,16 +285,12 @@ class Network(nn.Module):
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
-        """Mixing weights of every edge: one reparameterised Dirichlet draw, (2, 14, n_kept).
+        """Mixing weights of every edge from the `method`'s sampler, in one call: (2, 14, n_kept).
 
-        Sampling the kept ops only equals sampling all ops, zeroing the pruned ones and
-        renormalising (aggregation property of the Dirichlet). validate_args=False: the
-        argument checks would read tensor values on the host in every forward.
+        The sampler sees beta of the kept ops only; for the Dirichlet, sampling the kept ops equals sampling
+        all ops, zeroing the pruned ones and renormalising (aggregation property).
         """
-        alpha = self.kept_concentrations()
-        if not self.training:
-            return alpha / alpha.sum(-1, keepdim=True)  # the Dirichlet mean, deterministic
-        return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
+        return SAMPLERS[self.method](self.kept_beta(), self.tau, self.training)
 
     def kl_regularizer(self):
         """KL(Dir(alpha) || Dir(1)) summed over the edges of both cell types (kept ops)."""

@@ -19,16 +19,222 @@ other data, or at another image size, says so in one log line (and trains as it 
 import argparse
 import logging
 
+import torch
 import torch.nn as nn
-from runkit import accel, distributed, engine, run_flags, utils
+from runkit import accel, data_common, device_data, distributed, engine, progress, run_flags, utils
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 
 import datasets
 import genotypes
 from genotypes import SPACE
-from model import NetworkCIFAR
-from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
+from model import NetworkCIFAR, param_count
 
 logger = logging.getLogger(__name__)
+
+# Valid ranges of the numeric flags only the training scripts of this folder have (run_flags.RANGES holds the rest).
+FLAG_RANGES = {
+    "cutout_length": (1, None, True, True),
+    "auxiliary_weight": (0, None, True, True),
+    "drop_path_prob": (0, 1, True, False),
+    "label_smoothing": (0, 1, True, False),
+}
+
+
+def add_arguments(
+    parser,
+    *,
+    epochs,
+    batch_size,
+    learning_rate,
+    weight_decay,
+    init_channels,
+    layers,
+    drop_path_prob,
+    arch,
+    workers,
+    seed,
+):
+    """Flags shared by train.py and train_imagenet.py (the defaults differ per script)."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--arch",
+        type=str,
+        default=arch,
+        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search",
+    )
+    model.add_argument("--init_channels", type=int, default=init_channels, help="channels C of the first cells")
+    model.add_argument("--layers", type=int, default=layers, help="number of cells")
+    model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
+    model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
+    model.add_argument(
+        "--drop_path_prob",
+        type=float,
+        default=drop_path_prob,
+        help="drop path probability, ramped linearly from 0 at epoch 0 to this at the end",
+    )
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    opt.add_argument(
+        "--batch_size", type=int, default=batch_size, help="total batch size, split evenly over the torchrun processes"
+    )
+    opt.add_argument("--learning_rate", type=float, default=learning_rate, help="initial SGD learning rate")
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    opt.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
+    opt.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping")
+    add_system_arguments(parser, workers, seed)
+
+
+def add_system_arguments(parser, workers, seed):
+    """The system flags of both training scripts: the engine's run flags (--deterministic too) and precision."""
+    system = run_flags.add_run_arguments(parser, seed, workers)
+    system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
+    accel.add_compile_argument(system)
+    device_data.add_argument(system)
+
+
+def training_loss(criterion, logits, logits_aux, targets, aux_weight):
+    """CE(main) + aux_weight * CE(auxiliary head), or CE(main) alone without the head (DARTS)."""
+    loss = criterion(logits, targets)
+    if logits_aux is not None:
+        loss = loss + aux_weight * criterion(logits_aux, targets)
+    return loss
+
+
+@torch.no_grad()
+def infer(loader, model, amp_dtype, args, dist):
+    """Top-1, top-5 and cross-entropy on this rank's shard of `loader`, summed over ranks."""
+    model.eval()
+    meter = progress.Meter(dist.device)
+    criterion = nn.CrossEntropyLoss()
+    for x, y in loader:
+        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+        with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=args.amp):
+            logits, _ = model(x)
+        meter.update(logits, y, criterion(logits.float(), y))
+    return meter.result(dist)
+
+
+def train_step(net, optimizer, scaler, criterion, batch, amp_dtype, args):
+    """One SGD step on a training batch (auxiliary loss, gradient clipping, --amp); returns (logits, loss)."""
+    x, y = batch
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=args.amp):
+        logits, logits_aux = net(x)
+        loss = training_loss(criterion, logits, logits_aux, y, args.auxiliary_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss
+
+
+def train(run, model, train_set, test_set, criterion, learning_rate, args):
+    """The training loop: per epoch the drop path ramp and `learning_rate(epoch)`, one SGD step per batch, then
+    the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
+    epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
+    dist, device, resumed = run.dist, run.dist.device, run.task_state()
+    amp_dtype = accel.amp_dtype(device)
+    # The loss scaler only matters for fp16, whose small range underflows gradients.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
+    optimizer = torch.optim.SGD(
+        model.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    if resumed is not None:  # the model's tensors were loaded (and checked) before the run folder existed
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+    if args.compile:  # in place: the model, DDP's and the checkpoints' tensors stay the same
+        accel.compile_model(model, device, dist.world_size)
+    # DDP averages the gradients in the backward pass; every rank steps the same weights.
+    net = model
+    if dist.world_size > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    per_rank, pin = args.batch_size // dist.world_size, device.type == "cuda"
+    on_device = device_data.use_device(args.data_on_device, train_set, device)
+    # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
+    batches = device_data.stream(
+        train_set, per_rank, args.seed, device, on_device, args.workers, True, dist.rank, dist.world_size, pin
+    )
+    # Test shards without padding, so the summed counts cover each test image once.
+    test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
+    test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
+    logger.info("%s", device_data.describe(batches))
+    steps = len(batches)  # the engine caps them at --max_steps_per_epoch
+
+    def state():  # the script's part of every checkpoint
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "param_count": param_count(model),
+        }
+
+    record = None
+    for epoch in run.epochs(args.epochs, steps, state, {"train": batches}, best="test_acc"):
+        # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
+        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+        lr = learning_rate(epoch)
+        utils.set_lr(optimizer, lr)
+        net.train()  # once per epoch: evaluation switches it off at the end of the last one
+        for _ in run.steps():
+            x, y = (t.to(device, non_blocking=True) for t in next(batches))
+            accel.begin_step(device, dist.world_size, args.compile)
+            logits, loss = train_step(net, optimizer, scaler, criterion, (x, y), amp_dtype, args)
+            run.update(logits, y, loss)
+        # The bare model, not DDP: ranks hold different numbers of test batches, and
+        # DDP's forward would wait for buffers from ranks that have finished.
+        test = infer(test_loader, model, amp_dtype, args, dist)
+        record = {"lr": lr, "drop_path_prob": model.drop_path_prob, **run.train_metrics()}
+        test_fields = {"test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"]}
+        record = run.end_epoch({**record, **test_fields})
+    return record
+
+
+def log_searched_data(args, searched, test_set, num_classes):
+    """One log line when --arch was searched on other data, or at another size, than this run's (else none).
+
+    `searched`: the data record of the genotype.json (`genotypes.load_genotype_and_data`).
+    """
+    # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
+    line = data_common.data_difference(args.arch, searched, data_common.data_record(args, test_set, num_classes))
+    if line:
+        logger.info("%s", line)
+
+
+def log_model(model):
+    """The parameter count the papers report (no auxiliary head), and the head's."""
+    count = param_count(model)
+    logger.info(
+        "param count = %d (%.2fM), auxiliary head %d more",
+        count,
+        count / 1e6,
+        utils.count_parameters(model.parameters()) - count,
+    )
+
+
+def finish(run, model, last):
+    """The last lines of a training run: replica agreement under torchrun, then the accuracies and memory.
+
+    `last`: the last epoch's record (`train`). Its test accuracy leads, as the paper reports it (so does
+    DARTS); the best epoch's follows, marked as chosen on the test set, which makes it optimistic.
+    """
+    dist, best = run.dist, run.best
+    if dist.world_size > 1:
+        diff = distributed.max_parameter_difference(model, dist)
+        logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
+    if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
+        final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
+    else:
+        epochs = last["epoch"] + 1
+        final = f"test acc {last['test_acc']:.2f} % after {epochs} epochs (the paper's figure: the last epoch)"
+    logger.info(
+        "done: %s; best test acc %.2f %% (epoch %d, chosen on the test set), peak memory %.0f MB",
+        final,
+        best["value"] or 0.0,
+        best["epoch"] + 1,
+        utils.peak_memory_mb(dist.device),
+    )
 
 
 def get_parser():

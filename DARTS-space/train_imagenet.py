@@ -19,12 +19,12 @@ import math
 
 import torch.nn as nn
 from runkit import accel, distributed, engine, run_flags, utils
+from train import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
 
 import datasets
 import genotypes
 from genotypes import SPACE
 from model import NetworkImageNet
-from training import FLAG_RANGES, add_arguments, finish, log_model, log_searched_data, train
 
 logger = logging.getLogger(__name__)
 

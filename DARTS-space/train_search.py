@@ -21,19 +21,362 @@ experiments/train_search-<time>) receives log.txt, args.json, scripts/, tb/,
 history.jsonl, genotype.json (for train.py --arch) and checkpoint.pt (every epoch and
 every `--checkpoint_minutes`, atomic). SIGTERM or SIGINT checkpoints the step in progress
 and exits 0; `--resume` continues exactly, across the stage boundary too.
+
+Several processes (torchrun): every process takes its own shard of both data streams
+(`--batch_size` is the total, split evenly) and runs the same supernet. No DDP wrapper:
+after each weight backward the weight gradients are averaged over the ranks (one flat
+all-reduce), and after each architecture backward the beta gradients likewise, so every
+rank takes identical SGD and Adam steps. A DDP wrapper would fire its weight all-reduce
+hooks inside the architecture backward too, which needs no weight gradient at all.
 """
 
 import argparse
 import logging
+from itertools import islice
 
-from runkit import data_common, distributed, engine, run_flags, utils
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from runkit import accel, data_common, device_data, distributed, engine, progress, run_flags, streams, utils
+from runkit.net2wider import carry_momentum
+from runkit.run_flags import Stage, check_warmup, stage_at
 from torch.utils.data import Subset
 
 import datasets
-import search
-from genotypes import SPACE
+from architect import REGULARIZERS, Architect
+from genotypes import PRIMITIVES, SPACE, genotype_to_dict, save_genotype
+from model_search import SAMPLERS, Network, check_k, gumbel_tau
 
 logger = logging.getLogger(__name__)
+
+# Valid ranges of the numeric flags only the searches of this folder have (run_flags.RANGES holds the rest).
+FLAG_RANGES = {
+    "lr_warmup_epochs": (0, None, True, True),
+    "tau_max": (0, None, False, True),
+    "tau_min": (0, None, False, True),
+}
+
+
+def add_arguments(parser):
+    """The model, optimization, search and system flags of both search scripts (CIFAR defaults)."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
+    model.add_argument("--layers", type=int, default=20, help="number of cells")
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument(
+        "--batch_size", type=int, default=64, help="batch size (in total: torchrun processes take equal shares)"
+    )
+    optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
+    optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
+    optim.add_argument(
+        "--lr_warmup_epochs",
+        type=int,
+        default=0,
+        help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)",
+    )
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
+    optim.add_argument(
+        "--grad_clip",
+        type=float,
+        default=5.0,
+        help="gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)",
+    )
+    search = parser.add_argument_group("search")
+    search.add_argument(
+        "--method", type=str, default="dirichlet", choices=tuple(SAMPLERS), help="mixing weights from beta"
+    )
+    search.add_argument("--arch_learning_rate", type=float, default=6e-4, help="Adam learning rate of beta")
+    search.add_argument("--unrolled", action="store_true", help="second-order architecture gradient (DARTS)")
+    search.add_argument(
+        "--reg_type",
+        type=str,
+        default="l2",
+        choices=tuple(REGULARIZERS),
+        help="regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or "
+        "KL to Dir(1) (kl)",
+    )
+    search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
+    search.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
+    search.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")
+    search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")
+    search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
+    search.add_argument(
+        "--stage_keep",
+        type=int,
+        nargs="+",
+        default=[len(PRIMITIVES), 4],
+        help="ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)",
+    )
+    search.add_argument(
+        "--warmup_epochs", type=int, default=10, help="epochs at the start of each stage that train the weights only"
+    )
+    add_system_arguments(parser)
+
+
+def add_system_arguments(parser):
+    """The system flags of the searches: the engine's run flags, --amp, data on the device, --lean_ops."""
+    system = run_flags.add_run_arguments(parser, seed=2)
+    accel.add_amp_argument(system)
+    device_data.add_argument(system)
+    add_lean_ops_argument(system)
+
+
+def add_lean_ops_argument(group):
+    """`--lean_ops on|off`: the supernet's memory-saving ops (`Network.use_lean_ops`)."""
+    lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
+    group.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
+
+
+def check_args(args, min_image_size=32):
+    """Refuse a flag out of range or inconsistent stage settings with one clear line, before any work.
+
+    `min_image_size`: the smallest --image_size the network takes (32 for the ImageNet supernet's /8 stem).
+    """
+    run_flags.check_ranges(args, FLAG_RANGES)
+    n = len(args.stage_epochs)
+    if not (len(args.stage_k) == len(args.stage_keep) == n):
+        raise utils.UserError(
+            f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got "
+            f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})"
+        )
+    keep, n_ops = args.stage_keep, len(PRIMITIVES)
+    if any(not 1 <= count <= n_ops for count in keep) or keep != sorted(keep, reverse=True):
+        raise utils.UserError(
+            f"--stage_keep {args.stage_keep}: each stage keeps 1..{n_ops} ops (the space has {n_ops}), "
+            "never more than before"
+        )
+    if args.stage_k != sorted(args.stage_k, reverse=True):
+        raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
+    check_warmup(get_stages(args))
+    for k in args.stage_k:
+        check_k(args.init_channels, args.layers, k, flag="--stage_k")
+    if getattr(args, "image_size", 32) < min_image_size:
+        raise utils.UserError(
+            f"--image_size {args.image_size}: the stems and two reductions need at least {min_image_size} px"
+        )
+
+
+def learning_rate(epoch, args):
+    """Cosine over all stages, continuous across them; a linear warm-up first for batches over 256 (ImageNet)."""
+    if epoch < args.lr_warmup_epochs and args.batch_size > 256:
+        return args.learning_rate * (epoch + 1) / args.lr_warmup_epochs
+    return utils.cosine_lr(epoch, sum(args.stage_epochs), args.learning_rate, args.learning_rate_min)
+
+
+def get_stages(args):
+    """The stages the flags ask for (DrNAS Sec. 3.3): epochs, k, ops kept and warm-up epochs of each."""
+    return [Stage(*s, args.warmup_epochs) for s in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
+
+
+def sgd(model, args, lr):
+    """The weight optimizer: SGD with momentum and weight decay over `weights()` (never beta)."""
+    return torch.optim.SGD(model.weights(), lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def enter_stage(model, optimizer, stage, args):
+    """Enter stage `stage` (an index): prune, widen, and a new SGD whose momentum follows the copied channels."""
+    target = get_stages(args)[stage]
+    model.prune(target.keep)
+    # A private generator: the same channels on every rank and in a resumed run.
+    moved = model.widen(target.k, torch.Generator().manual_seed(args.seed + stage))
+    new = sgd(model, args, optimizer.param_groups[0]["lr"])
+    carry_momentum(optimizer, new, moved)
+    return new
+
+
+def weight_step(model, optimizer, weights, x, y, grad_clip, dist):
+    """One SGD step of the weights on a training batch, gradient norm clipped; returns (logits, loss)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    torch.autograd.backward(loss, inputs=weights)  # weights only: beta is the architect's
+    distributed.average_gradients(weights, dist)
+    nn.utils.clip_grad_norm_(weights, grad_clip)
+    optimizer.step()
+    return logits, loss
+
+
+def search_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip, dist):
+    """One search iteration: an architecture step (when `valid_batch` is given), then a weight step."""
+    x, y = train_batch
+    if valid_batch is not None:  # beta first, on a held-out batch (DrNAS Algorithm 1), then the weights
+        architect.step(x, y, *valid_batch, lr, optimizer)
+    return weight_step(model, optimizer, weights, x, y, grad_clip, dist)
+
+
+@torch.no_grad()
+def infer(model, loader, device):
+    """The `progress.Meter` (top-1, top-5, loss) of `model` in eval mode on `loader` (the Dirichlet mean)."""
+    model.eval()
+    meter = progress.Meter(device)
+    for batch in loader:
+        x, y = utils.to_device(batch, device)
+        logits = model(x)
+        meter.update(logits, y, F.cross_entropy(logits, y))
+    return meter
+
+
+def build_model(args, num_classes, device, state=None, imagenet=False):
+    """The supernet (--amp, --lean_ops) of the first stage, its `--stage_keep` N1 ops per edge from the start;
+    when resuming, at the checkpoint's stage (k, kept ops) with its tensors.
+
+    Stage 1 keeps the N1 ops with the largest beta at initialisation (`Network.prune`): a random choice,
+    fixed by --seed and alike on every rank; with N1 = all ops (the default) it keeps them all.
+    """
+    accel.check_flags(args, device)
+    k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
+    model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept, method=args.method)
+    if state is None:  # a resumed run's kept ops are the checkpoint's
+        model.prune(args.stage_keep[0])
+    model = model.to(device)
+    model.amp = args.amp
+    model.use_lean_ops(args.lean_ops == "on")
+    if state is not None:
+        utils.load_model_state(model, state["model"], args.resume)
+    return model
+
+
+def short_name(op):
+    """`sep_conv_3x3` -> `sep3x3`, `max_pool_3x3` -> `maxpool`, `skip_connect` -> `skip`."""
+    return op.replace("_conv_", "").replace("_pool_3x3", "pool").replace("_connect", "")
+
+
+def concentration_lines(model):
+    """One line per cell type: every edge (`input>node`) with the concentration of each kept op, or, for a
+    method other than the Dirichlet, its softmax(beta) over the kept ops."""
+    if model.method == "dirichlet":
+        name, values = "concentration", model.kept_concentrations().detach().cpu()  # (2, 14, n_kept)
+    else:  # no concentration to show: beta read as softmax weights, the same layout
+        name, values = "softmax(beta)", F.softmax(model.kept_beta().detach(), dim=-1).cpu()
+    edges = [(j, node) for node in range(2, 2 + model.steps) for j in range(node)]
+    lines = []
+    for t, cell_type in enumerate(("normal", "reduce")):
+        parts = [
+            f"{j}>{node} "
+            + " ".join(
+                f"{short_name(PRIMITIVES[op])}={a:.3f}"
+                for op, a in zip(model.kept[cell_type][e], values[t, e].tolist())
+            )
+            for e, (j, node) in enumerate(edges)
+        ]
+        lines.append(f"{name} {cell_type}: " + " | ".join(parts))
+    return lines
+
+
+def search_data(train_data, valid_data, args, dist):
+    """This rank's streams of the weights' ("train") and the architecture's ("valid") batches, its shard of the
+    held-out images for the evaluation, and the steps per epoch."""
+    batch = args.batch_size // dist.world_size
+    on_device = device_data.use_device(args.data_on_device, train_data, dist.device)
+    shard = dict(
+        device=dist.device,
+        on_device=on_device,
+        workers=args.workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        pin_memory=dist.device.type == "cuda",
+    )
+    # Weights and architecture see disjoint images, each from a resumable stream of its own.
+    data = {
+        "train": device_data.stream(train_data, batch, args.seed, **shard),
+        "valid": device_data.stream(valid_data, batch, args.seed + 1, **shard),
+    }
+    # This rank's shard of the held-out images, in order (padded to equal shards).
+    shard_order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
+    valid_loader = device_data.loader(Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers)
+    return data, valid_loader
+
+
+def optimizers(model, args, dist, state=None, arch_grad_clip=None):
+    """SGD over the weights and the `Architect` (Adam over beta), with a resumed run's states."""
+    optimizer = sgd(model, args, args.learning_rate)
+    reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
+    # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
+    architect = Architect(model, args, reduce_grads=reduce, grad_clip=arch_grad_clip)
+    if state is not None:  # the model's tensors were loaded (and checked) by build_model
+        optimizer.load_state_dict(state["optimizer"])
+        architect.optimizer.load_state_dict(state["architect"])
+    return optimizer, architect
+
+
+def search(run, model, architect, optimizer, streams, valid_loader, args, data=None):
+    """The progressive search (DrNAS Algorithm 1, Sec. 3.3), epoch by epoch: the stage switch, then per training
+    batch an architecture step on a held-out batch (after the stage's warm-up) and a weight step; the held-out
+    accuracy, the cell and its concentrations. `data` goes into genotype.json beside the cell."""
+    dist, stages, resumed = run.dist, get_stages(args), run.task_state()
+    stage = 0 if resumed is None else resumed["stage"]
+
+    def state():  # the script's part of every checkpoint
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "architect": architect.optimizer.state_dict(),
+            "stage": stage,
+            "k": model.k,
+            "kept": model.kept,
+            "genotype": genotype_to_dict(model.genotype()),
+        }
+
+    epochs = sum(s.epochs for s in stages)
+    announced = None  # the stage whose line the log has
+    for epoch in run.epochs(epochs, len(streams["train"]), state, streams, watched=model.arch_parameters()):
+        index, arch_on = stage_at(stages, epoch)
+        if index != stage:  # stage boundary: prune, widen, hand the momentum over
+            stage, optimizer = index, enter_stage(model, optimizer, index, args)
+        if stage != announced:  # the first epoch this process runs in the stage: stage 1, a resumed or a new one
+            announced = stage
+            logger.info(
+                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
+                stage + 1,
+                len(stages),
+                model.k,
+                len(model.kept["normal"][0]),
+                utils.count_parameters(model.weights()),
+            )
+        lr = learning_rate(epoch, args)
+        utils.set_lr(optimizer, lr)
+        model.tau = gumbel_tau(epoch, epochs, args.tau_max, args.tau_min)
+        weights = model.weights()
+        model.train()
+        warm = "" if arch_on else ", weights only (warm-up)"
+        logger.info("epoch %d: stage %d, lr %.5f%s", epoch + 1, stage + 1, lr, warm)
+        for _ in run.steps():
+            x, y = (t.to(dist.device, non_blocking=True) for t in next(streams["train"]))
+            valid_batch = None
+            if arch_on:  # the architecture's batch only when beta trains
+                valid_batch = tuple(t.to(dist.device, non_blocking=True) for t in next(streams["valid"]))
+            logits, loss = search_step(
+                model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip, dist
+            )
+            run.update(logits, y, loss)
+        valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), dist.device).result(dist)
+        distributed.broadcast_parameters(model, dist)  # BatchNorm statistics of rank 0
+        genotype = model.genotype()
+        logger.info("genotype = %s", genotype)
+        for line in concentration_lines(model):
+            logger.info("%s", line)
+        if run.main:
+            save_genotype(genotype, run.run_dir / "genotype.json", data)
+        record = {"stage": stage, "k": model.k, "lr": lr, **run.train_metrics()}
+        record.update(valid_acc=valid["acc"], valid_top5=valid["top5"], valid_loss=valid["loss"])
+        record.update(genotype=genotype_to_dict(genotype), alpha_max=float(model.kept_concentrations().detach().max()))
+        run.end_epoch(record)
+
+
+def finish(run, model):
+    """The last lines of a search: replica agreement under torchrun, the final genotype, where it is."""
+    if run.dist.world_size > 1:
+        logger.info(
+            "replicas agree: max |param - rank 0 param| = %.3e", distributed.max_parameter_difference(model, run.dist)
+        )
+    logger.info("final genotype = %s", model.genotype())
+    if run.main:
+        logger.info(
+            "written to %s (genotype.json for train.py --arch), peak memory %.0f MB",
+            run.run_dir,
+            utils.peak_memory_mb(run.dist.device),
+        )
 
 
 def get_parser():
@@ -45,7 +388,7 @@ def get_parser():
         default=0.5,
         help="share of the training images for the weights; the rest updates the architecture",
     )
-    search.add_arguments(parser)
+    add_arguments(parser)
     return parser
 
 
@@ -60,21 +403,43 @@ def load_data(args):
 
 
 @utils.exits_cleanly
-def main(argv=None):
-    args = engine.parse_args(get_parser(), SPACE, "train_search", argv)
+def main(argv=None, parser=None, script="train_search"):
+    """A whole search: flags, data, model, then the loop (`script` train_search_imagenet: its preset)."""
+    imagenet = script == "train_search_imagenet"
+    args = engine.parse_args(parser or get_parser(), SPACE, script, argv)
     # Flags, the checkpoint and the data are all checked before the run writes anything.
-    search.check_args(args, min_image_size=8)  # the CIFAR supernet's stem keeps the size
-    run = engine.Run(args, SPACE, "train_search", join=distributed.setup, ranges=search.FLAG_RANGES)
+    check_args(args, min_image_size=32 if imagenet else 8)  # the CIFAR supernet's stem keeps the size
+    run = engine.Run(args, SPACE, script, join=distributed.setup, ranges=FLAG_RANGES)
     try:
+        dist, state = run.dist, run.task_state()
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
-        train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
-        model = search.build_model(args, num_classes, run.dist.device, run.task_state())
+        if imagenet:
+            train_data, valid_data, num_classes = run.first_on_rank0(
+                lambda: datasets.imagenet_or_synthetic(args, search=True)
+            )
+            full = train_data
+        else:
+            train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
+        model = build_model(args, num_classes, dist.device, state, imagenet=imagenet)
+        optimizer, architect = optimizers(model, args, dist, state, arch_grad_clip=args.grad_clip if imagenet else None)
+        distributed.broadcast_parameters(model, dist)  # the same start on every rank
+        streams, valid_loader = search_data(train_data, valid_data, args, dist)
         run.open()
-        if args.dataset == "imagefolder":  # classes, image counts, normalisation
+        if imagenet:
+            logger.info(
+                "%d images for the weights, %d for the architecture, %d classes",
+                len(train_data),
+                len(valid_data),
+                num_classes,
+            )
+        elif args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", full.summary)
+        logger.info("%s", device_data.describe(streams["train"]))
+        weights = utils.count_parameters(model.weights())
+        logger.info("param count = %d weights (%.2fM)", weights, weights / 1e6)
         data = data_common.data_record(args, full, num_classes)  # recorded in genotype.json, for train.py
-        search.search(run, model, train_data, valid_data, args, data=data)
-        search.finish(run, model)
+        search(run, model, architect, optimizer, streams, valid_loader, args, data=data)
+        finish(run, model)
     finally:
         distributed.cleanup()
 

@@ -21,26 +21,22 @@ one sub-folder per class. `--dataset synthetic` replaces them with two in-memory
 smoke runs. Flags, run directory (experiments/train_search_imagenet-<time>), preemption
 and resume are those of train_search.py, with the ImageNet defaults above. Under torchrun
 every process takes its own shard of both streams and the gradients of weights and beta
-are averaged over the ranks (see search.py); the replicas' agreement is logged at the end.
+are averaged over the ranks (see train_search.py); the replicas' agreement is logged at the end.
 """
 
 import argparse
-import logging
 
-from runkit import data_common, distributed, engine, run_flags, utils
+import train_search
+from runkit import run_flags
 
 import datasets
-import search
-from genotypes import SPACE
-
-logger = logging.getLogger(__name__)
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     folder = "folder with train/ (weights) and val/ (architecture) class folders"
     datasets.add_imagenet_arguments(parser, "../data/imagenet_search", folder)
-    search.add_arguments(parser)
+    train_search.add_arguments(parser)
     # The paper's ImageNet search.
     parser.set_defaults(
         batch_size=512,
@@ -56,30 +52,8 @@ def get_parser():
     return parser
 
 
-@utils.exits_cleanly
 def main(argv=None):
-    args = engine.parse_args(get_parser(), SPACE, "train_search_imagenet", argv)
-    # Flags, the checkpoint and the data are all checked before the run writes anything.
-    search.check_args(args)
-    run = engine.Run(args, SPACE, "train_search_imagenet", join=distributed.setup, ranges=search.FLAG_RANGES)
-    try:
-        utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
-        train_data, valid_data, num_classes = run.first_on_rank0(
-            lambda: datasets.imagenet_or_synthetic(args, search=True)
-        )
-        model = search.build_model(args, num_classes, run.dist.device, run.task_state(), imagenet=True)
-        run.open()
-        logger.info(
-            "%d images for the weights, %d for the architecture, %d classes",
-            len(train_data),
-            len(valid_data),
-            num_classes,
-        )
-        data = data_common.data_record(args, train_data, num_classes)  # recorded in genotype.json
-        search.search(run, model, train_data, valid_data, args, arch_grad_clip=args.grad_clip, data=data)
-        search.finish(run, model)
-    finally:
-        distributed.cleanup()
+    train_search.main(argv, get_parser(), "train_search_imagenet")
 
 
 if __name__ == "__main__":

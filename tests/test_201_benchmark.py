@@ -199,7 +199,7 @@ def test_query_takes_named_cells_strings_and_genotype_files(load_space, tmp_path
 
 
 def test_benchmark_flag_default_and_none(load_space, tmp_path, monkeypatch, nb201_table):
-    benchmark, search = load_space("201-space", "benchmark", "search")
+    benchmark, search = load_space("201-space", "benchmark", "train_search")
     for progressive in (False, True):
         args = search.get_parser(progressive=progressive).parse_args([])
         assert args.benchmark == benchmark.DEFAULT_TABLE

@@ -149,7 +149,7 @@ def test_bad_epochs_a_file_as_save_and_an_old_checkpoint_are_one_line_and_write_
 def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
     """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
     search, model_search, architect, train, genotypes, streams = load_space(
-        "201-space", "search", "model_search", "architect", "train", "genotypes", "runkit.streams"
+        "201-space", "train_search", "model_search", "architect", "train", "genotypes", "runkit.streams"
     )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
     monkeypatch.setattr(

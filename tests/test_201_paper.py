@@ -279,7 +279,7 @@ def _arch_args(ts, *argv):
 def test_the_regulariser_adds_reg_scale_times_its_term_to_the_architecture_loss(load_space, reg_type):
     """The gradient on beta: of CE(model(x_val), y_val) + reg_scale * (||beta||^2 / 2 for l2, KL(Dir(alpha) || Dir(1))
     for kl); the l2 term's gradient reg_scale * beta is the paper's Adam weight decay."""
-    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     with torch.no_grad():
@@ -297,7 +297,7 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
     load_space, reg_type
 ):
     """Two steps with different gradients equal hand-written Adam; L2 decay = reg_scale (l2) or 0 (kl)."""
-    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     with torch.no_grad():
@@ -330,7 +330,7 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
 
 def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_along_v_around_w(load_space):
     """--unrolled: L_val at w' = w - lr (g + momentum m + wd w); Hv at w +- (0.01/||v||) v; w restored."""
-    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     args = _arch_args(ts, "--unrolled", "--arch_learning_rate", "0.01")  # momentum 0.9, weight decay 3e-4
@@ -377,7 +377,7 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
 
 def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_weights_only(load_space):
     """The weight optimizer (`sgd`) with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
-    ts, ms = load_space("201-space", "search", "model_search")
+    ts, ms = load_space("201-space", "train_search", "model_search")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1)
     args = ts.get_parser().parse_args([])
@@ -399,7 +399,7 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_we
 
 def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(load_space):
     """search_step: ||clipped weight gradient|| = grad_clip (beta excluded); beta gets no gradient, never moves."""
-    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1).train()
     architect = arch.Architect(model, _arch_args(ts))
@@ -458,7 +458,7 @@ def _rows_in(rows, pool):
 
 def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
     """split_search_data: first int(n * train_portion) samples -> weights, the rest -> beta; arch step first."""
-    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "runkit.streams")
+    ts, ms, arch, st = load_space("201-space", "train_search", "model_search", "architect", "runkit.streams")
     data, task = _search_task(ts, ms, arch, st, ["--epochs", "1"])
     train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
@@ -488,7 +488,7 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
 
 def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
     """A warm-up epoch (the first of each stage here) moves weights only; other epochs take len(stream) steps."""
-    ts, ms, arch, st = load_space("201-space", "search", "model_search", "architect", "runkit.streams")
+    ts, ms, arch, st = load_space("201-space", "train_search", "model_search", "architect", "runkit.streams")
     argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
     _, task = _search_task(ts, ms, arch, st, argv, k=2)
     model, architect, valid_stream = task.model, task.architect, task.streams["valid"]
@@ -513,7 +513,7 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
 
 def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
     """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
-    stages_py = load_space("201-space", "runkit.stages")
+    stages_py = load_space("201-space", "runkit.run_flags")
     stages = [stages_py.Stage(4, 4, 5, 2), stages_py.Stage(3, 2, 3, 2)]
     assert [stages_py.stage_at(stages, e) for e in range(7)] == [
         (0, False), (0, False), (0, True), (0, True), (1, False), (1, False), (1, True)
@@ -523,7 +523,7 @@ def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
 
 def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
     """lr(e) = lr_min + (lr - lr_min)(1 + cos(pi e / T)) / 2, T = all epochs, continuous across the stage switch."""
-    ts, ms, arch = load_space("201-space", "search", "model_search", "architect")
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(
         ["--init_channels", "8", "--stage_epochs", "3", "4", "--warmup_epochs", "1"]
@@ -544,15 +544,17 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
 
 def test_gumbel_temperature_falls_linearly_from_10_to_1_over_the_epochs(load_space):
     """gumbel_tau (snas, gdas): tau_max = 10 at the first epoch, tau_min = 1 at the last, linear between."""
-    ts = load_space("201-space", "search")
+    ts = load_space("201-space", "train_search")
     args = ts.get_parser().parse_args([])
-    assert [ts.gumbel_tau(args, e, 10) for e in range(10)] == pytest.approx([10.0 - e for e in range(10)])
-    assert [ts.gumbel_tau(args, e, 4) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
+    assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(
+        [10.0 - e for e in range(10)]
+    )
+    assert [ts.gumbel_tau(e, 4, args.tau_max, args.tau_min) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
 
 
 def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(load_space):
     """enter_stage(stage 1: k=2, keep=3) from k=4: every edge keeps its 3 largest-beta ops, on C/2 channels."""
-    ts, ms, gt = load_space("201-space", "search", "model_search", "genotypes")
+    ts, ms, gt = load_space("201-space", "train_search", "model_search", "genotypes")
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
     model = ms.Network(8, 1, 10, k=4)
@@ -583,7 +585,7 @@ SEARCH_SETTINGS = dict(
 
 def test_train_search_defaults_are_the_papers_settings(load_space):
     """train_search.py: 100 epochs, batch 64, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, DrNAS l2 1e-3, ..."""
-    ts, search = load_space("201-space", "train_search", "search")
+    ts, search = load_space("201-space", "train_search", "train_search")
     args = ts.get_parser().parse_args([])
     want = {**SEARCH_SETTINGS, "epochs": 100, "k": 1, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
     assert {key: getattr(args, key) for key in want} == want
@@ -592,7 +594,7 @@ def test_train_search_defaults_are_the_papers_settings(load_space):
 
 def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_then_3_ops_10_warm_up(load_space):
     """train_search_progressive.py: stages (50, k 4, 5 ops) and (50, k 2, 3 ops), 10 warm-up epochs each."""
-    search, tsp = load_space("201-space", "search", "train_search_progressive")
+    search, tsp = load_space("201-space", "train_search", "train_search_progressive")
     args = tsp.get_parser().parse_args([])
     want = {**SEARCH_SETTINGS, "stage_epochs": [50, 50], "stage_k": [4, 2], "stage_keep": [5, 3], "warmup_epochs": 10}
     assert {key: getattr(args, key) for key in want} == want

@@ -27,7 +27,7 @@ def _search_step_state(ts, model, args):
 
 
 def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
-    ts, ms = load_space("201-space", "search", "model_search")
+    ts, ms = load_space("201-space", "train_search", "model_search")
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])  # stage 2: k 2, 3 ops kept
     model = ms.Network(C=8, N=1, num_classes=10, k=4)

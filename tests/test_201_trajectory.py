@@ -49,7 +49,7 @@ def test_samples_follow_the_distribution_and_respect_pruning(load_space, method)
 
 
 def test_query_records_the_derived_cell_and_the_sampled_spread(load_space, nb201_table):
-    trajectory, benchmark, search = load_space("201-space", "trajectory", "benchmark", "search")
+    trajectory, benchmark, search = load_space("201-space", "trajectory", "benchmark", "train_search")
     bench = benchmark.load_benchmark(nb201_table)
     model = _model(load_space, "dirichlet", 1e-3 * torch.randn(6, 5, generator=torch.Generator().manual_seed(0)))
     args = search.get_parser().parse_args(["--dataset", "cifar10", "--trajectory_samples", "50", "--seed", "3"])

@@ -144,7 +144,7 @@ def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
     through the compiled cells), the same losses, the same weights and BatchNorm statistics afterwards.
     `--method darts` (softmax weights): the mixing weights do not depend on a random draw."""
     search, model_search, architect_module, accel = load_space(
-        "201-space", "search", "model_search", "architect", "runkit.accel"
+        "201-space", "train_search", "model_search", "architect", "runkit.accel"
     )
     args = search.get_parser().parse_args(["--unrolled", "--method", "darts"])
     torch.manual_seed(0)

@@ -55,7 +55,7 @@ def synchronisations(step, times=3):
 )
 def test_201_search_step_never_waits_for_the_device(load_space, flags):
     model_search, search, architect_module, utils = load_space(
-        "201-space", "model_search", "search", "architect", "runkit.utils"
+        "201-space", "model_search", "train_search", "architect", "runkit.utils"
     )
     args = search.get_parser().parse_args(flags)
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def test_201_search_step_never_waits_for_the_device(load_space, flags):
 @pytest.mark.parametrize("flags", [[], ["--amp"], ["--unrolled"], ["--lean_ops", "off"]], ids=flag_id)
 def test_darts_search_step_never_waits_for_the_device(load_space, flags):
     model_search, search, architect_module, distributed = load_space(
-        "DARTS-space", "model_search", "search", "architect", "runkit.distributed"
+        "DARTS-space", "model_search", "train_search", "architect", "runkit.distributed"
     )
     args = darts_search_args(search, *flags)
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def test_darts_training_step_never_waits_for_the_device(load_space, flags):
     """train.py's step (training.train_step: auxiliary head, drop path, clipping, the loss scaler) on batches
     already on the device, with the optimiser and scaler train.py builds."""
     train, training, genotypes, model_module, accel = load_space(
-        "DARTS-space", "train", "training", "genotypes", "model", "runkit.accel"
+        "DARTS-space", "train", "train", "genotypes", "model", "runkit.accel"
     )
     args = train.get_parser().parse_args([*DT, *flags])
     torch.manual_seed(0)
@@ -157,7 +157,7 @@ def test_per_step_bookkeeping_never_waits_for_the_device(load_space):
     the watch for a non-finite loss) and a batch of the device data stream (mid-pass): no synchronisation
     either. (The engine reads values on the host only at progress lines and checkpoints.)"""
     progress, divergence, device_data, datasets = load_space(
-        "201-space", "runkit.progress", "runkit.divergence", "runkit.device_data", "datasets"
+        "201-space", "runkit.progress", "runkit.progress", "runkit.device_data", "datasets"
     )
     device = torch.device(DEVICE)
     meter = progress.Meter(device)

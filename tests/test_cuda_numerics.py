@@ -51,7 +51,7 @@ def test_201_first_search_step_matches_the_cpu(load_space, fp32_exact, method):
     (its value, with d weights / d beta = 1: beta's gradient is the mixing weights' gradient). beta itself
     moves by Adam's first step, about lr * sign(gradient): compared through its gradient only."""
     model_search, search, architect_module, utils = load_space(
-        "201-space", "model_search", "search", "architect", "runkit.utils"
+        "201-space", "model_search", "train_search", "architect", "runkit.utils"
     )
     args = search.get_parser().parse_args(["--method", method])
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def test_darts_first_search_step_matches_the_cpu(load_space, fp32_exact):
     step (the lean functions' weight gradients): weights and BatchNorm statistics after it. The Dirichlet draw
     differs between devices, so both take the Dirichlet mean alpha / sum(alpha), a function of beta alike."""
     model_search, search, architect_module, distributed = load_space(
-        "DARTS-space", "model_search", "search", "architect", "runkit.distributed"
+        "DARTS-space", "model_search", "train_search", "architect", "runkit.distributed"
     )
     torch.manual_seed(0)
     reference = model_search.Network(8, 10, 3, k=4)

@@ -256,7 +256,7 @@ def test_every_script_writes_the_engines_checkpoint_layout(load_space, tmp_path)
 def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypatch, flags):
     """A step only queues device work: the engine's Meter reads the metrics once per progress line."""
     train_search, search, train, training, model, genotypes, distributed = load_space(
-        "DARTS-space", "train_search", "search", "train", "training", "model", "genotypes", "runkit.distributed"
+        "DARTS-space", "train_search", "train_search", "train", "train", "model", "genotypes", "runkit.distributed"
     )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
     monkeypatch.setattr(
@@ -271,7 +271,9 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
     args = train_search.get_parser().parse_args([*tiny, "--stage_k", "2", "1", "--warmup_epochs", "0", *flags])
     # Epoch 1 of the search loop, 3 steps: the first starts the streams' loaders, not a per-step cost.
     run = LoopRun(only=[0], steps=3, guard=forbid_host_reads)
-    search.search(run, search.build_model(args, 10, dist.device), data, data, args)
+    net = search.build_model(args, 10, dist.device)
+    optimizer, architect = search.optimizers(net, args, dist)
+    search.search(run, net, architect, optimizer, *search.search_data(data, data, args, dist), args)
     assert len(run.updates) == 3
 
     args = train.get_parser().parse_args([*tiny, "--auxiliary"])

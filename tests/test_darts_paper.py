@@ -367,7 +367,7 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
 
 def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta(load_space):
     """search.weight_step: CE loss, gradient of the weights only, its global norm clipped to grad_clip."""
-    search, model_search, distributed = load_space(SPACE, "search", "model_search", "runkit.distributed")
+    search, model_search, distributed = load_space(SPACE, "train_search", "model_search", "runkit.distributed")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     weights = net.weights()
@@ -388,7 +388,7 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
 
 def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
     """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34."""
-    train_search, search, stages = load_space(SPACE, "train_search", "search", "runkit.stages")
+    train_search, search, stages = load_space(SPACE, "train_search", "train_search", "runkit.run_flags")
     args = train_search.get_parser().parse_args([])
     schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
@@ -408,7 +408,7 @@ def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights
 
 def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
     """search.search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch."""
-    search, model_search, train_search = load_space(SPACE, "search", "model_search", "train_search")
+    search, model_search, train_search = load_space(SPACE, "train_search", "model_search", "train_search")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     argv = f"--layers {LAYERS} --init_channels {C} --batch_size 2 --workers 0 --seed 0 --data_on_device off"
@@ -418,7 +418,8 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
     images = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     beta0, w0 = flat(net.arch_parameters()), flat(net.weights())
     run = LoopRun(steps=2)
-    search.search(run, net, images, images, args)
+    optimizer, architect = search.optimizers(net, args, run.dist)
+    search.search(run, net, architect, optimizer, *search.search_data(images, images, args, run.dist), args)
     warm, searched = run.saved  # the script's state at the end of epochs 1 and 2
     assert torch.equal(flat([warm["model"]["beta_normal"], warm["model"]["beta_reduce"]]), beta0)
     assert not warm["architect"]["state"], "no Adam step in the warm-up"
@@ -431,7 +432,7 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
 
 def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(load_space):
     """The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch."""
-    train_search, search = load_space(SPACE, "train_search", "search")
+    train_search, search = load_space(SPACE, "train_search", "train_search")
     args = train_search.get_parser().parse_args([])
     for epoch in range(50):
         assert search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
@@ -441,7 +442,7 @@ def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(loa
 
 def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_lr(load_space):
     """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr."""
-    search, model_search = load_space(SPACE, "search", "model_search")
+    search, model_search = load_space(SPACE, "train_search", "model_search")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
@@ -468,7 +469,7 @@ def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widen
     stem, ...) keeps its buffer, a widened one gets the old buffer expanded with its own channel plan (as
     net2wider.expand grew the weight), pruned ops leave none behind; ops grow to C/k; training goes on."""
     search, model_search, net2wider, train_search = load_space(
-        SPACE, "search", "model_search", "runkit.net2wider", "train_search"
+        SPACE, "train_search", "model_search", "runkit.net2wider", "train_search"
     )
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
@@ -512,7 +513,7 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     load_space, tmp_path, monkeypatch
 ):
     """train_search.py: each epoch's SGD (momentum 0.9, wd 3e-4, no beta) at learning_rate(epoch), arch_on."""
-    train_search, search, utils = load_space(SPACE, "train_search", "search", "runkit.utils")
+    train_search, search, utils = load_space(SPACE, "train_search", "train_search", "runkit.utils")
     monkeypatch.setattr(utils, "setup_logging", lambda run_dir: None)  # keep pytest's logging
     seen = []
 
@@ -603,7 +604,7 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
     rest for beta. ImageNet (train_search_imagenet.py): train/ for the weights, val/ for beta (two disjoint
     draws from ImageNet's training images, prepare_imagenet_subset.py). Either way the two parts share no image
     and each is seen whole, once, per epoch."""
-    module, search, architect, datasets = load_space(SPACE, script, "search", "architect", "datasets")
+    module, search, architect, datasets = load_space(SPACE, script, "train_search", "architect", "datasets")
     size = 8 if script == "train_search" else 32
     if script == "train_search":  # 32 training images: 16 for the weights, 16 for beta
         parts = (range(16), range(16, 32))
@@ -642,7 +643,7 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
 
 def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(load_space):
     """training.training_loss = CE(logits) + aux_weight * CE(aux logits); CE(logits) without the aux head."""
-    training = load_space(SPACE, "training")
+    training = load_space(SPACE, "train")
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
     aux = torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
     y = torch.tensor([0, 2])
@@ -657,7 +658,7 @@ def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(loa
 
 def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(load_space):
     """training.train's step: the loss is CE + auxiliary_weight * CE_aux, the gradient norm is clipped to grad_clip."""
-    training = load_space(SPACE, "training")
+    training = load_space(SPACE, "train")
     torch.manual_seed(0)
 
     class TwoHeads(torch.nn.Module):

@@ -298,5 +298,5 @@ def test_use_device_resolves_the_flag(load_space, tmp_path, tiny_imagenet):
 
 
 def test_both_folders_hold_the_same_file():
-    first, second = (SPACES[space] / "device_data.py" for space in SPACE_NAMES)
-    assert first.read_text() == second.read_text(), "edit 201-space/device_data.py and copy it to DARTS-space/"
+    first, second = (SPACES[space] / "runkit" / "device_data.py" for space in SPACE_NAMES)
+    assert first.read_text() == second.read_text(), "edit 201-space/runkit/device_data.py, then copy it"

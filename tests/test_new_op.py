@@ -158,7 +158,7 @@ SEARCH_201 = [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "-
 
 
 def test_201_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
-    genotypes, _, search, train_search = with_new_op("201-space", "search", "train_search")
+    genotypes, _, search, train_search = with_new_op("201-space", "train_search", "train_search")
     built, _ = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
     train_search.main([*SEARCH_201, "--epochs", "2", "--save", str(run_dir)])
@@ -172,7 +172,7 @@ def test_201_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_
 
 
 def test_201_progressive_search_widens_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
-    genotypes, _, search, progressive = with_new_op("201-space", "search", "train_search_progressive")
+    genotypes, _, search, progressive = with_new_op("201-space", "train_search", "train_search_progressive")
     built, widenings = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
     stages = ["--stage_epochs", "1", "1", "--warmup_epochs", "0", "--stage_k", "4", "2", "--stage_keep", "6", "6"]
@@ -272,7 +272,7 @@ SEARCH_DARTS = [
 
 @pytest.mark.parametrize("order", ["first", "unrolled"])
 def test_darts_progressive_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging, order):
-    genotypes, _, search, train_search = with_new_op("DARTS-space", "search", "train_search")
+    genotypes, _, search, train_search = with_new_op("DARTS-space", "train_search", "train_search")
     built, widenings = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
     train_search.main([*SEARCH_DARTS, *(["--unrolled"] if order == "unrolled" else []), "--save", str(run_dir)])

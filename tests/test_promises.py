@@ -92,7 +92,7 @@ def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, fla
 
 def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplog):
     """`finish` with a best epoch that is not the last: each number where it belongs."""
-    training = load_space("DARTS-space", "training")
+    training = load_space("DARTS-space", "train")
     dist = Namespace(world_size=1, device=torch.device("cpu"))
     run = Namespace(dist=dist, best={"value": 91.35, "epoch": 579}, args=Namespace(epochs=600))
     with caplog.at_level(logging.INFO):

@@ -12,8 +12,8 @@ from conftest import assert_one_line_error, run_script
 
 # (folder, module, get_parser's arguments): every script that trains and checkpoints.
 PARSERS = [
-    ("201-space", "search", {"progressive": False}),
-    ("201-space", "search", {"progressive": True}),
+    ("201-space", "train_search", {"progressive": False}),
+    ("201-space", "train_search", {"progressive": True}),
     ("201-space", "train", {}),
     ("DARTS-space", "train_search", {}),
     ("DARTS-space", "train_search_imagenet", {}),

@@ -24,8 +24,8 @@ from conftest import SPACES, TINY_201, assert_one_line_error, run_script, script
 
 # (folder, module, get_parser's arguments, the script's name): every script that trains and checkpoints.
 SCRIPTS = [
-    ("201-space", "search", {"progressive": False}, "train_search"),
-    ("201-space", "search", {"progressive": True}, "train_search_progressive"),
+    ("201-space", "train_search", {"progressive": False}, "train_search"),
+    ("201-space", "train_search", {"progressive": True}, "train_search_progressive"),
     ("201-space", "train", {}, "train"),
     ("DARTS-space", "train_search", {}, "train_search"),
     ("DARTS-space", "train_search_imagenet", {}, "train_search_imagenet"),

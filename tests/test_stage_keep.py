@@ -22,15 +22,14 @@ BASE = {
 }
 KEEP = ["--stage_keep", "3", "2"]  # 3 ops per edge in stage 1, 2 in stage 2
 SCRIPT = {"201-space": "train_search_progressive", "DARTS-space": "train_search"}
+SEARCH = {"201-space": "train_search", "DARTS-space": "train_search"}
 
 
 def _build(load_space, space, argv, state=None):
     """The search's supernet as its script builds it (seeded as the script seeds it), with the parsed flags."""
-    search, script, utils = load_space(space, "search", SCRIPT[space], "runkit.utils")
+    search, script, utils = load_space(space, SEARCH[space], SCRIPT[space], "runkit.utils")
     args = script.get_parser().parse_args(argv)
     utils.set_seed(args.seed)
-    if space == "201-space":
-        return search.build_model(args, search.get_stages(args), 10, state), args
     return search.build_model(args, 10, torch.device("cpu"), state), args
 
 
@@ -98,7 +97,7 @@ def test_every_stage_logs_k_and_ops_when_it_starts_and_resume_in_stage_1_is_exac
 def test_stage_keep_bounds_follow_the_primitives(load_space, space):
     """With one more op in PRIMITIVES, N1 may be that many ops and no more, refused in one line naming the
     bound; 0 ops is refused. (The scripts print a UserError as their one line, see utils.exits_cleanly.)"""
-    search, script, genotypes, utils = load_space(space, "search", SCRIPT[space], "genotypes", "runkit.utils")
+    search, script, genotypes, utils = load_space(space, SEARCH[space], SCRIPT[space], "genotypes", "runkit.utils")
     genotypes.PRIMITIVES.append("extra_op")  # the list the search reads (the modules are dropped afterwards)
     n_ops = len(genotypes.PRIMITIVES)
     check = search.get_stages if space == "201-space" else search.check_args

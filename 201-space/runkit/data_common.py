@@ -1,14 +1,5 @@
-"""The data helpers both spaces share: the data flags, the synthetic set, the CIFAR download and two records.
-
-`add_arguments(parser, verb, choices)` adds `--dataset`, `--data` and `--image_size` (each
-folder's `datasets.add_arguments` names its own data sets); `synthetic` is the in-memory,
-learnable set for laptops and tests; `download` fetches a CIFAR archive, failing in one
-line within seconds without a network; `record_device_recipe` tells `device_data.py` how a
-data set's transform is redone on the device; `data_record` is what a search's
-genotype.json says about its data, and `data_difference` the log line of a training run on
-other data; `read_genotype_json` reads a genotype.json and refuses one of the other space
-(`genotype_space` tells the two apart). The same file in both folders (a test keeps them so).
-"""
+"""What both folders' datasets.py share: the data flags, the synthetic set, the CIFAR download, and the records of
+the data (for `device_data`, and in a search's genotype.json, which `read_genotype_json` reads for either space)."""
 
 import json
 import shutil
@@ -24,28 +15,24 @@ DOWNLOADS = {  # archive URL and MD5 (the files' publishers' figures)
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
     "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
 }
+# What a search's genotype.json records about its data besides the cell (`data_record`).
+DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
+# The folder of each search space, keyed by the space's name as checkpoints record it (`genotypes.SPACE`).
+FOLDERS = {"NAS-Bench-201": "201-space", "DARTS": "DARTS-space"}
 
 
 def add_arguments(parser, verb, choices):
-    """The data flags of the CIFAR-style scripts (`--dataset`, `--data`, `--image_size`); returns their group.
-
-    `verb`: what the script does with the data set ("search on", "train on"), for the help text;
-    `choices`: the `--dataset` names of the folder (its `datasets.DATASETS`).
-    """
+    """`--dataset` (`choices`: the folder's data sets; `verb`: "search on", "train on"), `--data`, `--image_size`."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", type=str, default="cifar10", choices=choices, help=f"dataset to {verb}")
     folder = "dataset folder (CIFAR downloads itself here; imagefolder: DIR with train/<class>/ and val/<class>/)"
     data.add_argument("--data", type=str, default="../data", help=folder)
-    size = "imagefolder: images are resized to this many pixels square"
-    data.add_argument("--image_size", type=int, default=32, help=size)
+    data.add_argument("--image_size", type=int, default=32, help="imagefolder: images are resized to N x N pixels")
     return data
 
 
 def download(name, root, folder):
-    """Fetch the CIFAR archive `name` (a key of `DOWNLOADS`) into `root`, where it unpacks to `folder`.
-
-    Fails within seconds (not minutes) without a network, in one line, leaving no folder it made.
-    """
+    """Fetch the CIFAR archive `name` into `root` (it unpacks to `folder`); without a network, one line in seconds."""
     from torchvision.datasets.utils import download_and_extract_archive
 
     url, md5 = DOWNLOADS[name]
@@ -67,23 +54,17 @@ def download(name, root, folder):
 
 
 def record_device_recipe(dataset, images, labels, mean, std, augment=False, padding=0, cutout=0):
-    """Record on `dataset` what `device_data.py` needs to redo its transform on the GPU, batch by batch.
-
-    `images` (N, H, W, C) are uint8 pixels, normalised with `mean` and `std` (or, with `mean`
-    None, float values used as they are); `augment` adds the random crop (zero padding
-    `padding`) and horizontal flip; `cutout` > 0 zeroes a square of that side after normalising.
-    """
-    dataset.device_recipe = dict(
-        images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout
-    )
+    """Record on `dataset` how `device_data` redoes its transform: uint8 `images` (N, H, W, C) normalised with `mean`
+    and `std` (or floats used as they are, `mean` None), the random crop (`padding`) and flip, and `cutout`."""
+    recipe = dict(images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout)
+    dataset.device_recipe = recipe
     return dataset
 
 
 def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
     """Images = a fixed smooth pattern per class + Gaussian noise: learnable in a few steps.
 
-    The class patterns are the same for every call; `seed` only draws the samples, so
-    a train and a test set made with different seeds share their classes.
+    The class patterns are the same in every call; `seed` draws the samples (a train and a test set share classes).
     """
     templates = torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     templates = torch.nn.functional.interpolate(templates, size=size, mode="bilinear", align_corners=False)
@@ -95,26 +76,13 @@ def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
 
 def data_record(args, train_data, num_classes):
     """What a search's genotype.json records about its data, so train.py can train the cell on the same."""
-    return {
-        "dataset": args.dataset,
-        "data": str(Path(args.data).resolve()),
-        "image_size": int(train_data[0][0].shape[-1]),  # (C, H, W) of one training image
-        "num_classes": num_classes,
-    }
-
-
-# What a search's genotype.json records about its data besides the cell (`data_record`).
-DATA_KEYS = ("dataset", "data", "image_size", "num_classes")
-# Data sets that are whatever folder --data holds: their folder, not their name, tells two apart.
-FOLDER_DATASETS = ("imagefolder", "imagenet")
+    image_size = int(train_data[0][0].shape[-1])  # (C, H, W) of one training image
+    return dict(zip(DATA_KEYS, (args.dataset, str(Path(args.data).resolve()), image_size, num_classes)))
 
 
 def data_difference(spec, searched, trained):
-    """The log line saying that the cell `spec` was searched on other data or at another size, else None.
-
-    `searched`: the data record of its genotype.json (None: nothing to compare); `trained`: this run's.
-    Training a cell on other data is legitimate (CIFAR cells on ImageNet): the line informs, it does not refuse.
-    """
+    """The log line saying that the cell `spec` was searched on other data (`searched`: the data record of its
+    genotype.json, or None) or at another size than this run's (`trained`), else None. It informs, never refuses."""
     if searched is None:
         return None
     (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
@@ -127,22 +95,14 @@ def data_difference(spec, searched, trained):
 
 
 def _data_and_size(record):
-    """A data record as `("cifar10", 32)`; a data set of `FOLDER_DATASETS` is named with its folder."""
-    folder = f" {record['data']}" if record["dataset"] in FOLDER_DATASETS else ""
+    """A data record as `("cifar10", 32)`; a data set that is whatever folder --data holds is named with its folder."""
+    folder = f" {record['data']}" if record["dataset"] in ("imagefolder", "imagenet") else ""
     return f"{record['dataset']}{folder}", record["image_size"]
 
 
-# The folder of each search space in this repository, keyed by the space's name as checkpoints record it
-# (`genotypes.SPACE`).
-FOLDERS = {"NAS-Bench-201": "201-space", "DARTS": "DARTS-space"}
-
-
 def genotype_space(saved):
-    """The space (a key of `FOLDERS`) whose cell the parsed genotype.json `saved` holds, or None for neither.
-
-    Told by content, which genotype.json files of every version have: a 201 cell is an "arch" string
-    (`|op~0|+|...|`), a DARTS cell has "normal" and "reduce" edge lists (at the top, or under "genotype").
-    """
+    """The space (a key of `FOLDERS`) whose cell the parsed genotype.json `saved` holds, or None: a 201 cell is an
+    "arch" string (`|op~0|+|...|`), a DARTS cell has "normal" and "reduce" edge lists (at the top or in "genotype")."""
     if not isinstance(saved, dict):
         return None
     if isinstance(saved.get("arch"), str) and saved["arch"].lstrip().startswith("|"):
@@ -152,11 +112,8 @@ def genotype_space(saved):
 
 
 def read_genotype_json(path, where, space):
-    """The parsed JSON of the genotype.json `path`, for a folder of `space` (`genotypes.SPACE`).
-
-    Refused in one line, starting with `where` (`--arch PATH`), if it is not JSON, or if it holds a
-    cell of the other space: that folder's scripts take it, and the line says which one.
-    """
+    """The parsed genotype.json `path` for a folder of `space`; refused in one line starting with `where` (`--arch
+    PATH`) if it is not JSON or holds a cell of the other space."""
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

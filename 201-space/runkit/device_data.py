@@ -1,18 +1,5 @@
-"""Data on the device: in-memory image sets held on the GPU and augmented there, batch by batch.
-
-CIFAR-10/100 and ImageNet16-120 (uint8 images, 150 MB at most) and the synthetic sets fit in
-GPU memory. Held there, a batch is a gather: the random crop (zero padding), horizontal flip
-and cutout are index arithmetic over the whole batch, with no DataLoader workers, PIL
-transforms or per-batch copies from the host. `DeviceStream` visits the samples in the order
-of `streams.Stream` (the same `streams.EpochSampler`) and draws crops, flips and cutout centres
-from the global torch RNG of the device, so a checkpoint's position and RNG state resume it
-exactly. `DeviceLoader` is the in-order evaluation loader. `stream()` and `loader()` return
-either path, as `--data_on_device` (`add_argument`, `use_device`) decides.
-
-A dataset can be held when it, or the dataset under its (nested) `Subset`s, carries the
-`device_recipe` that `data_common.record_device_recipe` writes, or is a `TensorDataset` of float
-images (used as they are); image files (imagefolder, ImageNet) cannot.
-"""
+"""Data on the device: an in-memory image set held on the GPU, each batch one gather, its crop, flip and cutout drawn
+there from the device's RNG (so a checkpoint resumes it exactly); `data_common.record_device_recipe` says how."""
 
 import weakref
 
@@ -21,20 +8,13 @@ from torch.utils.data import Subset, TensorDataset
 
 from . import streams, utils
 
-MODES = ("auto", "on", "off")
 _HELD = weakref.WeakKeyDictionary()  # dataset -> {device: (images, labels)}: a split's parts share one copy
 
 
 def add_argument(group):
     """Add `--data_on_device` to an argparse parser or group."""
-    group.add_argument(
-        "--data_on_device",
-        choices=MODES,
-        default="auto",
-        help="hold the data set on the device and augment it there: auto = on for CUDA with an in-memory data "
-        "set (cifar10, cifar100, imagenet16-120, synthetic), off elsewhere (the DataLoader path: ImageFolder, "
-        "ImageNet, CPUs)",
-    )
+    on = "hold the data set on the device, augmented there (auto: on CUDA for cifar10/100, imagenet16-120, synthetic)"
+    group.add_argument("--data_on_device", choices=("auto", "on", "off"), default="auto", help=on)
 
 
 def _base(dataset):
@@ -64,16 +44,12 @@ def supported(dataset):
 
 def use_device(mode, dataset, device):
     """Resolve `--data_on_device` (`auto`, `on` or `off`) for `dataset` on `device`."""
-    if mode == "off":
-        return False
-    if mode == "on":
-        if not supported(dataset):
-            raise utils.UserError(
-                "--data_on_device on: this data set is read from image files and cannot be held on the device; "
-                "use --data_on_device auto or off"
-            )
-        return True
-    return torch.device(device).type == "cuda" and supported(dataset)
+    if mode == "on" and not supported(dataset):
+        raise utils.UserError(
+            "--data_on_device on: this data set is read from image files and cannot be held on the device; "
+            "use --data_on_device auto or off"
+        )
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda" and supported(dataset))
 
 
 class _Held:
@@ -92,20 +68,15 @@ class _Held:
         self.images, self.labels = held[self.device]
         self.indices = None if indices is None else indices.to(self.device)
         self.size = len(self.images) if indices is None else len(indices)
-        self.mean, self.std = (
-            (None, None)
-            if recipe["mean"] is None
-            else (torch.tensor(v, dtype=torch.float32, device=self.device) for v in (recipe["mean"], recipe["std"]))
-        )
+        self.mean = self.std = None
+        if recipe["mean"] is not None:
+            self.mean, self.std = (torch.tensor(recipe[k], device=self.device).float() for k in ("mean", "std"))
         self.augment, self.padding, self.cutout = (recipe.get(k, 0) for k in ("augment", "padding", "cutout"))
         self.rows, self.cols = (torch.arange(n, device=self.device) for n in self.images.shape[1:3])
 
     def batch(self, positions):
-        """`(images, labels)` of the samples at `positions` (a device tensor), as the dataset's transform makes them.
-
-        A set whose transform augments is augmented (crops, flips, cutout); images come out
-        float32, normalised, (B, C, H, W) in channels-last memory format.
-        """
+        """`(images, labels)` of the samples at `positions` (a device tensor), as the dataset's transform makes them:
+        augmented if it augments, float32, normalised, (B, C, H, W) in channels-last memory format."""
         index = positions if self.indices is None else self.indices[positions]
         x = self._crop_flip(index) if self.augment else self.images[index]
         if self.mean is not None:  # the arithmetic of ToTensor and Normalize, so the values match the DataLoader's
@@ -139,46 +110,29 @@ class _Held:
 
 
 class DeviceStream(streams.BatchCursor):
-    """`streams.Stream` for a dataset held on the device: the same batches of samples, in the same order.
-
-    Yields `(images, labels)` on `device`, augmented as the dataset's transform would (crops,
-    flips and cutout drawn from the device's global RNG). `position()` and `seek()` as in
-    `streams.Stream`. The first batch of a pass uploads the pass's order (one host-to-device
-    copy); the other batches read nothing on the host.
-    """
+    """`streams.Stream` for a dataset held on the device: the same samples in the same order, augmented on the
+    device; the first batch of a pass uploads the pass's order, the others read nothing on the host."""
 
     def __init__(self, dataset, batch_size, seed, device, shuffle=True, rank=0, world_size=1, position=(0, 0)):
         self.held = _Held(dataset, device)
-        self.sampler = streams.EpochSampler(len(dataset), seed, shuffle, rank, world_size)
-        self.batch_size = batch_size
-        self.batches_per_pass = -(-self.sampler.per_rank // batch_size)
-        self.pass_index, self.batch_index = position
+        super().__init__(streams.EpochSampler(len(dataset), seed, shuffle, rank, world_size), batch_size, position)
         self._order, self._order_pass = None, None
 
     def __next__(self):
-        if self._order_pass != self.pass_index:
-            self._upload_order()
+        if self._order_pass != self.pass_index:  # this rank's samples of the pass, copied to the device once
+            self.sampler.set_position(self.pass_index)
+            order = torch.tensor(self.sampler.order(), dtype=torch.int64)
+            if self.held.device.type == "cuda":
+                order = order.pin_memory()
+            self._order, self._order_pass = order.to(self.held.device, non_blocking=True), self.pass_index
         start = self.batch_index * self.batch_size
         batch = self.held.batch(self._order[start : start + self.batch_size])
         self._advance()
         return batch
 
-    def _upload_order(self):
-        """This rank's samples of the current pass, copied to the device once (pinned, asynchronous on CUDA)."""
-        self.sampler.set_position(self.pass_index)
-        order = torch.tensor(self.sampler.order(), dtype=torch.int64)
-        if self.held.device.type == "cuda":
-            order = order.pin_memory()
-        self._order = order.to(self.held.device, non_blocking=True)
-        self._order_pass = self.pass_index
-
 
 class DeviceLoader:
-    """The samples of a dataset held on the device, in order (for evaluation).
-
-    Each batch is what the dataset's DataLoader would give: a test set as it is, and the
-    search's held-out part of the training set augmented, as in the paper's code.
-    """
+    """The samples of a dataset held on the device, in order (for evaluation), as its DataLoader gives them."""
 
     def __init__(self, dataset, batch_size, device):
         self.held = _Held(dataset, device)
@@ -200,9 +154,8 @@ def describe(batches):
     return f"data through a DataLoader with {batches.loader_kwargs['num_workers']} workers"
 
 
-def stream(
-    dataset, batch_size, seed, device, on_device, workers=0, shuffle=True, rank=0, world_size=1, pin_memory=False
-):
+def stream(dataset, batch_size, seed, device, on_device, workers=0, shuffle=True, rank=0, world_size=1,
+           pin_memory=False):  # fmt: skip
     """A `DeviceStream` when `on_device`, else a `streams.Stream` (which ignores `device`)."""
     if on_device:
         return DeviceStream(dataset, batch_size, seed, device, shuffle, rank, world_size)

@@ -1,15 +1,6 @@
-"""Several processes through `torchrun`: process group, rank facts and the collectives we need.
-
-One process is the default and needs nothing from here beyond `setup()`, which then just
-resolves the device. Under torchrun every process reads RANK / LOCAL_RANK / WORLD_SIZE
-from the environment, joins one process group (gloo on the CPU, NCCL on CUDA GPUs) and
-takes GPU LOCAL_RANK:
-
-    torchrun --nproc_per_node 2 train.py --auxiliary --cutout
-    torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet
-
-Only rank 0 logs and writes files (`engine.Run`). Nothing runs at import time.
-"""
+"""Several processes through `torchrun` (`torchrun --nproc_per_node 2 train.py ...`): the process group and the
+collectives the scripts need. Each process reads RANK / LOCAL_RANK / WORLD_SIZE, joins one group (gloo on CPUs, NCCL
+on CUDA) and takes GPU LOCAL_RANK; rank 0 alone logs and writes files (`engine.Run`)."""
 
 import os
 
@@ -25,31 +16,22 @@ def setup(device_name, gpu=None):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist(rank=0, local_rank=0, world_size=1, device=resolve_device(device_name, gpu))
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name == "mps":
         raise UserError("several processes on MPS are not supported; use --device cpu or cuda with torchrun")
-    if device_name == "cuda":
-        # One GPU per process: LOCAL_RANK picks it, --gpu is ignored under torchrun.
+    device = torch.device("cpu")
+    if device_name == "cuda":  # one GPU per process: LOCAL_RANK picks it, --gpu is ignored under torchrun
         device = resolve_device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    torch_dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
     return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
 def average_gradients(params, dist):
-    """All-reduce the mean of every parameter's `.grad` (None grads are skipped).
-
-    The gradients travel in one flat buffer: one collective instead of one per tensor.
-    Every rank must hold the same set of non-None gradients, as is the case when all
-    ranks run the same network.
-    """
+    """All-reduce the mean of every parameter's `.grad` (None grads skipped; every rank holds the same ones), in one
+    flat buffer: one collective instead of one per tensor."""
     if dist.world_size <= 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
@@ -64,14 +46,6 @@ def average_gradients(params, dist):
         offset += g.numel()
 
 
-def reduce_max(tensor, dist):
-    """The element-wise maximum of `tensor` over all ranks (a new tensor)."""
-    out = tensor.detach().clone()
-    if dist.world_size > 1:
-        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.MAX)
-    return out
-
-
 def broadcast_parameters(module, dist):
     """Copy rank 0's parameters and buffers to every rank (same start everywhere)."""
     if dist.world_size <= 1:
@@ -82,12 +56,8 @@ def broadcast_parameters(module, dist):
 
 
 def max_parameter_difference(module, dist):
-    """Largest absolute difference of any parameter between this rank and rank 0.
-
-    A check that data parallel training kept the replicas identical: every rank
-    compares its weights with rank 0's copy and the maximum over ranks is returned
-    (0.0 in a single process).
-    """
+    """Largest absolute difference of any parameter between any rank and rank 0 (0.0 in one process): that data
+    parallel training kept the replicas identical."""
     if dist.world_size <= 1:
         return 0.0
     worst = torch.zeros((), device=dist.device)
@@ -96,7 +66,8 @@ def max_parameter_difference(module, dist):
             reference = p.detach().clone()
             torch_dist.broadcast(reference, src=0)
             worst = torch.maximum(worst, (p.detach() - reference).abs().max().float())
-    return float(reduce_max(worst, dist))
+    torch_dist.all_reduce(worst, op=torch_dist.ReduceOp.MAX)
+    return float(worst)
 
 
 def cleanup():

@@ -1,17 +1,5 @@
-"""net2wider: grow a conv or a BatchNorm to more channels by copying old ones.
-
-Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to
-C/k_new channels. An `index` (length C_new, starting with `arange(C_old)`, `grow_index`)
-names the old channel each new one copies. Dense convs copy their output and input
-channels, depthwise convs grow their groups, BatchNorm copies its affine weights and
-running statistics. Weights are copied, never divided: this follows the paper's code,
-whose wider ops concatenate copies, not Net2Net (Chen et al.), which divides the weight of
-a replicated input channel among its copies. Each widening appends `Moved` records (old
-parameter, new parameter, plan) so that the optimiser's momentum can follow (`carry_momentum`).
-`widen_op` widens one candidate op: by its own `widen(index, moved, generator)` when it has one
-(the built-in ops), else by walking its layers (`widen_layers`), so a plain op made of convs and
-BatchNorms needs nothing more. The file is the same in both folders (tests/test_utils_copies.py). Not a script.
-"""
+"""net2wider: grow ops to more channels between the stages of a progressive search, copying old channels' weights
+(never dividing them, as the paper's code; Net2Net divides) and their momentum (`Moved`, `carry_momentum`)."""
 
 import copy
 from collections import namedtuple
@@ -26,59 +14,40 @@ Moved = namedtuple("Moved", "old new plan")
 
 
 def expand(tensor, plan):
-    """Apply a widening plan to a tensor (a parameter, or optimiser state shaped like it): a new tensor."""
-    # The same plan serves the weight and its SGD momentum buffer, so the momentum of a
-    # copied channel is the momentum of the channel it copies.
+    """Apply a widening plan to a tensor (a parameter, or its optimiser state: a copied channel's momentum is the
+    momentum of the channel it copies); a new tensor."""
     for dim, index in plan:
         tensor = tensor.index_select(dim, index.to(tensor.device))
     return tensor
 
 
 def grow_index(c_old, c_new, generator=None):
-    """`arange(c_old)` followed by `c_new - c_old` channels drawn at random among them."""
-    # Old channels keep their place; each new one replicates a random old one.
+    """`arange(c_old)` (old channels keep their place) followed by `c_new - c_old` random old channels."""
     extra = torch.randint(c_old, (c_new - c_old,), generator=generator)
     return torch.cat([torch.arange(c_old), extra])
 
 
 def widen_conv(conv, in_index, out_index, moved):
-    """A copy of `conv` on `len(in_index)` inputs and `len(out_index)` outputs; weights copied."""
-    # weight: (C_out, C_in / groups, kh, kw). A depthwise filter sees only its own channel:
-    # it follows its channel, and the groups grow with the channels.
-    depthwise = conv.groups > 1
+    """A copy of `conv` on `len(in_index)` inputs and `len(out_index)` outputs; a depthwise conv's groups grow."""
+    depthwise = conv.groups > 1  # a depthwise filter sees only its own channel, which it follows
     if depthwise:
         assert conv.groups == conv.in_channels == conv.out_channels and torch.equal(in_index, out_index)
-        plan = ((0, out_index),)
-    else:
-        plan = ((0, out_index), (1, in_index))
+    plan = ((0, out_index),) if depthwise else ((0, out_index), (1, in_index))
     new = nn.Conv2d(
-        len(in_index),
-        len(out_index),
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        groups=len(out_index) if depthwise else 1,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    ).train(conv.training)
-    with torch.no_grad():
-        new.weight.copy_(expand(conv.weight, plan))
-    moved.append(Moved(conv.weight, new.weight, plan))
-    if conv.bias is not None:
-        with torch.no_grad():
-            new.bias.copy_(expand(conv.bias, plan[:1]))
-        moved.append(Moved(conv.bias, new.bias, plan[:1]))
+        len(in_index), len(out_index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        groups=len(out_index) if depthwise else 1, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype,
+    ).train(conv.training)  # fmt: skip
+    for old, param, param_plan in ((conv.weight, new.weight, plan), (conv.bias, new.bias, plan[:1])):
+        if old is not None:
+            with torch.no_grad():
+                param.copy_(expand(old, param_plan))
+            moved.append(Moved(old, param, param_plan))
     return new
 
 
 def widen_bn(bn, index, moved):
-    """A copy of `bn` on `len(index)` channels: affine weights and running statistics copied."""
-    # A deep copy keeps the class and every setting of `bn` (201: nn.BatchNorm2d; DARTS
-    # search cells: lean_ops.MixBatchNorm, which mixes for free), its mode, device and
-    # num_batches_tracked; only the per-channel tensors are replaced.
+    """A copy of `bn` (its class, settings, mode and device kept) on `len(index)` channels, tensors copied."""
     new = copy.deepcopy(bn)
     new.num_features = len(index)
     plan = ((0, index),)
@@ -94,30 +63,11 @@ def widen_bn(bn, index, moved):
 
 
 def widen_op(op, index, moved, generator=None):
-    """net2wider of a candidate op on input channels `index`; returns its output channels' index.
-
-    An op with a `widen(index, moved, generator)` method of its own (an override: the built-in ops
-    have one) is widened by it; any other op by `widen_layers`.
-    """
-    widen = getattr(op, "widen", None)
-    if widen is not None:
-        return widen(index, moved, generator)
-    return widen_layers(op, index, moved, generator)
-
-
-def widen_layers(op, index, moved, generator=None):
-    """net2wider of an op whose layers are applied one after the other, in the order they are registered
-    (e.g. an nn.Sequential of ReLU, Conv2d and BatchNorm2d); the layers are replaced in place.
-
-    `index` (from `grow_index`: it starts with `arange(C_old)`) maps the new input channels to old ones.
-    A dense conv widens its inputs by it, and its outputs by the same map when it is square, else in
-    proportion with new channels drawn by `grow_index`; a depthwise conv grows its groups with its channels;
-    a BatchNorm follows the channels it normalises. Layers without tensors (ReLU, pooling, ...) act per
-    channel and stay. Anything else (a Linear, a grouped conv, a layer that does not take the previous
-    layer's channels, tensors held outside a Conv2d or BatchNorm2d) is refused, no guess: a one-line
-    UserError stops the run, whose last checkpoint is kept.
-    Returns the output channels' index.
-    """
+    """net2wider of a candidate op on input channels `index` (`grow_index`: new channel -> the old one it copies);
+    returns its output channels' index. An op without a `widen(index, moved, generator)` method of its own must be a
+    chain of convs and BatchNorms (and layers without tensors), widened in place; anything else is refused."""
+    if getattr(op, "widen", None) is not None:
+        return op.widen(index, moved, generator)
     width = int(index.max()) + 1  # the channels the layer at hand reads, before widening
     for parent, name, layer in _layers(op):
         where = f"net2wider: {type(op).__name__} layer {name} ({type(layer).__name__})"
@@ -126,11 +76,8 @@ def widen_layers(op, index, moved, generator=None):
             raise UserError(f"{where} reads {channels} channels, not the {width} before it: not a chain of layers")
         if isinstance(layer, nn.Conv2d):
             if layer.groups == 1:
-                out_index = (
-                    index
-                    if layer.out_channels == layer.in_channels
-                    else grow_index(layer.out_channels, layer.out_channels * len(index) // width, generator)
-                )
+                wider = layer.out_channels * len(index) // width
+                out_index = index if layer.out_channels == width else grow_index(layer.out_channels, wider, generator)
             elif layer.groups == layer.in_channels == layer.out_channels:  # depthwise: one filter per channel
                 out_index = index
             else:
@@ -164,13 +111,8 @@ def _layers(module):
 
 
 def carry_momentum(old, new, moved):
-    """Give the optimiser `new` (over the widened network) the state of `old` (before the widening).
-
-    Parameters that stayed keep their state; widened ones (`moved`) get their momentum buffer
-    expanded with their own plan, so a copied channel carries the momentum of the channel it
-    copies; the state of pruned ops is dropped. The state is filled in parameter order, as a
-    resumed optimiser's is.
-    """
+    """Give the optimiser `new` (over the widened network) the state of `old`: parameters that stayed keep theirs,
+    widened ones (`moved`) their momentum expanded with their plan, pruned ops' is dropped (in parameter order)."""
     widened = {m.new: m for m in moved}
     for group in new.param_groups:
         for p in group["params"]:

@@ -1,13 +1,5 @@
-"""Where a run writes: the run folder, checks that an output path can be written, and one writer per folder.
-
-`check_writable` refuses, writing nothing, a path that cannot be written (a file where a
-folder must be, a read-only or forbidden place); every script calls it for its outputs
-before it starts work. A run folder holds one run at a time: `lock` takes the folder's
-`run.lock` for the life of the process (the OS releases it when the process ends, however
-it ends, so a killed run can always be resumed), and `holder` tells a live run (its
-process id) from a stopped one, for a second run on the folder and for `report.py`.
-Not a script; the same file in both folders.
-"""
+"""Where a run writes: the run folder, checks that an output path can be written, and one writer per folder (its
+`run.lock`, held for the life of the process: the OS releases it however the process ends)."""
 
 import errno
 import fcntl
@@ -23,10 +15,7 @@ _HELD = {}  # resolved run folder -> the open lock file of this process
 
 
 def check_writable(path, flag, folder=False):
-    """Refuse, in one line naming `flag`, a `path` (a folder when `folder`, else a file) that cannot be written.
-
-    Writes nothing: the nearest existing ancestor must be a folder this process may write in.
-    """
+    """Refuse, in one line naming `flag`, a `path` (a folder when `folder`, else a file) that cannot be written."""
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
@@ -47,28 +36,27 @@ def check_writable(path, flag, folder=False):
 
 def holder(run_dir):
     """The process id of the live run holding `run_dir`, or None when no other process holds it."""
-    path = Path(run_dir) / LOCK_NAME
     if Path(run_dir).resolve() in _HELD:
         return None
     try:
-        f = open(path)
+        f = open(Path(run_dir) / LOCK_NAME)
     except OSError:
         return None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            return _pid(f.read()) or "unknown"
-        fcntl.flock(f, fcntl.LOCK_UN)
+        return _locked_by(f, fcntl.LOCK_SH)  # closing the file gives up a lock it took
+
+
+def _locked_by(f, operation):
+    """None once the open lock file `f` takes the lock `operation`, else the process id of its lock file's line."""
+    try:
+        fcntl.flock(f, operation | fcntl.LOCK_NB)
         return None
-
-
-def _pid(text):
-    """The process id of a lock file's line (`pid 1234 on HOST since ...`), or None."""
-    words = text.split()
-    return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else None
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+    f.seek(0)
+    words = f.read().split()  # `pid 1234 on HOST since ...`
+    return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else "unknown"
 
 
 def live_run_error(run_dir, pid, flag="--save"):
@@ -85,15 +73,10 @@ def lock(run_dir, flag="--save"):
     if key in _HELD:
         return
     f = open(Path(run_dir) / LOCK_NAME, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-        f.seek(0)
-        pid = _pid(f.read()) or "unknown"
+    pid = _locked_by(f, fcntl.LOCK_EX)
+    if pid is not None:
         f.close()
-        raise live_run_error(run_dir, pid, flag) from None
+        raise live_run_error(run_dir, pid, flag)
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -101,24 +84,13 @@ def lock(run_dir, flag="--save"):
     _HELD[key] = f
 
 
-def release(run_dir):
-    """Give up `run_dir`'s lock before this process ends (a run that ends inside a longer process)."""
-    f = _HELD.pop(Path(run_dir).resolve(), None)
-    if f is not None:
-        f.close()
-
-
 def default_run_dir(script):
-    """experiments/<script>-<YYYYmmdd-HHMMSS> next to the scripts."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(__file__).resolve().parent / "experiments" / f"{script}-{stamp}"
+    """experiments/<script>-<YYYYmmdd-HHMMSS> in the scripts' folder."""
+    return Path(__file__).resolve().parent.parent / "experiments" / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def checkpoint_of(resume):
-    """The checkpoint `--resume` names: the file itself, or a run folder's checkpoint.pt.
-
-    A missing one is refused in one line, naming the live run that has not checkpointed yet.
-    """
+    """The checkpoint `--resume` names: the file itself, or a run folder's checkpoint.pt; refused in one line."""
     path = Path(resume)
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
     if ckpt.is_file():
@@ -135,13 +107,8 @@ def checkpoint_of(resume):
 
 
 def check_run_dir(run_dir, resume=None):
-    """Refuse, writing nothing, a run folder that cannot take this run.
-
-    A run writes only its own folder: a new or empty one, the folder of a run that died
-    before its first checkpoint, or, resuming, the folder of its checkpoint.pt. Another
-    checkpoint (best.pt, a copy) continues only into a new folder, so no later epoch is
-    overwritten; a run resumed into a new folder needs it empty.
-    """
+    """Refuse, writing nothing, a folder that is not this run's own: a new or empty one, one whose run died before
+    its first checkpoint, or the folder of the checkpoint.pt resumed (another checkpoint continues in a new folder)."""
     run_dir = Path(run_dir)
     check_writable(run_dir, "--save", folder=True)
     pid = holder(run_dir)
@@ -162,19 +129,15 @@ def check_run_dir(run_dir, resume=None):
         raise UserError(
             f"--save {run_dir} already holds a run; choose another --save, or continue it with --resume {run_dir}"
         )
-    died_early = (run_dir / "args.json").exists() or (run_dir / LOCK_NAME).exists()
-    if resume is None and died_early:
+    if resume is None and ((run_dir / "args.json").exists() or (run_dir / LOCK_NAME).exists()):
         return  # a run that stopped before its first checkpoint left nothing to keep
     shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
     raise UserError(f"--save {run_dir} is not empty ({shown}) and holds no run of its own; name a new or empty folder")
 
 
 def open_run_dir(run_dir, resume=None):
-    """Create the run folder and hold its lock: the first thing a run writes. Checked again under the lock.
-
-    Two runs started together on one folder both pass `check_run_dir`; the second to get
-    here is refused, and so is one that finds a checkpoint the other wrote meanwhile.
-    """
+    """Create the run folder and hold its lock: the first thing a run writes. Checked again under the lock, which
+    refuses the second of two runs started together on one folder."""
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +147,6 @@ def open_run_dir(run_dir, resume=None):
     try:
         check_run_dir(run_dir, resume)
     except UserError:
-        release(run_dir)
+        _HELD.pop(run_dir.resolve()).close()
         raise
     return run_dir

@@ -1,31 +1,12 @@
-"""The run engine: the services a training script's own loop calls, and nothing of its step.
+"""The run engine: what a script's own epoch loop calls around its step (an example: the README's "Code layout").
 
-A script parses its flags, builds data, model and optimisers, and writes its epoch loop
-itself, top to bottom; a `Run` offers what every loop needs around it: argument checks,
-the run folder and logging, where a resumed run starts (also inside an epoch), atomic
-checkpoints (every epoch, every `--checkpoint_minutes`, and on SIGTERM/SIGINT, after which
-the run exits 0), the divergence check (a loss or a watched tensor that is not finite),
-the metrics (top-1/top-5, summed on the device, reduced over ranks), progress lines with
-an ETA, history.jsonl (with wall time and device-hours, counted across resumes) and
-TensorBoard. Its parts live beside it: the run flags and their ranges in `run_flags.py`,
-the run folder and its lock in `run_folder.py`, the metrics and the ETA in `progress.py`,
-the non-finite checks in `divergence.py`, the resumable data streams in `streams.py`. The
-same files serve both folders of the repository.
-
-    args = parse_args(get_parser(), SPACE, "train", argv)  # resumed: the checkpoint's flags where none is given
-    run = Run(args, SPACE, "train")                      # checks args, outputs and --resume; writes nothing
-    state = run.task_state()                      # what a resumed run's `state()` returned, else None
-    ...                                           # data, model, optimisers (loaded from `state`)
-    run.open()                                    # the first write: run folder, log, args.json
-    for epoch in run.epochs(epochs, steps, state=..., streams=..., watched=..., best=...):
-        for step in run.steps():                  # a resumed run starts at its checkpoint's step
-            logits, loss = ...                    # the script's step
-            run.update(logits, targets, loss)
-        run.end_epoch({"lr": lr, **run.train_metrics(), "test_acc": ...})
-
-Not a script.
+`parse_args` and `Run` check the flags, the run folder and `--resume`, writing nothing; `open` makes the run folder;
+`epochs`, `steps`, `update` and `end_epoch` walk the loop, resume it inside an epoch, checkpoint it (every epoch,
+every `--checkpoint_minutes`, and on SIGTERM/SIGINT, then exit 0), stop a diverged run, and log the epochs.
 """
 
+import argparse
+import json
 import logging
 import math
 import os
@@ -39,8 +20,7 @@ import torch
 import torch.distributed as torch_dist
 
 from . import accel, run_flags, run_folder, utils
-from .divergence import Divergence
-from .progress import Clock, Meter
+from .progress import Clock, Divergence, Meter
 from .utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +29,7 @@ logger = logging.getLogger(__name__)
 # a loss term, no longer Adam's weight decay (a version-3 Adam state would apply it twice), and "epochs" recorded.
 CHECKPOINT_VERSION = 4
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
-# The top-level keys of every checkpoint, whichever script of either folder wrote it (`Run._save`);
-# what is particular to a script lies under "task".
+# The top-level keys of every checkpoint, in order (`Run._save`); what is particular to a script lies under "task".
 CHECKPOINT_KEYS = (
     "version", "space", "epoch", "epochs", "step", "args", "rng", "streams", "meter", "best", "usage", "task"
 )  # fmt: skip
@@ -58,18 +37,15 @@ Dist = namedtuple("Dist", "rank local_rank world_size device")
 
 
 def parse_args(parser, space, script, argv=None):
-    """The script's flags; with `--resume`, every flag the command line leaves out is the checkpoint's.
-
-    Flags given beside `--resume` must be ones a resume may change (`run_flags.MAY_CHANGE`)
-    or equal the checkpoint's; one line names every other. `--resume` of a finished run
-    says so in one line and exits 0, writing nothing.
-    """
+    """The script's flags; with `--resume`, the checkpoint's for every flag not given (a finished run exits 0)."""
     args = parser.parse_args(argv)
     if args.resume is None:
         return args
-    args.resume = str(run_folder.checkpoint_of(args.resume))
-    ckpt = read_resumed(args.resume, space, script)
-    saved, typed = ckpt["args"], run_flags.typed_flags(parser, argv)
+    ckpt = read_resumed(args, space, script)
+    # argparse fills in a default only where the namespace has no value: `unset` marks the flags not typed.
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    saved, typed = ckpt["args"], {name for name, value in vars(given).items() if value is not unset}
     for key in vars(args):
         if key in saved and key not in typed and key not in ("save", "resume"):
             setattr(args, key, saved[key])
@@ -81,8 +57,9 @@ def parse_args(parser, space, script, argv=None):
     return args
 
 
-def read_resumed(path, space, script):
-    """The checkpoint at `path`, refused in one line unless this script of this space, in this layout, wrote it."""
+def read_resumed(args, space, script):
+    """The checkpoint `--resume` names; refused unless this script of this space, in this layout, wrote it."""
+    path = args.resume = str(run_folder.checkpoint_of(args.resume))
     ckpt = utils.load_checkpoint(path)
     written_by = (ckpt.get("space"), ckpt.get("args", {}).get("script"))
     if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (space, script):
@@ -101,18 +78,13 @@ class Run:
     """One run of a script: checked arguments, run folder, checkpoints, epoch loop, signals, divergence."""
 
     def __init__(self, args, space, script, join=None, ranges=None):
-        """Check the flags, the run folder and the --resume checkpoint, then join the processes (`join(device, gpu)`).
-
-        `ranges`: the valid ranges of the script's own numeric flags, beside the shared `run_flags.RANGES`.
-
-        Nothing is written here, and every check comes before a process group forms.
-        """
+        """Check the flags (`ranges`: the script's own, beside `run_flags.RANGES`), the run folder and --resume,
+        then join the processes (`join(device, gpu)`). Writes nothing."""
         run_flags.check_ranges(args, ranges)
         self.args, self.space, self.script = args, space, script
         self.ckpt = None
         if args.resume:
-            args.resume = str(run_folder.checkpoint_of(args.resume))
-            self.ckpt = read_resumed(args.resume, space, script)
+            self.ckpt = read_resumed(args, space, script)
             run_flags.check_resume(self.ckpt["args"], args)
         if getattr(args, "threads", 0):
             torch.set_num_threads(args.threads)
@@ -144,8 +116,6 @@ class Run:
         self.agree(error)
         return result
 
-    # ------------------------------------------------------------ start
-
     def task_state(self):
         """The script's part of the checkpoint being resumed (what its `state()` returned), or None for a new run."""
         return None if self.ckpt is None else self.ckpt["task"]
@@ -160,13 +130,10 @@ class Run:
             raise UserError(error)
 
     def open(self, files=None):
-        """Make the run folder (rank 0) and logging: the first thing a run writes.
-
-        `files` maps file names to callables writing them (e.g. genotype.json), called once.
-        """
+        """Make the run folder (rank 0; its lock held to the end), the log, and `files` ({name: write(path)})."""
         args, error = self.args, None
         if self.main:
-            try:  # the folder's lock is held from here to the end of the process
+            try:
                 self.run_dir = run_folder.open_run_dir(self._run_dir, args.resume)
             except UserError as err:
                 error = str(err)
@@ -174,8 +141,7 @@ class Run:
         if not self.main:
             logging.basicConfig(level=logging.WARNING)
             return None
-        # A run resumed into a new folder takes its log, history, best.pt and TensorBoard scalars along (the old
-        # folder stays as it was).
+        # A run resumed into a new folder takes its log, history, best.pt and TensorBoard along (the old one stays).
         moved_from = Path(args.resume).parent if self.ckpt is not None else self.run_dir
         moved = moved_from.resolve() != self.run_dir.resolve()
         if moved:
@@ -190,39 +156,32 @@ class Run:
         utils.setup_logging(self.run_dir)
         if self.ckpt is None or moved:
             utils.write_json(self.run_dir / "args.json", {**vars(args), "script": self.script})
-            # The code of the run next to its results (DARTS' scripts/ folder).
-            scripts = self.run_dir / "scripts"
-            scripts.mkdir(exist_ok=True)
-            for source in Path(__file__).resolve().parent.glob("*.py"):
-                shutil.copy(source, scripts / source.name)
+            folder = Path(__file__).resolve().parent.parent  # the code of the run next to its results: scripts/
+            for source in [*folder.glob("*.py"), *folder.glob("runkit/*.py")]:
+                target = self.run_dir / "scripts" / source.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target)
         for name, write in (files or {}).items():
             write(self.run_dir / name)
-        utils.log_environment(args, self.dist.device)
+        import torchvision
+
+        logger.info("args = %s", json.dumps(vars(args), sort_keys=True))
+        versions = (torch.__version__, torchvision.__version__, torch.version.cuda, self.dist.device)
+        logger.info("torch %s, torchvision %s, CUDA %s, device %s", *versions)
         if getattr(args, "deterministic", False):
             logger.info("--deterministic: deterministic kernels and no cuDNN autotuning (slower)")
         for line in accel.describe(args, self.dist.device):
             logger.info("%s", line)
         if moved:
             logger.info("continuing the run of %s in %s (the old folder is left as it was)", moved_from, self.run_dir)
-        logger.info(
-            "run directory %s, %d process(es), %d CPU thread(s)",
-            self.run_dir,
-            self.dist.world_size,
-            torch.get_num_threads(),
-        )
+        processes, threads = self.dist.world_size, torch.get_num_threads()
+        logger.info("run directory %s, %d process(es), %d CPU thread(s)", self.run_dir, processes, threads)
         return self.run_dir
 
-    # ------------------------------------------------------------ the loop's services
-
     def epochs(self, epochs, steps, state, streams=None, watched=(), best=None):
-        """Yield the epochs still to run: all of them, or from a resumed checkpoint's epoch on.
-
-        The script's loop calls `steps()`, `update()` and `end_epoch()` inside; around it this
-        holds TensorBoard, history.jsonl and the SIGTERM/SIGINT handlers. `steps`: training
-        steps per epoch; `state()`: the script's part of every checkpoint (plain types);
-        `streams`: {name: stream} whose positions checkpoints keep; `watched`: tensors that must
-        stay finite (beta); `best`: the record key whose best epoch is copied to best.pt.
-        """
+        """Yield the epochs still to run. `steps` per epoch; `state()`: the script's part of every checkpoint;
+        `streams`: {name: stream}, their positions checkpointed; `watched`: tensors that must stay finite; `best`: the
+        record key whose best epoch is copied to best.pt."""
         args, dist = self.args, self.dist
         steps = min(steps, getattr(args, "max_steps_per_epoch", 0) or steps)  # the smoke-run cap
         self._state, self._streams, self._watched, self._best_key = state, streams or {}, watched, best
@@ -266,11 +225,7 @@ class Run:
                 self.writer.close()
 
     def steps(self):
-        """Yield the training steps of the epoch (a resumed run's first epoch from its checkpoint's step on).
-
-        Between two steps: the progress line, the timed checkpoint, and after SIGTERM/SIGINT the
-        preemption checkpoint and exit 0. After the last: the divergence check, before any evaluation.
-        """
+        """Yield the epoch's training steps; between two: progress lines, timed and preemption checkpoints."""
         epoch, steps = self.epoch, self._steps
         for step in range(self._first_step, steps):
             self._step = step
@@ -288,19 +243,11 @@ class Run:
 
     def train_metrics(self):
         """The epoch's training loss, top-1 and top-5 (all ranks), once `steps()` has run out."""
-        return {
-            "train_loss": self._trained["loss"],
-            "train_acc": self._trained["acc"],
-            "train_top5": self._trained["top5"],
-        }
+        return {f"train_{name}": value for name, value in self._trained.items()}
 
     def end_epoch(self, record):
-        """Record the epoch (log, history.jsonl, TensorBoard) and checkpoint it, once all is known to be finite.
-
-        `record`: the script's fields of the epoch (lr, metrics, genotype, ...); the run adds the
-        epoch, the best value so far, the time and the cost. A signal that came during the
-        evaluation ends the run here, after the checkpoint. Returns the record as written.
-        """
+        """Record the epoch (the script's `record` and the run's fields: log, history.jsonl, TensorBoard), checkpoint
+        it once all is known to be finite, and end the run if a signal came during the evaluation."""
         epoch = self.epoch
         self._clock.evaluated(time.time() - self._evaluation_start)
         record = {"epoch": epoch, **record}
@@ -312,10 +259,14 @@ class Run:
         if key is not None:
             record["best_acc"] = self.best["value"]
         record["time_s"] = round(time.time() - self._epoch_start, 2)
-        record.update(self.usage())
-        record["device"] = self.dist.device.type
+        record.update(self.usage(), device=self.dist.device.type)
         if self.main:
-            shown = (_shown(k, v) for k, v in record.items() if k != "epoch" and _loggable(v))
+            # The log line: numbers and short strings (not the genotype), floats to 4 digits, stages from 1.
+            shown = [
+                f"stage {v + 1}" if k == "stage" else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in record.items()
+                if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40
+            ]
             logger.info("epoch %d/%d %s", epoch + 1, self._clock.epochs, " ".join(shown))
             # History and TensorBoard first, the checkpoint last: a run killed in between
             # repeats this epoch on resume, and History drops the repeated line.
@@ -330,8 +281,6 @@ class Run:
         if self._agreed(self._stop)[0] and epoch + 1 < self._clock.epochs:  # a signal during the evaluation
             self._preempted(epoch + 1, 0)
         return record
-
-    # ------------------------------------------------------------ between steps
 
     def _on_signal(self, signum, _frame):
         if self._stop and signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
@@ -361,17 +310,10 @@ class Run:
             result = self._meter.result()
             logger.info(
                 "epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s",
-                epoch + 1,
-                self._clock.epochs,
-                step + 1,
-                steps,
-                result["loss"],
-                result["acc"],
-                result["top5"],
+                epoch + 1, self._clock.epochs, step + 1, steps, result["loss"], result["acc"], result["top5"],
                 self._clock.line(),
-            )
-        # Under torchrun the ranks decide together, at steps they all agree on: every
-        # SYNC_STEPS steps, so that a stop costs no device sync per step.
+            )  # fmt: skip
+        # Under torchrun the ranks decide together every SYNC_STEPS steps, so that a stop costs no sync per step.
         if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
             return
         if scheduled:
@@ -396,35 +338,22 @@ class Run:
         """End the run after its preemption checkpoint (written at `epoch`, `step`), exit status 0."""
         world = self.dist.world_size
         launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
-        logger.info(
-            "preempted: checkpoint written at epoch %d, step %d; continue with: %s %s.py --resume %s",
-            epoch + 1,
-            step,
-            launcher,
-            self.script,
-            self.run_dir,
-        )
+        command = f"{launcher} {self.script}.py --resume {self.run_dir}"
+        logger.info("preempted: checkpoint written at epoch %d, step %d; continue with: %s", epoch + 1, step, command)
         raise SystemExit(0)
 
     def usage(self):
-        """{"wall_s", "device_hours"} of the run so far, resumed sessions included: what a report's cost is.
-
-        Counted from the start of each session's epoch loop (set-up and downloads are not);
-        device-hours are wall hours times the number of processes.
-        """
+        """{"wall_s", "device_hours"} of the run's epoch loops so far, resumed sessions included (rounded here, so
+        that history.jsonl and the checkpoint count alike); device-hours are wall hours times the processes."""
         done, since = self._usage
         seconds = time.time() - since
-        # Rounded here, so that history.jsonl and the checkpoint count alike (rounding keeps the order).
         return {
             "wall_s": round(done["wall_s"] + seconds, 2),
             "device_hours": round(done["device_hours"] + seconds * self.dist.world_size / 3600, 6),
         }
 
     def _save(self, epoch, step, meter, state=None):
-        """Write checkpoint.pt atomically (rank 0); `epoch`/`step` is where a resumed run starts.
-
-        Only finite checkpoints are written: a `state` not given is taken and checked here.
-        """
+        """Write checkpoint.pt atomically (rank 0), where a resumed run starts; a `state` not given is checked here."""
         if state is None:
             state = self._state()
             self._check(epoch, state)
@@ -434,36 +363,9 @@ class Run:
             torch_dist.all_gather_object(rng, utils.rng_state())
         if not self.main:
             return
-        utils.save_checkpoint(
-            {
-                "version": CHECKPOINT_VERSION,
-                "space": self.space,
-                "epoch": epoch,
-                "epochs": self._clock.epochs,
-                "step": step,
-                "args": {**vars(self.args), "script": self.script},
-                "rng": rng,
-                "streams": {name: s.position() for name, s in self._streams.items()},
-                "meter": None if meter is None else meter.sums.tolist(),
-                "best": self.best,
-                "usage": self.usage(),
-                "task": state,
-            },
-            self.run_dir / "checkpoint.pt",
-        )
+        args, streams = {**vars(self.args), "script": self.script}, {n: s.position() for n, s in self._streams.items()}
+        sums = None if meter is None else meter.sums.tolist()
+        values = (CHECKPOINT_VERSION, self.space, epoch, self._clock.epochs, step, args, rng, streams, sums, self.best)
+        ckpt = dict(zip(CHECKPOINT_KEYS, (*values, self.usage(), state)))
+        utils.save_checkpoint(ckpt, self.run_dir / "checkpoint.pt")
         self._last_save = time.time()
-
-
-def _shown(key, value):
-    """A record field as the epoch's log line shows it: floats to 4 digits, the stage counted from 1.
-
-    history.jsonl counts epochs and stages from 0; the log counts both from 1, as the paper does.
-    """
-    if key == "stage":
-        return f"stage {value + 1}"
-    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-
-
-def _loggable(value):
-    """Whether a record field fits the epoch's log line (numbers and short strings; not the genotype)."""
-    return isinstance(value, (int, float, str)) and len(str(value)) < 40

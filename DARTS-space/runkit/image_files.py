@@ -1,11 +1,5 @@
-"""Your own images on disk: the class folders of a split, their files checked, and their statistics.
-
-`scan_split(folder)` lists `folder/<class>/*` (one folder per class, sub-folders included)
-and opens every file's header, so that a file that is no image fails before the run
-starts; `ImageFiles` reads the images; `image_stats` gives the per-channel mean and std
-used to normalise them. A file that does not decode ends the run with one line naming
-it (`BadImage`), also from a DataLoader worker. Not a script; the same file in both folders.
-"""
+"""Your own images on disk: the class folders of a split (every file checked before the run starts), the images, and
+their per-channel statistics. A file that does not decode ends the run in one line naming it, also from a worker."""
 
 import torch
 import torchvision.transforms as T
@@ -19,28 +13,21 @@ STATS_IMAGES = 2000  # images sampled (seed 0) for the per-channel mean and std
 
 
 class BadImage(UserError):
-    """An image file that does not decode; one line even when a DataLoader worker re-raises it.
-
-    A worker's exception comes back as `BadImage("Caught BadImage in DataLoader worker ...
-    Original Traceback ...")`, whose last line is `image_files.BadImage: <message>`: only that message is kept.
-    """
+    """An image file that does not decode. A DataLoader worker's copy comes back as `BadImage("Caught BadImage in
+    DataLoader worker ... image_files.BadImage: <message>")`: only that last message is kept."""
 
     def __init__(self, message):
         super().__init__(message.strip().splitlines()[-1].split("BadImage: ", 1)[-1])
 
 
-def load_image(path):
-    """The RGB image at `path`; `BadImage` naming the file when it does not decode."""
+def load_image(path, header_only=False):
+    """The RGB image at `path` (with `header_only`, just opened); `BadImage` naming the file when it does not decode."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return None if header_only else image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise _unreadable(path, err) from None
-
-
-def _unreadable(path, err):
-    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return BadImage(f"{path} is not a readable image ({reason}); replace or delete it")
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadImage(f"{path} is not a readable image ({reason}); replace or delete it") from None
 
 
 class ImageFiles(Dataset):
@@ -77,11 +64,7 @@ def scan_split(folder):
             raise UserError(f"class folder {folder / name} holds no images ({kinds}, ...); add some or remove it")
         samples += [(str(p), label) for p in files]
     for path, _ in samples:  # headers only: a file that is no image fails now, not hours into a run
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise _unreadable(path, err) from None
+        load_image(path, header_only=True)
     return classes, samples
 
 

@@ -1,9 +1,5 @@
-"""What a run measures as it goes: the epoch's metrics (`Meter`) and its speed and ETA (`Clock`).
-
-`Meter` sums loss, top-1 and top-5 hits on the device and reads them once per report;
-`Clock` counts steps and images for the progress line and its ETA. Not a script; the
-same file in both folders.
-"""
+"""What a run watches as it goes, on the device without a host read per step: the epoch's metrics (`Meter`), its
+speed and ETA (`Clock`), and the first value that is not finite (`Divergence`)."""
 
 import time
 
@@ -17,8 +13,7 @@ class Meter:
     """Loss, top-1 and top-5 of an epoch: sums on the device, read (and reduced over ranks) once."""
 
     def __init__(self, device, sums=None):
-        # loss * n, top-1 hits, top-5 hits, n
-        self.sums = torch.zeros(4, device=device, dtype=torch.float64)
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, top-1 hits, top-5 hits, n
         if sums is not None:
             self.sums.copy_(torch.as_tensor(sums, dtype=torch.float64))
 
@@ -44,10 +39,8 @@ class Clock:
     """Throughput and ETA over the training steps and the evaluations still to come."""
 
     def __init__(self, epochs, steps, start_epoch, start_step):
-        self.epochs = epochs
-        self.left = (epochs - start_epoch) * steps - start_step
-        self.done = 0
-        self.samples = 0
+        self.epochs, self.done, self.samples = epochs, 0, 0
+        self.left = (epochs - start_epoch) * steps - start_step  # training steps still to run
         self.start = self.last_line = time.time()
         self.eval_seconds = self.eval_total = 0.0
         self.evals_left = epochs - start_epoch
@@ -70,6 +63,54 @@ class Clock:
 
     def line(self):
         elapsed = max(time.time() - self.start - self.eval_total, 1e-9)  # training time only
-        per_step = elapsed / max(self.done, 1)
-        eta = per_step * (self.left - self.done) + self.eval_seconds * self.evals_left
+        eta = elapsed / max(self.done, 1) * (self.left - self.done) + self.eval_seconds * self.evals_left
         return f"{self.samples / elapsed:.1f} img/s, ETA {utils.format_seconds(eta)}"
+
+
+class Divergence:
+    """The first non-finite training loss of a run, kept on the device, and the check that reads it."""
+
+    def __init__(self, device, steps):
+        self.device, self.steps = device, steps  # steps per epoch, to name the bad step
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # global step, -1 for none
+
+    def watch(self, loss, global_step):
+        """Remember `global_step` if its loss is the first that is not finite (device-side, never read)."""
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), global_step, self.first_bad)
+
+    def find(self, watched, state, epoch, world_size=1):
+        """None, or (what is not finite, where) over every rank, in one host read: the first bad loss, else the
+        `watched` tensors (beta), else the `state` a checkpoint is about to hold (a step's loss comes from the
+        weights before its update, so the weights can go bad with every loss finite)."""
+        bad_state = _any_not_finite(_float_tensors(state), self.device)
+        flags = torch.stack([self.first_bad.double(), _any_not_finite(watched, self.device), bad_state])
+        if world_size > 1:
+            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        bad_step, bad_watched, bad_state = flags.tolist()
+        if bad_step >= 0:
+            epoch_of, step_of = divmod(int(bad_step), self.steps)
+            return "the training loss", f"epoch {epoch_of + 1}, step {step_of + 1}"
+        if bad_watched:
+            return "the architecture parameters", f"epoch {epoch + 1}"
+        if bad_state:
+            return "the weights or optimiser state", f"epoch {epoch + 1}"
+        return None
+
+
+def _float_tensors(obj):
+    """Every floating-point tensor inside nested dicts, lists and tuples (a task's state)."""
+    if torch.is_tensor(obj):
+        if obj.is_floating_point():
+            yield obj.detach()
+    elif isinstance(obj, (dict, list, tuple)):
+        for value in obj.values() if isinstance(obj, dict) else obj:
+            yield from _float_tensors(value)
+
+
+def _any_not_finite(tensors, device):
+    """1.0 if any of `tensors` holds a NaN or an infinity, else 0.0: a float64 scalar on `device`, not read."""
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    for t in tensors:
+        bad = bad | (~torch.isfinite(t.detach())).any().to(device)
+    return bad.double()

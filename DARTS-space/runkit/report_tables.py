@@ -1,12 +1,5 @@
-"""The parts of the two report.py that are the same: reading a finished run, and tables of runs with mean ± std.
-
-`read_run` reads args.json and history.jsonl of a finished run and refuses anything else in
-one line (not a run, a run of the other space or of another script, one still going or
-stopped early);
-`summarize` groups rows and gives each group a row of mean ± std (the sample std, ddof=1;
-0.00 for a single run); `markdown` and `write_csv` write the rows and the summaries. Each
-folder's report.py builds its rows. The same file in both folders (a test keeps them so).
-"""
+"""What both report.py share: reading a finished run, and tables of runs with their mean ± std (sample std, ddof=1;
+0.00 for one run), in Markdown and CSV."""
 
 import csv
 import json
@@ -27,14 +20,11 @@ def read_run(run_dir, space, scripts):
     try:
         args = json.loads((run_dir / "args.json").read_text())
         path = run_dir / "history.jsonl"
-        history = [
-            json.loads(line) for line in (path.read_text() if path.exists() else "").splitlines() if line.strip()
-        ]
+        history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     except (OSError, ValueError) as err:
         raise UserError(f"{run_dir}: unreadable args.json or history.jsonl ({err})") from None
     script = args.get("script") if isinstance(args, dict) else None
-    # Both folders have a train_search.py and a train.py: the run's cell tells the other space's runs apart
-    # (genotype.json, written by a search every epoch and when a training starts; a damaged one is report.py's to name).
+    # Both folders have a train_search.py and a train.py: the run's genotype.json tells the other space's runs apart.
     try:
         found = genotype_space(json.loads((run_dir / "genotype.json").read_text()))
     except (OSError, ValueError):
@@ -60,14 +50,6 @@ def read_run(run_dir, space, scripts):
     return args, history
 
 
-def mean_std(values):
-    """(mean, sample std with ddof=1) of the values that are not None; std 0.0 for one value, None for none."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarize(rows, keys, numeric):
     """Per group of rows equal in the `keys` columns: (a row of (mean, std) of the `numeric` columns, run count)."""
     groups = {}
@@ -79,7 +61,10 @@ def summarize(rows, keys, numeric):
         summary.update({k: group[0][k] for k in keys}, run=f"mean ± std over {runs_text(len(group))}")
         if "cell" not in keys:
             summary["cell"] = f"{len({r['cell'] for r in group})} distinct"
-        summary.update({column: mean_std([r[column] for r in group]) for column in numeric})
+        for column in numeric:  # (mean, sample std) of the values that are not None, or None
+            values = [r[column] for r in group if r[column] is not None]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[column] = (statistics.fmean(values), spread) if values else None
         if "device" in summary:
             summary["device"] = ", ".join(sorted({str(r["device"]) for r in group}))
         summaries.append((summary, len(group)))

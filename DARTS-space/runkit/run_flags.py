@@ -1,67 +1,32 @@
-"""The flags every run has, and the valid ranges of the numeric flags of every script.
-
-`add_run_arguments` adds the system flags the run engine reads (device, threads, workers,
-seed, run folder, resume, progress lines, timed checkpoints, the smoke-run step cap);
-`check_ranges` refuses, in one line, any numeric flag of a script outside its range
-(`RANGES`, and the script's own); `check_resume` refuses a resumed run whose flags differ
-from its checkpoint's, except those in `MAY_CHANGE`, naming every such flag at once;
-`typed_flags` tells which flags the command line gave (the others a resume takes from its
-checkpoint). `HelpFormatter` shows each default once in `--help`. Not a script; the same
-file in both folders.
-"""
+"""The flags every run has, the valid ranges of numeric flags, the one rule of what a resumed run may change, and
+the stage schedule that a search's stage flags give (DrNAS Sec. 3.3, progressive learning)."""
 
 import argparse
 import math
+from collections import namedtuple
 
 from .utils import UserError
 
-# Valid ranges of the numeric flags of both folders, checked for every flag a script has:
-# (low, high, low inclusive, high inclusive); None is unbounded. A flag of one folder alone has
-# its range next to its definition there (`FLAG_RANGES`), handed to `check_ranges`.
+# Valid ranges of the numeric flags of both folders: (low, high, low inclusive, high inclusive), None unbounded.
+# A flag of one folder alone has its range beside its definition there (`FLAG_RANGES`), handed to `check_ranges`.
+AT_LEAST_1, AT_LEAST_0, ABOVE_0 = (1, None, True, True), (0, None, True, True), (0, None, False, True)
 RANGES = {
-    "epochs": (1, None, True, True),
-    "batch_size": (1, None, True, True),
-    "init_channels": (1, None, True, True),
-    "layers": (1, None, True, True),
-    "report_freq": (1, None, True, True),
-    "image_size": (1, None, True, True),
-    "workers": (0, None, True, True),
-    "threads": (0, None, True, True),
-    "max_steps_per_epoch": (0, None, True, True),
-    "gpu": (0, None, True, True),
-    "warmup_epochs": (0, None, True, True),
-    "learning_rate": (0, None, False, True),
-    "arch_learning_rate": (0, None, False, True),
-    "learning_rate_min": (0, None, True, True),
-    "grad_clip": (0, None, False, True),
-    "weight_decay": (0, None, True, True),
-    "reg_scale": (0, None, True, True),
+    **dict.fromkeys(("epochs", "batch_size", "init_channels", "layers", "report_freq", "image_size"), AT_LEAST_1),
+    **dict.fromkeys(("stage_epochs", "stage_k", "stage_keep"), AT_LEAST_1),
+    **dict.fromkeys(("workers", "threads", "max_steps_per_epoch", "gpu", "warmup_epochs"), AT_LEAST_0),
+    **dict.fromkeys(("learning_rate_min", "weight_decay", "reg_scale"), AT_LEAST_0),
+    **dict.fromkeys(("learning_rate", "arch_learning_rate", "grad_clip", "checkpoint_minutes"), ABOVE_0),
     "momentum": (0, 1, True, False),
     "train_portion": (0, 1, False, False),
-    "checkpoint_minutes": (0, None, False, True),
-    "stage_epochs": (1, None, True, True),
-    "stage_k": (1, None, True, True),
-    "stage_keep": (1, None, True, True),
 }
-
-
-# The flags a resumed run may change, in every script: where and how it runs (the same
-# computation, other kernels or data paths), and what it logs. Every other flag must stay.
-MAY_CHANGE = (
-    "device",
-    "gpu",
-    "threads",
-    "workers",
-    "data",
-    "data_on_device",
-    "compile",
-    "lean_ops",
-    "deterministic",
-    "save",
-    "resume",
-    "report_freq",
-    "checkpoint_minutes",
-    "benchmark",
+# One stage of a search: its epochs, partial-channel k (1/k of the channels go through each edge), the ops it keeps
+# per edge, and its weight-only warm-up epochs (a plain search is one stage).
+Stage = namedtuple("Stage", "epochs k keep warmup")
+# The flags a resumed run may change, in every script: where and how it runs (the same computation, other kernels
+# or data paths), and what it logs. Every other flag must stay.
+MAY_CHANGE = tuple(
+    "device gpu threads workers data data_on_device compile lean_ops deterministic save resume report_freq "
+    "checkpoint_minutes benchmark".split()
 )
 
 
@@ -75,17 +40,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_run_arguments(parser, seed, workers=2):
-    """The flags every training script has for its run (what this engine reads); returns their group."""
+    """The flags every training script has for its run (what the engine reads); returns their group."""
     system = parser.add_argument_group("system")
-    devices = ("auto", "cuda", "mps", "cpu")
-    device = "where to run; under torchrun each process takes GPU LOCAL_RANK"
-    system.add_argument("--device", type=str, default="auto", choices=devices, help=device)
+    where = "where to run; under torchrun each process takes GPU LOCAL_RANK"
+    system.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help=where)
     gpu = "CUDA device index for a single-process run (default 0; refused where the run is not on CUDA)"
     system.add_argument("--gpu", type=int, default=None, help=gpu)
     threads = "CPU threads of PyTorch's operations (0: PyTorch's default, one per core)"
     system.add_argument("--threads", type=int, default=0, help=threads)
-    loaders = "data loading processes (0 for an exactly resumable run)"
-    system.add_argument("--workers", type=int, default=workers, help=loaders)
+    system.add_argument("--workers", type=int, default=workers, help="data loading processes (0: exactly resumable)")
     system.add_argument("--seed", type=int, default=seed, help="random seed")
     save = "run directory (default: the --resume checkpoint's folder, else experiments/<script>-<time>)"
     system.add_argument("--save", type=str, default=None, help=save)
@@ -97,31 +60,13 @@ def add_run_arguments(parser, seed, workers=2):
     system.add_argument("--checkpoint_minutes", type=float, default=20.0, help=minutes)
     cap = "cap on training steps per epoch, for smoke runs (0: whole epochs); a search's held-out pass takes as many"
     system.add_argument("--max_steps_per_epoch", type=int, default=0, help=cap)
-    determinism = (
-        "deterministic kernels where PyTorch has them (the few without one warn once) and no cuDNN autotuning: "
-        "slower; repeatable on the same GPU and software"
-    )
-    system.add_argument("--deterministic", action="store_true", help=determinism)
+    same = "deterministic kernels where PyTorch has them and no cuDNN autotuning: slower, repeatable on one GPU"
+    system.add_argument("--deterministic", action="store_true", help=same)
     return system
 
 
-def typed_flags(parser, argv):
-    """The destinations of the flags the command line `argv` gives (whatever their values), as a set.
-
-    argparse fills in a default only where the namespace has no value yet, so a namespace
-    pre-filled with a marker keeps the marker for every flag the command line leaves out.
-    """
-    unset = object()
-    names = {action.dest: unset for action in parser._actions if action.dest != argparse.SUPPRESS}
-    given = parser.parse_args(argv, argparse.Namespace(**names))
-    return {name for name, value in vars(given).items() if value is not unset}
-
-
 def check_ranges(args, own=None):
-    """Refuse a numeric flag outside its valid range, or not finite, with one line naming it.
-
-    The ranges are `RANGES` and the script's `own` ({flag: (low, high, low inclusive, high inclusive)}).
-    """
+    """Refuse, in one line naming it, a numeric flag out of its range (`RANGES`, the script's `own`) or not finite."""
     for name, bounds in {**RANGES, **(own or {})}.items():
         low, high, low_in, high_in = bounds
         value = getattr(args, name, None)
@@ -145,11 +90,7 @@ def _range_text(bounds):
 
 
 def check_resume(saved, args):
-    """Refuse to resume with flags that differ from the checkpoint's `saved` ones, unless in `MAY_CHANGE`.
-
-    One rule for every script, one line naming every differing flag; a flag the checkpoint
-    does not know (added since) is not compared.
-    """
+    """Refuse, in one line naming each, flags but `MAY_CHANGE` that differ from the checkpoint's (`saved`) ones."""
     differ = [
         f"--{key} {_shown(saved[key])}, not {_shown(value)};"
         for key, value in vars(args).items()
@@ -166,6 +107,26 @@ def _shown(value):
     """A flag's value as it is typed: lists space-separated, booleans as on/off."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return str(value)
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def stage_at(stages, epoch):
+    """(index of the stage `epoch` falls in, whether beta trains in it: False in the stage's warm-up)."""
+    start = 0
+    for index, stage in enumerate(stages):
+        if epoch < start + stage.epochs or index == len(stages) - 1:
+            return index, epoch - start >= stage.warmup
+        start += stage.epochs
+    raise ValueError("no stages")
+
+
+def check_warmup(stages):
+    """Refuse, in one line, a warm-up that covers a whole stage: that stage would never train the architecture."""
+    for index, stage in enumerate(stages):
+        if stage.warmup >= stage.epochs:
+            epochs = " ".join(str(s.epochs) for s in stages)
+            raise UserError(
+                f"--warmup_epochs {stage.warmup} covers all {stage.epochs} epochs of stage {index + 1} (--stage_epochs "
+                f"{epochs}), which would never train the architecture; pass --warmup_epochs "
+                f"{min(s.epochs for s in stages) - 1} or less, or longer --stage_epochs"
+            )

@@ -1,9 +1,4 @@
-"""Run infrastructure shared by the scripts of this folder.
-
-Logging, seeds, device choice, atomic checkpoints, and the one-line
-error contract for bad input.
-Nothing here runs at import time; the scripts call these helpers from `main()`.
-"""
+"""Helpers of every script: the one-line error for bad input, logging, atomic writes, seeds, devices, checkpoints."""
 
 import functools
 import io
@@ -18,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -37,8 +30,7 @@ def exits_cleanly(main):
             print("interrupted (outside the training loop, so no checkpoint was written now)", file=sys.stderr)
             raise SystemExit(130) from None
         except UserError as err:
-            # Under torchrun every rank fails alike: rank 0 alone says why.
-            if os.environ.get("RANK", "0") == "0":
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 alone says why
                 print(f"error: {err}", file=sys.stderr)
                 for handler in logging.getLogger().handlers:  # log.txt keeps the reason too
                     if isinstance(handler, logging.FileHandler):
@@ -46,9 +38,6 @@ def exits_cleanly(main):
             raise SystemExit(2) from None
 
     return wrapper
-
-
-# ---------------------------------------------------------------- logging
 
 
 def setup_logging(run_dir):
@@ -64,12 +53,8 @@ def setup_logging(run_dir):
 
 
 def write_atomic(path, data):
-    """Write the bytes `data` to `path` atomically: a temporary file, then `os.replace`.
-
-    The one way this code writes a file that must never be half-written (checkpoints, JSON).
-    A failed write (a full disk, no permission) leaves the old file as it was and no
-    temporary file, and ends the run in one line naming the path and the cause.
-    """
+    """Write the bytes `data` to `path` through a temporary file and `os.replace`: never half-written (a failed write
+    leaves the old file and no temporary one, and ends the run in one line)."""
     tmp = Path(f"{path}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -89,33 +74,15 @@ def write_json(path, obj):
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def log_environment(args, device):
-    """First log lines: arguments, library versions and device."""
-    logger.info("args = %s", json.dumps(vars(args), sort_keys=True))
-    import torchvision
-
-    logger.info(
-        "torch %s, torchvision %s, CUDA %s, device %s",
-        torch.__version__,
-        torchvision.__version__,
-        torch.version.cuda,
-        device,
-    )
-
-
 class History:
     """`history.jsonl`: one JSON object per finished epoch."""
 
     def __init__(self, run_dir, start_epoch=0):
         self.path = Path(run_dir) / "history.jsonl"
-        # A run killed after logging an epoch but before checkpointing it repeats that
-        # epoch on resume; drop such lines so every epoch appears once.
+        # A run killed after logging an epoch but before checkpointing it repeats that epoch on resume: drop it here.
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] < start_epoch
-            ]
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < start_epoch]
             write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def append(self, record):
@@ -138,9 +105,6 @@ def strict_json(value):
     return value
 
 
-# ---------------------------------------------------------------- seeds and device
-
-
 def set_seed(seed):
     """Seed `random`, NumPy and PyTorch (all devices)."""
     random.seed(seed)
@@ -150,12 +114,8 @@ def set_seed(seed):
 
 def rng_state():
     """All global random states, as plain types that load with `weights_only=True`."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
+    name, keys, *rest = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), *rest], "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -173,17 +133,9 @@ def set_rng_state(state):
 
 
 def resolve_device(name, gpu=None):
-    """Turn `--device auto|cuda|mps|cpu` (and `--gpu`, the CUDA index, 0 when not given) into a device.
-
-    A `--gpu` given for a run that is not on CUDA is refused rather than ignored.
-    """
+    """`--device auto|cuda|mps|cpu` and `--gpu` (the CUDA index, 0 when not given; refused off CUDA) as a device."""
     if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
@@ -202,23 +154,15 @@ def resolve_device(name, gpu=None):
 
 
 def set_deterministic():
-    """`--deterministic`: deterministic kernels where PyTorch has them, and no cuDNN autotuning.
-
-    Call it before CUDA starts: cuBLAS reads its workspace setting (which deterministic GEMMs
-    need) when it starts. Ops with no deterministic kernel (e.g. adaptive average pooling's
-    backward on CUDA) warn once instead of stopping the run.
-    """
+    """`--deterministic`: deterministic kernels where PyTorch has them (the others warn once), no cuDNN autotuning;
+    called before CUDA starts, when cuBLAS reads the workspace setting that deterministic GEMMs need."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
 
 
 def to_device(batch, device):
-    """Move an (images, labels) batch to `device`, images channels-last.
-
-    Channels-last (NHWC) convolutions are about 20% faster on CPUs and on GPUs with
-    tensor cores; models are kept in the same memory format.
-    """
+    """Move an (images, labels) batch to `device`, images channels-last (faster convolutions, as the models)."""
     x, y = batch
     return x.to(device, non_blocking=True, memory_format=torch.channels_last), y.to(device, non_blocking=True)
 
@@ -244,26 +188,15 @@ def device_name(device):
         return device.type
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
 def save_checkpoint(state, path):
-    """Write a checkpoint atomically (`write_atomic`), serialised in memory first.
-
-    Serialising to memory keeps torch's writer away from the disk: a full disk then fails
-    as one `OSError` of the write, not as the chained errors of torch's zip writer.
-    """
+    """Write a checkpoint atomically, serialised in memory first (a full disk is then one `OSError`)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(path, buffer.getbuffer())
 
 
 def read_checkpoint(path):
-    """The object saved in `path` (tensors on the CPU), or None when the file is not a readable torch file.
-
-    Quiet: a damaged file must end in our one-line error, not in torch's warnings about it
-    (random bytes can look like an unknown pickle protocol, for instance).
-    """
+    """The object saved in `path` (tensors on the CPU), or None, without torch's warnings, for a damaged file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -298,14 +231,8 @@ def load_model_state(model, state, path):
         ) from None
 
 
-# ---------------------------------------------------------------- counts and times
-
-
 def cosine_lr(epoch, epochs, lr, lr_min=0.0):
-    """The learning rate of `epoch` (counted from 0) on a cosine from `lr` down to `lr_min` over `epochs`.
-
-    Computed from the epoch alone, so a resumed run, or a new optimiser at a stage switch, goes on with it.
-    """
+    """The learning rate of `epoch` (from 0) on a cosine from `lr` to `lr_min` over `epochs`: set by the epoch alone."""
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 

@@ -1,0 +1,195 @@
+"""A sampler (`--method`) is one entry of `model_search.SAMPLERS` in both folders: name -> a function
+`(beta, tau, training) -> mixing weights` over the kept ops. `--method` offers the table's keys and
+`Network.arch_weights` calls the entry; here a sparsemax entry is added and searched with, the DARTS space
+searches with darts, snas and gdas at the Gumbel temperature of `gumbel_tau`, evaluation mixes with the
+Dirichlet mean, and the default training draw is the Dirichlet draw it always was.
+"""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_201
+
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
+pytestmark = pytest.mark.quick
+
+SPACES = ["201-space", "DARTS-space"]
+SEARCH = {
+    "201-space": [*TINY_201, "--epochs", "2", "--benchmark", "none", "--max_steps_per_epoch", "2"],
+    "DARTS-space": [
+        *("--dataset", "synthetic", "--layers", "5", "--init_channels", "8", "--batch_size", "8"),
+        *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--warmup_epochs", "0"),
+        *("--max_steps_per_epoch", "2", "--device", "cpu", "--workers", "0"),
+    ],
+}
+
+
+def sparsemax(beta, tau, training):
+    """The new sampler: sparsemax over the last dim, the Euclidean projection of beta onto the simplex."""
+    z = beta.sort(dim=-1, descending=True).values
+    ranks = torch.arange(1, beta.shape[-1] + 1, dtype=beta.dtype, device=beta.device)
+    excess = z.cumsum(-1) - 1
+    support = (z * ranks > excess).sum(-1, keepdim=True)  # >= 1: the largest entry is always in
+    return torch.clamp(beta - excess.gather(-1, support - 1) / support, min=0)
+
+
+def small_network(model_search, space, method="dirichlet", keep=3):
+    """A tiny supernet with beta ~ N(0, 1) and `keep` of the ops kept per edge (None: all)."""
+    torch.manual_seed(0)
+    if space == "DARTS-space":
+        net = model_search.Network(8, 10, 3, k=2, method=method)
+    else:
+        net = model_search.Network(C=4, N=1, num_classes=10, k=1, method=method)
+    with torch.no_grad():
+        for beta in net.arch_parameters():
+            beta.normal_()
+    if keep is not None:
+        net.prune(keep)
+    return net
+
+
+def kept_beta(net, space):
+    """beta over the kept ops, as the folder gathers it: 201 (6, n), DARTS (2, 14, n)."""
+    if space == "DARTS-space":
+        return torch.stack([net.beta_normal, net.beta_reduce]).gather(2, net.kept_index)
+    return net.beta.gather(1, net.kept_index())
+
+
+def kept_weights(net, space, w):
+    """The kept ops' entries of `arch_weights()` (201 scatters them into (6, ops), zeros elsewhere)."""
+    if space == "DARTS-space":
+        return w
+    index = net.kept_index()
+    assert torch.equal(w, torch.zeros_like(w).scatter(1, index, w.gather(1, index))), "pruned ops get exactly 0"
+    return w.gather(1, index)
+
+
+def method_choices(parser):
+    return next(action.choices for action in parser._actions if action.dest == "method")
+
+
+# ---------------------------------------------------------------- a new sampler
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, restore_logging, space):
+    model_search, train_search = load_space(space, "model_search", "train_search")
+    calls = []  # (training, weights) of every call of the new sampler
+
+    def recording(beta, tau, training):
+        w = sparsemax(beta, tau, training)
+        calls.append((training, w.detach().clone()))
+        return w
+
+    monkeypatch.setitem(model_search.SAMPLERS, "sparsemax", recording)
+    assert "sparsemax" in method_choices(train_search.get_parser())
+
+    # Every cell mixes with the weights of the sampler's latest call (DARTS: its normal or reduce half).
+    mixes = []
+    cell_forward = model_search.Cell.forward
+
+    def recording_cell(self, *inputs):
+        w = calls[-1][1]
+        expected = w[int(self.reduction)] if space == "DARTS-space" else w
+        mixes.append(torch.equal(inputs[-1].detach(), expected))
+        return cell_forward(self, *inputs)
+
+    monkeypatch.setattr(model_search.Cell, "forward", recording_cell)
+    train_search.main([*SEARCH[space], "--method", "sparsemax", "--save", str(tmp_path / "run")])
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["method"] == "sparsemax"
+    assert {training for training, _ in calls} == {True, False}, "training steps and the evaluation both sample"
+    assert mixes and all(mixes), "the cells mix with the new sampler's weights"
+    for _, w in calls:
+        assert (w >= 0).all(), "weights on the simplex"
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+    assert len(json.loads((tmp_path / "run" / "genotype.json").read_text())) > 0
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_network_refuses_a_method_not_in_the_table(load_space, space):
+    model_search = load_space(space, "model_search")
+    with pytest.raises(ValueError, match="method must be one of"):
+        small_network(model_search, space, method="uniform")
+
+
+# ---------------------------------------------------------------- the baselines in the DARTS space
+
+
+@pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
+def test_darts_space_searches_with_each_baseline(load_space, monkeypatch, tmp_path, restore_logging, method):
+    model_search, train_search = load_space("DARTS-space", "model_search", "train_search")
+    sampler, calls = model_search.SAMPLERS[method], []  # (beta, tau, weights) of every training call
+
+    def recording(beta, tau, training):
+        w = sampler(beta, tau, training)
+        if training:
+            calls.append((beta.detach().clone(), tau, w.detach().clone()))
+        return w
+
+    monkeypatch.setitem(model_search.SAMPLERS, method, recording)
+    flags = [*SEARCH["DARTS-space"], "--method", method, "--tau_max", "4", "--tau_min", "0.5"]
+    train_search.main([*flags, "--save", str(tmp_path / "run")])
+    # Two epochs: tau falls linearly from --tau_max (epoch 1) to --tau_min (the last epoch).
+    taus = [tau for _, tau, _ in calls]
+    assert taus == sorted(taus, reverse=True) and set(taus) == {4.0, 0.5}
+    for beta, _, w in calls:
+        if method == "gdas":  # one op per edge (straight-through)
+            assert torch.equal(w, torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype))
+        elif method == "darts":
+            assert torch.equal(w, torch.softmax(beta, -1))
+        else:  # snas: a relaxed sample on the simplex
+            assert (w > 0).all() and not torch.equal(w, torch.softmax(beta, -1))
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "softmax(beta) normal: " in log and "softmax(beta) reduce: " in log and "concentration normal" not in log
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all("valid_acc" in record for record in history)
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_gumbel_tau_is_linear_from_tau_max_to_tau_min(load_space, space):
+    model_search = load_space(space, "model_search")
+    assert [model_search.gumbel_tau(e, 5, 10.0, 2.0) for e in range(5)] == [10.0, 8.0, 6.0, 4.0, 2.0]
+    assert model_search.gumbel_tau(0, 1, 10.0, 2.0) == 10.0  # a one-epoch search stays at tau_max
+
+
+# ---------------------------------------------------------------- the Dirichlet sampler
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_evaluation_mixes_with_the_dirichlet_mean(load_space, space):
+    model_search = load_space(space, "model_search")
+    net = small_network(model_search, space).eval()
+    beta = kept_beta(net, space).detach()
+    alpha = model_search.concentration(beta)
+    mean = alpha / alpha.sum(-1, keepdim=True)
+    torch.testing.assert_close(model_search.SAMPLERS["dirichlet"](beta, 1.0, False), mean, rtol=1e-6, atol=0)
+    rng = torch.get_rng_state()
+    torch.testing.assert_close(kept_weights(net, space, net.arch_weights()), mean, rtol=1e-6, atol=0)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        first, second = net(x), net(x)
+    assert torch.equal(first, second), "two evaluation forwards are equal"
+    assert torch.equal(torch.get_rng_state(), rng), "evaluation draws nothing"
+
+
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("pruned", [False, True], ids=["all-ops", "pruned"])
+def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
+    """Same seed, same weights (and beta gradients), bit for bit, as Dir(elu(beta_kept) + 1).rsample()."""
+    model_search = load_space(space, "model_search")
+    net = small_network(model_search, space, keep=3 if pruned else None)
+    assert net.method == "dirichlet" and net.training
+    c = torch.randn(kept_beta(net, space).shape, generator=torch.Generator().manual_seed(2))
+
+    torch.manual_seed(7)
+    w = kept_weights(net, space, net.arch_weights())
+    got = torch.autograd.grad((w * c).sum(), net.arch_parameters(), allow_unused=True)
+
+    torch.manual_seed(7)
+    reference = torch.distributions.Dirichlet(model_search.concentration(kept_beta(net, space))).rsample()
+    want = torch.autograd.grad((reference * c).sum(), net.arch_parameters(), allow_unused=True)
+    assert torch.equal(w, reference)
+    assert all(torch.equal(g, r) for g, r in zip(got, want))
