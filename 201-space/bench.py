@@ -4,14 +4,11 @@
     python bench.py --device cuda --steps 20
     python bench.py --device cuda --steps 20 --amp --compile
 
-A step is what the search (`train_search.py`) does per batch: a first-order architecture step on a
-validation batch, then a weight step (forward, backward, clip, SGD). The two are timed apart
-(the device synchronised around each), and the step is their sum, so it is never reported
-faster than its weight step. Progress goes to stderr; stdout gets one JSON object, printed
-when the measurement ends, with `s_per_step`, `s_per_arch_step` and `s_per_weight_step`
-(its two parts), `images_per_s` (the two batches of a step), `peak_mem_mb`, `params` and
-`projected_h`: the hours of the paper's search at this speed, 100 epochs of 391 steps
-(25,000 training images in batches of 64), evaluation not counted.
+A step is what train_search.py does per batch: a first-order architecture step on a validation batch, then a
+weight step (forward, backward, clip, SGD), timed apart between device syncs; the step is their sum, never less
+than its weight step. Progress goes to stderr; stdout gets one JSON object at the end: `s_per_step`, its parts
+`s_per_arch_step` and `s_per_weight_step`, `images_per_s`, `peak_mem_mb`, `params` and `projected_h`, the hours
+of the paper's search at this speed (100 epochs of 391 steps of 64 images), evaluation not counted.
 """
 
 import argparse
@@ -30,9 +27,7 @@ from model_search import SAMPLERS, Network
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=run_flags.HelpFormatter)
-    parser.add_argument(
-        "--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="where to run"
-    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="where to run")
     parser.add_argument("--gpu", type=int, default=None, help="CUDA device index (default 0)")
     parser.add_argument("--batch_size", type=int, default=64, help="batch size")
     parser.add_argument("--init_channels", type=int, default=16, help="channels C")
@@ -46,20 +41,14 @@ def get_parser():
     return parser
 
 
-PAPER_STEPS = 100 * 391  # the paper's 201 search: 100 epochs of 25,000 images in batches of 64
-
-
 def log(message):
     """One progress line on stderr: stdout carries the JSON line alone."""
     print(f"bench.py: {message}", file=sys.stderr, flush=True)
 
 
 def time_steps(parts, warmup, steps, device):
-    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`.
-
-    Each part is timed on its own, the device synchronised before and after it: the parts of a step add up
-    to the step, whatever the load on the machine. The peak memory counts from the first timed step.
-    """
+    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`,
+    each part timed on its own between device syncs; the peak memory counts from the first timed step."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     seconds = dict.fromkeys(parts, 0.0)
     total = warmup + steps
@@ -101,19 +90,14 @@ def main(argv=None):
     architect = Architect(model, search_args)
     w_optimizer = sgd(model, search_args, search_args.learning_rate)
     weights = model.weights()
-
-    def batch():
-        images, labels = torch.randn(args.batch_size, 3, 32, 32), torch.randint(10, (args.batch_size,))
-        return utils.to_device((images, labels), device)
-
     model.train()
-    batches = [batch() for _ in range(4)]  # made before timing: the search's data arrive on the device
+    n = args.batch_size  # the batches are made before timing: the search's data arrive on the device
+    batches = [utils.to_device((torch.randn(n, 3, 32, 32), torch.randint(10, (n,))), device) for _ in range(4)]
 
     # search_step's two parts, on the same batches: beta on a validation batch, then the weights.
     def arch_step(i):
         accel.begin_step(device, 1, args.compile)  # a new step (for CUDA graphs) starts with beta's
-        x, y = batches[i % 4]
-        architect.step(x, y, *batches[(i + 1) % 4], 0.025, w_optimizer)
+        architect.step(*batches[i % 4], *batches[(i + 1) % 4], 0.025, w_optimizer)
 
     def weight_step(i):  # search_step without a validation batch is its weight step alone
         search_step(model, architect, w_optimizer, weights, batches[i % 4], None, 0.025, 5.0)
@@ -133,7 +117,7 @@ def main(argv=None):
         images_per_s=round(2 * args.batch_size / step_s, 1),
         peak_mem_mb=round(utils.peak_memory_mb(device), 1),
         params=utils.count_parameters(weights),
-        projected_h=round(PAPER_STEPS * step_s / 3600, 2),
+        projected_h=round(100 * 391 * step_s / 3600, 2),  # the paper's search: 100 epochs of 391 steps
     )
     print(json.dumps(result), flush=True)
 

@@ -1,19 +1,14 @@
-"""NAS-Bench-201 look-ups: the official benchmark file or a compact CSV table.
+"""NAS-Bench-201 look-ups, and what each search epoch records from them.
 
-`load_benchmark(path)` reads either
-
-* the official file (`NAS-Bench-201-v1_0-e61699.pth`, `NAS-Bench-201-v1_1-096897.pth`)
-  through `nas_201_api` (pip install nas-bench-201), answering the test accuracy after
-  200 epochs on cifar10 / cifar100 / ImageNet16-120 and the cifar10-valid valid accuracy;
-* a compact table, CSV `index,arch,cifar10,cifar100,ImageNet16-120` (test accuracy in
-  percent after 200 epochs, one row per architecture, optionally a `cifar10-valid`
-  column), which loads in well under a second, plain or gzipped. `tables/` ships one for
-  all 15,625 architectures (see tables/README.md for where it comes from).
-
-Both answer `query(arch_str)` with a dict keyed by dataset. `--benchmark` defaults to the
-shipped table (found next to this file, whatever the current folder); `--benchmark none`
-turns the searches' look-ups off. `--arch` takes a named cell (DrNAS, ResNet), an
-architecture string or a search's genotype.json:
+`load_benchmark(path)` reads the official file (`NAS-Bench-201-v1_0-e61699.pth`, `NAS-Bench-201-v1_1-096897.pth`)
+through `nas_201_api` (pip install nas-bench-201), or a compact CSV table `index,arch,cifar10,cifar100,ImageNet16-120`
+(optionally `,cifar10-valid`; plain or gzipped; loaded in well under a second; `tables/` ships one for all 15,625
+architectures, see tables/README.md). Both answer `query(arch_str)`: per data set the test accuracy (%) after 200
+epochs (cifar10-valid: the valid accuracy, where the source has it). `--benchmark` defaults to the shipped table
+(found next to this file); `--benchmark none` turns the searches' look-ups off. Every epoch a search records its
+derived cell's accuracies and the min / median / max of `--trajectory_samples` cells drawn from the current
+distribution (`query_benchmark`, drawn by plot_trajectory.py); a cell the benchmark does not hold (an op added to
+the space) is recorded as such. `--arch` takes a named cell (DrNAS, ResNet), a string or a genotype.json:
 
     python benchmark.py query --arch DrNAS
     python benchmark.py query \
@@ -33,23 +28,19 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 from runkit import run_flags
 from runkit.utils import UserError, exits_cleanly, write_atomic
 
-from genotypes import NAMED, Structure, load_arch
+from genotypes import NAMED, PRIMITIVES, Structure, load_arch
 
 logger = logging.getLogger(__name__)
 
-# The table shipped in tables/: the default of every --benchmark, resolved against this
-# folder rather than the current one, so the scripts find it from anywhere.
+# The shipped table, the default of every --benchmark, resolved against this folder rather than the current one.
 DEFAULT_TABLE = "tables/nb201_test_accuracy.csv.gz"
-HERE = Path(__file__).resolve().parent
-# The search data sets the benchmark measured (the searches' --dataset names); on any
-# other data set its figures describe the cell, not the run.
+# The search data sets the benchmark measured (the searches' --dataset names).
 MEASURED = ("cifar10", "cifar100", "imagenet16-120")
-
-# Test accuracy after 200 epochs on these datasets; cifar10-valid (valid accuracy) only
-# where the source has it.
+# Test accuracy after 200 epochs on these; cifar10-valid (valid accuracy) only where the source has it.
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 VALID = "cifar10-valid"
 HEADER = ["index", "arch", *DATASETS]
@@ -58,20 +49,14 @@ HEADER = ["index", "arch", *DATASETS]
 def summarize(accs):
     """Min, median and max of a list of accuracies (the trajectory's per-epoch summary)."""
     accs = [float(a) for a in accs]
-    if not accs:
-        raise ValueError("summarize() needs at least one accuracy")
     return {"min": min(accs), "median": float(statistics.median(accs)), "max": max(accs)}
 
 
 class NotInBenchmark(UserError):
-    """A well-formed cell the benchmark does not hold, such as one with an op added to the space's `PRIMITIVES`.
-
-    `benchmark.py query` stops on it; a search records the cell as not in NAS-Bench-201 and goes on (trajectory.py).
-    """
+    """A well-formed cell the benchmark does not hold (an op added to `PRIMITIVES`); a search records it."""
 
 
 def _unknown_arch(arch, path):
-    """The error for an architecture the benchmark does not hold (says why, if it can)."""
     try:
         Structure.from_str(arch)
     except ValueError as err:
@@ -86,39 +71,29 @@ class TableBenchmark:
 
     def __init__(self, path):
         self.path = Path(path)
-        self._rows = {}
-        self._order = []
+        self._rows, self._order, where = {}, [], f"--benchmark {self.path}"
         try:
-            # The table shipped in tables/ is gzipped; plain CSV files are read as they are.
-            opener = gzip.open if self.path.suffix == ".gz" else open
-            with opener(self.path, "rt", newline="") as f:
+            with (gzip.open if self.path.suffix == ".gz" else open)(self.path, "rt", newline="") as f:
                 reader = csv.reader(f)
                 header = next(reader, None)
-                columns = self._check_header(header)
+                if header is None or header[: len(HEADER)] != HEADER or header[len(HEADER) :] not in ([], [VALID]):
+                    want = f"{','.join(HEADER)} (optionally ,{VALID}), got {','.join(header or [])!r}"
+                    raise UserError(f"{where}: not a NAS-Bench-201 table; the first line must be {want}")
                 for line, row in enumerate(reader, start=2):
                     if row:
-                        self._add_row(row, columns, line)
+                        self._add_row(row, header[2:], line)
         except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
-            raise UserError(f"--benchmark {self.path}: cannot read the table ({err})") from None
+            raise UserError(f"{where}: cannot read the table ({err})") from None
         if not self._rows:
-            raise UserError(f"--benchmark {self.path}: the table has a header but no rows")
+            raise UserError(f"{where}: the table has a header but no rows")
         self._order.sort()
-
-    def _check_header(self, header):
-        if header is None or header[: len(HEADER)] != HEADER or header[len(HEADER) :] not in ([], [VALID]):
-            raise UserError(
-                f"--benchmark {self.path}: not a NAS-Bench-201 table; the first line must be "
-                f"{','.join(HEADER)} (optionally ,{VALID}), got {','.join(header or [])!r}"
-            )
-        return header[2:]
 
     def _add_row(self, row, columns, line):
         where = f"--benchmark {self.path} line {line}"
         if len(row) != len(columns) + 2:
             raise UserError(f"{where}: expected {len(columns) + 2} fields, got {len(row)}")
         try:
-            index = int(row[0])
-            values = [float(v) for v in row[2:]]
+            index, values = int(row[0]), [float(v) for v in row[2:]]
         except ValueError as err:
             raise UserError(f"{where}: bad number ({err})") from None
         if not all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in values):
@@ -133,11 +108,9 @@ class TableBenchmark:
         return len(self._rows)
 
     def archs(self):
-        """Architecture strings in index order."""
         return [arch for _, arch in self._order]
 
     def query(self, arch):
-        """Accuracies of one architecture, keyed by dataset."""
         row = self._rows.get(str(arch))
         if row is None:
             raise _unknown_arch(str(arch), self.path)
@@ -145,11 +118,7 @@ class TableBenchmark:
 
 
 class _HandOver(dict):
-    """The benchmark dict, handed to nas_201_api without the deep copy it would make.
-
-    `NASBench201API(dict)` calls `copy.deepcopy` on what it gets, which doubles the
-    memory of a 2-5 GB file; a copy of this dict is the dict itself.
-    """
+    """`NASBench201API(dict)` deep-copies what it gets, doubling the memory of a 2-5 GB file: this copy is itself."""
 
     def __deepcopy__(self, _memo):
         return self
@@ -162,79 +131,64 @@ class OfficialBenchmark:
 
     def __init__(self, path):
         self.path = Path(path)
+        where = f"--benchmark {self.path}"
         try:
             import torch
             from nas_201_api import NASBench201API
         except ImportError:
-            raise UserError(
-                f"--benchmark {self.path} is an official NAS-Bench-201 file, which needs the "
-                "nas_201_api package (pip install nas-bench-201); or use a compact CSV table"
-            ) from None
+            need = "which needs the nas_201_api package (pip install nas-bench-201); or use a compact CSV table"
+            raise UserError(f"{where} is an official NAS-Bench-201 file, {need}") from None
         try:
-            # nas_201_api's own torch.load lacks weights_only=False, which torch >= 2.6
-            # needs for these pickles; so we load the dict and hand it over.
+            # nas_201_api's own torch.load lacks weights_only=False, which torch >= 2.6 needs for these pickles.
             data = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as err:  # torch/pickle raise many types for a foreign file
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UserError(f"--benchmark {self.path}: not a readable NAS-Bench-201 file ({reason})") from None
+            raise UserError(f"{where}: not a readable NAS-Bench-201 file ({reason})") from None
         keys = ("meta_archs", "arch2infos", "evaluated_indexes")
         if not isinstance(data, dict) or any(key not in data for key in keys):
-            raise UserError(
-                f"--benchmark {self.path}: not a NAS-Bench-201 file (expected a dict with {', '.join(keys)})"
-            )
+            raise UserError(f"{where}: not a NAS-Bench-201 file (expected a dict with {', '.join(keys)})")
         try:
             self.api = NASBench201API(_HandOver(data), verbose=False)
         except Exception as err:
-            raise UserError(
-                f"--benchmark {self.path}: nas_201_api rejected the file ({type(err).__name__}: {err})"
-            ) from None
-        del data
+            raise UserError(f"{where}: nas_201_api rejected the file ({type(err).__name__}: {err})") from None
         self._cache = {}
 
     def __len__(self):
         return len(self.api)
 
     def archs(self):
-        """Architecture strings in index order."""
         return list(self.api.meta_archs)
 
     def query(self, arch):
         """Accuracies of one architecture, keyed by dataset (averaged over the benchmark's seeds)."""
         arch = str(arch)
-        if arch not in self._cache:
-            self._cache[arch] = self._lookup(arch)
-        return dict(self._cache[arch])
-
-    def _lookup(self, arch):
-        # query_index_by_arch answers -1 (not an error) for a string it does not know.
-        index = self.api.query_index_by_arch(arch)
+        if arch in self._cache:
+            return dict(self._cache[arch])
+        index = self.api.query_index_by_arch(arch)  # -1, not an error, for a string it does not know
         if index < 0:
             raise _unknown_arch(arch, self.path)
         if index not in self.api.arch2infos_dict:
             raise UserError(f"architecture {arch} (index {index}) has no results in {self.path}")
         names = self.api.arch2infos_dict[index]["200"].get_dataset_names()
         result = {}
-        for dataset in (VALID, *DATASETS):
+        for dataset in [VALID, *DATASETS] if VALID in names else DATASETS:
             if dataset not in names:
-                if dataset == VALID:
-                    continue
                 raise UserError(f"{self.path}: architecture {index} has no 200-epoch results on {dataset}")
-            # is_random=False averages the trials; get_more_info reads 'ori-test' for cifar10
-            # and 'x-test' for cifar100 / ImageNet16-120, both reported as 'test-accuracy'.
+            # is_random=False averages the trials; 'test-accuracy' is cifar10's 'ori-test', the others' 'x-test'.
             info = self.api.get_more_info(index, dataset, hp="200", is_random=False)
             key = "valid-accuracy" if dataset == VALID else "test-accuracy"
-            if info.get(key) is None:
-                # get_more_info silently drops a set it cannot read instead of raising.
+            if info.get(key) is None:  # get_more_info silently drops a set it cannot read
                 raise UserError(f"{self.path}: architecture {index} has no {key} on {dataset}")
             result[dataset] = float(info[key])
-        return result
+        self._cache[arch] = result
+        return dict(result)
 
 
 def benchmark_path(spec):
     """The file a --benchmark value names: None for 'none', the shipped table for the default."""
     if spec is None or spec.strip().lower() == "none":
         return None
-    return HERE / DEFAULT_TABLE if spec == DEFAULT_TABLE else Path(spec)
+    return Path(__file__).resolve().parent / DEFAULT_TABLE if spec == DEFAULT_TABLE else Path(spec)
 
 
 def open_benchmark(spec):
@@ -245,19 +199,15 @@ def open_benchmark(spec):
 
 def benchmark_note(dataset):
     """None on a data set the benchmark measured; otherwise the label its figures carry in a search."""
-    if dataset in MEASURED:
-        return None
-    return f"the benchmark's figures for the cell, not measured on {dataset}"
+    return None if dataset in MEASURED else f"the benchmark's figures for the cell, not measured on {dataset}"
 
 
 def load_benchmark(path):
     """Open a benchmark (official .pth or compact CSV), failing with a `UserError` at once."""
     path = Path(path)
+    expected = f"the official NAS-Bench-201 .pth or a CSV table with header {','.join(HEADER)}"
     if not path.is_file():
-        raise UserError(
-            f"--benchmark {path}: no such file; give the official NAS-Bench-201 .pth or a CSV "
-            f"table with header {','.join(HEADER)}"
-        )
+        raise UserError(f"--benchmark {path}: no such file; give {expected}")
     with open(path, "rb") as f:
         head = f.read(64)
     if path.suffix.lower() in (".csv", ".gz") or head.startswith(b"index,"):
@@ -265,16 +215,13 @@ def load_benchmark(path):
     # torch.save writes a zip archive (PK) or, for old files, a raw pickle (0x80).
     if path.suffix.lower() in (".pth", ".pt") or head[:2] == b"PK" or head[:1] == b"\x80":
         return OfficialBenchmark(path)
-    raise UserError(
-        f"--benchmark {path}: unknown format; expected the official NAS-Bench-201 .pth "
-        f"or a CSV table with header {','.join(HEADER)}"
-    )
+    raise UserError(f"--benchmark {path}: unknown format; expected {expected}")
 
 
 def export_table(bench, out, with_valid=False):
     """Write `bench` as a compact table (every architecture, index order, 4 decimals)."""
     columns = [*DATASETS, VALID] if with_valid else list(DATASETS)
-    text = io.StringIO()  # built in memory, then written at once: a refusal midway leaves no file behind
+    text = io.StringIO()  # written at once at the end: a refusal midway leaves no file behind
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["index", "arch", *columns])
     for index, arch in enumerate(bench.archs()):
@@ -286,52 +233,89 @@ def export_table(bench, out, with_valid=False):
     return len(bench)
 
 
+# What each search epoch records (train_search.py).
+def log_benchmark(benchmark, args):
+    """The run's first word on NAS-Bench-201: the benchmark its epochs query, or that they query none."""
+    if benchmark is None:
+        logger.info("NAS-Bench-201 look-ups off (--benchmark none): no benchmark accuracies, no trajectory.png")
+        return
+    note = f"; {args.dataset} is none of its data sets, so its figures describe the cells, not this run"
+    info = (benchmark.kind, benchmark.path, len(benchmark), note if benchmark_note(args.dataset) else "")
+    logger.info("NAS-Bench-201 %s %s (%d architectures) queried every epoch%s", *info)
+
+
+def _lookup(benchmark, arch):
+    try:
+        return benchmark.query(arch)
+    except NotInBenchmark:
+        return None
+
+
+def query_benchmark(model, benchmark, args, epoch):
+    """The epoch's record: `benchmark` (the derived cell's accuracy per data set; None if not in NAS-Bench-201) and
+    its copies `nb201_<dataset>` (TensorBoard's); with --trajectory_samples, `trajectory` (min / median / max per data
+    set over the drawn cells NAS-Bench-201 holds, or None) and `trajectory_missing` (how many it does not, if any)."""
+    arch = str(model.genotype())
+    accs = _lookup(benchmark, arch)
+    record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in (accs or {}).items()}}
+    note = benchmark_note(args.dataset)
+    if note:
+        record["benchmark_note"] = note
+    if accs is None:
+        logger.info("the derived cell %s is not in NAS-Bench-201 (%s): no accuracies", arch, benchmark.path)
+    else:
+        label = f"NAS-Bench-201 ({note}):" if note else "NAS-Bench-201"
+        logger.info("%s %s", label, " ".join(f"{k} {v:.2f}" for k, v in accs.items()))
+    if args.trajectory_samples > 0:
+        archs = sample_architectures(model, args.trajectory_samples, np.random.default_rng(args.seed * 100003 + epoch))
+        results = [found for found in (_lookup(benchmark, a) for a in archs) if found is not None]
+        missing = len(archs) - len(results)
+        record["trajectory"] = {key: summarize([r[key] for r in results]) for key in results[0]} if results else None
+        if missing:
+            record["trajectory_missing"] = missing
+        spread = (record["trajectory"] or {}).items()
+        summary = " ".join(f"{k} {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" for k, s in spread)
+        left_out = f" ({missing} not in NAS-Bench-201, left out)" if missing else ""
+        logger.info("sampled %d architectures%s: %s", len(archs), left_out, summary or "none in NAS-Bench-201")
+    return record
+
+
+def sample_architectures(model, count, rng):
+    """Architecture strings from `count` draws of the current distribution (argmax per edge)."""
+    from model_search import concentration  # here: the look-ups and their CLI need not load the supernet
+
+    beta = model.beta.detach().cpu().double()
+    archs = []
+    for _ in range(count):
+        ops = []
+        for e, kept in enumerate(model.kept):
+            if model.method == "dirichlet":
+                w = rng.dirichlet(concentration(beta[e, kept]).numpy())
+            else:  # the categorical distribution softmax(beta) of DARTS, SNAS and GDAS
+                w = rng.gumbel(size=len(kept)) + beta[e, kept].numpy()
+            ops.append(PRIMITIVES[kept[int(np.argmax(w))]])
+        archs.append(str(Structure.from_edges(ops)))
+    return archs
+
+
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description="Query NAS-Bench-201 or export its compact table.",
-        formatter_class=run_flags.HelpFormatter,
-    )
+    fmt = run_flags.HelpFormatter
+    what = "Query NAS-Bench-201 or export its compact table."
+    parser = argparse.ArgumentParser(description=what, formatter_class=fmt)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{query,export}")
-    query = commands.add_parser(
-        "query",
-        help="print one architecture's accuracies as JSON",
-        formatter_class=run_flags.HelpFormatter,
-    )
+    query = commands.add_parser("query", help="print one architecture's accuracies as JSON", formatter_class=fmt)
     group = query.add_argument_group("query")
-    group.add_argument(
-        "--benchmark",
-        type=str,
-        default=DEFAULT_TABLE,
-        help="official NAS-Bench-201 .pth or compact CSV table (the default is the table shipped next to this file)",
-    )
-    group.add_argument(
-        "--arch",
-        type=str,
-        required=True,
-        default=None,
-        help=f"cell: a named one ({', '.join(NAMED)}), an architecture string '|nor_conv_3x3~0|+|...|', "
-        "or a search's genotype.json",
-    )
-    export = commands.add_parser(
-        "export",
-        help="write the compact CSV table from the official file",
-        formatter_class=run_flags.HelpFormatter,
-    )
-    group = export.add_argument_group("export")
-    group.add_argument(
-        "--benchmark",
-        type=str,
-        required=True,
-        default=None,
-        help="official NAS-Bench-201 .pth (a table is copied as is)",
-    )
-    group.add_argument("--out", type=str, required=True, default=None, help="CSV file to write")
-    group.add_argument(
-        "--with_valid",
-        action="store_true",
-        default=False,
-        help=f"add a {VALID} column (valid accuracy) after the three test accuracies",
-    )
+    where = "official NAS-Bench-201 .pth or compact CSV table (the default is the table shipped next to this file)"
+    group.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=where)
+    cells = f"a named one ({', '.join(NAMED)}), an architecture string '|nor_conv_3x3~0|+|...|'"
+    group.add_argument("--arch", type=str, required=True, help=f"cell: {cells}, or a search's genotype.json")
+    what = "write the compact CSV table from the official file"
+    group = commands.add_parser("export", help=what, formatter_class=fmt).add_argument_group("export")
+    where = "official NAS-Bench-201 .pth (a table is copied as is)"
+    group.add_argument("--benchmark", type=str, required=True, help=where)
+    group.add_argument("--out", type=str, required=True, help="CSV file to write")
+    valid = f"add a {VALID} column (valid accuracy) after the three test accuracies"
+    group.add_argument("--with_valid", action="store_true", help=valid)
     return parser
 
 
@@ -349,8 +333,7 @@ def main(argv=None):
         sys.stdout.write(json.dumps(load_benchmark(path).query(arch)) + "\n")
     else:
         bench = load_benchmark(benchmark_path(args.benchmark) or args.benchmark)
-        count = export_table(bench, args.out, args.with_valid)
-        logger.info("wrote %d architectures to %s", count, args.out)
+        logger.info("wrote %d architectures to %s", export_table(bench, args.out, args.with_valid), args.out)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,9 @@
-"""Datasets of the NAS-Bench-201 space: CIFAR-10/100, ImageNet16-120, a synthetic set and your own images.
+"""Datasets of the NAS-Bench-201 space: `get_datasets(name, root, ...)` -> `(train, test, num_classes)`.
 
-`get_datasets(name, root, train_augment, image_size, seed)` returns `(train, test, num_classes)`.
-CIFAR-10/100 and ImageNet16-120 come as pickled batches of uint8 images; one reader
-(`PickledImages`) serves all three. CIFAR downloads itself into `root` when absent;
-ImageNet16-120 is the NAS-Bench-201 authors' download. `synthetic` lives in memory,
-needs no network and is learnable, for laptops and tests. `imagefolder` reads
-`root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`), resized to `image_size`
-(see `imagefolder`). Missing or broken data ends with one clear line saying what is wrong.
-What both spaces share (the data flags, the synthetic set, the CIFAR download, the records
-for device_data.py and genotype.json) is in data_common.py.
+CIFAR-10/100 (downloaded into `root` when absent) and ImageNet16-120 (the NAS-Bench-201 authors' download) are
+pickled uint8 batches read by `PickledImages`; `synthetic` lives in memory, needs no network and is learnable (for
+laptops and tests); `imagefolder` reads your own images. Missing or broken data ends with one clear line. What
+both spaces share (data flags, synthetic set, CIFAR download, device_data.py's records) is in data_common.py.
 """
 
 import pickle
@@ -33,38 +28,14 @@ def add_arguments(parser, verb):
 
 # name: (folder, train files, test files, label key, classes kept, image size, mean, std)
 SOURCES = {
-    "cifar10": (
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        ["test_batch"],
-        "labels",
-        10,
-        32,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-    ),
-    "cifar100": (
-        "cifar-100-python",
-        ["train"],
-        ["test"],
-        "fine_labels",
-        100,
-        32,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-    ),
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10, 32,
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, 32,
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     # ImageNet16-120 keeps classes 1..120 of the 1000 (labels in the files are 1-based).
-    "imagenet16-120": (
-        "",
-        [f"train_data_batch_{i}" for i in range(1, 11)],
-        ["val_data"],
-        "labels",
-        120,
-        16,
-        tuple(x / 255 for x in (122.68, 116.66, 104.01)),
-        tuple(x / 255 for x in (63.22, 61.26, 65.09)),
-    ),
-}
+    "imagenet16-120": ("", [f"train_data_batch_{i}" for i in range(1, 11)], ["val_data"], "labels", 120, 16,
+                       tuple(x / 255 for x in (122.68, 116.66, 104.01)), tuple(x / 255 for x in (63.22, 61.26, 65.09))),
+}  # fmt: skip
 IMAGENET16_HELP = "get the ImageNet16 pickles linked from the NAS-Bench-201 README (github.com/D-X-Y/NAS-Bench-201)"
 
 
@@ -73,16 +44,15 @@ class PickledImages(Dataset):
 
     def __init__(self, folder, files, label_key, num_classes, size, one_based, transform=None):
         images, labels = [], []
-        for name in files:
+        for path in (Path(folder) / name for name in files):
             try:
-                with open(Path(folder) / name, "rb") as f:
+                with open(path, "rb") as f:
                     entry = pickle.load(f, encoding="latin1")
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, size, size))
                 labels.append(np.asarray(entry[label_key], dtype=np.int64) - int(one_based))
             except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-                raise UserError(
-                    f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again"
-                ) from None
+                why = f"{type(err).__name__}: {err}"
+                raise UserError(f"{path} is damaged ({why}); delete it and fetch it again") from None
         images, labels = np.concatenate(images), np.concatenate(labels)
         keep = labels < num_classes
         self.images = images[keep].transpose(0, 2, 3, 1)  # (N, H, W, C) for PIL
@@ -99,25 +69,17 @@ class PickledImages(Dataset):
         return image, self.labels[index]
 
 
-def _transforms(size, mean, std, augment):
-    ops = [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
+def _transforms(size, mean, std, augment, resize=False):
+    ops = [T.Resize((size, size))] if resize else []
+    ops += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-# ---------------------------------------------------------------- your own images
-# (their class folders, files and statistics: image_files.py)
-# imagefolder stays per folder: DARTS-space's adds cutout to the training transform.
-
-
+# Your own images (files, statistics: image_files.py); imagefolder stays per folder, as DARTS-space's adds cutout.
 def imagefolder(root, image_size=32, seed=0, train_augment=True):
-    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`).
-
-    The training images come in a random order drawn from `seed`, so the searches' split at
-    `--train_portion` gives both halves every class. Images are resized to `image_size`
-    squared and normalised with the training images' own statistics (`image_stats`);
-    training adds CIFAR's random crop (padding image_size // 8) and flip. `train.summary`
-    is a line for the log.
-    """
+    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`), resized
+    to `image_size` squared, normalised with the training images' statistics; training adds CIFAR's crop and flip, its
+    order drawn from `seed` (so a `--train_portion` split holds every class). `train.summary` is a line for the log."""
     root = Path(root)
     layout = f"--dataset imagefolder expects {root}/train/<class>/* and {root}/val/<class>/* (or test/)"
     if not root.is_dir():
@@ -141,10 +103,9 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True):
         raise UserError(f"{root}/train holds one class ({classes[0]}); a classifier needs two or more")
     mean, std = image_stats(train_samples, image_size)
     order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed)).tolist()
-    resize = T.Resize((image_size, image_size))
-    train_tf = T.Compose([resize, *_transforms(image_size, mean, std, train_augment).transforms])
+    train_tf = _transforms(image_size, mean, std, train_augment, resize=True)
     train = ImageFiles([train_samples[i] for i in order], classes, train_tf)
-    test = ImageFiles(test_samples, classes, T.Compose([resize, *_transforms(image_size, mean, std, False).transforms]))
+    test = ImageFiles(test_samples, classes, _transforms(image_size, mean, std, False, resize=True))
     train.summary = (
         f"imagefolder {root}: {len(classes)} classes, {len(train)} training and {len(test)} {test_dir.name} images "
         f"at {image_size}x{image_size}, normalised with mean {mean} std {std}"
@@ -168,15 +129,11 @@ def get_datasets(name, root, train_augment=True, image_size=32, seed=0):
         missing = [f for f in train_files + test_files if not (folder / f).is_file()]
     if missing:
         how = IMAGENET16_HELP if name == "imagenet16-120" else f"delete {folder} and run again to download it"
-        raise UserError(
-            f"{name} not found: {folder} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-            f"{how}, or try the code with --dataset synthetic"
-        )
-    one_based = name == "imagenet16-120"
-    train = PickledImages(
-        folder, train_files, label_key, classes, size, one_based, _transforms(size, mean, std, train_augment)
-    )
-    test = PickledImages(folder, test_files, label_key, classes, size, one_based, _transforms(size, mean, std, False))
+        lacks = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise UserError(f"{name} not found: {folder} lacks {lacks}; {how}, or try the code with --dataset synthetic")
+    kept = (label_key, classes, size, name == "imagenet16-120")  # ImageNet16's labels are 1-based
+    train = PickledImages(folder, train_files, *kept, _transforms(size, mean, std, train_augment))
+    test = PickledImages(folder, test_files, *kept, _transforms(size, mean, std, False))
     for data, augment in ((train, train_augment), (test, False)):  # the same steps as `_transforms`
         data_common.record_device_recipe(data, data.images, data.labels, mean, std, augment, padding=size // 8)
     return train, test, classes

@@ -1,13 +1,11 @@
 """NAS-Bench-201 architectures: the op list, the cell structure type, named cells, genotype.json.
 
-A cell has 4 nodes; node i (1..3) sums one op applied to every earlier node j < i, so
-there are 6 edges. Architectures are written as NAS-Bench-201 strings:
+A cell has 4 nodes; node i (1..3) sums one op applied to every earlier node j < i (6 edges). An architecture
+string has one `+`-separated group per node, each `op~j` naming the op on the edge from node j:
 
     |nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|
 
-one `+`-separated group per node, each `op~j` naming the op on the edge from node j.
-`Structure.from_str(s)` parses (and validates) a string; `str(structure)` prints it
-back exactly.
+`Structure.from_str(s)` parses (and validates) a string; `str(structure)` prints it back exactly.
 """
 
 import json
@@ -18,10 +16,8 @@ from runkit.utils import UserError
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
 SPACE = "NAS-Bench-201"
-
 # Op order of the NAS-Bench-201 search space (the columns of the architecture parameters).
 PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
-
 MAX_NODES = 4
 # Edges in the order the supernet and the strings use: (to node i, from node j).
 EDGES = [(i, j) for i in range(1, MAX_NODES) for j in range(i)]
@@ -32,9 +28,6 @@ class Structure:
 
     def __init__(self, nodes):
         self.nodes = tuple(tuple((op, int(j)) for op, j in node) for node in nodes)
-        self._validate()
-
-    def _validate(self):
         if len(self.nodes) != MAX_NODES - 1:
             raise ValueError(f"a cell has {MAX_NODES - 1} nodes, got {len(self.nodes)}")
         for i, node in enumerate(self.nodes, start=1):
@@ -51,13 +44,12 @@ class Structure:
         for group in arch.strip().split("+"):
             if not (group.startswith("|") and group.endswith("|") and len(group) > 2):
                 raise ValueError(f"malformed node {group!r} in {arch!r}; expected |op~j|...|")
-            node = []
+            nodes.append([])
             for token in group[1:-1].split("|"):
                 op, sep, j = token.partition("~")
                 if not sep or not j.isdigit():
                     raise ValueError(f"malformed edge {token!r} in {arch!r}; expected op~j")
-                node.append((op, int(j)))
-            nodes.append(node)
+                nodes[-1].append((op, int(j)))
         return cls(nodes)
 
     @classmethod
@@ -96,10 +88,7 @@ NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
 def save_genotype(structure, path, data=None):
-    """Write a search's result as `{"arch": "|...|"}` (read back by `load_arch`).
-
-    `data` adds what the search ran on (`DATA_KEYS`); `load_arch_and_data` returns it next to the cell.
-    """
+    """Write a search's result as `{"arch": "|...|", **data}` (`data`: what it ran on, `DATA_KEYS`; see `load_arch`)."""
     Path(path).write_text(json.dumps({"arch": str(structure), **(data or {})}, indent=2) + "\n")
 
 
@@ -109,10 +98,7 @@ def load_arch(spec):
 
 
 def load_arch_and_data(spec):
-    """`load_arch(spec)` and the data record of its genotype.json (a dict of `DATA_KEYS`, else None).
-
-    Named cells, architecture strings and a genotype.json written without a record have None.
-    """
+    """`load_arch(spec)` and the data record of its genotype.json (a dict of `DATA_KEYS`, else None)."""
     if spec in NAMED:
         return NAMED[spec], None
     text, data = spec, None

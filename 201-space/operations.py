@@ -1,19 +1,14 @@
 """Operations of the NAS-Bench-201 space and the residual block between its stages.
 
-`OPS[name](C_in, C_out, stride, affine)` builds one candidate op: an `nn.Module` whose
-`forward(x)` is the op. That is all a new op needs (with its name in `genotypes.PRIMITIVES`):
-search cells mix it as `w * op(x)` and net2wider widens its convs and BatchNorms
-(`net2wider.widen_op`). Inside search cells the ops use BatchNorm without affine parameters
-(`affine=False`), as the paper's code does; the evaluation network (`model.py`) uses affine BatchNorm.
-
-The built-in ops add optional overrides, used where an op has them:
-- `forward_scaled(x, x_relu, scale)` = `scale * op(x)`, given the node's shared `x_relu = relu(x)`:
-  the mixing weight rides on the BatchNorm (or the pooling kernel), so a search cell keeps about
-  half the activations (`MixedOp`);
+`OPS[name](C_in, C_out, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the op.
+That is all a new op needs (with its name in `genotypes.PRIMITIVES`): search cells mix it as `w * op(x)` and
+net2wider widens its convs and BatchNorms (`net2wider.widen_op`). Search cells use `affine=False` BatchNorm, as the
+paper's code does; the evaluation network (`model.py`) affine BatchNorm. Optional overrides, used where present:
+- `forward_scaled(x, x_relu, scale)` = `scale * op(x)`, given the node's shared `x_relu = relu(x)`: the mixing
+  weight rides on the BatchNorm (or the pooling kernel), so a search cell keeps about half the activations;
 - `adds_nothing = True` (the zero op, `none`): its output is 0, so cells skip it;
-- `widen(index, moved, generator)`: grows its channels to `len(index)` by copying the existing
-  channels `index` (net2wider.py, between the stages of the progressive search), appends the
-  replaced parameters to `moved` and returns its outputs' index.
+- `widen(index, moved, generator)`: grows its channels to `len(index)` by copying the channels `index` (between
+  the progressive search's stages), appends the replaced parameters to `moved`, returns its outputs' index.
 """
 
 import torch.nn as nn
@@ -21,72 +16,45 @@ import torch.nn.functional as F
 from runkit.net2wider import grow_index, widen_bn, widen_conv
 
 
-def scaled_batch_norm(bn, x, scale):
-    """`scale * bn(x)` in one BatchNorm call (same statistics and running-average updates as `bn`)."""
-    weight = scale.expand(x.size(1)).contiguous() if bn.weight is None else bn.weight * scale
-    bias = None if bn.bias is None else bn.bias * scale
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-    # Running statistics are read in eval mode and updated in train mode when tracked.
-    use_running = not bn.training or bn.track_running_stats
-    return F.batch_norm(
-        x,
-        bn.running_mean if use_running else None,
-        bn.running_var if use_running else None,
-        weight,
-        bias,
-        bn.training or bn.running_mean is None,
-        bn.momentum,
-        bn.eps,
-    )
-
-
 class ReLUConvBN(nn.Module):
     """ReLU -> Conv -> BatchNorm (NAS-Bench-201's `nor_conv_*`)."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
-        )
+        conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.op = nn.Sequential(nn.ReLU(inplace=False), conv, nn.BatchNorm2d(C_out, affine=affine))
 
     def forward(self, x):
         return self.op(x)
 
     def forward_scaled(self, x, x_relu, scale):
-        """`scale * self(x)` given `x_relu = relu(x)`, for search cells.
-
-        The ReLU of a node is shared by all its ops, and the mixing weight rides on the
-        BatchNorm's affine weight, so neither a ReLU output per op nor a BN output per op
-        is kept for the backward pass: about half the activation memory of a search cell.
-        """
-        return scaled_batch_norm(self.op[2], self.op[1](x_relu), scale)
+        """`scale * self(x)` given the node's shared `x_relu = relu(x)`, the weight riding on the BatchNorm (same
+        statistics and updates): no ReLU or BN output per op is kept for backward, half a search cell's activations."""
+        bn, x = self.op[2], self.op[1](x_relu)
+        weight = scale.expand(x.size(1)).contiguous() if bn.weight is None else bn.weight * scale
+        bias = None if bn.bias is None else bn.bias * scale
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+        # Running statistics are read in eval mode and updated in train mode when tracked.
+        mean, var = (bn.running_mean, bn.running_var) if not bn.training or bn.track_running_stats else (None, None)
+        return F.batch_norm(x, mean, var, weight, bias, bn.training or bn.running_mean is None, bn.momentum, bn.eps)
 
     def widen(self, index, moved, generator=None):
         """net2wider on input channels `index`; returns the output channels' index."""
         conv = self.op[1]
-        # Square convs (all of a search cell's) keep the input's channel map; otherwise the
-        # outputs grow in proportion.
-        out_index = (
-            index
-            if conv.in_channels == conv.out_channels
-            else grow_index(conv.out_channels, conv.out_channels * len(index) // conv.in_channels, generator)
-        )
+        # Square convs (all of a search cell's) keep the input's channel map; otherwise the outputs grow in proportion.
+        out_index = index
+        if conv.in_channels != conv.out_channels:
+            out_index = grow_index(conv.out_channels, conv.out_channels * len(index) // conv.in_channels, generator)
         self.op[1] = widen_conv(conv, index, out_index, moved)
         self.op[2] = widen_bn(self.op[2], out_index, moved)
         return out_index
 
 
 def avg_pool_3x3(x, stride, scale=None):
-    """3x3 average pooling that does not count the zero padding (`count_include_pad=False`).
-
-    Computed as a depthwise convolution with a ones kernel divided by the number of
-    pixels under the window: the same numbers as `F.avg_pool2d`, whose CPU kernel is
-    about 6x slower and took a third of a search step. A `scale` (a mixing weight)
-    multiplies the kernel, so `scale * pool(x)` keeps no output of its own for backward.
-    """
+    """3x3 average pooling without the zero padding, as a depthwise convolution with a ones kernel divided by the
+    pixels under the window: `F.avg_pool2d(count_include_pad=False)`'s numbers, whose CPU kernel is about 6x slower
+    (a third of a search step). A `scale` multiplies the kernel: `scale * pool(x)` keeps no output for backward."""
     C, H, W = x.shape[1:]
     ones = x.new_ones(1, 1, 3, 3)
     counts = F.conv2d(x.new_ones(1, 1, H, W), ones, stride=stride, padding=1)  # (1, 1, H', W')
@@ -104,9 +72,7 @@ class Pooling(nn.Module):
         self.stride = stride
 
     def forward(self, x):
-        if self.preprocess is not None:
-            x = self.preprocess(x)
-        return avg_pool_3x3(x, self.stride)
+        return avg_pool_3x3(x if self.preprocess is None else self.preprocess(x), self.stride)
 
     def forward_scaled(self, x, x_relu, scale):
         """`scale * self(x)` (search cells, where C_in == C_out)."""
@@ -137,8 +103,7 @@ class Zero(nn.Module):
 
     def __init__(self, C_out, stride):
         super().__init__()
-        self.C_out = C_out
-        self.stride = stride
+        self.C_out, self.stride = C_out, stride
 
     def forward(self, x):
         out = x[:, :, :: self.stride, :: self.stride]
@@ -168,10 +133,8 @@ class ResNetBasicBlock(nn.Module):
         self.conv_a = ReLUConvBN(C_in, C_out, 3, stride, 1)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
         if stride == 2:
-            self.downsample = nn.Sequential(
-                nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
-                nn.Conv2d(C_in, C_out, kernel_size=1, bias=False),
-            )
+            pool = nn.AvgPool2d(kernel_size=2, stride=2, padding=0)
+            self.downsample = nn.Sequential(pool, nn.Conv2d(C_in, C_out, kernel_size=1, bias=False))
         elif C_in != C_out:
             self.downsample = ReLUConvBN(C_in, C_out, 1, 1, 0)
         else:

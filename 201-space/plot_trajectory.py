@@ -1,15 +1,8 @@
-"""Draw the accuracy trajectory of a search run with a NAS-Bench-201 benchmark.
+"""Draw the NAS-Bench-201 accuracy trajectory of a search from its history.jsonl (benchmark.query_benchmark).
 
-A search run with a benchmark (by default the shipped table; `--benchmark none` turns it
-off) records in `history.jsonl`, for every epoch, the benchmark accuracy of the derived
-architecture and the min / median / max accuracy of architectures sampled from the
-current Dirichlet. The figure has one panel per dataset: a band between the min and max
-of the sampled architectures, their median dashed, and the derived architecture as a
-solid line, over the epochs numbered as the log numbers them (from 1); a dotted line
-marks where a stage of the progressive search begins. On a data set the benchmark did
-not measure (synthetic, an image folder) the title says the figures describe the cells,
-not the run. Cells not in NAS-Bench-201 (an op added to the space, see trajectory.py) leave
-gaps, and the title counts them. The search draws it at its end; redraw it with
+One panel per dataset over the epochs (from 1, as logged): the sampled cells' min-max band and dashed median, the
+derived cell, a dotted line where a progressive stage begins; the title flags a data set the benchmark did not
+measure and counts the cells not in NAS-Bench-201 (gaps). The search draws it at its end; redraw it with
 
     python plot_trajectory.py experiments/train_search-20260101-120000
     python plot_trajectory.py RUN_DIR --out trajectory.pdf
@@ -47,84 +40,39 @@ def read_history(run_dir):
 
 
 def trajectory_series(records):
-    """What the figure draws, checked: 1-based epochs (the log's numbering) and per dataset the
-    derived cell's accuracies and, where recorded, the sampled min / median / max; plus where a
-    stage begins (`[(x, stage number)]`, between two epochs), the runs' benchmark note and what
-    was not in NAS-Bench-201 (`missing`: a line for the title, or None). A derived cell recorded
-    as not in NAS-Bench-201 (`"benchmark": null`) or an epoch none of whose sampled cells is
-    (`"trajectory": null`) is NaN there: a gap in the line or the band."""
+    """What the figure draws, checked: 1-based epochs, per dataset the derived cell's accuracies and the sampled
+    min / median / max (where recorded), the stage starts `[(x, stage number)]`, the benchmark note and the
+    `missing` line. A cell not in NAS-Bench-201 (`"benchmark": null`, `"trajectory": null`) is NaN: a gap."""
     usable = sorted((r for r in records if isinstance(r, dict) and "benchmark" in r), key=lambda r: r["epoch"])
     if not usable:
-        raise UserError(
-            "the history has no benchmark accuracies (a search with --benchmark none); search with the "
-            "default --benchmark (the shipped table), another CSV table or the official file"
-        )
+        how = "search with the default --benchmark (the shipped table), another CSV table or the official file"
+        raise UserError(f"the history has no benchmark accuracies (a search with --benchmark none); {how}")
     epochs = [int(r["epoch"]) + 1 for r in usable]
     # A run with --trajectory_samples 0 records the derived cell only: no band then.
     sampled_records = [(e, r) for e, r in zip(epochs, usable) if "trajectory" in r]
-    nan = float("nan")
+    nan, trajectories = float("nan"), [r["trajectory"] for _, r in sampled_records]
     series = {}
     for dataset in DATASETS:
         try:
             derived = [nan if r["benchmark"] is None else float(r["benchmark"][dataset]) for r in usable]
-            sampled = {
-                s: [nan if r["trajectory"] is None else float(r["trajectory"][dataset][s]) for _, r in sampled_records]
-                for s in STATS
-            }
+            sampled = {s: [nan if t is None else float(t[dataset][s]) for t in trajectories] for s in STATS}
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"history record lacks {dataset} accuracies ({type(err).__name__}: {err})") from None
         series[dataset] = {"derived": derived, "sampled": sampled}
-    stage_starts = [
+    stages = [
         (epoch - 0.5, int(r["stage"]) + 1)
         for epoch, r, before in zip(epochs[1:], usable[1:], usable)
         if r.get("stage", 0) != before.get("stage", 0)
     ]
     derived_out = sum(r["benchmark"] is None for r in usable)
     sampled_out = sum(int(r.get("trajectory_missing", 0)) for _, r in sampled_records)
-    missing = None
-    if derived_out or sampled_out:
-        missing = (
-            f"not in NAS-Bench-201, left out: the derived cell of {derived_out} epoch(s), {sampled_out} sampled cell(s)"
-        )
-    return {
-        "epochs": epochs,
-        "sampled_epochs": [e for e, _ in sampled_records],
-        "series": series,
-        "stage_starts": stage_starts,
-        "note": next((r["benchmark_note"] for r in usable if r.get("benchmark_note")), None),
-        "missing": missing,
-    }
-
-
-def _draw_panel(ax, data, dataset, marker):
-    """One dataset's panel: the sampled band and median, the derived cell, the stage switches."""
-    sampled, epochs = data["series"][dataset]["sampled"], data["sampled_epochs"]
-    band = dict(color="tab:blue", alpha=0.2, label="sampled architectures (min-max)")
-    if len(epochs) == 1:  # a band one epoch wide has no area: a bar and a tick instead
-        ax.vlines(epochs, sampled["min"], sampled["max"], linewidth=8, **band)
-        ax.plot(epochs, sampled["median"], "_", color="tab:blue", markersize=14, label="sampled median")
-    elif epochs:
-        ax.fill_between(epochs, sampled["min"], sampled["max"], linewidth=0, **band)
-        ax.plot(epochs, sampled["median"], "--", color="tab:blue", linewidth=1.2, label="sampled median")
-    derived = data["series"][dataset]["derived"]
-    style = dict(color="tab:red", linewidth=1.8, marker=marker, markersize=3, label="derived architecture")
-    ax.plot(data["epochs"], derived, "-", **style)
-    for x, stage in data["stage_starts"]:
-        ax.axvline(x, color="0.3", linestyle=":", linewidth=1.2)
-        ax.annotate(
-            f"stage {stage}",
-            (x, 1),
-            xycoords=("data", "axes fraction"),
-            xytext=(3, -3),
-            textcoords="offset points",
-            va="top",
-            fontsize=8,
-            color="0.3",
-        )
-    ax.set_title(TITLES[dataset])
-    ax.set_xlabel("search epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, alpha=0.3)
+    missing = f"the derived cell of {derived_out} epoch(s), {sampled_out} sampled cell(s)"
+    missing = f"not in NAS-Bench-201, left out: {missing}" if derived_out or sampled_out else None
+    note = next((r["benchmark_note"] for r in usable if r.get("benchmark_note")), None)
+    sampled_at = [e for e, _ in sampled_records]
+    return dict(
+        epochs=epochs, sampled_epochs=sampled_at, series=series, stage_starts=stages, note=note, missing=missing
+    )
 
 
 def draw_trajectory(records):
@@ -138,10 +86,24 @@ def draw_trajectory(records):
     fig = Figure(figsize=(4.2 * len(DATASETS), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(DATASETS))
-    epochs = data["epochs"]
-    marker = "o" if len(epochs) <= 30 else None
+    epochs, sampled_epochs = data["epochs"], data["sampled_epochs"]
+    band = dict(color="tab:blue", alpha=0.2, label="sampled architectures (min-max)")
+    derived = dict(color="tab:red", linewidth=1.8, marker="o" if len(epochs) <= 30 else None, markersize=3)
+    stage = dict(xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points", va="top")
     for ax, dataset in zip(axes, DATASETS):
-        _draw_panel(ax, data, dataset, marker)
+        sampled = data["series"][dataset]["sampled"]
+        if len(sampled_epochs) == 1:  # a band one epoch wide has no area: a bar and a tick instead
+            ax.vlines(sampled_epochs, sampled["min"], sampled["max"], linewidth=8, **band)
+            ax.plot(sampled_epochs, sampled["median"], "_", color="tab:blue", markersize=14, label="sampled median")
+        elif sampled_epochs:
+            ax.fill_between(sampled_epochs, sampled["min"], sampled["max"], linewidth=0, **band)
+            ax.plot(sampled_epochs, sampled["median"], "--", color="tab:blue", linewidth=1.2, label="sampled median")
+        ax.plot(epochs, data["series"][dataset]["derived"], "-", label="derived architecture", **derived)
+        for x, number in data["stage_starts"]:
+            ax.axvline(x, color="0.3", linestyle=":", linewidth=1.2)
+            ax.annotate(f"stage {number}", (x, 1), fontsize=8, color="0.3", **stage)
+        ax.set(title=TITLES[dataset], xlabel="search epoch", ylabel="test accuracy (%)")
+        ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) == 1:
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
@@ -162,10 +124,8 @@ def plot_trajectory(records, out_path):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description="Redraw trajectory.png of a search run from its history.jsonl.",
-        formatter_class=run_flags.HelpFormatter,
-    )
+    desc = "Redraw trajectory.png of a search run from its history.jsonl."
+    parser = argparse.ArgumentParser(description=desc, formatter_class=run_flags.HelpFormatter)
     group = parser.add_argument_group("plot")
     group.add_argument("run_dir", type=str, help="run directory of a search made with a benchmark")
     group.add_argument("--out", type=str, default=None, help="output image (default: RUN_DIR/trajectory.png)")

@@ -6,19 +6,12 @@
     python report.py runs/s* --csv runs/table.csv     # and the same rows as CSV
     python report.py runs/s* --benchmark NAS-Bench-201-v1_0-e61699.pth   # the official file instead
 
-One row per run: seed, data set searched on, method, final cell (genotype.json), its
-NAS-Bench-201 test accuracy (%, 200 epochs) on cifar10, cifar100 and ImageNet16-120 from
-the table in tables/ (or `--benchmark PATH`), and the search cost the run measured
-(history.jsonl's `device_hours`: wall hours of the epoch loop times the number of
-processes, summed over resumes; GPU-hours when every run used CUDA; n/a for runs made
-before the engine recorded it). Then, per data set and method, a row of mean ± std over
-its runs: the sample std (ddof=1), 0.00 for a single run. The CSV holds the same rows, a
-summary as two rows (`mean`, `std`) of plain numbers with the number of runs.
-
-Each RUN_DIR must be a finished run of train_search.py or train_search_progressive.py
-(args.json names the script; genotype.json and a history line per epoch mark the end).
-Anything else (not a run, a training run, a run stopped or still going) stops the report
-with one line naming the folder, so that a table never averages a partial search.
+One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accuracies (%, 200 epochs) and the
+search cost (history.jsonl's `device_hours`: wall hours of the epoch loop times the processes, over resumes;
+GPU-hours when every run used CUDA; n/a for older runs); then per data set and method mean ± std (ddof=1; 0.00
+for one run), in the CSV as a `mean` and a `std` row. Each RUN_DIR must be a finished search (train_search.py,
+train_search_progressive.py): anything else stops the report with one line naming the folder, so that a table
+never averages a partial search.
 """
 
 import argparse
@@ -30,20 +23,17 @@ from runkit import run_flags, run_folder
 from runkit.report_tables import markdown, read_run, runs_text, summarize, write_csv
 from runkit.utils import UserError, exits_cleanly
 
-from benchmark import DATASETS, load_benchmark
+from benchmark import DATASETS, DEFAULT_TABLE, benchmark_path, load_benchmark
 from genotypes import SPACE, Structure
 
 SCRIPTS = ("train_search", "train_search_progressive")
-# The table shipped in tables/, found next to this file whatever the current folder.
-TABLE = "tables/nb201_test_accuracy.csv.gz"
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument("runs", type=str, nargs="+", metavar="RUN_DIR", help="run folders of finished searches")
-    parser.add_argument(
-        "--benchmark", type=str, default=TABLE, help="NAS-Bench-201 .pth or compact CSV table for the accuracies"
-    )
+    where = "NAS-Bench-201 .pth or compact CSV table for the accuracies"
+    parser.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=where)
     parser.add_argument("--csv", type=str, default=None, help="also write the rows to this CSV file")
     return parser
 
@@ -76,20 +66,13 @@ def main(argv=None):
     run_dirs = list(dict.fromkeys(args.runs))  # a folder named twice counts once
     for run_dir in run_dirs:
         read_run(run_dir, SPACE, SCRIPTS)  # every folder is checked before the benchmark loads
-    path = Path(__file__).resolve().parent / TABLE if args.benchmark == TABLE else args.benchmark
-    rows, cost = search_rows(run_dirs, load_benchmark(path))
+    rows, cost = search_rows(run_dirs, load_benchmark(benchmark_path(args.benchmark) or args.benchmark))
     summaries = summarize(rows, ["data set", "method"], [*DATASETS, cost])
-    lines = [
-        *markdown(rows, summaries),
-        "",
-        # The cell is the one of the search's last epoch: no accuracy picked it, the test one least of all.
-        f"NAS-Bench-201 test accuracy (%) after 200 epochs of each search's final cell, from {args.benchmark}.",
-    ]
-    for summary, count in summaries:
-        lines.append(
-            f"{summary['data set']}, {summary['method']}: mean ± std over {runs_text(count)} "
-            "(sample std, ddof=1; 0.00 for a single run)."
-        )
+    # The cell is the one of the search's last epoch: no accuracy picked it, the test one least of all.
+    source = f"NAS-Bench-201 test accuracy (%) after 200 epochs of each search's final cell, from {args.benchmark}."
+    std = "mean ± std over {} (sample std, ddof=1; 0.00 for a single run)."
+    lines = [*markdown(rows, summaries), "", source]
+    lines += [f"{s['data set']}, {s['method']}: {std.format(runs_text(count))}" for s, count in summaries]
     sys.stdout.write("\n".join(lines) + "\n")
     if args.csv:
         write_csv(args.csv, {"search": (rows, summaries)})

@@ -27,8 +27,9 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from runkit import accel, device_data, engine, progress, run_flags, utils
+from runkit import accel, device_data, engine, run_flags, utils
 from runkit.data_common import data_difference, data_record
+from runkit.progress import infer
 
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
@@ -87,7 +88,8 @@ def train(run, model, optimizer, train_stream, test_loader, structure, args):
             loss.backward()
             optimizer.step()
             run.update(logits, targets, loss)
-        test = infer(model, test_loader, device, args.amp)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            test = infer(model, test_loader, device).result()
         test_fields = {"test_acc": test["acc"], "test_loss": test["loss"]}
         record = run.end_epoch({"lr": lr, **run.train_metrics(), **test_fields, "arch": str(structure)})
     return record
@@ -97,18 +99,6 @@ def forward(model, inputs, amp):
     """fp32 logits of the network (bf16 autocast with --amp)."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
         return model(inputs).float()
-
-
-@torch.no_grad()
-def infer(model, loader, device, amp):
-    """{"acc", "loss", "top5"} of the network on `loader`."""
-    model.eval()
-    meter = progress.Meter(device)
-    for batch in loader:
-        inputs, targets = utils.to_device(batch, device)
-        logits = forward(model, inputs, amp)
-        meter.update(logits, targets, F.cross_entropy(logits, targets))
-    return meter.result()
 
 
 @utils.exits_cleanly

@@ -23,20 +23,20 @@ from itertools import islice
 
 import torch
 import torch.nn.functional as F
-from runkit import accel, device_data, engine, progress, run_flags, utils
+from runkit import accel, device_data, engine, run_flags, utils
 from runkit.data_common import data_record
 from runkit.net2wider import carry_momentum
+from runkit.progress import infer
 from runkit.run_flags import Stage, check_warmup, stage_at
 from torch.utils.data import Subset
 
 from architect import REGULARIZERS, Architect
-from benchmark import DEFAULT_TABLE, open_benchmark
+from benchmark import DEFAULT_TABLE, log_benchmark, open_benchmark, query_benchmark
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
 from genotypes import PRIMITIVES, SPACE, save_genotype
 from model_search import SAMPLERS, Network, gumbel_tau
 from plot_trajectory import plot_trajectory, read_history
-from trajectory import log_benchmark, query_benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -200,30 +200,18 @@ def search_data(train_data, args, device):
     return streams, device_data.loader(valid_part, args.batch_size, device, on_device, args.workers)
 
 
-def search_step(model, architect, w_optimizer, weights, train_batch, valid_batch, lr, grad_clip):
+def search_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip):
     """One search iteration: an architecture step (when `valid_batch` is given), then a weight step."""
     x, y = train_batch
     if valid_batch is not None:
-        architect.step(x, y, *valid_batch, lr, w_optimizer)
-    w_optimizer.zero_grad(set_to_none=True)
+        architect.step(x, y, *valid_batch, lr, optimizer)
+    optimizer.zero_grad(set_to_none=True)
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     loss.backward(inputs=weights)  # beta never receives the weight loss
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
-    w_optimizer.step()
+    optimizer.step()
     return logits.detach(), loss.detach()
-
-
-@torch.no_grad()
-def infer(model, loader, device):
-    """The `progress.Meter` (top-1, top-5, loss) of `model` in eval mode on `loader`."""
-    model.eval()
-    meter = progress.Meter(device)
-    for batch in loader:
-        x, y = utils.to_device(batch, device)
-        logits = model(x)
-        meter.update(logits, y, F.cross_entropy(logits, y))
-    return meter
 
 
 # ---------------------------------------------------------------- the loop
@@ -304,10 +292,9 @@ def finish(run, model, benchmark=None):
 
 
 @utils.exits_cleanly
-def main(argv=None, progressive=False, description=__doc__):
-    """A whole search: flags, data, model, then the loop (`progressive`: train_search_progressive.py's)."""
-    script = "train_search_progressive" if progressive else "train_search"
-    args = engine.parse_args(get_parser(progressive, description), SPACE, script, argv)
+def main(argv=None, parser=None, script="train_search"):
+    """A whole search: flags, data, model, then the loop (`parser`, `script`: train_search_progressive.py's)."""
+    args = engine.parse_args(parser or get_parser(), SPACE, script, argv)
     run = engine.Run(args, SPACE, script, ranges=FLAG_RANGES)  # checks the flags and --resume; writes nothing
     accel.check_flags(args, run.dist.device)
     get_stages(args)  # refuses inconsistent stage flags before any work

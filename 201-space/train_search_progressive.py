@@ -22,7 +22,7 @@ def get_parser():
 
 
 def main(argv=None):
-    train_search.main(argv, progressive=True, description=__doc__)
+    train_search.main(argv, get_parser(), "train_search_progressive")
 
 
 if __name__ == "__main__":

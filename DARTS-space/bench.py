@@ -1,17 +1,13 @@
 """Seconds per search step and peak memory of the DrNAS supernet, one JSON line per config.
 
-A search step is what train_search.py does per batch after the warm-up: a first-order
-architecture step on one batch, then an SGD step of the weights (clipped) on another.
-Configurations: the paper's CIFAR search network (C=36, 20 cells, batch 64) in stage 1
-(k=6, all 7 ops) and stage 2 (k=4, 4 ops per edge: the 4 costliest ops, an upper bound
-of any pruning), and a small one (C=16, 8 cells, k=4, 7 ops). Each configuration runs in
-a fresh child process, so the peak memory (max RSS on the CPU, the allocator's peak on
-CUDA) is its own. Random 32x32 inputs, 10 classes. The last line, config `eval`, is one
-training step of train.py's network: DrNAS_cifar10 at C=36, 20 cells, batch 64, with the
-auxiliary head and drop path 0.2. The architecture step and the weight step of a search step
-are timed apart (the device synchronised around each), and the search step is their sum, so
-it is never reported faster than its weight step. Progress goes to stderr; each child prints
-its JSON line to stdout as soon as its configuration ends.
+A search step is what train_search.py does per batch after the warm-up: a first-order architecture step on one
+batch, then a (clipped) SGD step of the weights on another, timed apart with the device synchronised around each;
+`s_per_step` is their sum (`s_per_arch_step` + `s_per_weight_step`), never below its weight step. Configurations:
+the paper's CIFAR search network (C=36, 20 cells, batch 64) in stage 1 (k=6, all 7 ops) and stage 2 (k=4, the 4
+costliest ops on every edge, an upper bound of any pruning), a small one (C=16, 8 cells, k=4, 7 ops), and `eval`:
+one train.py step of DrNAS_cifar10 (C=36, 20 cells, batch 64, auxiliary head, drop path 0.2). Random 32x32
+inputs, 10 classes. Each configuration runs in a fresh child process, so its peak memory (max RSS on the CPU,
+the allocator's peak on CUDA) is its own; progress goes to stderr, each JSON line to stdout when it ends.
 
     python bench.py --device cpu --threads 2       # all configurations, 2 CPU threads
     python bench.py --device cuda --steps 20 --warmup 5
@@ -20,11 +16,9 @@ its JSON line to stdout as soon as its configuration ends.
     python bench.py --device cuda --lean_ops off   # the search without the memory-saving ops
     python bench.py --device cpu --config small    # one configuration
 
-Each record has `s_per_step`, `images_per_s` (both batches of a search step), `peak_mem_mb`
-and `projected_h`, the hours of the paper's run at this speed, evaluation not counted: a
-search stage is 25 epochs of 391 steps, the first 10 weight-only (a weight-only step taken as
-the weight part of a search step, `s_per_weight_step`; its architecture part is `s_per_arch_step`);
-`eval` is 600 epochs of 782 steps (50,000 images in batches of 64).
+`images_per_s` counts both batches of a search step; `projected_h` is the hours of the paper's run at this speed,
+evaluation not counted: a search stage is 25 epochs of 391 steps, the first 10 weight-only (taken as the weight
+part of a search step); `eval` is 600 epochs of 782 steps (50,000 images in batches of 64).
 """
 
 import argparse
@@ -57,13 +51,8 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device")
     parser.add_argument("--gpu", type=int, default=None, help="CUDA device index (default 0)")
-    parser.add_argument(
-        "--config",
-        type=str,
-        default=None,
-        choices=sorted(CONFIGS) + ["eval"],
-        help="measure only this configuration (default: all, each in a child process)",
-    )
+    text = "measure only this configuration (default: all, each in a child process)"
+    parser.add_argument("--config", type=str, default=None, choices=sorted(CONFIGS) + ["eval"], help=text)
     parser.add_argument("--steps", type=int, default=2, help="timed search steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed search steps first")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
@@ -82,7 +71,7 @@ EVAL_STEPS = 600 * 782
 def bench_search(name, args, device):
     """Time `args.steps` search steps of configuration `name`; return its JSON record."""
     cfg = CONFIGS[name]
-    kept = None if cfg["keep"] is None else {t: [cfg["keep"]] * 14 for t in ("normal", "reduce")}
+    kept = None if cfg["keep"] is None else [cfg["keep"]] * 28
     model = Network(cfg["C"], 10, cfg["layers"], k=cfg["k"], kept=kept).to(device)
     model.amp = args.amp
     model.use_lean_ops(args.lean_ops == "on")
@@ -96,8 +85,7 @@ def bench_search(name, args, device):
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
 
-    # The search's step in its two parts: beta on one batch, then the weights on another (all a warm-up
-    # epoch's step does).
+    # The search's step in its two parts: beta on one batch, then the weights on another (a warm-up epoch's step).
     def arch_step():
         accel.begin_step(device, 1, args.compile)
         architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
@@ -109,34 +97,18 @@ def bench_search(name, args, device):
     seconds, weight_seconds = parts["arch"] + parts["weight"], parts["weight"]
     arch_s, weight_s = round(parts["arch"], 4), round(weight_seconds, 4)
     stage_s = SEARCH_STEPS * (WARMUP_EPOCHS * weight_seconds + (STAGE_EPOCHS - WARMUP_EPOCHS) * seconds)
-    return dict(
-        config=name,
-        stage=cfg["stage"],
-        C=cfg["C"],
-        layers=cfg["layers"],
-        k=cfg["k"],
-        ops_per_edge=len(cfg["keep"] or PRIMITIVES),
-        batch=cfg["batch"],
-        **speed_flags(device, args),
-        s_per_step=round(arch_s + weight_s, 4),  # the sum of the printed parts: never below either
-        s_per_arch_step=arch_s,
-        s_per_weight_step=weight_s,
-        images_per_s=round(2 * cfg["batch"] / seconds, 1),
-        peak_mem_mb=round(utils.peak_memory_mb(device), 1),
-        params=utils.count_parameters(weights),
-        projected_h=round(stage_s / 3600, 2),
-    )
+    record = dict(config=name, stage=cfg["stage"], C=cfg["C"], layers=cfg["layers"], k=cfg["k"])
+    record.update(ops_per_edge=len(cfg["keep"] or PRIMITIVES), batch=cfg["batch"], **speed_flags(device, args))
+    # s_per_step: the sum of the printed parts, never below either
+    record.update(s_per_step=round(arch_s + weight_s, 4), s_per_arch_step=arch_s, s_per_weight_step=weight_s)
+    record.update(images_per_s=round(2 * cfg["batch"] / seconds, 1), peak_mem_mb=round(utils.peak_memory_mb(device), 1))
+    return dict(record, params=utils.count_parameters(weights), projected_h=round(stage_s / 3600, 2))
 
 
 def speed_flags(device, args):
     """What a record was measured on and with."""
-    return dict(
-        device=utils.device_name(device),
-        threads=torch.get_num_threads(),
-        amp=args.amp,
-        compile=args.compile,
-        lean_ops=args.lean_ops,
-    )
+    flags = dict(amp=args.amp, compile=args.compile, lean_ops=args.lean_ops)
+    return dict(device=utils.device_name(device), threads=torch.get_num_threads(), **flags)
 
 
 def log(message):
@@ -147,13 +119,12 @@ def log(message):
 def time_steps(name, parts, device, args):
     """Mean seconds of each part of a step ({part: fn}, run in order): `args.warmup` untimed steps, then `args.steps`.
 
-    Each part is timed on its own, the device synchronised before and after it: the parts of a step add up
-    to the step, whatever the load on the machine. Logs a progress line every few steps.
+    Each part is timed on its own, the device synchronised around it; about five progress lines.
     """
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     seconds = dict.fromkeys(parts, 0.0)
     total = args.warmup + args.steps
-    every = max(1, total // 5)  # about five progress lines, however many steps
+    every = max(1, total // 5)
     start = time.perf_counter()
     for i in range(total):
         for part, run in parts.items():
@@ -179,27 +150,11 @@ def main(argv=None):
         names = [*CONFIGS, "eval"] if not args.compile else ["eval"]
         for i, name in enumerate(names, 1):
             log(f"configuration {i}/{len(names)}: {name}, in a process of its own")
-            child = [
-                sys.executable,
-                __file__,
-                "--config",
-                name,
-                "--device",
-                args.device,
-                *(["--gpu", str(args.gpu)] if args.gpu is not None else []),  # only when given: "None" is no index
-                "--steps",
-                str(args.steps),
-                "--warmup",
-                str(args.warmup),
-                "--threads",
-                str(args.threads),
-                "--seed",
-                str(args.seed),
-                "--lean_ops",
-                args.lean_ops,
-                *(["--amp"] if args.amp else []),
-                *(["--compile"] if args.compile else []),
-            ]
+            child = [sys.executable, __file__, "--config", name, "--device", args.device, "--lean_ops", args.lean_ops]
+            for flag in ("steps", "warmup", "threads", "seed"):
+                child += [f"--{flag}", str(vars(args)[flag])]
+            child += ["--gpu", str(args.gpu)] if args.gpu is not None else []  # only when given: "None" is no index
+            child += [f"--{flag}" for flag in ("amp", "compile") if vars(args)[flag]]
             if subprocess.run(child).returncode != 0:
                 raise utils.UserError(f"the measurement of {name} failed (see above)")
         return
@@ -244,20 +199,10 @@ def bench_eval(device, args):
         optimizer.step()
 
     seconds = time_steps("eval", {"step": step}, device, args)["step"]
-    return dict(
-        config="eval",
-        C=36,
-        layers=20,
-        batch=64,
-        auxiliary=True,
-        drop_path_prob=0.2,
-        **speed_flags(device, args),
-        s_per_step=round(seconds, 4),
-        images_per_s=round(64 / seconds, 1),
-        peak_mem_mb=round(utils.peak_memory_mb(device), 1),
-        params=param_count(model),  # without the auxiliary head, as papers count
-        projected_h=round(EVAL_STEPS * seconds / 3600, 2),
-    )
+    record = dict(config="eval", C=36, layers=20, batch=64, auxiliary=True, drop_path_prob=0.2)
+    record.update(speed_flags(device, args), s_per_step=round(seconds, 4), images_per_s=round(64 / seconds, 1))
+    record.update(peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=param_count(model))  # no auxiliary head
+    return dict(record, projected_h=round(EVAL_STEPS * seconds / 3600, 2))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,11 @@
 """Datasets of the DARTS space: CIFAR-10/100, a synthetic set, your own images and ImageNet folders.
 
-`get_datasets(name, root, cutout, cutout_length, train_augment, image_size, seed)` returns
-`(train, test, num_classes)` for CIFAR-10, CIFAR-100, `synthetic` or `imagefolder` (your
-images in `root/train/<class>/*` and `root/val/<class>/*`, for the CIFAR-style networks);
-`imagenet_datasets(root, image_size, search)` returns `(train, val, num_classes)`
-from an `ImageFolder` tree `root/train`, `root/val` (the full ImageNet, or the search
-subset written by `prepare_imagenet_subset.py`). CIFAR (pickled batches, read here)
-downloads itself when absent; `synthetic` lives in memory, needs no network and is learnable,
-for laptops and tests. Missing or broken data ends with one clear line. Nothing runs at import.
-What both spaces share (the data flags, the synthetic set, the CIFAR download, the records
-for device_data.py and genotype.json) is in data_common.py.
+`get_datasets(name, root, ...)` returns `(train, test, num_classes)` for `DATASETS`: CIFAR (pickled batches,
+downloaded when absent), `synthetic` (in memory, learnable, no network: for laptops and tests) or `imagefolder`
+(`root/train/<class>/*` and `root/val/<class>/*`, for the CIFAR-style networks). `imagenet_datasets(root, ...)`
+returns `(train, val, num_classes)` from the ImageFolder trees `root/train`, `root/val` (the full ImageNet, or
+the subset `prepare_imagenet_subset.py` writes). Missing or broken data ends with one clear line. What both spaces
+share (data flags, synthetic set, CIFAR download, device_data.py's records) is in runkit/data_common.py.
 
     python -c "import datasets; print(datasets.get_datasets('synthetic', '.')[2])"
 """
@@ -41,24 +37,18 @@ def add_arguments(parser, verb):
 def add_imagenet_arguments(parser, folder, folder_help):
     """The data flags of the ImageNet scripts: `--dataset imagenet|synthetic`, `--data`, `--image_size`."""
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        type=str,
-        default="imagenet",
-        choices=("imagenet", "synthetic"),
-        help="ImageNet folders (--data), or an in-memory synthetic set for smoke runs",
-    )
+    text = "ImageNet folders (--data), or an in-memory synthetic set for smoke runs"
+    data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"), help=text)
     data.add_argument("--data", type=str, default=folder, help=folder_help)
-    size = "crop side of the images (the paper: 224; small values are for tests)"
-    data.add_argument("--image_size", type=int, default=224, help=size)
+    text = "crop side of the images (the paper: 224; small values are for tests)"
+    data.add_argument("--image_size", type=int, default=224, help=text)
     return data
 
 
 class Cutout:
     """Zero a random `length` x `length` square (clipped at the border) of a (C, H, W) tensor.
 
-    Draws its centre from the torch RNG (seeded per DataLoader worker), never from
-    NumPy's global state, so data order and model randomness stay reproducible.
+    The centre comes from the torch RNG (seeded per DataLoader worker), not NumPy's global state: reproducible.
     """
 
     def __init__(self, length):
@@ -66,8 +56,7 @@ class Cutout:
 
     def __call__(self, img):
         h, w = img.shape[-2:]
-        cy = int(torch.randint(h, (1,)))
-        cx = int(torch.randint(w, (1,)))
+        cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
         y0, y1 = max(cy - self.length // 2, 0), min(cy + self.length // 2, h)
         x0, x1 = max(cx - self.length // 2, 0), min(cx + self.length // 2, w)
         img = img.clone()
@@ -78,27 +67,22 @@ class Cutout:
         return f"Cutout(length={self.length})"
 
 
-def _cifar_transforms(mean, std, augment, cutout_length):
-    ops = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+def _transforms(mean, std, augment, cutout_length, resize=None):
+    """[Resize ->] random crop (padding side // 8: CIFAR's 4) and flip when `augment` -> tensor [-> Cutout]."""
+    size = resize or 32
+    ops = [T.Resize((size, size))] if resize else []
+    ops += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
     ops += [T.ToTensor(), T.Normalize(mean, std)]
-    if cutout_length:
-        ops.append(Cutout(cutout_length))
-    return T.Compose(ops)
+    return T.Compose(ops + ([Cutout(cutout_length)] if cutout_length else []))
 
 
-# name: (folder, train files, test files, label key, classes, mean, std)
-CIFAR = {
-    "cifar10": (
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        ["test_batch"],
-        "labels",
-        10,
-        CIFAR10_MEAN,
-        CIFAR10_STD,
-    ),
+# fmt: off
+CIFAR = {  # name: (folder, train files, test files, label key, classes, mean, std)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
+                CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
 }
+# fmt: on
 
 
 class PickledImages(Dataset):
@@ -134,12 +118,11 @@ def _cifar(name, root, train_augment, cutout_length):
     folder_name, train_files, test_files, label_key, classes, mean, std = CIFAR[name]
     root = Path(root)
     folder = root / folder_name
-    missing = [f for f in train_files + test_files if not (folder / f).is_file()]
-    if missing:
+    if not all((folder / f).is_file() for f in train_files + test_files):
         data_common.download(name, root, folder)
-    train = PickledImages(folder, train_files, label_key, _cifar_transforms(mean, std, train_augment, cutout_length))
-    test = PickledImages(folder, test_files, label_key, _cifar_transforms(mean, std, False, 0))
-    # The same steps as `_cifar_transforms`, for device_data.py.
+    train = PickledImages(folder, train_files, label_key, _transforms(mean, std, train_augment, cutout_length))
+    test = PickledImages(folder, test_files, label_key, _transforms(mean, std, False, 0))
+    # The same steps as `_transforms`, for device_data.py.
     data_common.record_device_recipe(train, train.images, train.labels, mean, std, train_augment, 4, cutout_length)
     data_common.record_device_recipe(test, test.images, test.labels, mean, std)
     return train, test, classes
@@ -160,26 +143,15 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-# ---------------------------------------------------------------- your own images
-# (their class folders, files and statistics: image_files.py)
-# imagefolder stays per folder: this space's adds cutout to the training transform.
-
-
-def _folder_transforms(size, mean, std, augment, cutout_length):
-    ops = [T.Resize((size, size))]
-    ops += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
-    ops += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(ops + ([Cutout(cutout_length)] if cutout_length else []))
+# ---------------------------------------------------------------- your own images (reading them: image_files.py)
 
 
 def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0):
     """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`).
 
-    The training images come in a random order drawn from `seed`, so the searches' split at
-    `--train_portion` gives both halves every class. Images are resized to `image_size`
-    squared and normalised with the training images' own statistics (`image_stats`);
-    training adds CIFAR's random crop (padding image_size // 8), flip and cutout. `train.summary`
-    is a line for the log.
+    Training images come in a random order drawn from `seed` (so the searches' `--train_portion` split gives both
+    halves every class), resized to `image_size` squared, normalised with their own statistics (`image_stats`);
+    training adds CIFAR's random crop (padding image_size // 8), flip and cutout. `train.summary`: a log line.
     """
     root = Path(root)
     layout = f"--dataset imagefolder expects {root}/train/<class>/* and {root}/val/<class>/* (or test/)"
@@ -204,9 +176,9 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0
         raise UserError(f"{root}/train holds one class ({classes[0]}); a classifier needs two or more")
     mean, std = image_stats(train_samples, image_size)
     order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed)).tolist()
-    train_tf = _folder_transforms(image_size, mean, std, train_augment, cutout_length)
+    train_tf = _transforms(mean, std, train_augment, cutout_length, image_size)
     train = ImageFiles([train_samples[i] for i in order], classes, train_tf)
-    test = ImageFiles(test_samples, classes, _folder_transforms(image_size, mean, std, False, 0))
+    test = ImageFiles(test_samples, classes, _transforms(mean, std, False, 0, image_size))
     train.summary = (
         f"imagefolder {root}: {len(classes)} classes, {len(train)} training and {len(test)} {test_dir.name} images "
         f"at {image_size}x{image_size}, normalised with mean {mean} std {std}"
@@ -215,10 +187,7 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0
 
 
 def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True, image_size=32, seed=0):
-    """Return `(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only.
-
-    `image_size` sets imagefolder's and synthetic's image side; `seed` serves imagefolder only.
-    """
+    """`(train, test, num_classes)` for `name` in `DATASETS`; cutout on train only; `seed` serves imagefolder only."""
     length = cutout_length if cutout else 0
     if name == "imagefolder":
         return imagefolder(root, image_size, seed, train_augment, length)
@@ -245,10 +214,9 @@ def imagenet_or_synthetic(args, search=False):
 def imagenet_transforms(image_size=224, search=False):
     """`(train, val)` transforms of the paper's ImageNet runs.
 
-    Evaluation (`train_imagenet.py`): random resized crop, flip and colour jitter for
-    training; resize to 256/224 of the crop, then a centre crop, for validation. Search
-    (`train_search_imagenet.py`): both splits train something (the weights, the
-    architecture), so both get the random resized crop and flip, without colour jitter.
+    Evaluation: random resized crop, flip and colour jitter for training; resize to 256/224 of the crop and a
+    centre crop for validation. Search: both splits train something (weights, architecture), so both get the
+    random resized crop and flip, without colour jitter.
     """
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop_flip = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
@@ -262,11 +230,7 @@ def imagenet_transforms(image_size=224, search=False):
 
 
 def imagenet_datasets(root, image_size=224, search=False):
-    """Return `(train, val, num_classes)` from the `ImageFolder` trees `root/train` and `root/val`.
-
-    Transforms: `imagenet_transforms(image_size, search)`. `image_size` below 224 is for
-    tests and small machines.
-    """
+    """`(train, val, num_classes)` from the `ImageFolder` trees `root/train` and `root/val` (`imagenet_transforms`)."""
     from torchvision.datasets import ImageFolder
 
     root = Path(root)

@@ -1,16 +1,12 @@
 """Cells of the DARTS search space: the op list, the `Genotype` type, published cells, JSON.
 
-A genotype lists, for each of the 4 intermediate nodes of a cell, its two inputs as
-`(op_name, input_index)`: index 0 is the cell's input c_{k-2}, 1 is c_{k-1}, 2.. are the
-earlier nodes. `normal_concat` / `reduce_concat` name the nodes whose outputs are
-concatenated into the cell's output.
+A genotype lists, for each of the 4 intermediate nodes of a cell, its two inputs as `(op_name, input_index)`:
+index 0 is the cell's input c_{k-2}, 1 is c_{k-1}, 2.. the earlier nodes. `normal_concat` / `reduce_concat`
+name the nodes whose outputs are concatenated into the cell's output. The network is in `model.py`.
 
     python -c "import genotypes; print(genotypes.DrNAS_cifar10)"
     python train.py --arch DrNAS_cifar10             # a name defined here
     python train.py --arch experiments/.../genotype.json   # what a search wrote
-
-This file is data plus the JSON reader and writer; the network that builds a genotype is
-in `model.py`.
 """
 
 import json
@@ -25,221 +21,77 @@ SPACE = "DARTS"
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
+# fmt: off
 # The 7 DARTS ops searched by DrNAS. There is no 'none': DrNAS (like PC-DARTS' code)
-# searches without the zero op, so every derived edge is one of these.
-PRIMITIVES = [
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-]
+# searches without the zero op, so every derived edge is one of these. A genotype may use
+# exactly these ops (read when it is checked: an op added to the space is accepted too).
+PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect",
+              "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
 
-# The published cells below all use these ops only. The evaluation network of `model.py`
-# builds `operations.OPS`, keyed by PRIMITIVES, so a genotype may use exactly the ops of
-# PRIMITIVES (read when it is checked: an op added to the space is accepted too).
-
-# ---------------------------------------------------------------- published cells
+# ---------------------------------------------------------------- published cells (two nodes a line)
 
 # DrNAS (Chen et al., ICLR 2021), progressive search on CIFAR-10:
 # 2.46 +- 0.03 % test error, 4.1M parameters (C=36, 20 cells).
 DrNAS_cifar10 = Genotype(
-    normal=[
-        ("sep_conv_3x3", 0),
-        ("sep_conv_5x5", 1),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 2),
-        ("skip_connect", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 2),
-        ("dil_conv_5x5", 3),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("max_pool_3x3", 0),
-        ("sep_conv_5x5", 1),
-        ("dil_conv_5x5", 2),
-        ("sep_conv_5x5", 1),
-        ("sep_conv_5x5", 1),
-        ("dil_conv_5x5", 3),
-        ("skip_connect", 4),
-        ("sep_conv_5x5", 1),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("dil_conv_5x5", 3)],
+    reduce=[("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
+            ("sep_conv_5x5", 1), ("dil_conv_5x5", 3), ("skip_connect", 4), ("sep_conv_5x5", 1)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # DrNAS, searched directly on ImageNet: 23.7 % top-1 error, 5.7M parameters (C=48, 14 cells).
 DrNAS_imagenet = Genotype(
-    normal=[
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("dil_conv_3x3", 3),
-        ("skip_connect", 0),
-        ("sep_conv_3x3", 1),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("max_pool_3x3", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("skip_connect", 2),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 2),
-        ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 1),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0), ("dil_conv_3x3", 3), ("skip_connect", 0), ("sep_conv_3x3", 1)],
+    reduce=[("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # DARTS first order (Liu et al., ICLR 2019): 3.00 % error (the paper rounds its size to
 # 3.3M; this released cell counts 3.17M at C=36, 20 cells).
 DARTS_V1 = Genotype(
-    normal=[
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("skip_connect", 0),
-        ("sep_conv_3x3", 1),
-        ("skip_connect", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("skip_connect", 2),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("max_pool_3x3", 0),
-        ("max_pool_3x3", 1),
-        ("skip_connect", 2),
-        ("max_pool_3x3", 0),
-        ("max_pool_3x3", 0),
-        ("skip_connect", 2),
-        ("skip_connect", 2),
-        ("avg_pool_3x3", 0),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # DARTS second order: 2.76 +- 0.09 % error, 3.3M parameters.
 DARTS_V2 = Genotype(
-    normal=[
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1),
-        ("skip_connect", 0),
-        ("skip_connect", 0),
-        ("dil_conv_3x3", 2),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("max_pool_3x3", 0),
-        ("max_pool_3x3", 1),
-        ("skip_connect", 2),
-        ("max_pool_3x3", 1),
-        ("max_pool_3x3", 0),
-        ("skip_connect", 2),
-        ("skip_connect", 2),
-        ("max_pool_3x3", 1),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # P-DARTS (Chen et al., ICCV 2019), CIFAR-10: 2.50 % error, 3.4M parameters.
 PDARTS = Genotype(
-    normal=[
-        ("skip_connect", 0),
-        ("dil_conv_3x3", 1),
-        ("skip_connect", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 0),
-        ("dil_conv_5x5", 4),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("avg_pool_3x3", 0),
-        ("sep_conv_5x5", 1),
-        ("sep_conv_3x3", 0),
-        ("dil_conv_5x5", 2),
-        ("max_pool_3x3", 0),
-        ("dil_conv_3x3", 1),
-        ("dil_conv_3x3", 1),
-        ("dil_conv_5x5", 3),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)],
+    reduce=[("avg_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+            ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # PC-DARTS (Xu et al., ICLR 2020), CIFAR-10: 2.57 +- 0.07 % error, 3.6M parameters.
 PC_DARTS_cifar = Genotype(
-    normal=[
-        ("sep_conv_3x3", 1),
-        ("skip_connect", 0),
-        ("sep_conv_3x3", 0),
-        ("dil_conv_3x3", 1),
-        ("sep_conv_5x5", 0),
-        ("sep_conv_3x3", 1),
-        ("avg_pool_3x3", 0),
-        ("dil_conv_3x3", 1),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("sep_conv_5x5", 1),
-        ("max_pool_3x3", 0),
-        ("sep_conv_5x5", 1),
-        ("sep_conv_5x5", 2),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 2),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
+            ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
+    reduce=[("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # PC-DARTS searched on ImageNet: 24.2 % top-1 error, 5.3M parameters.
 PC_DARTS_image = Genotype(
-    normal=[
-        ("skip_connect", 1),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 0),
-        ("skip_connect", 1),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 3),
-        ("sep_conv_3x3", 1),
-        ("dil_conv_5x5", 4),
-    ],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[
-        ("sep_conv_3x3", 0),
-        ("skip_connect", 1),
-        ("dil_conv_5x5", 2),
-        ("max_pool_3x3", 1),
-        ("sep_conv_3x3", 2),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_5x5", 0),
-        ("sep_conv_3x3", 3),
-    ],
-    reduce_concat=[2, 3, 4, 5],
-)
+    normal=[("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("skip_connect", 1),
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4)],
+    reduce=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
+            ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3)],
+    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
 # The names `--arch` accepts (also what `choices` and error messages list).
-NAMED = {
-    name: globals()[name]
-    for name in (
-        "DrNAS_cifar10",
-        "DrNAS_imagenet",
-        "DARTS_V1",
-        "DARTS_V2",
-        "PDARTS",
-        "PC_DARTS_cifar",
-        "PC_DARTS_image",
-    )
-}
+NAMED = {name: globals()[name] for name in (
+    "DrNAS_cifar10", "DrNAS_imagenet", "DARTS_V1", "DARTS_V2", "PDARTS", "PC_DARTS_cifar", "PC_DARTS_image")}
+# fmt: on
 
 # ---------------------------------------------------------------- JSON in and out
 
@@ -274,13 +126,9 @@ def _check_edges(edges, key):
 
 
 def _check_concat(concat, key, steps):
-    valid = range(steps + 2)
-    if (
-        not isinstance(concat, list)
-        or not concat
-        or any(not isinstance(i, int) or isinstance(i, bool) or i not in valid for i in concat)
-        or len(set(concat)) != len(concat)
-    ):
+    valid = isinstance(concat, list) and concat
+    valid = valid and all(isinstance(i, int) and not isinstance(i, bool) and i in range(steps + 2) for i in concat)
+    if not valid or len(set(concat)) != len(concat):
         raise UserError(f"'{key}' must be a non-empty list of distinct node indices in 0..{steps + 1}, got {concat!r}")
     return list(concat)
 
@@ -294,42 +142,28 @@ def genotype_from_dict(data):
     missing = [key for key in Genotype._fields if key not in data]
     if missing:
         raise UserError(f"genotype lacks {', '.join(missing)}; expected keys {', '.join(Genotype._fields)}")
-    normal = _check_edges(data["normal"], "normal")
-    reduce = _check_edges(data["reduce"], "reduce")
+    normal, reduce = _check_edges(data["normal"], "normal"), _check_edges(data["reduce"], "reduce")
     if len(normal) != len(reduce):
         raise UserError(
             f"'normal' has {len(normal)} entries but 'reduce' {len(reduce)}; both cells have the same nodes"
         )
     steps = len(normal) // 2
-    return Genotype(
-        normal=normal,
-        normal_concat=_check_concat(data["normal_concat"], "normal_concat", steps),
-        reduce=reduce,
-        reduce_concat=_check_concat(data["reduce_concat"], "reduce_concat", steps),
-    )
+    normal_concat, reduce_concat = (_check_concat(data[key], key, steps) for key in ("normal_concat", "reduce_concat"))
+    return Genotype(normal, normal_concat, reduce, reduce_concat)
 
 
 def save_genotype(genotype, path, data=None):
-    """Write a genotype as JSON (what `train.py --arch PATH` reads).
-
-    `data` adds what the search ran on (`DATA_KEYS`); `load_genotype_and_data` returns it next to the cell.
-    """
+    """Write a genotype as JSON (what `train.py --arch PATH` reads), with `data` (`DATA_KEYS`, what a search ran on)."""
     Path(path).write_text(json.dumps({**genotype_to_dict(genotype), **(data or {})}, indent=2) + "\n")
 
 
 def load_genotype(name_or_path, flag="--arch"):
-    """A genotype by name from this module, or from a genotype.json path; `UserError` if neither.
-
-    `flag` names the command-line argument in the error messages.
-    """
+    """A genotype by name from this module, or from a genotype.json path (`flag` names it in errors)."""
     return load_genotype_and_data(name_or_path, flag)[0]
 
 
 def load_genotype_and_data(name_or_path, flag="--arch"):
-    """`load_genotype(name_or_path, flag)` and the data record of its genotype.json (a dict of `DATA_KEYS`, else None).
-
-    Named genotypes and a genotype.json written without a record have None.
-    """
+    """`load_genotype(name_or_path, flag)` and its genotype.json's data record (a dict of `DATA_KEYS`, else None)."""
     if name_or_path in NAMED:
         return NAMED[name_or_path], None
     path = Path(name_or_path)
@@ -343,6 +177,4 @@ def load_genotype_and_data(name_or_path, flag="--arch"):
         genotype = genotype_from_dict(data)
     except UserError as err:
         raise UserError(f"{flag} {path}: {err}") from None
-    if all(key in data for key in DATA_KEYS):
-        return genotype, {key: data[key] for key in DATA_KEYS}
-    return genotype, None
+    return genotype, ({key: data[key] for key in DATA_KEYS} if all(key in data for key in DATA_KEYS) else None)

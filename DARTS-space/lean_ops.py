@@ -16,10 +16,9 @@ import torch.nn.functional as F
 class MixBatchNorm(nn.BatchNorm2d):
     """Affine-free BatchNorm whose output can be scaled by an edge's mixing weight for free.
 
-    `bn(x, scale)` equals `scale * bn(x)`, but passing the scalar as BatchNorm's affine
-    weight lets the fused kernel recompute the normalised input in the backward pass,
-    where the product would keep one more activation per op alive (DrNAS mixes 7 ops
-    on each of 14 edges per cell: this is a large share of the search's memory).
+    `bn(x, scale)` equals `scale * bn(x)`, but with the scalar as BatchNorm's affine weight the fused kernel
+    recomputes the normalised input in the backward pass, where the product would keep one more activation per op
+    (DrNAS mixes 7 ops on each of 14 edges per cell: a large share of the search's memory).
     """
 
     def __init__(self, num_features):
@@ -30,15 +29,9 @@ class MixBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         if self.training:
             self.num_batches_tracked.add_(1)
+        weight = scale.expand(self.num_features).contiguous()
         return F.batch_norm(
-            x,
-            self.running_mean,
-            self.running_var,
-            scale.expand(self.num_features).contiguous(),
-            None,
-            self.training,
-            self.momentum,
-            self.eps,
+            x, self.running_mean, self.running_var, weight, None, self.training, self.momentum, self.eps
         )
 
 
@@ -52,12 +45,6 @@ def normalize(bn, x, scale):
     return bn(x) if scale is None else bn(x, scale)
 
 
-def compute_dtype(x):
-    """The dtype convolutions on `x` run in: autocast's (bf16 under --amp) when it is on, else `x`'s own."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
 def cast(grad, dtype):
     """`grad` in `dtype` (None stays None)."""
     return None if grad is None else grad.to(dtype)
@@ -66,22 +53,22 @@ def cast(grad, dtype):
 class DepthwisePointwise(torch.autograd.Function):
     """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward.
 
-    The depthwise output (the 1x1 conv's input) is one of the largest activations of the
-    supernet; it is recomputed in the backward pass, and only when the 1x1 weights need
-    a gradient (an architecture step freezes the weights, so it never recomputes). With
-    `bn` (the affine-free BatchNorm that ends the first half of a SepConv), the input is
-    that BatchNorm's input, which it keeps anyway, and the normalised, rectified tensor
-    is recomputed too: one activation less per SepConv.
+    The depthwise output (one of the supernet's largest activations) is recomputed in the backward pass, only when
+    the 1x1 weights need a gradient (never in an architecture step, which freezes them). With `bn` (the affine-free
+    BatchNorm ending a SepConv's first half), the input is that BatchNorm's, which it keeps anyway, and the
+    normalised, rectified tensor is recomputed too: one activation less per SepConv.
     """
 
     @staticmethod
     def forward(ctx, x, w_dw, w_pw, stride, padding, dilation, bn):
-        # Under autocast (--amp) the convolutions run in its dtype; the backward pass runs
-        # outside autocast, so the weights are cast here once and saved in that dtype.
-        dtype, weight_dtype = compute_dtype(x), w_dw.dtype
+        # Under autocast (--amp) the convolutions run in its dtype (bf16); the backward pass runs outside
+        # autocast, so the weights are cast here once and saved in that dtype.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        weight_dtype = w_dw.dtype
         w_dw, w_pw = w_dw.to(dtype), w_pw.to(dtype)
         mean = invstd = x.new_empty(0, dtype=torch.float32)
-        r = x
+        r, ctx.bn = x, None if bn is None else (bn.training, bn.eps)
         if bn is not None:
             if bn.training:  # batch statistics; updates the running ones like nn.BatchNorm2d
                 y, mean, invstd = torch.ops.aten.native_batch_norm(
@@ -91,9 +78,6 @@ class DepthwisePointwise(torch.autograd.Function):
                 mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
                 y = (x - mean[:, None, None]) * invstd[:, None, None]
             r = F.relu(y)
-            ctx.bn = (bn.training, bn.eps)
-        else:
-            ctx.bn = None
         ctx.save_for_backward(x, w_dw, w_pw, mean, invstd)
         ctx.config, ctx.weight_dtype = (stride, padding, dilation), weight_dtype
         r = r.to(dtype)  # the BatchNorm's output, or the input itself, in the convolutions' dtype
@@ -119,19 +103,8 @@ class DepthwisePointwise(torch.autograd.Function):
         )
         grad_x = grad_dw = None
         if need_x or need_dw:
-            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
-                grad_d,
-                r,
-                w_dw,
-                None,
-                [stride] * 2,
-                [padding] * 2,
-                [dilation] * 2,
-                False,
-                [0, 0],
-                x.shape[1],
-                [need_x, need_dw, False],
-            )
+            config = [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1], [need_x, need_dw, False]
+            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(grad_d, r, w_dw, None, *config)
         if need_x and ctx.bn is not None:
             training, eps = ctx.bn
             grad_y = (grad_x * (y > 0)).to(x.dtype)
@@ -148,9 +121,8 @@ class DepthwisePointwise(torch.autograd.Function):
 class _LeanMaxPool(torch.autograd.Function):
     """Max pooling that keeps only its input for the backward pass, not the argmax indices.
 
-    The indices (int64, twice the size of the output) are recomputed in the backward
-    pass from the input, which the search keeps alive anyway (it is a view of a cell
-    state). Saves about a tenth of the search's activation memory.
+    The indices (int64, twice the output's size) are recomputed from the input, which the search keeps alive
+    anyway (a view of a cell state): about a tenth of the search's activation memory.
     """
 
     @staticmethod

@@ -1,14 +1,11 @@
 """The evaluation networks of the DARTS space: a searched cell stacked into a full network.
 
-`NetworkCIFAR` (32x32 inputs, 20 cells at C=36 in the paper) and `NetworkImageNet`
-(224x224 inputs, 14 cells at C=48) are built from a `genotypes.Genotype`. Both return
-`(logits, logits_aux)`; `logits_aux` comes from the auxiliary head and is `None` unless
-the network was built with `auxiliary=True` and is in training mode.
+`NetworkCIFAR` (32x32 inputs, 20 cells at C=36 in the paper) and `NetworkImageNet` (224x224 inputs, 14 cells at
+C=48) are built from a `genotypes.Genotype` and return `(logits, logits_aux)`; `logits_aux`, of the auxiliary head,
+is `None` unless built with `auxiliary=True` and in training mode. Drop path (`drop_path_prob`, set by the training
+script each epoch) zeroes whole samples of every non-identity op's output, on any device.
 
     python -c "import model as m, genotypes as g; print(m.param_count(m.NetworkCIFAR(36, 10, 20, 0, g.DrNAS_cifar10)))"
-
-Drop path (the `drop_path_prob` attribute, set by the training script each epoch) zeroes
-whole samples of every non-identity op's output, on any device.
 """
 
 import torch
@@ -19,13 +16,10 @@ from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 
 def drop_path(x, drop_prob, in_place=True):
-    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p).
+    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p), on `x`'s device.
 
-    The mask is drawn on `x`'s device (the DARTS code builds a `torch.cuda.FloatTensor`
-    here and so cannot run without a GPU). In place (the cells do it for ops that are
-    `drop_in_place`: the built-in ops end in a BatchNorm, whose fresh output no backward pass
-    needs), no activation copy is kept per edge; this saves about a sixth of the training
-    memory at C=36, 20 cells. Other ops' outputs (`in_place=False`) are left untouched.
+    In place (for ops that are `drop_in_place`: the built-in ops end in a BatchNorm, whose fresh output no backward
+    pass needs), no activation copy is kept per edge: about a sixth of the training memory at C=36, 20 cells.
     """
     keep = 1.0 - drop_prob  # a float, or a 0-dim tensor (the network's, so a compiled graph reads its value)
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
@@ -37,38 +31,24 @@ class Cell(nn.Module):
 
     def __init__(self, genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
         super().__init__()
-        # The previous-previous output is at twice our resolution when the previous
-        # cell reduced; a factorized reduce (two offset stride-2 1x1 convs) matches it.
-        if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=True)
-        else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=True)
+        # After a reduction cell, s0 is at twice our resolution: a factorized reduce matches it.
+        self.preprocess0 = FactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=True)
         edges = genotype.reduce if reduction else genotype.normal
         concat = genotype.reduce_concat if reduction else genotype.normal_concat
-        self.reduction = reduction
-        self.steps = len(edges) // 2
-        self.concat = list(concat)
-        self.multiplier = len(self.concat)
+        self.reduction, self.steps, self.concat, self.multiplier = reduction, len(edges) // 2, list(concat), len(concat)
         self.genotype_edges = list(edges)
         self.indices = [index for _, index in edges]
         self.ops = nn.ModuleList()
-        # Drop path skips identities: dropping a skip connection would cut the
-        # gradient highway that the cell relies on (DARTS does the same).
-        self.is_identity = []
-        self.drop_in_place = []  # whether drop path may scale the op's output in place (see drop_path)
-        # The convolutions start with a ReLU of their input. Several edges read the same
-        # state, so the cell rectifies each state once and hands the result to every op
-        # that can leave its ReLU to the cell (`share_relu`, then `expects_relu`): the same
-        # function as DARTS' cell, but one saved activation per state instead of one per op.
+        # Drop path skips identities: dropping a skip connection would cut the gradient highway (as DARTS does).
+        self.is_identity, self.drop_in_place = [], []  # drop_in_place: see drop_path
+        # Several edges read the same state: the cell rectifies each state once for every op that leaves its
+        # first ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
         self.takes_relu = []
         for name, index in edges:
             # Only edges from the two cell inputs change resolution in a reduction cell.
-            stride = 2 if reduction and index < 2 else 1
-            op = OPS[name](C, stride, True)
-            share_relu = getattr(op, "share_relu", None)
-            if share_relu is not None:
-                op = share_relu()
+            op = OPS[name](C, 2 if reduction and index < 2 else 1, True)
+            op = op.share_relu() if hasattr(op, "share_relu") else op
             self.ops.append(op)
             self.is_identity.append(isinstance(op, (Identity, nn.Identity)))
             self.drop_in_place.append(getattr(op, "drop_in_place", False))
@@ -84,9 +64,7 @@ class Cell(nn.Module):
                 index = self.indices[edge]
                 x = states[index]
                 if self.takes_relu[edge]:
-                    if index not in rectified:
-                        rectified[index] = F.relu(x)
-                    x = rectified[index]
+                    x = rectified[index] = rectified[index] if index in rectified else F.relu(x)
                 h = self.ops[edge](x)
                 if drop_prob is not None and not self.is_identity[edge]:
                     h = drop_path(h, drop_prob, self.drop_in_place[edge])
@@ -98,9 +76,8 @@ class Cell(nn.Module):
 class AuxiliaryHead(nn.Module):
     """Auxiliary classifier on the feature map after the second reduction cell.
 
-    CIFAR (`pool_stride=3`, 8x8 input) and ImageNet (`pool_stride=2`, 7x7 input) differ
-    only in the pooling stride and in the BatchNorm after the 2x2 conv, which the
-    DARTS/DrNAS ImageNet head leaves out (the published ImageNet numbers were trained so).
+    CIFAR (`pool_stride=3`, 8x8 input) and ImageNet (`pool_stride=2`, 7x7 input) differ in the pooling stride and
+    the BatchNorm after the 2x2 conv, which the DARTS/DrNAS ImageNet head leaves out (its published numbers did).
     """
 
     def __init__(self, C, num_classes, pool_stride, final_bn):
@@ -118,18 +95,15 @@ class AuxiliaryHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x):
-        x = self.features(x)
-        # A no-op at the design sizes (1x1 already); keeps larger inputs from failing.
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 768)
-        return self.classifier(x)
+        # The pooling is a no-op at the design sizes (1x1 already); it keeps larger inputs from failing.
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))  # (B, 768) -> classes
 
 
 class _Network(nn.Module):
     """The stack of cells shared by both networks; subclasses provide the stem.
 
-    `drop_path_prob` (set every epoch) is kept as a float for logs and as a 0-dim buffer
-    that the forward pass reads, so that `torch.compile` neither guards on the value
-    nor compiles again each epoch; drop path runs in training mode when it is above 0.
+    `drop_path_prob` (set every epoch) is a float for logs and a 0-dim buffer that the forward pass reads, so that
+    `torch.compile` does not compile again each epoch; drop path runs in training mode when it is above 0.
     """
 
     def __init__(self):
@@ -198,20 +172,13 @@ class NetworkImageNet(_Network):
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
         super().__init__()
         self.auxiliary = auxiliary
-        # Two stems bring 224x224 down to 28x28 before the first cell (/8), so the
-        # cells work at the resolutions of the CIFAR network after its first reduction.
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
+
+        # Two stems bring 224x224 down to 28x28 (/8) before the first cell: each a stride-2 3x3 conv and BatchNorm.
+        def conv_bn(C_in, C_out):
+            return nn.Conv2d(C_in, C_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_out)
+
+        self.stem0 = nn.Sequential(*conv_bn(3, C // 2), nn.ReLU(inplace=True), *conv_bn(C // 2, C))
+        self.stem1 = nn.Sequential(nn.ReLU(inplace=True), *conv_bn(C, C))
         # stem0 is at twice stem1's resolution, so the first cell reduces its s0 input.
         self._build_cells(genotype, C, C, C, layers, True, num_classes, (2, False))
 

@@ -214,10 +214,9 @@ class Network(nn.Module):
         self.method = method
         self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         num_edges = sum(2 + i for i in range(steps))
-        # kept[cell type][edge] = PRIMITIVES indices still searched (host data, see prune).
-        all_ops = list(range(len(PRIMITIVES)))
-        self.kept = kept or {"normal": [all_ops] * num_edges, "reduce": [all_ops] * num_edges}
-        self.kept = {t: [list(e) for e in edges] for t, edges in self.kept.items()}
+        # kept[e]: the PRIMITIVES indices still searched on edge e (host data, see prune); the edges are the rows of
+        # the architecture parameters, beta_normal's then beta_reduce's (as in 201-space, one list per edge).
+        self.kept = [list(ops) for ops in kept or [range(len(PRIMITIVES))] * (2 * num_edges)]
 
         C_stem = stem_multiplier * C
         if imagenet:
@@ -244,7 +243,7 @@ class Network(nn.Module):
 
         self.cells = nn.ModuleList()
         for C_curr, reduction in cell_channels(C, layers):
-            kept_cell = self.kept["reduce" if reduction else "normal"]
+            kept_cell = self.kept[num_edges:] if reduction else self.kept[:num_edges]
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k, kept_cell)
             self.cells.append(cell)
             reduction_prev = reduction
@@ -271,7 +270,7 @@ class Network(nn.Module):
     def _set_kept_index(self):
         # (2, 14, n_kept) PRIMITIVES indices per edge; a buffer so it follows .to(device),
         # not persistent because `kept` itself is saved with the checkpoint.
-        index = torch.tensor([self.kept["normal"], self.kept["reduce"]], dtype=torch.long)
+        index = torch.tensor(self.kept, dtype=torch.long).view(2, len(self.kept) // 2, -1)
         self.register_buffer("kept_index", index.to(self.beta_normal.device), persistent=False)
 
     def kept_beta(self):
@@ -324,20 +323,18 @@ class Network(nn.Module):
 
     # ------------------------------------------------------------ progressive learning
 
-    def prune(self, n_keep):
-        """Keep on every edge the `n_keep` kept ops with the largest beta; delete the rest.
+    def prune(self, keep):
+        """Keep on every edge the `keep` kept ops with the largest beta; delete the rest.
 
         Ties go to the op earlier in PRIMITIVES (a stable sort). Pruned at initialisation (the first stage of a
         search keeping fewer than all ops), beta is still 1e-3 * N(0, 1): the choice is random, fixed by the seed.
         """
-        for cell_type, beta in (("normal", self.beta_normal), ("reduce", self.beta_reduce)):
-            beta = beta.detach().cpu()
-            for e, kept in enumerate(self.kept[cell_type]):
-                ranked = sorted(kept, key=lambda i: float(beta[e, i]), reverse=True)
-                self.kept[cell_type][e] = sorted(ranked[:n_keep])
+        beta = torch.cat(self.arch_parameters()).detach().cpu()  # one row per edge, as `kept`
+        for e, kept in enumerate(self.kept):
+            self.kept[e] = sorted(sorted(kept, key=lambda i: float(beta[e, i]), reverse=True)[:keep])
         for cell in self.cells:
             for e, edge in enumerate(cell.edges):
-                edge.prune(self.kept["reduce" if cell.reduction else "normal"][e])
+                edge.prune(self.kept[e + len(cell.edges) * cell.reduction])
         self._set_kept_index()
 
     def widen(self, k, generator=None):
@@ -372,8 +369,8 @@ class Network(nn.Module):
 
         concat = list(range(2, 2 + self.steps))
         return Genotype(
-            normal=parse(self.beta_normal, self.kept["normal"]),
+            normal=parse(self.beta_normal, self.kept[: len(self.kept) // 2]),
             normal_concat=concat,
-            reduce=parse(self.beta_reduce, self.kept["reduce"]),
+            reduce=parse(self.beta_reduce, self.kept[len(self.kept) // 2 :]),
             reduce_concat=concat,
         )

@@ -1,33 +1,29 @@
 """Operations of the DARTS search space, each able to grow its channels (net2wider).
 
-`OPS[name](C, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the
-op. That is all a new op needs (with its name in `genotypes.PRIMITIVES`): the evaluation cells
-(`model.py`, `affine=True`) run it as it is, search cells mix it as `w * op(x)` (`search_op`
-wraps it in `Scaled`), and net2wider widens its convs and BatchNorms (`net2wider.widen_op`).
-Pools are followed by an affine-free BatchNorm, as in the paper's op table; search cells build
-every op with `affine=False`, as the paper's supernet does.
+`OPS[name](C, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the op. That is all a
+new op needs (with its name in `genotypes.PRIMITIVES`): the evaluation cells (`model.py`, `affine=True`) run it as it
+is, search cells mix it as `w * op(x)` (`search_op` wraps it in `Scaled`), and net2wider widens its convs and
+BatchNorms (`net2wider.widen_op`). Pools are followed by an affine-free BatchNorm, as in the paper's op table;
+search cells build every op with `affine=False`, as the paper's supernet does.
 
 The built-in ops add optional overrides, used where an op has them:
-- `share_relu()`: the op drops its first ReLU and sets `expects_relu`; a cell then computes
-  the ReLU of a state once for all the ops that read it (one saved activation instead of one per op);
-- `search_form()`: the op as search cells run it, `op(x, scale)` = `scale * op(x)` with its ReLU
-  shared, the mixing weight folded into its last BatchNorm, and memory-lean parts that recompute
-  cheap intermediates in the backward pass (lean_ops.py; the supernet's `use_lean_ops(False)`,
-  `--lean_ops off`, runs them plainly);
-- `widen(index, moved, generator)`: net2wider (net2wider.py), where `index` (length C_new,
-  starting with `arange(C_old)`) names the old channel each new one copies; it returns the same for
-  its outputs (`out_index`);
-- `drop_in_place = True`: the op's output is a tensor of its own that no backward pass reads (it
-  ends in a BatchNorm), so drop path may scale it in place.
+- `share_relu()`: the op drops its first ReLU and sets `expects_relu`; a cell then computes the ReLU of a state
+  once for all the ops that read it (one saved activation instead of one per op);
+- `search_form()`: the op as search cells run it, `op(x, scale)` = `scale * op(x)` with its ReLU shared, the mixing
+  weight folded into its last BatchNorm, and memory-lean parts that recompute cheap intermediates in the backward
+  pass (lean_ops.py; the supernet's `use_lean_ops(False)`, `--lean_ops off`, runs them plainly);
+- `widen(index, moved, generator)`: net2wider (net2wider.py), where `index` (length C_new, starting with
+  `arange(C_old)`) names the old channel each new one copies; it returns the same for its outputs (`out_index`);
+- `drop_in_place = True`: the op's output is a tensor of its own that no backward pass reads (it ends in a
+  BatchNorm), so drop path may scale it in place.
 
-Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to C/k_new
-channels. Weights are copied, not divided, as in the paper's code, so a dense conv adds the share
-of every new input channel to its outputs. Fed zeros on the new input channels, every op but
-sep_conv keeps its old output channels, and the conv ops' new ones copy theirs:
-`new_op(x_pad) == old_op(x)[:, out_index]` (sep_conv's second half reads the copies its first half
-made). On replicated inputs `x[:, index]` only per-channel ops (pools, skip at stride 1) keep their
-function. In the supernet the widened op reads new, real channels of the cell state, so the
-supernet's function changes.
+Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to C/k_new channels, copying
+weights, not dividing them (as the paper's code), so a dense conv adds the share of every new input channel to its
+outputs. Fed zeros on the new input channels, every op but sep_conv (whose second half reads its first half's
+copies) keeps its old output channels and the conv ops' new ones copy theirs:
+`new_op(x_pad) == old_op(x)[:, out_index]`. On replicated inputs `x[:, index]` only per-channel ops (pools, skip at
+stride 1) keep their function; in the supernet the widened op reads new, real channels of the cell state, so its
+function changes.
 
     python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
@@ -54,13 +50,8 @@ class ReLUConvBN(nn.Module):
     def widen(self, index, moved, generator=None):
         """net2wider on input channels `index`; returns the output channels' index."""
         # Square convs keep the input's channel map; otherwise the outputs grow in proportion.
-        out_index = (
-            index
-            if self.conv.in_channels == self.conv.out_channels
-            else grow_index(
-                self.conv.out_channels, self.conv.out_channels * len(index) // self.conv.in_channels, generator
-            )
-        )
+        C_in, C_out = self.conv.in_channels, self.conv.out_channels
+        out_index = index if C_in == C_out else grow_index(C_out, C_out * len(index) // C_in, generator)
         self.conv = widen_conv(self.conv, index, out_index, moved)
         self.bn = widen_bn(self.bn, out_index, moved)
         return out_index
@@ -69,9 +60,7 @@ class ReLUConvBN(nn.Module):
 class DilConv(nn.Module):
     """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BatchNorm."""
 
-    # Search cells set this (see `search_form`): the depthwise output is then recomputed
-    # in the backward pass instead of being kept.
-    lean = False
+    lean = False  # search cells set it (`search_form`): the depthwise output is then recomputed, not kept
     expects_relu = False
     drop_in_place = True
 
@@ -190,9 +179,7 @@ class FactorizedReduce(nn.Module):
         self.relu, self.expects_relu = nn.Identity(), True
         return self
 
-    def search_form(self):
-        """Shared ReLU, `op(x, scale)`."""
-        return self.share_relu()
+    search_form = share_relu  # shared ReLU, `op(x, scale)`
 
     def widen(self, index, moved, generator=None):
         """Each half grows on its own, so the output index differs from `index`."""
@@ -280,11 +267,8 @@ OPS = {
 def search_op(name, C, stride):
     """The search-cell version of `OPS[name](C, stride, False)`, called as `op(x, scale)` = `scale * OPS-op(x)`.
 
-    An op with `search_form()` runs in that form (ops with `expects_relu` then take the edge's
-    shared ReLU(x) instead of x; memory-saving parts start `lean`, and the supernet's
-    `use_lean_ops(False)` turns them all into the plain ops, the one place of that choice);
-    any other op is wrapped in `Scaled`.
+    An op with `search_form()` runs in that form (ops with `expects_relu` then take the edge's shared ReLU(x);
+    memory-saving parts start `lean`, which the supernet's `use_lean_ops(False)` turns off); others get `Scaled`.
     """
     op = OPS[name](C, stride, False)
-    search_form = getattr(op, "search_form", None)
-    return search_form() if search_form is not None else Scaled(op)
+    return op.search_form() if hasattr(op, "search_form") else Scaled(op)

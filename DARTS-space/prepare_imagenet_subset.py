@@ -26,20 +26,12 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
-    parser.add_argument(
-        "--imagenet",
-        type=str,
-        required=True,
-        help="ImageNet root holding train/<class>/<image> (or that train/ folder itself)",
-    )
+    text = "ImageNet root holding train/<class>/<image> (or that train/ folder itself)"
+    parser.add_argument("--imagenet", type=str, required=True, help=text)
     parser.add_argument("--out", type=str, required=True, help="folder to write train/ and val/ into")
     parser.add_argument("--train_fraction", type=float, default=0.1, help="share of each class for the weights")
-    parser.add_argument(
-        "--val_fraction",
-        type=float,
-        default=0.025,
-        help="share of each class for the architecture (disjoint from the train share)",
-    )
+    text = "share of each class for the architecture (disjoint from the train share)"
+    parser.add_argument("--val_fraction", type=float, default=0.025, help=text)
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-class shuffle")
     return parser
 
@@ -78,13 +70,8 @@ def main(argv=None):
     images = class_images(train_dir)
     out = Path(args.out)
     # The settings that define the subset; an existing tree must have been made with the same.
-    manifest = dict(
-        source=str(train_dir),
-        train_fraction=args.train_fraction,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        classes=len(images),
-    )
+    manifest = dict(source=str(train_dir), train_fraction=args.train_fraction, val_fraction=args.val_fraction)
+    manifest.update(seed=args.seed, classes=len(images))
     manifest_path = out / "subset.json"
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())

@@ -6,26 +6,18 @@
     python report.py runs/search runs/eval*                 # Markdown on stdout
     python report.py runs/search runs/eval* --csv runs/table.csv   # and the same rows as CSV
 
-Search runs (train_search.py, train_search_imagenet.py): one row each with seed, data set,
-cell, epochs and the search cost the run measured (history.jsonl's `device_hours`: wall
-hours of the epoch loop times the number of processes, summed over resumes) in GPU-days
-(device-days unless every run used CUDA; n/a for runs made before the engine recorded
-it). Evaluation runs (train.py, train_imagenet.py): one row each with seed, data set,
-cell, parameters in millions (without the auxiliary head), epochs, the test error (100 -
-test accuracy, %) and top-5 test error of the last epoch (the number the paper reports,
-as DARTS does), then the error of the best epoch, which is chosen on the test set itself
-(there is no held-out split in training) and so is optimistic. A cell
-is named by its genotype.json: a named genotype (DrNAS_cifar10, ...) by its name, any
-other as `cell` and the first 8 hex digits of the SHA-1 of its content, so that a search
-and the training runs of its genotype.json carry the same name. Evaluation runs are grouped by
-data set and cell, searches by data set, and each group gets a row of mean ± std over its
-runs: the sample std (ddof=1), 0.00 for a single run. The CSV holds the same rows, a
-summary as two rows (`mean`, `std`) of plain numbers with the number of runs.
-
-Each RUN_DIR must be a finished run of one of those scripts (args.json names the script;
-a history line per epoch marks the end). Anything else (not a run, a run stopped or still
-going) stops the report with one line naming the folder, so that a table never averages
-a partial run.
+A search (train_search.py, train_search_imagenet.py) is a row of seed, data set, cell, epochs and its measured cost
+(history.jsonl's `device_hours`: wall hours of the epoch loop times the processes, summed over resumes) in GPU-days
+(device-days unless every run used CUDA; n/a for runs older than that record). An evaluation (train.py,
+train_imagenet.py) is a row of seed, data set, cell, parameters in millions (without the auxiliary head), epochs,
+the last epoch's test error (100 - test accuracy, %) and top-5 error (the paper's number, as DARTS reports it), and
+the best epoch's error, chosen on the test set itself (training has no held-out split), so optimistic. A cell is
+named by its genotype.json: a named genotype by its name, any other `cell <first 8 hex digits of its SHA-1>`, so a
+search and the trainings of its cell share the name. Evaluations are grouped by data set and cell, searches by data
+set, each group with a row of mean ± std (sample std, ddof=1; 0.00 for a single run); the CSV gives a summary as two
+rows (`mean`, `std`) and the number of runs. Each RUN_DIR must be a finished run of one of those scripts (args.json
+names the script; a history line per epoch marks the end): anything else stops the report with one line naming the
+folder, so a table never averages a partial run.
 """
 
 import argparse
@@ -114,19 +106,14 @@ def main(argv=None):
     if rows["eval"]:
         numeric = [column for column in rows["eval"][0] if "(%" in column or column == "params (M)"]
         tables["eval"] = (rows["eval"], summarize(rows["eval"], ["data set", "cell"], numeric))
-        lines += [
-            "Evaluation runs (test error = 100 - test accuracy of the last epoch, the paper's number; the best "
-            "epoch is chosen on the test set itself, so its error is optimistic)",
-            "",
-            *markdown(*tables["eval"]),
-            "",
-        ]
+        note = "the paper's number; the best epoch is chosen on the test set itself, so its error is optimistic"
+        lines += [f"Evaluation runs (test error = 100 - test accuracy of the last epoch, {note})", ""]
+        lines += [*markdown(*tables["eval"]), ""]
     for name, (_, summaries) in tables.items():
         for summary, count in summaries:
             group = summary["data set"] + ("" if name == "search" else f", {summary['cell']}")
-            lines.append(
-                f"{name} {group}: mean ± std over {runs_text(count)} (sample std, ddof=1; 0.00 for a single run)."
-            )
+            std = "sample std, ddof=1; 0.00 for a single run"
+            lines.append(f"{name} {group}: mean ± std over {runs_text(count)} ({std}).")
     sys.stdout.write("\n".join(lines) + "\n")
     if args.csv:
         write_csv(args.csv, tables)

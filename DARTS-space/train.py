@@ -21,7 +21,8 @@ import logging
 
 import torch
 import torch.nn as nn
-from runkit import accel, data_common, device_data, distributed, engine, progress, run_flags, utils
+from runkit import accel, data_common, device_data, distributed, engine, run_flags, utils
+from runkit.progress import infer
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
@@ -101,20 +102,6 @@ def training_loss(criterion, logits, logits_aux, targets, aux_weight):
     return loss
 
 
-@torch.no_grad()
-def infer(loader, model, amp_dtype, args, dist):
-    """Top-1, top-5 and cross-entropy on this rank's shard of `loader`, summed over ranks."""
-    model.eval()
-    meter = progress.Meter(dist.device)
-    criterion = nn.CrossEntropyLoss()
-    for x, y in loader:
-        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
-        with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=args.amp):
-            logits, _ = model(x)
-        meter.update(logits, y, criterion(logits.float(), y))
-    return meter.result(dist)
-
-
 def train_step(net, optimizer, scaler, criterion, batch, amp_dtype, args):
     """One SGD step on a training batch (auxiliary loss, gradient clipping, --amp); returns (logits, loss)."""
     x, y = batch
@@ -184,7 +171,8 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
             run.update(logits, y, loss)
         # The bare model, not DDP: ranks hold different numbers of test batches, and
         # DDP's forward would wait for buffers from ranks that have finished.
-        test = infer(test_loader, model, amp_dtype, args, dist)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+            test = infer(model, test_loader, device).result(dist)
         record = {"lr": lr, "drop_path_prob": model.drop_path_prob, **run.train_metrics()}
         test_fields = {"test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"]}
         record = run.end_epoch({**record, **test_fields})

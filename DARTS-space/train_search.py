@@ -37,8 +37,9 @@ from itertools import islice
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from runkit import accel, data_common, device_data, distributed, engine, progress, run_flags, streams, utils
+from runkit import accel, data_common, device_data, distributed, engine, run_flags, streams, utils
 from runkit.net2wider import carry_momentum
+from runkit.progress import infer
 from runkit.run_flags import Stage, check_warmup, stage_at
 from torch.utils.data import Subset
 
@@ -185,36 +186,25 @@ def enter_stage(model, optimizer, stage, args):
     return new
 
 
-def weight_step(model, optimizer, weights, x, y, grad_clip, dist):
+def weight_step(model, optimizer, weights, x, y, grad_clip, dist=None):
     """One SGD step of the weights on a training batch, gradient norm clipped; returns (logits, loss)."""
     optimizer.zero_grad(set_to_none=True)
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     torch.autograd.backward(loss, inputs=weights)  # weights only: beta is the architect's
-    distributed.average_gradients(weights, dist)
+    if dist is not None:  # torchrun: the mean over the ranks
+        distributed.average_gradients(weights, dist)
     nn.utils.clip_grad_norm_(weights, grad_clip)
     optimizer.step()
     return logits, loss
 
 
-def search_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip, dist):
+def search_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip, dist=None):
     """One search iteration: an architecture step (when `valid_batch` is given), then a weight step."""
     x, y = train_batch
     if valid_batch is not None:  # beta first, on a held-out batch (DrNAS Algorithm 1), then the weights
         architect.step(x, y, *valid_batch, lr, optimizer)
     return weight_step(model, optimizer, weights, x, y, grad_clip, dist)
-
-
-@torch.no_grad()
-def infer(model, loader, device):
-    """The `progress.Meter` (top-1, top-5, loss) of `model` in eval mode on `loader` (the Dirichlet mean)."""
-    model.eval()
-    meter = progress.Meter(device)
-    for batch in loader:
-        x, y = utils.to_device(batch, device)
-        logits = model(x)
-        meter.update(logits, y, F.cross_entropy(logits, y))
-    return meter
 
 
 def build_model(args, num_classes, device, state=None, imagenet=False):
@@ -256,7 +246,7 @@ def concentration_lines(model):
             f"{j}>{node} "
             + " ".join(
                 f"{short_name(PRIMITIVES[op])}={a:.3f}"
-                for op, a in zip(model.kept[cell_type][e], values[t, e].tolist())
+                for op, a in zip(model.kept[t * len(edges) + e], values[t, e].tolist())
             )
             for e, (j, node) in enumerate(edges)
         ]
@@ -331,7 +321,7 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
                 stage + 1,
                 len(stages),
                 model.k,
-                len(model.kept["normal"][0]),
+                len(model.kept[0]),
                 utils.count_parameters(model.weights()),
             )
         lr = learning_rate(epoch, args)

@@ -19,27 +19,15 @@ import genotypes
 
 logger = logging.getLogger(__name__)
 
-# One colour per op, so the same op reads the same in both cells.
-COLORS = {
-    "max_pool_3x3": "#1f77b4",
-    "avg_pool_3x3": "#17becf",
-    "skip_connect": "#7f7f7f",
-    "sep_conv_3x3": "#d62728",
-    "sep_conv_5x5": "#ff7f0e",
-    "dil_conv_3x3": "#2ca02c",
-    "dil_conv_5x5": "#9467bd",
-}
+# One colour per built-in op (in PRIMITIVES' order), so the same op reads the same in both cells; others are black.
+COLORS = dict(zip(genotypes.PRIMITIVES, ("#1f77b4", "#17becf", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd")))
 FORMATS = (".png", ".svg", ".pdf")
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
-    parser.add_argument(
-        "arch",
-        type=str,
-        metavar="NAME_OR_JSON",
-        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search",
-    )
+    text = f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search"
+    parser.add_argument("arch", type=str, metavar="NAME_OR_JSON", help=text)
     parser.add_argument("--out", type=str, default="cell.png", help="output picture (.png, .svg or .pdf)")
     parser.add_argument("--dpi", type=int, default=150, help="resolution of a PNG")
     return parser
@@ -49,17 +37,10 @@ SPACING = 2.2  # horizontal distance between neighbouring nodes
 BEND = 0.6  # arc height / half the chord length: longer edges arc higher, so labels stay apart
 
 
-def node_positions(steps):
-    """x of every node on one line: the inputs, the intermediate nodes in order, the output."""
-    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)] + ["c_{k}"]
-    return {name: i * SPACING for i, name in enumerate(names)}
-
-
 def draw_cell(ax, edges, concat, title):
     """Draw one cell (`edges` = [(op, input index)], two per node) as an arc diagram."""
-    steps = len(edges) // 2
-    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
-    pos = node_positions(steps)
+    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(len(edges) // 2)]
+    pos = {name: i * SPACING for i, name in enumerate(names + ["c_{k}"])}  # x of every node, on one line
     arrow = dict(arrowstyle="-|>", mutation_scale=14, shrinkA=14, shrinkB=14)
     for position, (op, index) in enumerate(edges):
         (_, first), (_, second) = edges[position - position % 2 : position - position % 2 + 2]
@@ -70,42 +51,18 @@ def draw_cell(ax, edges, concat, title):
         # matplotlib's arc3 bends a left-to-right edge downwards for a positive rad.
         rad = -BEND if above else BEND
         color = COLORS.get(op, "black")
-        ax.annotate(
-            "",
-            xy=(x1, 0),
-            xytext=(x0, 0),
-            arrowprops=dict(arrow, color=color, lw=1.8, connectionstyle=f"arc3,rad={rad}"),
-        )
+        props = dict(arrow, color=color, lw=1.8, connectionstyle=f"arc3,rad={rad}")
+        ax.annotate("", xy=(x1, 0), xytext=(x0, 0), arrowprops=props)
         # The curve's midpoint lies rad/2 times the chord length off the line.
-        ax.text(
-            (x0 + x1) / 2,
-            -rad / 2 * (x1 - x0),
-            op,
-            fontsize=9,
-            ha="center",
-            va="center",
-            color=color,
-            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.6),
-        )
+        box = dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.6)
+        ax.text((x0 + x1) / 2, -rad / 2 * (x1 - x0), op, fontsize=9, ha="center", va="center", color=color, bbox=box)
+    props = dict(arrow, color="#aaaaaa", lw=1.0, ls="--", connectionstyle="arc3,rad=0.25")
     for node in concat:
-        ax.annotate(
-            "",
-            xy=(pos["c_{k}"], 0),
-            xytext=(pos[names[node]], 0),
-            arrowprops=dict(arrow, color="#aaaaaa", lw=1.0, ls="--", connectionstyle="arc3,rad=0.25"),
-        )
+        ax.annotate("", xy=(pos["c_{k}"], 0), xytext=(pos[names[node]], 0), arrowprops=props)
     for name, x in pos.items():
         is_io = name.startswith("c_")
-        ax.text(
-            x,
-            0,
-            f"${name}$" if is_io else name,
-            fontsize=12,
-            ha="center",
-            va="center",
-            zorder=3,
-            bbox=dict(boxstyle="round,pad=0.45", fc="#c6dbef" if is_io else "#fdd0a2", ec="black"),
-        )
+        box = dict(boxstyle="round,pad=0.45", fc="#c6dbef" if is_io else "#fdd0a2", ec="black")
+        ax.text(x, 0, f"${name}$" if is_io else name, fontsize=12, ha="center", va="center", zorder=3, bbox=box)
     height = BEND / 2 * (max(pos.values()) - SPACING)
     ax.set_title(title, fontsize=13)
     ax.set_xlim(-0.8, max(pos.values()) + 0.8)

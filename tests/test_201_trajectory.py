@@ -25,7 +25,7 @@ def _ops(arch):
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
 def test_samples_follow_the_distribution_and_respect_pruning(load_space, method):
-    trajectory, genotypes = load_space("201-space", "trajectory", "genotypes")
+    trajectory, genotypes = load_space("201-space", "benchmark", "genotypes")
     ops, n = genotypes.PRIMITIVES, 2000
     beta = torch.full((6, len(ops)), -2.0)
     beta[:, ops.index("nor_conv_3x3")] = 0.0
@@ -49,7 +49,7 @@ def test_samples_follow_the_distribution_and_respect_pruning(load_space, method)
 
 
 def test_query_records_the_derived_cell_and_the_sampled_spread(load_space, nb201_table):
-    trajectory, benchmark, search = load_space("201-space", "trajectory", "benchmark", "train_search")
+    trajectory, benchmark, search = load_space("201-space", "benchmark", "benchmark", "train_search")
     bench = benchmark.load_benchmark(nb201_table)
     model = _model(load_space, "dirichlet", 1e-3 * torch.randn(6, 5, generator=torch.Generator().manual_seed(0)))
     args = search.get_parser().parse_args(["--dataset", "cifar10", "--trajectory_samples", "50", "--seed", "3"])

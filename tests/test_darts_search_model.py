@@ -84,7 +84,7 @@ def test_prune_keeps_count_and_never_runs_pruned_ops(load_space):
     net.prune(3)
     kept_ops = {id(op) for cell in net.cells for edge in cell.edges for op in edge.ops}
     for cell in net.cells:
-        kept = net.kept["reduce" if cell.reduction else "normal"]
+        kept = net.kept[14:] if cell.reduction else net.kept[:14]
         beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
         for e, edge in enumerate(cell.edges):
             assert len(edge.ops) == len(edge.kept) == 3 and edge.kept == kept[e]
@@ -119,7 +119,7 @@ def test_genotype_two_strongest_edges_best_kept_op(load_space):
         net.beta_normal[3, P.index("max_pool_3x3")] = 0.5
     net.prune(4)
     with torch.no_grad():  # a pruned op with a huge beta must not be chosen
-        pruned = next(i for i in range(7) if i not in net.kept["normal"][2])
+        pruned = next(i for i in range(7) if i not in net.kept[2])
         net.beta_normal[2, pruned] = 10.0
     g = net.genotype()
     assert len(g.normal) == len(g.reduce) == 8 and g.normal_concat == [2, 3, 4, 5]

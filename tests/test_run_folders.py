@@ -189,7 +189,12 @@ def test_resume_of_a_folder_without_a_checkpoint_says_why(tmp_path):
     stopped = run_script("201-space", "train.py", "--resume", run_dir, timeout=120)
     assert_one_line_error(stopped.returncode, stopped.stderr, "holds no checkpoint.pt")
     holder = subprocess.Popen(  # a live run: it holds the folder's lock, as engine.Run does
-        [sys.executable, "-c", "import run_folder, sys, time; run_folder.lock(sys.argv[1]); time.sleep(60)", run_dir],
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from runkit import run_folder; run_folder.lock(sys.argv[1]); time.sleep(60)",
+            run_dir,
+        ],
         cwd=SPACES["201-space"],
     )
     try:

@@ -26,8 +26,9 @@ from .utils import UserError
 logger = logging.getLogger(__name__)
 
 # 3: "space" recorded, so that a checkpoint of the other folder is refused; 4: the l2 regulariser of beta is
-# a loss term, no longer Adam's weight decay (a version-3 Adam state would apply it twice), and "epochs" recorded.
-CHECKPOINT_VERSION = 4
+# a loss term, no longer Adam's weight decay (a version-3 Adam state would apply it twice), and "epochs" recorded;
+# 5: a DARTS search's kept ops are one list per edge, as in 201 (no longer a dict by cell type).
+CHECKPOINT_VERSION = 5
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, in order (`Run._save`); what is particular to a script lies under "task".
 CHECKPOINT_KEYS = (

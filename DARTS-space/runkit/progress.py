@@ -5,6 +5,7 @@ import time
 
 import torch
 import torch.distributed as torch_dist
+import torch.nn.functional as F
 
 from . import utils
 
@@ -33,6 +34,20 @@ class Meter:
         loss, top1, top5, n = sums.tolist()
         n = max(n, 1.0)
         return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n}
+
+
+@torch.no_grad()
+def infer(model, loader, device):
+    """The `Meter` (top-1, top-5, cross-entropy) of `model` in eval mode on `loader`, the same in every script of
+    both folders; of a `(logits, auxiliary logits)` output the first counts. `.result(dist)` reads it."""
+    model.eval()
+    meter = Meter(device)
+    for x, y in loader:
+        logits = model(x.to(device, non_blocking=True))
+        logits = (logits[0] if isinstance(logits, tuple) else logits).float()
+        y = y.to(device, non_blocking=True)
+        meter.update(logits, y, F.cross_entropy(logits, y))
+    return meter
 
 
 class Clock:

@@ -1,0 +1,91 @@
+"""One dialect: a concept of the method has the same name, signature and contract in both folders.
+
+Each entry names a module and a function, class or method that both folders define. The parameters of the
+201-space one must equal the DARTS-space one's, but for trailing keyword parameters with defaults that one
+space has for its own needs (the DARTS ImageNet supernet, torchrun): a caller that uses the common
+parameters works in either folder.
+"""
+
+import inspect
+
+import pytest
+import torch
+
+SHARED = [
+    ("train_search", "get_stages"),
+    ("train_search", "build_model"),
+    ("train_search", "sgd"),
+    ("train_search", "enter_stage"),
+    ("train_search", "search_step"),
+    ("train_search", "infer"),
+    ("train_search", "search"),
+    ("train_search", "finish"),
+    ("train_search", "main"),
+    ("train", "main"),
+    ("model_search", "gumbel_tau"),
+    ("model_search", "concentration"),
+    ("model_search", "Network.arch_parameters"),
+    ("model_search", "Network.weights"),
+    ("model_search", "Network.arch_weights"),
+    ("model_search", "Network.kl_regularizer"),
+    ("model_search", "Network.forward"),
+    ("model_search", "Network.genotype"),
+    ("model_search", "Network.prune"),
+    ("model_search", "Network.widen"),
+    ("model_search", "MixedOp.widen"),
+    ("architect", "Architect"),
+    ("architect", "Architect.step"),
+    ("architect", "regularizer_grads"),
+    ("genotypes", "save_genotype"),
+]
+
+
+def _definition(module, dotted):
+    value = module
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _parameters(value):
+    return [(p.name, p.default is not inspect.Parameter.empty) for p in inspect.signature(value).parameters.values()]
+
+
+@pytest.mark.parametrize(("module", "name"), SHARED, ids=[f"{m}.{n}" for m, n in SHARED])
+def test_both_folders_define_the_concept_with_the_same_signature(load_space, module, name):
+    signatures = [_parameters(_definition(load_space(space, module), name)) for space in ("201-space", "DARTS-space")]
+    shorter, longer = sorted(signatures, key=len)
+    assert longer[: len(shorter)] == shorter, f"{module}.{name}: 201 {signatures[0]} vs DARTS {signatures[1]}"
+    assert all(has_default for _, has_default in longer[len(shorter) :]), f"{module}.{name}: {signatures}"
+
+
+def test_the_tables_of_samplers_and_regularisers_offer_the_same_names(load_space):
+    tables = [load_space(space, "model_search", "architect") for space in ("201-space", "DARTS-space")]
+    (ms201, arch201), (msdarts, archdarts) = tables
+    assert list(ms201.SAMPLERS) == list(msdarts.SAMPLERS) == ["dirichlet", "darts", "snas", "gdas"]
+    assert list(arch201.REGULARIZERS) == list(archdarts.REGULARIZERS)
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_kept_is_one_list_of_primitives_indices_per_row_of_the_architecture_parameters(load_space, space):
+    """`Network.kept[e]`: the ops still searched on edge e, the edges being the rows of the architecture
+    parameters concatenated; `prune(keep)` keeps the `keep` ops of largest beta on each."""
+    model_search, genotypes = load_space(space, "model_search", "genotypes")
+    torch.manual_seed(0)
+    model = model_search.Network(8, 1, 10) if space == "201-space" else model_search.Network(8, 10, 5, k=4)
+    beta = torch.cat(model.arch_parameters()).detach()
+    assert model.kept == [list(range(len(genotypes.PRIMITIVES)))] * len(beta)
+    model.prune(3)
+    assert model.kept == [sorted(row.topk(3).indices.tolist()) for row in beta]
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_the_held_out_accuracy_mixes_with_the_dirichlet_mean(load_space, space):
+    model_search = load_space(space, "model_search")
+    torch.manual_seed(0)
+    model = model_search.Network(8, 1, 10) if space == "201-space" else model_search.Network(8, 10, 5, k=4)
+    model.eval()
+    alpha = model_search.concentration(torch.stack(model.arch_parameters()).detach())
+    weights = model.arch_weights().detach()
+    mean = alpha / alpha.sum(-1, keepdim=True)
+    assert torch.allclose(weights.reshape(mean.shape), mean)
