@@ -1,13 +1,12 @@
 """Seconds per search step and peak memory of the DrNAS supernet, one JSON line per config.
 
 A search step is what train_search.py does per batch after the warm-up: a first-order architecture step on one
-batch, then a (clipped) SGD step of the weights on another, timed apart with the device synchronised around each;
-`s_per_step` is their sum (`s_per_arch_step` + `s_per_weight_step`), never below its weight step. Configurations:
-the paper's CIFAR search network (C=36, 20 cells, batch 64) in stage 1 (k=6, all 7 ops) and stage 2 (k=4, the 4
-costliest ops on every edge, an upper bound of any pruning), a small one (C=16, 8 cells, k=4, 7 ops), and `eval`:
-one train.py step of DrNAS_cifar10 (C=36, 20 cells, batch 64, auxiliary head, drop path 0.2). Random 32x32
-inputs, 10 classes. Each configuration runs in a fresh child process, so its peak memory (max RSS on the CPU,
-the allocator's peak on CUDA) is its own; progress goes to stderr, each JSON line to stdout when it ends.
+batch, then a (clipped) SGD step of the weights on another, each timed with the device synchronised around it;
+`s_per_step` = `s_per_arch_step` + `s_per_weight_step`. Configurations: the paper's CIFAR search network (C=36, 20
+cells, batch 64) in stage 1 (k=6, 7 ops) and stage 2 (k=4, the 4 costliest ops on every edge: an upper bound of any
+pruning), a small one (C=16, 8 cells, k=4, 7 ops), and `eval`, one train.py step of DrNAS_cifar10 (C=36, 20 cells,
+batch 64, auxiliary head, drop path 0.2); random 32x32 inputs, 10 classes. Each runs in a child process of its own,
+so its peak memory (max RSS on the CPU, the allocator's peak on CUDA) is its own. Progress goes to stderr.
 
     python bench.py --device cpu --threads 2       # all configurations, 2 CPU threads
     python bench.py --device cuda --steps 20 --warmup 5
@@ -17,11 +16,12 @@ the allocator's peak on CUDA) is its own; progress goes to stderr, each JSON lin
     python bench.py --device cpu --config small    # one configuration
 
 `images_per_s` counts both batches of a search step; `projected_h` is the hours of the paper's run at this speed,
-evaluation not counted: a search stage is 25 epochs of 391 steps, the first 10 weight-only (taken as the weight
-part of a search step); `eval` is 600 epochs of 782 steps (50,000 images in batches of 64).
+evaluation not counted: a search stage is 25 epochs of 391 steps, the first 10 weight-only; `eval` is 600 epochs
+of 782 steps (50,000 images in batches of 64).
 """
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -77,10 +77,8 @@ def bench_search(name, args, device):
     model.use_lean_ops(args.lean_ops == "on")
     weights = model.weights()
     optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
-    arch_args = argparse.Namespace(
-        unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4
-    )
-    architect = Architect(model, arch_args)
+    arch_args = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4)
+    architect = Architect(model, argparse.Namespace(**arch_args, arch_learning_rate=6e-4))
     dist = engine.Dist(rank=0, local_rank=0, world_size=1, device=device)
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
@@ -90,9 +88,7 @@ def bench_search(name, args, device):
         accel.begin_step(device, 1, args.compile)
         architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
 
-    def weight_step():
-        search.weight_step(model, optimizer, weights, x[0], y[0], 5.0, dist)
-
+    weight_step = functools.partial(search.weight_step, model, optimizer, weights, x[0], y[0], 5.0, dist)
     parts = time_steps(name, {"arch": arch_step, "weight": weight_step}, device, args)
     seconds, weight_seconds = parts["arch"] + parts["weight"], parts["weight"]
     arch_s, weight_s = round(parts["arch"], 4), round(weight_seconds, 4)
@@ -171,9 +167,6 @@ def main(argv=None):
     log(f"{args.config} on {utils.device_name(device)}: {args.warmup} warm-up and {args.steps} timed steps")
     record = bench_eval(device, args) if args.config == "eval" else bench_search(args.config, args, device)
     print(json.dumps(record), flush=True)  # the output is the JSON line
-
-
-# ---------------------------------------------------------------- evaluation network (train.py)
 
 
 def bench_eval(device, args):

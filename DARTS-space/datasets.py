@@ -46,10 +46,7 @@ def add_imagenet_arguments(parser, folder, folder_help):
 
 
 class Cutout:
-    """Zero a random `length` x `length` square (clipped at the border) of a (C, H, W) tensor.
-
-    The centre comes from the torch RNG (seeded per DataLoader worker), not NumPy's global state: reproducible.
-    """
+    """Zero a random `length` x `length` square (clipped at the border; torch's RNG) of a (C, H, W) tensor."""
 
     def __init__(self, length):
         self.length = length
@@ -109,9 +106,7 @@ class PickledImages(Dataset):
 
     def __getitem__(self, index):
         image = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[index]
+        return (image if self.transform is None else self.transform(image)), self.labels[index]
 
 
 def _cifar(name, root, train_augment, cutout_length):
@@ -132,8 +127,7 @@ class Transformed(Dataset):
     """Apply a tensor transform to the images of an in-memory `(image, label)` dataset."""
 
     def __init__(self, dataset, transform):
-        self.dataset = dataset
-        self.transform = transform
+        self.dataset, self.transform = dataset, transform
 
     def __len__(self):
         return len(self.dataset)
@@ -141,9 +135,6 @@ class Transformed(Dataset):
     def __getitem__(self, index):
         image, label = self.dataset[index]
         return self.transform(image), label
-
-
-# ---------------------------------------------------------------- your own images (reading them: image_files.py)
 
 
 def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0):
@@ -245,9 +236,8 @@ def imagenet_datasets(root, image_size=224, search=False):
         train = ImageFolder(str(root / "train"), transform=train_tf)
         val = ImageFolder(str(root / "val"), transform=val_tf)
     except (FileNotFoundError, RuntimeError) as err:  # a class folder without images
-        raise UserError(
-            f"ImageNet folder {root} is not a valid ImageFolder tree ({str(err).splitlines()[0]})"
-        ) from None
+        reason = str(err).splitlines()[0]
+        raise UserError(f"ImageNet folder {root} is not a valid ImageFolder tree ({reason})") from None
     if val.classes != train.classes:
         raise UserError(
             f"{root}/train and {root}/val hold different classes ({len(train.classes)} vs {len(val.classes)}); "

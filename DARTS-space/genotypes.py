@@ -168,10 +168,8 @@ def load_genotype_and_data(name_or_path, flag="--arch"):
         return NAMED[name_or_path], None
     path = Path(name_or_path)
     if not path.is_file():
-        raise UserError(
-            f"{flag} {name_or_path}: neither a genotype name nor a file; "
-            f"accepted names: {', '.join(NAMED)}, or the path of a genotype.json written by a search"
-        )
+        accepted = f"accepted names: {', '.join(NAMED)}, or the path of a genotype.json written by a search"
+        raise UserError(f"{flag} {name_or_path}: neither a genotype name nor a file; {accepted}")
     data = read_genotype_json(path, f"{flag} {path}", SPACE)  # a 201-space file is named as such
     try:
         genotype = genotype_from_dict(data)

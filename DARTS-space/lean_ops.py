@@ -1,11 +1,9 @@
 """The memory-lean parts of the DARTS search ops, and the BatchNorm that mixes for free.
 
-A search step keeps ~100 op activations per cell alive. `MixBatchNorm` folds an edge's
-mixing weight into the op's last BatchNorm; `DepthwisePointwise` (the depthwise and 1x1
-convs of `DilConv`/`SepConv`, with SepConv's middle BatchNorm and ReLU) and `LeanMaxPool`
-keep only their inputs and recompute the rest in the backward pass. Their results and
-gradients equal those of the plain ops (tests/test_darts_search_ops.py; under bf16
-autocast, tests/test_amp.py). Not a script.
+A search step keeps ~100 op activations per cell alive. `MixBatchNorm` folds an edge's mixing weight into the op's
+last BatchNorm; `DepthwisePointwise` (the depthwise and 1x1 convs of `DilConv`/`SepConv`, with SepConv's middle
+BatchNorm and ReLU) and `LeanMaxPool` keep only their inputs and recompute the rest in the backward pass. Results and
+gradients equal the plain ops' (tests/test_darts_search_ops.py; under bf16 autocast, tests/test_amp.py). Not a script.
 """
 
 import torch
@@ -30,9 +28,8 @@ class MixBatchNorm(nn.BatchNorm2d):
         if self.training:
             self.num_batches_tracked.add_(1)
         weight = scale.expand(self.num_features).contiguous()
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, weight, None, self.training, self.momentum, self.eps
-        )
+        args = self.running_mean, self.running_var, weight, None, self.training, self.momentum, self.eps
+        return F.batch_norm(x, *args)
 
 
 def batch_norm(C, affine):
@@ -136,10 +133,8 @@ class _LeanMaxPool(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         kernel, stride, padding = ctx.config
         _, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad, x, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices
-        )
-        return grad_x, None, None, None
+        size = [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *size, indices), None, None, None
 
 
 class LeanMaxPool(nn.Module):
@@ -152,6 +147,5 @@ class LeanMaxPool(nn.Module):
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def forward(self, x):
-        if not self.lean:
-            return F.max_pool2d(x, self.kernel, self.stride, self.padding)
-        return _LeanMaxPool.apply(x, self.kernel, self.stride, self.padding)
+        config = self.kernel, self.stride, self.padding
+        return _LeanMaxPool.apply(x, *config) if self.lean else F.max_pool2d(x, *config)

@@ -82,15 +82,11 @@ class AuxiliaryHead(nn.Module):
 
     def __init__(self, C, num_classes, pool_stride, final_bn):
         super().__init__()
-        layers = [
-            nn.ReLU(inplace=False),  # the main path's feature map, read again by later cells
-            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),  # -> 2x2
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
-        ]
-        layers += [nn.BatchNorm2d(768)] if final_bn else []
+        # The first ReLU is not in place: its input is the main path's, read again by later cells. Pool -> 2x2, then
+        # the 2x2 conv -> 1x1.
+        layers = [nn.ReLU(inplace=False), nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False)]
+        layers += [nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(128, 768, 2, bias=False)] + ([nn.BatchNorm2d(768)] if final_bn else [])
         self.features = nn.Sequential(*layers, nn.ReLU(inplace=True))
         self.classifier = nn.Linear(768, num_classes)
 
@@ -147,8 +143,7 @@ class _Network(nn.Module):
             s0, s1 = s1, cell(s0, s1, drop_prob)
             if i == self.aux_layer and self.auxiliary_head is not None and self.training:
                 logits_aux = self.auxiliary_head(s1)
-        out = F.adaptive_avg_pool2d(s1, 1).flatten(1)  # (B, C_prev)
-        return self.classifier(out), logits_aux
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), logits_aux  # pooled to (B, C_prev)
 
 
 class NetworkCIFAR(_Network):

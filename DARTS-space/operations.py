@@ -2,11 +2,9 @@
 
 `OPS[name](C, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the op. That is all a
 new op needs (with its name in `genotypes.PRIMITIVES`): the evaluation cells (`model.py`, `affine=True`) run it as it
-is, search cells mix it as `w * op(x)` (`search_op` wraps it in `Scaled`), and net2wider widens its convs and
-BatchNorms (`net2wider.widen_op`). Pools are followed by an affine-free BatchNorm, as in the paper's op table;
-search cells build every op with `affine=False`, as the paper's supernet does.
-
-The built-in ops add optional overrides, used where an op has them:
+is, search cells (every op with `affine=False`, as the paper's supernet) mix it as `w * op(x)` (`search_op` wraps it
+in `Scaled`), and net2wider widens its convs and BatchNorms (`net2wider.widen_op`). Pools are followed by an
+affine-free BatchNorm, as in the paper's op table. The built-in ops add optional overrides:
 - `share_relu()`: the op drops its first ReLU and sets `expects_relu`; a cell then computes the ReLU of a state
   once for all the ops that read it (one saved activation instead of one per op);
 - `search_form()`: the op as search cells run it, `op(x, scale)` = `scale * op(x)` with its ReLU shared, the mixing
@@ -14,16 +12,15 @@ The built-in ops add optional overrides, used where an op has them:
   pass (lean_ops.py; the supernet's `use_lean_ops(False)`, `--lean_ops off`, runs them plainly);
 - `widen(index, moved, generator)`: net2wider (net2wider.py), where `index` (length C_new, starting with
   `arange(C_old)`) names the old channel each new one copies; it returns the same for its outputs (`out_index`);
-- `drop_in_place = True`: the op's output is a tensor of its own that no backward pass reads (it ends in a
-  BatchNorm), so drop path may scale it in place.
+- `drop_in_place = True`: the op's output is its own tensor that no backward pass reads (it ends in a BatchNorm),
+  so drop path may scale it in place.
 
 Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to C/k_new channels, copying
 weights, not dividing them (as the paper's code), so a dense conv adds the share of every new input channel to its
 outputs. Fed zeros on the new input channels, every op but sep_conv (whose second half reads its first half's
 copies) keeps its old output channels and the conv ops' new ones copy theirs:
 `new_op(x_pad) == old_op(x)[:, out_index]`. On replicated inputs `x[:, index]` only per-channel ops (pools, skip at
-stride 1) keep their function; in the supernet the widened op reads new, real channels of the cell state, so its
-function changes.
+stride 1) keep their function; in the supernet the widened op reads new, real channels of the cell state.
 
     python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
@@ -74,10 +71,8 @@ class DilConv(nn.Module):
     def convs(self, x, bn=None):
         """The op before its BatchNorm; `bn(x)` then ReLU come first when given (lean only)."""
         if self.lean:
-            dw = self.depthwise
-            return DepthwisePointwise.apply(
-                x, dw.weight, self.pointwise.weight, dw.stride[0], dw.padding[0], dw.dilation[0], bn
-            )
+            dw, pw = self.depthwise, self.pointwise
+            return DepthwisePointwise.apply(x, dw.weight, pw.weight, dw.stride[0], dw.padding[0], dw.dilation[0], bn)
         # (B, C_in, H, W) -> depthwise (B, C_in, H', W') -> pointwise (B, C_out, H', W')
         return self.pointwise(self.depthwise(x))
 
@@ -174,12 +169,7 @@ class FactorizedReduce(nn.Module):
         # (B, C_out, H/2, W/2): even pixels through conv_1, odd ones through conv_2.
         return normalize(self.bn, torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1), scale)
 
-    def share_relu(self):
-        """Leave the ReLU to the caller, which hands in relu(x) (`expects_relu`)."""
-        self.relu, self.expects_relu = nn.Identity(), True
-        return self
-
-    search_form = share_relu  # shared ReLU, `op(x, scale)`
+    share_relu = search_form = DilConv.share_relu  # the search form: shared ReLU, `op(x, scale)`
 
     def widen(self, index, moved, generator=None):
         """Each half grows on its own, so the output index differs from `index`."""
@@ -249,10 +239,9 @@ class Scaled(nn.Module):
         return widen_op(self.op, index, moved, generator)
 
 
-# name -> constructor(C, stride, affine) of a plain module; the search version of each is `search_op`.
-# Pools are followed by an affine-free BatchNorm in the evaluation cells too (the paper's
-# code builds both networks from one op table); skip_connect reduces with
-# FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
+# name -> constructor(C, stride, affine) of a plain module (search version: `search_op`). Pools are followed by an
+# affine-free BatchNorm in the evaluation cells too (the paper's code builds both networks from one op table);
+# skip_connect reduces with FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
 OPS = {
     "max_pool_3x3": lambda C, stride, affine: PoolThenBN("max", C, stride),
     "avg_pool_3x3": lambda C, stride, affine: PoolThenBN("avg", C, stride),

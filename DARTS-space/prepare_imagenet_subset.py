@@ -1,10 +1,9 @@
 """Write the ImageNet search subsets of DrNAS / PC-DARTS as a tree of symlinks.
 
-From every class of the ImageNet training set it draws, with a seeded shuffle, 10 % of
-the images for the weights (`OUT/train/<class>/`) and another, disjoint 2.5 % for the
-architecture (`OUT/val/<class>/`); no image is copied. Running it again with the same
-settings leaves the tree as it is (and completes a partly written one); other settings
-on an existing tree are refused.
+From every class of the ImageNet training set it draws, with a seeded shuffle, 10 % of the images for the weights
+(`OUT/train/<class>/`) and another, disjoint 2.5 % for the architecture (`OUT/val/<class>/`); no image is copied.
+Running it again with the same settings leaves the tree as it is (and completes a partly written one); other
+settings on an existing tree are refused.
 
     python prepare_imagenet_subset.py --imagenet /data/imagenet --out /data/imagenet_search
     python train_search_imagenet.py --data /data/imagenet_search
@@ -73,13 +72,12 @@ def main(argv=None):
     manifest = dict(source=str(train_dir), train_fraction=args.train_fraction, val_fraction=args.val_fraction)
     manifest.update(seed=args.seed, classes=len(images))
     manifest_path = out / "subset.json"
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
-        if previous != manifest:
-            raise utils.UserError(
-                f"{out} holds a subset made with other settings ({previous}); choose another --out or delete it"
-            )
-    elif out.exists() and any(out.iterdir()):
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else manifest
+    if previous != manifest:
+        raise utils.UserError(
+            f"{out} holds a subset made with other settings ({previous}); choose another --out or delete it"
+        )
+    if not manifest_path.is_file() and out.exists() and any(out.iterdir()):
         raise utils.UserError(f"--out {out} exists and is not a subset written by this script; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     utils.write_json(manifest_path, manifest)

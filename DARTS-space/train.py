@@ -42,53 +42,29 @@ FLAG_RANGES = {
 }
 
 
-def add_arguments(
-    parser,
-    *,
-    epochs,
-    batch_size,
-    learning_rate,
-    weight_decay,
-    init_channels,
-    layers,
-    drop_path_prob,
-    arch,
-    workers,
-    seed,
-):
-    """Flags shared by train.py and train_imagenet.py (the defaults differ per script)."""
+def add_arguments(parser, **default):
+    """Flags shared by train.py and train_imagenet.py, with the script's `default` of each that differs."""
     model = parser.add_argument_group("model")
+    cells = f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search"
+    model.add_argument("--arch", type=str, default=default["arch"], help=cells)
     model.add_argument(
-        "--arch",
-        type=str,
-        default=arch,
-        help=f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search",
+        "--init_channels", type=int, default=default["init_channels"], help="channels C of the first cells"
     )
-    model.add_argument("--init_channels", type=int, default=init_channels, help="channels C of the first cells")
-    model.add_argument("--layers", type=int, default=layers, help="number of cells")
+    model.add_argument("--layers", type=int, default=default["layers"], help="number of cells")
     model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
     model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
-    model.add_argument(
-        "--drop_path_prob",
-        type=float,
-        default=drop_path_prob,
-        help="drop path probability, ramped linearly from 0 at epoch 0 to this at the end",
-    )
+    drop = "drop path probability, ramped linearly from 0 at epoch 0 to this at the end"
+    model.add_argument("--drop_path_prob", type=float, default=default["drop_path_prob"], help=drop)
     opt = parser.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    opt.add_argument("--epochs", type=int, default=default["epochs"], help="training epochs")
     opt.add_argument(
-        "--batch_size", type=int, default=batch_size, help="total batch size, split evenly over the torchrun processes"
+        "--batch_size", type=int, default=default["batch_size"], help="total batch size, split over torchrun processes"
     )
-    opt.add_argument("--learning_rate", type=float, default=learning_rate, help="initial SGD learning rate")
+    opt.add_argument("--learning_rate", type=float, default=default["learning_rate"], help="initial SGD learning rate")
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    opt.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
+    opt.add_argument("--weight_decay", type=float, default=default["weight_decay"], help="SGD weight decay")
     opt.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping")
-    add_system_arguments(parser, workers, seed)
-
-
-def add_system_arguments(parser, workers, seed):
-    """The system flags of both training scripts: the engine's run flags (--deterministic too) and precision."""
-    system = run_flags.add_run_arguments(parser, seed, workers)
+    system = run_flags.add_run_arguments(parser, default["seed"], default["workers"])
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
     accel.add_compile_argument(system)
     device_data.add_argument(system)

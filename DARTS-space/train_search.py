@@ -64,59 +64,30 @@ def add_arguments(parser):
     model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
     model.add_argument("--layers", type=int, default=20, help="number of cells")
     optim = parser.add_argument_group("optimization")
-    optim.add_argument(
-        "--batch_size", type=int, default=64, help="batch size (in total: torchrun processes take equal shares)"
-    )
+    optim.add_argument("--batch_size", type=int, default=64, help="batch size, split over torchrun processes")
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
     optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
-    optim.add_argument(
-        "--lr_warmup_epochs",
-        type=int,
-        default=0,
-        help="linear learning-rate warm-up epochs, applied when --batch_size > 256 (as in the paper)",
-    )
+    warmup = "linear learning-rate warm-up epochs when --batch_size > 256 (as in the paper)"
+    optim.add_argument("--lr_warmup_epochs", type=int, default=0, help=warmup)
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
-    optim.add_argument(
-        "--grad_clip",
-        type=float,
-        default=5.0,
-        help="gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)",
-    )
+    clip = "gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)"
+    optim.add_argument("--grad_clip", type=float, default=5.0, help=clip)
     search = parser.add_argument_group("search")
-    search.add_argument(
-        "--method", type=str, default="dirichlet", choices=tuple(SAMPLERS), help="mixing weights from beta"
-    )
+    search.add_argument("--method", default="dirichlet", choices=tuple(SAMPLERS), help="mixing weights from beta")
     search.add_argument("--arch_learning_rate", type=float, default=6e-4, help="Adam learning rate of beta")
     search.add_argument("--unrolled", action="store_true", help="second-order architecture gradient (DARTS)")
-    search.add_argument(
-        "--reg_type",
-        type=str,
-        default="l2",
-        choices=tuple(REGULARIZERS),
-        help="regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or "
-        "KL to Dir(1) (kl)",
-    )
+    reg = "regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or KL to Dir(1)"
+    search.add_argument("--reg_type", default="l2", choices=tuple(REGULARIZERS), help=reg)
     search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
     search.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
     search.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")
     search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
-    search.add_argument(
-        "--stage_keep",
-        type=int,
-        nargs="+",
-        default=[len(PRIMITIVES), 4],
-        help="ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)",
-    )
-    search.add_argument(
-        "--warmup_epochs", type=int, default=10, help="epochs at the start of each stage that train the weights only"
-    )
-    add_system_arguments(parser)
-
-
-def add_system_arguments(parser):
-    """The system flags of the searches: the engine's run flags, --amp, data on the device, --lean_ops."""
+    keep = "ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)"
+    search.add_argument("--stage_keep", type=int, nargs="+", default=[len(PRIMITIVES), 4], help=keep)
+    warm = "epochs at the start of each stage that train the weights only"
+    search.add_argument("--warmup_epochs", type=int, default=10, help=warm)
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
@@ -259,14 +230,8 @@ def search_data(train_data, valid_data, args, dist):
     held-out images for the evaluation, and the steps per epoch."""
     batch = args.batch_size // dist.world_size
     on_device = device_data.use_device(args.data_on_device, train_data, dist.device)
-    shard = dict(
-        device=dist.device,
-        on_device=on_device,
-        workers=args.workers,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        pin_memory=dist.device.type == "cuda",
-    )
+    shard = dict(device=dist.device, on_device=on_device, workers=args.workers, rank=dist.rank)
+    shard.update(world_size=dist.world_size, pin_memory=dist.device.type == "cuda")
     # Weights and architecture see disjoint images, each from a resumable stream of its own.
     data = {
         "train": device_data.stream(train_data, batch, args.seed, **shard),

@@ -1,10 +1,4 @@
-"""Shared pytest fixtures: load one search space's modules without name collisions.
-
-Both folders define `operations`, `model_search`, `architect`, `genotypes`, `utils`,
-... . `load_space("201-space", "model_search")` drops every module that lives in either
-folder from `sys.modules`, puts the folder first on `sys.path`, imports the names and
-drops them again afterwards, so a test always sees the folder it asked for.
-"""
+"""Shared pytest fixtures."""
 
 import contextlib
 import importlib
@@ -84,10 +78,7 @@ def run_script(space, *args, timeout=600, env=None):
 
 
 def popen_script(space, *args, stdout=subprocess.DEVNULL, new_session=False):
-    """Start a script of a space without waiting (for runs side by side, or to signal it).
-
-    `new_session`: in a process group of its own (as `setsid` starts it), for `os.killpg`.
-    """
+    """Start a script of a space without waiting (for runs side by side, or to signal it)."""
     return subprocess.Popen(
         [sys.executable, *map(str, args)],
         cwd=SPACES[space],
@@ -140,11 +131,8 @@ def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0):
     rng = np.random.default_rng(seed)
     if name == "cifar10":
         folder, files, key, classes = (
-            root / "cifar-10-batches-py",
-            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
-            "labels",
-            10,
-        )
+            root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", 10,
+        )  # fmt: skip
     else:
         folder, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,14 +180,8 @@ def tiny_imagenet(tmp_path):
     return write_tiny_imagenet(tmp_path / "imagenet")
 
 
-# ---------------------------------------------------------------- the CUDA tier (tests/test_cuda_*.py)
-
-
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` run where PyTorch sees a CUDA GPU and skip, saying so, everywhere else.
-
-    `python -m pytest tests -m cuda` selects them alone (the GPU machine's `.ci/gpu` runs that).
-    """
+    """Tests marked `cuda` run where PyTorch sees a CUDA GPU and skip, saying so, everywhere else."""
     if torch.cuda.is_available():
         return
     reason = (
@@ -223,10 +205,6 @@ def cuda_runs(tmp_path_factory):
 
 @pytest.fixture
 def start_cuda_runs(request):
-    """Start `cuda_runs` now if this session reads them (tests/test_cuda_scripts.py does).
-
-    The runs take minutes, mostly start-up and compilation: the tier's in-process test files use this fixture,
-    so the runs go on in the background while they run; a session without the script tests starts none.
-    """
+    """Start `cuda_runs` now if this session reads them (tests/test_cuda_scripts.py does)."""
     if any("cuda_runs" in getattr(item, "fixturenames", ()) for item in request.session.items):
         request.getfixturevalue("cuda_runs")

@@ -1,10 +1,4 @@
-"""The CUDA tier's shared parts (tests/test_cuda_*.py): the device, the scripts' tiny flags, the background
-script runs, and helpers of the in-process tests.
-
-The script runs are tiny and mostly start-up and compilation, so `start` launches them all at once (the
-session fixture `cuda_runs` of tests/conftest.py calls it, at the tier's first test) and the tests of
-tests/test_cuda_scripts.py read their results; the in-process tests of the other files run meanwhile.
-"""
+"""The CUDA tier's shared parts (tests/test_cuda_*.py)."""
 
 import argparse
 import json
@@ -184,9 +178,6 @@ def stop(started):
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait()
-
-
-# ---------------------------------------------------------------- helpers of the in-process tests
 
 
 def batches(n, size, seed=1):

@@ -1,14 +1,4 @@
-"""Run a script's `main()` as if it were killed right after some of its checkpoints, and resumed each time.
-
-    python tests/interrupted_run.py SCRIPT N1 N2 ... -- ARGUMENTS
-
-Run from a space folder (201-space/ or DARTS-space/), the way tests run scripts (`conftest.INTERRUPTED_RUN`
-with `run_script`/`popen_script`). SCRIPT is the script's module name (`train_search`, `train`), N1 N2 ...
-the checkpoints (counted from 1 over the whole run, resumes included) after which the run "dies", and
-ARGUMENTS the script's own, holding `--save DIR`. After each death it starts again in the same process with
-`--resume DIR` alone (the checkpoint's own flags), so the run ends where a straight run with ARGUMENTS ends,
-through the resumes.
-"""
+"""Run a script's `main()` as if it were killed right after some of its checkpoints, and resumed each time."""
 
 import importlib
 import os

@@ -1,13 +1,4 @@
-"""`LoopRun`: the loop services of `engine.Run`, in memory, for running a script's loop inside a test.
-
-A script's loop (201 `search.search`, `train.train`; DARTS `search.search`,
-`training.train`) walks `run.epochs()` and `run.steps()` and reports to `run.update()`
-and `run.end_epoch()`. `LoopRun` offers the same calls without a run folder, checkpoints
-or signals: it runs the epochs it is told (`only`, default all), every step of each,
-and keeps what the loop reported (`records`, `updates`, and `saved`: the script's state at
-each epoch's end), so a test can watch the loop itself. `guard` (a context
-manager factory, e.g. conftest.forbid_host_reads) wraps every step after an epoch's first.
-"""
+"""`LoopRun`: engine.Run's loop services in memory (epochs, steps, records, updates, saved state, guard)."""
 
 import contextlib
 import copy

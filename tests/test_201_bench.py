@@ -11,20 +11,7 @@ from conftest import run_script
 def test_bench_prints_one_json_line_and_its_progress(load_space):
     model_search = load_space("201-space", "model_search")
     result = run_script(
-        "201-space",
-        "bench.py",
-        "--device",
-        "cpu",
-        "--init_channels",
-        "4",
-        "--layers",
-        "1",
-        "--batch_size",
-        "4",
-        "--steps",
-        "3",
-        "--threads",
-        "1",
+        *"201-space bench.py --device cpu --init_channels 4 --layers 1 --batch_size 4 --steps 3 --threads 1".split(),
     )
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.strip().splitlines()  # stdout holds the JSON line alone
@@ -40,12 +27,8 @@ def test_bench_prints_one_json_line_and_its_progress(load_space):
     assert "C=4,N=1,k=1,batch=4,dirichlet" in progress[0] and "2 warm-up and 3 timed" in progress[0]
     steps = [text for text in progress if " done, " in text and " s elapsed" in text]
     assert [text.split("step ")[1].split(" done")[0] for text in steps] == [
-        "1/5 (warm-up)",
-        "2/5 (warm-up)",
-        "3/5 (timed)",
-        "4/5 (timed)",
-        "5/5 (timed)",
-    ]
+        "1/5 (warm-up)", "2/5 (warm-up)", "3/5 (timed)", "4/5 (timed)", "5/5 (timed)",
+    ]  # fmt: skip
 
 
 def test_each_part_of_a_step_is_timed_on_its_own_after_the_warm_up(load_space, monkeypatch, capsys):

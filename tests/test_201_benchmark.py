@@ -1,6 +1,4 @@
-"""NAS-Bench-201 look-ups: the compact table, the official format through the real
-nas_201_api (on a tiny benchmark file built here), their agreement, export, the CLI
-(the shipped table by default, from any folder; named cells), and the searches' flag."""
+"""NAS-Bench-201 look-ups."""
 
 import json
 import math

@@ -79,25 +79,9 @@ def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_p
 def test_search_runs_on_a_cifar_tree(tmp_path):
     make_cifar10(tmp_path / "data")
     result = run_script(
-        "201-space",
-        "train_search.py",
-        "--dataset",
-        "cifar10",
-        "--data",
+        *"201-space train_search.py --dataset cifar10 --data".split(),
         tmp_path / "data",
-        "--epochs",
-        "1",
-        "--init_channels",
-        "4",
-        "--layers",
-        "1",
-        "--batch_size",
-        "10",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--save",
+        *"--epochs 1 --init_channels 4 --layers 1 --batch_size 10 --workers 0 --device cpu --save".split(),
         tmp_path / "run",
     )
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,4 @@
-"""The run engine as the 201-space scripts use it (subprocesses, cwd=201-space): preemption by
-SIGTERM in the middle of an epoch and an exact resume from there, a diverging search that
-stops with one line, flags and old checkpoints refused before anything is written, and
-training steps that read nothing back from the device."""
+"""The run engine as the 201-space scripts use it (subprocesses, cwd=201-space)."""
 
 import importlib
 import json
@@ -65,8 +62,7 @@ def _history(run_dir):
 
 
 def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
-    """Run A is sent SIGTERM early in epoch 2: it checkpoints that step and exits 0. Resumed, it ends
-    where the uninterrupted run B ends: the same task state (1e-6) and the same history."""
+    """SIGTERM in epoch 2: checkpoint, exit 0; resumed, it ends as the uninterrupted run (1e-6, same history)."""
     a_dir, b_dir = tmp_path / "A", tmp_path / "B"
     a = _start(tmp_path, "a", "train_search.py", [*PREEMPT, "--save", a_dir])
     b = _start(tmp_path, "b", "train_search.py", [*PREEMPT, "--save", b_dir])

@@ -1,5 +1,4 @@
-"""201-space train.py on a search's genotype.json, which records the data the cell was searched on:
-one log line when the run trains on other data or at another image size, none when they match."""
+"""201-space train.py on a search's genotype.json, which records the data the cell was searched on."""
 
 import argparse
 

@@ -1,12 +1,4 @@
-"""The DrNAS method on NAS-Bench-201 as 201-space/ carries it, one paper-defining fact per test.
-
-Each test name states the fact it pins and checks the property itself on a tiny network
-(C=4..8, N=1..2, 8x8 or 16x16 inputs), so that changing the fact in the code fails it:
-the search space and supernet, the Dirichlet mixing weights, the mixed op and its
-partial channels, the architecture step (Adam, KL prior, second order), the weight step
-(SGD, clipping), the schedules, the progressive stages, the data and the paper's settings,
-and NAS-Bench-201's training protocol for the found cell.
-"""
+"""The DrNAS method on NAS-Bench-201 as 201-space/ carries it, one paper-defining fact per test."""
 
 import json
 import math
@@ -22,7 +14,6 @@ from torch.utils.data import TensorDataset
 
 from loop_run import LoopRun
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 D = torch.distributions
@@ -51,9 +42,6 @@ def _kl_to_uniform(beta):
     return D.kl_divergence(D.Dirichlet(alpha), D.Dirichlet(torch.ones_like(alpha))).sum()
 
 
-# ---------------------------------------------------------------- the search space
-
-
 def test_space_has_the_five_nas_bench_201_ops_in_order_on_six_edges_of_a_four_node_cell(load_space):
     """PRIMITIVES and EDGES: 5 ops (the columns of beta) on the 6 edges (i, j), j < i, of nodes 0..3."""
     gt = load_space("201-space", "genotypes")
@@ -77,9 +65,6 @@ def test_nas_bench_201_ops_compute_zero_identity_relu_conv_bn_and_avg_pool_witho
         torch.testing.assert_close(op(x), want, rtol=1e-5, atol=1e-5)
     pool = ops.OPS["avg_pool_3x3"](C, C, 1, False)
     torch.testing.assert_close(pool(x), F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------- the supernet
 
 
 @pytest.mark.parametrize("net", ["search", "eval"])
@@ -200,9 +185,6 @@ def test_dirichlet_weights_are_one_rsample_of_dir_elu_beta_plus_one_over_all_edg
     assert fed[0].requires_grad, "the pathwise gradient reaches beta through the sample"
 
 
-# ---------------------------------------------------------------- the mixed op
-
-
 def test_mixed_op_with_one_hot_weights_is_exactly_that_op(load_space):
     """MixedOp(k=1) with weight 1 on op o and 0 elsewhere gives op_o(x): no op bypasses its weight."""
     ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
@@ -268,17 +250,13 @@ def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_group
     torch.testing.assert_close(mixed(x, F.relu(x), w), want, rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- the architecture step
-
-
 def _arch_args(ts, *argv):
     return ts.get_parser().parse_args(list(argv))
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
 def test_the_regulariser_adds_reg_scale_times_its_term_to_the_architecture_loss(load_space, reg_type):
-    """The gradient on beta: of CE(model(x_val), y_val) + reg_scale * (||beta||^2 / 2 for l2, KL(Dir(alpha) || Dir(1))
-    for kl); the l2 term's gradient reg_scale * beta is the paper's Adam weight decay."""
+    """grad_beta = of CE(val) + reg_scale * (||beta||^2 / 2 for l2 (Adam decay), KL(Dir(alpha) || Dir(1)) for kl)."""
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
@@ -372,9 +350,6 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
         assert torch.equal(p, w), "the weights are restored after the step"
 
 
-# ---------------------------------------------------------------- the weight step
-
-
 def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_weights_only(load_space):
     """The weight optimizer (`sgd`) with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
     ts, ms = load_space("201-space", "train_search", "model_search")
@@ -421,9 +396,6 @@ def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(lo
     model.beta.grad = planted.clone()
     assert displacement(clip, 2) == pytest.approx(clip, rel=1e-5)
     assert torch.equal(model.beta.grad, planted) and torch.equal(model.beta, beta0)
-
-
-# ---------------------------------------------------------------- one search epoch
 
 
 def _search_task(ts, ms, arch, st, argv, n=16, portion=0.75, batch=4, k=1):
@@ -508,9 +480,6 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
         assert torch.equal(value, state1[key]), key
 
 
-# ---------------------------------------------------------------- schedules and stages
-
-
 def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
     """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
     stages_py = load_space("201-space", "runkit.run_flags")
@@ -572,9 +541,6 @@ def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(lo
                     assert op.op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
 
 
-# ---------------------------------------------------------------- the paper's settings
-
-
 # The settings both 201 searches share (DrNAS's NAS-Bench-201 experiments).
 SEARCH_SETTINGS = dict(
     batch_size=64, learning_rate=0.025, learning_rate_min=0.001, arch_learning_rate=3e-4, init_channels=16,
@@ -602,15 +568,10 @@ def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_t
 
 
 def test_both_searches_look_up_100_sampled_architectures_per_epoch(load_space):
-    """--trajectory_samples defaults to 100 in train_search.py and train_search_progressive.py: each epoch 100
-    cells drawn from the current distribution are looked up in NAS-Bench-201 beside the derived one, the band of
-    the trajectory figure (trajectory.py; README, "--trajectory_samples (100)")."""
+    """--trajectory_samples defaults to 100 in train_search.py and train_search_progressive.py."""
     ts, tsp = load_space("201-space", "train_search", "train_search_progressive")
     for parser in (ts.get_parser(), tsp.get_parser()):
         assert parser.parse_args([]).trajectory_samples == 100
-
-
-# ---------------------------------------------------------------- data
 
 
 def _write_pickles(folder, files, label_key, size, labels):
@@ -661,47 +622,22 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
         assert list(test_ops[1].mean) == pytest.approx(list(mean)) and list(test_ops[1].std) == pytest.approx(list(std))
 
 
-# ---------------------------------------------------------------- NAS-Bench-201's training protocol
-
-
 def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(load_space, tmp_path, restore_logging):
     """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
     train = load_space("201-space", "train")
     args = train.get_parser().parse_args([])
     want = {
-        "init_channels": 16,
-        "layers": 5,
-        "epochs": 200,
-        "batch_size": 256,
-        "learning_rate": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "arch": "DrNAS",
-        "dataset": "cifar10",
-    }
+        "init_channels": 16, "layers": 5, "epochs": 200, "batch_size": 256, "learning_rate": 0.1, "momentum": 0.9,
+        "weight_decay": 5e-4, "arch": "DrNAS", "dataset": "cifar10",
+    }  # fmt: skip
     assert {key: getattr(args, key) for key in want} == want
     run = tmp_path / "run"
     train.main(
         [
-            "--dataset",
-            "synthetic",
-            "--init_channels",
-            "4",
-            "--layers",
-            "1",
-            "--batch_size",
-            "128",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--report_freq",
-            "100",
-            "--arch",
-            "ResNet",
-            "--epochs",
-            "2",
-            "--save",
+            *(
+                "--dataset synthetic --init_channels 4 --layers 1 --batch_size 128 --workers 0 "
+                "--device cpu --report_freq 100 --arch ResNet --epochs 2 --save"
+            ).split(),
             str(run),
         ]
     )

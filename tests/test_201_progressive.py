@@ -77,18 +77,7 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
 
 def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
     tsp, utils, datasets = load_space("201-space", "train_search_progressive", "runkit.utils", "datasets")
-    argv = TINY + [
-        "--stage_epochs",
-        "2",
-        "2",
-        "--warmup_epochs",
-        "1",
-        "--stage_k",
-        "4",
-        "2",
-        "--trajectory_samples",
-        "0",
-    ]
+    argv = TINY + "--stage_epochs 2 2 --warmup_epochs 1 --stage_k 4 2 --trajectory_samples 0".split()
     saves = []
     real_save = utils.save_checkpoint
 
@@ -137,16 +126,9 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
         "201-space",
         "train_search_progressive.py",
         *TINY,
-        "--stage_epochs",
-        "1",
-        "1",
-        "--warmup_epochs",
-        "0",
-        "--benchmark",
+        *"--stage_epochs 1 1 --warmup_epochs 0 --benchmark".split(),
         nb201_table,
-        "--trajectory_samples",
-        "20",
-        "--save",
+        *"--trajectory_samples 20 --save".split(),
         run_dir,
     )
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,4 @@
-"""The DrNAS method on the NAS-Bench-201 supernet: Dirichlet mixing weights and their
-pathwise gradient, which step moves what, the KL prior, the second-order (unrolled)
-architecture gradient against finite differences, and the DARTS/GDAS baselines."""
+"""The DrNAS method on the NAS-Bench-201 supernet."""
 
 import types
 
@@ -8,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 D = torch.distributions
@@ -23,9 +20,6 @@ def _args(**kw):
 def _batch(n=4, size=8, seed=0, classes=10, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g, dtype=dtype), torch.randint(classes, (n,), generator=g)
-
-
-# ---------------------------------------------------------------- Dirichlet weights
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -91,9 +85,6 @@ def test_pathwise_gradient_through_concentration_wrt_beta(load_space):
     torch.testing.assert_close(mc, exact, atol=0.01, rtol=0.05)
 
 
-# ---------------------------------------------------------------- which step moves what
-
-
 def _snapshot(model):
     return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
@@ -151,9 +142,6 @@ def test_weight_step_moves_only_weights(load_space):
     assert all(moved), f"{moved.count(False)} weights did not move"
 
 
-# ---------------------------------------------------------------- KL prior
-
-
 def _kl_reference(beta, kept):
     total = 0.0
     for e, ops in enumerate(kept):
@@ -193,19 +181,9 @@ def test_kl_is_zero_at_the_uniform_prior(load_space):
     torch.testing.assert_close(model.kl_regularizer(), torch.tensor(0.0), atol=1e-5, rtol=0)
 
 
-# ---------------------------------------------------------------- second order
-
-
 @pytest.mark.parametrize("momentum_state, reg_type", [(False, "l2"), (True, "kl")])
 def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, momentum_state, reg_type):
-    """Architect._unrolled_grads + the regulariser's gradient against d/dbeta of
-    L_val(w - lr (grad_w L_train + wd w + m buf), beta) + reg_scale * term(beta).
-
-    ReLU is swapped for softplus: the architect's Hessian-vector product is a central
-    difference with a weight perturbation of norm 0.01 (DARTS' choice), and on a network
-    this small the ReLU kinks (amplified by BN over tiny batches) make the beta-gradient
-    non-smooth on that scale, so with ReLU the difference measures the kinks, not the code.
-    """
+    """Architect._unrolled_grads + reg grad = finite differences of L_val(w - lr (g + wd w + m buf)) + reg."""
     monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x))
     monkeypatch.setattr(torch.nn.functional, "relu", F.softplus)  # the search cells' shared ReLU
     ms, arch = load_space("201-space", "model_search", "architect")
@@ -277,9 +255,6 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     rel = (got - fd).norm() / fd.norm()
     cos = F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
     assert rel < 0.02 and cos > 0.999, (rel.item(), cos.item())
-
-
-# ---------------------------------------------------------------- baselines and pruning
 
 
 def test_gdas_weights_are_one_hot_with_gradient(load_space):

@@ -1,5 +1,4 @@
-"""The NAS-Bench-201 supernet as a model: its size, parameters and gradients, no host reads
-inside a pass, pruning, the derived genotype, net2wider widening and the architecture strings."""
+"""The NAS-Bench-201 supernet as a model."""
 
 import csv
 import gzip
@@ -11,7 +10,6 @@ import torch.nn.functional as F
 
 from conftest import forbid_host_reads
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 
@@ -219,9 +217,6 @@ def test_widen_copies_channels(load_space):
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     with pytest.raises(ValueError):
         model.widen(2, torch.Generator())  # not wider
-
-
-# ---------------------------------------------------------------- architecture strings
 
 
 def _check_round_trip(gt, s):

@@ -1,10 +1,4 @@
-"""201-space/train_search.py end to end, as a user runs it (subprocesses, cwd=201-space):
-the run directory, every method, exact resume after a kill, learning on synthetic data,
-and one-line errors for bad input.
-
-The independent runs are started together by one module fixture (they are tiny and
-mostly start-up time), so the file takes about as long as its longest run.
-"""
+"""201-space/train_search.py end to end, as a user runs it (subprocesses, cwd=201-space)."""
 
 import json
 import os
@@ -19,22 +13,9 @@ import torch
 
 from conftest import SPACES, run_script
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--init_channels",
-    "4",
-    "--layers",
-    "1",
-    "--batch_size",
-    "16",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--report_freq",
-    "1",
-]
+TINY = (
+    "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --workers 0 --device cpu --report_freq 1"
+).split()
 TIMEOUT = 300
 
 
@@ -76,36 +57,14 @@ class Run:
 
 
 METHOD_RUNS = {
-    "darts": ["--method", "darts"],
-    "snas": ["--method", "snas"],
-    "gdas": ["--method", "gdas"],
-    "unrolled": ["--unrolled"],
-    "kl": ["--reg_type", "kl"],
-}
-LEARN = [
-    "--dataset",
-    "synthetic",
-    "--init_channels",
-    "8",
-    "--layers",
-    "1",
-    "--batch_size",
-    "16",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--report_freq",
-    "100",
-    "--method",
-    "darts",
-    "--epochs",
-    "3",
-    "--learning_rate",
-    "0.1",
-    "--benchmark",
-    "none",
-]
+    "darts": ["--method", "darts"], "snas": ["--method", "snas"], "gdas": ["--method", "gdas"],
+    "unrolled": ["--unrolled"], "kl": ["--reg_type", "kl"],
+}  # fmt: skip
+LEARN = (
+    "--dataset synthetic --init_channels 8 --layers 1 --batch_size 16 --workers 0 "
+    "--device cpu --report_freq 100 --method darts --epochs 3 --learning_rate 0.1 "
+    "--benchmark none"
+).split()
 # The issue's smoke run, smallest: synthetic, 1 epoch, the default benchmark (the shipped table).
 DEFAULT_BENCHMARK = "--dataset synthetic --epochs 1 --layers 1 --batch_size 64 --workers 0 --device cpu".split()
 
@@ -142,9 +101,6 @@ def _ok(run):
 
 def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# ---------------------------------------------------------------- the run directory
 
 
 def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
@@ -201,9 +157,6 @@ def test_each_method_and_option_runs(runs, load_space, name):
     assert task["architect"]["state"], "the architecture optimizer never stepped"
 
 
-# ---------------------------------------------------------------- exact resume
-
-
 def _wait_for_checkpoint_epoch(run, epoch, deadline):
     path = run.dir / "checkpoint.pt"
     while time.monotonic() < deadline:
@@ -220,8 +173,7 @@ def _wait_for_checkpoint_epoch(run, epoch, deadline):
 
 
 def test_resume_after_a_kill_is_exact(runs):
-    """Run A: 2 epochs in one go. Run B: the same, killed (SIGKILL) once epoch 1 is
-    checkpointed, then --resume'd for the second epoch. Final states agree to 1e-6."""
+    """2 epochs in one go vs. killed (SIGKILL) after epoch 1 and --resume d: final states agree to 1e-6."""
     root = runs["root"]
     b = Run(root, "resume_b", [*TINY, "--epochs", "2"])
     try:
@@ -241,9 +193,7 @@ def test_resume_after_a_kill_is_exact(runs):
         "201-space",
         "train_search.py",
         *TINY,
-        "--epochs",
-        "2",
-        "--save",
+        *"--epochs 2 --save".split(),
         b.dir,
         "--resume",
         b.dir / "checkpoint.pt",
@@ -272,9 +222,6 @@ def test_resume_after_a_kill_is_exact(runs):
         assert hb["genotype"] == ha["genotype"]
 
 
-# ---------------------------------------------------------------- it learns
-
-
 def test_short_search_learns(runs):
     run = runs["learn"]
     _ok(run)
@@ -285,9 +232,6 @@ def test_short_search_learns(runs):
     assert final["train_acc"] > 45, history
     assert final["valid_acc"] > 35, history
     assert final["train_loss"] < history[0]["train_loss"]
-
-
-# ---------------------------------------------------------------- NAS-Bench-201 by default
 
 
 def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, load_space):
@@ -318,9 +262,6 @@ def test_benchmark_none_makes_no_queries(runs):
     assert "NAS-Bench-201 look-ups off (--benchmark none)" in (run.dir / "log.txt").read_text()
 
 
-# ---------------------------------------------------------------- bad input
-
-
 def _one_line_error(proc, *needles):
     assert proc.returncode not in (0, None), proc.returncode
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
@@ -338,19 +279,10 @@ def bad_data(runs):
             run.wait()
     save = runs["root"] / "bad_data"
     proc = run_script(
-        "201-space",
-        "train_search.py",
-        "--dataset",
-        "cifar10",
-        "--data",
-        "/nonexistent_dir_xyz",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--save",
+        *(
+            "201-space train_search.py --dataset cifar10 --data /nonexistent_dir_xyz --epochs "
+            "1 --device cpu --workers 0 --save"
+        ).split(),
         save,
         timeout=60,
     )

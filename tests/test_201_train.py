@@ -1,5 +1,4 @@
-"""The NAS-Bench-201 evaluation network and train.py: golden parameter and FLOP counts,
-a short training run that learns, --arch from genotype.json, exact resume, bad input."""
+"""The NAS-Bench-201 evaluation network and train.py."""
 
 import json
 import re

@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 trajectory (201-space/trajectory.py): cells drawn from the search's current distribution."""
+"""The NAS-Bench-201 trajectory (201-space/benchmark.py): cells drawn from the search's current distribution."""
 
 import collections
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 

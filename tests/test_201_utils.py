@@ -1,5 +1,4 @@
-"""201-space/utils.py: atomic checkpoints, the resumable batch stream and its sampler,
-meters and top-k accuracy."""
+"""201-space/utils.py: atomic checkpoints, the resumable batch stream and its sampler, meters and top-k accuracy."""
 
 import json
 import os
@@ -17,12 +16,9 @@ def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
     utils = load_space("201-space", "runkit.utils")
     torch.manual_seed(0)
     state = {
-        "epoch": 3,
-        "model": {"w": torch.randn(3, 4), "n": torch.tensor(7)},
-        "args": {"lr": 0.1, "name": "x"},
-        "rng": utils.rng_state(),
-        "train_stream": [1, 2],
-    }
+        "epoch": 3, "model": {"w": torch.randn(3, 4), "n": torch.tensor(7)}, "args": {"lr": 0.1, "name": "x"},
+        "rng": utils.rng_state(), "train_stream": [1, 2],
+    }  # fmt: skip
     path = tmp_path / "checkpoint.pt"
     utils.save_checkpoint(state, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no .tmp left over
@@ -41,9 +37,7 @@ def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
 def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_the_previous_one(
     load_space, tmp_path, monkeypatch, space
 ):
-    """(utils.py is the same file in both folders.) A checkpoint lands by `os.replace` of `<path>.tmp` (atomic);
-    a write that dies midway (a full disk, a kill) leaves the previous checkpoint whole and loadable, and no
-    .tmp file behind."""
+    """os.replace of <path>.tmp: a write dying midway leaves the previous checkpoint loadable, no .tmp left."""
     utils = load_space(space, "runkit.utils")
     path = tmp_path / "checkpoint.pt"
     replaced, real_replace = [], os.replace
@@ -221,17 +215,14 @@ def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_p
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
     assert "NaN" not in lines[0] and "Infinity" not in lines[0]
     assert json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} in history.jsonl")) == {
-        "epoch": 0,
-        "valid_loss": None,
-        "nested": {"x": [1.5, None]},
-    }
+        "epoch": 0, "valid_loss": None, "nested": {"x": [1.5, None]},
+    }  # fmt: skip
     utils.History(tmp_path, start_epoch=1)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "history.jsonl").read_text().splitlines()] == [0]
 
 
 def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, monkeypatch):
-    """--deterministic: deterministic kernels (ops without one warn, they do not stop the run), no cuDNN autotuning,
-    and the cuBLAS workspace setting deterministic GEMMs need, unless the user set one."""
+    """--deterministic: deterministic kernels (warn only), no cuDNN autotuning, the cuBLAS workspace unless user-set."""
     utils = load_space("201-space", "runkit.utils")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)

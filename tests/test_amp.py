@@ -1,11 +1,4 @@
-"""`--amp` in both searches on the CPU: bf16 cells, fp32 draw, beta, loss and optimiser states; it still learns.
-
-The scripts refuse `--amp` on a CPU without bf16 units (`accel.cpu_has_bf16`); there their tests check the
-refusal, and the in-process tests below still check the bf16 numerics.
-
-Also the memory-saving ops under autocast (their backward passes run outside it) and the
-`--lean_ops off` switch, which must compute the same function as the lean ops.
-"""
+"""`--amp` in both searches on the CPU."""
 
 import argparse
 import json

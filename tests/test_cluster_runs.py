@@ -1,11 +1,4 @@
-"""Runs that survive what a cluster and a hurried user do to them, run as a user does.
-
-A stop signal to the whole process group (DataLoader workers included, as SLURM's scancel
-and `timeout` send it) ends in a checkpoint and exit 0, and the run resumes to its end; a
-second writer on a live run's folder is refused in one line naming the holder; settings
-that leave a search without architecture steps, and another space's or script's
-checkpoint, are refused before anything is written.
-"""
+"""Runs that survive what a cluster and a hurried user do to them, run as a user does."""
 
 import json
 import os
@@ -53,8 +46,7 @@ def _load(path):
     ids=["darts-train-sigterm", "201-search-sigint"],
 )
 def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, space, argv, marker, sig):
-    """Signalled with its DataLoader workers mid-epoch: exit 0, a mid-epoch checkpoint, no temporary file;
-    resumed, it runs to the end with every epoch once in its history."""
+    """Signalled with workers mid-epoch: exit 0, mid-epoch checkpoint, no tmp file; resumed, each epoch once."""
     run_dir = tmp_path / "run"
     proc = popen_script(space, *argv, "--save", run_dir, new_session=True)
     wait_for_log(proc, run_dir / "log.txt", marker, time.monotonic() + TIMEOUT)
@@ -100,8 +92,7 @@ def test_a_signal_during_evaluation_ends_after_the_epochs_checkpoint(load_space,
 
 
 def test_one_writer_per_run_folder(tmp_path):
-    """Two runs started together on one --save: one trains, the other is refused in one line; a resume of
-    the live run and report.py on it say it is running, naming its process id; the history has each epoch once."""
+    """Two runs on one --save: one trains, one is refused; resume and report.py name the live pid; epochs once."""
     run_dir = tmp_path / "run"
     argv = [*DARTS_TRAIN, "--epochs", "3", "--workers", "0", "--save", run_dir]
     first, second = popen_script("DARTS-space", *argv), popen_script("DARTS-space", *argv)

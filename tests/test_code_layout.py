@@ -11,11 +11,9 @@ MAX_FUNCTION_LINES = 70  # about a screen
 MAX_LOOP_LINES = 110  # a search's or a training's epoch loop, read top to bottom as one piece
 # A preset script imports the script it presets; bench.py times the scripts' own steps.
 BASE_SCRIPTS = {
-    "train_search_progressive": {"train_search"},
-    "train_search_imagenet": {"train_search"},
-    "train_imagenet": {"train"},
-    "bench": {"train_search", "train"},
-}
+    "train_search_progressive": {"train_search"}, "train_search_imagenet": {"train_search"},
+    "train_imagenet": {"train"}, "bench": {"train_search", "train"},
+}  # fmt: skip
 MAX_TOP_LEVEL_FILES = 16
 
 

@@ -1,14 +1,4 @@
-"""`--compile` on the CPU: compiled and eager steps agree, the scripts compile the network they run; drop path
-stays random and compiles once.
-
-The 201 tests compile with inductor (a C++ compiler builds its kernels: a minute or more on two cores) and run
-a few steps in-process, compiled and eagerly, from the same start on the same batches. Inductor, oneDNN and
-BLAS sum in different orders on different processors (AMD and Intel round differently), so the tests compare
-only what rounding cannot move far in those few steps, at tolerances measured below; a compiled network that
-computed something else (a dropped term, a stale weight) moves the same numbers by orders of magnitude more.
-The drop-path tests trace the DARTS evaluation network with a counting backend, which shows what
-`torch.compile` sees without building kernels.
-"""
+"""`--compile` on the CPU."""
 
 import argparse
 import copy
@@ -37,8 +27,7 @@ def _forget_compilations():
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
-    """Each test compiles from scratch: both folders hold modules of the same names (`operations`, `model`,
-    ...), which load_space swaps between tests, and what dynamo cached for one test would look them up."""
+    """Each test compiles from scratch."""
     _forget_compilations()
     yield
     _forget_compilations()
@@ -54,8 +43,7 @@ def _state(model):
 
 
 def _change_error(actual, expected, start, skip=()):
-    """max |actual - expected| over every floating entry of two states, divided by the largest change of
-    `expected` from `start`: the error on the scale of what the steps changed. Integer entries must be equal."""
+    """max |actual - expected| over float entries / the largest change of `expected` from `start`; ints equal."""
     error = scale = 0.0
     for key, value in expected.items():
         if key in skip:
@@ -82,9 +70,7 @@ TRAIN_LOSS_REL, TRAIN_FIRST_STEP_REL = 1e-4, 1e-3
 
 @needs_cxx
 def test_201_train_steps_compiled_and_eager_agree(load_space):
-    """Three training steps of the network compiled in place (as train.py --compile) and eager: the same losses,
-    the same state after the first step and the same test loss (evaluation mode) then; the compiled network's
-    state has the plain module's keys, so a checkpoint loads into an uncompiled network."""
+    """Three training steps of the network compiled in place (as train.py --compile) and eager."""
     train, model_module, genotypes, accel = load_space("201-space", "train", "model", "genotypes", "runkit.accel")
     args = train.get_parser().parse_args([])
     structure = genotypes.load_arch("DrNAS")
@@ -138,11 +124,7 @@ SEARCH_REL = 1e-8
 
 @needs_cxx
 def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
-    """Two 201 search steps (--unrolled --method darts, momentum buffers present: the virtual step uses them)
-    with the supernet compiled in place (as train_search.py --compile) and eager: the same architecture
-    gradients (the virtual step and the finite-difference Hessian-vector product run retained backward passes
-    through the compiled cells), the same losses, the same weights and BatchNorm statistics afterwards.
-    `--method darts` (softmax weights): the mixing weights do not depend on a random draw."""
+    """Two 201 --unrolled --method darts steps, compiled vs eager: same arch gradients, losses, weights, BN stats."""
     search, model_search, architect_module, accel = load_space(
         "201-space", "train_search", "model_search", "architect", "runkit.accel"
     )
@@ -194,8 +176,7 @@ def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
 @needs_cxx
 @pytest.mark.parametrize("script", ["train.py", "train_search.py"])
 def test_201_scripts_compile_the_network_they_run(load_space, tmp_path, restore_logging, monkeypatch, script):
-    """--compile: the script hands its network to `accel.compile_model` once, on the run's device (a stand-in
-    that compiles nothing records the call; the tests above compare what compiling does)."""
+    """--compile: the script hands its network to `accel.compile_model` once, on the run's device."""
     module, accel = load_space("201-space", script[:-3], "runkit.accel")
     calls = []
     monkeypatch.setattr(accel, "compile_model", lambda model, device, *rest: calls.append((model, device)))
@@ -292,10 +273,7 @@ def test_darts_compiled_training_steps_match_eager(load_space):
     ],
 )
 def test_amp_with_compile_on_a_cpu_is_refused_before_writing(tmp_path, load_space, space, script, flags):
-    """Inductor's bf16 CPU kernels get dilated depthwise-conv weight gradients wrong: one line, nothing written.
-
-    On a CPU without bf16 units --amp itself is refused first (it would only slow the run down).
-    """
+    """Inductor's bf16 CPU kernels get dilated depthwise-conv weight gradients wrong."""
     save = tmp_path / "run"
     result = run_script(space, script, *flags, "--amp", "--compile", "--save", save)
     bf16 = load_space(space, "runkit.accel").cpu_has_bf16()

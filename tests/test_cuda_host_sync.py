@@ -1,8 +1,4 @@
-"""The CUDA tier's host synchronisation check: no step waits for the device (CUDA's sync debug mode) inside a
-201 or DARTS search step, a training step of either train.py, or the run engine's per-step bookkeeping.
-Marked `cuda`: skips without a GPU, saying why. The tests run in-process while the script runs of
-tests/test_cuda_scripts.py go on (this file sorts before that one).
-"""
+"""The CUDA tier's host synchronisation check."""
 
 import contextlib
 import warnings
@@ -15,8 +11,6 @@ from cuda_jobs import DEVICE, DT, T201, batches, darts_search_args
 from loop_run import LoopRun
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("start_cuda_runs")]
-
-# ---------------------------------------------------------------- no host synchronisation inside a step
 
 
 def flag_id(flags):
@@ -98,8 +92,7 @@ def test_darts_search_step_never_waits_for_the_device(load_space, flags):
 
 @pytest.mark.parametrize("flags", [[], ["--amp"]], ids=flag_id)
 def test_darts_training_step_never_waits_for_the_device(load_space, flags):
-    """train.py's step (training.train_step: auxiliary head, drop path, clipping, the loss scaler) on batches
-    already on the device, with the optimiser and scaler train.py builds."""
+    """train.py's step (aux head, drop path, clipping, loss scaler) on device batches: no host sync."""
     train, training, genotypes, model_module, accel = load_space(
         "DARTS-space", "train", "train", "genotypes", "model", "runkit.accel"
     )
@@ -137,8 +130,7 @@ class _Repeat:
 
 @pytest.mark.parametrize("flags", [[], ["--amp"]], ids=flag_id)
 def test_201_training_step_never_waits_for_the_device(load_space, flags):
-    """201 train.py's loop (train.train: Nesterov SGD, --amp) on batches already on the device: its steps after
-    the first, watched by LoopRun's guard; the test pass at the epoch's end is outside it."""
+    """201 train.py's loop (Nesterov SGD, --amp) on device batches: steps after the first never sync."""
     train, model_module, genotypes = load_space("201-space", "train", "model", "genotypes")
     args = train.get_parser().parse_args([*T201, *flags])
     torch.manual_seed(0)
@@ -153,9 +145,7 @@ def test_201_training_step_never_waits_for_the_device(load_space, flags):
 
 
 def test_per_step_bookkeeping_never_waits_for_the_device(load_space):
-    """What the run engine does after every step (`Meter.update` with the batch's logits, targets and loss;
-    the watch for a non-finite loss) and a batch of the device data stream (mid-pass): no synchronisation
-    either. (The engine reads values on the host only at progress lines and checkpoints.)"""
+    """Meter.update, the non-finite watch and a device data stream batch: no host synchronisation."""
     progress, divergence, device_data, datasets = load_space(
         "201-space", "runkit.progress", "runkit.progress", "runkit.device_data", "datasets"
     )

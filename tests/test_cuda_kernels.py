@@ -1,8 +1,4 @@
-"""The CUDA tier's kernels: the DARTS memory-saving autograd functions against the plain ops on the GPU, in
-fp32 and under bf16 autocast, and compiled bf16 depthwise convolutions' weight gradients against eager ones.
-Marked `cuda`: skips without a GPU, saying why. The tests run in-process while the script runs of
-tests/test_cuda_scripts.py go on.
-"""
+"""The CUDA tier's kernels."""
 
 import copy
 
@@ -14,7 +10,6 @@ from cuda_jobs import DEVICE, assert_near
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("start_cuda_runs")]
 
-# ---------------------------------------------------------------- the lean autograd functions on the GPU
 
 # Lean against plain, relative to each tensor's largest entry: fp32 (the same kernels, recomputed), and
 # bf16 autocast (both round to bf16 in places that differ: BatchNorm in or outside the fused function).
@@ -34,10 +29,7 @@ def _input(precision, *shape, seed=0):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name,stride", [("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("dil_conv_3x3", 1)])
 def test_depthwise_pointwise_matches_plain_ops(load_space, name, stride, precision):
-    """`DepthwisePointwise` (SepConv's fused BatchNorm-ReLU-convs, DilConv) against the same op with
-    `lean = False`: output, gradients of the input, the mixing weight and every weight, BatchNorm statistics;
-    then with frozen weights (the architecture step's path, no recomputation). Gradients keep the dtypes of
-    what they belong to (fp32 weights, the input's dtype)."""
+    """`DepthwisePointwise` (SepConv's fused BatchNorm-ReLU-convs, DilConv) against the same op with `lean = False`."""
     operations = load_space("DARTS-space", "operations")
     torch.manual_seed(0)
     lean = operations.search_op(name, 8, stride).to(DEVICE)
@@ -92,8 +84,7 @@ def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding, pre
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_mix_batch_norm_with_scale_matches_scaled_batch_norm(load_space, precision):
-    """`MixBatchNorm(x, w)` (the mixing weight as BatchNorm's affine weight) against w * BatchNorm(x):
-    output, gradients of x and w, running statistics."""
+    """`MixBatchNorm(x, w)` (the mixing weight as BatchNorm's affine weight) against w * BatchNorm(x)."""
     lean_ops = load_space("DARTS-space", "lean_ops")
     mix = lean_ops.MixBatchNorm(8).to(DEVICE)
     plain = torch.nn.BatchNorm2d(8, affine=False).to(DEVICE)
@@ -115,8 +106,7 @@ def test_mix_batch_norm_with_scale_matches_scaled_batch_norm(load_space, precisi
 
 @pytest.mark.parametrize("kernel, padding, dilation", [(5, 4, 2), (3, 2, 2), (5, 2, 1)])
 def test_compiled_bf16_depthwise_conv_weight_gradient_matches_eager(kernel, padding, dilation):
-    """On CPUs (torch 2.14) inductor's bf16 kernels return NaN or wrong weight gradients for dilated depthwise
-    convs, so the scripts refuse --amp with --compile there; on the GPU the compiled gradient must be the eager one."""
+    """On the GPU the compiled bf16 dilated depthwise conv weight gradient is the eager one."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, kernel, 1, padding, dilation, groups=8, bias=False).to(DEVICE)
     x = torch.randn(16, 8, 32, 32, device=DEVICE)

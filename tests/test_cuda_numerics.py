@@ -1,7 +1,4 @@
-"""The CUDA tier's numerics: the first search step on the GPU against the CPU (fp32, TF32 off) for both
-supernets, and --amp's precisions (bf16 cells, fp32 logits and beta). Marked `cuda`: skips without a GPU,
-saying why. The tests run in-process while the script runs of tests/test_cuda_scripts.py go on.
-"""
+"""The CUDA tier's numerics."""
 
 import copy
 
@@ -12,8 +9,6 @@ import torch.nn.functional as F
 from cuda_jobs import DEVICE, assert_near, batches, darts_search_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("start_cuda_runs")]
-
-# ---------------------------------------------------------------- the first search step against the CPU
 
 
 @pytest.fixture
@@ -45,11 +40,7 @@ def _compare_states(results, skip=()):
 
 @pytest.mark.parametrize("method", ["darts", "dirichlet"])
 def test_201_first_search_step_matches_the_cpu(load_space, fp32_exact, method):
-    """The architecture loss and beta's gradient as `Architect.step` forms them, then a whole search step:
-    its loss and logits, the weights and BatchNorm statistics after it. darts: softmax(beta). dirichlet: the
-    draw differs between devices, so both take one draw made on the CPU, passed straight through to beta
-    (its value, with d weights / d beta = 1: beta's gradient is the mixing weights' gradient). beta itself
-    moves by Adam's first step, about lr * sign(gradient): compared through its gradient only."""
+    """The architecture loss and beta's gradient as `Architect.step` forms them, then a whole search step."""
     model_search, search, architect_module, utils = load_space(
         "201-space", "model_search", "train_search", "architect", "runkit.utils"
     )
@@ -78,10 +69,7 @@ def test_201_first_search_step_matches_the_cpu(load_space, fp32_exact, method):
 
 
 def test_darts_first_search_step_matches_the_cpu(load_space, fp32_exact):
-    """The DARTS supernet (lean ops, partial channels k=4, both reductions): the architecture loss and both
-    betas' gradients with the weights frozen (the lean functions' shortcut), then an architecture and a weight
-    step (the lean functions' weight gradients): weights and BatchNorm statistics after it. The Dirichlet draw
-    differs between devices, so both take the Dirichlet mean alpha / sum(alpha), a function of beta alike."""
+    """The DARTS supernet (lean ops, partial channels k=4, both reductions)."""
     model_search, search, architect_module, distributed = load_space(
         "DARTS-space", "model_search", "train_search", "architect", "runkit.distributed"
     )
@@ -115,8 +103,7 @@ def _dirichlet_mean(model):
 
 
 def test_amp_runs_the_cells_in_bf16_and_keeps_fp32_outside(load_space):
-    """With `amp` on, both supernets' convolutions compute in bf16, while the logits, beta and its
-    gradient stay fp32 (and finite)."""
+    """With `amp`, convolutions run in bf16; logits, beta and its gradient stay fp32 and finite."""
     for space, build in (
         ("201-space", lambda m: m.Network(8, 1, 10, 1)),
         ("DARTS-space", lambda m: m.Network(8, 10, 3, k=4)),

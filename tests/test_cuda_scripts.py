@@ -1,12 +1,4 @@
-"""The CUDA tier's script runs: every script a few steps on the GPU with synthetic data (and
-train_imagenet.py on an image folder): both 201 searches (each method, second order, the stage switch), 201
-train.py, the DARTS search (both stages, second order, plain ops), train.py, train_imagenet.py and torchrun;
-again with --amp, --compile and --data_on_device on/off, and an interrupted run resumed on the GPU.
-
-The runs (tests/cuda_jobs.py) start together at the tier's first test (the session fixture `cuda_runs` of
-tests/conftest.py) and go on in the background while the in-process files run (this file sorts after them);
-the tests here wait for the runs they read. Marked `cuda`: skips without a GPU, saying why.
-"""
+"""The CUDA tier's script runs."""
 
 import json
 import re
@@ -17,9 +9,6 @@ import torch
 from cuda_jobs import DEVICE, DS_STEPS, S201_STEPS
 
 pytestmark = pytest.mark.cuda
-
-
-# ---------------------------------------------------------------- checks of a run
 
 
 def on_the_device(tensors, what):
@@ -70,12 +59,8 @@ def adam_steps(task):
     return [int(state["step"]) for state in task["architect"]["state"].values()]
 
 
-# ---------------------------------------------------------------- the 201 search
-
-
 def test_201_search_on_the_device_with_data_on_the_device(cuda_runs, load_space):
-    """DrNAS, 2 epochs, data held on the GPU: both epochs recorded on it, weights and momentum finite on it,
-    one Adam step of beta per batch, a cell, the cosine schedule."""
+    """DrNAS, 2 epochs, data held on the GPU."""
     genotypes = load_space("201-space", "genotypes")
     run = cuda_runs["s201"]
     history = ran_on_the_device(run, 2)
@@ -91,9 +76,7 @@ def test_201_search_on_the_device_with_data_on_the_device(cuda_runs, load_space)
 
 @pytest.mark.parametrize("name", ["imagenet_fp32", "imagenet_amp_compile"])
 def test_darts_train_imagenet_on_an_image_folder(cuda_runs, name):
-    """train_imagenet.py on 3 classes of 32-pixel images (2 epochs of 3 steps, batch 6), in fp32 and with
-    --amp --compile: both epochs recorded on the GPU, finite, the checkpoints finite and on the GPU (too few
-    steps to expect learning)."""
+    """train_imagenet.py on 3 classes, fp32 and --amp --compile: both epochs on the GPU, finite checkpoints."""
     run = cuda_runs[name]
     history = ran_on_the_device(run, 2)
     assert all(0 <= h["test_acc"] <= 100 and h["lr"] > 0 for h in history), (run.name, history)
@@ -102,25 +85,12 @@ def test_darts_train_imagenet_on_an_image_folder(cuda_runs, name):
     on_the_device(run.checkpoint()["task"]["model"], f"{run.name} model")
 
 
-# ---------------------------------------------------------------- the other scripts
-
-
 @pytest.mark.parametrize(
     "name",
-    [
-        "s201_darts",
-        "s201_snas",
-        "s201_gdas",
-        "s201_unrolled",
-        "s201_amp",
-        "s201_off",
-        "s201_compile",
-        "s201_unrolled_compile",
-    ],
+    "s201_darts s201_snas s201_gdas s201_unrolled s201_amp s201_off s201_compile s201_unrolled_compile".split(),
 )
 def test_201_search_variants(cuda_runs, load_space, name):
-    """Each method, second order with the KL prior, bf16, data left on the host: a cell, finite tensors on the
-    GPU, one Adam step of beta per batch."""
+    """Each method, second order, KL prior, bf16, host data: a cell, finite GPU tensors, one Adam step per batch."""
     genotypes = load_space("201-space", "genotypes")
     run = cuda_runs[name]
     epochs = 2 if name == "s201_amp" else 1
@@ -139,8 +109,7 @@ def test_201_search_variants(cuda_runs, load_space, name):
 
 
 def test_201_search_resumed_on_the_device_continues_exactly(cuda_runs):
-    """Killed after its first epoch and resumed (data on the device): the same data positions, random states
-    (CPU and GPU) and, up to GPU rounding, the same tensors as the straight run `s201`."""
+    """Killed after its first epoch and resumed (data on the device)."""
     straight, resumed = cuda_runs["s201"].ok(), cuda_runs["s201_resumed"].ok()
     assert_resumed_like(straight, resumed, rtol=1e-3, atol=1e-4)
     assert [h["genotype"] for h in resumed.history()] == [h["genotype"] for h in straight.history()]
@@ -182,8 +151,7 @@ def test_201_progressive_search_switches_stage_on_the_device(cuda_runs, name):
 
 @pytest.mark.parametrize("name", ["t201", "t201_amp", "t201_compile"])
 def test_201_train_learns_on_the_device(cuda_runs, load_space, name):
-    """201 train.py, 2 epochs: the loss falls, accuracy above chance; the checkpoint (the bare network, never
-    the compiled wrapper) loads into a fresh network on the GPU, which reproduces the recorded test accuracy."""
+    """201 train.py, 2 epochs."""
     model, genotypes, datasets = load_space("201-space", "model", "genotypes", "datasets")
     run = cuda_runs[name]
     history = ran_on_the_device(run, 2)
@@ -212,13 +180,9 @@ def _accuracy(net, dataset, batch=32):
     return 100.0 * hits / len(dataset)
 
 
-# ---------------------------------------------------------------- DARTS
-
-
 @pytest.mark.parametrize("name", ["ds", "ds_unrolled", "ds_amp", "ds_plain_ops"])
 def test_darts_search_through_both_stages_on_the_device(cuda_runs, load_space, name):
-    """Stage 1 (k=4, 7 ops) and stage 2 (k=2, 3 ops) with one architecture step per batch: a genotype, finite
-    tensors on the GPU, momentum carried over the widening."""
+    """Both stages, one arch step per batch: a genotype, finite GPU tensors, momentum carried over widening."""
     genotypes = load_space("DARTS-space", "genotypes")
     run = cuda_runs[name]
     history = ran_on_the_device(run, 2)
@@ -237,8 +201,7 @@ def test_darts_search_through_both_stages_on_the_device(cuda_runs, load_space, n
 
 @pytest.mark.parametrize("name", ["dt", "dt_amp", "dt_compile", "dt_amp_compile", "dt_deterministic"])
 def test_darts_train_learns_on_the_device(cuda_runs, load_space, name):
-    """DARTS train.py, 2 epochs with the auxiliary head, cutout and drop path: above chance, the loss falls;
-    the checkpoint loads into a fresh network on the GPU, which reproduces the recorded accuracy (fp32 cuda_runs)."""
+    """DARTS train.py, 2 epochs with the auxiliary head, cutout and drop path."""
     model, genotypes, datasets = load_space("DARTS-space", "model", "genotypes", "datasets")
     run = cuda_runs[name]
     history = ran_on_the_device(run, 2)
@@ -255,16 +218,14 @@ def test_darts_train_learns_on_the_device(cuda_runs, load_space, name):
 
 
 def test_darts_train_resumed_on_the_device_continues_exactly(cuda_runs):
-    """train.py killed after its first epoch and resumed (data on the device): the same data positions and
-    random states (drop path and cutout draw on them) and, up to GPU rounding, the same weights as `dt`."""
+    """train.py killed after its first epoch and resumed (data on the device)."""
     straight, resumed = cuda_runs["dt"].ok(), cuda_runs["dt_resumed"].ok()
     assert_resumed_like(straight, resumed, rtol=1e-2, atol=1e-3)
     on_the_device(resumed.checkpoint()["task"], "resumed task")
 
 
 def test_darts_train_under_torchrun_and_nccl(cuda_runs):
-    """train.py under torchrun (one process on the GPU), and NCCL's collectives in a group of one: all-reduce,
-    broadcast, all-gather of objects and barrier, as the engine uses them."""
+    """train.py under torchrun (one process on the GPU), and NCCL's collectives in a group of one."""
     run = cuda_runs["dt_torchrun"]
     ran_on_the_device(run, 1)
     assert "1 process(es)" in run.log()

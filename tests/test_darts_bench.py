@@ -70,12 +70,9 @@ def test_each_configuration_runs_in_a_child_that_gets_gpu_only_when_given(load_s
 
     monkeypatch.setattr(bench.subprocess, "run", run)
     bench.main(["--device", "cpu", "--steps", "1"])
-    assert [command[command.index("--config") + 1] for command, _ in children] == [
-        "paper_stage1",
-        "paper_stage2",
-        "small",
-        "eval",
-    ]
+    assert [
+        command[command.index("--config") + 1] for command, _ in children
+    ] == "paper_stage1 paper_stage2 small eval".split()
     assert all("--gpu" not in command and kwargs == {} for command, kwargs in children)  # nothing captured
     assert "configuration 1/4: paper_stage1" in capsys.readouterr().err
 

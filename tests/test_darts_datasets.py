@@ -50,15 +50,9 @@ def test_offline_download_is_one_line_and_leaves_nothing(load_space, tmp_path, m
 def test_train_runs_on_a_cifar_tree(tmp_path):
     make_cifar10(tmp_path / "data")
     result = run_script(
-        "DARTS-space",
-        "train.py",
-        "--dataset",
-        "cifar10",
-        "--data",
+        *"DARTS-space train.py --dataset cifar10 --data".split(),
         tmp_path / "data",
-        "--cutout",
-        "--layers",
-        "3",
+        *"--cutout --layers 3".split(),
         *TINY_DARTS_TRAIN,
         "--save",
         tmp_path / "run",

@@ -1,6 +1,4 @@
-"""DARTS-space scripts on the run engine, run as a user would: preemption (SIGTERM) mid-epoch and an
-exact resume, divergence stopped with one line, flags refused before anything is written, and one
-checkpoint layout for every script."""
+"""DARTS-space scripts on the run engine, run as a user would."""
 
 import importlib
 import json
@@ -19,69 +17,27 @@ TINY = ["--dataset", "synthetic", "--layers", "5", "--device", "cpu", "--workers
 TRAIN = [
     "train.py",
     *TINY,
-    "--init_channels",
-    "8",
-    "--batch_size",
-    "16",
-    "--epochs",
-    "2",
-    "--cutout",
-    "--auxiliary",
-    "--report_freq",
-    "1",
+    *"--init_channels 8 --batch_size 16 --epochs 2 --cutout --auxiliary --report_freq 1".split(),
 ]
 # Two stages of one epoch each, 6 steps per epoch, architecture steps from the start.
 SEARCH = [
     "train_search.py",
     *TINY,
-    "--init_channels",
-    "8",
-    "--batch_size",
-    "8",
-    "--stage_epochs",
-    "1",
-    "1",
-    "--stage_k",
-    "4",
-    "2",
-    "--warmup_epochs",
-    "0",
-    "--max_steps_per_epoch",
-    "6",
-    "--report_freq",
-    "1",
+    *(
+        "--init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
+        "--warmup_epochs 0 --max_steps_per_epoch 6 --report_freq 1"
+    ).split(),
 ]
 # One epoch of one step: the smallest run that writes a checkpoint.
 SHORT = {
-    "train": [
-        "train.py",
-        *TINY,
-        "--init_channels",
-        "4",
-        "--batch_size",
-        "8",
-        "--epochs",
-        "1",
-        "--max_steps_per_epoch",
-        "1",
-    ],
+    "train": ["train.py", *TINY, *"--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1".split()],
     "train_search": [
         "train_search.py",
         *TINY,
-        "--init_channels",
-        "8",
-        "--batch_size",
-        "8",
-        "--stage_epochs",
-        "1",
-        "--stage_k",
-        "4",
-        "--stage_keep",
-        "7",
-        "--warmup_epochs",
-        "0",
-        "--max_steps_per_epoch",
-        "1",
+        *(
+            "--init_channels 8 --batch_size 8 --stage_epochs 1 --stage_k 4 --stage_keep 7 "
+            "--warmup_epochs 0 --max_steps_per_epoch 1"
+        ).split(),
     ],
 }
 
@@ -178,18 +134,7 @@ def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_pa
     blow_up = ["--learning_rate", "1e12", "--grad_clip", "1e30"]
     runs = {
         "train": [*SHORT["train"], "--epochs", "3"],
-        "train_search": [
-            *SHORT["train_search"],
-            "--stage_epochs",
-            "2",
-            "1",
-            "--stage_k",
-            "4",
-            "2",
-            "--stage_keep",
-            "7",
-            "4",
-        ],
+        "train_search": [*SHORT["train_search"], *"--stage_epochs 2 1 --stage_k 4 2 --stage_keep 7 4".split()],
     }
     procs = {
         name: popen_script("DARTS-space", *argv, *blow_up, "--save", tmp_path / name) for name, argv in runs.items()
@@ -216,16 +161,7 @@ def test_bad_flags_a_file_as_save_and_an_old_checkpoint_are_refused_before_writi
         (
             [
                 *SHORT["train_search"],
-                "--stage_epochs",
-                "-1",
-                "1",
-                "--stage_k",
-                "4",
-                "2",
-                "--stage_keep",
-                "7",
-                "4",
-                "--save",
+                *"--stage_epochs -1 1 --stage_k 4 2 --stage_keep 7 4 --save".split(),
                 tmp_path / "b",
             ],
             "--stage_epochs -1",

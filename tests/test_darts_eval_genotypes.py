@@ -46,10 +46,9 @@ def test_load_errors_in_process(load_space, tmp_path):
     with pytest.raises(genotypes.UserError, match="not valid JSON"):
         genotypes.load_genotype(str(tmp_path / "broken.json"))
     expected = {
-        "unknown_op": "accepted ops: max_pool_3x3, avg_pool_3x3",
-        "bad_index": "integer in 0..1",
+        "unknown_op": "accepted ops: max_pool_3x3, avg_pool_3x3", "bad_index": "integer in 0..1",
         "wrong_shape": "'normal' has 8 entries but 'reduce' 6",
-    }
+    }  # fmt: skip
     for key, data in _bad_genotypes(genotypes).items():
         path = tmp_path / f"{key}.json"
         path.write_text(json.dumps(data))
@@ -70,15 +69,9 @@ def test_wrong_arch_ends_with_one_clear_line(load_space, tmp_path):
 
     def attempt(what):
         return run_script(
-            "DARTS-space",
-            "train.py",
-            "--dataset",
-            "synthetic",
-            "--arch",
+            *"DARTS-space train.py --dataset synthetic --arch".split(),
             cases[what][0],
-            "--device",
-            "cpu",
-            "--save",
+            *"--device cpu --save".split(),
             tmp_path / f"run-{what.replace(' ', '_')}",
             timeout=180,
         )

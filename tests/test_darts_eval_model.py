@@ -3,20 +3,14 @@
 import pytest
 import torch
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 # Parameters without the auxiliary head, C=36, 20 cells, 10 classes (DrNAS_cifar10: the
 # paper's 4.10M; DARTS_V2: the 3.3M of the DARTS README), and C=48, 14 cells, 1000 classes.
 GOLDEN_CIFAR = {
-    "DrNAS_cifar10": 4_099_294,
-    "DrNAS_imagenet": 4_048_750,
-    "DARTS_V1": 3_169_414,
-    "DARTS_V2": 3_349_342,
-    "PDARTS": 3_433_798,
-    "PC_DARTS_cifar": 3_634_678,
-    "PC_DARTS_image": 3_721_510,
-}
+    "DrNAS_cifar10": 4_099_294, "DrNAS_imagenet": 4_048_750, "DARTS_V1": 3_169_414, "DARTS_V2": 3_349_342,
+    "PDARTS": 3_433_798, "PC_DARTS_cifar": 3_634_678, "PC_DARTS_image": 3_721_510,
+}  # fmt: skip
 GOLDEN_IMAGENET = {"DrNAS_imagenet": 5_726_368, "PC_DARTS_image": 5_342_464}
 
 
@@ -114,8 +108,7 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
 
 
 def test_eval_ops_have_affine_batchnorm(load_space):
-    """The evaluation cells use BatchNorm with affine parameters (the search's has none), except
-    the affine-free one that follows each pool (the paper's op table)."""
+    """Evaluation BatchNorms are affine, except the affine-free one after each pool."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
     after_pool = {id(op[1]) for cell in net.cells for op in cell.ops if isinstance(op, torch.nn.Sequential)}
@@ -124,8 +117,7 @@ def test_eval_ops_have_affine_batchnorm(load_space):
 
 
 def test_shared_relu_is_the_darts_cell(load_space):
-    """Rectifying each state once for all its ops computes what the ops' own ReLUs compute
-    (`OPS[name](C, stride, True)`, the DARTS ops, each starting with a ReLU)."""
+    """Rectifying each state once for all its ops equals the ops' own ReLUs (the DARTS ops)."""
     model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
     net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)

@@ -1,5 +1,4 @@
-"""DARTS-space evaluation scripts run as a user would: learning, exact resume, --arch PATH,
-torchrun on two CPU processes (gloo) for train.py and train_imagenet.py, visualize.py."""
+"""DARTS-space evaluation scripts run as a user would."""
 
 import json
 import math
@@ -15,30 +14,11 @@ import torch
 from conftest import SPACES, TINY_DARTS_TRAIN, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--cutout",
-    "--auxiliary",
-    "--layers",
-    "5",
-    "--init_channels",
-    "8",
-    "--batch_size",
-    "16",
-    "--learning_rate",
-    "0.05",
-    "--epochs",
-    "2",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--seed",
-    "3",
-    "--report_freq",
-    "8",
-]
+TINY = (
+    "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 "
+    "--batch_size 16 --learning_rate 0.05 --epochs 2 --device cpu --workers 0 --seed "
+    "3 --report_freq 8"
+).split()
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -68,10 +48,7 @@ def _start(run_dir, *extra):
 
 
 def test_train_learns_and_resumes_exactly(tmp_path):
-    """2 epochs straight vs. the same run killed once its first epoch is checkpointed, then resumed.
-
-    The two runs start side by side (most of their time is start-up) to keep the test short.
-    """
+    """2 epochs straight vs. killed after its first checkpoint and resumed: the same end state."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     reference, killed = _start(straight), _start(resumed)
     deadline = time.time() + 300
@@ -111,11 +88,7 @@ def test_arch_path_from_a_search(load_space, tmp_path):
     expected = model.param_count(model.NetworkCIFAR(4, 10, 5, False, genotypes.PC_DARTS_cifar))
     run_dir = tmp_path / "run"
     result = run_script(
-        "DARTS-space",
-        "train.py",
-        "--dataset",
-        "synthetic",
-        "--arch",
+        *"DARTS-space train.py --dataset synthetic --arch".split(),
         path,
         "--layers",
         "5",
@@ -140,15 +113,7 @@ def _run_torchrun(tmp_path, script, *args):
         *TORCHRUN,
         script,
         *args,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--epochs",
-        "1",
-        "--max_steps_per_epoch",
-        "3",
-        "--save",
+        *"--device cpu --workers 0 --epochs 1 --max_steps_per_epoch 3 --save".split(),
         run_dir,
         timeout=300,
     )
@@ -158,17 +123,10 @@ def _run_torchrun(tmp_path, script, *args):
     match = re.search(r"rank consistency: max \|w - w_rank0\| over 2 ranks = (\S+)", log)
     assert match and float(match.group(1)) == 0.0, log
     # One set of files, written once (by rank 0).
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "args.json",
-        "best.pt",
-        "checkpoint.pt",
-        "genotype.json",
-        "history.jsonl",
-        "log.txt",
-        "run.lock",
-        "scripts",
-        "tb",
-    ]
+    assert (
+        sorted(p.name for p in run_dir.iterdir())
+        == "args.json best.pt checkpoint.pt genotype.json history.jsonl log.txt run.lock scripts tb".split()
+    )
     # The epoch's summary line (its progress lines are "epoch 1/1 step ..."), once.
     assert log.count("epoch 1/1 lr ") == 1 and log.count("param count") == 1
     assert len(_history(run_dir)) == 1
@@ -179,17 +137,7 @@ def _run_torchrun(tmp_path, script, *args):
 def test_train_under_torchrun(tmp_path):
     _run_torchrun(
         tmp_path,
-        "train.py",
-        "--dataset",
-        "synthetic",
-        "--cutout",
-        "--auxiliary",
-        "--layers",
-        "5",
-        "--init_channels",
-        "4",
-        "--batch_size",
-        "8",
+        *"train.py --dataset synthetic --cutout --auxiliary --layers 5 --init_channels 4 --batch_size 8".split(),
     )
 
 
@@ -199,14 +147,7 @@ def test_train_imagenet_under_torchrun(tmp_path, tiny_imagenet):
         "train_imagenet.py",
         "--data",
         tiny_imagenet,
-        "--image_size",
-        "32",
-        "--layers",
-        "5",
-        "--init_channels",
-        "8",
-        "--batch_size",
-        "4",
+        *"--image_size 32 --layers 5 --init_channels 8 --batch_size 4".split(),
     )
     assert "param count = " in (run_dir / "log.txt").read_text()
 

@@ -1,6 +1,4 @@
-"""DARTS-space train.py and train_imagenet.py on a search's genotype.json, which records the data the
-cell was searched on: one log line when the run trains on other data or at another image size, none
-when they match."""
+"""DARTS train.py/train_imagenet.py on a genotype.json: one log line when the data differs from the search's."""
 
 import argparse
 
@@ -10,16 +8,7 @@ from conftest import TINY_DARTS_TRAIN, run_script
 
 NOTE = "was searched on"
 TRAIN = ["train.py", *TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3"]
-TRAIN_IMAGENET = [
-    "train_imagenet.py",
-    *TINY_DARTS_TRAIN,
-    "--dataset",
-    "synthetic",
-    "--image_size",
-    "32",
-    "--layers",
-    "3",
-]
+TRAIN_IMAGENET = ["train_imagenet.py", *TINY_DARTS_TRAIN, *"--dataset synthetic --image_size 32 --layers 3".split()]
 
 
 def _write_genotype(load_space, path, data):

@@ -1,11 +1,4 @@
-"""The DrNAS method in the DARTS space, as a specification: every paper-defining fact of the
-CIFAR search (`model_search`, `architect`, `search`) and of the CIFAR evaluation
-(`training`, `datasets`) is asserted on tiny networks, by hand-written reference computations.
-
-Read top to bottom: the op set and the supernet, the mixed edge, the architecture optimiser
-(first and second order), the weight step and the schedule of the search, the evaluation's
-loss and the CIFAR data, and the command-line defaults of both scripts.
-"""
+"""The DrNAS method in the DARTS space, as a specification."""
 
 import argparse
 import math
@@ -18,7 +11,6 @@ import torch.nn.functional as F
 
 from loop_run import LoopRun
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 SPACE = "DARTS-space"
@@ -34,13 +26,9 @@ def batch(n=2, seed=0, size=SIZE, dtype=torch.float32):
 
 def arch_args(**kw):
     base = {
-        "unrolled": False,
-        "reg_type": "l2",
-        "reg_scale": 1e-3,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
+        "unrolled": False, "reg_type": "l2", "reg_scale": 1e-3, "momentum": 0.9, "weight_decay": 3e-4,
         "arch_learning_rate": 6e-4,
-    }
+    }  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -77,21 +65,13 @@ def shuffle_by_hand(t, groups):
     return out
 
 
-# ---------------------------------------------------------------- op set and supernet
-
-
 def test_primitives_are_the_seven_darts_ops_in_order_without_none(load_space):
     """The searched op set is the 7 DARTS ops (no `none`), in this order."""
     genotypes = load_space(SPACE, "genotypes")
-    assert genotypes.PRIMITIVES == [
-        "max_pool_3x3",
-        "avg_pool_3x3",
-        "skip_connect",
-        "sep_conv_3x3",
-        "sep_conv_5x5",
-        "dil_conv_3x3",
-        "dil_conv_5x5",
-    ]
+    assert (
+        genotypes.PRIMITIVES
+        == "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5".split()
+    )
 
 
 def test_beta_is_initialised_as_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
@@ -209,9 +189,6 @@ def test_genotype_ranks_edges_by_softmax_strength_of_best_kept_op_not_raw_beta(l
     assert sorted(gene, key=lambda g: g[1]) == [("sep_conv_3x3", 0), ("dil_conv_5x5", 1)]
 
 
-# ---------------------------------------------------------------- the mixed edge
-
-
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_op_is_the_weighted_sum_of_its_ops_one_hot_gives_the_op_alone(load_space, stride):
     """MixedOp (k=1) = sum_o w_o op_o(x): one-hot weights give that op alone, and it is linear in w."""
@@ -256,9 +233,6 @@ def test_partial_channels_bypass_is_max_pooled_2x2_on_reduction_and_output_shuff
         with torch.no_grad():
             out = edge(x, torch.eye(7)[2])
         assert torch.equal(out, shuffle_by_hand(x, k))
-
-
-# ---------------------------------------------------------------- architecture optimiser
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
@@ -362,9 +336,6 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
     torch.testing.assert_close(direction, sign * 0.01 * dw / dw.norm(), atol=1e-12, rtol=0)
 
 
-# ---------------------------------------------------------------- weight step and schedule
-
-
 def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta(load_space):
     """search.weight_step: CE loss, gradient of the weights only, its global norm clipped to grad_clip."""
     search, model_search, distributed = load_space(SPACE, "train_search", "model_search", "runkit.distributed")
@@ -394,16 +365,8 @@ def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
     args = argparse.Namespace(stage_epochs=[3, 4, 2], stage_k=[1, 1, 1], stage_keep=[7, 7, 7], warmup_epochs=1)
     assert [stages.stage_at(search.get_stages(args), e) for e in range(9)] == [
-        (0, False),
-        (0, True),
-        (0, True),
-        (1, False),
-        (1, True),
-        (1, True),
-        (1, True),
-        (2, False),
-        (2, True),
-    ]
+        (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True),
+    ]  # fmt: skip
 
 
 def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
@@ -465,9 +428,7 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
 
 
 def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widened_ones_expanded(load_space):
-    """enter_stage hands the weights' SGD momentum to the new optimiser: a parameter the switch keeps (the
-    stem, ...) keeps its buffer, a widened one gets the old buffer expanded with its own channel plan (as
-    net2wider.expand grew the weight), pruned ops leave none behind; ops grow to C/k; training goes on."""
+    """enter_stage hands the weights' SGD momentum to the new optimiser."""
     search, model_search, net2wider, train_search = load_space(
         SPACE, "train_search", "model_search", "runkit.net2wider", "train_search"
     )
@@ -537,32 +498,11 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     monkeypatch.setattr(search, "search_step", recording_step)
     train_search.main(
         [
-            "--dataset",
-            "synthetic",
-            "--layers",
-            "3",
-            "--init_channels",
-            "4",
-            "--batch_size",
-            "2",
-            "--stage_epochs",
-            "2",
-            "2",
-            "--stage_k",
-            "2",
-            "1",
-            "--stage_keep",
-            "7",
-            "3",
-            "--warmup_epochs",
-            "1",
-            "--max_steps_per_epoch",
-            "1",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--save",
+            *(
+                "--dataset synthetic --layers 3 --init_channels 4 --batch_size 2 --stage_epochs 2 "
+                "2 --stage_k 2 1 --stage_keep 7 3 --warmup_epochs 1 --max_steps_per_epoch 1 "
+                "--device cpu --workers 0 --save"
+            ).split(),
             str(tmp_path / "run"),
         ]
     )
@@ -573,11 +513,8 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
         group = s["groups"][0]
         assert group["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 4)))
         assert (group["momentum"], group["weight_decay"], group["dampening"], group["nesterov"]) == (
-            0.9,
-            3e-4,
-            0,
-            False,
-        )
+            0.9, 3e-4, 0, False,
+        )  # fmt: skip
         assert s["params"][0] == s["weights"] and not s["beta"] & s["weights"]
     adam = seen[0]["architect"].optimizer
     assert type(adam) is torch.optim.Adam
@@ -599,11 +536,7 @@ def _indexed_images(first, count, size):
 def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_search_data(
     load_space, tmp_path, monkeypatch, restore_logging, tiny_imagenet, script
 ):
-    """One epoch of a search: every weight step's images and every architecture step's images, by index.
-    CIFAR (train_search.py): the training set split at --train_portion, the first share for the weights, the
-    rest for beta. ImageNet (train_search_imagenet.py): train/ for the weights, val/ for beta (two disjoint
-    draws from ImageNet's training images, prepare_imagenet_subset.py). Either way the two parts share no image
-    and each is seen whole, once, per epoch."""
+    """Weight steps and arch steps see disjoint parts (CIFAR split / ImageNet train+val), each whole, once per epoch."""
     module, search, architect, datasets = load_space(SPACE, script, "train_search", "architect", "datasets")
     size = 8 if script == "train_search" else 32
     if script == "train_search":  # 32 training images: 16 for the weights, 16 for beta
@@ -636,9 +569,6 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
     weights, arch = seen["weights"], seen["architecture"]
     assert not set(weights) & set(arch), "no image trains both the weights and beta"
     assert sorted(weights) == list(parts[0]) and sorted(arch) == list(parts[1]), "each part whole, once"
-
-
-# ---------------------------------------------------------------- evaluation: loss and data
 
 
 def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(load_space):
@@ -677,22 +607,10 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
     before = flat(net.parameters())
     # Plain SGD with lr 1: the step moves the weights by exactly the clipped gradient.
     args = argparse.Namespace(
-        amp=False,
-        compile=False,
-        data_on_device="off",
-        deterministic=False,
-        auxiliary_weight=0.25,
-        grad_clip=1e-3,
-        batch_size=4,
-        learning_rate=1.0,
-        momentum=0.0,
-        weight_decay=0.0,
-        seed=0,
-        workers=0,
-        max_steps_per_epoch=0,
-        epochs=1,
-        drop_path_prob=0.0,
-    )
+        amp=False, compile=False, data_on_device="off", deterministic=False, auxiliary_weight=0.25, grad_clip=1e-3,
+        batch_size=4, learning_rate=1.0, momentum=0.0, weight_decay=0.0, seed=0, workers=0, max_steps_per_epoch=0,
+        epochs=1, drop_path_prob=0.0,
+    )  # fmt: skip
     data = torch.utils.data.TensorDataset(x, y)  # one batch of all 4 samples
     run = LoopRun(steps=1)
     training.train(run, net, data, data, torch.nn.CrossEntropyLoss(), lambda epoch: 1.0, args)
@@ -742,34 +660,17 @@ def test_cifar_train_crop_32_pad_4_flip_normalise_cutout_16_only_when_asked_test
     assert max(zeros) == 3 * 16 * 16 and min(zeros) >= 3 * 8 * 8
 
 
-# ---------------------------------------------------------------- command-line defaults
-
-
 def test_search_defaults_are_the_papers(load_space):
     """train_search.py: 25+25 epochs, batch 64, SGD 0.1->0, Adam 6e-4, C 36, 20 cells, k 6/4, keep 7/4, l2 1e-3."""
     train_search = load_space(SPACE, "train_search")
     args = vars(train_search.get_parser().parse_args([]))
     expected = {
-        "dataset": "cifar10",
-        "stage_epochs": [25, 25],
-        "batch_size": 64,
-        "learning_rate": 0.1,
-        "learning_rate_min": 0.0,
-        "lr_warmup_epochs": 0,
-        "arch_learning_rate": 6e-4,
-        "init_channels": 36,
-        "layers": 20,
-        "stage_k": [6, 4],
-        "stage_keep": [7, 4],
-        "warmup_epochs": 10,
-        "train_portion": 0.5,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
-        "grad_clip": 5.0,
-        "reg_type": "l2",
-        "reg_scale": 1e-3,
+        "dataset": "cifar10", "stage_epochs": [25, 25], "batch_size": 64, "learning_rate": 0.1,
+        "learning_rate_min": 0.0, "lr_warmup_epochs": 0, "arch_learning_rate": 6e-4, "init_channels": 36,
+        "layers": 20, "stage_k": [6, 4], "stage_keep": [7, 4], "warmup_epochs": 10, "train_portion": 0.5,
+        "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3,
         "unrolled": False,
-    }
+    }  # fmt: skip
     assert {key: args[key] for key in expected} == expected
 
 
@@ -778,18 +679,8 @@ def test_train_defaults_are_the_papers(load_space):
     train = load_space(SPACE, "train")
     args = vars(train.get_parser().parse_args([]))
     expected = {
-        "dataset": "cifar10",
-        "epochs": 600,
-        "batch_size": 64,
-        "learning_rate": 0.025,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
-        "init_channels": 36,
-        "layers": 20,
-        "drop_path_prob": 0.3,
-        "auxiliary_weight": 0.4,
-        "cutout_length": 16,
-        "grad_clip": 5.0,
-        "arch": "DrNAS_cifar10",
-    }
+        "dataset": "cifar10", "epochs": 600, "batch_size": 64, "learning_rate": 0.025, "momentum": 0.9,
+        "weight_decay": 3e-4, "init_channels": 36, "layers": 20, "drop_path_prob": 0.3, "auxiliary_weight": 0.4,
+        "cutout_length": 16, "grad_clip": 5.0, "arch": "DrNAS_cifar10",
+    }  # fmt: skip
     assert {key: args[key] for key in expected} == expected

@@ -1,10 +1,4 @@
-"""The DARTS-space networks, ImageNet settings and schedules of the paper, and refusals that write nothing.
-
-Each test pins one fact of the paper's code: the pools of the evaluation cells end in an
-affine-free BatchNorm, the ImageNet search supernet's stems end at 3C channels, the
-ImageNet search clips beta's gradient and uses crop+flip for both of its splits, and
-`train_imagenet.py` follows the paper's warm-up and linear decay epoch by epoch.
-"""
+"""The DARTS-space networks, ImageNet settings and schedules of the paper, and refusals that write nothing."""
 
 import json
 import math
@@ -30,9 +24,6 @@ def _tiny_train_run(tmp_path):
     done = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--save", run)
     assert done.returncode == 0, done.stderr[-2000:]
     return run
-
-
-# ---------------------------------------------------------------- evaluation network
 
 
 def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
@@ -98,19 +89,14 @@ def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
     assert sorted(p.name for p in old.parent.iterdir()) == ["checkpoint.pt"] and old.read_bytes() == before
 
 
-# ---------------------------------------------------------------- ImageNet search
-
-
 def test_imagenet_search_stems_end_at_three_times_C(load_space):
     """The ImageNet supernet's stems: 3 -> 3C/2 -> 3C (stride 2 twice), ReLU, 3C -> 3C (stride 2); cells read 3C."""
     model_search = load_space("DARTS-space", "model_search")
     net = model_search.Network(48, 1000, 14, k=6, imagenet=True)
     convs = [m for m in (*net.stem0, *net.stem1) if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [
-        (3, 72, (2, 2)),
-        (72, 144, (2, 2)),
-        (144, 144, (2, 2)),
-    ]
+        (3, 72, (2, 2)), (72, 144, (2, 2)), (144, 144, (2, 2)),
+    ]  # fmt: skip
     assert isinstance(net.stem1[0], nn.ReLU)
     first, second = net.cells[0], net.cells[1]
     assert isinstance(first.preprocess0, type(net.cells[5].preprocess0))  # FactorizedReduce after a reduction
@@ -195,58 +181,27 @@ def test_imagenet_search_defaults_are_the_papers(load_space):
     assert (args.arch_learning_rate, args.init_channels, args.layers, args.seed) == (6e-3, 48, 14, 0)
     assert (args.stage_epochs, args.stage_k, args.stage_keep, args.warmup_epochs) == ([25, 25], [6, 3], [7, 4], 10)
     assert (args.grad_clip, args.momentum, args.weight_decay, args.reg_type, args.reg_scale) == (
-        5.0,
-        0.9,
-        3e-4,
-        "l2",
-        1e-3,
-    )
+        5.0, 0.9, 3e-4, "l2", 1e-3,
+    )  # fmt: skip
 
 
 def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
     """train_search_imagenet.py hands --grad_clip to the architecture step: with a tiny clip beta barely moves."""
     run = tmp_path / "run"
     result = run_script(
-        "DARTS-space",
-        "train_search_imagenet.py",
-        "--data",
+        *"DARTS-space train_search_imagenet.py --data".split(),
         tiny_imagenet,
-        "--image_size",
-        "32",
-        "--layers",
-        "5",
-        "--init_channels",
-        "8",
-        "--batch_size",
-        "3",
-        "--stage_epochs",
-        "1",
-        "1",
-        "--stage_k",
-        "4",
-        "2",
-        "--warmup_epochs",
-        "0",
-        "--max_steps_per_epoch",
-        "2",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--grad_clip",
-        "1e-9",
-        "--reg_scale",
-        "0",
-        "--save",
+        *(
+            "--image_size 32 --layers 5 --init_channels 8 --batch_size 3 --stage_epochs 1 1 "
+            "--stage_k 4 2 --warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0 "
+            "--grad_clip 1e-9 --reg_scale 0 --save"
+        ).split(),
         run,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["task"]["architect"]["state"]
     # exp_avg mixes the received gradients with weights summing to below 1: its norm stays under the clip.
     assert all(s["exp_avg"].norm() <= 1e-9 * 1.001 for s in state.values()) and len(state) == 2
-
-
-# ---------------------------------------------------------------- train_imagenet.py schedule
 
 
 def paper_lr(epoch, epochs, lr0, batch_size):
@@ -296,25 +251,9 @@ def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_i
             "train_imagenet.py",
             "--data",
             tiny_imagenet,
-            "--image_size",
-            "32",
-            "--layers",
-            "5",
-            "--init_channels",
-            "4",
-            "--epochs",
-            "12",
-            "--learning_rate",
-            "0.5",
-            "--batch_size",
+            *"--image_size 32 --layers 5 --init_channels 4 --epochs 12 --learning_rate 0.5 --batch_size".split(),
             batch,
-            "--max_steps_per_epoch",
-            "1",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--save",
+            *"--max_steps_per_epoch 1 --device cpu --workers 0 --save".split(),
             tmp_path / str(batch),
         ]
         procs[batch] = subprocess.Popen(
@@ -330,9 +269,6 @@ def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_i
         assert proc.returncode == 0, err[-3000:]
         history = [json.loads(line) for line in (tmp_path / str(batch) / "history.jsonl").read_text().splitlines()]
         assert [h["lr"] for h in history] == pytest.approx([paper_lr(e, 12, 0.5, batch) for e in range(12)])
-
-
-# ---------------------------------------------------------------- nothing written before every check
 
 
 def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):

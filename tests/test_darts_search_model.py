@@ -1,12 +1,10 @@
-"""DARTS-space supernet and architect: parameters, sampling, pruning, widening, genotype,
-host reads, first- and second-order architecture steps, parameter counts."""
+"""DARTS-space supernet and architect."""
 
 import argparse
 
 import pytest
 import torch
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 # Tiny supernet: C=4, 3 cells (normal, reduce, reduce), 16x16 inputs.
@@ -154,8 +152,7 @@ def test_architect_step_changes_only_arch_params(load_space, reg_type):
 
 
 def test_unrolled_after_pruning_and_widening(load_space):
-    """--unrolled on a pruned and widened supernet (the second stage); the unpruned one, with partial channels:
-    test_darts_paper.py::test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of_dw."""
+    """--unrolled on a pruned and widened supernet (the second stage)."""
     model_search, architect = load_space("DARTS-space", "model_search", "architect")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)

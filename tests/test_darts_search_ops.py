@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 

@@ -1,5 +1,4 @@
-"""DARTS-space search scripts run as a user would: smoke runs, exact resume across the
-stage boundary, the ImageNet search in one process and under torchrun, the subset writer."""
+"""DARTS-space search scripts run as a user would."""
 
 import json
 import re
@@ -10,35 +9,11 @@ import torch
 from conftest import INTERRUPTED_RUN, popen_script
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--layers",
-    "3",
-    "--init_channels",
-    "8",
-    "--batch_size",
-    "4",
-    "--stage_epochs",
-    "2",
-    "2",
-    "--stage_k",
-    "4",
-    "2",
-    "--stage_keep",
-    "7",
-    "3",
-    "--warmup_epochs",
-    "1",
-    "--max_steps_per_epoch",
-    "2",
-    "--report_freq",
-    "1",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-]
+TINY = (
+    "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 2 "
+    "2 --stage_k 4 2 --stage_keep 7 3 --warmup_epochs 1 --max_steps_per_epoch 2 "
+    "--report_freq 1 --device cpu --workers 0"
+).split()
 
 
 def finish(proc, timeout=400):
@@ -50,20 +25,10 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
     # A --k that does not split the channels (C=16 with k=6, which the paper's code cannot
     # build either) and an ImageNet folder without train/ and val/, side by side.
     bad_k = popen_script(
-        "DARTS-space",
-        "train_search.py",
-        "--dataset",
-        "synthetic",
-        "--init_channels",
-        "16",
-        "--layers",
-        "8",
-        "--stage_k",
-        "6",
-        "4",
-        "--device",
-        "cpu",
-        "--save",
+        *(
+            "DARTS-space train_search.py --dataset synthetic --init_channels 16 --layers 8 "
+            "--stage_k 6 4 --device cpu --save"
+        ).split(),
         tmp_path / "k",
     )
     bad_data = popen_script(
@@ -137,41 +102,15 @@ def test_imagenet_search_one_process_and_torchrun(tmp_path):
     flags = [
         "--data",
         tmp_path / "tiny",
-        "--image_size",
-        "32",
-        "--layers",
-        "3",
-        "--init_channels",
-        "8",
-        "--batch_size",
-        "4",
-        "--stage_epochs",
-        "1",
-        "1",
-        "--stage_k",
-        "4",
-        "2",
-        "--stage_keep",
-        "7",
-        "2",
-        "--warmup_epochs",
-        "0",
-        "--max_steps_per_epoch",
-        "2",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *(
+            "--image_size 32 --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 "
+            "--stage_k 4 2 --stage_keep 7 2 --warmup_epochs 0 --max_steps_per_epoch 2 "
+            "--device cpu --workers 0"
+        ).split(),
     ]
     single = popen_script("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
     ddp = popen_script(
-        "DARTS-space",
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "train_search_imagenet.py",
+        *"DARTS-space -m torch.distributed.run --standalone --nproc_per_node 2 train_search_imagenet.py".split(),
         *flags,
         "--save",
         tmp_path / "two",
@@ -205,12 +144,7 @@ def test_prepare_imagenet_subset(load_space, tmp_path, capsys):
         str(tmp_path / "imagenet"),
         "--out",
         str(out),
-        "--seed",
-        "1",
-        "--train_fraction",
-        "0.1",
-        "--val_fraction",
-        "0.05",
+        *"--seed 1 --train_fraction 0.1 --val_fraction 0.05".split(),
     ]
     prepare.main(argv)
 

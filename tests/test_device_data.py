@@ -1,10 +1,4 @@
-"""Data on the device (`device_data.py`), on the CPU device.
-
-The same samples in the same order as `streams.Stream`, the same pixels as the DataLoader's
-transforms (every augmented image is one of the crops and flips the transform could make,
-and cutout zeroes the square `datasets.Cutout` would), exact resume from a position and RNG
-state, no host reads per batch, the `--data_on_device` choice, and one file in both folders.
-"""
+"""Data on the device (`device_data.py`), on the CPU device."""
 
 import pickle
 from itertools import islice
@@ -49,9 +43,6 @@ def _pickled_sets(datasets, space, root, name="cifar10", augment=True, cutout=0)
     return datasets.get_datasets(name, root, cutout=bool(cutout), cutout_length=cutout, train_augment=augment)[:2]
 
 
-# ---------------------------------------------------------------- order
-
-
 ORDERS = [dict(), dict(shuffle=False), dict(rank=1, world_size=3), dict(rank=2, world_size=3, shuffle=False)]
 
 
@@ -81,9 +72,6 @@ def test_stream_and_loader_pick_the_path(load_space):
     assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)
     assert isinstance(device_data.loader(data, 4, "cpu", True), device_data.DeviceLoader)
     assert isinstance(device_data.loader(data, 4, "cpu", False), DataLoader)
-
-
-# ---------------------------------------------------------------- pixels
 
 
 @pytest.mark.parametrize("space", SPACE_NAMES)
@@ -228,9 +216,6 @@ def test_cutout_on_the_synthetic_set(load_space, monkeypatch):
             _check_cutout(out, source, cut, 10, datasets, monkeypatch)
 
 
-# ---------------------------------------------------------------- resume and host reads
-
-
 @pytest.mark.parametrize("space", SPACE_NAMES)
 def test_resume_from_position_and_rng_state_is_exact(load_space, tmp_path, space):
     device_data, datasets = load_space(space, "runkit.device_data", "datasets")
@@ -269,9 +254,6 @@ def test_no_host_reads_per_batch(load_space, tmp_path, space):
         for _ in range(len(stream) - 1):
             next(stream)
         assert len(list(loader)) == len(loader)
-
-
-# ---------------------------------------------------------------- the flag
 
 
 def test_use_device_resolves_the_flag(load_space, tmp_path, tiny_imagenet):

@@ -1,10 +1,4 @@
-"""One dialect: a concept of the method has the same name, signature and contract in both folders.
-
-Each entry names a module and a function, class or method that both folders define. The parameters of the
-201-space one must equal the DARTS-space one's, but for trailing keyword parameters with defaults that one
-space has for its own needs (the DARTS ImageNet supernet, torchrun): a caller that uses the common
-parameters works in either folder.
-"""
+"""One dialect."""
 
 import inspect
 
@@ -12,32 +6,16 @@ import pytest
 import torch
 
 SHARED = [
-    ("train_search", "get_stages"),
-    ("train_search", "build_model"),
-    ("train_search", "sgd"),
-    ("train_search", "enter_stage"),
-    ("train_search", "search_step"),
-    ("train_search", "infer"),
-    ("train_search", "search"),
-    ("train_search", "finish"),
-    ("train_search", "main"),
-    ("train", "main"),
-    ("model_search", "gumbel_tau"),
-    ("model_search", "concentration"),
-    ("model_search", "Network.arch_parameters"),
-    ("model_search", "Network.weights"),
-    ("model_search", "Network.arch_weights"),
-    ("model_search", "Network.kl_regularizer"),
-    ("model_search", "Network.forward"),
-    ("model_search", "Network.genotype"),
-    ("model_search", "Network.prune"),
-    ("model_search", "Network.widen"),
-    ("model_search", "MixedOp.widen"),
-    ("architect", "Architect"),
-    ("architect", "Architect.step"),
-    ("architect", "regularizer_grads"),
-    ("genotypes", "save_genotype"),
-]
+    ("train_search", "get_stages"), ("train_search", "build_model"), ("train_search", "sgd"),
+    ("train_search", "enter_stage"), ("train_search", "search_step"), ("train_search", "infer"),
+    ("train_search", "search"), ("train_search", "finish"), ("train_search", "main"), ("train", "main"),
+    ("model_search", "gumbel_tau"), ("model_search", "concentration"), ("model_search", "Network.arch_parameters"),
+    ("model_search", "Network.weights"), ("model_search", "Network.arch_weights"),
+    ("model_search", "Network.kl_regularizer"), ("model_search", "Network.forward"),
+    ("model_search", "Network.genotype"), ("model_search", "Network.prune"), ("model_search", "Network.widen"),
+    ("model_search", "MixedOp.widen"), ("architect", "Architect"), ("architect", "Architect.step"),
+    ("architect", "regularizer_grads"), ("genotypes", "save_genotype"),
+]  # fmt: skip
 
 
 def _definition(module, dotted):
@@ -68,8 +46,7 @@ def test_the_tables_of_samplers_and_regularisers_offer_the_same_names(load_space
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_kept_is_one_list_of_primitives_indices_per_row_of_the_architecture_parameters(load_space, space):
-    """`Network.kept[e]`: the ops still searched on edge e, the edges being the rows of the architecture
-    parameters concatenated; `prune(keep)` keeps the `keep` ops of largest beta on each."""
+    """`kept[e]`: ops still searched on row e of the arch parameters; `prune(keep)` keeps the largest-beta ones."""
     model_search, genotypes = load_space(space, "model_search", "genotypes")
     torch.manual_seed(0)
     model = model_search.Network(8, 1, 10) if space == "201-space" else model_search.Network(8, 10, 5, k=4)

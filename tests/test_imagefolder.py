@@ -1,12 +1,4 @@
-"""Your own images (`--dataset imagefolder --data DIR`) in both spaces, as a user runs them.
-
-A generated ImageFolder tree (3 colour classes, 16x16 and 28x20 PNG/JPEG files, some grey or
-RGBA) is searched with each space's train_search.py; the genotype.json the search writes
-records the data, and that space's train.py trains the cell on the same folder well above
-chance. Bad trees (no val/, an empty class, a corrupt file, classes that differ, the DARTS
-auxiliary head on small images) end with one line before anything is written. The runs
-start side by side in one module fixture, so the file takes about as long as its longest chain.
-"""
+"""Your own images (`--dataset imagefolder --data DIR`) in both spaces, as a user runs them."""
 
 import json
 import shutil
@@ -116,11 +108,8 @@ def test_search_then_train_learns_the_folder(runs, space):
     assert summary in found.stdout
     # What train.py needs besides the cell; the genotype loaders ignore these keys.
     assert {k: genotype[k] for k in ("dataset", "data", "image_size", "num_classes")} == {
-        "dataset": "imagefolder",
-        "data": str(tree.resolve()),
-        "image_size": 32,
-        "num_classes": 3,
-    }
+        "dataset": "imagefolder", "data": str(tree.resolve()), "image_size": 32, "num_classes": 3,
+    }  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert summary in trained.stdout
     assert len(accs) == 6 and max(accs) >= 75.0, accs  # chance is 33 %

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 SPACES = ["201-space", "DARTS-space"]

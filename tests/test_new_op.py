@@ -1,10 +1,4 @@
-"""A new candidate op is a plain `nn.Module`: one `OPS` entry and its name in `PRIMITIVES`, nothing else.
-
-In each folder a plain 5x5 ReLU-conv-BN (no `forward_scaled`, no `widen`, no `relu` argument) is added to
-the op table, then searched (one stage and progressively, through a widening), trained in a derived cell
-and mixed on an edge next to the built-in ops. The built-in ops' fused and lean forms (their optional
-overrides) are checked against the plain `w * op(x)` they stand for.
-"""
+"""A new candidate op is a plain `nn.Module`."""
 
 import copy
 import json
@@ -17,7 +11,6 @@ import torch.nn as nn
 
 from conftest import TINY_201, TINY_DARTS_TRAIN
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 
@@ -109,8 +102,7 @@ def assert_trained(model, arch_before, column, n_ops):
 
 
 def assert_widened(widenings, model):
-    """The stage switch widened every new op by net2wider: channels doubled, old ones kept, new ones copies of
-    old ones (the same map for the conv's inputs, its outputs and the BatchNorm), momentum records."""
+    """The stage switch widened every new op by net2wider."""
     assert len(widenings) == 1
     ops, before, after, moved = widenings[0]
     assert ops and all(op in new_ops(model) for op in ops), "the widened ops are the network's"
@@ -149,9 +141,6 @@ def own_params(model, skip=()):
 def conv_bn_params(op):
     conv, bn = op[1], op[2]
     return conv.weight.numel() + (2 * bn.num_features if bn.affine else 0)
-
-
-# ---------------------------------------------------------------- NAS-Bench-201 space
 
 
 SEARCH_201 = [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"]
@@ -223,8 +212,7 @@ def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, 
 
 
 def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
-    """An edge computes sum_o w_o * op_o(x): every op with a fused form (`forward_scaled`: the node's shared ReLU,
-    the weight folded into its BatchNorm or kernel) through it, equal to `w * op(x)`, any other op as `w * op(x)`."""
+    """An edge computes sum_o w_o * op_o(x)."""
     genotypes, operations, model_search = with_new_op("201-space", "model_search")
     # A zero op under another name is skipped as well: its class says it adds nothing, not its name.
     add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
@@ -258,9 +246,6 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
     for a, b in zip(edge.buffers(), plain.buffers()):
         torch.testing.assert_close(a, b)  # the same BatchNorm statistics
-
-
-# ---------------------------------------------------------------- DARTS space
 
 
 SEARCH_DARTS = [
@@ -329,9 +314,7 @@ def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
-    """An edge computes sum_o w_o * op_o(x): every built-in op in its search form (`search_op`: the edge's shared
-    ReLU when it `expects_relu`, the weight folded into its last BatchNorm, lean or not), equal to
-    `w * OPS[name](C, stride, False)(x)`, the new op as `w * op(x)`."""
+    """An edge computes sum_o w_o * op_o(x)."""
     genotypes, operations, model_search = with_new_op("DARTS-space", "model_search")
 
     def set_lean(module):
@@ -365,9 +348,6 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     for a, b in zip(edge.buffers(), plain.buffers()):
         torch.testing.assert_close(a, b)
     assert [type(op) for op in new_ops(edge)] == [Conv5x5]
-
-
-# ---------------------------------------------------------------- net2wider of a plain op
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])

@@ -1,5 +1,4 @@
-"""Outputs that cannot be written end in one line naming the flag, before any work and writing nothing:
-`--out` of visualize.py (DARTS) and of plot_trajectory.py (201) under a file or in a read-only folder."""
+"""Outputs that cannot be written end in one line naming the flag, before any work and writing nothing."""
 
 import json
 import os
@@ -16,8 +15,7 @@ SCRIPTS = ("visualize.py", "plot_trajectory.py")
 
 @pytest.fixture
 def unwritable_dir(tmp_path):
-    """A folder in which this process cannot create files: a read-only temporary one, or as root
-    (whom permission bits do not stop) /proc/sys; skips where neither refuses the writes."""
+    """A folder in which this process cannot create files."""
     folder = tmp_path / "read-only"
     folder.mkdir()
     folder.chmod(0o555)

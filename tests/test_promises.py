@@ -1,9 +1,4 @@
-"""What the README and the scripts promise, held: --amp on a CPU without bf16 units, train_imagenet.py's
---image_size checks, the training scripts' closing line, and files of the other space named as such.
-
-Scripts run in process (`main(argv)`) where they stop before any work, so each test is fast; the closing
-line comes from real tiny runs.
-"""
+"""What the README and the scripts promise, held."""
 
 import json
 import logging
@@ -27,9 +22,6 @@ def refusal(capsys, main, *argv):
     return assert_one_line_error(exit_info.value.code, capsys.readouterr().err)
 
 
-# ---------------------------------------------------------------- --amp on a CPU
-
-
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 @pytest.mark.parametrize("amp_needs_bf16", [True, False])
 def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, space, amp_needs_bf16):
@@ -44,9 +36,6 @@ def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, spa
     accel.check_flags(Namespace(amp=False, compile=False), cpu, amp_needs_bf16)  # fp32 is never refused
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
     accel.check_flags(args, cpu, amp_needs_bf16)
-
-
-# ---------------------------------------------------------------- train_imagenet.py --image_size
 
 
 @pytest.mark.parametrize(
@@ -64,9 +53,6 @@ def test_train_imagenet_image_size_ends_in_one_line(load_space, capsys, tmp_path
     line = refusal(capsys, train_imagenet.main, *argv, *flags)
     assert expected in line
     assert not save.exists()
-
-
-# ---------------------------------------------------------------- the closing line
 
 
 @pytest.mark.parametrize(
@@ -101,9 +87,6 @@ def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplo
         "done: test acc 91.20 % after 600 epochs (the paper's figure: the last epoch); "
         "best test acc 91.35 % (epoch 580, chosen on the test set)"
     ) in caplog.text
-
-
-# ---------------------------------------------------------------- files of the other space
 
 
 def darts_genotype_json(load_space, path):

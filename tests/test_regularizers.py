@@ -1,7 +1,4 @@
-"""A regulariser on beta is one entry of `architect.REGULARIZERS`: name -> its term, added to the loss times
---reg_scale. `--reg_type` offers the table's keys, and the architect adds the term's gradient in both folders,
-first and second order; here an L1 term is added to the table and a search runs with it.
-"""
+"""A regulariser on beta is one entry of `architect.REGULARIZERS`."""
 
 import json
 

@@ -1,10 +1,4 @@
-"""report.py of both folders on real tiny runs, and the wall time and device-hours every run records.
-
-Three 201 searches (seeds 1, 2, 3) and three DARTS train.py runs start side by side in one
-module fixture (they are mostly start-up time); report.py then tabulates them as a user
-runs it. A DARTS search folder is written by hand (its cost is given, not measured), so
-that the search table and the naming of a searched cell are covered without a search.
-"""
+"""report.py of both folders on real tiny runs, and the wall time and device-hours every run records."""
 
 import csv
 import json
@@ -18,36 +12,17 @@ import torch
 
 from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
 
-SEARCH_201 = [
-    "--dataset",
-    "synthetic",
-    "--init_channels",
-    "4",
-    "--layers",
-    "1",
-    "--batch_size",
-    "16",
-    "--epochs",
-    "1",
-    "--trajectory_samples",
-    "0",
-    "--benchmark",
-    "none",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--report_freq",
-    "100",
-]
+SEARCH_201 = (
+    "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --epochs 1 "
+    "--trajectory_samples 0 --benchmark none --workers 0 --device cpu --report_freq "
+    "100"
+).split()
 TRAIN_DARTS = ["--dataset", "synthetic", "--layers", "5", *TINY_DARTS_TRAIN]
 # A cell that is none of the named genotypes: the report names it "cell <8 hex digits>".
 CELL = {
-    "normal": [["sep_conv_3x3", i % 2] for i in range(8)],
-    "normal_concat": [2, 3, 4, 5],
-    "reduce": [["max_pool_3x3", i % 2] for i in range(8)],
-    "reduce_concat": [2, 3, 4, 5],
-}
+    "normal": [["sep_conv_3x3", i % 2] for i in range(8)], "normal_concat": [2, 3, 4, 5],
+    "reduce": [["max_pool_3x3", i % 2] for i in range(8)], "reduce_concat": [2, 3, 4, 5],
+}  # fmt: skip
 
 
 def _write_search(run_dir):
@@ -139,14 +114,9 @@ def test_darts_report_tabulates_searches_and_evaluations(runs):
     with open(runs / "darts.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["table"] == "eval"]
     assert [(r["row"], r["cell"]) for r in rows] == [
-        ("run", "DrNAS_cifar10"),
-        ("run", "DrNAS_cifar10"),
-        ("run", cell),
-        ("mean", "DrNAS_cifar10"),
-        ("std", "DrNAS_cifar10"),
-        ("mean", cell),
-        ("std", cell),
-    ]
+        ("run", "DrNAS_cifar10"), ("run", "DrNAS_cifar10"), ("run", cell), ("mean", "DrNAS_cifar10"),
+        ("std", "DrNAS_cifar10"), ("mean", cell), ("std", cell),
+    ]  # fmt: skip
     # The paper's number (the last epoch's test error) leads; the best epoch, picked on the test set, comes after.
     errors = [column for column in rows[0] if "error (%" in column]
     assert errors == ["test error (%)", "test top-5 error (%)", "best-epoch error (%, chosen on test)"], errors

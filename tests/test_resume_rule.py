@@ -1,8 +1,4 @@
-"""One resume rule for every script: only the flags of `run_flags.MAY_CHANGE` may differ from the checkpoint's.
-
-Runs through every flag of every training script's parser, and once as a user does: a DARTS
-search resumed with another --arch_learning_rate ends in one line and writes nothing.
-"""
+"""One resume rule for every script."""
 
 import argparse
 
@@ -12,14 +8,10 @@ from conftest import assert_one_line_error, run_script
 
 # (folder, module, get_parser's arguments): every script that trains and checkpoints.
 PARSERS = [
-    ("201-space", "train_search", {"progressive": False}),
-    ("201-space", "train_search", {"progressive": True}),
-    ("201-space", "train", {}),
-    ("DARTS-space", "train_search", {}),
-    ("DARTS-space", "train_search_imagenet", {}),
-    ("DARTS-space", "train", {}),
-    ("DARTS-space", "train_imagenet", {}),
-]
+    ("201-space", "train_search", {"progressive": False}), ("201-space", "train_search", {"progressive": True}),
+    ("201-space", "train", {}), ("DARTS-space", "train_search", {}), ("DARTS-space", "train_search_imagenet", {}),
+    ("DARTS-space", "train", {}), ("DARTS-space", "train_imagenet", {}),
+]  # fmt: skip
 
 
 def _changed(action, value):

@@ -1,12 +1,4 @@
-"""Resume without retyping, and run folders that nothing a user types can rewind or pollute.
-
-`--resume RUN` alone continues a run with its checkpoint's flags, and flags given beside it
-are checked all at once; a finished run says so and writes nothing; `--resume best.pt`
-continues only into a new folder, which becomes a complete run folder; `--save` never
-writes into a folder that holds something else; a write that fails (a full disk) ends in
-one line, also in log.txt, keeping the last good checkpoint. Plus the flags every script
-shares: each default shown once in --help, one step-cap name, --threads, a second Ctrl-C.
-"""
+"""Resume without retyping, and run folders that nothing a user types can rewind or pollute."""
 
 import json
 import os
@@ -26,12 +18,10 @@ from conftest import SPACES, TINY_201, assert_one_line_error, run_script, script
 SCRIPTS = [
     ("201-space", "train_search", {"progressive": False}, "train_search"),
     ("201-space", "train_search", {"progressive": True}, "train_search_progressive"),
-    ("201-space", "train", {}, "train"),
-    ("DARTS-space", "train_search", {}, "train_search"),
-    ("DARTS-space", "train_search_imagenet", {}, "train_search_imagenet"),
-    ("DARTS-space", "train", {}, "train"),
+    ("201-space", "train", {}, "train"), ("DARTS-space", "train_search", {}, "train_search"),
+    ("DARTS-space", "train_search_imagenet", {}, "train_search_imagenet"), ("DARTS-space", "train", {}, "train"),
     ("DARTS-space", "train_imagenet", {}, "train_imagenet"),
-]
+]  # fmt: skip
 SCRIPT_IDS = [f"{space}-{name}" for space, _, _, name in SCRIPTS]
 # A 201 train.py run of two steps an epoch.
 T201 = ["train.py", *TINY_201, "--max_steps_per_epoch", "2", "--threads", "1"]
@@ -41,11 +31,9 @@ def _write_checkpoint(engine, utils, parser, script, path, epoch, epochs, **flag
     """A checkpoint of `script` after `epoch` of `epochs` epochs, made with the default flags but `flags`."""
     saved = {**vars(parser.parse_args([])), **flags, "script": script}
     state = {
-        "version": engine.CHECKPOINT_VERSION,
-        "space": sys.modules["genotypes"].SPACE,
-        "epoch": epoch,
+        "version": engine.CHECKPOINT_VERSION, "space": sys.modules["genotypes"].SPACE, "epoch": epoch,
         "epochs": epochs,
-    }
+    }  # fmt: skip
     utils.save_checkpoint({**state, "step": 0, "args": saved}, path)
 
 
@@ -136,8 +124,7 @@ def test_best_pt_continues_only_into_a_new_folder_which_becomes_a_whole_run_fold
 
 
 def test_a_full_disk_ends_in_one_line_logged_keeping_the_last_checkpoint(tmp_path):
-    """A real write failure: files may not grow past half the checkpoint's size (RLIMIT_FSIZE), so the
-    resumed run's next checkpoint cannot be written."""
+    """RLIMIT_FSIZE below a checkpoint's size: the resumed run fails in one logged line, the last checkpoint kept."""
     run_dir = tmp_path / "run"
     _unfinished_train_run(run_dir)
     checkpoint = (run_dir / "checkpoint.pt").read_bytes()

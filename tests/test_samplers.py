@@ -1,9 +1,4 @@
-"""A sampler (`--method`) is one entry of `model_search.SAMPLERS` in both folders: name -> a function
-`(beta, tau, training) -> mixing weights` over the kept ops. `--method` offers the table's keys and
-`Network.arch_weights` calls the entry; here a sparsemax entry is added and searched with, the DARTS space
-searches with darts, snas and gdas at the Gumbel temperature of `gumbel_tau`, evaluation mixes with the
-Dirichlet mean, and the default training draw is the Dirichlet draw it always was.
-"""
+"""A sampler (`--method`) is one entry of `model_search.SAMPLERS` in both folders."""
 
 import json
 
@@ -12,7 +7,6 @@ import torch
 
 from conftest import TINY_201
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 SPACES = ["201-space", "DARTS-space"]
@@ -70,9 +64,6 @@ def method_choices(parser):
     return next(action.choices for action in parser._actions if action.dest == "method")
 
 
-# ---------------------------------------------------------------- a new sampler
-
-
 @pytest.mark.parametrize("space", SPACES)
 def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, restore_logging, space):
     model_search, train_search = load_space(space, "model_search", "train_search")
@@ -114,9 +105,6 @@ def test_network_refuses_a_method_not_in_the_table(load_space, space):
         small_network(model_search, space, method="uniform")
 
 
-# ---------------------------------------------------------------- the baselines in the DARTS space
-
-
 @pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
 def test_darts_space_searches_with_each_baseline(load_space, monkeypatch, tmp_path, restore_logging, method):
     model_search, train_search = load_space("DARTS-space", "model_search", "train_search")
@@ -153,9 +141,6 @@ def test_gumbel_tau_is_linear_from_tau_max_to_tau_min(load_space, space):
     model_search = load_space(space, "model_search")
     assert [model_search.gumbel_tau(e, 5, 10.0, 2.0) for e in range(5)] == [10.0, 8.0, 6.0, 4.0, 2.0]
     assert model_search.gumbel_tau(0, 1, 10.0, 2.0) == 10.0  # a one-epoch search stays at tau_max
-
-
-# ---------------------------------------------------------------- the Dirichlet sampler
 
 
 @pytest.mark.parametrize("space", SPACES)

@@ -1,6 +1,4 @@
-"""`--stage_keep N1 N2 ...` in both search spaces: the first stage keeps N1 ops per edge from its start (by beta at
-initialisation, fixed by the seed), every stage logs its k and ops when it starts (a resumed one too), the bounds
-follow `len(PRIMITIVES)`, and a run resumed in a pruned first stage ends exactly where a straight run ends."""
+"""`--stage_keep N1 N2 ...` in both search spaces."""
 
 import json
 
@@ -9,7 +7,6 @@ import torch
 
 from conftest import INTERRUPTED_RUN, TINY_201, popen_script
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 # Both spaces' progressive searches, tiny, k 4 -> 2; the tests add --stage_keep and --stage_epochs.
@@ -95,8 +92,7 @@ def test_every_stage_logs_k_and_ops_when_it_starts_and_resume_in_stage_1_is_exac
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_stage_keep_bounds_follow_the_primitives(load_space, space):
-    """With one more op in PRIMITIVES, N1 may be that many ops and no more, refused in one line naming the
-    bound; 0 ops is refused. (The scripts print a UserError as their one line, see utils.exits_cleanly.)"""
+    """With one more op in PRIMITIVES, N1 may be that many ops and no more, refused in one line naming the bound."""
     search, script, genotypes, utils = load_space(space, SEARCH[space], SCRIPT[space], "genotypes", "runkit.utils")
     genotypes.PRIMITIVES.append("extra_op")  # the list the search reads (the modules are dropped afterwards)
     n_ops = len(genotypes.PRIMITIVES)
