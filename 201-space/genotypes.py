@@ -8,11 +8,10 @@ string has one `+`-separated group per node, each `op~j` naming the op on the ed
 `Structure.from_str(s)` parses (and validates) a string; `str(structure)` prints it back exactly.
 """
 
-import json
 from pathlib import Path
 
 from runkit.data_common import DATA_KEYS, read_genotype_json
-from runkit.utils import UserError
+from runkit.utils import UserError, write_json
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
 SPACE = "NAS-Bench-201"
@@ -87,9 +86,10 @@ DrNAS = Structure.from_str(
 NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
-def save_genotype(structure, path, data=None):
-    """Write a search's result as `{"arch": "|...|", **data}` (`data`: what it ran on, `DATA_KEYS`; see `load_arch`)."""
-    Path(path).write_text(json.dumps({"arch": str(structure), **(data or {})}, indent=2) + "\n")
+def save_genotype(genotype, path, data=None):
+    """Write a search's result as `{"arch": "|...|", **data}` (`data`: what it ran on, `DATA_KEYS`; see `load_arch`),
+    atomically: an interrupted write leaves the previous genotype.json."""
+    write_json(path, {"arch": str(genotype), **(data or {})})
 
 
 def load_arch(spec):

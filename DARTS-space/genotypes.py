@@ -9,12 +9,11 @@ name the nodes whose outputs are concatenated into the cell's output. The networ
     python train.py --arch experiments/.../genotype.json   # what a search wrote
 """
 
-import json
 from collections import namedtuple
 from pathlib import Path
 
 from runkit.data_common import DATA_KEYS, read_genotype_json
-from runkit.utils import UserError
+from runkit.utils import UserError, write_json
 
 # The search space, as checkpoints record it (a checkpoint of the other folder is refused).
 SPACE = "DARTS"
@@ -153,8 +152,9 @@ def genotype_from_dict(data):
 
 
 def save_genotype(genotype, path, data=None):
-    """Write a genotype as JSON (what `train.py --arch PATH` reads), with `data` (`DATA_KEYS`, what a search ran on)."""
-    Path(path).write_text(json.dumps({**genotype_to_dict(genotype), **(data or {})}, indent=2) + "\n")
+    """Write a genotype as JSON (what `train.py --arch PATH` reads), with `data` (`DATA_KEYS`, what a search ran on),
+    atomically: an interrupted write leaves the previous genotype.json."""
+    write_json(path, {**genotype_to_dict(genotype), **(data or {})})
 
 
 def load_genotype(name_or_path, flag="--arch"):

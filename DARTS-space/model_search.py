@@ -53,29 +53,13 @@ def dirichlet_sampler(beta, tau, training):
     return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
 
 
-def softmax_sampler(beta, tau, training):
-    """DARTS: softmax(beta), in both modes."""
-    return F.softmax(beta, dim=-1)
-
-
-def gumbel_sampler(beta, tau, training):
-    """SNAS: a relaxed Gumbel-softmax sample at temperature tau."""
-    # eval samples too (the method defines no deterministic weights): each evaluation forward draws anew.
-    return F.gumbel_softmax(beta, tau=tau, hard=False, dim=-1)
-
-
-def hard_gumbel_sampler(beta, tau, training):
-    """GDAS: a one-hot Gumbel-softmax sample at temperature tau, with straight-through gradients."""
-    # eval samples too (one sampled op per edge, as in training): each evaluation forward draws anew.
-    return F.gumbel_softmax(beta, tau=tau, hard=True, dim=-1)
-
-
-# --method: name -> sampler. A new sampler is one more entry; the flag offers the keys.
+# --method: name -> sampler; a new sampler is one more entry, and the flag offers the keys. snas and gdas have
+# no deterministic weights: they draw in evaluation too.
 SAMPLERS = {
     "dirichlet": dirichlet_sampler,
-    "darts": softmax_sampler,
-    "snas": gumbel_sampler,
-    "gdas": hard_gumbel_sampler,
+    "darts": lambda beta, tau, training: F.softmax(beta, dim=-1),
+    "snas": lambda beta, tau, training: F.gumbel_softmax(beta, tau=tau, dim=-1),  # relaxed Gumbel-softmax
+    "gdas": lambda beta, tau, training: F.gumbel_softmax(beta, tau=tau, hard=True, dim=-1),  # one-hot, straight-through
 }
 
 

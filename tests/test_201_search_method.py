@@ -13,8 +13,7 @@ D = torch.distributions
 
 def _args(**kw):
     base = dict(momentum=0.9, weight_decay=3e-4, unrolled=False, reg_type="l2", reg_scale=1e-3, arch_learning_rate=3e-4)
-    base.update(kw)
-    return types.SimpleNamespace(**base)
+    return types.SimpleNamespace(**{**base, **kw})
 
 
 def _batch(n=4, size=8, seed=0, classes=10, dtype=torch.float32):
@@ -28,14 +27,11 @@ def test_dirichlet_weights_on_simplex_and_carry_gradient(load_space, k):
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method="dirichlet")
     w = model.arch_weights()
-    assert w.shape == (6, 5)
-    assert (w >= 0).all()
+    assert w.shape == (6, 5) and (w >= 0).all()
     torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
-    c = torch.arange(1.0, 6.0)
-    ((w * c).sum() + (w**2).sum()).backward()
+    ((w * torch.arange(1.0, 6.0)).sum() + (w**2).sum()).backward()
     g = model.beta.grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
-    # Two draws differ: the weights are samples, not the mean.
     assert not torch.equal(model.arch_weights(), model.arch_weights())
 
 
@@ -66,9 +62,7 @@ def test_pathwise_gradient_of_second_moment_matches_finite_difference():
     alpha = torch.tensor([1.5, 0.8, 1.1, 2.0, 0.6], dtype=torch.float64)
     mc = _pathwise_grad(alpha, lambda w: w[:, 0] ** 2, seed=1)
     h = 1e-5
-    fd = torch.stack(
-        [(closed(alpha + h * e) - closed(alpha - h * e)) / (2 * h) for e in torch.eye(5, dtype=torch.float64)]
-    )
+    fd = torch.stack([(closed(alpha + h * e) - closed(alpha - h * e)) / (2 * h) for e in torch.eye(5).double()])
     torch.testing.assert_close(mc, fd, atol=0.004, rtol=0.05)
 
 
@@ -85,59 +79,39 @@ def test_pathwise_gradient_through_concentration_wrt_beta(load_space):
     torch.testing.assert_close(mc, exact, atol=0.01, rtol=0.05)
 
 
-def _snapshot(model):
-    return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
-
-
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
-def test_architect_step_moves_only_beta(load_space, method):
+@pytest.mark.parametrize("k", [1, 2])
+def test_architect_step_moves_only_beta_and_leaves_bn_buffers(load_space, method, k):
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=2, method=method)
-    model.train()
+    model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method).train()
     architect = arch.Architect(model, _args(arch_learning_rate=0.01))
     w_opt = torch.optim.SGD(model.weights(), 0.1, momentum=0.9)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    x, y = _batch()
-    architect.step(x, y, *_batch(seed=1), 0.1, w_opt)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    architect.step(*_batch(), *_batch(seed=1), 0.1, w_opt)
     assert not torch.equal(model.beta, before["beta"])
     for name, p in model.named_parameters():
         if name != "beta":
-            assert torch.equal(p, before[name]), name
-            assert p.grad is None, name
+            assert torch.equal(p, before[name]) and p.grad is None, name
     assert model.beta.grad is None  # the architect cleans up after itself
-
-
-def test_architect_step_leaves_bn_buffers(load_space):
-    ms, arch = load_space("201-space", "model_search", "architect")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="dirichlet")
-    model.train()
-    architect = arch.Architect(model, _args())
-    before = {n: b.clone() for n, b in model.named_buffers()}
-    architect.step(*_batch(), *_batch(seed=1), 0.1, torch.optim.SGD(model.weights(), 0.1))
-    changed = [n for n, b in model.named_buffers() if not torch.equal(b, before[n])]
-    assert changed == []
+    assert [n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])] == []
 
 
 def test_weight_step_moves_only_weights(load_space):
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=2, method="dirichlet")
-    model.train()
+    model = ms.Network(C=4, N=1, num_classes=10, k=2, method="dirichlet").train()
     weights = model.weights()
     opt = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
     beta0 = model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
     x, y = _batch()
-    # As search.search_step does it.
-    opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward(inputs=weights)
+    opt.zero_grad(set_to_none=True)  # as search.search_step does it
+    F.cross_entropy(model(x), y).backward(inputs=weights)
     torch.nn.utils.clip_grad_norm_(weights, 5.0)
     opt.step()
-    assert model.beta.grad is None
-    assert torch.equal(model.beta, beta0)
+    assert model.beta.grad is None and torch.equal(model.beta, beta0)
     moved = [not torch.equal(w, b) for w, b in zip(weights, before)]
     assert all(moved), f"{moved.count(False)} weights did not move"
 
@@ -159,26 +133,21 @@ def test_kl_regularizer_matches_torch_distributions(load_space):
     beta = model.beta.detach()
     torch.testing.assert_close(model.kl_regularizer(), _kl_reference(beta, [list(range(5))] * 6))
     assert model.kl_regularizer() > 0
+    with torch.no_grad():
+        model.beta.zero_()  # alpha = 1: the uniform prior itself
+        torch.testing.assert_close(model.kl_regularizer(), torch.tensor(0.0), atol=1e-5, rtol=0)
+        model.beta.copy_(beta)
     model.prune(3)
     kept = [sorted(torch.topk(beta[e], 3).indices.tolist()) for e in range(6)]
     assert model.kept == kept
     kl = model.kl_regularizer()
     torch.testing.assert_close(kl, _kl_reference(beta, kept))
     kl.backward()
-    assert torch.isfinite(model.beta.grad).all()
-    # Pruned entries get no gradient from the prior.
+    assert torch.isfinite(model.beta.grad).all()  # pruned entries get no gradient from the prior
     mask = torch.ones(6, 5, dtype=torch.bool)
     for e, ops in enumerate(kept):
         mask[e, ops] = False
     assert (model.beta.grad[mask] == 0).all()
-
-
-def test_kl_is_zero_at_the_uniform_prior(load_space):
-    ms = load_space("201-space", "model_search")
-    model = ms.Network(C=4, N=1, num_classes=10, k=1)
-    with torch.no_grad():
-        model.beta.zero_()  # alpha = 1
-    torch.testing.assert_close(model.kl_regularizer(), torch.tensor(0.0), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("momentum_state, reg_type", [(False, "l2"), (True, "kl")])
@@ -193,9 +162,8 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     model.train()
     lr, wd, mom, reg = 0.5, 3e-4, 0.9, 0.1
-    architect = arch.Architect(
-        model, _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg)
-    )
+    args = _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg)
+    architect = arch.Architect(model, args)
     w_opt = torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
     names = [n for n, _ in model.named_parameters() if n != "beta"]
     bufs = {}
@@ -210,7 +178,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
 
     def call(params, beta, x):
         return torch.func.functional_call(
-            model, {**params, "beta": beta, **{n: b.clone() for n, b in buffers.items()}}, (x,)
+            model, {**params, "beta": beta, **{n: b.clone() for n, b in buffers.items()}}, x
         )
 
     def objective(beta, create_graph=False):
@@ -219,7 +187,6 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         g = torch.autograd.grad(lt, [w[n] for n in names], create_graph=create_graph)
         w1 = {n: w[n] - lr * (gi + wd * w[n] + (mom * bufs[n] if n in bufs else 0)) for n, gi in zip(names, g)}
         loss = F.cross_entropy(call(w1, beta, xv), yv)
-        # The regulariser's term, whose gradient the architect adds to the second-order one.
         term = _kl_reference(beta, [list(range(5))] * 6) if reg_type == "kl" else 0.5 * beta.pow(2).sum()
         return loss + reg * term
 
@@ -227,15 +194,12 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     with arch.batch_stats_only(model):  # as Architect.step runs it
         got = architect._unrolled_grads(xt, yt, xv, yv, lr, w_opt)[0]
     got = got + arch.regularizer_grads(model, reg_type, reg)[0]
-
-    # The model is left as it was.
-    for n, p in model.named_parameters():
+    for n, p in model.named_parameters():  # the model is left as it was
         if n != "beta":
             assert torch.equal(p, w0[n]), n
     for n, b in model.named_buffers():
         assert torch.equal(b, buffers[n]), n
     assert torch.equal(model.beta, beta0)
-
     # Central differences of the exact one-step objective over every entry of beta ...
     h = 1e-5
     fd = torch.zeros(beta0.numel(), dtype=torch.float64)
@@ -267,8 +231,7 @@ def test_gdas_weights_are_one_hot_with_gradient(load_space):
     torch.testing.assert_close(w, hard, atol=1e-6, rtol=0)
     x, y = _batch()
     F.cross_entropy(model(x), y).backward()
-    g = model.beta.grad
-    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    assert model.beta.grad is not None and torch.isfinite(model.beta.grad).all() and model.beta.grad.abs().sum() > 0
 
 
 def test_darts_weights_are_softmax_of_beta(load_space):
@@ -305,16 +268,14 @@ def test_pruned_ops_get_exactly_zero_weight(load_space, method):
         assert set(ops) == set(torch.topk(model.beta[e].detach(), 2).indices.tolist())
     for _ in range(3):
         w = model.arch_weights()
-        assert (w[~mask] == 0).all()
-        assert (w >= 0).all()
+        assert (w[~mask] == 0).all() and (w >= 0).all()
         torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
 
 
 def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, monkeypatch):
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="dirichlet")
-    model.train()
+    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="dirichlet").train()
     used = []
     original = ms.Network.forward
 
@@ -327,7 +288,6 @@ def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, m
     monkeypatch.setattr(ms.Network, "forward", recording)
     architect = arch.Architect(model, _args(unrolled=True))
     architect._unrolled_grads(*_batch(), *_batch(seed=1), 0.025, torch.optim.SGD(model.weights(), 0.025))
-    # Forwards: L_train(w), L_val(w'), then the + and - evaluations of the HVP.
-    assert len(used) == 4
+    assert len(used) == 4  # L_train(w), L_val(w'), then the + and - evaluations of the HVP
     assert torch.equal(used[0], used[2]) and torch.equal(used[2], used[3]), "all L_train terms share one draw"
     assert not torch.equal(used[1], used[2]), "L_val has its own draw"

@@ -1,7 +1,6 @@
 """201-space/train_search.py end to end, as a user runs it (subprocesses, cwd=201-space)."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import SPACES, run_script
+from conftest import SPACES, assert_one_line_error, run_script, script_env
 
 TINY = (
     "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --workers 0 --device cpu --report_freq 1"
@@ -27,14 +26,8 @@ class Run:
         self.out, self.err = root / f"{name}.stdout", root / f"{name}.stderr"
         self.args = [*args, "--save", self.dir] if "--save" not in args else list(args)
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "train_search.py", *map(str, self.args)],
-                cwd=SPACES["201-space"],
-                stdout=out,
-                stderr=err,
-                text=True,
-                env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0"),
-            )
+            argv = [sys.executable, "train_search.py", *map(str, self.args)]
+            self.proc = subprocess.Popen(argv, cwd=SPACES["201-space"], stdout=out, stderr=err, env=script_env())
 
     def wait(self):
         self.proc.wait(timeout=TIMEOUT)
@@ -75,18 +68,11 @@ def runs(tmp_path_factory):
     garbage = root / "garbage" / "checkpoint.pt"
     garbage.parent.mkdir()
     garbage.write_bytes(b"\x80\xe3" + random.Random(0).randbytes(510))  # reads as pickle protocol 227
-    started = {
-        "two_epochs": Run(root, "two_epochs", [*TINY, "--epochs", "2"]),
-        "learn": Run(root, "learn", LEARN),
-        "default_benchmark": Run(root, "default_benchmark", DEFAULT_BENCHMARK),
-        **{
-            f"method_{name}": Run(root, f"method_{name}", [*TINY, "--epochs", "1", *flags])
-            for name, flags in METHOD_RUNS.items()
-        },
-        "bad_resume_missing": Run(root, "bad_resume_missing", [*TINY, "--epochs", "1", "--resume", "/missing.pt"]),
-        "bad_resume_corrupt": Run(root, "bad_resume_corrupt", [*TINY, "--epochs", "1", "--resume", garbage]),
-        "bad_k": Run(root, "bad_k", [*TINY, "--epochs", "1", "--k", "3"]),
-    }
+    one_epoch = {f"method_{name}": flags for name, flags in METHOD_RUNS.items()}
+    one_epoch |= {"bad_resume_missing": ["--resume", "/missing.pt"], "bad_resume_corrupt": ["--resume", garbage]}
+    argvs = {n: [*TINY, "--epochs", "1", *flags] for n, flags in {**one_epoch, "bad_k": ["--k", "3"]}.items()}
+    argvs |= {"two_epochs": [*TINY, "--epochs", "2"], "learn": LEARN, "default_benchmark": DEFAULT_BENCHMARK}
+    started = {name: Run(root, name, argv) for name, argv in argvs.items()}
     started["root"] = root
     yield started
     for run in started.values():
@@ -148,12 +134,10 @@ def test_each_method_and_option_runs(runs, load_space, name):
     gt = load_space("201-space", "genotypes")
     run = runs[f"method_{name}"]
     _ok(run)
-    history = run.history()
-    assert len(history) == 1
+    assert len(run.history()) == 1
     gt.Structure.from_str(json.loads((run.dir / "genotype.json").read_text())["arch"])
     task = _load(run.dir / "checkpoint.pt")["task"]
     assert torch.isfinite(task["model"]["beta"]).all()
-    # The architecture optimizer took steps in every method.
     assert task["architect"]["state"], "the architecture optimizer never stepped"
 
 
@@ -186,19 +170,10 @@ def test_resume_after_a_kill_is_exact(runs):
             b.proc.kill()
     killed_at = _load(b.dir / "checkpoint.pt")["epoch"]
     assert killed_at == 1, killed_at
-    assert not (b.dir / "trajectory.png").exists()  # it really did not finish
-    # ... but it left its current cell, as every epoch does.
+    assert not (b.dir / "trajectory.png").exists()  # it really did not finish, but left its current cell
     assert json.loads((b.dir / "genotype.json").read_text())["arch"].startswith("|")
-    resumed = run_script(
-        "201-space",
-        "train_search.py",
-        *TINY,
-        *"--epochs 2 --save".split(),
-        b.dir,
-        "--resume",
-        b.dir / "checkpoint.pt",
-        timeout=TIMEOUT,
-    )
+    argv = [*TINY, "--epochs", "2", "--save", b.dir, "--resume", b.dir / "checkpoint.pt"]
+    resumed = run_script("201-space", "train_search.py", *argv, timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in (b.dir / "log.txt").read_text()
 
@@ -214,9 +189,8 @@ def test_resume_after_a_kill_is_exact(runs):
     torch.testing.assert_close(tb["optimizer"]["state"], ta["optimizer"]["state"], atol=1e-6, rtol=0)
     assert tb["genotype"] == ta["genotype"]
     assert cb["streams"] == ca["streams"] and set(ca["streams"]) == {"train", "valid"}
-    hist_b = [json.loads(line) for line in (b.dir / "history.jsonl").read_text().splitlines() if line.strip()]
-    assert [h["epoch"] for h in hist_b] == [0, 1]
-    for ha, hb in zip(a.history(), hist_b):
+    assert [h["epoch"] for h in b.history()] == [0, 1]
+    for ha, hb in zip(a.history(), b.history()):
         assert hb["train_acc"] == pytest.approx(ha["train_acc"], abs=1e-4)
         assert hb["valid_acc"] == pytest.approx(ha["valid_acc"], abs=1e-4)
         assert hb["genotype"] == ha["genotype"]
@@ -227,10 +201,8 @@ def test_short_search_learns(runs):
     _ok(run)
     history = run.history()
     assert len(history) == 3
-    final = history[-1]
-    # Chance is 10 %; this run measured about 84 % train and 74 % valid accuracy.
-    assert final["train_acc"] > 45, history
-    assert final["valid_acc"] > 35, history
+    final = history[-1]  # chance is 10 %; this run measured about 84 % train and 74 % valid accuracy
+    assert final["train_acc"] > 45 and final["valid_acc"] > 35, history
     assert final["train_loss"] < history[0]["train_loss"]
 
 
@@ -243,7 +215,6 @@ def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, loa
     assert record["benchmark"] == bench.query(record["genotype"])
     assert record["nb201_cifar10"] == record["benchmark"]["cifar10"]
     assert set(record["trajectory"]) == set(benchmark.DATASETS)
-    # Synthetic data is none of the benchmark's data sets: the figures are labelled as the cell's.
     note = "the benchmark's figures for the cell, not measured on synthetic"
     assert record["benchmark_note"] == note
     log = (run.dir / "log.txt").read_text()
@@ -263,50 +234,26 @@ def test_benchmark_none_makes_no_queries(runs):
 
 
 def _one_line_error(proc, *needles):
-    assert proc.returncode not in (0, None), proc.returncode
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout
+    assert assert_one_line_error(proc.returncode, proc.stderr, *needles).startswith("error:")
 
 
-@pytest.fixture(scope="module")
-def bad_data(runs):
-    """A CIFAR-10 search on a missing folder without network, on its own (after the other runs)."""
-    for run in runs.values():
-        if isinstance(run, Run):
-            run.wait()
+def test_missing_dataset_is_one_line_and_leaves_no_run_behind(runs):
+    """A CIFAR-10 search on a missing folder (no download: timeout 60): one line, no args.json or checkpoint."""
+    for run in runs.values():  # on its own, after the other runs
+        getattr(run, "wait", lambda: None)()
     save = runs["root"] / "bad_data"
-    proc = run_script(
-        *(
-            "201-space train_search.py --dataset cifar10 --data /nonexistent_dir_xyz --epochs "
-            "1 --device cpu --workers 0 --save"
-        ).split(),
-        save,
-        timeout=60,
-    )
-    return proc, save
-
-
-def test_missing_dataset_is_one_line(bad_data):
-    proc, _ = bad_data  # run_script's timeout=60 fails the test if it hangs (no download attempt)
+    argv = "--dataset cifar10 --data /nonexistent_dir_xyz --epochs 1 --device cpu --workers 0 --save".split()
+    proc = run_script("201-space", "train_search.py", *argv, save, timeout=60)
     _one_line_error(proc, "/nonexistent_dir_xyz", "--dataset synthetic")
-
-
-def test_failed_start_leaves_no_run_behind(bad_data):
-    proc, save = bad_data
-    assert proc.returncode != 0
     assert not (save / "args.json").exists() and not (save / "checkpoint.pt").exists()
 
 
+BAD = [("bad_resume_missing", ["/missing.pt"]), ("bad_k", ["--k 3"])]
+
+
 @pytest.mark.parametrize(
-    "name, needles",
-    [
-        ("bad_resume_missing", ["/missing.pt"]),
-        ("bad_resume_corrupt", ["checkpoint.pt", "not a readable checkpoint"]),
-        ("bad_k", ["--k 3"]),
-    ],
+    "name, needles", [*BAD, ("bad_resume_corrupt", ["checkpoint.pt", "not a readable checkpoint"])]
 )
 def test_bad_resume_and_k_are_one_line(runs, name, needles):
     _one_line_error(runs[name], *needles)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 

@@ -3,24 +3,20 @@
 import json
 import math
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import SPACES, assert_one_line_error, run_script, script_env
+from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
 
-# One epoch of train.py on a tiny network and the synthetic set, capped at one step.
-TINY_TRAIN = (
-    "--dataset synthetic --layers 5 --init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1 "
-    "--device cpu --workers 0"
-).split()
+TINY_TRAIN = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5", "--max_steps_per_epoch", "1"]
 
 
-def _tiny_train_run(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_train_run(tmp_path_factory):
+    """One epoch of one step of train.py on a tiny network and the synthetic set."""
+    run = tmp_path_factory.mktemp("tiny_train") / "run"
     done = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--save", run)
     assert done.returncode == 0, done.stderr[-2000:]
     return run
@@ -38,11 +34,8 @@ def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
                 pool, bn = op
                 kind = nn.MaxPool2d if name.startswith("max") else nn.AvgPool2d
                 assert isinstance(pool, kind) and pool.kernel_size in (3, (3, 3))
-                assert (
-                    isinstance(bn, nn.BatchNorm2d)
-                    and not bn.affine
-                    and bn.num_features == cell.preprocess1.bn.num_features
-                )
+                assert isinstance(bn, nn.BatchNorm2d) and not bn.affine
+                assert bn.num_features == cell.preprocess1.bn.num_features
     assert pools > 0  # DrNAS_cifar10 has a max pool in its reduction cell
 
 
@@ -70,9 +63,9 @@ def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space
     assert model.param_count(net) == params
 
 
-def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path):
+def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path, tiny_train_run):
     """A checkpoint whose tensors do not fit the network (e.g. pools saved without BatchNorm) is refused."""
-    run = _tiny_train_run(tmp_path)
+    run = tiny_train_run
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     # The layout of checkpoints written before pools had their BatchNorm: no pool statistics.
     pool_bn = re.compile(r"\.ops\.\d+\.1\.(running_mean|running_var|num_batches_tracked)$")
@@ -188,15 +181,10 @@ def test_imagenet_search_defaults_are_the_papers(load_space):
 def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
     """train_search_imagenet.py hands --grad_clip to the architecture step: with a tiny clip beta barely moves."""
     run = tmp_path / "run"
+    argv = "--image_size 32 --layers 5 --init_channels 8 --batch_size 3 --stage_epochs 1 1 --stage_k 4 2"
+    argv += " --warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0 --grad_clip 1e-9 --reg_scale 0"
     result = run_script(
-        *"DARTS-space train_search_imagenet.py --data".split(),
-        tiny_imagenet,
-        *(
-            "--image_size 32 --layers 5 --init_channels 8 --batch_size 3 --stage_epochs 1 1 "
-            "--stage_k 4 2 --warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0 "
-            "--grad_clip 1e-9 --reg_scale 0 --save"
-        ).split(),
-        run,
+        "DARTS-space", "train_search_imagenet.py", "--data", tiny_imagenet, *argv.split(), "--save", run
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["task"]["architect"]["state"]
@@ -218,10 +206,8 @@ def test_train_imagenet_linear_schedule_every_epoch(load_space, batch_size):
     """250 epochs: warm-up (e+1)/5 only above batch 256, then the linear decay with its last-5-epoch tail."""
     script = load_space("DARTS-space", "train_imagenet")
     args = script.get_parser().parse_args(["--batch_size", str(batch_size)])
-    for epoch in range(250):
-        assert args.learning_rate * script.lr_factor(epoch, args) == pytest.approx(
-            paper_lr(epoch, 250, 0.5, batch_size), abs=1e-12
-        ), epoch
+    for e in range(250):
+        assert args.learning_rate * script.lr_factor(e, args) == pytest.approx(paper_lr(e, 250, 0.5, batch_size)), e
     assert script.lr_factor(249, args) == pytest.approx(1 / (5 * 245))  # the last epoch is not at 0
 
 
@@ -245,25 +231,9 @@ def test_train_imagenet_defaults_are_the_papers(load_space):
 
 def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_imagenet):
     """`train_imagenet.py --epochs 12 --learning_rate 0.5` logs the paper's rate each epoch, batch 300 and 64."""
-    procs = {}
-    for batch in (300, 64):
-        argv = [
-            "train_imagenet.py",
-            "--data",
-            tiny_imagenet,
-            *"--image_size 32 --layers 5 --init_channels 4 --epochs 12 --learning_rate 0.5 --batch_size".split(),
-            batch,
-            *"--max_steps_per_epoch 1 --device cpu --workers 0 --save".split(),
-            tmp_path / str(batch),
-        ]
-        procs[batch] = subprocess.Popen(
-            [sys.executable, *map(str, argv)],
-            cwd=SPACES["DARTS-space"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=script_env(),
-        )
+    argv = "--image_size 32 --layers 5 --init_channels 4 --epochs 12 --learning_rate 0.5 --max_steps_per_epoch 1"
+    argv = ["train_imagenet.py", "--data", tiny_imagenet, *argv.split(), "--device", "cpu", "--workers", "0"]
+    procs = {b: popen_script("DARTS-space", *argv, "--batch_size", b, "--save", tmp_path / str(b)) for b in (300, 64)}
     for batch, proc in procs.items():
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -279,26 +249,16 @@ def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
         ("--data", empty, "--save", tmp_path / "a"),
         ("--resume", tmp_path / "missing.pt", "--save", tmp_path / "b"),
     ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "train.py", "--device", "cpu", *map(str, case)],
-            cwd=SPACES["DARTS-space"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=script_env(),
-        )
-        for case in cases
-    ]
+    procs = [popen_script("DARTS-space", "train.py", "--device", "cpu", *case) for case in cases]
     for proc, expected in zip(procs, ("not found", "no such file")):
         _, err = proc.communicate(timeout=300)
         assert_one_line_error(proc.returncode, err, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any(empty.iterdir())
 
 
-def test_train_resume_with_another_arch_leaves_the_run_untouched(tmp_path):
+def test_train_resume_with_another_arch_leaves_the_run_untouched(tiny_train_run):
     """A refused --resume (other --arch) changes no file of the run, genotype.json included."""
-    run = _tiny_train_run(tmp_path)
+    run = tiny_train_run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     result = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--arch", "DARTS_V2", "--resume", run / "checkpoint.pt")
     assert result.returncode != 0 and "--arch" in result.stderr and "Traceback" not in result.stderr
@@ -313,4 +273,4 @@ def test_search_refuses_missing_cifar_before_writing(tmp_path):
         "DARTS-space", "train_search.py", "--data", empty, "--device", "cpu", "--save", tmp_path / "run"
     )
     assert_one_line_error(result.returncode, result.stderr, "not found")
-    assert not (tmp_path / "run").exists() and not any(empty.iterdir())
+    assert not (tmp_path / "r").exists() and not any(empty.iterdir())

@@ -9,6 +9,7 @@ import torch
 
 from conftest import TINY_201
 
+# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 EXTRA = "nor_conv_5x5"  # not one of NAS-Bench-201's five ops

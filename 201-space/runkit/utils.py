@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import resource
 import sys
 import warnings
 from pathlib import Path
@@ -42,19 +43,14 @@ def exits_cleanly(main):
 
 def setup_logging(run_dir):
     """Log INFO to stdout and to `run_dir/log.txt` (appending, so a resumed run keeps its log)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%m/%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / "log.txt")):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / "log.txt")]
+    fmt = dict(format="%(asctime)s %(message)s", datefmt="%m/%d %H:%M:%S")
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True, **fmt)
 
 
 def write_atomic(path, data):
-    """Write the bytes `data` to `path` through a temporary file and `os.replace`: never half-written (a failed write
-    leaves the old file and no temporary one, and ends the run in one line)."""
+    """Write the bytes `data` to `path` atomically (a temporary file, then `os.replace`); a failure ends the run in one
+    line, leaving the old file."""
     tmp = Path(f"{path}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -81,28 +77,18 @@ class History:
         self.path = Path(run_dir) / "history.jsonl"
         # A run killed after logging an epoch but before checkpointing it repeats that epoch on resume: drop it here.
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < start_epoch]
-            write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = "".join(line + "\n" for line in lines if json.loads(line)["epoch"] < start_epoch)
+            write_atomic(self.path, kept.encode())
 
     def append(self, record):
         """Add one epoch's record; a value that is not finite (a diverged held-out loss) is written as null."""
+        strict = json.loads(json.dumps(record), parse_constant=lambda _: None)  # JSON has no NaN or Infinity
         try:
             with open(self.path, "a") as f:
-                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+                f.write(json.dumps(strict) + "\n")
         except OSError as err:
             raise UserError(f"cannot write {self.path}: {err.strerror or err}; free some space, then resume") from None
-
-
-def strict_json(value):
-    """`value` with every float that is not finite replaced by None: JSON has no NaN or Infinity."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict_json(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def set_seed(seed):
@@ -171,8 +157,6 @@ def peak_memory_mb(device):
     """Peak memory of this process: the allocator's peak on CUDA, max RSS on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -181,11 +165,11 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} ({device.type})" if names else device.type
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return device.type
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} ({device.type})" if names else device.type
 
 
 def save_checkpoint(state, path):
