@@ -29,7 +29,7 @@ from torch.utils.data import Subset
 import datasets
 import genotypes
 from genotypes import SPACE
-from model import NetworkCIFAR, param_count
+from model import NetworkCIFAR, NetworkImageNet, param_count
 
 logger = logging.getLogger(__name__)
 
@@ -206,61 +206,77 @@ def get_parser():
     data = datasets.add_arguments(parser, "train on")
     data.add_argument("--cutout", action="store_true", help="cutout augmentation on the training images")
     data.add_argument("--cutout_length", type=int, default=16, help="side of the cutout square")
-    add_arguments(
-        parser,
-        epochs=600,
-        batch_size=64,
-        learning_rate=0.025,
-        weight_decay=3e-4,
-        init_channels=36,
-        layers=20,
-        drop_path_prob=0.3,
-        arch="DrNAS_cifar10",
-        workers=2,
-        seed=0,
-    )
+    paper = dict(epochs=600, batch_size=64, learning_rate=0.025, weight_decay=3e-4, init_channels=36, layers=20)
+    add_arguments(parser, **paper, drop_path_prob=0.3, arch="DrNAS_cifar10", workers=2, seed=0)
     return parser
 
 
-@utils.exits_cleanly
-def main(argv=None):
-    args = engine.parse_args(get_parser(), SPACE, "train", argv)
-    # Flags, --arch, the checkpoint and the data are all checked before the run writes anything.
-    genotype, searched = genotypes.load_genotype_and_data(args.arch)
-    if args.layers < 3:
+def check_args(args, imagenet):
+    """One line for a network the images cannot take, before anything is read or written."""
+    if imagenet and args.image_size % 32:  # five stride-2 stages; the factorized reduce needs even maps
+        raise utils.UserError(
+            f"--image_size {args.image_size} is not a multiple of 32 (the network halves it five times); "
+            "give 224 (ImageNet), or 32, 64, ... for small runs"
+        )
+    if imagenet and args.auxiliary and args.image_size < 224:
+        raise utils.UserError(
+            f"--auxiliary needs --image_size 224 or more (its head pools the 7x7 map of 224 pixels), not "
+            f"{args.image_size}; drop --auxiliary or raise --image_size"
+        )
+    if not imagenet and args.layers < 3:
         raise utils.UserError(f"--layers {args.layers}: the network needs at least 3 cells (two reduction cells)")
-    if args.auxiliary and args.dataset == "imagefolder" and args.image_size < 32:
+    if not imagenet and args.auxiliary and args.dataset == "imagefolder" and args.image_size < 32:
         raise utils.UserError(
             f"--auxiliary needs --image_size 32 or more (its head pools 5x5 windows of the 1/4-size maps), "
             f"not {args.image_size}; drop --auxiliary or raise --image_size"
         )
-    run = engine.Run(args, SPACE, "train", join=distributed.setup, ranges=FLAG_RANGES)
+
+
+@utils.exits_cleanly
+def main(argv=None, parser=None, script="train", lr_factor=None):
+    """Train a cell on CIFAR or your images; with `script` train_imagenet (its `parser`, `lr_factor`), on ImageNet."""
+    imagenet = script == "train_imagenet"
+    args = engine.parse_args(parser or get_parser(), SPACE, script, argv)
+    check_args(args, imagenet)  # flags, --arch, the checkpoint and the data: all checked before any write
+    genotype, searched = genotypes.load_genotype_and_data(args.arch)
+    if imagenet:  # val/ is the test set the paper reports on, so its records are test_acc, test_top5, ...
+        train_set, test_set, num_classes = datasets.imagenet_or_synthetic(args)
+    run = engine.Run(args, SPACE, script, join=distributed.setup, ranges=FLAG_RANGES)
     try:
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
-        train_set, test_set, num_classes = run.first_on_rank0(
-            lambda: datasets.get_datasets(
-                args.dataset, args.data, args.cutout, args.cutout_length, image_size=args.image_size, seed=args.seed
+        if not imagenet:
+            train_set, test_set, num_classes = run.first_on_rank0(
+                lambda: datasets.get_datasets(
+                    args.dataset, args.data, args.cutout, args.cutout_length, image_size=args.image_size, seed=args.seed
+                )
             )
-        )
         # On the device before the optimizer exists, so resumed momentum lands there too.
-        model = NetworkCIFAR(args.init_channels, num_classes, args.layers, args.auxiliary, genotype)
-        model = model.to(run.dist.device)
+        network = NetworkImageNet if imagenet else NetworkCIFAR
+        model = network(args.init_channels, num_classes, args.layers, args.auxiliary, genotype).to(run.dist.device)
         state = run.task_state()
         if state is not None:
             utils.load_model_state(model, state["model"], args.resume)
         run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
         logger.info("genotype = %s", genotype)
         log_searched_data(args, searched, test_set, num_classes)
-        if args.dataset == "imagefolder":  # classes, image counts, normalisation
+        if imagenet:
+            logger.info(
+                "%d training and %d test (val/) images in %d classes", len(train_set), len(test_set), num_classes
+            )
+        elif args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", train_set.summary)
         log_model(model)
+        # ImageNet: label smoothing in training only (the test set reports the plain cross-entropy), the paper's
+        # schedule; otherwise a cosine from the initial rate to 0. Functions of the epoch: resume is exact.
+        criterion = nn.CrossEntropyLoss(label_smoothing=getattr(args, "label_smoothing", 0.0))
 
-        # Cosine from the initial rate to 0 over all epochs, set once per epoch.
         def learning_rate(epoch):
+            if lr_factor is not None:
+                return args.learning_rate * lr_factor(epoch, args)
             return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
 
-        last = train(run, model, train_set, test_set, nn.CrossEntropyLoss(), learning_rate, args)
+        last = train(run, model, train_set, test_set, criterion, learning_rate, args)
         finish(run, model, last)
     finally:
         distributed.cleanup()
