@@ -38,6 +38,7 @@ class Network(nn.Module):
 
     def __init__(self, C, N, structure, num_classes):
         super().__init__()
+        self.genotype = structure  # the cell, as genotypes.Structure
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         cells = []
         for stage, width in enumerate((C, 2 * C, 4 * C)):  # N cells per stage, joined by stride-2 residual blocks

@@ -26,7 +26,7 @@ import argparse
 import logging
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 from runkit import accel, device_data, engine, run_flags, utils
 from runkit.data_common import data_difference, data_record
 from runkit.progress import infer
@@ -64,26 +64,39 @@ def get_parser():
     return parser
 
 
-def train(run, model, optimizer, train_stream, test_loader, structure, args):
-    """The training loop: per epoch, one SGD step per batch on a cosine learning rate, then the test set.
+def train(run, model, train_set, test_set, criterion, learning_rate, args):
+    """The training loop: per epoch `learning_rate(epoch)`, one SGD step per batch, then the test set.
 
     Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no epoch left).
     """
-    device = run.dist.device
+    device, resumed = run.dist.device, run.task_state()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
+    )
+    if resumed is not None:  # the model's tensors were loaded (and checked) before the run folder existed
+        optimizer.load_state_dict(resumed["optimizer"])
+    if args.compile:  # in place: the optimiser and the checkpoints keep the same tensors
+        accel.compile_model(model, device)
+    pin, on_device = device.type == "cuda", device_data.use_device(args.data_on_device, train_set, device)
+    batches = device_data.stream(train_set, args.batch_size, args.seed, device, on_device, args.workers, pin_memory=pin)
+    test_loader = device_data.loader(test_set, args.batch_size, device, on_device, args.workers, pin)
+    logger.info("%s", device_data.describe(batches))
+    arch = str(model.genotype)
 
     def state():  # the script's part of every checkpoint
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "arch": str(structure)}
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "arch": arch}
 
-    steps, record = len(train_stream), None
-    for epoch in run.epochs(args.epochs, steps, state, streams={"train": train_stream}, best="test_acc"):
-        lr = utils.cosine_lr(epoch, args.epochs, args.learning_rate)
+    record = None
+    for epoch in run.epochs(args.epochs, len(batches), state, streams={"train": batches}, best="test_acc"):
+        lr = learning_rate(epoch)
         utils.set_lr(optimizer, lr)
         model.train()
         for _ in run.steps():
-            inputs, targets = utils.to_device(next(train_stream), device)
+            inputs, targets = utils.to_device(next(batches), device)
             accel.begin_step(device, 1, args.compile)
-            logits = forward(model, inputs, args.amp)  # (B, classes)
-            loss = F.cross_entropy(logits, targets)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                logits = model(inputs).float()  # (B, classes); the loss in fp32
+            loss = criterion(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -91,14 +104,26 @@ def train(run, model, optimizer, train_stream, test_loader, structure, args):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             test = infer(model, test_loader, device).result()
         test_fields = {"test_acc": test["acc"], "test_loss": test["loss"]}
-        record = run.end_epoch({"lr": lr, **run.train_metrics(), **test_fields, "arch": str(structure)})
+        record = run.end_epoch({"lr": lr, **run.train_metrics(), **test_fields, "arch": arch})
     return record
 
 
-def forward(model, inputs, amp):
-    """fp32 logits of the network (bf16 autocast with --amp)."""
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
-        return model(inputs).float()
+def finish(run, model, last):
+    """The last line: the last epoch's test accuracy leads (NAS-Bench-201 reports the accuracy after 200 epochs),
+    then the best epoch's, chosen on the test set itself, which makes it optimistic."""
+    best = run.best
+    if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
+        final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
+    else:
+        final = f"test acc {last['test_acc']:.2f} % after {last['epoch'] + 1} epochs (NAS-Bench-201's figure)"
+    logger.info(
+        "done: %s, %d params, %s; best test acc %.2f %% (epoch %d, chosen on the test set)",
+        model.genotype,
+        utils.count_parameters(model.parameters()),
+        final,
+        best["value"],
+        best["epoch"] + 1,
+    )
 
 
 @utils.exits_cleanly
@@ -121,44 +146,22 @@ def main(argv=None):
     model = model.to(device, memory_format=torch.channels_last)
     params = utils.count_parameters(model.parameters())
     flops = count_flops(model, tuple(test_data[0][0].shape))
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
-    )
-    pin, on_device = device.type == "cuda", device_data.use_device(args.data_on_device, train_data, device)
-    train_stream = device_data.stream(
-        train_data, args.batch_size, args.seed, device, on_device, args.workers, pin_memory=pin
-    )
-    test_loader = device_data.loader(test_data, args.batch_size, device, on_device, args.workers, pin)
-    if state is not None:  # the resumed run's model and optimiser
+    if state is not None:  # the resumed run's model
         utils.load_model_state(model, state["model"], args.resume)
-        optimizer.load_state_dict(state["optimizer"])
-    if args.compile:  # in place: the optimiser and the checkpoints keep the same tensors
-        accel.compile_model(model, device)
     run.open(files={"genotype.json": lambda path: save_genotype(structure, path)})
     logger.info("arch = %s", structure)
     # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
     other_data = data_difference(args.arch, searched, data_record(args, test_data, num_classes))
     if other_data:
         logger.info("%s", other_data)
-    logger.info("%s", device_data.describe(train_stream))
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)
     logger.info("param count = %d (%.6fM), FLOPs = %.5fM", params, params / 1e6, flops / 1e6)
-    last, best = train(run, model, optimizer, train_stream, test_loader, structure, args), run.best
-    # The last epoch's accuracy leads: NAS-Bench-201 reports the accuracy after 200 epochs. The best epoch is
-    # chosen on the test set itself, which makes its accuracy optimistic.
-    if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
-        final = f"all {args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
-    else:
-        final = f"test acc {last['test_acc']:.2f} % after {last['epoch'] + 1} epochs (NAS-Bench-201's figure)"
-    logger.info(
-        "done: %s, %d params, %s; best test acc %.2f %% (epoch %d, chosen on the test set)",
-        structure,
-        params,
-        final,
-        best["value"],
-        best["epoch"] + 1,
-    )
+
+    def learning_rate(epoch):  # NAS-Bench-201: cosine from the initial rate to 0, set once per epoch
+        return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
+
+    finish(run, model, train(run, model, train_data, test_data, nn.CrossEntropyLoss(), learning_rate, args))
 
 
 if __name__ == "__main__":

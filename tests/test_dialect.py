@@ -1,4 +1,5 @@
-"""One dialect."""
+"""One dialect: each concept below has the same name and parameters in both folders, but for trailing
+parameters with defaults that one space adds for its own needs (the DARTS ImageNet supernet, torchrun)."""
 
 import inspect
 
@@ -9,6 +10,7 @@ SHARED = [
     ("train_search", "get_stages"), ("train_search", "build_model"), ("train_search", "sgd"),
     ("train_search", "enter_stage"), ("train_search", "search_step"), ("train_search", "infer"),
     ("train_search", "search"), ("train_search", "finish"), ("train_search", "main"), ("train", "main"),
+    ("train", "train"), ("train", "finish"), ("train", "infer"),
     ("model_search", "gumbel_tau"), ("model_search", "concentration"), ("model_search", "Network.arch_parameters"),
     ("model_search", "Network.weights"), ("model_search", "Network.arch_weights"),
     ("model_search", "Network.kl_regularizer"), ("model_search", "Network.forward"),
