@@ -93,8 +93,9 @@ class MixedOp(nn.Module):
             return out
         return channel_shuffle(torch.cat([out, x[:, self.C // self.k :]], dim=1), self.k)
 
-    def prune(self, kept_names):
-        """Delete every op not in `kept_names`."""
+    def prune(self, kept):
+        """Keep only the ops `kept` (PRIMITIVES indices); the others are deleted."""
+        kept_names = {PRIMITIVES[i] for i in kept}
         for name in list(self.ops):
             if name not in kept_names:
                 del self.ops[name]
@@ -248,7 +249,7 @@ class Network(nn.Module):
         self.kept = [list(ops) for ops in kept]
         for cell in self.search_cells():
             for e, edge in enumerate(cell.edges):
-                edge.prune({PRIMITIVES[o] for o in self.kept[e]})
+                edge.prune(self.kept[e])
 
     def widen(self, k, generator=None):
         """net2wider every edge to C/k channels; returns the `Moved` parameter records."""
