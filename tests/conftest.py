@@ -19,9 +19,8 @@ NB201_TABLE = SPACES["201-space"] / "tables" / "nb201_test_accuracy.csv.gz"
 # The smallest 201 network on the synthetic set, for the scripts' runs in tests.
 TINY_201 = "--dataset synthetic --init_channels 4 --layers 1 --batch_size 32 --workers 0 --device cpu".split()
 # The smallest DARTS train.py run (add --dataset and --layers): one epoch of two batches of 8.
-TINY_DARTS_TRAIN = (
-    "--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 2 --workers 0 --device cpu"
-).split()
+TINY_DARTS_TRAIN = "--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 2 --workers 0 --device cpu"
+TINY_DARTS_TRAIN = TINY_DARTS_TRAIN.split()
 
 # Tests are many small CPU jobs; one thread each avoids oversubscribing 2-core machines.
 torch.set_num_threads(1)
@@ -67,27 +66,14 @@ def script_env(**extra):
 
 def run_script(space, *args, timeout=600, env=None):
     """Run a script of a space as a user would (subprocess, cwd = the folder)."""
-    return subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=SPACES[space],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=script_env(**(env or {})),
-    )
+    argv, env = [sys.executable, *map(str, args)], script_env(**(env or {}))
+    return subprocess.run(argv, cwd=SPACES[space], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def popen_script(space, *args, stdout=subprocess.DEVNULL, new_session=False):
     """Start a script of a space without waiting (for runs side by side, or to signal it)."""
-    return subprocess.Popen(
-        [sys.executable, *map(str, args)],
-        cwd=SPACES[space],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=script_env(),
-        start_new_session=new_session,
-    )
+    argv, streams = [sys.executable, *map(str, args)], dict(stdout=stdout, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, cwd=SPACES[space], env=script_env(), start_new_session=new_session, **streams)
 
 
 def wait_for_log(proc, log, needle, deadline):
@@ -126,20 +112,18 @@ def forbid_host_reads():
             setattr(torch.Tensor, name, method)
 
 
-def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0):
+def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0, labels=None):
     """A CIFAR tree in the original pickled layout (`cifar-10-batches-py/` or `cifar-100-python/`) under `root`."""
     rng = np.random.default_rng(seed)
+    folder, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
     if name == "cifar10":
-        folder, files, key, classes = (
-            root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", 10,
-        )  # fmt: skip
-    else:
-        folder, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
+        folder, key, classes = root / "cifar-10-batches-py", "labels", 10
+        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     folder.mkdir(parents=True, exist_ok=True)
     for file in files:
         data = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
         with open(folder / file, "wb") as f:
-            pickle.dump({"data": data, key: rng.integers(0, classes, per_batch).tolist()}, f)
+            pickle.dump({"data": data, key: labels or rng.integers(0, classes, per_batch).tolist()}, f)
     return folder
 
 
@@ -184,10 +168,8 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` run where PyTorch sees a CUDA GPU and skip, saying so, everywhere else."""
     if torch.cuda.is_available():
         return
-    reason = (
-        f"no CUDA GPU: torch {torch.__version__} (CUDA {torch.version.cuda or 'none in this build'}) sees none; "
-        "these tests run on a GPU machine (.ci/gpu)"
-    )
+    reason = f"no CUDA GPU: torch {torch.__version__} (CUDA {torch.version.cuda or 'none in this build'}) sees none; "
+    reason += "these tests run on a GPU machine (.ci/gpu)"
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -28,25 +28,17 @@ S201_STEPS = 4
 # The smallest 201 training run: 8 steps per epoch (256 images, batch 32), 4 test batches.
 T201 = [*on_device(TINY_201), "--arch", "DrNAS", "--epochs", "2", "--report_freq", "4"]
 # A DARTS search through both stages: 3 cells of 8 channels, 1 + 1 epochs of 3 steps, k 4 -> 2, 7 -> 3 ops.
-DS = [
-    *("--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "8"),
-    *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "7", "3", "--warmup_epochs", "0"),
-    *("--max_steps_per_epoch", "3", "--report_freq", "1", "--device", DEVICE, "--workers", "0"),
-]
+DS = "--dataset synthetic --layers 3 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --stage_keep"
+DS = [*DS.split(), *"7 3 --warmup_epochs 0 --max_steps_per_epoch 3 --report_freq 1 --workers 0".split()]
+DS += ["--device", DEVICE]
 DS_STEPS = 3
-# The DARTS evaluation network of the CPU tests (5 cells of 8 channels, auxiliary head, cutout): 2 epochs of
-# 16 steps, which take it well above chance.
-DT = [
-    *("--dataset", "synthetic", "--cutout", "--auxiliary", "--layers", "5", "--init_channels", "8"),
-    *("--batch_size", "16", "--learning_rate", "0.05", "--epochs", "2", "--seed", "3", "--report_freq", "8"),
-    *("--device", DEVICE, "--workers", "0"),
-]
+# The DARTS evaluation network of the CPU tests (5 cells of 8 channels, aux head, cutout): 2 epochs of 16 steps.
+DT = "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 --batch_size 16 --learning_rate 0.05"
+DT = [*DT.split(), *"--epochs 2 --seed 3 --report_freq 8 --workers 0".split(), "--device", DEVICE]
 
 # train_imagenet.py on 3 classes of 32-pixel images (tests/conftest.py's tiny ImageNet): 2 epochs of 3 steps.
-IMAGENET = [
-    *("train_imagenet.py", "--image_size", "32", "--layers", "5", "--init_channels", "8", "--batch_size", "6"),
-    *("--learning_rate", "0.05", "--epochs", "2", "--device", DEVICE, "--workers", "0", "--report_freq", "1"),
-]
+IMAGENET = "train_imagenet.py --image_size 32 --layers 5 --init_channels 8 --batch_size 6 --learning_rate 0.05"
+IMAGENET = [*IMAGENET.split(), *"--epochs 2 --workers 0 --report_freq 1".split(), "--device", DEVICE]
 
 # The collectives the run engine uses, in a torchrun group of one: NCCL on the GPU (argv[1] names the device).
 COLLECTIVES = """
@@ -69,6 +61,8 @@ dist.destroy_process_group()
 
 def script_runs(tmp):
     """name -> (space, arguments of `python`) of every background run (a --save is added to each)."""
+    on = ["--data_on_device", "on"]
+    progressive = ["train_search_progressive.py", *S201, *"--stage_epochs 1 1 --warmup_epochs 0".split()]
     collectives = tmp / "collectives.py"
     collectives.write_text(COLLECTIVES)
     imagenet = write_tiny_imagenet(tmp / "imagenet")
@@ -84,18 +78,9 @@ def script_runs(tmp):
         "s201_compile": ("201-space", ["train_search.py", *S201, "--epochs", "1", "--compile", "--amp"]),
         # Second order compiled: retained backward passes through the compiled cells, under CUDA graphs.
         "s201_unrolled_compile": ("201-space", ["train_search.py", *S201, "--epochs", "1", "--unrolled", "--compile"]),
-        "s201_resumed": (
-            "201-space",
-            [INTERRUPTED_RUN, "train_search", "1", "--", *S201, "--epochs", "2", "--data_on_device", "on"],
-        ),
-        "p201": (
-            "201-space",
-            ["train_search_progressive.py", *S201, "--stage_epochs", "1", "1", "--warmup_epochs", "0"],
-        ),
-        "p201_amp": (
-            "201-space",
-            ["train_search_progressive.py", *S201, "--stage_epochs", "1", "1", "--warmup_epochs", "0", "--amp"],
-        ),
+        "s201_resumed": ("201-space", [INTERRUPTED_RUN, "train_search", "1", "--", *S201, "--epochs", "2", *on]),
+        "p201": ("201-space", progressive),
+        "p201_amp": ("201-space", [*progressive, "--amp"]),
         # 201 training from scratch.
         "t201": ("201-space", ["train.py", *T201, "--data_on_device", "on"]),
         "t201_amp": ("201-space", ["train.py", *T201, "--amp", "--data_on_device", "off"]),
@@ -131,14 +116,8 @@ class Run:
         if name != "collectives":
             args += ["--save", self.dir]
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, *map(str, args)],
-                cwd=SPACES[space],
-                stdout=out,
-                stderr=err,
-                text=True,
-                env=script_env(),
-            )
+            argv = [sys.executable, *map(str, args)]
+            self.proc = subprocess.Popen(argv, cwd=SPACES[space], stdout=out, stderr=err, text=True, env=script_env())
 
     def ok(self):
         """Wait for the run; assert it ended well; return self."""

@@ -21,8 +21,7 @@ def test_bench_prints_one_json_line_and_its_progress(load_space):
     assert report["s_per_step"] == pytest.approx(report["s_per_arch_step"] + report["s_per_weight_step"], abs=1e-9)
     assert report["s_per_step"] >= report["s_per_weight_step"]
     expected = sum(p.numel() for p in model_search.Network(4, 1, 10, 1).weights())
-    assert report["params"] == expected == 25054
-    assert report["config"] == "C=4,N=1,k=1,batch=4,dirichlet"
+    assert report["params"] == expected == 25054 and report["config"] == "C=4,N=1,k=1,batch=4,dirichlet"
     progress = result.stderr.strip().splitlines()
     assert "C=4,N=1,k=1,batch=4,dirichlet" in progress[0] and "2 warm-up and 3 timed" in progress[0]
     steps = [text for text in progress if " done, " in text and " s elapsed" in text]

@@ -20,23 +20,12 @@ SPREAD = (-0.5, 0.5)
 
 def _trial(ResultsCount, arch, dataset, seed, epochs, eval_accs):
     """A real ResultsCount whose last-epoch accuracy on each eval set is `eval_accs[set]`."""
-    train = {e: 50.0 + e * 0.1 for e in range(epochs)}
-    result = ResultsCount(
-        dataset,
-        None,
-        train,
-        {e: 1.0 for e in range(epochs)},
-        0.1,
-        10.0,
-        {"arch_str": arch, "channel": 16, "num_cells": 5, "class_num": 10},
-        seed,
-        epochs,
-        [0.01],
-    )
+    train, losses = {e: 50.0 + e * 0.1 for e in range(epochs)}, {e: 1.0 for e in range(epochs)}
+    config = dict(arch_str=arch, channel=16, num_cells=5, class_num=10)
+    result = ResultsCount(dataset, None, train, losses, 0.1, 10.0, config, seed, epochs, [0.01])
     accs, losses, times = {}, {}, {}
     for name, acc in eval_accs.items():
-        for e in range(epochs):
-            # Earlier epochs read 20 points lower: a look-up of the wrong epoch shows.
+        for e in range(epochs):  # earlier epochs read 20 points lower: a look-up of the wrong epoch shows
             accs[f"{name}@{e}"] = acc if e == epochs - 1 else acc - 20.0
             losses[f"{name}@{e}"], times[f"{name}@{e}"] = 1.0, 0.1
     result.update_eval(accs, losses, times)
@@ -49,16 +38,10 @@ def _arch_results(api, index, arch, accs, epochs, shift):
     for seed, delta in zip(SEEDS, SPREAD):
         v = {name: value + delta + shift for name, value in accs.items()}
         # Each eval set gets a distinct number so a wrong set name shows in the answer.
-        sets = {
-            "cifar10-valid": {"x-valid": v["cifar10-valid"], "ori-test": v["cifar10-valid"] - 3},
-            "cifar10": {"ori-test": v["cifar10"]},
-            "cifar100": {"x-valid": v["cifar100"] - 1, "x-test": v["cifar100"], "ori-test": v["cifar100"] - 2},
-            "ImageNet16-120": {
-                "x-valid": v["ImageNet16-120"] - 1,
-                "x-test": v["ImageNet16-120"],
-                "ori-test": v["ImageNet16-120"] - 2,
-            },
-        }
+        sets = {"cifar10-valid": {"x-valid": v["cifar10-valid"], "ori-test": v["cifar10-valid"] - 3}}
+        sets["cifar10"] = {"ori-test": v["cifar10"]}
+        for name in ("cifar100", "ImageNet16-120"):
+            sets[name] = {"x-valid": v[name] - 1, "x-test": v[name], "ori-test": v[name] - 2}
         for dataset, eval_accs in sets.items():
             results.update(dataset, seed, _trial(api.ResultsCount, arch, dataset, seed, epochs, eval_accs))
     return results
@@ -111,8 +94,7 @@ def test_table_and_official_agree(load_space, tmp_path, nb201_table):
     official = benchmark.load_benchmark(build_official(tmp_path / "part.pth", rows))
     for arch in archs:
         answer = official.query(arch)
-        assert answer.pop("cifar10-valid") == pytest.approx(90.0)
-        assert close(answer, table.query(arch))
+        assert answer.pop("cifar10-valid") == pytest.approx(90.0) and close(answer, table.query(arch))
 
 
 def test_compact_table(load_space, nb201_table):
@@ -147,15 +129,9 @@ def test_export_round_trip(load_space, tmp_path):
 
 
 def test_cli_query_prints_json_from_the_shipped_table_in_any_folder(tmp_path):
-    # No --benchmark and another current folder: the table next to benchmark.py answers.
-    result = subprocess.run(
-        [sys.executable, SPACES["201-space"] / "benchmark.py", "query", "--arch", DRNAS],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=script_env(),
-    )
+    """No --benchmark and another current folder: the table next to benchmark.py answers."""
+    argv = [sys.executable, SPACES["201-space"] / "benchmark.py", "query", "--arch", DRNAS]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=script_env())
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert list(answer) == ["cifar10", "cifar100", "ImageNet16-120"]
@@ -183,15 +159,13 @@ def test_query_takes_named_cells_strings_and_genotype_files(load_space, tmp_path
         for arch in (DRNAS, "DrNAS", tmp_path / "genotype.json", reordered):
             assert _query(benchmark, capsys, "--arch", arch) == ([94.36, 73.51, 46.34], ""), (cwd, arch)
     assert _query(benchmark, capsys, "--arch", "DrNAS", "--benchmark", nb201_table)[0] == [94.36, 73.51, 46.34]
-    assert _query(benchmark, capsys, "--arch", "ResNet")[0] == [
-        round(v, 2) for v in benchmark.load_benchmark(nb201_table).query(str(genotypes.ResNet)).values()
-    ]
+    resnet = benchmark.load_benchmark(nb201_table).query(str(genotypes.ResNet)).values()
+    assert _query(benchmark, capsys, "--arch", "ResNet")[0] == [round(v, 2) for v in resnet]
     for argv, message in [
-        (["--arch", "Foo"], "neither a named cell"),
-        (["--arch", DRNAS.replace("skip_connect", "conv")], "unknown op"),
+        (["--arch", "Foo"], "neither a named cell"), (["--arch", DRNAS.replace("skip_connect", "conv")], "unknown op"),
         (["--arch", "DrNAS", "--benchmark", "none"], "query needs a benchmark"),
         (["--arch", "DrNAS", "--benchmark", tmp_path / "missing.csv"], "no such file"),
-    ]:
+    ]:  # fmt: skip
         answer, err = _query(benchmark, capsys, *argv)
         assert answer is None and len(err.strip().splitlines()) == 1 and message in err, (argv, err)
 
@@ -199,29 +173,26 @@ def test_query_takes_named_cells_strings_and_genotype_files(load_space, tmp_path
 def test_benchmark_flag_default_and_none(load_space, tmp_path, monkeypatch, nb201_table):
     benchmark, search = load_space("201-space", "benchmark", "train_search")
     for progressive in (False, True):
-        args = search.get_parser(progressive=progressive).parse_args([])
-        assert args.benchmark == benchmark.DEFAULT_TABLE
+        assert search.get_parser(progressive=progressive).parse_args([]).benchmark == benchmark.DEFAULT_TABLE
     monkeypatch.chdir(tmp_path)  # the default does not depend on the current folder
     assert benchmark.benchmark_path(benchmark.DEFAULT_TABLE) == nb201_table
     assert len(benchmark.open_benchmark(benchmark.DEFAULT_TABLE)) == 15625
     assert benchmark.open_benchmark("none") is None and benchmark.open_benchmark("None") is None
-    # Any other path is the user's, relative to the current folder.
-    assert str(benchmark.benchmark_path("mine.csv")) == "mine.csv"
+    assert str(benchmark.benchmark_path("mine.csv")) == "mine.csv"  # any other path: the user's, relative to cwd
     assert [benchmark.benchmark_note(d) for d in ("cifar10", "cifar100", "imagenet16-120")] == [None] * 3
     for dataset in ("synthetic", "imagefolder"):
         assert benchmark.benchmark_note(dataset) == f"the benchmark's figures for the cell, not measured on {dataset}"
 
 
+HEAD = "index,arch,cifar10,cifar100,ImageNet16-120\n"
+
+
 @pytest.mark.parametrize(
     "content, message",
-    [
-        ("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"),
-        ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,seventy,46\n", "bad number"),
-        ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,94.1,70\n", "expected 5 fields"),
-        ("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,194.1,70,40\n", r"\[0, 100\]"),
-        ("index,arch,cifar10,cifar100,ImageNet16-120\n", "no rows"),
-    ],
-)
+    [("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"), (HEAD + "0,|a~0|,94.1,x,46\n", "bad number"),
+     (HEAD + "0,|a~0|,94.1,70\n", "expected 5 fields"), (HEAD + "0,|a~0|,194.1,70,40\n", r"\[0, 100\]"),
+     (HEAD, "no rows")],
+)  # fmt: skip
 def test_malformed_table_fails_at_load(load_space, tmp_path, content, message):
     benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
     path = tmp_path / "bad.csv"
@@ -235,22 +206,17 @@ def test_bad_files_fail_at_load(load_space, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     torch.save({"weights": 1}, tmp_path / "other.pth")
-    for name, message in [
-        ("missing.csv", "no such file"),
-        ("notes.txt", "unknown format"),
-        ("junk.pth", "not a readable"),
-        ("other.pth", "not a NAS-Bench-201 file"),
-    ]:
+    for name, message in [("missing.csv", "no such file"), ("notes.txt", "unknown format"),
+                          ("junk.pth", "not a readable"), ("other.pth", "not a NAS-Bench-201 file")]:  # fmt: skip
         with pytest.raises(utils.UserError, match=message):
             benchmark.load_benchmark(tmp_path / name)
 
 
 def test_cli_bad_input_one_line(load_space, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("index,arch,cifar10,cifar100,ImageNet16-120\n0,|a~0|,x,1,2\n")
+    bad.write_text(HEAD + "0,|a~0|,x,1,2\n")
     result = run_script("201-space", "benchmark.py", "query", "--benchmark", bad, "--arch", DRNAS)
-    assert result.returncode != 0 and result.stdout == ""
-    assert "Traceback" not in result.stderr
+    assert result.returncode != 0 and result.stdout == "" and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
     benchmark = load_space("201-space", "benchmark")
     with pytest.raises(SystemExit) as exit_info:

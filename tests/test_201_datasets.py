@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, write_tiny_cifar
 
 
 def _write_batches(folder, files, label_key, size, labels_per_file, rng):
@@ -19,10 +19,8 @@ def _write_batches(folder, files, label_key, size, labels_per_file, rng):
             pickle.dump({"data": data, label_key: labels}, f)
 
 
-def make_cifar10(root, per_file=8):
-    rng = np.random.default_rng(0)
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    _write_batches(root / "cifar-10-batches-py", files, "labels", 32, [i % 10 for i in range(per_file)], rng)
+def make_cifar10(root):
+    write_tiny_cifar(root, per_batch=8, labels=list(range(8)))
 
 
 def test_cifar10_tree_is_read(load_space, tmp_path):
@@ -33,10 +31,9 @@ def test_cifar10_tree_is_read(load_space, tmp_path):
     x, y = train[3]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 3
     # The test transform is deterministic (no crop or flip) and normalised.
-    raw = test.images[5].astype(np.float32) / 255  # (H, W, C)
-    expected = (
-        torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(datasets.SOURCES["cifar10"][6]).view(3, 1, 1)
-    ) / torch.tensor(datasets.SOURCES["cifar10"][7]).view(3, 1, 1)
+    raw = torch.from_numpy(test.images[5].astype(np.float32) / 255).permute(2, 0, 1)  # from (H, W, C)
+    mean, std = (torch.tensor(datasets.SOURCES["cifar10"][i]).view(3, 1, 1) for i in (6, 7))
+    expected = (raw - mean) / std
     torch.testing.assert_close(test[5][0], expected, rtol=0, atol=1e-5)
 
 
@@ -60,8 +57,9 @@ def test_missing_imagenet16_names_files_and_alternative(load_space, tmp_path):
         datasets.get_datasets("imagenet16-120", tmp_path)
 
 
-def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_path, monkeypatch):
-    datasets, utils = load_space("201-space", "datasets", "runkit.utils")
+@pytest.mark.parametrize("space, name", [("201-space", "cifar100"), ("DARTS-space", "cifar10")])
+def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_path, monkeypatch, space, name):
+    datasets, utils = load_space(space, "datasets", "runkit.utils")
     import torchvision.datasets.utils as tv_utils
 
     def offline(*args, **kwargs):
@@ -70,19 +68,17 @@ def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_p
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
     root = tmp_path / "not_yet"
     with pytest.raises(utils.UserError) as err:
-        datasets.get_datasets("cifar100", root)
+        datasets.get_datasets(name, root)
     message = str(err.value)
-    assert "\n" not in message and "cifar-100-python" in message and "--dataset synthetic" in message
+    assert "\n" not in message and "--dataset synthetic" in message
+    assert space == "DARTS-space" or "cifar-100-python" in message
     assert not root.exists(), "a folder made only for the failed download is removed"
 
 
 def test_search_runs_on_a_cifar_tree(tmp_path):
     make_cifar10(tmp_path / "data")
-    result = run_script(
-        *"201-space train_search.py --dataset cifar10 --data".split(),
-        tmp_path / "data",
-        *"--epochs 1 --init_channels 4 --layers 1 --batch_size 10 --workers 0 --device cpu --save".split(),
-        tmp_path / "run",
-    )
+    argv = ["--dataset", "cifar10", "--data", tmp_path / "data", "--save", tmp_path / "run"]
+    argv += "--epochs 1 --init_channels 4 --layers 1 --batch_size 10 --workers 0 --device cpu".split()
+    result = run_script("201-space", "train_search.py", *argv)
     assert result.returncode == 0, result.stderr
     assert "step 2/2 " in result.stdout  # 20 of the 40 images train the weights, 2 batches of 10

@@ -21,14 +21,8 @@ PREEMPT = "--dataset synthetic --epochs 2 --layers 2 --batch_size 8 --device cpu
 def _start(root, name, script, args):
     """A script's subprocess, its output in files (pipes could fill and block)."""
     with open(root / f"{name}.out", "w") as out, open(root / f"{name}.err", "w") as err:
-        return subprocess.Popen(
-            [sys.executable, script, *map(str, args)],
-            cwd=SPACES["201-space"],
-            stdout=out,
-            stderr=err,
-            text=True,
-            env=script_env(),
-        )
+        argv = [sys.executable, script, *map(str, args)]
+        return subprocess.Popen(argv, cwd=SPACES["201-space"], stdout=out, stderr=err, text=True, env=script_env())
 
 
 def _finish(proc, root, name):
@@ -80,8 +74,7 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     assert stopped["epoch"] == 1 and 0 < stopped["step"] <= 16, (stopped["epoch"], stopped["step"])
     # The training stream stands after the stopped step (pass 1 is epoch 2), the meter holds its sums.
     assert stopped["streams"]["train"] == ([1, stopped["step"]] if stopped["step"] < 16 else [2, 0])
-    assert stopped["meter"] is not None
-    assert not (a_dir / "trajectory.png").exists(), "the preempted run did not finish"
+    assert stopped["meter"] is not None and not (a_dir / "trajectory.png").exists(), "the preempted run did not finish"
     # It leaves the cell of its last finished epoch, as history.jsonl records it.
     epoch_1 = json.loads((a_dir / "history.jsonl").read_text().splitlines()[0])
     assert json.loads((a_dir / "genotype.json").read_text())["arch"] == epoch_1["genotype"]
@@ -94,15 +87,13 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     assert code == 0, err[-3000:]
 
     ca, cb = _load(a_dir / "checkpoint.pt"), _load(b_dir / "checkpoint.pt")
-    assert ca["epoch"] == cb["epoch"] == 2 and ca["step"] == cb["step"] == 0
-    assert ca["streams"] == cb["streams"]
+    assert ca["epoch"] == cb["epoch"] == 2 and ca["step"] == cb["step"] == 0 and ca["streams"] == cb["streams"]
     ta, tb = _tensors(ca["task"]), _tensors(cb["task"])
     assert ta.keys() == tb.keys() and any(key.startswith("/optimizer/") for key in ta)
     assert any(key.startswith("/architect/") for key in ta) and any(key.startswith("/model/") for key in ta)
     for key, value in tb.items():
         torch.testing.assert_close(ta[key], value, rtol=0, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
-    assert ca["task"]["genotype"] == cb["task"]["genotype"]
-    assert _history(a_dir) == _history(b_dir)
+    assert ca["task"]["genotype"] == cb["task"]["genotype"] and _history(a_dir) == _history(b_dir)
     assert (a_dir / "genotype.json").read_text() == (b_dir / "genotype.json").read_text()
 
 
@@ -126,16 +117,13 @@ def test_bad_epochs_a_file_as_save_and_an_old_checkpoint_are_one_line_and_write_
     old.parent.mkdir()
     torch.save({"epoch": 1, "model": {}, "optimizer": {}, "args": {}}, old)
     tiny = "--dataset synthetic --init_channels 4 --layers 1 --device cpu --workers 0".split()
-    cases = {
-        "epochs": ([*tiny, "--epochs", "-1", "--save", tmp_path / "run"], "--epochs -1"),
-        "save": ([*tiny, "--epochs", "1", "--save", existing], "is a file"),
-        "old_checkpoint": ([*tiny, "--epochs", "2", "--resume", old], "earlier version"),
-    }
+    cases = {"epochs": ([*tiny, "--epochs", "-1", "--save", tmp_path / "run"], "--epochs -1")}
+    cases |= {"save": ([*tiny, "--epochs", "1", "--save", existing], "is a file")}
+    cases |= {"old_checkpoint": ([*tiny, "--epochs", "2", "--resume", old], "earlier version")}
     procs = {name: _start(tmp_path, name, script, argv) for name, (argv, _) in cases.items()}
     for name, (_, needle) in cases.items():
         assert_one_line_error(*_finish(procs[name], tmp_path, name), needle)
-    assert not (tmp_path / "run").exists()
-    assert existing.read_text() == "keep me\n"
+    assert not (tmp_path / "run").exists() and existing.read_text() == "keep me\n"
     logs = {f"{name}.{ext}" for name in cases for ext in ("out", "err")}
     assert {p.name for p in tmp_path.iterdir()} == {"existing_file", "old", *logs}
     assert [p.name for p in old.parent.iterdir()] == ["checkpoint.pt"]
@@ -148,11 +136,8 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
         "201-space", "train_search", "model_search", "architect", "train", "genotypes", "runkit.streams"
     )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
-    monkeypatch.setattr(
-        importlib.import_module("torch.optim.adam"),
-        "_get_value",
-        lambda x: x.numpy().item() if torch.is_tensor(x) else x,
-    )
+    get_value = lambda x: x.numpy().item() if torch.is_tensor(x) else x  # noqa: E731
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_value", get_value)
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(10, (32,)))
     argv = [*"--init_channels 4 --layers 1 --batch_size 4 --epochs 2 --workers 0".split(), *flags]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from conftest import TINY_201, write_tiny_cifar
 from loop_run import LoopRun
 
 pytestmark = pytest.mark.quick
@@ -84,7 +85,7 @@ def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_resid
     assert isinstance(stem_bn, nn.BatchNorm2d) and stem_bn.num_features == C
     layers = list(model.cells)
     kinds = [
-        "cell" if isinstance(m, cell_type) else "block" if isinstance(m, ops.ResNetBasicBlock) else "?" for m in layers
+        "cell" if isinstance(m, cell_type) else "block" if isinstance(m, ops.ResNetBasicBlock) else m for m in layers
     ]
     assert kinds == ["cell"] * N + ["block"] + ["cell"] * N + ["block"] + ["cell"] * N
     shapes = []
@@ -111,9 +112,8 @@ def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_po
 
     def rcb(op, inp, stride):
         conv, bn = op.op[1], op.op[2]
-        return F.batch_norm(
-            F.conv2d(F.relu(inp), conv.weight, stride=stride, padding=1), None, None, bn.weight, bn.bias, training=True
-        )
+        out = F.conv2d(F.relu(inp), conv.weight, stride=stride, padding=1)
+        return F.batch_norm(out, None, None, bn.weight, bn.bias, training=True)
 
     shortcut = block.downsample[1]
     assert block.conv_a.op[1].weight.shape == (8, 4, 3, 3) and block.conv_b.op[1].weight.shape == (8, 8, 3, 3)
@@ -151,8 +151,7 @@ def test_beta_is_one_6x5_parameter_initialised_as_1e_3_times_standard_normal(loa
         assert all(p is not model.beta for p in model.weights())
         betas.append(model.beta.detach().flatten())
     sample = torch.cat(betas) / 1e-3  # 600 draws, should be N(0, 1)
-    assert abs(sample.mean()) < 0.2
-    assert 0.85 < sample.std() < 1.15
+    assert abs(sample.mean()) < 0.2 and 0.85 < sample.std() < 1.15
     assert 0.6 < (sample.abs() < 1).float().mean() < 0.76  # 68 % within one standard deviation
 
 
@@ -185,28 +184,16 @@ def test_dirichlet_weights_are_one_rsample_of_dir_elu_beta_plus_one_over_all_edg
     assert fed[0].requires_grad, "the pathwise gradient reaches beta through the sample"
 
 
-def test_mixed_op_with_one_hot_weights_is_exactly_that_op(load_space):
-    """MixedOp(k=1) with weight 1 on op o and 0 elsewhere gives op_o(x): no op bypasses its weight."""
-    ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
-    torch.manual_seed(0)
-    C = 6
-    mixed = ms.MixedOp(C, 1).train()
-    x = torch.randn(4, C, 8, 8)
-    for o, name in enumerate(gt.PRIMITIVES):
-        alone = _op_copy(ops, name, C, mixed.ops[name])
-        w = torch.zeros(5)
-        w[o] = 1.0
-        torch.testing.assert_close(mixed(x, F.relu(x), w), alone(x), rtol=1e-5, atol=1e-5, msg=name)
-
-
-def test_mixed_op_is_the_weighted_sum_of_its_ops_linear_in_each_weight(load_space):
-    """MixedOp(k=1)(x, w) = sum_o w_o op_o(x) for any w, and d/dw_o of it is op_o(x)."""
+def test_mixed_op_is_the_weighted_sum_of_its_ops_linear_in_each_weight_one_hot_is_that_op(load_space):
+    """MixedOp(k=1)(x, w) = sum_o w_o op_o(x) for any w, d/dw_o of it is op_o(x); one-hot w gives op_o(x) alone."""
     ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
     torch.manual_seed(0)
     C = 6
     mixed = ms.MixedOp(C, 1).train()
     x = torch.randn(4, C, 8, 8)
     outs = [_op_copy(ops, name, C, mixed.ops[name])(x) for name in gt.PRIMITIVES]
+    for o, name in enumerate(gt.PRIMITIVES):  # no op bypasses its weight
+        torch.testing.assert_close(mixed(x, F.relu(x), torch.eye(5)[o]), outs[o], rtol=1e-5, atol=1e-5, msg=name)
     for _ in range(3):
         w = (torch.rand(5) * 2 + 0.1).requires_grad_(True)  # not on the simplex: linearity, not averaging
         got = mixed(x, F.relu(x), w)
@@ -242,8 +229,7 @@ def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_group
         j = (o % k) * q + o // k  # the channel before the shuffle
         want[:, o] = 0.0 if j < q else x[:, j]
     assert torch.equal(got, want)
-    # Any weights: the first C/k channels carry the mixed ops of those channels only.
-    w = torch.rand(5) + 0.1
+    w = torch.rand(5) + 0.1  # any weights: the first C/k channels carry the mixed ops of those channels only
     part = x[:, :q]
     mixed_part = sum(w[o] * _op_copy(ops, name, q, mixed.ops[name])(part) for o, name in enumerate(gt.PRIMITIVES))
     want = _shuffled(torch.cat([mixed_part, x[:, q:]], dim=1), k)
@@ -251,7 +237,7 @@ def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_group
 
 
 def _arch_args(ts, *argv):
-    return ts.get_parser().parse_args(list(argv))
+    return ts.get_parser().parse_args(list(map(str, argv)))
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
@@ -281,9 +267,8 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
     with torch.no_grad():
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     lr, reg = 0.01, 0.05
-    architect = arch.Architect(
-        model, _arch_args(ts, "--reg_type", reg_type, "--reg_scale", str(reg), "--arch_learning_rate", str(lr))
-    )
+    args = _arch_args(ts, "--reg_type", reg_type, "--reg_scale", reg, "--arch_learning_rate", lr)
+    architect = arch.Architect(model, args)
     w_opt = torch.optim.SGD(model.weights(), 0.025)
     beta = model.beta.detach().clone()
     m, v = torch.zeros_like(beta), torch.zeros_like(beta)
@@ -391,8 +376,7 @@ def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(lo
     assert displacement(1e6, 0) > 100 * clip, "the true gradient is far above the clip"
     assert displacement(clip, 1) == pytest.approx(clip, rel=1e-5)
     assert model.beta.grad is None and torch.equal(model.beta, beta0)
-    # A gradient already on beta neither enters the clipped norm nor changes.
-    planted = torch.full_like(model.beta, 1e3)
+    planted = torch.full_like(model.beta, 1e3)  # A gradient already on beta neither enters the clipped norm nor changes
     model.beta.grad = planted.clone()
     assert displacement(clip, 2) == pytest.approx(clip, rel=1e-5)
     assert torch.equal(model.beta.grad, planted) and torch.equal(model.beta, beta0)
@@ -403,15 +387,12 @@ def _search_task(ts, ms, arch, st, argv, n=16, portion=0.75, batch=4, k=1):
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(n, 3, 8, 8), torch.randint(10, (n,)))
     progressive = "--stage_epochs" in argv
-    args = ts.get_parser(progressive=progressive).parse_args(
-        ["--train_portion", str(portion), "--batch_size", str(batch), "--init_channels", "4", *argv]
-    )
+    argv = ["--train_portion", str(portion), "--batch_size", str(batch), "--init_channels", "4", *argv]
+    args = ts.get_parser(progressive=progressive).parse_args(argv)
     model = ms.Network(4, 1, 10, k=k).train()
     train_part, valid_part = ts.split_search_data(data, args.train_portion)
-    streams = {
-        "train": st.Stream(train_part, args.batch_size, seed=0),
-        "valid": st.Stream(valid_part, args.batch_size, seed=1),
-    }
+    streams = {"train": st.Stream(train_part, args.batch_size, seed=0)}
+    streams["valid"] = st.Stream(valid_part, args.batch_size, seed=1)
     task = SimpleNamespace(search=ts.search, model=model, architect=arch.Architect(model, args), streams=streams)
     task.optimizer, task.args = ts.sgd(model, args, args.learning_rate), args
     return data, task
@@ -474,8 +455,7 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
     beta1 = model.beta.detach().clone()
     state1 = {k: v.clone() for k, v in architect.optimizer.state[model.beta].items()}
     run = _epoch(task, 2)  # stage 2's warm-up, after the switch
-    assert run.records[-1]["stage"] == 1 and model.k == 1
-    assert torch.equal(model.beta, beta1)
+    assert run.records[-1]["stage"] == 1 and model.k == 1 and torch.equal(model.beta, beta1)
     for key, value in architect.optimizer.state[model.beta].items():
         assert torch.equal(value, state1[key]), key
 
@@ -494,9 +474,7 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
     """lr(e) = lr_min + (lr - lr_min)(1 + cos(pi e / T)) / 2, T = all epochs, continuous across the stage switch."""
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
-    args = ts.get_parser(progressive=True).parse_args(
-        ["--init_channels", "8", "--stage_epochs", "3", "4", "--warmup_epochs", "1"]
-    )
+    args = ts.get_parser(progressive=True).parse_args("--init_channels 8 --stage_epochs 3 4 --warmup_epochs 1".split())
     assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
     total = 7
     model = ms.Network(8, 1, 10, k=4)
@@ -515,9 +493,7 @@ def test_gumbel_temperature_falls_linearly_from_10_to_1_over_the_epochs(load_spa
     """gumbel_tau (snas, gdas): tau_max = 10 at the first epoch, tau_min = 1 at the last, linear between."""
     ts = load_space("201-space", "train_search")
     args = ts.get_parser().parse_args([])
-    assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(
-        [10.0 - e for e in range(10)]
-    )
+    assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(range(10, 0, -1))
     assert [ts.gumbel_tau(e, 4, args.tau_max, args.tau_min) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
 
 
@@ -549,65 +525,35 @@ SEARCH_SETTINGS = dict(
 )  # fmt: skip
 
 
-def test_train_search_defaults_are_the_papers_settings(load_space):
-    """train_search.py: 100 epochs, batch 64, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, DrNAS l2 1e-3, ..."""
-    ts, search = load_space("201-space", "train_search", "train_search")
+def test_search_defaults_are_the_papers_settings_one_stage_or_two_progressive_100_samples_per_epoch(load_space):
+    """train_search.py: 100 epochs, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, ...; train_search_progressive.py:
+    stages (50, k 4, 5 ops), (50, k 2, 3 ops), 10 warm-up epochs each; both look up 100 sampled cells an epoch."""
+    ts, search, tsp = load_space("201-space", "train_search", "train_search", "train_search_progressive")
     args = ts.get_parser().parse_args([])
     want = {**SEARCH_SETTINGS, "epochs": 100, "k": 1, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
-    assert {key: getattr(args, key) for key in want} == want
+    assert {key: getattr(args, key) for key in want} == want and args.trajectory_samples == 100
     assert search.get_stages(args) == [search.Stage(100, 1, 5, 0)], "one stage: all epochs, k, all 5 ops, no warm-up"
-
-
-def test_progressive_defaults_are_two_stages_of_50_epochs_k_4_then_2_keeping_5_then_3_ops_10_warm_up(load_space):
-    """train_search_progressive.py: stages (50, k 4, 5 ops) and (50, k 2, 3 ops), 10 warm-up epochs each."""
-    search, tsp = load_space("201-space", "train_search", "train_search_progressive")
     args = tsp.get_parser().parse_args([])
     want = {**SEARCH_SETTINGS, "stage_epochs": [50, 50], "stage_k": [4, 2], "stage_keep": [5, 3], "warmup_epochs": 10}
-    assert {key: getattr(args, key) for key in want} == want
+    assert {key: getattr(args, key) for key in want} == want and args.trajectory_samples == 100
     assert search.get_stages(args) == [search.Stage(50, 4, 5, 10), search.Stage(50, 2, 3, 10)]
-
-
-def test_both_searches_look_up_100_sampled_architectures_per_epoch(load_space):
-    """--trajectory_samples defaults to 100 in train_search.py and train_search_progressive.py."""
-    ts, tsp = load_space("201-space", "train_search", "train_search_progressive")
-    for parser in (ts.get_parser(), tsp.get_parser()):
-        assert parser.parse_args([]).trajectory_samples == 100
-
-
-def _write_pickles(folder, files, label_key, size, labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in files:
-        data = rng.integers(0, 256, size=(len(labels), 3 * size * size), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, label_key: list(labels)}, f)
 
 
 def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_normalisation(load_space, tmp_path):
     """Training images: RandomCrop(size, padding 4 on 32 px / 2 on 16 px), flip p=0.5, ToTensor, Normalize."""
     datasets = load_space("201-space", "datasets")
     T = datasets.T
-    _write_pickles(
-        tmp_path / "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
-        "labels",
-        32,
-        [0, 1],
-    )
-    _write_pickles(tmp_path / "cifar-100-python", ["train", "test"], "fine_labels", 32, [0, 1])
-    _write_pickles(
-        tmp_path / "in16", [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"], "labels", 16, [1, 2]
-    )
+    write_tiny_cifar(tmp_path), write_tiny_cifar(tmp_path, "cifar100")
+    folder = tmp_path / "in16"
+    folder.mkdir()
+    for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": np.random.default_rng(0).integers(0, 256, (2, 768), np.uint8), "labels": [1, 2]}, f)
+    in16 = (folder, 16, 2, [x / 255 for x in (122.68, 116.66, 104.01)], [x / 255 for x in (63.22, 61.26, 65.09)])
     expected = {
         "cifar10": (tmp_path, 32, 4, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
         "cifar100": (tmp_path, 32, 4, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-        "imagenet16-120": (
-            tmp_path / "in16",
-            16,
-            2,
-            [x / 255 for x in (122.68, 116.66, 104.01)],
-            [x / 255 for x in (63.22, 61.26, 65.09)],
-        ),
+        "imagenet16-120": in16,
     }
     for name, (root, size, padding, mean, std) in expected.items():
         train, test, _ = datasets.get_datasets(name, root)  # the search's call: augmented training set
@@ -632,15 +578,8 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     }  # fmt: skip
     assert {key: getattr(args, key) for key in want} == want
     run = tmp_path / "run"
-    train.main(
-        [
-            *(
-                "--dataset synthetic --init_channels 4 --layers 1 --batch_size 128 --workers 0 "
-                "--device cpu --report_freq 100 --arch ResNet --epochs 2 --save"
-            ).split(),
-            str(run),
-        ]
-    )
+    argv = [*TINY_201, "--batch_size", "128", "--report_freq", "100", "--arch", "ResNet", "--epochs", "2"]
+    train.main([*argv, "--save", str(run)])
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["task"]
     (group,) = ckpt["optimizer"]["param_groups"]
     assert group["nesterov"] is True and group["momentum"] == 0.9 and group["dampening"] == 0

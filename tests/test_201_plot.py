@@ -57,8 +57,7 @@ def test_cli_redraws_from_history(load_space, tmp_path, capsys):
     plot = load_space("201-space", "plot_trajectory")
     with pytest.raises(SystemExit) as exit_info:
         plot.main([str(run)])
-    assert exit_info.value.code != 0
-    assert capsys.readouterr().err.startswith("error: the history has no benchmark")
+    assert exit_info.value.code != 0 and capsys.readouterr().err.startswith("error: the history has no benchmark")
     assert not (run / "trajectory.png").exists()
 
 
@@ -121,6 +120,5 @@ def test_plot_without_sampled_architectures_draws_the_derived_cell(load_space, t
         del record["trajectory"]
     fig = plot.draw_trajectory(records)
     for ax in fig.axes:
-        assert [line.get_label() for line in ax.get_lines()] == ["derived architecture"]
-        assert not ax.collections
+        assert [line.get_label() for line in ax.get_lines()] == ["derived architecture"] and not ax.collections
     assert _is_png(plot.plot_trajectory(records, tmp_path / "derived.png"))

@@ -34,13 +34,10 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
     architect, optimizer = _search_step_state(ts, model, args)
     old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     old_buffers = {n: b.clone() for n, b in model.named_buffers()}
-    old_momentum = {
-        n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters() if n != "beta"
-    }
+    params = [(n, p) for n, p in model.named_parameters() if n != "beta"]
+    old_momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in params}
     beta, lr = model.beta, optimizer.param_groups[0]["lr"]
-
     new_opt = ts.enter_stage(model, optimizer, 1, args)
-
     assert model.k == 2 and model.beta is beta, "beta keeps its identity (and so its Adam state)"
     assert architect.optimizer.state[beta]["exp_avg"].shape == beta.shape
     assert [g["lr"] for g in new_opt.param_groups] == pytest.approx([lr]), "the learning rate is handed over"
@@ -65,9 +62,7 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
             assert torch.equal(bn.running_mean, old_buffers[f"{prefix}.2.running_mean"][index])
             assert torch.equal(bn.running_var, old_buffers[f"{prefix}.2.running_var"][index])
             buf = new_opt.state[conv.weight]["momentum_buffer"]
-            assert buf.shape == conv.weight.shape
-            want = old_momentum[f"{prefix}.1.weight"][index][:, index]
-            assert torch.equal(buf, want), "momentum follows its channels"
+            assert torch.equal(buf, old_momentum[f"{prefix}.1.weight"][index][:, index]), "momentum follows channels"
             checked += 1
     assert checked > 0
     # Every weight of the new optimizer is a live parameter with matching momentum shape.
@@ -110,26 +105,19 @@ def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
         tsp.main(argv + ["--save", str(run_dir), "--resume", str(run_dir / "checkpoint.pt")])
         resumed_ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         resumed = resumed_ckpt["task"]
-        assert resumed_ckpt["epoch"] == full_ckpt["epoch"] == 4
-        assert resumed["model"].keys() == full["model"].keys()
+        assert resumed_ckpt["epoch"] == full_ckpt["epoch"] == 4 and resumed["model"].keys() == full["model"].keys()
         for key, value in full["model"].items():
             torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6, msg=key)
         for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(
-                resumed["architect"]["state"][0][key], full["architect"]["state"][0][key], rtol=0, atol=1e-6
-            )
+            want = full["architect"]["state"][0][key]
+            torch.testing.assert_close(resumed["architect"]["state"][0][key], want, rtol=0, atol=1e-6)
 
 
 def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_table, load_space):
     run_dir = tmp_path / "run"
+    argv = [*TINY, *"--stage_epochs 1 1 --warmup_epochs 0 --trajectory_samples 20".split()]
     result = run_script(
-        "201-space",
-        "train_search_progressive.py",
-        *TINY,
-        *"--stage_epochs 1 1 --warmup_epochs 0 --benchmark".split(),
-        nb201_table,
-        *"--trajectory_samples 20 --save".split(),
-        run_dir,
+        "201-space", "train_search_progressive.py", *argv, "--benchmark", nb201_table, "--save", run_dir
     )
     assert result.returncode == 0, result.stderr
     assert "stage 2/2: k=2, 3 ops kept per edge" in result.stdout
@@ -155,10 +143,7 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
 
 @pytest.mark.parametrize(
     "flags, message",
-    [
-        (["--stage_k", "2", "4"], "K2 must divide K1"),
-        (["--stage_keep", "3", "4"], "--stage_keep must shrink"),
-    ],
+    [(["--stage_k", "2", "4"], "K2 must divide K1"), (["--stage_keep", "3", "4"], "--stage_keep must shrink")],
 )
 def test_bad_stage_schedule_is_refused(flags, message):
     result = run_script("201-space", "train_search_progressive.py", *TINY, *flags)

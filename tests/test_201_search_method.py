@@ -130,7 +130,7 @@ def test_kl_regularizer_matches_torch_distributions(load_space):
     model = ms.Network(C=4, N=1, num_classes=10, k=1)
     with torch.no_grad():
         model.beta.copy_(torch.randn(6, 5))
-    beta = model.beta.detach()
+    beta = model.beta.detach().clone()
     torch.testing.assert_close(model.kl_regularizer(), _kl_reference(beta, [list(range(5))] * 6))
     assert model.kl_regularizer() > 0
     with torch.no_grad():
@@ -200,8 +200,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     for n, b in model.named_buffers():
         assert torch.equal(b, buffers[n]), n
     assert torch.equal(model.beta, beta0)
-    # Central differences of the exact one-step objective over every entry of beta ...
-    h = 1e-5
+    h = 1e-5  # central differences of the exact one-step objective over every entry of beta
     fd = torch.zeros(beta0.numel(), dtype=torch.float64)
     for idx in range(beta0.numel()):
         e = torch.zeros(beta0.numel(), dtype=torch.float64)
@@ -209,8 +208,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         e = e.view_as(beta0)
         fd[idx] = (objective(beta0 + e).detach() - objective(beta0 - e).detach()) / (2 * h)
     fd = fd.view_as(beta0)
-    # ... agree with its gradient by double backward (the reference is right) ...
-    b = beta0.clone().requires_grad_(True)
+    b = beta0.clone().requires_grad_(True)  # ... agree with its gradient by double backward (the reference is right)
     (exact,) = torch.autograd.grad(objective(b, create_graph=True), b)
     torch.testing.assert_close(exact, fd, atol=1e-6, rtol=1e-4)
     # ... and the second-order term matters here, so the check has teeth.

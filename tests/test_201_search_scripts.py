@@ -22,28 +22,18 @@ class Run:
     """A train_search.py subprocess with its output in files (pipes could fill and block)."""
 
     def __init__(self, root, name, args):
-        self.dir = root / name
-        self.out, self.err = root / f"{name}.stdout", root / f"{name}.stderr"
-        self.args = [*args, "--save", self.dir] if "--save" not in args else list(args)
+        self.dir, self.out, self.err = root / name, root / f"{name}.stdout", root / f"{name}.stderr"
+        argv = [sys.executable, "train_search.py", *map(str, [*args, "--save", self.dir])]
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            argv = [sys.executable, "train_search.py", *map(str, self.args)]
             self.proc = subprocess.Popen(argv, cwd=SPACES["201-space"], stdout=out, stderr=err, env=script_env())
 
     def wait(self):
         self.proc.wait(timeout=TIMEOUT)
         return self
 
-    @property
-    def returncode(self):
-        return self.wait().proc.returncode
-
-    @property
-    def stdout(self):
-        return self.wait().out.read_text()
-
-    @property
-    def stderr(self):
-        return self.wait().err.read_text()
+    returncode = property(lambda self: self.wait().proc.returncode)
+    stdout = property(lambda self: self.wait().out.read_text())
+    stderr = property(lambda self: self.wait().err.read_text())
 
     def history(self):
         return [json.loads(line) for line in (self.dir / "history.jsonl").read_text().splitlines() if line.strip()]
@@ -192,8 +182,7 @@ def test_resume_after_a_kill_is_exact(runs):
     assert [h["epoch"] for h in b.history()] == [0, 1]
     for ha, hb in zip(a.history(), b.history()):
         assert hb["train_acc"] == pytest.approx(ha["train_acc"], abs=1e-4)
-        assert hb["valid_acc"] == pytest.approx(ha["valid_acc"], abs=1e-4)
-        assert hb["genotype"] == ha["genotype"]
+        assert hb["valid_acc"] == pytest.approx(ha["valid_acc"], abs=1e-4) and hb["genotype"] == ha["genotype"]
 
 
 def test_short_search_learns(runs):

@@ -21,15 +21,9 @@ TINY = [*TINY_201, "--report_freq", "4"]
 # CIFAR-100, all-none 0.073306 MB / 7.78305 M, ResNet 0.559386 MB / 78.56193 M.
 @pytest.mark.parametrize(
     "arch, classes, params, flops",
-    [
-        (CONV3, 10, 1531546, 220119690),
-        (CONV3, 100, 1537396, 220125540),
-        (CONV3, 120, 1538696, None),
-        (NONE, 10, 73306, 7783050),
-        (RESNET, 10, 559386, 78561930),
-        (DRNAS, 10, 1288506, None),
-    ],
-)
+    [(CONV3, 10, 1531546, 220119690), (CONV3, 100, 1537396, 220125540), (CONV3, 120, 1538696, None),
+     (NONE, 10, 73306, 7783050), (RESNET, 10, 559386, 78561930), (DRNAS, 10, 1288506, None)],
+)  # fmt: skip
 def test_golden_counts(load_space, arch, classes, params, flops):
     model, genotypes, utils = load_space("201-space", "model", "genotypes", "runkit.utils")
     net = model.Network(16, 5, genotypes.Structure.from_str(arch), classes)
@@ -45,8 +39,7 @@ def test_infer_cell(load_space):
     cell = model.InferCell(genotypes.Structure.from_str(MIXED), 8)
     assert len(cell.edges) == 5  # the 'none' edge has no module
     assert cell(x).shape == x.shape
-    # node 1 = pool(x); node 2 = conv1x1(x) + node1; node 3 = conv1x1(x) + conv3x3(node2)
-    e = cell.edges
+    e = cell.edges  # node 1 = pool(x); node 2 = conv1x1(x) + node1; node 3 = conv1x1(x) + conv3x3(node2)
     n1 = e["1_from_0"](x)
     n2 = e["2_from_0"](x) + n1
     assert torch.allclose(cell(x), e["3_from_0"](x) + e["3_from_2"](n2), atol=1e-6)
@@ -100,9 +93,8 @@ def test_exact_resume_with_genotype_json(load_space, tmp_path, monkeypatch, rest
     for key, value in whole["task"]["model"].items():
         assert torch.allclose(value.float(), split["task"]["model"][key].float(), atol=1e-6), key
     for index, state in whole["task"]["optimizer"]["state"].items():
-        assert torch.allclose(
-            state["momentum_buffer"], split["task"]["optimizer"]["state"][index]["momentum_buffer"], atol=1e-6
-        )
+        other = split["task"]["optimizer"]["state"][index]["momentum_buffer"]
+        assert torch.allclose(state["momentum_buffer"], other, atol=1e-6)
     lines = [json.loads(x) for x in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
     reference = [json.loads(x) for x in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
@@ -111,11 +103,9 @@ def test_exact_resume_with_genotype_json(load_space, tmp_path, monkeypatch, rest
 
 @pytest.mark.parametrize(
     "arch, message",
-    [
-        ("|nor_conv_3x3~0|+|nor_conv_5x5~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|", "unknown op"),
-        ("missing_genotype.json", "neither a named cell"),
-    ],
-)
+    [("|nor_conv_3x3~0|+|nor_conv_5x5~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|", "unknown op"),
+     ("missing_genotype.json", "neither a named cell")],
+)  # fmt: skip
 def test_bad_arch_one_line(load_space, tmp_path, capsys, arch, message):
     train = load_space("201-space", "train")
     with pytest.raises(SystemExit) as exit_info:

@@ -26,11 +26,9 @@ def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
     assert back["epoch"] == 3 and back["args"] == state["args"] and back["train_stream"] == [1, 2]
     for key, t in state["model"].items():
         assert torch.equal(back["model"][key], t)
-    # Overwriting replaces the file in one go.
-    state["epoch"] = 4
+    state["epoch"] = 4  # overwriting replaces the file in one go
     utils.save_checkpoint(state, path)
-    assert utils.load_checkpoint(path)["epoch"] == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert utils.load_checkpoint(path)["epoch"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
@@ -164,26 +162,18 @@ def test_epoch_sampler_rank_sharding_covers_all_indices(load_space, n, world):
     assert all(len(s) == per_rank for s in shards)
     assert all(len(streams.EpochSampler(n, 7, rank=r, world_size=world)) == per_rank for r in range(world))
     flat = [i for s in shards for i in s]
-    assert set(flat) == set(range(n))
-    assert len(flat) - n == per_rank * world - n  # only the padding repeats
-    # Offsets continue the same pass.
-    sampler = streams.EpochSampler(n, seed=7, rank=0, world_size=world)
+    assert set(flat) == set(range(n)) and len(flat) - n == per_rank * world - n  # only the padding repeats
+    sampler = streams.EpochSampler(n, seed=7, rank=0, world_size=world)  # offsets continue the same pass
     sampler.set_position(0, 2)
-    assert list(sampler) == shards[0][2:]
-    assert len(sampler) == per_rank - 2
+    assert list(sampler) == shards[0][2:] and len(sampler) == per_rank - 2
 
 
 def test_meter_sums_loss_top1_top5_on_the_device(load_space):
     """progress.Meter: loss weighted by batch size, top-1 and top-5 in %, nothing read until result()."""
     progress = load_space("201-space", "runkit.progress")
-    output = torch.tensor(
-        [
-            [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # target 0: top-1
-            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # target 1: rank 5 -> top-5 only
-            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 5: rank 6 -> neither
-            [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],  # target 3: top-1
-        ]
-    )
+    # Targets 0 (top-1), 1 (rank 5: top-5 only), 5 (rank 6: neither), 3 (top-1).
+    output = torch.tensor([[0.9, 0.1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
+    output = torch.cat([output, torch.eye(6)[3:4]])
     target = torch.tensor([0, 1, 5, 3])
     meter = progress.Meter(torch.device("cpu"))
     with forbid_host_reads():
@@ -229,8 +219,7 @@ def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, mo
     try:
         utils.set_deterministic()
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
-        assert torch.backends.cudnn.benchmark is False
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.backends.cudnn.benchmark is False and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
         utils.set_deterministic()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8", "the user's own setting stays"

@@ -9,20 +9,16 @@ import torch.nn.functional as F
 
 from conftest import TINY_201, assert_one_line_error, run_script
 
-ARCH_ARGS = argparse.Namespace(
-    unrolled=False, reg_type="kl", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4
-)
+ARCH_ARGS = dict(unrolled=False, reg_type="kl", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4)
+ARCH_ARGS = argparse.Namespace(**ARCH_ARGS, arch_learning_rate=3e-4)
 
 
-def supernet(load_space, space):
+def supernet(load_space, space, size=32):
     """A tiny supernet of `space` in train mode and a fixed batch of images."""
     torch.manual_seed(0)
-    if space == "201-space":
-        model = load_space(space, "model_search").Network(8, 1, 10, 1, "dirichlet")
-    else:
-        model = load_space(space, "model_search").Network(4, 10, 3, k=1)
+    model = load_space(space, "model_search").Network(*((8, 1, 10, 1) if space == "201-space" else (4, 10, 3, 1)))
     n = 16 if space == "201-space" else 8  # bf16 depthwise convs are slow on CPUs
-    x, y = torch.randn(n, 3, 32, 32), torch.randint(10, (n,))
+    x, y = torch.randn(n, 3, size, size), torch.randint(10, (n,))
     return model.train(), x, y
 
 
@@ -52,8 +48,7 @@ def test_amp_runs_the_cells_in_bf16_and_keeps_the_draw_in_fp32(load_space, space
     seen = []
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1))
     conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    weights = model.arch_weights()
-    assert weights.dtype == torch.float32
+    assert model.arch_weights().dtype == torch.float32
     model(x)
     assert seen and set(seen) == {torch.bfloat16}
     model.amp = False
@@ -64,7 +59,7 @@ def test_amp_runs_the_cells_in_bf16_and_keeps_the_draw_in_fp32(load_space, space
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_bf16_search_steps_learn_with_fp32_states(load_space, space):
     """Architecture and weight steps under --amp fit a fixed batch; beta and every optimiser state stay fp32."""
-    model, x, y = supernet(load_space, space)
+    model, x, y = supernet(load_space, space, size=16)
     architect = load_space(space, "architect")
     model.amp = True
     arch = architect.Architect(model, ARCH_ARGS)
@@ -125,33 +120,28 @@ def test_lean_ops_off_computes_the_same_supernet(load_space):
     torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-4)
 
 
-def test_201_search_script_with_amp_learns(tmp_path, load_space):
-    """On a CPU with bf16 units the search learns under --amp; on one without, --amp is refused before any write."""
+DARTS_SEARCH = "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2"
+DARTS_SEARCH = [*DARTS_SEARCH.split(), *"--warmup_epochs 0 --max_steps 3 --device cpu --workers 0".split()]
+
+
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_search_script_with_amp_learns(tmp_path, load_space, space):
+    """With bf16 units the search learns under --amp (DARTS: plain ops); without, --amp is refused before writing."""
     save = tmp_path / "run"
-    flags = [*TINY_201, "--epochs", "3", "--benchmark", "none", "--save", save]
-    result = run_script("201-space", "train_search.py", *flags, "--amp")
-    if not load_space("201-space", "runkit.accel").cpu_has_bf16():
+    flags = (
+        [*TINY_201, "--epochs", "3", "--benchmark", "none"]
+        if space == "201-space"
+        else [*DARTS_SEARCH, "--lean_ops", "off"]
+    )
+    result = run_script(space, "train_search.py", *flags, "--amp", "--save", save)
+    if not load_space(space, "runkit.accel").cpu_has_bf16():
         assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
         assert not save.exists()
         return
     assert result.returncode == 0, result.stderr
     history = [json.loads(line) for line in (save / "history.jsonl").read_text().splitlines()]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert (save / "genotype.json").is_file()
-    assert json.loads((save / "args.json").read_text())["amp"] is True
-
-
-def test_darts_search_script_with_amp_and_plain_ops(tmp_path, load_space):
-    """As the 201 test: a search under --amp where the CPU has bf16 units, a one-line refusal where it has none."""
-    save = tmp_path / "run"
-    flags = "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2"
-    flags = [*flags.split(), "--warmup_epochs", "0", "--max_steps", "3", "--device", "cpu", "--workers", "0"]
-    result = run_script("DARTS-space", "train_search.py", *flags, "--amp", "--lean_ops", "off", "--save", save)
-    if not load_space("DARTS-space", "runkit.accel").cpu_has_bf16():
-        assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
-        assert not save.exists()
-        return
-    assert result.returncode == 0, result.stderr
-    history = [json.loads(line) for line in (save / "history.jsonl").read_text().splitlines()]
-    assert [h["stage"] for h in history] == [0, 1]
-    assert all(h["alpha_max"] > 1.0 for h in history)  # beta moved away from its start near 0
+    if space == "201-space":
+        assert history[-1]["train_loss"] < history[0]["train_loss"] and (save / "genotype.json").is_file()
+        assert json.loads((save / "args.json").read_text())["amp"] is True
+    else:  # beta moved away from its start near 0
+        assert [h["stage"] for h in history] == [0, 1] and all(h["alpha_max"] > 1.0 for h in history)

@@ -13,9 +13,8 @@ from conftest import TINY_201, assert_one_line_error, popen_script, run_script, 
 
 TIMEOUT = 300
 # A DARTS training of 2 x 32 steps, data through 2 DataLoader workers (the default).
-DARTS_TRAIN = (
-    "train.py --dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --device cpu --report_freq 4".split()
-)
+DARTS_TRAIN = "train.py --dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --device cpu --report_freq 4"
+DARTS_TRAIN = DARTS_TRAIN.split()
 # A 201 search of 2 x 16 steps, data through 2 DataLoader workers.
 S201 = ["train_search.py", *TINY_201, "--batch_size", "8", "--epochs", "2", "--workers", "2", "--report_freq", "2"]
 
@@ -39,12 +38,10 @@ def _load(path):
 
 @pytest.mark.parametrize(
     ("space", "argv", "marker", "sig"),
-    [
-        ("DARTS-space", [*DARTS_TRAIN, "--epochs", "2"], "epoch 1/2 step 8/32 ", signal.SIGTERM),
-        ("201-space", S201, "epoch 1/2 step 4/16 ", signal.SIGINT),
-    ],
+    [("DARTS-space", [*DARTS_TRAIN, "--epochs", "2"], "epoch 1/2 step 8/32 ", signal.SIGTERM),
+     ("201-space", S201, "epoch 1/2 step 4/16 ", signal.SIGINT)],
     ids=["darts-train-sigterm", "201-search-sigint"],
-)
+)  # fmt: skip
 def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, space, argv, marker, sig):
     """Signalled with workers mid-epoch: exit 0, mid-epoch checkpoint, no tmp file; resumed, each epoch once."""
     run_dir = tmp_path / "run"
@@ -55,18 +52,15 @@ def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, sp
     code, err = _finish(proc)
     assert code == 0 and "Traceback" not in err, err[-3000:]
     ckpt = _load(run_dir / "checkpoint.pt")
-    assert ckpt["epoch"] == 0 and ckpt["step"] > 0, (ckpt["epoch"], ckpt["step"])
-    assert not list(run_dir.glob("*.tmp"))
+    assert ckpt["epoch"] == 0 and ckpt["step"] > 0 and not list(run_dir.glob("*.tmp")), (ckpt["epoch"], ckpt["step"])
     # The preemption line gives the command that continues the run: the script and the run folder, nothing else.
-    command = f"continue with: python {argv[0]} --resume {run_dir}"
-    assert "preempted: checkpoint written" in (run_dir / "log.txt").read_text()
-    assert (run_dir / "log.txt").read_text().splitlines()[-1].endswith(command)
+    command, log = f"continue with: python {argv[0]} --resume {run_dir}", (run_dir / "log.txt").read_text()
+    assert "preempted: checkpoint written" in log and log.splitlines()[-1].endswith(command)
 
     resumed = popen_script(space, *command.split()[3:], new_session=True)
     code, err = _finish(resumed)
     assert code == 0, err[-3000:]
-    assert _epochs(run_dir) == [0, 1]
-    assert _load(run_dir / "checkpoint.pt")["epoch"] == 2
+    assert _epochs(run_dir) == [0, 1] and _load(run_dir / "checkpoint.pt")["epoch"] == 2
 
 
 def _signalled_in_evaluation(run, epochs):
@@ -87,8 +81,7 @@ def test_a_signal_during_evaluation_ends_after_the_epochs_checkpoint(load_space,
         _signalled_in_evaluation(run, 3)
     assert stopped.value.code == 0
     ckpt = _load(tmp_path / "run" / "checkpoint.pt")
-    assert (ckpt["epoch"], ckpt["step"]) == (1, 0), "epoch 1 recorded and checkpointed, epoch 2 not begun"
-    assert _epochs(tmp_path / "run") == [0]
+    assert (ckpt["epoch"], ckpt["step"], _epochs(tmp_path / "run")) == (1, 0, [0]), "epoch 2 not begun"
 
 
 def test_one_writer_per_run_folder(tmp_path):
@@ -141,7 +134,8 @@ def test_a_warm_up_covering_a_stage_is_refused(tmp_path, space, script):
 def test_another_space_or_scripts_checkpoint_is_refused_before_the_flags(tmp_path):
     """A 201 search checkpoint given to the DARTS search (both are train_search.py) or to 201's train.py."""
     run_dir = tmp_path / "s201"
-    done = run_script("201-space", "train_search.py", *TINY_201, "--epochs", "1", "--save", run_dir)
+    argv = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1", "--benchmark", "none", "--save", run_dir]
+    done = run_script("201-space", "train_search.py", *argv)
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = run_dir / "checkpoint.pt"
     darts = run_script("DARTS-space", "train_search.py", "--dataset", "synthetic", "--resume", ckpt, timeout=120)
@@ -153,12 +147,10 @@ def test_another_space_or_scripts_checkpoint_is_refused_before_the_flags(tmp_pat
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [
-        (["--gpu", "3"], "--gpu 3 picks a CUDA GPU, but this run is on cpu"),
-        (["--learning_rate", "inf"], "--learning_rate inf is not a finite number; give a number > 0"),
-        (["--momentum", "1"], "--momentum 1.0 is out of range: give a number in [0, 1)"),
-    ],
-)
+    [(["--gpu", "3"], "--gpu 3 picks a CUDA GPU, but this run is on cpu"),
+     (["--learning_rate", "inf"], "--learning_rate inf is not a finite number; give a number > 0"),
+     (["--momentum", "1"], "--momentum 1.0 is out of range: give a number in [0, 1)")],
+)  # fmt: skip
 def test_flags_that_cannot_mean_what_they_say_are_refused(tmp_path, flags, expected):
     argv = [*TINY_201, "--epochs", "1", "--save", tmp_path / "run", *flags]
     result = run_script("201-space", "train_search.py", *argv, timeout=120)

@@ -17,9 +17,7 @@ CPU = torch.device("cpu")
 
 
 def _forget_compilations():
-    torch._dynamo.reset()
-    # Dynamo also remembers modules by name for its guards (torch 2.14: a functools.cache on
-    # symbolic_convert._import_module), so a DARTS `operations` would be taken for the 201 one compiled before.
+    torch._dynamo.reset()  # and its module cache by name (a DARTS `operations` is not the 201 one)
     import_module = getattr(torch._dynamo.symbolic_convert, "_import_module", None)
     if hasattr(import_module, "cache_clear"):
         import_module.cache_clear()
@@ -57,14 +55,8 @@ def _change_error(actual, expected, start, skip=()):
     return error / scale
 
 
-# 201 train.py's network (DrNAS cell, C=4, N=1) and optimiser (Nesterov SGD with its default learning rate and
-# weight decay), in fp32, 3 steps of 16 images. Spread measured on a 2-core AMD EPYC between eager runs on 1
-# and 2 threads, inductor and a float64 reference: the 3 steps' losses agree to 2e-6 (4e-5 at a 4th step), the
-# first step's change of the state to 1e-5 of its size, the test loss after it to 2e-5. The state itself is
-# compared after the first step only: a 1e-6 relative change of this tiny network's weights moves its gradient
-# by 3e-3 (BatchNorm over 4 channels), so rounding alone spreads the weights by 1e-3 of their change after two
-# steps and by 2% after three. Tolerances: 50x and 100x the measured spread; a term the compiled network
-# lacked would move the first loss or the first step's change by percents.
+# 201 train.py's network, fp32, 3 steps of 16 images. Measured spread (eager 1/2 threads, inductor, float64): losses
+# 2e-6, first step's state change 1e-5 (later steps amplify rounding); tolerances 50x-100x that.
 TRAIN_LOSS_REL, TRAIN_FIRST_STEP_REL = 1e-4, 1e-3
 
 
@@ -85,9 +77,8 @@ def test_201_train_steps_compiled_and_eager_agree(load_space):
         counters.clear()
         if compiled:
             accel.compile_model(net, CPU)
-        optimizer = torch.optim.SGD(
-            net.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
-        )
+        hyper = dict(momentum=args.momentum, weight_decay=args.weight_decay)
+        optimizer = torch.optim.SGD(net.parameters(), args.learning_rate, nesterov=True, **hyper)
         losses = []
         for x, y in batches:
             net.train()
@@ -112,13 +103,8 @@ def test_201_train_steps_compiled_and_eager_agree(load_space):
     model_module.Network(4, 1, structure, 10).load_state_dict(state)  # strict: the same keys
 
 
-# The second-order search in float64: in fp32 its finite-difference Hessian-vector product (a difference of two
-# gradients over a weight step of norm 0.01) leaves beta's gradient only about 5% exact, and eager runs on 1 and
-# 2 threads differed by up to 8% of its largest entry, too close to the second-order term itself (it moves that
-# gradient by 17-45% here). In float64, eager on 1 and 2 threads and inductor agreed to 6e-14 (gradients),
-# 2e-16 (losses) and 8e-16 (the state's change). Tolerance: 1e-8, 10^5 times that; a lost term moves the
-# gradient 10^7 times more (asserted below with the first-order gradient). Beta itself is compared through
-# the gradients Adam receives: Adam's first step has a gain of 1/eps = 1e8 on a gradient entry near zero.
+# The second-order search in float64 (fp32 finite differences are only ~5% exact): eager and inductor agreed to
+# 6e-14; tolerance 1e-8; a lost second-order term moves the gradient far more (asserted below).
 SEARCH_REL = 1e-8
 
 
@@ -152,10 +138,8 @@ def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
         optimizer = torch.optim.SGD(weights, args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
         for p, buffer in zip(weights, momentum):
             optimizer.state[p]["momentum_buffer"] = buffer.clone()
-        losses = [
-            float(search.search_step(model, architect, optimizer, weights, train, valid, 0.025, args.grad_clip)[1])
-            for train, valid in steps
-        ]
+        step = search.search_step
+        losses = [float(step(model, architect, optimizer, weights, t, v, 0.025, args.grad_clip)[1]) for t, v in steps]
         assert (counters["stats"]["unique_graphs"] > 0) == (name == "compiled"), name
         runs[name] = grads, losses, _state(model)
     (eager_grads, eager_losses, eager_state), (grads, losses, state) = runs["eager"], runs["compiled"]
@@ -164,10 +148,8 @@ def test_201_second_order_search_steps_compiled_and_eager_agree(load_space):
         for g, e in zip(got, want):
             scale = float(e.abs().max())
             assert float((g - e).abs().max()) <= SEARCH_REL * scale, f"architecture gradient of step {step + 1}"
-    first_order = runs["first order"][0][0][0]
-    assert float((first_order - eager_grads[0][0]).abs().max()) > 1e3 * SEARCH_REL * float(
-        eager_grads[0][0].abs().max()
-    ), "the second-order term is far above the tolerance"
+    first_order, want = runs["first order"][0][0][0], eager_grads[0][0]
+    assert float((first_order - want).abs().max()) > 1e3 * SEARCH_REL * float(want.abs().max()), "2nd order matters"
     assert losses == pytest.approx(eager_losses, rel=SEARCH_REL)
     assert _change_error(state, eager_state, start, skip=("beta",)) <= SEARCH_REL
     assert not any("_orig_mod" in key for key in state)
@@ -212,8 +194,7 @@ def test_darts_drop_path_probability_changes_without_recompiling(load_space):
     first = backend.graphs
     net.drop_path_prob = 0.1  # drop path switches on: one new graph
     compiled(x)
-    switched_on = backend.graphs
-    assert switched_on > first
+    assert (switched_on := backend.graphs) > first
     for p in (0.15, 0.2, 0.3):  # later epochs: the value lives in a buffer, no new graph
         net.drop_path_prob = p
         compiled(x)
@@ -227,14 +208,11 @@ def test_darts_compiled_drop_path_is_random_per_step_and_follows_the_value(load_
     compiled = torch.compile(net, backend="aot_eager", dynamic=False)
     x = torch.randn(8, 3, 32, 32)
     net.drop_path_prob = 0.5
-    first, aux = compiled(x)
-    second, _ = compiled(x)
+    (first, aux), (second, _) = compiled(x), compiled(x)
     assert aux is not None and aux.shape == (8, 10)  # the auxiliary head in training mode
     assert not torch.allclose(first, second)  # a new mask per call, not one baked into the graph
     net.drop_path_prob = 1e-9  # practically off, without a new graph: the same function every call
-    a, _ = compiled(x)
-    b, _ = compiled(x)
-    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(compiled(x)[0], compiled(x)[0])
     net.eval()
     logits, aux = compiled(x)
     assert aux is None and torch.equal(logits, compiled(x)[0])  # evaluation: no drop path, no head
@@ -258,20 +236,17 @@ def test_darts_compiled_training_steps_match_eager(load_space):
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
             losses[name].append(float(loss.detach()))
-    # aot_eager runs eager kernels on the traced graph: on a 2-core AMD EPYC the 3 losses agreed with eager (1 or
-    # 2 threads) and float64 to 2e-7; a lost term (the auxiliary loss: 0.4 * CE) moves them by percents.
-    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
-    assert losses["eager"][-1] < losses["eager"][0]
+    # aot_eager agreed with eager and float64 to 2e-7; a lost term (the auxiliary loss) moves them by percents.
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4) and losses["eager"][-1] < losses["eager"][0]
+
+
+DARTS_FLAGS = ["--dataset", "synthetic", "--device", "cpu", "--layers", "3"]
 
 
 @pytest.mark.parametrize(
-    "space, script, flags",
-    [
-        ("201-space", "train.py", TINY_201),
-        ("201-space", "train_search.py", TINY_201),
-        ("DARTS-space", "train.py", ["--dataset", "synthetic", "--device", "cpu", "--layers", "3"]),
-    ],
-)
+    "space, script, flags", [("201-space", "train.py", TINY_201), ("201-space", "train_search.py", TINY_201),
+                             ("DARTS-space", "train.py", DARTS_FLAGS)]
+)  # fmt: skip
 def test_amp_with_compile_on_a_cpu_is_refused_before_writing(tmp_path, load_space, space, script, flags):
     """Inductor's bf16 CPU kernels get dilated depthwise-conv weight gradients wrong."""
     save = tmp_path / "run"

@@ -23,8 +23,7 @@ def test_small_search_config_prints_one_json_line_and_its_progress():
     assert report["s_per_weight_step"] > 0 and report["peak_mem_mb"] > 0
     # The search step is the sum of its printed parts (arithmetic, not timing), so never below its weight step.
     seconds, weight_seconds = report["s_per_step"], report["s_per_weight_step"]
-    assert seconds == pytest.approx(report["s_per_arch_step"] + weight_seconds, abs=1e-9)
-    assert seconds >= weight_seconds
+    assert seconds == pytest.approx(report["s_per_arch_step"] + weight_seconds, abs=1e-9) and seconds >= weight_seconds
     assert report["images_per_s"] == pytest.approx(2 * 64 / seconds, abs=0.1), "both batches of a search step"
     # The paper's stage: 25 epochs of 391 steps, the first 10 weight-only.
     stage_h = 391 * (10 * weight_seconds + 15 * seconds) / 3600

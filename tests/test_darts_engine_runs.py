@@ -14,32 +14,15 @@ from loop_run import LoopRun
 
 TINY = ["--dataset", "synthetic", "--layers", "5", "--device", "cpu", "--workers", "0"]
 # 16 steps per epoch (256 synthetic images), cutout and drop path draw random numbers.
-TRAIN = [
-    "train.py",
-    *TINY,
-    *"--init_channels 8 --batch_size 16 --epochs 2 --cutout --auxiliary --report_freq 1".split(),
-]
+TRAIN = "--init_channels 8 --batch_size 16 --epochs 2 --cutout --auxiliary --report_freq 1"
+TRAIN = ["train.py", *TINY, *TRAIN.split()]
 # Two stages of one epoch each, 6 steps per epoch, architecture steps from the start.
-SEARCH = [
-    "train_search.py",
-    *TINY,
-    *(
-        "--init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
-        "--warmup_epochs 0 --max_steps_per_epoch 6 --report_freq 1"
-    ).split(),
-]
+SEARCH = "--init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 --max_steps_per_epoch 6"
+SEARCH = ["train_search.py", *TINY, *SEARCH.split(), "--report_freq", "1"]
 # One epoch of one step: the smallest run that writes a checkpoint.
-SHORT = {
-    "train": ["train.py", *TINY, *"--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1".split()],
-    "train_search": [
-        "train_search.py",
-        *TINY,
-        *(
-            "--init_channels 8 --batch_size 8 --stage_epochs 1 --stage_k 4 --stage_keep 7 "
-            "--warmup_epochs 0 --max_steps_per_epoch 1"
-        ).split(),
-    ],
-}
+SHORT = {"train": ["train.py", *TINY, *"--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1".split()]}
+SHORT["train_search"] = "--init_channels 8 --batch_size 8 --stage_epochs 1 --stage_k 4 --stage_keep 7 --warmup_epochs 0"
+SHORT["train_search"] = ["train_search.py", *TINY, *SHORT["train_search"].split(), "--max_steps_per_epoch", "1"]
 
 
 def _wait(proc, timeout=300):
@@ -108,7 +91,7 @@ def _preempted_run_resumes_exactly(tmp_path, argv, marker):
     ckpt = _checkpoint(broken)
     assert ckpt["epoch"] == 1 and ckpt["step"] > 0, "not stopped inside epoch 2"
     assert "preempted: checkpoint written" in (broken / "log.txt").read_text()
-    # Without --save the run continues in its checkpoint's folder.
+    # Without --save the run continues in its checkpoint's folder:
     _finish(popen_script("DARTS-space", *argv, "--resume", broken / "checkpoint.pt"))
     _finish(reference)
     a, b = _checkpoint(straight), _checkpoint(broken)
@@ -118,27 +101,23 @@ def _preempted_run_resumes_exactly(tmp_path, argv, marker):
     return a
 
 
-def test_train_preempted_mid_epoch_resumes_exactly(tmp_path):
-    ckpt = _preempted_run_resumes_exactly(tmp_path, TRAIN, "epoch 2/2 step 2/16 ")
-    assert ckpt["task"].keys() >= {"model", "optimizer", "scaler"}  # the learning rate follows from the epoch
-
-
-def test_search_preempted_mid_epoch_resumes_exactly(tmp_path):
-    # Preempted in stage 2, after the switch to k=2 and 4 ops per edge.
-    ckpt = _preempted_run_resumes_exactly(tmp_path, SEARCH, "epoch 2/2 step 1/6 ")
-    assert ckpt["task"]["stage"] == 1 and ckpt["task"]["k"] == 2
+@pytest.mark.parametrize("script", ["train", "search"])
+def test_preempted_mid_epoch_resumes_exactly(tmp_path, script):
+    """train.py (step 2 of epoch 2) and train_search.py (stage 2, after the switch to k=2)."""
+    if script == "train":
+        ckpt = _preempted_run_resumes_exactly(tmp_path, TRAIN, "epoch 2/2 step 2/16 ")
+        assert ckpt["task"].keys() >= {"model", "optimizer", "scaler"}  # the learning rate follows from the epoch
+    else:
+        ckpt = _preempted_run_resumes_exactly(tmp_path, SEARCH, "epoch 2/2 step 1/6 ")
+        assert ckpt["task"]["stage"] == 1 and ckpt["task"]["k"] == 2
 
 
 def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_path):
     """--learning_rate 1e12: the weights overflow within a few steps and the run stops, exit 2, one line."""
     blow_up = ["--learning_rate", "1e12", "--grad_clip", "1e30"]
-    runs = {
-        "train": [*SHORT["train"], "--epochs", "3"],
-        "train_search": [*SHORT["train_search"], *"--stage_epochs 2 1 --stage_k 4 2 --stage_keep 7 4".split()],
-    }
-    procs = {
-        name: popen_script("DARTS-space", *argv, *blow_up, "--save", tmp_path / name) for name, argv in runs.items()
-    }
+    runs = {"train": [*SHORT["train"], "--epochs", "3"]}
+    runs["train_search"] = [*SHORT["train_search"], *"--stage_epochs 2 1 --stage_k 4 2 --stage_keep 7 4".split()]
+    procs = {n: popen_script("DARTS-space", *argv, *blow_up, "--save", tmp_path / n) for n, argv in runs.items()}
     kept = 0
     for name, proc in procs.items():
         assert_one_line_error(*_wait(proc), "not finite")
@@ -146,8 +125,7 @@ def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_pa
             kept += 1
             state = _checkpoint(tmp_path / name)["task"]
             assert all(torch.isfinite(t).all() for t in _tensors(state) if t.is_floating_point()), name
-    # One step per epoch: the first epoch's weights are still finite and are kept.
-    assert kept > 0
+    assert kept > 0  # one step per epoch: the first epoch's weights are still finite and are kept
 
 
 def test_bad_flags_a_file_as_save_and_an_old_checkpoint_are_refused_before_writing(tmp_path):
@@ -156,19 +134,11 @@ def test_bad_flags_a_file_as_save_and_an_old_checkpoint_are_refused_before_writi
     old = tmp_path / "old" / "checkpoint.pt"  # the layout before the engine: no version, no "task"
     old.parent.mkdir()
     torch.save({"epoch": 1, "stage": 0, "model": {}, "args": {}}, old)
-    cases = [
-        ([*SHORT["train"], "--epochs", "-1", "--save", tmp_path / "a"], "--epochs -1"),
-        (
-            [
-                *SHORT["train_search"],
-                *"--stage_epochs -1 1 --stage_k 4 2 --stage_keep 7 4 --save".split(),
-                tmp_path / "b",
-            ],
-            "--stage_epochs -1",
-        ),
-        ([*SHORT["train"], "--save", taken], "is a file"),
-        ([*SHORT["train_search"], "--resume", old], "earlier version"),
-    ]
+    stages = "--stage_epochs -1 1 --stage_k 4 2 --stage_keep 7 4".split()
+    cases = [([*SHORT["train"], "--epochs", "-1", "--save", tmp_path / "a"], "--epochs -1")]
+    cases += [([*SHORT["train_search"], *stages, "--save", tmp_path / "b"], "--stage_epochs -1")]
+    cases += [([*SHORT["train"], "--save", taken], "is a file")]
+    cases += [([*SHORT["train_search"], "--resume", old], "earlier version")]
     procs = [(popen_script("DARTS-space", *argv), expected) for argv, expected in cases]
     for proc, expected in procs:
         assert_one_line_error(*_wait(proc), expected)
@@ -195,11 +165,8 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
         "DARTS-space", "train_search", "train_search", "train", "train", "model", "genotypes", "runkit.distributed"
     )
     # Adam keeps its step count on the CPU by design (no device sync); read it without `.item()`.
-    monkeypatch.setattr(
-        importlib.import_module("torch.optim.adam"),
-        "_get_value",
-        lambda x: x.numpy().item() if torch.is_tensor(x) else x,
-    )
+    get_value = lambda x: x.numpy().item() if torch.is_tensor(x) else x  # noqa: E731
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_value", get_value)
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(10, (32,)))
     dist = distributed.setup("cpu")

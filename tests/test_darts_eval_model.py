@@ -63,11 +63,9 @@ def test_imagenet_forward_shapes(load_space, auxiliary):
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     torch.manual_seed(0)
     net = model.NetworkImageNet(8, 7, 5, auxiliary, genotypes.DrNAS_imagenet)
-    # The auxiliary head is sized for 224x224 (a 7x7 map); without it 64 pixels suffice.
-    size = 224 if auxiliary else 64
+    size = 224 if auxiliary else 64  # the auxiliary head is sized for 224x224 (a 7x7 map); without it 64 pixels suffice
     logits, logits_aux = net(torch.randn(2, 3, size, size))
-    assert logits.shape == (2, 7)
-    assert (logits_aux.shape == (2, 7)) if auxiliary else logits_aux is None
+    assert logits.shape == (2, 7) and ((logits_aux.shape == (2, 7)) if auxiliary else logits_aux is None)
 
 
 def test_drop_path_on_cpu(load_space):
@@ -77,8 +75,7 @@ def test_drop_path_on_cpu(load_space):
     y = model.drop_path(x * 1.0, 0.25)  # in place, so on an op's output, never a leaf
     kept = y[:, 0, 0, 0] != 0
     # Whole samples are dropped, survivors scaled by 1 / (1 - p), and the mean is kept.
-    assert 0.65 < kept.float().mean() < 0.85
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    assert 0.65 < kept.float().mean() < 0.85 and torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
     assert (y[~kept] == 0).all()
     y.sum().backward()
     assert x.grad is not None
@@ -96,8 +93,7 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
     reference = net(x)[0]
     net.drop_path_prob = 0.5
     assert torch.equal(net(x)[0], reference)
-    # In training the same input gives different outputs once paths are dropped.
-    net.train()
+    net.train()  # in training the same input gives different outputs once paths are dropped
     torch.manual_seed(1)
     first = net(x)[0]
     torch.manual_seed(2)

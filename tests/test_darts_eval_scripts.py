@@ -2,23 +2,17 @@
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import SPACES, TINY_DARTS_TRAIN, run_script
+from conftest import TINY_DARTS_TRAIN, popen_script, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
-TINY = (
-    "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 "
-    "--batch_size 16 --learning_rate 0.05 --epochs 2 --device cpu --workers 0 --seed "
-    "3 --report_freq 8"
-).split()
+TINY = "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 --batch_size 16 --learning_rate 0.05"
+TINY = [*TINY.split(), *"--epochs 2 --device cpu --workers 0 --seed 3 --report_freq 8".split()]
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -37,14 +31,7 @@ def _assert_same_state(a, b):
 
 
 def _start(run_dir, *extra):
-    return subprocess.Popen(
-        [sys.executable, "train.py", *map(str, TINY), "--save", str(run_dir), *map(str, extra)],
-        cwd=SPACES["DARTS-space"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return popen_script("DARTS-space", "train.py", *TINY, "--save", run_dir, *extra)
 
 
 def test_train_learns_and_resumes_exactly(tmp_path):
@@ -87,16 +74,8 @@ def test_arch_path_from_a_search(load_space, tmp_path):
     genotypes.save_genotype(genotypes.PC_DARTS_cifar, path)  # what train_search.py writes
     expected = model.param_count(model.NetworkCIFAR(4, 10, 5, False, genotypes.PC_DARTS_cifar))
     run_dir = tmp_path / "run"
-    result = run_script(
-        *"DARTS-space train.py --dataset synthetic --arch".split(),
-        path,
-        "--layers",
-        "5",
-        *TINY_DARTS_TRAIN,
-        "--deterministic",
-        "--save",
-        run_dir,
-    )
+    argv = ["--dataset", "synthetic", "--arch", path, "--layers", "5", *TINY_DARTS_TRAIN, "--deterministic"]
+    result = run_script("DARTS-space", "train.py", *argv, "--save", run_dir)
     assert result.returncode == 0, result.stderr
     log = (run_dir / "log.txt").read_text()
     assert f"param count = {expected} (" in log and "--deterministic: deterministic kernels" in log
@@ -108,47 +87,29 @@ def test_arch_path_from_a_search(load_space, tmp_path):
 
 def _run_torchrun(tmp_path, script, *args):
     run_dir = tmp_path / "run"
-    result = run_script(
-        "DARTS-space",
-        *TORCHRUN,
-        script,
-        *args,
-        *"--device cpu --workers 0 --epochs 1 --max_steps_per_epoch 3 --save".split(),
-        run_dir,
-        timeout=300,
-    )
+    argv = [*TORCHRUN, script, *args, *"--device cpu --workers 0 --epochs 1 --max_steps_per_epoch 3".split()]
+    result = run_script("DARTS-space", *argv, "--save", run_dir, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (run_dir / "log.txt").read_text()
     # Every rank compares its weights with rank 0's after training: identical replicas.
     match = re.search(r"rank consistency: max \|w - w_rank0\| over 2 ranks = (\S+)", log)
     assert match and float(match.group(1)) == 0.0, log
-    # One set of files, written once (by rank 0).
-    assert (
-        sorted(p.name for p in run_dir.iterdir())
-        == "args.json best.pt checkpoint.pt genotype.json history.jsonl log.txt run.lock scripts tb".split()
-    )
+    files = "args.json best.pt checkpoint.pt genotype.json history.jsonl log.txt run.lock scripts tb"
+    assert sorted(p.name for p in run_dir.iterdir()) == files.split(), "one set of files, written once (by rank 0)"
     # The epoch's summary line (its progress lines are "epoch 1/1 step ..."), once.
-    assert log.count("epoch 1/1 lr ") == 1 and log.count("param count") == 1
-    assert len(_history(run_dir)) == 1
+    assert log.count("epoch 1/1 lr ") == 1 and log.count("param count") == 1 and len(_history(run_dir)) == 1
     assert "2 process(es)" in log
     return run_dir
 
 
 def test_train_under_torchrun(tmp_path):
-    _run_torchrun(
-        tmp_path,
-        *"train.py --dataset synthetic --cutout --auxiliary --layers 5 --init_channels 4 --batch_size 8".split(),
-    )
+    argv = "train.py --dataset synthetic --cutout --auxiliary --layers 5 --init_channels 4 --batch_size 8"
+    _run_torchrun(tmp_path, *argv.split())
 
 
 def test_train_imagenet_under_torchrun(tmp_path, tiny_imagenet):
-    run_dir = _run_torchrun(
-        tmp_path,
-        "train_imagenet.py",
-        "--data",
-        tiny_imagenet,
-        *"--image_size 32 --layers 5 --init_channels 8 --batch_size 4".split(),
-    )
+    argv = ["--data", tiny_imagenet, *"--image_size 32 --layers 5 --init_channels 8 --batch_size 4".split()]
+    run_dir = _run_torchrun(tmp_path, "train_imagenet.py", *argv)
     assert "param count = " in (run_dir / "log.txt").read_text()
 
 

@@ -1,61 +1,67 @@
-"""DARTS train.py/train_imagenet.py on a genotype.json: one log line when the data differs from the search's."""
+"""train.py on a search's genotype.json (both folders; DARTS train_imagenet.py too): one log line when the data
+differs from the search's."""
 
 import argparse
 
 import pytest
 
-from conftest import TINY_DARTS_TRAIN, run_script
+from conftest import TINY_201, TINY_DARTS_TRAIN, run_script
 
 NOTE = "was searched on"
-TRAIN = ["train.py", *TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3"]
+DRNAS_201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+TRAIN = {"201-space": ["train.py", *TINY_201, "--epochs", "1"]}
+TRAIN["DARTS-space"] = ["train.py", *TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3"]
 TRAIN_IMAGENET = ["train_imagenet.py", *TINY_DARTS_TRAIN, *"--dataset synthetic --image_size 32 --layers 3".split()]
 
 
-def _write_genotype(load_space, path, data):
-    """A genotype.json as a search writes it: the DrNAS CIFAR-10 cell and the record `data` of its data."""
-    genotypes = load_space("DARTS-space", "genotypes")
-    genotypes.save_genotype(genotypes.DrNAS_cifar10, path, data)
+def write_genotype(load_space, path, data, space="DARTS-space"):
+    """A genotype.json as a search writes it: the DrNAS cell and the record `data` of its data."""
+    genotypes = load_space(space, "genotypes")
+    cell = genotypes.DrNAS_cifar10 if space == "DARTS-space" else genotypes.Structure.from_str(DRNAS_201)
+    genotypes.save_genotype(cell, path, data)
     return path
 
 
-def _train_notes(tmp_path, genotype, script):
+def train_notes(tmp_path, genotype, script, space="DARTS-space", *args):
     """Run `script` (a command line) on `genotype`; the lines of its log about the cell's data."""
-    result = run_script("DARTS-space", *script, "--arch", genotype, "--save", tmp_path / "run")
+    result = run_script(space, *script, "--arch", genotype, "--save", tmp_path / "run", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "run" / "log.txt").read_text()
     return [line.split(" ", 2)[2] for line in log.splitlines() if NOTE in line]  # without the time stamp
 
 
-def test_other_data_set_and_size_says_so_in_one_line(load_space, tmp_path):
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_other_data_set_and_size_says_so_in_one_line(load_space, tmp_path, space):
     record = {"dataset": "cifar100", "data": "/data/cifar", "image_size": 28, "num_classes": 100}
-    genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)
-    assert _train_notes(tmp_path, genotype, TRAIN) == [
+    genotype = write_genotype(load_space, tmp_path / "genotype.json", record, space)
+    assert train_notes(tmp_path, genotype, TRAIN[space], space) == [
         f"--arch {genotype} was searched on cifar100 at 28 px; this run trains on synthetic at 32 px"
     ]
 
 
 def test_train_imagenet_at_another_size_names_the_searched_size(load_space, tmp_path):
     record = {"dataset": "synthetic", "data": "/data", "image_size": 64, "num_classes": 10}
-    genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)
-    assert _train_notes(tmp_path, genotype, TRAIN_IMAGENET) == [
+    genotype = write_genotype(load_space, tmp_path / "genotype.json", record)
+    assert train_notes(tmp_path, genotype, TRAIN_IMAGENET) == [
         f"--arch {genotype} was searched on synthetic at 64 px; this run trains on synthetic at 32 px; "
         "--image_size 64 trains at the searched size"
     ]
 
 
-def test_matching_data_says_nothing(load_space, tmp_path):
-    """The record a search on the synthetic set writes (`data_common.data_record`, as train_search.py makes it)."""
-    datasets, data_common = load_space("DARTS-space", "datasets", "runkit.data_common")
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_matching_data_says_nothing(load_space, tmp_path, space):
+    """The record a search on the synthetic set writes (`data_common.data_record`, as the search makes it)."""
+    datasets, data_common = load_space(space, "datasets", "runkit.data_common")
     full, _, classes = datasets.get_datasets("synthetic", "../data")
     record = data_common.data_record(argparse.Namespace(dataset="synthetic", data="../data"), full, classes)
-    genotype = _write_genotype(load_space, tmp_path / "genotype.json", record)
-    assert _train_notes(tmp_path, genotype, TRAIN) == []
+    genotype = write_genotype(load_space, tmp_path / "genotype.json", record, space)
+    assert train_notes(tmp_path, genotype, TRAIN[space], space) == []
 
 
 @pytest.mark.parametrize("spec", ["DrNAS_cifar10", "genotype.json"])
 def test_only_a_genotype_json_with_a_record_has_one(load_space, tmp_path, spec):
     genotypes = load_space("DARTS-space", "genotypes")
     if spec == "genotype.json":  # written without a record, as train.py writes the cell it trained
-        spec = str(_write_genotype(load_space, tmp_path / spec, None))
+        spec = str(write_genotype(load_space, tmp_path / spec, None))
     genotype, record = genotypes.load_genotype_and_data(spec)
     assert genotype == genotypes.DrNAS_cifar10 and record is None

@@ -4,11 +4,11 @@ import argparse
 import math
 import pickle
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_tiny_cifar
 from loop_run import LoopRun
 
 pytestmark = pytest.mark.quick
@@ -45,14 +45,8 @@ def kl_to_uniform_dirichlet(beta):
     """Sum over edges of KL(Dir(alpha) || Dir(1, ..., 1)), closed form."""
     a = concentration_by_hand(beta)
     a0 = a.sum(-1)
-    K = a.shape[-1]
-    kl = (
-        torch.lgamma(a0)
-        - torch.lgamma(a).sum(-1)
-        - math.lgamma(K)
-        + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[..., None])).sum(-1)
-    )
-    return kl.sum()
+    kl = torch.lgamma(a0) - torch.lgamma(a).sum(-1) - math.lgamma(a.shape[-1])
+    return (kl + ((a - 1) * (torch.digamma(a) - torch.digamma(a0)[..., None])).sum(-1)).sum()
 
 
 def shuffle_by_hand(t, groups):
@@ -67,11 +61,8 @@ def shuffle_by_hand(t, groups):
 
 def test_primitives_are_the_seven_darts_ops_in_order_without_none(load_space):
     """The searched op set is the 7 DARTS ops (no `none`), in this order."""
-    genotypes = load_space(SPACE, "genotypes")
-    assert (
-        genotypes.PRIMITIVES
-        == "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5".split()
-    )
+    ops = "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5"
+    assert load_space(SPACE, "genotypes").PRIMITIVES == ops.split()
 
 
 def test_beta_is_initialised_as_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
@@ -178,8 +169,7 @@ def test_genotype_ranks_edges_by_softmax_strength_of_best_kept_op_not_raw_beta(l
     with torch.no_grad():
         net.beta_normal.zero_()
         net.beta_reduce.zero_()
-        # Node 1 reads edges 2 (input 0), 3 (input 1), 4 (node 0).
-        net.beta_normal[2] = 0.95
+        net.beta_normal[2] = 0.95  # node 1 reads edges 2 (input 0), 3 (input 1), 4 (node 0)
         net.beta_normal[2, P.index("sep_conv_3x3")] = 1.0  # largest beta, but a flat softmax (0.149)
         net.beta_normal[3] = -3.0
         net.beta_normal[3, P.index("dil_conv_5x5")] = 0.6  # small beta, peaked softmax (0.859)
@@ -353,8 +343,7 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     full = flat(torch.autograd.grad(F.cross_entropy(net(x), y), weights)).norm()
     assert full > 100 * clip
     torch.testing.assert_close((flat(weights) - w0).norm(), torch.tensor(clip), atol=0, rtol=1e-4)
-    assert torch.equal(flat(net.arch_parameters()), beta0)
-    assert all(b.grad is None for b in net.arch_parameters())
+    assert torch.equal(flat(net.arch_parameters()), beta0) and all(b.grad is None for b in net.arch_parameters())
 
 
 def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
@@ -419,8 +408,7 @@ def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_l
     for cell in net.cells:
         beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
         for e, edge in enumerate(cell.edges):
-            assert edge.kept == sorted(beta[e].topk(3).indices.tolist())
-            assert edge.k == 1
+            assert edge.kept == sorted(beta[e].topk(3).indices.tolist()) and edge.k == 1
     assert net.k == 1
     group = new.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.037, 0.9, 3e-4)
@@ -481,44 +469,25 @@ def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arc
     def recording_step(model, architect, optimizer, weights, train_batch, valid_batch, lr, grad_clip, dist):
         groups = [{key: value for key, value in g.items() if key != "params"} for g in optimizer.param_groups]
         params = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
-        seen.append(
-            {
-                "type": type(optimizer),
-                "groups": groups,
-                "params": params,
-                "arch_on": valid_batch is not None,
-                "k": model.k,
-                "weights": {id(p) for p in model.weights()},
-                "beta": {id(p) for p in model.arch_parameters()},
-                "architect": architect,
-            }
-        )
+        weights, beta = {id(p) for p in model.weights()}, {id(p) for p in model.arch_parameters()}
+        arch_on = valid_batch is not None
+        seen.append(dict(type=type(optimizer), groups=groups, params=params, arch_on=arch_on, k=model.k))
+        seen[-1].update(weights=weights, beta=beta, architect=architect)
         return torch.zeros(2, 10), torch.zeros(())
 
     monkeypatch.setattr(search, "search_step", recording_step)
-    train_search.main(
-        [
-            *(
-                "--dataset synthetic --layers 3 --init_channels 4 --batch_size 2 --stage_epochs 2 "
-                "2 --stage_k 2 1 --stage_keep 7 3 --warmup_epochs 1 --max_steps_per_epoch 1 "
-                "--device cpu --workers 0 --save"
-            ).split(),
-            str(tmp_path / "run"),
-        ]
-    )
-    assert [s["arch_on"] for s in seen] == [False, True, False, True]
-    assert [s["k"] for s in seen] == [2, 2, 1, 1]
+    argv = "--dataset synthetic --layers 3 --init_channels 4 --batch_size 2 --stage_epochs 2 2 --stage_k 2 1"
+    argv += " --stage_keep 7 3 --warmup_epochs 1 --max_steps_per_epoch 1 --device cpu --workers 0"
+    train_search.main([*argv.split(), "--save", str(tmp_path / "run")])
+    assert [s["arch_on"] for s in seen] == [False, True, False, True] and [s["k"] for s in seen] == [2, 2, 1, 1]
     for epoch, s in enumerate(seen):
         assert s["type"] is torch.optim.SGD and len(s["groups"]) == 1
         group = s["groups"][0]
         assert group["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 4)))
-        assert (group["momentum"], group["weight_decay"], group["dampening"], group["nesterov"]) == (
-            0.9, 3e-4, 0, False,
-        )  # fmt: skip
+        assert [group[key] for key in ("momentum", "weight_decay", "dampening", "nesterov")] == [0.9, 3e-4, 0, False]
         assert s["params"][0] == s["weights"] and not s["beta"] & s["weights"]
     adam = seen[0]["architect"].optimizer
-    assert type(adam) is torch.optim.Adam
-    assert {id(p) for p in adam.param_groups[0]["params"]} == seen[0]["beta"]
+    assert type(adam) is torch.optim.Adam and {id(p) for p in adam.param_groups[0]["params"]} == seen[0]["beta"]
     assert adam.param_groups[0]["lr"] == 6e-4 and adam.param_groups[0]["betas"] == (0.5, 0.999)
     assert adam.param_groups[0]["eps"] == 1e-8 and adam.param_groups[0]["weight_decay"] == 0
     # The paper's Adam weight decay 1e-3 on beta: the l2 term, whose gradient is 1e-3 * beta.
@@ -615,20 +584,8 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
     run = LoopRun(steps=1)
     training.train(run, net, data, data, torch.nn.CrossEntropyLoss(), lambda epoch: 1.0, args)
     [(_, _, targets, loss)] = run.updates
-    assert sorted(targets.tolist()) == [0, 1, 2, 3]
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert sorted(targets.tolist()) == [0, 1, 2, 3] and float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     torch.testing.assert_close((flat(net.parameters()) - before).norm(), torch.tensor(1e-3), atol=0, rtol=1e-4)
-
-
-def _tiny_cifar10(root):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(2, 3 * 32 * 32), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": [3, 7]}, f)
-    return data  # the test batch's pixels
 
 
 def test_cifar_train_crop_32_pad_4_flip_normalise_cutout_16_only_when_asked_test_only_normalised(load_space, tmp_path):
@@ -636,7 +593,8 @@ def test_cifar_train_crop_32_pad_4_flip_normalise_cutout_16_only_when_asked_test
     datasets = load_space(SPACE, "datasets")
     import torchvision.transforms as T
 
-    pixels = _tiny_cifar10(tmp_path)
+    with open(write_tiny_cifar(tmp_path) / "test_batch", "rb") as f:
+        pixels = pickle.load(f)["data"]
     assert datasets.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465) and datasets.CIFAR10_STD == (0.2470, 0.2435, 0.2616)
     assert datasets.CIFAR100_MEAN == (0.5071, 0.4865, 0.4409) and datasets.CIFAR100_STD == (0.2673, 0.2564, 0.2762)
     mean, std = torch.tensor(datasets.CIFAR10_MEAN)[:, None, None], torch.tensor(datasets.CIFAR10_STD)[:, None, None]
@@ -654,33 +612,27 @@ def test_cifar_train_crop_32_pad_4_flip_normalise_cutout_16_only_when_asked_test
         image = torch.from_numpy(pixels[1].reshape(3, 32, 32)).float() / 255
         torch.manual_seed(0)
         torch.testing.assert_close(test[1][0], (image - mean) / std)  # test: normalised, nothing else
-    # Cutout(16) zeroes a 16x16 square (clipped at the border).
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # cutout(16) zeroes a 16x16 square (clipped at the border)
     zeros = [int((datasets.Cutout(16)(torch.ones(3, 32, 32)) == 0).sum()) for _ in range(50)]
     assert max(zeros) == 3 * 16 * 16 and min(zeros) >= 3 * 8 * 8
 
 
-def test_search_defaults_are_the_papers(load_space):
-    """train_search.py: 25+25 epochs, batch 64, SGD 0.1->0, Adam 6e-4, C 36, 20 cells, k 6/4, keep 7/4, l2 1e-3."""
-    train_search = load_space(SPACE, "train_search")
-    args = vars(train_search.get_parser().parse_args([]))
-    expected = {
-        "dataset": "cifar10", "stage_epochs": [25, 25], "batch_size": 64, "learning_rate": 0.1,
-        "learning_rate_min": 0.0, "lr_warmup_epochs": 0, "arch_learning_rate": 6e-4, "init_channels": 36,
-        "layers": 20, "stage_k": [6, 4], "stage_keep": [7, 4], "warmup_epochs": 10, "train_portion": 0.5,
-        "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "reg_type": "l2", "reg_scale": 1e-3,
-        "unrolled": False,
-    }  # fmt: skip
-    assert {key: args[key] for key in expected} == expected
+SEARCH_DEFAULTS = dict(
+    dataset="cifar10", stage_epochs=[25, 25], batch_size=64, learning_rate=0.1, learning_rate_min=0.0,
+    lr_warmup_epochs=0, arch_learning_rate=6e-4, init_channels=36, layers=20, stage_k=[6, 4], stage_keep=[7, 4],
+    warmup_epochs=10, train_portion=0.5, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, reg_type="l2",
+    reg_scale=1e-3, unrolled=False,
+)  # fmt: skip
+TRAIN_DEFAULTS = dict(
+    dataset="cifar10", epochs=600, batch_size=64, learning_rate=0.025, momentum=0.9, weight_decay=3e-4,
+    init_channels=36, layers=20, drop_path_prob=0.3, auxiliary_weight=0.4, cutout_length=16, grad_clip=5.0,
+    arch="DrNAS_cifar10",
+)  # fmt: skip
 
 
-def test_train_defaults_are_the_papers(load_space):
-    """train.py: 600 epochs, batch 64, SGD 0.025, C 36, 20 cells, drop path 0.3, aux 0.4, cutout 16, DrNAS_cifar10."""
-    train = load_space(SPACE, "train")
-    args = vars(train.get_parser().parse_args([]))
-    expected = {
-        "dataset": "cifar10", "epochs": 600, "batch_size": 64, "learning_rate": 0.025, "momentum": 0.9,
-        "weight_decay": 3e-4, "init_channels": 36, "layers": 20, "drop_path_prob": 0.3, "auxiliary_weight": 0.4,
-        "cutout_length": 16, "grad_clip": 5.0, "arch": "DrNAS_cifar10",
-    }  # fmt: skip
+@pytest.mark.parametrize("script, expected", [("train_search", SEARCH_DEFAULTS), ("train", TRAIN_DEFAULTS)])
+def test_search_and_train_defaults_are_the_papers(load_space, script, expected):
+    """train_search.py: 25+25 epochs, batch 64, SGD 0.1->0, Adam 6e-4, C 36, 20 cells, k 6/4, keep 7/4, l2 1e-3;
+    train.py: 600 epochs, batch 64, SGD 0.025, C 36, 20 cells, drop path 0.3, aux 0.4, cutout 16, DrNAS_cifar10."""
+    args = vars(load_space(SPACE, script).get_parser().parse_args([]))
     assert {key: args[key] for key in expected} == expected

@@ -59,8 +59,7 @@ def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     genotype = genotypes.DrNAS_cifar10 if network == "NetworkCIFAR" else genotypes.DrNAS_imagenet
     net = getattr(model, network)(*args, True, genotype)  # with the auxiliary head
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == batchnorms
-    assert model.param_count(net) == params
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == batchnorms and model.param_count(net) == params
 
 
 def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path, tiny_train_run):
@@ -94,8 +93,7 @@ def test_imagenet_search_stems_end_at_three_times_C(load_space):
     first, second = net.cells[0], net.cells[1]
     assert isinstance(first.preprocess0, type(net.cells[5].preprocess0))  # FactorizedReduce after a reduction
     assert first.preprocess0.conv_1.in_channels == first.preprocess1.conv.in_channels == 144
-    assert second.preprocess0.conv.in_channels == 144
-    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    assert second.preprocess0.conv.in_channels == 144 and net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
 def test_imagenet_search_weight_count_is_the_papers(load_space):
@@ -158,8 +156,7 @@ def test_imagenet_evaluation_transforms(load_space):
     kinds = [type(t) for t in train_tf.transforms]
     assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ColorJitter, T.ToTensor, T.Normalize]
     jitter = train_tf.transforms[2]
-    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3
-    assert jitter.hue == (-0.2, 0.2)
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3 and jitter.hue == (-0.2, 0.2)
     assert [type(t) for t in val_tf.transforms] == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
     assert val_tf.transforms[0].size == 256 and val_tf.transforms[1].size == (224, 224)
     normalize = val_tf.transforms[-1]

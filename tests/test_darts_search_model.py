@@ -5,6 +5,8 @@ import argparse
 import pytest
 import torch
 
+from conftest import forbid_host_reads
+
 pytestmark = pytest.mark.quick
 
 # Tiny supernet: C=4, 3 cells (normal, reduce, reduce), 16x16 inputs.
@@ -28,8 +30,7 @@ def test_arch_parameters_registered_and_excluded(load_space):
     state = net.state_dict()
     assert state["beta_normal"].shape == (14, 7) and state["beta_reduce"].shape == (14, 7)
     arch = {id(p) for p in net.arch_parameters()}
-    assert not any(id(p) in arch for p in net.weights())
-    assert len(net.weights()) + 2 == len(list(net.parameters()))
+    assert not any(id(p) in arch for p in net.weights()) and len(net.weights()) + 2 == len(list(net.parameters()))
     assert net.beta_normal.abs().max() < 0.01  # 1e-3 * N(0, 1)
 
 
@@ -56,21 +57,14 @@ def test_forward_backward_every_weight_gets_a_gradient(load_space):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-def test_no_host_reads_in_supernet_pass(load_space, monkeypatch):
+def test_no_host_reads_in_supernet_pass(load_space):
     model_search = load_space("DARTS-space", "model_search")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     net.prune(3)  # the pruned supernet too
     x, y = batch()
-
-    def host_read(*args, **kwargs):
-        raise AssertionError("a tensor value was read on the host inside the pass")
-
-    for name in ("__bool__", "item", "tolist", "__int__", "__float__"):
-        monkeypatch.setattr(torch.Tensor, name, host_read)
-    loss = torch.nn.functional.cross_entropy(net(x), y) + net.kl_regularizer()
-    loss.backward()
-    monkeypatch.undo()
+    with forbid_host_reads():
+        (torch.nn.functional.cross_entropy(net(x), y) + net.kl_regularizer()).backward()
     assert net.beta_reduce.grad is not None
 
 
@@ -145,10 +139,8 @@ def test_architect_step_changes_only_arch_params(load_space, reg_type):
     arch.step(x, y, xv, yv, 0.1, sgd)
     after = net.state_dict()
     assert not torch.equal(before["beta_normal"], after["beta_normal"])
-    for name, p in net.named_parameters():
-        if not name.startswith("beta"):
-            assert torch.equal(before[name], after[name]), name
-            assert p.grad is None, name  # no weight gradient was computed
+    for name, p in net.named_parameters():  # and no weight gradient was computed
+        assert name.startswith("beta") or (torch.equal(before[name], after[name]) and p.grad is None), name
 
 
 def test_unrolled_after_pruning_and_widening(load_space):
@@ -186,8 +178,7 @@ def test_parameter_counts_match_paper(load_space):
     assert count(model_search.Network(16, 10, 8, k=4)) == 299_578
     net = model_search.Network(36, 10, 20, k=6)
     assert count(net) == 2_221_750  # stage 1
-    # The paper's code counts all 7 ops after widening to k=4 (it keeps pruned modules).
     net.widen(4, torch.Generator().manual_seed(0))
-    assert count(net) == 2_986_462
+    assert count(net) == 2_986_462  # the paper's code counts all 7 ops after widening to k=4
     net.prune(4)  # ours drops the pruned ops: between 1.8M and 2.97M by the ops kept
     assert 1_816_174 <= count(net) <= 2_973_502

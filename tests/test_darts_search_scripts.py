@@ -56,10 +56,8 @@ def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
     b = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 4 and a["step"] == b["step"] == 0
     a, b = a["task"], b["task"]
-    assert a["stage"] == b["stage"] == 1
-    assert a["kept"] == b["kept"] and a["k"] == b["k"] == 2
-    assert len(a["kept"]) == 28 and all(len(edge) == 3 for edge in a["kept"])
-    assert a["model"].keys() == b["model"].keys()
+    assert a["stage"] == b["stage"] == 1 and a["kept"] == b["kept"] and a["k"] == b["k"] == 2
+    assert len(a["kept"]) == 28 and all(len(edge) == 3 for edge in a["kept"]) and a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-6, rtol=0, msg=key)
     for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
@@ -71,10 +69,22 @@ def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
     assert len((tmp_path / "resumed" / "history.jsonl").read_text().splitlines()) == 4
 
 
-def test_imagenet_search_one_process_and_torchrun(tmp_path, tiny_imagenet):
+def _image_tree(root, classes=3, n=4, size=40):
+    """`n` random training and `n` validation images per class (12 each: whole batches of 2 on both ranks)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, c, i in ((split, c, i) for split in ("train", "val") for c in range(classes) for i in range(n)):
+        (root / split / f"class{c}").mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(size, size, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / split / f"class{c}" / f"img{i}.png")
+
+
+def test_imagenet_search_one_process_and_torchrun(tmp_path):
+    _image_tree(tmp_path / "tiny")
     flags = "--image_size 32 --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2"
     flags += " --stage_keep 7 2 --warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0"
-    flags = ["--data", tiny_imagenet, *flags.split()]
+    flags = ["--data", tmp_path / "tiny", *flags.split()]
     single = popen_script("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 2 train_search_imagenet.py".split()
     ddp = popen_script("DARTS-space", *torchrun, *flags, "--save", tmp_path / "two")

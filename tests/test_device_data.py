@@ -20,21 +20,14 @@ def _numbered_set(n=40, size=8):
     return TensorDataset(torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), torch.arange(n))
 
 
-def _write_imagenet16(root, per_file=2):
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
-        data = rng.integers(0, 256, size=(per_file, 3 * 16 * 16), dtype=np.uint8)
-        with open(root / name, "wb") as f:
-            pickle.dump({"data": data, "labels": rng.integers(1, 121, per_file).tolist()}, f)
-    return root
-
-
 def _pickled_sets(datasets, space, root, name="cifar10", augment=True, cutout=0):
     """`(train, test)` of a tiny tree read by the space's own `get_datasets`."""
     if name == "imagenet16-120":
-        if not (root / "in16").exists():
-            _write_imagenet16(root / "in16")
+        rng = np.random.default_rng(0)
+        for file in [] if (root / "in16").exists() else [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
+            (root / "in16").mkdir(parents=True, exist_ok=True)
+            data = {"data": rng.integers(0, 256, (2, 768), np.uint8), "labels": rng.integers(1, 121, 2).tolist()}
+            (root / "in16" / file).write_bytes(pickle.dumps(data))
         return datasets.get_datasets(name, root / "in16", train_augment=augment)[:2]
     if not (root / "cifar-10-batches-py").exists():
         write_tiny_cifar(root, name, per_batch=4)
@@ -61,8 +54,7 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
         x, y = next(stream)
         x_ref, y_ref = next(reference)
         assert torch.equal(y, y_ref) and torch.equal(x, x_ref) and y.dtype == torch.int64
-        assert x.is_contiguous(memory_format=torch.channels_last)
-        assert stream.position() == reference.position()
+        assert x.is_contiguous(memory_format=torch.channels_last) and stream.position() == reference.position()
 
 
 def test_stream_and_loader_pick_the_path(load_space):
@@ -115,15 +107,18 @@ def _which(out, candidates):
     return hits[0], cut
 
 
+def _padding(train, plain):
+    """What the DataLoader path does: its padding, and the normalised value of a zero (padding) pixel."""
+    padding = next(t.padding for t in train.transform.transforms if isinstance(t, T.RandomCrop))
+    return padding, plain.transform(Image.fromarray(np.zeros((*plain.images.shape[1:3], 3), np.uint8)))[:, 0, 0]
+
+
 def _augmented_samples(load_space, tmp_path, space, name, cutout=0, batches=20):
     """Yield (output image, its source transformed without augmentation, pad value, padding, datasets)."""
     device_data, streams, datasets = load_space(space, "runkit.device_data", "runkit.streams", "datasets")
     train, _ = _pickled_sets(datasets, space, tmp_path, name, cutout=cutout)
     plain, _ = _pickled_sets(datasets, space, tmp_path, name, augment=False)
-    # What the DataLoader path does: its padding, and the normalised value of a zero (padding) pixel.
-    padding = next(t.padding for t in train.transform.transforms if isinstance(t, T.RandomCrop))
-    h, w = plain.images.shape[1:3]
-    pad_value = plain.transform(Image.fromarray(np.zeros((h, w, 3), np.uint8)))[:, 0, 0]
+    padding, pad_value = _padding(train, plain)
     torch.manual_seed(0)
     stream = device_data.DeviceStream(train, 20, 5, "cpu")
     reference = streams.Stream(plain, 20, 5)  # the same order, without augmentation
@@ -135,7 +130,7 @@ def _augmented_samples(load_space, tmp_path, space, name, cutout=0, batches=20):
 
 
 @pytest.mark.parametrize(
-    "space, name", [("201-space", "cifar10"), ("201-space", "imagenet16-120"), ("DARTS-space", "cifar10")]
+    "space, name", [("201-space", "cifar10"), ("201-space", "imagenet16-120"), (SPACE_NAMES[1], "cifar10")]
 )
 def test_augmented_images_are_crops_and_flips_of_their_source(load_space, tmp_path, space, name):
     seen = set()
@@ -156,8 +151,7 @@ def test_device_loader_augments_what_its_dataloader_would(load_space, tmp_path, 
     train, _ = _pickled_sets(datasets, space, tmp_path)
     plain, _ = _pickled_sets(datasets, space, tmp_path, augment=False)
     held_out = range(6, len(train))  # as `split_search_data` makes it
-    padding = next(t.padding for t in train.transform.transforms if isinstance(t, T.RandomCrop))
-    pad_value = plain.transform(Image.fromarray(np.zeros((*plain.images.shape[1:3], 3), np.uint8)))[:, 0, 0]
+    padding, pad_value = _padding(train, plain)
     torch.manual_seed(0)
     batches = list(device_data.DeviceLoader(Subset(train, held_out), 4, "cpu"))
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
@@ -192,10 +186,8 @@ def _check_cutout(out, candidate, cut, length, datasets, monkeypatch):
 
 
 def test_cutout_zeroes_the_square_datasets_cutout_would(load_space, tmp_path, monkeypatch):
-    sides = set()
-    for out, source, pad_value, padding, datasets in _augmented_samples(
-        load_space, tmp_path, "DARTS-space", "cifar10", cutout=16, batches=10
-    ):
+    sides, samples = set(), _augmented_samples(load_space, tmp_path, "DARTS-space", "cifar10", cutout=16, batches=10)
+    for out, source, pad_value, padding, datasets in samples:
         candidates, _ = _crops(source, pad_value, padding)
         index, cut = _which(out, candidates)
         sides.add(_check_cutout(out, candidates[index], cut, 16, datasets, monkeypatch))
@@ -237,8 +229,7 @@ def test_resume_from_position_and_rng_state_is_exact(load_space, tmp_path, space
     torch.set_rng_state(state)
     for (x, y), (x_b, y_b) in zip(later, islice(sought, 5)):
         assert torch.equal(x, x_b) and torch.equal(y, y_b)
-    # The augmentation comes from the global RNG: the same position with other draws differs.
-    sought.seek(position)
+    sought.seek(position)  # the augmentation comes from the global RNG: the same position with other draws differs
     x_c, y_c = next(sought)
     assert torch.equal(y_c, later[0][1]) and not torch.equal(x_c, later[0][0])
 

@@ -32,15 +32,9 @@ NEW = {
 
 def add_op(request, genotypes, operations, name, build):
     """Put op `name` into the folder's `OPS` and `PRIMITIVES` (the list every module imported, extended in place)."""
-    primitives = genotypes.PRIMITIVES
     operations.OPS[name] = build
-    primitives.append(name)
-
-    def restore():
-        primitives.remove(name)
-        del operations.OPS[name]
-
-    request.addfinalizer(restore)
+    genotypes.PRIMITIVES.append(name)
+    request.addfinalizer(lambda: (genotypes.PRIMITIVES.remove(name), operations.OPS.pop(name)))
 
 
 @pytest.fixture
@@ -96,8 +90,9 @@ def assert_trained(model, arch_before, column, n_ops):
         grad = op[1].weight.grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, "the op is trained"
     for beta, before in zip(model.arch_parameters(), arch_before):
-        assert beta.shape[-1] == n_ops
-        assert not torch.equal(beta[:, column], before[:, column]), "its architecture weight is trained"
+        assert beta.shape[-1] == n_ops and not torch.equal(beta[:, column], before[:, column]), (
+            "its architecture weight is trained"
+        )
     return ops
 
 
@@ -112,8 +107,7 @@ def assert_widened(widenings, model):
         assert new == 2 * old and new_w.shape[1] == new and new_mean.shape == (new,)
         assert id(param) in moved_new, "SGD momentum follows the widened conv"
         index = [next(j for j in range(old) if torch.equal(old_mean[j], new_mean[c])) for c in range(new)]
-        assert index[:old] == list(range(old))
-        assert torch.equal(new_w, old_w[index][:, index])
+        assert index[:old] == list(range(old)) and torch.equal(new_w, old_w[index][:, index])
 
 
 def train_losses(run_dir):
@@ -123,19 +117,13 @@ def train_losses(run_dir):
 
 
 def logged_params(run_dir):
-    found = re.search(r"param count = (\d+)", (run_dir / "log.txt").read_text())
-    assert found
-    return int(found.group(1))
+    return int(re.search(r"param count = (\d+)", (run_dir / "log.txt").read_text()).group(1))
 
 
 def own_params(model, skip=()):
     """The parameters of the network counted module by module."""
-    return sum(
-        p.numel()
-        for name, m in model.named_modules()
-        if not any(name.startswith(s) for s in skip)
-        for p in m.parameters(recurse=False)
-    )
+    modules = [m for name, m in model.named_modules() if not any(name.startswith(s) for s in skip)]
+    return sum(p.numel() for m in modules for p in m.parameters(recurse=False))
 
 
 def conv_bn_params(op):
@@ -201,9 +189,8 @@ def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, 
     assert len(ops) == 3 * 3, "three edges in each of the three cells"
     assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
     cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
-    assert [len(cell.edges) for cell in cells] == [5] * 3 and not any(
-        isinstance(m, operations.Zero) for m in net.modules()
-    )
+    assert [len(cell.edges) for cell in cells] == [5] * 3
+    assert not any(isinstance(m, operations.Zero) for m in net.modules())
     params = logged_params(run_dir)
     assert params == own_params(net) == sum(p.numel() for p in net.parameters())
     # The op's parameters are all counted: the same network with `none` there has exactly those fewer.
@@ -248,11 +235,9 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
         torch.testing.assert_close(a, b)  # the same BatchNorm statistics
 
 
-SEARCH_DARTS = [
-    *("--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4"),
-    *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--stage_keep", "8", "8", "--warmup_epochs", "0"),
-    *("--max_steps_per_epoch", "2", "--report_freq", "100", "--device", "cpu", "--workers", "0"),
-]
+SEARCH_DARTS = "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2"
+SEARCH_DARTS = (SEARCH_DARTS + " --stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100").split()
+SEARCH_DARTS += ["--device", "cpu", "--workers", "0"]
 
 
 @pytest.mark.parametrize("order", ["first", "unrolled"])
@@ -272,8 +257,7 @@ def test_darts_progressive_search_with_a_plain_op(with_new_op, tmp_path, monkeyp
     for edge in edges:
         (op,) = new_ops(edge)
         assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
-    genotype = genotypes.load_genotype(str(run_dir / "genotype.json"))
-    assert genotype == model.genotype()
+    assert genotypes.load_genotype(str(run_dir / "genotype.json")) == model.genotype()
 
 
 def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
@@ -354,14 +338,9 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
 def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
-    op = nn.Sequential(
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, bias=False),
-        nn.BatchNorm2d(4),
-        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4, affine=False)),
-        nn.Conv2d(4, 6, 1, bias=True),
-        nn.BatchNorm2d(6),
-    )
+    depthwise = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4, affine=False))
+    dense = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    op = nn.Sequential(nn.ReLU(), dense, nn.BatchNorm2d(4), depthwise, nn.Conv2d(4, 6, 1, bias=True), nn.BatchNorm2d(6))
     op(torch.randn(2, 4, 5, 5))  # running statistics
     old = copy.deepcopy(op)
     index = n2w.grow_index(4, 8, torch.Generator().manual_seed(1))
@@ -374,8 +353,7 @@ def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
     assert depthwise.groups == 8 and torch.equal(depthwise.weight, old[3][0].weight[index])
     assert torch.equal(bn2.running_mean, old[3][1].running_mean[index])
     assert torch.equal(last.weight, old[4].weight[out_index][:, index])
-    assert torch.equal(last.bias, old[4].bias[out_index])
-    assert torch.equal(bn3.bias, old[5].bias[out_index])
+    assert torch.equal(last.bias, old[4].bias[out_index]) and torch.equal(bn3.bias, old[5].bias[out_index])
     assert {id(m.new) for m in moved} == {id(p) for p in op.parameters()}, "every parameter has a momentum plan"
     for m in moved:
         assert torch.equal(n2w.expand(m.old, m.plan), m.new)

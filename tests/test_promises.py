@@ -40,28 +40,23 @@ def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, spa
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [
-        (["--image_size", "48"], "--image_size 48 is not a multiple of 32"),
-        (["--image_size", "64", "--auxiliary"], "--auxiliary needs --image_size 224 or more"),
-    ],
-)
+    [(["--image_size", "48"], "--image_size 48 is not a multiple of 32"),
+     (["--image_size", "64", "--auxiliary"], "--auxiliary needs --image_size 224 or more")],
+)  # fmt: skip
 def test_train_imagenet_image_size_ends_in_one_line(load_space, capsys, tmp_path, flags, expected):
     """Not argparse's usage block, which every torchrun process printed; nothing is made before."""
     train_imagenet = load_space("DARTS-space", "train_imagenet")
     save = tmp_path / "run"
     argv = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "8", "--device", "cpu", "--save", save]
     line = refusal(capsys, train_imagenet.main, *argv, *flags)
-    assert expected in line
-    assert not save.exists()
+    assert expected in line and not save.exists()
 
 
 @pytest.mark.parametrize(
     ("space", "flags"),
-    [
-        ("201-space", [*TINY_201, "--epochs", "2"]),
-        ("DARTS-space", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--epochs", "2"]),
-    ],
-)
+    [("201-space", [*TINY_201, "--epochs", "2"]),
+     ("DARTS-space", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--epochs", "2"])],
+)  # fmt: skip
 def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, flags):
     """The paper's figure (the last epoch) leads the `done:` line; the best epoch, chosen on test, follows."""
     save = tmp_path / "run"
@@ -70,8 +65,7 @@ def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, fla
     history = [json.loads(line) for line in (save / "history.jsonl").read_text().splitlines()]
     last, best = history[-1], max(history, key=lambda record: record["test_acc"])
     closing = (save / "log.txt").read_text().strip().splitlines()[-1]
-    assert "done: " in closing
-    assert f"test acc {last['test_acc']:.2f} % after {last['epoch'] + 1} epochs" in closing
+    assert "done: " in closing and f"test acc {last['test_acc']:.2f} % after {last['epoch'] + 1} epochs" in closing
     assert f"best test acc {best['test_acc']:.2f} % (epoch {best['epoch'] + 1}, chosen on the test set)" in closing
     assert closing.index("% after") < closing.index("best test acc")
 
@@ -83,37 +77,23 @@ def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplo
     run = Namespace(dist=dist, best={"value": 91.35, "epoch": 579}, args=Namespace(epochs=600))
     with caplog.at_level(logging.INFO):
         training.finish(run, None, {"epoch": 599, "test_acc": 91.2})
-    assert (
-        "done: test acc 91.20 % after 600 epochs (the paper's figure: the last epoch); "
-        "best test acc 91.35 % (epoch 580, chosen on the test set)"
-    ) in caplog.text
+    line = "done: test acc 91.20 % after 600 epochs (the paper's figure: the last epoch); best test acc 91.35 %"
+    assert line + " (epoch 580, chosen on the test set)" in caplog.text
 
 
-def darts_genotype_json(load_space, path):
-    """A genotype.json as a DARTS-space search writes it (the cell and its data record)."""
-    genotypes = load_space("DARTS-space", "genotypes")
-    data = {"dataset": "cifar10", "data": "/data", "image_size": 32, "num_classes": 10}
-    genotypes.save_genotype(genotypes.NAMED[DARTS_CELL], path, data)
-    return path
-
-
-def genotype_json_201(load_space, path):
-    """A genotype.json as a 201-space search writes it (the cell and its data record)."""
-    genotypes = load_space("201-space", "genotypes")
-    data = {"dataset": "cifar10", "data": "/data", "image_size": 32, "num_classes": 10}
-    genotypes.save_genotype(genotypes.Structure.from_str(CELL_201), path, data)
+def genotype_json(load_space, path, space):
+    """A genotype.json as a search of `space` writes it (the cell and its data record)."""
+    genotypes = load_space(space, "genotypes")
+    cell = genotypes.NAMED[DARTS_CELL] if space == "DARTS-space" else genotypes.Structure.from_str(CELL_201)
+    genotypes.save_genotype(cell, path, {"dataset": "cifar10", "data": "/data", "image_size": 32, "num_classes": 10})
     return path
 
 
 @pytest.mark.parametrize(
-    ("script", "argv"),
-    [
-        ("train", [*TINY_201, "--save", "{tmp}/run", "--arch"]),
-        ("benchmark", ["query", "--arch"]),
-    ],
+    ("script", "argv"), [("train", [*TINY_201, "--save", "{tmp}/run", "--arch"]), ("benchmark", ["query", "--arch"])]
 )
 def test_201_scripts_name_a_darts_genotype_json(load_space, capsys, tmp_path, script, argv):
-    genotype = darts_genotype_json(load_space, tmp_path / "genotype.json")
+    genotype = genotype_json(load_space, tmp_path / "genotype.json", "DARTS-space")
     main = load_space("201-space", script).main
     line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
     assert f"--arch {genotype}: a DARTS-space genotype.json" in line and "DARTS-space/train.py" in line
@@ -122,14 +102,12 @@ def test_201_scripts_name_a_darts_genotype_json(load_space, capsys, tmp_path, sc
 
 @pytest.mark.parametrize(
     ("script", "argv", "flag"),
-    [
-        ("train", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--save", "{tmp}/run", "--arch"], "--arch"),
-        ("train_imagenet", ["--dataset", "synthetic", "--device", "cpu", "--save", "{tmp}/run", "--arch"], "--arch"),
-        ("visualize", ["--out", "{tmp}/cell.png"], "genotype"),
-    ],
-)
+    [("train", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--save", "{tmp}/run", "--arch"], "--arch"),
+     ("train_imagenet", ["--dataset", "synthetic", "--device", "cpu", "--save", "{tmp}/run", "--arch"], "--arch"),
+     ("visualize", ["--out", "{tmp}/cell.png"], "genotype")],
+)  # fmt: skip
 def test_darts_scripts_name_a_201_genotype_json(load_space, capsys, tmp_path, script, argv, flag):
-    genotype = genotype_json_201(load_space, tmp_path / "genotype.json")
+    genotype = genotype_json(load_space, tmp_path / "genotype.json", "201-space")
     main = load_space("DARTS-space", script).main
     line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
     assert f"{flag} {genotype}: a 201-space genotype.json" in line and "201-space/train.py" in line
@@ -142,8 +120,7 @@ def write_run(load_space, run_dir, space, script):
     args = {"script": script, "seed": 0, "dataset": "synthetic", "epochs": 1, "method": "dirichlet"}
     (run_dir / "args.json").write_text(json.dumps(args))
     (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 0, "test_acc": 50.0, "device": "cpu"}) + "\n")
-    write = genotype_json_201 if space == "201-space" else darts_genotype_json
-    write(load_space, run_dir / "genotype.json")
+    genotype_json(load_space, run_dir / "genotype.json", space)
     return run_dir
 
 

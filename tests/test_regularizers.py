@@ -1,6 +1,7 @@
 """A regulariser on beta is one entry of `architect.REGULARIZERS`."""
 
 import json
+from argparse import Namespace
 
 import pytest
 import torch
@@ -9,10 +10,10 @@ from conftest import TINY_201
 
 SEARCH = {
     "201-space": [*TINY_201, "--epochs", "1", "--benchmark", "none"],
-    "DARTS-space": [
-        *("--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4", "--device", "cpu"),
-        *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--warmup_epochs", "0", "--workers", "0"),
-    ],
+    "DARTS-space": (
+        "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --device cpu --stage_epochs 1 1 --stage_k 4 2 "
+        "--warmup_epochs 0 --workers 0"
+    ).split(),
 }
 
 
@@ -66,11 +67,6 @@ def test_l2_is_the_papers_adam_weight_decay(load_space, space):
     grads = architect.regularizer_grads(model, "l2", 1e-3)
     for g, b in zip(grads, model.arch_parameters()):
         torch.testing.assert_close(g, 1e-3 * b.detach(), rtol=1e-6, atol=0)
-    assert all(group["weight_decay"] == 0 for group in architect.Architect(model, _args()).optimizer.param_groups)
-
-
-def _args():
-    from argparse import Namespace
-
-    return Namespace(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4,
-                     arch_learning_rate=6e-4)  # fmt: skip
+    args = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4)
+    groups = architect.Architect(model, Namespace(**args)).optimizer.param_groups
+    assert all(group["weight_decay"] == 0 for group in groups)

@@ -10,13 +10,10 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
+from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
 
-SEARCH_201 = (
-    "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --epochs 1 "
-    "--trajectory_samples 0 --benchmark none --workers 0 --device cpu --report_freq "
-    "100"
-).split()
+SEARCH_201 = "--batch_size 16 --epochs 1 --trajectory_samples 0 --benchmark none --report_freq 100"
+SEARCH_201 = [*TINY_201, *SEARCH_201.split()]
 TRAIN_DARTS = ["--dataset", "synthetic", "--layers", "5", *TINY_DARTS_TRAIN]
 # A cell that is none of the named genotypes: the report names it "cell <8 hex digits>".
 CELL = {
@@ -39,17 +36,10 @@ def _write_search(run_dir):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     _write_search(root / "search")
-    procs = {
-        f"s{seed}": popen_script(
-            "201-space", "train_search.py", *SEARCH_201, "--seed", seed, "--save", root / f"s{seed}"
-        )
-        for seed in (1, 2, 3)
-    }
-    for name, extra in (
-        ("e1", ["--seed", "1"]),
-        ("e2", ["--seed", "2"]),
-        ("cell", ["--arch", root / "search/genotype.json"]),
-    ):
+    procs = {f"s{i}": popen_script("201-space", "train_search.py", *SEARCH_201, "--seed", i, "--save", root / f"s{i}")
+             for i in (1, 2, 3)}  # fmt: skip
+    cell = ["--arch", root / "search/genotype.json"]
+    for name, extra in (("e1", ["--seed", "1"]), ("e2", ["--seed", "2"]), ("cell", cell)):
         procs[name] = popen_script("DARTS-space", "train.py", *TRAIN_DARTS, *extra, "--save", root / name)
     try:
         for name, proc in procs.items():
@@ -156,10 +146,11 @@ def test_an_evaluation_recorded_as_valid_reports_the_same(runs, tmp_path):
         (old / name).write_bytes((runs / "e1" / name).read_bytes())
     history = (runs / "e1" / "history.jsonl").read_text()
     (old / "history.jsonl").write_text(history.replace('"test_', '"valid_'))
-    new_row, old_row = (
-        next(line for line in _report("DARTS-space", run).splitlines() if line.startswith(f"| {run} |")).split(" | ")
+    rows = [
+        [r for r in _report("DARTS-space", run).splitlines() if r.startswith(f"| {run} |")]
         for run in (runs / "e1", old)
-    )
+    ]
+    new_row, old_row = (r[0].split(" | ") for r in rows)
     assert old_row[1:] == new_row[1:], (new_row, old_row)
 
 

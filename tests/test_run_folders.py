@@ -30,10 +30,7 @@ T201 = ["train.py", *TINY_201, "--max_steps_per_epoch", "2", "--threads", "1"]
 def _write_checkpoint(engine, utils, parser, script, path, epoch, epochs, **flags):
     """A checkpoint of `script` after `epoch` of `epochs` epochs, made with the default flags but `flags`."""
     saved = {**vars(parser.parse_args([])), **flags, "script": script}
-    state = {
-        "version": engine.CHECKPOINT_VERSION, "space": sys.modules["genotypes"].SPACE, "epoch": epoch,
-        "epochs": epochs,
-    }  # fmt: skip
+    state = dict(version=engine.CHECKPOINT_VERSION, space=sys.modules["genotypes"].SPACE, epoch=epoch, epochs=epochs)
     utils.save_checkpoint({**state, "step": 0, "args": saved}, path)
 
 
@@ -51,15 +48,11 @@ def test_resume_alone_takes_the_checkpoints_flags_and_names_every_differing_one(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _write_checkpoint(engine, utils, parser, script, run_dir / "checkpoint.pt", 1, 3, layers=2, seed=7, workers=0)
-
-    args = engine.parse_args(
-        parser, program.SPACE, script, ["--resume", str(run_dir)]
-    )  # a run folder means its checkpoint.pt
+    args = engine.parse_args(parser, program.SPACE, script, ["--resume", str(run_dir)])  # means its checkpoint.pt
     assert args.resume == str(run_dir / "checkpoint.pt")
     assert (args.layers, args.seed, args.workers, args.save) == (2, 7, 0, None)
-    changed = engine.parse_args(
-        parser, program.SPACE, script, ["--resume", str(run_dir), "--workers", "3", "--layers", "2"]
-    )
+    argv = ["--resume", str(run_dir), "--workers", "3", "--layers", "2"]
+    changed = engine.parse_args(parser, program.SPACE, script, argv)
     assert (changed.workers, changed.layers) == (3, 2), "a flag a resume may change, and one equal to the checkpoint's"
     with pytest.raises(utils.UserError) as refused:
         engine.parse_args(parser, program.SPACE, script, ["--resume", str(run_dir), "--layers", "4", "--seed", "1"])
@@ -72,10 +65,8 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_pat
     _write_checkpoint(engine, utils, parser, "train", tmp_path / "checkpoint.pt", 3, 3)
     with pytest.raises(SystemExit) as ended:
         engine.parse_args(parser, program.SPACE, "train", ["--resume", str(tmp_path)])
-    assert ended.value.code == 0
-    assert capsys.readouterr().out.strip() == f"{tmp_path / 'checkpoint.pt'}: the run is finished (3 of 3 epochs); " + (
-        "nothing to do"
-    )
+    out = f"{tmp_path / 'checkpoint.pt'}: the run is finished (3 of 3 epochs); nothing to do"
+    assert ended.value.code == 0 and capsys.readouterr().out.strip() == out
 
 
 def test_a_finished_search_resumed_exits_0_in_one_line(tmp_path):
@@ -135,30 +126,21 @@ def test_a_full_disk_ends_in_one_line_logged_keeping_the_last_checkpoint(tmp_pat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run(
-        [sys.executable, "train.py", "--resume", str(run_dir)],
-        cwd=SPACES["201-space"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=script_env(),
-        preexec_fn=small_disk,
-    )
+    argv, cwd = [sys.executable, "train.py", "--resume", str(run_dir)], SPACES["201-space"]
+    run = dict(cwd=cwd, capture_output=True, text=True, timeout=300, env=script_env(), preexec_fn=small_disk)
+    result = subprocess.run(argv, **run)
     line = assert_one_line_error(result.returncode, result.stderr, f"cannot write {run_dir / 'checkpoint.pt'}")
     assert result.returncode == 2 and "File too large" in line
     assert (run_dir / "log.txt").read_text().rstrip().endswith(line)
-    assert (run_dir / "checkpoint.pt").read_bytes() == checkpoint
-    assert not list(run_dir.rglob("*.tmp"))
+    assert (run_dir / "checkpoint.pt").read_bytes() == checkpoint and not list(run_dir.rglob("*.tmp"))
 
 
 @pytest.mark.parametrize(
     ("space", "argv"),
-    [
-        ("201-space", ["train_search.py", *TINY_201, "--epochs", "1"]),
-        ("DARTS-space", ["train.py", "--dataset", "synthetic", "--device", "cpu"]),
-    ],
+    [("201-space", ["train_search.py", *TINY_201, "--epochs", "1"]),
+     ("DARTS-space", ["train.py", "--dataset", "synthetic", "--device", "cpu"])],
     ids=["201-search", "darts-train"],
-)
+)  # fmt: skip
 def test_save_into_a_folder_holding_something_else_is_refused(tmp_path, space, argv):
     images = tmp_path / "images"
     (images / "cat").mkdir(parents=True)
@@ -175,15 +157,8 @@ def test_resume_of_a_folder_without_a_checkpoint_says_why(tmp_path):
     (run_dir / "args.json").write_text("{}")
     stopped = run_script("201-space", "train.py", "--resume", run_dir, timeout=120)
     assert_one_line_error(stopped.returncode, stopped.stderr, "holds no checkpoint.pt")
-    holder = subprocess.Popen(  # a live run: it holds the folder's lock, as engine.Run does
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from runkit import run_folder; run_folder.lock(sys.argv[1]); time.sleep(60)",
-            run_dir,
-        ],
-        cwd=SPACES["201-space"],
-    )
+    code = "import sys, time; from runkit import run_folder; run_folder.lock(sys.argv[1]); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code, run_dir], cwd=SPACES["201-space"])  # a live run's lock
     try:
         deadline = time.monotonic() + 60
         while "pid" not in ((run_dir / "run.lock").read_text() if (run_dir / "run.lock").exists() else ""):
@@ -198,9 +173,7 @@ def test_resume_of_a_folder_without_a_checkpoint_says_why(tmp_path):
 
 def _tools(load_space):
     """Every script of both folders with flags: (name, parser)."""
-    parsers = []
-    for space, module, kwargs, script in SCRIPTS:
-        parsers.append((f"{space}/{script}", load_space(space, module).get_parser(**kwargs)))
+    parsers = [(f"{sp}/{script}", load_space(sp, module).get_parser(**kw)) for sp, module, kw, script in SCRIPTS]
     tools = [("201-space", "bench"), ("201-space", "report"), ("201-space", "plot_trajectory")]
     tools += [("DARTS-space", "bench"), ("DARTS-space", "report"), ("DARTS-space", "visualize")]
     for space, module in tools:
@@ -232,8 +205,7 @@ def test_a_second_ctrl_c_stops_at_once(load_space, tmp_path, restore_logging):
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
                 run.update(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.tensor(1.0))
-    assert stopped.value.code == 130
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert stopped.value.code == 130 and not (tmp_path / "run" / "checkpoint.pt").exists()
     assert "second SIGINT: stopping at once" in (tmp_path / "run" / "log.txt").read_text()
 
 

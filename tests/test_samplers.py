@@ -12,11 +12,10 @@ pytestmark = pytest.mark.quick
 SPACES = ["201-space", "DARTS-space"]
 SEARCH = {
     "201-space": [*TINY_201, "--epochs", "2", "--benchmark", "none", "--max_steps_per_epoch", "2"],
-    "DARTS-space": [
-        *("--dataset", "synthetic", "--layers", "5", "--init_channels", "8", "--batch_size", "8"),
-        *("--stage_epochs", "1", "1", "--stage_k", "4", "2", "--warmup_epochs", "0"),
-        *("--max_steps_per_epoch", "2", "--device", "cpu", "--workers", "0"),
-    ],
+    "DARTS-space": (
+        "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
+        "--warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0"
+    ).split(),
 }
 
 
@@ -32,10 +31,8 @@ def sparsemax(beta, tau, training):
 def small_network(model_search, space, method="dirichlet", keep=3):
     """A tiny supernet with beta ~ N(0, 1) and `keep` of the ops kept per edge (None: all)."""
     torch.manual_seed(0)
-    if space == "DARTS-space":
-        net = model_search.Network(8, 10, 3, k=2, method=method)
-    else:
-        net = model_search.Network(C=4, N=1, num_classes=10, k=1, method=method)
+    args = (8, 10, 3, 2) if space == "DARTS-space" else (4, 1, 10, 1)
+    net = model_search.Network(*args, method=method)
     with torch.no_grad():
         for beta in net.arch_parameters():
             beta.normal_()
@@ -77,8 +74,7 @@ def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, res
     monkeypatch.setitem(model_search.SAMPLERS, "sparsemax", recording)
     assert "sparsemax" in method_choices(train_search.get_parser())
 
-    # Every cell mixes with the weights of the sampler's latest call (DARTS: its normal or reduce half).
-    mixes = []
+    mixes = []  # every cell mixes with the weights of the sampler's latest call (DARTS: its normal or reduce half)
     cell_forward = model_search.Cell.forward
 
     def recording_cell(self, *inputs):
@@ -92,8 +88,8 @@ def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, res
     assert json.loads((tmp_path / "run" / "args.json").read_text())["method"] == "sparsemax"
     assert {training for training, _ in calls} == {True, False}, "training steps and the evaluation both sample"
     assert mixes and all(mixes), "the cells mix with the new sampler's weights"
-    for _, w in calls:
-        assert (w >= 0).all(), "weights on the simplex"
+    for _, w in calls:  # weights on the simplex
+        assert (w >= 0).all()
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
     assert len(json.loads((tmp_path / "run" / "genotype.json").read_text())) > 0
 
@@ -155,8 +151,7 @@ def test_evaluation_mixes_with_the_dirichlet_mean(load_space, space):
     torch.testing.assert_close(kept_weights(net, space, net.arch_weights()), mean, rtol=1e-6, atol=0)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        first, second = net(x), net(x)
-    assert torch.equal(first, second), "two evaluation forwards are equal"
+        assert torch.equal(net(x), net(x)), "two evaluation forwards are equal"
     assert torch.equal(torch.get_rng_state(), rng), "evaluation draws nothing"
 
 
@@ -168,13 +163,10 @@ def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
     net = small_network(model_search, space, keep=3 if pruned else None)
     assert net.method == "dirichlet" and net.training
     c = torch.randn(kept_beta(net, space).shape, generator=torch.Generator().manual_seed(2))
-
     torch.manual_seed(7)
     w = kept_weights(net, space, net.arch_weights())
     got = torch.autograd.grad((w * c).sum(), net.arch_parameters(), allow_unused=True)
-
     torch.manual_seed(7)
     reference = torch.distributions.Dirichlet(model_search.concentration(kept_beta(net, space))).rsample()
     want = torch.autograd.grad((reference * c).sum(), net.arch_parameters(), allow_unused=True)
-    assert torch.equal(w, reference)
-    assert all(torch.equal(g, r) for g, r in zip(got, want))
+    assert torch.equal(w, reference) and all(torch.equal(g, r) for g, r in zip(got, want))

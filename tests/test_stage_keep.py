@@ -12,10 +12,10 @@ pytestmark = pytest.mark.quick
 # Both spaces' progressive searches, tiny, k 4 -> 2; the tests add --stage_keep and --stage_epochs.
 BASE = {
     "201-space": [*TINY_201, "--stage_k", "4", "2", "--warmup_epochs", "0", "--benchmark", "none"],
-    "DARTS-space": [
-        *("--dataset", "synthetic", "--layers", "3", "--init_channels", "8", "--batch_size", "4"),
-        *("--stage_k", "4", "2", "--warmup_epochs", "0", "--device", "cpu", "--workers", "0"),
-    ],
+    "DARTS-space": (
+        "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_k 4 2 --warmup_epochs 0 --device cpu "
+        "--workers 0"
+    ).split(),
 }
 KEEP = ["--stage_keep", "3", "2"]  # 3 ops per edge in stage 1, 2 in stage 2
 SCRIPT = {"201-space": "train_search_progressive", "DARTS-space": "train_search"}
@@ -35,14 +35,11 @@ def _edges(model, space):
     if space == "201-space":
         return [
             (model.kept[e], list(edge.ops), model.beta[e])
-            for cell in model.search_cells()
-            for e, edge in enumerate(cell.edges)
+            for c in model.search_cells()
+            for e, edge in enumerate(c.edges)
         ]
-    return [
-        (edge.kept, list(edge.ops), (model.beta_reduce if cell.reduction else model.beta_normal)[e])
-        for cell in model.cells
-        for e, edge in enumerate(cell.edges)
-    ]
+    betas = [(c, model.beta_reduce if c.reduction else model.beta_normal) for c in model.cells]
+    return [(edge.kept, list(edge.ops), beta[e]) for c, beta in betas for e, edge in enumerate(c.edges)]
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
@@ -60,8 +57,7 @@ def test_first_stage_keeps_n1_ops_by_initial_beta_from_the_start(load_space, spa
     assert resumed.kept == model.kept
     assert {k: v.shape for k, v in resumed.state_dict().items()} == {k: v.shape for k, v in state["model"].items()}
     resumed.load_state_dict(state["model"])
-    # The default --stage_keep searches every op in stage 1, as before.
-    full, _ = _build(load_space, space, BASE[space])
+    full, _ = _build(load_space, space, BASE[space])  # the default --stage_keep searches every op in stage 1, as before
     n_ops = len(load_space(space, "genotypes").PRIMITIVES)
     assert all(len(kept) == len(ops) == n_ops for kept, ops, _ in _edges(full, space))
 

@@ -1,2 +1,1 @@
-"""The run machinery around a search or training loop, the same files in both folders; it imports no module of the
-method (the space and each folder's own flags are passed in)."""
+"""The run machinery, the same files in both folders; it imports nothing of the method (the space is passed in)."""

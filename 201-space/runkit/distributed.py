@@ -1,6 +1,4 @@
-"""Several processes through `torchrun` (`torchrun --nproc_per_node 2 train.py ...`): the process group and the
-collectives the scripts need. Each process reads RANK / LOCAL_RANK / WORLD_SIZE, joins one group (gloo on CPUs, NCCL
-on CUDA) and takes GPU LOCAL_RANK; rank 0 alone logs and writes files (`engine.Run`)."""
+"""Several processes through `torchrun`: one group (gloo on CPUs, NCCL on CUDA), one GPU per LOCAL_RANK; collectives."""
 
 import os
 
@@ -30,20 +28,14 @@ def setup(device_name, gpu=None):
 
 
 def average_gradients(params, dist):
-    """All-reduce the mean of every parameter's `.grad` (None grads skipped; every rank holds the same ones), in one
-    flat buffer: one collective instead of one per tensor."""
-    if dist.world_size <= 1:
-        return
+    """All-reduce the mean of every parameter's `.grad` (None grads skipped) in one flat buffer: one collective."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if dist.world_size <= 1 or not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
-    flat.div_(dist.world_size)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for g, part in zip(grads, flat.div_(dist.world_size).split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
 
 
 def broadcast_parameters(module, dist):
@@ -56,21 +48,18 @@ def broadcast_parameters(module, dist):
 
 
 def max_parameter_difference(module, dist):
-    """Largest absolute difference of any parameter between any rank and rank 0 (0.0 in one process): that data
-    parallel training kept the replicas identical."""
+    """Largest |parameter - rank 0's| over all ranks (0.0 in one process): that the replicas stayed identical."""
     if dist.world_size <= 1:
         return 0.0
     worst = torch.zeros((), device=dist.device)
-    with torch.no_grad():
-        for p in module.parameters():
-            reference = p.detach().clone()
-            torch_dist.broadcast(reference, src=0)
-            worst = torch.maximum(worst, (p.detach() - reference).abs().max().float())
+    for p in module.parameters():
+        reference = p.detach().clone()
+        torch_dist.broadcast(reference, src=0)
+        worst = torch.maximum(worst, (p.detach() - reference).abs().max().float())
     torch_dist.all_reduce(worst, op=torch_dist.ReduceOp.MAX)
     return float(worst)
 
 
 def cleanup():
-    """Leave the process group, if one was joined."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()

@@ -1,14 +1,9 @@
-"""The run engine: what a script's own epoch loop calls around its step (an example: the README's "Code layout").
-
-`parse_args` and `Run` check the flags, the run folder and `--resume`, writing nothing; `open` makes the run folder;
-`epochs`, `steps`, `update` and `end_epoch` walk the loop, resume it inside an epoch, checkpoint it (every epoch,
-every `--checkpoint_minutes`, and on SIGTERM/SIGINT, then exit 0), stop a diverged run, and log the epochs.
-"""
+"""The run engine around a script's own epoch loop (the README's "Code layout"): checked flags and run folder, exact
+resume, checkpoints (every epoch, every --checkpoint_minutes, on SIGTERM/SIGINT), the divergence stop, the epoch log."""
 
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -18,6 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+import torchvision
+from torch.utils.tensorboard import SummaryWriter
 
 from . import accel, run_flags, run_folder, utils
 from .progress import Clock, Divergence, Meter
@@ -25,16 +22,13 @@ from .utils import UserError
 
 logger = logging.getLogger(__name__)
 
-# 3: "space" recorded, so that a checkpoint of the other folder is refused; 4: the l2 regulariser of beta is
-# a loss term, no longer Adam's weight decay (a version-3 Adam state would apply it twice), and "epochs" recorded;
-# 5: a DARTS search's kept ops are one list per edge, as in 201 (no longer a dict by cell type).
+# 3: "space" recorded; 4: beta's l2 a loss term, "epochs" recorded; 5: a DARTS search's kept ops a list per edge.
 CHECKPOINT_VERSION = 5
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, in order (`Run._save`); what is particular to a script lies under "task".
-CHECKPOINT_KEYS = (
-    "version", "space", "epoch", "epochs", "step", "args", "rng", "streams", "meter", "best", "usage", "task"
-)  # fmt: skip
+CHECKPOINT_KEYS = tuple("version space epoch epochs step args rng streams meter best usage task".split())
 Dist = namedtuple("Dist", "rank local_rank world_size device")
+SCRIPTS = Path(__file__).resolve().parent.parent  # the scripts' folder
 
 
 def parse_args(parser, space, script, argv=None):
@@ -46,11 +40,11 @@ def parse_args(parser, space, script, argv=None):
     # argparse fills in a default only where the namespace has no value: `unset` marks the flags not typed.
     unset = object()
     given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
-    saved, typed = ckpt["args"], {name for name, value in vars(given).items() if value is not unset}
-    for key in vars(args):
-        if key in saved and key not in typed and key not in ("save", "resume"):
-            setattr(args, key, saved[key])
-    run_flags.check_resume(saved, args)
+    typed = {name for name, value in vars(given).items() if value is not unset} | {"save", "resume"}
+    for key, value in ckpt["args"].items():
+        if hasattr(args, key) and key not in typed:
+            setattr(args, key, value)
+    run_flags.check_resume(ckpt["args"], args)
     if ckpt.get("epochs") is not None and ckpt["epoch"] >= ckpt["epochs"]:
         if os.environ.get("RANK", "0") == "0":
             print(f"{args.resume}: the run is finished ({ckpt['epochs']} of {ckpt['epochs']} epochs); nothing to do")
@@ -62,16 +56,13 @@ def read_resumed(args, space, script):
     """The checkpoint `--resume` names; refused unless this script of this space, in this layout, wrote it."""
     path = args.resume = str(run_folder.checkpoint_of(args.resume))
     ckpt = utils.load_checkpoint(path)
-    written_by = (ckpt.get("space"), ckpt.get("args", {}).get("script"))
-    if ckpt.get("version") == CHECKPOINT_VERSION and written_by != (space, script):
-        raise UserError(
-            f"--resume {path}: a checkpoint of {written_by[1]}.py in the {written_by[0]} space, "
-            f"not of this {script}.py ({space} space); resume it with {written_by[0]}/{written_by[1]}.py"
-        )
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise UserError(
-            f"--resume {path}: written by an earlier version of this code (another checkpoint layout); start a new run"
-        )
+        layout = "written by an earlier version of this code (another checkpoint layout)"
+        raise UserError(f"--resume {path}: {layout}; start a new run")
+    its_space, its_script = ckpt.get("space"), ckpt.get("args", {}).get("script")
+    if (its_space, its_script) != (space, script):
+        what = f"a checkpoint of {its_script}.py in the {its_space} space, not of this {script}.py ({space} space)"
+        raise UserError(f"--resume {path}: {what}; resume it with {its_space}/{its_script}.py")
     return ckpt
 
 
@@ -79,19 +70,16 @@ class Run:
     """One run of a script: checked arguments, run folder, checkpoints, epoch loop, signals, divergence."""
 
     def __init__(self, args, space, script, join=None, ranges=None):
-        """Check the flags (`ranges`: the script's own, beside `run_flags.RANGES`), the run folder and --resume,
-        then join the processes (`join(device, gpu)`). Writes nothing."""
+        """Check the flags (`ranges`: the script's own), the run folder and --resume, then join the processes."""
         run_flags.check_ranges(args, ranges)
         self.args, self.space, self.script = args, space, script
-        self.ckpt = None
-        if args.resume:
-            self.ckpt = read_resumed(args, space, script)
+        self.ckpt = read_resumed(args, space, script) if args.resume else None
+        if self.ckpt is not None:
             run_flags.check_resume(self.ckpt["args"], args)
         if getattr(args, "threads", 0):
             torch.set_num_threads(args.threads)
-        # A resumed run continues in the checkpoint's folder unless --save says otherwise.
-        resumed_in = Path(args.resume).parent if args.resume else None
-        self._run_dir = Path(args.save or resumed_in or run_folder.default_run_dir(script))
+        new = SCRIPTS / "experiments" / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self._run_dir = Path(args.save or (Path(args.resume).parent if args.resume else new))
         run_folder.check_run_dir(self._run_dir, args.resume)
         if getattr(args, "deterministic", False):
             utils.set_deterministic()  # before any process group or CUDA work
@@ -103,42 +91,35 @@ class Run:
         if args.batch_size % self.dist.world_size:
             raise UserError(f"--batch_size {args.batch_size} does not split over {self.dist.world_size} processes")
 
-    def first_on_rank0(self, load):
-        """`load()` on rank 0, then on the other ranks (a download happens once); any failure stops all."""
+    def _on_ranks(self, load, here):
+        """`load()` where `here`; a failure on any rank then raises its error on every rank (none waits forever)."""
         result, error = None, None
-        for turn in (True, False):
-            if self.main == turn:
-                try:
-                    result = load()
-                except UserError as err:
-                    error = str(err)
-            if self.dist.world_size > 1:
-                torch_dist.barrier()
-        self.agree(error)
-        return result
-
-    def task_state(self):
-        """The script's part of the checkpoint being resumed (what its `state()` returned), or None for a new run."""
-        return None if self.ckpt is None else self.ckpt["task"]
-
-    def agree(self, error):
-        """Every rank learns whether any rank failed; all raise the first error, so none waits forever."""
+        if here:
+            try:
+                result = load()
+            except UserError as err:
+                error = str(err)
         if self.dist.world_size > 1:
             errors = [None] * self.dist.world_size
             torch_dist.all_gather_object(errors, error)
             error = next((e for e in errors if e), None)
         if error:
             raise UserError(error)
+        return result
+
+    def first_on_rank0(self, load):
+        """`load()` on rank 0, then on the other ranks (a download happens once); any failure stops all."""
+        first, then = self._on_ranks(load, self.main), self._on_ranks(load, not self.main)
+        return first if self.main else then
+
+    def task_state(self):
+        """The script's part of the checkpoint being resumed (what its `state()` returned), or None for a new run."""
+        return None if self.ckpt is None else self.ckpt["task"]
 
     def open(self, files=None):
         """Make the run folder (rank 0; its lock held to the end), the log, and `files` ({name: write(path)})."""
-        args, error = self.args, None
-        if self.main:
-            try:
-                self.run_dir = run_folder.open_run_dir(self._run_dir, args.resume)
-            except UserError as err:
-                error = str(err)
-        self.agree(error)
+        args = self.args
+        self.run_dir = self._on_ranks(lambda: run_folder.open_run_dir(self._run_dir, args.resume), self.main)
         if not self.main:
             logging.basicConfig(level=logging.WARNING)
             return None
@@ -157,15 +138,12 @@ class Run:
         utils.setup_logging(self.run_dir)
         if self.ckpt is None or moved:
             utils.write_json(self.run_dir / "args.json", {**vars(args), "script": self.script})
-            folder = Path(__file__).resolve().parent.parent  # the code of the run next to its results: scripts/
-            for source in [*folder.glob("*.py"), *folder.glob("runkit/*.py")]:
-                target = self.run_dir / "scripts" / source.relative_to(folder)
+            for source in [*SCRIPTS.glob("*.py"), *SCRIPTS.glob("runkit/*.py")]:  # the run's code beside its results
+                target = self.run_dir / "scripts" / source.relative_to(SCRIPTS)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(source, target)
         for name, write in (files or {}).items():
             write(self.run_dir / name)
-        import torchvision
-
         logger.info("args = %s", json.dumps(vars(args), sort_keys=True))
         versions = (torch.__version__, torchvision.__version__, torch.version.cuda, self.dist.device)
         logger.info("torch %s, torchvision %s, CUDA %s, device %s", *versions)
@@ -188,8 +166,7 @@ class Run:
         self._state, self._streams, self._watched, self._best_key = state, streams or {}, watched, best
         start_epoch, start_step, meter_sums = 0, 0, None
         if self.ckpt is not None:
-            start_epoch, start_step, self.best = self.ckpt["epoch"], self.ckpt["step"], self.ckpt["best"]
-            meter_sums = self.ckpt["meter"] if start_step else None
+            start_epoch, start_step, meter_sums, self.best = (self.ckpt[k] for k in ("epoch", "step", "meter", "best"))
             for name, stream in self._streams.items():
                 stream.seek(self.ckpt["streams"][name])
             rng = self.ckpt["rng"]
@@ -198,26 +175,18 @@ class Run:
             else:
                 logger.info("resuming on %d processes, not %d: random draws will differ", dist.world_size, len(rng))
             logger.info("resumed from %s at epoch %d, step %d", args.resume, start_epoch + 1, start_step)
-        if self.main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: a resumed run replaces what TensorBoard holds past its checkpoint.
+        if self.main:  # purge_step: a resumed run replaces what TensorBoard holds past its checkpoint
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_epoch)
             self.history = utils.History(self.run_dir, start_epoch)
-        self._divergence = Divergence(dist.device, steps)
-        self._stop = False
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self._steps = steps
-        self._clock = Clock(epochs, steps, start_epoch, start_step)
-        self._last_save = time.time()
-        # Wall seconds and device-hours of the earlier sessions of this run, and when this session's loop began.
+        self._steps, self._stop, self._last_save = steps, False, time.time()
+        self._divergence, self._clock = Divergence(dist.device, steps), Clock(epochs, steps, start_epoch, start_step)
         self._usage = ((self.ckpt or {}).get("usage") or {"wall_s": 0.0, "device_hours": 0.0}, time.time())
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for epoch in range(start_epoch, epochs):
-                self.epoch = epoch
-                self._first_step = start_step if epoch == start_epoch else 0
-                self._meter = Meter(dist.device, meter_sums if epoch == start_epoch else None)
-                self._epoch_start = time.time()
+                first = epoch == start_epoch
+                self.epoch, self._epoch_start, self._first_step = epoch, time.time(), start_step if first else 0
+                self._meter = Meter(dist.device, meter_sums if first else None)
                 yield epoch
         finally:
             for sig, handler in handlers.items():
@@ -247,17 +216,15 @@ class Run:
         return {f"train_{name}": value for name, value in self._trained.items()}
 
     def end_epoch(self, record):
-        """Record the epoch (the script's `record` and the run's fields: log, history.jsonl, TensorBoard), checkpoint
-        it once all is known to be finite, and end the run if a signal came during the evaluation."""
-        epoch = self.epoch
+        """Log the epoch's record, checkpoint it once known finite, and end the run if a signal came meanwhile."""
+        epoch, state = self.epoch, self._state()
         self._clock.evaluated(time.time() - self._evaluation_start)
         record = {"epoch": epoch, **record}
-        state = self._state()
         self._check(epoch, state)
         key = self._best_key
-        if key is not None and (self.best["value"] is None or record[key] > self.best["value"]):
-            self.best = {"value": record[key], "epoch": epoch}
         if key is not None:
+            if self.best["value"] is None or record[key] > self.best["value"]:
+                self.best = {"value": record[key], "epoch": epoch}
             record["best_acc"] = self.best["value"]
         record["time_s"] = round(time.time() - self._epoch_start, 2)
         record.update(self.usage(), device=self.dist.device.type)
@@ -269,8 +236,7 @@ class Run:
                 if k != "epoch" and isinstance(v, (int, float, str)) and len(str(v)) < 40
             ]
             logger.info("epoch %d/%d %s", epoch + 1, self._clock.epochs, " ".join(shown))
-            # History and TensorBoard first, the checkpoint last: a run killed in between
-            # repeats this epoch on resume, and History drops the repeated line.
+            # History and TensorBoard before the checkpoint: a run killed in between redoes the epoch; History drops it.
             self.history.append(record)
             for name, value in record.items():
                 if isinstance(value, (int, float)) and name != "epoch":
@@ -296,30 +262,25 @@ class Run:
         if found is None:
             return
         what, where = found
-        kept = "nothing was checkpointed"
-        if self.run_dir is not None and (self.run_dir / "checkpoint.pt").exists():
-            kept = f"the last good checkpoint {self.run_dir / 'checkpoint.pt'} is kept"
-        raise UserError(
-            f"{what} is not finite at {where}: the run diverged and stops ({kept}); try a smaller "
-            f"--learning_rate (now {self.args.learning_rate}) or --grad_clip"
-        )
+        ckpt = self.run_dir and self.run_dir / "checkpoint.pt"
+        kept = f"the last good checkpoint {ckpt} is kept" if ckpt and ckpt.exists() else "nothing was checkpointed"
+        hint = f"try a smaller --learning_rate (now {self.args.learning_rate}) or --grad_clip"
+        raise UserError(f"{what} is not finite at {where}: the run diverged and stops ({kept}); {hint}")
 
     def _after_step(self, epoch, step, steps):
         """Progress lines, time-based checkpoints and preemption, between two steps."""
         scheduled = step + 1 == steps or (step + 1) % self.args.report_freq == 0
-        if self._clock.due(scheduled):  # also every 30 s: this rank's running averages, no collective
-            result = self._meter.result()
-            logger.info(
-                "epoch %d/%d step %d/%d loss %.4f top1 %.2f%% top5 %.2f%% | %s",
-                epoch + 1, self._clock.epochs, step + 1, steps, result["loss"], result["acc"], result["top5"],
-                self._clock.line(),
-            )  # fmt: skip
+        speed = self._clock.line(scheduled)
+        if speed:  # this rank's running averages, no collective
+            m, at = self._meter.result(), f"epoch {epoch + 1}/{self._clock.epochs} step {step + 1}/{steps}"
+            metrics = f"loss {m['loss']:.4f} top1 {m['acc']:.2f}% top5 {m['top5']:.2f}%"
+            logger.info("%s %s | %s", at, metrics, speed)
         # Under torchrun the ranks decide together every SYNC_STEPS steps, so that a stop costs no sync per step.
         if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
             return
         if scheduled:
             self._check(epoch)
-        minutes = getattr(self.args, "checkpoint_minutes", 0) or math.inf
+        minutes = getattr(self.args, "checkpoint_minutes", 0) or float("inf")
         timed = time.time() - self._last_save > 60 * minutes and step + 1 < steps
         stop, timed = self._agreed(self._stop, timed)
         if stop or timed:
@@ -337,21 +298,16 @@ class Run:
 
     def _preempted(self, epoch, step):
         """End the run after its preemption checkpoint (written at `epoch`, `step`), exit status 0."""
-        world = self.dist.world_size
-        launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
+        launcher = f"torchrun --nproc_per_node {self.dist.world_size}" if self.dist.world_size > 1 else "python"
         command = f"{launcher} {self.script}.py --resume {self.run_dir}"
         logger.info("preempted: checkpoint written at epoch %d, step %d; continue with: %s", epoch + 1, step, command)
         raise SystemExit(0)
 
     def usage(self):
-        """{"wall_s", "device_hours"} of the run's epoch loops so far, resumed sessions included (rounded here, so
-        that history.jsonl and the checkpoint count alike); device-hours are wall hours times the processes."""
-        done, since = self._usage
-        seconds = time.time() - since
-        return {
-            "wall_s": round(done["wall_s"] + seconds, 2),
-            "device_hours": round(done["device_hours"] + seconds * self.dist.world_size / 3600, 6),
-        }
+        """{"wall_s", "device_hours"} of the run's epoch loops so far, earlier sessions included; rounded here."""
+        done, seconds = self._usage[0], time.time() - self._usage[1]
+        hours = done["device_hours"] + seconds * self.dist.world_size / 3600
+        return {"wall_s": round(done["wall_s"] + seconds, 2), "device_hours": round(hours, 6)}
 
     def _save(self, epoch, step, meter, state=None):
         """Write checkpoint.pt atomically (rank 0), where a resumed run starts; a `state` not given is checked here."""

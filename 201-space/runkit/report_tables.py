@@ -1,5 +1,4 @@
-"""What both report.py share: reading a finished run, and tables of runs with their mean ± std (sample std, ddof=1;
-0.00 for one run), in Markdown and CSV."""
+"""What both report.py share: reading finished runs; tables with mean ± std (sample std; 0.00 for one run)."""
 
 import csv
 import json
@@ -36,17 +35,12 @@ def read_run(run_dir, space, scripts):
         wanted = " or ".join(f"{s}.py" for s in scripts)
         raise UserError(f"{run_dir}: a run of {script}.py; this report takes runs of {wanted}")
     epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]
-    pid = run_folder.holder(run_dir)
+    pid, done = run_folder.holder(run_dir), f"{len(history)} of {epochs} epochs"
     if pid is not None:
-        raise UserError(
-            f"{run_dir}: still running (process {pid}, {len(history)} of {epochs} epochs done); "
-            "wait for it to end, or leave it out"
-        )
+        raise UserError(f"{run_dir}: still running (process {pid}, {done} done); wait for it to end, or leave it out")
     if len(history) < epochs or not (run_dir / "genotype.json").is_file():
-        raise UserError(
-            f"{run_dir}: unfinished ({len(history)} of {epochs} epochs); finish it with "
-            f"--resume {run_dir / 'checkpoint.pt'}, or leave it out"
-        )
+        resume = f"--resume {run_dir / 'checkpoint.pt'}"
+        raise UserError(f"{run_dir}: unfinished ({done}); finish it with {resume}, or leave it out")
     return args, history
 
 
@@ -88,10 +82,8 @@ def markdown(rows, summaries):
             return f"{value:.2f}"
         return str(value).replace("|", "\\|")  # a 201 cell string's bars would split the Markdown cell
 
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    for row in rows + [summary for summary, _ in summaries]:
-        lines.append("| " + " | ".join(text(v) for v in row.values()) + " |")
-    return lines
+    body = ["| " + " | ".join(text(v) for v in row.values()) + " |" for row in rows + [s for s, _ in summaries]]
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]), *body]
 
 
 def write_csv(path, tables):

@@ -1,7 +1,6 @@
-"""Where a run writes: the run folder, checks that an output path can be written, and one writer per folder (its
-`run.lock`, held for the life of the process: the OS releases it however the process ends)."""
+"""Where a run writes: the run folder, writable-path checks, and one writer per folder (`run.lock`, held for the life
+of the process: the OS releases it however the process ends)."""
 
-import errno
 import fcntl
 import os
 import socket
@@ -51,23 +50,19 @@ def _locked_by(f, operation):
     try:
         fcntl.flock(f, operation | fcntl.LOCK_NB)
         return None
-    except OSError as err:
-        if err.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-    f.seek(0)
-    words = f.read().split()  # `pid 1234 on HOST since ...`
-    return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else "unknown"
+    except (BlockingIOError, PermissionError):  # held by another process (EACCES where flock is emulated)
+        f.seek(0)
+        words = f.read().split()  # `pid 1234 on HOST since ...`
+        return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else "unknown"
 
 
-def live_run_error(run_dir, pid, flag="--save"):
+def _live_run(run_dir, pid):
     """The one-line refusal of a second writer on the folder of the live run `pid`."""
-    return UserError(
-        f"{flag} {run_dir}: a live run (process {pid}) is writing there; wait for it to end "
-        "(or stop it: it checkpoints on SIGTERM), or choose another --save"
-    )
+    hint = "wait for it to end (or stop it: it checkpoints on SIGTERM), or choose another --save"
+    return UserError(f"--save {run_dir}: a live run (process {pid}) is writing there; {hint}")
 
 
-def lock(run_dir, flag="--save"):
+def lock(run_dir):
     """Take `run_dir`'s lock for the rest of this process (again for a folder it holds already)."""
     key = Path(run_dir).resolve()
     if key in _HELD:
@@ -76,17 +71,11 @@ def lock(run_dir, flag="--save"):
     pid = _locked_by(f, fcntl.LOCK_EX)
     if pid is not None:
         f.close()
-        raise live_run_error(run_dir, pid, flag)
-    f.seek(0)
-    f.truncate()
+        raise _live_run(run_dir, pid)
+    f.truncate(0)
     f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     f.flush()
     _HELD[key] = f
-
-
-def default_run_dir(script):
-    """experiments/<script>-<YYYYmmdd-HHMMSS> in the scripts' folder."""
-    return Path(__file__).resolve().parent.parent / "experiments" / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def checkpoint_of(resume):
@@ -97,10 +86,8 @@ def checkpoint_of(resume):
         return ckpt
     pid = holder(ckpt.parent)
     if pid is not None:
-        raise UserError(
-            f"--resume {resume}: a live run (process {pid}) is writing there and has no checkpoint yet; "
-            "let it run, or stop it (it checkpoints on SIGTERM) and resume it then"
-        )
+        hint = "has no checkpoint yet; let it run, or stop it (it checkpoints on SIGTERM) and resume it then"
+        raise UserError(f"--resume {resume}: a live run (process {pid}) is writing there and {hint}")
     if path.is_dir():
         raise UserError(f"--resume {resume}: the folder holds no checkpoint.pt (no epoch was saved); start afresh")
     raise UserError(f"--resume {resume}: no such file; give a run folder or its checkpoint.pt")
@@ -113,22 +100,19 @@ def check_run_dir(run_dir, resume=None):
     check_writable(run_dir, "--save", folder=True)
     pid = holder(run_dir)
     if pid is not None:
-        raise live_run_error(run_dir, pid)
+        raise _live_run(run_dir, pid)
     if resume is not None and Path(resume).resolve().parent == run_dir.resolve():
         if Path(resume).name != "checkpoint.pt":
-            raise UserError(
-                f"--resume {resume}: continuing from it in {run_dir} would overwrite the run's later epochs; "
-                "give --save NEW_FOLDER to continue it there"
-            )
+            hint = "would overwrite the run's later epochs; give --save NEW_FOLDER to continue it there"
+            raise UserError(f"--resume {resume}: continuing from it in {run_dir} {hint}")
         return
     # The lock file alone is no content: a run may take it before it writes (`open_run_dir`).
     held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME) if run_dir.is_dir() else []
     if not held:
         return
     if (run_dir / "checkpoint.pt").exists():
-        raise UserError(
-            f"--save {run_dir} already holds a run; choose another --save, or continue it with --resume {run_dir}"
-        )
+        hint = f"choose another --save, or continue it with --resume {run_dir}"
+        raise UserError(f"--save {run_dir} already holds a run; {hint}")
     if resume is None and ((run_dir / "args.json").exists() or (run_dir / LOCK_NAME).exists()):
         return  # a run that stopped before its first checkpoint left nothing to keep
     shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
@@ -136,8 +120,7 @@ def check_run_dir(run_dir, resume=None):
 
 
 def open_run_dir(run_dir, resume=None):
-    """Create the run folder and hold its lock: the first thing a run writes. Checked again under the lock, which
-    refuses the second of two runs started together on one folder."""
+    """Create the run folder and hold its lock, then check it again under the lock (two runs started together)."""
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,4 @@
-"""What both folders' datasets.py share: the data flags, the synthetic set, the CIFAR download, and the records of
-the data (for `device_data`, and in a search's genotype.json, which `read_genotype_json` reads for either space)."""
+"""What both folders' datasets.py share: the data flags, the synthetic set, the CIFAR download, data records."""
 
 import json
 import shutil
@@ -7,6 +6,7 @@ import socket
 from pathlib import Path
 
 import torch
+import torchvision.datasets.utils as tv_utils
 from torch.utils.data import TensorDataset
 
 from .utils import UserError
@@ -33,22 +33,18 @@ def add_arguments(parser, verb, choices):
 
 def download(name, root, folder):
     """Fetch the CIFAR archive `name` into `root` (it unpacks to `folder`); without a network, one line in seconds."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
     url, md5 = DOWNLOADS[name]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     created = not root.exists()
     try:
-        download_and_extract_archive(url, str(root), md5=md5)
+        tv_utils.download_and_extract_archive(url, str(root), md5=md5)
     except Exception as err:  # URLError, timeouts, permission errors, bad archives
         if created:  # leave no half-made folder behind
             shutil.rmtree(root, ignore_errors=True)
-        raise UserError(
-            f"{name} not found in {root} (expected {folder}/) and the download failed "
-            f"({type(err).__name__}); download {url} and unpack it into --data {root}, "
-            "or try the code with --dataset synthetic"
-        ) from None
+        failed = f"{name} not found in {root} (expected {folder}/) and the download failed ({type(err).__name__})"
+        fix = f"download {url} and unpack it into --data {root}, or try the code with --dataset synthetic"
+        raise UserError(f"{failed}; {fix}") from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -58,14 +54,10 @@ def record_device_recipe(dataset, images, labels, mean, std, augment=False, padd
     and `std` (or floats used as they are, `mean` None), the random crop (`padding`) and flip, and `cutout`."""
     recipe = dict(images=images, labels=labels, mean=mean, std=std, augment=augment, padding=padding, cutout=cutout)
     dataset.device_recipe = recipe
-    return dataset
 
 
 def synthetic(num_samples, seed, num_classes=10, size=32, noise=0.6):
-    """Images = a fixed smooth pattern per class + Gaussian noise: learnable in a few steps.
-
-    The class patterns are the same in every call; `seed` draws the samples (a train and a test set share classes).
-    """
+    """Images = a fixed smooth pattern per class (the same in every call) + Gaussian noise, drawn from `seed`."""
     templates = torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     templates = torch.nn.functional.interpolate(templates, size=size, mode="bilinear", align_corners=False)
     data_gen = torch.Generator().manual_seed(seed + 1)
@@ -112,16 +104,13 @@ def genotype_space(saved):
 
 
 def read_genotype_json(path, where, space):
-    """The parsed genotype.json `path` for a folder of `space`; refused in one line starting with `where` (`--arch
-    PATH`) if it is not JSON or holds a cell of the other space."""
+    """The parsed genotype.json `path`; refused in one line starting with `where` if not JSON or of another space."""
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise UserError(f"{where}: not valid JSON ({err}); give a genotype.json written by train_search.py") from None
     other = genotype_space(saved)
     if other not in (None, space):
-        raise UserError(
-            f"{where}: a {FOLDERS[other]} genotype.json, not a {FOLDERS[space]} one; "
-            f"train it with {FOLDERS[other]}/train.py"
-        )
+        folder, ours = FOLDERS[other], FOLDERS[space]
+        raise UserError(f"{where}: a {folder} genotype.json, not a {ours} one; train it with {folder}/train.py")
     return saved

@@ -1,5 +1,4 @@
-"""Data on the device: an in-memory image set held on the GPU, each batch one gather, its crop, flip and cutout drawn
-there from the device's RNG (so a checkpoint resumes it exactly); `data_common.record_device_recipe` says how."""
+"""Data held on the device: each batch one gather, its crop, flip and cutout drawn there (resumed exactly)."""
 
 import weakref
 
@@ -12,52 +11,44 @@ _HELD = weakref.WeakKeyDictionary()  # dataset -> {device: (images, labels)}: a 
 
 
 def add_argument(group):
-    """Add `--data_on_device` to an argparse parser or group."""
     on = "hold the data set on the device, augmented there (auto: on CUDA for cifar10/100, imagenet16-120, synthetic)"
     group.add_argument("--data_on_device", choices=("auto", "on", "off"), default="auto", help=on)
 
 
-def _base(dataset):
-    """(the dataset under any `Subset`s, their composed indices as a tensor, or None without a `Subset`)."""
+def _unwrap(dataset):
+    """(the dataset under any `Subset`s, their composed indices or None, its transform's recipe or None)."""
     indices = None
     while isinstance(dataset, Subset):
         outer = torch.as_tensor(dataset.indices, dtype=torch.int64)
         indices = outer if indices is None else outer[indices]
         dataset = dataset.dataset
-    return dataset, indices
-
-
-def _recipe(dataset):
-    """What `data_common.record_device_recipe` recorded; a float `TensorDataset` gets a plain one; else None."""
     recipe = getattr(dataset, "device_recipe", None)
     if recipe is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         images, labels = dataset.tensors
         if images.dim() == 4 and images.is_floating_point():
             recipe = dict(images=images.permute(0, 2, 3, 1), labels=labels, mean=None, std=None)
-    return recipe
+    return dataset, indices, recipe
 
 
 def supported(dataset):
     """Whether `dataset` (or a possibly nested `Subset` of it) can be held on the device."""
-    return _recipe(_base(dataset)[0]) is not None
+    return _unwrap(dataset)[2] is not None
 
 
 def use_device(mode, dataset, device):
     """Resolve `--data_on_device` (`auto`, `on` or `off`) for `dataset` on `device`."""
     if mode == "on" and not supported(dataset):
-        raise utils.UserError(
-            "--data_on_device on: this data set is read from image files and cannot be held on the device; "
-            "use --data_on_device auto or off"
-        )
+        files = "this data set is read from image files and cannot be held on the device"
+        raise utils.UserError(f"--data_on_device on: {files}; use --data_on_device auto or off")
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda" and supported(dataset))
 
 
-class _Held:
-    """A dataset's images (uint8 or float, (N, H, W, C)) and labels on the device, and its batches."""
+class DeviceLoader:
+    """A dataset's images (uint8 or float, (N, H, W, C)) and labels held on the device, and its batches; iterated,
+    its samples in order (for evaluation), as its DataLoader gives them."""
 
-    def __init__(self, dataset, device):
-        base, indices = _base(dataset)
-        recipe = _recipe(base)
+    def __init__(self, dataset, batch_size, device):
+        base, indices, recipe = _unwrap(dataset)
         if recipe is None:
             raise utils.UserError(f"{type(base).__name__} cannot be held on the device; use --data_on_device off")
         self.device = torch.device(device)
@@ -73,6 +64,14 @@ class _Held:
             self.mean, self.std = (torch.tensor(recipe[k], device=self.device).float() for k in ("mean", "std"))
         self.augment, self.padding, self.cutout = (recipe.get(k, 0) for k in ("augment", "padding", "cutout"))
         self.rows, self.cols = (torch.arange(n, device=self.device) for n in self.images.shape[1:3])
+        positions = torch.arange(self.size, device=self.device)
+        self.batches = positions.split(batch_size) if self.size else ()
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return (self.batch(positions) for positions in self.batches)
 
     def batch(self, positions):
         """`(images, labels)` of the samples at `positions` (a device tensor), as the dataset's transform makes them:
@@ -93,58 +92,37 @@ class _Held:
         flip = torch.rand(b, 1, device=self.device) < 0.5
         rows = self.rows + shift[0]  # (B, H) source rows; out of range = padding
         cols = torch.where(flip, self.cols.flip(0), self.cols) + shift[1]  # (B, W)
-        pixels = self.images[
-            index[:, None, None], rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
-        ]
+        source_rows, source_cols = rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
+        pixels = self.images[index[:, None, None], source_rows, source_cols]
         inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
         return pixels.masked_fill_(~inside[..., None], 0)
 
     def _cutout(self, x):
         """`datasets.Cutout`: zero the square [c - length // 2, c + length // 2) around a random pixel, clipped."""
         b, half = len(x), self.cutout // 2
-        cy = torch.randint(0, len(self.rows), (b, 1), device=self.device)
-        cx = torch.randint(0, len(self.cols), (b, 1), device=self.device)
+        cy, cx = (torch.randint(0, len(n), (b, 1), device=self.device) for n in (self.rows, self.cols))
         in_rows = (self.rows >= cy - half) & (self.rows < cy + half)
         in_cols = (self.cols >= cx - half) & (self.cols < cx + half)
         return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[..., None], 0)
 
 
-class DeviceStream(streams.BatchCursor):
-    """`streams.Stream` for a dataset held on the device: the same samples in the same order, augmented on the
-    device; the first batch of a pass uploads the pass's order, the others read nothing on the host."""
+class DeviceStream(streams.Stream):
+    """A `streams.Stream` of a dataset held on the device: the same samples in the same order, augmented there."""
 
     def __init__(self, dataset, batch_size, seed, device, shuffle=True, rank=0, world_size=1, position=(0, 0)):
-        self.held = _Held(dataset, device)
-        super().__init__(streams.EpochSampler(len(dataset), seed, shuffle, rank, world_size), batch_size, position)
-        self._order, self._order_pass = None, None
+        self.held = DeviceLoader(dataset, batch_size, device)
+        super().__init__(dataset, batch_size, seed, 0, shuffle, rank, world_size, position=position)
+        self._pass = None
 
     def __next__(self):
-        if self._order_pass != self.pass_index:  # this rank's samples of the pass, copied to the device once
+        if self._pass != self.pass_index:  # this rank's samples of the pass, copied to the device once
             self.sampler.set_position(self.pass_index)
-            order = torch.tensor(self.sampler.order(), dtype=torch.int64)
-            if self.held.device.type == "cuda":
-                order = order.pin_memory()
-            self._order, self._order_pass = order.to(self.held.device, non_blocking=True), self.pass_index
-        start = self.batch_index * self.batch_size
-        batch = self.held.batch(self._order[start : start + self.batch_size])
+            order = torch.tensor(self.sampler.order(), dtype=torch.int64, pin_memory=self.held.device.type == "cuda")
+            self._batches = order.to(self.held.device, non_blocking=True).split(self.batch_size)
+            self._pass = self.pass_index
+        batch = self.held.batch(self._batches[self.batch_index])
         self._advance()
         return batch
-
-
-class DeviceLoader:
-    """The samples of a dataset held on the device, in order (for evaluation), as its DataLoader gives them."""
-
-    def __init__(self, dataset, batch_size, device):
-        self.held = _Held(dataset, device)
-        self.batch_size = batch_size
-        self.positions = torch.arange(self.held.size, device=self.held.device)
-
-    def __len__(self):
-        return -(-self.held.size // self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.held.size, self.batch_size):
-            yield self.held.batch(self.positions[start : start + self.batch_size])
 
 
 def describe(batches):

@@ -1,5 +1,4 @@
-"""Your own images on disk: the class folders of a split (every file checked before the run starts), the images, and
-their per-channel statistics. A file that does not decode ends the run in one line naming it, also from a worker."""
+"""Your own images on disk: a split's class folders (every file checked up front), the images, their statistics."""
 
 import torch
 import torchvision.transforms as T
@@ -54,11 +53,8 @@ def scan_split(folder):
         raise UserError(f"{folder} holds no class folders; put the images of each class in {folder}/<class>/")
     samples = []
     for label, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (folder / name).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        )
+        found = [p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+        files = sorted(p for p in found if not p.name.startswith(".") and p.is_file())
         if not files:
             kinds = ", ".join(IMAGE_EXTENSIONS[:3])
             raise UserError(f"class folder {folder / name} holds no images ({kinds}, ...); add some or remove it")
@@ -76,7 +72,6 @@ def image_stats(samples, image_size):
     for i in pick:
         pixels = to_tensor(load_image(samples[i][0])).double().flatten(1)  # (3, S*S)
         sums += torch.stack([pixels.sum(1), pixels.square().sum(1)])
-    count = len(pick) * image_size**2
-    mean = sums[0] / count
-    std = (sums[1] / count - mean.square()).clamp_min(1e-6).sqrt()  # one-colour images: no division by zero
+    mean, square = sums / (len(pick) * image_size**2)
+    std = (square - mean.square()).clamp_min(1e-6).sqrt()  # one-colour images: no division by zero
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())

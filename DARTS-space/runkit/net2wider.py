@@ -1,5 +1,5 @@
-"""net2wider: grow ops to more channels between the stages of a progressive search, copying old channels' weights
-(never dividing them, as the paper's code; Net2Net divides) and their momentum (`Moved`, `carry_momentum`)."""
+"""net2wider: widen ops between a progressive search's stages, copying channels' weights (undivided, as the paper's
+code; Net2Net divides) and their momentum (`Moved`, `carry_momentum`)."""
 
 import copy
 from collections import namedtuple
@@ -14,8 +14,7 @@ Moved = namedtuple("Moved", "old new plan")
 
 
 def expand(tensor, plan):
-    """Apply a widening plan to a tensor (a parameter, or its optimiser state: a copied channel's momentum is the
-    momentum of the channel it copies); a new tensor."""
+    """Apply a widening plan to a tensor (a parameter or its optimiser state: a copy keeps its source's momentum)."""
     for dim, index in plan:
         tensor = tensor.index_select(dim, index.to(tensor.device))
     return tensor
@@ -27,38 +26,35 @@ def grow_index(c_old, c_new, generator=None):
     return torch.cat([torch.arange(c_old), extra])
 
 
+def _widen_parameters(module, new, plans, moved):
+    """Give `new` (a copy of `module`) each parameter `name` of `plans` ({name: plan}) expanded, and record it."""
+    for name, plan in plans.items():
+        old = getattr(module, name)
+        if old is not None:
+            setattr(new, name, nn.Parameter(expand(old.detach(), plan), requires_grad=old.requires_grad))
+            moved.append(Moved(old, getattr(new, name), plan))
+
+
 def widen_conv(conv, in_index, out_index, moved):
     """A copy of `conv` on `len(in_index)` inputs and `len(out_index)` outputs; a depthwise conv's groups grow."""
     depthwise = conv.groups > 1  # a depthwise filter sees only its own channel, which it follows
     if depthwise:
         assert conv.groups == conv.in_channels == conv.out_channels and torch.equal(in_index, out_index)
     plan = ((0, out_index),) if depthwise else ((0, out_index), (1, in_index))
-    new = nn.Conv2d(
-        len(in_index), len(out_index), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        groups=len(out_index) if depthwise else 1, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    ).train(conv.training)  # fmt: skip
-    for old, param, param_plan in ((conv.weight, new.weight, plan), (conv.bias, new.bias, plan[:1])):
-        if old is not None:
-            with torch.no_grad():
-                param.copy_(expand(old, param_plan))
-            moved.append(Moved(old, param, param_plan))
+    new = copy.deepcopy(conv)
+    new.in_channels, new.out_channels, new.groups = len(in_index), len(out_index), len(out_index) if depthwise else 1
+    _widen_parameters(conv, new, {"weight": plan, "bias": plan[:1]}, moved)
     return new
 
 
 def widen_bn(bn, index, moved):
     """A copy of `bn` (its class, settings, mode and device kept) on `len(index)` channels, tensors copied."""
-    new = copy.deepcopy(bn)
+    new, plan = copy.deepcopy(bn), ((0, index),)
     new.num_features = len(index)
-    plan = ((0, index),)
     for name in ("running_mean", "running_var"):
         if getattr(bn, name) is not None:
             setattr(new, name, expand(getattr(bn, name), plan))
-    for name in ("weight", "bias"):
-        if getattr(bn, name) is not None:
-            old = getattr(bn, name)
-            setattr(new, name, nn.Parameter(expand(old.detach(), plan), requires_grad=old.requires_grad))
-            moved.append(Moved(old, getattr(new, name), plan))
+    _widen_parameters(bn, new, {"weight": plan, "bias": plan}, moved)
     return new
 
 
@@ -92,17 +88,14 @@ def widen_op(op, index, moved, generator=None):
 
 
 def _holds_tensors(module):
-    """Whether `module` has parameters or buffers of its own (not its children's)."""
     return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
 
 
 def _layers(module):
     """(parent, name, layer) of every leaf module under `module`, in registration order."""
     if _holds_tensors(module):
-        raise UserError(
-            f"net2wider: {type(module).__name__} holds tensors of its own; make it an nn.Sequential of "
-            "Conv2d and BatchNorm2d layers, or give it a widen method"
-        )
+        fix = "make it an nn.Sequential of Conv2d and BatchNorm2d layers, or give it a widen method"
+        raise UserError(f"net2wider: {type(module).__name__} holds tensors of its own; {fix}")
     for name, child in list(module.named_children()):
         if next(child.children(), None) is None:
             yield module, name, child

@@ -1,5 +1,4 @@
-"""What a run watches as it goes, on the device without a host read per step: the epoch's metrics (`Meter`), its
-speed and ETA (`Clock`), and the first value that is not finite (`Divergence`)."""
+"""What a run watches on the device, no host read per step: metrics (`Meter`), ETA (`Clock`), `Divergence`."""
 
 import time
 
@@ -11,12 +10,10 @@ from . import utils
 
 
 class Meter:
-    """Loss, top-1 and top-5 of an epoch: sums on the device, read (and reduced over ranks) once."""
+    """Loss, top-1 and top-5 of an epoch: sums (loss * n, top-1 hits, top-5 hits, n) on the device, read once."""
 
     def __init__(self, device, sums=None):
-        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, top-1 hits, top-5 hits, n
-        if sums is not None:
-            self.sums.copy_(torch.as_tensor(sums, dtype=torch.float64))
+        self.sums = torch.tensor(sums or [0.0] * 4, dtype=torch.float64, device=device)
 
     def update(self, logits, targets, loss):
         """Add a batch: `loss` is its mean over the batch (a 0-d tensor, never read here)."""
@@ -31,15 +28,13 @@ class Meter:
         sums = self.sums.clone()
         if dist is not None and dist.world_size > 1:
             torch_dist.all_reduce(sums)
-        loss, top1, top5, n = sums.tolist()
-        n = max(n, 1.0)
-        return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n}
+        loss, top1, top5, _ = (sums / sums[3].clamp_min(1.0)).tolist()
+        return {"loss": loss, "acc": 100 * top1, "top5": 100 * top5}
 
 
 @torch.no_grad()
 def infer(model, loader, device):
-    """The `Meter` (top-1, top-5, cross-entropy) of `model` in eval mode on `loader`, the same in every script of
-    both folders; of a `(logits, auxiliary logits)` output the first counts. `.result(dist)` reads it."""
+    """The `Meter` of `model` in eval mode on `loader` (of a `(logits, auxiliary logits)` output the first counts)."""
     model.eval()
     meter = Meter(device)
     for x, y in loader:
@@ -61,22 +56,16 @@ class Clock:
         self.evals_left = epochs - start_epoch
 
     def tick(self, samples):
-        self.done += 1
-        self.samples += samples
+        self.done, self.samples = self.done + 1, self.samples + samples
 
     def evaluated(self, seconds):
-        self.eval_seconds = seconds
-        self.eval_total += seconds
-        self.evals_left -= 1
+        self.eval_seconds, self.eval_total, self.evals_left = seconds, self.eval_total + seconds, self.evals_left - 1
 
-    def due(self, scheduled):
-        """A progress line is due: at the scheduled steps, and at least every 30 s."""
-        if scheduled or time.time() - self.last_line >= 30:
-            self.last_line = time.time()
-            return True
-        return False
-
-    def line(self):
+    def line(self, scheduled):
+        """Speed and ETA when a progress line is due (at the scheduled steps, and at least every 30 s), else None."""
+        if not scheduled and time.time() - self.last_line < 30:
+            return None
+        self.last_line = time.time()
         elapsed = max(time.time() - self.start - self.eval_total, 1e-9)  # training time only
         eta = elapsed / max(self.done, 1) * (self.left - self.done) + self.eval_seconds * self.evals_left
         return f"{self.samples / elapsed:.1f} img/s, ETA {utils.format_seconds(eta)}"
@@ -96,10 +85,8 @@ class Divergence:
 
     def find(self, watched, state, epoch, world_size=1):
         """None, or (what is not finite, where) over every rank, in one host read: the first bad loss, else the
-        `watched` tensors (beta), else the `state` a checkpoint is about to hold (a step's loss comes from the
-        weights before its update, so the weights can go bad with every loss finite)."""
-        bad_state = _any_not_finite(_float_tensors(state), self.device)
-        flags = torch.stack([self.first_bad.double(), _any_not_finite(watched, self.device), bad_state])
+        `watched` tensors (beta), else the `state` about to be saved (weights can go bad with every loss finite)."""
+        flags = torch.stack([self.first_bad.double(), *(_not_finite(x, self.device) for x in (watched, state))])
         if world_size > 1:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
         bad_step, bad_watched, bad_state = flags.tolist()
@@ -113,19 +100,9 @@ class Divergence:
         return None
 
 
-def _float_tensors(obj):
-    """Every floating-point tensor inside nested dicts, lists and tuples (a task's state)."""
-    if torch.is_tensor(obj):
-        if obj.is_floating_point():
-            yield obj.detach()
-    elif isinstance(obj, (dict, list, tuple)):
-        for value in obj.values() if isinstance(obj, dict) else obj:
-            yield from _float_tensors(value)
-
-
-def _any_not_finite(tensors, device):
-    """1.0 if any of `tensors` holds a NaN or an infinity, else 0.0: a float64 scalar on `device`, not read."""
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    for t in tensors:
-        bad = bad | (~torch.isfinite(t.detach())).any().to(device)
-    return bad.double()
+def _not_finite(obj, device):
+    """Whether a float tensor in `obj` (nested dicts, lists, tuples) is not finite: 1.0 or 0.0 on `device`, unread."""
+    if torch.is_tensor(obj) and obj.is_floating_point():
+        return (~torch.isfinite(obj.detach())).any().to(device).double()
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return sum((_not_finite(v, device) for v in values), torch.zeros((), dtype=torch.float64, device=device))

@@ -1,5 +1,4 @@
-"""Resumable data streams: the order of every pass (`EpochSampler`), and cycling batch iterators (`Stream`) whose
-`position()` / `seek()` continue them at any batch, their DataLoader workers leaving stop signals to the main one."""
+"""Resumable data streams: the order of each pass (`EpochSampler`) and cycling batch iterators (`Stream`)."""
 
 import signal
 
@@ -46,12 +45,9 @@ class EpochSampler(Sampler):
         self.pass_index, self.offset = pass_index, offset
 
     def order(self):
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.pass_index)
-            order = torch.randperm(self.num_samples, generator=gen).tolist()
-        else:
-            order = list(range(self.num_samples))
-        order += order[: self.per_rank * self.world_size - self.num_samples]  # pad to equal shards
+        n, gen = self.num_samples, torch.Generator().manual_seed(self.seed + self.pass_index)
+        order = torch.randperm(n, generator=gen).tolist() if self.shuffle else list(range(n))
+        order += order[: self.per_rank * self.world_size - n]  # pad to equal shards
         return order[self.rank :: self.world_size]
 
     def __iter__(self):
@@ -61,52 +57,32 @@ class EpochSampler(Sampler):
         return self.per_rank - self.offset
 
 
-class BatchCursor:
-    """Where a cycling stream of batches stands, (pass, batch within the pass), for `Stream` and `DeviceStream`."""
+class Stream:
+    """A persistent, cycling, resumable iterator of batches over a dataset, through a `Loader`."""
 
-    def __init__(self, sampler, batch_size, position):
-        self.sampler, self.batch_size = sampler, batch_size
-        self.batches_per_pass = -(-sampler.per_rank // batch_size)
+    def __init__(self, dataset, batch_size, seed, workers=0, shuffle=True, rank=0, world_size=1, pin_memory=False,
+                 position=(0, 0)):  # fmt: skip
+        self.sampler, self.batch_size = EpochSampler(len(dataset), seed, shuffle, rank, world_size), batch_size
+        self.batches_per_pass = -(-self.sampler.per_rank // batch_size)
         self.pass_index, self.batch_index = position
+        # A private generator keeps worker seeding off the global RNG: a new iterator does not shift the model's draws.
+        self.loader_kwargs = dict(dataset=dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers)
+        self.loader_kwargs.update(pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+        self._iter = None
 
     def __len__(self):
         return self.batches_per_pass
+
+    def __iter__(self):
+        return self
 
     def position(self):
         """(pass, batch within the pass) of the next batch."""
         return [self.pass_index, self.batch_index]
 
     def seek(self, position):
-        """Continue from `position` (a saved `position()`)."""
-        self.pass_index, self.batch_index = position
-
-    def __iter__(self):
-        return self
-
-    def _advance(self):
-        """Count the batch just taken; True when it ended a pass."""
-        self.batch_index += 1
-        if self.batch_index < self.batches_per_pass:
-            return False
-        self.pass_index, self.batch_index = self.pass_index + 1, 0
-        return True
-
-
-class Stream(BatchCursor):
-    """A persistent, cycling, resumable iterator of batches over a dataset, through a `Loader`."""
-
-    def __init__(self, dataset, batch_size, seed, workers=0, shuffle=True, rank=0, world_size=1, pin_memory=False,
-                 position=(0, 0)):  # fmt: skip
-        super().__init__(EpochSampler(len(dataset), seed, shuffle, rank, world_size), batch_size, position)
-        # A private generator keeps worker seeding off the global RNG: a new iterator does not shift the model's draws.
-        generator = torch.Generator().manual_seed(seed)
-        self.loader_kwargs = dict(dataset=dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers)
-        self.loader_kwargs.update(pin_memory=pin_memory, generator=generator, persistent_workers=False)
-        self._iter = None
-
-    def seek(self, position):
         """Continue from `position` (a saved `position()`); batches already prefetched are dropped."""
-        super().seek(position)
+        self.pass_index, self.batch_index = position
         self._iter = None
 
     def __next__(self):
@@ -117,3 +93,11 @@ class Stream(BatchCursor):
         if self._advance():  # a new pass: a new permutation, a new iterator
             self._iter = None
         return batch
+
+    def _advance(self):
+        """Count the batch just taken; True when it ended a pass."""
+        self.batch_index += 1
+        if self.batch_index < self.batches_per_pass:
+            return False
+        self.pass_index, self.batch_index = self.pass_index + 1, 0
+        return True

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import resource
 import sys
 import warnings
 from pathlib import Path
@@ -42,71 +43,50 @@ def exits_cleanly(main):
 
 def setup_logging(run_dir):
     """Log INFO to stdout and to `run_dir/log.txt` (appending, so a resumed run keeps its log)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%m/%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / "log.txt")):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / "log.txt")]
+    fmt = dict(format="%(asctime)s %(message)s", datefmt="%m/%d %H:%M:%S")
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True, **fmt)
 
 
 def write_atomic(path, data):
-    """Write the bytes `data` to `path` through a temporary file and `os.replace`: never half-written (a failed write
-    leaves the old file and no temporary one, and ends the run in one line)."""
+    """Write `data` (bytes) to `path` atomically, through a temporary file; a failure ends the run in one line."""
     tmp = Path(f"{path}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except OSError as err:
-        raise UserError(
-            f"cannot write {path}: {err.strerror or err}; free some space or fix the permissions, "
-            "then resume the run (its last good checkpoint is kept)"
-        ) from None
+        fix = "free some space or fix the permissions, then resume the run (its last good checkpoint is kept)"
+        raise UserError(f"cannot write {path}: {err.strerror or err}; {fix}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 class History:
-    """`history.jsonl`: one JSON object per finished epoch."""
+    """`history.jsonl`: one JSON object per finished epoch; a resumed run drops the epochs it is about to redo."""
 
     def __init__(self, run_dir, start_epoch=0):
         self.path = Path(run_dir) / "history.jsonl"
-        # A run killed after logging an epoch but before checkpointing it repeats that epoch on resume: drop it here.
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < start_epoch]
-            write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = "".join(line + "\n" for line in lines if json.loads(line)["epoch"] < start_epoch)
+            write_atomic(self.path, kept.encode())
 
     def append(self, record):
         """Add one epoch's record; a value that is not finite (a diverged held-out loss) is written as null."""
+        strict = json.loads(json.dumps(record), parse_constant=lambda _: None)  # JSON has no NaN or Infinity
         try:
             with open(self.path, "a") as f:
-                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+                f.write(json.dumps(strict) + "\n")
         except OSError as err:
             raise UserError(f"cannot write {self.path}: {err.strerror or err}; free some space, then resume") from None
 
 
-def strict_json(value):
-    """`value` with every float that is not finite replaced by None: JSON has no NaN or Infinity."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict_json(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
 def set_seed(seed):
-    """Seed `random`, NumPy and PyTorch (all devices)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -142,8 +122,7 @@ def resolve_device(name, gpu=None):
         gpu = 0 if gpu is None else gpu
         if gpu >= torch.cuda.device_count():
             raise UserError(f"--gpu {gpu} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-        # cuDNN autotuning picks kernels by timing, so it is off under --deterministic.
-        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()  # it picks kernels by timing
         return torch.device("cuda", gpu)
     if gpu is not None:
         seen = "" if torch.cuda.is_available() else " (PyTorch sees no CUDA GPU)"
@@ -171,8 +150,6 @@ def peak_memory_mb(device):
     """Peak memory of this process: the allocator's peak on CUDA, max RSS on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -181,11 +158,11 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} ({device.type})" if names else device.type
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return device.type
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} ({device.type})" if names else device.type
 
 
 def save_checkpoint(state, path):
@@ -212,10 +189,8 @@ def load_checkpoint(path):
         raise UserError(f"--resume {path}: no such file; give the checkpoint.pt of the run to continue")
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "epoch" not in ckpt:
-        raise UserError(
-            f"--resume {path}: not a readable checkpoint of this project (damaged or another kind of file); "
-            "start afresh or pick another file"
-        )
+        what = "not a readable checkpoint of this project (damaged or another kind of file)"
+        raise UserError(f"--resume {path}: {what}; start afresh or pick another file")
     return ckpt
 
 
@@ -225,10 +200,9 @@ def load_model_state(model, state, path):
         model.load_state_dict(state)
     except RuntimeError as err:  # missing, unexpected or differently shaped tensors
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise UserError(
-            f"--resume {path}: the checkpoint's network does not match this one ({first[:160]}); it was written "
-            "by an earlier version of the code or for another network: start a new run"
-        ) from None
+        mismatch = f"the checkpoint's network does not match this one ({first[:160]})"
+        why = "it was written by an earlier version of the code or for another network: start a new run"
+        raise UserError(f"--resume {path}: {mismatch}; {why}") from None
 
 
 def cosine_lr(epoch, epochs, lr, lr_min=0.0):
@@ -237,7 +211,6 @@ def cosine_lr(epoch, epochs, lr, lr_min=0.0):
 
 
 def set_lr(optimizer, lr):
-    """Give every parameter group of `optimizer` the learning rate `lr` (once per epoch)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -249,5 +222,4 @@ def format_seconds(seconds):
 
 
 def count_parameters(params):
-    """Number of elements in an iterable of tensors."""
     return sum(p.numel() for p in params)
