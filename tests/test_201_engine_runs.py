@@ -152,7 +152,6 @@ def test_search_and_train_steps_read_no_tensor_on_the_host(load_space, monkeypat
 
     args = train.get_parser().parse_args("--epochs 2 --batch_size 4 --workers 0".split())
     net = train.Network(4, 1, genotypes.DrNAS, 10)
-    sgd = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, nesterov=True)
     run = LoopRun(only=[0], steps=3, guard=forbid_host_reads)
-    train.train(run, net, sgd, streams.Stream(data, 4, seed=0), [], genotypes.DrNAS, args)
+    train.train(run, net, data, data, torch.nn.CrossEntropyLoss(), lambda epoch: 0.1, args)
     assert len(run.updates) == 3

@@ -48,14 +48,18 @@ def test_resume_alone_takes_the_checkpoints_flags_and_names_every_differing_one(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _write_checkpoint(engine, utils, parser, script, run_dir / "checkpoint.pt", 1, 3, layers=2, seed=7, workers=0)
-    args = engine.parse_args(parser, program.SPACE, script, ["--resume", str(run_dir)])  # means its checkpoint.pt
+    args = engine.parse_args(
+        parser, sys.modules["genotypes"].SPACE, script, ["--resume", str(run_dir)]
+    )  # means its checkpoint.pt
     assert args.resume == str(run_dir / "checkpoint.pt")
     assert (args.layers, args.seed, args.workers, args.save) == (2, 7, 0, None)
     argv = ["--resume", str(run_dir), "--workers", "3", "--layers", "2"]
-    changed = engine.parse_args(parser, program.SPACE, script, argv)
+    changed = engine.parse_args(parser, sys.modules["genotypes"].SPACE, script, argv)
     assert (changed.workers, changed.layers) == (3, 2), "a flag a resume may change, and one equal to the checkpoint's"
     with pytest.raises(utils.UserError) as refused:
-        engine.parse_args(parser, program.SPACE, script, ["--resume", str(run_dir), "--layers", "4", "--seed", "1"])
+        engine.parse_args(
+            parser, sys.modules["genotypes"].SPACE, script, ["--resume", str(run_dir), "--layers", "4", "--seed", "1"]
+        )
     assert "--layers 2, not 4;" in str(refused.value) and "--seed 7, not 1;" in str(refused.value)
 
 
@@ -64,7 +68,7 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_pat
     parser = program.get_parser()
     _write_checkpoint(engine, utils, parser, "train", tmp_path / "checkpoint.pt", 3, 3)
     with pytest.raises(SystemExit) as ended:
-        engine.parse_args(parser, program.SPACE, "train", ["--resume", str(tmp_path)])
+        engine.parse_args(parser, sys.modules["genotypes"].SPACE, "train", ["--resume", str(tmp_path)])
     out = f"{tmp_path / 'checkpoint.pt'}: the run is finished (3 of 3 epochs); nothing to do"
     assert ended.value.code == 0 and capsys.readouterr().out.strip() == out
 
