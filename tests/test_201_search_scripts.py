@@ -200,7 +200,7 @@ def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, loa
     run = runs["default_benchmark"]
     _ok(run)
     (record,) = run.history()
-    bench = benchmark.load_benchmark(benchmark.HERE / benchmark.DEFAULT_TABLE)
+    bench = benchmark.open_benchmark(benchmark.DEFAULT_TABLE)
     assert record["benchmark"] == bench.query(record["genotype"])
     assert record["nb201_cifar10"] == record["benchmark"]["cifar10"]
     assert set(record["trajectory"]) == set(benchmark.DATASETS)
