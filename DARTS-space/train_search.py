@@ -163,8 +163,7 @@ def weight_step(model, optimizer, weights, x, y, grad_clip, dist=None):
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     torch.autograd.backward(loss, inputs=weights)  # weights only: beta is the architect's
-    if dist is not None:  # torchrun: the mean over the ranks
-        distributed.average_gradients(weights, dist)
+    distributed.average_gradients(weights, dist)  # torchrun: the mean over the ranks
     nn.utils.clip_grad_norm_(weights, grad_clip)
     optimizer.step()
     return logits, loss

@@ -28,9 +28,12 @@ def setup(device_name, gpu=None):
 
 
 def average_gradients(params, dist):
-    """All-reduce the mean of every parameter's `.grad` (None grads skipped) in one flat buffer: one collective."""
+    """All-reduce the mean of every parameter's `.grad` (None grads skipped) in one flat buffer: one collective.
+    Nothing to do in one process (`dist` None or of world size 1)."""
+    if dist is None or dist.world_size <= 1:
+        return
     grads = [p.grad for p in params if p.grad is not None]
-    if dist.world_size <= 1 or not grads:
+    if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
