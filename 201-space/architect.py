@@ -27,19 +27,24 @@ REGULARIZERS = {
 }
 
 
-def regularizer_grads(model, reg_type, reg_scale):
-    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`.
+def regularizer_grads(model, reg_type, reg_scale, budget=None):
+    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`, plus the
+    `budget`'s term when given (`--cost`, see runkit/budget.py).
 
-    The term does not depend on the weights, so it adds to the first- or second-order gradient as it is.
+    The terms do not depend on the weights, so they add to the first- or second-order gradient as they are.
     """
-    return torch.autograd.grad(reg_scale * REGULARIZERS[reg_type](model), model.arch_parameters())
+    loss = reg_scale * REGULARIZERS[reg_type](model)
+    if budget is not None:
+        loss = loss + budget.term(model)
+    return torch.autograd.grad(loss, model.arch_parameters())
 
 
 class Architect:
     """Owns the architecture optimizer and performs one architecture step."""
 
-    def __init__(self, model, args):
+    def __init__(self, model, args, budget=None):
         self.model = model
+        self.budget = budget  # the --cost term (runkit.budget.Budget), or None
         self.momentum = args.momentum
         self.weight_decay = args.weight_decay
         self.unrolled = args.unrolled
@@ -57,7 +62,7 @@ class Architect:
             else:
                 # Gradients w.r.t. beta only: autograd skips every weight gradient.
                 grads = torch.autograd.grad(F.cross_entropy(self.model(x_valid), y_valid), arch)
-        reg = regularizer_grads(self.model, self.reg_type, self.reg_scale)
+        reg = regularizer_grads(self.model, self.reg_type, self.reg_scale, self.budget)
         for p, g, r in zip(arch, grads, reg):
             p.grad = g + r
         self.optimizer.step()

@@ -6,9 +6,13 @@ parameter count equals NAS-Bench-201's: the all-`nor_conv_3x3` cell at C=16, N=5
 parameters (the benchmark's 1.531546 MB) and 220.11969 MFLOPs.
 """
 
+import functools
+
 import torch
 import torch.nn as nn
+from runkit.budget import KINDS, CostModel, count
 
+from genotypes import EDGES, PRIMITIVES, Structure
 from operations import OPS, ResNetBasicBlock
 
 
@@ -56,27 +60,29 @@ class Network(nn.Module):
         return self.classifier(out)
 
 
-def count_flops(model, input_size):
-    """Multiply-adds (+ bias adds) of the convolutions and linear layers for one input, as NAS-Bench-201 counts
-    FLOPs: the all-`nor_conv_3x3` cell at C=16, N=5 on 3x32x32 with 10 classes gives 220,119,690 (220.11969 M)."""
-    total = [0]
+def cost_model(num_classes, image_size, C=16, layers=5):
+    """The `budget.CostModel` of this network (train.py's C and layers) for `num_classes` and `image_size` px inputs.
 
-    def hook(module, inputs, output):
-        # A conv's output element costs (C_in / groups) * kh * kw multiply-adds, a linear's in_features.
-        if isinstance(module, nn.Linear):
-            per_output = module.in_features
-        else:
-            per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
-        total[0] += output.numel() * (per_output + (module.bias is not None))
+    Each op of PRIMITIVES is counted as the module its cells build, on the input each cell takes, and summed over
+    the cells; the fixed part is the rest of the network. A new OPS entry needs nothing of its own.
+    """
+    with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
+        probe = Network(C, layers, Structure.from_edges([PRIMITIVES[-1]] * len(EDGES)), num_classes)
+        shapes = []  # (C, H, W) of every cell's input, which all its ops take
+        cells = [cell for cell in probe.cells if isinstance(cell, InferCell)]
+        hooks = [
+            cell.register_forward_pre_hook(lambda cell, inputs: shapes.append(inputs[0].shape[1:])) for cell in cells
+        ]
+        total = count(probe, (3, image_size, image_size))
+        for hook in hooks:
+            hook.remove()
+        op_count = functools.cache(lambda name, shape: count(OPS[name](shape[0], shape[0], 1, True), shape))
+        per_op = [[op_count(name, tuple(shape)) for shape in shapes] for name in PRIMITIVES]
+    edges = {kind: [[sum(c[kind] for c in counts) for counts in per_op] for _ in EDGES] for kind in KINDS}
+    fixed = {kind: total[kind] - sum(row[-1] for row in edges[kind]) for kind in KINDS}
+    return CostModel(fixed, edges, [([row], 1) for row in range(len(EDGES))])
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return total[0]
+
+def cost_rows(genotype):
+    """The cell's edges (a `Structure`) as (row of beta, index into PRIMITIVES) pairs, for `CostModel.of`."""
+    return [(row, PRIMITIVES.index(name)) for row, name in enumerate(genotype.edge_ops())]

@@ -195,6 +195,12 @@ class Network(nn.Module):
         posterior = torch.distributions.Dirichlet(alpha, validate_args=False)
         return torch.distributions.kl_divergence(posterior, prior).sum()
 
+    def expected_cost(self, edge_costs):
+        """The cells' cost under the Dirichlet mean of the kept ops: `edge_costs` (edges, ops) weighted and summed."""
+        index = self.kept_index()
+        alpha = concentration(self.beta.gather(1, index))
+        return (alpha / alpha.sum(-1, keepdim=True) * edge_costs.gather(1, index)).sum()
+
     def forward(self, x, mix=None):
         """Logits for x (B, 3, H, W), fp32 under `amp`; mixing weights are drawn unless given (edges, ops).
 

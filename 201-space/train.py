@@ -28,13 +28,14 @@ import logging
 import torch
 import torch.nn as nn
 from runkit import accel, device_data, engine, run_flags, utils
+from runkit.budget import count_flops
 from runkit.data_common import data_difference, data_record
 from runkit.progress import infer
 
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
 from genotypes import NAMED, SPACE, load_arch_and_data, save_genotype
-from model import Network, count_flops
+from model import Network
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ def main(argv=None):
         logger.info("%s", other_data)
     if args.dataset == "imagefolder":  # classes, image counts, normalisation
         logger.info("%s", train_data.summary)
-    logger.info("param count = %d (%.6fM), FLOPs = %.5fM", params, params / 1e6, flops / 1e6)
+    shown = (params, params / 1e6, flops, flops / 1e6)
+    logger.info("param count = %d (%.6fM), multiply-adds (FLOPs) = %d (%.5fM)", *shown)
 
     def learning_rate(epoch):  # NAS-Bench-201: cosine from the initial rate to 0, set once per epoch
         return utils.cosine_lr(epoch, args.epochs, args.learning_rate)

@@ -23,7 +23,7 @@ from itertools import islice
 
 import torch
 import torch.nn.functional as F
-from runkit import accel, device_data, engine, run_flags, utils
+from runkit import accel, budget, device_data, engine, run_flags, utils
 from runkit.data_common import data_record
 from runkit.net2wider import carry_momentum
 from runkit.progress import infer
@@ -35,6 +35,7 @@ from benchmark import DEFAULT_TABLE, log_benchmark, open_benchmark, query_benchm
 from datasets import add_arguments as add_data_arguments
 from datasets import get_datasets
 from genotypes import PRIMITIVES, SPACE, save_genotype
+from model import cost_model, cost_rows
 from model_search import SAMPLERS, Network, gumbel_tau
 from plot_trajectory import plot_trajectory, read_history
 
@@ -98,6 +99,7 @@ def add_search_flags(group, progressive):
     group.add_argument("--reg_scale", type=float, default=1e-3, help="weight of the regulariser")
     group.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
     group.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")
+    budget.add_arguments(group)
     benchmark = "NAS-Bench-201 .pth file or CSV table queried each epoch (default: the shipped table); none: no queries"
     group.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=benchmark)
     samples = "architectures drawn from the Dirichlet each epoch and looked up in the benchmark"
@@ -217,10 +219,11 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 # ---------------------------------------------------------------- the loop
 
 
-def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, benchmark=None):
+def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None, benchmark=None):
     """The search (DrNAS Algorithm 1), epoch by epoch: the stage switch, then per training batch an architecture
     step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell,
-    written to genotype.json every epoch (with `data`, for train.py), so an interrupted search leaves its cell."""
+    written to genotype.json every epoch (with `data`, for train.py), so an interrupted search leaves its cell;
+    with `costs` (a `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
     stages, device = get_stages(args), model.beta.device
     epochs = sum(s.epochs for s in stages)
     resumed = run.task_state()
@@ -266,16 +269,21 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
             logits, loss = search_step(model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip)
             run.update(logits, y, loss)
         valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), device).result()
-        genotype = str(model.genotype())
+        cell = model.genotype()
+        genotype = str(cell)
         logger.info("genotype = %s", genotype)
         if model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
             logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), model.concentrations())
         else:
             logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), model.softmax_weights())
-        if run.main:
-            save_genotype(model.genotype(), run.run_dir / "genotype.json", data)
         record = {"stage": stage, "lr": lr, **run.train_metrics(), "valid_acc": valid["acc"]}
         record.update(valid_loss=valid["loss"], genotype=genotype)
+        saved = dict(data or {})
+        if costs is not None:  # exact figures of the derived cell and the surrogate's, in millions
+            record.update(budget.report(costs, cost_rows(cell), model))
+            saved["cost"] = costs.of(cost_rows(cell))
+        if run.main:
+            save_genotype(cell, run.run_dir / "genotype.json", saved)
         if benchmark is not None:
             record.update(query_benchmark(model, benchmark, args, epoch))
         run.end_epoch(record)
@@ -306,13 +314,15 @@ def main(argv=None, parser=None, script="train_search"):
     )
     # What genotype.json records of the data, for train.py; before the seed, as reading an image may draw crops.
     data = data_record(args, train_data, num_classes)
+    costs = cost_model(num_classes, data["image_size"])  # train.py's network for this data (its own seed)
+    term = budget.make_budget(args, costs, run.dist.device)  # refuses a --cost_target out of reach
     utils.set_seed(args.seed)
     device = run.dist.device
     streams, valid_loader = search_data(train_data, args, device)
     model = build_model(args, num_classes, device, state)
     if args.compile:  # in place, so the architect, the task and the checkpoints use the compiled network
         accel.compile_model(model, device)
-    architect = Architect(model, args)
+    architect = Architect(model, args, term)
     optimizer = sgd(model, args, args.learning_rate)
     if state is not None:  # the resumed run's optimizer states
         optimizer.load_state_dict(state["optimizer"])
@@ -325,7 +335,7 @@ def main(argv=None, parser=None, script="train_search"):
     logger.info(
         "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
     )
-    search(run, model, architect, optimizer, streams, valid_loader, args, data, benchmark)
+    search(run, model, architect, optimizer, streams, valid_loader, args, data, costs, benchmark)
     finish(run, model, benchmark)
 
 

@@ -35,12 +35,16 @@ REGULARIZERS = {
 }
 
 
-def regularizer_grads(model, reg_type, reg_scale):
-    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`.
+def regularizer_grads(model, reg_type, reg_scale, budget=None):
+    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`, plus the
+    `budget`'s term when given (`--cost`, see runkit/budget.py).
 
-    The term does not depend on the weights, so it adds to the first- or second-order gradient as it is.
+    The terms do not depend on the weights, so they add to the first- or second-order gradient as they are.
     """
-    return torch.autograd.grad(reg_scale * REGULARIZERS[reg_type](model), model.arch_parameters())
+    loss = reg_scale * REGULARIZERS[reg_type](model)
+    if budget is not None:
+        loss = loss + budget.term(model)
+    return torch.autograd.grad(loss, model.arch_parameters())
 
 
 @contextmanager
@@ -64,8 +68,9 @@ def frozen(params):
 class Architect:
     """One Adam step on `model.arch_parameters()` per call of `step`."""
 
-    def __init__(self, model, args, reduce_grads=None, grad_clip=None):
+    def __init__(self, model, args, budget=None, reduce_grads=None, grad_clip=None):
         self.model = model
+        self.budget = budget  # the --cost term (runkit.budget.Budget), or None
         self.criterion = nn.CrossEntropyLoss()
         self.unrolled = args.unrolled
         self.reg_type = args.reg_type
@@ -89,7 +94,7 @@ class Architect:
             with frozen(self.model.weights()):
                 loss = self.criterion(self.model(x_valid), y_valid)
                 grads = torch.autograd.grad(loss, arch)
-        reg = regularizer_grads(self.model, self.reg_type, self.reg_scale)
+        reg = regularizer_grads(self.model, self.reg_type, self.reg_scale, self.budget)
         for p, g, r in zip(arch, grads, reg):
             p.grad = g + r
         if self.reduce_grads is not None:

@@ -27,6 +27,10 @@ Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect",
               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
 
+# A cell's edges in the order of the rows of beta: (node, state it reads), node k reading states 0 .. k + 1
+# (0, 1 the cell's inputs, 2.. the earlier nodes). A genotype keeps two of each node's edges.
+EDGES = [(node, index) for node in range(4) for index in range(2 + node)]
+
 # ---------------------------------------------------------------- published cells (two nodes a line)
 
 # DrNAS (Chen et al., ICLR 2021), progressive search on CIFAR-10:

@@ -8,10 +8,14 @@ script each epoch) zeroes whole samples of every non-identity op's output, on an
     python -c "import model as m, genotypes as g; print(m.param_count(m.NetworkCIFAR(36, 10, 20, 0, g.DrNAS_cifar10)))"
 """
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from runkit.budget import KINDS, CostModel, count
 
+from genotypes import EDGES, PRIMITIVES, Genotype
 from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 
@@ -46,13 +50,17 @@ class Cell(nn.Module):
         # first ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
         self.takes_relu = []
         for name, index in edges:
-            # Only edges from the two cell inputs change resolution in a reduction cell.
-            op = OPS[name](C, 2 if reduction and index < 2 else 1, True)
+            op = self.make_op(name, C, reduction, index)
             op = op.share_relu() if hasattr(op, "share_relu") else op
             self.ops.append(op)
             self.is_identity.append(isinstance(op, (Identity, nn.Identity)))
             self.drop_in_place.append(getattr(op, "drop_in_place", False))
             self.takes_relu.append(getattr(op, "expects_relu", False))  # pools take the raw state
+
+    @staticmethod
+    def make_op(name, C, reduction, index):
+        """The op `name` on an edge from state `index`: only edges from the two cell inputs reduce (stride 2)."""
+        return OPS[name](C, 2 if reduction and index < 2 else 1, True)
 
     def forward(self, s0, s1, drop_prob=None):
         # drop_prob: None (no drop path), or the probability as a 0-dim tensor
@@ -187,3 +195,56 @@ def param_count(model):
     """Number of parameters without the auxiliary head (the figure papers report)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head."))
+
+
+def cost_model(num_classes, image_size, C=None, layers=None, imagenet=False):
+    """The `budget.CostModel` of the network train.py builds (`imagenet`: train_imagenet.py's) for `num_classes`
+    and `image_size` px inputs, without the auxiliary head (as `param_count`); C and layers default to theirs.
+
+    Each op of PRIMITIVES on each edge is counted as the module its cells build (`Cell.make_op`), on the state the
+    edge reads, and summed over the cells of its type; the fixed part is the rest of the network. Rows are the
+    `EDGES` of normal cells, then those of reduction cells; the derived cell keeps 2 of each node's incoming edges.
+    """
+    C, layers = C or (48 if imagenet else 36), layers or (14 if imagenet else 20)
+    nodes = sorted({node for node, _ in EDGES})
+    probe_edges = [(PRIMITIVES[0], index) for index in (0, 1)] * len(nodes)  # every node reads states 0 and 1
+    concat = [node + 2 for node in nodes]
+    cells = []  # per cell: (reduction, (C, H, W) of its input states, of its node states)
+
+    def record(op, inputs, output, cell):
+        cells.append((cell.reduction, tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
+
+    with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
+        network = NetworkImageNet if imagenet else NetworkCIFAR
+        net = network(C, num_classes, layers, False, Genotype(probe_edges, concat, probe_edges, concat))
+        # The probe's first op reads input state 0 and writes node 0: both shapes of its cell.
+        hooks = [cell.ops[0].register_forward_hook(functools.partial(record, cell=cell)) for cell in net.cells]
+        total = count(net, (3, image_size, image_size))
+        for hook in hooks:
+            hook.remove()
+        op_count = functools.cache(
+            lambda name, reduction, index, shape: count(Cell.make_op(name, shape[0], reduction, index), shape)
+        )
+        edges = {kind: [[0] * len(PRIMITIVES) for _ in range(2 * len(EDGES))] for kind in KINDS}
+        for reduction, inputs, states in cells:
+            for row, (_, index) in enumerate(EDGES, start=reduction * len(EDGES)):
+                for op, name in enumerate(PRIMITIVES):
+                    counted = op_count(name, reduction, min(index, 2), inputs if index < 2 else states)
+                    for kind in KINDS:
+                        edges[kind][row][op] += counted[kind]
+    probed = [t * len(EDGES) + row for t in (0, 1) for row, (_, index) in enumerate(EDGES) if index < 2]
+    fixed = {kind: total[kind] - sum(edges[kind][row][0] for row in probed) for kind in KINDS}
+    groups = [
+        ([t * len(EDGES) + r for r, (n, _) in enumerate(EDGES) if n == node], 2) for t in (0, 1) for node in nodes
+    ]
+    return CostModel(fixed, edges, groups)
+
+
+def cost_rows(genotype):
+    """The cell's edges as (row: normal `EDGES`, then reduction ones; index into PRIMITIVES), for `CostModel.of`."""
+    cells = (genotype.normal, genotype.reduce)
+    return [
+        (t * len(EDGES) + EDGES.index((k // 2, index)), PRIMITIVES.index(name))
+        for t, edges in enumerate(cells)
+        for k, (name, index) in enumerate(edges)
+    ]

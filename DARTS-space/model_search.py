@@ -282,6 +282,12 @@ class Network(nn.Module):
         prior = torch.distributions.Dirichlet(torch.ones_like(alpha), validate_args=False)
         return torch.distributions.kl_divergence(posterior, prior).sum()
 
+    def expected_cost(self, edge_costs):
+        """The cells' cost under the Dirichlet mean of the kept ops: `edge_costs` (edges, ops) weighted and summed."""
+        alpha = self.kept_concentrations()  # (2, 14, n_kept)
+        costs = edge_costs.view(2, -1, edge_costs.shape[-1]).gather(2, self.kept_index)
+        return (alpha / alpha.sum(-1, keepdim=True) * costs).sum()
+
     # ------------------------------------------------------------ forward
 
     def forward(self, x, mix=None):

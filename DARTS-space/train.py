@@ -22,6 +22,7 @@ import logging
 import torch
 import torch.nn as nn
 from runkit import accel, data_common, device_data, distributed, engine, run_flags, utils
+from runkit.budget import count_flops
 from runkit.progress import infer
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
@@ -166,14 +167,18 @@ def log_searched_data(args, searched, test_set, num_classes):
         logger.info("%s", line)
 
 
-def log_model(model):
-    """The parameter count the papers report (no auxiliary head), and the head's."""
-    count = param_count(model)
+def log_model(model, input_size):
+    """The parameter count the papers report (no auxiliary head), the head's, and the multiply-adds for one input
+    of `input_size` (C, H, W), counted as NAS-Bench-201 counts FLOPs (`budget.count_flops`, no auxiliary head)."""
+    count, flops = param_count(model), count_flops(model, input_size)
+    head = utils.count_parameters(model.parameters()) - count
     logger.info(
-        "param count = %d (%.2fM), auxiliary head %d more",
+        "param count = %d (%.2fM), auxiliary head %d more; multiply-adds (FLOPs) = %d (%.2fM)",
         count,
         count / 1e6,
-        utils.count_parameters(model.parameters()) - count,
+        head,
+        flops,
+        flops / 1e6,
     )
 
 
@@ -266,7 +271,7 @@ def main(argv=None, parser=None, script="train", lr_factor=None):
             )
         elif args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", train_set.summary)
-        log_model(model)
+        log_model(model, tuple(test_set[0][0].shape))
         # ImageNet: label smoothing in training only (the test set reports the plain cross-entropy), the paper's
         # schedule; otherwise a cosine from the initial rate to 0. Functions of the epoch: resume is exact.
         criterion = nn.CrossEntropyLoss(label_smoothing=getattr(args, "label_smoothing", 0.0))

@@ -37,7 +37,7 @@ from itertools import islice
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from runkit import accel, data_common, device_data, distributed, engine, run_flags, streams, utils
+from runkit import accel, budget, data_common, device_data, distributed, engine, run_flags, streams, utils
 from runkit.net2wider import carry_momentum
 from runkit.progress import infer
 from runkit.run_flags import Stage, check_warmup, stage_at
@@ -46,6 +46,7 @@ from torch.utils.data import Subset
 import datasets
 from architect import REGULARIZERS, Architect
 from genotypes import PRIMITIVES, SPACE, genotype_to_dict, save_genotype
+from model import cost_model, cost_rows
 from model_search import SAMPLERS, Network, check_k, gumbel_tau
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def add_arguments(parser):
     search.add_argument("--reg_scale", type=float, default=1e-3, help="strength of the regulariser")
     search.add_argument("--tau_max", type=float, default=10.0, help="initial Gumbel temperature (snas, gdas)")
     search.add_argument("--tau_min", type=float, default=1.0, help="final Gumbel temperature (snas, gdas)")
+    budget.add_arguments(search)
     search.add_argument("--stage_epochs", type=int, nargs="+", default=[25, 25], help="epochs of each stage")
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
     keep = "ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)"
@@ -242,22 +244,24 @@ def search_data(train_data, valid_data, args, dist):
     return data, valid_loader
 
 
-def optimizers(model, args, dist, state=None, arch_grad_clip=None):
-    """SGD over the weights and the `Architect` (Adam over beta), with a resumed run's states."""
+def optimizers(model, args, dist, state=None, arch_grad_clip=None, term=None):
+    """SGD over the weights and the `Architect` (Adam over beta, with the `--cost` term), with a resumed run's
+    states."""
     optimizer = sgd(model, args, args.learning_rate)
     reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
     # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
-    architect = Architect(model, args, reduce_grads=reduce, grad_clip=arch_grad_clip)
+    architect = Architect(model, args, term, reduce_grads=reduce, grad_clip=arch_grad_clip)
     if state is not None:  # the model's tensors were loaded (and checked) by build_model
         optimizer.load_state_dict(state["optimizer"])
         architect.optimizer.load_state_dict(state["architect"])
     return optimizer, architect
 
 
-def search(run, model, architect, optimizer, streams, valid_loader, args, data=None):
+def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None):
     """The progressive search (DrNAS Algorithm 1, Sec. 3.3), epoch by epoch: the stage switch, then per training
     batch an architecture step on a held-out batch (after the stage's warm-up) and a weight step; the held-out
-    accuracy, the cell and its concentrations. `data` goes into genotype.json beside the cell."""
+    accuracy, the cell and its concentrations. `data` goes into genotype.json beside the cell; with `costs` (a
+    `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
     dist, stages, resumed = run.dist, get_stages(args), run.task_state()
     stage = 0 if resumed is None else resumed["stage"]
 
@@ -310,11 +314,15 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         logger.info("genotype = %s", genotype)
         for line in concentration_lines(model):
             logger.info("%s", line)
-        if run.main:
-            save_genotype(genotype, run.run_dir / "genotype.json", data)
         record = {"stage": stage, "k": model.k, "lr": lr, **run.train_metrics()}
         record.update(valid_acc=valid["acc"], valid_top5=valid["top5"], valid_loss=valid["loss"])
         record.update(genotype=genotype_to_dict(genotype), alpha_max=float(model.kept_concentrations().detach().max()))
+        saved = dict(data or {})
+        if costs is not None:  # exact figures of the derived cell and the surrogate's, in millions
+            record.update(budget.report(costs, cost_rows(genotype), model))
+            saved["cost"] = costs.of(cost_rows(genotype))
+        if run.main:
+            save_genotype(genotype, run.run_dir / "genotype.json", saved)
         run.end_epoch(record)
 
 
@@ -374,8 +382,13 @@ def main(argv=None, parser=None, script="train_search"):
             full = train_data
         else:
             train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
+        with torch.random.fork_rng(devices=[]):  # a random crop drawn for one image's size leaves the seed's stream
+            image_size = int(full[0][0].shape[-1])
+        costs = cost_model(num_classes, image_size, imagenet=imagenet)  # train.py's network for this data
+        term = budget.make_budget(args, costs, dist.device)  # refuses a --cost_target out of reach
         model = build_model(args, num_classes, dist.device, state, imagenet=imagenet)
-        optimizer, architect = optimizers(model, args, dist, state, arch_grad_clip=args.grad_clip if imagenet else None)
+        clip = args.grad_clip if imagenet else None
+        optimizer, architect = optimizers(model, args, dist, state, arch_grad_clip=clip, term=term)
         distributed.broadcast_parameters(model, dist)  # the same start on every rank
         streams, valid_loader = search_data(train_data, valid_data, args, dist)
         run.open()
@@ -392,7 +405,7 @@ def main(argv=None, parser=None, script="train_search"):
         weights = utils.count_parameters(model.weights())
         logger.info("param count = %d weights (%.2fM)", weights, weights / 1e6)
         data = data_common.data_record(args, full, num_classes)  # recorded in genotype.json, for train.py
-        search(run, model, architect, optimizer, streams, valid_loader, args, data=data)
+        search(run, model, architect, optimizer, streams, valid_loader, args, data, costs)
         finish(run, model)
     finally:
         distributed.cleanup()

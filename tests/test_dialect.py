@@ -17,6 +17,7 @@ SHARED = [
     ("model_search", "Network.genotype"), ("model_search", "Network.prune"), ("model_search", "Network.widen"),
     ("model_search", "MixedOp.widen"), ("model_search", "MixedOp.prune"), ("architect", "Architect"),
     ("architect", "Architect.step"), ("architect", "regularizer_grads"), ("genotypes", "save_genotype"),
+    ("model", "cost_model"), ("model", "cost_rows"), ("model_search", "Network.expected_cost"),
 ]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ RANGES = {
     **dict.fromkeys(("workers", "threads", "max_steps_per_epoch", "gpu", "warmup_epochs"), AT_LEAST_0),
     **dict.fromkeys(("learning_rate_min", "weight_decay", "reg_scale"), AT_LEAST_0),
     **dict.fromkeys(("learning_rate", "arch_learning_rate", "grad_clip", "checkpoint_minutes"), ABOVE_0),
+    **dict.fromkeys(("cost_target", "cost_scale"), ABOVE_0),
     "momentum": (0, 1, True, False),
     "train_portion": (0, 1, False, False),
 }
