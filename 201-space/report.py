@@ -6,12 +6,13 @@
     python report.py runs/s* --csv runs/table.csv     # and the same rows as CSV
     python report.py runs/s* --benchmark NAS-Bench-201-v1_0-e61699.pth   # the official file instead
 
-One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accuracies (%, 200 epochs) and the
-search cost (history.jsonl's `device_hours`: wall hours of the epoch loop times the processes, over resumes;
-GPU-hours when every run used CUDA; n/a for older runs); then per data set and method mean ± std (ddof=1; 0.00
-for one run), in the CSV as a `mean` and a `std` row. Each RUN_DIR must be a finished search (train_search.py,
-train_search_progressive.py): anything else stops the report with one line naming the folder, so that a table
-never averages a partial search.
+One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accuracies (%, 200 epochs), its
+parameters and multiply-adds in millions in the network train.py trains from it, and the search cost
+(history.jsonl's `device_hours`: wall hours of the epoch loop times the processes, over resumes; GPU-hours when
+every run used CUDA; n/a for older runs); then per data set and method mean ± std (ddof=1; 0.00 for one run), in the
+CSV as a `mean` and a `std` row. Each RUN_DIR must be a finished search (train_search.py,
+train_search_progressive.py): anything else stops the report with one line naming the folder, so that a table never
+averages a partial search.
 """
 
 import argparse
@@ -53,6 +54,8 @@ def search_rows(run_dirs, benchmark):
         method = args["method"] + (" progressive" if args["script"] == "train_search_progressive" else "")
         row = {"run": str(run_dir), "seed": args["seed"], "data set": args["dataset"], "method": method, "cell": arch}
         row.update({name: accs[name] for name in DATASETS})
+        # The cell's size in train.py's network (history.jsonl's record; None for runs from before it).
+        row.update({"params (M)": history[-1].get("cell_params"), "MACs (M)": history[-1].get("cell_flops")})
         rows.append({**row, "cost": history[-1].get("device_hours"), "device": history[-1].get("device", "n/a")})
     cost = "search (GPU-hours)" if all(row["device"] == "cuda" for row in rows) else "search (device-hours)"
     return [{(cost if k == "cost" else k): v for k, v in row.items()} for row in rows], cost
@@ -67,7 +70,7 @@ def main(argv=None):
     for run_dir in run_dirs:
         read_run(run_dir, SPACE, SCRIPTS)  # every folder is checked before the benchmark loads
     rows, cost = search_rows(run_dirs, load_benchmark(benchmark_path(args.benchmark) or args.benchmark))
-    summaries = summarize(rows, ["data set", "method"], [*DATASETS, cost])
+    summaries = summarize(rows, ["data set", "method"], [*DATASETS, "params (M)", "MACs (M)", cost])
     # The cell is the one of the search's last epoch: no accuracy picked it, the test one least of all.
     source = f"NAS-Bench-201 test accuracy (%) after 200 epochs of each search's final cell, from {args.benchmark}."
     std = "mean ± std over {} (sample std, ddof=1; 0.00 for a single run)."

@@ -6,18 +6,19 @@
     python report.py runs/search runs/eval*                 # Markdown on stdout
     python report.py runs/search runs/eval* --csv runs/table.csv   # and the same rows as CSV
 
-A search (train_search.py, train_search_imagenet.py) is a row of seed, data set, cell, epochs and its measured cost
-(history.jsonl's `device_hours`: wall hours of the epoch loop times the processes, summed over resumes) in GPU-days
-(device-days unless every run used CUDA; n/a for runs older than that record). An evaluation (train.py,
-train_imagenet.py) is a row of seed, data set, cell, parameters in millions (without the auxiliary head), epochs,
-the last epoch's test error (100 - test accuracy, %) and top-5 error (the paper's number, as DARTS reports it), and
-the best epoch's error, chosen on the test set itself (training has no held-out split), so optimistic. A cell is
-named by its genotype.json: a named genotype by its name, any other `cell <first 8 hex digits of its SHA-1>`, so a
-search and the trainings of its cell share the name. Evaluations are grouped by data set and cell, searches by data
-set, each group with a row of mean ± std (sample std, ddof=1; 0.00 for a single run); the CSV gives a summary as two
-rows (`mean`, `std`) and the number of runs. Each RUN_DIR must be a finished run of one of those scripts (args.json
-names the script; a history line per epoch marks the end): anything else stops the report with one line naming the
-folder, so a table never averages a partial run.
+A search (train_search.py, train_search_imagenet.py) is a row of seed, data set, cell, the cell's parameters and
+multiply-adds in millions in the network train.py trains from it, epochs and its measured cost (history.jsonl's
+`device_hours`: wall hours of the epoch loop times the processes, summed over resumes) in GPU-days (device-days
+unless every run used CUDA; n/a for runs older than that record). An evaluation (train.py, train_imagenet.py) is a
+row of seed, data set, cell, parameters and multiply-adds in millions (without the auxiliary head), epochs, the last
+epoch's test error (100 - test accuracy, %) and top-5 error (the paper's number, as DARTS reports it), and the best
+epoch's error, chosen on the test set itself (training has no held-out split), so optimistic. A cell is named by its
+genotype.json: a named genotype by its name, any other `cell <first 8 hex digits of its SHA-1>`, so a search and the
+trainings of its cell share the name. Evaluations are grouped by data set and cell, searches by data set, each group
+with a row of mean ± std (sample std, ddof=1; 0.00 for a single run); the CSV gives a summary as two rows (`mean`,
+`std`) and the number of runs. Each RUN_DIR must be a finished run of one of those scripts (args.json names the
+script; a history line per epoch marks the end): anything else stops the report with one line naming the folder, so
+a table never averages a partial run.
 """
 
 import argparse
@@ -69,10 +70,11 @@ def run_rows(run_dir):
     epochs = sum(args["stage_epochs"]) if "stage_epochs" in args else args["epochs"]
     if args["script"] in SEARCHES:
         days = None if last.get("device_hours") is None else last["device_hours"] / 24
-        return "search", {**row, "epochs": epochs, "cost": days, "device": last.get("device", "n/a")}
+        cell = {"params (M)": last.get("cell_params"), "MACs (M)": last.get("cell_flops")}  # in train.py's network
+        return "search", {**row, **cell, "epochs": epochs, "cost": days, "device": last.get("device", "n/a")}
     ckpt = read_checkpoint(Path(run_dir) / "checkpoint.pt")  # the count without the auxiliary head, as papers give it
     try:
-        params = ckpt["task"]["param_count"] / 1e6
+        params, flops = ckpt["task"]["param_count"] / 1e6, ckpt["task"].get("flops")
     except (TypeError, KeyError):
         raise UserError(
             f"{run_dir}: no readable checkpoint.pt with a parameter count (missing or damaged); "
@@ -81,6 +83,7 @@ def run_rows(run_dir):
     return "eval", {
         **row,
         "params (M)": params,
+        "MACs (M)": None if flops is None else flops / 1e6,  # None: a run from before the count
         "epochs": epochs,
         "test error (%)": 100 - _test(last, "acc"),  # the last epoch's, as the paper reports it
         "test top-5 error (%)": 100 - _test(last, "top5"),
@@ -101,10 +104,10 @@ def main(argv=None):
     if rows["search"]:
         cost = "search (GPU-days)" if all(r["device"] == "cuda" for r in rows["search"]) else "search (device-days)"
         searches = [{(cost if k == "cost" else k): v for k, v in row.items()} for row in rows["search"]]
-        tables["search"] = (searches, summarize(searches, ["data set"], [cost]))
+        tables["search"] = (searches, summarize(searches, ["data set"], ["params (M)", "MACs (M)", cost]))
         lines += ["Search runs", "", *markdown(*tables["search"]), ""]
     if rows["eval"]:
-        numeric = [column for column in rows["eval"][0] if "(%" in column or column == "params (M)"]
+        numeric = [column for column in rows["eval"][0] if "(%" in column or "(M)" in column]
         tables["eval"] = (rows["eval"], summarize(rows["eval"], ["data set", "cell"], numeric))
         note = "the paper's number; the best epoch is chosen on the test set itself, so its error is optimistic"
         lines += [f"Evaluation runs (test error = 100 - test accuracy of the last epoch, {note})", ""]

@@ -99,6 +99,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
     epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
     dist, device, resumed = run.dist, run.dist.device, run.task_state()
+    counts = log_model(model, tuple(test_set[0][0].shape))  # recorded in every checkpoint, for report.py
     amp_dtype = accel.amp_dtype(device)
     # The loss scaler only matters for fp16, whose small range underflows gradients.
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
@@ -131,7 +132,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
-            "param_count": param_count(model),
+            **counts,
         }
 
     record = None
@@ -168,8 +169,9 @@ def log_searched_data(args, searched, test_set, num_classes):
 
 
 def log_model(model, input_size):
-    """The parameter count the papers report (no auxiliary head), the head's, and the multiply-adds for one input
-    of `input_size` (C, H, W), counted as NAS-Bench-201 counts FLOPs (`budget.count_flops`, no auxiliary head)."""
+    """Log and return the parameter count the papers report (no auxiliary head) and the multiply-adds for one input
+    of `input_size` (C, H, W), counted as NAS-Bench-201 counts FLOPs (`budget.count_flops`); the log adds the head's
+    parameters."""
     count, flops = param_count(model), count_flops(model, input_size)
     head = utils.count_parameters(model.parameters()) - count
     logger.info(
@@ -180,6 +182,7 @@ def log_model(model, input_size):
         flops,
         flops / 1e6,
     )
+    return {"param_count": count, "flops": flops}
 
 
 def finish(run, model, last):
@@ -271,7 +274,6 @@ def main(argv=None, parser=None, script="train", lr_factor=None):
             )
         elif args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", train_set.summary)
-        log_model(model, tuple(test_set[0][0].shape))
         # ImageNet: label smoothing in training only (the test set reports the plain cross-entropy), the paper's
         # schedule; otherwise a cosine from the initial rate to 0. Functions of the epoch: resume is exact.
         criterion = nn.CrossEntropyLoss(label_smoothing=getattr(args, "label_smoothing", 0.0))

@@ -209,3 +209,20 @@ def test_a_budget_that_cannot_work_is_refused_in_one_line(load_space, capsys, tm
             train_search.main([*SEARCH[space], *flags, "--save", str(tmp_path / "run")])
         assert_one_line_error(exit_info.value.code, capsys.readouterr().err, expected)
         assert not (tmp_path / "run").exists(), "a refused run writes nothing"
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_the_term_works_with_other_methods_regularisers_the_second_order_and_stages(tmp_path, space):
+    """A budget binds a second-order search with the KL prior and a Gumbel sampler, through its pruning stage."""
+    others = ["--unrolled", "--reg_type", "kl", "--method", "gdas" if space == "201-space" else "snas"]
+    budget = ["--cost", "flops", "--cost_target", "10" if space == "201-space" else "300", *FAST_BETA, *others]
+    script, argv = "train_search.py", SEARCH[space]
+    if space == "201-space":  # the progressive preset: two stages, pruned to 3 ops in the second
+        script, argv = "train_search_progressive.py", [*TINY_201, "--benchmark", "none", "--max_steps_per_epoch", "2"]
+        argv += "--stage_epochs 1 1 --stage_k 2 1 --stage_keep 5 3 --warmup_epochs 0".split()
+    proc = run_script(space, script, *argv, *budget, "--save", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, history, saved = finished(tmp_path / "run")
+    assert [record["stage"] for record in history] == [0, 1]
+    assert history[-1]["cell_flops"] <= float(budget[3]) and saved["cost"]["flops"] <= float(budget[3]) * 1e6
+    assert history[-1]["expected_flops"] < history[0]["expected_flops"]

@@ -28,6 +28,7 @@ def _write_search(run_dir):
     args = {"script": "train_search", "seed": 5, "dataset": "synthetic", "stage_epochs": [1, 1]}
     (run_dir / "args.json").write_text(json.dumps(args))
     records = [{"epoch": 0, "wall_s": 1800.0, "device_hours": 0.5}, {"epoch": 1, "wall_s": 4320.0, "device_hours": 1.2}]
+    records[1].update(cell_params=3.349342, cell_flops=528.35905)  # the cell's size in train.py's network
     (run_dir / "history.jsonl").write_text("".join(json.dumps({**r, "device": "cuda"}) + "\n" for r in records))
     (run_dir / "genotype.json").write_text(json.dumps(CELL))
 
@@ -77,7 +78,7 @@ def test_201_report_averages_the_seeds_like_the_paper(runs, load_space, nb201_ta
     out = _report("201-space", *(runs / f"s{seed}" for seed in (1, 2, 3)), "--csv", runs / "nb201.csv")
     assert "mean ± std over 3 runs" in out and "sample std, ddof=1" in out, out
     summary = next(line for line in out.splitlines() if line.startswith("| mean ± std over 3 runs"))
-    assert len(re.findall(r"\d+\.\d\d ± \d+\.\d\d", summary)) == 4, summary  # 3 data sets and the cost
+    assert len(re.findall(r"\d+\.\d\d ± \d+\.\d\d", summary)) == 6, summary  # 3 data sets, params, MACs, cost
     with open(runs / "nb201.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["row"] for r in rows] == ["run", "run", "run", "mean", "std"]
@@ -85,7 +86,11 @@ def test_201_report_averages_the_seeds_like_the_paper(runs, load_space, nb201_ta
     for row, seed in zip(rows, (1, 2, 3)):
         arch = json.loads((runs / f"s{seed}" / "genotype.json").read_text())["arch"]
         assert row["cell"] == arch and float(row["cifar100"]) == pytest.approx(benchmark.query(arch)["cifar100"])
-        assert float(row["search (device-hours)"]) == pytest.approx(_history(runs / f"s{seed}")[-1]["device_hours"])
+        last = _history(runs / f"s{seed}")[-1]
+        assert float(row["search (device-hours)"]) == pytest.approx(last["device_hours"])
+        assert (float(row["params (M)"]), float(row["MACs (M)"])) == pytest.approx(
+            (last["cell_params"], last["cell_flops"])
+        )
     for name in ("cifar10", "cifar100", "ImageNet16-120", "search (device-hours)"):
         values = [float(r[name]) for r in rows[:3]]
         assert float(rows[3][name]) == pytest.approx(statistics.fmean(values))
@@ -102,7 +107,9 @@ def test_darts_report_tabulates_searches_and_evaluations(runs):
     assert "eval synthetic, DrNAS_cifar10: mean ± std over 2 runs" in out, out
     assert f"| {runs / 'cell'} | 0 | synthetic | {cell} |" in out, "a search's cell keeps its name in training"
     with open(runs / "darts.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["table"] == "eval"]
+        table = list(csv.DictReader(f))
+    rows, searched = [r for r in table if r["table"] == "eval"], _history(runs / "search")[-1]
+    assert float(table[0]["MACs (M)"]) == pytest.approx(searched["cell_flops"]), "the searched cell's, in train.py"
     assert [(r["row"], r["cell"]) for r in rows] == [
         ("run", "DrNAS_cifar10"), ("run", "DrNAS_cifar10"), ("run", cell), ("mean", "DrNAS_cifar10"),
         ("std", "DrNAS_cifar10"), ("mean", cell), ("std", cell),
@@ -115,8 +122,9 @@ def test_darts_report_tabulates_searches_and_evaluations(runs):
     assert header.index("| test error (%) |") < header.index("| best-epoch error (%, chosen on test) |"), header
     for row, name in zip(rows, ("e1", "e2")):
         history = _history(runs / name)
-        params = torch.load(runs / name / "checkpoint.pt", weights_only=True)["task"]["param_count"]
-        assert float(row["params (M)"]) == pytest.approx(params / 1e6)
+        task = torch.load(runs / name / "checkpoint.pt", weights_only=True)["task"]
+        assert float(row["params (M)"]) == pytest.approx(task["param_count"] / 1e6)
+        assert float(row["MACs (M)"]) == pytest.approx(task["flops"] / 1e6)
         assert float(row[errors[0]]) == pytest.approx(100 - history[-1]["test_acc"]), "the first error: last epoch"
         assert float(row["test top-5 error (%)"]) == pytest.approx(100 - history[-1]["test_top5"])
         assert float(row[errors[2]]) == pytest.approx(100 - max(h["test_acc"] for h in history))
