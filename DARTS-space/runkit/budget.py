@@ -85,11 +85,10 @@ class CostModel:
 
     def surrogate(self, kind, device):
         """(rows, ops) tensor, in millions: each edge's op costs times the share of its group the cell keeps."""
-        table = torch.zeros(len(self.edges[kind]), len(self.edges[kind][0]), dtype=torch.float64)
+        table = torch.tensor(self.edges[kind], dtype=torch.float64) / 1e6
         for rows, pick in self.groups:
-            for row in rows:
-                table[row] = torch.tensor(self.edges[kind][row], dtype=torch.float64) * pick / len(rows)
-        return (table / 1e6).float().to(device)
+            table[rows] *= pick / len(rows)
+        return table.float().to(device)
 
 
 class Budget:
