@@ -105,20 +105,12 @@ def main(argv=None):
     seconds = time_steps({"arch": arch_step, "weight": weight_step}, warmup, args.steps, device)
     step_s = seconds["arch"] + seconds["weight"]
     arch_s, weight_s = round(seconds["arch"], 4), round(seconds["weight"], 4)
-    result = dict(
-        config=config,
-        device=utils.device_name(device),
-        threads=torch.get_num_threads(),
-        amp=args.amp,
-        compile=args.compile,
-        s_per_step=round(arch_s + weight_s, 4),  # the sum of the printed parts: never below either
-        s_per_arch_step=arch_s,
-        s_per_weight_step=weight_s,
-        images_per_s=round(2 * args.batch_size / step_s, 1),
-        peak_mem_mb=round(utils.peak_memory_mb(device), 1),
-        params=utils.count_parameters(weights),
-        projected_h=round(100 * 391 * step_s / 3600, 2),  # the paper's search: 100 epochs of 391 steps
-    )
+    result = dict(config=config, device=utils.device_name(device), threads=torch.get_num_threads(), amp=args.amp)
+    # s_per_step: the sum of the printed parts, never below either
+    result.update(compile=args.compile, s_per_step=round(arch_s + weight_s, 4), s_per_arch_step=arch_s)
+    result.update(s_per_weight_step=weight_s, images_per_s=round(2 * args.batch_size / step_s, 1))
+    result.update(peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))
+    result.update(projected_h=round(100 * 391 * step_s / 3600, 2))  # the paper's search: 100 epochs of 391 steps
     print(json.dumps(result), flush=True)
 
 

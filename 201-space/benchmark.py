@@ -1,14 +1,11 @@
 """NAS-Bench-201 look-ups, and what each search epoch records from them.
 
-`load_benchmark(path)` reads the official file (`NAS-Bench-201-v1_0-e61699.pth`, `NAS-Bench-201-v1_1-096897.pth`)
-through `nas_201_api` (pip install nas-bench-201), or a compact CSV table `index,arch,cifar10,cifar100,ImageNet16-120`
-(optionally `,cifar10-valid`; plain or gzipped; loaded in well under a second; `tables/` ships one for all 15,625
-architectures, see tables/README.md). Both answer `query(arch_str)`: per data set the test accuracy (%) after 200
-epochs (cifar10-valid: the valid accuracy, where the source has it). `--benchmark` defaults to the shipped table
-(found next to this file); `--benchmark none` turns the searches' look-ups off. Every epoch a search records its
-derived cell's accuracies and the min / median / max of `--trajectory_samples` cells drawn from the current
-distribution (`query_benchmark`, drawn by plot_trajectory.py); a cell the benchmark does not hold (an op added to
-the space) is recorded as such. `--arch` takes a named cell (DrNAS, ResNet), a string or a genotype.json:
+`load_benchmark(path)` reads the official file (`NAS-Bench-201-v1_0-e61699.pth`, ...) through `nas_201_api` (pip
+install nas-bench-201), or a compact CSV table `index,arch,cifar10,cifar100,ImageNet16-120[,cifar10-valid]` (plain or
+gzipped; `tables/` ships one for all 15,625 cells, see tables/README.md, the default of `--benchmark`; `none` turns the
+searches' look-ups off). `query(arch_str)`: per data set the test accuracy (%) after 200 epochs. Every epoch a search
+records its derived cell's accuracies and the min / median / max of `--trajectory_samples` cells drawn from the current
+distribution (`query_benchmark`). `--arch` takes a named cell (DrNAS, ResNet), a string or a genotype.json:
 
     python benchmark.py query --arch DrNAS
     python benchmark.py query \

@@ -1,9 +1,6 @@
-"""Datasets of the NAS-Bench-201 space: `get_datasets(name, root, ...)` -> `(train, test, num_classes)`.
-
-CIFAR-10/100 (downloaded into `root` when absent) and ImageNet16-120 (the NAS-Bench-201 authors' download) are
-pickled uint8 batches read by `PickledImages`; `synthetic` lives in memory, needs no network and is learnable (for
-laptops and tests); `imagefolder` reads your own images. Missing or broken data ends with one clear line. What
-both spaces share (data flags, synthetic set, CIFAR download, device_data.py's records) is in data_common.py.
+"""Datasets of the NAS-Bench-201 space: CIFAR-10/100 (downloaded when absent) and ImageNet16-120 (pickled batches),
+a synthetic set (in memory, no network: for laptops and tests) and your own images (`imagefolder`). Missing or broken
+data ends with one clear line; what both spaces share is in runkit/data_common.py.
 """
 
 import pickle
@@ -64,9 +61,7 @@ class PickledImages(Dataset):
 
     def __getitem__(self, index):
         image = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[index]
+        return (image if self.transform is None else self.transform(image)), self.labels[index]
 
 
 def _transforms(size, mean, std, augment, resize=False):
@@ -77,9 +72,9 @@ def _transforms(size, mean, std, augment, resize=False):
 
 # Your own images (files, statistics: image_files.py); imagefolder stays per folder, as DARTS-space's adds cutout.
 def imagefolder(root, image_size=32, seed=0, train_augment=True):
-    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`), resized
-    to `image_size` squared, normalised with the training images' statistics; training adds CIFAR's crop and flip, its
-    order drawn from `seed` (so a `--train_portion` split holds every class). `train.summary` is a line for the log."""
+    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or test/), resized and
+    normalised with the training images' statistics; training in a `seed` order (so that a split holds every class),
+    with crop and flip. `train.summary` is a line for the log."""
     root = Path(root)
     layout = f"--dataset imagefolder expects {root}/train/<class>/* and {root}/val/<class>/* (or test/)"
     if not root.is_dir():
@@ -94,11 +89,9 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True):
     classes, train_samples = scan_split(root / "train")
     test_classes, test_samples = scan_split(test_dir)
     if test_classes != classes:
-        only = sorted(set(classes) ^ set(test_classes))[:5]
-        raise UserError(
-            f"{root}/train and {test_dir} hold different classes ({len(classes)} vs {len(test_classes)}; "
-            f"not in both: {', '.join(only)}); both need one folder per class, with the same names"
-        )
+        only = ", ".join(sorted(set(classes) ^ set(test_classes))[:5])
+        counts, same = f"{len(classes)} vs {len(test_classes)}", "both need one folder per class, with the same names"
+        raise UserError(f"{root}/train and {test_dir} hold different classes ({counts}; not in both: {only}); {same}")
     if len(classes) < 2:
         raise UserError(f"{root}/train holds one class ({classes[0]}); a classifier needs two or more")
     mean, std = image_stats(train_samples, image_size)
@@ -106,10 +99,8 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True):
     train_tf = _transforms(image_size, mean, std, train_augment, resize=True)
     train = ImageFiles([train_samples[i] for i in order], classes, train_tf)
     test = ImageFiles(test_samples, classes, _transforms(image_size, mean, std, False, resize=True))
-    train.summary = (
-        f"imagefolder {root}: {len(classes)} classes, {len(train)} training and {len(test)} {test_dir.name} images "
-        f"at {image_size}x{image_size}, normalised with mean {mean} std {std}"
-    )
+    images = f"{len(train)} training and {len(test)} {test_dir.name} images at {image_size}x{image_size}"
+    train.summary = f"imagefolder {root}: {len(classes)} classes, {images}, normalised with mean {mean} std {std}"
     return train, test, len(classes)
 
 

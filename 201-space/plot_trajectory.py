@@ -59,32 +59,24 @@ def trajectory_series(records):
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"history record lacks {dataset} accuracies ({type(err).__name__}: {err})") from None
         series[dataset] = {"derived": derived, "sampled": sampled}
-    stages = [
-        (epoch - 0.5, int(r["stage"]) + 1)
-        for epoch, r, before in zip(epochs[1:], usable[1:], usable)
-        if r.get("stage", 0) != before.get("stage", 0)
-    ]
+    starts = zip(epochs[1:], usable[1:], usable)
+    stages = [(x - 0.5, int(r["stage"]) + 1) for x, r, before in starts if r.get("stage", 0) != before.get("stage", 0)]
     derived_out = sum(r["benchmark"] is None for r in usable)
     sampled_out = sum(int(r.get("trajectory_missing", 0)) for _, r in sampled_records)
     missing = f"the derived cell of {derived_out} epoch(s), {sampled_out} sampled cell(s)"
     missing = f"not in NAS-Bench-201, left out: {missing}" if derived_out or sampled_out else None
     note = next((r["benchmark_note"] for r in usable if r.get("benchmark_note")), None)
-    sampled_at = [e for e, _ in sampled_records]
-    return dict(
-        epochs=epochs, sampled_epochs=sampled_at, series=series, stage_starts=stages, note=note, missing=missing
-    )
+    sampled = [e for e, _ in sampled_records]
+    return dict(epochs=epochs, sampled_epochs=sampled, series=series, stage_starts=stages, note=note, missing=missing)
 
 
 def draw_trajectory(records):
     """The trajectory figure of `records` (history lines), a matplotlib Figure on an Agg canvas."""
     data = trajectory_series(records)
-    # The object API with an Agg canvas leaves pyplot's global backend alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # the object API leaves pyplot's global backend alone
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(4.2 * len(DATASETS), 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(DATASETS))
     epochs, sampled_epochs = data["epochs"], data["sampled_epochs"]
     band = dict(color="tab:blue", alpha=0.2, label="sampled architectures (min-max)")
@@ -117,10 +109,9 @@ def draw_trajectory(records):
 def plot_trajectory(records, out_path):
     """Draw the trajectory figure of `records` (history lines) into `out_path`."""
     fig = draw_trajectory(records)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120)
-    return out_path
+    return Path(out_path)
 
 
 def get_parser():

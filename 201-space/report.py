@@ -7,12 +7,10 @@
     python report.py runs/s* --benchmark NAS-Bench-201-v1_0-e61699.pth   # the official file instead
 
 One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accuracies (%, 200 epochs), its
-parameters and multiply-adds in millions in the network train.py trains from it, and the search cost
-(history.jsonl's `device_hours`: wall hours of the epoch loop times the processes, over resumes; GPU-hours when
-every run used CUDA; n/a for older runs); then per data set and method mean ± std (ddof=1; 0.00 for one run), in the
-CSV as a `mean` and a `std` row. Each RUN_DIR must be a finished search (train_search.py,
-train_search_progressive.py): anything else stops the report with one line naming the folder, so that a table never
-averages a partial search.
+parameters and multiply-adds in millions in train.py's network, and the search cost (history.jsonl's `device_hours`
+over resumes: GPU-hours when every run used CUDA); then per data set and method mean ± std (sample std; 0.00 for one
+run). Each RUN_DIR must be a finished search (train_search.py, train_search_progressive.py): anything else stops the
+report with one line naming the folder.
 """
 
 import argparse

@@ -1,12 +1,10 @@
 """Seconds per search step and peak memory of the DrNAS supernet, one JSON line per config.
 
-A search step is what train_search.py does per batch after the warm-up: a first-order architecture step on one
-batch, then a (clipped) SGD step of the weights on another, each timed with the device synchronised around it;
-`s_per_step` = `s_per_arch_step` + `s_per_weight_step`. Configurations: the paper's CIFAR search network (C=36, 20
-cells, batch 64) in stage 1 (k=6, 7 ops) and stage 2 (k=4, the 4 costliest ops on every edge: an upper bound of any
-pruning), a small one (C=16, 8 cells, k=4, 7 ops), and `eval`, one train.py step of DrNAS_cifar10 (C=36, 20 cells,
-batch 64, auxiliary head, drop path 0.2); random 32x32 inputs, 10 classes. Each runs in a child process of its own,
-so its peak memory (max RSS on the CPU, the allocator's peak on CUDA) is its own. Progress goes to stderr.
+A search step is train_search.py's after the warm-up: a first-order architecture step on one batch, then a clipped
+SGD step of the weights on another, each timed between device syncs (`s_per_step` is their sum). Configurations: the
+paper's CIFAR search network (C=36, 20 cells, batch 64) in stage 1 (k=6, 7 ops) and stage 2 (k=4, the 4 costliest ops
+on every edge), a small one (C=16, 8 cells, k=4), and `eval`, one train.py step of DrNAS_cifar10 (auxiliary head, drop
+path 0.2); random 32x32 inputs. Each runs in a child process, so its peak memory is its own. Progress goes to stderr.
 
     python bench.py --device cpu --threads 2       # all configurations, 2 CPU threads
     python bench.py --device cuda --steps 20 --warmup 5
@@ -16,8 +14,7 @@ so its peak memory (max RSS on the CPU, the allocator's peak on CUDA) is its own
     python bench.py --device cpu --config small    # one configuration
 
 `images_per_s` counts both batches of a search step; `projected_h` is the hours of the paper's run at this speed,
-evaluation not counted: a search stage is 25 epochs of 391 steps, the first 10 weight-only; `eval` is 600 epochs
-of 782 steps (50,000 images in batches of 64).
+evaluation not counted (a search stage, or train.py's 600 epochs).
 """
 
 import argparse
@@ -38,7 +35,6 @@ from genotypes import PRIMITIVES, DrNAS_cifar10
 from model import NetworkCIFAR, param_count
 from model_search import Network
 
-# name -> network settings. stage-2 `kept` = the 4 parametric ops on every edge.
 COSTLIEST = sorted(PRIMITIVES.index(n) for n in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"))
 CONFIGS = {
     "paper_stage1": dict(C=36, layers=20, k=6, keep=None, batch=64, stage=1),
@@ -113,10 +109,8 @@ def log(message):
 
 
 def time_steps(name, parts, device, args):
-    """Mean seconds of each part of a step ({part: fn}, run in order): `args.warmup` untimed steps, then `args.steps`.
-
-    Each part is timed on its own, the device synchronised around it; about five progress lines.
-    """
+    """Mean seconds of each part of a step ({part: fn}, run in order, each timed between device syncs) over
+    `args.steps` steps after `args.warmup` untimed ones; about five progress lines."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     seconds = dict.fromkeys(parts, 0.0)
     total = args.warmup + args.steps
@@ -160,10 +154,9 @@ def main(argv=None):
     device = utils.resolve_device(args.device, args.gpu)
     accel.check_flags(args, device)
     if args.compile and args.config != "eval":
-        raise utils.UserError(
-            f"--compile measures the eval configuration only (train.py's --compile), not {args.config}: the search "
-            "is not compiled (tracing its 20 cells x 14 edges of custom autograd ops takes longer than it saves)"
-        )
+        only = f"--compile measures the eval configuration only (train.py's --compile), not {args.config}"
+        why = "tracing its 20 cells x 14 edges of custom autograd ops takes longer than it saves"
+        raise utils.UserError(f"{only}: the search is not compiled ({why})")
     log(f"{args.config} on {utils.device_name(device)}: {args.warmup} warm-up and {args.steps} timed steps")
     record = bench_eval(device, args) if args.config == "eval" else bench_search(args.config, args, device)
     print(json.dumps(record), flush=True)  # the output is the JSON line

@@ -1,13 +1,6 @@
-"""Datasets of the DARTS space: CIFAR-10/100, a synthetic set, your own images and ImageNet folders.
-
-`get_datasets(name, root, ...)` returns `(train, test, num_classes)` for `DATASETS`: CIFAR (pickled batches,
-downloaded when absent), `synthetic` (in memory, learnable, no network: for laptops and tests) or `imagefolder`
-(`root/train/<class>/*` and `root/val/<class>/*`, for the CIFAR-style networks). `imagenet_datasets(root, ...)`
-returns `(train, val, num_classes)` from the ImageFolder trees `root/train`, `root/val` (the full ImageNet, or
-the subset `prepare_imagenet_subset.py` writes). Missing or broken data ends with one clear line. What both spaces
-share (data flags, synthetic set, CIFAR download, device_data.py's records) is in runkit/data_common.py.
-
-    python -c "import datasets; print(datasets.get_datasets('synthetic', '.')[2])"
+"""Datasets of the DARTS space: CIFAR-10/100 (downloaded when absent), a synthetic set (in memory, no network: for
+laptops and tests), your own images, and ImageNet folders (the full ImageNet, or prepare_imagenet_subset.py's subset).
+Missing or broken data ends with one clear line; what both spaces share is in runkit/data_common.py.
 """
 
 import pickle
@@ -52,16 +45,11 @@ class Cutout:
         self.length = length
 
     def __call__(self, img):
-        h, w = img.shape[-2:]
+        half, (h, w) = self.length // 2, img.shape[-2:]
         cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
-        y0, y1 = max(cy - self.length // 2, 0), min(cy + self.length // 2, h)
-        x0, x1 = max(cx - self.length // 2, 0), min(cx + self.length // 2, w)
         img = img.clone()
-        img[..., y0:y1, x0:x1] = 0.0
+        img[..., max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half] = 0.0
         return img
-
-    def __repr__(self):
-        return f"Cutout(length={self.length})"
 
 
 def _transforms(mean, std, augment, cutout_length, resize=None):
@@ -73,13 +61,11 @@ def _transforms(mean, std, augment, cutout_length, resize=None):
     return T.Compose(ops + ([Cutout(cutout_length)] if cutout_length else []))
 
 
-# fmt: off
 CIFAR = {  # name: (folder, train files, test files, label key, classes, mean, std)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
                 CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
-}
-# fmt: on
+}  # fmt: skip
 
 
 class PickledImages(Dataset):
@@ -94,9 +80,8 @@ class PickledImages(Dataset):
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.append(np.asarray(entry[label_key], dtype=np.int64))
             except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-                raise UserError(
-                    f"{Path(folder) / name} is damaged ({type(err).__name__}: {err}); delete it and fetch it again"
-                ) from None
+                why = f"{type(err).__name__}: {err}"
+                raise UserError(f"{Path(folder) / name} is damaged ({why}); delete it and fetch it again") from None
         self.images = np.concatenate(images).transpose(0, 2, 3, 1)  # (N, H, W, C) for PIL
         self.labels = np.concatenate(labels).tolist()
         self.transform = transform
@@ -107,20 +92,6 @@ class PickledImages(Dataset):
     def __getitem__(self, index):
         image = Image.fromarray(self.images[index])
         return (image if self.transform is None else self.transform(image)), self.labels[index]
-
-
-def _cifar(name, root, train_augment, cutout_length):
-    folder_name, train_files, test_files, label_key, classes, mean, std = CIFAR[name]
-    root = Path(root)
-    folder = root / folder_name
-    if not all((folder / f).is_file() for f in train_files + test_files):
-        data_common.download(name, root, folder)
-    train = PickledImages(folder, train_files, label_key, _transforms(mean, std, train_augment, cutout_length))
-    test = PickledImages(folder, test_files, label_key, _transforms(mean, std, False, 0))
-    # The same steps as `_transforms`, for device_data.py.
-    data_common.record_device_recipe(train, train.images, train.labels, mean, std, train_augment, 4, cutout_length)
-    data_common.record_device_recipe(test, test.images, test.labels, mean, std)
-    return train, test, classes
 
 
 class Transformed(Dataset):
@@ -138,12 +109,8 @@ class Transformed(Dataset):
 
 
 def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0):
-    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or `root/test/`).
-
-    Training images come in a random order drawn from `seed` (so the searches' `--train_portion` split gives both
-    halves every class), resized to `image_size` squared, normalised with their own statistics (`image_stats`);
-    training adds CIFAR's random crop (padding image_size // 8), flip and cutout. `train.summary`: a log line.
-    """
+    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or test/), resized and
+    normalised with the training images' statistics; training in a `seed` order, with crop, flip and cutout."""
     root = Path(root)
     layout = f"--dataset imagefolder expects {root}/train/<class>/* and {root}/val/<class>/* (or test/)"
     if not root.is_dir():
@@ -158,11 +125,9 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0
     classes, train_samples = scan_split(root / "train")
     test_classes, test_samples = scan_split(test_dir)
     if test_classes != classes:
-        only = sorted(set(classes) ^ set(test_classes))[:5]
-        raise UserError(
-            f"{root}/train and {test_dir} hold different classes ({len(classes)} vs {len(test_classes)}; "
-            f"not in both: {', '.join(only)}); both need one folder per class, with the same names"
-        )
+        only = ", ".join(sorted(set(classes) ^ set(test_classes))[:5])
+        counts, same = f"{len(classes)} vs {len(test_classes)}", "both need one folder per class, with the same names"
+        raise UserError(f"{root}/train and {test_dir} hold different classes ({counts}; not in both: {only}); {same}")
     if len(classes) < 2:
         raise UserError(f"{root}/train holds one class ({classes[0]}); a classifier needs two or more")
     mean, std = image_stats(train_samples, image_size)
@@ -170,10 +135,8 @@ def imagefolder(root, image_size=32, seed=0, train_augment=True, cutout_length=0
     train_tf = _transforms(mean, std, train_augment, cutout_length, image_size)
     train = ImageFiles([train_samples[i] for i in order], classes, train_tf)
     test = ImageFiles(test_samples, classes, _transforms(mean, std, False, 0, image_size))
-    train.summary = (
-        f"imagefolder {root}: {len(classes)} classes, {len(train)} training and {len(test)} {test_dir.name} images "
-        f"at {image_size}x{image_size}, normalised with mean {mean} std {std}"
-    )
+    images = f"{len(train)} training and {len(test)} {test_dir.name} images at {image_size}x{image_size}"
+    train.summary = f"imagefolder {root}: {len(classes)} classes, {images}, normalised with mean {mean} std {std}"
     return train, test, len(classes)
 
 
@@ -182,8 +145,17 @@ def get_datasets(name, root, cutout=False, cutout_length=16, train_augment=True,
     length = cutout_length if cutout else 0
     if name == "imagefolder":
         return imagefolder(root, image_size, seed, train_augment, length)
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, root, train_augment, length)
+    if name in CIFAR:
+        folder_name, train_files, test_files, label_key, classes, mean, std = CIFAR[name]
+        folder = Path(root) / folder_name
+        if not all((folder / f).is_file() for f in train_files + test_files):
+            data_common.download(name, Path(root), folder)
+        train = PickledImages(folder, train_files, label_key, _transforms(mean, std, train_augment, length))
+        test = PickledImages(folder, test_files, label_key, _transforms(mean, std, False, 0))
+        # The same steps as `_transforms`, for device_data.py.
+        data_common.record_device_recipe(train, train.images, train.labels, mean, std, train_augment, 4, length)
+        data_common.record_device_recipe(test, test.images, test.labels, mean, std)
+        return train, test, classes
     if name == "synthetic":
         train = data_common.synthetic(256, seed=1, size=image_size)
         test = data_common.synthetic(128, seed=2, size=image_size)
@@ -203,12 +175,8 @@ def imagenet_or_synthetic(args, search=False):
 
 
 def imagenet_transforms(image_size=224, search=False):
-    """`(train, val)` transforms of the paper's ImageNet runs.
-
-    Evaluation: random resized crop, flip and colour jitter for training; resize to 256/224 of the crop and a
-    centre crop for validation. Search: both splits train something (weights, architecture), so both get the
-    random resized crop and flip, without colour jitter.
-    """
+    """`(train, val)` transforms of the paper's ImageNet runs: a search trains on both splits (random resized crop
+    and flip); an evaluation adds colour jitter for training, and validates on a centre crop of the image resized."""
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop_flip = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     if search:
@@ -227,10 +195,9 @@ def imagenet_datasets(root, image_size=224, search=False):
     root = Path(root)
     missing = [str(root / sub) + "/" for sub in ("train", "val") if not (root / sub).is_dir()]
     if missing:
-        raise UserError(
-            f"ImageNet not found: {root} lacks {' and '.join(missing)}; point --data at a folder holding "
-            "train/ and val/ with one sub-folder of images per class (prepare_imagenet_subset.py writes one)"
-        )
+        lacks = f"ImageNet not found: {root} lacks {' and '.join(missing)}"
+        fix = "point --data at a folder holding train/ and val/ with one sub-folder of images per class"
+        raise UserError(f"{lacks}; {fix} (prepare_imagenet_subset.py writes one)")
     train_tf, val_tf = imagenet_transforms(image_size, search)
     try:
         train = ImageFolder(str(root / "train"), transform=train_tf)
@@ -239,8 +206,7 @@ def imagenet_datasets(root, image_size=224, search=False):
         reason = str(err).splitlines()[0]
         raise UserError(f"ImageNet folder {root} is not a valid ImageFolder tree ({reason})") from None
     if val.classes != train.classes:
-        raise UserError(
-            f"{root}/train and {root}/val hold different classes ({len(train.classes)} vs {len(val.classes)}); "
-            "both need one sub-folder per class with the same names"
-        )
+        counts = f"{len(train.classes)} vs {len(val.classes)}"
+        same = "both need one sub-folder per class with the same names"
+        raise UserError(f"{root}/train and {root}/val hold different classes ({counts}); {same}")
     return train, val, len(train.classes)

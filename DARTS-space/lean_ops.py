@@ -12,12 +12,9 @@ import torch.nn.functional as F
 
 
 class MixBatchNorm(nn.BatchNorm2d):
-    """Affine-free BatchNorm whose output can be scaled by an edge's mixing weight for free.
-
-    `bn(x, scale)` equals `scale * bn(x)`, but with the scalar as BatchNorm's affine weight the fused kernel
-    recomputes the normalised input in the backward pass, where the product would keep one more activation per op
-    (DrNAS mixes 7 ops on each of 14 edges per cell: a large share of the search's memory).
-    """
+    """Affine-free BatchNorm whose `bn(x, scale)` equals `scale * bn(x)`: with the scalar as BatchNorm's affine weight
+    the fused kernel recomputes the normalised input in the backward pass, where the product would keep one more
+    activation per op (7 ops on each of 14 edges per cell: a large share of the search's memory)."""
 
     def __init__(self, num_features):
         super().__init__(num_features, affine=False)
@@ -42,19 +39,11 @@ def normalize(bn, x, scale):
     return bn(x) if scale is None else bn(x, scale)
 
 
-def cast(grad, dtype):
-    """`grad` in `dtype` (None stays None)."""
-    return None if grad is None else grad.to(dtype)
-
-
 class DepthwisePointwise(torch.autograd.Function):
-    """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward.
-
-    The depthwise output (one of the supernet's largest activations) is recomputed in the backward pass, only when
-    the 1x1 weights need a gradient (never in an architecture step, which freezes them). With `bn` (the affine-free
-    BatchNorm ending a SepConv's first half), the input is that BatchNorm's, which it keeps anyway, and the
-    normalised, rectified tensor is recomputed too: one activation less per SepConv.
-    """
+    """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward: the depthwise output
+    (one of the supernet's largest activations) is recomputed only when the 1x1 weights need a gradient (never in an
+    architecture step). With `bn` (the affine-free BatchNorm ending a SepConv's first half), the input is that
+    BatchNorm's, which it keeps anyway, and the normalised, rectified tensor is recomputed too."""
 
     @staticmethod
     def forward(ctx, x, w_dw, w_pw, stride, padding, dilation, bn):
@@ -62,21 +51,19 @@ class DepthwisePointwise(torch.autograd.Function):
         # autocast, so the weights are cast here once and saved in that dtype.
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        weight_dtype = w_dw.dtype
+        ctx.config, ctx.weight_dtype = (stride, padding, dilation), w_dw.dtype
         w_dw, w_pw = w_dw.to(dtype), w_pw.to(dtype)
         mean = invstd = x.new_empty(0, dtype=torch.float32)
         r, ctx.bn = x, None if bn is None else (bn.training, bn.eps)
         if bn is not None:
             if bn.training:  # batch statistics; updates the running ones like nn.BatchNorm2d
-                y, mean, invstd = torch.ops.aten.native_batch_norm(
-                    x, None, None, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps
-                )
+                statistics = bn.running_mean, bn.running_var, True, bn.momentum, bn.eps
+                y, mean, invstd = torch.ops.aten.native_batch_norm(x, None, None, *statistics)
             else:
                 mean, invstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
                 y = (x - mean[:, None, None]) * invstd[:, None, None]
             r = F.relu(y)
         ctx.save_for_backward(x, w_dw, w_pw, mean, invstd)
-        ctx.config, ctx.weight_dtype = (stride, padding, dilation), weight_dtype
         r = r.to(dtype)  # the BatchNorm's output, or the input itself, in the convolutions' dtype
         d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])  # (B, C_in, H', W')
         return F.conv2d(d, w_pw)  # (B, C_out, H', W')
@@ -95,9 +82,8 @@ class DepthwisePointwise(torch.autograd.Function):
             d = F.conv2d(r, w_dw, None, stride, padding, dilation, groups=x.shape[1])
         else:  # only its shape is read when the 1x1 weight gradient is not asked for
             d = x.new_empty(grad.shape[0], x.shape[1], *grad.shape[2:])
-        grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(
-            grad, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x or need_dw, need_pw, False]
-        )
+        pointwise = [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x or need_dw, need_pw, False]
+        grad_d, grad_pw, _ = torch.ops.aten.convolution_backward(grad, d, w_pw, None, *pointwise)
         grad_x = grad_dw = None
         if need_x or need_dw:
             config = [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1], [need_x, need_dw, False]
@@ -106,21 +92,18 @@ class DepthwisePointwise(torch.autograd.Function):
             training, eps = ctx.bn
             grad_y = (grad_x * (y > 0)).to(x.dtype)
             if training:
-                grad_x = torch.ops.aten.native_batch_norm_backward(
-                    grad_y, x, None, None, None, mean, invstd, True, eps, [True, False, False]
-                )[0]
+                saved = None, None, None, mean, invstd, True, eps, [True, False, False]
+                grad_x = torch.ops.aten.native_batch_norm_backward(grad_y, x, *saved)[0]
             else:
                 grad_x = grad_y * invstd[:, None, None]
         # Gradients in the dtypes of the inputs (fp32 weights under autocast).
-        return cast(grad_x, x.dtype), cast(grad_dw, ctx.weight_dtype), cast(grad_pw, ctx.weight_dtype), *[None] * 4
+        dtypes = (x.dtype, ctx.weight_dtype, ctx.weight_dtype)
+        return *(None if g is None else g.to(d) for g, d in zip((grad_x, grad_dw, grad_pw), dtypes)), *[None] * 4
 
 
 class _LeanMaxPool(torch.autograd.Function):
-    """Max pooling that keeps only its input for the backward pass, not the argmax indices.
-
-    The indices (int64, twice the output's size) are recomputed from the input, which the search keeps alive
-    anyway (a view of a cell state): about a tenth of the search's activation memory.
-    """
+    """Max pooling that keeps only its input for the backward pass, not the argmax indices (int64, twice the output's
+    size: about a tenth of the search's activation memory), recomputed from the input, which the search keeps anyway."""
 
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):

@@ -41,10 +41,8 @@ def class_images(train_dir):
     images = {c.name: sorted(f.name for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     images = {name: files for name, files in images.items() if files}
     if not images:
-        raise utils.UserError(
-            f"{train_dir} holds no class folders with images; --imagenet must be the ImageNet root with "
-            "train/<class>/<image>.JPEG (e.g. train/n01440764/n01440764_10026.JPEG)"
-        )
+        root = "the ImageNet root with train/<class>/<image>.JPEG (e.g. train/n01440764/n01440764_10026.JPEG)"
+        raise utils.UserError(f"{train_dir} holds no class folders with images; --imagenet must be {root}")
     return images
 
 
@@ -69,14 +67,13 @@ def main(argv=None):
     images = class_images(train_dir)
     out = Path(args.out)
     # The settings that define the subset; an existing tree must have been made with the same.
-    manifest = dict(source=str(train_dir), train_fraction=args.train_fraction, val_fraction=args.val_fraction)
-    manifest.update(seed=args.seed, classes=len(images))
+    fractions = dict(train_fraction=args.train_fraction, val_fraction=args.val_fraction)
+    manifest = dict(source=str(train_dir), **fractions, seed=args.seed, classes=len(images))
     manifest_path = out / "subset.json"
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else manifest
     if previous != manifest:
-        raise utils.UserError(
-            f"{out} holds a subset made with other settings ({previous}); choose another --out or delete it"
-        )
+        other = f"{out} holds a subset made with other settings ({previous})"
+        raise utils.UserError(f"{other}; choose another --out or delete it")
     if not manifest_path.is_file() and out.exists() and any(out.iterdir()):
         raise utils.UserError(f"--out {out} exists and is not a subset written by this script; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -7,18 +7,14 @@
     python report.py runs/search runs/eval* --csv runs/table.csv   # and the same rows as CSV
 
 A search (train_search.py, train_search_imagenet.py) is a row of seed, data set, cell, the cell's parameters and
-multiply-adds in millions in the network train.py trains from it, epochs and its measured cost (history.jsonl's
-`device_hours`: wall hours of the epoch loop times the processes, summed over resumes) in GPU-days (device-days
-unless every run used CUDA; n/a for runs older than that record). An evaluation (train.py, train_imagenet.py) is a
-row of seed, data set, cell, parameters and multiply-adds in millions (without the auxiliary head), epochs, the last
-epoch's test error (100 - test accuracy, %) and top-5 error (the paper's number, as DARTS reports it), and the best
-epoch's error, chosen on the test set itself (training has no held-out split), so optimistic. A cell is named by its
-genotype.json: a named genotype by its name, any other `cell <first 8 hex digits of its SHA-1>`, so a search and the
-trainings of its cell share the name. Evaluations are grouped by data set and cell, searches by data set, each group
-with a row of mean ± std (sample std, ddof=1; 0.00 for a single run); the CSV gives a summary as two rows (`mean`,
-`std`) and the number of runs. Each RUN_DIR must be a finished run of one of those scripts (args.json names the
-script; a history line per epoch marks the end): anything else stops the report with one line naming the folder, so
-a table never averages a partial run.
+multiply-adds in millions in train.py's network, epochs and its cost (history.jsonl's `device_hours`, over resumes)
+in GPU-days (device-days unless every run used CUDA). An evaluation (train.py, train_imagenet.py) is a row of seed,
+data set, cell, parameters and multiply-adds in millions (no auxiliary head), epochs, the last epoch's test error
+and top-5 error (the paper's numbers) and the best epoch's error, chosen on the test set itself, so optimistic. A
+cell is named by its genotype.json: a named genotype by its name, any other `cell <8 hex digits of its SHA-1>`, so a
+search and the trainings of its cell share the name. Evaluations are grouped by data set and cell, searches by data
+set, each group with a row of mean ± std (sample std). Each RUN_DIR must be a finished run of one of those scripts:
+anything else stops the report with one line naming the folder.
 """
 
 import argparse
@@ -76,19 +72,14 @@ def run_rows(run_dir):
     try:
         params, flops = ckpt["task"]["param_count"] / 1e6, ckpt["task"].get("flops")
     except (TypeError, KeyError):
-        raise UserError(
-            f"{run_dir}: no readable checkpoint.pt with a parameter count (missing or damaged); "
-            "give the --save folders of finished runs"
-        ) from None
-    return "eval", {
-        **row,
-        "params (M)": params,
-        "MACs (M)": None if flops is None else flops / 1e6,  # None: a run from before the count
-        "epochs": epochs,
-        "test error (%)": 100 - _test(last, "acc"),  # the last epoch's, as the paper reports it
-        "test top-5 error (%)": 100 - _test(last, "top5"),
-        "best-epoch error (%, chosen on test)": 100 - max(_test(r, "acc") for r in history),
-    }
+        missing = "no readable checkpoint.pt with a parameter count (missing or damaged)"
+        raise UserError(f"{run_dir}: {missing}; give the --save folders of finished runs") from None
+    # The last epoch's errors, as the paper reports them; MACs None for a run from before their count.
+    macs = None if flops is None else flops / 1e6
+    row.update({"params (M)": params, "MACs (M)": macs, "epochs": epochs, "test error (%)": 100 - _test(last, "acc")})
+    row["test top-5 error (%)"] = 100 - _test(last, "top5")
+    row["best-epoch error (%, chosen on test)"] = 100 - max(_test(r, "acc") for r in history)
+    return "eval", row
 
 
 @exits_cleanly

@@ -71,17 +71,13 @@ def draw_cell(ax, edges, concat, title):
 
 def plot_genotype(genotype, out, dpi=150, name=""):
     """Write a picture of both cells of `genotype` to `out`."""
-    import matplotlib
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 11))
+    fig = Figure(figsize=(12, 11), layout="tight")
+    top, bottom = fig.subplots(2, 1)
     draw_cell(top, genotype.normal, genotype.normal_concat, f"{name} normal cell".strip())
     draw_cell(bottom, genotype.reduce, genotype.reduce_concat, f"{name} reduction cell".strip())
-    fig.tight_layout()
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
 
 
 @utils.exits_cleanly

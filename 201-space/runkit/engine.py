@@ -73,9 +73,7 @@ class Run:
         """Check the flags (`ranges`: the script's own), the run folder and --resume, then join the processes."""
         run_flags.check_ranges(args, ranges)
         self.args, self.space, self.script = args, space, script
-        self.ckpt = read_resumed(args, space, script) if args.resume else None
-        if self.ckpt is not None:
-            run_flags.check_resume(self.ckpt["args"], args)
+        self.ckpt = read_resumed(args, space, script) if args.resume else None  # parse_args checked its flags
         if getattr(args, "threads", 0):
             torch.set_num_threads(args.threads)
         new = SCRIPTS / "experiments" / f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -85,9 +83,8 @@ class Run:
             utils.set_deterministic()  # before any process group or CUDA work
         gpu = getattr(args, "gpu", None)
         self.dist = join(args.device, gpu) if join else Dist(0, 0, 1, utils.resolve_device(args.device, gpu))
-        self.run_dir = self.writer = self.history = None
-        self.main = self.dist.rank == 0
-        self.best = {"value": None, "epoch": -1}  # of the record key given to `epochs` as `best`
+        self.run_dir = self.writer = None
+        self.main, self.best = self.dist.rank == 0, {"value": None, "epoch": -1}  # of `epochs`' `best` record key
         if args.batch_size % self.dist.world_size:
             raise UserError(f"--batch_size {args.batch_size} does not split over {self.dist.world_size} processes")
 
@@ -114,7 +111,7 @@ class Run:
 
     def task_state(self):
         """The script's part of the checkpoint being resumed (what its `state()` returned), or None for a new run."""
-        return None if self.ckpt is None else self.ckpt["task"]
+        return self.ckpt and self.ckpt["task"]
 
     def open(self, files=None):
         """Make the run folder (rank 0; its lock held to the end), the log, and `files` ({name: write(path)})."""
@@ -124,7 +121,7 @@ class Run:
             logging.basicConfig(level=logging.WARNING)
             return None
         # A run resumed into a new folder takes its log, history, best.pt and TensorBoard along (the old one stays).
-        moved_from = Path(args.resume).parent if self.ckpt is not None else self.run_dir
+        moved_from = Path(args.resume).parent if args.resume else self.run_dir
         moved = moved_from.resolve() != self.run_dir.resolve()
         if moved:
             try:
@@ -153,14 +150,13 @@ class Run:
             logger.info("%s", line)
         if moved:
             logger.info("continuing the run of %s in %s (the old folder is left as it was)", moved_from, self.run_dir)
-        processes, threads = self.dist.world_size, torch.get_num_threads()
-        logger.info("run directory %s, %d process(es), %d CPU thread(s)", self.run_dir, processes, threads)
+        where = (self.run_dir, self.dist.world_size, torch.get_num_threads())
+        logger.info("run directory %s, %d process(es), %d CPU thread(s)", *where)
         return self.run_dir
 
     def epochs(self, epochs, steps, state, streams=None, watched=(), best=None):
         """Yield the epochs still to run. `steps` per epoch; `state()`: the script's part of every checkpoint;
-        `streams`: {name: stream}, their positions checkpointed; `watched`: tensors that must stay finite; `best`: the
-        record key whose best epoch is copied to best.pt."""
+        `streams`: {name: stream} checkpointed; `watched`: tensors that must stay finite; `best`: a record key."""
         args, dist = self.args, self.dist
         steps = min(steps, getattr(args, "max_steps_per_epoch", 0) or steps)  # the smoke-run cap
         self._state, self._streams, self._watched, self._best_key = state, streams or {}, watched, best
@@ -217,11 +213,10 @@ class Run:
 
     def end_epoch(self, record):
         """Log the epoch's record, checkpoint it once known finite, and end the run if a signal came meanwhile."""
-        epoch, state = self.epoch, self._state()
+        epoch, state, key = self.epoch, self._state(), self._best_key
         self._clock.evaluated(time.time() - self._evaluation_start)
         record = {"epoch": epoch, **record}
         self._check(epoch, state)
-        key = self._best_key
         if key is not None:
             if self.best["value"] is None or record[key] > self.best["value"]:
                 self.best = {"value": record[key], "epoch": epoch}
@@ -261,11 +256,10 @@ class Run:
         found = self._divergence.find(list(self._watched), state, epoch, self.dist.world_size)
         if found is None:
             return
-        what, where = found
         ckpt = self.run_dir and self.run_dir / "checkpoint.pt"
         kept = f"the last good checkpoint {ckpt} is kept" if ckpt and ckpt.exists() else "nothing was checkpointed"
         hint = f"try a smaller --learning_rate (now {self.args.learning_rate}) or --grad_clip"
-        raise UserError(f"{what} is not finite at {where}: the run diverged and stops ({kept}); {hint}")
+        raise UserError(f"{found[0]} is not finite at {found[1]}: the run diverged and stops ({kept}); {hint}")
 
     def _after_step(self, epoch, step, steps):
         """Progress lines, time-based checkpoints and preemption, between two steps."""
@@ -273,8 +267,7 @@ class Run:
         speed = self._clock.line(scheduled)
         if speed:  # this rank's running averages, no collective
             m, at = self._meter.result(), f"epoch {epoch + 1}/{self._clock.epochs} step {step + 1}/{steps}"
-            metrics = f"loss {m['loss']:.4f} top1 {m['acc']:.2f}% top5 {m['top5']:.2f}%"
-            logger.info("%s %s | %s", at, metrics, speed)
+            logger.info("%s loss %.4f top1 %.2f%% top5 %.2f%% | %s", at, m["loss"], m["acc"], m["top5"], speed)
         # Under torchrun the ranks decide together every SYNC_STEPS steps, so that a stop costs no sync per step.
         if self.dist.world_size > 1 and not (scheduled or (step + 1) % SYNC_STEPS == 0):
             return

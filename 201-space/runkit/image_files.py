@@ -12,8 +12,7 @@ STATS_IMAGES = 2000  # images sampled (seed 0) for the per-channel mean and std
 
 
 class BadImage(UserError):
-    """An image file that does not decode. A DataLoader worker's copy comes back as `BadImage("Caught BadImage in
-    DataLoader worker ... image_files.BadImage: <message>")`: only that last message is kept."""
+    """An image file that does not decode (of a DataLoader worker's copy, "Caught BadImage ...", the last line)."""
 
     def __init__(self, message):
         super().__init__(message.strip().splitlines()[-1].split("BadImage: ", 1)[-1])

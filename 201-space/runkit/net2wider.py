@@ -59,9 +59,8 @@ def widen_bn(bn, index, moved):
 
 
 def widen_op(op, index, moved, generator=None):
-    """net2wider of a candidate op on input channels `index` (`grow_index`: new channel -> the old one it copies);
-    returns its output channels' index. An op without a `widen(index, moved, generator)` method of its own must be a
-    chain of convs and BatchNorms (and layers without tensors), widened in place; anything else is refused."""
+    """net2wider of a candidate op on input channels `index` (`grow_index`), in place; returns its output channels'
+    index. An op without a `widen(index, moved, generator)` method must be a chain of convs and BatchNorms."""
     if getattr(op, "widen", None) is not None:
         return op.widen(index, moved, generator)
     width = int(index.max()) + 1  # the channels the layer at hand reads, before widening
@@ -88,7 +87,7 @@ def widen_op(op, index, moved, generator=None):
 
 
 def _holds_tensors(module):
-    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+    return any(True for _ in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
 
 
 def _layers(module):

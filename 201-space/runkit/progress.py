@@ -49,11 +49,10 @@ class Clock:
     """Throughput and ETA over the training steps and the evaluations still to come."""
 
     def __init__(self, epochs, steps, start_epoch, start_step):
-        self.epochs, self.done, self.samples = epochs, 0, 0
+        self.epochs, self.evals_left, self.done, self.samples = epochs, epochs - start_epoch, 0, 0
         self.left = (epochs - start_epoch) * steps - start_step  # training steps still to run
         self.start = self.last_line = time.time()
         self.eval_seconds = self.eval_total = 0.0
-        self.evals_left = epochs - start_epoch
 
     def tick(self, samples):
         self.done, self.samples = self.done + 1, self.samples + samples
@@ -85,7 +84,7 @@ class Divergence:
 
     def find(self, watched, state, epoch, world_size=1):
         """None, or (what is not finite, where) over every rank, in one host read: the first bad loss, else the
-        `watched` tensors (beta), else the `state` about to be saved (weights can go bad with every loss finite)."""
+        `watched` tensors (beta), else the `state` about to be saved."""
         flags = torch.stack([self.first_bad.double(), *(_not_finite(x, self.device) for x in (watched, state))])
         if world_size > 1:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)

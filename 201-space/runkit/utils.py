@@ -78,7 +78,7 @@ class History:
 
     def append(self, record):
         """Add one epoch's record; a value that is not finite (a diverged held-out loss) is written as null."""
-        strict = json.loads(json.dumps(record), parse_constant=lambda _: None)  # JSON has no NaN or Infinity
+        strict = json.loads(json.dumps(record), parse_constant=lambda _: None)
         try:
             with open(self.path, "a") as f:
                 f.write(json.dumps(strict) + "\n")
@@ -102,7 +102,6 @@ def rng_state():
 
 
 def set_rng_state(state):
-    """Restore what `rng_state()` returned."""
     version, *rest = state["python"]
     random.setstate((version, tuple(rest[0]), rest[1]))
     name, keys, *rest = state["numpy"]
@@ -119,7 +118,7 @@ def resolve_device(name, gpu=None):
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-        gpu = 0 if gpu is None else gpu
+        gpu = gpu or 0
         if gpu >= torch.cuda.device_count():
             raise UserError(f"--gpu {gpu} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()  # it picks kernels by timing
@@ -133,8 +132,8 @@ def resolve_device(name, gpu=None):
 
 
 def set_deterministic():
-    """`--deterministic`: deterministic kernels where PyTorch has them (the others warn once), no cuDNN autotuning;
-    called before CUDA starts, when cuBLAS reads the workspace setting that deterministic GEMMs need."""
+    """`--deterministic`, before CUDA starts (cuBLAS reads its workspace setting then): deterministic kernels where
+    PyTorch has them (the others warn once), no cuDNN autotuning."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
@@ -157,10 +156,8 @@ def device_name(device):
     """What a measurement ran on: the GPU's name, or the CPU's model name (Linux), else the device type."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return f"{names[0]} ({device.type})" if names else device.type
 
@@ -184,8 +181,7 @@ def read_checkpoint(path):
 
 def load_checkpoint(path):
     """Load a checkpoint on the CPU, turning a missing or broken file into a `UserError`."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise UserError(f"--resume {path}: no such file; give the checkpoint.pt of the run to continue")
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "epoch" not in ckpt:

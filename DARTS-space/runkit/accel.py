@@ -37,7 +37,7 @@ def describe(args, device):
 
 def cpu_has_bf16():
     """Whether this machine's CPU has bf16 units (AVX512-BF16 or AMX on x86, BF16 on Arm); without them autocast
-    emulates bf16 and runs far slower than fp32 (a 201 supernet step on an AVX2 CPU: 65 s against 1.9 s)."""
+    emulates bf16, far slower than fp32 (a 201 supernet step on an AVX2 CPU: 65 s against 1.9 s)."""
     x86 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     # oneDNN's check also counts x86 AVX-512 without bf16 instructions (which only emulates them): asked on Arm alone.
     arm = platform.machine().lower() in ("aarch64", "arm64") and torch.backends.mkldnn.is_available()

@@ -28,8 +28,7 @@ def setup(device_name, gpu=None):
 
 
 def average_gradients(params, dist):
-    """All-reduce the mean of every parameter's `.grad` (None grads skipped) in one flat buffer: one collective.
-    Nothing to do in one process (`dist` None or of world size 1)."""
+    """All-reduce the mean of every parameter's `.grad` (None grads skipped) in one flat buffer (one collective)."""
     if dist is None or dist.world_size <= 1:
         return
     grads = [p.grad for p in params if p.grad is not None]

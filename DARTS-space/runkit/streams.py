@@ -10,15 +10,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def ignore_stop_signals(_worker_id=None):
-    """A DataLoader worker's `worker_init_fn`: a worker killed by SIGTERM would fail the main process, which is
-    still checkpointing; an ignoring worker serves on until the main process shuts it down."""
+    """A DataLoader worker's `worker_init_fn`: it serves on until the main process, checkpointing, shuts it down."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
 class Loader(DataLoader):
-    """A DataLoader whose workers never take the stop signals, which are held back while the workers start
-    (a forked worker inherits the block, so a signal before its `worker_init_fn` stays pending, never delivered)."""
+    """A DataLoader whose workers never take the stop signals, held back while they start (a forked worker inherits
+    the block: a signal before its `worker_init_fn` stays pending)."""
 
     def __init__(self, dataset, **kwargs):
         super().__init__(dataset, worker_init_fn=ignore_stop_signals, **kwargs)
