@@ -55,6 +55,7 @@ def network_counts(space, model, budget, cell, num_classes, size, imagenet=False
     return {"params": params, "flops": budget.count_flops(net, (3, size, size))}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("space", SPACES)
 def test_the_cost_model_equals_the_counts_of_the_trained_network(load_space, space):
     model, genotypes, budget = load_space(space, "model", "genotypes", "runkit.budget")
@@ -69,6 +70,7 @@ def test_the_cost_model_equals_the_counts_of_the_trained_network(load_space, spa
     assert costs.of(model.cost_rows(cell)) == network_counts(space, model, budget, cell, num_classes, size, imagenet)
 
 
+@pytest.mark.quick
 def test_the_cost_model_knows_nas_bench_201s_figures_and_bounds(load_space):
     model, genotypes = load_space("201-space", "model", "genotypes")
     costs = model.cost_model(10, 32)
@@ -80,6 +82,7 @@ def test_the_cost_model_knows_nas_bench_201s_figures_and_bounds(load_space):
         assert costs.bounds(kind) == (min(figures), max(figures))
 
 
+@pytest.mark.quick
 def test_the_darts_bounds_are_cells_of_the_space(load_space):
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     costs = model.cost_model(10, 32)
@@ -94,6 +97,7 @@ def test_the_darts_bounds_are_cells_of_the_space(load_space):
                    for c in cells("DARTS-space", genotypes))  # fmt: skip
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("space", SPACES)
 def test_the_cost_is_that_of_train_py_at_its_defaults(load_space, space):
     model, train = load_space(space, "model", "train")
