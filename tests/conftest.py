@@ -2,6 +2,7 @@
 
 import contextlib
 import importlib
+import json
 import os
 import pickle
 import subprocess
@@ -70,9 +71,9 @@ def run_script(space, *args, timeout=600, env=None):
     return subprocess.run(argv, cwd=SPACES[space], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def popen_script(space, *args, stdout=subprocess.DEVNULL, new_session=False):
+def popen_script(space, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=False):
     """Start a script of a space without waiting (for runs side by side, or to signal it)."""
-    argv, streams = [sys.executable, *map(str, args)], dict(stdout=stdout, stderr=subprocess.PIPE, text=True)
+    argv, streams = [sys.executable, *map(str, args)], dict(stdout=stdout, stderr=stderr, text=True)
     return subprocess.Popen(argv, cwd=SPACES[space], env=script_env(), start_new_session=new_session, **streams)
 
 
@@ -92,6 +93,36 @@ def assert_one_line_error(returncode, stderr, *expected):
     assert returncode not in (0, None) and "Traceback" not in stderr, stderr[-3000:]
     assert len(lines) == 1 and all(text in lines[0] for text in expected), stderr[-3000:]
     return lines[0]
+
+
+def image_batch(n=2, size=8, seed=0, dtype=torch.float32, classes=10):
+    """`n` random images (`size` x `size`) and their labels, the same for the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=gen, dtype=dtype), torch.randint(classes, (n,), generator=gen)
+
+
+def flat(tensors):
+    """The tensors, detached, as one new vector."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).clone()
+
+
+def load_ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_history(run_dir):
+    """The records of a run's history.jsonl without the wall-clock fields (they differ between any two runs)."""
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    timing = ("time_s", "wall_s", "device_hours")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines if line.strip()]
+
+
+def tensors(tree, prefix=""):
+    """{path: tensor} of every tensor in nested dicts, lists and tuples."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    return {k: v for key, value in items for k, v in tensors(value, f"{prefix}/{key}").items()}
 
 
 @contextlib.contextmanager

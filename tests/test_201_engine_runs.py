@@ -3,15 +3,14 @@
 import importlib
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from conftest import SPACES, assert_one_line_error, forbid_host_reads, script_env, wait_for_log
+import conftest
+from conftest import assert_one_line_error, forbid_host_reads, load_ckpt, popen_script, tensors, wait_for_log
 from loop_run import LoopRun
 
 TIMEOUT = 300
@@ -21,8 +20,7 @@ PREEMPT = "--dataset synthetic --epochs 2 --layers 2 --batch_size 8 --device cpu
 def _start(root, name, script, args):
     """A script's subprocess, its output in files (pipes could fill and block)."""
     with open(root / f"{name}.out", "w") as out, open(root / f"{name}.err", "w") as err:
-        argv = [sys.executable, script, *map(str, args)]
-        return subprocess.Popen(argv, cwd=SPACES["201-space"], stdout=out, stderr=err, text=True, env=script_env())
+        return popen_script("201-space", script, *args, stdout=out, stderr=err)
 
 
 def _finish(proc, root, name):
@@ -36,25 +34,6 @@ def _finish(proc, root, name):
     return proc.returncode, (root / f"{name}.err").read_text()
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _tensors(tree, prefix=""):
-    """{path: tensor} of every tensor in nested dicts and lists."""
-    if torch.is_tensor(tree):
-        return {prefix: tree}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else []
-    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
-
-
-def _history(run_dir):
-    """history.jsonl without the wall-clock fields (they differ between any two runs)."""
-    lines = (run_dir / "history.jsonl").read_text().splitlines()
-    timing = ("time_s", "wall_s", "device_hours")
-    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines if line.strip()]
-
-
 def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     """SIGTERM in epoch 2: checkpoint, exit 0; resumed, it ends as the uninterrupted run (1e-6, same history)."""
     a_dir, b_dir = tmp_path / "A", tmp_path / "B"
@@ -63,14 +42,14 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     try:
         # Epoch 1 is checkpointed and epoch 2 has taken its first of 16 steps.
         wait_for_log(a, a_dir / "log.txt", "epoch 2/2 step 1/16", time.monotonic() + TIMEOUT)
-        assert _load(a_dir / "checkpoint.pt")["epoch"] == 1
+        assert load_ckpt(a_dir / "checkpoint.pt")["epoch"] == 1
         a.send_signal(signal.SIGTERM)
         code, err = _finish(a, tmp_path, "a")
     finally:
         if a.poll() is None:
             a.kill()
     assert code == 0, err[-3000:]
-    stopped = _load(a_dir / "checkpoint.pt")
+    stopped = load_ckpt(a_dir / "checkpoint.pt")
     assert stopped["epoch"] == 1 and 0 < stopped["step"] <= 16, (stopped["epoch"], stopped["step"])
     # The training stream stands after the stopped step (pass 1 is epoch 2), the meter holds its sums.
     assert stopped["streams"]["train"] == ([1, stopped["step"]] if stopped["step"] < 16 else [2, 0])
@@ -86,14 +65,15 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     code, err = _finish(b, tmp_path, "b")
     assert code == 0, err[-3000:]
 
-    ca, cb = _load(a_dir / "checkpoint.pt"), _load(b_dir / "checkpoint.pt")
+    ca, cb = load_ckpt(a_dir / "checkpoint.pt"), load_ckpt(b_dir / "checkpoint.pt")
     assert ca["epoch"] == cb["epoch"] == 2 and ca["step"] == cb["step"] == 0 and ca["streams"] == cb["streams"]
-    ta, tb = _tensors(ca["task"]), _tensors(cb["task"])
+    ta, tb = tensors(ca["task"]), tensors(cb["task"])
     assert ta.keys() == tb.keys() and any(key.startswith("/optimizer/") for key in ta)
     assert any(key.startswith("/architect/") for key in ta) and any(key.startswith("/model/") for key in ta)
     for key, value in tb.items():
         torch.testing.assert_close(ta[key], value, rtol=0, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
-    assert ca["task"]["genotype"] == cb["task"]["genotype"] and _history(a_dir) == _history(b_dir)
+    assert ca["task"]["genotype"] == cb["task"]["genotype"]
+    assert conftest.read_history(a_dir) == conftest.read_history(b_dir)
     assert (a_dir / "genotype.json").read_text() == (b_dir / "genotype.json").read_text()
 
 
@@ -104,7 +84,7 @@ def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_pa
     proc = _start(tmp_path, "div", "train_search.py", argv)
     assert_one_line_error(*_finish(proc, tmp_path, "div"), "not finite")
     if (run_dir / "checkpoint.pt").exists():
-        for key, value in _tensors(_load(run_dir / "checkpoint.pt")).items():
+        for key, value in tensors(load_ckpt(run_dir / "checkpoint.pt")).items():
             if value.is_floating_point():
                 assert torch.isfinite(value).all(), key
 

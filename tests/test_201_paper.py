@@ -12,22 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import TINY_201, write_tiny_cifar
+from conftest import TINY_201, flat, image_batch, write_tiny_cifar
 from loop_run import LoopRun
 
 pytestmark = pytest.mark.quick
 
 D = torch.distributions
 BETA1, BETA2, ADAM_EPS = 0.5, 0.999, 1e-8
-
-
-def _batch(n=4, size=8, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g, dtype=dtype), torch.randint(10, (n,), generator=g)
-
-
-def _flat(tensors):
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
 def _op_copy(ops, name, C, source):
@@ -175,7 +166,7 @@ def test_dirichlet_weights_are_one_rsample_of_dir_elu_beta_plus_one_over_all_edg
     monkeypatch.setattr(D.Dirichlet, "rsample", recording)
     for cell in model.search_cells():
         cell.register_forward_pre_hook(lambda m, inputs: fed.append(inputs[1]))
-    model(_batch(2)[0])
+    model(image_batch(2)[0])
     assert len(draws) == 1, "all edges (and all cells) use one Dirichlet draw"
     alpha, sample = draws[0]
     assert alpha.shape == (6, 5)
@@ -274,8 +265,8 @@ def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay
     m, v = torch.zeros_like(beta), torch.zeros_like(beta)
     grads = []
     for t in (1, 2):
-        xt, yt = _batch(seed=10 + t, dtype=torch.float64)
-        xv, yv = _batch(seed=t, dtype=torch.float64)
+        xt, yt = image_batch(4, seed=10 + t, dtype=torch.float64)
+        xv, yv = image_batch(4, seed=t, dtype=torch.float64)
         with arch.batch_stats_only(model):
             loss = F.cross_entropy(model(xv), yv)
             if reg_type == "kl":
@@ -304,8 +295,8 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
     bufs = [0.1 * torch.randn_like(p) for p in weights]
     for p, b in zip(weights, bufs):
         w_opt.state[p]["momentum_buffer"] = b.clone()
-    xt, yt = _batch(seed=1, dtype=torch.float64)
-    xv, yv = _batch(seed=2, dtype=torch.float64)
+    xt, yt = image_batch(4, seed=1, dtype=torch.float64)
+    xv, yv = image_batch(4, seed=2, dtype=torch.float64)
     w0 = [p.detach().clone() for p in weights]
     with arch.batch_stats_only(model):
         g_train = torch.autograd.grad(F.cross_entropy(model(xt), yt), weights)
@@ -319,17 +310,17 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
         v = torch.autograd.grad(F.cross_entropy(shadow(xv), yv), shadow.weights())
 
     seen = []
-    handle = model.register_forward_pre_hook(lambda m, inputs: seen.append(_flat(m.weights()).clone()))
+    handle = model.register_forward_pre_hook(lambda m, inputs: seen.append(flat(m.weights()).clone()))
     architect.step(xt, yt, xv, yv, lr, w_opt)
     handle.remove()
 
     assert len(seen) == 4, "forwards: L_train(w), L_val(w'), L_train(w + eps v), L_train(w - eps v)"
-    torch.testing.assert_close(seen[0], _flat(w0), rtol=0, atol=0)
-    torch.testing.assert_close(seen[1], _flat(w_virtual), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(seen[0], flat(w0), rtol=0, atol=0)
+    torch.testing.assert_close(seen[1], flat(w_virtual), rtol=1e-10, atol=1e-12)
     plus, minus = seen[2], seen[3]
     assert (plus - minus).norm().item() == pytest.approx(0.02, rel=1e-9)
-    torch.testing.assert_close((plus + minus) / 2, _flat(w0), rtol=0, atol=1e-12)
-    v = _flat(v)
+    torch.testing.assert_close((plus + minus) / 2, flat(w0), rtol=0, atol=1e-12)
+    v = flat(v)
     torch.testing.assert_close(plus - minus, 0.02 * v / v.norm(), rtol=1e-8, atol=1e-12)
     for p, w in zip(weights, w0):
         assert torch.equal(p, w), "the weights are restored after the step"
@@ -354,7 +345,7 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_we
         d = [g + 3e-4 * wi for g, wi in zip(grads, w)]
         buf = d if buf is None else [0.9 * b + di for b, di in zip(buf, d)]
         w = [wi - 0.025 * b for wi, b in zip(w, buf)]
-        torch.testing.assert_close(_flat(weights), _flat(w), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(flat(weights), flat(w), rtol=1e-6, atol=1e-7)
 
 
 def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(load_space):
@@ -369,9 +360,9 @@ def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(lo
     clip = 1e-3
 
     def displacement(grad_clip, seed):
-        before = _flat(weights)
-        ts.search_step(model, architect, opt, weights, _batch(seed=seed), None, 0.025, grad_clip)
-        return (_flat(weights) - before).norm().item()
+        before = flat(weights)
+        ts.search_step(model, architect, opt, weights, image_batch(4, seed=seed), None, 0.025, grad_clip)
+        return (flat(weights) - before).norm().item()
 
     assert displacement(1e6, 0) > 100 * clip, "the true gradient is far above the clip"
     assert displacement(clip, 1) == pytest.approx(clip, rel=1e-5)
@@ -445,11 +436,11 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
     argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
     _, task = _search_task(ts, ms, arch, st, argv, k=2)
     model, architect, valid_stream = task.model, task.architect, task.streams["valid"]
-    beta0, w0 = model.beta.detach().clone(), _flat(model.weights())
+    beta0, w0 = model.beta.detach().clone(), flat(model.weights())
     _epoch(task, 0)
     assert torch.equal(model.beta, beta0) and not architect.optimizer.state
     assert valid_stream.position() == [0, 0], "no architecture batch is drawn"
-    assert not torch.equal(_flat(model.weights()), w0)
+    assert not torch.equal(flat(model.weights()), w0)
     _epoch(task, 1)
     assert int(architect.optimizer.state[model.beta]["step"]) == len(task.streams["train"]) == 3
     beta1 = model.beta.detach().clone()

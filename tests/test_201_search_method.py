@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import image_batch
+
 pytestmark = pytest.mark.quick
 
 D = torch.distributions
@@ -14,11 +16,6 @@ D = torch.distributions
 def _args(**kw):
     base = dict(momentum=0.9, weight_decay=3e-4, unrolled=False, reg_type="l2", reg_scale=1e-3, arch_learning_rate=3e-4)
     return types.SimpleNamespace(**{**base, **kw})
-
-
-def _batch(n=4, size=8, seed=0, classes=10, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g, dtype=dtype), torch.randint(classes, (n,), generator=g)
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -89,7 +86,7 @@ def test_architect_step_moves_only_beta_and_leaves_bn_buffers(load_space, method
     w_opt = torch.optim.SGD(model.weights(), 0.1, momentum=0.9)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    architect.step(*_batch(), *_batch(seed=1), 0.1, w_opt)
+    architect.step(*image_batch(4), *image_batch(4, seed=1), 0.1, w_opt)
     assert not torch.equal(model.beta, before["beta"])
     for name, p in model.named_parameters():
         if name != "beta":
@@ -106,7 +103,7 @@ def test_weight_step_moves_only_weights(load_space):
     opt = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
     beta0 = model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
-    x, y = _batch()
+    x, y = image_batch(4)
     opt.zero_grad(set_to_none=True)  # as search.search_step does it
     F.cross_entropy(model(x), y).backward(inputs=weights)
     torch.nn.utils.clip_grad_norm_(weights, 5.0)
@@ -171,8 +168,8 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         for n, p in zip(names, model.weights()):
             bufs[n] = 0.1 * torch.randn_like(p)
             w_opt.state[p]["momentum_buffer"] = bufs[n]
-    xt, yt = _batch(4, 8, seed=3, dtype=torch.float64)
-    xv, yv = _batch(4, 8, seed=4, dtype=torch.float64)
+    xt, yt = image_batch(4, seed=3, dtype=torch.float64)
+    xv, yv = image_batch(4, seed=4, dtype=torch.float64)
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if n != "beta"}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
 
@@ -219,36 +216,29 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     assert rel < 0.02 and cos > 0.999, (rel.item(), cos.item())
 
 
-def test_gdas_weights_are_one_hot_with_gradient(load_space):
+@pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
+def test_relaxed_weights_softmax_on_the_simplex_or_one_hot(load_space, method):
+    """darts: softmax(beta), the same every call; snas: on the simplex; gdas: one-hot, with a gradient to beta."""
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="gdas")
-    model.tau = 1.0
-    w = model.arch_weights()
-    hard = F.one_hot(w.argmax(1), 5).float()
-    torch.testing.assert_close(w, hard, atol=1e-6, rtol=0)
-    x, y = _batch()
-    F.cross_entropy(model(x), y).backward()
-    assert model.beta.grad is not None and torch.isfinite(model.beta.grad).all() and model.beta.grad.abs().sum() > 0
-
-
-def test_darts_weights_are_softmax_of_beta(load_space):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="darts")
-    with torch.no_grad():
-        model.beta.copy_(torch.randn(6, 5))
-    torch.testing.assert_close(model.arch_weights(), F.softmax(model.beta, -1))
-    torch.testing.assert_close(model.arch_weights(), model.arch_weights(), rtol=0, atol=0)
-
-
-def test_snas_weights_on_simplex(load_space):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method="snas")
-    w = model.arch_weights()
-    assert (w >= 0).all()
-    torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    model = ms.Network(C=4, N=1, num_classes=10, k=1, method=method)
+    if method == "darts":
+        with torch.no_grad():
+            model.beta.copy_(torch.randn(6, 5))
+        torch.testing.assert_close(model.arch_weights(), F.softmax(model.beta, -1))
+        torch.testing.assert_close(model.arch_weights(), model.arch_weights(), rtol=0, atol=0)
+    elif method == "snas":
+        w = model.arch_weights()
+        assert (w >= 0).all()
+        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    else:
+        model.tau = 1.0
+        w = model.arch_weights()
+        torch.testing.assert_close(w, F.one_hot(w.argmax(1), 5).float(), atol=1e-6, rtol=0)
+        x, y = image_batch(4)
+        F.cross_entropy(model(x), y).backward()
+        grad = model.beta.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts", "gdas"])
@@ -285,7 +275,7 @@ def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, m
 
     monkeypatch.setattr(ms.Network, "forward", recording)
     architect = arch.Architect(model, _args(unrolled=True))
-    architect._unrolled_grads(*_batch(), *_batch(seed=1), 0.025, torch.optim.SGD(model.weights(), 0.025))
+    architect._unrolled_grads(*image_batch(4), *image_batch(4, seed=1), 0.025, torch.optim.SGD(model.weights(), 0.025))
     assert len(used) == 4  # L_train(w), L_val(w'), then the + and - evaluations of the HVP
     assert torch.equal(used[0], used[2]) and torch.equal(used[2], used[3]), "all L_train terms share one draw"
     assert not torch.equal(used[1], used[2]), "L_val has its own draw"

@@ -8,14 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import forbid_host_reads
+from conftest import forbid_host_reads, image_batch
 
 pytestmark = pytest.mark.quick
-
-
-def _batch(n=2, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g), torch.randint(10, (n,), generator=g)
 
 
 def test_parameter_count_matches_the_paper(load_space):
@@ -33,7 +28,7 @@ def test_beta_in_state_dict_and_every_weight_gets_a_gradient(load_space, method,
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
     assert "beta" in model.state_dict() and all(p is not model.beta for p in model.weights())
     assert len(model.weights()) == len(list(model.parameters())) - 1
-    x, y = _batch()
+    x, y = image_batch(2, 16)
     out = model(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     F.cross_entropy(out, y).backward()
@@ -54,7 +49,7 @@ def test_forward_backward_reads_no_host_value(load_space, method, prune):
     if prune:
         model.prune(prune)
     model.genotype()  # reads values, legitimately, outside the pass
-    x, y = _batch()
+    x, y = image_batch(2, 16)
     with forbid_host_reads():
         model.arch_weights()
         loss = F.cross_entropy(model(x), y)
@@ -92,7 +87,7 @@ def test_pruned_ops_are_deleted_and_never_called(load_space, method):
     for key, op in all_ops.items():
         kept = gt.PRIMITIVES.index(key[2]) in model.kept[key[1]]
         assert (id(op) in module_ids) == kept, key
-    x, _ = _batch()
+    x, _ = image_batch(2, 16)
     model(x), model(x)
     for (cell_index, e, name), count in calls.items():
         kept = gt.PRIMITIVES.index(name) in model.kept[e]
@@ -131,7 +126,7 @@ def test_widen_copies_channels(load_space):
     torch.manual_seed(0)
     model = ms.Network(C=8, N=1, num_classes=10, k=4).train()
     for seed in range(2):  # non-trivial BN running statistics
-        model(_batch(4, 16, seed)[0])
+        model(image_batch(4, 16, seed)[0])
     edges = [(name, m) for name, m in model.named_modules() if isinstance(m, ms.MixedOp)]
     old = {name: {n: t.detach().clone() for n, t in m.state_dict().items()} for name, m in edges}
     old_c = {name: m.C // m.k for name, m in edges}
@@ -164,32 +159,25 @@ def test_widen_copies_channels(load_space):
         for op in m.ops.values():
             if isinstance(op, ops.ReLUConvBN):
                 assert op.op[1].in_channels == op.op[1].out_channels == op.op[2].num_features == c_new
-    out = model(_batch(2, 16)[0])
+    out = model(image_batch(2, 16)[0])
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     with pytest.raises(ValueError):
         model.widen(2, torch.Generator())  # not wider
 
 
-def test_all_architectures_of_the_shipped_table_round_trip(load_space, nb201_table):
-    gt = load_space("201-space", "genotypes")
-    with gzip.open(nb201_table, "rt", newline="") as f:
-        archs = [row["arch"] for row in csv.DictReader(f)]
-    assert len(archs) == len(set(archs)) == 15_625
-    for s in archs:
-        structure = gt.Structure.from_str(s)
-        assert str(structure) == s and gt.Structure.from_edges(structure.edge_ops()) == structure
-
-
-def test_all_edge_combinations_round_trip(load_space):
+def test_all_edge_combinations_round_trip_and_are_the_shipped_tables_architectures(load_space, nb201_table):
     gt = load_space("201-space", "genotypes")
     seen = set()
     for ops in itertools.product(gt.PRIMITIVES, repeat=6):
         structure = gt.Structure.from_edges(ops)
         s = str(structure)
         back = gt.Structure.from_str(s)
-        assert back.edge_ops() == list(ops) and str(back) == s
+        assert back.edge_ops() == list(ops) and str(back) == s and gt.Structure.from_edges(back.edge_ops()) == back
         seen.add(s)
     assert len(seen) == 5**6
+    with gzip.open(nb201_table, "rt", newline="") as f:
+        archs = [row["arch"] for row in csv.DictReader(f)]
+    assert len(archs) == len(set(archs)) == 15_625 and set(archs) == seen
     drnas = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     assert str(gt.DrNAS) == drnas
 

@@ -3,14 +3,12 @@
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import SPACES, assert_one_line_error, run_script, script_env
+from conftest import assert_one_line_error, load_ckpt, popen_script, run_script
 
 TINY = (
     "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --workers 0 --device cpu --report_freq 1"
@@ -23,9 +21,8 @@ class Run:
 
     def __init__(self, root, name, args):
         self.dir, self.out, self.err = root / name, root / f"{name}.stdout", root / f"{name}.stderr"
-        argv = [sys.executable, "train_search.py", *map(str, [*args, "--save", self.dir])]
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(argv, cwd=SPACES["201-space"], stdout=out, stderr=err, env=script_env())
+            self.proc = popen_script("201-space", "train_search.py", *args, "--save", self.dir, stdout=out, stderr=err)
 
     def wait(self):
         self.proc.wait(timeout=TIMEOUT)
@@ -75,10 +72,6 @@ def _ok(run):
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stderr[-3000:]}"
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
     gt = load_space("201-space", "genotypes")
     run = runs["two_epochs"]
@@ -100,7 +93,7 @@ def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
     structure = gt.Structure.from_str(arch)
     assert str(structure) == arch and all(op in gt.PRIMITIVES for op in structure.edge_ops())
     assert arch == history[-1]["genotype"]
-    ckpt = _load(run.dir / "checkpoint.pt")
+    ckpt = load_ckpt(run.dir / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 0 and ckpt["task"]["genotype"] == arch
     # No warm-up in train_search.py: one architecture step per batch of every epoch (128 samples, batch 16).
     assert int(ckpt["task"]["architect"]["state"][0]["step"]) == 2 * 8
@@ -126,7 +119,7 @@ def test_each_method_and_option_runs(runs, load_space, name):
     _ok(run)
     assert len(run.history()) == 1
     gt.Structure.from_str(json.loads((run.dir / "genotype.json").read_text())["arch"])
-    task = _load(run.dir / "checkpoint.pt")["task"]
+    task = load_ckpt(run.dir / "checkpoint.pt")["task"]
     assert torch.isfinite(task["model"]["beta"]).all()
     assert task["architect"]["state"], "the architecture optimizer never stepped"
 
@@ -138,7 +131,7 @@ def _wait_for_checkpoint_epoch(run, epoch, deadline):
             return None
         if path.is_file():
             try:
-                if _load(path)["epoch"] >= epoch:
+                if load_ckpt(path)["epoch"] >= epoch:
                     return True
             except Exception:  # not written yet; the write itself is atomic
                 pass
@@ -158,7 +151,7 @@ def test_resume_after_a_kill_is_exact(runs):
     finally:
         if b.proc.poll() is None:
             b.proc.kill()
-    killed_at = _load(b.dir / "checkpoint.pt")["epoch"]
+    killed_at = load_ckpt(b.dir / "checkpoint.pt")["epoch"]
     assert killed_at == 1, killed_at
     assert not (b.dir / "trajectory.png").exists()  # it really did not finish, but left its current cell
     assert json.loads((b.dir / "genotype.json").read_text())["arch"].startswith("|")
@@ -169,7 +162,7 @@ def test_resume_after_a_kill_is_exact(runs):
 
     a = runs["two_epochs"]
     _ok(a)
-    ca, cb = _load(a.dir / "checkpoint.pt"), _load(b.dir / "checkpoint.pt")
+    ca, cb = load_ckpt(a.dir / "checkpoint.pt"), load_ckpt(b.dir / "checkpoint.pt")
     assert ca["epoch"] == cb["epoch"] == 2
     ta, tb = ca["task"], cb["task"]
     assert ta["model"].keys() == tb["model"].keys()
@@ -185,14 +178,19 @@ def test_resume_after_a_kill_is_exact(runs):
         assert hb["valid_acc"] == pytest.approx(ha["valid_acc"], abs=1e-4) and hb["genotype"] == ha["genotype"]
 
 
-def test_short_search_learns(runs):
-    run = runs["learn"]
+def test_short_search_learns_and_benchmark_none_makes_no_queries(runs):
+    run = runs["learn"]  # --benchmark none
     _ok(run)
     history = run.history()
     assert len(history) == 3
     final = history[-1]  # chance is 10 %; this run measured about 84 % train and 74 % valid accuracy
     assert final["train_acc"] > 45 and final["valid_acc"] > 35, history
     assert final["train_loss"] < history[0]["train_loss"]
+    for record in history:
+        assert not {"benchmark", "trajectory", "benchmark_note"} & set(record)
+        assert not any(key.startswith("nb201_") for key in record)
+    assert not (run.dir / "trajectory.png").exists()
+    assert "NAS-Bench-201 look-ups off (--benchmark none)" in (run.dir / "log.txt").read_text()
 
 
 def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, load_space):
@@ -210,16 +208,6 @@ def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, loa
     assert f"NAS-Bench-201 ({note}): cifar10 {record['nb201_cifar10']:.2f}" in log
     png = run.dir / "trajectory.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_benchmark_none_makes_no_queries(runs):
-    run = runs["learn"]  # --benchmark none
-    _ok(run)
-    for record in run.history():
-        assert not {"benchmark", "trajectory", "benchmark_note"} & set(record)
-        assert not any(key.startswith("nb201_") for key in record)
-    assert not (run.dir / "trajectory.png").exists()
-    assert "NAS-Bench-201 look-ups off (--benchmark none)" in (run.dir / "log.txt").read_text()
 
 
 def _one_line_error(proc, *needles):

@@ -9,7 +9,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import TINY_201, assert_one_line_error, popen_script, run_script, wait_for_log
+from conftest import TINY_201, assert_one_line_error, load_ckpt, popen_script, run_script, wait_for_log
 
 TIMEOUT = 300
 # A DARTS training of 2 x 32 steps, data through 2 DataLoader workers (the default).
@@ -32,13 +32,9 @@ def _epochs(run_dir):
     return [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 @pytest.mark.parametrize(
     ("space", "argv", "marker", "sig"),
-    [("DARTS-space", [*DARTS_TRAIN, "--epochs", "2"], "epoch 1/2 step 8/32 ", signal.SIGTERM),
+    [("DARTS-space", [*DARTS_TRAIN, "--epochs", "2", "--image_size", "16"], "epoch 1/2 step 8/32 ", signal.SIGTERM),
      ("201-space", S201, "epoch 1/2 step 4/16 ", signal.SIGINT)],
     ids=["darts-train-sigterm", "201-search-sigint"],
 )  # fmt: skip
@@ -51,7 +47,7 @@ def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, sp
     os.killpg(proc.pid, sig)
     code, err = _finish(proc)
     assert code == 0 and "Traceback" not in err, err[-3000:]
-    ckpt = _load(run_dir / "checkpoint.pt")
+    ckpt = load_ckpt(run_dir / "checkpoint.pt")
     assert ckpt["epoch"] == 0 and ckpt["step"] > 0 and not list(run_dir.glob("*.tmp")), (ckpt["epoch"], ckpt["step"])
     # The preemption line gives the command that continues the run: the script and the run folder, nothing else.
     command, log = f"continue with: python {argv[0]} --resume {run_dir}", (run_dir / "log.txt").read_text()
@@ -60,7 +56,7 @@ def test_a_stop_signal_to_the_process_group_checkpoints_and_resumes(tmp_path, sp
     resumed = popen_script(space, *command.split()[3:], new_session=True)
     code, err = _finish(resumed)
     assert code == 0, err[-3000:]
-    assert _epochs(run_dir) == [0, 1] and _load(run_dir / "checkpoint.pt")["epoch"] == 2
+    assert _epochs(run_dir) == [0, 1] and load_ckpt(run_dir / "checkpoint.pt")["epoch"] == 2
 
 
 def _signalled_in_evaluation(run, epochs):
@@ -80,7 +76,7 @@ def test_a_signal_during_evaluation_ends_after_the_epochs_checkpoint(load_space,
     with pytest.raises(SystemExit) as stopped:
         _signalled_in_evaluation(run, 3)
     assert stopped.value.code == 0
-    ckpt = _load(tmp_path / "run" / "checkpoint.pt")
+    ckpt = load_ckpt(tmp_path / "run" / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["step"], _epochs(tmp_path / "run")) == (1, 0, [0]), "epoch 2 not begun"
 
 
@@ -109,7 +105,7 @@ def test_one_writer_per_run_folder(tmp_path):
 def test_a_killed_run_leaves_its_folder_free_to_resume(tmp_path):
     """The lock goes with the process: after SIGKILL (no chance to clean up) --resume continues the run."""
     run_dir = tmp_path / "run"
-    argv = [*DARTS_TRAIN, "--epochs", "2", "--workers", "0"]
+    argv = [*DARTS_TRAIN, "--epochs", "2", "--workers", "0", "--image_size", "16"]
     proc = popen_script("DARTS-space", *argv, "--save", run_dir, new_session=True)
     wait_for_log(proc, run_dir / "log.txt", "epoch 2/2 step 4/32 ", time.monotonic() + TIMEOUT)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -6,32 +6,22 @@ import re
 import pytest
 import torch
 
+from conftest import tensors
 from cuda_jobs import DEVICE, DS_STEPS, S201_STEPS
 
 pytestmark = pytest.mark.cuda
 
 
-def on_the_device(tensors, what):
+def on_the_device(state, what):
     """Every tensor of a (nested) state lies on the tier's device and is finite; returns how many there are."""
     count = 0
-    for key, value in _tensors(tensors):
+    for key, value in tensors(state).items():
         assert value.device.type == torch.device(DEVICE).type, f"{what}: {key} was saved from {value.device}"
         if value.is_floating_point():
             assert torch.isfinite(value).all(), f"{what}: {key} is not finite"
         count += 1
     assert count, f"{what}: no tensors"
     return count
-
-
-def _tensors(obj, prefix=""):
-    if torch.is_tensor(obj):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{prefix}.{key}")
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{prefix}[{i}]")
 
 
 def ran_on_the_device(run, epochs):

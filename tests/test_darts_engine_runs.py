@@ -1,7 +1,6 @@
 """DARTS-space scripts on the run engine, run as a user would."""
 
 import importlib
-import json
 import signal
 import time
 
@@ -9,20 +8,21 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from conftest import assert_one_line_error, forbid_host_reads, popen_script
+from conftest import assert_one_line_error, forbid_host_reads, popen_script, read_history, tensors
 from loop_run import LoopRun
 
 TINY = ["--dataset", "synthetic", "--layers", "5", "--device", "cpu", "--workers", "0"]
-# 16 steps per epoch (256 synthetic images), cutout and drop path draw random numbers.
-TRAIN = "--init_channels 8 --batch_size 16 --epochs 2 --cutout --auxiliary --report_freq 1"
+# 4 steps per epoch, cutout and drop path draw random numbers.
+TRAIN = "--init_channels 8 --batch_size 16 --epochs 2 --cutout --auxiliary --report_freq 1 --max_steps_per_epoch 4"
 TRAIN = ["train.py", *TINY, *TRAIN.split()]
-# Two stages of one epoch each, 6 steps per epoch, architecture steps from the start.
+# Two stages of one epoch each, 6 steps per epoch on 16-pixel images, architecture steps from the start.
 SEARCH = "--init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 --max_steps_per_epoch 6"
-SEARCH = ["train_search.py", *TINY, *SEARCH.split(), "--report_freq", "1"]
+SEARCH = ["train_search.py", *TINY, *SEARCH.split(), "--report_freq", "1", "--image_size", "16"]
 # One epoch of one step: the smallest run that writes a checkpoint.
 SHORT = {"train": ["train.py", *TINY, *"--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1".split()]}
 SHORT["train_search"] = "--init_channels 8 --batch_size 8 --stage_epochs 1 --stage_k 4 --stage_keep 7 --warmup_epochs 0"
 SHORT["train_search"] = ["train_search.py", *TINY, *SHORT["train_search"].split(), "--max_steps_per_epoch", "1"]
+SHORT["train_search"] += ["--image_size", "16"]
 
 
 def _wait(proc, timeout=300):
@@ -37,21 +37,6 @@ def _finish(proc):
 
 def _checkpoint(run_dir):
     return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-
-def _history(run_dir):
-    """history.jsonl without the wall-clock fields (the epochs' durations, the run's wall time and device-hours)."""
-    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    timing = ("time_s", "wall_s", "device_hours")
-    return [{key: value for key, value in record.items() if key not in timing} for record in records]
-
-
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, (dict, list, tuple)):
-        for value in obj.values() if isinstance(obj, dict) else obj:
-            yield from _tensors(value)
 
 
 def _assert_same(a, b, where="task"):
@@ -97,7 +82,7 @@ def _preempted_run_resumes_exactly(tmp_path, argv, marker):
     a, b = _checkpoint(straight), _checkpoint(broken)
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 0)
     _assert_same(a["task"], b["task"])
-    assert _history(broken) == _history(straight)
+    assert read_history(broken) == read_history(straight)
     return a
 
 
@@ -105,7 +90,7 @@ def _preempted_run_resumes_exactly(tmp_path, argv, marker):
 def test_preempted_mid_epoch_resumes_exactly(tmp_path, script):
     """train.py (step 2 of epoch 2) and train_search.py (stage 2, after the switch to k=2)."""
     if script == "train":
-        ckpt = _preempted_run_resumes_exactly(tmp_path, TRAIN, "epoch 2/2 step 2/16 ")
+        ckpt = _preempted_run_resumes_exactly(tmp_path, TRAIN, "epoch 2/2 step 2/4 ")
         assert ckpt["task"].keys() >= {"model", "optimizer", "scaler"}  # the learning rate follows from the epoch
     else:
         ckpt = _preempted_run_resumes_exactly(tmp_path, SEARCH, "epoch 2/2 step 1/6 ")
@@ -124,7 +109,7 @@ def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_pa
         if (tmp_path / name / "checkpoint.pt").exists():
             kept += 1
             state = _checkpoint(tmp_path / name)["task"]
-            assert all(torch.isfinite(t).all() for t in _tensors(state) if t.is_floating_point()), name
+            assert all(torch.isfinite(t).all() for t in tensors(state).values() if t.is_floating_point()), name
     assert kept > 0  # one step per epoch: the first epoch's weights are still finite and are kept
 
 

@@ -40,32 +40,26 @@ def test_published_sizes(load_space):
     assert round(GOLDEN_IMAGENET["DrNAS_imagenet"] / 1e6, 2) == 5.73
 
 
+@pytest.mark.parametrize("network", ["NetworkCIFAR", "NetworkImageNet"])
 @pytest.mark.parametrize("auxiliary", [False, True])
-def test_cifar_forward_shapes(load_space, auxiliary):
+def test_forward_shapes(load_space, network, auxiliary):
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     torch.manual_seed(0)
+    if network == "NetworkImageNet":
+        net = model.NetworkImageNet(8, 7, 5, auxiliary, genotypes.DrNAS_imagenet)
+        size = 224 if auxiliary else 64  # the auxiliary head is sized for 224x224 (a 7x7 map); without it 64 px suffice
+        logits, logits_aux = net(torch.randn(2, 3, size, size))
+        assert logits.shape == (2, 7) and ((logits_aux.shape == (2, 7)) if auxiliary else logits_aux is None)
+        return
     net = model.NetworkCIFAR(8, 10, 5, auxiliary, genotypes.DrNAS_cifar10)
     net.drop_path_prob = 0.2
     logits, logits_aux = net(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 10)
+    assert logits.shape == (2, 10) and ((logits_aux.shape == (2, 10)) if auxiliary else logits_aux is None)
     if auxiliary:
-        assert logits_aux.shape == (2, 10)
         (logits.sum() + logits_aux.sum()).backward()
         assert all(p.grad is not None for p in net.parameters())
-    else:
-        assert logits_aux is None
     net.eval()
     assert net(torch.randn(2, 3, 32, 32))[1] is None  # no auxiliary output at test time
-
-
-@pytest.mark.parametrize("auxiliary", [False, True])
-def test_imagenet_forward_shapes(load_space, auxiliary):
-    model, genotypes = load_space("DARTS-space", "model", "genotypes")
-    torch.manual_seed(0)
-    net = model.NetworkImageNet(8, 7, 5, auxiliary, genotypes.DrNAS_imagenet)
-    size = 224 if auxiliary else 64  # the auxiliary head is sized for 224x224 (a 7x7 map); without it 64 pixels suffice
-    logits, logits_aux = net(torch.randn(2, 3, size, size))
-    assert logits.shape == (2, 7) and ((logits_aux.shape == (2, 7)) if auxiliary else logits_aux is None)
 
 
 def test_drop_path_on_cpu(load_space):

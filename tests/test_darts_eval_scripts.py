@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_DARTS_TRAIN, popen_script, run_script
+from conftest import TINY_DARTS_TRAIN, popen_script, read_history, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
 TINY = "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 --batch_size 16 --learning_rate 0.05"
@@ -18,10 +18,6 @@ TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "
 
 def _checkpoint(run_dir):
     return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-
-def _history(run_dir):
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
 def _assert_same_state(a, b):
@@ -50,7 +46,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
 
     log = (straight / "log.txt").read_text()
     assert re.search(r"param count = \d+ \(", log)
-    history = _history(straight)
+    history = read_history(straight)
     assert [h["epoch"] for h in history] == [0, 1]
     # DARTS' drop-path ramp drop_path_prob * epoch / epochs (default 0.3) and the cosine learning rate to 0.
     assert [h["drop_path_prob"] for h in history] == pytest.approx([0.0, 0.3 * 1 / 2])
@@ -64,7 +60,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     _assert_same_state(a["model"], b["model"])
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
-    assert [h["test_acc"] for h in _history(resumed)] == [h["test_acc"] for h in history]
+    assert [h["test_acc"] for h in read_history(resumed)] == [h["test_acc"] for h in history]
     assert "resumed from" in (resumed / "log.txt").read_text()
 
 
@@ -97,7 +93,7 @@ def _run_torchrun(tmp_path, script, *args):
     files = "args.json best.pt checkpoint.pt genotype.json history.jsonl log.txt run.lock scripts tb"
     assert sorted(p.name for p in run_dir.iterdir()) == files.split(), "one set of files, written once (by rank 0)"
     # The epoch's summary line (its progress lines are "epoch 1/1 step ..."), once.
-    assert log.count("epoch 1/1 lr ") == 1 and log.count("param count") == 1 and len(_history(run_dir)) == 1
+    assert log.count("epoch 1/1 lr ") == 1 and log.count("param count") == 1 and len(read_history(run_dir)) == 1
     assert "2 process(es)" in log
     return run_dir
 

@@ -1,6 +1,7 @@
 """The DrNAS method in the DARTS space, as a specification."""
 
 import argparse
+import functools
 import math
 import pickle
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import write_tiny_cifar
+from conftest import flat, image_batch, write_tiny_cifar
 from loop_run import LoopRun
 
 pytestmark = pytest.mark.quick
@@ -19,9 +20,7 @@ C, LAYERS, SIZE = 4, 3, 16
 CONV_OPS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 
 
-def batch(n=2, seed=0, size=SIZE, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=gen).to(dtype), torch.randint(10, (n,), generator=gen)
+batch = functools.partial(image_batch, size=SIZE)
 
 
 def arch_args(**kw):
@@ -30,10 +29,6 @@ def arch_args(**kw):
         "arch_learning_rate": 6e-4,
     }  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
-
-
-def flat(params):
-    return torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
 
 def concentration_by_hand(beta):

@@ -5,7 +5,7 @@ import argparse
 import pytest
 import torch
 
-from conftest import forbid_host_reads
+from conftest import forbid_host_reads, image_batch
 
 pytestmark = pytest.mark.quick
 
@@ -18,9 +18,8 @@ def arch_args(**kw):
     return argparse.Namespace(**{**base, **kw})
 
 
-def batch(n=2, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, SIZE, SIZE, generator=gen), torch.randint(10, (n,), generator=gen)
+def batch(seed=0):
+    return image_batch(2, SIZE, seed)
 
 
 def test_arch_parameters_registered_and_excluded(load_space):

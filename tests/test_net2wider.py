@@ -12,14 +12,6 @@ SPACES = ["201-space", "DARTS-space"]
 PUBLIC = ["Moved", "expand", "grow_index", "widen_conv", "widen_bn"]
 
 
-def _widened_op(load_space, space, C):
-    """A search-cell op with a dense conv of `space`, and its call: 201 nor_conv_3x3, DARTS dil_conv_3x3."""
-    operations = load_space(space, "operations")
-    if space == "201-space":
-        return operations.OPS["nor_conv_3x3"](C, C, 1, False)
-    return operations.search_op("dil_conv_3x3", C, 1)
-
-
 def test_same_public_api_in_both_folders(load_space):
     signatures = []
     for space in SPACES:
@@ -127,9 +119,13 @@ def test_expand_carries_momentum_with_the_parameters_channels(load_space, space)
 @pytest.mark.parametrize("space", SPACES)
 def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, space):
     """201 nor_conv_3x3, DARTS dil_conv_3x3: zeros on the new input channels leave the old outputs unchanged."""
-    n2w = load_space(space, "runkit.net2wider")
+    n2w, operations = load_space(space, "runkit.net2wider", "operations")
     torch.manual_seed(0)
-    op = _widened_op(load_space, space, 4)
+    op = (
+        operations.OPS["nor_conv_3x3"](4, 4, 1, False)
+        if space == "201-space"
+        else operations.search_op("dil_conv_3x3", 4, 1)
+    )
     x = torch.randn(2, 4, 6, 6)
     for _ in range(2):
         op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import TINY_201, TINY_DARTS_TRAIN
+from conftest import TINY_201, TINY_DARTS_TRAIN, read_history
 
 pytestmark = pytest.mark.quick
 
@@ -78,10 +78,6 @@ def capture_models(monkeypatch, search):
     return built, widenings
 
 
-def history(run_dir):
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-
-
 def assert_trained(model, arch_before, column, n_ops):
     """The new op is in every edge of the supernet, received a gradient, and its architecture column moved."""
     ops = new_ops(model)
@@ -111,7 +107,7 @@ def assert_widened(widenings, model):
 
 
 def train_losses(run_dir):
-    losses = [h["train_loss"] for h in history(run_dir)]
+    losses = [h["train_loss"] for h in read_history(run_dir)]
     assert losses and all(math.isfinite(loss) for loss in losses)
     return losses
 
@@ -134,37 +130,30 @@ def conv_bn_params(op):
 SEARCH_201 = [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"]
 
 
-def test_201_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
-    genotypes, _, search, train_search = with_new_op("201-space", "train_search", "train_search")
-    built, _ = capture_models(monkeypatch, search)
-    run_dir = tmp_path / "run"
-    train_search.main([*SEARCH_201, "--epochs", "2", "--save", str(run_dir)])
-    train_losses(run_dir)
-    model, beta = built[0]
-    column = genotypes.PRIMITIVES.index(NEW["201-space"][0])
-    ops = assert_trained(model, beta, column, 6)
-    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
-    saved = json.loads((run_dir / "genotype.json").read_text())["arch"]
-    assert genotypes.Structure.from_str(saved) == model.genotype()
-
-
-def test_201_progressive_search_widens_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
-    genotypes, _, search, progressive = with_new_op("201-space", "train_search", "train_search_progressive")
+@pytest.mark.parametrize("script", ["train_search", "train_search_progressive"])
+def test_201_search_trains_and_the_progressive_one_widens_a_plain_op(
+    with_new_op, tmp_path, monkeypatch, restore_logging, script
+):
+    genotypes, _, search, module = with_new_op("201-space", "train_search", script)
     built, widenings = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
     stages = ["--stage_epochs", "1", "1", "--warmup_epochs", "0", "--stage_k", "4", "2", "--stage_keep", "6", "6"]
-    progressive.main([*SEARCH_201, *stages, "--save", str(run_dir)])
-    assert [h["stage"] for h in history(run_dir)] == [0, 1]
+    progressive = script == "train_search_progressive"
+    module.main([*SEARCH_201, *(stages if progressive else ["--epochs", "2"]), "--save", str(run_dir)])
     train_losses(run_dir)
     model, beta = built[0]
-    assert model.k == 2
-    assert_widened(widenings, model)
     ops = assert_trained(model, beta, genotypes.PRIMITIVES.index(NEW["201-space"][0]), 6)
+    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
+    if not progressive:
+        saved = json.loads((run_dir / "genotype.json").read_text())["arch"]
+        assert genotypes.Structure.from_str(saved) == model.genotype()
+        return
+    assert [h["stage"] for h in read_history(run_dir)] == [0, 1] and model.k == 2
+    assert_widened(widenings, model)
     for cell in model.search_cells():
         for edge in cell.edges:
             (op,) = [op for op in edge.ops.values() if isinstance(op, Conv5x5)]
             assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
-    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
 
 
 def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging):
@@ -237,7 +226,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
 
 SEARCH_DARTS = "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2"
 SEARCH_DARTS = (SEARCH_DARTS + " --stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100").split()
-SEARCH_DARTS += ["--device", "cpu", "--workers", "0"]
+SEARCH_DARTS += ["--device", "cpu", "--workers", "0", "--image_size", "16"]
 
 
 @pytest.mark.parametrize("order", ["first", "unrolled"])
@@ -246,7 +235,7 @@ def test_darts_progressive_search_with_a_plain_op(with_new_op, tmp_path, monkeyp
     built, widenings = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
     train_search.main([*SEARCH_DARTS, *(["--unrolled"] if order == "unrolled" else []), "--save", str(run_dir)])
-    assert [h["stage"] for h in history(run_dir)] == [0, 1]
+    assert [h["stage"] for h in read_history(run_dir)] == [0, 1]
     train_losses(run_dir)
     model, arch = built[0]
     assert model.k == 2
@@ -280,7 +269,7 @@ def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore
     # Two epochs: the second one drops paths, the new op's included.
     argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--arch", str(path), "--epochs", "2"]
     train.main([*argv, "--save", str(run_dir)])
-    assert len(train_losses(run_dir)) == 2 and history(run_dir)[-1]["drop_path_prob"] > 0
+    assert len(train_losses(run_dir)) == 2 and read_history(run_dir)[-1]["drop_path_prob"] > 0
     (net,) = nets
     ops = new_ops(net)
     assert len(ops) == 3 * 3, "three edges in each of the three cells"

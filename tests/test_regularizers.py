@@ -12,7 +12,7 @@ SEARCH = {
     "201-space": [*TINY_201, "--epochs", "1", "--benchmark", "none"],
     "DARTS-space": (
         "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --device cpu --stage_epochs 1 1 --stage_k 4 2 "
-        "--warmup_epochs 0 --workers 0"
+        "--warmup_epochs 0 --workers 0 --image_size 16"
     ).split(),
 }
 

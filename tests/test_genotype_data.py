@@ -39,6 +39,18 @@ def test_other_data_set_and_size_says_so_in_one_line(load_space, tmp_path, space
     ]
 
 
+def test_same_images_at_another_size_name_the_searched_size(load_space, tmp_path, tiny_imagenet):
+    """A 201 cell searched on an image folder at 28 px, trained at the default 32 px: the line names the flag."""
+    folder = tiny_imagenet.resolve()
+    record = {"dataset": "imagefolder", "data": str(folder), "image_size": 28, "num_classes": 3}
+    genotype = write_genotype(load_space, tmp_path / "genotype.json", record, "201-space")
+    argv = ["--dataset", "imagefolder", "--data", folder]
+    assert train_notes(tmp_path, genotype, TRAIN["201-space"], "201-space", *argv) == [
+        f"--arch {genotype} was searched on imagefolder {folder} at 28 px; this run trains on imagefolder "
+        f"{folder} at 32 px; --image_size 28 trains at the searched size"
+    ]
+
+
 def test_train_imagenet_at_another_size_names_the_searched_size(load_space, tmp_path):
     record = {"dataset": "synthetic", "data": "/data", "image_size": 64, "num_classes": 10}
     genotype = write_genotype(load_space, tmp_path / "genotype.json", record)
@@ -58,10 +70,17 @@ def test_matching_data_says_nothing(load_space, tmp_path, space):
     assert train_notes(tmp_path, genotype, TRAIN[space], space) == []
 
 
-@pytest.mark.parametrize("spec", ["DrNAS_cifar10", "genotype.json"])
-def test_only_a_genotype_json_with_a_record_has_one(load_space, tmp_path, spec):
-    genotypes = load_space("DARTS-space", "genotypes")
+@pytest.mark.parametrize(
+    "space, spec", [("DARTS-space", "DrNAS_cifar10"), ("DARTS-space", "genotype.json"), ("201-space", "DrNAS"),
+                    ("201-space", DRNAS_201), ("201-space", "genotype.json")]
+)  # fmt: skip
+def test_only_a_genotype_json_with_a_record_has_one(load_space, tmp_path, space, spec):
+    genotypes = load_space(space, "genotypes")
     if spec == "genotype.json":  # written without a record, as train.py writes the cell it trained
-        spec = str(write_genotype(load_space, tmp_path / spec, None))
-    genotype, record = genotypes.load_genotype_and_data(spec)
-    assert genotype == genotypes.DrNAS_cifar10 and record is None
+        spec = str(write_genotype(load_space, tmp_path / spec, None, space))
+    if space == "201-space":
+        structure, record = genotypes.load_arch_and_data(spec)
+        assert str(structure) == DRNAS_201 and record is None
+    else:
+        genotype, record = genotypes.load_genotype_and_data(spec)
+        assert genotype == genotypes.DrNAS_cifar10 and record is None
