@@ -3,11 +3,10 @@
 First order: grad_beta L_val(w, beta). Second order (DARTS' approximation):
   w' = w - lr * (grad_w L_train(w) + momentum * m + wd * w)
   grad = grad_beta L_val(w', beta) - lr * H v,   v = grad_w' L_val(w', beta)
-with the Hessian-vector product H v = grad_beta grad_w L_train by central finite
-differences, eps = 0.01 / ||v||. The virtual step is taken in place on the model's own
-weights and undone afterwards, so it keeps partial channels and pruning as they are.
-Regularisers (`--reg_type`, the table `REGULARIZERS`): a term on beta added to the loss times
-`reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in the paper's code), `kl` = KL(Dir(alpha)||Dir(1)).
+with the Hessian-vector product H v = grad_beta grad_w L_train by central finite differences, eps = 0.01 / ||v||.
+The virtual step is taken in place on the model's own weights and undone afterwards, so it keeps partial channels
+and pruning as they are. Regularisers (`--reg_type`, the table `REGULARIZERS`): a term on beta added to the loss
+times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in the paper's code), `kl` = KL(Dir(alpha)||Dir(1)).
 """
 
 import contextlib
@@ -16,11 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the
-# architecture loss times --reg_scale. A new regulariser is one more entry.
+# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the architecture loss
+# times --reg_scale. A new regulariser is one more entry.
 REGULARIZERS = {
-    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the
-    # paper's code gives Adam, so the update is the paper's.
+    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the paper's code
+    # gives Adam, so the update is the paper's.
     "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
     # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
     "kl": lambda model: model.kl_regularizer(),
@@ -29,10 +28,7 @@ REGULARIZERS = {
 
 def regularizer_grads(model, reg_type, reg_scale, budget=None):
     """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`, plus the
-    `budget`'s term when given (`--cost`, see runkit/budget.py).
-
-    The terms do not depend on the weights, so they add to the first- or second-order gradient as they are.
-    """
+    `budget`'s term when given (`--cost`). They do not depend on the weights: they add to either order's gradient."""
     loss = reg_scale * REGULARIZERS[reg_type](model)
     if budget is not None:
         loss = loss + budget.term(model)
@@ -43,13 +39,9 @@ class Architect:
     """Owns the architecture optimizer and performs one architecture step."""
 
     def __init__(self, model, args, budget=None):
-        self.model = model
-        self.budget = budget  # the --cost term (runkit.budget.Budget), or None
-        self.momentum = args.momentum
-        self.weight_decay = args.weight_decay
-        self.unrolled = args.unrolled
-        self.reg_type = args.reg_type
-        self.reg_scale = args.reg_scale
+        self.model, self.budget = model, budget  # budget: the --cost term (runkit.budget.Budget), or None
+        self.momentum, self.weight_decay = args.momentum, args.weight_decay
+        self.unrolled, self.reg_type, self.reg_scale = args.unrolled, args.reg_type, args.reg_scale
         # No weight decay here: the regulariser is a term of the loss (REGULARIZERS).
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999))
 
@@ -68,14 +60,11 @@ class Architect:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    # ---------------------------------------------------------------- second order
-
     def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
-        weights = self.model.weights()
-        arch = self.model.arch_parameters()
+        weights, arch = self.model.weights(), self.model.arch_parameters()
         saved = [w.detach().clone() for w in weights]
-        # One draw of the mixing weights for every L_train evaluation: the finite
-        # difference below must compare the same function at w + eps v and w - eps v.
+        # One draw of the mixing weights for every L_train evaluation: the finite difference below must compare the
+        # same function at w + eps v and w - eps v.
         mix_train = self.model.arch_weights()  # (6, ops), graph back to beta
 
         # Virtual SGD step w' (as the weight optimizer would take it).
@@ -119,11 +108,8 @@ class Architect:
 
 @contextlib.contextmanager
 def batch_stats_only(model):
-    """BatchNorm layers normalise with batch statistics but leave their running statistics.
-
-    The architecture step sees validation batches and, for `--unrolled`, virtual
-    weights; the running statistics belong to the weights' training batches.
-    """
+    """BatchNorm layers normalise with batch statistics but leave their running statistics: the architecture step
+    sees validation batches and, for `--unrolled`, virtual weights; they belong to the weights' training batches."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for layer in layers:
         layer.track_running_stats = False  # in train mode: batch statistics, no update

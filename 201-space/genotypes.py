@@ -77,8 +77,8 @@ class Structure:
         return hash(str(self))
 
 
-# Named cells. ResNet is NAS-Bench-201's reference; DrNAS is the paper's search result
-# (94.36 / 73.51 / 46.34 test accuracy on CIFAR-10 / CIFAR-100 / ImageNet16-120).
+# Named cells. ResNet is NAS-Bench-201's reference; DrNAS is the paper's search result (94.36 / 73.51 / 46.34 test
+# accuracy on CIFAR-10 / CIFAR-100 / ImageNet16-120).
 ResNet = Structure.from_str("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|")
 DrNAS = Structure.from_str(
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -87,8 +87,7 @@ NAMED = {"ResNet": ResNet, "DrNAS": DrNAS}
 
 
 def save_genotype(genotype, path, data=None):
-    """Write a search's result as `{"arch": "|...|", **data}` (`data`: what it ran on, `DATA_KEYS`; see `load_arch`),
-    atomically: an interrupted write leaves the previous genotype.json."""
+    """Write a search's result as `{"arch": "|...|", **data}` (`data`: what it ran on, `DATA_KEYS`), atomically."""
     write_json(path, {"arch": str(genotype), **(data or {})})
 
 

@@ -1,16 +1,14 @@
 """The NAS-Bench-201 supernet searched by DrNAS (and DARTS, SNAS, GDAS for comparison).
 
-`Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual
-reduction blocks -> BN + ReLU -> global pool -> classifier. Each cell has 6 edges; each
-edge is a `MixedOp` over the ops of `PRIMITIVES`, applied to `C/k` of its channels
-(partial channels). The architecture parameters `beta` (6 edges x len(PRIMITIVES) ops) are one
-`nn.Parameter` of the model, shared by all cells.
+`Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual reduction blocks -> BN +
+ReLU -> global pool -> classifier. Each cell has 6 edges; each edge is a `MixedOp` over the ops of `PRIMITIVES`,
+applied to `C/k` of its channels (partial channels). The architecture parameters `beta` (6 edges x len(PRIMITIVES)
+ops) are one `nn.Parameter` of the model, shared by all cells.
 
-How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With
-`method="dirichlet"` (DrNAS) every training forward draws the mixing weights of all edges
-from Dir(elu(beta) + 1) in one reparameterised call, so gradients reach `beta` through
-the sample (paper Eq. 3-4); evaluation uses the Dirichlet mean. Ops pruned by the progressive
-search are host-side data (`kept`): they are deleted from the model and never evaluated.
+How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With `method="dirichlet"`
+(DrNAS) every training forward draws the mixing weights of all edges from Dir(elu(beta) + 1) in one reparameterised
+call, so gradients reach `beta` through the sample (paper Eq. 3-4); evaluation uses the Dirichlet mean. Ops pruned
+by the progressive search are host-side data (`kept`): they are deleted from the model and never evaluated.
 """
 
 import torch
@@ -22,21 +20,9 @@ from genotypes import EDGES, PRIMITIVES, Structure
 from operations import OPS, ResNetBasicBlock
 
 
-def channel_shuffle(x, groups):
-    """Interleave `groups` channel groups, (B, C, H, W) -> (B, C, H, W)."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
 def concentration(beta):
     """Dirichlet concentration alpha = elu(beta) + 1 > 0 (DrNAS Sec. 3.1)."""
     return F.elu(beta) + 1.0
-
-
-# ---------------------------------------------------------------- samplers (--method)
-# A sampler turns beta, gathered over the kept ops (last dim), into mixing weights of the same shape:
-# `sampler(beta, tau, training)`, tau the Gumbel temperature of the epoch (`gumbel_tau`), training the
-# module's mode. It runs in every forward: no host read of a tensor value (no .item(), no `if tensor`).
 
 
 def dirichlet_sampler(beta, tau, training):
@@ -48,8 +34,10 @@ def dirichlet_sampler(beta, tau, training):
     return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
 
 
-# --method: name -> sampler; a new sampler is one more entry, and the flag offers the keys. snas and gdas have
-# no deterministic weights: they draw in evaluation too.
+# --method: name -> sampler, `sampler(beta, tau, training)` turning beta gathered over the kept ops (last dim) into
+# mixing weights of the same shape (tau: the epoch's Gumbel temperature; training: the module's mode). It runs in
+# every forward: no host read of a tensor value (no .item(), no `if tensor`). A new sampler is one more entry, and
+# the flag offers the keys. snas and gdas have no deterministic weights: they draw in evaluation too.
 SAMPLERS = {
     "dirichlet": dirichlet_sampler,
     "darts": lambda beta, tau, training: F.softmax(beta, dim=-1),
@@ -66,9 +54,8 @@ def gumbel_tau(epoch, epochs, tau_max, tau_min):
 class MixedOp(nn.Module):
     """One edge: sum_o w_o * op_o(x[:, :C/k]), bypassed channels concatenated, then shuffled.
 
-    Any op of `OPS` takes part as `w * op(x)`. An op with the optional overrides of operations.py runs
-    through them instead: `forward_scaled` (the node's shared ReLU, the weight folded into its BatchNorm),
-    and `adds_nothing` (the zero op: skipped, it adds nothing to the sum nor to any gradient).
+    Any op of `OPS` takes part as `w * op(x)`, or through the optional overrides of operations.py: `forward_scaled`
+    (the node's shared ReLU, the weight folded into its BatchNorm) and `adds_nothing` (the zero op: skipped).
     """
 
     def __init__(self, C, k):
@@ -91,7 +78,9 @@ class MixedOp(nn.Module):
         out = sum(terms) if terms else torch.zeros_like(part)
         if self.k == 1:
             return out
-        return channel_shuffle(torch.cat([out, x[:, self.C // self.k :]], dim=1), self.k)
+        out = torch.cat([out, x[:, self.C // self.k :]], dim=1)
+        b, c, h, w = out.shape  # channel shuffle: interleave the k groups
+        return out.view(b, self.k, c // self.k, h, w).transpose(1, 2).reshape(b, c, h, w)
 
     def prune(self, kept):
         """Keep only the ops `kept` (PRIMITIVES indices); the others are deleted."""
@@ -154,8 +143,6 @@ class Network(nn.Module):
         self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]
         self._kept_index = {}
 
-    # ---------------------------------------------------------------- parameters
-
     def arch_parameters(self):
         return [self.beta]
 
@@ -167,8 +154,6 @@ class Network(nn.Module):
     def search_cells(self):
         return [m for m in self.cells if isinstance(m, Cell)]
 
-    # ---------------------------------------------------------------- mixing weights
-
     def kept_index(self):
         """(edges, kept) index tensor on beta's device, rebuilt only when `kept` changes."""
         key = (self.beta.device, tuple(map(tuple, self.kept)))
@@ -178,11 +163,8 @@ class Network(nn.Module):
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
-        """Mixing weights (edges, ops) for one forward, from the `method`'s sampler; pruned ops get exactly 0.
-
-        The sampler sees beta of the kept ops only; for the Dirichlet this is, by the aggregation property,
-        Dir(alpha) with pruned ops removed and the rest renormalised.
-        """
+        """Mixing weights (edges, ops) for one forward, from the `method`'s sampler; pruned ops get exactly 0. The
+        sampler sees beta of the kept ops only: for the Dirichlet, by aggregation, Dir(alpha) renormalised over them."""
         index = self.kept_index()  # (6, n)
         beta = self.beta.gather(1, index)  # (6, n), only the kept ops
         w = SAMPLERS[self.method](beta, self.tau, self.training)
@@ -202,10 +184,8 @@ class Network(nn.Module):
         return (alpha / alpha.sum(-1, keepdim=True) * edge_costs.gather(1, index)).sum()
 
     def forward(self, x, mix=None):
-        """Logits for x (B, 3, H, W), fp32 under `amp`; mixing weights are drawn unless given (edges, ops).
-
-        With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
-        """
+        """Logits for x (B, 3, H, W); mixing weights are drawn unless given (edges, ops). With `amp` the network runs
+        under bf16 autocast, the draw (before) and the logits in fp32."""
         if mix is None:
             mix = self.arch_weights()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -215,8 +195,6 @@ class Network(nn.Module):
             x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
             logits = self.classifier(x)
         return logits.float() if self.amp else logits  # the loss is taken in fp32
-
-    # ---------------------------------------------------------------- derived architecture
 
     def genotype(self):
         """Per edge the kept op with the largest beta, as a NAS-Bench-201 `Structure`."""
@@ -237,8 +215,6 @@ class Network(nn.Module):
             rows.append([round(p[kept.index(o)], 4) if o in kept else None for o in range(len(row))])
         return rows
 
-    # ---------------------------------------------------------------- progressive stages
-
     def prune(self, keep):
         """Keep the `keep` ops with the largest beta on every edge; delete the others.
 
@@ -246,9 +222,7 @@ class Network(nn.Module):
         search keeping fewer than all ops), beta is still 1e-3 * N(0, 1): the choice is random, fixed by the seed.
         """
         beta = self.beta.detach().cpu()
-        self.set_kept(
-            [sorted(sorted(kept, key=lambda o: -beta[e, o].item())[:keep]) for e, kept in enumerate(self.kept)]
-        )
+        self.set_kept([sorted(sorted(ops, key=lambda o: -beta[e, o].item())[:keep]) for e, ops in enumerate(self.kept)])
 
     def set_kept(self, kept):
         """Keep the ops `kept[e]` (indices into PRIMITIVES) on edge e of every cell."""

@@ -40,13 +40,10 @@ class ReLUConvBN(nn.Module):
         return F.batch_norm(x, mean, var, weight, bias, bn.training or bn.running_mean is None, bn.momentum, bn.eps)
 
     def widen(self, index, moved, generator=None):
-        """net2wider on input channels `index`; returns the output channels' index."""
-        conv = self.op[1]
         # Square convs (all of a search cell's) keep the input's channel map; otherwise the outputs grow in proportion.
-        out_index = index
-        if conv.in_channels != conv.out_channels:
-            out_index = grow_index(conv.out_channels, conv.out_channels * len(index) // conv.in_channels, generator)
-        self.op[1] = widen_conv(conv, index, out_index, moved)
+        C_in, C_out = self.op[1].in_channels, self.op[1].out_channels
+        out_index = index if C_in == C_out else grow_index(C_out, C_out * len(index) // C_in, generator)
+        self.op[1] = widen_conv(self.op[1], index, out_index, moved)
         self.op[2] = widen_bn(self.op[2], out_index, moved)
         return out_index
 

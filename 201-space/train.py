@@ -1,8 +1,7 @@
 """Train one NAS-Bench-201 cell from scratch with the benchmark's protocol.
 
-NAS-Bench-201 trains every cell at C=16, N=5 for 200 epochs: SGD with Nesterov
-momentum 0.9, learning rate 0.1 cosine-annealed to 0, weight decay 5e-4, batch 256,
-random crop and flip. These are the defaults here.
+NAS-Bench-201 trains every cell at C=16, N=5 for 200 epochs: SGD with Nesterov momentum 0.9, learning rate 0.1
+cosine-annealed to 0, weight decay 5e-4, batch 256, random crop and flip. These are the defaults here.
 
     cd 201-space
     python train.py --arch DrNAS --dataset cifar10        # benchmark: 94.36 % test accuracy
@@ -14,12 +13,11 @@ random crop and flip. These are the defaults here.
     python train.py --arch DrNAS --amp --compile   # bf16 and torch.compile (CUDA graphs on one GPU)
     python train.py --arch DrNAS --resume experiments/train-.../checkpoint.pt     # continue a run
 
-The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json,
-genotype.json (the cell trained), scripts/, tb/, history.jsonl, checkpoint.pt (every
-epoch and every `--checkpoint_minutes`, atomic) and best.pt (best test accuracy so far).
-SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume` continues
-from there. A search's genotype.json records the data it searched on: a run on other
-data, or at another image size, says so in one log line (and trains as it was told).
+The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json, genotype.json (the cell
+trained), scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and
+best.pt (best test accuracy so far). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
+continues from there. A search's genotype.json records the data it searched on: a run on other data, or at another
+image size, says so in one log line (and trains as it was told).
 """
 
 import argparse
@@ -45,12 +43,8 @@ def get_parser():
     data = add_data_arguments(parser, "train on")
     device_data.add_argument(data)
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--arch",
-        type=str,
-        default="DrNAS",
-        help=f"cell: a named one ({', '.join(NAMED)}), an architecture string, or a search's genotype.json",
-    )
+    cell = f"cell: a named one ({', '.join(NAMED)}), an architecture string, or a search's genotype.json"
+    model.add_argument("--arch", type=str, default="DrNAS", help=cell)
     model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
     model.add_argument("--layers", type=int, default=5, help="cells N per stage")
     optim = parser.add_argument_group("optimization")
@@ -66,14 +60,11 @@ def get_parser():
 
 
 def train(run, model, train_set, test_set, criterion, learning_rate, args):
-    """The training loop: per epoch `learning_rate(epoch)`, one SGD step per batch, then the test set.
-
-    Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no epoch left).
-    """
+    """The training loop: per epoch `learning_rate(epoch)`, one SGD step per batch, then the test set. Returns the
+    last epoch's record as history.jsonl holds it (None when a resumed run had no epoch left)."""
     device, resumed = run.dist.device, run.task_state()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
-    )
+    sgd = dict(momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, **sgd)
     if resumed is not None:  # the model's tensors were loaded (and checked) before the run folder existed
         optimizer.load_state_dict(resumed["optimizer"])
     if args.compile:  # in place: the optimiser and the checkpoints keep the same tensors
@@ -117,14 +108,8 @@ def finish(run, model, last):
         final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
     else:
         final = f"test acc {last['test_acc']:.2f} % after {last['epoch'] + 1} epochs (NAS-Bench-201's figure)"
-    logger.info(
-        "done: %s, %d params, %s; best test acc %.2f %% (epoch %d, chosen on the test set)",
-        model.genotype,
-        utils.count_parameters(model.parameters()),
-        final,
-        best["value"],
-        best["epoch"] + 1,
-    )
+    shown = (model.genotype, utils.count_parameters(model.parameters()), final, best["value"], best["epoch"] + 1)
+    logger.info("done: %s, %d params, %s; best test acc %.2f %% (epoch %d, chosen on the test set)", *shown)
 
 
 @utils.exits_cleanly

@@ -7,14 +7,12 @@
     python train_search.py --dataset imagefolder --data DIR   # your images: DIR/train/<class>/*, DIR/val/<class>/*
     python train_search.py --resume experiments/train_search-.../checkpoint.pt
 
-Each iteration takes an architecture step on a batch of the held-out half of the
-training set, then a weight step on a batch of the other half. The run directory
-(`--save`, or experiments/train_search-<time>) gets log.txt, args.json, scripts/, tb/,
-history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic),
-genotype.json (the current cell, every epoch) and, at the end, trajectory.png (the
-NAS-Bench-201 accuracy of the cells over the epochs, looked up in the shipped table
-unless `--benchmark` says otherwise). SIGTERM
-or SIGINT checkpoints the step in progress and exits 0; `--resume` continues from there.
+Each iteration takes an architecture step on a batch of the held-out half of the training set, then a weight step
+on a batch of the other half. The run directory (`--save`, or experiments/train_search-<time>) gets log.txt,
+args.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic),
+genotype.json (the current cell, every epoch) and, at the end, trajectory.png (the NAS-Bench-201 accuracy of the
+cells over the epochs, looked up in the shipped table unless `--benchmark` says otherwise). SIGTERM or SIGINT
+checkpoints the step in progress and exits 0; `--resume` continues from there.
 """
 
 import argparse
@@ -69,18 +67,8 @@ def get_parser(progressive=False, description=__doc__):
     optim.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clip of the weights")
     if not progressive:
         optim.add_argument("--epochs", type=int, default=100, help="search epochs")
-    add_search_flags(parser.add_argument_group("search"), progressive)
-    system = run_flags.add_run_arguments(parser, seed=2)
-    accel.add_amp_argument(system)
-    accel.add_compile_argument(system)
-    return parser
-
-
-def add_search_flags(group, progressive):
-    """The search group: the mixing method, k or the stage schedule, beta's optimizer and prior, the benchmark."""
-    group.add_argument(
-        "--method", type=str, default="dirichlet", choices=tuple(SAMPLERS), help="mixing weights from beta"
-    )
+    group = parser.add_argument_group("search")
+    group.add_argument("--method", default="dirichlet", choices=tuple(SAMPLERS), help="mixing weights from beta")
     if progressive:  # DrNAS Sec. 3.3: two stages, pruning and widening in between
         stage = dict(type=int, nargs=2)
         group.add_argument("--stage_epochs", **stage, default=[50, 50], metavar=("E1", "E2"), help="epochs per stage")
@@ -104,9 +92,10 @@ def add_search_flags(group, progressive):
     group.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=benchmark)
     samples = "architectures drawn from the Dirichlet each epoch and looked up in the benchmark"
     group.add_argument("--trajectory_samples", type=int, default=100, help=samples)
-
-
-# ---------------------------------------------------------------- stages
+    system = run_flags.add_run_arguments(parser, seed=2)
+    accel.add_amp_argument(system)
+    accel.add_compile_argument(system)
+    return parser
 
 
 def get_stages(args):
@@ -136,8 +125,7 @@ def get_stages(args):
 
 
 def build_model(args, num_classes, device, state=None):
-    """The supernet (--amp) of the first stage on `device`; when resuming, at the checkpoint's stage (k, kept ops)
-    with its tensors.
+    """The supernet (--amp) of the first stage on `device`, or of a resumed checkpoint's (k, kept ops, tensors).
 
     The first stage keeps its N1 ops per edge from the start: those with the largest beta at initialisation
     (`Network.prune`), a random choice fixed by --seed; with N1 = all ops (the default) it keeps them all.
@@ -175,30 +163,21 @@ def enter_stage(model, optimizer, stage, args):
     return new
 
 
-# ---------------------------------------------------------------- data and one step
-
-
 def split_search_data(train_data, train_portion):
-    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest.
-
-    An imagefolder training set comes in a seeded random order, so both parts hold every class.
-    """
+    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest (an
+    imagefolder training set comes in a seeded random order, so both parts hold every class)."""
     split = int(len(train_data) * train_portion)
     return Subset(train_data, range(split)), Subset(train_data, range(split, len(train_data)))
 
 
 def search_data(train_data, args, device):
-    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter.
-
-    Held on the device and augmented there when `--data_on_device` says so (see device_data).
-    """
+    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter, held on
+    the device and augmented there when `--data_on_device` says so (see device_data)."""
     train_part, valid_part = split_search_data(train_data, args.train_portion)
     on_device = device_data.use_device(args.data_on_device, train_data, device)
     kwargs = dict(device=device, on_device=on_device, workers=args.workers, pin_memory=device.type == "cuda")
-    streams = {
-        "train": device_data.stream(train_part, args.batch_size, args.seed, **kwargs),
-        "valid": device_data.stream(valid_part, args.batch_size, args.seed + 1, **kwargs),
-    }
+    streams = {"train": device_data.stream(train_part, args.batch_size, args.seed, **kwargs)}
+    streams["valid"] = device_data.stream(valid_part, args.batch_size, args.seed + 1, **kwargs)
     return streams, device_data.loader(valid_part, args.batch_size, device, on_device, args.workers)
 
 
@@ -216,9 +195,6 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
     return logits.detach(), loss.detach()
 
 
-# ---------------------------------------------------------------- the loop
-
-
 def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None, benchmark=None):
     """The search (DrNAS Algorithm 1), epoch by epoch: the stage switch, then per training batch an architecture
     step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell,
@@ -231,15 +207,9 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
     announced = None  # the stage whose line the log has
 
     def state():  # the script's part of every checkpoint
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "architect": architect.optimizer.state_dict(),
-            "stage": stage,
-            "kept": model.kept,
-            "k": model.k,
-            "genotype": str(model.genotype()),
-        }
+        optimizers = {"optimizer": optimizer.state_dict(), "architect": architect.optimizer.state_dict()}
+        cell = {"stage": stage, "kept": model.kept, "k": model.k, "genotype": str(model.genotype())}
+        return {"model": model.state_dict(), **optimizers, **cell}
 
     for epoch in run.epochs(epochs, len(streams["train"]), state, streams, watched=[model.beta]):
         index, arch_on = stage_at(stages, epoch)
@@ -247,14 +217,8 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
             stage, optimizer = index, enter_stage(model, optimizer, index, args)
         if stage != announced:  # the first epoch this process runs in the stage: stage 1, a resumed or a new one
             announced = stage
-            logger.info(
-                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
-                stage + 1,
-                len(stages),
-                model.k,
-                len(model.kept[0]),
-                utils.count_parameters(model.weights()),
-            )
+            shape = (stage + 1, len(stages), model.k, len(model.kept[0]), utils.count_parameters(model.weights()))
+            logger.info("stage %d/%d: k=%d, %d ops kept per edge, %d weights", *shape)
         if not arch_on:
             logger.info("epoch %d/%d: warm-up, weights only", epoch + 1, epochs)
         model.tau = gumbel_tau(epoch, epochs, args.tau_max, args.tau_min)
@@ -290,8 +254,7 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
 
 
 def finish(run, model, benchmark=None):
-    """After the last epoch: the final genotype in the log (genotype.json has it) and, with a benchmark,
-    trajectory.png."""
+    """After the last epoch: the final genotype in the log (genotype.json has it), with a benchmark trajectory.png."""
     run_dir = run.run_dir
     logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
     if benchmark is not None:
@@ -304,7 +267,8 @@ def main(argv=None, parser=None, script="train_search"):
     """A whole search: flags, data, model, then the loop (`parser`, `script`: train_search_progressive.py's)."""
     args = engine.parse_args(parser or get_parser(), SPACE, script, argv)
     run = engine.Run(args, SPACE, script, ranges=FLAG_RANGES)  # checks the flags and --resume; writes nothing
-    accel.check_flags(args, run.dist.device)
+    device = run.dist.device
+    accel.check_flags(args, device)
     get_stages(args)  # refuses inconsistent stage flags before any work
     state = run.task_state()
     benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
@@ -315,9 +279,8 @@ def main(argv=None, parser=None, script="train_search"):
     # What genotype.json records of the data, for train.py; before the seed, as reading an image may draw crops.
     data = data_record(args, train_data, num_classes)
     costs = cost_model(num_classes, data["image_size"])  # train.py's network for this data (its own seed)
-    term = budget.make_budget(args, costs, run.dist.device)  # refuses a --cost_target out of reach
+    term = budget.make_budget(args, costs, device)  # refuses a --cost_target out of reach
     utils.set_seed(args.seed)
-    device = run.dist.device
     streams, valid_loader = search_data(train_data, args, device)
     model = build_model(args, num_classes, device, state)
     if args.compile:  # in place, so the architect, the task and the checkpoints use the compiled network
@@ -332,9 +295,8 @@ def main(argv=None, parser=None, script="train_search"):
         logger.info("%s", train_data.summary)
     log_benchmark(benchmark, args)
     logger.info("%s", device_data.describe(streams["train"]))
-    logger.info(
-        "param count = %d weights + %d architecture", utils.count_parameters(model.weights()), model.beta.numel()
-    )
+    weights = utils.count_parameters(model.weights())
+    logger.info("param count = %d weights + %d architecture", weights, model.beta.numel())
     search(run, model, architect, optimizer, streams, valid_loader, args, data, costs, benchmark)
     finish(run, model, benchmark)
 

@@ -1,22 +1,16 @@
-"""The architecture update of DrNAS: Adam on beta, first order or DARTS second order.
+"""The architecture update of DrNAS: Adam on beta, first order or DARTS second order (not a script).
 
-`Architect(model, args).step(...)` takes one step on the architecture parameters with a
-held-out batch (its gradient clipped to `grad_clip` when given, as in the paper's ImageNet
-search). Regularisers (`--reg_type`, the table `REGULARIZERS`): a term on beta added to the
-loss times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in the paper's code), `kl` =
-KL(Dir(alpha) || Dir(1)).
+`Architect(model, args).step(...)` takes one step on the architecture parameters with a held-out batch (its gradient
+clipped to `grad_clip` when given, as in the paper's ImageNet search). Regularisers (`--reg_type`, the table
+`REGULARIZERS`): a term on beta added to the loss times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in
+the paper's code), `kl` = KL(Dir(alpha) || Dir(1)).
 
-First order (default): the gradient of the validation loss w.r.t. beta only, with the
-weights frozen for the pass, so no weight gradient is ever computed or stored.
-
-Second order (`--unrolled`, DARTS Eq. 7-8): with w' = w - lr * (g_train + momentum * m +
-wd * w), the gradient is grad_beta L_val(w', beta) - lr * H dw', where the Hessian-vector
-product H dw' is a central finite difference with eps = 0.01 / ||dw'|| and dw' =
-grad_w' L_val. It runs on the model itself (weights swapped in and out, BatchNorm
-statistics restored afterwards), so partial channels, `k` and pruned ops are simply
-those of the model: no copy is built and only the kept ops take part.
-
-Used by train_search.py and train_search_imagenet.py; not a script.
+First order (default): the gradient of the validation loss w.r.t. beta only, with the weights frozen for the pass,
+so no weight gradient is ever computed or stored. Second order (`--unrolled`, DARTS Eq. 7-8): with
+w' = w - lr * (g_train + momentum * m + wd * w), the gradient is grad_beta L_val(w', beta) - lr * H dw', where the
+Hessian-vector product H dw' is a central finite difference with eps = 0.01 / ||dw'|| and dw' = grad_w' L_val. It
+runs on the model itself (weights swapped in and out, BatchNorm statistics restored afterwards), so partial
+channels, `k` and pruned ops are those of the model: no copy is built and only the kept ops take part.
 """
 
 from contextlib import contextmanager
@@ -24,11 +18,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the
-# architecture loss times --reg_scale. A new regulariser is one more entry.
+# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the architecture loss
+# times --reg_scale. A new regulariser is one more entry.
 REGULARIZERS = {
-    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the
-    # paper's code gives Adam, so the update is the paper's.
+    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the paper's code
+    # gives Adam, so the update is the paper's.
     "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
     # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
     "kl": lambda model: model.kl_regularizer(),
@@ -37,10 +31,7 @@ REGULARIZERS = {
 
 def regularizer_grads(model, reg_type, reg_scale, budget=None):
     """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`, plus the
-    `budget`'s term when given (`--cost`, see runkit/budget.py).
-
-    The terms do not depend on the weights, so they add to the first- or second-order gradient as they are.
-    """
+    `budget`'s term when given (`--cost`). They do not depend on the weights: they add to either order's gradient."""
     loss = reg_scale * REGULARIZERS[reg_type](model)
     if budget is not None:
         loss = loss + budget.term(model)
@@ -49,12 +40,8 @@ def regularizer_grads(model, reg_type, reg_scale, budget=None):
 
 @contextmanager
 def frozen(params):
-    """Mark `params` as not requiring gradients for the duration of a pass.
-
-    Autograd then neither computes nor prepares weight gradients (every conv skips its
-    weight-gradient kernel, and the search's lean ops skip their recomputation): an
-    architecture gradient needs only the gradients w.r.t. activations and beta.
-    """
+    """Mark `params` as not requiring gradients for the duration of a pass: autograd then neither computes nor
+    prepares their gradients (convs skip their weight-gradient kernel, lean ops their recomputation)."""
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -69,19 +56,14 @@ class Architect:
     """One Adam step on `model.arch_parameters()` per call of `step`."""
 
     def __init__(self, model, args, budget=None, reduce_grads=None, grad_clip=None):
-        self.model = model
-        self.budget = budget  # the --cost term (runkit.budget.Budget), or None
+        self.model, self.budget = model, budget  # budget: the --cost term (runkit.budget.Budget), or None
         self.criterion = nn.CrossEntropyLoss()
-        self.unrolled = args.unrolled
-        self.reg_type = args.reg_type
-        self.reg_scale = args.reg_scale
-        self.momentum = args.momentum
-        self.weight_decay = args.weight_decay
-        # Called on the arch params after their gradient is formed (mean over DDP ranks).
-        self.reduce_grads = reduce_grads
-        # The paper's ImageNet search clips the architecture gradient (to --grad_clip)
-        # before the Adam step; its CIFAR search does not (None).
-        self.grad_clip = grad_clip
+        self.unrolled, self.reg_type, self.reg_scale = args.unrolled, args.reg_type, args.reg_scale
+        self.momentum, self.weight_decay = args.momentum, args.weight_decay
+        # reduce_grads: called on the arch params after their gradient is formed (mean over the torchrun ranks).
+        # grad_clip: the paper's ImageNet search clips the architecture gradient before the Adam step, its CIFAR
+        # search does not (None).
+        self.reduce_grads, self.grad_clip = reduce_grads, grad_clip
         # No weight decay here: the regulariser is a term of the loss (REGULARIZERS).
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999))
 
@@ -104,16 +86,13 @@ class Architect:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    # ------------------------------------------------------------ second order
-
     def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
-        model = self.model
-        weights = model.weights()
+        model, weights = self.model, self.model.weights()
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics
         original = [w.detach().clone() for w in weights]
 
-        # One draw of the mixing weights for the training loss, used by the virtual step and by both
-        # sides of the finite difference (fresh draws would swamp the tiny difference).
+        # One draw of the mixing weights for the training loss, used by the virtual step and by both sides of the
+        # finite difference (fresh draws would swamp the tiny difference).
         mix_train = model.arch_weights()  # (2, 14, n_kept), graph back to beta
         mix_fixed = mix_train.detach()
 
@@ -133,9 +112,8 @@ class Architect:
         grads = torch.autograd.grad(loss_valid, arch + weights)
         d_arch, d_weights = grads[: len(arch)], grads[len(arch) :]
 
-        # H dw' = grad_beta L_train(w + eps dw') - grad_beta L_train(w - eps dw'), / 2 eps.
-        # beta enters L_train only through the mixing weights, so differentiate w.r.t.
-        # the (fixed) draw and carry the difference back through the sampler once.
+        # H dw' = grad_beta L_train(w + eps dw') - grad_beta L_train(w - eps dw'), / 2 eps. beta enters L_train only
+        # through the mixing weights: differentiate w.r.t. the (fixed) draw, carry the difference back once.
         eps = 0.01 / torch.cat([d.reshape(-1) for d in d_weights]).norm()
         d_mix = []
         for sign in (1.0, -1.0):

@@ -21,9 +21,8 @@ SPACE = "DARTS"
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
 # fmt: off
-# The 7 DARTS ops searched by DrNAS. There is no 'none': DrNAS (like PC-DARTS' code)
-# searches without the zero op, so every derived edge is one of these. A genotype may use
-# exactly these ops (read when it is checked: an op added to the space is accepted too).
+# The 7 DARTS ops searched by DrNAS. There is no 'none': DrNAS (like PC-DARTS' code) searches without the zero op,
+# so every derived edge is one of these. A genotype may use exactly these ops (an op added to the space too).
 PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect",
               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
 
@@ -33,8 +32,7 @@ EDGES = [(node, index) for node in range(4) for index in range(2 + node)]
 
 # ---------------------------------------------------------------- published cells (two nodes a line)
 
-# DrNAS (Chen et al., ICLR 2021), progressive search on CIFAR-10:
-# 2.46 +- 0.03 % test error, 4.1M parameters (C=36, 20 cells).
+# DrNAS (Chen et al., ICLR 2021), progressive search on CIFAR-10: 2.46 +- 0.03 % test error, 4.1M parameters.
 DrNAS_cifar10 = Genotype(
     normal=[("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
             ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("dil_conv_5x5", 3)],
@@ -50,8 +48,7 @@ DrNAS_imagenet = Genotype(
             ("sep_conv_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1)],
     normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
 
-# DARTS first order (Liu et al., ICLR 2019): 3.00 % error (the paper rounds its size to
-# 3.3M; this released cell counts 3.17M at C=36, 20 cells).
+# DARTS first order (Liu et al., ICLR 2019): 3.00 % error (the paper rounds its size to 3.3M; this cell has 3.17M).
 DARTS_V1 = Genotype(
     normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
             ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
@@ -156,8 +153,7 @@ def genotype_from_dict(data):
 
 
 def save_genotype(genotype, path, data=None):
-    """Write a genotype as JSON (what `train.py --arch PATH` reads), with `data` (`DATA_KEYS`, what a search ran on),
-    atomically: an interrupted write leaves the previous genotype.json."""
+    """Write a genotype as JSON (what `train.py --arch` reads) with `data` (`DATA_KEYS`: what it ran on), atomically."""
     write_json(path, {**genotype_to_dict(genotype), **(data or {})})
 
 

@@ -45,10 +45,9 @@ class Cell(nn.Module):
         self.indices = [index for _, index in edges]
         self.ops = nn.ModuleList()
         # Drop path skips identities: dropping a skip connection would cut the gradient highway (as DARTS does).
-        self.is_identity, self.drop_in_place = [], []  # drop_in_place: see drop_path
-        # Several edges read the same state: the cell rectifies each state once for every op that leaves its
-        # first ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
-        self.takes_relu = []
+        # Several edges read the same state: the cell rectifies each state once for every op that leaves its first
+        # ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
+        self.is_identity, self.drop_in_place, self.takes_relu = [], [], []  # drop_in_place: see drop_path
         for name, index in edges:
             op = self.make_op(name, C, reduction, index)
             op = op.share_relu() if hasattr(op, "share_relu") else op
@@ -91,7 +90,7 @@ class AuxiliaryHead(nn.Module):
     def __init__(self, C, num_classes, pool_stride, final_bn):
         super().__init__()
         # The first ReLU is not in place: its input is the main path's, read again by later cells. Pool -> 2x2, then
-        # the 2x2 conv -> 1x1.
+        # the 2x2 conv -> 1x1 (`forward` pools larger inputs down to 1x1).
         layers = [nn.ReLU(inplace=False), nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False)]
         layers += [nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True)]
         layers += [nn.Conv2d(128, 768, 2, bias=False)] + ([nn.BatchNorm2d(768)] if final_bn else [])
@@ -99,7 +98,6 @@ class AuxiliaryHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x):
-        # The pooling is a no-op at the design sizes (1x1 already); it keeps larger inputs from failing.
         return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))  # (B, 768) -> classes
 
 
@@ -127,14 +125,11 @@ class _Network(nn.Module):
     def _build_cells(self, genotype, C_prev_prev, C_prev, C_curr, layers, reduction_prev, num_classes, aux_shape):
         # aux_shape: (pool stride, final BatchNorm) of the auxiliary head, see AuxiliaryHead.
         self.cells = nn.ModuleList()
-        # Reduction cells at 1/3 and 2/3 of the depth double the channels and halve H, W.
-        self.reduction_layers = (layers // 3, 2 * layers // 3)
         self.aux_layer = 2 * layers // 3
         C_aux = None
         for i in range(layers):
-            reduction = i in self.reduction_layers
-            if reduction:
-                C_curr *= 2
+            reduction = i in (layers // 3, 2 * layers // 3)  # double the channels and halve H, W
+            C_curr *= 2 if reduction else 1
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
@@ -201,9 +196,9 @@ def cost_model(num_classes, image_size, C=None, layers=None, imagenet=False):
     """The `budget.CostModel` of the network train.py builds (`imagenet`: train_imagenet.py's) for `num_classes`
     and `image_size` px inputs, without the auxiliary head (as `param_count`); C and layers default to theirs.
 
-    Each op of PRIMITIVES on each edge is counted as the module its cells build (`Cell.make_op`), on the state the
-    edge reads, and summed over the cells of its type; the fixed part is the rest of the network. Rows are the
-    `EDGES` of normal cells, then those of reduction cells; the derived cell keeps 2 of each node's incoming edges.
+    Each op of PRIMITIVES on each edge is counted as the module its cells build, on the state the edge reads, summed
+    over the cells of its type; the fixed part is the rest of the network. Rows are the `EDGES` of normal cells, then
+    of reduction cells; the derived cell keeps 2 of each node's incoming edges.
     """
     C, layers = C or (48 if imagenet else 36), layers or (14 if imagenet else 20)
     nodes = sorted({node for node, _ in EDGES})

@@ -1,17 +1,15 @@
 """The DARTS-space supernet of DrNAS with partial channels and progressive pruning.
 
-`Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed
-edges, output = concat of the 4 nodes) on the CIFAR stem or, with `imagenet=True`, on
-three stride-2 convolutions; both stems end at 3C channels (`stem_multiplier`). The architecture parameters are two
-`nn.Parameter`s `beta_normal`, `beta_reduce` of shape (14, len(PRIMITIVES)), so they live in
-`state_dict`; `arch_parameters()` returns them and `weights()` everything else.
+`Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed edges, output = concat of
+the 4 nodes) on the CIFAR stem or, with `imagenet=True`, on three stride-2 convolutions; both stems end at 3C
+channels. The architecture parameters `beta_normal`, `beta_reduce` (14, len(PRIMITIVES)) are `nn.Parameter`s of the
+model (`arch_parameters()`; `weights()` is everything else).
 
-How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With
-`method="dirichlet"` (DrNAS) every training forward draws the mixing weights of all edges of
-both cell types from Dir(elu(beta) + 1) in one reparameterised call (DrNAS Eq. 3); evaluation
-uses the Dirichlet mean. Progressive learning (DrNAS section 3.3): `prune(n)` keeps the n ops with
-the largest beta on every edge and deletes the others (they are never built or run
-again), `widen(k)` grows every op from C/k_old to C/k channels by net2wider.
+How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With `method="dirichlet"`
+(DrNAS) every training forward draws the mixing weights of all edges of both cell types from Dir(elu(beta) + 1) in
+one reparameterised call (DrNAS Eq. 3); evaluation uses the Dirichlet mean. Progressive learning (DrNAS section
+3.3): `prune(n)` keeps the n ops with the largest beta on every edge and deletes the others, `widen(k)` grows every
+op from C/k_old to C/k channels by net2wider.
 
     python -c "import model_search as m; print(m.Network(16, 10, 8, k=4).genotype())"
 """
@@ -27,21 +25,9 @@ from lean_ops import LeanMaxPool
 from operations import FactorizedReduce, ReLUConvBN, search_op
 
 
-def channel_shuffle(x, groups):
-    """Interleave the channels of `groups` equal groups (ShuffleNet): (B, C, H, W) -> same."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
 def concentration(beta):
     """Dirichlet concentration alpha = elu(beta) + 1 > 0 (DrNAS section 3.1)."""
     return F.elu(beta) + 1.0
-
-
-# ------------------------------------------------------------ samplers (--method)
-# A sampler turns beta, gathered over the kept ops (last dim), into mixing weights of the same shape:
-# `sampler(beta, tau, training)`, tau the Gumbel temperature of the epoch (`gumbel_tau`), training the
-# module's mode. It runs in every forward: no host read of a tensor value (no .item(), no `if tensor`).
 
 
 def dirichlet_sampler(beta, tau, training):
@@ -53,8 +39,10 @@ def dirichlet_sampler(beta, tau, training):
     return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
 
 
-# --method: name -> sampler; a new sampler is one more entry, and the flag offers the keys. snas and gdas have
-# no deterministic weights: they draw in evaluation too.
+# --method: name -> sampler, `sampler(beta, tau, training)` turning beta gathered over the kept ops (last dim) into
+# mixing weights of the same shape (tau: the epoch's Gumbel temperature; training: the module's mode). It runs in
+# every forward: no host read of a tensor value (no .item(), no `if tensor`). A new sampler is one more entry, and
+# the flag offers the keys. snas and gdas have no deterministic weights: they draw in evaluation too.
 SAMPLERS = {
     "dirichlet": dirichlet_sampler,
     "darts": lambda beta, tau, training: F.softmax(beta, dim=-1),
@@ -84,8 +72,8 @@ def check_k(C, layers, k, flag="--k"):
         raise UserError(f"--init_channels {C} must be even (the reduction preprocessing halves it)")
 
     def fits(q):
-        # Every cell's C/q must be whole; a reduction cell's C/q also feeds the two
-        # halves of FactorizedReduce (the identity op at stride 2), so it must be even.
+        # Every cell's C/q must be whole; a reduction cell's C/q also feeds the two halves of FactorizedReduce (the
+        # identity op at stride 2), so it must be even.
         return all(c % q == 0 and (not red or (c // q) % 2 == 0) for c, red in cell_channels(C, layers))
 
     if not fits(k):
@@ -106,9 +94,7 @@ class MixedOp(nn.Module):
 
     def __init__(self, C, stride, k, kept):
         super().__init__()
-        self.C = C
-        self.k = k
-        self.stride = stride
+        self.C, self.k, self.stride = C, k, stride
         self.kept = list(kept)  # indices into PRIMITIVES, host data
         self.ops = nn.ModuleList(search_op(PRIMITIVES[i], C // k, stride) for i in kept)
         # On a reduction edge the bypassed channels must shrink too.
@@ -118,15 +104,15 @@ class MixedOp(nn.Module):
         # x: (B, C, H, W); mix: (n_kept,) mixing weights of this edge.
         part = x.shape[1] // self.k
         x_part = x[:, :part]
-        # One ReLU for all the ops of the edge that expect it (each op would otherwise keep
-        # its own copy for the backward pass); the others take x itself.
+        # One ReLU for all the ops of the edge that expect it (each op would otherwise keep its own copy for the
+        # backward pass); the others take x itself.
         relu = F.relu(x_part) if any(op.expects_relu for op in self.ops) else None
-        # op(x, w) = w * op(x) (see operations.search_op).
         mixed = sum(op(relu if op.expects_relu else x_part, mix[i]) for i, op in enumerate(self.ops))
         if self.k == 1:
             return mixed
         out = torch.cat([mixed, self.bypass_pool(x[:, part:])], dim=1)  # (B, C, H', W')
-        return channel_shuffle(out, self.k)
+        b, c, h, w = out.shape  # channel shuffle (ShuffleNet): interleave the k groups
+        return out.view(b, self.k, c // self.k, h, w).transpose(1, 2).reshape(b, c, h, w)
 
     def prune(self, kept):
         """Keep only the ops `kept` (PRIMITIVES indices); the others are deleted."""
@@ -147,9 +133,7 @@ class Cell(nn.Module):
 
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k, kept):
         super().__init__()
-        self.reduction = reduction
-        self.steps = steps
-        self.multiplier = multiplier
+        self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         # The inputs are brought to C channels (and c_{k-2} to the resolution of c_{k-1}).
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
@@ -193,9 +177,7 @@ class Network(nn.Module):
         if method not in SAMPLERS:
             raise ValueError(f"method must be one of {tuple(SAMPLERS)}, not {method!r}")
         check_k(C, layers, k)
-        self.C, self.layers, self.steps = C, layers, steps
-        self.k = k
-        self.method = method
+        self.C, self.layers, self.steps, self.k, self.method = C, layers, steps, k, method
         self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         num_edges = sum(2 + i for i in range(steps))
         # kept[e]: the PRIMITIVES indices still searched on edge e (host data, see prune); the edges are the rows of
@@ -204,20 +186,13 @@ class Network(nn.Module):
 
         C_stem = stem_multiplier * C
         if imagenet:
-            # Three stride-2 convs take 224 px to 28 px and end at 3C channels (the paper's
-            # ImageNet supernet; its evaluation network ends its stems at C instead).
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(3, C_stem // 2, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(C_stem // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(C_stem // 2, C_stem, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(C_stem),
-            )
-            self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True),
-                nn.Conv2d(C_stem, C_stem, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(C_stem),
-            )
+            # Three stride-2 convs take 224 px to 28 px and end at 3C channels (the paper's ImageNet supernet; its
+            # evaluation network ends its stems at C instead).
+            def conv_bn(C_in, C_out):
+                return nn.Conv2d(C_in, C_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_out)
+
+            self.stem0 = nn.Sequential(*conv_bn(3, C_stem // 2), nn.ReLU(inplace=True), *conv_bn(C_stem // 2, C_stem))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), *conv_bn(C_stem, C_stem))
             reduction_prev = True  # stem0's output is at twice stem1's resolution
         else:
             self.stem0 = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
@@ -241,8 +216,6 @@ class Network(nn.Module):
         self._set_kept_index()
         self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
 
-    # ------------------------------------------------------------ parameters
-
     def arch_parameters(self):
         return [self.beta_normal, self.beta_reduce]
 
@@ -252,8 +225,8 @@ class Network(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def _set_kept_index(self):
-        # (2, 14, n_kept) PRIMITIVES indices per edge; a buffer so it follows .to(device),
-        # not persistent because `kept` itself is saved with the checkpoint.
+        # (2, 14, n_kept) PRIMITIVES indices per edge; a buffer so it follows .to(device), not persistent because
+        # `kept` itself is saved with the checkpoint.
         index = torch.tensor(self.kept, dtype=torch.long).view(2, len(self.kept) // 2, -1)
         self.register_buffer("kept_index", index.to(self.beta_normal.device), persistent=False)
 
@@ -263,16 +236,12 @@ class Network(nn.Module):
 
     def kept_concentrations(self):
         """alpha of the kept ops: (2, 14, n_kept) for (normal, reduce)."""
-        alpha = concentration(torch.stack([self.beta_normal, self.beta_reduce]))  # (2, 14, len(PRIMITIVES))
-        return alpha.gather(2, self.kept_index)
+        return concentration(self.kept_beta())
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
-        """Mixing weights of every edge from the `method`'s sampler, in one call: (2, 14, n_kept).
-
-        The sampler sees beta of the kept ops only; for the Dirichlet, sampling the kept ops equals sampling
-        all ops, zeroing the pruned ones and renormalising (aggregation property).
-        """
+        """Mixing weights of every edge from the `method`'s sampler, in one call: (2, 14, n_kept). For the Dirichlet,
+        sampling the kept ops equals sampling all ops, zeroing the pruned ones and renormalising (aggregation)."""
         return SAMPLERS[self.method](self.kept_beta(), self.tau, self.training)
 
     def kl_regularizer(self):
@@ -288,13 +257,9 @@ class Network(nn.Module):
         costs = edge_costs.view(2, -1, edge_costs.shape[-1]).gather(2, self.kept_index)
         return (alpha / alpha.sum(-1, keepdim=True) * costs).sum()
 
-    # ------------------------------------------------------------ forward
-
     def forward(self, x, mix=None):
-        """Logits (B, num_classes), fp32 under `amp`; `mix` (2, 14, n_kept) overrides the sampled weights.
-
-        With `amp` the network runs under bf16 autocast; the draw is taken before, in fp32.
-        """
+        """Logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights. With `amp` the network runs
+        under bf16 autocast, the draw (before) and the logits in fp32."""
         if mix is None:
             mix = self.arch_weights()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -310,8 +275,6 @@ class Network(nn.Module):
         for module in self.modules():
             if hasattr(module, "lean"):
                 module.lean = lean
-
-    # ------------------------------------------------------------ progressive learning
 
     def prune(self, keep):
         """Keep on every edge the `keep` kept ops with the largest beta; delete the rest.
@@ -337,8 +300,6 @@ class Network(nn.Module):
         self.k = k
         return moved
 
-    # ------------------------------------------------------------ derived architecture
-
     def genotype(self):
         """Per node the two incoming edges whose best kept op is strongest, then that op."""
 
@@ -357,10 +318,7 @@ class Network(nn.Module):
                 start += 2 + node
             return gene
 
-        concat = list(range(2, 2 + self.steps))
+        concat, half = list(range(2, 2 + self.steps)), len(self.kept) // 2
         return Genotype(
-            normal=parse(self.beta_normal, self.kept[: len(self.kept) // 2]),
-            normal_concat=concat,
-            reduce=parse(self.beta_reduce, self.kept[len(self.kept) // 2 :]),
-            reduce_concat=concat,
+            parse(self.beta_normal, self.kept[:half]), concat, parse(self.beta_reduce, self.kept[half:]), concat
         )

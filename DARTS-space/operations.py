@@ -1,26 +1,23 @@
 """Operations of the DARTS search space, each able to grow its channels (net2wider).
 
 `OPS[name](C, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the op. That is all a
-new op needs (with its name in `genotypes.PRIMITIVES`): the evaluation cells (`model.py`, `affine=True`) run it as it
-is, search cells (every op with `affine=False`, as the paper's supernet) mix it as `w * op(x)` (`search_op` wraps it
-in `Scaled`), and net2wider widens its convs and BatchNorms (`net2wider.widen_op`). Pools are followed by an
-affine-free BatchNorm, as in the paper's op table. The built-in ops add optional overrides:
+new op needs (with its name in `genotypes.PRIMITIVES`): evaluation cells (`model.py`, `affine=True`) run it as it is,
+search cells (`affine=False`, as the paper's supernet) mix it as `w * op(x)` (`search_op` wraps it in `Scaled`), and
+net2wider widens its convs and BatchNorms. Pools are followed by an affine-free BatchNorm, as in the paper's op table.
+The built-in ops add optional overrides:
 - `share_relu()`: the op drops its first ReLU and sets `expects_relu`; a cell then computes the ReLU of a state
   once for all the ops that read it (one saved activation instead of one per op);
-- `search_form()`: the op as search cells run it, `op(x, scale)` = `scale * op(x)` with its ReLU shared, the mixing
-  weight folded into its last BatchNorm, and memory-lean parts that recompute cheap intermediates in the backward
-  pass (lean_ops.py; the supernet's `use_lean_ops(False)`, `--lean_ops off`, runs them plainly);
-- `widen(index, moved, generator)`: net2wider (net2wider.py), where `index` (length C_new, starting with
-  `arange(C_old)`) names the old channel each new one copies; it returns the same for its outputs (`out_index`);
+- `search_form()`: `op(x, scale)` = `scale * op(x)` with its ReLU shared, the mixing weight folded into its last
+  BatchNorm, and memory-lean parts that recompute cheap intermediates in the backward pass (lean_ops.py;
+  `--lean_ops off` runs them plainly);
+- `widen(index, moved, generator)`: net2wider, where `index` (length C_new, starting with `arange(C_old)`) names
+  the old channel each new one copies; it returns the same for its outputs;
 - `drop_in_place = True`: the op's output is its own tensor that no backward pass reads (it ends in a BatchNorm),
   so drop path may scale it in place.
 
-Progressive search (DrNAS section 3.3) grows every op between stages from C/k_old to C/k_new channels, copying
-weights, not dividing them (as the paper's code), so a dense conv adds the share of every new input channel to its
-outputs. Fed zeros on the new input channels, every op but sep_conv (whose second half reads its first half's
-copies) keeps its old output channels and the conv ops' new ones copy theirs:
-`new_op(x_pad) == old_op(x)[:, out_index]`. On replicated inputs `x[:, index]` only per-channel ops (pools, skip at
-stride 1) keep their function; in the supernet the widened op reads new, real channels of the cell state.
+Widening copies weights rather than dividing them (as the paper's code), so a dense conv adds the share of every new
+input channel to its outputs: fed zeros on the new input channels, every op but sep_conv (whose second half reads
+its first half's copies) keeps its old outputs, `new_op(x_pad) == old_op(x)[:, out_index]`.
 
     python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
@@ -45,7 +42,6 @@ class ReLUConvBN(nn.Module):
         return self.bn(self.conv(self.relu(x)))  # (B, C_out, H / stride, W / stride)
 
     def widen(self, index, moved, generator=None):
-        """net2wider on input channels `index`; returns the output channels' index."""
         # Square convs keep the input's channel map; otherwise the outputs grow in proportion.
         C_in, C_out = self.conv.in_channels, self.conv.out_channels
         out_index = index if C_in == C_out else grow_index(C_out, C_out * len(index) // C_in, generator)
@@ -80,12 +76,10 @@ class DilConv(nn.Module):
         return normalize(self.bn, self.convs(self.relu(x)), scale)
 
     def share_relu(self):
-        """Leave the first ReLU to the caller, which hands in relu(x) (`expects_relu`)."""
         self.relu, self.expects_relu = nn.Identity(), True
         return self
 
-    def search_form(self):
-        """Shared ReLU, lean, `op(x, scale)` (the BatchNorm of a search op is a `MixBatchNorm`)."""
+    def search_form(self):  # the BatchNorm of a search op is a `MixBatchNorm`, taking the scale
         self.lean = True
         return self.share_relu()
 
@@ -111,8 +105,8 @@ class SepConv(nn.Module):
     def forward(self, x, scale=None):
         if not self.second.lean:
             return self.second(self.first(x), scale)
-        # Lean search version: the first BatchNorm and the ReLU between the halves run
-        # inside the second half's fused function, which recomputes their output.
+        # Lean search version: the first BatchNorm and the ReLU between the halves run inside the second half's fused
+        # function, which recomputes their output.
         bn = self.first.bn
         if bn.training:
             bn.num_batches_tracked.add_(1)
@@ -120,13 +114,11 @@ class SepConv(nn.Module):
         return normalize(self.second.bn, self.second.convs(hidden, bn), scale)
 
     def share_relu(self):
-        """Leave the first half's ReLU to the caller (`expects_relu`)."""
         self.first.share_relu()
         self.expects_relu = True
         return self
 
     def search_form(self):
-        """Shared ReLU, both halves lean, `op(x, scale)`."""
         self.first.lean = self.second.lean = True
         return self.share_relu()
 
@@ -254,10 +246,7 @@ OPS = {
 
 
 def search_op(name, C, stride):
-    """The search-cell version of `OPS[name](C, stride, False)`, called as `op(x, scale)` = `scale * OPS-op(x)`.
-
-    An op with `search_form()` runs in that form (ops with `expects_relu` then take the edge's shared ReLU(x);
-    memory-saving parts start `lean`, which the supernet's `use_lean_ops(False)` turns off); others get `Scaled`.
-    """
+    """The search-cell version of `OPS[name](C, stride, False)`, called as `op(x, scale)` = `scale * OPS-op(x)`: its
+    `search_form()` (lean parts on, until the supernet's `use_lean_ops(False)`), or else the op in `Scaled`."""
     op = OPS[name](C, stride, False)
     return op.search_form() if hasattr(op, "search_form") else Scaled(op)

@@ -8,12 +8,10 @@
     python train.py --dataset synthetic --layers 5 --init_channels 8 --epochs 2 --device cpu  # CPU smoke run
     python train.py --arch RUN/genotype.json --dataset imagefolder --data DIR --cutout   # your images
 
-The run directory (`--save`, or experiments/train-<time>) receives log.txt, args.json,
-genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every
-`--checkpoint_minutes`, atomic) and best.pt. SIGTERM or SIGINT checkpoints the step in
-progress and exits 0; `--resume` continues from there. `--max_steps_per_epoch` caps an
-epoch for smoke runs. A search's genotype.json records the data it searched on: a run on
-other data, or at another image size, says so in one log line (and trains as it was told).
+The run directory (`--save`, or experiments/train-<time>) receives log.txt, args.json, genotype.json, scripts/,
+tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and best.pt. SIGTERM or
+SIGINT checkpoints the step in progress and exits 0; `--resume` continues from there. A search's genotype.json
+records the data it searched on: a run on other data, or at another image size, says so in one log line.
 """
 
 import argparse
@@ -48,9 +46,8 @@ def add_arguments(parser, **default):
     model = parser.add_argument_group("model")
     cells = f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search"
     model.add_argument("--arch", type=str, default=default["arch"], help=cells)
-    model.add_argument(
-        "--init_channels", type=int, default=default["init_channels"], help="channels C of the first cells"
-    )
+    channels = "channels C of the first cells"
+    model.add_argument("--init_channels", type=int, default=default["init_channels"], help=channels)
     model.add_argument("--layers", type=int, default=default["layers"], help="number of cells")
     model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
     model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
@@ -58,9 +55,8 @@ def add_arguments(parser, **default):
     model.add_argument("--drop_path_prob", type=float, default=default["drop_path_prob"], help=drop)
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=default["epochs"], help="training epochs")
-    opt.add_argument(
-        "--batch_size", type=int, default=default["batch_size"], help="total batch size, split over torchrun processes"
-    )
+    batch = "total batch size, split over torchrun processes"
+    opt.add_argument("--batch_size", type=int, default=default["batch_size"], help=batch)
     opt.add_argument("--learning_rate", type=float, default=default["learning_rate"], help="initial SGD learning rate")
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     opt.add_argument("--weight_decay", type=float, default=default["weight_decay"], help="SGD weight decay")
@@ -99,13 +95,17 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
     epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
     dist, device, resumed = run.dist, run.dist.device, run.task_state()
-    counts = log_model(model, tuple(test_set[0][0].shape))  # recorded in every checkpoint, for report.py
+    # The parameters papers report (no auxiliary head) and the multiply-adds counted as NAS-Bench-201 counts FLOPs,
+    # recorded in every checkpoint for report.py.
+    counts = {"param_count": param_count(model), "flops": count_flops(model, tuple(test_set[0][0].shape))}
+    params, flops, head = counts["param_count"], counts["flops"], utils.count_parameters(model.parameters())
+    shown = (params, params / 1e6, head - params, flops, flops / 1e6)
+    logger.info("param count = %d (%.2fM), auxiliary head %d more; multiply-adds (FLOPs) = %d (%.2fM)", *shown)
     amp_dtype = accel.amp_dtype(device)
     # The loss scaler only matters for fp16, whose small range underflows gradients.
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
-    optimizer = torch.optim.SGD(
-        model.parameters(), args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
-    )
+    sgd = dict(momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, **sgd)
     if resumed is not None:  # the model's tensors were loaded (and checked) before the run folder existed
         optimizer.load_state_dict(resumed["optimizer"])
         scaler.load_state_dict(resumed["scaler"])
@@ -118,25 +118,19 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     per_rank, pin = args.batch_size // dist.world_size, device.type == "cuda"
     on_device = device_data.use_device(args.data_on_device, train_set, device)
     # One seeded permutation per pass, cut into per-rank shards: any rank count sees the same order.
-    batches = device_data.stream(
-        train_set, per_rank, args.seed, device, on_device, args.workers, True, dist.rank, dist.world_size, pin
-    )
+    shard = (True, dist.rank, dist.world_size, pin)
+    batches = device_data.stream(train_set, per_rank, args.seed, device, on_device, args.workers, *shard)
     # Test shards without padding, so the summed counts cover each test image once.
     test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world_size))
     test_loader = device_data.loader(test_shard, per_rank, device, on_device, args.workers)
     logger.info("%s", device_data.describe(batches))
-    steps = len(batches)  # the engine caps them at --max_steps_per_epoch
 
     def state():  # the script's part of every checkpoint
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            **counts,
-        }
+        optimizers = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+        return {"model": model.state_dict(), **optimizers, **counts}
 
     record = None
-    for epoch in run.epochs(args.epochs, steps, state, {"train": batches}, best="test_acc"):
+    for epoch in run.epochs(args.epochs, len(batches), state, {"train": batches}, best="test_acc"):
         # From the epoch number alone, so a resumed run uses the same value (DARTS ramp).
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
         lr = learning_rate(epoch)
@@ -157,40 +151,9 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     return record
 
 
-def log_searched_data(args, searched, test_set, num_classes):
-    """One log line when --arch was searched on other data, or at another size, than this run's (else none).
-
-    `searched`: the data record of the genotype.json (`genotypes.load_genotype_and_data`).
-    """
-    # Measured on the test set, whose images are not randomly cropped: reading one draws no random number.
-    line = data_common.data_difference(args.arch, searched, data_common.data_record(args, test_set, num_classes))
-    if line:
-        logger.info("%s", line)
-
-
-def log_model(model, input_size):
-    """Log and return the parameter count the papers report (no auxiliary head) and the multiply-adds for one input
-    of `input_size` (C, H, W), counted as NAS-Bench-201 counts FLOPs (`budget.count_flops`); the log adds the head's
-    parameters."""
-    count, flops = param_count(model), count_flops(model, input_size)
-    head = utils.count_parameters(model.parameters()) - count
-    logger.info(
-        "param count = %d (%.2fM), auxiliary head %d more; multiply-adds (FLOPs) = %d (%.2fM)",
-        count,
-        count / 1e6,
-        head,
-        flops,
-        flops / 1e6,
-    )
-    return {"param_count": count, "flops": flops}
-
-
 def finish(run, model, last):
-    """The last lines of a training run: replica agreement under torchrun, then the accuracies and memory.
-
-    `last`: the last epoch's record (`train`). Its test accuracy leads, as the paper reports it (so does
-    DARTS); the best epoch's follows, marked as chosen on the test set, which makes it optimistic.
-    """
+    """The last lines: replica agreement under torchrun, then the last epoch's test accuracy (`last`, the paper's
+    and DARTS' figure) and the best epoch's, marked as chosen on the test set (which makes it optimistic)."""
     dist, best = run.dist, run.best
     if dist.world_size > 1:
         diff = distributed.max_parameter_difference(model, dist)
@@ -200,13 +163,8 @@ def finish(run, model, last):
     else:
         epochs = last["epoch"] + 1
         final = f"test acc {last['test_acc']:.2f} % after {epochs} epochs (the paper's figure: the last epoch)"
-    logger.info(
-        "done: %s; best test acc %.2f %% (epoch %d, chosen on the test set), peak memory %.0f MB",
-        final,
-        best["value"] or 0.0,
-        best["epoch"] + 1,
-        utils.peak_memory_mb(dist.device),
-    )
+    shown = (final, best["value"] or 0.0, best["epoch"] + 1, utils.peak_memory_mb(dist.device))
+    logger.info("done: %s; best test acc %.2f %% (epoch %d, chosen on the test set), peak memory %.0f MB", *shown)
 
 
 def get_parser():
@@ -254,10 +212,9 @@ def main(argv=None, parser=None, script="train", lr_factor=None):
         accel.check_flags(args, run.dist.device, amp_needs_bf16=False)  # fp16 with a loss scaler without bf16
         utils.set_seed(args.seed + run.dist.rank)
         if not imagenet:
+            data = (args.dataset, args.data, args.cutout, args.cutout_length)
             train_set, test_set, num_classes = run.first_on_rank0(
-                lambda: datasets.get_datasets(
-                    args.dataset, args.data, args.cutout, args.cutout_length, image_size=args.image_size, seed=args.seed
-                )
+                lambda: datasets.get_datasets(*data, image_size=args.image_size, seed=args.seed)
             )
         # On the device before the optimizer exists, so resumed momentum lands there too.
         network = NetworkImageNet if imagenet else NetworkCIFAR
@@ -267,11 +224,15 @@ def main(argv=None, parser=None, script="train", lr_factor=None):
             utils.load_model_state(model, state["model"], args.resume)
         run.open(files={"genotype.json": lambda path: genotypes.save_genotype(genotype, path)})
         logger.info("genotype = %s", genotype)
-        log_searched_data(args, searched, test_set, num_classes)
+        # A cell searched on other data, or at another size, says so. Measured on the test set, whose images are not
+        # randomly cropped: reading one draws no random number.
+        this_data = data_common.data_record(args, test_set, num_classes)
+        other_data = data_common.data_difference(args.arch, searched, this_data)
+        if other_data:
+            logger.info("%s", other_data)
         if imagenet:
-            logger.info(
-                "%d training and %d test (val/) images in %d classes", len(train_set), len(test_set), num_classes
-            )
+            sizes = (len(train_set), len(test_set), num_classes)
+            logger.info("%d training and %d test (val/) images in %d classes", *sizes)
         elif args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", train_set.summary)
         # ImageNet: label smoothing in training only (the test set reports the plain cross-entropy), the paper's
@@ -283,8 +244,7 @@ def main(argv=None, parser=None, script="train", lr_factor=None):
                 return args.learning_rate * lr_factor(epoch, args)
             return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
 
-        last = train(run, model, train_set, test_set, criterion, learning_rate, args)
-        finish(run, model, last)
+        finish(run, model, train(run, model, train_set, test_set, criterion, learning_rate, args))
     finally:
         distributed.cleanup()
 

@@ -6,11 +6,9 @@
     torchrun --nproc_per_node 8 train_imagenet.py --auxiliary --data /data/imagenet --resume RUN/checkpoint.pt
     python train_imagenet.py --dataset synthetic --image_size 32 --layers 5 --init_channels 8 --epochs 1 --device cpu
 
-`--data` holds `train/` and `val/` with one sub-folder of images per class. The run
-directory (experiments/train_imagenet-<time>) is that of `train.py`: log.txt, args.json,
-genotype.json, scripts/, tb/, history.jsonl, checkpoint.pt (atomic, every epoch and every
-`--checkpoint_minutes`; SIGTERM checkpoints the step in progress) and best.pt. A cell
-searched on other data (a CIFAR search's genotype.json) says so in one log line, as in train.py.
+`--data` holds `train/` and `val/` with one sub-folder of images per class. The run directory
+(experiments/train_imagenet-<time>), checkpoints, preemption and resume are those of `train.py`; a cell searched on
+other data (a CIFAR search's genotype.json) says so in one log line, as there.
 """
 
 import argparse
@@ -36,24 +34,20 @@ def get_parser():
     return parser
 
 
-# The paper's linear decay takes a smaller slope over its last epochs, "because lr * 1/250
-# is relatively large" at the end of a straight line to 0.
-TAIL_EPOCHS = 5
-
-
 def lr_factor(epoch, args):
     """Multiplier of --learning_rate in `epoch` (0-based), as in the paper's code.
 
-    Warm-up (only for a batch above 256): (e + 1) / W for e < W. Then `linear`:
-    (E - 5 - e) / (E - 5) while E - e > 5, and (E - e) / (5 (E - 5)) in the last 5 epochs;
-    or `cosine`: (1 + cos(pi e / E)) / 2. Runs of 5 epochs or fewer shorten the tail to E - 1.
+    Warm-up (only for a batch above 256): (e + 1) / W for e < W. Then `linear`: (E - 5 - e) / (E - 5) while
+    E - e > 5, and (E - e) / (5 (E - 5)) in the last 5 epochs, a smaller slope "because lr * 1/250 is relatively
+    large" at the end of a straight line to 0; or `cosine`: (1 + cos(pi e / E)) / 2. Runs of 5 epochs or fewer
+    shorten the tail to E - 1.
     """
     if epoch < args.warmup_epochs and args.batch_size > 256:
         return (epoch + 1) / args.warmup_epochs
     E = args.epochs
     if args.lr_scheduler == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / E))
-    tail = min(TAIL_EPOCHS, E - 1)
+    tail = min(5, E - 1)
     if E - epoch > tail:
         return (E - tail - epoch) / (E - tail)
     return (E - epoch) / (tail * (E - tail))

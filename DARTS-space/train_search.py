@@ -15,19 +15,16 @@ edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights onl
     # your own images: DIR/train/<class>/* (searched on) and DIR/val/<class>/* (for train.py)
     python train_search.py --dataset imagefolder --data DIR --image_size 32
 
-`--train_portion` of the training images train the weights, the rest the architecture
-(and give the reported held-out accuracy). The run directory (`--save`, or
-experiments/train_search-<time>) receives log.txt, args.json, scripts/, tb/,
-history.jsonl, genotype.json (for train.py --arch) and checkpoint.pt (every epoch and
-every `--checkpoint_minutes`, atomic). SIGTERM or SIGINT checkpoints the step in progress
-and exits 0; `--resume` continues exactly, across the stage boundary too.
+`--train_portion` of the training images train the weights, the rest the architecture (and give the reported
+held-out accuracy). The run directory (`--save`, or experiments/train_search-<time>) receives log.txt, args.json,
+scripts/, tb/, history.jsonl, genotype.json (for train.py --arch) and checkpoint.pt (every epoch and every
+`--checkpoint_minutes`, atomic). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
+continues exactly, across the stage boundary too.
 
-Several processes (torchrun): every process takes its own shard of both data streams
-(`--batch_size` is the total, split evenly) and runs the same supernet. No DDP wrapper:
-after each weight backward the weight gradients are averaged over the ranks (one flat
-all-reduce), and after each architecture backward the beta gradients likewise, so every
-rank takes identical SGD and Adam steps. A DDP wrapper would fire its weight all-reduce
-hooks inside the architecture backward too, which needs no weight gradient at all.
+Under torchrun every process takes its own shard of both data streams (`--batch_size` is the total) and runs the
+same supernet. No DDP wrapper (its hooks would fire inside the architecture backward, which needs no weight
+gradient): the weight gradients, and beta's, are averaged over the ranks after each backward (one flat all-reduce),
+so every rank takes identical SGD and Adam steps.
 """
 
 import argparse
@@ -45,7 +42,7 @@ from torch.utils.data import Subset
 
 import datasets
 from architect import REGULARIZERS, Architect
-from genotypes import PRIMITIVES, SPACE, genotype_to_dict, save_genotype
+from genotypes import EDGES, PRIMITIVES, SPACE, genotype_to_dict, save_genotype
 from model import cost_model, cost_rows
 from model_search import SAMPLERS, Network, check_k, gumbel_tau
 
@@ -96,29 +93,21 @@ def add_arguments(parser):
     add_lean_ops_argument(system)
 
 
-def add_lean_ops_argument(group):
-    """`--lean_ops on|off`: the supernet's memory-saving ops (`Network.use_lean_ops`)."""
+def add_lean_ops_argument(group):  # also bench.py's
     lean = "memory-saving ops that recompute activations in the backward pass (off: plain ops, faster, more memory)"
     group.add_argument("--lean_ops", type=str, default="on", choices=("on", "off"), help=lean)
 
 
 def check_args(args, min_image_size=32):
-    """Refuse a flag out of range or inconsistent stage settings with one clear line, before any work.
-
-    `min_image_size`: the smallest --image_size the network takes (32 for the ImageNet supernet's /8 stem).
-    """
+    """Refuse a flag out of range, inconsistent stages or an --image_size below `min_image_size`, in one line."""
     run_flags.check_ranges(args, FLAG_RANGES)
-    n = len(args.stage_epochs)
-    if not (len(args.stage_k) == len(args.stage_keep) == n):
-        raise utils.UserError(
-            f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got "
-            f"{n}, {len(args.stage_k)}, {len(args.stage_keep)})"
-        )
+    counts = f"{len(args.stage_epochs)}, {len(args.stage_k)}, {len(args.stage_keep)}"
+    if not (len(args.stage_k) == len(args.stage_keep) == len(args.stage_epochs)):
+        raise utils.UserError(f"--stage_epochs, --stage_k and --stage_keep need one value per stage (got {counts})")
     keep, n_ops = args.stage_keep, len(PRIMITIVES)
     if any(not 1 <= count <= n_ops for count in keep) or keep != sorted(keep, reverse=True):
         raise utils.UserError(
-            f"--stage_keep {args.stage_keep}: each stage keeps 1..{n_ops} ops (the space has {n_ops}), "
-            "never more than before"
+            f"--stage_keep {keep}: each stage keeps 1..{n_ops} ops (the space has {n_ops}), never more than before"
         )
     if args.stage_k != sorted(args.stage_k, reverse=True):
         raise utils.UserError(f"--stage_k {args.stage_k}: k may only shrink from stage to stage (ops only widen)")
@@ -160,7 +149,7 @@ def enter_stage(model, optimizer, stage, args):
 
 
 def weight_step(model, optimizer, weights, x, y, grad_clip, dist=None):
-    """One SGD step of the weights on a training batch, gradient norm clipped; returns (logits, loss)."""
+    """One SGD step of the weights, gradient norm clipped; returns (logits, loss)."""
     optimizer.zero_grad(set_to_none=True)
     logits = model(x)
     loss = F.cross_entropy(logits, y)
@@ -180,11 +169,10 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 
 def build_model(args, num_classes, device, state=None, imagenet=False):
-    """The supernet (--amp, --lean_ops) of the first stage, its `--stage_keep` N1 ops per edge from the start;
-    when resuming, at the checkpoint's stage (k, kept ops) with its tensors.
+    """The supernet (--amp, --lean_ops) of the first stage, or of a resumed checkpoint's (k, kept ops, tensors).
 
-    Stage 1 keeps the N1 ops with the largest beta at initialisation (`Network.prune`): a random choice,
-    fixed by --seed and alike on every rank; with N1 = all ops (the default) it keeps them all.
+    Stage 1 keeps the N1 ops with the largest beta at initialisation (`Network.prune`): a random choice, fixed by
+    --seed and alike on every rank; with N1 = all ops (the default) it keeps them all.
     """
     accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
@@ -199,54 +187,40 @@ def build_model(args, num_classes, device, state=None, imagenet=False):
     return model
 
 
-def short_name(op):
-    """`sep_conv_3x3` -> `sep3x3`, `max_pool_3x3` -> `maxpool`, `skip_connect` -> `skip`."""
-    return op.replace("_conv_", "").replace("_pool_3x3", "pool").replace("_connect", "")
-
-
 def concentration_lines(model):
-    """One line per cell type: every edge (`input>node`) with the concentration of each kept op, or, for a
-    method other than the Dirichlet, its softmax(beta) over the kept ops."""
+    """One line per cell type: every edge (`input>node`) with the concentration of each kept op (`sep3x3=1.002`),
+    or, for a method other than the Dirichlet, its softmax(beta) over the kept ops."""
     if model.method == "dirichlet":
         name, values = "concentration", model.kept_concentrations().detach().cpu()  # (2, 14, n_kept)
     else:  # no concentration to show: beta read as softmax weights, the same layout
         name, values = "softmax(beta)", F.softmax(model.kept_beta().detach(), dim=-1).cpu()
-    edges = [(j, node) for node in range(2, 2 + model.steps) for j in range(node)]
+    short = [op.replace("_conv_", "").replace("_pool_3x3", "pool").replace("_connect", "") for op in PRIMITIVES]
     lines = []
     for t, cell_type in enumerate(("normal", "reduce")):
-        parts = [
-            f"{j}>{node} "
-            + " ".join(
-                f"{short_name(PRIMITIVES[op])}={a:.3f}"
-                for op, a in zip(model.kept[t * len(edges) + e], values[t, e].tolist())
-            )
-            for e, (j, node) in enumerate(edges)
-        ]
+        parts = []
+        for e, (node, j) in enumerate(EDGES):
+            pairs = zip(model.kept[t * len(EDGES) + e], values[t, e].tolist())
+            parts.append(f"{j}>{node + 2} " + " ".join(f"{short[op]}={a:.3f}" for op, a in pairs))
         lines.append(f"{name} {cell_type}: " + " | ".join(parts))
     return lines
 
 
 def search_data(train_data, valid_data, args, dist):
-    """This rank's streams of the weights' ("train") and the architecture's ("valid") batches, its shard of the
-    held-out images for the evaluation, and the steps per epoch."""
-    batch = args.batch_size // dist.world_size
-    on_device = device_data.use_device(args.data_on_device, train_data, dist.device)
-    shard = dict(device=dist.device, on_device=on_device, workers=args.workers, rank=dist.rank)
-    shard.update(world_size=dist.world_size, pin_memory=dist.device.type == "cuda")
+    """This rank's streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of its
+    shard of the held-out images for the evaluation."""
+    batch, device = args.batch_size // dist.world_size, dist.device
+    on_device = device_data.use_device(args.data_on_device, train_data, device)
+    shard = (device, on_device, args.workers, True, dist.rank, dist.world_size, device.type == "cuda")
     # Weights and architecture see disjoint images, each from a resumable stream of its own.
-    data = {
-        "train": device_data.stream(train_data, batch, args.seed, **shard),
-        "valid": device_data.stream(valid_data, batch, args.seed + 1, **shard),
-    }
+    data = {"train": device_data.stream(train_data, batch, args.seed, *shard)}
+    data["valid"] = device_data.stream(valid_data, batch, args.seed + 1, *shard)
     # This rank's shard of the held-out images, in order (padded to equal shards).
-    shard_order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
-    valid_loader = device_data.loader(Subset(valid_data, shard_order), batch, dist.device, on_device, args.workers)
-    return data, valid_loader
+    order = streams.EpochSampler(len(valid_data), args.seed, False, dist.rank, dist.world_size).order()
+    return data, device_data.loader(Subset(valid_data, order), batch, device, on_device, args.workers)
 
 
 def optimizers(model, args, dist, state=None, arch_grad_clip=None, term=None):
-    """SGD over the weights and the `Architect` (Adam over beta, with the `--cost` term), with a resumed run's
-    states."""
+    """SGD over the weights and the `Architect` (Adam over beta, with the `--cost` term), with a resumed run's state."""
     optimizer = sgd(model, args, args.learning_rate)
     reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
     # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
@@ -262,19 +236,13 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
     batch an architecture step on a held-out batch (after the stage's warm-up) and a weight step; the held-out
     accuracy, the cell and its concentrations. `data` goes into genotype.json beside the cell; with `costs` (a
     `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
-    dist, stages, resumed = run.dist, get_stages(args), run.task_state()
+    dist, device, stages, resumed = run.dist, run.dist.device, get_stages(args), run.task_state()
     stage = 0 if resumed is None else resumed["stage"]
 
     def state():  # the script's part of every checkpoint
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "architect": architect.optimizer.state_dict(),
-            "stage": stage,
-            "k": model.k,
-            "kept": model.kept,
-            "genotype": genotype_to_dict(model.genotype()),
-        }
+        optimizers = {"optimizer": optimizer.state_dict(), "architect": architect.optimizer.state_dict()}
+        cell = {"stage": stage, "k": model.k, "kept": model.kept, "genotype": genotype_to_dict(model.genotype())}
+        return {"model": model.state_dict(), **optimizers, **cell}
 
     epochs = sum(s.epochs for s in stages)
     announced = None  # the stage whose line the log has
@@ -284,14 +252,8 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
             stage, optimizer = index, enter_stage(model, optimizer, index, args)
         if stage != announced:  # the first epoch this process runs in the stage: stage 1, a resumed or a new one
             announced = stage
-            logger.info(
-                "stage %d/%d: k=%d, %d ops kept per edge, %d weights",
-                stage + 1,
-                len(stages),
-                model.k,
-                len(model.kept[0]),
-                utils.count_parameters(model.weights()),
-            )
+            shape = (stage + 1, len(stages), model.k, len(model.kept[0]), utils.count_parameters(model.weights()))
+            logger.info("stage %d/%d: k=%d, %d ops kept per edge, %d weights", *shape)
         lr = learning_rate(epoch, args)
         utils.set_lr(optimizer, lr)
         model.tau = gumbel_tau(epoch, epochs, args.tau_max, args.tau_min)
@@ -300,15 +262,13 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         warm = "" if arch_on else ", weights only (warm-up)"
         logger.info("epoch %d: stage %d, lr %.5f%s", epoch + 1, stage + 1, lr, warm)
         for _ in run.steps():
-            x, y = (t.to(dist.device, non_blocking=True) for t in next(streams["train"]))
-            valid_batch = None
-            if arch_on:  # the architecture's batch only when beta trains
-                valid_batch = tuple(t.to(dist.device, non_blocking=True) for t in next(streams["valid"]))
+            x, y = (t.to(device, non_blocking=True) for t in next(streams["train"]))
+            valid_batch = tuple(t.to(device, non_blocking=True) for t in next(streams["valid"])) if arch_on else None
             logits, loss = search_step(
                 model, architect, optimizer, weights, (x, y), valid_batch, lr, args.grad_clip, dist
             )
             run.update(logits, y, loss)
-        valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), dist.device).result(dist)
+        valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), device).result(dist)
         distributed.broadcast_parameters(model, dist)  # BatchNorm statistics of rank 0
         genotype = model.genotype()
         logger.info("genotype = %s", genotype)
@@ -329,36 +289,26 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
 def finish(run, model):
     """The last lines of a search: replica agreement under torchrun, the final genotype, where it is."""
     if run.dist.world_size > 1:
-        logger.info(
-            "replicas agree: max |param - rank 0 param| = %.3e", distributed.max_parameter_difference(model, run.dist)
-        )
+        diff = distributed.max_parameter_difference(model, run.dist)
+        logger.info("replicas agree: max |param - rank 0 param| = %.3e", diff)
     logger.info("final genotype = %s", model.genotype())
     if run.main:
-        logger.info(
-            "written to %s (genotype.json for train.py --arch), peak memory %.0f MB",
-            run.run_dir,
-            utils.peak_memory_mb(run.dist.device),
-        )
+        memory = utils.peak_memory_mb(run.dist.device)
+        logger.info("written to %s (genotype.json for train.py --arch), peak memory %.0f MB", run.run_dir, memory)
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     data = datasets.add_arguments(parser, "search on")
-    data.add_argument(
-        "--train_portion",
-        type=float,
-        default=0.5,
-        help="share of the training images for the weights; the rest updates the architecture",
-    )
+    portion = "share of the training images for the weights; the rest updates the architecture"
+    data.add_argument("--train_portion", type=float, default=0.5, help=portion)
     add_arguments(parser)
     return parser
 
 
 def load_data(args):
-    """(weights' images, architecture's images, classes, whole training set), split at --train_portion.
-
-    An imagefolder training set comes in a seeded random order, so both parts hold every class.
-    """
+    """(weights' images, architecture's images, classes, whole training set), split at --train_portion (an
+    imagefolder training set comes in a seeded random order, so both parts hold every class)."""
     full, _, num_classes = datasets.get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
     split = int(len(full) * args.train_portion)
     return Subset(full, range(split)), Subset(full, range(split, len(full))), num_classes, full
@@ -393,12 +343,8 @@ def main(argv=None, parser=None, script="train_search"):
         streams, valid_loader = search_data(train_data, valid_data, args, dist)
         run.open()
         if imagenet:
-            logger.info(
-                "%d images for the weights, %d for the architecture, %d classes",
-                len(train_data),
-                len(valid_data),
-                num_classes,
-            )
+            sizes = (len(train_data), len(valid_data), num_classes)
+            logger.info("%d images for the weights, %d for the architecture, %d classes", *sizes)
         elif args.dataset == "imagefolder":  # classes, image counts, normalisation
             logger.info("%s", full.summary)
         logger.info("%s", device_data.describe(streams["train"]))

@@ -1,11 +1,9 @@
 """Progressive DrNAS search in the DARTS space directly on ImageNet (DrNAS section 4).
 
-The paper searches a 14-cell, 48-channel network (three stride-2 stem convs ending at 3C
-channels) on 10 % of the ImageNet training images (weights) and 2.5 % (architecture),
-both with random resized crops and flips, batch 512, lr 0.5 with a 5-epoch linear
-warm-up, beta's gradient clipped to --grad_clip, partial channels k=6 then k=3, 7 then 4
-ops per edge, 25 + 25 epochs, seed 0. Write the subsets once with
-prepare_imagenet_subset.py, then:
+The paper searches a 14-cell, 48-channel network (three stride-2 stem convs ending at 3C channels) on 10 % of the
+ImageNet training images (weights) and 2.5 % (architecture), both with random resized crops and flips, batch 512,
+lr 0.5 with a 5-epoch linear warm-up, beta's gradient clipped to --grad_clip, partial channels k=6 then k=3, 7 then
+4 ops per edge, 25 + 25 epochs, seed 0. Write the subsets once with prepare_imagenet_subset.py, then:
 
     python prepare_imagenet_subset.py --imagenet /data/imagenet --out /data/imagenet_search
     torchrun --nproc_per_node 8 train_search_imagenet.py --data /data/imagenet_search
@@ -15,13 +13,10 @@ prepare_imagenet_subset.py, then:
         --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 \\
         --max_steps_per_epoch 2 --device cpu --workers 0
 
-`--data` holds `train/` (weights) and `val/` (architecture and the reported accuracy),
-one sub-folder per class. `--dataset synthetic` replaces them with two in-memory sets of
-`--image_size` images in 10 classes (256 for the weights, 128 for the architecture), for
-smoke runs. Flags, run directory (experiments/train_search_imagenet-<time>), preemption
-and resume are those of train_search.py, with the ImageNet defaults above. Under torchrun
-every process takes its own shard of both streams and the gradients of weights and beta
-are averaged over the ranks (see train_search.py); the replicas' agreement is logged at the end.
+`--data` holds `train/` (weights) and `val/` (architecture and the reported accuracy), one sub-folder per class.
+`--dataset synthetic` replaces them with two in-memory sets of `--image_size` images in 10 classes (256 for the
+weights, 128 for the architecture), for smoke runs. Flags, run directory (experiments/train_search_imagenet-<time>),
+preemption, resume and torchrun are those of train_search.py, with the ImageNet defaults above.
 """
 
 import argparse
@@ -37,18 +32,8 @@ def get_parser():
     folder = "folder with train/ (weights) and val/ (architecture) class folders"
     datasets.add_imagenet_arguments(parser, "../data/imagenet_search", folder)
     train_search.add_arguments(parser)
-    # The paper's ImageNet search.
-    parser.set_defaults(
-        batch_size=512,
-        learning_rate=0.5,
-        lr_warmup_epochs=5,
-        arch_learning_rate=6e-3,
-        init_channels=48,
-        layers=14,
-        stage_k=[6, 3],
-        workers=8,
-        seed=0,
-    )
+    paper = dict(batch_size=512, learning_rate=0.5, lr_warmup_epochs=5, arch_learning_rate=6e-3, stage_k=[6, 3])
+    parser.set_defaults(**paper, init_channels=48, layers=14, workers=8, seed=0)  # the paper's ImageNet search
     return parser
 
 
