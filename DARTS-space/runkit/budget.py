@@ -112,7 +112,7 @@ def make_budget(args, costs, device):
         return None
     unit = "million parameters" if args.cost == "params" else "million multiply-adds"
     low, high = (count / 1e6 for count in costs.bounds(args.cost))
-    reach = f"the cells of this space cost {low:.4f} to {high:.4f} {unit} in the network train.py trains"
+    reach = f"the cells of this space cost {low:.4f} to {high:.4f} {unit} in the network trained from them"
     if args.cost_target is None:
         raise UserError(f"--cost {args.cost} needs --cost_target T in millions; {reach}")
     if not low <= args.cost_target <= high:
