@@ -244,8 +244,9 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         record.update(valid_loss=valid["loss"], genotype=genotype)
         saved = dict(data or {})
         if costs is not None:  # exact figures of the derived cell and the surrogate's, in millions
-            record.update(budget.report(costs, cost_rows(cell), model))
-            saved["cost"] = costs.of(cost_rows(cell))
+            rows = cost_rows(cell)
+            record.update(budget.report(costs, rows, model))
+            saved["cost"] = costs.of(rows)
         if run.main:
             save_genotype(cell, run.run_dir / "genotype.json", saved)
         if benchmark is not None:

@@ -279,8 +279,9 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         record.update(genotype=genotype_to_dict(genotype), alpha_max=float(model.kept_concentrations().detach().max()))
         saved = dict(data or {})
         if costs is not None:  # exact figures of the derived cell and the surrogate's, in millions
-            record.update(budget.report(costs, cost_rows(genotype), model))
-            saved["cost"] = costs.of(cost_rows(genotype))
+            rows = cost_rows(genotype)
+            record.update(budget.report(costs, rows, model))
+            saved["cost"] = costs.of(rows)
         if run.main:
             save_genotype(genotype, run.run_dir / "genotype.json", saved)
         run.end_epoch(record)
