@@ -196,14 +196,15 @@ def tiny_imagenet(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` run where PyTorch sees a CUDA GPU and skip, saying so, everywhere else."""
-    if torch.cuda.is_available():
-        return
+    """Tests marked `cuda` run where PyTorch sees a CUDA GPU, all in one pytest-xdist worker (they share the GPU runs
+    of `cuda_runs`), and skip, saying so, everywhere else."""
     reason = f"no CUDA GPU: torch {torch.__version__} (CUDA {torch.version.cuda or 'none in this build'}) sees none; "
     reason += "these tests run on a GPU machine (.ci/gpu)"
     for item in items:
         if item.get_closest_marker("cuda") is not None:
-            item.add_marker(pytest.mark.skip(reason=reason))
+            item.add_marker(pytest.mark.xdist_group("cuda"))
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
