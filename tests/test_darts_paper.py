@@ -108,7 +108,7 @@ def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_
                 for j in range(2 + node):
                     edge = cell.edges[e]
                     assert edge.stride == (2 if cell.reduction and j < 2 else 1)
-                    out = edge(states[j], weights[e])
+                    out = edge(states[j], F.relu(states[j]), weights[e])
                     assert out.shape == (2, channels, size, size)
                     terms.append(out)
                     e += 1
