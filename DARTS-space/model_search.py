@@ -147,8 +147,7 @@ class Cell(nn.Module):
     def forward(self, s0, s1, mix):
         # mix: (14, n_kept) mixing weights, one row per edge in the order of self.edges.
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        # One ReLU per state of the channels the edges read, for all the ops that expect it (each would otherwise
-        # keep its own copy for the backward pass); none when no op expects it.
+        # One ReLU per state (of the C/k channels the edges read) for all the ops expecting it, not one per edge.
         part = states[1].shape[1] // self.edges[0].k
         relu = any(op.expects_relu for edge in self.edges for op in edge.ops)
         relus = [F.relu(h[:, :part]) if relu else None for h in states]
