@@ -1,9 +1,9 @@
 """The NAS-Bench-201 supernet searched by DrNAS (and DARTS, SNAS, GDAS for comparison).
 
 `Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual reduction blocks -> BN +
-ReLU -> global pool -> classifier. Each cell has 6 edges; each edge is a `MixedOp` over the ops of `PRIMITIVES`,
-applied to `C/k` of its channels (partial channels). The architecture parameters `beta` (6 edges x len(PRIMITIVES)
-ops) are one `nn.Parameter` of the model, shared by all cells.
+ReLU -> global pool -> classifier. Each cell has 6 edges; each edge is a `MixedOp` over its kept ops of `PRIMITIVES`,
+applied to `C/k` of its channels (partial channels), reading the ReLU of its node that the cell computes once. The
+architecture parameters `beta` (6 edges x len(PRIMITIVES) ops) are one `nn.Parameter` of the model, shared by all cells.
 
 How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With `method="dirichlet"`
 (DrNAS) every training forward draws the mixing weights of all edges from Dir(elu(beta) + 1) in one reparameterised
@@ -52,47 +52,45 @@ def gumbel_tau(epoch, epochs, tau_max, tau_min):
 
 
 class MixedOp(nn.Module):
-    """One edge: sum_o w_o * op_o(x[:, :C/k]), bypassed channels concatenated, then shuffled.
+    """One edge: sum_o w_o * op_o(x[:, :C/k]) over the kept ops, bypassed channels concatenated, then shuffled.
 
     Any op of `OPS` takes part as `w * op(x)`, or through the optional overrides of operations.py: `forward_scaled`
-    (the node's shared ReLU, the weight folded into its BatchNorm) and `adds_nothing` (the zero op: skipped).
+    (the state's shared ReLU, the weight folded into its BatchNorm) and `adds_nothing` (the zero op: skipped).
     """
 
-    def __init__(self, C, k):
+    def __init__(self, C, stride, k, kept):
         super().__init__()
-        self.C, self.k = C, k
-        # Op name -> module; pruned ops are deleted, so they cost neither memory nor time.
-        self.ops = nn.ModuleDict({name: OPS[name](C // k, C // k, 1, False) for name in PRIMITIVES})
+        self.C, self.k, self.stride = C, k, stride
+        self.kept = list(kept)  # indices into PRIMITIVES, host data
+        self.ops = nn.ModuleList(OPS[PRIMITIVES[i]](C // k, C // k, stride, False) for i in kept)
 
     def forward(self, x, x_relu, mix):
-        # x, x_relu = relu(x): (B, C, H, W); mix: (num_ops,) mixing weights over PRIMITIVES (0 where pruned).
-        part = x[:, : self.C // self.k] if self.k > 1 else x
-        part_relu = x_relu[:, : self.C // self.k] if self.k > 1 else x_relu
-        terms = []  # w_o * op_o(x), in PRIMITIVES order
-        for name, op in self.ops.items():
+        # x: (B, C, H, W); x_relu = relu(x) (at least its first C/k channels), one per node; mix: (n_kept,) weights.
+        part = self.C // self.k
+        x_part, relu_part = (x[:, :part], x_relu[:, :part]) if self.k > 1 else (x, x_relu)
+        terms = []  # w_o * op_o(x), in the order of the kept ops
+        for op, w in zip(self.ops, mix):
             if getattr(op, "adds_nothing", False):
                 continue
-            w = mix[PRIMITIVES.index(name)]
             scaled = getattr(op, "forward_scaled", None)  # the op folds its weight in
-            terms.append(scaled(part, part_relu, w) if scaled is not None else w * op(part))
-        out = sum(terms) if terms else torch.zeros_like(part)
+            terms.append(scaled(x_part, relu_part, w) if scaled is not None else w * op(x_part))
+        mixed = sum(terms) if terms else torch.zeros_like(x_part)
         if self.k == 1:
-            return out
-        out = torch.cat([out, x[:, self.C // self.k :]], dim=1)
-        b, c, h, w = out.shape  # channel shuffle: interleave the k groups
+            return mixed
+        out = torch.cat([mixed, x[:, part:]], dim=1)  # (B, C, H, W)
+        b, c, h, w = out.shape  # channel shuffle (ShuffleNet): interleave the k groups
         return out.view(b, self.k, c // self.k, h, w).transpose(1, 2).reshape(b, c, h, w)
 
     def prune(self, kept):
         """Keep only the ops `kept` (PRIMITIVES indices); the others are deleted."""
-        kept_names = {PRIMITIVES[i] for i in kept}
-        for name in list(self.ops):
-            if name not in kept_names:
-                del self.ops[name]
+        position = {op_index: i for i, op_index in enumerate(self.kept)}
+        self.ops = nn.ModuleList(self.ops[position[i]] for i in kept)
+        self.kept = list(kept)
 
     def widen(self, k, generator, moved):
-        """net2wider every op from C/self.k to C/k channels (the same new channels for all)."""
+        """net2wider every op from C/k_old to C/k channels (the same new channels for all)."""
         index = grow_index(self.C // self.k, self.C // k, generator)
-        for op in self.ops.values():
+        for op in self.ops:
             widen_op(op, index, moved, generator)
         self.k = k
 
@@ -100,13 +98,13 @@ class MixedOp(nn.Module):
 class Cell(nn.Module):
     """NAS-Bench-201 search cell: node i = sum_{j<i} MixedOp_{i,j}(node j), output node 3."""
 
-    def __init__(self, C, k):
+    def __init__(self, C, k, kept):
         super().__init__()
-        self.edges = nn.ModuleList(MixedOp(C, k) for _ in EDGES)
+        self.edges = nn.ModuleList(MixedOp(C, 1, k, ops) for ops in kept)  # stride 1: no reduction in a cell
 
     def forward(self, x, mix):
-        # mix: (6, num_ops) mixing weights, one row per edge in EDGES order.
-        nodes, relus = [x], [F.relu(x)]  # one ReLU per node, shared by all its conv ops
+        # mix: (6, n_kept) mixing weights, one row per edge in EDGES order.
+        nodes, relus = [x], [F.relu(x)]  # one ReLU per node, shared by all the ops that read it
         for i in range(1, 4):
             node = sum(self.edges[e](nodes[j], relus[j], mix[e]) for e, (to, j) in enumerate(EDGES) if to == i)
             nodes.append(node)
@@ -126,12 +124,14 @@ class Network(nn.Module):
         self.C, self.N, self.num_classes, self.k, self.method = C, N, num_classes, k, method
         self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
+        # Host-side pruning state: indices into PRIMITIVES kept on each edge.
+        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         layers, C_prev = [], C
         for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
             if stage > 0:
                 layers.append(ResNetBasicBlock(C_prev, C_curr, 2))
-            layers += [Cell(C_curr, k) for _ in range(N)]
+            layers += [Cell(C_curr, k, self.kept) for _ in range(N)]
             C_prev = C_curr
         self.cells = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
@@ -139,8 +139,6 @@ class Network(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
         # DrNAS: beta ~ 1e-3 * N(0, 1), one row per edge, shared by all cells.
         self.beta = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(PRIMITIVES)))
-        # Host-side pruning state: indices into PRIMITIVES kept on each edge.
-        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]
         self._kept_index = {}
 
     def arch_parameters(self):
@@ -163,12 +161,9 @@ class Network(nn.Module):
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
-        """Mixing weights (edges, ops) for one forward, from the `method`'s sampler; pruned ops get exactly 0. The
-        sampler sees beta of the kept ops only: for the Dirichlet, by aggregation, Dir(alpha) renormalised over them."""
-        index = self.kept_index()  # (6, n)
-        beta = self.beta.gather(1, index)  # (6, n), only the kept ops
-        w = SAMPLERS[self.method](beta, self.tau, self.training)
-        return torch.zeros_like(self.beta).scatter(1, index, w)
+        """Mixing weights of the kept ops (6, n_kept) for one forward, from the `method`'s sampler in one call. For the
+        Dirichlet, sampling the kept ops equals sampling all ops, zeroing the pruned ones and renormalising."""
+        return SAMPLERS[self.method](self.beta.gather(1, self.kept_index()), self.tau, self.training)
 
     def kl_regularizer(self):
         """KL(Dir(alpha) || Dir(1)) summed over edges, over the kept ops (DrNAS Eq. 6)."""
@@ -184,7 +179,7 @@ class Network(nn.Module):
         return (alpha / alpha.sum(-1, keepdim=True) * edge_costs.gather(1, index)).sum()
 
     def forward(self, x, mix=None):
-        """Logits for x (B, 3, H, W); mixing weights are drawn unless given (edges, ops). With `amp` the network runs
+        """Logits for x (B, 3, H, W); mixing weights are drawn unless given (6, n_kept). With `amp` the network runs
         under bf16 autocast, the draw (before) and the logits in fp32."""
         if mix is None:
             mix = self.arch_weights()

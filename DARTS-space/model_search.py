@@ -2,8 +2,9 @@
 
 `Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed edges, output = concat of
 the 4 nodes) on the CIFAR stem or, with `imagenet=True`, on three stride-2 convolutions; both stems end at 3C
-channels. The architecture parameters `beta_normal`, `beta_reduce` (14, len(PRIMITIVES)) are `nn.Parameter`s of the
-model (`arch_parameters()`; `weights()` is everything else).
+channels. Each edge is a `MixedOp` over its kept ops of `PRIMITIVES`, applied to C/k of its channels, reading the ReLU
+of its state that the cell computes once. The architecture parameters `beta_normal`, `beta_reduce` (14,
+len(PRIMITIVES)) are `nn.Parameter`s of the model (`arch_parameters()`; `weights()` is everything else).
 
 How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With `method="dirichlet"`
 (DrNAS) every training forward draws the mixing weights of all edges of both cell types from Dir(elu(beta) + 1) in
@@ -17,7 +18,7 @@ op from C/k_old to C/k channels by net2wider.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from runkit.net2wider import grow_index
+from runkit.net2wider import grow_index, widen_op
 from runkit.utils import UserError
 
 from genotypes import PRIMITIVES, Genotype
@@ -86,10 +87,10 @@ def check_k(C, layers, k, flag="--k"):
 
 
 class MixedOp(nn.Module):
-    """One edge: sum_o w_o * op_o over the kept ops, applied to the first C/k channels.
+    """One edge: sum_o w_o * op_o(x[:, :C/k]) over the kept ops, bypassed channels concatenated, then shuffled.
 
-    The ops are `operations.search_op`s, each called as `op(x, w)` = `w * op(x)`: the built-in ops in
-    their search form (shared ReLU, weight folded into their last BatchNorm), any other op as it is.
+    The ops are `operations.search_op`s, each called as `op(x, w)` = `w * op(x)`: the built-in ops in their search
+    form (the state's shared ReLU when `expects_relu`, the weight folded into their last BatchNorm), others as they are.
     """
 
     def __init__(self, C, stride, k, kept):
@@ -100,14 +101,11 @@ class MixedOp(nn.Module):
         # On a reduction edge the bypassed channels must shrink too.
         self.bypass_pool = LeanMaxPool(2, 2) if stride == 2 else nn.Identity()
 
-    def forward(self, x, mix):
-        # x: (B, C, H, W); mix: (n_kept,) mixing weights of this edge.
-        part = x.shape[1] // self.k
-        x_part = x[:, :part]
-        # One ReLU for all the ops of the edge that expect it (each op would otherwise keep its own copy for the
-        # backward pass); the others take x itself.
-        relu = F.relu(x_part) if any(op.expects_relu for op in self.ops) else None
-        mixed = sum(op(relu if op.expects_relu else x_part, mix[i]) for i, op in enumerate(self.ops))
+    def forward(self, x, x_relu, mix):
+        # x: (B, C, H, W); x_relu = relu(x) (at least its first C/k channels; None if no op expects it); mix: (n_kept,)
+        part = self.C // self.k
+        x_part, relu_part = x[:, :part], None if x_relu is None else x_relu[:, :part]
+        mixed = sum(op(relu_part if op.expects_relu else x_part, w) for op, w in zip(self.ops, mix))
         if self.k == 1:
             return mixed
         out = torch.cat([mixed, self.bypass_pool(x[:, part:])], dim=1)  # (B, C, H', W')
@@ -124,7 +122,7 @@ class MixedOp(nn.Module):
         """net2wider every op from C/k_old to C/k channels (the same new channels for all)."""
         index = grow_index(self.C // self.k, self.C // k, generator)
         for op in self.ops:
-            op.widen(index, moved, generator)
+            widen_op(op, index, moved, generator)
         self.k = k
 
 
@@ -149,11 +147,16 @@ class Cell(nn.Module):
     def forward(self, s0, s1, mix):
         # mix: (14, n_kept) mixing weights, one row per edge in the order of self.edges.
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        # One ReLU per state (of the C/k channels the edges read) for all the ops expecting it, not one per edge.
+        part = states[1].shape[1] // self.edges[0].k
+        relu = any(op.expects_relu for edge in self.edges for op in edge.ops)
+        relus = [F.relu(h[:, :part]) if relu else None for h in states]
         offset = 0
-        for _ in range(self.steps):
-            node = sum(self.edges[offset + j](h, mix[offset + j]) for j, h in enumerate(states))
+        for i in range(self.steps):
+            node = sum(self.edges[offset + j](h, r, mix[offset + j]) for j, (h, r) in enumerate(zip(states, relus)))
             offset += len(states)
             states.append(node)
+            relus.append(F.relu(node[:, :part]) if relu and i < self.steps - 1 else None)  # the last feeds no edge
         return torch.cat(states[-self.multiplier :], dim=1)  # (B, multiplier * C, H, W)
 
 

@@ -68,8 +68,8 @@ def test_pruned_ops_are_deleted_and_never_called(load_space, method):
     calls, all_ops = {}, {}
     for cell_index, cell in enumerate(model.search_cells()):
         for e, edge in enumerate(cell.edges):
-            for name, op in edge.ops.items():
-                key = (cell_index, e, name)
+            for o, op in zip(edge.kept, edge.ops):
+                key = (cell_index, e, gt.PRIMITIVES[o])
                 all_ops[key], calls[key] = op, 0  # search cells call ops through forward_scaled or __call__
                 op.register_forward_hook(lambda mod, inp, out, key=key: calls.__setitem__(key, calls[key] + 1))
                 if hasattr(op, "forward_scaled"):
@@ -82,7 +82,7 @@ def test_pruned_ops_are_deleted_and_never_called(load_space, method):
     model.prune(3)
     for cell in model.search_cells():
         for e, edge in enumerate(cell.edges):
-            assert set(edge.ops) == {gt.PRIMITIVES[o] for o in model.kept[e]} and len(edge.ops) == 3
+            assert edge.kept == model.kept[e] and len(edge.ops) == 3
     module_ids = {id(m) for m in model.modules()}
     for key, op in all_ops.items():
         kept = gt.PRIMITIVES.index(key[2]) in model.kept[key[1]]
@@ -135,7 +135,7 @@ def test_widen_copies_channels(load_space):
     # One index per edge, drawn edge by edge in cell order from the seeded generator: reproducible.
     generator = torch.Generator().manual_seed(0)
     indices = {name: n2w.grow_index(c, 2 * c, generator) for name, c in old_c.items()}
-    convs = [op.op[1].weight for _, m in edges for op in m.ops.values() if hasattr(op, "op")]
+    convs = [op.op[1].weight for _, m in edges for op in m.ops if hasattr(op, "op")]
     assert [id(m.new) for m in moved] == [id(w) for w in convs], "every widened parameter is reported"
     for m in moved:
         assert torch.equal(m.new, n2w.expand(m.old, m.plan))
@@ -156,7 +156,7 @@ def test_widen_copies_channels(load_space):
                 assert torch.equal(t, o[index][:, index])
             else:  # BN running_mean / running_var
                 assert t.shape == (c_new,) and torch.equal(t[:c_old], o) and torch.equal(t, o[index]), key
-        for op in m.ops.values():
+        for op in m.ops:
             if isinstance(op, ops.ReLUConvBN):
                 assert op.op[1].in_channels == op.op[1].out_channels == op.op[2].num_features == c_new
     out = model(image_batch(2, 16)[0])

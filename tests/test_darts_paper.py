@@ -108,7 +108,7 @@ def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_
                 for j in range(2 + node):
                     edge = cell.edges[e]
                     assert edge.stride == (2 if cell.reduction and j < 2 else 1)
-                    out = edge(states[j], weights[e])
+                    out = edge(states[j], F.relu(states[j]), weights[e])
                     assert out.shape == (2, channels, size, size)
                     terms.append(out)
                     e += 1
@@ -182,8 +182,9 @@ def test_mixed_op_is_the_weighted_sum_of_its_ops_one_hot_gives_the_op_alone(load
     edge = model_search.MixedOp(8, stride, 1, range(7))  # train mode: BatchNorm uses batch statistics
     x = torch.randn(2, 8, 8, 8)
     one_hot = torch.eye(7)
+    x_relu = F.relu(x)  # the cell's one ReLU of the state
     with torch.no_grad():
-        singles = [edge(x, one_hot[i]) for i in range(7)]
+        singles = [edge(x, x_relu, one_hot[i]) for i in range(7)]
         for i, name in enumerate(genotypes.PRIMITIVES):
             alone = operations.search_op(name, 8, stride)
             alone.load_state_dict(edge.ops[i].state_dict())
@@ -193,8 +194,8 @@ def test_mixed_op_is_the_weighted_sum_of_its_ops_one_hot_gives_the_op_alone(load
             assert expected.shape == (2, 8, 8 // stride, 8 // stride)
             torch.testing.assert_close(singles[i], expected, atol=1e-6, rtol=1e-6, msg=name)
         w = torch.tensor([0.3, -0.7, 1.4, 0.2, -0.1, 0.9, 0.5])
-        torch.testing.assert_close(edge(x, w), sum(w[i] * singles[i] for i in range(7)), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(edge(x, torch.zeros(7)), torch.zeros_like(singles[0]))
+        torch.testing.assert_close(edge(x, x_relu, w), sum(w[i] * singles[i] for i in range(7)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(edge(x, x_relu, torch.zeros(7)), torch.zeros_like(singles[0]))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -211,12 +212,12 @@ def test_partial_channels_bypass_is_max_pooled_2x2_on_reduction_and_output_shuff
     if stride == 2:  # max over each 2x2 block
         bypass = bypass.reshape(2, Cin - part, h, 2, h, 2).amax(dim=(3, 5))
     with torch.no_grad():
-        out = edge(x, torch.zeros(7))
+        out = edge(x, F.relu(x), torch.zeros(7))
     expected = shuffle_by_hand(torch.cat([torch.zeros(2, part, h, h), bypass], dim=1), k)
     assert out.shape == (2, Cin, h, h) and torch.equal(out, expected)
     if stride == 1:  # skip_connect alone: the op's part is x[:, :C/k] itself, so the edge is shuffle(x)
         with torch.no_grad():
-            out = edge(x, torch.eye(7)[2])
+            out = edge(x, F.relu(x), torch.eye(7)[2])
         assert torch.equal(out, shuffle_by_hand(x, k))
 
 

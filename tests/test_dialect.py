@@ -15,7 +15,8 @@ SHARED = [
     ("model_search", "Network.weights"), ("model_search", "Network.arch_weights"),
     ("model_search", "Network.kl_regularizer"), ("model_search", "Network.forward"),
     ("model_search", "Network.genotype"), ("model_search", "Network.prune"), ("model_search", "Network.widen"),
-    ("model_search", "MixedOp.widen"), ("model_search", "MixedOp.prune"), ("architect", "Architect"),
+    ("model_search", "MixedOp.__init__"), ("model_search", "MixedOp.forward"), ("model_search", "MixedOp.widen"),
+    ("model_search", "MixedOp.prune"), ("architect", "Architect"),
     ("architect", "Architect.step"), ("architect", "regularizer_grads"), ("genotypes", "save_genotype"),
     ("model", "cost_model"), ("model", "cost_rows"), ("model_search", "Network.expected_cost"),
 ]  # fmt: skip

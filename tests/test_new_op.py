@@ -152,7 +152,7 @@ def test_201_search_trains_and_the_progressive_one_widens_a_plain_op(
     assert_widened(widenings, model)
     for cell in model.search_cells():
         for edge in cell.edges:
-            (op,) = [op for op in edge.ops.values() if isinstance(op, Conv5x5)]
+            (op,) = [op for op in edge.ops if isinstance(op, Conv5x5)]
             assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
 
 
@@ -208,15 +208,15 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     assert fused == 4  # skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
 
     torch.manual_seed(0)
-    edge = model_search.MixedOp(8, 1).train()
+    edge = model_search.MixedOp(8, 1, 1, range(len(genotypes.PRIMITIVES))).train()
     plain = copy.deepcopy(edge.ops)  # the same ops, called as `op(x)`
-    calls = {name: 0 for name in edge.ops}
-    for name, op in edge.ops.items():
+    calls = {name: 0 for name in genotypes.PRIMITIVES}
+    for name, op in zip(genotypes.PRIMITIVES, edge.ops):
         op.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls[name] + 1))
     x = torch.randn(3, 8, 6, 6, requires_grad=True)
     mix = torch.rand(len(genotypes.PRIMITIVES)).softmax(0).requires_grad_(True)
     got = edge(x, torch.relu(x), mix)
-    want = sum(mix[genotypes.PRIMITIVES.index(name)] * op(x) for name, op in plain.items())
+    want = sum(w * op(x) for w, op in zip(mix, plain))
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
     _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
@@ -315,7 +315,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     plain = nn.ModuleList(operations.OPS[name](8, stride, False) for name in genotypes.PRIMITIVES).train()
     x = torch.randn(3, 8, 8, 8, requires_grad=True)
     mix = torch.rand(n).softmax(0).requires_grad_(True)
-    got = edge(x, mix)
+    got = edge(x, torch.relu(x), mix)
     want = sum(mix[i] * op(x) for i, op in enumerate(plain))
     _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
     for a, b in zip(edge.buffers(), plain.buffers()):

@@ -48,15 +48,6 @@ def kept_beta(net, space):
     return net.beta.gather(1, net.kept_index())
 
 
-def kept_weights(net, space, w):
-    """The kept ops' entries of `arch_weights()` (201 scatters them into (6, ops), zeros elsewhere)."""
-    if space == "DARTS-space":
-        return w
-    index = net.kept_index()
-    assert torch.equal(w, torch.zeros_like(w).scatter(1, index, w.gather(1, index))), "pruned ops get exactly 0"
-    return w.gather(1, index)
-
-
 def method_choices(parser):
     return next(action.choices for action in parser._actions if action.dest == "method")
 
@@ -148,7 +139,7 @@ def test_evaluation_mixes_with_the_dirichlet_mean(load_space, space):
     mean = alpha / alpha.sum(-1, keepdim=True)
     torch.testing.assert_close(model_search.SAMPLERS["dirichlet"](beta, 1.0, False), mean, rtol=1e-6, atol=0)
     rng = torch.get_rng_state()
-    torch.testing.assert_close(kept_weights(net, space, net.arch_weights()), mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(net.arch_weights(), mean, rtol=1e-6, atol=0)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(net(x), net(x)), "two evaluation forwards are equal"
@@ -164,7 +155,7 @@ def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
     assert net.method == "dirichlet" and net.training
     c = torch.randn(kept_beta(net, space).shape, generator=torch.Generator().manual_seed(2))
     torch.manual_seed(7)
-    w = kept_weights(net, space, net.arch_weights())
+    w = net.arch_weights()
     got = torch.autograd.grad((w * c).sum(), net.arch_parameters(), allow_unused=True)
     torch.manual_seed(7)
     reference = torch.distributions.Dirichlet(model_search.concentration(kept_beta(net, space))).rsample()

@@ -22,8 +22,8 @@ from .utils import UserError
 
 logger = logging.getLogger(__name__)
 
-# 3: "space" recorded; 4: beta's l2 a loss term, "epochs" recorded; 5: a DARTS search's kept ops a list per edge.
-CHECKPOINT_VERSION = 5
+# 3: "space" recorded; 4: beta's l2 a loss term, "epochs" recorded; 5: DARTS kept ops per edge; 6: 201 ops by index.
+CHECKPOINT_VERSION = 6
 SYNC_STEPS = 10  # under torchrun, ranks agree on stopping and timed checkpoints every this many steps
 # The top-level keys of every checkpoint, in order (`Run._save`); what is particular to a script lies under "task".
 CHECKPOINT_KEYS = tuple("version space epoch epochs step args rng streams meter best usage task".split())
