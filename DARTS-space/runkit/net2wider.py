@@ -103,8 +103,7 @@ def _layers(module):
 
 
 def carry_momentum(old, new, moved):
-    """Give the optimiser `new` (over the widened network) the state of `old`: parameters that stayed keep theirs,
-    widened ones (`moved`) their momentum expanded with their plan, pruned ops' is dropped (in parameter order)."""
+    """Give the optimiser `new` the state of `old`: kept parameters theirs, widened ones (`moved`) their momentum."""
     widened = {m.new: m for m in moved}
     for group in new.param_groups:
         for p in group["params"]:
