@@ -39,7 +39,6 @@ class EpochSampler(Sampler):
         self.per_rank = -(-num_samples // world_size)
 
     def set_position(self, pass_index, offset=0):
-        """Start the next iteration at sample `offset` of pass `pass_index`."""
         self.pass_index, self.offset = pass_index, offset
 
     def order(self):
