@@ -44,8 +44,7 @@ def use_device(mode, dataset, device):
 
 
 class DeviceLoader:
-    """A dataset's images (uint8 or float, (N, H, W, C)) and labels held on the device, and its batches; iterated,
-    its samples in order (for evaluation), as its DataLoader gives them."""
+    """A dataset's images (uint8 or float, (N, H, W, C)) and labels held on the device; iterated, batches in order."""
 
     def __init__(self, dataset, batch_size, device):
         base, indices, recipe = _unwrap(dataset)
@@ -64,8 +63,7 @@ class DeviceLoader:
             self.mean, self.std = (torch.tensor(recipe[k], device=self.device).float() for k in ("mean", "std"))
         self.augment, self.padding, self.cutout = (recipe.get(k, 0) for k in ("augment", "padding", "cutout"))
         self.rows, self.cols = (torch.arange(n, device=self.device) for n in self.images.shape[1:3])
-        positions = torch.arange(self.size, device=self.device)
-        self.batches = positions.split(batch_size) if self.size else ()
+        self.batches = torch.arange(self.size, device=self.device).split(batch_size) if self.size else ()
 
     def __len__(self):
         return len(self.batches)
@@ -74,8 +72,7 @@ class DeviceLoader:
         return (self.batch(positions) for positions in self.batches)
 
     def batch(self, positions):
-        """`(images, labels)` of the samples at `positions` (a device tensor), as the dataset's transform makes them:
-        augmented if it augments, float32, normalised, (B, C, H, W) in channels-last memory format."""
+        """`(images, labels)` at `positions` (a device tensor) as the dataset's transform makes them, channels-last."""
         index = positions if self.indices is None else self.indices[positions]
         x = self._crop_flip(index) if self.augment else self.images[index]
         if self.mean is not None:  # the arithmetic of ToTensor and Normalize, so the values match the DataLoader's

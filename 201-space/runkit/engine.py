@@ -262,7 +262,6 @@ class Run:
         raise UserError(f"{found[0]} is not finite at {found[1]}: the run diverged and stops ({kept}); {hint}")
 
     def _after_step(self, epoch, step, steps):
-        """Progress lines, time-based checkpoints and preemption, between two steps."""
         scheduled = step + 1 == steps or (step + 1) % self.args.report_freq == 0
         speed = self._clock.line(scheduled)
         if speed:  # this rank's running averages, no collective

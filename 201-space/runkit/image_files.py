@@ -33,7 +33,7 @@ class ImageFiles(Dataset):
 
     summary = ""  # a line for the log, set by `imagefolder`
 
-    def __init__(self, samples, classes, transform=None):
+    def __init__(self, samples, classes, transform):
         self.samples, self.classes, self.transform = samples, classes, transform
 
     def __len__(self):
@@ -41,8 +41,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        image = load_image(path)
-        return (self.transform(image) if self.transform is not None else image), label
+        return self.transform(load_image(path)), label
 
 
 def scan_split(folder):

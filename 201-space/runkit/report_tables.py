@@ -66,7 +66,6 @@ def summarize(rows, keys, numeric):
 
 
 def runs_text(count):
-    """The run count of a summary row as words: `1 run`, `2 runs`, ..."""
     return f"{count} run" if count == 1 else f"{count} runs"
 
 

@@ -98,7 +98,6 @@ def stage_at(stages, epoch):
         if epoch < start + stage.epochs or index == len(stages) - 1:
             return index, epoch - start >= stage.warmup
         start += stage.epochs
-    raise ValueError("no stages")
 
 
 def check_warmup(stages):

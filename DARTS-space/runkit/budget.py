@@ -1,15 +1,12 @@
 """Search within a budget (`--cost params|flops --cost_target T --cost_scale S`): what a cell costs, and the term.
 
-A cell's cost is that of the evaluation network train.py builds from it at its defaults for the searched data: the
-fixed part (stem, preprocessing, reductions, classifier) plus, for every edge, what its op adds over all cells.
-`CostModel` holds these figures, counted on the real modules by each folder's `model.cost_model`; multiply-adds
-are counted as `count_flops` counts them (NAS-Bench-201's convention). With `--cost`, the architecture loss gains
-
-    S * max(0, E[cost] - T) / T,        T = --cost_target, in millions
-
-where E[cost] is the fixed part plus each edge's cost under the Dirichlet mean of its kept ops, the edge weighted by
-the share of its group the derived cell keeps (1 in NAS-Bench-201; 2 of a node's n incoming edges in the DARTS
-space). The target binds the derived cell only through this surrogate: the log gives the derived cell's exact cost.
+A cell costs what the network train.py builds from it (at its defaults, for the searched data) costs: a fixed part
+(stem, preprocessing, reductions, classifier) plus what each edge's op adds over all cells, counted on the real
+modules by each folder's `model.cost_model` (`CostModel`; multiply-adds as NAS-Bench-201 counts them). With `--cost`
+the architecture loss gains S * max(0, E[cost] - T) / T (T = --cost_target, in millions), E[cost] being the fixed
+part plus each edge's cost under the Dirichlet mean of its kept ops, weighted by the share of its group the derived
+cell keeps (1 in NAS-Bench-201; 2 of a node's n incoming edges in the DARTS space). The target binds the derived
+cell only through this surrogate: the log gives the derived cell's exact cost.
 """
 
 import torch
@@ -21,7 +18,6 @@ KINDS = ("params", "flops")
 
 
 def add_arguments(group):
-    """`--cost`, `--cost_target`, `--cost_scale` (the search's flags)."""
     what = "search within a budget of parameters or multiply-adds of the network train.py trains from the cell"
     group.add_argument("--cost", type=str, default="none", choices=("none", *KINDS), help=what)
     group.add_argument("--cost_target", type=float, default=None, help="the budget T, in millions (with --cost)")
@@ -34,12 +30,8 @@ def count_flops(model, input_size):
     total = [0]
 
     def hook(module, inputs, output):
-        # A conv's output element costs (C_in / groups) * kh * kw multiply-adds, a linear's in_features.
-        if isinstance(module, nn.Linear):
-            per_output = module.in_features
-        else:
-            per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
-        total[0] += output.numel() * (per_output + (module.bias is not None))
+        # An output element costs one output unit's weights: (C_in / groups) * kh * kw for a conv, in_features else.
+        total[0] += output.numel() * (module.weight[0].numel() + (module.bias is not None))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
@@ -55,17 +47,13 @@ def count_flops(model, input_size):
 
 
 def count(module, input_size):
-    """{"params": parameters, "flops": multiply-adds} of `module` for one input of `input_size` (C, H, W)."""
     return {"params": sum(p.numel() for p in module.parameters()), "flops": count_flops(module, input_size)}
 
 
 class CostModel:
-    """What each op adds to the evaluation network, per row of the architecture parameters (an edge).
-
-    `fixed[kind]`: the network without its cells' ops; `edges[kind][row][op]`: op `op` (an index into PRIMITIVES)
-    on edge `row`, summed over the cells; `groups`: (rows, pick) per node, of whose incoming edges the derived cell
-    keeps `pick`.
-    """
+    """What each op adds to the evaluation network. `fixed[kind]`: the network without its cells' ops;
+    `edges[kind][row][op]`: op `op` (an index into PRIMITIVES) on edge `row` (a row of the architecture parameters),
+    summed over the cells; `groups`: (rows, pick) per node, of whose incoming edges the derived cell keeps `pick`."""
 
     def __init__(self, fixed, edges, groups):
         self.fixed, self.edges, self.groups = fixed, edges, groups
@@ -104,8 +92,7 @@ class Budget:
 
 
 def make_budget(args, costs, device):
-    """The search's `Budget` on `device`, or None without `--cost`; one line for a target that is missing, given
-    without --cost, or out of the space's reach (the cheapest and dearest cells are named)."""
+    """The search's `Budget` on `device`, or None without `--cost`; a target missing or out of reach is refused."""
     if args.cost == "none":
         if args.cost_target is not None:
             raise UserError(f"--cost_target {args.cost_target} needs --cost params or --cost flops (what it limits)")
@@ -122,8 +109,7 @@ def make_budget(args, costs, device):
 
 
 def report(costs, ops, model):
-    """The epoch record's cost fields, in millions: the derived cell's exact parameters and multiply-adds (`ops`:
-    its (row, op) pairs), and both expected under the Dirichlet mean of the kept ops (the surrogate)."""
+    """The record's cost fields in millions: the derived cell's (`ops`: its (row, op) pairs) and the surrogate's."""
     device = model.arch_parameters()[0].device
     record = {f"cell_{kind}": count / 1e6 for kind, count in costs.of(ops).items()}
     with torch.no_grad():

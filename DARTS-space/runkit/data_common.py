@@ -73,11 +73,8 @@ def data_record(args, train_data, num_classes):
 
 
 def data_difference(spec, searched, trained):
-    """The log line saying that the cell `spec` was searched on other data (`searched`: the data record of its
-    genotype.json, or None) or at another size than this run's (`trained`), else None. It informs, never refuses."""
-    if searched is None:
-        return None
-    (data, size), (run_data, run_size) = _data_and_size(searched), _data_and_size(trained)
+    """A log line if the cell `spec` was searched (`searched`: its data record, or None) on other data or size."""
+    (data, size), (run_data, run_size) = _data_and_size(searched or trained), _data_and_size(trained)  # None: no line
     if (data, size) == (run_data, run_size):
         return None
     line = f"--arch {spec} was searched on {data} at {size} px; this run trains on {run_data} at {run_size} px"
@@ -93,8 +90,7 @@ def _data_and_size(record):
 
 
 def genotype_space(saved):
-    """The space (a key of `FOLDERS`) whose cell the parsed genotype.json `saved` holds, or None: a 201 cell is an
-    "arch" string (`|op~0|+|...|`), a DARTS cell has "normal" and "reduce" edge lists (at the top or in "genotype")."""
+    """The space (a key of `FOLDERS`) whose cell the parsed genotype.json `saved` holds, or None."""
     if not isinstance(saved, dict):
         return None
     if isinstance(saved.get("arch"), str) and saved["arch"].lstrip().startswith("|"):

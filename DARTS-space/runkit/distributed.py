@@ -29,10 +29,8 @@ def setup(device_name, gpu=None):
 
 def average_gradients(params, dist):
     """All-reduce the mean of every parameter's `.grad` (None grads skipped) in one flat buffer (one collective)."""
-    if dist is None or dist.world_size <= 1:
-        return
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if dist is None or dist.world_size <= 1 or not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)

@@ -38,8 +38,7 @@ def _widen_parameters(module, new, plans, moved):
 def widen_conv(conv, in_index, out_index, moved):
     """A copy of `conv` on `len(in_index)` inputs and `len(out_index)` outputs; a depthwise conv's groups grow."""
     depthwise = conv.groups > 1  # a depthwise filter sees only its own channel, which it follows
-    if depthwise:
-        assert conv.groups == conv.in_channels == conv.out_channels and torch.equal(in_index, out_index)
+    assert not depthwise or (conv.groups == conv.in_channels == conv.out_channels and torch.equal(in_index, out_index))
     plan = ((0, out_index),) if depthwise else ((0, out_index), (1, in_index))
     new = copy.deepcopy(conv)
     new.in_channels, new.out_channels, new.groups = len(in_index), len(out_index), len(out_index) if depthwise else 1
@@ -103,8 +102,7 @@ def _layers(module):
 
 
 def carry_momentum(old, new, moved):
-    """Give the optimiser `new` (over the widened network) the state of `old`: parameters that stayed keep theirs,
-    widened ones (`moved`) their momentum expanded with their plan, pruned ops' is dropped (in parameter order)."""
+    """Give the optimiser `new` the state of `old`: kept parameters theirs, widened ones (`moved`) their momentum."""
     widened = {m.new: m for m in moved}
     for group in new.param_groups:
         for p in group["params"]:

@@ -83,8 +83,7 @@ class Divergence:
         self.first_bad = torch.where(bad & (self.first_bad < 0), global_step, self.first_bad)
 
     def find(self, watched, state, epoch, world_size=1):
-        """None, or (what is not finite, where) over every rank, in one host read: the first bad loss, else the
-        `watched` tensors (beta), else the `state` about to be saved."""
+        """None, or (what is not finite, where) over all ranks in one host read: a loss, `watched`, else `state`."""
         flags = torch.stack([self.first_bad.double(), *(_not_finite(x, self.device) for x in (watched, state))])
         if world_size > 1:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)

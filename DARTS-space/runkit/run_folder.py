@@ -1,5 +1,4 @@
-"""Where a run writes: the run folder, writable-path checks, and one writer per folder (`run.lock`, held for the life
-of the process: the OS releases it however the process ends)."""
+"""Where a run writes: the run folder, writable-path checks, one writer per folder (`run.lock`, held to the end)."""
 
 import fcntl
 import os
@@ -57,7 +56,6 @@ def _locked_by(f, operation):
 
 
 def _live_run(run_dir, pid):
-    """The one-line refusal of a second writer on the folder of the live run `pid`."""
     hint = "wait for it to end (or stop it: it checkpoints on SIGTERM), or choose another --save"
     return UserError(f"--save {run_dir}: a live run (process {pid}) is writing there; {hint}")
 

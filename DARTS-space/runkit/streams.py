@@ -16,8 +16,7 @@ def ignore_stop_signals(_worker_id=None):
 
 
 class Loader(DataLoader):
-    """A DataLoader whose workers never take the stop signals, held back while they start (a forked worker inherits
-    the block: a signal before its `worker_init_fn` stays pending)."""
+    """A DataLoader whose workers ignore the stop signals, blocked while they start (a forked worker inherits that)."""
 
     def __init__(self, dataset, **kwargs):
         super().__init__(dataset, worker_init_fn=ignore_stop_signals, **kwargs)
@@ -40,7 +39,6 @@ class EpochSampler(Sampler):
         self.per_rank = -(-num_samples // world_size)
 
     def set_position(self, pass_index, offset=0):
-        """Start the next iteration at sample `offset` of pass `pass_index`."""
         self.pass_index, self.offset = pass_index, offset
 
     def order(self):
@@ -96,7 +94,6 @@ class Stream:
     def _advance(self):
         """Count the batch just taken; True when it ended a pass."""
         self.batch_index += 1
-        if self.batch_index < self.batches_per_pass:
-            return False
-        self.pass_index, self.batch_index = self.pass_index + 1, 0
-        return True
+        if self.batch_index >= self.batches_per_pass:
+            self.pass_index, self.batch_index = self.pass_index + 1, 0
+        return self.batch_index == 0

@@ -132,8 +132,7 @@ def resolve_device(name, gpu=None):
 
 
 def set_deterministic():
-    """`--deterministic`, before CUDA starts (cuBLAS reads its workspace setting then): deterministic kernels where
-    PyTorch has them (the others warn once), no cuDNN autotuning."""
+    """`--deterministic`, before CUDA starts (cuBLAS reads its workspace setting then); other kernels warn once."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
