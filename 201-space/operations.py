@@ -13,7 +13,6 @@ paper's code does; the evaluation network (`model.py`) affine BatchNorm. Optiona
 
 import torch.nn as nn
 import torch.nn.functional as F
-from runkit.net2wider import grow_index, widen_bn, widen_conv
 
 
 class ReLUConvBN(nn.Module):
@@ -38,14 +37,6 @@ class ReLUConvBN(nn.Module):
         # Running statistics are read in eval mode and updated in train mode when tracked.
         mean, var = (bn.running_mean, bn.running_var) if not bn.training or bn.track_running_stats else (None, None)
         return F.batch_norm(x, mean, var, weight, bias, bn.training or bn.running_mean is None, bn.momentum, bn.eps)
-
-    def widen(self, index, moved, generator=None):
-        # Square convs (all of a search cell's) keep the input's channel map; otherwise the outputs grow in proportion.
-        C_in, C_out = self.op[1].in_channels, self.op[1].out_channels
-        out_index = index if C_in == C_out else grow_index(C_out, C_out * len(index) // C_in, generator)
-        self.op[1] = widen_conv(self.op[1], index, out_index, moved)
-        self.op[2] = widen_bn(self.op[2], out_index, moved)
-        return out_index
 
 
 def avg_pool_3x3(x, stride, scale=None):
@@ -75,10 +66,6 @@ class Pooling(nn.Module):
         """`scale * self(x)` (search cells, where C_in == C_out)."""
         return avg_pool_3x3(x, self.stride, scale)
 
-    def widen(self, index, moved, generator=None):
-        """Pooling acts per channel: only a 1x1 preprocessing has weights to copy."""
-        return index if self.preprocess is None else self.preprocess.widen(index, moved, generator)
-
 
 class Identity(nn.Module):
     """`skip_connect` inside a cell (stride 1, same channels)."""
@@ -88,9 +75,6 @@ class Identity(nn.Module):
 
     def forward_scaled(self, x, x_relu, scale):
         return scale * x
-
-    def widen(self, index, moved, generator=None):
-        return index
 
 
 class Zero(nn.Module):

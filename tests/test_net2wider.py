@@ -133,7 +133,7 @@ def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, 
     before = op(x)
     index = n2w.grow_index(4, 8, torch.Generator().manual_seed(0))
     moved = []
-    out_index = op.widen(index, moved, None)
+    out_index = n2w.widen_op(op, index, moved, None)
     assert torch.equal(out_index, index) and moved
     after = op(torch.cat([x, torch.zeros(2, 4, 6, 6)], dim=1))
     assert after.shape == (2, 8, 6, 6)
