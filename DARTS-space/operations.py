@@ -10,8 +10,9 @@ The built-in ops add optional overrides:
 - `search_form()`: `op(x, scale)` = `scale * op(x)` with its ReLU shared, the mixing weight folded into its last
   BatchNorm, and memory-lean parts that recompute cheap intermediates in the backward pass (lean_ops.py;
   `--lean_ops off` runs them plainly);
-- `widen(index, moved, generator)`: net2wider, where `index` (length C_new, starting with `arange(C_old)`) names
-  the old channel each new one copies; it returns the same for its outputs;
+- `widen(index, moved, generator)`: net2wider of an op that is no chain of convs and BatchNorms (`widen_op` walks
+  those), where `index` (length C_new, starting with `arange(C_old)`) names the old channel each new one copies;
+  it returns the same for its outputs;
 - `drop_in_place = True`: the op's output is its own tensor that no backward pass reads (it ends in a BatchNorm),
   so drop path may scale it in place.
 
@@ -24,7 +25,7 @@ its first half's copies) keeps its old outputs, `new_op(x_pad) == old_op(x)[:, o
 
 import torch
 import torch.nn as nn
-from runkit.net2wider import grow_index, widen_bn, widen_conv, widen_op
+from runkit.net2wider import grow_index, widen_bn, widen_conv
 
 from lean_ops import DepthwisePointwise, LeanMaxPool, MixBatchNorm, batch_norm, normalize
 
@@ -40,14 +41,6 @@ class ReLUConvBN(nn.Module):
 
     def forward(self, x):
         return self.bn(self.conv(self.relu(x)))  # (B, C_out, H / stride, W / stride)
-
-    def widen(self, index, moved, generator=None):
-        # Square convs keep the input's channel map; otherwise the outputs grow in proportion.
-        C_in, C_out = self.conv.in_channels, self.conv.out_channels
-        out_index = index if C_in == C_out else grow_index(C_out, C_out * len(index) // C_in, generator)
-        self.conv = widen_conv(self.conv, index, out_index, moved)
-        self.bn = widen_bn(self.bn, out_index, moved)
-        return out_index
 
 
 class DilConv(nn.Module):
@@ -83,13 +76,6 @@ class DilConv(nn.Module):
         self.lean = True
         return self.share_relu()
 
-    def widen(self, index, moved, generator=None):
-        """Depthwise filters follow `index`; the 1x1 conv maps to the same channels."""
-        self.depthwise = widen_conv(self.depthwise, index, index, moved)
-        self.pointwise = widen_conv(self.pointwise, index, index, moved)
-        self.bn = widen_bn(self.bn, index, moved)
-        return index
-
 
 class SepConv(nn.Module):
     """Two stacked depthwise-separable convs (the first one carries the stride)."""
@@ -122,10 +108,6 @@ class SepConv(nn.Module):
         self.first.lean = self.second.lean = True
         return self.share_relu()
 
-    def widen(self, index, moved, generator=None):
-        # Both halves follow one channel map: the first's output feeds the second.
-        return self.second.widen(self.first.widen(index, moved, generator), moved, generator)
-
 
 class Identity(nn.Module):
     """skip_connect at stride 1."""
@@ -137,9 +119,6 @@ class Identity(nn.Module):
 
     def search_form(self):
         return self
-
-    def widen(self, index, moved, generator=None):
-        return index
 
 
 class FactorizedReduce(nn.Module):
@@ -188,11 +167,6 @@ class PoolBN(nn.Module):
     def forward(self, x, scale=None):
         return self.bn(self.pool(x), scale)
 
-    def widen(self, index, moved, generator=None):
-        # Pooling acts per channel: only the BatchNorm statistics need copying.
-        self.bn = widen_bn(self.bn, index, moved)
-        return index
-
 
 def make_pool(kind, stride):
     """3x3 pooling; average pooling ignores the padding, as in DARTS."""
@@ -226,9 +200,6 @@ class Scaled(nn.Module):
     def forward(self, x, scale=None):
         out = self.op(x)
         return out if scale is None else scale * out
-
-    def widen(self, index, moved, generator=None):
-        return widen_op(self.op, index, moved, generator)
 
 
 # name -> constructor(C, stride, affine) of a plain module (search version: `search_op`). Pools are followed by an

@@ -25,7 +25,7 @@ def test_every_op_shape_and_widening(load_space, stride):
         before = op(x)
         index = net2wider.grow_index(8, 12)
         moved = []
-        out_index = op.widen(index, moved)
+        out_index = net2wider.widen_op(op, index, moved)
         after = op(torch.cat([x, torch.zeros(2, 4, 12, 12)], dim=1))
         assert after.shape == (2, 12, size, size), name
         originals = [out_index.tolist().index(c) for c in range(8)]  # where each old output channel went
@@ -42,7 +42,7 @@ def test_every_op_shape_and_widening(load_space, stride):
 def test_widened_op_trains_and_keeps_mode(load_space):
     operations, net2wider = load_space("DARTS-space", "operations", "runkit.net2wider")
     op = operations.search_op("sep_conv_3x3", 4, 1).eval()
-    op.widen(net2wider.grow_index(4, 8), [])
+    net2wider.widen_op(op, net2wider.grow_index(4, 8), [])
     assert not any(m.training for m in op.modules())
     op.train()
     op(torch.randn(2, 8, 6, 6)).sum().backward()
