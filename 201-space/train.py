@@ -21,6 +21,7 @@ image size, says so in one log line (and trains as it was told).
 """
 
 import argparse
+import functools
 import logging
 
 import torch
@@ -60,8 +61,7 @@ def get_parser():
 
 
 def train(run, model, train_set, test_set, criterion, learning_rate, args):
-    """The training loop: per epoch `learning_rate(epoch)`, one SGD step per batch, then the test set. Returns the
-    last epoch's record as history.jsonl holds it (None when a resumed run had no epoch left)."""
+    """Per epoch `learning_rate(epoch)`, SGD steps, the test set; returns the last record (None if no epoch left)."""
     device, resumed = run.dist.device, run.task_state()
     sgd = dict(momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, **sgd)
@@ -101,8 +101,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
 
 
 def finish(run, model, last):
-    """The last line: the last epoch's test accuracy leads (NAS-Bench-201 reports the accuracy after 200 epochs),
-    then the best epoch's, chosen on the test set itself, which makes it optimistic."""
+    """The last line: the last epoch's test accuracy (NAS-Bench-201's figure), then the best, picked on the test set."""
     best = run.best
     if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
         final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
@@ -144,10 +143,7 @@ def main(argv=None):
         logger.info("%s", train_data.summary)
     shown = (params, params / 1e6, flops, flops / 1e6)
     logger.info("param count = %d (%.6fM), multiply-adds (FLOPs) = %d (%.5fM)", *shown)
-
-    def learning_rate(epoch):  # NAS-Bench-201: cosine from the initial rate to 0, set once per epoch
-        return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
-
+    learning_rate = functools.partial(utils.cosine_lr, epochs=args.epochs, lr=args.learning_rate)  # NB201: cosine to 0
     finish(run, model, train(run, model, train_data, test_data, nn.CrossEntropyLoss(), learning_rate, args))
 
 

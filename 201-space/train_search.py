@@ -41,11 +41,9 @@ logger = logging.getLogger(__name__)
 
 # Valid ranges of the numeric flags only the searches of this folder have (run_flags.RANGES holds the rest).
 FLAG_RANGES = {
-    "k": (1, None, True, True),
-    "tau_max": (0, None, False, True),
-    "tau_min": (0, None, False, True),
+    "k": (1, None, True, True), "tau_max": (0, None, False, True), "tau_min": (0, None, False, True),
     "trajectory_samples": (0, None, True, True),
-}
+}  # fmt: skip
 
 
 def get_parser(progressive=False, description=__doc__):
@@ -75,11 +73,9 @@ def get_parser(progressive=False, description=__doc__):
         group.add_argument("--stage_k", **stage, default=[4, 2], metavar=("K1", "K2"), help="partial channels k")
         keep = "ops kept per edge (stage 1 keeps those with the largest initial beta, set by --seed)"
         group.add_argument("--stage_keep", **stage, default=[len(PRIMITIVES), 3], metavar=("N1", "N2"), help=keep)
-        warmup = "weight-only epochs at the start of each stage"
-        group.add_argument("--warmup_epochs", type=int, default=10, help=warmup)
+        group.add_argument("--warmup_epochs", type=int, default=10, help="weight-only epochs at each stage's start")
     else:
-        k = "partial channels: 1/k of the channels go through each edge"
-        group.add_argument("--k", type=int, default=1, help=k)
+        group.add_argument("--k", type=int, default=1, help="partial channels: 1/k of the channels pass each edge")
     group.add_argument("--arch_learning_rate", type=float, default=3e-4, help="Adam learning rate of beta")
     group.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
     reg = "regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or KL to Dir(1)"
@@ -125,11 +121,8 @@ def get_stages(args):
 
 
 def build_model(args, num_classes, device, state=None):
-    """The supernet (--amp) of the first stage on `device`, or of a resumed checkpoint's (k, kept ops, tensors).
-
-    The first stage keeps its N1 ops per edge from the start: those with the largest beta at initialisation
-    (`Network.prune`), a random choice fixed by --seed; with N1 = all ops (the default) it keeps them all.
-    """
+    """The supernet (--amp) of the first stage on `device`, or of a resumed checkpoint's (k, kept ops, tensors). Stage 1
+    keeps the N1 ops per edge with the largest initial beta (`Network.prune`, set by --seed; by default all)."""
     first = get_stages(args)[0]
     model = Network(args.init_channels, args.layers, num_classes, first.k, args.method)
     if state is None:
@@ -196,10 +189,8 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 
 def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None, benchmark=None):
-    """The search (DrNAS Algorithm 1), epoch by epoch: the stage switch, then per training batch an architecture
-    step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell,
-    written to genotype.json every epoch (with `data`, for train.py), so an interrupted search leaves its cell;
-    with `costs` (a `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
+    """The search (DrNAS Algorithm 1): per batch an architecture step (after the stage's warm-up) and a weight step;
+    per epoch the held-out accuracy and the cell in genotype.json (with `data`; with `costs`, its cost)."""
     stages, device = get_stages(args), model.beta.device
     epochs = sum(s.epochs for s in stages)
     resumed = run.task_state()
@@ -234,14 +225,13 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
             run.update(logits, y, loss)
         valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), device).result()
         cell = model.genotype()
-        genotype = str(cell)
-        logger.info("genotype = %s", genotype)
+        logger.info("genotype = %s", cell)
         if model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
             logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), model.concentrations())
         else:
             logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), model.softmax_weights())
         record = {"stage": stage, "lr": lr, **run.train_metrics(), "valid_acc": valid["acc"]}
-        record.update(valid_loss=valid["loss"], genotype=genotype)
+        record.update(valid_loss=valid["loss"], genotype=str(cell))
         saved = dict(data or {})
         if costs is not None:  # exact figures of the derived cell and the surrogate's, in millions
             rows = cost_rows(cell)
