@@ -249,9 +249,8 @@ def _lookup(benchmark, arch):
 
 
 def query_benchmark(model, benchmark, args, epoch):
-    """The epoch's record: `benchmark` (the derived cell's accuracy per data set; None if not in NAS-Bench-201) and
-    its copies `nb201_<dataset>` (TensorBoard's); with --trajectory_samples, `trajectory` (min / median / max per data
-    set over the drawn cells NAS-Bench-201 holds, or None) and `trajectory_missing` (how many it does not, if any)."""
+    """The epoch's record: `benchmark` (the derived cell's accuracy per data set, or None) and its `nb201_<dataset>`
+    copies; with --trajectory_samples, `trajectory` (min / median / max of the drawn cells), `trajectory_missing`."""
     arch = str(model.genotype())
     accs = _lookup(benchmark, arch)
     record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in (accs or {}).items()}}

@@ -104,10 +104,8 @@ def load_arch_and_data(spec):
     if not spec.lstrip().startswith("|"):
         path = Path(spec)
         if not path.is_file():
-            raise UserError(
-                f"--arch {spec!r} is neither a named cell ({', '.join(NAMED)}), an architecture "
-                "string like '|nor_conv_3x3~0|+|...|', nor an existing genotype.json"
-            )
+            named = f"a named cell ({', '.join(NAMED)}), an architecture string like '|nor_conv_3x3~0|+|...|'"
+            raise UserError(f"--arch {spec!r} is neither {named}, nor an existing genotype.json")
         saved = read_genotype_json(path, f"--arch {path}", SPACE)  # a DARTS-space file is named as such
         text = saved.get("arch") if isinstance(saved, dict) else None
         if not isinstance(text, str):

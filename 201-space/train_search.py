@@ -99,23 +99,21 @@ def get_stages(args):
         stages = [Stage(args.epochs, args.k, len(PRIMITIVES), 0)]
     else:
         stages = [Stage(*s, args.warmup_epochs) for s in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
-        if not stages[0].k > stages[1].k or stages[0].k % stages[1].k:
-            raise utils.UserError(
-                f"--stage_k {args.stage_k[0]} {args.stage_k[1]}: stage 2 widens, so K2 must divide K1 and be smaller"
-            )
+        k1, k2 = args.stage_k
+        if not k1 > k2 or k1 % k2:
+            raise utils.UserError(f"--stage_k {k1} {k2}: stage 2 widens, so K2 must divide K1 and be smaller")
         if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep >= 1:
             raise utils.UserError(
                 f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops), "
                 f"got {args.stage_keep}"
             )
         check_warmup(stages)
+    channels = args.init_channels
     for stage in stages:
-        if args.init_channels % stage.k:
-            valid = [k for k in range(1, args.init_channels + 1) if args.init_channels % k == 0]
+        if channels % stage.k:
+            valid = [k for k in range(1, channels + 1) if channels % k == 0]
             flag = "--stage_k" if hasattr(args, "stage_k") else "--k"
-            raise utils.UserError(
-                f"{flag} {stage.k} does not divide the {args.init_channels} channels; use one of {valid}"
-            )
+            raise utils.UserError(f"{flag} {stage.k} does not divide the {channels} channels; use one of {valid}")
     return stages
 
 
@@ -156,15 +154,13 @@ def enter_stage(model, optimizer, stage, args):
 
 
 def split_search_data(train_data, train_portion):
-    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest (an
-    imagefolder training set comes in a seeded random order, so both parts hold every class)."""
+    """(weights' part, beta's part): the first `train_portion` of the set, the rest (imagefolder comes shuffled)."""
     split = int(len(train_data) * train_portion)
     return Subset(train_data, range(split)), Subset(train_data, range(split, len(train_data)))
 
 
 def search_data(train_data, args, device):
-    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter, held on
-    the device and augmented there when `--data_on_device` says so (see device_data)."""
+    """Streams of the weights' ("train") and beta's ("valid") batches, and a loader of the latter (see device_data)."""
     train_part, valid_part = split_search_data(train_data, args.train_portion)
     on_device = device_data.use_device(args.data_on_device, train_data, device)
     kwargs = dict(device=device, on_device=on_device, workers=args.workers, pin_memory=device.type == "cuda")
