@@ -3,8 +3,7 @@
 NAS-Bench-201 trains every cell at C=16, N=5 for 200 epochs: SGD with Nesterov momentum 0.9, learning rate 0.1
 cosine-annealed to 0, weight decay 5e-4, batch 256, random crop and flip. These are the defaults here.
 
-    cd 201-space
-    python train.py --arch DrNAS --dataset cifar10        # benchmark: 94.36 % test accuracy
+    cd 201-space && python train.py --arch DrNAS --dataset cifar10   # benchmark: 94.36 % test accuracy
     python train.py --arch experiments/train_search-.../genotype.json --dataset cifar100
     python train.py --arch '|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|' \
         --dataset imagenet16-120 --data ~/data/ImageNet16
