@@ -13,13 +13,10 @@ from pathlib import Path
 from runkit.data_common import DATA_KEYS, read_genotype_json
 from runkit.utils import UserError, write_json
 
-# The search space, as checkpoints record it (a checkpoint of the other folder is refused).
-SPACE = "NAS-Bench-201"
-# Op order of the NAS-Bench-201 search space (the columns of the architecture parameters).
-PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+SPACE = "NAS-Bench-201"  # as checkpoints record it (a checkpoint of the other folder is refused)
+PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]  # the columns of beta
 MAX_NODES = 4
-# Edges in the order the supernet and the strings use: (to node i, from node j).
-EDGES = [(i, j) for i in range(1, MAX_NODES) for j in range(i)]
+EDGES = [(i, j) for i in range(1, MAX_NODES) for j in range(i)]  # (to node i, from node j), the strings' order
 
 
 class Structure:

@@ -9,7 +9,8 @@ One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accu
 and multiply-adds in millions in train.py's network, and the search cost (history.jsonl's `device_hours` over resumes:
 GPU-hours when every run used CUDA); then per data set and method mean ± std (sample std; 0.00 for one run). Each
 RUN_DIR must be a finished search (train_search.py, train_search_progressive.py): anything else stops the report with
-one line naming the folder."""
+one line naming the folder.
+"""
 
 import argparse
 import json

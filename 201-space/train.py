@@ -16,7 +16,8 @@ The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.jso
 scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and best.pt (best
 test accuracy so far). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume` continues from there.
 A search's genotype.json records the data it searched on: a run on other data, or at another image size, says so in one
-log line (and trains as it was told)."""
+log line (and trains as it was told).
+"""
 
 import argparse
 import functools

@@ -12,7 +12,8 @@ batch of the other half. The run directory (`--save`, or experiments/train_searc
 scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic), genotype.json (the
 current cell, every epoch) and, at the end, trajectory.png (the NAS-Bench-201 accuracy of the cells over the epochs,
 looked up in the shipped table unless `--benchmark` says otherwise). SIGTERM or SIGINT checkpoints the step in progress
-and exits 0; `--resume` continues from there."""
+and exits 0; `--resume` continues from there.
+"""
 
 import argparse
 import logging

@@ -9,7 +9,8 @@ at initialisation (a random choice, fixed by --seed). Between the stages every e
 beta, and every op is widened from C/k1 to C/k2 channels (net2wider, SGD momentum carried along, Adam state of beta and
 the cosine schedule kept). Each stage starts with `--warmup_epochs` epochs that train the weights only. The run
 directory is experiments/train_search_progressive-<time> (or `--save`), with the outputs of `train_search.py`;
-checkpoints, preemption and `--resume` work the same way."""
+checkpoints, preemption and `--resume` work the same way.
+"""
 
 import train_search
 
