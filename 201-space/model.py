@@ -66,11 +66,10 @@ def cost_model(num_classes, image_size, C=16, layers=5):
     with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
         probe = Network(C, layers, Structure.from_edges([PRIMITIVES[-1]] * len(EDGES)), num_classes)
         shapes = []  # (C, H, W) of every cell's input, which all its ops take
-        cells = [cell for cell in probe.cells if isinstance(cell, InferCell)]
-        hooks = [cell.register_forward_pre_hook(lambda _, inputs: shapes.append(inputs[0].shape[1:])) for cell in cells]
+        for cell in probe.cells:
+            if isinstance(cell, InferCell):  # the probe is dropped afterwards, hooks and all
+                cell.register_forward_pre_hook(lambda _, inputs: shapes.append(inputs[0].shape[1:]))
         total = count(probe, (3, image_size, image_size))
-        for hook in hooks:
-            hook.remove()
         op_count = functools.cache(lambda name, shape: count(OPS[name](shape[0], shape[0], 1, True), shape))
         per_op = [[op_count(name, tuple(shape)) for shape in shapes] for name in PRIMITIVES]
     edges = {kind: [[sum(c[kind] for c in counts) for counts in per_op] for _ in EDGES] for kind in KINDS}

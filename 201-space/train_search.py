@@ -50,8 +50,7 @@ def get_parser(progressive=False, description=__doc__):
     """The search's flags; `progressive=True` swaps --epochs/--k for the stage schedule."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0], formatter_class=run_flags.HelpFormatter)
     data = add_data_arguments(parser, "search on")
-    portion = "share of the training set for weights; the rest trains the architecture"
-    data.add_argument("--train_portion", type=float, default=0.5, help=portion)
+    data.add_argument("--train_portion", type=float, default=0.5, help="weights' share of the train set (rest: beta)")
     device_data.add_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
@@ -86,8 +85,7 @@ def get_parser(progressive=False, description=__doc__):
     budget.add_arguments(group)
     benchmark = "NAS-Bench-201 .pth file or CSV table queried each epoch (default: the shipped table); none: no queries"
     group.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=benchmark)
-    samples = "architectures drawn from the Dirichlet each epoch and looked up in the benchmark"
-    group.add_argument("--trajectory_samples", type=int, default=100, help=samples)
+    group.add_argument("--trajectory_samples", type=int, default=100, help="cells drawn each epoch for the trajectory")
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     accel.add_compile_argument(system)
