@@ -4,11 +4,11 @@
     python bench.py --device cuda --steps 20
     python bench.py --device cuda --steps 20 --amp --compile
 
-A step is what train_search.py does per batch: a first-order architecture step on a validation batch, then a weight step
-(forward, backward, clip, SGD), timed apart between device syncs; the step is their sum, never less than its weight
-step. Progress goes to stderr; stdout gets one JSON object at the end: `s_per_step`, its parts `s_per_arch_step` and
-`s_per_weight_step`, `images_per_s`, `peak_mem_mb`, `params` and `projected_h`, the hours of the paper's search at this
-speed (100 epochs of 391 steps of 64 images), evaluation not counted.
+A step is what train_search.py does per batch: a first-order architecture step on a validation batch, then a
+weight step (forward, backward, clip, SGD), timed apart between device syncs; the step is their sum, never less
+than its weight step. Progress goes to stderr; stdout gets one JSON object at the end: `s_per_step`, its parts
+`s_per_arch_step` and `s_per_weight_step`, `images_per_s`, `peak_mem_mb`, `params` and `projected_h`, the hours
+of the paper's search at this speed (100 epochs of 391 steps of 64 images), evaluation not counted.
 """
 
 import argparse

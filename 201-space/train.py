@@ -12,11 +12,11 @@ cosine-annealed to 0, weight decay 5e-4, batch 256, random crop and flip. These 
     python train.py --arch DrNAS --amp --compile   # bf16 and torch.compile (CUDA graphs on one GPU)
     python train.py --arch DrNAS --resume experiments/train-.../checkpoint.pt     # continue a run
 
-The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json, genotype.json (the cell trained),
-scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and best.pt (best
-test accuracy so far). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume` continues from there.
-A search's genotype.json records the data it searched on: a run on other data, or at another image size, says so in one
-log line (and trains as it was told).
+The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json, genotype.json (the cell
+trained), scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and
+best.pt (best test accuracy so far). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
+continues from there. A search's genotype.json records the data it searched on: a run on other data, or at another
+image size, says so in one log line (and trains as it was told).
 """
 
 import argparse

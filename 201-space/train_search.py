@@ -7,12 +7,12 @@
     python train_search.py --dataset imagefolder --data DIR   # your images: DIR/train/<class>/*, DIR/val/<class>/*
     python train_search.py --resume experiments/train_search-.../checkpoint.pt
 
-Each iteration takes an architecture step on a batch of the held-out half of the training set, then a weight step on a
-batch of the other half. The run directory (`--save`, or experiments/train_search-<time>) gets log.txt, args.json,
-scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic), genotype.json (the
-current cell, every epoch) and, at the end, trajectory.png (the NAS-Bench-201 accuracy of the cells over the epochs,
-looked up in the shipped table unless `--benchmark` says otherwise). SIGTERM or SIGINT checkpoints the step in progress
-and exits 0; `--resume` continues from there.
+Each iteration takes an architecture step on a batch of the held-out half of the training set, then a weight step
+on a batch of the other half. The run directory (`--save`, or experiments/train_search-<time>) gets log.txt,
+args.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic),
+genotype.json (the current cell, every epoch) and, at the end, trajectory.png (the NAS-Bench-201 accuracy of the
+cells over the epochs, looked up in the shipped table unless `--benchmark` says otherwise). SIGTERM or SIGINT
+checkpoints the step in progress and exits 0; `--resume` continues from there.
 """
 
 import argparse
