@@ -5,8 +5,7 @@ First order: grad_beta L_val(w, beta). Second order (DARTS' approximation):
   grad = grad_beta L_val(w', beta) - lr * H v,   v = grad_w' L_val(w', beta)
 with the Hessian-vector product H v = grad_beta grad_w L_train by central finite differences, eps = 0.01 / ||v||.
 The virtual step is taken in place on the model's own weights and undone afterwards, so it keeps partial channels
-and pruning as they are. Regularisers (`--reg_type`, the table `REGULARIZERS`): a term on beta added to the loss
-times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in the paper's code), `kl` = KL(Dir(alpha)||Dir(1)).
+and pruning as they are. Either order adds the regulariser of `--reg_type` (`REGULARIZERS`: l2 or kl).
 """
 
 import contextlib
@@ -15,14 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the architecture loss
-# times --reg_scale. A new regulariser is one more entry.
+# --reg_type: name -> the term on beta (a function of the supernet) added to the arch loss times --reg_scale.
 REGULARIZERS = {
-    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the paper's code
-    # gives Adam, so the update is the paper's.
+    # ||beta||^2 / 2: its gradient times reg_scale is the (coupled) weight decay the paper's code gives Adam
     "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
-    # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
-    "kl": lambda model: model.kl_regularizer(),
+    "kl": lambda model: model.kl_regularizer(),  # KL(Dir(alpha) || Dir(1)) summed over the edges: DrNAS Sec. 3.1
 }
 
 
@@ -63,8 +59,7 @@ class Architect:
     def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
         weights, arch = self.model.weights(), self.model.arch_parameters()
         saved = [w.detach().clone() for w in weights]
-        # One draw of the mixing weights for every L_train evaluation: the finite difference below must compare the
-        # same function at w + eps v and w - eps v.
+        # One draw of the mixing weights for every L_train: the finite difference compares one function at w +- eps v.
         mix_train = self.model.arch_weights()  # (6, ops), graph back to beta
 
         # Virtual SGD step w' (as the weight optimizer would take it).

@@ -3,9 +3,8 @@
 `load_benchmark(path)` reads the official file (`NAS-Bench-201-v1_0-e61699.pth`, ...) through `nas_201_api` (pip
 install nas-bench-201), or a compact CSV table `index,arch,cifar10,cifar100,ImageNet16-120[,cifar10-valid]` (plain or
 gzipped; `tables/` ships one for all 15,625 cells, see tables/README.md, the default of `--benchmark`; `none` turns the
-searches' look-ups off). `query(arch_str)`: per data set the test accuracy (%) after 200 epochs. Every epoch a search
-records its derived cell's accuracies and the min / median / max of `--trajectory_samples` cells drawn from the current
-distribution (`query_benchmark`). `--arch` takes a named cell (DrNAS, ResNet), a string or a genotype.json:
+searches' look-ups off). `query(arch_str)`: per data set the test accuracy (%) after 200 epochs. `query_benchmark`: what
+a search epoch records. `--arch` takes a named cell (DrNAS, ResNet), a string or a genotype.json:
 
     python benchmark.py query --arch DrNAS
     python benchmark.py query \
@@ -35,11 +34,9 @@ logger = logging.getLogger(__name__)
 
 # The shipped table, the default of every --benchmark, resolved against this folder rather than the current one.
 DEFAULT_TABLE = "tables/nb201_test_accuracy.csv.gz"
-# The search data sets the benchmark measured (the searches' --dataset names).
-MEASURED = ("cifar10", "cifar100", "imagenet16-120")
-# Test accuracy after 200 epochs on these; cifar10-valid (valid accuracy) only where the source has it.
-DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
-VALID = "cifar10-valid"
+MEASURED = ("cifar10", "cifar100", "imagenet16-120")  # the benchmark's data sets, as the searches' --dataset names
+DATASETS = ("cifar10", "cifar100", "ImageNet16-120")  # test accuracy after 200 epochs on these
+VALID = "cifar10-valid"  # valid accuracy, only where the source has it
 HEADER = ["index", "arch", *DATASETS]
 
 
@@ -249,9 +246,8 @@ def _lookup(benchmark, arch):
 
 
 def query_benchmark(model, benchmark, args, epoch):
-    """The epoch's record: `benchmark` (the derived cell's accuracy per data set; None if not in NAS-Bench-201) and
-    its copies `nb201_<dataset>` (TensorBoard's); with --trajectory_samples, `trajectory` (min / median / max per data
-    set over the drawn cells NAS-Bench-201 holds, or None) and `trajectory_missing` (how many it does not, if any)."""
+    """The epoch's record: `benchmark` (the derived cell's accuracy per data set, or None) and its `nb201_<dataset>`
+    copies; with --trajectory_samples, `trajectory` (min / median / max of the drawn cells), `trajectory_missing`."""
     arch = str(model.genotype())
     accs = _lookup(benchmark, arch)
     record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in (accs or {}).items()}}

@@ -39,7 +39,7 @@ IMAGENET16_HELP = "get the ImageNet16 pickles linked from the NAS-Bench-201 READ
 class PickledImages(Dataset):
     """Images stored as pickled dicts {'data': (N, 3*S*S) uint8, label_key: [...]}."""
 
-    def __init__(self, folder, files, label_key, num_classes, size, one_based, transform=None):
+    def __init__(self, folder, files, label_key, num_classes, size, one_based, transform):
         images, labels = [], []
         for path in (Path(folder) / name for name in files):
             try:
@@ -60,8 +60,7 @@ class PickledImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
-        image = Image.fromarray(self.images[index])
-        return (image if self.transform is None else self.transform(image)), self.labels[index]
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 def _transforms(size, mean, std, augment, resize=False):
@@ -72,9 +71,8 @@ def _transforms(size, mean, std, augment, resize=False):
 
 # Your own images (files, statistics: image_files.py); imagefolder stays per folder, as DARTS-space's adds cutout.
 def imagefolder(root, image_size=32, seed=0, train_augment=True):
-    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or test/), resized and
-    normalised with the training images' statistics; training in a `seed` order (so that a split holds every class),
-    with crop and flip. `train.summary` is a line for the log."""
+    """`(train, test, num_classes)` from `root/train/<class>/*` and `root/val/<class>/*` (or test/), resized, normalised
+    with the training images' statistics; training in a `seed` order with crop and flip; `train.summary`: a log line."""
     root = Path(root)
     layout = f"--dataset imagefolder expects {root}/train/<class>/* and {root}/val/<class>/* (or test/)"
     if not root.is_dir():

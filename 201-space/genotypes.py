@@ -13,13 +13,10 @@ from pathlib import Path
 from runkit.data_common import DATA_KEYS, read_genotype_json
 from runkit.utils import UserError, write_json
 
-# The search space, as checkpoints record it (a checkpoint of the other folder is refused).
-SPACE = "NAS-Bench-201"
-# Op order of the NAS-Bench-201 search space (the columns of the architecture parameters).
-PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+SPACE = "NAS-Bench-201"  # as checkpoints record it (a checkpoint of the other folder is refused)
+PRIMITIVES = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]  # the columns of beta
 MAX_NODES = 4
-# Edges in the order the supernet and the strings use: (to node i, from node j).
-EDGES = [(i, j) for i in range(1, MAX_NODES) for j in range(i)]
+EDGES = [(i, j) for i in range(1, MAX_NODES) for j in range(i)]  # (to node i, from node j), the strings' order
 
 
 class Structure:
@@ -104,10 +101,8 @@ def load_arch_and_data(spec):
     if not spec.lstrip().startswith("|"):
         path = Path(spec)
         if not path.is_file():
-            raise UserError(
-                f"--arch {spec!r} is neither a named cell ({', '.join(NAMED)}), an architecture "
-                "string like '|nor_conv_3x3~0|+|...|', nor an existing genotype.json"
-            )
+            named = f"a named cell ({', '.join(NAMED)}), an architecture string like '|nor_conv_3x3~0|+|...|'"
+            raise UserError(f"--arch {spec!r} is neither {named}, nor an existing genotype.json")
         saved = read_genotype_json(path, f"--arch {path}", SPACE)  # a DARTS-space file is named as such
         text = saved.get("arch") if isinstance(saved, dict) else None
         if not isinstance(text, str):

@@ -61,21 +61,15 @@ class Network(nn.Module):
 
 
 def cost_model(num_classes, image_size, C=16, layers=5):
-    """The `budget.CostModel` of this network (train.py's C and layers) for `num_classes` and `image_size` px inputs.
-
-    Each op of PRIMITIVES is counted as the module its cells build, on the input each cell takes, and summed over
-    the cells; the fixed part is the rest of the network. A new OPS entry needs nothing of its own.
-    """
+    """The `budget.CostModel` of this network (train.py's C and layers) for `num_classes` and `image_size` px inputs:
+    each op of PRIMITIVES counted as its cells build it, on each cell's input; the fixed part is the rest."""
     with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
         probe = Network(C, layers, Structure.from_edges([PRIMITIVES[-1]] * len(EDGES)), num_classes)
         shapes = []  # (C, H, W) of every cell's input, which all its ops take
-        cells = [cell for cell in probe.cells if isinstance(cell, InferCell)]
-        hooks = [
-            cell.register_forward_pre_hook(lambda cell, inputs: shapes.append(inputs[0].shape[1:])) for cell in cells
-        ]
+        for cell in probe.cells:
+            if isinstance(cell, InferCell):  # the probe is dropped afterwards, hooks and all
+                cell.register_forward_pre_hook(lambda _, inputs: shapes.append(inputs[0].shape[1:]))
         total = count(probe, (3, image_size, image_size))
-        for hook in hooks:
-            hook.remove()
         op_count = functools.cache(lambda name, shape: count(OPS[name](shape[0], shape[0], 1, True), shape))
         per_op = [[op_count(name, tuple(shape)) for shape in shapes] for name in PRIMITIVES]
     edges = {kind: [[sum(c[kind] for c in counts) for counts in per_op] for _ in EDGES] for kind in KINDS}

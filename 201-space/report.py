@@ -1,7 +1,6 @@
 """Tabulate finished NAS-Bench-201 searches like the paper's table (DrNAS Table 3).
 
-    cd 201-space
-    for s in 0 1 2 3; do python train_search.py --seed $s --save runs/s$s; done
+    cd 201-space && for s in 0 1 2 3; do python train_search.py --seed $s --save runs/s$s; done
     python report.py runs/s*                          # Markdown on stdout
     python report.py runs/s* --csv runs/table.csv     # and the same rows as CSV
     python report.py runs/s* --benchmark NAS-Bench-201-v1_0-e61699.pth   # the official file instead

@@ -3,8 +3,7 @@
 NAS-Bench-201 trains every cell at C=16, N=5 for 200 epochs: SGD with Nesterov momentum 0.9, learning rate 0.1
 cosine-annealed to 0, weight decay 5e-4, batch 256, random crop and flip. These are the defaults here.
 
-    cd 201-space
-    python train.py --arch DrNAS --dataset cifar10        # benchmark: 94.36 % test accuracy
+    cd 201-space && python train.py --arch DrNAS --dataset cifar10   # benchmark: 94.36 % test accuracy
     python train.py --arch experiments/train_search-.../genotype.json --dataset cifar100
     python train.py --arch '|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|' \
         --dataset imagenet16-120 --data ~/data/ImageNet16
@@ -21,6 +20,7 @@ image size, says so in one log line (and trains as it was told).
 """
 
 import argparse
+import functools
 import logging
 
 import torch
@@ -60,8 +60,7 @@ def get_parser():
 
 
 def train(run, model, train_set, test_set, criterion, learning_rate, args):
-    """The training loop: per epoch `learning_rate(epoch)`, one SGD step per batch, then the test set. Returns the
-    last epoch's record as history.jsonl holds it (None when a resumed run had no epoch left)."""
+    """Per epoch `learning_rate(epoch)`, SGD steps, the test set; returns the last record (None if no epoch left)."""
     device, resumed = run.dist.device, run.task_state()
     sgd = dict(momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, **sgd)
@@ -101,8 +100,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
 
 
 def finish(run, model, last):
-    """The last line: the last epoch's test accuracy leads (NAS-Bench-201 reports the accuracy after 200 epochs),
-    then the best epoch's, chosen on the test set itself, which makes it optimistic."""
+    """The last line: the last epoch's test accuracy (NAS-Bench-201's figure), then the best, picked on the test set."""
     best = run.best
     if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
         final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
@@ -144,10 +142,7 @@ def main(argv=None):
         logger.info("%s", train_data.summary)
     shown = (params, params / 1e6, flops, flops / 1e6)
     logger.info("param count = %d (%.6fM), multiply-adds (FLOPs) = %d (%.5fM)", *shown)
-
-    def learning_rate(epoch):  # NAS-Bench-201: cosine from the initial rate to 0, set once per epoch
-        return utils.cosine_lr(epoch, args.epochs, args.learning_rate)
-
+    learning_rate = functools.partial(utils.cosine_lr, epochs=args.epochs, lr=args.learning_rate)  # NB201: cosine to 0
     finish(run, model, train(run, model, train_data, test_data, nn.CrossEntropyLoss(), learning_rate, args))
 
 

@@ -41,19 +41,16 @@ logger = logging.getLogger(__name__)
 
 # Valid ranges of the numeric flags only the searches of this folder have (run_flags.RANGES holds the rest).
 FLAG_RANGES = {
-    "k": (1, None, True, True),
-    "tau_max": (0, None, False, True),
-    "tau_min": (0, None, False, True),
+    "k": (1, None, True, True), "tau_max": (0, None, False, True), "tau_min": (0, None, False, True),
     "trajectory_samples": (0, None, True, True),
-}
+}  # fmt: skip
 
 
 def get_parser(progressive=False, description=__doc__):
     """The search's flags; `progressive=True` swaps --epochs/--k for the stage schedule."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0], formatter_class=run_flags.HelpFormatter)
     data = add_data_arguments(parser, "search on")
-    portion = "share of the training set for weights; the rest trains the architecture"
-    data.add_argument("--train_portion", type=float, default=0.5, help=portion)
+    data.add_argument("--train_portion", type=float, default=0.5, help="weights' share of the train set (rest: beta)")
     device_data.add_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument("--init_channels", type=int, default=16, help="channels C of the first stage")
@@ -75,11 +72,9 @@ def get_parser(progressive=False, description=__doc__):
         group.add_argument("--stage_k", **stage, default=[4, 2], metavar=("K1", "K2"), help="partial channels k")
         keep = "ops kept per edge (stage 1 keeps those with the largest initial beta, set by --seed)"
         group.add_argument("--stage_keep", **stage, default=[len(PRIMITIVES), 3], metavar=("N1", "N2"), help=keep)
-        warmup = "weight-only epochs at the start of each stage"
-        group.add_argument("--warmup_epochs", type=int, default=10, help=warmup)
+        group.add_argument("--warmup_epochs", type=int, default=10, help="weight-only epochs at each stage's start")
     else:
-        k = "partial channels: 1/k of the channels go through each edge"
-        group.add_argument("--k", type=int, default=1, help=k)
+        group.add_argument("--k", type=int, default=1, help="partial channels: 1/k of the channels pass each edge")
     group.add_argument("--arch_learning_rate", type=float, default=3e-4, help="Adam learning rate of beta")
     group.add_argument("--unrolled", action="store_true", help="second-order architecture gradient")
     reg = "regulariser of beta, added to its loss: ||beta||^2 / 2 (l2, the paper's Adam weight decay) or KL to Dir(1)"
@@ -90,8 +85,7 @@ def get_parser(progressive=False, description=__doc__):
     budget.add_arguments(group)
     benchmark = "NAS-Bench-201 .pth file or CSV table queried each epoch (default: the shipped table); none: no queries"
     group.add_argument("--benchmark", type=str, default=DEFAULT_TABLE, help=benchmark)
-    samples = "architectures drawn from the Dirichlet each epoch and looked up in the benchmark"
-    group.add_argument("--trajectory_samples", type=int, default=100, help=samples)
+    group.add_argument("--trajectory_samples", type=int, default=100, help="cells drawn each epoch for the trajectory")
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     accel.add_compile_argument(system)
@@ -104,32 +98,27 @@ def get_stages(args):
         stages = [Stage(args.epochs, args.k, len(PRIMITIVES), 0)]
     else:
         stages = [Stage(*s, args.warmup_epochs) for s in zip(args.stage_epochs, args.stage_k, args.stage_keep)]
-        if not stages[0].k > stages[1].k or stages[0].k % stages[1].k:
-            raise utils.UserError(
-                f"--stage_k {args.stage_k[0]} {args.stage_k[1]}: stage 2 widens, so K2 must divide K1 and be smaller"
-            )
+        k1, k2 = args.stage_k
+        if not k1 > k2 or k1 % k2:
+            raise utils.UserError(f"--stage_k {k1} {k2}: stage 2 widens, so K2 must divide K1 and be smaller")
         if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep >= 1:
             raise utils.UserError(
                 f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops), "
                 f"got {args.stage_keep}"
             )
         check_warmup(stages)
+    channels = args.init_channels
     for stage in stages:
-        if args.init_channels % stage.k:
-            valid = [k for k in range(1, args.init_channels + 1) if args.init_channels % k == 0]
+        if channels % stage.k:
+            valid = [k for k in range(1, channels + 1) if channels % k == 0]
             flag = "--stage_k" if hasattr(args, "stage_k") else "--k"
-            raise utils.UserError(
-                f"{flag} {stage.k} does not divide the {args.init_channels} channels; use one of {valid}"
-            )
+            raise utils.UserError(f"{flag} {stage.k} does not divide the {channels} channels; use one of {valid}")
     return stages
 
 
 def build_model(args, num_classes, device, state=None):
-    """The supernet (--amp) of the first stage on `device`, or of a resumed checkpoint's (k, kept ops, tensors).
-
-    The first stage keeps its N1 ops per edge from the start: those with the largest beta at initialisation
-    (`Network.prune`), a random choice fixed by --seed; with N1 = all ops (the default) it keeps them all.
-    """
+    """The supernet (--amp) of the first stage on `device`, or of a resumed checkpoint's (k, kept ops, tensors). Stage 1
+    keeps the N1 ops per edge with the largest initial beta (`Network.prune`, set by --seed; by default all)."""
     first = get_stages(args)[0]
     model = Network(args.init_channels, args.layers, num_classes, first.k, args.method)
     if state is None:
@@ -164,15 +153,13 @@ def enter_stage(model, optimizer, stage, args):
 
 
 def split_search_data(train_data, train_portion):
-    """(weights' part, architecture's part): the first `train_portion` of the training set, and the rest (an
-    imagefolder training set comes in a seeded random order, so both parts hold every class)."""
+    """(weights' part, beta's part): the first `train_portion` of the set, the rest (imagefolder comes shuffled)."""
     split = int(len(train_data) * train_portion)
     return Subset(train_data, range(split)), Subset(train_data, range(split, len(train_data)))
 
 
 def search_data(train_data, args, device):
-    """Streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of the latter, held on
-    the device and augmented there when `--data_on_device` says so (see device_data)."""
+    """Streams of the weights' ("train") and beta's ("valid") batches, and a loader of the latter (see device_data)."""
     train_part, valid_part = split_search_data(train_data, args.train_portion)
     on_device = device_data.use_device(args.data_on_device, train_data, device)
     kwargs = dict(device=device, on_device=on_device, workers=args.workers, pin_memory=device.type == "cuda")
@@ -196,10 +183,8 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 
 def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None, benchmark=None):
-    """The search (DrNAS Algorithm 1), epoch by epoch: the stage switch, then per training batch an architecture
-    step on a held-out batch (after the stage's warm-up) and a weight step; the held-out accuracy and the cell,
-    written to genotype.json every epoch (with `data`, for train.py), so an interrupted search leaves its cell;
-    with `costs` (a `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
+    """The search (DrNAS Algorithm 1): per batch an architecture step (after the stage's warm-up) and a weight step;
+    per epoch the held-out accuracy and the cell in genotype.json (with `data`; with `costs`, its cost)."""
     stages, device = get_stages(args), model.beta.device
     epochs = sum(s.epochs for s in stages)
     resumed = run.task_state()
@@ -234,14 +219,13 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
             run.update(logits, y, loss)
         valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), device).result()
         cell = model.genotype()
-        genotype = str(cell)
-        logger.info("genotype = %s", genotype)
+        logger.info("genotype = %s", cell)
         if model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
             logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), model.concentrations())
         else:
             logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), model.softmax_weights())
         record = {"stage": stage, "lr": lr, **run.train_metrics(), "valid_acc": valid["acc"]}
-        record.update(valid_loss=valid["loss"], genotype=genotype)
+        record.update(valid_loss=valid["loss"], genotype=str(cell))
         saved = dict(data or {})
         if costs is not None:  # exact figures of the derived cell and the surrogate's, in millions
             rows = cost_rows(cell)
