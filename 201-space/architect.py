@@ -60,7 +60,7 @@ class Architect:
         weights, arch = self.model.weights(), self.model.arch_parameters()
         saved = [w.detach().clone() for w in weights]
         # One draw of the mixing weights for every L_train: the finite difference compares one function at w +- eps v.
-        mix_train = self.model.arch_weights()  # (6, ops), graph back to beta
+        mix_train = self.model.arch_weights()  # (6, n_kept), graph back to beta
 
         # Virtual SGD step w' (as the weight optimizer would take it).
         train_loss = F.cross_entropy(self.model(x_train, mix_train.detach()), y_train)
