@@ -97,15 +97,6 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
         assert flags == cell.is_identity
 
 
-def test_eval_ops_have_affine_batchnorm(load_space):
-    """Evaluation BatchNorms are affine, except the affine-free one after each pool."""
-    model, genotypes = load_space("DARTS-space", "model", "genotypes")
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
-    after_pool = {id(op[1]) for cell in net.cells for op in cell.ops if isinstance(op, torch.nn.Sequential)}
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert after_pool and all(m.affine == (id(m) not in after_pool) for m in norms)
-
-
 def test_shared_relu_is_the_darts_cell(load_space):
     """Rectifying each state once for all its ops equals the ops' own ReLUs (the DARTS ops)."""
     model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")

@@ -387,39 +387,21 @@ def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(loa
     assert search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
 
 
-def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_lr(load_space):
-    """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr."""
-    search, model_search = load_space(SPACE, "train_search", "model_search")
-    torch.manual_seed(0)
-    net = model_search.Network(C, 10, LAYERS, k=2)
-    with torch.no_grad():
-        net.beta_normal.normal_(0, 1)
-        net.beta_reduce.normal_(0, 1)
-    args = argparse.Namespace(
-        stage_epochs=[1, 1], stage_keep=[7, 3], stage_k=[2, 1], warmup_epochs=0, seed=0, momentum=0.9, weight_decay=3e-4
-    )
-    sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
-    new = search.enter_stage(net, sgd, 1, args)
-    for cell in net.cells:
-        beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
-        for e, edge in enumerate(cell.edges):
-            assert edge.kept == sorted(beta[e].topk(3).indices.tolist()) and edge.k == 1
-    assert net.k == 1
-    group = new.param_groups[0]
-    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.037, 0.9, 3e-4)
-    assert {id(p) for p in group["params"]} == {id(p) for p in net.weights()}
-
-
-def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widened_ones_expanded(load_space):
-    """enter_stage hands the weights' SGD momentum to the new optimiser."""
+def test_stage_switch_prunes_to_top_keep_ops_widens_to_next_k_same_lr_and_carries_the_sgd_momentum(load_space):
+    """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr; the new
+    optimiser gets the weights' momentum: kept parameters keep theirs, widened ones get it expanded."""
     search, model_search, net2wider, train_search = load_space(
         SPACE, "train_search", "model_search", "runkit.net2wider", "train_search"
     )
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
+    with torch.no_grad():
+        net.beta_normal.normal_(0, 1)
+        net.beta_reduce.normal_(0, 1)
     argv = ["--stage_epochs", "1", "1", "--stage_k", "2", "1", "--stage_keep", "7", "3", "--warmup_epochs", "0"]
     args = train_search.get_parser().parse_args(argv)
-    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9)
+    assert (args.momentum, args.weight_decay) == (0.9, 3e-4)
+    sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
     x, y = batch()
     for _ in range(2):  # buffers that are not just the last gradient
         sgd.zero_grad(set_to_none=True)
@@ -436,7 +418,14 @@ def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widen
     net.widen = recording_widen
     new = search.enter_stage(net, sgd, 1, args)
     del net.widen
-    weights = net.weights()
+    for cell in net.cells:
+        beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
+        for e, edge in enumerate(cell.edges):
+            assert edge.kept == sorted(beta[e].topk(3).indices.tolist()) and edge.k == 1
+    assert net.k == 1
+    group, weights = new.param_groups[0], net.weights()
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.037, 0.9, 3e-4)
+    assert {id(p) for p in group["params"]} == {id(p) for p in weights}
     assert set(new.state) <= set(weights), "pruned ops leave no state behind"
     kept = [p for p in weights if p in old]
     assert any(p is net.stem0[0].weight for p in kept)
