@@ -54,15 +54,12 @@ def shuffle_by_hand(t, groups):
     return out
 
 
-def test_primitives_are_the_seven_darts_ops_in_order_without_none(load_space):
-    """The searched op set is the 7 DARTS ops (no `none`), in this order."""
+def test_the_seven_darts_ops_in_order_without_none_and_beta_is_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
+    """The searched op set is the 7 DARTS ops (no `none`), in this order; beta_normal and beta_reduce are (14, 7)
+    parameters drawn as 1e-3 * N(0, 1)."""
+    model_search, genotypes = load_space(SPACE, "model_search", "genotypes")
     ops = "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5"
-    assert load_space(SPACE, "genotypes").PRIMITIVES == ops.split()
-
-
-def test_beta_is_initialised_as_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
-    """beta_normal and beta_reduce are (14, 7) parameters drawn as 1e-3 * N(0, 1)."""
-    model_search = load_space(SPACE, "model_search")
+    assert genotypes.PRIMITIVES == ops.split()
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     assert net.beta_normal.shape == net.beta_reduce.shape == (14, 7)
@@ -341,12 +338,18 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     assert torch.equal(flat(net.arch_parameters()), beta0) and all(b.grad is None for b in net.arch_parameters())
 
 
-def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
-    """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34."""
+def test_stage_schedule_default_25_plus_25_epochs_first_10_weights_only_lr_one_cosine_from_0_1_to_0(load_space):
+    """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34; the weights'
+    learning rate is one cosine from 0.1 to 0 over all 50 epochs."""
     train_search, search, stages = load_space(SPACE, "train_search", "train_search", "runkit.run_flags")
     args = train_search.get_parser().parse_args([])
     schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
+    # The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch.
+    for epoch in range(50):
+        assert search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
+    args.learning_rate_min = 0.001  # and learning_rate_min is the end point of the cosine
+    assert search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
     args = argparse.Namespace(stage_epochs=[3, 4, 2], stage_k=[1, 1, 1], stage_keep=[7, 7, 7], warmup_epochs=1)
     assert [stages.stage_at(search.get_stages(args), e) for e in range(9)] == [
         (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True),
@@ -375,16 +378,6 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
     assert not torch.equal(flat(net.arch_parameters()), beta0)
     assert all(float(state["step"]) == 2 for state in searched["architect"]["state"].values())
     assert len(searched["architect"]["state"]) == 2, "both betas step once per batch"
-
-
-def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(load_space):
-    """The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch."""
-    train_search, search = load_space(SPACE, "train_search", "train_search")
-    args = train_search.get_parser().parse_args([])
-    for epoch in range(50):
-        assert search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
-    args.learning_rate_min = 0.001  # and learning_rate_min is the end point of the cosine
-    assert search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
 
 
 def test_stage_switch_prunes_to_top_keep_ops_widens_to_next_k_same_lr_and_carries_the_sgd_momentum(load_space):
