@@ -132,8 +132,9 @@ def test_architect_clips_beta_gradient_to_grad_clip(load_space):
     assert norms[1e-4] == pytest.approx(1e-4, rel=1e-4)
 
 
-def test_imagenet_search_transforms_are_crop_and_flip_for_both_splits(load_space, tiny_imagenet):
-    """Search: weights and architecture batches both get RandomResizedCrop + flip, no ColorJitter."""
+def test_imagenet_search_and_evaluation_transforms(load_space, tiny_imagenet):
+    """Search: weights and architecture batches both get RandomResizedCrop + flip, no ColorJitter. Evaluation: crop,
+    flip and ColorJitter(0.4, 0.4, 0.4, 0.2) to train; resize 256 + centre crop 224 to test."""
     datasets = load_space("DARTS-space", "datasets")
     T = pytest.importorskip("torchvision.transforms")
     train, arch, classes = datasets.imagenet_datasets(tiny_imagenet, 224, search=True)
@@ -143,12 +144,6 @@ def test_imagenet_search_transforms_are_crop_and_flip_for_both_splits(load_space
         assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
         assert dataset.transform.transforms[0].size == (224, 224)
     assert dataset[0][0].shape == (3, 224, 224)
-
-
-def test_imagenet_evaluation_transforms(load_space):
-    """Evaluation: crop, flip and ColorJitter(0.4, 0.4, 0.4, 0.2) to train; resize 256 + centre crop 224 to test."""
-    datasets = load_space("DARTS-space", "datasets")
-    T = pytest.importorskip("torchvision.transforms")
     train_tf, val_tf = datasets.imagenet_transforms(224)
     kinds = [type(t) for t in train_tf.transforms]
     assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ColorJitter, T.ToTensor, T.Normalize]
