@@ -8,16 +8,12 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_DARTS_TRAIN, popen_script, read_history, run_script
+from conftest import TINY_DARTS_TRAIN, load_ckpt, popen_script, read_history, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
 TINY = "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 --batch_size 16 --learning_rate 0.05"
 TINY = [*TINY.split(), *"--epochs 2 --device cpu --workers 0 --seed 3 --report_freq 8".split()]
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
-def _checkpoint(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
 def _assert_same_state(a, b):
@@ -39,7 +35,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
         time.sleep(0.02)
     killed.kill()
     killed.wait()
-    assert _checkpoint(resumed)["epoch"] == 1, "the run was not stopped after its first epoch"
+    assert load_ckpt(resumed / "checkpoint.pt")["epoch"] == 1, "the run was not stopped after its first epoch"
     result = run_script("DARTS-space", "train.py", *TINY, "--save", resumed, "--resume", resumed / "checkpoint.pt")
     assert result.returncode == 0, result.stderr
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
@@ -54,7 +50,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     assert history[-1]["test_acc"] > 40.0  # chance is 10 %
     assert "best test acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
 
-    a, b = _checkpoint(straight), _checkpoint(resumed)
+    a, b = load_ckpt(straight / "checkpoint.pt"), load_ckpt(resumed / "checkpoint.pt")
     assert b["epoch"] == 2
     a, b = a["task"], b["task"]
     _assert_same_state(a["model"], b["model"])
