@@ -164,7 +164,8 @@ def test_201_scripts_compile_the_network_they_run(load_space, tmp_path, restore_
     calls = []
     monkeypatch.setattr(accel, "compile_model", lambda model, device, *rest: calls.append((model, device)))
     flags = ["--arch", "DrNAS"] if script == "train.py" else ["--benchmark", "none"]
-    module.main([*TINY_201, "--epochs", "1", *flags, "--compile", "--save", str(tmp_path / "run")])
+    argv = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1", *flags, "--compile"]
+    module.main([*argv, "--save", str(tmp_path / "run")])
     assert len(calls) == 1 and isinstance(calls[0][0], torch.nn.Module) and calls[0][1] == CPU
 
 
