@@ -124,11 +124,9 @@ def test_each_configuration_runs_in_a_child_that_gets_gpu_only_when_given(load_s
     assert command[command.index("--gpu") + 1] == "1" and "--compile" in command
 
 
-def test_gpu_off_cuda_is_one_line_before_any_child():
-    result = run_script("DARTS-space", "bench.py", "--device", "cpu", "--gpu", "0")
-    assert_one_line_error(result.returncode, result.stderr, "--gpu 0")
-
-
-def test_compile_of_a_search_config_is_one_line():
-    result = run_script("DARTS-space", "bench.py", "--device", "cpu", "--config", "small", "--compile")
-    assert_one_line_error(result.returncode, result.stderr, "--compile")
+@pytest.mark.parametrize(
+    "flags, expected", [(["--gpu", "0"], "--gpu 0"), (["--config", "small", "--compile"], "--compile")]
+)  # --gpu off CUDA, before any child; --compile of a search configuration
+def test_gpu_off_cuda_and_compile_of_a_search_config_are_one_line(flags, expected):
+    result = run_script("DARTS-space", "bench.py", "--device", "cpu", *flags)
+    assert_one_line_error(result.returncode, result.stderr, expected)

@@ -154,19 +154,16 @@ def test_flags_that_cannot_mean_what_they_say_are_refused(tmp_path, flags, expec
     assert not (tmp_path / "run").exists()
 
 
-def test_amp_and_compile_say_what_they_do(load_space):
+def test_amp_and_compile_say_what_they_do_and_amp_is_logged_with_its_dtype(tmp_path, load_space):
+    """Where the CPU has bf16 units; where it has none, --amp is refused in one line before any write."""
     accel = load_space("201-space", "runkit.accel")
     lines = accel.describe(Namespace(amp=True, compile=True), torch.device("cpu"))
     assert lines[0].startswith("--amp: bfloat16 autocast (") and "loss scaler" not in lines[0]
     assert lines[1].startswith("--compile: compiling the network; the first steps take about a minute")
     assert accel.describe(Namespace(amp=False), torch.device("cpu")) == []
-
-
-def test_amp_is_logged_with_its_dtype(tmp_path, load_space):
-    """Where the CPU has bf16 units; where it has none, --amp is refused in one line before any write."""
     run_dir = tmp_path / "run"
     result = run_script("201-space", "train_search.py", *TINY_201, "--epochs", "1", "--amp", "--save", run_dir)
-    if not load_space("201-space", "runkit.accel").cpu_has_bf16():
+    if not accel.cpu_has_bf16():
         assert_one_line_error(result.returncode, result.stderr, "--amp on a CPU without bf16 units")
         assert not run_dir.exists()
         return

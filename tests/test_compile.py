@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch._dynamo.symbolic_convert
 import torch.nn.functional as F
+from torch._dynamo.backends.registry import lookup_backend
 from torch._dynamo.utils import counters
 
 from conftest import TINY_201, assert_one_line_error, run_script
@@ -163,35 +164,48 @@ def test_201_scripts_compile_the_network_they_run(load_space, tmp_path, restore_
     calls = []
     monkeypatch.setattr(accel, "compile_model", lambda model, device, *rest: calls.append((model, device)))
     flags = ["--arch", "DrNAS"] if script == "train.py" else ["--benchmark", "none"]
-    module.main([*TINY_201, "--epochs", "1", *flags, "--compile", "--save", str(tmp_path / "run")])
+    argv = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1", *flags, "--compile"]
+    module.main([*argv, "--save", str(tmp_path / "run")])
     assert len(calls) == 1 and isinstance(calls[0][0], torch.nn.Module) and calls[0][1] == CPU
 
 
 class CountingBackend:
-    """A torch.compile backend that runs the traced graph eagerly and counts the graphs it was given."""
+    """aot_eager (the traced graph run eagerly, through AOTAutograd) that counts the graphs it was given."""
 
     def __init__(self):
         self.graphs = 0
 
     def __call__(self, graph_module, example_inputs):
         self.graphs += 1
-        return graph_module.forward
+        return lookup_backend("aot_eager")(graph_module, example_inputs)
 
 
-def eval_network(load_space):
+def test_darts_compiled_training_matches_eager_and_drop_path_is_random_per_step_without_recompiling(load_space):
+    """Three SGD steps (auxiliary loss, clipping) through the traced graph equal the eager ones, drop path off; then
+    drop path switches on with one new graph, later epochs' values need none, and each call draws a new mask."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
-    torch.manual_seed(0)
-    return model.NetworkCIFAR(4, 10, 3, True, genotypes.DrNAS_cifar10).train()
-
-
-def test_darts_drop_path_probability_changes_without_recompiling(load_space):
-    net = eval_network(load_space)
-    backend = CountingBackend()
-    compiled = torch.compile(net, backend=backend, dynamic=False)
-    x = torch.randn(4, 3, 32, 32)
-    net.drop_path_prob = 0.0
-    compiled(x)
+    backend, losses = CountingBackend(), {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        net = model.NetworkCIFAR(4, 10, 3, True, genotypes.DrNAS_cifar10).train()
+        net.drop_path_prob = 0.0
+        compiled = torch.compile(net, backend=backend, dynamic=False) if name == "compiled" else net
+        optimizer = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9)
+        torch.manual_seed(1)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
+        losses[name] = []
+        for _ in range(3):
+            logits, aux = compiled(x)
+            loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            optimizer.step()
+            losses[name].append(float(loss.detach()))
+    # aot_eager agreed with eager and float64 to 2e-7; a lost term (the auxiliary loss) moves them by percents.
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4) and losses["eager"][-1] < losses["eager"][0]
     first = backend.graphs
+    assert first > 0
     net.drop_path_prob = 0.1  # drop path switches on: one new graph
     compiled(x)
     assert (switched_on := backend.graphs) > first
@@ -201,43 +215,16 @@ def test_darts_drop_path_probability_changes_without_recompiling(load_space):
     assert backend.graphs == switched_on
     assert float(net.drop_prob) == pytest.approx(0.3) and net.drop_path_prob == pytest.approx(0.3)
     assert "drop_prob" not in net.state_dict()  # set from the epoch, not saved
-
-
-def test_darts_compiled_drop_path_is_random_per_step_and_follows_the_value(load_space):
-    net = eval_network(load_space)
-    compiled = torch.compile(net, backend="aot_eager", dynamic=False)
-    x = torch.randn(8, 3, 32, 32)
     net.drop_path_prob = 0.5
     (first, aux), (second, _) = compiled(x), compiled(x)
     assert aux is not None and aux.shape == (8, 10)  # the auxiliary head in training mode
     assert not torch.allclose(first, second)  # a new mask per call, not one baked into the graph
     net.drop_path_prob = 1e-9  # practically off, without a new graph: the same function every call
     torch.testing.assert_close(compiled(x)[0], compiled(x)[0])
+    assert backend.graphs == switched_on
     net.eval()
     logits, aux = compiled(x)
     assert aux is None and torch.equal(logits, compiled(x)[0])  # evaluation: no drop path, no head
-
-
-def test_darts_compiled_training_steps_match_eager(load_space):
-    """Three SGD steps (auxiliary loss, clipping) through the traced graph equal the eager ones, drop path off."""
-    losses = {}
-    for name in ("eager", "compiled"):
-        net = eval_network(load_space)
-        step_net = torch.compile(net, backend="aot_eager", dynamic=False) if name == "compiled" else net
-        optimizer = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9)
-        torch.manual_seed(1)
-        x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
-        losses[name] = []
-        for _ in range(3):
-            logits, aux = step_net(x)
-            loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            optimizer.step()
-            losses[name].append(float(loss.detach()))
-    # aot_eager agreed with eager and float64 to 2e-7; a lost term (the auxiliary loss) moves them by percents.
-    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4) and losses["eager"][-1] < losses["eager"][0]
 
 
 DARTS_FLAGS = ["--dataset", "synthetic", "--device", "cpu", "--layers", "3"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from conftest import assert_one_line_error, forbid_host_reads, popen_script, read_history, tensors
+from conftest import assert_one_line_error, forbid_host_reads, load_ckpt, popen_script, read_history, tensors
 from loop_run import LoopRun
 
 TINY = ["--dataset", "synthetic", "--layers", "5", "--device", "cpu", "--workers", "0"]
@@ -33,10 +33,6 @@ def _wait(proc, timeout=300):
 def _finish(proc):
     returncode, err = _wait(proc)
     assert returncode == 0, err[-3000:]
-
-
-def _checkpoint(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
 def _assert_same(a, b, where="task"):
@@ -73,13 +69,13 @@ def _preempted_run_resumes_exactly(tmp_path, argv, marker):
     preempted = popen_script("DARTS-space", *argv, "--save", broken)
     returncode, err = _preempt(preempted, broken, marker)
     assert returncode == 0, err[-3000:]
-    ckpt = _checkpoint(broken)
+    ckpt = load_ckpt(broken / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] > 0, "not stopped inside epoch 2"
     assert "preempted: checkpoint written" in (broken / "log.txt").read_text()
     # Without --save the run continues in its checkpoint's folder:
     _finish(popen_script("DARTS-space", *argv, "--resume", broken / "checkpoint.pt"))
     _finish(reference)
-    a, b = _checkpoint(straight), _checkpoint(broken)
+    a, b = load_ckpt(straight / "checkpoint.pt"), load_ckpt(broken / "checkpoint.pt")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 0)
     _assert_same(a["task"], b["task"])
     assert read_history(broken) == read_history(straight)
@@ -108,7 +104,7 @@ def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_pa
         assert_one_line_error(*_wait(proc), "not finite")
         if (tmp_path / name / "checkpoint.pt").exists():
             kept += 1
-            state = _checkpoint(tmp_path / name)["task"]
+            state = load_ckpt(tmp_path / name / "checkpoint.pt")["task"]
             assert all(torch.isfinite(t).all() for t in tensors(state).values() if t.is_floating_point()), name
     assert kept > 0  # one step per epoch: the first epoch's weights are still finite and are kept
 
@@ -136,10 +132,10 @@ def test_every_script_writes_the_engines_checkpoint_layout(load_space, tmp_path)
     procs = {name: popen_script("DARTS-space", *argv, "--save", tmp_path / name) for name, argv in SHORT.items()}
     for name, proc in procs.items():
         _finish(proc)
-        ckpt = _checkpoint(tmp_path / name)
+        ckpt = load_ckpt(tmp_path / name / "checkpoint.pt")
         assert set(ckpt) == set(engine.CHECKPOINT_KEYS), name
         assert ckpt["version"] == engine.CHECKPOINT_VERSION and ckpt["args"]["script"] == name
-    task = _checkpoint(tmp_path / "train_search")["task"]
+    task = load_ckpt(tmp_path / "train_search" / "checkpoint.pt")["task"]
     assert set(task) == {"model", "optimizer", "architect", "stage", "k", "kept", "genotype"}
 
 

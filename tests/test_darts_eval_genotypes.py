@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_one_line_error, run_script
 
 
-def test_json_round_trip_of_every_named_genotype(load_space, tmp_path):
+def test_json_round_trip_of_every_named_genotype_and_a_nested_genotype_key(load_space, tmp_path):
     genotypes = load_space("DARTS-space", "genotypes")
     for name, genotype in genotypes.NAMED.items():
         path = tmp_path / f"{name}.json"
@@ -18,11 +18,7 @@ def test_json_round_trip_of_every_named_genotype(load_space, tmp_path):
         assert genotypes.load_genotype(name) is genotype
         for ops in (genotype.normal, genotype.reduce):
             assert len(ops) == 8 and all(op in genotypes.PRIMITIVES for op, _ in ops)
-
-
-def test_nested_genotype_key_is_accepted(load_space, tmp_path):
-    genotypes = load_space("DARTS-space", "genotypes")
-    path = tmp_path / "summary.json"
+    path = tmp_path / "summary.json"  # a nested "genotype" key is accepted
     path.write_text(json.dumps({"genotype": genotypes.genotype_to_dict(genotypes.DARTS_V2), "valid_acc": 80.0}))
     assert genotypes.load_genotype(str(path)).normal == genotypes.DARTS_V2.normal
 

@@ -8,16 +8,12 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_DARTS_TRAIN, popen_script, read_history, run_script
+from conftest import TINY_DARTS_TRAIN, load_ckpt, popen_script, read_history, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
 TINY = "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 --batch_size 16 --learning_rate 0.05"
 TINY = [*TINY.split(), *"--epochs 2 --device cpu --workers 0 --seed 3 --report_freq 8".split()]
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
-def _checkpoint(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
 def _assert_same_state(a, b):
@@ -39,7 +35,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
         time.sleep(0.02)
     killed.kill()
     killed.wait()
-    assert _checkpoint(resumed)["epoch"] == 1, "the run was not stopped after its first epoch"
+    assert load_ckpt(resumed / "checkpoint.pt")["epoch"] == 1, "the run was not stopped after its first epoch"
     result = run_script("DARTS-space", "train.py", *TINY, "--save", resumed, "--resume", resumed / "checkpoint.pt")
     assert result.returncode == 0, result.stderr
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
@@ -54,7 +50,7 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     assert history[-1]["test_acc"] > 40.0  # chance is 10 %
     assert "best test acc" in log and (straight / "best.pt").is_file() and (straight / "tb").is_dir()
 
-    a, b = _checkpoint(straight), _checkpoint(resumed)
+    a, b = load_ckpt(straight / "checkpoint.pt"), load_ckpt(resumed / "checkpoint.pt")
     assert b["epoch"] == 2
     a, b = a["task"], b["task"]
     _assert_same_state(a["model"], b["model"])
@@ -81,10 +77,17 @@ def test_arch_path_from_a_search(load_space, tmp_path):
     assert json.loads((run_dir / "genotype.json").read_text()) == genotypes.genotype_to_dict(genotypes.PC_DARTS_cifar)
 
 
-def _run_torchrun(tmp_path, script, *args):
-    run_dir = tmp_path / "run"
-    argv = [*TORCHRUN, script, *args, *"--device cpu --workers 0 --epochs 1 --max_steps_per_epoch 3".split()]
-    result = run_script("DARTS-space", *argv, "--save", run_dir, timeout=300)
+TORCHRUN_ARGS = {
+    "train.py": "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 4 --batch_size 8".split(),
+    "train_imagenet.py": "--image_size 32 --layers 5 --init_channels 8 --batch_size 4".split(),
+}
+
+
+@pytest.mark.parametrize("script", sorted(TORCHRUN_ARGS))
+def test_train_under_torchrun(tmp_path, tiny_imagenet, script):
+    run_dir, data = tmp_path / "run", ["--data", tiny_imagenet] if script == "train_imagenet.py" else []
+    argv = [*TORCHRUN, script, *TORCHRUN_ARGS[script], *data, "--device", "cpu", "--workers", "0", "--epochs", "1"]
+    result = run_script("DARTS-space", *argv, "--max_steps_per_epoch", "3", "--save", run_dir, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (run_dir / "log.txt").read_text()
     # Every rank compares its weights with rank 0's after training: identical replicas.
@@ -94,19 +97,7 @@ def _run_torchrun(tmp_path, script, *args):
     assert sorted(p.name for p in run_dir.iterdir()) == files.split(), "one set of files, written once (by rank 0)"
     # The epoch's summary line (its progress lines are "epoch 1/1 step ..."), once.
     assert log.count("epoch 1/1 lr ") == 1 and log.count("param count") == 1 and len(read_history(run_dir)) == 1
-    assert "2 process(es)" in log
-    return run_dir
-
-
-def test_train_under_torchrun(tmp_path):
-    argv = "train.py --dataset synthetic --cutout --auxiliary --layers 5 --init_channels 4 --batch_size 8"
-    _run_torchrun(tmp_path, *argv.split())
-
-
-def test_train_imagenet_under_torchrun(tmp_path, tiny_imagenet):
-    argv = ["--data", tiny_imagenet, *"--image_size 32 --layers 5 --init_channels 8 --batch_size 4".split()]
-    run_dir = _run_torchrun(tmp_path, "train_imagenet.py", *argv)
-    assert "param count = " in (run_dir / "log.txt").read_text()
+    assert "2 process(es)" in log and "param count = " in log
 
 
 def test_visualize_writes_a_png(tmp_path):

@@ -54,15 +54,12 @@ def shuffle_by_hand(t, groups):
     return out
 
 
-def test_primitives_are_the_seven_darts_ops_in_order_without_none(load_space):
-    """The searched op set is the 7 DARTS ops (no `none`), in this order."""
+def test_the_seven_darts_ops_in_order_without_none_and_beta_is_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
+    """The searched op set is the 7 DARTS ops (no `none`), in this order; beta_normal and beta_reduce are (14, 7)
+    parameters drawn as 1e-3 * N(0, 1)."""
+    model_search, genotypes = load_space(SPACE, "model_search", "genotypes")
     ops = "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5"
-    assert load_space(SPACE, "genotypes").PRIMITIVES == ops.split()
-
-
-def test_beta_is_initialised_as_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
-    """beta_normal and beta_reduce are (14, 7) parameters drawn as 1e-3 * N(0, 1)."""
-    model_search = load_space(SPACE, "model_search")
+    assert genotypes.PRIMITIVES == ops.split()
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     assert net.beta_normal.shape == net.beta_reduce.shape == (14, 7)
@@ -342,12 +339,18 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     assert torch.equal(flat(net.arch_parameters()), beta0) and all(b.grad is None for b in net.arch_parameters())
 
 
-def test_stage_schedule_default_25_plus_25_epochs_first_10_of_each_stage_weights_only(load_space):
-    """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34."""
+def test_stage_schedule_default_25_plus_25_epochs_first_10_weights_only_lr_one_cosine_from_0_1_to_0(load_space):
+    """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34; the weights'
+    learning rate is one cosine from 0.1 to 0 over all 50 epochs."""
     train_search, search, stages = load_space(SPACE, "train_search", "train_search", "runkit.run_flags")
     args = train_search.get_parser().parse_args([])
     schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
+    # The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch.
+    for epoch in range(50):
+        assert search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
+    args.learning_rate_min = 0.001  # and learning_rate_min is the end point of the cosine
+    assert search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
     args = argparse.Namespace(stage_epochs=[3, 4, 2], stage_k=[1, 1, 1], stage_keep=[7, 7, 7], warmup_epochs=1)
     assert [stages.stage_at(search.get_stages(args), e) for e in range(9)] == [
         (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True),
@@ -378,49 +381,21 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
     assert len(searched["architect"]["state"]) == 2, "both betas step once per batch"
 
 
-def test_search_learning_rate_is_one_cosine_from_0_1_to_0_over_all_50_epochs(load_space):
-    """The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch."""
-    train_search, search = load_space(SPACE, "train_search", "train_search")
-    args = train_search.get_parser().parse_args([])
-    for epoch in range(50):
-        assert search.learning_rate(epoch, args) == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 50)))
-    args.learning_rate_min = 0.001  # and learning_rate_min is the end point of the cosine
-    assert search.learning_rate(25, args) == pytest.approx(0.001 + 0.099 / 2)
-
-
-def test_stage_switch_prunes_to_top_keep_ops_by_beta_and_widens_to_next_k_same_lr(load_space):
-    """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr."""
-    search, model_search = load_space(SPACE, "train_search", "model_search")
-    torch.manual_seed(0)
-    net = model_search.Network(C, 10, LAYERS, k=2)
-    with torch.no_grad():
-        net.beta_normal.normal_(0, 1)
-        net.beta_reduce.normal_(0, 1)
-    args = argparse.Namespace(
-        stage_epochs=[1, 1], stage_keep=[7, 3], stage_k=[2, 1], warmup_epochs=0, seed=0, momentum=0.9, weight_decay=3e-4
-    )
-    sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
-    new = search.enter_stage(net, sgd, 1, args)
-    for cell in net.cells:
-        beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
-        for e, edge in enumerate(cell.edges):
-            assert edge.kept == sorted(beta[e].topk(3).indices.tolist()) and edge.k == 1
-    assert net.k == 1
-    group = new.param_groups[0]
-    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.037, 0.9, 3e-4)
-    assert {id(p) for p in group["params"]} == {id(p) for p in net.weights()}
-
-
-def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widened_ones_expanded(load_space):
-    """enter_stage hands the weights' SGD momentum to the new optimiser."""
+def test_stage_switch_prunes_to_top_keep_ops_widens_to_next_k_same_lr_and_carries_the_sgd_momentum(load_space):
+    """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr; the new
+    optimiser gets the weights' momentum: kept parameters keep theirs, widened ones get it expanded."""
     search, model_search, net2wider, train_search = load_space(
         SPACE, "train_search", "model_search", "runkit.net2wider", "train_search"
     )
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
+    with torch.no_grad():
+        net.beta_normal.normal_(0, 1)
+        net.beta_reduce.normal_(0, 1)
     argv = ["--stage_epochs", "1", "1", "--stage_k", "2", "1", "--stage_keep", "7", "3", "--warmup_epochs", "0"]
     args = train_search.get_parser().parse_args(argv)
-    sgd = torch.optim.SGD(net.weights(), 0.05, momentum=0.9)
+    assert (args.momentum, args.weight_decay) == (0.9, 3e-4)
+    sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
     x, y = batch()
     for _ in range(2):  # buffers that are not just the last gradient
         sgd.zero_grad(set_to_none=True)
@@ -437,7 +412,14 @@ def test_stage_switch_carries_the_sgd_momentum_kept_parameters_keep_theirs_widen
     net.widen = recording_widen
     new = search.enter_stage(net, sgd, 1, args)
     del net.widen
-    weights = net.weights()
+    for cell in net.cells:
+        beta = (net.beta_reduce if cell.reduction else net.beta_normal).detach()
+        for e, edge in enumerate(cell.edges):
+            assert edge.kept == sorted(beta[e].topk(3).indices.tolist()) and edge.k == 1
+    assert net.k == 1
+    group, weights = new.param_groups[0], net.weights()
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.037, 0.9, 3e-4)
+    assert {id(p) for p in group["params"]} == {id(p) for p in weights}
     assert set(new.state) <= set(weights), "pruned ops leave no state behind"
     kept = [p for p in weights if p in old]
     assert any(p is net.stem0[0].weight for p in kept)

@@ -13,30 +13,24 @@ from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_
 TINY_TRAIN = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5", "--max_steps_per_epoch", "1"]
 
 
-@pytest.fixture(scope="module")
-def tiny_train_run(tmp_path_factory):
-    """One epoch of one step of train.py on a tiny network and the synthetic set."""
-    run = tmp_path_factory.mktemp("tiny_train") / "run"
-    done = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--save", run)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return run
-
-
 def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
-    """Every pooling op of an evaluation cell is pool -> BatchNorm2d(C, affine=False), as in the search."""
+    """Every pooling op of an evaluation cell is pool -> BatchNorm2d(C, affine=False), as in the search; every other
+    BatchNorm is affine."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
-    pools = 0
+    after_pool = set()
     for cell in net.cells:
         for (name, _), op in zip(cell.genotype_edges, cell.ops):
             if name.endswith("pool_3x3"):
-                pools += 1
                 pool, bn = op
+                after_pool.add(id(bn))
                 kind = nn.MaxPool2d if name.startswith("max") else nn.AvgPool2d
                 assert isinstance(pool, kind) and pool.kernel_size in (3, (3, 3))
                 assert isinstance(bn, nn.BatchNorm2d) and not bn.affine
                 assert bn.num_features == cell.preprocess1.bn.num_features
-    assert pools > 0  # DrNAS_cifar10 has a max pool in its reduction cell
+    assert after_pool  # DrNAS_cifar10 has a max pool in its reduction cell
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.affine == (id(m) not in after_pool) for m in norms)
 
 
 def test_eval_pool_op_normalises_the_pooled_map(load_space):
@@ -62,9 +56,12 @@ def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == batchnorms and model.param_count(net) == params
 
 
-def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path, tiny_train_run):
-    """A checkpoint whose tensors do not fit the network (e.g. pools saved without BatchNorm) is refused."""
-    run = tiny_train_run
+def test_resuming_another_network_or_arch_is_one_line_and_writes_nothing(tmp_path):
+    """A checkpoint whose tensors do not fit the network (e.g. pools saved without BatchNorm) is refused; a refused
+    --resume (other --arch) changes no file of the run, genotype.json included."""
+    run = tmp_path / "run"
+    done = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--save", run)
+    assert done.returncode == 0, done.stderr[-2000:]
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     # The layout of checkpoints written before pools had their BatchNorm: no pool statistics.
     pool_bn = re.compile(r"\.ops\.\d+\.1\.(running_mean|running_var|num_batches_tracked)$")
@@ -75,14 +72,22 @@ def test_resuming_a_checkpoint_of_another_network_is_one_line(tmp_path, tiny_tra
     old = tmp_path / "old" / "checkpoint.pt"
     old.parent.mkdir()
     torch.save(ckpt, old)
-    before = old.read_bytes()
-    result = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--resume", old)
-    assert_one_line_error(result.returncode, result.stderr, str(old), "earlier version")
+    before, run_files = old.read_bytes(), {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    other_net = popen_script("DARTS-space", "train.py", *TINY_TRAIN, "--resume", old)
+    other_arch = popen_script(
+        "DARTS-space", "train.py", *TINY_TRAIN, "--arch", "DARTS_V2", "--resume", run / "checkpoint.pt"
+    )
+    _, err = other_net.communicate(timeout=300)
+    assert_one_line_error(other_net.returncode, err, str(old), "earlier version")
     assert sorted(p.name for p in old.parent.iterdir()) == ["checkpoint.pt"] and old.read_bytes() == before
+    _, err = other_arch.communicate(timeout=300)
+    assert other_arch.returncode != 0 and "--arch" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == run_files
 
 
-def test_imagenet_search_stems_end_at_three_times_C(load_space):
-    """The ImageNet supernet's stems: 3 -> 3C/2 -> 3C (stride 2 twice), ReLU, 3C -> 3C (stride 2); cells read 3C."""
+def test_imagenet_search_stems_end_at_three_times_C_and_the_weight_count_is_the_papers(load_space):
+    """The ImageNet supernet's stems: 3 -> 3C/2 -> 3C (stride 2 twice), ReLU, 3C -> 3C (stride 2); cells read 3C.
+    C=48, 14 cells, k=6, 1000 classes: 3,642,896 weights; the CIFAR stem's net differs by the stems alone."""
     model_search = load_space("DARTS-space", "model_search")
     net = model_search.Network(48, 1000, 14, k=6, imagenet=True)
     convs = [m for m in (*net.stem0, *net.stem1) if isinstance(m, nn.Conv2d)]
@@ -94,21 +99,13 @@ def test_imagenet_search_stems_end_at_three_times_C(load_space):
     assert isinstance(first.preprocess0, type(net.cells[5].preprocess0))  # FactorizedReduce after a reduction
     assert first.preprocess0.conv_1.in_channels == first.preprocess1.conv.in_channels == 144
     assert second.preprocess0.conv.in_channels == 144 and net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
-
-
-def test_imagenet_search_weight_count_is_the_papers(load_space):
-    """C=48, 14 cells, k=6, 1000 classes: 3,642,896 weights; the CIFAR stem's net differs by the stems alone."""
-    model_search = load_space("DARTS-space", "model_search")
-    imagenet = model_search.Network(48, 1000, 14, k=6, imagenet=True)
-    cifar = model_search.Network(48, 1000, 14, k=6, imagenet=False)
-    count = sum(p.numel() for p in imagenet.weights())
+    count = sum(p.numel() for p in net.weights())
     assert count == 3_642_896
-    arch = {id(p) for p in imagenet.arch_parameters()}
-    assert not arch & {id(p) for p in imagenet.weights()}  # beta is not a weight
+    assert not {id(p) for p in net.arch_parameters()} & {id(p) for p in net.weights()}  # beta is not a weight
     C3 = 3 * 48  # conv weights + affine BatchNorm (weight, bias) of each stem layer
     imagenet_stems = 3 * (C3 // 2) * 9 + 2 * (C3 // 2) + (C3 // 2) * C3 * 9 + 2 * C3 + C3 * C3 * 9 + 2 * C3
-    cifar_stem = 3 * C3 * 9 + 2 * C3
-    assert count - sum(p.numel() for p in cifar.weights()) == imagenet_stems - cifar_stem
+    cifar = model_search.Network(48, 1000, 14, k=6, imagenet=False)
+    assert count - sum(p.numel() for p in cifar.weights()) == imagenet_stems - 3 * C3 * 9 - 2 * C3  # the CIFAR stem
 
 
 class _Args:
@@ -135,8 +132,9 @@ def test_architect_clips_beta_gradient_to_grad_clip(load_space):
     assert norms[1e-4] == pytest.approx(1e-4, rel=1e-4)
 
 
-def test_imagenet_search_transforms_are_crop_and_flip_for_both_splits(load_space, tiny_imagenet):
-    """Search: weights and architecture batches both get RandomResizedCrop + flip, no ColorJitter."""
+def test_imagenet_search_and_evaluation_transforms(load_space, tiny_imagenet):
+    """Search: weights and architecture batches both get RandomResizedCrop + flip, no ColorJitter. Evaluation: crop,
+    flip and ColorJitter(0.4, 0.4, 0.4, 0.2) to train; resize 256 + centre crop 224 to test."""
     datasets = load_space("DARTS-space", "datasets")
     T = pytest.importorskip("torchvision.transforms")
     train, arch, classes = datasets.imagenet_datasets(tiny_imagenet, 224, search=True)
@@ -146,12 +144,6 @@ def test_imagenet_search_transforms_are_crop_and_flip_for_both_splits(load_space
         assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
         assert dataset.transform.transforms[0].size == (224, 224)
     assert dataset[0][0].shape == (3, 224, 224)
-
-
-def test_imagenet_evaluation_transforms(load_space):
-    """Evaluation: crop, flip and ColorJitter(0.4, 0.4, 0.4, 0.2) to train; resize 256 + centre crop 224 to test."""
-    datasets = load_space("DARTS-space", "datasets")
-    T = pytest.importorskip("torchvision.transforms")
     train_tf, val_tf = datasets.imagenet_transforms(224)
     kinds = [type(t) for t in train_tf.transforms]
     assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ColorJitter, T.ToTensor, T.Normalize]
@@ -161,18 +153,6 @@ def test_imagenet_evaluation_transforms(load_space):
     assert val_tf.transforms[0].size == 256 and val_tf.transforms[1].size == (224, 224)
     normalize = val_tf.transforms[-1]
     assert list(normalize.mean) == [0.485, 0.456, 0.406] and list(normalize.std) == [0.229, 0.224, 0.225]
-
-
-def test_imagenet_search_defaults_are_the_papers(load_space):
-    """train_search_imagenet.py: batch 512, lr 0.5 (5 warm-up epochs), arch lr 6e-3, C=48, 14 cells, k 6->3, seed 0."""
-    script = load_space("DARTS-space", "train_search_imagenet")
-    args = script.get_parser().parse_args([])
-    assert (args.batch_size, args.learning_rate, args.learning_rate_min, args.lr_warmup_epochs) == (512, 0.5, 0.0, 5)
-    assert (args.arch_learning_rate, args.init_channels, args.layers, args.seed) == (6e-3, 48, 14, 0)
-    assert (args.stage_epochs, args.stage_k, args.stage_keep, args.warmup_epochs) == ([25, 25], [6, 3], [7, 4], 10)
-    assert (args.grad_clip, args.momentum, args.weight_decay, args.reg_type, args.reg_scale) == (
-        5.0, 0.9, 3e-4, "l2", 1e-3,
-    )  # fmt: skip
 
 
 def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
@@ -216,14 +196,26 @@ def test_train_imagenet_cosine_alternative(load_space):
     assert [script.lr_factor(e, args) for e in range(20)] == pytest.approx(expected)
 
 
-def test_train_imagenet_defaults_are_the_papers(load_space):
-    """train_imagenet.py: 250 epochs, batch 768, lr 0.5, wd 3e-5, label smoothing 0.1, aux 0.4, C=48, 14 cells."""
-    script = load_space("DARTS-space", "train_imagenet")
-    args = script.get_parser().parse_args([])
-    assert (args.epochs, args.batch_size, args.learning_rate, args.weight_decay) == (250, 768, 0.5, 3e-5)
-    assert (args.label_smoothing, args.auxiliary_weight, args.init_channels, args.layers) == (0.1, 0.4, 48, 14)
-    assert (args.lr_scheduler, args.warmup_epochs, args.drop_path_prob, args.grad_clip) == ("linear", 5, 0.0, 5.0)
-    assert (args.momentum, args.arch, args.seed) == (0.9, "DrNAS_imagenet", 0)
+IMAGENET_DEFAULTS = {
+    "train_search_imagenet": dict(
+        batch_size=512, learning_rate=0.5, learning_rate_min=0.0, lr_warmup_epochs=5, arch_learning_rate=6e-3,
+        init_channels=48, layers=14, seed=0, stage_epochs=[25, 25], stage_k=[6, 3], stage_keep=[7, 4], warmup_epochs=10,
+        grad_clip=5.0, momentum=0.9, weight_decay=3e-4, reg_type="l2", reg_scale=1e-3,
+    ),
+    "train_imagenet": dict(
+        epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5, label_smoothing=0.1, auxiliary_weight=0.4,
+        init_channels=48, layers=14, lr_scheduler="linear", warmup_epochs=5, drop_path_prob=0.0, grad_clip=5.0,
+        momentum=0.9, arch="DrNAS_imagenet", seed=0,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(IMAGENET_DEFAULTS))
+def test_imagenet_defaults_are_the_papers(load_space, script):
+    """train_search_imagenet.py: batch 512, lr 0.5 (5 warm-up epochs), arch lr 6e-3, C=48, 14 cells, k 6->3, seed 0;
+    train_imagenet.py: 250 epochs, batch 768, lr 0.5, wd 3e-5, label smoothing 0.1, aux 0.4, C=48, 14 cells."""
+    args = vars(load_space("DARTS-space", script).get_parser().parse_args([]))
+    assert {key: args[key] for key in IMAGENET_DEFAULTS[script]} == IMAGENET_DEFAULTS[script]
 
 
 def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_imagenet):
@@ -238,36 +230,17 @@ def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_i
         assert [h["lr"] for h in history] == pytest.approx([paper_lr(e, 12, 0.5, batch) for e in range(12)])
 
 
-def test_train_refuses_missing_data_and_resume_before_writing(tmp_path):
-    """train.py with an empty --data or a missing --resume: one line, non-zero exit, no run folder."""
+def test_missing_data_and_resume_are_refused_before_writing(tmp_path):
+    """train.py with an empty --data or a missing --resume, train_search.py without CIFAR: one line, no run folder."""
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
-        ("--data", empty, "--save", tmp_path / "a"),
-        ("--resume", tmp_path / "missing.pt", "--save", tmp_path / "b"),
+        ("train.py", "--data", empty, "--save", tmp_path / "a"),
+        ("train.py", "--resume", tmp_path / "missing.pt", "--save", tmp_path / "b"),
+        ("train_search.py", "--data", empty, "--save", tmp_path / "run"),
     ]
-    procs = [popen_script("DARTS-space", "train.py", "--device", "cpu", *case) for case in cases]
-    for proc, expected in zip(procs, ("not found", "no such file")):
+    procs = [popen_script("DARTS-space", *case, "--device", "cpu") for case in cases]
+    for proc, expected in zip(procs, ("not found", "no such file", "not found")):
         _, err = proc.communicate(timeout=300)
         assert_one_line_error(proc.returncode, err, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any(empty.iterdir())
-
-
-def test_train_resume_with_another_arch_leaves_the_run_untouched(tiny_train_run):
-    """A refused --resume (other --arch) changes no file of the run, genotype.json included."""
-    run = tiny_train_run
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    result = run_script("DARTS-space", "train.py", *TINY_TRAIN, "--arch", "DARTS_V2", "--resume", run / "checkpoint.pt")
-    assert result.returncode != 0 and "--arch" in result.stderr and "Traceback" not in result.stderr
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-
-
-def test_search_refuses_missing_cifar_before_writing(tmp_path):
-    """train_search.py without CIFAR: one line and no run folder."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = run_script(
-        "DARTS-space", "train_search.py", "--data", empty, "--device", "cpu", "--save", tmp_path / "run"
-    )
-    assert_one_line_error(result.returncode, result.stderr, "not found")
-    assert not (tmp_path / "r").exists() and not any(empty.iterdir())

@@ -3,12 +3,13 @@ errors."""
 
 import pickle
 import urllib.error
+from subprocess import PIPE
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_DARTS_TRAIN, run_script, write_tiny_cifar
+from conftest import TINY_DARTS_TRAIN, popen_script, write_tiny_cifar
 
 
 def _write_batches(folder, files, label_key, size, labels_per_file, rng):
@@ -76,15 +77,6 @@ def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_p
     assert not root.exists(), "a folder made only for the failed download is removed"
 
 
-def test_search_runs_on_a_cifar_tree(tmp_path):
-    make_cifar10(tmp_path / "data")
-    argv = ["--dataset", "cifar10", "--data", tmp_path / "data", "--save", tmp_path / "run"]
-    argv += "--epochs 1 --init_channels 4 --layers 1 --batch_size 10 --workers 0 --device cpu".split()
-    result = run_script("201-space", "train_search.py", *argv)
-    assert result.returncode == 0, result.stderr
-    assert "step 2/2 " in result.stdout  # 20 of the 40 images train the weights, 2 batches of 10
-
-
 def test_darts_cifar10_tree_with_cutout(load_space, tmp_path):
     datasets = load_space("DARTS-space", "datasets")
     make_cifar10(tmp_path)
@@ -98,9 +90,16 @@ def test_darts_cifar10_tree_with_cutout(load_space, tmp_path):
     assert torch.equal(x_test, test[2][0]), "the test transform is deterministic"
 
 
-def test_darts_train_runs_on_a_cifar_tree(tmp_path):
+def test_201_search_and_darts_train_run_on_a_cifar_tree(tmp_path):
     make_cifar10(tmp_path / "data")
-    argv = ["--dataset", "cifar10", "--data", tmp_path / "data", "--cutout", "--layers", "3", *TINY_DARTS_TRAIN]
-    result = run_script("DARTS-space", "train.py", *argv, "--save", tmp_path / "run")
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    data = ["--dataset", "cifar10", "--data", tmp_path / "data"]
+    argv = "--epochs 1 --init_channels 4 --layers 1 --batch_size 10 --workers 0 --device cpu".split()
+    search = popen_script("201-space", "train_search.py", *data, *argv, "--save", tmp_path / "s", stdout=PIPE)
+    argv = [*data, "--cutout", "--layers", "3", *TINY_DARTS_TRAIN, "--save", tmp_path / "t"]
+    train = popen_script("DARTS-space", "train.py", *argv)
+    out, err = search.communicate(timeout=600)
+    assert search.returncode == 0, err
+    assert "step 2/2 " in out  # 20 of the 40 images train the weights, 2 batches of 10
+    _, err = train.communicate(timeout=600)
+    assert train.returncode == 0, err
+    assert (tmp_path / "t" / "checkpoint.pt").is_file()

@@ -57,15 +57,6 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
         assert x.is_contiguous(memory_format=torch.channels_last) and stream.position() == reference.position()
 
 
-def test_stream_and_loader_pick_the_path(load_space):
-    device_data, streams = load_space("201-space", "runkit.device_data", "runkit.streams")
-    data = _numbered_set()
-    assert isinstance(device_data.stream(data, 4, 0, "cpu", True), device_data.DeviceStream)
-    assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)
-    assert isinstance(device_data.loader(data, 4, "cpu", True), device_data.DeviceLoader)
-    assert isinstance(device_data.loader(data, 4, "cpu", False), DataLoader)
-
-
 @pytest.mark.parametrize("space", SPACE_NAMES)
 def test_device_loader_equals_the_dataloader(load_space, tmp_path, space):
     device_data, datasets = load_space(space, "runkit.device_data", "datasets")
@@ -247,10 +238,17 @@ def test_no_host_reads_per_batch(load_space, tmp_path, space):
         assert len(list(loader)) == len(loader)
 
 
-def test_use_device_resolves_the_flag(load_space, tmp_path, tiny_imagenet):
-    device_data, datasets, utils = load_space("201-space", "runkit.device_data", "datasets", "runkit.utils")
+def test_use_device_resolves_the_flag_and_stream_and_loader_pick_the_path(load_space, tmp_path, tiny_imagenet):
+    device_data, datasets, utils, streams = load_space(
+        "201-space", "runkit.device_data", "datasets", "runkit.utils", "runkit.streams"
+    )
     import argparse
 
+    data = _numbered_set()
+    assert isinstance(device_data.stream(data, 4, 0, "cpu", True), device_data.DeviceStream)
+    assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)
+    assert isinstance(device_data.loader(data, 4, "cpu", True), device_data.DeviceLoader)
+    assert isinstance(device_data.loader(data, 4, "cpu", False), DataLoader)
     parser = argparse.ArgumentParser()
     device_data.add_argument(parser)
     assert parser.parse_args([]).data_on_device == "auto"
@@ -258,7 +256,7 @@ def test_use_device_resolves_the_flag(load_space, tmp_path, tiny_imagenet):
     cifar, _ = _pickled_sets(datasets, "201-space", tmp_path / "cifar")
     folder, _, _ = datasets.get_datasets("imagefolder", tiny_imagenet, image_size=32)
     split = Subset(Subset(cifar, range(2, 15)), range(4))
-    assert device_data.supported(split) and device_data.supported(_numbered_set())
+    assert device_data.supported(split) and device_data.supported(data)
     assert not device_data.supported(folder) and not device_data.supported(Subset(folder, range(3)))
     assert not device_data.use_device("auto", split, torch.device("cpu")), "auto is off on CPUs"
     assert device_data.use_device("auto", split, torch.device("cuda"))
