@@ -18,18 +18,46 @@ def _args(**kw):
     return types.SimpleNamespace(**{**base, **kw})
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_dirichlet_weights_on_simplex_and_carry_gradient(load_space, k):
+@pytest.mark.parametrize("method, k", [("dirichlet", 1), ("dirichlet", 2), ("darts", 1), ("snas", 1), ("gdas", 1)])
+def test_arch_weights_of_each_method_and_pruned_ops_get_exactly_zero_weight(load_space, method, k):
+    """dirichlet: on the simplex, a new draw each call, a gradient to beta; darts: softmax(beta), the same every call;
+    snas: on the simplex; gdas: one-hot, with a gradient to beta. After prune(2), the other ops weigh exactly 0."""
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=k, method="dirichlet")
+    model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
     w = model.arch_weights()
-    assert w.shape == (6, 5) and (w >= 0).all()
-    torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
-    ((w * torch.arange(1.0, 6.0)).sum() + (w**2).sum()).backward()
-    g = model.beta.grad
-    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
-    assert not torch.equal(model.arch_weights(), model.arch_weights())
+    if method in ("dirichlet", "snas"):
+        assert w.shape == (6, 5) and (w >= 0).all()
+        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    if method == "dirichlet":
+        ((w * torch.arange(1.0, 6.0)).sum() + (w**2).sum()).backward()
+        assert not torch.equal(model.arch_weights(), model.arch_weights())
+    elif method == "darts":
+        with torch.no_grad():
+            model.beta.copy_(torch.randn(6, 5))
+        torch.testing.assert_close(model.arch_weights(), F.softmax(model.beta, -1))
+        torch.testing.assert_close(model.arch_weights(), model.arch_weights(), rtol=0, atol=0)
+    elif method == "gdas":
+        model.tau = 1.0
+        w = model.arch_weights()
+        torch.testing.assert_close(w, F.one_hot(w.argmax(1), 5).float(), atol=1e-6, rtol=0)
+        x, y = image_batch(4)
+        F.cross_entropy(model(x), y).backward()
+    if method in ("dirichlet", "gdas"):
+        grad = model.beta.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with torch.no_grad():
+        model.beta.copy_(torch.randn(6, 5))
+    model.prune(2)
+    mask = torch.zeros(6, 5, dtype=torch.bool)
+    for e, ops in enumerate(model.kept):
+        assert len(ops) == 2
+        mask[e, ops] = True
+        assert set(ops) == set(torch.topk(model.beta[e].detach(), 2).indices.tolist())
+    for _ in range(3):
+        w = model.arch_weights()
+        assert (w[~mask] == 0).all() and (w >= 0).all()
+        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
 
 
 def _pathwise_grad(alpha, f, seed, concentration=lambda a: a):
@@ -205,50 +233,6 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     rel = (got - fd).norm() / fd.norm()
     cos = F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
     assert rel < 0.02 and cos > 0.999, (rel.item(), cos.item())
-
-
-@pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
-def test_relaxed_weights_softmax_on_the_simplex_or_one_hot(load_space, method):
-    """darts: softmax(beta), the same every call; snas: on the simplex; gdas: one-hot, with a gradient to beta."""
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method=method)
-    if method == "darts":
-        with torch.no_grad():
-            model.beta.copy_(torch.randn(6, 5))
-        torch.testing.assert_close(model.arch_weights(), F.softmax(model.beta, -1))
-        torch.testing.assert_close(model.arch_weights(), model.arch_weights(), rtol=0, atol=0)
-    elif method == "snas":
-        w = model.arch_weights()
-        assert (w >= 0).all()
-        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
-    else:
-        model.tau = 1.0
-        w = model.arch_weights()
-        torch.testing.assert_close(w, F.one_hot(w.argmax(1), 5).float(), atol=1e-6, rtol=0)
-        x, y = image_batch(4)
-        F.cross_entropy(model(x), y).backward()
-        grad = model.beta.grad
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("method", ["dirichlet", "darts", "gdas"])
-def test_pruned_ops_get_exactly_zero_weight(load_space, method):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method=method)
-    with torch.no_grad():
-        model.beta.copy_(torch.randn(6, 5))
-    model.prune(2)
-    mask = torch.zeros(6, 5, dtype=torch.bool)
-    for e, ops in enumerate(model.kept):
-        assert len(ops) == 2
-        mask[e, ops] = True
-        assert set(ops) == set(torch.topk(model.beta[e].detach(), 2).indices.tolist())
-    for _ in range(3):
-        w = model.arch_weights()
-        assert (w[~mask] == 0).all() and (w >= 0).all()
-        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
 
 
 def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, monkeypatch):
