@@ -532,7 +532,9 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
         assert list(test_ops[1].mean) == pytest.approx(list(mean)) and list(test_ops[1].std) == pytest.approx(list(std))
 
 
-def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(load_space, tmp_path, restore_logging):
+def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0_as_its_resnet_does(
+    load_space, tmp_path, restore_logging, nb201_table
+):
     """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
     train = load_space("201-space", "train")
     args = train.get_parser().parse_args([])
@@ -550,10 +552,7 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     assert group["weight_decay"] == 5e-4
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.05])
-
-
-def test_named_resnet_cell_is_nas_bench_201_residual_block(load_space, nb201_table):
-    """ResNet: node1 = conv3x3(x), node2 = conv3x3(node1), output = x + node2 (NAS-Bench-201's reference cell)."""
+    # ResNet: node1 = conv3x3(x), node2 = conv3x3(node1), output = x + node2 (NAS-Bench-201's reference cell).
     genotypes, benchmark = load_space("201-space", "genotypes", "benchmark")
     assert str(genotypes.ResNet) == ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|")
     accs = benchmark.load_benchmark(nb201_table).query(str(genotypes.ResNet))

@@ -71,7 +71,7 @@ def _ok(run):
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stderr[-3000:]}"
 
 
-def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
+def test_two_epoch_search_leaves_the_run_directory_that_a_new_run_may_not_take(runs, load_space):
     gt = load_space("201-space", "genotypes")
     run = runs["two_epochs"]
     _ok(run)
@@ -100,12 +100,7 @@ def test_two_epoch_search_leaves_the_run_directory(runs, load_space):
     log = (run.dir / "log.txt").read_text()
     assert "final genotype" in log and "img/s" in log and "ETA" in log and "concentrations" in log
     assert "Traceback" not in run.stderr
-
-
-def test_save_refuses_a_directory_holding_another_run(runs):
-    run = runs["two_epochs"]
-    _ok(run)
-    before = (run.dir / "checkpoint.pt").read_bytes()
+    before = (run.dir / "checkpoint.pt").read_bytes()  # --save refuses the folder now that it holds a run
     again = run_script("201-space", "train_search.py", *TINY, "--epochs", "1", "--save", run.dir, timeout=TIMEOUT)
     _one_line_error(again, "already holds a run")
     assert (run.dir / "checkpoint.pt").read_bytes() == before

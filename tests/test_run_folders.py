@@ -61,7 +61,7 @@ def test_resume_alone_takes_the_checkpoints_flags_and_names_every_differing_one(
     assert "--layers 2, not 4;" in str(refused.value) and "--seed 7, not 1;" in str(refused.value)
 
 
-def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_path, capsys):
+def test_resume_of_a_finished_run_says_so_in_one_line_exits_0_and_writes_nothing(load_space, tmp_path, capsys):
     program, engine, utils = load_space("DARTS-space", "train", "runkit.engine", "runkit.utils")
     parser = program.get_parser()
     _write_checkpoint(engine, utils, parser, "train", tmp_path / "checkpoint.pt", 3, 3)
@@ -69,10 +69,7 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_pat
         engine.parse_args(parser, sys.modules["genotypes"].SPACE, "train", ["--resume", str(tmp_path)])
     out = f"{tmp_path / 'checkpoint.pt'}: the run is finished (3 of 3 epochs); nothing to do"
     assert ended.value.code == 0 and capsys.readouterr().out.strip() == out
-
-
-def test_a_finished_search_resumed_exits_0_in_one_line(tmp_path):
-    """As a user types it: the folder of a finished 201 search, resumed, is left exactly as it was."""
+    # As a user types it: the folder of a finished 201 search, resumed, is left exactly as it was.
     run_dir = tmp_path / "run"
     first = run_script("201-space", "train_search.py", *TINY_201, "--epochs", "1", "--max_steps_per_epoch", "2",
                        "--save", run_dir)  # fmt: skip
