@@ -102,7 +102,7 @@ def test_pathwise_gradient_through_concentration_wrt_beta(load_space):
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
 @pytest.mark.parametrize("k", [1, 2])
-def test_architect_step_moves_only_beta_and_leaves_bn_buffers(load_space, method, k):
+def test_architect_step_moves_only_beta_and_leaves_bn_buffers_the_weight_step_only_weights(load_space, method, k):
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method).train()
@@ -117,18 +117,13 @@ def test_architect_step_moves_only_beta_and_leaves_bn_buffers(load_space, method
             assert torch.equal(p, before[name]) and p.grad is None, name
     assert model.beta.grad is None  # the architect cleans up after itself
     assert [n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])] == []
-
-
-def test_weight_step_moves_only_weights(load_space):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=2, method="dirichlet").train()
+    # The weight step, as search.search_step takes it: every weight moves, beta neither gets a gradient nor moves.
     weights = model.weights()
     opt = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
     beta0 = model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
+    opt.zero_grad(set_to_none=True)
     x, y = image_batch(4)
-    opt.zero_grad(set_to_none=True)  # as search.search_step does it
     F.cross_entropy(model(x), y).backward(inputs=weights)
     torch.nn.utils.clip_grad_norm_(weights, 5.0)
     opt.step()
