@@ -114,8 +114,9 @@ def test_the_cost_is_that_of_train_py_at_its_defaults(load_space, space):
 @pytest.mark.parametrize("space", SPACES)
 def test_train_py_prints_the_figures_of_the_cost_model(load_space, tmp_path, space):
     model, genotypes = load_space(space, "model", "genotypes")
-    argv, layers, cell = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1"], 1, genotypes.DrNAS
-    if space == "DARTS-space":
+    if space == "201-space":
+        argv, layers, cell = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1"], 1, genotypes.DrNAS
+    else:
         argv, layers, cell = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5"], 5, genotypes.DrNAS_cifar10
     proc = run_script(space, "train.py", *argv, "--save", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
