@@ -23,12 +23,10 @@ def _trial(ResultsCount, arch, dataset, seed, epochs, eval_accs):
     train, losses = {e: 50.0 + e * 0.1 for e in range(epochs)}, {e: 1.0 for e in range(epochs)}
     config = dict(arch_str=arch, channel=16, num_cells=5, class_num=10)
     result = ResultsCount(dataset, None, train, losses, 0.1, 10.0, config, seed, epochs, [0.01])
-    accs, losses, times = {}, {}, {}
-    for name, acc in eval_accs.items():
-        for e in range(epochs):  # earlier epochs read 20 points lower: a look-up of the wrong epoch shows
-            accs[f"{name}@{e}"] = acc if e == epochs - 1 else acc - 20.0
-            losses[f"{name}@{e}"], times[f"{name}@{e}"] = 1.0, 0.1
-    result.update_eval(accs, losses, times)
+    # Earlier epochs read 20 points lower: a look-up of the wrong epoch shows.
+    last = epochs - 1
+    accs = {f"{name}@{e}": acc if e == last else acc - 20.0 for name, acc in eval_accs.items() for e in range(epochs)}
+    result.update_eval(accs, dict.fromkeys(accs, 1.0), dict.fromkeys(accs, 0.1))
     return result
 
 
@@ -71,19 +69,33 @@ def close(a, b, tol=1e-6):
     return a.keys() == b.keys() and all(math.isclose(a[k], b[k], abs_tol=tol) for k in a)
 
 
-def test_official_file_through_nas_201_api(load_space, tmp_path):
+def test_official_file_through_nas_201_api_and_its_export_round_trip(load_space, tmp_path):
     benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
-    bench = benchmark.load_benchmark(build_official(tmp_path / "tiny.pth", TINY))
+    tiny = build_official(tmp_path / "tiny.pth", TINY)
+    bench = benchmark.load_benchmark(tiny)
     assert bench.kind == "official" and len(bench) == 3 and bench.archs() == list(TINY)
     for arch, expected in TINY.items():
         assert close(bench.query(arch), expected)
     assert all(close(bench.query(arch), TINY[arch]) for arch in [NONE, DRNAS] * 50)  # the cache answers alike
-    assert bench.path == tmp_path / "tiny.pth"
+    assert bench.path == tiny
     missing = DRNAS.replace("skip_connect~0", "avg_pool_3x3~0")
     with pytest.raises(utils.UserError, match="not in the benchmark"):
         bench.query(missing)
     with pytest.raises(utils.UserError, match="not a NAS-Bench-201 architecture"):
         bench.query("|conv~0|")
+    out = tmp_path / "tiny.csv"
+    result = run_script("201-space", "benchmark.py", "export", "--benchmark", tiny, "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "index,arch,cifar10,cifar100,ImageNet16-120" and len(lines) == 4
+    assert lines[1] == f"0,{DRNAS},94.3633,73.5133,46.3444"
+    table = benchmark.load_benchmark(out)
+    for arch in TINY:
+        assert close(table.query(arch), {d: bench.query(arch)[d] for d in benchmark.DATASETS}, tol=5e-5)
+    # With the valid column the table answers everything the official file does.
+    benchmark.export_table(bench, tmp_path / "valid.csv", with_valid=True)
+    full = benchmark.load_benchmark(tmp_path / "valid.csv")
+    assert all(close(full.query(arch), bench.query(arch), tol=5e-5) for arch in TINY)
 
 
 def test_table_and_official_agree(load_space, tmp_path, nb201_table):
@@ -97,7 +109,7 @@ def test_table_and_official_agree(load_space, tmp_path, nb201_table):
         assert answer.pop("cifar10-valid") == pytest.approx(90.0) and close(answer, table.query(arch))
 
 
-def test_compact_table(load_space, nb201_table):
+def test_compact_table_and_its_summary(load_space, nb201_table):
     benchmark = load_space("201-space", "benchmark")
     bench = benchmark.load_benchmark(nb201_table)
     assert bench.kind == "table" and len(bench) == 15625 and bench.path == nb201_table
@@ -106,36 +118,7 @@ def test_compact_table(load_space, nb201_table):
     archs = bench.archs()
     best = [round(max(r[d] for r in map(bench.query, archs)), 2) for d in benchmark.DATASETS]
     assert best == [94.37, 73.51, 47.31]
-
-
-def test_export_round_trip(load_space, tmp_path):
-    benchmark = load_space("201-space", "benchmark")
-    tiny = build_official(tmp_path / "tiny.pth", TINY)
-    out = tmp_path / "tiny.csv"
-    result = run_script("201-space", "benchmark.py", "export", "--benchmark", tiny, "--out", out)
-    assert result.returncode == 0, result.stderr
-    lines = out.read_text().splitlines()
-    assert lines[0] == "index,arch,cifar10,cifar100,ImageNet16-120" and len(lines) == 4
-    assert lines[1] == f"0,{DRNAS},94.3633,73.5133,46.3444"
-    table = benchmark.load_benchmark(out)
-    official = benchmark.load_benchmark(tiny)
-    for arch in TINY:
-        expected = {d: official.query(arch)[d] for d in benchmark.DATASETS}
-        assert close(table.query(arch), expected, tol=5e-5)
-    # With the valid column the table answers everything the official file does.
-    benchmark.export_table(official, tmp_path / "valid.csv", with_valid=True)
-    full = benchmark.load_benchmark(tmp_path / "valid.csv")
-    assert all(close(full.query(arch), official.query(arch), tol=5e-5) for arch in TINY)
-
-
-def test_cli_query_prints_json_from_the_shipped_table_in_any_folder(tmp_path):
-    """No --benchmark and another current folder: the table next to benchmark.py answers."""
-    argv = [sys.executable, SPACES["201-space"] / "benchmark.py", "query", "--arch", DRNAS]
-    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=script_env())
-    assert result.returncode == 0, result.stderr
-    answer = json.loads(result.stdout)
-    assert list(answer) == ["cifar10", "cifar100", "ImageNet16-120"]
-    assert [round(answer[d], 2) for d in answer] == [94.36, 73.51, 46.34]
+    assert benchmark.summarize([3.0, 1.0, 2.0, 10.0]) == {"min": 1.0, "median": 2.5, "max": 10.0}
 
 
 def _query(benchmark, capsys, *argv):
@@ -185,47 +168,46 @@ def test_benchmark_flag_default_and_none(load_space, tmp_path, monkeypatch, nb20
 
 
 HEAD = "index,arch,cifar10,cifar100,ImageNet16-120\n"
+# Files load_benchmark refuses: name -> (content, or None for no file, the error's text).
+BAD_FILES = {
+    "header.csv": ("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"),
+    "number.csv": (HEAD + "0,|a~0|,94.1,x,46\n", "bad number"),
+    "fields.csv": (HEAD + "0,|a~0|,94.1,70\n", "expected 5 fields"),
+    "range.csv": (HEAD + "0,|a~0|,194.1,70,40\n", r"\[0, 100\]"), "empty.csv": (HEAD, "no rows"),
+    "missing.csv": (None, "no such file"), "notes.txt": ("hello", "unknown format"),
+    "junk.pth": ("not a torch file", "not a readable"), "other.pth": (None, "not a NAS-Bench-201 file"),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [("index,arch,cifar10,cifar100\n0,x,1,2\n", "first line must be"), (HEAD + "0,|a~0|,94.1,x,46\n", "bad number"),
-     (HEAD + "0,|a~0|,94.1,70\n", "expected 5 fields"), (HEAD + "0,|a~0|,194.1,70,40\n", r"\[0, 100\]"),
-     (HEAD, "no rows")],
-)  # fmt: skip
-def test_malformed_table_fails_at_load(load_space, tmp_path, content, message):
+def test_malformed_tables_and_other_files_fail_at_load(load_space, tmp_path):
     benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
-    path = tmp_path / "bad.csv"
-    path.write_text(content)
-    with pytest.raises(utils.UserError, match=message):
-        benchmark.load_benchmark(path)
-
-
-def test_bad_files_fail_at_load(load_space, tmp_path):
-    benchmark, utils = load_space("201-space", "benchmark", "runkit.utils")
-    (tmp_path / "notes.txt").write_text("hello")
-    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     torch.save({"weights": 1}, tmp_path / "other.pth")
-    for name, message in [("missing.csv", "no such file"), ("notes.txt", "unknown format"),
-                          ("junk.pth", "not a readable"), ("other.pth", "not a NAS-Bench-201 file")]:  # fmt: skip
+    for name, (content, message) in BAD_FILES.items():
+        if content is not None:
+            (tmp_path / name).write_text(content)
         with pytest.raises(utils.UserError, match=message):
             benchmark.load_benchmark(tmp_path / name)
 
 
-def test_cli_bad_input_one_line(load_space, tmp_path, capsys):
+def test_cli_query_prints_json_from_the_shipped_table_in_any_folder_and_bad_input_in_one_line(
+    load_space, tmp_path, capsys
+):
+    """No --benchmark and another current folder: the table next to benchmark.py answers."""
+    argv = [sys.executable, SPACES["201-space"] / "benchmark.py", "query", "--arch", DRNAS]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=script_env())
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert list(answer) == ["cifar10", "cifar100", "ImageNet16-120"]
+    assert [round(answer[d], 2) for d in answer] == [94.36, 73.51, 46.34]
     bad = tmp_path / "bad.csv"
     bad.write_text(HEAD + "0,|a~0|,x,1,2\n")
     result = run_script("201-space", "benchmark.py", "query", "--benchmark", bad, "--arch", DRNAS)
     assert result.returncode != 0 and result.stdout == "" and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
-    benchmark = load_space("201-space", "benchmark")
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["query", "--benchmark", str(tmp_path / "missing.pth"), "--arch", DRNAS])
+        load_space("201-space", "benchmark").main(
+            ["query", "--benchmark", str(tmp_path / "missing.pth"), "--arch", DRNAS]
+        )
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no such file" in err
-
-
-def test_summarize(load_space):
-    benchmark = load_space("201-space", "benchmark")
-    assert benchmark.summarize([3.0, 1.0, 2.0, 10.0]) == {"min": 1.0, "median": 2.5, "max": 10.0}

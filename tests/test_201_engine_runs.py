@@ -60,10 +60,9 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     assert "preempted" in (a_dir / "log.txt").read_text()
 
     resumed = _start(tmp_path, "resumed", "train_search.py", [*PREEMPT, "--resume", a_dir / "checkpoint.pt"])
-    code, err = _finish(resumed, tmp_path, "resumed")
-    assert code == 0, err[-3000:]
-    code, err = _finish(b, tmp_path, "b")
-    assert code == 0, err[-3000:]
+    for proc, name in ((resumed, "resumed"), (b, "b")):
+        code, err = _finish(proc, tmp_path, name)
+        assert code == 0, err[-3000:]
 
     ca, cb = load_ckpt(a_dir / "checkpoint.pt"), load_ckpt(b_dir / "checkpoint.pt")
     assert ca["epoch"] == cb["epoch"] == 2 and ca["step"] == cb["step"] == 0 and ca["streams"] == cb["streams"]

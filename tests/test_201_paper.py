@@ -34,16 +34,12 @@ def _kl_to_uniform(beta):
     return D.kl_divergence(D.Dirichlet(alpha), D.Dirichlet(torch.ones_like(alpha))).sum()
 
 
-def test_space_has_the_five_nas_bench_201_ops_in_order_on_six_edges_of_a_four_node_cell(load_space):
-    """PRIMITIVES and EDGES: 5 ops (the columns of beta) on the 6 edges (i, j), j < i, of nodes 0..3."""
-    gt = load_space("201-space", "genotypes")
+def test_space_has_the_five_nas_bench_201_ops_on_six_edges_zero_identity_relu_conv_bn_and_avg_pool(load_space):
+    """PRIMITIVES and EDGES: 5 ops (the columns of beta) on the 6 edges (i, j), j < i, of nodes 0..3. none = 0,
+    skip = x, nor_conv_kxk = BN(conv_kxk(relu x), pad k//2), avg_pool_3x3 ignores the zero padding."""
+    gt, ops = load_space("201-space", "genotypes", "operations")
     assert gt.PRIMITIVES == ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
     assert gt.EDGES == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
-
-
-def test_nas_bench_201_ops_compute_zero_identity_relu_conv_bn_and_avg_pool_without_padding_count(load_space):
-    """none = 0, skip = x, nor_conv_kxk = BN(conv_kxk(relu x), pad k//2), avg_pool_3x3 ignores the zero padding."""
-    ops = load_space("201-space", "operations")
     torch.manual_seed(0)
     C = 4
     x = torch.randn(3, C, 8, 8)
@@ -113,9 +109,10 @@ def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_po
     torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
 
 
-def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node(load_space):
-    """node_i = sum_{j<i} sum_o w[e(i,j), o] op_o(node_j); the cell outputs node 3."""
-    ms, gt = load_space("201-space", "model_search", "genotypes")
+def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_linear_in_its_weights(load_space):
+    """node_i = sum_{j<i} sum_o w[e(i,j), o] op_o(node_j); the cell outputs node 3. MixedOp(k=1)(x, w) =
+    sum_o w_o op_o(x) for any w, d/dw_o of it is op_o(x); one-hot w gives op_o(x) alone."""
+    ms, gt, ops = load_space("201-space", "model_search", "genotypes", "operations")
     torch.manual_seed(0)
     cell = ms.Cell(4, 1, [range(5)] * 6).train()
     x = torch.randn(2, 4, 8, 8)
@@ -129,10 +126,27 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node(load_s
                 node = node + sum(w[e, o] * op(nodes[j]) for o, op in enumerate(cell.edges[e].ops))
         nodes.append(node)
     torch.testing.assert_close(got, nodes[3], rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    C = 6
+    mixed = ms.MixedOp(C, 1, 1, range(5)).train()
+    x = torch.randn(4, C, 8, 8)
+    outs = [_op_copy(ops, name, C, mixed.ops[o])(x) for o, name in enumerate(gt.PRIMITIVES)]
+    for o, name in enumerate(gt.PRIMITIVES):  # no op bypasses its weight
+        torch.testing.assert_close(mixed(x, F.relu(x), torch.eye(5)[o]), outs[o], rtol=1e-5, atol=1e-5, msg=name)
+    for _ in range(3):
+        w = (torch.rand(5) * 2 + 0.1).requires_grad_(True)  # not on the simplex: linearity, not averaging
+        got = mixed(x, F.relu(x), w)
+        torch.testing.assert_close(got, sum(w_o * out for w_o, out in zip(w.detach(), outs)), rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(got)
+        (dw,) = torch.autograd.grad((got * g).sum(), w)
+        torch.testing.assert_close(dw, torch.stack([(out * g).sum() for out in outs]), rtol=1e-4, atol=1e-4)
 
 
-def test_beta_is_one_6x5_parameter_initialised_as_1e_3_times_standard_normal(load_space):
-    """beta ~ 1e-3 N(0, 1), shape (edges, ops), the only architecture parameter and not a weight."""
+def test_beta_is_1e_3_times_standard_normal_and_the_weights_one_rsample_of_dir_elu_beta_plus_one_for_all_cells(
+    load_space, monkeypatch
+):
+    """beta ~ 1e-3 N(0, 1), shape (edges, ops), the only architecture parameter and not a weight; the Dirichlet
+    weights are one draw over all edges, shared by all cells."""
     ms = load_space("201-space", "model_search")
     betas = []
     for seed in range(20):
@@ -144,13 +158,7 @@ def test_beta_is_one_6x5_parameter_initialised_as_1e_3_times_standard_normal(loa
     sample = torch.cat(betas) / 1e-3  # 600 draws, should be N(0, 1)
     assert abs(sample.mean()) < 0.2 and 0.85 < sample.std() < 1.15
     assert 0.6 < (sample.abs() < 1).float().mean() < 0.76  # 68 % within one standard deviation
-
-
-def test_dirichlet_weights_are_one_rsample_of_dir_elu_beta_plus_one_over_all_edges_shared_by_all_cells(
-    load_space, monkeypatch
-):
-    """One reparameterised draw per forward, batch (6 edges, 5 ops), alpha = elu(beta) + 1, fed to every cell."""
-    ms = load_space("201-space", "model_search")
+    # One reparameterised draw per forward, batch (6 edges, 5 ops), alpha = elu(beta) + 1, fed to every cell.
     torch.manual_seed(0)
     model = ms.Network(4, 2, 10, k=1, method="dirichlet").train()
     with torch.no_grad():
@@ -173,25 +181,6 @@ def test_dirichlet_weights_are_one_rsample_of_dir_elu_beta_plus_one_over_all_edg
     torch.testing.assert_close(alpha, F.elu(model.beta.detach()) + 1)
     assert len(fed) == 6 and all(torch.equal(w, sample) for w in fed)
     assert fed[0].requires_grad, "the pathwise gradient reaches beta through the sample"
-
-
-def test_mixed_op_is_the_weighted_sum_of_its_ops_linear_in_each_weight_one_hot_is_that_op(load_space):
-    """MixedOp(k=1)(x, w) = sum_o w_o op_o(x) for any w, d/dw_o of it is op_o(x); one-hot w gives op_o(x) alone."""
-    ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
-    torch.manual_seed(0)
-    C = 6
-    mixed = ms.MixedOp(C, 1, 1, range(5)).train()
-    x = torch.randn(4, C, 8, 8)
-    outs = [_op_copy(ops, name, C, mixed.ops[o])(x) for o, name in enumerate(gt.PRIMITIVES)]
-    for o, name in enumerate(gt.PRIMITIVES):  # no op bypasses its weight
-        torch.testing.assert_close(mixed(x, F.relu(x), torch.eye(5)[o]), outs[o], rtol=1e-5, atol=1e-5, msg=name)
-    for _ in range(3):
-        w = (torch.rand(5) * 2 + 0.1).requires_grad_(True)  # not on the simplex: linearity, not averaging
-        got = mixed(x, F.relu(x), w)
-        torch.testing.assert_close(got, sum(w_o * out for w_o, out in zip(w.detach(), outs)), rtol=1e-5, atol=1e-5)
-        g = torch.randn_like(got)
-        (dw,) = torch.autograd.grad((got * g).sum(), w)
-        torch.testing.assert_close(dw, torch.stack([(out * g).sum() for out in outs]), rtol=1e-4, atol=1e-4)
 
 
 def _shuffled(y, k):
@@ -232,7 +221,9 @@ def _arch_args(ts, *argv):
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
-def test_the_regulariser_adds_reg_scale_times_its_term_to_the_architecture_loss(load_space, reg_type):
+def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is_adam_with_l2_decay_for_l2_only(
+    load_space, reg_type
+):
     """grad_beta = of CE(val) + reg_scale * (||beta||^2 / 2 for l2 (Adam decay), KL(Dir(alpha) || Dir(1)) for kl)."""
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
@@ -245,16 +236,8 @@ def test_the_regulariser_adds_reg_scale_times_its_term_to_the_architecture_loss(
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     if reg_type == "l2":
         torch.testing.assert_close(got, 0.3 * model.beta.detach(), rtol=1e-12, atol=0)
-
-
-@pytest.mark.parametrize("reg_type", ["l2", "kl"])
-def test_architect_step_is_adam_betas_0_5_0_999_eps_1e_8_lr_arch_lr_weight_decay_reg_scale_for_l2_only(
-    load_space, reg_type
-):
-    """Two steps with different gradients equal hand-written Adam; L2 decay = reg_scale (l2) or 0 (kl)."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
-    torch.manual_seed(0)
-    model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
+    # The architect step: two steps with different gradients equal hand-written Adam (betas 0.5, 0.999, eps 1e-8,
+    # lr arch_learning_rate), whose L2 decay is reg_scale for l2 and 0 for kl.
     with torch.no_grad():
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     lr, reg = 0.01, 0.05
@@ -326,9 +309,10 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
         assert torch.equal(p, w), "the weights are restored after the step"
 
 
-def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_weights_only(load_space):
-    """The weight optimizer (`sgd`) with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay)."""
-    ts, ms = load_space("201-space", "train_search", "model_search")
+def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_and_clips_the_weights_only(load_space):
+    """The weight optimizer (`sgd`) with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay);
+    the weight step clips the gradient norm of the weights alone to grad_clip."""
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1)
     args = ts.get_parser().parse_args([])
@@ -346,15 +330,9 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_over_we
         buf = d if buf is None else [0.9 * b + di for b, di in zip(buf, d)]
         w = [wi - 0.025 * b for wi, b in zip(w, buf)]
         torch.testing.assert_close(flat(weights), flat(w), rtol=1e-6, atol=1e-7)
-
-
-def test_weight_step_clips_the_gradient_norm_of_the_weights_only_to_grad_clip(load_space):
-    """search_step: ||clipped weight gradient|| = grad_clip (beta excluded); beta gets no gradient, never moves."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
-    torch.manual_seed(0)
-    model = ms.Network(4, 1, 10, k=1).train()
-    architect = arch.Architect(model, _arch_args(ts))
-    weights = model.weights()
+    # search_step: ||clipped weight gradient|| = grad_clip (beta excluded); beta gets no gradient, never moves.
+    model.train()
+    architect = arch.Architect(model, args)
     opt = torch.optim.SGD(weights, lr=1.0, momentum=0.0, weight_decay=0.0)
     beta0 = model.beta.detach().clone()
     clip = 1e-3
@@ -423,11 +401,8 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
     task.model.register_forward_pre_hook(lambda m, inputs: None if inside[0] else events.append(("weights", inputs[0])))
     _epoch(task, 0)
     assert [e[0] for e in events] == ["arch", "weights"] * 3, "each iteration: architecture step, then weight step"
-    for event in events:
-        if event[0] == "arch":
-            assert _rows_in(event[1], train_rows) and _rows_in(event[2], valid_rows)
-        else:
-            assert _rows_in(event[1], train_rows)
+    for _, *batches in events:  # (x_train, x_valid) of an architecture step, x_train of a weight step
+        assert all(_rows_in(batch, rows) for batch, rows in zip(batches, (train_rows, valid_rows)))
 
 
 def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
@@ -451,14 +426,20 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
         assert torch.equal(value, state1[key]), key
 
 
-def test_warm_up_epochs_are_the_first_warmup_epochs_of_each_stage(load_space):
-    """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up."""
+def test_warm_up_epochs_are_the_first_of_each_stage_and_the_gumbel_temperature_falls_linearly_from_10_to_1(
+    load_space,
+):
+    """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up. gumbel_tau: linear."""
     stages_py = load_space("201-space", "runkit.run_flags")
     stages = [stages_py.Stage(4, 4, 5, 2), stages_py.Stage(3, 2, 3, 2)]
     assert [stages_py.stage_at(stages, e) for e in range(7)] == [
         (0, False), (0, False), (0, True), (0, True), (1, False), (1, False), (1, True)
     ]  # fmt: skip
     assert all(stages_py.stage_at([stages_py.Stage(5, 1, 5, 0)], e) == (0, True) for e in range(5))
+    ts = load_space("201-space", "train_search")  # gumbel_tau (snas, gdas): 10 at the first epoch, 1 at the last
+    args = ts.get_parser().parse_args([])
+    assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(range(10, 0, -1))
+    assert [ts.gumbel_tau(e, 4, args.tau_max, args.tau_min) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
 
 
 def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
@@ -478,14 +459,6 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
         assert record["lr"] == pytest.approx(want, rel=1e-9), epoch
         assert all(g["lr"] == pytest.approx(want, rel=1e-9) for g in saved["optimizer"]["param_groups"]), epoch
     assert len(run.records) == total
-
-
-def test_gumbel_temperature_falls_linearly_from_10_to_1_over_the_epochs(load_space):
-    """gumbel_tau (snas, gdas): tau_max = 10 at the first epoch, tau_min = 1 at the last, linear between."""
-    ts = load_space("201-space", "train_search")
-    args = ts.get_parser().parse_args([])
-    assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(range(10, 0, -1))
-    assert [ts.gumbel_tau(e, 4, args.tau_max, args.tau_min) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
 
 
 def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(load_space):
@@ -537,9 +510,9 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
     write_tiny_cifar(tmp_path), write_tiny_cifar(tmp_path, "cifar100")
     folder = tmp_path / "in16"
     folder.mkdir()
+    batch = pickle.dumps({"data": np.random.default_rng(0).integers(0, 256, (2, 768), np.uint8), "labels": [1, 2]})
     for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": np.random.default_rng(0).integers(0, 256, (2, 768), np.uint8), "labels": [1, 2]}, f)
+        (folder / name).write_bytes(batch)
     in16 = (folder, 16, 2, [x / 255 for x in (122.68, 116.66, 104.01)], [x / 255 for x in (63.22, 61.26, 65.09)])
     expected = {
         "cifar10": (tmp_path, 32, 4, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -559,7 +532,9 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
         assert list(test_ops[1].mean) == pytest.approx(list(mean)) and list(test_ops[1].std) == pytest.approx(list(std))
 
 
-def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(load_space, tmp_path, restore_logging):
+def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0_as_its_resnet_does(
+    load_space, tmp_path, restore_logging, nb201_table
+):
     """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
     train = load_space("201-space", "train")
     args = train.get_parser().parse_args([])
@@ -577,10 +552,7 @@ def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0(
     assert group["weight_decay"] == 5e-4
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.05])
-
-
-def test_named_resnet_cell_is_nas_bench_201_residual_block(load_space, nb201_table):
-    """ResNet: node1 = conv3x3(x), node2 = conv3x3(node1), output = x + node2 (NAS-Bench-201's reference cell)."""
+    # ResNet: node1 = conv3x3(x), node2 = conv3x3(node1), output = x + node2 (NAS-Bench-201's reference cell).
     genotypes, benchmark = load_space("201-space", "genotypes", "benchmark")
     assert str(genotypes.ResNet) == ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|")
     accs = benchmark.load_benchmark(nb201_table).query(str(genotypes.ResNet))

@@ -18,59 +18,83 @@ def _args(**kw):
     return types.SimpleNamespace(**{**base, **kw})
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_dirichlet_weights_on_simplex_and_carry_gradient(load_space, k):
+@pytest.mark.parametrize("method, k", [("dirichlet", 1), ("dirichlet", 2), ("darts", 1), ("snas", 1), ("gdas", 1)])
+def test_arch_weights_of_each_method_and_pruned_ops_get_no_weight(load_space, method, k):
+    """dirichlet: on the simplex, a new draw each call, a gradient to beta; darts: softmax(beta), the same every call;
+    snas: on the simplex; gdas: one-hot, with a gradient to beta. After prune(2), weights cover the kept ops only."""
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=k, method="dirichlet")
+    model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
     w = model.arch_weights()
-    assert w.shape == (6, 5) and (w >= 0).all()
-    torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
-    ((w * torch.arange(1.0, 6.0)).sum() + (w**2).sum()).backward()
-    g = model.beta.grad
-    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
-    assert not torch.equal(model.arch_weights(), model.arch_weights())
+    if method in ("dirichlet", "snas"):
+        assert w.shape == (6, 5) and (w >= 0).all()
+        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    if method == "dirichlet":
+        ((w * torch.arange(1.0, 6.0)).sum() + (w**2).sum()).backward()
+        assert not torch.equal(model.arch_weights(), model.arch_weights())
+    elif method == "darts":
+        with torch.no_grad():
+            model.beta.copy_(torch.randn(6, 5))
+        torch.testing.assert_close(model.arch_weights(), F.softmax(model.beta, -1))
+        torch.testing.assert_close(model.arch_weights(), model.arch_weights(), rtol=0, atol=0)
+    elif method == "gdas":
+        model.tau = 1.0
+        w = model.arch_weights()
+        torch.testing.assert_close(w, F.one_hot(w.argmax(1), 5).float(), atol=1e-6, rtol=0)
+        x, y = image_batch(4)
+        F.cross_entropy(model(x), y).backward()
+    if method in ("dirichlet", "gdas"):
+        grad = model.beta.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with torch.no_grad():
+        model.beta.copy_(torch.randn(6, 5))
+    model.prune(2)
+    for e, ops in enumerate(model.kept):
+        assert len(ops) == 2 and ops == sorted(ops)
+        assert set(ops) == set(torch.topk(model.beta[e].detach(), 2).indices.tolist())
+    for _ in range(3):
+        w = model.arch_weights()
+        assert w.shape == (6, 2) and (w >= 0).all()
+        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    if method == "darts":  # softmax over the kept ops' beta, column c for op kept[e][c]
+        torch.testing.assert_close(w, F.softmax(model.beta.detach().gather(1, torch.tensor(model.kept)), -1))
 
 
-def _pathwise_grad(alpha, f, samples=20000, seed=0):
+def _pathwise_grad(alpha, f, seed, concentration=lambda a: a):
+    """d/d alpha of the mean of f over 20000 reparameterised draws of Dir(concentration(alpha))."""
     torch.manual_seed(seed)
     alpha = alpha.detach().clone().requires_grad_(True)
-    w = D.Dirichlet(alpha).rsample((samples,))  # (S, K), one batched draw
-    (g,) = torch.autograd.grad(f(w).mean(), alpha)
+    (g,) = torch.autograd.grad(f(D.Dirichlet(concentration(alpha)).rsample((20000,))).mean(), alpha)
     return g
 
 
 def test_pathwise_gradient_of_linear_expectation_matches_closed_form():
-    # E[c . w] = (alpha . c) / alpha0  for w ~ Dir(alpha)
+    """E[c . w] = (alpha . c) / alpha0 for w ~ Dir(alpha)."""
     alpha = torch.tensor([0.7, 1.3, 2.0, 0.9, 3.1], dtype=torch.float64)
     c = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0], dtype=torch.float64)
-    mc = _pathwise_grad(alpha, lambda w: (w * c).sum(-1))
-    a0 = alpha.sum()
-    exact = c / a0 - (alpha @ c) / a0**2
-    torch.testing.assert_close(mc, exact, atol=0.01, rtol=0.05)
+    mc = _pathwise_grad(alpha, lambda w: (w * c).sum(-1), seed=0)
+    torch.testing.assert_close(mc, c / alpha.sum() - (alpha @ c) / alpha.sum() ** 2, atol=0.01, rtol=0.05)
 
 
 def test_pathwise_gradient_of_second_moment_matches_finite_difference():
-    # E[w_0^2] = a_0 (a_0 + 1) / (A (A + 1)); compare with central differences of it.
+    """E[w_0^2] = a_0 (a_0 + 1) / (A (A + 1)); compared with central differences of it."""
+
     def closed(alpha):
         a0, A = alpha[0], alpha.sum()
         return a0 * (a0 + 1) / (A * (A + 1))
 
-    alpha = torch.tensor([1.5, 0.8, 1.1, 2.0, 0.6], dtype=torch.float64)
+    alpha, h = torch.tensor([1.5, 0.8, 1.1, 2.0, 0.6], dtype=torch.float64), 1e-5
     mc = _pathwise_grad(alpha, lambda w: w[:, 0] ** 2, seed=1)
-    h = 1e-5
     fd = torch.stack([(closed(alpha + h * e) - closed(alpha - h * e)) / (2 * h) for e in torch.eye(5).double()])
     torch.testing.assert_close(mc, fd, atol=0.004, rtol=0.05)
 
 
 def test_pathwise_gradient_through_concentration_wrt_beta(load_space):
     ms = load_space("201-space", "model_search")
-    beta = torch.tensor([0.3, -0.4, 0.1, 0.8, -1.2], dtype=torch.float64, requires_grad=True)
+    beta = torch.tensor([0.3, -0.4, 0.1, 0.8, -1.2], dtype=torch.float64)
     c = torch.tensor([2.0, 0.0, -1.0, 1.0, 0.5], dtype=torch.float64)
-    torch.manual_seed(2)
-    w = D.Dirichlet(ms.concentration(beta)).rsample((20000,))
-    (mc,) = torch.autograd.grad((w * c).sum(-1).mean(), beta)
-    b = beta.detach().clone().requires_grad_(True)
+    mc = _pathwise_grad(beta, lambda w: (w * c).sum(-1), seed=2, concentration=ms.concentration)
+    b = beta.clone().requires_grad_(True)
     alpha = F.elu(b) + 1
     (exact,) = torch.autograd.grad((alpha @ c) / alpha.sum(), b)
     torch.testing.assert_close(mc, exact, atol=0.01, rtol=0.05)
@@ -78,7 +102,7 @@ def test_pathwise_gradient_through_concentration_wrt_beta(load_space):
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
 @pytest.mark.parametrize("k", [1, 2])
-def test_architect_step_moves_only_beta_and_leaves_bn_buffers(load_space, method, k):
+def test_architect_step_moves_only_beta_and_leaves_bn_buffers_the_weight_step_only_weights(load_space, method, k):
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method).train()
@@ -93,18 +117,13 @@ def test_architect_step_moves_only_beta_and_leaves_bn_buffers(load_space, method
             assert torch.equal(p, before[name]) and p.grad is None, name
     assert model.beta.grad is None  # the architect cleans up after itself
     assert [n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])] == []
-
-
-def test_weight_step_moves_only_weights(load_space):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=2, method="dirichlet").train()
+    # The weight step, as search.search_step takes it: every weight moves, beta neither gets a gradient nor moves.
     weights = model.weights()
     opt = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
     beta0 = model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
+    opt.zero_grad(set_to_none=True)
     x, y = image_batch(4)
-    opt.zero_grad(set_to_none=True)  # as search.search_step does it
     F.cross_entropy(model(x), y).backward(inputs=weights)
     torch.nn.utils.clip_grad_norm_(weights, 5.0)
     opt.step()
@@ -198,13 +217,8 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
         assert torch.equal(b, buffers[n]), n
     assert torch.equal(model.beta, beta0)
     h = 1e-5  # central differences of the exact one-step objective over every entry of beta
-    fd = torch.zeros(beta0.numel(), dtype=torch.float64)
-    for idx in range(beta0.numel()):
-        e = torch.zeros(beta0.numel(), dtype=torch.float64)
-        e[idx] = h
-        e = e.view_as(beta0)
-        fd[idx] = (objective(beta0 + e).detach() - objective(beta0 - e).detach()) / (2 * h)
-    fd = fd.view_as(beta0)
+    steps = h * torch.eye(beta0.numel(), dtype=torch.float64).view(-1, *beta0.shape)
+    fd = torch.stack([(objective(beta0 + e) - objective(beta0 - e)).detach() / (2 * h) for e in steps]).view_as(beta0)
     b = beta0.clone().requires_grad_(True)  # ... agree with its gradient by double backward (the reference is right)
     (exact,) = torch.autograd.grad(objective(b, create_graph=True), b)
     torch.testing.assert_close(exact, fd, atol=1e-6, rtol=1e-4)
@@ -214,51 +228,6 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     rel = (got - fd).norm() / fd.norm()
     cos = F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
     assert rel < 0.02 and cos > 0.999, (rel.item(), cos.item())
-
-
-@pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
-def test_relaxed_weights_softmax_on_the_simplex_or_one_hot(load_space, method):
-    """darts: softmax(beta), the same every call; snas: on the simplex; gdas: one-hot, with a gradient to beta."""
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method=method)
-    if method == "darts":
-        with torch.no_grad():
-            model.beta.copy_(torch.randn(6, 5))
-        torch.testing.assert_close(model.arch_weights(), F.softmax(model.beta, -1))
-        torch.testing.assert_close(model.arch_weights(), model.arch_weights(), rtol=0, atol=0)
-    elif method == "snas":
-        w = model.arch_weights()
-        assert (w >= 0).all()
-        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
-    else:
-        model.tau = 1.0
-        w = model.arch_weights()
-        torch.testing.assert_close(w, F.one_hot(w.argmax(1), 5).float(), atol=1e-6, rtol=0)
-        x, y = image_batch(4)
-        F.cross_entropy(model(x), y).backward()
-        grad = model.beta.grad
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("method", ["dirichlet", "darts", "gdas"])
-def test_pruned_ops_get_no_weight(load_space, method):
-    """The mixing weights cover the kept ops only (one column each, in `kept` order), on the simplex."""
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=1, method=method)
-    with torch.no_grad():
-        model.beta.copy_(torch.randn(6, 5))
-    model.prune(2)
-    for e, ops in enumerate(model.kept):
-        assert len(ops) == 2 and ops == sorted(ops)
-        assert set(ops) == set(torch.topk(model.beta[e].detach(), 2).indices.tolist())
-    for _ in range(3):
-        w = model.arch_weights()
-        assert w.shape == (6, 2) and (w >= 0).all()
-        torch.testing.assert_close(w.sum(1), torch.ones(6), atol=1e-5, rtol=0)
-    if method == "darts":  # softmax over the kept ops' beta, column c for op kept[e][c]
-        torch.testing.assert_close(w, F.softmax(model.beta.detach().gather(1, torch.tensor(model.kept)), -1))
 
 
 def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, monkeypatch):

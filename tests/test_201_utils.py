@@ -2,9 +2,11 @@
 
 import json
 import os
+import random
 import warnings
 from itertools import islice
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -12,9 +14,9 @@ from torch.utils.data import TensorDataset
 from conftest import forbid_host_reads
 
 
-def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
+def test_save_checkpoint_is_atomic_and_round_trips_with_the_rng_state(load_space, tmp_path):
     utils = load_space("201-space", "runkit.utils")
-    torch.manual_seed(0)
+    utils.set_seed(5)
     state = {
         "epoch": 3, "model": {"w": torch.randn(3, 4), "n": torch.tensor(7)}, "args": {"lr": 0.1, "name": "x"},
         "rng": utils.rng_state(), "train_stream": [1, 2],
@@ -22,10 +24,14 @@ def test_save_checkpoint_is_atomic_and_round_trips(load_space, tmp_path):
     path = tmp_path / "checkpoint.pt"
     utils.save_checkpoint(state, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no .tmp left over
+    expected = (random.random(), np.random.rand(), torch.rand(3))
     back = utils.load_checkpoint(path)
     assert back["epoch"] == 3 and back["args"] == state["args"] and back["train_stream"] == [1, 2]
     for key, t in state["model"].items():
         assert torch.equal(back["model"][key], t)
+    utils.set_rng_state(back["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
     state["epoch"] = 4  # overwriting replaces the file in one go
     utils.save_checkpoint(state, path)
     assert utils.load_checkpoint(path)["epoch"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
@@ -71,40 +77,19 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
-def test_rng_state_round_trips(load_space, tmp_path):
-    utils = load_space("201-space", "runkit.utils")
-    import random
-
-    import numpy as np
-
-    utils.set_seed(5)
-    path = tmp_path / "c.pt"
-    utils.save_checkpoint({"epoch": 1, "rng": utils.rng_state()}, path)
-    expected = (random.random(), np.random.rand(), torch.rand(3))
-    utils.set_rng_state(utils.load_checkpoint(path)["rng"])
-    got = (random.random(), np.random.rand(), torch.rand(3))
-    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
-
-
 def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
     utils = load_space("201-space", "runkit.utils")
-    with pytest.raises(utils.UserError, match="no such file"):
-        utils.load_checkpoint(tmp_path / "missing.pt")
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"\x00garbage" * 20)
-    with pytest.raises(utils.UserError, match="not a readable checkpoint"):
-        utils.load_checkpoint(bad)
-    odd = tmp_path / "odd.pt"
-    odd.write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(utils.UserError, match="not a readable checkpoint"):
-            utils.load_checkpoint(odd)
-    assert not caught, "the one-line error only, no warning before it"
-    other = tmp_path / "tensor.pt"
-    torch.save(torch.zeros(3), other)  # a valid torch file, but not a checkpoint
-    with pytest.raises(utils.UserError, match="not a readable checkpoint"):
-        utils.load_checkpoint(other)
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 20)
+    (tmp_path / "odd.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")  # a valid torch file, but not a checkpoint
+    cases = {"missing.pt": "no such file", "bad.pt": "not a readable checkpoint"}
+    cases |= {"odd.pt": "not a readable checkpoint", "tensor.pt": "not a readable checkpoint"}
+    for name, message in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(utils.UserError, match=message):
+                utils.load_checkpoint(tmp_path / name)
+        assert not caught, f"{name}: the one-line error only, no warning before it"
 
 
 def _dataset(n=23):
@@ -129,7 +114,7 @@ def test_stream_resumes_exactly_from_a_position(load_space):
         assert stream.position() == resumed.position()
 
 
-def test_stream_passes_cover_the_data_and_reshuffle(load_space):
+def test_stream_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):
     streams = load_space("201-space", "runkit.streams")
     ds = _dataset()
     stream = streams.Stream(ds, batch_size=4, seed=3)
@@ -146,11 +131,7 @@ def test_stream_passes_cover_the_data_and_reshuffle(load_space):
     assert torch.cat([b[0] for b in islice(again, 6)]).tolist() == passes[0]
     other = streams.Stream(ds, batch_size=4, seed=4)
     assert torch.cat([b[0] for b in islice(other, 6)]).tolist() != passes[0]
-
-
-def test_stream_without_shuffle_is_in_order(load_space):
-    streams = load_space("201-space", "runkit.streams")
-    stream = streams.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)
+    stream = streams.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)  # without shuffle: in order
     assert torch.cat([b[0] for b in islice(stream, 4)]).tolist() == list(range(10))
 
 
@@ -191,12 +172,7 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
     assert again.result() == result
 
 
-def test_format_seconds(load_space):
-    utils = load_space("201-space", "runkit.utils")
-    assert utils.format_seconds(3725) == "1:02:05"
-
-
-def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_path):
+def test_history_is_strict_json_and_drops_epochs_past_a_resume_and_seconds_read_as_clock_time(load_space, tmp_path):
     """A diverged held-out loss is written as null (JSON has no NaN); a resume keeps the epochs before it."""
     utils = load_space("201-space", "runkit.utils")
     history = utils.History(tmp_path)
@@ -209,6 +185,7 @@ def test_history_is_strict_json_and_drops_epochs_past_a_resume(load_space, tmp_p
     }  # fmt: skip
     utils.History(tmp_path, start_epoch=1)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "history.jsonl").read_text().splitlines()] == [0]
+    assert utils.format_seconds(3725) == "1:02:05"
 
 
 def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, monkeypatch):

@@ -115,22 +115,15 @@ def test_the_cost_is_that_of_train_py_at_its_defaults(load_space, space):
 def test_train_py_prints_the_figures_of_the_cost_model(load_space, tmp_path, space):
     model, genotypes = load_space(space, "model", "genotypes")
     if space == "201-space":
-        argv, C, layers, cell = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1"], 4, 1, genotypes.DrNAS
+        argv, layers, cell = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1"], 1, genotypes.DrNAS
     else:
-        argv, C, layers, cell = (
-            [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5"],
-            4,
-            5,
-            genotypes.DrNAS_cifar10,
-        )
+        argv, layers, cell = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5"], 5, genotypes.DrNAS_cifar10
     proc = run_script(space, "train.py", *argv, "--save", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "run" / "log.txt").read_text()
     params, flops = re.search(r"param count = (\d+) .*multiply-adds \(FLOPs\) = (\d+)", log).groups()
-    assert model.cost_model(10, 32, C=C, layers=layers).of(model.cost_rows(cell)) == {
-        "params": int(params),
-        "flops": int(flops),
-    }
+    figures = model.cost_model(10, 32, C=4, layers=layers).of(model.cost_rows(cell))
+    assert figures == {"params": int(params), "flops": int(flops)}
 
 
 def finished(run_dir):
@@ -154,10 +147,11 @@ def assert_same(a, b, where="task"):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_cost_none_searches_as_before_and_records_the_cell_cost(load_space, monkeypatch, tmp_path, restore_logging,
-                                                                 space):  # fmt: skip
-    train_search, architect, model = load_space(space, "train_search", "architect", "model")
-    train_search.main([*SEARCH[space], "--cost", "none", "--save", str(tmp_path / "none")])
+def test_cost_none_searches_as_before_and_a_tight_target_binds_the_derived_cell_and_resumes_exactly(
+    load_space, monkeypatch, tmp_path, restore_logging, space
+):
+    train_search, architect = load_space(space, "train_search", "architect")
+    train_search.main([*SEARCH[space], *FAST_BETA, "--cost", "none", "--save", str(tmp_path / "none")])
     # The search before --cost existed: no cost model, the regularisers' gradient alone.
     monkeypatch.setattr(train_search, "cost_model", lambda *args, **kwargs: None)
     monkeypatch.setattr(train_search.budget, "make_budget", lambda *args: None)
@@ -167,7 +161,7 @@ def test_cost_none_searches_as_before_and_records_the_cell_cost(load_space, monk
         return torch.autograd.grad(reg_scale * architect.REGULARIZERS[reg_type](net), net.arch_parameters())
 
     monkeypatch.setattr(architect, "regularizer_grads", before)
-    train_search.main([*SEARCH[space], "--save", str(tmp_path / "before")])
+    train_search.main([*SEARCH[space], *FAST_BETA, "--save", str(tmp_path / "before")])
     (checkpoint, history, saved), (earlier, _, _) = finished(tmp_path / "none"), finished(tmp_path / "before")
     assert_same(checkpoint["task"], earlier["task"])
     # Every epoch records the derived cell's exact figures (as genotype.json does) and the surrogate's.
@@ -176,21 +170,17 @@ def test_cost_none_searches_as_before_and_records_the_cell_cost(load_space, monk
     assert all(record["expected_params"] > 0 and record["expected_flops"] > 0 for record in history)
     tags = EventAccumulator(str(tmp_path / "none" / "tb")).Reload().Tags()["scalars"]
     assert {"cell/params", "cell/flops", "expected/params", "expected/flops"} <= set(tags)
+    assert history[-1]["cell_params"] > TIGHT[space], "without the term the cell is over the target"
 
-
-@pytest.mark.parametrize("space", SPACES)
-def test_a_tight_target_binds_the_derived_cell_and_resumes_exactly(tmp_path, space):
     budget = ["--cost", "params", "--cost_target", str(TIGHT[space]), *FAST_BETA]
     runs = {
-        "free": ("train_search.py", *SEARCH[space], *FAST_BETA),
         "bound": ("train_search.py", *SEARCH[space], *budget),
         "resumed": (INTERRUPTED_RUN, "train_search", "1", "--", *SEARCH[space], *budget),
     }
     for name, argv in runs.items():
         proc = run_script(space, *argv, "--save", tmp_path / name)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    free_history, (bound, history, saved) = finished(tmp_path / "free")[1], finished(tmp_path / "bound")
-    assert free_history[-1]["cell_params"] > TIGHT[space], "without the term the cell is over the target"
+    bound, history, saved = finished(tmp_path / "bound")
     assert history[-1]["cell_params"] <= TIGHT[space] and saved["cost"]["params"] <= TIGHT[space] * 1e6
     assert history[-1]["expected_params"] < history[0]["expected_params"]
     assert_same(bound["task"], finished(tmp_path / "resumed")[0]["task"])

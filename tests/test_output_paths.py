@@ -29,32 +29,27 @@ def unwritable_dir(tmp_path):
         (tmp_path / "read-only").chmod(0o755)  # so that pytest can remove it
 
 
-def _command(script, tmp_path, out):
-    """`(space, command line)` running `script` with `--out out` and valid input otherwise."""
-    if script == "visualize.py":
-        return "DARTS-space", ["visualize.py", "DrNAS_cifar10", "--out", out]
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "history.jsonl").write_text(json.dumps(HISTORY) + "\n")
-    return "201-space", ["plot_trajectory.py", run, "--out", out]
+def _refused(script, tmp_path, out, *expected):
+    """Run `script` with `--out out` and valid input otherwise: one line holding `--out out` and `expected`."""
+    command = ("DARTS-space", [script, "DrNAS_cifar10"])
+    if script == "plot_trajectory.py":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "history.jsonl").write_text(json.dumps(HISTORY) + "\n")
+        command = ("201-space", [script, tmp_path / "run"])
+    result = run_script(command[0], *command[1], "--out", out)
+    assert_one_line_error(result.returncode, result.stderr, f"--out {out}", *expected)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_out_under_a_file_ends_in_one_line(tmp_path, script):
     afile = tmp_path / "afile"
     afile.write_text("kept\n")
-    out = afile / "x.png"
-    space, command = _command(script, tmp_path, out)
-    result = run_script(space, *command)
-    assert_one_line_error(result.returncode, result.stderr, f"--out {out}", f"{afile} is a file, not a folder")
+    _refused(script, tmp_path, afile / "x.png", f"{afile} is a file, not a folder")
     assert afile.read_text() == "kept\n"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_out_in_an_unwritable_folder_ends_in_one_line(tmp_path, unwritable_dir, script):
     before = sorted(os.listdir(unwritable_dir))
-    out = unwritable_dir / "x.png"
-    space, command = _command(script, tmp_path, out)
-    result = run_script(space, *command)
-    assert_one_line_error(result.returncode, result.stderr, f"--out {out}", f"cannot write in {unwritable_dir}")
+    _refused(script, tmp_path, unwritable_dir / "x.png", f"cannot write in {unwritable_dir}")
     assert sorted(os.listdir(unwritable_dir)) == before

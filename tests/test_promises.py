@@ -90,27 +90,20 @@ def genotype_json(load_space, path, space):
 
 
 @pytest.mark.parametrize(
-    ("script", "argv"), [("train", [*TINY_201, "--save", "{tmp}/run", "--arch"]), ("benchmark", ["query", "--arch"])]
-)
-def test_201_scripts_name_a_darts_genotype_json(load_space, capsys, tmp_path, script, argv):
-    genotype = genotype_json(load_space, tmp_path / "genotype.json", "DARTS-space")
-    main = load_space("201-space", script).main
-    line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
-    assert f"--arch {genotype}: a DARTS-space genotype.json" in line and "DARTS-space/train.py" in line
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize(
-    ("script", "argv", "flag"),
-    [("train", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--save", "{tmp}/run", "--arch"], "--arch"),
-     ("train_imagenet", ["--dataset", "synthetic", "--device", "cpu", "--save", "{tmp}/run", "--arch"], "--arch"),
-     ("visualize", ["--out", "{tmp}/cell.png"], "genotype")],
+    ("space", "script", "argv", "flag"),
+    [("201-space", "train", [*TINY_201, "--save", "{tmp}/run", "--arch"], "--arch"),
+     ("201-space", "benchmark", ["query", "--arch"], "--arch"),
+     ("DARTS-space", "train", [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--save", "{tmp}/run", "--arch"], "--arch"),
+     ("DARTS-space", "train_imagenet", ["--dataset", "synthetic", "--device", "cpu", "--save", "{tmp}/run", "--arch"],
+      "--arch"),
+     ("DARTS-space", "visualize", ["--out", "{tmp}/cell.png"], "genotype")],
 )  # fmt: skip
-def test_darts_scripts_name_a_201_genotype_json(load_space, capsys, tmp_path, script, argv, flag):
-    genotype = genotype_json(load_space, tmp_path / "genotype.json", "201-space")
-    main = load_space("DARTS-space", script).main
+def test_scripts_name_a_genotype_json_of_the_other_space(load_space, capsys, tmp_path, space, script, argv, flag):
+    other = "201-space" if space == "DARTS-space" else "DARTS-space"
+    genotype = genotype_json(load_space, tmp_path / "genotype.json", other)
+    main = load_space(space, script).main
     line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
-    assert f"{flag} {genotype}: a 201-space genotype.json" in line and "201-space/train.py" in line
+    assert f"{flag} {genotype}: a {other} genotype.json" in line and f"{other}/train.py" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "cell.png").exists()
 
 

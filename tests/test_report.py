@@ -12,9 +12,9 @@ import torch
 
 from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
 
-SEARCH_201 = "--batch_size 16 --epochs 1 --trajectory_samples 0 --benchmark none --report_freq 100"
-SEARCH_201 = [*TINY_201, *SEARCH_201.split()]
-TRAIN_DARTS = ["--dataset", "synthetic", "--layers", "5", *TINY_DARTS_TRAIN]
+SEARCH_201 = "--batch_size 16 --epochs 1 --max_steps_per_epoch 2 --trajectory_samples 0 --benchmark none"
+SEARCH_201 = [*TINY_201, *SEARCH_201.split(), "--report_freq", "100"]
+TRAIN_DARTS = ["--dataset", "synthetic", "--layers", "3", *TINY_DARTS_TRAIN]
 # A cell that is none of the named genotypes: the report names it "cell <8 hex digits>".
 CELL = {
     "normal": [["sep_conv_3x3", i % 2] for i in range(8)], "normal_concat": [2, 3, 4, 5],
@@ -146,12 +146,13 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(runs, tmp_path, space):
     assert_one_line_error(result.returncode, result.stderr, str(unfinished), "unfinished (0 of 1 epochs)")
 
 
-def test_an_evaluation_recorded_as_valid_reports_the_same(runs, tmp_path):
+def test_an_evaluation_recorded_as_valid_reports_the_same_and_a_damaged_checkpoint_is_one_line(runs, tmp_path):
     """Runs of train.py made before test_* was its name recorded the test set as valid_acc, valid_top5, ..."""
-    old = tmp_path / "old"
-    old.mkdir()
-    for name in ("args.json", "genotype.json", "checkpoint.pt"):
-        (old / name).write_bytes((runs / "e1" / name).read_bytes())
+    old, damaged = tmp_path / "old", tmp_path / "damaged"
+    for folder in (old, damaged):
+        folder.mkdir()
+        for name in ("args.json", "genotype.json", "checkpoint.pt"):
+            (folder / name).write_bytes((runs / "e1" / name).read_bytes())
     history = (runs / "e1" / "history.jsonl").read_text()
     (old / "history.jsonl").write_text(history.replace('"test_', '"valid_'))
     rows = [
@@ -160,13 +161,7 @@ def test_an_evaluation_recorded_as_valid_reports_the_same(runs, tmp_path):
     ]
     new_row, old_row = (r[0].split(" | ") for r in rows)
     assert old_row[1:] == new_row[1:], (new_row, old_row)
-
-
-def test_a_damaged_evaluation_checkpoint_is_one_line(runs, tmp_path):
-    damaged = tmp_path / "damaged"
-    damaged.mkdir()
-    for name in ("args.json", "history.jsonl", "genotype.json"):
-        (damaged / name).write_text((runs / "e1" / name).read_text())
+    (damaged / "history.jsonl").write_text(history)
     (damaged / "checkpoint.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch would warn of pickle protocol 227
     result = run_script("DARTS-space", "report.py", runs / "e1", damaged)
     assert_one_line_error(result.returncode, result.stderr, str(damaged), "no readable checkpoint.pt")

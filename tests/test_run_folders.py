@@ -1,8 +1,10 @@
 """Resume without retyping, and run folders that nothing a user types can rewind or pollute."""
 
+import functools
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,25 +47,21 @@ def test_resume_alone_takes_the_checkpoints_flags_and_names_every_differing_one(
 ):
     program, engine, utils = load_space(space, module, "runkit.engine", "runkit.utils")
     parser = program.get_parser(**kwargs)
+    parse = functools.partial(engine.parse_args, parser, sys.modules["genotypes"].SPACE, script)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _write_checkpoint(engine, utils, parser, script, run_dir / "checkpoint.pt", 1, 3, layers=2, seed=7, workers=0)
-    args = engine.parse_args(
-        parser, sys.modules["genotypes"].SPACE, script, ["--resume", str(run_dir)]
-    )  # means its checkpoint.pt
+    args = parse(["--resume", str(run_dir)])  # means its checkpoint.pt
     assert args.resume == str(run_dir / "checkpoint.pt")
     assert (args.layers, args.seed, args.workers, args.save) == (2, 7, 0, None)
-    argv = ["--resume", str(run_dir), "--workers", "3", "--layers", "2"]
-    changed = engine.parse_args(parser, sys.modules["genotypes"].SPACE, script, argv)
+    changed = parse(["--resume", str(run_dir), "--workers", "3", "--layers", "2"])
     assert (changed.workers, changed.layers) == (3, 2), "a flag a resume may change, and one equal to the checkpoint's"
     with pytest.raises(utils.UserError) as refused:
-        engine.parse_args(
-            parser, sys.modules["genotypes"].SPACE, script, ["--resume", str(run_dir), "--layers", "4", "--seed", "1"]
-        )
+        parse(["--resume", str(run_dir), "--layers", "4", "--seed", "1"])
     assert "--layers 2, not 4;" in str(refused.value) and "--seed 7, not 1;" in str(refused.value)
 
 
-def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_path, capsys):
+def test_resume_of_a_finished_run_says_so_in_one_line_exits_0_and_writes_nothing(load_space, tmp_path, capsys):
     program, engine, utils = load_space("DARTS-space", "train", "runkit.engine", "runkit.utils")
     parser = program.get_parser()
     _write_checkpoint(engine, utils, parser, "train", tmp_path / "checkpoint.pt", 3, 3)
@@ -71,10 +69,7 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(load_space, tmp_pat
         engine.parse_args(parser, sys.modules["genotypes"].SPACE, "train", ["--resume", str(tmp_path)])
     out = f"{tmp_path / 'checkpoint.pt'}: the run is finished (3 of 3 epochs); nothing to do"
     assert ended.value.code == 0 and capsys.readouterr().out.strip() == out
-
-
-def test_a_finished_search_resumed_exits_0_in_one_line(tmp_path):
-    """As a user types it: the folder of a finished 201 search, resumed, is left exactly as it was."""
+    # As a user types it: the folder of a finished 201 search, resumed, is left exactly as it was.
     run_dir = tmp_path / "run"
     first = run_script("201-space", "train_search.py", *TINY_201, "--epochs", "1", "--max_steps_per_epoch", "2",
                        "--save", run_dir)  # fmt: skip
@@ -87,19 +82,21 @@ def test_a_finished_search_resumed_exits_0_in_one_line(tmp_path):
     assert _snapshot(run_dir) == before
 
 
-def _unfinished_train_run(run_dir):
+@pytest.fixture(scope="module")
+def unfinished_train_run(tmp_path_factory):
     """A 201 train.py run folder 2 epochs into 3: a 2-epoch run whose checkpoints are made to ask for 3."""
+    run_dir = tmp_path_factory.mktemp("unfinished") / "run"
     done = run_script("201-space", *T201, "--epochs", "2", "--save", run_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("checkpoint.pt", "best.pt"):
         ckpt = torch.load(run_dir / name, weights_only=True)
         ckpt["epochs"] = ckpt["args"]["epochs"] = 3
         torch.save(ckpt, run_dir / name)
+    return run_dir
 
 
-def test_best_pt_continues_only_into_a_new_folder_which_becomes_a_whole_run_folder(tmp_path):
-    old, new = tmp_path / "run", tmp_path / "continued"
-    _unfinished_train_run(old)
+def test_best_pt_continues_only_into_a_new_folder_which_becomes_a_whole_run_folder(tmp_path, unfinished_train_run):
+    old, new = shutil.copytree(unfinished_train_run, tmp_path / "run"), tmp_path / "continued"
     before = _snapshot(old)
     rewind = run_script("201-space", "train.py", "--resume", old / "best.pt", timeout=120)
     assert_one_line_error(rewind.returncode, rewind.stderr, "would overwrite the run's later epochs", "--save")
@@ -118,10 +115,9 @@ def test_best_pt_continues_only_into_a_new_folder_which_becomes_a_whole_run_fold
     assert torch.load(new / "checkpoint.pt", weights_only=True)["epoch"] == 3
 
 
-def test_a_full_disk_ends_in_one_line_logged_keeping_the_last_checkpoint(tmp_path):
+def test_a_full_disk_ends_in_one_line_logged_keeping_the_last_checkpoint(tmp_path, unfinished_train_run):
     """RLIMIT_FSIZE below a checkpoint's size: the resumed run fails in one logged line, the last checkpoint kept."""
-    run_dir = tmp_path / "run"
-    _unfinished_train_run(run_dir)
+    run_dir = shutil.copytree(unfinished_train_run, tmp_path / "run")
     checkpoint = (run_dir / "checkpoint.pt").read_bytes()
     limit = len(checkpoint) // 2
     assert (run_dir / "log.txt").stat().st_size < limit / 2, "the log may still grow"

@@ -81,11 +81,8 @@ def _space_with_extra_op(load_space, monkeypatch, *more):
     names = ("operations", "genotypes", "model_search", "benchmark", "benchmark", "train_search", *more)
     modules = load_space("201-space", *names)
     operations, genotypes = modules[:2]
-    monkeypatch.setitem(
-        operations.OPS,
-        EXTRA,
-        lambda C_in, C_out, stride, affine: operations.ReLUConvBN(C_in, C_out, 5, stride, 2, affine),
-    )
+    conv_5x5 = lambda C_in, C_out, stride, affine: operations.ReLUConvBN(C_in, C_out, 5, stride, 2, affine)  # noqa: E731
+    monkeypatch.setitem(operations.OPS, EXTRA, conv_5x5)
     genotypes.PRIMITIVES.append(EXTRA)  # the list every module reads (the modules are dropped afterwards)
     return modules
 
