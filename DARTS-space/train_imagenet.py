@@ -24,7 +24,8 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     datasets.add_imagenet_arguments(parser, "../data/imagenet", "ImageFolder root with train/ and val/")
     paper = dict(epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5, init_channels=48, layers=14)
-    train.add_arguments(parser, **paper, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8, seed=0)
+    train.add_arguments(parser)
+    parser.set_defaults(**paper, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8)  # the paper's ImageNet run
     opt = parser.add_argument_group("schedule")
     opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
     decay = "decay of the learning rate to 0 (linear: smaller slope in the last 5 epochs)"

@@ -85,8 +85,7 @@ def add_arguments(parser):
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
     keep = "ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)"
     search.add_argument("--stage_keep", type=int, nargs="+", default=[len(PRIMITIVES), 4], help=keep)
-    warm = "epochs at the start of each stage that train the weights only"
-    search.add_argument("--warmup_epochs", type=int, default=10, help=warm)
+    search.add_argument("--warmup_epochs", type=int, default=10, help="first epochs of each stage: weights only")
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
@@ -170,10 +169,8 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 def build_model(args, num_classes, device, state=None, imagenet=False):
     """The supernet (--amp, --lean_ops) of the first stage, or of a resumed checkpoint's (k, kept ops, tensors).
-
-    Stage 1 keeps the N1 ops with the largest beta at initialisation (`Network.prune`): a random choice, fixed by
-    --seed and alike on every rank; with N1 = all ops (the default) it keeps them all.
-    """
+    Stage 1 keeps the N1 ops with the largest initial beta (`Network.prune`: random, fixed by --seed, alike on every
+    rank; all of them by default)."""
     accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
     model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept, method=args.method)
@@ -206,8 +203,7 @@ def concentration_lines(model):
 
 
 def search_data(train_data, valid_data, args, dist):
-    """This rank's streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of its
-    shard of the held-out images for the evaluation."""
+    """This rank's streams of the weights' ("train") and architecture's ("valid") batches, and its held-out loader."""
     batch, device = args.batch_size // dist.world_size, dist.device
     on_device = device_data.use_device(args.data_on_device, train_data, device)
     shard = (device, on_device, args.workers, True, dist.rank, dist.world_size, device.type == "cuda")
@@ -307,9 +303,12 @@ def get_parser():
     return parser
 
 
-def load_data(args):
-    """(weights' images, architecture's images, classes, whole training set), split at --train_portion (an
-    imagefolder training set comes in a seeded random order, so both parts hold every class)."""
+def load_data(args, imagenet):
+    """(weights' images, architecture's images, classes, whole training set): ImageNet's train/ and val/, else the
+    training set split at --train_portion (an imagefolder one comes in a seeded order: both parts hold every class)."""
+    if imagenet:
+        train_data, valid_data, num_classes = datasets.imagenet_or_synthetic(args, search=True)
+        return train_data, valid_data, num_classes, train_data
     full, _, num_classes = datasets.get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
     split = int(len(full) * args.train_portion)
     return Subset(full, range(split)), Subset(full, range(split, len(full))), num_classes, full
@@ -326,13 +325,7 @@ def main(argv=None, parser=None, script="train_search"):
     try:
         dist, state = run.dist, run.task_state()
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
-        if imagenet:
-            train_data, valid_data, num_classes = run.first_on_rank0(
-                lambda: datasets.imagenet_or_synthetic(args, search=True)
-            )
-            full = train_data
-        else:
-            train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
+        train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args, imagenet))
         with torch.random.fork_rng(devices=[]):  # a random crop drawn for one image's size leaves the seed's stream
             image_size = int(full[0][0].shape[-1])
         costs = cost_model(num_classes, image_size, imagenet=imagenet)  # train.py's network for this data
