@@ -99,10 +99,8 @@ NAMED = {name: globals()[name] for name in (
 def genotype_to_dict(genotype):
     """A genotype as plain lists (JSON-able, loads under `torch.load(weights_only=True)`)."""
     return {
-        "normal": [[op, int(index)] for op, index in genotype.normal],
-        "normal_concat": [int(i) for i in genotype.normal_concat],
-        "reduce": [[op, int(index)] for op, index in genotype.reduce],
-        "reduce_concat": [int(i) for i in genotype.reduce_concat],
+        key: [int(i) for i in value] if key.endswith("_concat") else [[op, int(index)] for op, index in value]
+        for key, value in zip(Genotype._fields, genotype)
     }
 
 
@@ -125,14 +123,6 @@ def _check_edges(edges, key):
     return checked
 
 
-def _check_concat(concat, key, steps):
-    valid = isinstance(concat, list) and concat
-    valid = valid and all(isinstance(i, int) and not isinstance(i, bool) and i in range(steps + 2) for i in concat)
-    if not valid or len(set(concat)) != len(concat):
-        raise UserError(f"'{key}' must be a non-empty list of distinct node indices in 0..{steps + 1}, got {concat!r}")
-    return list(concat)
-
-
 def genotype_from_dict(data):
     """Build a `Genotype` from `genotype_to_dict` output, checking ops, indices and shape."""
     if isinstance(data, dict) and isinstance(data.get("genotype"), dict):
@@ -147,9 +137,14 @@ def genotype_from_dict(data):
         raise UserError(
             f"'normal' has {len(normal)} entries but 'reduce' {len(reduce)}; both cells have the same nodes"
         )
-    steps = len(normal) // 2
-    normal_concat, reduce_concat = (_check_concat(data[key], key, steps) for key in ("normal_concat", "reduce_concat"))
-    return Genotype(normal, normal_concat, reduce, reduce_concat)
+    last = len(normal) // 2 + 1  # the index of the last node (0, 1: the cell's inputs)
+    for key in ("normal_concat", "reduce_concat"):
+        concat = data[key]
+        valid = isinstance(concat, list) and concat
+        valid = valid and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= last for i in concat)
+        if not valid or len(set(concat)) != len(concat):
+            raise UserError(f"'{key}' must be a non-empty list of distinct node indices in 0..{last}, got {concat!r}")
+    return Genotype(normal, list(data["normal_concat"]), reduce, list(data["reduce_concat"]))
 
 
 def save_genotype(genotype, path, data=None):
