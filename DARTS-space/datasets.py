@@ -33,8 +33,7 @@ def add_imagenet_arguments(parser, folder, folder_help):
     text = "ImageNet folders (--data), or an in-memory synthetic set for smoke runs"
     data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"), help=text)
     data.add_argument("--data", type=str, default=folder, help=folder_help)
-    text = "crop side of the images (the paper: 224; small values are for tests)"
-    data.add_argument("--image_size", type=int, default=224, help=text)
+    data.add_argument("--image_size", type=int, default=224, help="image crop side (the paper: 224; small: tests)")
     return data
 
 

@@ -202,11 +202,10 @@ def cost_model(num_classes, image_size, C=None, layers=None, imagenet=False):
     with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
         network = NetworkImageNet if imagenet else NetworkCIFAR
         net = network(C, num_classes, layers, False, Genotype(probe_edges, concat, probe_edges, concat))
-        # The probe's first op reads input state 0 and writes node 0: both shapes of its cell.
-        hooks = [cell.ops[0].register_forward_hook(functools.partial(record, cell=cell)) for cell in net.cells]
+        # The probe's first op reads input state 0 and writes node 0: both shapes of its cell (`net` is thrown away).
+        for cell in net.cells:
+            cell.ops[0].register_forward_hook(functools.partial(record, cell=cell))
         total = count(net, (3, image_size, image_size))
-        for hook in hooks:
-            hook.remove()
         op_count = functools.cache(
             lambda name, reduction, index, shape: count(Cell.make_op(name, shape[0], reduction, index), shape)
         )

@@ -30,8 +30,7 @@ def get_parser():
     opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
     decay = "decay of the learning rate to 0 (linear: smaller slope in the last 5 epochs)"
     opt.add_argument("--lr_scheduler", type=str, default="linear", choices=("linear", "cosine"), help=decay)
-    warmup = "epochs of linear learning-rate warm-up, applied when --batch_size > 256 (as in the paper)"
-    opt.add_argument("--warmup_epochs", type=int, default=5, help=warmup)
+    opt.add_argument("--warmup_epochs", type=int, default=5, help="linear lr warm-up epochs if --batch_size > 256")
     return parser
 
 

@@ -65,8 +65,7 @@ def add_arguments(parser):
     optim.add_argument("--batch_size", type=int, default=64, help="batch size, split over torchrun processes")
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
     optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
-    warmup = "linear learning-rate warm-up epochs when --batch_size > 256 (as in the paper)"
-    optim.add_argument("--lr_warmup_epochs", type=int, default=0, help=warmup)
+    optim.add_argument("--lr_warmup_epochs", type=int, default=0, help="linear lr warm-up epochs if --batch_size > 256")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
     clip = "gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)"
@@ -184,22 +183,20 @@ def build_model(args, num_classes, device, state=None, imagenet=False):
     return model
 
 
-def concentration_lines(model):
-    """One line per cell type: every edge (`input>node`) with the concentration of each kept op (`sep3x3=1.002`),
+def log_concentrations(model):
+    """Log one line per cell type: every edge (`input>node`) with the concentration of each kept op (`sep3x3=1.002`),
     or, for a method other than the Dirichlet, its softmax(beta) over the kept ops."""
     if model.method == "dirichlet":
         name, values = "concentration", model.kept_concentrations().detach().cpu()  # (2, 14, n_kept)
     else:  # no concentration to show: beta read as softmax weights, the same layout
         name, values = "softmax(beta)", F.softmax(model.kept_beta().detach(), dim=-1).cpu()
     short = [op.replace("_conv_", "").replace("_pool_3x3", "pool").replace("_connect", "") for op in PRIMITIVES]
-    lines = []
     for t, cell_type in enumerate(("normal", "reduce")):
         parts = []
         for e, (node, j) in enumerate(EDGES):
             pairs = zip(model.kept[t * len(EDGES) + e], values[t, e].tolist())
             parts.append(f"{j}>{node + 2} " + " ".join(f"{short[op]}={a:.3f}" for op, a in pairs))
-        lines.append(f"{name} {cell_type}: " + " | ".join(parts))
-    return lines
+        logger.info("%s %s: %s", name, cell_type, " | ".join(parts))
 
 
 def search_data(train_data, valid_data, args, dist):
@@ -268,8 +265,7 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         distributed.broadcast_parameters(model, dist)  # BatchNorm statistics of rank 0
         genotype = model.genotype()
         logger.info("genotype = %s", genotype)
-        for line in concentration_lines(model):
-            logger.info("%s", line)
+        log_concentrations(model)
         record = {"stage": stage, "k": model.k, "lr": lr, **run.train_metrics()}
         record.update(valid_acc=valid["acc"], valid_top5=valid["top5"], valid_loss=valid["loss"])
         record.update(genotype=genotype_to_dict(genotype), alpha_max=float(model.kept_concentrations().detach().max()))
@@ -331,8 +327,7 @@ def main(argv=None, parser=None, script="train_search"):
         costs = cost_model(num_classes, image_size, imagenet=imagenet)  # train.py's network for this data
         term = budget.make_budget(args, costs, dist.device)  # refuses a --cost_target out of reach
         model = build_model(args, num_classes, dist.device, state, imagenet=imagenet)
-        clip = args.grad_clip if imagenet else None
-        optimizer, architect = optimizers(model, args, dist, state, arch_grad_clip=clip, term=term)
+        optimizer, architect = optimizers(model, args, dist, state, args.grad_clip if imagenet else None, term)
         distributed.broadcast_parameters(model, dist)  # the same start on every rank
         streams, valid_loader = search_data(train_data, valid_data, args, dist)
         run.open()
