@@ -19,11 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the architecture loss
-# times --reg_scale. A new regulariser is one more entry.
+# --reg_type: name -> a term on beta (a function of the supernet), added to beta's loss times --reg_scale.
 REGULARIZERS = {
-    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the paper's code
-    # gives Adam, so the update is the paper's.
+    # reg_scale * ||beta||^2 / 2: its gradient, reg_scale * beta, is the (coupled) Adam weight decay of the paper.
     "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
     # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
     "kl": lambda model: model.kl_regularizer(),

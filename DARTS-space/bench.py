@@ -133,17 +133,13 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.config is None:
         utils.resolve_device(args.device, args.gpu)  # a bad --device or --gpu stops here, before any child
-        # One child per configuration: a process's peak memory only grows. The child writes to this process's
-        # stdout and stderr itself, so its progress shows as it runs and its JSON line as soon as it ends.
+        # One child per configuration, with this run's flags: a process's peak memory only grows. It writes to this
+        # process's stdout and stderr itself, so its progress shows as it runs and its JSON line as soon as it ends.
         names = [*CONFIGS, "eval"] if not args.compile else ["eval"]
+        flags = sys.argv[1:] if argv is None else list(argv)
         for i, name in enumerate(names, 1):
             log(f"configuration {i}/{len(names)}: {name}, in a process of its own")
-            child = [sys.executable, __file__, "--config", name, "--device", args.device, "--lean_ops", args.lean_ops]
-            for flag in ("steps", "warmup", "threads", "seed"):
-                child += [f"--{flag}", str(vars(args)[flag])]
-            child += ["--gpu", str(args.gpu)] if args.gpu is not None else []  # only when given: "None" is no index
-            child += [f"--{flag}" for flag in ("amp", "compile") if vars(args)[flag]]
-            if subprocess.run(child).returncode != 0:
+            if subprocess.run([sys.executable, __file__, *flags, "--config", name]).returncode != 0:
                 raise utils.UserError(f"the measurement of {name} failed (see above)")
         return
     if args.threads:

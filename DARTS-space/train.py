@@ -92,8 +92,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
     epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
     dist, device, resumed = run.dist, run.dist.device, run.task_state()
-    # The parameters papers report (no auxiliary head) and the multiply-adds counted as NAS-Bench-201 counts FLOPs,
-    # recorded in every checkpoint for report.py.
+    # Parameters without the auxiliary head (as papers give them), multiply-adds (NAS-Bench-201's FLOPs): for report.py.
     counts = {"param_count": param_count(model), "flops": count_flops(model, tuple(test_set[0][0].shape))}
     params, flops, head = counts["param_count"], counts["flops"], utils.count_parameters(model.parameters())
     shown = (params, params / 1e6, head - params, flops, flops / 1e6)
@@ -138,8 +137,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
             accel.begin_step(device, dist.world_size, args.compile)
             logits, loss = train_step(net, optimizer, scaler, criterion, (x, y), amp_dtype, args)
             run.update(logits, y, loss)
-        # The bare model, not DDP: ranks hold different numbers of test batches, and
-        # DDP's forward would wait for buffers from ranks that have finished.
+        # The bare model, not DDP: ranks hold unequal numbers of test batches, and DDP would wait for finished ranks.
         with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
             test = infer(model, test_loader, device).result(dist)
         record = {"lr": lr, "drop_path_prob": model.drop_path_prob, **run.train_metrics()}
@@ -155,9 +153,8 @@ def finish(run, model, last):
     if dist.world_size > 1:
         diff = distributed.max_parameter_difference(model, dist)
         logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
-    if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
-        final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
-    else:
+    final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
+    if last is not None:
         epochs = last["epoch"] + 1
         final = f"test acc {last['test_acc']:.2f} % after {epochs} epochs (the paper's figure: the last epoch)"
     shown = (final, best["value"] or 0.0, best["epoch"] + 1, utils.peak_memory_mb(dist.device))

@@ -216,7 +216,6 @@ def optimizers(model, args, dist, state=None, arch_grad_clip=None, term=None):
     """SGD over the weights and the `Architect` (Adam over beta, with the `--cost` term), with a resumed run's state."""
     optimizer = sgd(model, args, args.learning_rate)
     reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
-    # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
     architect = Architect(model, args, term, reduce_grads=reduce, grad_clip=arch_grad_clip)
     if state is not None:  # the model's tensors were loaded (and checked) by build_model
         optimizer.load_state_dict(state["optimizer"])

@@ -43,8 +43,7 @@ def draw_cell(ax, edges, concat, title):
     arrow = dict(arrowstyle="-|>", mutation_scale=14, shrinkA=14, shrinkB=14)
     for position, (op, index) in enumerate(edges):
         (_, first), (_, second) = edges[position - position % 2 : position - position % 2 + 2]
-        # Of a node's two edges the one from the earlier node arcs above, the other below
-        # (the first above when both share an input), so arcs and labels do not overlap.
+        # A node's edge from the earlier node arcs above, the other below (the first above if both share an input).
         above = index == min(first, second) if first != second else position % 2 == 0
         x0, x1 = pos[names[index]], pos[str(position // 2)]
         # matplotlib's arc3 bends a left-to-right edge downwards for a positive rad.
