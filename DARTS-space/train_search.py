@@ -1,8 +1,7 @@
 """Progressive DrNAS search in the DARTS space on CIFAR-10 / CIFAR-100 (or synthetic data).
 
-The paper's run: the full evaluation-size network (C=36, 20 cells)
-in two stages, partial channels k=6 with all 7 ops, then k=4 with the 4 best ops per
-edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights only:
+The paper's run: the full evaluation-size network (C=36, 20 cells) in two stages, partial channels k=6 with all 7
+ops, then k=4 with the 4 best ops per edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights only:
 
     python train_search.py                                  # CIFAR-10, paper settings
     python train_search.py --dataset cifar100 --unrolled --reg_type kl
@@ -21,10 +20,9 @@ scripts/, tb/, history.jsonl, genotype.json (for train.py --arch) and checkpoint
 `--checkpoint_minutes`, atomic). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
 continues exactly, across the stage boundary too.
 
-Under torchrun every process takes its own shard of both data streams (`--batch_size` is the total) and runs the
-same supernet. No DDP wrapper (its hooks would fire inside the architecture backward, which needs no weight
-gradient): the weight gradients, and beta's, are averaged over the ranks after each backward (one flat all-reduce),
-so every rank takes identical SGD and Adam steps.
+Under torchrun every process runs the same supernet on its own shard of both streams (`--batch_size` is the total).
+No DDP (its hooks would fire in the architecture backward, which needs no weight gradient): the weights' and beta's
+gradients are averaged over the ranks after each backward, so every rank takes identical SGD and Adam steps.
 """
 
 import argparse
