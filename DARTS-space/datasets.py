@@ -70,7 +70,7 @@ CIFAR = {  # name: (folder, train files, test files, label key, classes, mean, s
 class PickledImages(Dataset):
     """CIFAR's pickled batches: dicts {'data': (N, 3*32*32) uint8, label_key: [...]}."""
 
-    def __init__(self, folder, files, label_key, transform=None):
+    def __init__(self, folder, files, label_key, transform):
         images, labels = [], []
         for name in files:
             try:
@@ -89,8 +89,7 @@ class PickledImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
-        image = Image.fromarray(self.images[index])
-        return (image if self.transform is None else self.transform(image)), self.labels[index]
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 class Transformed(Dataset):
