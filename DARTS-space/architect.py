@@ -57,8 +57,7 @@ class Architect:
         self.model, self.budget = model, budget  # budget: the --cost term (runkit.budget.Budget), or None
         self.unrolled, self.reg_type, self.reg_scale = args.unrolled, args.reg_type, args.reg_scale
         self.momentum, self.weight_decay = args.momentum, args.weight_decay
-        # reduce_grads(arch params): the mean of their gradient over the torchrun ranks. grad_clip: the paper's
-        # ImageNet search clips beta's gradient before the Adam step, its CIFAR search does not (None).
+        # reduce_grads(arch params): their mean gradient over the torchrun ranks; grad_clip: the ImageNet search's.
         self.reduce_grads, self.grad_clip = reduce_grads, grad_clip
         # No weight decay here: the regulariser is a term of the loss (REGULARIZERS).
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999))
