@@ -1,9 +1,7 @@
 """The architecture update of DrNAS: Adam on beta, first order or DARTS second order (not a script).
 
 `Architect(model, args).step(...)` takes one step on the architecture parameters with a held-out batch (its gradient
-clipped to `grad_clip` when given, as in the paper's ImageNet search). Regularisers (`--reg_type`, the table
-`REGULARIZERS`): a term on beta added to the loss times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in
-the paper's code), `kl` = KL(Dir(alpha) || Dir(1)).
+clipped to `grad_clip` when given, as in the paper's ImageNet search), a regulariser of `REGULARIZERS` added.
 
 First order (default): the gradient of the validation loss w.r.t. beta only, with the weights frozen for the pass,
 so no weight gradient is ever computed or stored. Second order (`--unrolled`, DARTS Eq. 7-8): with

@@ -45,14 +45,12 @@ class Cell(nn.Module):
         # Drop path skips identities: dropping a skip connection would cut the gradient highway (as DARTS does).
         # Several edges read the same state: the cell rectifies each state once for every op that leaves its first
         # ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
-        self.is_identity, self.drop_in_place, self.takes_relu = [], [], []  # drop_in_place: see drop_path
         for name, index in edges:
             op = self.make_op(name, C, reduction, index)
-            op = op.share_relu() if hasattr(op, "share_relu") else op
-            self.ops.append(op)
-            self.is_identity.append(isinstance(op, (Identity, nn.Identity)))
-            self.drop_in_place.append(getattr(op, "drop_in_place", False))
-            self.takes_relu.append(getattr(op, "expects_relu", False))  # pools take the raw state
+            self.ops.append(op.share_relu() if hasattr(op, "share_relu") else op)
+        self.is_identity = [isinstance(op, (Identity, nn.Identity)) for op in self.ops]
+        self.drop_in_place = [getattr(op, "drop_in_place", False) for op in self.ops]  # see drop_path
+        self.takes_relu = [getattr(op, "expects_relu", False) for op in self.ops]  # pools take the raw state
 
     @staticmethod
     def make_op(name, C, reduction, index):
@@ -126,8 +124,7 @@ class _Network(nn.Module):
             C_curr *= 2 if reduction else 1
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            reduction_prev, C_prev_prev, C_prev = reduction, C_prev, cell.multiplier * C_curr
             if i == self.aux_layer:
                 C_aux = C_prev
         self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, *aux_shape) if aux_shape else None
