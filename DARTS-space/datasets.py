@@ -33,7 +33,7 @@ def add_imagenet_arguments(parser, folder, folder_help):
     text = "ImageNet folders (--data), or an in-memory synthetic set for smoke runs"
     data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"), help=text)
     data.add_argument("--data", type=str, default=folder, help=folder_help)
-    data.add_argument("--image_size", type=int, default=224, help="image crop side (the paper: 224; small: tests)")
+    data.add_argument("--image_size", type=int, default=224, help="crop side (the paper: 224; smaller for tests)")
     return data
 
 

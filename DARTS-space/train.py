@@ -50,7 +50,7 @@ def add_arguments(parser):
     model.add_argument("--layers", type=int, default=20, help="number of cells")
     model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
     model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
-    model.add_argument("--drop_path_prob", type=float, default=0.3, help="drop path probability (ramped up linearly)")
+    model.add_argument("--drop_path_prob", type=float, default=0.3, help="drop path probability, ramped up from 0")
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=600, help="training epochs")
     opt.add_argument("--batch_size", type=int, default=64, help="total batch size, split over torchrun processes")

@@ -82,7 +82,7 @@ def add_arguments(parser):
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
     keep = "ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)"
     search.add_argument("--stage_keep", type=int, nargs="+", default=[len(PRIMITIVES), 4], help=keep)
-    search.add_argument("--warmup_epochs", type=int, default=10, help="first epochs of each stage: weights only")
+    search.add_argument("--warmup_epochs", type=int, default=10, help="weight-only epochs at the start of each stage")
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
