@@ -1,9 +1,7 @@
 """The architecture update of DrNAS: Adam on beta, first order or DARTS second order (not a script).
 
 `Architect(model, args).step(...)` takes one step on the architecture parameters with a held-out batch (its gradient
-clipped to `grad_clip` when given, as in the paper's ImageNet search). Regularisers (`--reg_type`, the table
-`REGULARIZERS`): a term on beta added to the loss times `reg_scale`: `l2` = ||beta||^2 / 2 (Adam's weight decay in
-the paper's code), `kl` = KL(Dir(alpha) || Dir(1)).
+clipped to `grad_clip` when given, as in the paper's ImageNet search), a regulariser of `REGULARIZERS` added.
 
 First order (default): the gradient of the validation loss w.r.t. beta only, with the weights frozen for the pass,
 so no weight gradient is ever computed or stored. Second order (`--unrolled`, DARTS Eq. 7-8): with
@@ -17,12 +15,11 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-# --reg_type: name -> the regulariser's term on beta (a function of the supernet), added to the architecture loss
-# times --reg_scale. A new regulariser is one more entry.
+# --reg_type: name -> a term on beta (a function of the supernet), added to beta's loss times --reg_scale.
 REGULARIZERS = {
-    # reg_scale / 2 * ||beta||^2: its gradient, reg_scale * beta, is the (coupled) weight decay the paper's code
-    # gives Adam, so the update is the paper's.
+    # reg_scale * ||beta||^2 / 2: its gradient, reg_scale * beta, is the (coupled) Adam weight decay of the paper.
     "l2": lambda model: sum(b.pow(2).sum() for b in model.arch_parameters()) / 2,
     # KL(Dir(alpha) || Dir(1)) summed over the edges: the prior of DrNAS Sec. 3.1.
     "kl": lambda model: model.kl_regularizer(),
@@ -40,8 +37,7 @@ def regularizer_grads(model, reg_type, reg_scale, budget=None):
 
 @contextmanager
 def frozen(params):
-    """Mark `params` as not requiring gradients for the duration of a pass: autograd then neither computes nor
-    prepares their gradients (convs skip their weight-gradient kernel, lean ops their recomputation)."""
+    """`params` need no gradients in a pass: convs skip their weight-gradient kernel, lean ops their recomputation."""
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -57,12 +53,9 @@ class Architect:
 
     def __init__(self, model, args, budget=None, reduce_grads=None, grad_clip=None):
         self.model, self.budget = model, budget  # budget: the --cost term (runkit.budget.Budget), or None
-        self.criterion = nn.CrossEntropyLoss()
         self.unrolled, self.reg_type, self.reg_scale = args.unrolled, args.reg_type, args.reg_scale
         self.momentum, self.weight_decay = args.momentum, args.weight_decay
-        # reduce_grads: called on the arch params after their gradient is formed (mean over the torchrun ranks).
-        # grad_clip: the paper's ImageNet search clips the architecture gradient before the Adam step, its CIFAR
-        # search does not (None).
+        # reduce_grads(arch params): their mean gradient over the torchrun ranks; grad_clip: the ImageNet search's.
         self.reduce_grads, self.grad_clip = reduce_grads, grad_clip
         # No weight decay here: the regulariser is a term of the loss (REGULARIZERS).
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999))
@@ -74,7 +67,7 @@ class Architect:
             grads = self._unrolled_grads(x_train, y_train, x_valid, y_valid, lr, w_optimizer)
         else:
             with frozen(self.model.weights()):
-                loss = self.criterion(self.model(x_valid), y_valid)
+                loss = F.cross_entropy(self.model(x_valid), y_valid)
                 grads = torch.autograd.grad(loss, arch)
         reg = regularizer_grads(self.model, self.reg_type, self.reg_scale, self.budget)
         for p, g, r in zip(arch, grads, reg):
@@ -97,7 +90,7 @@ class Architect:
         mix_fixed = mix_train.detach()
 
         # Virtual step w' = w - lr * (g + momentum * m + wd * w), like the SGD step.
-        g_train = torch.autograd.grad(self.criterion(model(x_train, mix_fixed), y_train), weights)
+        g_train = torch.autograd.grad(F.cross_entropy(model(x_train, mix_fixed), y_train), weights)
         with torch.no_grad():
             for w, g in zip(weights, g_train):
                 buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
@@ -108,7 +101,7 @@ class Architect:
 
         # L_val at w': gradient w.r.t. beta (through a fresh draw) and w.r.t. w'.
         arch = model.arch_parameters()
-        loss_valid = self.criterion(model(x_valid), y_valid)
+        loss_valid = F.cross_entropy(model(x_valid), y_valid)
         grads = torch.autograd.grad(loss_valid, arch + weights)
         d_arch, d_weights = grads[: len(arch)], grads[len(arch) :]
 
@@ -122,7 +115,7 @@ class Architect:
                     w.copy_(w0 + sign * eps * d)
             mix = mix_fixed.clone().requires_grad_(True)
             with frozen(weights):
-                d_mix.append(torch.autograd.grad(self.criterion(model(x_train, mix), y_train), mix)[0])
+                d_mix.append(torch.autograd.grad(F.cross_entropy(model(x_train, mix), y_train), mix)[0])
         hvp = torch.autograd.grad(mix_train, arch, grad_outputs=(d_mix[0] - d_mix[1]) / (2 * eps))
 
         # Put the real weights and BatchNorm statistics back: the unrolled model was virtual.

@@ -27,8 +27,8 @@ import time
 import torch
 import torch.nn as nn
 import train_search as search
-from runkit import accel, engine, run_flags, utils
-from train import training_loss
+from runkit import accel, run_flags, utils
+from train import train_step
 
 from architect import Architect
 from genotypes import PRIMITIVES, DrNAS_cifar10
@@ -71,11 +71,9 @@ def bench_search(name, args, device):
     model = Network(cfg["C"], 10, cfg["layers"], k=cfg["k"], kept=kept).to(device)
     model.amp = args.amp
     model.use_lean_ops(args.lean_ops == "on")
-    weights = model.weights()
-    optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
-    arch_args = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4)
-    architect = Architect(model, argparse.Namespace(**arch_args, arch_learning_rate=6e-4))
-    dist = engine.Dist(rank=0, local_rank=0, world_size=1, device=device)
+    weights, search_args = model.weights(), search.get_parser().parse_args([])  # the search's defaults
+    optimizer = search.sgd(model, search_args, search_args.learning_rate)
+    architect = Architect(model, search_args)
     x = torch.randn(2, cfg["batch"], 3, 32, 32, device=device)
     y = torch.randint(10, (2, cfg["batch"]), device=device)
 
@@ -84,7 +82,7 @@ def bench_search(name, args, device):
         accel.begin_step(device, 1, args.compile)
         architect.step(x[0], y[0], x[1], y[1], 0.1, optimizer)
 
-    weight_step = functools.partial(search.weight_step, model, optimizer, weights, x[0], y[0], 5.0, dist)
+    weight_step = functools.partial(search.weight_step, model, optimizer, weights, x[0], y[0], 5.0)
     parts = time_steps(name, {"arch": arch_step, "weight": weight_step}, device, args)
     seconds, weight_seconds = parts["arch"] + parts["weight"], parts["weight"]
     arch_s, weight_s = round(parts["arch"], 4), round(weight_seconds, 4)
@@ -135,17 +133,13 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.config is None:
         utils.resolve_device(args.device, args.gpu)  # a bad --device or --gpu stops here, before any child
-        # One child per configuration: a process's peak memory only grows. The child writes to this process's
-        # stdout and stderr itself, so its progress shows as it runs and its JSON line as soon as it ends.
+        # One child per configuration, with this run's flags: a process's peak memory only grows. It writes to this
+        # process's stdout and stderr itself, so its progress shows as it runs and its JSON line as soon as it ends.
         names = [*CONFIGS, "eval"] if not args.compile else ["eval"]
+        flags = sys.argv[1:] if argv is None else list(argv)
         for i, name in enumerate(names, 1):
             log(f"configuration {i}/{len(names)}: {name}, in a process of its own")
-            child = [sys.executable, __file__, "--config", name, "--device", args.device, "--lean_ops", args.lean_ops]
-            for flag in ("steps", "warmup", "threads", "seed"):
-                child += [f"--{flag}", str(vars(args)[flag])]
-            child += ["--gpu", str(args.gpu)] if args.gpu is not None else []  # only when given: "None" is no index
-            child += [f"--{flag}" for flag in ("amp", "compile") if vars(args)[flag]]
-            if subprocess.run(child).returncode != 0:
+            if subprocess.run([sys.executable, __file__, *flags, "--config", name]).returncode != 0:
                 raise utils.UserError(f"the measurement of {name} failed (see above)")
         return
     if args.threads:
@@ -170,19 +164,13 @@ def bench_eval(device, args):
     if args.compile:
         accel.compile_model(model, device)
     optimizer = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
-    criterion = nn.CrossEntropyLoss()
-    x = torch.randn(64, 3, 32, 32, device=device)
-    y = torch.randint(10, (64,), device=device)
+    batch = (torch.randn(64, 3, 32, 32, device=device), torch.randint(10, (64,), device=device))
+    scaler, criterion = torch.amp.GradScaler(device.type, enabled=False), nn.CrossEntropyLoss()  # no fp16: no scaling
+    step_args = argparse.Namespace(amp=args.amp, auxiliary_weight=0.4, grad_clip=5.0)
 
     def step():  # train.py's step (bf16 autocast with --amp, as its --amp on a bf16 device)
         accel.begin_step(device, 1, args.compile)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            logits, logits_aux = model(x)
-            loss = training_loss(criterion, logits, logits_aux, y, 0.4)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        train_step(model, optimizer, scaler, criterion, batch, torch.bfloat16, step_args)
 
     seconds = time_steps("eval", {"step": step}, device, args)["step"]
     record = dict(config="eval", C=36, layers=20, batch=64, auxiliary=True, drop_path_prob=0.2)

@@ -33,8 +33,7 @@ def add_imagenet_arguments(parser, folder, folder_help):
     text = "ImageNet folders (--data), or an in-memory synthetic set for smoke runs"
     data.add_argument("--dataset", type=str, default="imagenet", choices=("imagenet", "synthetic"), help=text)
     data.add_argument("--data", type=str, default=folder, help=folder_help)
-    text = "crop side of the images (the paper: 224; small values are for tests)"
-    data.add_argument("--image_size", type=int, default=224, help=text)
+    data.add_argument("--image_size", type=int, default=224, help="crop side (the paper: 224; smaller for tests)")
     return data
 
 
@@ -71,7 +70,7 @@ CIFAR = {  # name: (folder, train files, test files, label key, classes, mean, s
 class PickledImages(Dataset):
     """CIFAR's pickled batches: dicts {'data': (N, 3*32*32) uint8, label_key: [...]}."""
 
-    def __init__(self, folder, files, label_key, transform=None):
+    def __init__(self, folder, files, label_key, transform):
         images, labels = [], []
         for name in files:
             try:
@@ -90,8 +89,7 @@ class PickledImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
-        image = Image.fromarray(self.images[index])
-        return (image if self.transform is None else self.transform(image)), self.labels[index]
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 class Transformed(Dataset):

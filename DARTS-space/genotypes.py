@@ -31,62 +31,56 @@ PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect",
 EDGES = [(node, index) for node in range(4) for index in range(2 + node)]
 
 # ---------------------------------------------------------------- published cells (two nodes a line)
+CONCAT = [2, 3, 4, 5]  # every published cell's output concatenates its four nodes
 
 # DrNAS (Chen et al., ICLR 2021), progressive search on CIFAR-10: 2.46 +- 0.03 % test error, 4.1M parameters.
 DrNAS_cifar10 = Genotype(
     normal=[("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
-            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("dil_conv_5x5", 3)],
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("dil_conv_5x5", 3)], normal_concat=CONCAT,
     reduce=[("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
-            ("sep_conv_5x5", 1), ("dil_conv_5x5", 3), ("skip_connect", 4), ("sep_conv_5x5", 1)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("sep_conv_5x5", 1), ("dil_conv_5x5", 3), ("skip_connect", 4), ("sep_conv_5x5", 1)], reduce_concat=CONCAT)
 
 # DrNAS, searched directly on ImageNet: 23.7 % top-1 error, 5.7M parameters (C=48, 14 cells).
 DrNAS_imagenet = Genotype(
     normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 0), ("dil_conv_3x3", 3), ("skip_connect", 0), ("sep_conv_3x3", 1)],
+            ("sep_conv_3x3", 0), ("dil_conv_3x3", 3), ("skip_connect", 0), ("sep_conv_3x3", 1)], normal_concat=CONCAT,
     reduce=[("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2),
-            ("sep_conv_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1)], reduce_concat=CONCAT)
 
 # DARTS first order (Liu et al., ICLR 2019): 3.00 % error (the paper rounds its size to 3.3M; this cell has 3.17M).
 DARTS_V1 = Genotype(
     normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
-            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)], normal_concat=CONCAT,
     reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)], reduce_concat=CONCAT)
 
 # DARTS second order: 2.76 +- 0.09 % error, 3.3M parameters.
 DARTS_V2 = Genotype(
     normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)], normal_concat=CONCAT,
     reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)], reduce_concat=CONCAT)
 
 # P-DARTS (Chen et al., ICCV 2019), CIFAR-10: 2.50 % error, 3.4M parameters.
 PDARTS = Genotype(
     normal=[("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)],
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)], normal_concat=CONCAT,
     reduce=[("avg_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
-            ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)], reduce_concat=CONCAT)
 
 # PC-DARTS (Xu et al., ICLR 2020), CIFAR-10: 2.57 +- 0.07 % error, 3.6M parameters.
 PC_DARTS_cifar = Genotype(
     normal=[("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
-            ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
+            ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)], normal_concat=CONCAT,
     reduce=[("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
-            ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)], reduce_concat=CONCAT)
 
 # PC-DARTS searched on ImageNet: 24.2 % top-1 error, 5.3M parameters.
 PC_DARTS_image = Genotype(
     normal=[("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("skip_connect", 1),
-            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4)],
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4)], normal_concat=CONCAT,
     reduce=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
-            ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3)],
-    normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
+            ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3)], reduce_concat=CONCAT)
 
 # The names `--arch` accepts (also what `choices` and error messages list).
 NAMED = {name: globals()[name] for name in (
@@ -99,10 +93,8 @@ NAMED = {name: globals()[name] for name in (
 def genotype_to_dict(genotype):
     """A genotype as plain lists (JSON-able, loads under `torch.load(weights_only=True)`)."""
     return {
-        "normal": [[op, int(index)] for op, index in genotype.normal],
-        "normal_concat": [int(i) for i in genotype.normal_concat],
-        "reduce": [[op, int(index)] for op, index in genotype.reduce],
-        "reduce_concat": [int(i) for i in genotype.reduce_concat],
+        key: [int(i) for i in value] if key.endswith("_concat") else [[op, int(index)] for op, index in value]
+        for key, value in zip(Genotype._fields, genotype)
     }
 
 
@@ -125,14 +117,6 @@ def _check_edges(edges, key):
     return checked
 
 
-def _check_concat(concat, key, steps):
-    valid = isinstance(concat, list) and concat
-    valid = valid and all(isinstance(i, int) and not isinstance(i, bool) and i in range(steps + 2) for i in concat)
-    if not valid or len(set(concat)) != len(concat):
-        raise UserError(f"'{key}' must be a non-empty list of distinct node indices in 0..{steps + 1}, got {concat!r}")
-    return list(concat)
-
-
 def genotype_from_dict(data):
     """Build a `Genotype` from `genotype_to_dict` output, checking ops, indices and shape."""
     if isinstance(data, dict) and isinstance(data.get("genotype"), dict):
@@ -147,9 +131,14 @@ def genotype_from_dict(data):
         raise UserError(
             f"'normal' has {len(normal)} entries but 'reduce' {len(reduce)}; both cells have the same nodes"
         )
-    steps = len(normal) // 2
-    normal_concat, reduce_concat = (_check_concat(data[key], key, steps) for key in ("normal_concat", "reduce_concat"))
-    return Genotype(normal, normal_concat, reduce, reduce_concat)
+    last = len(normal) // 2 + 1  # the index of the last node (0, 1: the cell's inputs)
+    for key in ("normal_concat", "reduce_concat"):
+        concat = data[key]
+        valid = isinstance(concat, list) and concat
+        valid = valid and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= last for i in concat)
+        if not valid or len(set(concat)) != len(concat):
+            raise UserError(f"'{key}' must be a non-empty list of distinct node indices in 0..{last}, got {concat!r}")
+    return Genotype(normal, list(data["normal_concat"]), reduce, list(data["reduce_concat"]))
 
 
 def save_genotype(genotype, path, data=None):

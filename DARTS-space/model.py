@@ -20,11 +20,9 @@ from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 
 def drop_path(x, drop_prob, in_place=True):
-    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p), on `x`'s device.
-
-    In place (for ops that are `drop_in_place`: the built-in ops end in a BatchNorm, whose fresh output no backward
-    pass needs), no activation copy is kept per edge: about a sixth of the training memory at C=36, 20 cells.
-    """
+    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p), on `x`'s device. In place
+    (ops that are `drop_in_place` end in a BatchNorm, whose fresh output no backward pass needs), no activation copy
+    is kept per edge: about a sixth of the training memory at C=36, 20 cells."""
     keep = 1.0 - drop_prob  # a float, or a 0-dim tensor (the network's, so a compiled graph reads its value)
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
     return x.div_(keep).mul_(mask) if in_place else x.div(keep).mul(mask)
@@ -47,14 +45,12 @@ class Cell(nn.Module):
         # Drop path skips identities: dropping a skip connection would cut the gradient highway (as DARTS does).
         # Several edges read the same state: the cell rectifies each state once for every op that leaves its first
         # ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
-        self.is_identity, self.drop_in_place, self.takes_relu = [], [], []  # drop_in_place: see drop_path
         for name, index in edges:
             op = self.make_op(name, C, reduction, index)
-            op = op.share_relu() if hasattr(op, "share_relu") else op
-            self.ops.append(op)
-            self.is_identity.append(isinstance(op, (Identity, nn.Identity)))
-            self.drop_in_place.append(getattr(op, "drop_in_place", False))
-            self.takes_relu.append(getattr(op, "expects_relu", False))  # pools take the raw state
+            self.ops.append(op.share_relu() if hasattr(op, "share_relu") else op)
+        self.is_identity = [isinstance(op, (Identity, nn.Identity)) for op in self.ops]
+        self.drop_in_place = [getattr(op, "drop_in_place", False) for op in self.ops]  # see drop_path
+        self.takes_relu = [getattr(op, "expects_relu", False) for op in self.ops]  # pools take the raw state
 
     @staticmethod
     def make_op(name, C, reduction, index):
@@ -81,11 +77,9 @@ class Cell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """Auxiliary classifier on the feature map after the second reduction cell.
-
-    CIFAR (`pool_stride=3`, 8x8 input) and ImageNet (`pool_stride=2`, 7x7 input) differ in the pooling stride and
-    the BatchNorm after the 2x2 conv, which the DARTS/DrNAS ImageNet head leaves out (its published numbers did).
-    """
+    """Auxiliary classifier on the feature map after the second reduction cell. CIFAR (`pool_stride=3`, 8x8 input)
+    and ImageNet (`pool_stride=2`, 7x7 input) differ in the pooling stride and the BatchNorm after the 2x2 conv,
+    which the DARTS/DrNAS ImageNet head leaves out (its published numbers did)."""
 
     def __init__(self, C, num_classes, pool_stride, final_bn):
         super().__init__()
@@ -102,11 +96,9 @@ class AuxiliaryHead(nn.Module):
 
 
 class _Network(nn.Module):
-    """The stack of cells shared by both networks; subclasses provide the stem.
-
-    `drop_path_prob` (set every epoch) is a float for logs and a 0-dim buffer that the forward pass reads, so that
-    `torch.compile` does not compile again each epoch; drop path runs in training mode when it is above 0.
-    """
+    """The stack of cells shared by both networks (subclasses provide the stem). `drop_path_prob` (set every epoch)
+    is a float for logs and a 0-dim buffer that the forward pass reads, so that `torch.compile` does not compile again
+    each epoch; drop path runs in training mode when it is above 0."""
 
     def __init__(self):
         super().__init__()
@@ -123,7 +115,7 @@ class _Network(nn.Module):
         self.drop_prob.fill_(p)
 
     def _build_cells(self, genotype, C_prev_prev, C_prev, C_curr, layers, reduction_prev, num_classes, aux_shape):
-        # aux_shape: (pool stride, final BatchNorm) of the auxiliary head, see AuxiliaryHead.
+        # aux_shape: (pool stride, final BatchNorm) of the auxiliary head (see AuxiliaryHead), None without one.
         self.cells = nn.ModuleList()
         self.aux_layer = 2 * layers // 3
         C_aux = None
@@ -132,11 +124,10 @@ class _Network(nn.Module):
             C_curr *= 2 if reduction else 1
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            reduction_prev, C_prev_prev, C_prev = reduction, C_prev, cell.multiplier * C_curr
             if i == self.aux_layer:
                 C_aux = C_prev
-        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, *aux_shape) if self.auxiliary else None
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, *aux_shape) if aux_shape else None
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def _forward_cells(self, s0, s1):
@@ -154,10 +145,9 @@ class NetworkCIFAR(_Network):
 
     def __init__(self, C, num_classes, layers, auxiliary, genotype, stem_multiplier=3):
         super().__init__()
-        self.auxiliary = auxiliary
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, (3, True))
+        self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, (3, True) if auxiliary else None)
 
     def forward(self, x):
         s = self.stem(x)  # (B, 3C, 32, 32)
@@ -169,7 +159,6 @@ class NetworkImageNet(_Network):
 
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
         super().__init__()
-        self.auxiliary = auxiliary
 
         # Two stems bring 224x224 down to 28x28 (/8) before the first cell: each a stride-2 3x3 conv and BatchNorm.
         def conv_bn(C_in, C_out):
@@ -178,7 +167,7 @@ class NetworkImageNet(_Network):
         self.stem0 = nn.Sequential(*conv_bn(3, C // 2), nn.ReLU(inplace=True), *conv_bn(C // 2, C))
         self.stem1 = nn.Sequential(nn.ReLU(inplace=True), *conv_bn(C, C))
         # stem0 is at twice stem1's resolution, so the first cell reduces its s0 input.
-        self._build_cells(genotype, C, C, C, layers, True, num_classes, (2, False))
+        self._build_cells(genotype, C, C, C, layers, True, num_classes, (2, False) if auxiliary else None)
 
     def forward(self, x):
         s0 = self.stem0(x)  # (B, C, H/4, W/4)
@@ -194,12 +183,10 @@ def param_count(model):
 
 def cost_model(num_classes, image_size, C=None, layers=None, imagenet=False):
     """The `budget.CostModel` of the network train.py builds (`imagenet`: train_imagenet.py's) for `num_classes`
-    and `image_size` px inputs, without the auxiliary head (as `param_count`); C and layers default to theirs.
-
-    Each op of PRIMITIVES on each edge is counted as the module its cells build, on the state the edge reads, summed
-    over the cells of its type; the fixed part is the rest of the network. Rows are the `EDGES` of normal cells, then
-    of reduction cells; the derived cell keeps 2 of each node's incoming edges.
-    """
+    and `image_size` px inputs, without the auxiliary head (as `param_count`); C and layers default to theirs. Each op
+    of PRIMITIVES on each edge is counted as the module its cells build, on the state the edge reads, summed over the
+    cells of its type; the fixed part is the rest of the network. Rows are the `EDGES` of normal cells, then of
+    reduction cells; the derived cell keeps 2 of each node's incoming edges."""
     C, layers = C or (48 if imagenet else 36), layers or (14 if imagenet else 20)
     nodes = sorted({node for node, _ in EDGES})
     probe_edges = [(PRIMITIVES[0], index) for index in (0, 1)] * len(nodes)  # every node reads states 0 and 1
@@ -212,11 +199,10 @@ def cost_model(num_classes, image_size, C=None, layers=None, imagenet=False):
     with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
         network = NetworkImageNet if imagenet else NetworkCIFAR
         net = network(C, num_classes, layers, False, Genotype(probe_edges, concat, probe_edges, concat))
-        # The probe's first op reads input state 0 and writes node 0: both shapes of its cell.
-        hooks = [cell.ops[0].register_forward_hook(functools.partial(record, cell=cell)) for cell in net.cells]
+        # The probe's first op reads input state 0 and writes node 0: both shapes of its cell (`net` is thrown away).
+        for cell in net.cells:
+            cell.ops[0].register_forward_hook(functools.partial(record, cell=cell))
         total = count(net, (3, image_size, image_size))
-        for hook in hooks:
-            hook.remove()
         op_count = functools.cache(
             lambda name, reduction, index, shape: count(Cell.make_op(name, shape[0], reduction, index), shape)
         )

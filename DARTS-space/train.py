@@ -41,27 +41,24 @@ FLAG_RANGES = {
 }
 
 
-def add_arguments(parser, **default):
-    """Flags shared by train.py and train_imagenet.py, with the script's `default` of each that differs."""
+def add_arguments(parser):
+    """Flags shared by train.py and train_imagenet.py, with train.py's defaults (train_imagenet.py sets its own)."""
     model = parser.add_argument_group("model")
     cells = f"a genotype name ({', '.join(genotypes.NAMED)}) or a genotype.json from a search"
-    model.add_argument("--arch", type=str, default=default["arch"], help=cells)
-    channels = "channels C of the first cells"
-    model.add_argument("--init_channels", type=int, default=default["init_channels"], help=channels)
-    model.add_argument("--layers", type=int, default=default["layers"], help="number of cells")
+    model.add_argument("--arch", type=str, default="DrNAS_cifar10", help=cells)
+    model.add_argument("--init_channels", type=int, default=36, help="channels C of the first cells")
+    model.add_argument("--layers", type=int, default=20, help="number of cells")
     model.add_argument("--auxiliary", action="store_true", help="train with the auxiliary head")
     model.add_argument("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary loss")
-    drop = "drop path probability, ramped linearly from 0 at epoch 0 to this at the end"
-    model.add_argument("--drop_path_prob", type=float, default=default["drop_path_prob"], help=drop)
+    model.add_argument("--drop_path_prob", type=float, default=0.3, help="drop path probability, ramped up from 0")
     opt = parser.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=default["epochs"], help="training epochs")
-    batch = "total batch size, split over torchrun processes"
-    opt.add_argument("--batch_size", type=int, default=default["batch_size"], help=batch)
-    opt.add_argument("--learning_rate", type=float, default=default["learning_rate"], help="initial SGD learning rate")
+    opt.add_argument("--epochs", type=int, default=600, help="training epochs")
+    opt.add_argument("--batch_size", type=int, default=64, help="total batch size, split over torchrun processes")
+    opt.add_argument("--learning_rate", type=float, default=0.025, help="initial SGD learning rate")
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    opt.add_argument("--weight_decay", type=float, default=default["weight_decay"], help="SGD weight decay")
+    opt.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
     opt.add_argument("--grad_clip", type=float, default=5.0, help="gradient norm clipping")
-    system = run_flags.add_run_arguments(parser, default["seed"], default["workers"])
+    system = run_flags.add_run_arguments(parser, seed=0, workers=2)
     system.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
     accel.add_compile_argument(system)
     device_data.add_argument(system)
@@ -95,8 +92,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
     the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
     epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
     dist, device, resumed = run.dist, run.dist.device, run.task_state()
-    # The parameters papers report (no auxiliary head) and the multiply-adds counted as NAS-Bench-201 counts FLOPs,
-    # recorded in every checkpoint for report.py.
+    # Parameters without the auxiliary head (as papers give them), multiply-adds (NAS-Bench-201's FLOPs): for report.py.
     counts = {"param_count": param_count(model), "flops": count_flops(model, tuple(test_set[0][0].shape))}
     params, flops, head = counts["param_count"], counts["flops"], utils.count_parameters(model.parameters())
     shown = (params, params / 1e6, head - params, flops, flops / 1e6)
@@ -141,8 +137,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
             accel.begin_step(device, dist.world_size, args.compile)
             logits, loss = train_step(net, optimizer, scaler, criterion, (x, y), amp_dtype, args)
             run.update(logits, y, loss)
-        # The bare model, not DDP: ranks hold different numbers of test batches, and
-        # DDP's forward would wait for buffers from ranks that have finished.
+        # The bare model, not DDP: ranks hold unequal numbers of test batches, and DDP would wait for finished ranks.
         with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
             test = infer(model, test_loader, device).result(dist)
         record = {"lr": lr, "drop_path_prob": model.drop_path_prob, **run.train_metrics()}
@@ -158,9 +153,8 @@ def finish(run, model, last):
     if dist.world_size > 1:
         diff = distributed.max_parameter_difference(model, dist)
         logger.info("rank consistency: max |w - w_rank0| over %d ranks = %.3e", dist.world_size, diff)
-    if last is None:  # a resumed run that had finished: its history.jsonl holds the last epoch
-        final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
-    else:
+    final = f"all {run.args.epochs} epochs had run before this --resume (history.jsonl has the last one)"
+    if last is not None:
         epochs = last["epoch"] + 1
         final = f"test acc {last['test_acc']:.2f} % after {epochs} epochs (the paper's figure: the last epoch)"
     shown = (final, best["value"] or 0.0, best["epoch"] + 1, utils.peak_memory_mb(dist.device))
@@ -172,8 +166,7 @@ def get_parser():
     data = datasets.add_arguments(parser, "train on")
     data.add_argument("--cutout", action="store_true", help="cutout augmentation on the training images")
     data.add_argument("--cutout_length", type=int, default=16, help="side of the cutout square")
-    paper = dict(epochs=600, batch_size=64, learning_rate=0.025, weight_decay=3e-4, init_channels=36, layers=20)
-    add_arguments(parser, **paper, drop_path_prob=0.3, arch="DrNAS_cifar10", workers=2, seed=0)
+    add_arguments(parser)
     return parser
 
 
@@ -184,17 +177,13 @@ def check_args(args, imagenet):
             f"--image_size {args.image_size} is not a multiple of 32 (the network halves it five times); "
             "give 224 (ImageNet), or 32, 64, ... for small runs"
         )
-    if imagenet and args.auxiliary and args.image_size < 224:
-        raise utils.UserError(
-            f"--auxiliary needs --image_size 224 or more (its head pools the 7x7 map of 224 pixels), not "
-            f"{args.image_size}; drop --auxiliary or raise --image_size"
-        )
     if not imagenet and args.layers < 3:
         raise utils.UserError(f"--layers {args.layers}: the network needs at least 3 cells (two reduction cells)")
-    if not imagenet and args.auxiliary and args.dataset == "imagefolder" and args.image_size < 32:
+    least, pooled = (224, "the 7x7 map of 224 pixels") if imagenet else (32, "5x5 windows of the 1/4-size maps")
+    if args.auxiliary and (imagenet or args.dataset == "imagefolder") and args.image_size < least:
         raise utils.UserError(
-            f"--auxiliary needs --image_size 32 or more (its head pools 5x5 windows of the 1/4-size maps), "
-            f"not {args.image_size}; drop --auxiliary or raise --image_size"
+            f"--auxiliary needs --image_size {least} or more (its head pools {pooled}), not {args.image_size}; "
+            "drop --auxiliary or raise --image_size"
         )
 
 

@@ -24,24 +24,21 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=run_flags.HelpFormatter)
     datasets.add_imagenet_arguments(parser, "../data/imagenet", "ImageFolder root with train/ and val/")
     paper = dict(epochs=250, batch_size=768, learning_rate=0.5, weight_decay=3e-5, init_channels=48, layers=14)
-    train.add_arguments(parser, **paper, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8, seed=0)
+    train.add_arguments(parser)
+    parser.set_defaults(**paper, drop_path_prob=0.0, arch="DrNAS_imagenet", workers=8)  # the paper's ImageNet run
     opt = parser.add_argument_group("schedule")
     opt.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the training loss")
     decay = "decay of the learning rate to 0 (linear: smaller slope in the last 5 epochs)"
     opt.add_argument("--lr_scheduler", type=str, default="linear", choices=("linear", "cosine"), help=decay)
-    warmup = "epochs of linear learning-rate warm-up, applied when --batch_size > 256 (as in the paper)"
-    opt.add_argument("--warmup_epochs", type=int, default=5, help=warmup)
+    opt.add_argument("--warmup_epochs", type=int, default=5, help="linear lr warm-up epochs if --batch_size > 256")
     return parser
 
 
 def lr_factor(epoch, args):
-    """Multiplier of --learning_rate in `epoch` (0-based), as in the paper's code.
-
-    Warm-up (only for a batch above 256): (e + 1) / W for e < W. Then `linear`: (E - 5 - e) / (E - 5) while
-    E - e > 5, and (E - e) / (5 (E - 5)) in the last 5 epochs, a smaller slope "because lr * 1/250 is relatively
-    large" at the end of a straight line to 0; or `cosine`: (1 + cos(pi e / E)) / 2. Runs of 5 epochs or fewer
-    shorten the tail to E - 1.
-    """
+    """Multiplier of --learning_rate in `epoch` (0-based), as in the paper's code. Warm-up (only for a batch above
+    256): (e + 1) / W for e < W. Then `linear`: (E - 5 - e) / (E - 5) while E - e > 5, and (E - e) / (5 (E - 5)) in
+    the last 5 epochs, a smaller slope "because lr * 1/250 is relatively large" at the end of a straight line to 0;
+    or `cosine`: (1 + cos(pi e / E)) / 2. Runs of 5 epochs or fewer shorten the tail to E - 1."""
     if epoch < args.warmup_epochs and args.batch_size > 256:
         return (epoch + 1) / args.warmup_epochs
     E = args.epochs

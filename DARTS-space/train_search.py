@@ -1,8 +1,7 @@
 """Progressive DrNAS search in the DARTS space on CIFAR-10 / CIFAR-100 (or synthetic data).
 
-The paper's run: the full evaluation-size network (C=36, 20 cells)
-in two stages, partial channels k=6 with all 7 ops, then k=4 with the 4 best ops per
-edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights only:
+The paper's run: the full evaluation-size network (C=36, 20 cells) in two stages, partial channels k=6 with all 7
+ops, then k=4 with the 4 best ops per edge, 25 + 25 epochs, the first 10 epochs of each stage training the weights only:
 
     python train_search.py                                  # CIFAR-10, paper settings
     python train_search.py --dataset cifar100 --unrolled --reg_type kl
@@ -21,10 +20,9 @@ scripts/, tb/, history.jsonl, genotype.json (for train.py --arch) and checkpoint
 `--checkpoint_minutes`, atomic). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
 continues exactly, across the stage boundary too.
 
-Under torchrun every process takes its own shard of both data streams (`--batch_size` is the total) and runs the
-same supernet. No DDP wrapper (its hooks would fire inside the architecture backward, which needs no weight
-gradient): the weight gradients, and beta's, are averaged over the ranks after each backward (one flat all-reduce),
-so every rank takes identical SGD and Adam steps.
+Under torchrun every process runs the same supernet on its own shard of both streams (`--batch_size` is the total).
+No DDP (its hooks would fire in the architecture backward, which needs no weight gradient): the weights' and beta's
+gradients are averaged over the ranks after each backward, so every rank takes identical SGD and Adam steps.
 """
 
 import argparse
@@ -65,8 +63,7 @@ def add_arguments(parser):
     optim.add_argument("--batch_size", type=int, default=64, help="batch size, split over torchrun processes")
     optim.add_argument("--learning_rate", type=float, default=0.1, help="initial SGD learning rate of the weights")
     optim.add_argument("--learning_rate_min", type=float, default=0.0, help="final learning rate of the cosine")
-    warmup = "linear learning-rate warm-up epochs when --batch_size > 256 (as in the paper)"
-    optim.add_argument("--lr_warmup_epochs", type=int, default=0, help=warmup)
+    optim.add_argument("--lr_warmup_epochs", type=int, default=0, help="linear lr warm-up epochs if --batch_size > 256")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=3e-4, help="SGD weight decay")
     clip = "gradient-norm clip of the weights (and, on ImageNet, of beta's gradient)"
@@ -85,8 +82,7 @@ def add_arguments(parser):
     search.add_argument("--stage_k", type=int, nargs="+", default=[6, 4], help="partial-channel k of each stage")
     keep = "ops kept per edge in each stage (stage 1 keeps those with the largest initial beta, set by --seed)"
     search.add_argument("--stage_keep", type=int, nargs="+", default=[len(PRIMITIVES), 4], help=keep)
-    warm = "epochs at the start of each stage that train the weights only"
-    search.add_argument("--warmup_epochs", type=int, default=10, help=warm)
+    search.add_argument("--warmup_epochs", type=int, default=10, help="weight-only epochs at the start of each stage")
     system = run_flags.add_run_arguments(parser, seed=2)
     accel.add_amp_argument(system)
     device_data.add_argument(system)
@@ -170,10 +166,8 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 def build_model(args, num_classes, device, state=None, imagenet=False):
     """The supernet (--amp, --lean_ops) of the first stage, or of a resumed checkpoint's (k, kept ops, tensors).
-
-    Stage 1 keeps the N1 ops with the largest beta at initialisation (`Network.prune`): a random choice, fixed by
-    --seed and alike on every rank; with N1 = all ops (the default) it keeps them all.
-    """
+    Stage 1 keeps the N1 ops with the largest initial beta (`Network.prune`: random, fixed by --seed, alike on every
+    rank; all of them by default)."""
     accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
     model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept, method=args.method)
@@ -187,27 +181,24 @@ def build_model(args, num_classes, device, state=None, imagenet=False):
     return model
 
 
-def concentration_lines(model):
-    """One line per cell type: every edge (`input>node`) with the concentration of each kept op (`sep3x3=1.002`),
+def log_concentrations(model):
+    """Log one line per cell type: every edge (`input>node`) with the concentration of each kept op (`sep3x3=1.002`),
     or, for a method other than the Dirichlet, its softmax(beta) over the kept ops."""
     if model.method == "dirichlet":
         name, values = "concentration", model.kept_concentrations().detach().cpu()  # (2, 14, n_kept)
     else:  # no concentration to show: beta read as softmax weights, the same layout
         name, values = "softmax(beta)", F.softmax(model.kept_beta().detach(), dim=-1).cpu()
     short = [op.replace("_conv_", "").replace("_pool_3x3", "pool").replace("_connect", "") for op in PRIMITIVES]
-    lines = []
     for t, cell_type in enumerate(("normal", "reduce")):
         parts = []
         for e, (node, j) in enumerate(EDGES):
             pairs = zip(model.kept[t * len(EDGES) + e], values[t, e].tolist())
             parts.append(f"{j}>{node + 2} " + " ".join(f"{short[op]}={a:.3f}" for op, a in pairs))
-        lines.append(f"{name} {cell_type}: " + " | ".join(parts))
-    return lines
+        logger.info("%s %s: %s", name, cell_type, " | ".join(parts))
 
 
 def search_data(train_data, valid_data, args, dist):
-    """This rank's streams of the weights' ("train") and the architecture's ("valid") batches, and a loader of its
-    shard of the held-out images for the evaluation."""
+    """This rank's streams of the weights' ("train") and architecture's ("valid") batches, and its held-out loader."""
     batch, device = args.batch_size // dist.world_size, dist.device
     on_device = device_data.use_device(args.data_on_device, train_data, device)
     shard = (device, on_device, args.workers, True, dist.rank, dist.world_size, device.type == "cuda")
@@ -223,7 +214,6 @@ def optimizers(model, args, dist, state=None, arch_grad_clip=None, term=None):
     """SGD over the weights and the `Architect` (Adam over beta, with the `--cost` term), with a resumed run's state."""
     optimizer = sgd(model, args, args.learning_rate)
     reduce = (lambda params: distributed.average_gradients(params, dist)) if dist.world_size > 1 else None
-    # The paper's ImageNet search clips beta's gradient (arch_grad_clip); its CIFAR search does not.
     architect = Architect(model, args, term, reduce_grads=reduce, grad_clip=arch_grad_clip)
     if state is not None:  # the model's tensors were loaded (and checked) by build_model
         optimizer.load_state_dict(state["optimizer"])
@@ -272,8 +262,7 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         distributed.broadcast_parameters(model, dist)  # BatchNorm statistics of rank 0
         genotype = model.genotype()
         logger.info("genotype = %s", genotype)
-        for line in concentration_lines(model):
-            logger.info("%s", line)
+        log_concentrations(model)
         record = {"stage": stage, "k": model.k, "lr": lr, **run.train_metrics()}
         record.update(valid_acc=valid["acc"], valid_top5=valid["top5"], valid_loss=valid["loss"])
         record.update(genotype=genotype_to_dict(genotype), alpha_max=float(model.kept_concentrations().detach().max()))
@@ -307,9 +296,12 @@ def get_parser():
     return parser
 
 
-def load_data(args):
-    """(weights' images, architecture's images, classes, whole training set), split at --train_portion (an
-    imagefolder training set comes in a seeded random order, so both parts hold every class)."""
+def load_data(args, imagenet):
+    """(weights' images, architecture's images, classes, whole training set): ImageNet's train/ and val/, else the
+    training set split at --train_portion (an imagefolder one comes in a seeded order: both parts hold every class)."""
+    if imagenet:
+        train_data, valid_data, num_classes = datasets.imagenet_or_synthetic(args, search=True)
+        return train_data, valid_data, num_classes, train_data
     full, _, num_classes = datasets.get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
     split = int(len(full) * args.train_portion)
     return Subset(full, range(split)), Subset(full, range(split, len(full))), num_classes, full
@@ -326,20 +318,13 @@ def main(argv=None, parser=None, script="train_search"):
     try:
         dist, state = run.dist, run.task_state()
         utils.set_seed(args.seed)  # every rank alike: the same Dirichlet draws, rank 0's start broadcast
-        if imagenet:
-            train_data, valid_data, num_classes = run.first_on_rank0(
-                lambda: datasets.imagenet_or_synthetic(args, search=True)
-            )
-            full = train_data
-        else:
-            train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args))
+        train_data, valid_data, num_classes, full = run.first_on_rank0(lambda: load_data(args, imagenet))
         with torch.random.fork_rng(devices=[]):  # a random crop drawn for one image's size leaves the seed's stream
             image_size = int(full[0][0].shape[-1])
         costs = cost_model(num_classes, image_size, imagenet=imagenet)  # train.py's network for this data
         term = budget.make_budget(args, costs, dist.device)  # refuses a --cost_target out of reach
         model = build_model(args, num_classes, dist.device, state, imagenet=imagenet)
-        clip = args.grad_clip if imagenet else None
-        optimizer, architect = optimizers(model, args, dist, state, arch_grad_clip=clip, term=term)
+        optimizer, architect = optimizers(model, args, dist, state, args.grad_clip if imagenet else None, term)
         distributed.broadcast_parameters(model, dist)  # the same start on every rank
         streams, valid_loader = search_data(train_data, valid_data, args, dist)
         run.open()

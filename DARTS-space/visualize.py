@@ -43,13 +43,11 @@ def draw_cell(ax, edges, concat, title):
     arrow = dict(arrowstyle="-|>", mutation_scale=14, shrinkA=14, shrinkB=14)
     for position, (op, index) in enumerate(edges):
         (_, first), (_, second) = edges[position - position % 2 : position - position % 2 + 2]
-        # Of a node's two edges the one from the earlier node arcs above, the other below
-        # (the first above when both share an input), so arcs and labels do not overlap.
+        # A node's edge from the earlier node arcs above, the other below (the first above if both share an input).
         above = index == min(first, second) if first != second else position % 2 == 0
         x0, x1 = pos[names[index]], pos[str(position // 2)]
         # matplotlib's arc3 bends a left-to-right edge downwards for a positive rad.
-        rad = -BEND if above else BEND
-        color = COLORS.get(op, "black")
+        rad, color = (-BEND if above else BEND), COLORS.get(op, "black")
         props = dict(arrow, color=color, lw=1.8, connectionstyle=f"arc3,rad={rad}")
         ax.annotate("", xy=(x1, 0), xytext=(x0, 0), arrowprops=props)
         # The curve's midpoint lies rad/2 times the chord length off the line.
@@ -64,8 +62,7 @@ def draw_cell(ax, edges, concat, title):
         ax.text(x, 0, f"${name}$" if is_io else name, fontsize=12, ha="center", va="center", zorder=3, bbox=box)
     height = BEND / 2 * (max(pos.values()) - SPACING)
     ax.set_title(title, fontsize=13)
-    ax.set_xlim(-0.8, max(pos.values()) + 0.8)
-    ax.set_ylim(-height - 0.5, height + 0.5)
+    ax.set(xlim=(-0.8, max(pos.values()) + 0.8), ylim=(-height - 0.5, height + 0.5))
     ax.axis("off")
 
 
