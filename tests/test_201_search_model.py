@@ -221,34 +221,21 @@ def test_forward_scaled_equals_scale_times_op(load_space, affine):
     assert scale.grad is not None and torch.isfinite(scale.grad)
 
 
-def test_scaled_pooling_matches_avg_pool2d_repeatedly(load_space):
-    """Regression: an expanded (stride-0) kernel once gave NaN input gradients on channels-last input."""
+def test_scaled_ops_match_scale_times_op_on_channels_last_input(load_space):
+    """Regressions on channels-last input: an expanded (stride-0) pooling kernel once gave NaN input gradients,
+    and BatchNorm's backward misread an expanded (stride-0) weight."""
     ops = load_space("201-space", "operations")
     torch.manual_seed(0)
-    for _ in range(5):
-        x = torch.randn(8, 6, 16, 16).to(memory_format=torch.channels_last).requires_grad_(True)
+    conv = ops.ReLUConvBN(6, 6, 3, 1, 1, affine=False)
+    pool = (lambda x, s: ops.avg_pool_3x3(x, 1, s), lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+    cases = [(pool, 16)] * 5 + [((lambda x, s: conv.forward_scaled(x, torch.relu(x), s), conv), 12)]
+    for (scaled, plain), size in cases:
+        x = torch.randn(8, 6, size, size).to(memory_format=torch.channels_last).requires_grad_(True)
         scale = torch.rand((), requires_grad=True)
-        got = ops.avg_pool_3x3(x, 1, scale)
-        want = scale * torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+        got, want = scaled(x, scale), scale * plain(x)
         g = torch.randn_like(want)
         got_grads = torch.autograd.grad((got * g).sum(), [x, scale])
         want_grads = torch.autograd.grad((want * g).sum(), [x, scale])
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         for a, b in zip(got_grads, want_grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_forward_scaled_gradients_on_channels_last_input(load_space):
-    """Regression: BatchNorm's backward misreads an expanded (stride-0) weight on channels-last input."""
-    ops = load_space("201-space", "operations")
-    torch.manual_seed(0)
-    op = ops.ReLUConvBN(6, 6, 3, 1, 1, affine=False)
-    x = torch.randn(8, 6, 12, 12).to(memory_format=torch.channels_last).requires_grad_(True)
-    scale = torch.tensor(0.7, requires_grad=True)
-    got = op.forward_scaled(x, torch.relu(x), scale)
-    g = torch.randn_like(got)
-    got_grads = torch.autograd.grad((got * g).sum(), [x, scale])
-    want = scale * op(x)
-    want_grads = torch.autograd.grad((want * g).sum(), [x, scale])
-    for a, b in zip(got_grads, want_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

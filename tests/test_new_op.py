@@ -49,8 +49,25 @@ def with_new_op(load_space, request):
     return load
 
 
+def add_nothing(request, genotypes, operations):
+    """A zero op under another name: its class says it adds nothing, not its name."""
+    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+
+
 def new_ops(model):
     return [m for m in model.modules() if isinstance(m, Conv5x5)]
+
+
+def record_builds(monkeypatch, module, name, build):
+    """The networks `module.<name>(...)` builds, built by `build`."""
+    nets = []
+
+    def recording(*args):
+        nets.append(build(*args))
+        return nets[-1]
+
+    monkeypatch.setattr(module, name, recording)
+    return nets
 
 
 def capture_models(monkeypatch, search):
@@ -158,17 +175,10 @@ def test_201_search_trains_and_the_progressive_one_widens_a_plain_op(
 
 def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging):
     genotypes, operations, model_module, train = with_new_op("201-space", "model", "train")
-    # A zero op under another name gets no module either: its class says it adds nothing, not its name.
-    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+    add_nothing(request, genotypes, operations)  # gets no module either
     name = NEW["201-space"][0]
     arch = f"|{name}~0|+|{name}~0|nothing~1|+|skip_connect~0|{name}~1|avg_pool_3x3~2|"
-    nets = []
-
-    def recording(*args):
-        nets.append(model_module.Network(*args))
-        return nets[-1]
-
-    monkeypatch.setattr(train, "Network", recording)
+    nets = record_builds(monkeypatch, train, "Network", model_module.Network)
     run_dir = tmp_path / "run"
     train.main([*TINY_201, "--arch", arch, "--epochs", "1", "--max_steps_per_epoch", "2", "--save", str(run_dir)])
     train_losses(run_dir)
@@ -190,8 +200,7 @@ def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, 
 def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     """An edge computes sum_o w_o * op_o(x)."""
     genotypes, operations, model_search = with_new_op("201-space", "model_search")
-    # A zero op under another name is skipped as well: its class says it adds nothing, not its name.
-    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+    add_nothing(request, genotypes, operations)  # skipped as well
     fused = 0
     for name in genotypes.PRIMITIVES:  # the overrides, one by one: values, gradients, BatchNorm statistics
         torch.manual_seed(0)
@@ -200,10 +209,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
             plain = copy.deepcopy(op)
             x = torch.randn(3, 8, 6, 6, requires_grad=True)
             w = torch.tensor(0.37, requires_grad=True)
-            got = op.forward_scaled(x, torch.relu(x), w)
-            _assert_same(got, w * plain(x), [x, w, *op.parameters()], [x, w, *plain.parameters()], name)
-            for a, b in zip(op.buffers(), plain.buffers()):
-                torch.testing.assert_close(a, b, msg=name)
+            _assert_same(op.forward_scaled(x, torch.relu(x), w), w * plain(x), [x, w], op, plain, name)
             fused += 1
     assert fused == 4  # skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
 
@@ -219,14 +225,12 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     want = sum(w * op(x) for w, op in zip(mix, plain))
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
-    _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
-    for a, b in zip(edge.buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b)  # the same BatchNorm statistics
+    _assert_same(got, want, [x, mix], edge, plain)
 
 
-SEARCH_DARTS = "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2"
-SEARCH_DARTS = (SEARCH_DARTS + " --stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100").split()
-SEARCH_DARTS += ["--device", "cpu", "--workers", "0", "--image_size", "16"]
+SEARCH_DARTS = """--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2
+--stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100 --device cpu --workers 0 --image_size 16"""
+SEARCH_DARTS = SEARCH_DARTS.split()
 
 
 @pytest.mark.parametrize("order", ["first", "unrolled"])
@@ -258,13 +262,7 @@ def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore
     genotype = genotypes.Genotype(normal=edges, normal_concat=[2, 3, 4, 5], reduce=edges, reduce_concat=[2, 3, 4, 5])
     path = tmp_path / "genotype.json"
     genotypes.save_genotype(genotype, path)
-    nets = []
-
-    def recording(*args):
-        nets.append(model_module.NetworkCIFAR(*args))
-        return nets[-1]
-
-    monkeypatch.setattr(train, "NetworkCIFAR", recording)
+    nets = record_builds(monkeypatch, train, "NetworkCIFAR", model_module.NetworkCIFAR)
     run_dir = tmp_path / "run"
     # Two epochs: the second one drops paths, the new op's included.
     argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--arch", str(path), "--epochs", "2"]
@@ -304,9 +302,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
         x = torch.randn(3, 8, 8, 8, requires_grad=True)
         w = torch.tensor(0.37, requires_grad=True)
         got = search(torch.relu(x) if search.expects_relu else x, w)
-        _assert_same(got, w * plain(x), [x, w, *search.parameters()], [x, w, *plain.parameters()], name)
-        for a, b in zip(search.buffers(), plain.buffers()):
-            torch.testing.assert_close(a, b, msg=name)
+        _assert_same(got, w * plain(x), [x, w], search, plain, name)
 
     n = len(genotypes.PRIMITIVES)
     torch.manual_seed(0)
@@ -317,9 +313,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     mix = torch.rand(n).softmax(0).requires_grad_(True)
     got = edge(x, torch.relu(x), mix)
     want = sum(mix[i] * op(x) for i, op in enumerate(plain))
-    _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
-    for a, b in zip(edge.buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b)
+    _assert_same(got, want, [x, mix], edge, plain)
     assert [type(op) for op in new_ops(edge)] == [Conv5x5]
 
 
@@ -354,12 +348,14 @@ def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
         assert type(refused.value).__name__ == "UserError", "one line, not a traceback"
 
 
-def _assert_same(got, want, inputs_got, inputs_want, msg=None):
-    """Equal values and equal gradients w.r.t. matching inputs (input, weights, parameters), tightly."""
+def _assert_same(got, want, inputs, module_got, module_want, msg=None):
+    """Equal values, gradients w.r.t. `inputs` and the modules' parameters, and BatchNorm statistics, tightly."""
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=msg)
+    for a, b in zip(module_got.buffers(), module_want.buffers()):
+        torch.testing.assert_close(a, b, msg=msg)
     g = torch.randn_like(want)
-    grads_got = torch.autograd.grad(got, inputs_got, g, allow_unused=True)
-    grads_want = torch.autograd.grad(want, inputs_want, g, allow_unused=True)
+    grads_got = torch.autograd.grad(got, [*inputs, *module_got.parameters()], g, allow_unused=True)
+    grads_want = torch.autograd.grad(want, [*inputs, *module_want.parameters()], g, allow_unused=True)
     assert len(grads_got) == len(grads_want)
     for a, b in zip(grads_got, grads_want):
         assert (a is None) == (b is None), msg
