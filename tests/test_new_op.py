@@ -144,33 +144,51 @@ def conv_bn_params(op):
     return conv.weight.numel() + (2 * bn.num_features if bn.affine else 0)
 
 
-SEARCH_201 = [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"]
+SEARCH = {
+    "201-space": [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"],
+    "DARTS-space": """--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2
+--stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100 --device cpu --workers 0
+--image_size 16""".split(),
+}
+STAGES_201 = "--stage_epochs 1 1 --warmup_epochs 0 --stage_k 4 2 --stage_keep 6 6".split()
 
 
-@pytest.mark.parametrize("script", ["train_search", "train_search_progressive"])
-def test_201_search_trains_and_the_progressive_one_widens_a_plain_op(
-    with_new_op, tmp_path, monkeypatch, restore_logging, script
+@pytest.mark.parametrize(
+    "space, script, flags",
+    [
+        ("201-space", "train_search", ["--epochs", "2"]),
+        ("201-space", "train_search_progressive", STAGES_201),
+        ("DARTS-space", "train_search", []),
+        ("DARTS-space", "train_search", ["--unrolled"]),
+    ],
+    ids=["201", "201-progressive", "darts", "darts-unrolled"],
+)
+def test_search_trains_a_plain_op_and_the_progressive_one_widens_it(
+    with_new_op, tmp_path, monkeypatch, restore_logging, space, script, flags
 ):
-    genotypes, _, search, module = with_new_op("201-space", "train_search", script)
+    genotypes, _, search, module = with_new_op(space, "train_search", script)
     built, widenings = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
-    stages = ["--stage_epochs", "1", "1", "--warmup_epochs", "0", "--stage_k", "4", "2", "--stage_keep", "6", "6"]
-    progressive = script == "train_search_progressive"
-    module.main([*SEARCH_201, *(stages if progressive else ["--epochs", "2"]), "--save", str(run_dir)])
+    module.main([*SEARCH[space], *flags, "--save", str(run_dir)])
     train_losses(run_dir)
     model, beta = built[0]
-    ops = assert_trained(model, beta, genotypes.PRIMITIVES.index(NEW["201-space"][0]), 6)
-    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
-    if not progressive:
-        saved = json.loads((run_dir / "genotype.json").read_text())["arch"]
-        assert genotypes.Structure.from_str(saved) == model.genotype()
-        return
+    n_ops = 6 if space == "201-space" else 8
+    ops = assert_trained(model, beta, genotypes.PRIMITIVES.index(NEW[space][0]), n_ops)
+    cells = model.search_cells() if space == "201-space" else model.cells
+    edges = [edge for cell in cells for edge in cell.edges]
+    assert len(ops) == len(edges) == len(cells) * (len(genotypes.EDGES) if space == "201-space" else 14)
+    if space == "201-space":
+        saved = genotypes.Structure.from_str(json.loads((run_dir / "genotype.json").read_text())["arch"])
+    else:
+        saved = genotypes.load_genotype(str(run_dir / "genotype.json"))
+    assert saved == model.genotype()
+    if space == "201-space" and script == "train_search":
+        return  # no stages
     assert [h["stage"] for h in read_history(run_dir)] == [0, 1] and model.k == 2
     assert_widened(widenings, model)
-    for cell in model.search_cells():
-        for edge in cell.edges:
-            (op,) = [op for op in edge.ops if isinstance(op, Conv5x5)]
-            assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
+    for edge in edges:
+        (op,) = new_ops(edge)
+        assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
 
 
 def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging):
@@ -226,31 +244,6 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
     _assert_same(got, want, [x, mix], edge, plain)
-
-
-SEARCH_DARTS = """--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2
---stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100 --device cpu --workers 0 --image_size 16"""
-SEARCH_DARTS = SEARCH_DARTS.split()
-
-
-@pytest.mark.parametrize("order", ["first", "unrolled"])
-def test_darts_progressive_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging, order):
-    genotypes, _, search, train_search = with_new_op("DARTS-space", "train_search", "train_search")
-    built, widenings = capture_models(monkeypatch, search)
-    run_dir = tmp_path / "run"
-    train_search.main([*SEARCH_DARTS, *(["--unrolled"] if order == "unrolled" else []), "--save", str(run_dir)])
-    assert [h["stage"] for h in read_history(run_dir)] == [0, 1]
-    train_losses(run_dir)
-    model, arch = built[0]
-    assert model.k == 2
-    assert_widened(widenings, model)
-    ops = assert_trained(model, arch, genotypes.PRIMITIVES.index(NEW["DARTS-space"][0]), 8)
-    edges = [edge for cell in model.cells for edge in cell.edges]
-    assert len(ops) == len(edges)
-    for edge in edges:
-        (op,) = new_ops(edge)
-        assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
-    assert genotypes.load_genotype(str(run_dir / "genotype.json")) == model.genotype()
 
 
 def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
