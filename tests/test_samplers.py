@@ -13,7 +13,7 @@ SPACES = ["201-space", "DARTS-space"]
 SEARCH = {
     "201-space": [*TINY_201, "--epochs", "2", "--benchmark", "none", "--max_steps_per_epoch", "2"],
     "DARTS-space": (
-        "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
+        "--dataset synthetic --layers 3 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
         "--warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0 --image_size 16"
     ).split(),
 }
