@@ -135,6 +135,9 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
     "flags, message",
     [(["--stage_k", "2", "4"], "K2 must divide K1"), (["--stage_keep", "3", "4"], "--stage_keep must shrink")],
 )
-def test_bad_stage_schedule_is_refused(flags, message):
-    result = run_script("201-space", "train_search_progressive.py", *TINY, *flags)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+def test_bad_stage_schedule_is_refused(load_space, capsys, tmp_path, flags, message):
+    tsp = load_space("201-space", "train_search_progressive")
+    with pytest.raises(SystemExit) as exit_:  # the script's exit: `UserError` caught, one line, no traceback
+        tsp.main([*TINY, *flags, "--save", str(tmp_path / "run")])
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in stderr and "Traceback" not in stderr
