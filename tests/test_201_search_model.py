@@ -21,41 +21,34 @@ def test_parameter_count_matches_the_paper(load_space):
     assert model.beta.shape == (6, 5) and len(model.search_cells()) == 15
 
 
-@pytest.mark.parametrize("method, k", [("dirichlet", 1), ("dirichlet", 2), ("darts", 2), ("gdas", 1)])
-def test_beta_in_state_dict_and_every_weight_gets_a_gradient(load_space, method, k):
+@pytest.mark.parametrize(
+    "method, k, prune",
+    [("dirichlet", 1, None), ("dirichlet", 2, None), ("dirichlet", 2, 2), ("darts", 2, None), ("darts", 2, 3)]
+    + [("gdas", 1, None), ("gdas", 2, 2)],
+)
+def test_every_weight_gets_a_gradient_and_the_pass_reads_no_host_value(load_space, method, k, prune):
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
-    assert "beta" in model.state_dict() and all(p is not model.beta for p in model.weights())
-    assert len(model.weights()) == len(list(model.parameters())) - 1
-    x, y = image_batch(2, 16)
-    out = model(x)
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
-    F.cross_entropy(out, y).backward()
-    weights = model.weights()
-    grads = [p.grad for p in weights if p.grad is not None]
-    # gdas: one op per edge is active; others legitimately get no gradient
-    assert (grads if method == "gdas" else len(grads) == len(weights)) and all(torch.isfinite(g).all() for g in grads)
-    assert model.beta.grad is not None and torch.isfinite(model.beta.grad).all()
-
-
-@pytest.mark.parametrize(
-    "method, prune", [("dirichlet", None), ("dirichlet", 2), ("darts", None), ("darts", 3), ("gdas", 2)]
-)
-def test_forward_backward_reads_no_host_value(load_space, method, prune):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=2, method=method)
     if prune:
         model.prune(prune)
+    assert "beta" in model.state_dict() and all(p is not model.beta for p in model.weights())
+    assert len(model.weights()) == len(list(model.parameters())) - 1
     model.genotype()  # reads values, legitimately, outside the pass
     x, y = image_batch(2, 16)
     with forbid_host_reads():
         model.arch_weights()
-        loss = F.cross_entropy(model(x), y)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
         loss.backward()
+        beta_grad = model.beta.grad.clone()  # of the loss alone
         model.kl_regularizer().backward()
-    assert model.beta.grad is not None and bool(torch.isfinite(loss))
+    assert out.shape == (2, 10) and torch.isfinite(out).all() and bool(torch.isfinite(loss))
+    weights = model.weights()
+    grads = [p.grad for p in weights if p.grad is not None]
+    # gdas: one op per edge is active; others legitimately get no gradient
+    assert (grads if method == "gdas" else len(grads) == len(weights)) and all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(beta_grad).all() and model.beta.grad is not None
 
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
