@@ -48,10 +48,6 @@ def kept_beta(net, space):
     return net.beta.gather(1, net.kept_index())
 
 
-def method_choices(parser):
-    return next(action.choices for action in parser._actions if action.dest == "method")
-
-
 @pytest.mark.parametrize("space", SPACES)
 def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, restore_logging, space):
     model_search, train_search = load_space(space, "model_search", "train_search")
@@ -63,7 +59,8 @@ def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, res
         return w
 
     monkeypatch.setitem(model_search.SAMPLERS, "sparsemax", recording)
-    assert "sparsemax" in method_choices(train_search.get_parser())
+    parser = train_search.get_parser()
+    assert "sparsemax" in next(action.choices for action in parser._actions if action.dest == "method")
 
     mixes = []  # every cell mixes with the weights of the sampler's latest call (DARTS: its normal or reduce half)
     cell_forward = model_search.Cell.forward
