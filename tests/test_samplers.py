@@ -123,25 +123,10 @@ def test_gumbel_tau_is_linear_and_a_method_not_in_the_table_is_refused(load_spac
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_evaluation_mixes_with_the_dirichlet_mean(load_space, space):
-    model_search = load_space(space, "model_search")
-    net = small_network(model_search, space).eval()
-    beta = kept_beta(net, space).detach()
-    alpha = model_search.concentration(beta)
-    mean = alpha / alpha.sum(-1, keepdim=True)
-    torch.testing.assert_close(model_search.SAMPLERS["dirichlet"](beta, 1.0, False), mean, rtol=1e-6, atol=0)
-    rng = torch.get_rng_state()
-    torch.testing.assert_close(net.arch_weights(), mean, rtol=1e-6, atol=0)
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(net(x), net(x)), "two evaluation forwards are equal"
-    assert torch.equal(torch.get_rng_state(), rng), "evaluation draws nothing"
-
-
-@pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize("pruned", [False, True], ids=["all-ops", "pruned"])
-def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
-    """Same seed, same weights (and beta gradients), bit for bit, as Dir(elu(beta_kept) + 1).rsample()."""
+def test_training_draws_from_the_dirichlet_and_evaluation_mixes_with_its_mean(load_space, space, pruned):
+    """Same seed, same weights (and beta gradients), bit for bit, as Dir(elu(beta_kept) + 1).rsample(); in
+    evaluation, the mean of that Dirichlet, drawing nothing."""
     model_search = load_space(space, "model_search")
     net = small_network(model_search, space, keep=3 if pruned else None)
     assert net.method == "dirichlet" and net.training
@@ -153,3 +138,15 @@ def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
     reference = torch.distributions.Dirichlet(model_search.concentration(kept_beta(net, space))).rsample()
     want = torch.autograd.grad((reference * c).sum(), net.arch_parameters(), allow_unused=True)
     assert torch.equal(w, reference) and all(torch.equal(g, r) for g, r in zip(got, want))
+
+    net.eval()
+    beta = kept_beta(net, space).detach()
+    alpha = model_search.concentration(beta)
+    mean = alpha / alpha.sum(-1, keepdim=True)
+    torch.testing.assert_close(model_search.SAMPLERS["dirichlet"](beta, 1.0, False), mean, rtol=1e-6, atol=0)
+    rng = torch.get_rng_state()
+    torch.testing.assert_close(net.arch_weights(), mean, rtol=1e-6, atol=0)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x)), "two evaluation forwards are equal"
+    assert torch.equal(torch.get_rng_state(), rng), "evaluation draws nothing"
