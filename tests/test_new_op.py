@@ -95,34 +95,6 @@ def capture_models(monkeypatch, search):
     return built, widenings
 
 
-def assert_trained(model, arch_before, column, n_ops):
-    """The new op is in every edge of the supernet, received a gradient, and its architecture column moved."""
-    ops = new_ops(model)
-    assert ops, "the new op is in the supernet"
-    for op in ops:
-        grad = op[1].weight.grad
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, "the op is trained"
-    for beta, before in zip(model.arch_parameters(), arch_before):
-        assert beta.shape[-1] == n_ops and not torch.equal(beta[:, column], before[:, column]), (
-            "its architecture weight is trained"
-        )
-    return ops
-
-
-def assert_widened(widenings, model):
-    """The stage switch widened every new op by net2wider."""
-    assert len(widenings) == 1
-    ops, before, after, moved = widenings[0]
-    assert ops and all(op in new_ops(model) for op in ops), "the widened ops are the network's"
-    moved_new = {id(m.new) for m in moved}
-    for (old_w, old_mean), (param, new_w, new_mean) in zip(before, after):
-        old, new = old_w.shape[0], new_w.shape[0]
-        assert new == 2 * old and new_w.shape[1] == new and new_mean.shape == (new,)
-        assert id(param) in moved_new, "SGD momentum follows the widened conv"
-        index = [next(j for j in range(old) if torch.equal(old_mean[j], new_mean[c])) for c in range(new)]
-        assert index[:old] == list(range(old)) and torch.equal(new_w, old_w[index][:, index])
-
-
 def train_losses(run_dir):
     losses = [h["train_loss"] for h in read_history(run_dir)]
     assert losses and all(math.isfinite(loss) for loss in losses)
@@ -171,9 +143,17 @@ def test_search_trains_a_plain_op_and_the_progressive_one_widens_it(
     run_dir = tmp_path / "run"
     module.main([*SEARCH[space], *flags, "--save", str(run_dir)])
     train_losses(run_dir)
-    model, beta = built[0]
-    n_ops = 6 if space == "201-space" else 8
-    ops = assert_trained(model, beta, genotypes.PRIMITIVES.index(NEW[space][0]), n_ops)
+    model, arch_before = built[0]
+    ops = new_ops(model)
+    assert ops, "the new op is in the supernet"
+    for op in ops:
+        grad = op[1].weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, "the op is trained"
+    column, n_ops = genotypes.PRIMITIVES.index(NEW[space][0]), 6 if space == "201-space" else 8
+    for beta, before in zip(model.arch_parameters(), arch_before):
+        assert beta.shape[-1] == n_ops and not torch.equal(beta[:, column], before[:, column]), (
+            "its architecture weight is trained"
+        )
     cells = model.search_cells() if space == "201-space" else model.cells
     edges = [edge for cell in cells for edge in cell.edges]
     assert len(ops) == len(edges) == len(cells) * (len(genotypes.EDGES) if space == "201-space" else 14)
@@ -185,7 +165,16 @@ def test_search_trains_a_plain_op_and_the_progressive_one_widens_it(
     if space == "201-space" and script == "train_search":
         return  # no stages
     assert [h["stage"] for h in read_history(run_dir)] == [0, 1] and model.k == 2
-    assert_widened(widenings, model)
+    assert len(widenings) == 1  # the stage switch widened every new op by net2wider
+    widened, before, after, moved = widenings[0]
+    assert widened and all(op in ops for op in widened), "the widened ops are the network's"
+    moved_new = {id(m.new) for m in moved}
+    for (old_w, old_mean), (param, new_w, new_mean) in zip(before, after):
+        old, new = old_w.shape[0], new_w.shape[0]
+        assert new == 2 * old and new_w.shape[1] == new and new_mean.shape == (new,)
+        assert id(param) in moved_new, "SGD momentum follows the widened conv"
+        index = [next(j for j in range(old) if torch.equal(old_mean[j], new_mean[c])) for c in range(new)]
+        assert index[:old] == list(range(old)) and torch.equal(new_w, old_w[index][:, index])
     for edge in edges:
         (op,) = new_ops(edge)
         assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
