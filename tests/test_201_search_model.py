@@ -133,8 +133,7 @@ def test_widen_copies_channels(load_space):
     for m in moved:
         assert torch.equal(m.new, n2w.expand(m.old, m.plan))
     for name, m in edges:
-        c_old, index = old_c[name], indices[name]
-        c_new = 2 * c_old
+        c_old, c_new, index = old_c[name], 2 * old_c[name], indices[name]
         assert m.k == 2 and m.C // m.k == c_new and index.shape == (c_new,)
         assert torch.equal(index[:c_old], torch.arange(c_old)) and ((index >= 0) & (index < c_old)).all()
         new = m.state_dict()
@@ -143,8 +142,7 @@ def test_widen_copies_channels(load_space):
             o = old[name][key]
             if key.endswith("num_batches_tracked"):
                 assert torch.equal(t, o)
-                continue
-            if t.dim() == 4:  # conv weight (out, in, kh, kw)
+            elif t.dim() == 4:  # conv weight (out, in, kh, kw)
                 assert t.shape == (c_new, c_new, *o.shape[2:]) and torch.equal(t[:c_old, :c_old], o)
                 assert torch.equal(t, o[index][:, index])
             else:  # BN running_mean / running_var
