@@ -180,28 +180,51 @@ def test_search_trains_a_plain_op_and_the_progressive_one_widens_it(
         assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
 
 
-def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging):
-    genotypes, operations, model_module, train = with_new_op("201-space", "model", "train")
-    add_nothing(request, genotypes, operations)  # gets no module either
-    name = NEW["201-space"][0]
-    arch = f"|{name}~0|+|{name}~0|nothing~1|+|skip_connect~0|{name}~1|avg_pool_3x3~2|"
-    nets = record_builds(monkeypatch, train, "Network", model_module.Network)
-    run_dir = tmp_path / "run"
-    train.main([*TINY_201, "--arch", arch, "--epochs", "1", "--max_steps_per_epoch", "2", "--save", str(run_dir)])
-    train_losses(run_dir)
-    assert json.loads((run_dir / "genotype.json").read_text())["arch"] == arch
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging, space):
+    genotypes, operations, model_module, train = with_new_op(space, "model", "train")
+    name, run_dir = NEW[space][0], tmp_path / "run"
+    if space == "201-space":
+        add_nothing(request, genotypes, operations)  # gets no module either
+        arch = f"|{name}~0|+|{name}~0|nothing~1|+|skip_connect~0|{name}~1|avg_pool_3x3~2|"
+        nets = record_builds(monkeypatch, train, "Network", model_module.Network)
+        train.main([*TINY_201, "--arch", arch, "--epochs", "1", "--max_steps_per_epoch", "2", "--save", str(run_dir)])
+        train_losses(run_dir)
+        assert json.loads((run_dir / "genotype.json").read_text())["arch"] == arch
+        # The op's parameters are all counted: the same network with `none` there has exactly those fewer.
+        without = model_module.Network(4, 1, genotypes.Structure.from_str(arch.replace(name, "none")), 10)
+        count, skip = lambda net: sum(p.numel() for p in net.parameters()), ()
+    else:
+        # The new op on edges from the cell inputs: stride 2 in the reduction cells.
+        edges = [(name, 0), ("sep_conv_3x3", 1), (name, 1), ("skip_connect", 2)]
+        edges += [("max_pool_3x3", 0), (name, 3), ("dil_conv_3x3", 2), ("avg_pool_3x3", 4)]
+        genotype = genotypes.Genotype(
+            normal=edges, normal_concat=[2, 3, 4, 5], reduce=edges, reduce_concat=[2, 3, 4, 5]
+        )
+        genotypes.save_genotype(genotype, tmp_path / "genotype.json")
+        nets = record_builds(monkeypatch, train, "NetworkCIFAR", model_module.NetworkCIFAR)
+        # Two epochs: the second one drops paths, the new op's included.
+        argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--epochs", "2"]
+        train.main([*argv, "--arch", str(tmp_path / "genotype.json"), "--save", str(run_dir)])
+        assert len(train_losses(run_dir)) == 2 and read_history(run_dir)[-1]["drop_path_prob"] > 0
+        # The same network with a parameter-free pool there has exactly the op's parameters fewer.
+        pools = [(("max_pool_3x3" if op == name else op), j) for op, j in edges]
+        without = model_module.NetworkCIFAR(4, 10, 3, False, genotype._replace(normal=pools, reduce=pools))
+        count, skip = model_module.param_count, ("auxiliary_head",)
     (net,) = nets
     ops = new_ops(net)
     assert len(ops) == 3 * 3, "three edges in each of the three cells"
     assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
-    cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
-    assert [len(cell.edges) for cell in cells] == [5] * 3
-    assert not any(isinstance(m, operations.Zero) for m in net.modules())
     params = logged_params(run_dir)
-    assert params == own_params(net) == sum(p.numel() for p in net.parameters())
-    # The op's parameters are all counted: the same network with `none` there has exactly those fewer.
-    without = model_module.Network(4, 1, genotypes.Structure.from_str(arch.replace(name, "none")), 10)
-    assert params - own_params(without) == sum(conv_bn_params(op) for op in ops)
+    assert params == own_params(net, skip) == count(net)
+    assert params - count(without) == sum(conv_bn_params(op) for op in ops)
+    if space == "201-space":
+        cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
+        assert [len(cell.edges) for cell in cells] == [5] * 3
+        assert not any(isinstance(m, operations.Zero) for m in net.modules())
+    else:
+        strides = sorted(op[1].stride[0] for op in ops)
+        assert strides == [1] * 5 + [2] * 4, "two of them on the inputs of each reduction cell"
 
 
 def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
@@ -233,35 +256,6 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
     _assert_same(got, want, [x, mix], edge, plain)
-
-
-def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
-    genotypes, _, model_module, train = with_new_op("DARTS-space", "model", "train")
-    name = NEW["DARTS-space"][0]
-    # The new op on edges from the cell inputs: stride 2 in the reduction cells.
-    edges = [(name, 0), ("sep_conv_3x3", 1), (name, 1), ("skip_connect", 2)]
-    edges += [("max_pool_3x3", 0), (name, 3), ("dil_conv_3x3", 2), ("avg_pool_3x3", 4)]
-    genotype = genotypes.Genotype(normal=edges, normal_concat=[2, 3, 4, 5], reduce=edges, reduce_concat=[2, 3, 4, 5])
-    path = tmp_path / "genotype.json"
-    genotypes.save_genotype(genotype, path)
-    nets = record_builds(monkeypatch, train, "NetworkCIFAR", model_module.NetworkCIFAR)
-    run_dir = tmp_path / "run"
-    # Two epochs: the second one drops paths, the new op's included.
-    argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--arch", str(path), "--epochs", "2"]
-    train.main([*argv, "--save", str(run_dir)])
-    assert len(train_losses(run_dir)) == 2 and read_history(run_dir)[-1]["drop_path_prob"] > 0
-    (net,) = nets
-    ops = new_ops(net)
-    assert len(ops) == 3 * 3, "three edges in each of the three cells"
-    strides = sorted(op[1].stride[0] for op in ops)
-    assert strides == [1] * 5 + [2] * 4, "two of them on the inputs of each reduction cell"
-    assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
-    params = logged_params(run_dir)
-    assert params == own_params(net, skip=("auxiliary_head",)) == model_module.param_count(net)
-    # The same network with a parameter-free pool there has exactly the op's parameters fewer.
-    pools = [(("max_pool_3x3" if op == name else op), j) for op, j in edges]
-    without = model_module.NetworkCIFAR(4, 10, 3, False, genotype._replace(normal=pools, reduce=pools))
-    assert params - model_module.param_count(without) == sum(conv_bn_params(op) for op in ops)
 
 
 @pytest.mark.parametrize("lean", [True, False])
