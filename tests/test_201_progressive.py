@@ -135,7 +135,7 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
     "flags, message",
     [(["--stage_k", "2", "4"], "K2 must divide K1"), (["--stage_keep", "3", "4"], "--stage_keep must shrink")],
 )
-def test_bad_stage_schedule_is_refused(load_space, capsys, tmp_path, flags, message):
+def test_bad_stage_schedule_is_refused(load_space, capsys, tmp_path, restore_logging, flags, message):
     tsp = load_space("201-space", "train_search_progressive")
     with pytest.raises(SystemExit) as exit_:  # the script's exit: `UserError` caught, one line, no traceback
         tsp.main([*TINY, *flags, "--save", str(tmp_path / "run")])
