@@ -1,6 +1,5 @@
 """Progressive search of the 201 space: stage hand-over, exact resume in either stage, outputs."""
 
-import json
 import math
 import re
 import shutil
@@ -8,30 +7,21 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY_201, run_script
+from conftest import TINY_201, read_history, run_script
 
 TINY = [*TINY_201, "--report_freq", "100"]
 
 
-def _search_step_state(ts, model, args):
-    """Two search steps, so that every weight has an SGD momentum buffer."""
-    from architect import Architect
-
-    architect = Architect(model, args)
-    optimizer = ts.sgd(model, args, 0.025)
-    weights = model.weights()
-    for _ in range(2):
-        batch = (torch.randn(4, 3, 8, 8), torch.randint(10, (4,)))
-        ts.search_step(model, architect, optimizer, weights, batch, batch, 0.025, 5.0)
-    return architect, optimizer
-
-
 def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
-    ts, ms = load_space("201-space", "train_search", "model_search")
+    ts, ms, architect_module = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])  # stage 2: k 2, 3 ops kept
     model = ms.Network(C=8, N=1, num_classes=10, k=4)
-    architect, optimizer = _search_step_state(ts, model, args)
+    architect = architect_module.Architect(model, args)
+    optimizer = ts.sgd(model, args, 0.025)
+    for _ in range(2):  # two search steps, so that every weight has an SGD momentum buffer
+        batch = (torch.randn(4, 3, 8, 8), torch.randint(10, (4,)))
+        ts.search_step(model, architect, optimizer, model.weights(), batch, batch, 0.025, 5.0)
     old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     old_buffers = {n: b.clone() for n, b in model.named_buffers()}
     params = [(n, p) for n, p in model.named_parameters() if n != "beta"]
@@ -95,7 +85,7 @@ def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
     assert int(full["architect"]["state"][0]["step"]) == (4 - 2) * steps, "(total - warm-up epochs) x steps"
     assert torch.equal(epochs[1]["model"]["beta"], epochs[2]["model"]["beta"]), "beta rests in stage 2's warm-up"
     # One cosine schedule over the 4 epochs of both stages, from 0.025 to 0.001.
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "full" / "history.jsonl").read_text().splitlines()]
+    lrs = [record["lr"] for record in read_history(tmp_path / "full")]
     assert lrs == pytest.approx([0.001 + 0.024 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-9)
 
     for epoch in (2, 3):  # 2: at the stage boundary (resume prunes and widens); 3: inside stage 2
@@ -121,7 +111,7 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
     )
     assert result.returncode == 0, result.stderr
     assert "stage 2/2: k=2, 3 ops kept per edge" in result.stdout
-    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    records = read_history(run_dir)
     assert [r["stage"] for r in records] == [0, 1], "history.jsonl counts stages from 0, the log from 1"
     assert re.search(r"epoch 1/2 stage 1 lr .* epoch 2/2 stage 2 lr ", result.stdout, re.S), result.stdout
     for record in records:
@@ -145,6 +135,9 @@ def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_tabl
     "flags, message",
     [(["--stage_k", "2", "4"], "K2 must divide K1"), (["--stage_keep", "3", "4"], "--stage_keep must shrink")],
 )
-def test_bad_stage_schedule_is_refused(flags, message):
-    result = run_script("201-space", "train_search_progressive.py", *TINY, *flags)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+def test_bad_stage_schedule_is_refused(load_space, capsys, tmp_path, restore_logging, flags, message):
+    tsp = load_space("201-space", "train_search_progressive")
+    with pytest.raises(SystemExit) as exit_:  # the script's exit: `UserError` caught, one line, no traceback
+        tsp.main([*TINY, *flags, "--save", str(tmp_path / "run")])
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in stderr and "Traceback" not in stderr

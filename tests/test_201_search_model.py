@@ -21,41 +21,34 @@ def test_parameter_count_matches_the_paper(load_space):
     assert model.beta.shape == (6, 5) and len(model.search_cells()) == 15
 
 
-@pytest.mark.parametrize("method, k", [("dirichlet", 1), ("dirichlet", 2), ("darts", 2), ("gdas", 1)])
-def test_beta_in_state_dict_and_every_weight_gets_a_gradient(load_space, method, k):
+@pytest.mark.parametrize(
+    "method, k, prune",
+    [("dirichlet", 1, None), ("dirichlet", 2, None), ("dirichlet", 2, 2), ("darts", 2, None), ("darts", 2, 3)]
+    + [("gdas", 1, None), ("gdas", 2, 2)],
+)
+def test_every_weight_gets_a_gradient_and_the_pass_reads_no_host_value(load_space, method, k, prune):
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
-    assert "beta" in model.state_dict() and all(p is not model.beta for p in model.weights())
-    assert len(model.weights()) == len(list(model.parameters())) - 1
-    x, y = image_batch(2, 16)
-    out = model(x)
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
-    F.cross_entropy(out, y).backward()
-    weights = model.weights()
-    grads = [p.grad for p in weights if p.grad is not None]
-    # gdas: one op per edge is active; others legitimately get no gradient
-    assert (grads if method == "gdas" else len(grads) == len(weights)) and all(torch.isfinite(g).all() for g in grads)
-    assert model.beta.grad is not None and torch.isfinite(model.beta.grad).all()
-
-
-@pytest.mark.parametrize(
-    "method, prune", [("dirichlet", None), ("dirichlet", 2), ("darts", None), ("darts", 3), ("gdas", 2)]
-)
-def test_forward_backward_reads_no_host_value(load_space, method, prune):
-    ms = load_space("201-space", "model_search")
-    torch.manual_seed(0)
-    model = ms.Network(C=4, N=1, num_classes=10, k=2, method=method)
     if prune:
         model.prune(prune)
+    assert "beta" in model.state_dict() and all(p is not model.beta for p in model.weights())
+    assert len(model.weights()) == len(list(model.parameters())) - 1
     model.genotype()  # reads values, legitimately, outside the pass
     x, y = image_batch(2, 16)
     with forbid_host_reads():
         model.arch_weights()
-        loss = F.cross_entropy(model(x), y)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
         loss.backward()
+        beta_grad = model.beta.grad.clone()  # of the loss alone
         model.kl_regularizer().backward()
-    assert model.beta.grad is not None and bool(torch.isfinite(loss))
+    assert out.shape == (2, 10) and torch.isfinite(out).all() and bool(torch.isfinite(loss))
+    weights = model.weights()
+    grads = [p.grad for p in weights if p.grad is not None]
+    # gdas: one op per edge is active; others legitimately get no gradient
+    assert (grads if method == "gdas" else len(grads) == len(weights)) and all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(beta_grad).all() and model.beta.grad is not None
 
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
@@ -140,8 +133,7 @@ def test_widen_copies_channels(load_space):
     for m in moved:
         assert torch.equal(m.new, n2w.expand(m.old, m.plan))
     for name, m in edges:
-        c_old, index = old_c[name], indices[name]
-        c_new = 2 * c_old
+        c_old, c_new, index = old_c[name], 2 * old_c[name], indices[name]
         assert m.k == 2 and m.C // m.k == c_new and index.shape == (c_new,)
         assert torch.equal(index[:c_old], torch.arange(c_old)) and ((index >= 0) & (index < c_old)).all()
         new = m.state_dict()
@@ -150,8 +142,7 @@ def test_widen_copies_channels(load_space):
             o = old[name][key]
             if key.endswith("num_batches_tracked"):
                 assert torch.equal(t, o)
-                continue
-            if t.dim() == 4:  # conv weight (out, in, kh, kw)
+            elif t.dim() == 4:  # conv weight (out, in, kh, kw)
                 assert t.shape == (c_new, c_new, *o.shape[2:]) and torch.equal(t[:c_old, :c_old], o)
                 assert torch.equal(t, o[index][:, index])
             else:  # BN running_mean / running_var
@@ -221,34 +212,21 @@ def test_forward_scaled_equals_scale_times_op(load_space, affine):
     assert scale.grad is not None and torch.isfinite(scale.grad)
 
 
-def test_scaled_pooling_matches_avg_pool2d_repeatedly(load_space):
-    """Regression: an expanded (stride-0) kernel once gave NaN input gradients on channels-last input."""
+def test_scaled_ops_match_scale_times_op_on_channels_last_input(load_space):
+    """Regressions on channels-last input: an expanded (stride-0) pooling kernel once gave NaN input gradients,
+    and BatchNorm's backward misread an expanded (stride-0) weight."""
     ops = load_space("201-space", "operations")
     torch.manual_seed(0)
-    for _ in range(5):
-        x = torch.randn(8, 6, 16, 16).to(memory_format=torch.channels_last).requires_grad_(True)
+    conv = ops.ReLUConvBN(6, 6, 3, 1, 1, affine=False)
+    pool = (lambda x, s: ops.avg_pool_3x3(x, 1, s), lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+    cases = [(pool, 16)] * 5 + [((lambda x, s: conv.forward_scaled(x, torch.relu(x), s), conv), 12)]
+    for (scaled, plain), size in cases:
+        x = torch.randn(8, 6, size, size).to(memory_format=torch.channels_last).requires_grad_(True)
         scale = torch.rand((), requires_grad=True)
-        got = ops.avg_pool_3x3(x, 1, scale)
-        want = scale * torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+        got, want = scaled(x, scale), scale * plain(x)
         g = torch.randn_like(want)
         got_grads = torch.autograd.grad((got * g).sum(), [x, scale])
         want_grads = torch.autograd.grad((want * g).sum(), [x, scale])
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         for a, b in zip(got_grads, want_grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_forward_scaled_gradients_on_channels_last_input(load_space):
-    """Regression: BatchNorm's backward misreads an expanded (stride-0) weight on channels-last input."""
-    ops = load_space("201-space", "operations")
-    torch.manual_seed(0)
-    op = ops.ReLUConvBN(6, 6, 3, 1, 1, affine=False)
-    x = torch.randn(8, 6, 12, 12).to(memory_format=torch.channels_last).requires_grad_(True)
-    scale = torch.tensor(0.7, requires_grad=True)
-    got = op.forward_scaled(x, torch.relu(x), scale)
-    g = torch.randn_like(got)
-    got_grads = torch.autograd.grad((got * g).sum(), [x, scale])
-    want = scale * op(x)
-    want_grads = torch.autograd.grad((want * g).sum(), [x, scale])
-    for a, b in zip(got_grads, want_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -7,14 +7,24 @@ pytestmark = pytest.mark.quick
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_every_op_shape_and_widening(load_space, stride):
+def test_every_op_shape_scale_shared_relu_and_widening(load_space, stride):
     operations, net2wider, genotypes = load_space("DARTS-space", "operations", "runkit.net2wider", "genotypes")
     torch.manual_seed(0)
     x = torch.randn(2, 8, 12, 12)
+    w = torch.tensor(0.3, requires_grad=True)
     size = 12 // stride
     for name in genotypes.PRIMITIVES:
         for op in (operations.OPS[name](8, stride, True), operations.search_op(name, 8, stride)):
             assert op(x).shape == (2, 8, size, size), name
+        # The search form takes the shared ReLU and the mixing weight: w * the plain op.
+        search = operations.search_op(name, 8, stride)
+        plain = operations.OPS[name](8, stride, False)  # own ReLU, unscaled; pools end in their BatchNorm
+        if not name.endswith("pool_3x3"):
+            plain.load_state_dict(search.state_dict())
+        out = search(torch.relu(x) if search.expects_relu else x, w)
+        torch.testing.assert_close(out, w * plain(x), atol=1e-5, rtol=1e-5)
+        (grad,) = torch.autograd.grad(out.square().sum(), w)  # the weight's gradient flows
+        assert torch.isfinite(grad)
         # net2wider 8 -> 12 channels copies weights (no division, as the paper's code), so
         # with zeros on the new input channels the old output channels are kept (eval mode);
         # sep_conv's second half reads the copies its first half made, so it keeps nothing simple.
@@ -39,7 +49,7 @@ def test_every_op_shape_and_widening(load_space, stride):
             assert torch.equal(net2wider.expand(m.old, m.plan), m.new)
 
 
-def test_widened_op_trains_and_keeps_mode(load_space):
+def test_widened_op_trains_and_keeps_mode_and_search_bn_is_affine_free(load_space):
     operations, net2wider = load_space("DARTS-space", "operations", "runkit.net2wider")
     op = operations.search_op("sep_conv_3x3", 4, 1).eval()
     net2wider.widen_op(op, net2wider.grow_index(4, 8), [])
@@ -47,17 +57,13 @@ def test_widened_op_trains_and_keeps_mode(load_space):
     op.train()
     op(torch.randn(2, 8, 6, 6)).sum().backward()
     assert all(p.grad is not None for p in op.parameters())
-
-
-def test_reduce_op_bn_is_affine_free_in_search(load_space):
-    operations = load_space("DARTS-space", "operations")
     assert sum(p.numel() for p in operations.search_op("max_pool_3x3", 8, 2).parameters()) == 0
     sep = operations.search_op("sep_conv_3x3", 8, 1)
     assert all(not m.affine for m in sep.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_cutout_and_synthetic(load_space):
-    datasets = load_space("DARTS-space", "datasets")
+def test_cutout_synthetic_and_dataset_errors(load_space, tmp_path):
+    datasets, utils = load_space("DARTS-space", "datasets", "runkit.utils")
     train, test, num_classes = datasets.get_datasets("synthetic", "unused", cutout=True, cutout_length=8)
     assert num_classes == 10 and len(train) == 256 and len(test) == 128
     torch.manual_seed(0)
@@ -68,32 +74,10 @@ def test_cutout_and_synthetic(load_space):
     a = datasets.Cutout(8)(torch.ones(3, 16, 16))
     torch.set_rng_state(state)
     assert torch.equal(a, datasets.Cutout(8)(torch.ones(3, 16, 16)))  # torch RNG only
-
-
-def test_imagenet_folder_errors(load_space, tmp_path):
-    datasets, utils = load_space("DARTS-space", "datasets", "runkit.utils")
     with pytest.raises(utils.UserError, match="train/ and .*val/"):
         datasets.imagenet_datasets(tmp_path)
     with pytest.raises(utils.UserError, match="unknown dataset"):
         datasets.get_datasets("mnist", tmp_path)
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_search_op_scale_and_shared_relu_match_plain_op(load_space, stride):
-    operations, genotypes = load_space("DARTS-space", "operations", "genotypes")
-    torch.manual_seed(0)
-    x = torch.randn(2, 8, 12, 12)
-    w = torch.tensor(0.3, requires_grad=True)
-    for name in genotypes.PRIMITIVES:
-        search = operations.search_op(name, 8, stride)
-        plain = operations.OPS[name](8, stride, False)  # own ReLU, unscaled; pools end in their BatchNorm
-        if not name.endswith("pool_3x3"):
-            plain.load_state_dict(search.state_dict())
-        inputs = torch.relu(x) if search.expects_relu else x
-        out = search(inputs, w)
-        torch.testing.assert_close(out, w * plain(x), atol=1e-5, rtol=1e-5)
-        (grad,) = torch.autograd.grad(out.square().sum(), w)  # the weight's gradient flows
-        assert torch.isfinite(grad)
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0)])

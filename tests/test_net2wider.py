@@ -24,15 +24,7 @@ def test_same_public_api_in_both_folders(load_space):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_grow_index_keeps_old_channels_and_is_reproducible(load_space, space):
-    n2w = load_space(space, "runkit.net2wider")
-    index = n2w.grow_index(4, 10, torch.Generator().manual_seed(3))
-    assert torch.equal(index[:4], torch.arange(4)) and index.shape == (10,) and (index < 4).all()
-    assert torch.equal(index, n2w.grow_index(4, 10, torch.Generator().manual_seed(3)))
-
-
-@pytest.mark.parametrize("space", SPACES)
-def test_dense_conv_copies_weights_without_division(load_space, space):
+def test_dense_conv_copies_weights_without_division_and_depthwise_conv_grows_its_groups(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 3, 3, padding=1, bias=True)
@@ -51,10 +43,6 @@ def test_dense_conv_copies_weights_without_division(load_space, space):
     for m in moved:
         assert torch.equal(n2w.expand(m.old, m.plan), m.new)
 
-
-@pytest.mark.parametrize("space", SPACES)
-def test_depthwise_conv_grows_its_groups(load_space, space):
-    n2w = load_space(space, "runkit.net2wider")
     conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
     index = torch.tensor([0, 1, 2, 3, 3, 0])
     new = n2w.widen_conv(conv, index, index, [])
@@ -85,21 +73,20 @@ def test_bn_copies_running_statistics_and_affine_parameters(load_space, space):
     assert all(isinstance(m.new, nn.Parameter) for m in moved)
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(new(x[:, index]), bn(x)[:, index])
-
-
-def test_darts_search_bn_stays_a_mix_batch_norm(load_space):
-    n2w, lean_ops = load_space("DARTS-space", "runkit.net2wider", "lean_ops")
-    bn = lean_ops.MixBatchNorm(4)
-    new = n2w.widen_bn(bn, torch.tensor([0, 1, 2, 3, 0]), [])
-    assert type(new) is lean_ops.MixBatchNorm and new.num_features == 5
-    scale = torch.tensor(0.5)
-    out = new(torch.randn(2, 5, 3, 3), scale)  # the mixing weight still folds in
-    assert out.shape == (2, 5, 3, 3)
+    if space == "DARTS-space":  # the search's BatchNorm stays a MixBatchNorm
+        n2w, lean_ops = load_space(space, "runkit.net2wider", "lean_ops")
+        new = n2w.widen_bn(lean_ops.MixBatchNorm(4), torch.tensor([0, 1, 2, 3, 0]), [])
+        assert type(new) is lean_ops.MixBatchNorm and new.num_features == 5
+        out = new(torch.randn(2, 5, 3, 3), torch.tensor(0.5))  # the mixing weight still folds in
+        assert out.shape == (2, 5, 3, 3)
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_expand_carries_momentum_with_the_parameters_channels(load_space, space):
+def test_grow_index_is_reproducible_and_expand_carries_momentum_with_the_parameters_channels(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
+    index = n2w.grow_index(4, 10, torch.Generator().manual_seed(3))
+    assert torch.equal(index[:4], torch.arange(4)) and index.shape == (10,) and (index < 4).all()
+    assert torch.equal(index, n2w.grow_index(4, 10, torch.Generator().manual_seed(3)))
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 3, 1, bias=False)
     sgd = torch.optim.SGD(conv.parameters(), 0.1, momentum=0.9)
@@ -121,11 +108,10 @@ def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, 
     """201 nor_conv_3x3, DARTS dil_conv_3x3: zeros on the new input channels leave the old outputs unchanged."""
     n2w, operations = load_space(space, "runkit.net2wider", "operations")
     torch.manual_seed(0)
-    op = (
-        operations.OPS["nor_conv_3x3"](4, 4, 1, False)
-        if space == "201-space"
-        else operations.search_op("dil_conv_3x3", 4, 1)
-    )
+    if space == "201-space":
+        op = operations.OPS["nor_conv_3x3"](4, 4, 1, False)
+    else:
+        op = operations.search_op("dil_conv_3x3", 4, 1)
     x = torch.randn(2, 4, 6, 6)
     for _ in range(2):
         op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics

@@ -49,8 +49,25 @@ def with_new_op(load_space, request):
     return load
 
 
+def add_nothing(request, genotypes, operations):
+    """A zero op under another name: its class says it adds nothing, not its name."""
+    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+
+
 def new_ops(model):
     return [m for m in model.modules() if isinstance(m, Conv5x5)]
+
+
+def record_builds(monkeypatch, module, name, build):
+    """The networks `module.<name>(...)` builds, built by `build`."""
+    nets = []
+
+    def recording(*args):
+        nets.append(build(*args))
+        return nets[-1]
+
+    monkeypatch.setattr(module, name, recording)
+    return nets
 
 
 def capture_models(monkeypatch, search):
@@ -78,34 +95,6 @@ def capture_models(monkeypatch, search):
     return built, widenings
 
 
-def assert_trained(model, arch_before, column, n_ops):
-    """The new op is in every edge of the supernet, received a gradient, and its architecture column moved."""
-    ops = new_ops(model)
-    assert ops, "the new op is in the supernet"
-    for op in ops:
-        grad = op[1].weight.grad
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, "the op is trained"
-    for beta, before in zip(model.arch_parameters(), arch_before):
-        assert beta.shape[-1] == n_ops and not torch.equal(beta[:, column], before[:, column]), (
-            "its architecture weight is trained"
-        )
-    return ops
-
-
-def assert_widened(widenings, model):
-    """The stage switch widened every new op by net2wider."""
-    assert len(widenings) == 1
-    ops, before, after, moved = widenings[0]
-    assert ops and all(op in new_ops(model) for op in ops), "the widened ops are the network's"
-    moved_new = {id(m.new) for m in moved}
-    for (old_w, old_mean), (param, new_w, new_mean) in zip(before, after):
-        old, new = old_w.shape[0], new_w.shape[0]
-        assert new == 2 * old and new_w.shape[1] == new and new_mean.shape == (new,)
-        assert id(param) in moved_new, "SGD momentum follows the widened conv"
-        index = [next(j for j in range(old) if torch.equal(old_mean[j], new_mean[c])) for c in range(new)]
-        assert index[:old] == list(range(old)) and torch.equal(new_w, old_w[index][:, index])
-
-
 def train_losses(run_dir):
     losses = [h["train_loss"] for h in read_history(run_dir)]
     assert losses and all(math.isfinite(loss) for loss in losses)
@@ -127,71 +116,121 @@ def conv_bn_params(op):
     return conv.weight.numel() + (2 * bn.num_features if bn.affine else 0)
 
 
-SEARCH_201 = [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"]
+SEARCH = {
+    "201-space": [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"],
+    "DARTS-space": """--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2
+--stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100 --device cpu --workers 0
+--image_size 16""".split(),
+}
+STAGES_201 = "--stage_epochs 1 1 --warmup_epochs 0 --stage_k 4 2 --stage_keep 6 6".split()
 
 
-@pytest.mark.parametrize("script", ["train_search", "train_search_progressive"])
-def test_201_search_trains_and_the_progressive_one_widens_a_plain_op(
-    with_new_op, tmp_path, monkeypatch, restore_logging, script
+@pytest.mark.parametrize(
+    "space, script, flags",
+    [
+        ("201-space", "train_search", ["--epochs", "2"]),
+        ("201-space", "train_search_progressive", STAGES_201),
+        ("DARTS-space", "train_search", []),
+        ("DARTS-space", "train_search", ["--unrolled"]),
+    ],
+    ids=["201", "201-progressive", "darts", "darts-unrolled"],
+)
+def test_search_trains_a_plain_op_and_the_progressive_one_widens_it(
+    with_new_op, tmp_path, monkeypatch, restore_logging, space, script, flags
 ):
-    genotypes, _, search, module = with_new_op("201-space", "train_search", script)
+    genotypes, _, search, module = with_new_op(space, "train_search", script)
     built, widenings = capture_models(monkeypatch, search)
     run_dir = tmp_path / "run"
-    stages = ["--stage_epochs", "1", "1", "--warmup_epochs", "0", "--stage_k", "4", "2", "--stage_keep", "6", "6"]
-    progressive = script == "train_search_progressive"
-    module.main([*SEARCH_201, *(stages if progressive else ["--epochs", "2"]), "--save", str(run_dir)])
+    module.main([*SEARCH[space], *flags, "--save", str(run_dir)])
     train_losses(run_dir)
-    model, beta = built[0]
-    ops = assert_trained(model, beta, genotypes.PRIMITIVES.index(NEW["201-space"][0]), 6)
-    assert len(ops) == len(model.search_cells()) * len(genotypes.EDGES)
-    if not progressive:
-        saved = json.loads((run_dir / "genotype.json").read_text())["arch"]
-        assert genotypes.Structure.from_str(saved) == model.genotype()
-        return
+    model, arch_before = built[0]
+    ops = new_ops(model)
+    assert ops, "the new op is in the supernet"
+    for op in ops:
+        grad = op[1].weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, "the op is trained"
+    column, n_ops = genotypes.PRIMITIVES.index(NEW[space][0]), 6 if space == "201-space" else 8
+    for beta, before in zip(model.arch_parameters(), arch_before):
+        assert beta.shape[-1] == n_ops and not torch.equal(beta[:, column], before[:, column]), (
+            "its architecture weight is trained"
+        )
+    cells = model.search_cells() if space == "201-space" else model.cells
+    edges = [edge for cell in cells for edge in cell.edges]
+    assert len(ops) == len(edges) == len(cells) * (len(genotypes.EDGES) if space == "201-space" else 14)
+    if space == "201-space":
+        saved = genotypes.Structure.from_str(json.loads((run_dir / "genotype.json").read_text())["arch"])
+    else:
+        saved = genotypes.load_genotype(str(run_dir / "genotype.json"))
+    assert saved == model.genotype()
+    if space == "201-space" and script == "train_search":
+        return  # no stages
     assert [h["stage"] for h in read_history(run_dir)] == [0, 1] and model.k == 2
-    assert_widened(widenings, model)
-    for cell in model.search_cells():
-        for edge in cell.edges:
-            (op,) = [op for op in edge.ops if isinstance(op, Conv5x5)]
-            assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2)
+    assert len(widenings) == 1  # the stage switch widened every new op by net2wider
+    widened, before, after, moved = widenings[0]
+    assert widened and all(op in ops for op in widened), "the widened ops are the network's"
+    moved_new = {id(m.new) for m in moved}
+    for (old_w, old_mean), (param, new_w, new_mean) in zip(before, after):
+        old, new = old_w.shape[0], new_w.shape[0]
+        assert new == 2 * old and new_w.shape[1] == new and new_mean.shape == (new,)
+        assert id(param) in moved_new, "SGD momentum follows the widened conv"
+        index = [next(j for j in range(old) if torch.equal(old_mean[j], new_mean[c])) for c in range(new)]
+        assert index[:old] == list(range(old)) and torch.equal(new_w, old_w[index][:, index])
+    for edge in edges:
+        (op,) = new_ops(edge)
+        assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
 
 
-def test_201_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging):
-    genotypes, operations, model_module, train = with_new_op("201-space", "model", "train")
-    # A zero op under another name gets no module either: its class says it adds nothing, not its name.
-    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
-    name = NEW["201-space"][0]
-    arch = f"|{name}~0|+|{name}~0|nothing~1|+|skip_connect~0|{name}~1|avg_pool_3x3~2|"
-    nets = []
-
-    def recording(*args):
-        nets.append(model_module.Network(*args))
-        return nets[-1]
-
-    monkeypatch.setattr(train, "Network", recording)
-    run_dir = tmp_path / "run"
-    train.main([*TINY_201, "--arch", arch, "--epochs", "1", "--max_steps_per_epoch", "2", "--save", str(run_dir)])
-    train_losses(run_dir)
-    assert json.loads((run_dir / "genotype.json").read_text())["arch"] == arch
+@pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
+def test_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, restore_logging, space):
+    genotypes, operations, model_module, train = with_new_op(space, "model", "train")
+    name, run_dir = NEW[space][0], tmp_path / "run"
+    if space == "201-space":
+        add_nothing(request, genotypes, operations)  # gets no module either
+        arch = f"|{name}~0|+|{name}~0|nothing~1|+|skip_connect~0|{name}~1|avg_pool_3x3~2|"
+        nets = record_builds(monkeypatch, train, "Network", model_module.Network)
+        train.main([*TINY_201, "--arch", arch, "--epochs", "1", "--max_steps_per_epoch", "2", "--save", str(run_dir)])
+        train_losses(run_dir)
+        assert json.loads((run_dir / "genotype.json").read_text())["arch"] == arch
+        # The op's parameters are all counted: the same network with `none` there has exactly those fewer.
+        without = model_module.Network(4, 1, genotypes.Structure.from_str(arch.replace(name, "none")), 10)
+        count, skip = lambda net: sum(p.numel() for p in net.parameters()), ()
+    else:
+        # The new op on edges from the cell inputs: stride 2 in the reduction cells.
+        edges = [(name, 0), ("sep_conv_3x3", 1), (name, 1), ("skip_connect", 2)]
+        edges += [("max_pool_3x3", 0), (name, 3), ("dil_conv_3x3", 2), ("avg_pool_3x3", 4)]
+        genotype = genotypes.Genotype(
+            normal=edges, normal_concat=[2, 3, 4, 5], reduce=edges, reduce_concat=[2, 3, 4, 5]
+        )
+        genotypes.save_genotype(genotype, tmp_path / "genotype.json")
+        nets = record_builds(monkeypatch, train, "NetworkCIFAR", model_module.NetworkCIFAR)
+        # Two epochs: the second one drops paths, the new op's included.
+        argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--epochs", "2"]
+        train.main([*argv, "--arch", str(tmp_path / "genotype.json"), "--save", str(run_dir)])
+        assert len(train_losses(run_dir)) == 2 and read_history(run_dir)[-1]["drop_path_prob"] > 0
+        # The same network with a parameter-free pool there has exactly the op's parameters fewer.
+        pools = [(("max_pool_3x3" if op == name else op), j) for op, j in edges]
+        without = model_module.NetworkCIFAR(4, 10, 3, False, genotype._replace(normal=pools, reduce=pools))
+        count, skip = model_module.param_count, ("auxiliary_head",)
     (net,) = nets
     ops = new_ops(net)
     assert len(ops) == 3 * 3, "three edges in each of the three cells"
     assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
-    cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
-    assert [len(cell.edges) for cell in cells] == [5] * 3
-    assert not any(isinstance(m, operations.Zero) for m in net.modules())
     params = logged_params(run_dir)
-    assert params == own_params(net) == sum(p.numel() for p in net.parameters())
-    # The op's parameters are all counted: the same network with `none` there has exactly those fewer.
-    without = model_module.Network(4, 1, genotypes.Structure.from_str(arch.replace(name, "none")), 10)
-    assert params - own_params(without) == sum(conv_bn_params(op) for op in ops)
+    assert params == own_params(net, skip) == count(net)
+    assert params - count(without) == sum(conv_bn_params(op) for op in ops)
+    if space == "201-space":
+        cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
+        assert [len(cell.edges) for cell in cells] == [5] * 3
+        assert not any(isinstance(m, operations.Zero) for m in net.modules())
+    else:
+        strides = sorted(op[1].stride[0] for op in ops)
+        assert strides == [1] * 5 + [2] * 4, "two of them on the inputs of each reduction cell"
 
 
 def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     """An edge computes sum_o w_o * op_o(x)."""
     genotypes, operations, model_search = with_new_op("201-space", "model_search")
-    # A zero op under another name is skipped as well: its class says it adds nothing, not its name.
-    add_op(request, genotypes, operations, "nothing", lambda C_in, C_out, stride, affine: operations.Zero(C_out, 1))
+    add_nothing(request, genotypes, operations)  # skipped as well
     fused = 0
     for name in genotypes.PRIMITIVES:  # the overrides, one by one: values, gradients, BatchNorm statistics
         torch.manual_seed(0)
@@ -200,10 +239,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
             plain = copy.deepcopy(op)
             x = torch.randn(3, 8, 6, 6, requires_grad=True)
             w = torch.tensor(0.37, requires_grad=True)
-            got = op.forward_scaled(x, torch.relu(x), w)
-            _assert_same(got, w * plain(x), [x, w, *op.parameters()], [x, w, *plain.parameters()], name)
-            for a, b in zip(op.buffers(), plain.buffers()):
-                torch.testing.assert_close(a, b, msg=name)
+            _assert_same(op.forward_scaled(x, torch.relu(x), w), w * plain(x), [x, w], op, plain, name)
             fused += 1
     assert fused == 4  # skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
 
@@ -219,69 +255,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
     want = sum(w * op(x) for w, op in zip(mix, plain))
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
-    _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
-    for a, b in zip(edge.buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b)  # the same BatchNorm statistics
-
-
-SEARCH_DARTS = "--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2"
-SEARCH_DARTS = (SEARCH_DARTS + " --stage_keep 8 8 --warmup_epochs 0 --max_steps_per_epoch 2 --report_freq 100").split()
-SEARCH_DARTS += ["--device", "cpu", "--workers", "0", "--image_size", "16"]
-
-
-@pytest.mark.parametrize("order", ["first", "unrolled"])
-def test_darts_progressive_search_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging, order):
-    genotypes, _, search, train_search = with_new_op("DARTS-space", "train_search", "train_search")
-    built, widenings = capture_models(monkeypatch, search)
-    run_dir = tmp_path / "run"
-    train_search.main([*SEARCH_DARTS, *(["--unrolled"] if order == "unrolled" else []), "--save", str(run_dir)])
-    assert [h["stage"] for h in read_history(run_dir)] == [0, 1]
-    train_losses(run_dir)
-    model, arch = built[0]
-    assert model.k == 2
-    assert_widened(widenings, model)
-    ops = assert_trained(model, arch, genotypes.PRIMITIVES.index(NEW["DARTS-space"][0]), 8)
-    edges = [edge for cell in model.cells for edge in cell.edges]
-    assert len(ops) == len(edges)
-    for edge in edges:
-        (op,) = new_ops(edge)
-        assert op[1].weight.shape[:2] == (edge.C // 2, edge.C // 2) and op[1].stride == (edge.stride,) * 2
-    assert genotypes.load_genotype(str(run_dir / "genotype.json")) == model.genotype()
-
-
-def test_darts_train_with_a_plain_op(with_new_op, tmp_path, monkeypatch, restore_logging):
-    genotypes, _, model_module, train = with_new_op("DARTS-space", "model", "train")
-    name = NEW["DARTS-space"][0]
-    # The new op on edges from the cell inputs: stride 2 in the reduction cells.
-    edges = [(name, 0), ("sep_conv_3x3", 1), (name, 1), ("skip_connect", 2)]
-    edges += [("max_pool_3x3", 0), (name, 3), ("dil_conv_3x3", 2), ("avg_pool_3x3", 4)]
-    genotype = genotypes.Genotype(normal=edges, normal_concat=[2, 3, 4, 5], reduce=edges, reduce_concat=[2, 3, 4, 5])
-    path = tmp_path / "genotype.json"
-    genotypes.save_genotype(genotype, path)
-    nets = []
-
-    def recording(*args):
-        nets.append(model_module.NetworkCIFAR(*args))
-        return nets[-1]
-
-    monkeypatch.setattr(train, "NetworkCIFAR", recording)
-    run_dir = tmp_path / "run"
-    # Two epochs: the second one drops paths, the new op's included.
-    argv = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "3", "--arch", str(path), "--epochs", "2"]
-    train.main([*argv, "--save", str(run_dir)])
-    assert len(train_losses(run_dir)) == 2 and read_history(run_dir)[-1]["drop_path_prob"] > 0
-    (net,) = nets
-    ops = new_ops(net)
-    assert len(ops) == 3 * 3, "three edges in each of the three cells"
-    strides = sorted(op[1].stride[0] for op in ops)
-    assert strides == [1] * 5 + [2] * 4, "two of them on the inputs of each reduction cell"
-    assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
-    params = logged_params(run_dir)
-    assert params == own_params(net, skip=("auxiliary_head",)) == model_module.param_count(net)
-    # The same network with a parameter-free pool there has exactly the op's parameters fewer.
-    pools = [(("max_pool_3x3" if op == name else op), j) for op, j in edges]
-    without = model_module.NetworkCIFAR(4, 10, 3, False, genotype._replace(normal=pools, reduce=pools))
-    assert params - model_module.param_count(without) == sum(conv_bn_params(op) for op in ops)
+    _assert_same(got, want, [x, mix], edge, plain)
 
 
 @pytest.mark.parametrize("lean", [True, False])
@@ -304,9 +278,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
         x = torch.randn(3, 8, 8, 8, requires_grad=True)
         w = torch.tensor(0.37, requires_grad=True)
         got = search(torch.relu(x) if search.expects_relu else x, w)
-        _assert_same(got, w * plain(x), [x, w, *search.parameters()], [x, w, *plain.parameters()], name)
-        for a, b in zip(search.buffers(), plain.buffers()):
-            torch.testing.assert_close(a, b, msg=name)
+        _assert_same(got, w * plain(x), [x, w], search, plain, name)
 
     n = len(genotypes.PRIMITIVES)
     torch.manual_seed(0)
@@ -317,9 +289,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     mix = torch.rand(n).softmax(0).requires_grad_(True)
     got = edge(x, torch.relu(x), mix)
     want = sum(mix[i] * op(x) for i, op in enumerate(plain))
-    _assert_same(got, want, [x, mix, *edge.parameters()], [x, mix, *plain.parameters()])
-    for a, b in zip(edge.buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b)
+    _assert_same(got, want, [x, mix], edge, plain)
     assert [type(op) for op in new_ops(edge)] == [Conv5x5]
 
 
@@ -354,12 +324,14 @@ def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
         assert type(refused.value).__name__ == "UserError", "one line, not a traceback"
 
 
-def _assert_same(got, want, inputs_got, inputs_want, msg=None):
-    """Equal values and equal gradients w.r.t. matching inputs (input, weights, parameters), tightly."""
+def _assert_same(got, want, inputs, module_got, module_want, msg=None):
+    """Equal values, gradients w.r.t. `inputs` and the modules' parameters, and BatchNorm statistics, tightly."""
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=msg)
+    for a, b in zip(module_got.buffers(), module_want.buffers()):
+        torch.testing.assert_close(a, b, msg=msg)
     g = torch.randn_like(want)
-    grads_got = torch.autograd.grad(got, inputs_got, g, allow_unused=True)
-    grads_want = torch.autograd.grad(want, inputs_want, g, allow_unused=True)
+    grads_got = torch.autograd.grad(got, [*inputs, *module_got.parameters()], g, allow_unused=True)
+    grads_want = torch.autograd.grad(want, [*inputs, *module_want.parameters()], g, allow_unused=True)
     assert len(grads_got) == len(grads_want)
     for a, b in zip(grads_got, grads_want):
         assert (a is None) == (b is None), msg

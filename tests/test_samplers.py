@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_201
+from conftest import TINY_201, read_history
 
 pytestmark = pytest.mark.quick
 
@@ -13,7 +13,7 @@ SPACES = ["201-space", "DARTS-space"]
 SEARCH = {
     "201-space": [*TINY_201, "--epochs", "2", "--benchmark", "none", "--max_steps_per_epoch", "2"],
     "DARTS-space": (
-        "--dataset synthetic --layers 5 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
+        "--dataset synthetic --layers 3 --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 "
         "--warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0 --image_size 16"
     ).split(),
 }
@@ -48,10 +48,6 @@ def kept_beta(net, space):
     return net.beta.gather(1, net.kept_index())
 
 
-def method_choices(parser):
-    return next(action.choices for action in parser._actions if action.dest == "method")
-
-
 @pytest.mark.parametrize("space", SPACES)
 def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, restore_logging, space):
     model_search, train_search = load_space(space, "model_search", "train_search")
@@ -63,7 +59,8 @@ def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, res
         return w
 
     monkeypatch.setitem(model_search.SAMPLERS, "sparsemax", recording)
-    assert "sparsemax" in method_choices(train_search.get_parser())
+    parser = train_search.get_parser()
+    assert "sparsemax" in next(action.choices for action in parser._actions if action.dest == "method")
 
     mixes = []  # every cell mixes with the weights of the sampler's latest call (DARTS: its normal or reduce half)
     cell_forward = model_search.Cell.forward
@@ -83,13 +80,6 @@ def test_a_new_sampler_is_one_table_entry(load_space, monkeypatch, tmp_path, res
         assert (w >= 0).all()
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
     assert len(json.loads((tmp_path / "run" / "genotype.json").read_text())) > 0
-
-
-@pytest.mark.parametrize("space", SPACES)
-def test_network_refuses_a_method_not_in_the_table(load_space, space):
-    model_search = load_space(space, "model_search")
-    with pytest.raises(ValueError, match="method must be one of"):
-        small_network(model_search, space, method="uniform")
 
 
 @pytest.mark.parametrize("method", ["darts", "snas", "gdas"])
@@ -119,37 +109,24 @@ def test_darts_space_searches_with_each_baseline(load_space, monkeypatch, tmp_pa
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "softmax(beta) normal: " in log and "softmax(beta) reduce: " in log and "concentration normal" not in log
-    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    history = read_history(tmp_path / "run")
     assert len(history) == 2 and all("valid_acc" in record for record in history)
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_gumbel_tau_is_linear_from_tau_max_to_tau_min(load_space, space):
+def test_gumbel_tau_is_linear_and_a_method_not_in_the_table_is_refused(load_space, space):
     model_search = load_space(space, "model_search")
+    with pytest.raises(ValueError, match="method must be one of"):
+        small_network(model_search, space, method="uniform")
     assert [model_search.gumbel_tau(e, 5, 10.0, 2.0) for e in range(5)] == [10.0, 8.0, 6.0, 4.0, 2.0]
     assert model_search.gumbel_tau(0, 1, 10.0, 2.0) == 10.0  # a one-epoch search stays at tau_max
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_evaluation_mixes_with_the_dirichlet_mean(load_space, space):
-    model_search = load_space(space, "model_search")
-    net = small_network(model_search, space).eval()
-    beta = kept_beta(net, space).detach()
-    alpha = model_search.concentration(beta)
-    mean = alpha / alpha.sum(-1, keepdim=True)
-    torch.testing.assert_close(model_search.SAMPLERS["dirichlet"](beta, 1.0, False), mean, rtol=1e-6, atol=0)
-    rng = torch.get_rng_state()
-    torch.testing.assert_close(net.arch_weights(), mean, rtol=1e-6, atol=0)
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(net(x), net(x)), "two evaluation forwards are equal"
-    assert torch.equal(torch.get_rng_state(), rng), "evaluation draws nothing"
-
-
-@pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize("pruned", [False, True], ids=["all-ops", "pruned"])
-def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
-    """Same seed, same weights (and beta gradients), bit for bit, as Dir(elu(beta_kept) + 1).rsample()."""
+def test_training_draws_from_the_dirichlet_and_evaluation_mixes_with_its_mean(load_space, space, pruned):
+    """Same seed, same weights (and beta gradients), bit for bit, as Dir(elu(beta_kept) + 1).rsample(); in
+    evaluation, the mean of that Dirichlet, drawing nothing."""
     model_search = load_space(space, "model_search")
     net = small_network(model_search, space, keep=3 if pruned else None)
     assert net.method == "dirichlet" and net.training
@@ -161,3 +138,15 @@ def test_default_training_draw_is_the_dirichlet_draw(load_space, space, pruned):
     reference = torch.distributions.Dirichlet(model_search.concentration(kept_beta(net, space))).rsample()
     want = torch.autograd.grad((reference * c).sum(), net.arch_parameters(), allow_unused=True)
     assert torch.equal(w, reference) and all(torch.equal(g, r) for g, r in zip(got, want))
+
+    net.eval()
+    beta = kept_beta(net, space).detach()
+    alpha = model_search.concentration(beta)
+    mean = alpha / alpha.sum(-1, keepdim=True)
+    torch.testing.assert_close(model_search.SAMPLERS["dirichlet"](beta, 1.0, False), mean, rtol=1e-6, atol=0)
+    rng = torch.get_rng_state()
+    torch.testing.assert_close(net.arch_weights(), mean, rtol=1e-6, atol=0)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x)), "two evaluation forwards are equal"
+    assert torch.equal(torch.get_rng_state(), rng), "evaluation draws nothing"

@@ -1,11 +1,9 @@
 """`--stage_keep N1 N2 ...` in both search spaces."""
 
-import json
-
 import pytest
 import torch
 
-from conftest import INTERRUPTED_RUN, TINY_201, popen_script
+from conftest import INTERRUPTED_RUN, TINY_201, popen_script, read_history
 
 pytestmark = pytest.mark.quick
 
@@ -19,12 +17,11 @@ BASE = {
 }
 KEEP = ["--stage_keep", "3", "2"]  # 3 ops per edge in stage 1, 2 in stage 2
 SCRIPT = {"201-space": "train_search_progressive", "DARTS-space": "train_search"}
-SEARCH = {"201-space": "train_search", "DARTS-space": "train_search"}
 
 
 def _build(load_space, space, argv, state=None):
     """The search's supernet as its script builds it (seeded as the script seeds it), with the parsed flags."""
-    search, script, utils = load_space(space, SEARCH[space], SCRIPT[space], "runkit.utils")
+    search, script, utils = load_space(space, "train_search", SCRIPT[space], "runkit.utils")
     args = script.get_parser().parse_args(argv)
     utils.set_seed(args.seed)
     return search.build_model(args, 10, torch.device("cpu"), state), args
@@ -33,11 +30,8 @@ def _build(load_space, space, argv, state=None):
 def _edges(model, space):
     """(kept PRIMITIVES indices, the MixedOp's ops, beta row) of every edge of every search cell."""
     if space == "201-space":
-        return [
-            (model.kept[e], list(edge.ops), model.beta[e])
-            for c in model.search_cells()
-            for e, edge in enumerate(c.edges)
-        ]
+        cells = model.search_cells()
+        return [(model.kept[e], list(edge.ops), model.beta[e]) for c in cells for e, edge in enumerate(c.edges)]
     betas = [(c, model.beta_reduce if c.reduction else model.beta_normal) for c in model.cells]
     return [(edge.kept, list(edge.ops), beta[e]) for c, beta in betas for e, edge in enumerate(c.edges)]
 
@@ -82,22 +76,20 @@ def test_every_stage_logs_k_and_ops_when_it_starts_and_resume_in_stage_1_is_exac
     assert a["kept"] == b["kept"]
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=1e-6, rtol=0, msg=key)
-    history = [json.loads(line) for line in (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()]
-    assert [h["stage"] for h in history] == [0, 0, 1]
+    assert [h["stage"] for h in read_history(tmp_path / "resumed")] == [0, 0, 1]
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_stage_keep_bounds_follow_the_primitives(load_space, space):
     """With one more op in PRIMITIVES, N1 may be that many ops and no more, refused in one line naming the bound."""
-    search, script, genotypes, utils = load_space(space, SEARCH[space], SCRIPT[space], "genotypes", "runkit.utils")
+    search, script, genotypes, utils = load_space(space, "train_search", SCRIPT[space], "genotypes", "runkit.utils")
     genotypes.PRIMITIVES.append("extra_op")  # the list the search reads (the modules are dropped afterwards)
     n_ops = len(genotypes.PRIMITIVES)
     check = search.get_stages if space == "201-space" else search.check_args
 
     def refusal(*keep):
-        args = script.get_parser().parse_args(
-            [*BASE[space], "--stage_epochs", "2", "2", "--stage_keep", *map(str, keep)]
-        )
+        argv = [*BASE[space], "--stage_epochs", "2", "2", "--stage_keep", *map(str, keep)]
+        args = script.get_parser().parse_args(argv)
         try:
             check(args)
         except utils.UserError as err:
