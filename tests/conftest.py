@@ -197,7 +197,9 @@ def tiny_imagenet(tmp_path):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` run where PyTorch sees a CUDA GPU, all in one pytest-xdist worker (they share the GPU runs
-    of `cuda_runs`), and skip, saying so, everywhere else."""
+    of `cuda_runs`), and skip, saying so, everywhere else. test_compile.py runs first: inductor's first compile takes
+    minutes on a fresh machine, which side by side (`-n auto`) the other tests then fill."""
+    items.sort(key=lambda item: item.path.name != "test_compile.py")  # a stable sort: the order otherwise kept
     reason = f"no CUDA GPU: torch {torch.__version__} (CUDA {torch.version.cuda or 'none in this build'}) sees none; "
     reason += "these tests run on a GPU machine (.ci/gpu)"
     for item in items:
