@@ -1,14 +1,10 @@
 """The architecture update of DrNAS: Adam on beta, first order or DARTS second order (not a script).
 
-`Architect(model, args).step(...)` takes one step on the architecture parameters with a held-out batch (its gradient
-clipped to `grad_clip` when given, as in the paper's ImageNet search), a regulariser of `REGULARIZERS` added.
-
-First order (default): the gradient of the validation loss w.r.t. beta only, with the weights frozen for the pass,
-so no weight gradient is ever computed or stored. Second order (`--unrolled`, DARTS Eq. 7-8): with
-w' = w - lr * (g_train + momentum * m + wd * w), the gradient is grad_beta L_val(w', beta) - lr * H dw', where the
-Hessian-vector product H dw' is a central finite difference with eps = 0.01 / ||dw'|| and dw' = grad_w' L_val. It
-runs on the model itself (weights swapped in and out, BatchNorm statistics restored afterwards), so partial
-channels, `k` and pruned ops are those of the model: no copy is built and only the kept ops take part.
+`Architect(model, args).step(...)` takes one step on beta with a held-out batch (gradient clipped to `grad_clip` when
+given, as in the paper's ImageNet search), a regulariser of `REGULARIZERS` added. First order (default): the weights
+are frozen for the pass. Second order (`--unrolled`, DARTS Eq. 7-8): with w' = w - lr * (g_train + momentum * m +
+wd * w), grad_beta L_val(w', beta) - lr * H dw', H dw' a central finite difference (eps = 0.01 / ||dw'||), computed on
+the model itself (weights swapped in and out, BatchNorm statistics restored): no copy is built.
 """
 
 from contextlib import contextmanager

@@ -1,10 +1,9 @@
 """Seconds per search step and peak memory of the DrNAS supernet, one JSON line per config.
 
-A search step is train_search.py's after the warm-up: a first-order architecture step on one batch, then a clipped
-SGD step of the weights on another, each timed between device syncs (`s_per_step` is their sum). Configurations: the
-paper's CIFAR search network (C=36, 20 cells, batch 64) in stage 1 (k=6, 7 ops) and stage 2 (k=4, the 4 costliest ops
-on every edge), a small one (C=16, 8 cells, k=4), and `eval`, one train.py step of DrNAS_cifar10 (auxiliary head, drop
-path 0.2); random 32x32 inputs. Each runs in a child process, so its peak memory is its own. Progress goes to stderr.
+A search step is train_search.py's after the warm-up (a first-order architecture step, then a weight step; both timed,
+`s_per_step` is their sum). Configurations: the paper's search network (C=36, 20 cells, batch 64) in stage 1 (k=6, 7
+ops) and stage 2 (k=4, 4 ops), a small one (C=16, 8 cells, k=4), and `eval`, one train.py step of DrNAS_cifar10;
+random 32x32 inputs, each configuration in a child process (its own peak memory).
 
     python bench.py --device cpu --threads 2       # all configurations, 2 CPU threads
     python bench.py --device cuda --steps 20 --warmup 5

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 
 class MixBatchNorm(nn.BatchNorm2d):
-    """Affine-free BatchNorm whose `bn(x, scale)` equals `scale * bn(x)`: with the scalar as BatchNorm's affine weight
-    the fused kernel recomputes the normalised input in the backward pass, where the product would keep one more
-    activation per op (7 ops on each of 14 edges per cell: a large share of the search's memory)."""
+    """Affine-free BatchNorm whose `bn(x, scale)` equals `scale * bn(x)`: the scalar as the affine weight saves the
+    activation the product would keep, one per op (a large share of the search's memory)."""
 
     def __init__(self, num_features):
         super().__init__(num_features, affine=False)
@@ -41,14 +40,12 @@ def normalize(bn, x, scale):
 
 class DepthwisePointwise(torch.autograd.Function):
     """[BatchNorm -> ReLU ->] depthwise conv -> 1x1 conv, keeping only its input for backward: the depthwise output
-    (one of the supernet's largest activations) is recomputed only when the 1x1 weights need a gradient (never in an
-    architecture step). With `bn` (the affine-free BatchNorm ending a SepConv's first half), the input is that
-    BatchNorm's, which it keeps anyway, and the normalised, rectified tensor is recomputed too."""
+    is recomputed when the 1x1 weights need a gradient (never in an architecture step), and so is the rectified
+    output of `bn` (the affine-free BatchNorm ending a SepConv's first half)."""
 
     @staticmethod
     def forward(ctx, x, w_dw, w_pw, stride, padding, dilation, bn):
-        # Under autocast (--amp) the convolutions run in its dtype (bf16); the backward pass runs outside
-        # autocast, so the weights are cast here once and saved in that dtype.
+        # Under autocast (--amp) the convolutions run in its dtype; the weights are cast once and saved so for backward.
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         ctx.config, ctx.weight_dtype = (stride, padding, dilation), w_dw.dtype

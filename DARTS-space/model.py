@@ -1,9 +1,8 @@
 """The evaluation networks of the DARTS space: a searched cell stacked into a full network.
 
 `NetworkCIFAR` (32x32 inputs, 20 cells at C=36 in the paper) and `NetworkImageNet` (224x224 inputs, 14 cells at
-C=48) are built from a `genotypes.Genotype` and return `(logits, logits_aux)`; `logits_aux`, of the auxiliary head,
-is `None` unless built with `auxiliary=True` and in training mode. Drop path (`drop_path_prob`, set by the training
-script each epoch) zeroes whole samples of every non-identity op's output, on any device.
+C=48) are built from a `genotypes.Genotype` and return `(logits, logits_aux)`; `logits_aux` is `None` unless built
+with `auxiliary=True` and in training mode.
 
     python -c "import model as m, genotypes as g; print(m.param_count(m.NetworkCIFAR(36, 10, 20, 0, g.DrNAS_cifar10)))"
 """
@@ -20,9 +19,8 @@ from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 
 def drop_path(x, drop_prob, in_place=True):
-    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p), on `x`'s device. In place
-    (ops that are `drop_in_place` end in a BatchNorm, whose fresh output no backward pass needs), no activation copy
-    is kept per edge: about a sixth of the training memory at C=36, 20 cells."""
+    """Zero each sample of `x` with probability `drop_prob`, scaling survivors by 1/(1-p). In place (`drop_in_place`
+    ops end in a BatchNorm, whose output no backward reads), no copy is kept per edge: a sixth of the memory."""
     keep = 1.0 - drop_prob  # a float, or a 0-dim tensor (the network's, so a compiled graph reads its value)
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
     return x.div_(keep).mul_(mask) if in_place else x.div(keep).mul(mask)
@@ -42,9 +40,7 @@ class Cell(nn.Module):
         self.genotype_edges = list(edges)
         self.indices = [index for _, index in edges]
         self.ops = nn.ModuleList()
-        # Drop path skips identities: dropping a skip connection would cut the gradient highway (as DARTS does).
-        # Several edges read the same state: the cell rectifies each state once for every op that leaves its first
-        # ReLU to the cell (`share_relu`, then `expects_relu`): DARTS' function, one saved activation a state.
+        # Drop path skips identities (as DARTS). The cell rectifies each state once for the ops that `share_relu`.
         for name, index in edges:
             op = self.make_op(name, C, reduction, index)
             self.ops.append(op.share_relu() if hasattr(op, "share_relu") else op)
@@ -77,9 +73,8 @@ class Cell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """Auxiliary classifier on the feature map after the second reduction cell. CIFAR (`pool_stride=3`, 8x8 input)
-    and ImageNet (`pool_stride=2`, 7x7 input) differ in the pooling stride and the BatchNorm after the 2x2 conv,
-    which the DARTS/DrNAS ImageNet head leaves out (its published numbers did)."""
+    """Auxiliary classifier after the second reduction cell: CIFAR (`pool_stride=3`, 8x8 input) or ImageNet
+    (`pool_stride=2`, 7x7 input, no BatchNorm after the 2x2 conv, as the DARTS/DrNAS ImageNet head)."""
 
     def __init__(self, C, num_classes, pool_stride, final_bn):
         super().__init__()
@@ -97,8 +92,7 @@ class AuxiliaryHead(nn.Module):
 
 class _Network(nn.Module):
     """The stack of cells shared by both networks (subclasses provide the stem). `drop_path_prob` (set every epoch)
-    is a float for logs and a 0-dim buffer that the forward pass reads, so that `torch.compile` does not compile again
-    each epoch; drop path runs in training mode when it is above 0."""
+    is a float for logs and a 0-dim buffer for the forward pass, so that `torch.compile` does not compile again."""
 
     def __init__(self):
         super().__init__()
@@ -143,9 +137,9 @@ class _Network(nn.Module):
 class NetworkCIFAR(_Network):
     """Evaluation network for 32x32 images: stem (3C channels), `layers` cells, classifier."""
 
-    def __init__(self, C, num_classes, layers, auxiliary, genotype, stem_multiplier=3):
+    def __init__(self, C, num_classes, layers, auxiliary, genotype):
         super().__init__()
-        C_curr = stem_multiplier * C
+        C_curr = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         self._build_cells(genotype, C_curr, C_curr, C, layers, False, num_classes, (3, True) if auxiliary else None)
 
@@ -182,11 +176,10 @@ def param_count(model):
 
 
 def cost_model(num_classes, image_size, C=None, layers=None, imagenet=False):
-    """The `budget.CostModel` of the network train.py builds (`imagenet`: train_imagenet.py's) for `num_classes`
-    and `image_size` px inputs, without the auxiliary head (as `param_count`); C and layers default to theirs. Each op
-    of PRIMITIVES on each edge is counted as the module its cells build, on the state the edge reads, summed over the
-    cells of its type; the fixed part is the rest of the network. Rows are the `EDGES` of normal cells, then of
-    reduction cells; the derived cell keeps 2 of each node's incoming edges."""
+    """The `budget.CostModel` of train.py's network (`imagenet`: train_imagenet.py's) for `num_classes` and
+    `image_size` px inputs, without the auxiliary head; C and layers default to theirs. Each op on each edge is counted
+    as the module its cells build, summed over the cells of its type; rows are the normal `EDGES`, then the reduction
+    ones; the derived cell keeps 2 of each node's incoming edges."""
     C, layers = C or (48 if imagenet else 36), layers or (14 if imagenet else 20)
     nodes = sorted({node for node, _ in EDGES})
     probe_edges = [(PRIMITIVES[0], index) for index in (0, 1)] * len(nodes)  # every node reads states 0 and 1

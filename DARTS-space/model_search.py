@@ -1,16 +1,10 @@
 """The DARTS-space supernet of DrNAS with partial channels and progressive pruning.
 
-`Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed edges, output = concat of
-the 4 nodes) on the CIFAR stem or, with `imagenet=True`, on three stride-2 convolutions; both stems end at 3C
-channels. Each edge is a `MixedOp` over its kept ops of `PRIMITIVES`, applied to C/k of its channels, reading the ReLU
-of its state that the cell computes once. The architecture parameters `beta_normal`, `beta_reduce` (14,
-len(PRIMITIVES)) are `nn.Parameter`s of the model (`arch_parameters()`; `weights()` is everything else).
-
-How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With `method="dirichlet"`
-(DrNAS) every training forward draws the mixing weights of all edges of both cell types from Dir(elu(beta) + 1) in
-one reparameterised call (DrNAS Eq. 3); evaluation uses the Dirichlet mean. Progressive learning (DrNAS section
-3.3): `prune(n)` keeps the n ops with the largest beta on every edge and deletes the others, `widen(k)` grows every
-op from C/k_old to C/k channels by net2wider.
+`Network(C, num_classes, layers, k)` stacks search cells (2 inputs, 4 nodes, 14 mixed edges) on the CIFAR stem or,
+with `imagenet=True`, three stride-2 convolutions. Each edge is a `MixedOp` over its kept ops, applied to C/k of its
+channels. The architecture parameters `beta_normal`, `beta_reduce` (14, len(PRIMITIVES)) become mixing weights by
+the `method` of `SAMPLERS` (DrNAS: a draw from Dir(elu(beta) + 1), Eq. 3; its mean in evaluation). Progressive
+learning (Sec. 3.3): `prune(n)` keeps the n ops with the largest beta per edge, `widen(k)` grows them to C/k channels.
 
     python -c "import model_search as m; print(m.Network(16, 10, 8, k=4).genotype())"
 """
@@ -40,10 +34,8 @@ def dirichlet_sampler(beta, tau, training):
     return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
 
 
-# --method: name -> sampler, `sampler(beta, tau, training)` turning beta gathered over the kept ops (last dim) into
-# mixing weights of the same shape (tau: the epoch's Gumbel temperature; training: the module's mode). It runs in
-# every forward: no host read of a tensor value (no .item(), no `if tensor`). A new sampler is one more entry, and
-# the flag offers the keys. snas and gdas have no deterministic weights: they draw in evaluation too.
+# --method: `sampler(beta, tau, training)` turns beta over the kept ops (last dim) into mixing weights of that shape,
+# in every forward, so it reads no tensor value on the host. snas and gdas draw in evaluation too.
 SAMPLERS = {
     "dirichlet": dirichlet_sampler,
     "darts": lambda beta, tau, training: F.softmax(beta, dim=-1),
@@ -87,11 +79,8 @@ def check_k(C, layers, k, flag="--k"):
 
 
 class MixedOp(nn.Module):
-    """One edge: sum_o w_o * op_o(x[:, :C/k]) over the kept ops, bypassed channels concatenated, then shuffled.
-
-    The ops are `operations.search_op`s, each called as `op(x, w)` = `w * op(x)`: the built-in ops in their search
-    form (the state's shared ReLU when `expects_relu`, the weight folded into their last BatchNorm), others as they are.
-    """
+    """One edge: sum_o w_o * op_o(x[:, :C/k]) over the kept ops (`search_op`s, `op(x, w)` = `w * op(x)`), bypassed
+    channels concatenated, then shuffled."""
 
     def __init__(self, C, stride, k, kept):
         super().__init__()
@@ -164,17 +153,7 @@ class Network(nn.Module):
     """The DrNAS supernet for the DARTS space (CIFAR stem, or ImageNet stems); `method` names its sampler."""
 
     def __init__(
-        self,
-        C,
-        num_classes,
-        layers,
-        k=6,
-        steps=4,
-        multiplier=4,
-        stem_multiplier=3,
-        imagenet=False,
-        kept=None,
-        method="dirichlet",
+        self, C, num_classes, layers, k=6, steps=4, multiplier=4, imagenet=False, kept=None, method="dirichlet"
     ):
         super().__init__()
         if method not in SAMPLERS:
@@ -187,7 +166,7 @@ class Network(nn.Module):
         # the architecture parameters, beta_normal's then beta_reduce's (as in 201-space, one list per edge).
         self.kept = [list(ops) for ops in kept or [range(len(PRIMITIVES))] * (2 * num_edges)]
 
-        C_stem = stem_multiplier * C
+        C_stem = 3 * C  # both stems end at 3C channels
         if imagenet:
             # Three stride-2 convs take 224 px to 28 px and end at 3C channels (the paper's ImageNet supernet; its
             # evaluation network ends its stems at C instead).
@@ -280,11 +259,8 @@ class Network(nn.Module):
                 module.lean = lean
 
     def prune(self, keep):
-        """Keep on every edge the `keep` kept ops with the largest beta; delete the rest.
-
-        Ties go to the op earlier in PRIMITIVES (a stable sort). Pruned at initialisation (the first stage of a
-        search keeping fewer than all ops), beta is still 1e-3 * N(0, 1): the choice is random, fixed by the seed.
-        """
+        """Keep on every edge the `keep` kept ops with the largest beta (ties: the earlier in PRIMITIVES); delete the
+        rest. At initialisation beta is 1e-3 * N(0, 1): the choice is random, fixed by the seed."""
         beta = torch.cat(self.arch_parameters()).detach().cpu()  # one row per edge, as `kept`
         for e, kept in enumerate(self.kept):
             self.kept[e] = sorted(sorted(kept, key=lambda i: float(beta[e, i]), reverse=True)[:keep])

@@ -1,24 +1,13 @@
 """Operations of the DARTS search space, each able to grow its channels (net2wider).
 
-`OPS[name](C, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the op. That is all a
-new op needs (with its name in `genotypes.PRIMITIVES`): evaluation cells (`model.py`, `affine=True`) run it as it is,
-search cells (`affine=False`, as the paper's supernet) mix it as `w * op(x)` (`search_op` wraps it in `Scaled`), and
-net2wider widens its convs and BatchNorms. Pools are followed by an affine-free BatchNorm, as in the paper's op table.
-The built-in ops add optional overrides:
-- `share_relu()`: the op drops its first ReLU and sets `expects_relu`; a cell then computes the ReLU of a state
-  once for all the ops that read it (one saved activation instead of one per op);
-- `search_form()`: `op(x, scale)` = `scale * op(x)` with its ReLU shared, the mixing weight folded into its last
-  BatchNorm, and memory-lean parts that recompute cheap intermediates in the backward pass (lean_ops.py;
-  `--lean_ops off` runs them plainly);
-- `widen(index, moved, generator)`: net2wider of an op that is no chain of convs and BatchNorms (`widen_op` walks
-  those), where `index` (length C_new, starting with `arange(C_old)`) names the old channel each new one copies;
-  it returns the same for its outputs;
-- `drop_in_place = True`: the op's output is its own tensor that no backward pass reads (it ends in a BatchNorm),
-  so drop path may scale it in place.
-
-Widening copies weights rather than dividing them (as the paper's code), so a dense conv adds the share of every new
-input channel to its outputs: fed zeros on the new input channels, every op but sep_conv (whose second half reads
-its first half's copies) keeps its old outputs, `new_op(x_pad) == old_op(x)[:, out_index]`.
+`OPS[name](C, stride, affine)` builds one candidate op, an `nn.Module`; that and its name in `genotypes.PRIMITIVES`
+are all a new op needs: evaluation cells run it as it is, search cells mix it as `w * op(x)` (`search_op`), and
+net2wider widens its convs and BatchNorms. The built-in ops add optional overrides: `share_relu()` (the op drops its
+first ReLU and sets `expects_relu`: the cell computes it once per state), `search_form()` (`op(x, scale)` with the
+scale folded into the last BatchNorm and lean parts, lean_ops.py), `widen(index, moved, generator)` (net2wider of an
+op that is no chain of convs and BatchNorms; returns its output index) and `drop_in_place` (drop path may scale the
+output in place). Widening copies weights (as the paper's code): fed zeros on the new channels, every op but sep_conv
+keeps its old outputs, `new_op(x_pad) == old_op(x)[:, out_index]`.
 
     python -c "import operations as o, torch; print(o.OPS['sep_conv_3x3'](8, 2, False)(torch.randn(2, 8, 8, 8)).shape)"
 """
@@ -202,9 +191,8 @@ class Scaled(nn.Module):
         return out if scale is None else scale * out
 
 
-# name -> constructor(C, stride, affine) of a plain module (search version: `search_op`). Pools are followed by an
-# affine-free BatchNorm in the evaluation cells too (the paper's code builds both networks from one op table);
-# skip_connect reduces with FactorizedReduce at stride 2; dilated convs pad so that the size only follows the stride.
+# name -> constructor(C, stride, affine) (search version: `search_op`). Pools are followed by an affine-free BatchNorm
+# in both networks (the paper's one op table); dilated convs pad so that the size only follows the stride.
 OPS = {
     "max_pool_3x3": lambda C, stride, affine: PoolThenBN("max", C, stride),
     "avg_pool_3x3": lambda C, stride, affine: PoolThenBN("avg", C, stride),

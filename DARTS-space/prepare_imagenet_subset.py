@@ -1,9 +1,7 @@
 """Write the ImageNet search subsets of DrNAS / PC-DARTS as a tree of symlinks.
 
-From every class of the ImageNet training set it draws, with a seeded shuffle, 10 % of the images for the weights
-(`OUT/train/<class>/`) and another, disjoint 2.5 % for the architecture (`OUT/val/<class>/`); no image is copied.
-Running it again with the same settings leaves the tree as it is (and completes a partly written one); other
-settings on an existing tree are refused.
+From every class it draws (seeded) 10 % of the images for the weights (`OUT/train/<class>/`) and a disjoint 2.5 %
+for the architecture (`OUT/val/<class>/`). A rerun with the same settings completes the tree; others are refused.
 
     python prepare_imagenet_subset.py --imagenet /data/imagenet --out /data/imagenet_search
     python train_search_imagenet.py --data /data/imagenet_search

@@ -6,14 +6,11 @@
     python report.py runs/search runs/eval*                 # Markdown on stdout
     python report.py runs/search runs/eval* --csv runs/table.csv   # and the same rows as CSV
 
-A search (train_search*.py) is a row of its cell's parameters and multiply-adds in millions in train.py's network
-and its cost in GPU-days (history.jsonl's `device_hours` over resumes; device-days unless every run used CUDA). An
-evaluation (train*.py) is a row of parameters and multiply-adds (no auxiliary head), the last epoch's test and top-5
-error (the paper's numbers) and the best epoch's error, chosen on the test set itself, so optimistic. A cell is
-named by its genotype.json: a named genotype's name, else `cell <8 hex digits of its SHA-1>`, shared by a search
-and the trainings of its cell. Evaluations are grouped by data set and cell, searches by data set, each group with
-a row of mean ± std (sample std). Each RUN_DIR must be a finished run of one of those scripts: anything else stops
-the report with one line naming the folder.
+A search is a row of its cell's parameters and multiply-adds (millions, in train.py's network) and its GPU-days
+(device-days unless every run used CUDA); an evaluation, of parameters and multiply-adds (no auxiliary head), the
+last epoch's test and top-5 error (the paper's numbers) and the best epoch's (chosen on the test set, so optimistic).
+A cell is named by its genotype's name, else `cell <8 hex digits of its SHA-1>`. Rows are grouped by data set (and
+cell), each group with a row of mean ± std (sample std). Each RUN_DIR must be a finished run of those scripts.
 """
 
 import argparse

@@ -9,9 +9,8 @@
     python train.py --arch RUN/genotype.json --dataset imagefolder --data DIR --cutout   # your images
 
 The run directory (`--save`, or experiments/train-<time>) receives log.txt, args.json, genotype.json, scripts/,
-tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and best.pt. SIGTERM or
-SIGINT checkpoints the step in progress and exits 0; `--resume` continues from there. A search's genotype.json
-records the data it searched on: a run on other data, or at another image size, says so in one log line.
+tb/, history.jsonl, checkpoint.pt and best.pt. SIGTERM or SIGINT checkpoints the step in progress and exits 0;
+`--resume` continues from there. A cell searched on other data, or at another image size, says so in one log line.
 """
 
 import argparse
@@ -88,9 +87,8 @@ def train_step(net, optimizer, scaler, criterion, batch, amp_dtype, args):
 
 
 def train(run, model, train_set, test_set, criterion, learning_rate, args):
-    """The training loop: per epoch the drop path ramp and `learning_rate(epoch)`, one SGD step per batch, then
-    the test set. Returns the last epoch's record as history.jsonl holds it (None when a resumed run had no
-    epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
+    """The training loop, then the test set, each epoch. Returns the last epoch's record (None when a resumed run had
+    no epoch left); `run.best` holds the best epoch, chosen on the test set (there is no other) for best.pt."""
     dist, device, resumed = run.dist, run.dist.device, run.task_state()
     # Parameters without the auxiliary head (as papers give them), multiply-adds (NAS-Bench-201's FLOPs): for report.py.
     counts = {"param_count": param_count(model), "flops": count_flops(model, tuple(test_set[0][0].shape))}
@@ -147,8 +145,7 @@ def train(run, model, train_set, test_set, criterion, learning_rate, args):
 
 
 def finish(run, model, last):
-    """The last lines: replica agreement under torchrun, then the last epoch's test accuracy (`last`, the paper's
-    and DARTS' figure) and the best epoch's, marked as chosen on the test set (which makes it optimistic)."""
+    """The last lines: replica agreement under torchrun, the last epoch's test accuracy (`last`) and the best's."""
     dist, best = run.dist, run.best
     if dist.world_size > 1:
         diff = distributed.max_parameter_difference(model, dist)

@@ -35,10 +35,8 @@ def get_parser():
 
 
 def lr_factor(epoch, args):
-    """Multiplier of --learning_rate in `epoch` (0-based), as in the paper's code. Warm-up (only for a batch above
-    256): (e + 1) / W for e < W. Then `linear`: (E - 5 - e) / (E - 5) while E - e > 5, and (E - e) / (5 (E - 5)) in
-    the last 5 epochs, a smaller slope "because lr * 1/250 is relatively large" at the end of a straight line to 0;
-    or `cosine`: (1 + cos(pi e / E)) / 2. Runs of 5 epochs or fewer shorten the tail to E - 1."""
+    """Multiplier of --learning_rate in `epoch` (0-based), as in the paper's code: the warm-up (batch above 256), then
+    `cosine`, or `linear` to 0 with a smaller slope in the last 5 epochs (at most E - 1)."""
     if epoch < args.warmup_epochs and args.batch_size > 256:
         return (epoch + 1) / args.warmup_epochs
     E = args.epochs

@@ -14,15 +14,11 @@ ops, then k=4 with the 4 best ops per edge, 25 + 25 epochs, the first 10 epochs 
     # your own images: DIR/train/<class>/* (searched on) and DIR/val/<class>/* (for train.py)
     python train_search.py --dataset imagefolder --data DIR --image_size 32
 
-`--train_portion` of the training images train the weights, the rest the architecture (and give the reported
-held-out accuracy). The run directory (`--save`, or experiments/train_search-<time>) receives log.txt, args.json,
-scripts/, tb/, history.jsonl, genotype.json (for train.py --arch) and checkpoint.pt (every epoch and every
-`--checkpoint_minutes`, atomic). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
-continues exactly, across the stage boundary too.
-
-Under torchrun every process runs the same supernet on its own shard of both streams (`--batch_size` is the total).
-No DDP (its hooks would fire in the architecture backward, which needs no weight gradient): the weights' and beta's
-gradients are averaged over the ranks after each backward, so every rank takes identical SGD and Adam steps.
+`--train_portion` of the training images train the weights, the rest the architecture (and give the held-out
+accuracy). The run directory (`--save`, or experiments/train_search-<time>) receives log.txt, args.json, scripts/,
+tb/, history.jsonl, genotype.json (for train.py --arch) and checkpoint.pt. SIGTERM or SIGINT checkpoints the step in
+progress and exits 0; `--resume` continues exactly. Under torchrun there is no DDP (its hooks would fire in the
+architecture backward): the gradients are averaged over the ranks after each backward.
 """
 
 import argparse
@@ -165,9 +161,7 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 
 def build_model(args, num_classes, device, state=None, imagenet=False):
-    """The supernet (--amp, --lean_ops) of the first stage, or of a resumed checkpoint's (k, kept ops, tensors).
-    Stage 1 keeps the N1 ops with the largest initial beta (`Network.prune`: random, fixed by --seed, alike on every
-    rank; all of them by default)."""
+    """The supernet (--amp, --lean_ops) of the first stage, or of a resumed checkpoint's (k, kept ops, tensors)."""
     accel.check_flags(args, device)
     k, kept = (state["k"], state["kept"]) if state is not None else (args.stage_k[0], None)
     model = Network(args.init_channels, num_classes, args.layers, k=k, imagenet=imagenet, kept=kept, method=args.method)
@@ -182,8 +176,7 @@ def build_model(args, num_classes, device, state=None, imagenet=False):
 
 
 def log_concentrations(model):
-    """Log one line per cell type: every edge (`input>node`) with the concentration of each kept op (`sep3x3=1.002`),
-    or, for a method other than the Dirichlet, its softmax(beta) over the kept ops."""
+    """Log per cell type every edge (`input>node`) with each kept op's concentration (else softmax(beta))."""
     if model.method == "dirichlet":
         name, values = "concentration", model.kept_concentrations().detach().cpu()  # (2, 14, n_kept)
     else:  # no concentration to show: beta read as softmax weights, the same layout
@@ -222,10 +215,8 @@ def optimizers(model, args, dist, state=None, arch_grad_clip=None, term=None):
 
 
 def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None):
-    """The progressive search (DrNAS Algorithm 1, Sec. 3.3), epoch by epoch: the stage switch, then per training
-    batch an architecture step on a held-out batch (after the stage's warm-up) and a weight step; the held-out
-    accuracy, the cell and its concentrations. `data` goes into genotype.json beside the cell; with `costs` (a
-    `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
+    """The progressive search (DrNAS Algorithm 1, Sec. 3.3), epoch by epoch. `data` goes into genotype.json beside
+    the cell; with `costs` (a `budget.CostModel`), the cell's exact and expected cost in train.py's network."""
     dist, device, stages, resumed = run.dist, run.dist.device, get_stages(args), run.task_state()
     stage = 0 if resumed is None else resumed["stage"]
 

@@ -1,9 +1,7 @@
 """Progressive DrNAS search in the DARTS space directly on ImageNet (DrNAS section 4).
 
-The paper searches a 14-cell, 48-channel network (three stride-2 stem convs ending at 3C channels) on 10 % of the
-ImageNet training images (weights) and 2.5 % (architecture), both with random resized crops and flips, batch 512,
-lr 0.5 with a 5-epoch linear warm-up, beta's gradient clipped to --grad_clip, partial channels k=6 then k=3, 7 then
-4 ops per edge, 25 + 25 epochs, seed 0. Write the subsets once with prepare_imagenet_subset.py, then:
+The paper's defaults: 14 cells, C=48, on 10 % (weights) and 2.5 % (architecture) of ImageNet's training images,
+batch 512, lr 0.5 with a 5-epoch warm-up, beta's gradient clipped, k=6 then k=3, 25 + 25 epochs, seed 0:
 
     python prepare_imagenet_subset.py --imagenet /data/imagenet --out /data/imagenet_search
     torchrun --nproc_per_node 8 train_search_imagenet.py --data /data/imagenet_search
@@ -13,10 +11,8 @@ lr 0.5 with a 5-epoch linear warm-up, beta's gradient clipped to --grad_clip, pa
         --init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 \\
         --max_steps_per_epoch 2 --device cpu --workers 0
 
-`--data` holds `train/` (weights) and `val/` (architecture and the reported accuracy), one sub-folder per class.
-`--dataset synthetic` replaces them with two in-memory sets of `--image_size` images in 10 classes (256 for the
-weights, 128 for the architecture), for smoke runs. Flags, run directory (experiments/train_search_imagenet-<time>),
-preemption, resume and torchrun are those of train_search.py, with the ImageNet defaults above.
+`--data` holds `train/` (weights) and `val/` (architecture, reported accuracy), one sub-folder per class;
+`--dataset synthetic`: in-memory images for smoke runs. Everything else is train_search.py's.
 """
 
 import argparse

@@ -3,8 +3,7 @@
     python visualize.py DrNAS_cifar10 --out ../docs/DrNAS_cifar10.png
     python visualize.py experiments/train_search-.../genotype.json --out cell.svg
 
-Nodes: the cell inputs c_{k-2} and c_{k-1}, the intermediate nodes 0..3 and the output c_{k} (the concatenation of
-the nodes in `*_concat`). Each edge carries its op's name. The format follows the suffix of `--out`.
+Nodes: the inputs c_{k-2}, c_{k-1}, the nodes 0..3 and the output c_{k}; each edge carries its op's name.
 """
 
 import argparse
