@@ -4,11 +4,10 @@
     python bench.py --device cuda --steps 20
     python bench.py --device cuda --steps 20 --amp --compile
 
-A step is what train_search.py does per batch: a first-order architecture step on a validation batch, then a
-weight step (forward, backward, clip, SGD), timed apart between device syncs; the step is their sum, never less
-than its weight step. Progress goes to stderr; stdout gets one JSON object at the end: `s_per_step`, its parts
-`s_per_arch_step` and `s_per_weight_step`, `images_per_s`, `peak_mem_mb`, `params` and `projected_h`, the hours
-of the paper's search at this speed (100 epochs of 391 steps of 64 images), evaluation not counted.
+A step is train_search.py's per batch: a first-order architecture step, then a weight step, timed apart between
+device syncs. Progress goes to stderr; stdout gets one JSON object: `s_per_step` (`s_per_arch_step` +
+`s_per_weight_step`), `images_per_s`, `peak_mem_mb`, `params` and `projected_h` (the paper's search of 100 epochs
+of 391 steps at this speed, evaluation not counted).
 """
 
 import argparse
@@ -47,8 +46,8 @@ def log(message):
 
 
 def time_steps(parts, warmup, steps, device):
-    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`,
-    each part timed on its own between device syncs; the peak memory counts from the first timed step."""
+    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`;
+    the peak memory counts from the first timed step."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     seconds = dict.fromkeys(parts, 0.0)
     total = warmup + steps
@@ -94,8 +93,7 @@ def main(argv=None):
     n = args.batch_size  # the batches are made before timing: the search's data arrive on the device
     batches = [utils.to_device((torch.randn(n, 3, 32, 32), torch.randint(10, (n,))), device) for _ in range(4)]
 
-    # search_step's two parts, on the same batches: beta on a validation batch, then the weights.
-    def arch_step(i):
+    def arch_step(i):  # search_step's two parts, on the same batches
         accel.begin_step(device, 1, args.compile)  # a new step (for CUDA graphs) starts with beta's
         architect.step(*batches[i % 4], *batches[(i + 1) % 4], 0.025, w_optimizer)
 
