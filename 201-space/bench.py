@@ -4,10 +4,9 @@
     python bench.py --device cuda --steps 20
     python bench.py --device cuda --steps 20 --amp --compile
 
-A step is train_search.py's per batch: a first-order architecture step, then a weight step, timed apart between
-device syncs. Progress goes to stderr; stdout gets one JSON object: `s_per_step` (`s_per_arch_step` +
-`s_per_weight_step`), `images_per_s`, `peak_mem_mb`, `params` and `projected_h` (the paper's search of 100 epochs
-of 391 steps at this speed, evaluation not counted).
+A step is train_search.py's per batch: a first-order architecture step, then a weight step, timed apart. stdout gets
+one JSON object: `s_per_step` (`s_per_arch_step` + `s_per_weight_step`), `images_per_s`, `peak_mem_mb`, `params`
+and `projected_h` (hours of the paper's search, 100 epochs of 391 steps, evaluation not counted).
 """
 
 import argparse
@@ -104,7 +103,6 @@ def main(argv=None):
     step_s = seconds["arch"] + seconds["weight"]
     arch_s, weight_s = round(seconds["arch"], 4), round(seconds["weight"], 4)
     result = dict(config=config, device=utils.device_name(device), threads=torch.get_num_threads(), amp=args.amp)
-    # s_per_step: the sum of the printed parts, never below either
     result.update(compile=args.compile, s_per_step=round(arch_s + weight_s, 4), s_per_arch_step=arch_s)
     result.update(s_per_weight_step=weight_s, images_per_s=round(2 * args.batch_size / step_s, 1))
     result.update(peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))

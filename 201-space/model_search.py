@@ -116,8 +116,7 @@ class Network(nn.Module):
         self.C, self.N, self.num_classes, self.k, self.method = C, N, num_classes, k, method
         self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
-        # Host-side pruning state: indices into PRIMITIVES kept on each edge.
-        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]
+        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]  # host-side: indices into PRIMITIVES, per edge
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         layers, C_prev = [], C
         for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
@@ -137,7 +136,6 @@ class Network(nn.Module):
         return [self.beta]
 
     def weights(self):
-        """Every parameter except beta (for the weight optimizer and clipping)."""
         return [p for p in self.parameters() if p is not self.beta]
 
     def search_cells(self):

@@ -6,8 +6,7 @@
 - `forward_scaled(x, x_relu, scale)` = `scale * op(x)` given the node's shared `relu(x)`: the weight rides on the
   BatchNorm (or the pooling kernel), so a search cell keeps about half the activations;
 - `adds_nothing = True` (the zero op, `none`): cells skip it;
-- `widen(index, moved, generator)`: grows to `len(index)` channels by copying `index`, appends the replaced
-  parameters to `moved`, returns its outputs' index.
+- `widen(index, moved, generator)`: grows to the channels `index` (old params into `moved`), returns its outputs' index.
 """
 
 import torch.nn as nn

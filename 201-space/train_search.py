@@ -100,10 +100,8 @@ def get_stages(args):
         if not k1 > k2 or k1 % k2:
             raise utils.UserError(f"--stage_k {k1} {k2}: stage 2 widens, so K2 must divide K1 and be smaller")
         if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep >= 1:
-            raise utils.UserError(
-                f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops), "
-                f"got {args.stage_keep}"
-            )
+            shrink = f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops)"
+            raise utils.UserError(f"{shrink}, got {args.stage_keep}")
         check_warmup(stages)
     channels = args.init_channels
     for stage in stages:
