@@ -1,7 +1,5 @@
-"""Draw the NAS-Bench-201 accuracy trajectory of a search from its history.jsonl (benchmark.query_benchmark).
-
-One panel per dataset over the epochs: the sampled cells' min-max band and median, the derived cell, a dotted line
-per progressive stage; the title counts the cells not in NAS-Bench-201 (gaps). The search draws it; redraw it with
+"""Draw the NAS-Bench-201 accuracy trajectory of a search from its history.jsonl: per data set the sampled cells'
+min-max band and median, the derived cell, a line per progressive stage. The search draws it; redraw it with
 
     python plot_trajectory.py experiments/train_search-20260101-120000
     python plot_trajectory.py RUN_DIR --out trajectory.pdf

@@ -7,10 +7,9 @@
     python train_search.py --dataset imagefolder --data DIR   # your images: DIR/train/<class>/*, DIR/val/<class>/*
     python train_search.py --resume experiments/train_search-.../checkpoint.pt
 
-Each iteration: an architecture step on a batch of the held-out half of the training set, then a weight step on the
-other half. The run directory (`--save`, or experiments/train_search-<time>) gets log.txt, args.json, scripts/, tb/,
-history.jsonl, checkpoint.pt and genotype.json (every epoch) and, with a benchmark, trajectory.png at the end.
-SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume` continues from there.
+Each iteration: an architecture step on a held-out batch, then a weight step. The run directory (`--save`, or
+experiments/train_search-<time>) gets log.txt, args.json, scripts/, tb/, history.jsonl, checkpoint.pt, genotype.json
+and, with a benchmark, trajectory.png. SIGTERM or SIGINT checkpoints the step and exits 0; `--resume` continues.
 """
 
 import argparse
