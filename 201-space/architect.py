@@ -4,8 +4,7 @@ First order: grad_beta L_val(w, beta). Second order (DARTS' approximation):
   w' = w - lr * (grad_w L_train(w) + momentum * m + wd * w)
   grad = grad_beta L_val(w', beta) - lr * H v,   v = grad_w' L_val(w', beta)
 with the Hessian-vector product H v = grad_beta grad_w L_train by central finite differences, eps = 0.01 / ||v||.
-The virtual step is taken in place on the model's own weights and undone afterwards, so it keeps partial channels
-and pruning as they are. Either order adds the regulariser of `--reg_type` (`REGULARIZERS`: l2 or kl).
+The virtual step is taken in place on the model's own weights and undone afterwards (partial channels, pruning kept).
 """
 
 import contextlib
@@ -23,8 +22,7 @@ REGULARIZERS = {
 
 
 def regularizer_grads(model, reg_type, reg_scale, budget=None):
-    """The gradient w.r.t. each architecture parameter of `reg_scale * REGULARIZERS[reg_type](model)`, plus the
-    `budget`'s term when given (`--cost`). They do not depend on the weights: they add to either order's gradient."""
+    """d/d beta of `reg_scale * REGULARIZERS[reg_type](model)` (+ the `--cost` term), added to either order's."""
     loss = reg_scale * REGULARIZERS[reg_type](model)
     if budget is not None:
         loss = loss + budget.term(model)
@@ -103,8 +101,7 @@ class Architect:
 
 @contextlib.contextmanager
 def batch_stats_only(model):
-    """BatchNorm layers normalise with batch statistics but leave their running statistics: the architecture step
-    sees validation batches and, for `--unrolled`, virtual weights; they belong to the weights' training batches."""
+    """BatchNorm uses batch statistics and leaves its running ones, which belong to the weights' training batches."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for layer in layers:
         layer.track_running_stats = False  # in train mode: batch statistics, no update

@@ -4,11 +4,9 @@
     python bench.py --device cuda --steps 20
     python bench.py --device cuda --steps 20 --amp --compile
 
-A step is what train_search.py does per batch: a first-order architecture step on a validation batch, then a
-weight step (forward, backward, clip, SGD), timed apart between device syncs; the step is their sum, never less
-than its weight step. Progress goes to stderr; stdout gets one JSON object at the end: `s_per_step`, its parts
-`s_per_arch_step` and `s_per_weight_step`, `images_per_s`, `peak_mem_mb`, `params` and `projected_h`, the hours
-of the paper's search at this speed (100 epochs of 391 steps of 64 images), evaluation not counted.
+A step is train_search.py's per batch: a first-order architecture step, then a weight step, timed apart. stdout gets
+one JSON object: `s_per_step` (`s_per_arch_step` + `s_per_weight_step`), `images_per_s`, `peak_mem_mb`, `params`
+and `projected_h` (hours of the paper's search, 100 epochs of 391 steps, evaluation not counted).
 """
 
 import argparse
@@ -47,8 +45,8 @@ def log(message):
 
 
 def time_steps(parts, warmup, steps, device):
-    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`,
-    each part timed on its own between device syncs; the peak memory counts from the first timed step."""
+    """Mean seconds of each part of a step ({name: fn(step index)}, run in order) over `steps` steps after `warmup`;
+    the peak memory counts from the first timed step."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     seconds = dict.fromkeys(parts, 0.0)
     total = warmup + steps
@@ -94,8 +92,7 @@ def main(argv=None):
     n = args.batch_size  # the batches are made before timing: the search's data arrive on the device
     batches = [utils.to_device((torch.randn(n, 3, 32, 32), torch.randint(10, (n,))), device) for _ in range(4)]
 
-    # search_step's two parts, on the same batches: beta on a validation batch, then the weights.
-    def arch_step(i):
+    def arch_step(i):  # search_step's two parts, on the same batches
         accel.begin_step(device, 1, args.compile)  # a new step (for CUDA graphs) starts with beta's
         architect.step(*batches[i % 4], *batches[(i + 1) % 4], 0.025, w_optimizer)
 
@@ -106,7 +103,6 @@ def main(argv=None):
     step_s = seconds["arch"] + seconds["weight"]
     arch_s, weight_s = round(seconds["arch"], 4), round(seconds["weight"], 4)
     result = dict(config=config, device=utils.device_name(device), threads=torch.get_num_threads(), amp=args.amp)
-    # s_per_step: the sum of the printed parts, never below either
     result.update(compile=args.compile, s_per_step=round(arch_s + weight_s, 4), s_per_arch_step=arch_s)
     result.update(s_per_weight_step=weight_s, images_per_s=round(2 * args.batch_size / step_s, 1))
     result.update(peak_mem_mb=round(utils.peak_memory_mb(device), 1), params=utils.count_parameters(weights))

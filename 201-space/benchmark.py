@@ -1,10 +1,9 @@
 """NAS-Bench-201 look-ups, and what each search epoch records from them.
 
-`load_benchmark(path)` reads the official file (`NAS-Bench-201-v1_0-e61699.pth`, ...) through `nas_201_api` (pip
-install nas-bench-201), or a compact CSV table `index,arch,cifar10,cifar100,ImageNet16-120[,cifar10-valid]` (plain or
-gzipped; `tables/` ships one for all 15,625 cells, see tables/README.md, the default of `--benchmark`; `none` turns the
-searches' look-ups off). `query(arch_str)`: per data set the test accuracy (%) after 200 epochs. `query_benchmark`: what
-a search epoch records. `--arch` takes a named cell (DrNAS, ResNet), a string or a genotype.json:
+`load_benchmark(path)` reads the official file through `nas_201_api` (pip install nas-bench-201) or a compact CSV
+table `index,arch,cifar10,cifar100,ImageNet16-120[,cifar10-valid]`, plain or gzipped (`tables/` ships one for all
+15,625 cells, the default of `--benchmark`; `none` turns the searches' look-ups off). `--arch`: a named cell, a string
+or a genotype.json; `query` prints per data set the test accuracy (%) after 200 epochs:
 
     python benchmark.py query --arch DrNAS
     python benchmark.py query \
@@ -227,7 +226,6 @@ def export_table(bench, out, with_valid=False):
     return len(bench)
 
 
-# What each search epoch records (train_search.py).
 def log_benchmark(benchmark, args):
     """The run's first word on NAS-Bench-201: the benchmark its epochs query, or that they query none."""
     if benchmark is None:
@@ -246,8 +244,7 @@ def _lookup(benchmark, arch):
 
 
 def query_benchmark(model, benchmark, args, epoch):
-    """The epoch's record: `benchmark` (the derived cell's accuracy per data set, or None) and its `nb201_<dataset>`
-    copies; with --trajectory_samples, `trajectory` (min / median / max of the drawn cells), `trajectory_missing`."""
+    """The epoch's record: `benchmark` (the derived cell's accuracies or None), `nb201_<dataset>`, `trajectory`..."""
     arch = str(model.genotype())
     accs = _lookup(benchmark, arch)
     record = {"benchmark": accs, **{f"nb201_{name}": acc for name, acc in (accs or {}).items()}}
@@ -321,8 +318,7 @@ def main(argv=None):
         path = benchmark_path(args.benchmark)
         if path is None:
             raise UserError("query needs a benchmark; --benchmark none is for the searches")
-        # The canonical string (nodes' edges in order), as the benchmark spells it.
-        arch = str(Structure.from_edges(structure.edge_ops()))
+        arch = str(Structure.from_edges(structure.edge_ops()))  # the canonical spelling, the benchmark's
         sys.stdout.write(json.dumps(load_benchmark(path).query(arch)) + "\n")
     else:
         bench = load_benchmark(benchmark_path(args.benchmark) or args.benchmark)

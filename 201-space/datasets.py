@@ -1,6 +1,5 @@
-"""Datasets of the NAS-Bench-201 space: CIFAR-10/100 (downloaded when absent) and ImageNet16-120 (pickled batches),
-a synthetic set (in memory, no network: for laptops and tests) and your own images (`imagefolder`). Missing or broken
-data ends with one clear line; what both spaces share is in runkit/data_common.py.
+"""NAS-Bench-201's data sets: CIFAR-10/100 (downloaded when absent), ImageNet16-120 (pickled batches), a synthetic
+set (in memory) and your own images (`imagefolder`). The shared parts are in runkit/data_common.py.
 """
 
 import pickle

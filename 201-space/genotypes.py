@@ -1,11 +1,9 @@
 """NAS-Bench-201 architectures: the op list, the cell structure type, named cells, genotype.json.
 
-A cell has 4 nodes; node i (1..3) sums one op applied to every earlier node j < i (6 edges). An architecture
-string has one `+`-separated group per node, each `op~j` naming the op on the edge from node j:
+A cell has 4 nodes; node i (1..3) sums one op on every earlier node j < i (6 edges). An architecture string has one
+`+`-separated group per node, each `op~j` naming the op on the edge from node j (`Structure.from_str`, `str`):
 
     |nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|
-
-`Structure.from_str(s)` parses (and validates) a string; `str(structure)` prints it back exactly.
 """
 
 from pathlib import Path

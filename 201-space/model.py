@@ -1,9 +1,8 @@
 """The NAS-Bench-201 evaluation network: one fixed cell stacked as in the benchmark (`train.py --arch DrNAS`).
 
-stem (3x3 conv + BN) -> N cells at C -> residual reduction -> N cells at 2C -> residual reduction -> N cells at
-4C -> BN + ReLU -> global average pool -> linear. Ops use affine BatchNorm with running statistics, so the
-parameter count equals NAS-Bench-201's: the all-`nor_conv_3x3` cell at C=16, N=5 with 10 classes has 1,531,546
-parameters (the benchmark's 1.531546 MB) and 220.11969 MFLOPs.
+stem -> N cells at C -> residual reduction -> N at 2C -> reduction -> N at 4C -> BN + ReLU -> pool -> linear, with
+affine BatchNorm: the all-`nor_conv_3x3` cell at C=16, N=5, 10 classes has NAS-Bench-201's 1,531,546 parameters and
+220.11969 MFLOPs.
 """
 
 import functools
@@ -61,8 +60,7 @@ class Network(nn.Module):
 
 
 def cost_model(num_classes, image_size, C=16, layers=5):
-    """The `budget.CostModel` of this network (train.py's C and layers) for `num_classes` and `image_size` px inputs:
-    each op of PRIMITIVES counted as its cells build it, on each cell's input; the fixed part is the rest."""
+    """The `budget.CostModel` of this network (train.py's C and layers) for `num_classes` and `image_size` px inputs."""
     with torch.random.fork_rng(devices=[]):  # building modules draws weights: the caller's seed stays untouched
         probe = Network(C, layers, Structure.from_edges([PRIMITIVES[-1]] * len(EDGES)), num_classes)
         shapes = []  # (C, H, W) of every cell's input, which all its ops take

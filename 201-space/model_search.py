@@ -1,14 +1,10 @@
 """The NAS-Bench-201 supernet searched by DrNAS (and DARTS, SNAS, GDAS for comparison).
 
-`Network` = stem -> 3 stages of N search cells (C, 2C, 4C channels) joined by residual reduction blocks -> BN +
-ReLU -> global pool -> classifier. Each cell has 6 edges; each edge is a `MixedOp` over its kept ops of `PRIMITIVES`,
-applied to `C/k` of its channels (partial channels), reading the ReLU of its node that the cell computes once. The
-architecture parameters `beta` (6 edges x len(PRIMITIVES) ops) are one `nn.Parameter` of the model, shared by all cells.
-
-How beta becomes mixing weights is the `method`, one entry of the table `SAMPLERS`. With `method="dirichlet"`
-(DrNAS) every training forward draws the mixing weights of all edges from Dir(elu(beta) + 1) in one reparameterised
-call, so gradients reach `beta` through the sample (paper Eq. 3-4); evaluation uses the Dirichlet mean. Ops pruned
-by the progressive search are host-side data (`kept`): they are deleted from the model and never evaluated.
+`Network`: stem -> 3 stages of N search cells (C, 2C, 4C) joined by residual reduction blocks -> BN + ReLU -> pool ->
+classifier. Each of a cell's 6 edges is a `MixedOp` over its kept ops on `C/k` of its channels (partial channels).
+`beta` (6 edges x len(PRIMITIVES)) is one `nn.Parameter` shared by all cells; the `method` (a `SAMPLERS` entry) turns
+it into mixing weights. DrNAS (`dirichlet`) draws them for all edges from Dir(elu(beta) + 1) in one reparameterised
+call per training forward (paper Eq. 3-4) and uses the mean in evaluation. Pruned ops (host-side `kept`) are deleted.
 """
 
 import torch
@@ -34,10 +30,9 @@ def dirichlet_sampler(beta, tau, training):
     return torch.distributions.Dirichlet(alpha, validate_args=False).rsample()
 
 
-# --method: name -> sampler, `sampler(beta, tau, training)` turning beta gathered over the kept ops (last dim) into
-# mixing weights of the same shape (tau: the epoch's Gumbel temperature; training: the module's mode). It runs in
-# every forward: no host read of a tensor value (no .item(), no `if tensor`). A new sampler is one more entry, and
-# the flag offers the keys. snas and gdas have no deterministic weights: they draw in evaluation too.
+# --method: name -> `sampler(beta, tau, training)`, beta over the kept ops (last dim) -> mixing weights of that shape
+# (tau: the Gumbel temperature). It runs in every forward: no host read of a tensor value (no .item(), no `if tensor`).
+# snas and gdas have no deterministic weights: they draw in evaluation too.
 SAMPLERS = {
     "dirichlet": dirichlet_sampler,
     "darts": lambda beta, tau, training: F.softmax(beta, dim=-1),
@@ -52,11 +47,8 @@ def gumbel_tau(epoch, epochs, tau_max, tau_min):
 
 
 class MixedOp(nn.Module):
-    """One edge: sum_o w_o * op_o(x[:, :C/k]) over the kept ops, bypassed channels concatenated, then shuffled.
-
-    Any op of `OPS` takes part as `w * op(x)`, or through the optional overrides of operations.py: `forward_scaled`
-    (the state's shared ReLU, the weight folded into its BatchNorm) and `adds_nothing` (the zero op: skipped).
-    """
+    """One edge: sum_o w_o * op_o(x[:, :C/k]) over the kept ops (`forward_scaled`, `adds_nothing`: operations.py),
+    bypassed channels concatenated, then shuffled."""
 
     def __init__(self, C, stride, k, kept):
         super().__init__()
@@ -124,8 +116,7 @@ class Network(nn.Module):
         self.C, self.N, self.num_classes, self.k, self.method = C, N, num_classes, k, method
         self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         self.amp = False  # bf16 autocast of the cells (--amp); the mixing weights stay fp32
-        # Host-side pruning state: indices into PRIMITIVES kept on each edge.
-        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]
+        self.kept = [list(range(len(PRIMITIVES))) for _ in EDGES]  # host-side: indices into PRIMITIVES, per edge
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         layers, C_prev = [], C
         for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
@@ -145,9 +136,7 @@ class Network(nn.Module):
         return [self.beta]
 
     def weights(self):
-        """Every parameter except the architecture's (for the weight optimizer and clipping)."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
+        return [p for p in self.parameters() if p is not self.beta]
 
     def search_cells(self):
         return [m for m in self.cells if isinstance(m, Cell)]
@@ -161,8 +150,8 @@ class Network(nn.Module):
 
     @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
-        """Mixing weights of the kept ops (6, n_kept) for one forward, from the `method`'s sampler in one call. For the
-        Dirichlet, sampling the kept ops equals sampling all ops, zeroing the pruned ones and renormalising."""
+        """Mixing weights of the kept ops (6, n_kept) for one forward (for the Dirichlet, as drawing all ops, zeroing
+        the pruned ones and renormalising)."""
         return SAMPLERS[self.method](self.beta.gather(1, self.kept_index()), self.tau, self.training)
 
     def kl_regularizer(self):
@@ -179,8 +168,7 @@ class Network(nn.Module):
         return (alpha / alpha.sum(-1, keepdim=True) * edge_costs.gather(1, index)).sum()
 
     def forward(self, x, mix=None):
-        """Logits for x (B, 3, H, W); mixing weights are drawn unless given (6, n_kept). With `amp` the network runs
-        under bf16 autocast, the draw (before) and the logits in fp32."""
+        """Logits for x (B, 3, H, W), mixing weights drawn unless given (6, n_kept); `amp`: bf16 cells, fp32 draw."""
         if mix is None:
             mix = self.arch_weights()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -211,11 +199,8 @@ class Network(nn.Module):
         return rows
 
     def prune(self, keep):
-        """Keep the `keep` ops with the largest beta on every edge; delete the others.
-
-        Ties go to the op earlier in PRIMITIVES (a stable sort). Pruned at initialisation (the first stage of a
-        search keeping fewer than all ops), beta is still 1e-3 * N(0, 1): the choice is random, fixed by the seed.
-        """
+        """Keep the `keep` ops with the largest beta on every edge (ties: the earlier in PRIMITIVES); delete the others.
+        At initialisation beta is 1e-3 * N(0, 1): the choice is random, fixed by the seed."""
         beta = self.beta.detach().cpu()
         self.set_kept([sorted(sorted(ops, key=lambda o: -beta[e, o].item())[:keep]) for e, ops in enumerate(self.kept)])
 

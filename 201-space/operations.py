@@ -1,14 +1,12 @@
 """Operations of the NAS-Bench-201 space and the residual block between its stages.
 
-`OPS[name](C_in, C_out, stride, affine)` builds one candidate op: an `nn.Module` whose `forward(x)` is the op.
-That is all a new op needs (with its name in `genotypes.PRIMITIVES`): search cells mix it as `w * op(x)` and
-net2wider widens its convs and BatchNorms (`net2wider.widen_op`). Search cells use `affine=False` BatchNorm, as the
-paper's code does; the evaluation network (`model.py`) affine BatchNorm. Optional overrides, used where present:
-- `forward_scaled(x, x_relu, scale)` = `scale * op(x)`, given the node's shared `x_relu = relu(x)`: the mixing
-  weight rides on the BatchNorm (or the pooling kernel), so a search cell keeps about half the activations;
-- `adds_nothing = True` (the zero op, `none`): its output is 0, so cells skip it;
-- `widen(index, moved, generator)`: grows its channels to `len(index)` by copying the channels `index` (between
-  the progressive search's stages), appends the replaced parameters to `moved`, returns its outputs' index.
+`OPS[name](C_in, C_out, stride, affine)` builds one candidate op, a plain `nn.Module`; with its name in
+`genotypes.PRIMITIVES` that is all a new op needs (net2wider widens its convs and BatchNorms). Search cells use
+`affine=False` BatchNorm, as the paper's code; `model.py` affine. Optional overrides, used where present:
+- `forward_scaled(x, x_relu, scale)` = `scale * op(x)` given the node's shared `relu(x)`: the weight rides on the
+  BatchNorm (or the pooling kernel), so a search cell keeps about half the activations;
+- `adds_nothing = True` (the zero op, `none`): cells skip it;
+- `widen(index, moved, generator)`: grows to the channels `index` (old params into `moved`), returns its outputs' index.
 """
 
 import torch.nn as nn
@@ -27,8 +25,7 @@ class ReLUConvBN(nn.Module):
         return self.op(x)
 
     def forward_scaled(self, x, x_relu, scale):
-        """`scale * self(x)` given the node's shared `x_relu = relu(x)`, the weight riding on the BatchNorm (same
-        statistics and updates): no ReLU or BN output per op is kept for backward, half a search cell's activations."""
+        """`scale * self(x)`, the weight riding on the BatchNorm (same statistics): no ReLU or BN output kept per op."""
         bn, x = self.op[2], self.op[1](x_relu)
         weight = scale.expand(x.size(1)).contiguous() if bn.weight is None else bn.weight * scale
         bias = None if bn.bias is None else bn.bias * scale
@@ -40,9 +37,8 @@ class ReLUConvBN(nn.Module):
 
 
 def avg_pool_3x3(x, stride, scale=None):
-    """3x3 average pooling without the zero padding, as a depthwise convolution with a ones kernel divided by the
-    pixels under the window: `F.avg_pool2d(count_include_pad=False)`'s numbers, whose CPU kernel is about 6x slower
-    (a third of a search step). A `scale` multiplies the kernel: `scale * pool(x)` keeps no output for backward."""
+    """`F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)` (whose CPU kernel is ~6x slower) as a depthwise conv;
+    a `scale` multiplies the kernel: `scale * pool(x)` keeps no output for backward."""
     C, H, W = x.shape[1:]
     ones = x.new_ones(1, 1, 3, 3)
     counts = F.conv2d(x.new_ones(1, 1, H, W), ones, stride=stride, padding=1)  # (1, 1, H', W')
@@ -107,20 +103,14 @@ OPS = {
 
 
 class ResNetBasicBlock(nn.Module):
-    """Residual reduction block between stages: two 3x3 ReLUConvBN, avg-pool + 1x1 shortcut."""
+    """Residual reduction block between stages (stride 2): two 3x3 ReLUConvBN, avg-pool + 1x1 shortcut."""
 
     def __init__(self, C_in, C_out, stride=2):
         super().__init__()
         self.conv_a = ReLUConvBN(C_in, C_out, 3, stride, 1)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
-        if stride == 2:
-            pool = nn.AvgPool2d(kernel_size=2, stride=2, padding=0)
-            self.downsample = nn.Sequential(pool, nn.Conv2d(C_in, C_out, kernel_size=1, bias=False))
-        elif C_in != C_out:
-            self.downsample = ReLUConvBN(C_in, C_out, 1, 1, 0)
-        else:
-            self.downsample = None
+        pool = nn.AvgPool2d(kernel_size=2, stride=2, padding=0)
+        self.downsample = nn.Sequential(pool, nn.Conv2d(C_in, C_out, kernel_size=1, bias=False))
 
     def forward(self, x):
-        residual = x if self.downsample is None else self.downsample(x)
-        return residual + self.conv_b(self.conv_a(x))
+        return self.downsample(x) + self.conv_b(self.conv_a(x))

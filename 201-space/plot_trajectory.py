@@ -1,8 +1,5 @@
-"""Draw the NAS-Bench-201 accuracy trajectory of a search from its history.jsonl (benchmark.query_benchmark).
-
-One panel per dataset over the epochs (from 1, as logged): the sampled cells' min-max band and dashed median, the
-derived cell, a dotted line where a progressive stage begins; the title flags a data set the benchmark did not
-measure and counts the cells not in NAS-Bench-201 (gaps). The search draws it at its end; redraw it with
+"""Draw the NAS-Bench-201 accuracy trajectory of a search from its history.jsonl: per data set the sampled cells'
+min-max band and median, the derived cell, a line per progressive stage. The search draws it; redraw it with
 
     python plot_trajectory.py experiments/train_search-20260101-120000
     python plot_trajectory.py RUN_DIR --out trajectory.pdf
@@ -40,9 +37,8 @@ def read_history(run_dir):
 
 
 def trajectory_series(records):
-    """What the figure draws, checked: 1-based epochs, per dataset the derived cell's accuracies and the sampled
-    min / median / max (where recorded), the stage starts `[(x, stage number)]`, the benchmark note and the
-    `missing` line. A cell not in NAS-Bench-201 (`"benchmark": null`, `"trajectory": null`) is NaN: a gap."""
+    """What the figure draws, checked: 1-based epochs, per dataset the derived cell's and the sampled accuracies, the
+    stage starts `[(x, stage number)]`, the note and the `missing` line. A cell not in NAS-Bench-201 is NaN: a gap."""
     usable = sorted((r for r in records if isinstance(r, dict) and "benchmark" in r), key=lambda r: r["epoch"])
     if not usable:
         how = "search with the default --benchmark (the shipped table), another CSV table or the official file"
@@ -101,7 +97,6 @@ def draw_trajectory(records):
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     axes[0].legend(loc="best", fontsize=8)
     title = "NAS-Bench-201 accuracy during the search (200-epoch training)"
-    # A search on a data set the benchmark did not measure, or with cells outside it, says so under the title.
     fig.suptitle("\n".join(line for line in (title, data["note"], data["missing"]) if line))
     return fig
 

@@ -5,11 +5,9 @@
     python report.py runs/s* --csv runs/table.csv     # and the same rows as CSV
     python report.py runs/s* --benchmark NAS-Bench-201-v1_0-e61699.pth   # the official file instead
 
-One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accuracies (%, 200 epochs), its
-parameters and multiply-adds in millions in train.py's network, and the search cost (history.jsonl's `device_hours`
-over resumes: GPU-hours when every run used CUDA); then per data set and method mean ± std (sample std; 0.00 for one
-run). Each RUN_DIR must be a finished search (train_search.py, train_search_progressive.py): anything else stops the
-report with one line naming the folder.
+One row per run: seed, data set, method, final cell, its NAS-Bench-201 test accuracies (%, 200 epochs), its params
+and multiply-adds (M) in train.py's network and the search's device-hours (GPU-hours when all used CUDA); then per
+data set and method mean ± std. Each RUN_DIR must be a finished search (train_search*.py).
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Train one NAS-Bench-201 cell from scratch with the benchmark's protocol.
 
-NAS-Bench-201 trains every cell at C=16, N=5 for 200 epochs: SGD with Nesterov momentum 0.9, learning rate 0.1
-cosine-annealed to 0, weight decay 5e-4, batch 256, random crop and flip. These are the defaults here.
+The defaults are NAS-Bench-201's: C=16, N=5, 200 epochs of SGD (Nesterov momentum 0.9, learning rate 0.1 cosine to 0,
+weight decay 5e-4), batch 256, random crop and flip.
 
     cd 201-space && python train.py --arch DrNAS --dataset cifar10   # benchmark: 94.36 % test accuracy
     python train.py --arch experiments/train_search-.../genotype.json --dataset cifar100
@@ -12,11 +12,9 @@ cosine-annealed to 0, weight decay 5e-4, batch 256, random crop and flip. These 
     python train.py --arch DrNAS --amp --compile   # bf16 and torch.compile (CUDA graphs on one GPU)
     python train.py --arch DrNAS --resume experiments/train-.../checkpoint.pt     # continue a run
 
-The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json, genotype.json (the cell
-trained), scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic) and
-best.pt (best test accuracy so far). SIGTERM or SIGINT checkpoints the step in progress and exits 0; `--resume`
-continues from there. A search's genotype.json records the data it searched on: a run on other data, or at another
-image size, says so in one log line (and trains as it was told).
+The run directory (`--save`, or experiments/train-<time>) gets log.txt, args.json, genotype.json, scripts/, tb/,
+history.jsonl, checkpoint.pt and best.pt (best test accuracy). SIGTERM or SIGINT checkpoints the step in progress and
+exits 0; `--resume` continues. A cell searched on other data or at another image size says so in one log line.
 """
 
 import argparse

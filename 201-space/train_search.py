@@ -7,12 +7,9 @@
     python train_search.py --dataset imagefolder --data DIR   # your images: DIR/train/<class>/*, DIR/val/<class>/*
     python train_search.py --resume experiments/train_search-.../checkpoint.pt
 
-Each iteration takes an architecture step on a batch of the held-out half of the training set, then a weight step
-on a batch of the other half. The run directory (`--save`, or experiments/train_search-<time>) gets log.txt,
-args.json, scripts/, tb/, history.jsonl, checkpoint.pt (every epoch and every `--checkpoint_minutes`, atomic),
-genotype.json (the current cell, every epoch) and, at the end, trajectory.png (the NAS-Bench-201 accuracy of the
-cells over the epochs, looked up in the shipped table unless `--benchmark` says otherwise). SIGTERM or SIGINT
-checkpoints the step in progress and exits 0; `--resume` continues from there.
+Each iteration: an architecture step on a held-out batch, then a weight step. The run directory (`--save`, or
+experiments/train_search-<time>) gets log.txt, args.json, scripts/, tb/, history.jsonl, checkpoint.pt, genotype.json
+and, with a benchmark, trajectory.png. SIGTERM or SIGINT checkpoints the step and exits 0; `--resume` continues.
 """
 
 import argparse
@@ -102,10 +99,8 @@ def get_stages(args):
         if not k1 > k2 or k1 % k2:
             raise utils.UserError(f"--stage_k {k1} {k2}: stage 2 widens, so K2 must divide K1 and be smaller")
         if not len(PRIMITIVES) >= stages[0].keep >= stages[1].keep >= 1:
-            raise utils.UserError(
-                f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops), "
-                f"got {args.stage_keep}"
-            )
+            shrink = f"--stage_keep must shrink within {len(PRIMITIVES)}..1 (the space has {len(PRIMITIVES)} ops)"
+            raise utils.UserError(f"{shrink}, got {args.stage_keep}")
         check_warmup(stages)
     channels = args.init_channels
     for stage in stages:
@@ -117,8 +112,7 @@ def get_stages(args):
 
 
 def build_model(args, num_classes, device, state=None):
-    """The supernet (--amp) of the first stage on `device`, or of a resumed checkpoint's (k, kept ops, tensors). Stage 1
-    keeps the N1 ops per edge with the largest initial beta (`Network.prune`, set by --seed; by default all)."""
+    """The supernet of the first stage (N1 ops per edge with the largest initial beta) or of a resumed checkpoint."""
     first = get_stages(args)[0]
     model = Network(args.init_channels, args.layers, num_classes, first.k, args.method)
     if state is None:
@@ -183,8 +177,7 @@ def search_step(model, architect, optimizer, weights, train_batch, valid_batch, 
 
 
 def search(run, model, architect, optimizer, streams, valid_loader, args, data=None, costs=None, benchmark=None):
-    """The search (DrNAS Algorithm 1): per batch an architecture step (after the stage's warm-up) and a weight step;
-    per epoch the held-out accuracy and the cell in genotype.json (with `data`; with `costs`, its cost)."""
+    """The search (DrNAS Algorithm 1); per epoch the held-out accuracy and the cell in genotype.json (with `data`)."""
     stages, device = get_stages(args), model.beta.device
     epochs = sum(s.epochs for s in stages)
     resumed = run.task_state()
@@ -238,25 +231,15 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         run.end_epoch(record)
 
 
-def finish(run, model, benchmark=None):
-    """After the last epoch: the final genotype in the log (genotype.json has it), with a benchmark trajectory.png."""
-    run_dir = run.run_dir
-    logger.info("final genotype = %s (written to %s)", model.genotype(), run_dir / "genotype.json")
-    if benchmark is not None:
-        plot_trajectory(read_history(run_dir), run_dir / "trajectory.png")
-        logger.info("NAS-Bench-201 trajectory drawn in %s", run_dir / "trajectory.png")
-
-
 @utils.exits_cleanly
 def main(argv=None, parser=None, script="train_search"):
-    """A whole search: flags, data, model, then the loop (`parser`, `script`: train_search_progressive.py's)."""
     args = engine.parse_args(parser or get_parser(), SPACE, script, argv)
     run = engine.Run(args, SPACE, script, ranges=FLAG_RANGES)  # checks the flags and --resume; writes nothing
     device = run.dist.device
     accel.check_flags(args, device)
     get_stages(args)  # refuses inconsistent stage flags before any work
     state = run.task_state()
-    benchmark = open_benchmark(args.benchmark)  # the shipped table unless --benchmark says otherwise
+    benchmark = open_benchmark(args.benchmark)
     # A missing dataset fails here, before the run writes anything.
     train_data, _, num_classes = run.first_on_rank0(
         lambda: get_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
@@ -283,7 +266,10 @@ def main(argv=None, parser=None, script="train_search"):
     weights = utils.count_parameters(model.weights())
     logger.info("param count = %d weights + %d architecture", weights, model.beta.numel())
     search(run, model, architect, optimizer, streams, valid_loader, args, data, costs, benchmark)
-    finish(run, model, benchmark)
+    logger.info("final genotype = %s (written to %s)", model.genotype(), run.run_dir / "genotype.json")
+    if benchmark is not None:  # NAS-Bench-201 accuracy over the epochs
+        plot_trajectory(read_history(run.run_dir), run.run_dir / "trajectory.png")
+        logger.info("NAS-Bench-201 trajectory drawn in %s", run.run_dir / "trajectory.png")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,10 @@
     python train_search_progressive.py --dataset synthetic --device cpu --stage_epochs 2 2 --warmup_epochs 1  # tiny run
     python train_search_progressive.py --dataset imagefolder --data DIR   # your images (see train_search.py)
 
-Stage 1 searches `N1` ops per edge on 1/k1 of the channels: by default all of them; fewer, those with the largest beta
-at initialisation (a random choice, fixed by --seed). Between the stages every edge keeps its `N2` ops with the largest
-beta, and every op is widened from C/k1 to C/k2 channels (net2wider, SGD momentum carried along, Adam state of beta and
-the cosine schedule kept). Each stage starts with `--warmup_epochs` epochs that train the weights only. The run
-directory is experiments/train_search_progressive-<time> (or `--save`), with the outputs of `train_search.py`;
-checkpoints, preemption and `--resume` work the same way.
+Stage 1 searches `N1` ops per edge (all by default; fewer: those with the largest initial beta, set by --seed) on
+1/k1 of the channels. Between the stages every edge keeps its `N2` ops with the largest beta and every op is widened
+to C/k2 channels (net2wider, SGD momentum carried along). Each stage starts with `--warmup_epochs` weight-only epochs.
+Run directory, outputs, checkpoints and `--resume`: as train_search.py's (experiments/train_search_progressive-<time>).
 """
 
 import train_search
