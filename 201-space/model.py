@@ -46,7 +46,7 @@ class Network(nn.Module):
         cells = []
         for stage, width in enumerate((C, 2 * C, 4 * C)):  # N cells per stage, joined by stride-2 residual blocks
             if stage:
-                cells.append(ResNetBasicBlock(width // 2, width, 2))
+                cells.append(ResNetBasicBlock(width // 2, width))
             cells += [InferCell(structure, width) for _ in range(N)]
         self.cells = nn.Sequential(*cells)
         self.lastact = nn.Sequential(nn.BatchNorm2d(4 * C), nn.ReLU(inplace=True))

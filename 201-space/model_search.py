@@ -121,7 +121,7 @@ class Network(nn.Module):
         layers, C_prev = [], C
         for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
             if stage > 0:
-                layers.append(ResNetBasicBlock(C_prev, C_curr, 2))
+                layers.append(ResNetBasicBlock(C_prev, C_curr))
             layers += [Cell(C_curr, k, self.kept) for _ in range(N)]
             C_prev = C_curr
         self.cells = nn.ModuleList(layers)

@@ -105,9 +105,9 @@ OPS = {
 class ResNetBasicBlock(nn.Module):
     """Residual reduction block between stages (stride 2): two 3x3 ReLUConvBN, avg-pool + 1x1 shortcut."""
 
-    def __init__(self, C_in, C_out, stride=2):
+    def __init__(self, C_in, C_out):
         super().__init__()
-        self.conv_a = ReLUConvBN(C_in, C_out, 3, stride, 1)
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
         pool = nn.AvgPool2d(kernel_size=2, stride=2, padding=0)
         self.downsample = nn.Sequential(pool, nn.Conv2d(C_in, C_out, kernel_size=1, bias=False))

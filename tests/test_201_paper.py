@@ -91,10 +91,10 @@ def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_resid
 
 
 def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_pooled_conv1x1_shortcut(load_space):
-    """ResNetBasicBlock(C_in, C_out, 2)(x) = conv1x1(avgpool2(x)) + RCB3x3(RCB3x3_stride2(x))."""
+    """ResNetBasicBlock(C_in, C_out)(x) = conv1x1(avgpool2(x)) + RCB3x3(RCB3x3_stride2(x))."""
     ops = load_space("201-space", "operations")
     torch.manual_seed(0)
-    block = ops.ResNetBasicBlock(4, 8, 2).train()
+    block = ops.ResNetBasicBlock(4, 8).train()
     x = torch.randn(2, 4, 8, 8)
 
     def rcb(op, inp, stride):
