@@ -231,6 +231,14 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         run.end_epoch(record)
 
 
+def finish(run, model, benchmark=None):
+    """After the last epoch: the final genotype in the log (genotype.json has it), with a benchmark trajectory.png."""
+    logger.info("final genotype = %s (written to %s)", model.genotype(), run.run_dir / "genotype.json")
+    if benchmark is not None:  # NAS-Bench-201 accuracy over the epochs
+        plot_trajectory(read_history(run.run_dir), run.run_dir / "trajectory.png")
+        logger.info("NAS-Bench-201 trajectory drawn in %s", run.run_dir / "trajectory.png")
+
+
 @utils.exits_cleanly
 def main(argv=None, parser=None, script="train_search"):
     args = engine.parse_args(parser or get_parser(), SPACE, script, argv)
@@ -266,10 +274,7 @@ def main(argv=None, parser=None, script="train_search"):
     weights = utils.count_parameters(model.weights())
     logger.info("param count = %d weights + %d architecture", weights, model.beta.numel())
     search(run, model, architect, optimizer, streams, valid_loader, args, data, costs, benchmark)
-    logger.info("final genotype = %s (written to %s)", model.genotype(), run.run_dir / "genotype.json")
-    if benchmark is not None:  # NAS-Bench-201 accuracy over the epochs
-        plot_trajectory(read_history(run.run_dir), run.run_dir / "trajectory.png")
-        logger.info("NAS-Bench-201 trajectory drawn in %s", run.run_dir / "trajectory.png")
+    finish(run, model, benchmark)
 
 
 if __name__ == "__main__":

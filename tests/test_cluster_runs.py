@@ -92,11 +92,13 @@ def test_one_writer_per_run_folder(tmp_path):
     try:
         assert_one_line_error(refused.returncode, refused.stderr.read(), "a live run (process", str(live.pid))
         wait_for_log(live, run_dir / "log.txt", "epoch 1/3 lr ", time.monotonic() + TIMEOUT)  # epoch 1 is checkpointed
+        os.kill(live.pid, signal.SIGSTOP)  # alive, holding its folder, however slow the checks below start
         resume = run_script("DARTS-space", *argv[:-2], "--resume", run_dir / "checkpoint.pt", timeout=60)
         assert_one_line_error(resume.returncode, resume.stderr, f"a live run (process {live.pid})")
         report = run_script("DARTS-space", "report.py", run_dir, timeout=60)
         assert_one_line_error(report.returncode, report.stderr, f"still running (process {live.pid}")
     finally:
+        os.kill(live.pid, signal.SIGCONT)
         code, err = _finish(live)
     assert code == 0, err[-3000:]
     assert _epochs(run_dir) == [0, 1, 2]
