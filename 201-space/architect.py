@@ -10,7 +10,6 @@ The virtual step is taken in place on the model's own weights and undone afterwa
 import contextlib
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 # --reg_type: name -> the term on beta (a function of the supernet) added to the arch loss times --reg_scale.
@@ -58,11 +57,13 @@ class Architect:
         weights, arch = self.model.weights(), self.model.arch_parameters()
         saved = [w.detach().clone() for w in weights]
         # One draw of the mixing weights for every L_train: the finite difference compares one function at w +- eps v.
+        # The L_train forwards see it as a leaf that needs a gradient, as every other forward sees its draw (one
+        # compiled variant under --compile); beta's part is carried back through the draw once, at the end.
         mix_train = self.model.arch_weights()  # (6, n_kept), graph back to beta
+        mix = mix_train.detach().requires_grad_(True)
 
         # Virtual SGD step w' (as the weight optimizer would take it).
-        train_loss = F.cross_entropy(self.model(x_train, mix_train.detach()), y_train)
-        train_grads = self._grads(train_loss, weights)
+        train_grads = self._grads(F.cross_entropy(self.model(x_train, mix), y_train), weights)
         with torch.no_grad():
             for w, g in zip(weights, train_grads):
                 state = w_optimizer.state.get(w, {})
@@ -75,22 +76,20 @@ class Architect:
         val_grads = self._grads(F.cross_entropy(self.model(x_valid), y_valid), arch + weights)
         d_arch, v = val_grads[: len(arch)], val_grads[len(arch) :]
 
-        # Finite-difference Hessian-vector product around the original weights w.
+        # Finite-difference Hessian-vector product around the original weights w, w.r.t. the draw, then to beta.
         eps = 0.01 / torch.sqrt(sum((g * g).sum() for g in v))
-        hvp = [torch.zeros_like(a) for a in arch]
+        d_mix = []
         for sign in (1.0, -1.0):
             with torch.no_grad():
                 for w, w0, g in zip(weights, saved, v):
                     w.copy_(w0 + sign * eps * g)
-            loss = F.cross_entropy(self.model(x_train, mix_train), y_train)
-            # retain_graph: the second difference reuses the graph of the shared draw.
-            g_arch = torch.autograd.grad(loss, arch, retain_graph=sign > 0, allow_unused=True)
-            hvp = [h + sign * (0 if g is None else g) for h, g in zip(hvp, g_arch)]
+            d_mix.append(torch.autograd.grad(F.cross_entropy(self.model(x_train, mix), y_train), mix)[0])
+        hvp = torch.autograd.grad(mix_train, arch, grad_outputs=(d_mix[0] - d_mix[1]) / (2 * eps))
 
         with torch.no_grad():  # back to w
             for w, w0 in zip(weights, saved):
                 w.copy_(w0)
-        return [da - lr * h / (2 * eps) for da, h in zip(d_arch, hvp)]
+        return [da - lr * h for da, h in zip(d_arch, hvp)]
 
     @staticmethod
     def _grads(loss, params):
@@ -101,12 +100,14 @@ class Architect:
 
 @contextlib.contextmanager
 def batch_stats_only(model):
-    """BatchNorm uses batch statistics and leaves its running ones, which belong to the weights' training batches."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for layer in layers:
-        layer.track_running_stats = False  # in train mode: batch statistics, no update
+    """BatchNorm normalises with batch statistics (train mode) and its running ones, which belong to the weights'
+    training batches, are put back afterwards. Kept tracked, so that under --compile these forwards are the weight
+    step's graph, not one more compiled variant."""
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
     try:
         yield
     finally:
-        for layer in layers:
-            layer.track_running_stats = True
+        with torch.no_grad():
+            for b, b0 in zip(buffers, saved):
+                b.copy_(b0)

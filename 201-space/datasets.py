@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from PIL import Image
 from runkit import data_common
 from runkit.image_files import ImageFiles, image_stats, scan_split
@@ -63,6 +62,8 @@ class PickledImages(Dataset):
 
 
 def _transforms(size, mean, std, augment, resize=False):
+    import torchvision.transforms as T  # here: torchvision imports in seconds, and synthetic data needs none
+
     ops = [T.Resize((size, size))] if resize else []
     ops += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])

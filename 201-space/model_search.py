@@ -148,7 +148,6 @@ class Network(nn.Module):
             self._kept_index = {key: torch.tensor(self.kept, device=self.beta.device)}
         return self._kept_index[key]
 
-    @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
         """Mixing weights of the kept ops (6, n_kept) for one forward (for the Dirichlet, as drawing all ops, zeroing
         the pruned ones and renormalising)."""
@@ -167,10 +166,16 @@ class Network(nn.Module):
         alpha = concentration(self.beta.gather(1, index))
         return (alpha / alpha.sum(-1, keepdim=True) * edge_costs.gather(1, index)).sum()
 
+    def compile(self, **kwargs):
+        """torch.compile `logits`, one graph for every forward; the draw stays eager fp32, outside any CUDA graph."""
+        self.logits = torch.compile(self.logits, **kwargs)
+
     def forward(self, x, mix=None):
-        """Logits for x (B, 3, H, W), mixing weights drawn unless given (6, n_kept); `amp`: bf16 cells, fp32 draw."""
-        if mix is None:
-            mix = self.arch_weights()
+        """Logits for x (B, 3, H, W), mixing weights drawn unless given (6, n_kept)."""
+        return self.logits(x, self.arch_weights() if mix is None else mix)
+
+    def logits(self, x, mix):
+        """The cells under the mixing weights `mix`; `amp`: bf16 cells, fp32 logits."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             x = self.stem(x)
             for layer in self.cells:

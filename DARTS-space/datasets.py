@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from PIL import Image
 from runkit import data_common
 from runkit.image_files import ImageFiles, image_stats, scan_split
@@ -53,6 +52,8 @@ class Cutout:
 
 def _transforms(mean, std, augment, cutout_length, resize=None):
     """[Resize ->] random crop (padding side // 8: CIFAR's 4) and flip when `augment` -> tensor [-> Cutout]."""
+    import torchvision.transforms as T  # here: torchvision imports in seconds, and synthetic data needs none
+
     size = resize or 32
     ops = [T.Resize((size, size))] if resize else []
     ops += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
@@ -175,6 +176,8 @@ def imagenet_or_synthetic(args, search=False):
 def imagenet_transforms(image_size=224, search=False):
     """`(train, val)` transforms of the paper's ImageNet runs: a search trains on both splits (random resized crop
     and flip); an evaluation adds colour jitter for training, and validates on a centre crop of the image resized."""
+    import torchvision.transforms as T  # here: torchvision imports in seconds, and synthetic data needs none
+
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop_flip = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     if search:

@@ -220,7 +220,6 @@ class Network(nn.Module):
         """alpha of the kept ops: (2, 14, n_kept) for (normal, reduce)."""
         return concentration(self.kept_beta())
 
-    @torch.compiler.disable  # eager and fp32 under --compile too: the draw is one call, outside any CUDA graph
     def arch_weights(self):
         """Mixing weights of every edge from the `method`'s sampler, in one call: (2, 14, n_kept). For the Dirichlet,
         sampling the kept ops equals sampling all ops, zeroing the pruned ones and renormalising (aggregation)."""
@@ -239,11 +238,16 @@ class Network(nn.Module):
         costs = edge_costs.view(2, -1, edge_costs.shape[-1]).gather(2, self.kept_index)
         return (alpha / alpha.sum(-1, keepdim=True) * costs).sum()
 
+    def compile(self, **kwargs):
+        """torch.compile `logits`, one graph for every forward; the draw stays eager fp32, outside any CUDA graph."""
+        self.logits = torch.compile(self.logits, **kwargs)
+
     def forward(self, x, mix=None):
-        """Logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights. With `amp` the network runs
-        under bf16 autocast, the draw (before) and the logits in fp32."""
-        if mix is None:
-            mix = self.arch_weights()
+        """Logits (B, num_classes); `mix` (2, 14, n_kept) overrides the sampled weights."""
+        return self.logits(x, self.arch_weights() if mix is None else mix)
+
+    def logits(self, x, mix):
+        """The cells under the mixing weights `mix`; `amp`: bf16 cells, fp32 logits."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             s0 = self.stem0(x)
             s1 = s0 if self.stem1 is None else self.stem1(s0)

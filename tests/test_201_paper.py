@@ -506,7 +506,8 @@ def test_search_defaults_are_the_papers_settings_one_stage_or_two_progressive_10
 def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_normalisation(load_space, tmp_path):
     """Training images: RandomCrop(size, padding 4 on 32 px / 2 on 16 px), flip p=0.5, ToTensor, Normalize."""
     datasets = load_space("201-space", "datasets")
-    T = datasets.T
+    import torchvision.transforms as T
+
     write_tiny_cifar(tmp_path), write_tiny_cifar(tmp_path, "cifar100")
     folder = tmp_path / "in16"
     folder.mkdir()

@@ -6,7 +6,6 @@ import socket
 from pathlib import Path
 
 import torch
-import torchvision.datasets.utils as tv_utils
 from torch.utils.data import TensorDataset
 
 from .utils import UserError
@@ -33,12 +32,14 @@ def add_arguments(parser, verb, choices):
 
 def download(name, root, folder):
     """Fetch the CIFAR archive `name` into `root` (it unpacks to `folder`); without a network, one line in seconds."""
+    from torchvision.datasets.utils import download_and_extract_archive  # here: torchvision imports in seconds
+
     url, md5 = DOWNLOADS[name]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     created = not root.exists()
     try:
-        tv_utils.download_and_extract_archive(url, str(root), md5=md5)
+        download_and_extract_archive(url, str(root), md5=md5)
     except Exception as err:  # URLError, timeouts, permission errors, bad archives
         if created:  # leave no half-made folder behind
             shutil.rmtree(root, ignore_errors=True)

@@ -1,7 +1,6 @@
 """Your own images on disk: a split's class folders (every file checked up front), the images, their statistics."""
 
 import torch
-import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -64,6 +63,8 @@ def scan_split(folder):
 
 def image_stats(samples, image_size):
     """Per-channel mean and std of up to `STATS_IMAGES` resized images (a fixed seed: the same in every run)."""
+    import torchvision.transforms as T  # here: torchvision imports in seconds
+
     pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:STATS_IMAGES].tolist()
     to_tensor = T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
     sums = torch.zeros(2, 3, dtype=torch.float64)  # per channel: sum of x, sum of x^2

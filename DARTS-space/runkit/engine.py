@@ -9,11 +9,11 @@ import shutil
 import signal
 import time
 from collections import namedtuple
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
-import torchvision
 from torch.utils.tensorboard import SummaryWriter
 
 from . import accel, run_flags, run_folder, utils
@@ -142,7 +142,7 @@ class Run:
         for name, write in (files or {}).items():
             write(self.run_dir / name)
         logger.info("args = %s", json.dumps(vars(args), sort_keys=True))
-        versions = (torch.__version__, torchvision.__version__, torch.version.cuda, self.dist.device)
+        versions = (torch.__version__, version("torchvision"), torch.version.cuda, self.dist.device)
         logger.info("torch %s, torchvision %s, CUDA %s, device %s", *versions)
         if getattr(args, "deterministic", False):
             logger.info("--deterministic: deterministic kernels and no cuDNN autotuning (slower)")
