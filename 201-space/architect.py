@@ -56,9 +56,8 @@ class Architect:
     def _unrolled_grads(self, x_train, y_train, x_valid, y_valid, lr, w_optimizer):
         weights, arch = self.model.weights(), self.model.arch_parameters()
         saved = [w.detach().clone() for w in weights]
-        # One draw of the mixing weights for every L_train: the finite difference compares one function at w +- eps v.
-        # The L_train forwards see it as a leaf that needs a gradient, as every other forward sees its draw (one
-        # compiled variant under --compile); beta's part is carried back through the draw once, at the end.
+        # One draw for every L_train (the finite difference compares one function at w +- eps v), a leaf needing a
+        # gradient as every forward's draw (one compiled graph); beta's part is carried back through it at the end.
         mix_train = self.model.arch_weights()  # (6, n_kept), graph back to beta
         mix = mix_train.detach().requires_grad_(True)
 
@@ -100,9 +99,8 @@ class Architect:
 
 @contextlib.contextmanager
 def batch_stats_only(model):
-    """BatchNorm normalises with batch statistics (train mode) and its running ones, which belong to the weights'
-    training batches, are put back afterwards. Kept tracked, so that under --compile these forwards are the weight
-    step's graph, not one more compiled variant."""
+    """BatchNorm's running statistics, which belong to the weights' training batches, are put back after the block
+    (tracked meanwhile, so that under --compile its forwards are the weight step's graph, not one more variant)."""
     buffers = list(model.buffers())
     saved = [b.detach().clone() for b in buffers]
     try:

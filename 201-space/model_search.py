@@ -190,17 +190,12 @@ class Network(nn.Module):
         ops = [PRIMITIVES[max(kept, key=lambda o: beta[e, o].item())] for e, kept in enumerate(self.kept)]
         return Structure.from_edges(ops)
 
-    def concentrations(self):
-        """alpha per edge as nested lists (for logs), pruned ops as None."""
-        alpha = concentration(self.beta.detach()).cpu().tolist()
-        return [[round(a, 4) if o in kept else None for o, a in enumerate(row)] for row, kept in zip(alpha, self.kept)]
-
-    def softmax_weights(self):
-        """softmax(beta) over the kept ops per edge as nested lists (for logs), pruned ops as None."""
+    def arch_values(self):
+        """For logs: per edge alpha (dirichlet) or softmax(beta) (other methods) of the kept ops, pruned ops None."""
         rows = []
         for row, kept in zip(self.beta.detach().cpu(), self.kept):
-            p = F.softmax(row[kept], dim=0).tolist()
-            rows.append([round(p[kept.index(o)], 4) if o in kept else None for o in range(len(row))])
+            values = (concentration(row[kept]) if self.method == "dirichlet" else F.softmax(row[kept], dim=0)).tolist()
+            rows.append([round(values[kept.index(o)], 4) if o in kept else None for o in range(len(row))])
         return rows
 
     def prune(self, keep):

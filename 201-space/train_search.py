@@ -213,10 +213,8 @@ def search(run, model, architect, optimizer, streams, valid_loader, args, data=N
         valid = infer(model, islice(valid_loader, args.max_steps_per_epoch or None), device).result()
         cell = model.genotype()
         logger.info("genotype = %s", cell)
-        if model.method == "dirichlet":  # darts, snas and gdas draw from softmax(beta) instead
-            logger.info("concentrations (edges x %s) = %s", "/".join(PRIMITIVES), model.concentrations())
-        else:
-            logger.info("softmax(beta) (edges x %s) = %s", "/".join(PRIMITIVES), model.softmax_weights())
+        name = "concentrations" if model.method == "dirichlet" else "softmax(beta)"  # darts, snas, gdas: no Dirichlet
+        logger.info("%s (edges x %s) = %s", name, "/".join(PRIMITIVES), model.arch_values())
         record = {"stage": stage, "lr": lr, **run.train_metrics(), "valid_acc": valid["acc"]}
         record.update(valid_loss=valid["loss"], genotype=str(cell))
         saved = dict(data or {})

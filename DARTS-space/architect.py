@@ -80,8 +80,8 @@ class Architect:
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics
         original = [w.detach().clone() for w in weights]
 
-        # One draw of the mixing weights for the training loss, used by the virtual step and by both sides of the
-        # finite difference (fresh draws would swamp the tiny difference).
+        # One draw for the training loss, for the virtual step and both sides of the finite difference (fresh draws
+        # would swamp the tiny difference).
         mix_train = model.arch_weights()  # (2, 14, n_kept), graph back to beta
         mix_fixed = mix_train.detach()
 
@@ -101,8 +101,7 @@ class Architect:
         grads = torch.autograd.grad(loss_valid, arch + weights)
         d_arch, d_weights = grads[: len(arch)], grads[len(arch) :]
 
-        # H dw' = grad_beta L_train(w + eps dw') - grad_beta L_train(w - eps dw'), / 2 eps. beta enters L_train only
-        # through the mixing weights: differentiate w.r.t. the (fixed) draw, carry the difference back once.
+        # H dw' = (grad_beta L_train(w + eps dw') - grad_beta L_train(w - eps dw')) / 2 eps, via the draw (fixed).
         eps = 0.01 / torch.cat([d.reshape(-1) for d in d_weights]).norm()
         d_mix = []
         for sign in (1.0, -1.0):

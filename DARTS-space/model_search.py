@@ -65,8 +65,7 @@ def check_k(C, layers, k, flag="--k"):
         raise UserError(f"--init_channels {C} must be even (the reduction preprocessing halves it)")
 
     def fits(q):
-        # Every cell's C/q must be whole; a reduction cell's C/q also feeds the two halves of FactorizedReduce (the
-        # identity op at stride 2), so it must be even.
+        # Every cell's C/q whole; a reduction cell's even too (the two halves of FactorizedReduce, skip at stride 2).
         return all(c % q == 0 and (not red or (c // q) % 2 == 0) for c, red in cell_channels(C, layers))
 
     if not fits(k):
@@ -162,14 +161,12 @@ class Network(nn.Module):
         self.C, self.layers, self.steps, self.k, self.method = C, layers, steps, k, method
         self.tau = 10.0  # Gumbel temperature of the sampler (snas, gdas), set each epoch by the search
         num_edges = sum(2 + i for i in range(steps))
-        # kept[e]: the PRIMITIVES indices still searched on edge e (host data, see prune); the edges are the rows of
-        # the architecture parameters, beta_normal's then beta_reduce's (as in 201-space, one list per edge).
+        # kept[e]: PRIMITIVES indices still searched on edge e (host data), edges as beta_normal's then beta_reduce's.
         self.kept = [list(ops) for ops in kept or [range(len(PRIMITIVES))] * (2 * num_edges)]
 
         C_stem = 3 * C  # both stems end at 3C channels
         if imagenet:
-            # Three stride-2 convs take 224 px to 28 px and end at 3C channels (the paper's ImageNet supernet; its
-            # evaluation network ends its stems at C instead).
+            # Three stride-2 convs, 224 px -> 28 px, ending at 3C channels (the paper's evaluation network ends at C).
             def conv_bn(C_in, C_out):
                 return nn.Conv2d(C_in, C_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_out)
 
@@ -207,8 +204,7 @@ class Network(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def _set_kept_index(self):
-        # (2, 14, n_kept) PRIMITIVES indices per edge; a buffer so it follows .to(device), not persistent because
-        # `kept` itself is saved with the checkpoint.
+        # (2, 14, n_kept) PRIMITIVES indices; a buffer to follow .to(device), not persistent (`kept` is checkpointed).
         index = torch.tensor(self.kept, dtype=torch.long).view(2, len(self.kept) // 2, -1)
         self.register_buffer("kept_index", index.to(self.beta_normal.device), persistent=False)
 
