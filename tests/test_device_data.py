@@ -1,5 +1,6 @@
 """Data on the device (`device_data.py`), on the CPU device."""
 
+import argparse
 import pickle
 from itertools import islice
 
@@ -214,12 +215,10 @@ def test_resume_from_position_and_rng_state_is_exact(load_space, tmp_path, space
     sought = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2)
     next(sought)  # a batch of pass 0 first, so seek has an order to drop
     sought.seek(position)
-    torch.set_rng_state(state)
-    for (x, y), (x_a, y_a) in zip(later, islice(resumed, 5)):
-        assert torch.equal(x, x_a) and torch.equal(y, y_a)
-    torch.set_rng_state(state)
-    for (x, y), (x_b, y_b) in zip(later, islice(sought, 5)):
-        assert torch.equal(x, x_b) and torch.equal(y, y_b)
+    for other in (resumed, sought):
+        torch.set_rng_state(state)
+        for (x, y), (x_b, y_b) in zip(later, islice(other, 5)):
+            assert torch.equal(x, x_b) and torch.equal(y, y_b)
     sought.seek(position)  # the augmentation comes from the global RNG: the same position with other draws differs
     x_c, y_c = next(sought)
     assert torch.equal(y_c, later[0][1]) and not torch.equal(x_c, later[0][0])
@@ -242,8 +241,6 @@ def test_use_device_resolves_the_flag_and_stream_and_loader_pick_the_path(load_s
     device_data, datasets, utils, streams = load_space(
         "201-space", "runkit.device_data", "datasets", "runkit.utils", "runkit.streams"
     )
-    import argparse
-
     data = _numbered_set()
     assert isinstance(device_data.stream(data, 4, 0, "cpu", True), device_data.DeviceStream)
     assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)
