@@ -204,10 +204,9 @@ def test_cli_query_prints_json_from_the_shipped_table_in_any_folder_and_bad_inpu
     result = run_script("201-space", "benchmark.py", "query", "--benchmark", bad, "--arch", DRNAS)
     assert result.returncode != 0 and result.stdout == "" and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+    benchmark = load_space("201-space", "benchmark")
     with pytest.raises(SystemExit) as exit_info:
-        load_space("201-space", "benchmark").main(
-            ["query", "--benchmark", str(tmp_path / "missing.pth"), "--arch", DRNAS]
-        )
+        benchmark.main(["query", "--benchmark", str(tmp_path / "missing.pth"), "--arch", DRNAS])
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no such file" in err

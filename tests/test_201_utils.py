@@ -92,13 +92,9 @@ def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
         assert not caught, f"{name}: the one-line error only, no warning before it"
 
 
-def _dataset(n=23):
-    return TensorDataset(torch.arange(n), torch.arange(n) * 10)
-
-
-def test_stream_resumes_exactly_from_a_position(load_space):
+def test_stream_resumes_exactly_from_a_position_its_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):
     streams = load_space("201-space", "runkit.streams")
-    ds = _dataset()
+    ds = TensorDataset(torch.arange(23), torch.arange(23) * 10)
     stream = streams.Stream(ds, batch_size=4, seed=3)
     assert len(stream) == stream.batches_per_pass == 6  # ceil(23 / 4)
     for n in (0, 3, 6, 8, 13):
@@ -112,11 +108,6 @@ def test_stream_resumes_exactly_from_a_position(load_space):
             a, b = next(stream), next(resumed)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert stream.position() == resumed.position()
-
-
-def test_stream_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):
-    streams = load_space("201-space", "runkit.streams")
-    ds = _dataset()
     stream = streams.Stream(ds, batch_size=4, seed=3)
     passes = []
     for _ in range(3):
@@ -131,7 +122,8 @@ def test_stream_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_spac
     assert torch.cat([b[0] for b in islice(again, 6)]).tolist() == passes[0]
     other = streams.Stream(ds, batch_size=4, seed=4)
     assert torch.cat([b[0] for b in islice(other, 6)]).tolist() != passes[0]
-    stream = streams.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)  # without shuffle: in order
+    ten = TensorDataset(torch.arange(10), torch.arange(10) * 10)
+    stream = streams.Stream(ten, batch_size=3, seed=0, shuffle=False)  # without shuffle: in order
     assert torch.cat([b[0] for b in islice(stream, 4)]).tolist() == list(range(10))
 
 
@@ -173,7 +165,6 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
 
 
 def test_history_is_strict_json_and_drops_epochs_past_a_resume_and_seconds_read_as_clock_time(load_space, tmp_path):
-    """A diverged held-out loss is written as null (JSON has no NaN); a resume keeps the epochs before it."""
     utils = load_space("201-space", "runkit.utils")
     history = utils.History(tmp_path)
     history.append({"epoch": 0, "valid_loss": float("nan"), "nested": {"x": [1.5, float("inf")]}})
@@ -189,7 +180,6 @@ def test_history_is_strict_json_and_drops_epochs_past_a_resume_and_seconds_read_
 
 
 def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, monkeypatch):
-    """--deterministic: deterministic kernels (warn only), no cuDNN autotuning, the cuBLAS workspace unless user-set."""
     utils = load_space("201-space", "runkit.utils")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)

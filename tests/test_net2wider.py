@@ -24,7 +24,7 @@ def test_same_public_api_in_both_folders(load_space):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_dense_conv_copies_weights_without_division_and_depthwise_conv_grows_its_groups(load_space, space):
+def test_conv_copies_weights_without_division_depthwise_conv_grows_its_groups_bn_copies_statistics(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 3, 3, padding=1, bias=True)
@@ -51,11 +51,7 @@ def test_dense_conv_copies_weights_without_division_and_depthwise_conv_grows_its
     assert torch.equal(new.weight, conv.weight[index])  # (6, 1, 3, 3): each filter follows its channel
     x = torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(new(x[:, index]), conv(x)[:, index])
-
-
-@pytest.mark.parametrize("space", SPACES)
-def test_bn_copies_running_statistics_and_affine_parameters(load_space, space):
-    n2w = load_space(space, "runkit.net2wider")
+    # BatchNorm: running statistics and affine parameters are copied.
     bn = nn.BatchNorm2d(4)
     with torch.no_grad():
         for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):

@@ -11,7 +11,6 @@ import torch
 
 from conftest import TINY_201
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 
@@ -21,11 +20,6 @@ def _model(load_space, method, beta):
     with torch.no_grad():
         model.beta.copy_(beta)
     return model
-
-
-def _ops(arch):
-    """The six op names of an architecture string, edge by edge."""
-    return [token.split("~")[0] for token in arch.replace("+", "").split("|") if token]
 
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
@@ -38,7 +32,8 @@ def test_samples_follow_the_distribution_and_respect_pruning(load_space, method)
     model.kept[0] = [ops.index("skip_connect"), ops.index("avg_pool_3x3")]  # edge 0 pruned to two ops
     archs = trajectory.sample_architectures(model, n, np.random.default_rng(0))
     assert archs == trajectory.sample_architectures(model, n, np.random.default_rng(0)), "seeded"
-    per_edge = [collections.Counter(_ops(a)[e] for a in archs) for e in range(6)]
+    edge_ops = [[token.split("~")[0] for token in a.replace("+", "").split("|") if token] for a in archs]
+    per_edge = [collections.Counter(cell[e] for cell in edge_ops) for e in range(6)]
     assert set(per_edge[0]) == {"skip_connect", "avg_pool_3x3"}, "a pruned op is never drawn"
     # How often the favoured op wins a draw: Dirichlet(elu(beta) + 1) = Dirichlet(1, e^-2 x 4), estimated
     # here with NumPy alone (about 0.73), or softmax(beta) for the categorical methods (0.65): the two differ
@@ -66,10 +61,8 @@ def test_query_records_the_derived_cell_and_the_sampled_spread(load_space, nb201
     summary = record["trajectory"]["cifar10"]
     assert (summary["min"], summary["max"]) == (cifar10[0], cifar10[-1])
     assert summary["min"] < summary["median"] < summary["max"], "nearly uniform beta: a spread of cells"
-    on_synthetic = trajectory.query_benchmark(
-        model, bench, search.get_parser().parse_args(["--dataset", "synthetic"]), 0
-    )
-    assert on_synthetic["benchmark_note"].endswith("not measured on synthetic")
+    args = search.get_parser().parse_args(["--dataset", "synthetic"])
+    assert trajectory.query_benchmark(model, bench, args, 0)["benchmark_note"].endswith("not measured on synthetic")
 
 
 EXTRA = "nor_conv_5x5"  # not one of NAS-Bench-201's five ops
