@@ -105,10 +105,8 @@ def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
 
 def test_progressive_script_runs_both_stages_with_benchmark(tmp_path, nb201_table, load_space):
     run_dir = tmp_path / "run"
-    argv = [*TINY, *"--stage_epochs 1 1 --warmup_epochs 0 --trajectory_samples 20".split()]
-    result = run_script(
-        "201-space", "train_search_progressive.py", *argv, "--benchmark", nb201_table, "--save", run_dir
-    )
+    argv = [*TINY, *"--stage_epochs 1 1 --warmup_epochs 0 --trajectory_samples 20".split(), "--benchmark", nb201_table]
+    result = run_script("201-space", "train_search_progressive.py", *argv, "--save", run_dir)
     assert result.returncode == 0, result.stderr
     assert "stage 2/2: k=2, 3 ops kept per edge" in result.stdout
     records = read_history(run_dir)

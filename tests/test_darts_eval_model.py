@@ -72,7 +72,7 @@ def test_drop_path_on_cpu(load_space):
     assert x.grad is not None
 
 
-def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
+def test_drop_path_is_identity_in_eval_and_skips_identities_and_the_shared_relu_is_the_darts_cell(load_space):
     model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
     net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
@@ -92,17 +92,9 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
     for cell in net.cells:
         flags = [isinstance(op, operations.Identity) for op in cell.ops]
         assert flags == cell.is_identity
-
-
-def test_shared_relu_is_the_darts_cell(load_space):
-    """Rectifying each state once for all its ops equals the ops' own ReLUs (the DARTS ops)."""
-    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
-    torch.manual_seed(0)
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
+    # The shared ReLU: rectifying each state once for all its ops equals the ops' own ReLUs (the DARTS ops).
     x = torch.randn(2, 3, 32, 32)
-    net.train()
-    net(x)  # non-trivial BatchNorm statistics
-    net.eval()
+    net.eval()  # with the BatchNorm statistics of the training passes above
     shared = net(x)[0]
     assert any(any(cell.takes_relu) for cell in net.cells)
     for cell in net.cells:

@@ -25,7 +25,6 @@ def refusal(capsys, main, *argv):
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 @pytest.mark.parametrize("amp_needs_bf16", [True, False])
 def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, space, amp_needs_bf16):
-    """Every script (fp16 fallback or not) refuses --amp where the CPU emulates bf16; one with bf16 units runs it."""
     accel = load_space(space, "runkit.accel")
     args, cpu = Namespace(amp=True, compile=False), torch.device("cpu")
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)
@@ -71,7 +70,6 @@ def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, fla
 
 
 def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplog):
-    """`finish` with a best epoch that is not the last: each number where it belongs."""
     training = load_space("DARTS-space", "train")
     dist = Namespace(world_size=1, device=torch.device("cpu"))
     run = Namespace(dist=dist, best={"value": 91.35, "epoch": 579}, args=Namespace(epochs=600))
@@ -107,19 +105,14 @@ def test_scripts_name_a_genotype_json_of_the_other_space(load_space, capsys, tmp
     assert not (tmp_path / "run").exists() and not (tmp_path / "cell.png").exists()
 
 
-def write_run(load_space, run_dir, space, script):
-    """A finished one-epoch run folder of `space` by `script`, written by hand: args.json, history, genotype.json."""
+@pytest.mark.parametrize(("space", "other"), [("201-space", "DARTS-space"), ("DARTS-space", "201-space")])
+@pytest.mark.parametrize("script", ["train_search", "train"])
+def test_report_names_a_run_of_the_other_space(load_space, capsys, tmp_path, space, other, script):
+    run_dir = tmp_path / "run"  # a finished one-epoch run of the other space, written by hand
     run_dir.mkdir()
     args = {"script": script, "seed": 0, "dataset": "synthetic", "epochs": 1, "method": "dirichlet"}
     (run_dir / "args.json").write_text(json.dumps(args))
     (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 0, "test_acc": 50.0, "device": "cpu"}) + "\n")
-    genotype_json(load_space, run_dir / "genotype.json", space)
-    return run_dir
-
-
-@pytest.mark.parametrize(("space", "other"), [("201-space", "DARTS-space"), ("DARTS-space", "201-space")])
-@pytest.mark.parametrize("script", ["train_search", "train"])
-def test_report_names_a_run_of_the_other_space(load_space, capsys, tmp_path, space, other, script):
-    run_dir = write_run(load_space, tmp_path / "run", other, script)
+    genotype_json(load_space, run_dir / "genotype.json", other)
     line = refusal(capsys, load_space(space, "report").main, run_dir)
     assert f"{run_dir}: a run of the {other} ({script}.py); report it with {other}/report.py" in line
