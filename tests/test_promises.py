@@ -7,19 +7,11 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, run_script
+from conftest import TINY_201, TINY_DARTS_TRAIN, refusal, run_script
 
 # A DARTS cell and a NAS-Bench-201 cell, as each folder's genotype.json holds them.
 DARTS_CELL = "DrNAS_cifar10"
 CELL_201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-
-
-def refusal(capsys, main, *argv):
-    """Run a script's `main(argv)` in process: it must exit 2 with one line on stderr, which is returned."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    return assert_one_line_error(exit_info.value.code, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
