@@ -119,8 +119,7 @@ def load_ckpt(path):
 
 def read_history(run_dir):
     """The records of a run's history.jsonl without the wall-clock fields (they differ between any two runs)."""
-    lines = (run_dir / "history.jsonl").read_text().splitlines()
-    timing = ("time_s", "wall_s", "device_hours")
+    lines, timing = (run_dir / "history.jsonl").read_text().splitlines(), ("time_s", "wall_s", "device_hours")
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines if line.strip()]
 
 

@@ -48,8 +48,7 @@ def _arch_results(api, index, arch, accs, epochs, shift):
 def build_official(path, table):
     """A tiny official-format file: `table` maps arch -> {dataset: accuracy} (200 epochs)."""
     api = pytest.importorskip("nas_201_api")
-    archs = list(table)
-    arch2infos = {}
+    archs, arch2infos = list(table), {}
     for index, arch in enumerate(archs):
         full = _arch_results(api, index, arch, table[arch], 200, 0.0)
         less = _arch_results(api, index, arch, table[arch], 12, -30.0)  # hp='12' reads 30 points lower

@@ -90,8 +90,7 @@ def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_resid
 def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_pooled_conv1x1_shortcut(load_space):
     ops = load_space("201-space", "operations")
     torch.manual_seed(0)
-    block = ops.ResNetBasicBlock(4, 8).train()
-    x = torch.randn(2, 4, 8, 8)
+    block, x = ops.ResNetBasicBlock(4, 8).train(), torch.randn(2, 4, 8, 8)
 
     def rcb(op, inp, stride):
         conv, bn = op.op[1], op.op[2]
@@ -109,8 +108,7 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_l
     ms, gt, ops = load_space("201-space", "model_search", "genotypes", "operations")
     torch.manual_seed(0)
     cell = ms.Cell(4, 1, [range(5)] * 6).train()
-    x = torch.randn(2, 4, 8, 8)
-    w = torch.rand(6, 5)
+    x, w = torch.randn(2, 4, 8, 8), torch.rand(6, 5)
     got = cell(x, w)
     nodes = [x]
     for i in range(1, 4):
@@ -122,8 +120,7 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_l
     torch.testing.assert_close(got, nodes[3], rtol=1e-5, atol=1e-5)
     torch.manual_seed(0)
     C = 6
-    mixed = ms.MixedOp(C, 1, 1, range(5)).train()
-    x = torch.randn(4, C, 8, 8)
+    mixed, x = ms.MixedOp(C, 1, 1, range(5)).train(), torch.randn(4, C, 8, 8)
     outs = [_op_copy(ops, name, C, mixed.ops[o])(x) for o, name in enumerate(gt.PRIMITIVES)]
     for o, name in enumerate(gt.PRIMITIVES):  # no op bypasses its weight
         torch.testing.assert_close(mixed(x, F.relu(x), torch.eye(5)[o]), outs[o], rtol=1e-5, atol=1e-5, msg=name)
@@ -181,8 +178,7 @@ def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_group
     torch.manual_seed(0)
     C = 8
     q = C // k
-    mixed = ms.MixedOp(C, 1, k, range(5)).train()
-    x = torch.randn(3, C, 6, 6)
+    mixed, x = ms.MixedOp(C, 1, k, range(5)).train(), torch.randn(3, C, 6, 6)
     # Zero mixing weights: only the bypassed channels, after C/k zeros, then shuffled.
     got = mixed(x, F.relu(x), torch.zeros(5))
     want = torch.empty_like(x)
@@ -219,8 +215,7 @@ def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     lr, reg = 0.01, 0.05
     args = ts.get_parser().parse_args(f"--reg_type {reg_type} --reg_scale {reg} --arch_learning_rate {lr}".split())
-    architect = arch.Architect(model, args)
-    w_opt = torch.optim.SGD(model.weights(), 0.025)
+    architect, w_opt = arch.Architect(model, args), torch.optim.SGD(model.weights(), 0.025)
     beta = model.beta.detach().clone()
     m, v = torch.zeros_like(beta), torch.zeros_like(beta)
     grads = []
@@ -234,8 +229,7 @@ def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is
             (g,) = torch.autograd.grad(loss, [model.beta])
         grads.append(g)
         g = g + (reg if reg_type == "l2" else 0.0) * beta  # Adam's (coupled) L2 weight decay
-        m = BETA1 * m + (1 - BETA1) * g
-        v = BETA2 * v + (1 - BETA2) * g * g
+        m, v = BETA1 * m + (1 - BETA1) * g, BETA2 * v + (1 - BETA2) * g * g
         beta = beta - lr * (m / (1 - BETA1**t)) / ((v / (1 - BETA2**t)).sqrt() + ADAM_EPS)
         architect.step(xt, yt, xv, yv, 0.025, w_opt)
         torch.testing.assert_close(model.beta.detach(), beta, rtol=1e-10, atol=1e-13, msg=f"step {t}")
@@ -248,8 +242,7 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
     args = ts.get_parser().parse_args(["--unrolled", "--arch_learning_rate", "0.01"])  # momentum 0.9, wd 3e-4
     architect = arch.Architect(model, args)
-    weights = model.weights()
-    lr = 0.1
+    weights, lr = model.weights(), 0.1
     w_opt = torch.optim.SGD(weights, lr, momentum=0.9, weight_decay=3e-4)
     bufs = [0.1 * torch.randn_like(p) for p in weights]
     for p, b in zip(weights, bufs):
@@ -293,8 +286,7 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_and_cli
     opt = ts.sgd(model, args, args.learning_rate)
     weights = model.weights()
     assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in weights]
-    w = [p.detach().clone() for p in weights]
-    buf = None
+    w, buf = [p.detach().clone() for p in weights], None
     for _ in range(2):
         grads = [torch.randn_like(p) for p in weights]
         for p, g in zip(weights, grads):
@@ -308,8 +300,7 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_and_cli
     model.train()
     architect = arch.Architect(model, args)
     opt = torch.optim.SGD(weights, lr=1.0, momentum=0.0, weight_decay=0.0)
-    beta0 = model.beta.detach().clone()
-    clip = 1e-3
+    beta0, clip = model.beta.detach().clone(), 1e-3
 
     def displacement(grad_clip, seed):
         before = flat(weights)
@@ -354,8 +345,7 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
     train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
     train_rows, valid_rows = data.tensors[0][:12], data.tensors[0][12:]
-    events = []
-    real_step = task.architect.step
+    events, real_step = [], task.architect.step
     inside = [False]
 
     def arch_step(x_train, y_train, x_valid, y_valid, lr, opt):
@@ -415,8 +405,7 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args("--init_channels 8 --stage_epochs 3 4 --warmup_epochs 1".split())
     assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
-    total = 7
-    model = ms.Network(8, 1, 10, k=4)
+    total, model = 7, ms.Network(8, 1, 10, k=4)
     streams = {"train": [None], "valid": [None]}  # no steps are taken
     run = LoopRun(steps=0)
     ts.search(run, model, arch.Architect(model, args), ts.sgd(model, args, 0.025), streams, [], args)

@@ -63,8 +63,7 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
 def test_resume_is_exact_from_either_stage(load_space, tmp_path, monkeypatch):
     tsp, utils, datasets = load_space("201-space", "train_search_progressive", "runkit.utils", "datasets")
     argv = TINY + "--stage_epochs 2 2 --warmup_epochs 1 --stage_k 4 2 --trajectory_samples 0".split()
-    saves = []
-    real_save = utils.save_checkpoint
+    saves, real_save = [], utils.save_checkpoint
 
     def keep_every_epoch(state, path):
         real_save(state, path)

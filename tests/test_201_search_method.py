@@ -110,8 +110,7 @@ def test_architect_step_moves_only_beta_and_leaves_bn_buffers_the_weight_step_on
     assert [n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])] == []
     # The weight step, as search.search_step takes it: every weight moves, beta neither gets a gradient nor moves.
     weights = model.weights()
-    opt = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
-    beta0 = model.beta.detach().clone()
+    opt, beta0 = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4), model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
     opt.zero_grad(set_to_none=True)
     x, y = image_batch(4)
@@ -172,8 +171,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     args = _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg)
     architect = arch.Architect(model, args)
     w_opt = torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
-    names = [n for n, _ in model.named_parameters() if n != "beta"]
-    bufs = {}
+    names, bufs = [n for n, _ in model.named_parameters() if n != "beta"], {}
     if momentum_state:
         for n, p in zip(names, model.weights()):
             bufs[n] = 0.1 * torch.randn_like(p)
@@ -214,8 +212,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     # ... and the second-order term matters here, so the check has teeth.
     first = torch.autograd.grad(objective(b), b)[0]
     assert (first - fd).norm() > 0.2 * fd.norm()
-    rel = (got - fd).norm() / fd.norm()
-    cos = F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
+    rel, cos = (got - fd).norm() / fd.norm(), F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
     assert rel < 0.02 and cos > 0.999, (rel.item(), cos.item())
 
 
@@ -223,8 +220,7 @@ def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, m
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=1, method="dirichlet").train()
-    used = []
-    original = ms.Network.forward
+    used, original = [], ms.Network.forward
 
     def recording(self, x, mix=None):
         if mix is None:

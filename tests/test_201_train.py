@@ -35,8 +35,7 @@ def test_golden_counts(load_space, arch, classes, params, flops):
 def test_infer_cell(load_space):
     model, genotypes = load_space("201-space", "model", "genotypes")
     torch.manual_seed(0)
-    x = torch.randn(2, 8, 6, 6)
-    cell = model.InferCell(genotypes.Structure.from_str(MIXED), 8)
+    x, cell = torch.randn(2, 8, 6, 6), model.InferCell(genotypes.Structure.from_str(MIXED), 8)
     assert len(cell.edges) == 5  # the 'none' edge has no module
     assert cell(x).shape == x.shape
     e = cell.edges  # node 1 = pool(x); node 2 = conv1x1(x) + node1; node 3 = conv1x1(x) + conv3x3(node2)

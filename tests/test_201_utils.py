@@ -42,8 +42,7 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     load_space, tmp_path, monkeypatch, space
 ):
     """os.replace of <path>.tmp: a write dying midway leaves the previous checkpoint loadable, no .tmp left."""
-    utils = load_space(space, "runkit.utils")
-    path = tmp_path / "checkpoint.pt"
+    utils, path = load_space(space, "runkit.utils"), tmp_path / "checkpoint.pt"
     replaced, real_replace = [], os.replace
 
     def recording_replace(source, target):
@@ -108,8 +107,7 @@ def test_stream_resumes_exactly_from_a_position_its_passes_cover_the_data_and_re
             a, b = next(stream), next(resumed)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert stream.position() == resumed.position()
-    stream = streams.Stream(ds, batch_size=4, seed=3)
-    passes = []
+    stream, passes = streams.Stream(ds, batch_size=4, seed=3), []
     for _ in range(3):
         batches = list(islice(stream, len(stream)))
         assert [len(b[0]) for b in batches] == [4, 4, 4, 4, 4, 3]
@@ -146,8 +144,7 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
     progress = load_space("201-space", "runkit.progress")
     # Targets 0 (top-1), 1 (rank 5: top-5 only), 5 (rank 6: neither), 3 (top-1).
     output = torch.tensor([[0.9, 0.1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
-    output = torch.cat([output, torch.eye(6)[3:4]])
-    target = torch.tensor([0, 1, 5, 3])
+    output, target = torch.cat([output, torch.eye(6)[3:4]]), torch.tensor([0, 1, 5, 3])
     meter = progress.Meter(torch.device("cpu"))
     with forbid_host_reads():
         meter.update(output, target, torch.tensor(2.0, requires_grad=True) * 1)

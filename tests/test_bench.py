@@ -102,8 +102,7 @@ def test_darts_each_part_of_a_step_is_timed_on_its_own_after_the_warm_up(load_sp
 
 def test_each_configuration_runs_in_a_child_that_gets_gpu_only_when_given(load_space, monkeypatch, capsys):
     """The children write to the user's streams themselves; `--gpu` reaches them only when it was given."""
-    bench = load_space("DARTS-space", "bench")
-    children = []
+    bench, children = load_space("DARTS-space", "bench"), []
 
     def run(command, **kwargs):
         children.append((command, kwargs))

@@ -75,8 +75,7 @@ def test_drop_path_on_cpu(load_space):
 def test_drop_path_is_identity_in_eval_and_skips_identities_and_the_shared_relu_is_the_darts_cell(load_space):
     model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
-    x = torch.randn(4, 3, 32, 32)
+    net, x = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), torch.randn(4, 3, 32, 32)
     net.train()
     net(x)  # give BatchNorm running statistics
     net.eval()

@@ -43,8 +43,7 @@ def kl_to_uniform_dirichlet(beta):
 
 def shuffle_by_hand(t, groups):
     """ShuffleNet channel shuffle by index arithmetic: out[:, j * groups + g] = t[:, g * (C / groups) + j]."""
-    per = t.shape[1] // groups
-    out = torch.empty_like(t)
+    per, out = t.shape[1] // groups, torch.empty_like(t)
     for g in range(groups):
         for j in range(per):
             out[:, j * groups + g] = t[:, g * per + j]
@@ -69,8 +68,7 @@ def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_
     model_search = load_space(SPACE, "model_search")
     for layers in (5, 6):
         torch.manual_seed(0)
-        net = model_search.Network(C, 10, layers, k=1)
-        reductions = (layers // 3, 2 * layers // 3)
+        net, reductions = model_search.Network(C, 10, layers, k=1), (layers // 3, 2 * layers // 3)
         assert [cell.reduction for cell in net.cells] == [i in reductions for i in range(layers)]
     # The CIFAR stem: one 3x3 conv to 3C channels at full resolution.
     assert net.stem0[0].out_channels == 3 * C and net.stem0[0].stride == (1, 1)
@@ -113,8 +111,7 @@ def test_mixing_weights_are_dirichlet_elu_beta_plus_1_in_training_and_its_mean_i
     supernet mixes with alpha / sum(alpha), deterministically."""
     model_search = load_space(SPACE, "model_search")
     torch.manual_seed(0)
-    net = model_search.Network(C, 10, LAYERS, k=2)
-    row = torch.tensor([2.0, 0.5, 0.0, -0.5, -1.0, -2.0, 1.0])
+    net, row = model_search.Network(C, 10, LAYERS, k=2), torch.tensor([2.0, 0.5, 0.0, -0.5, -1.0, -2.0, 1.0])
     with torch.no_grad():
         net.beta_normal.copy_(row.expand(14, 7))
         net.beta_reduce.copy_(row.roll(3).expand(14, 7))
@@ -162,8 +159,7 @@ def test_mixed_op_is_the_weighted_sum_of_its_ops_one_hot_gives_the_op_alone(load
     model_search, operations, genotypes = load_space(SPACE, "model_search", "operations", "genotypes")
     torch.manual_seed(0)
     edge = model_search.MixedOp(8, stride, 1, range(7))  # train mode: BatchNorm uses batch statistics
-    x = torch.randn(2, 8, 8, 8)
-    one_hot = torch.eye(7)
+    x, one_hot = torch.randn(2, 8, 8, 8), torch.eye(7)
     x_relu = F.relu(x)  # the cell's one ReLU of the state
     with torch.no_grad():
         singles = [edge(x, x_relu, one_hot[i]) for i in range(7)]
@@ -186,10 +182,8 @@ def test_partial_channels_bypass_is_max_pooled_2x2_on_reduction_and_output_shuff
     torch.manual_seed(0)
     Cin, k = 8, 4
     part = Cin // k
-    edge = model_search.MixedOp(Cin, stride, k, range(7))
-    x = torch.randn(2, Cin, 8, 8)
-    h = 8 // stride
-    bypass = x[:, part:]
+    edge, x = model_search.MixedOp(Cin, stride, k, range(7)), torch.randn(2, Cin, 8, 8)
+    h, bypass = 8 // stride, x[:, part:]
     if stride == 2:  # max over each 2x2 block
         bypass = bypass.reshape(2, Cin - part, h, 2, h, 2).amax(dim=(3, 5))
     with torch.no_grad():
@@ -215,8 +209,7 @@ def test_architect_is_adam_betas_0_5_0_999_lr_arch_lr_l2_decay_or_kl_to_uniform_
     sgd = torch.optim.SGD(net.weights(), 0.1)
     b1, b2, eps = 0.5, 0.999, 1e-8
     params = [b.detach().clone() for b in net.arch_parameters()]
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     grads_seen = []
     for t in (1, 2):
         (x, y), (xv, yv) = batch(seed=10 * t, dtype=torch.double), batch(seed=10 * t + 1, dtype=torch.double)
@@ -493,8 +486,7 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
 
 def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(load_space):
     training = load_space(SPACE, "train")
-    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
-    aux = torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
+    logits, aux = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
     y = torch.tensor([0, 2])
 
     def ce(z):  # mean over the batch of logsumexp(z) - z[y]

@@ -17,8 +17,7 @@ TINY_TRAIN = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5", "--m
 def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
     """Every pool op is pool -> BatchNorm2d(C, affine=False), as in the search; every other BatchNorm is affine."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
-    after_pool = set()
+    net, after_pool = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), set()
     for cell in net.cells:
         for (name, _), op in zip(cell.genotype_edges, cell.ops):
             if name.endswith("pool_3x3"):
@@ -113,8 +112,7 @@ def test_architect_clips_beta_gradient_to_grad_clip(load_space):
     for clip in (None, 1e-4):
         torch.manual_seed(1)
         net = model_search.Network(4, 10, 3, k=1)
-        arch = architect.Architect(net, args, grad_clip=clip)
-        optimizer = torch.optim.SGD(net.weights(), 0.1)
+        arch, optimizer = architect.Architect(net, args, grad_clip=clip), torch.optim.SGD(net.weights(), 0.1)
         torch.manual_seed(2)
         arch.step(x, y, x, y, 0.1, optimizer)
         # After one Adam step (beta1 = 0.5) exp_avg = 0.5 * the gradient Adam received.

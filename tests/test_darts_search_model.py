@@ -79,8 +79,7 @@ def test_prune_keeps_count_and_the_pass_never_runs_pruned_ops_nor_reads_host_val
 
 def test_genotype_two_strongest_edges_best_kept_op(load_space):
     model_search, genotypes = load_space("DARTS-space", "model_search", "genotypes")
-    P = genotypes.PRIMITIVES
-    net = model_search.Network(C, 10, LAYERS, k=2)
+    P, net = genotypes.PRIMITIVES, model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
         net.beta_normal.zero_()
         net.beta_reduce.zero_()
@@ -108,8 +107,7 @@ def test_architect_step_changes_only_arch_params(load_space, reg_type):
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     arch = architect.Architect(net, arch_args(reg_type=reg_type))
-    sgd = torch.optim.SGD(net.weights(), 0.1, momentum=0.9)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
+    sgd, before = torch.optim.SGD(net.weights(), 0.1, momentum=0.9), {k: v.clone() for k, v in net.state_dict().items()}
     (x, y), (xv, yv) = batch(seed=1), batch(seed=2)
     arch.step(x, y, xv, yv, 0.1, sgd)
     after = net.state_dict()

@@ -36,8 +36,7 @@ def test_cifar10_tree_is_read(load_space, tmp_path):
 
 
 def test_cifar100_and_imagenet16_trees(load_space, tmp_path):
-    datasets = load_space("201-space", "datasets")
-    rng = np.random.default_rng(1)
+    datasets, rng = load_space("201-space", "datasets"), np.random.default_rng(1)
     _write_batches(tmp_path / "c100" / "cifar-100-python", ["train", "test"], "fine_labels", 32, [0, 99, 50], rng)
     train, test, classes = datasets.get_datasets("cifar100", tmp_path / "c100")
     assert classes == 100 and sorted(train.labels) == [0, 50, 99]

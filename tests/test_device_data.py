@@ -48,8 +48,7 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
     data = _numbered_set()
     if subset:  # the searches' split, split again
         data = Subset(Subset(data, range(5, 37)), [3, 1, 4, 15, 9, 2, 6, 5, 30, 25, 8, 7, 11, 0, 31])
-    stream = device_data.DeviceStream(data, 4, 3, "cpu", **sharding)
-    reference = streams.Stream(data, 4, 3, **sharding)
+    stream, reference = device_data.DeviceStream(data, 4, 3, "cpu", **sharding), streams.Stream(data, 4, 3, **sharding)
     assert len(stream) == len(reference)
     for _ in range(3 * len(stream) + 1):  # three passes and a bit, partial batches included
         x, y = next(stream)
@@ -66,8 +65,7 @@ def test_device_loader_equals_the_dataloader_no_batch_reads_the_host_and_resume_
     split = Subset(Subset(plain, range(3, 19)), [5, 0, 7, 2, 9])
     for data in (test, plain, split, _numbered_set()):  # sets whose transforms do not augment
         loader = device_data.DeviceLoader(data, 3, "cpu")
-        batches = list(loader)
-        reference = list(DataLoader(data, 3))
+        batches, reference = list(loader), list(DataLoader(data, 3))
         assert len(loader) == len(batches) == len(reference)
         for (x, y), (x_ref, y_ref) in zip(batches, reference):
             assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)

@@ -43,8 +43,7 @@ def test_conv_copies_weights_without_division_depthwise_conv_grows_its_groups_bn
     for m in moved:
         assert torch.equal(n2w.expand(m.old, m.plan), m.new)
 
-    conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
-    index = torch.tensor([0, 1, 2, 3, 3, 0])
+    conv, index = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False), torch.tensor([0, 1, 2, 3, 3, 0])
     new = n2w.widen_conv(conv, index, index, [])
     assert (new.in_channels, new.out_channels, new.groups) == (6, 6, 6)
     assert (new.kernel_size, new.padding, new.dilation) == (conv.kernel_size, conv.padding, conv.dilation)
@@ -58,8 +57,7 @@ def test_conv_copies_weights_without_division_depthwise_conv_grows_its_groups_bn
             t.copy_(torch.rand(4) + 0.5)
     bn.num_batches_tracked.fill_(7)
     bn.eval()
-    index = torch.tensor([0, 1, 2, 3, 2, 2])
-    moved = []
+    index, moved = torch.tensor([0, 1, 2, 3, 2, 2]), []
     new = n2w.widen_bn(bn, index, moved)
     assert type(new) is type(bn) and new.num_features == 6 and not new.training
     for name in ("running_mean", "running_var", "weight", "bias"):
@@ -89,8 +87,7 @@ def test_grow_index_is_reproducible_and_expand_carries_momentum_with_the_paramet
     conv(torch.randn(2, 3, 4, 4)).square().sum().backward()
     sgd.step()
     buf = sgd.state[conv.weight]["momentum_buffer"]
-    index = torch.tensor([0, 1, 2, 1, 0])
-    moved = []
+    index, moved = torch.tensor([0, 1, 2, 1, 0]), []
     new = n2w.widen_conv(conv, index, index, moved)
     (m,) = moved
     carried = n2w.expand(buf, m.plan)
@@ -113,8 +110,7 @@ def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, 
         op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics
     op.eval()
     before = op(x)
-    index = n2w.grow_index(4, 8, torch.Generator().manual_seed(0))
-    moved = []
+    index, moved = n2w.grow_index(4, 8, torch.Generator().manual_seed(0)), []
     out_index = n2w.widen_op(op, index, moved, None)
     assert torch.equal(out_index, index) and moved
     after = op(torch.cat([x, torch.zeros(2, 4, 6, 6)], dim=1))

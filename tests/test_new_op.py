@@ -222,8 +222,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
         op = operations.OPS[name](8, 8, 1, False).train()
         if hasattr(op, "forward_scaled"):
             plain = copy.deepcopy(op)
-            x = torch.randn(3, 8, 6, 6, requires_grad=True)
-            w = torch.tensor(0.37, requires_grad=True)
+            x, w = torch.randn(3, 8, 6, 6, requires_grad=True), torch.tensor(0.37, requires_grad=True)
             _assert_same(op.forward_scaled(x, torch.relu(x), w), w * plain(x), [x, w], op, plain, name)
             fused += 1
     assert fused == 4  # skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
@@ -236,8 +235,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
         op.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls[name] + 1))
     x = torch.randn(3, 8, 6, 6, requires_grad=True)
     mix = torch.rand(len(genotypes.PRIMITIVES)).softmax(0).requires_grad_(True)
-    got = edge(x, torch.relu(x), mix)
-    want = sum(w * op(x) for w, op in zip(mix, plain))
+    got, want = edge(x, torch.relu(x), mix), sum(w * op(x) for w, op in zip(mix, plain))
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
     _assert_same(got, want, [x, mix], edge, plain)
@@ -259,8 +257,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
         search = set_lean(operations.search_op(name, 8, stride))
         torch.manual_seed(0)  # the same draws: the plain op holds the same weights
         plain = operations.OPS[name](8, stride, False).train()
-        x = torch.randn(3, 8, 8, 8, requires_grad=True)
-        w = torch.tensor(0.37, requires_grad=True)
+        x, w = torch.randn(3, 8, 8, 8, requires_grad=True), torch.tensor(0.37, requires_grad=True)
         got = search(torch.relu(x) if search.expects_relu else x, w)
         _assert_same(got, w * plain(x), [x, w], search, plain, name)
 
@@ -271,8 +268,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     plain = nn.ModuleList(operations.OPS[name](8, stride, False) for name in genotypes.PRIMITIVES).train()
     x = torch.randn(3, 8, 8, 8, requires_grad=True)
     mix = torch.rand(n).softmax(0).requires_grad_(True)
-    got = edge(x, torch.relu(x), mix)
-    want = sum(mix[i] * op(x) for i, op in enumerate(plain))
+    got, want = edge(x, torch.relu(x), mix), sum(mix[i] * op(x) for i, op in enumerate(plain))
     _assert_same(got, want, [x, mix], edge, plain)
     assert [type(op) for op in new_ops(edge)] == [Conv5x5]
 
@@ -285,8 +281,7 @@ def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
     dense = nn.Conv2d(4, 4, 3, padding=1, bias=False)
     op = nn.Sequential(nn.ReLU(), dense, nn.BatchNorm2d(4), depthwise, nn.Conv2d(4, 6, 1, bias=True), nn.BatchNorm2d(6))
     op(torch.randn(2, 4, 5, 5))  # running statistics
-    old = copy.deepcopy(op)
-    index = n2w.grow_index(4, 8, torch.Generator().manual_seed(1))
+    old, index = copy.deepcopy(op), n2w.grow_index(4, 8, torch.Generator().manual_seed(1))
     moved = []
     out_index = n2w.widen_op(op, index, moved, torch.Generator().manual_seed(2))
     assert len(out_index) == 12 and torch.equal(out_index[:6], torch.arange(6))

@@ -36,8 +36,7 @@ def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, spa
 )  # fmt: skip
 def test_train_imagenet_image_size_ends_in_one_line(load_space, capsys, tmp_path, flags, expected):
     """Not argparse's usage block, which every torchrun process printed; nothing is made before."""
-    train_imagenet = load_space("DARTS-space", "train_imagenet")
-    save = tmp_path / "run"
+    train_imagenet, save = load_space("DARTS-space", "train_imagenet"), tmp_path / "run"
     argv = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "8", "--device", "cpu", "--save", save]
     line = refusal(capsys, train_imagenet.main, *argv, *flags)
     assert expected in line and not save.exists()
@@ -62,8 +61,7 @@ def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, fla
 
 
 def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplog):
-    training = load_space("DARTS-space", "train")
-    dist = Namespace(world_size=1, device=torch.device("cpu"))
+    training, dist = load_space("DARTS-space", "train"), Namespace(world_size=1, device=torch.device("cpu"))
     run = Namespace(dist=dist, best={"value": 91.35, "epoch": 579}, args=Namespace(epochs=600))
     with caplog.at_level(logging.INFO):
         training.finish(run, None, {"epoch": 599, "test_acc": 91.2})

@@ -22,8 +22,7 @@ SEARCH = {
 def test_a_new_regulariser_is_one_table_entry(load_space, monkeypatch, tmp_path, restore_logging, space, unrolled):
     architect, train_search = load_space(space, "architect", "train_search")
     monkeypatch.setitem(architect.REGULARIZERS, "l1", lambda model: sum(b.abs().sum() for b in model.arch_parameters()))
-    steps = []
-    real_step = architect.Architect.step
+    steps, real_step = [], architect.Architect.step
 
     def recording_step(self, *batches):
         """The real step twice on the same draws: without the term (no update), then with it."""

@@ -38,8 +38,7 @@ def _typed(value):
 def test_every_flag_outside_may_change_must_equal_the_checkpoints(load_space, space, module, kwargs):
     script, run_flags, utils = load_space(space, module, "runkit.run_flags", "runkit.utils")
     parser = script.get_parser(**kwargs)
-    saved = vars(parser.parse_args([]))
-    compared = 0
+    saved, compared = vars(parser.parse_args([])), 0
     for action in parser._actions:
         if action.dest == "help":
             continue

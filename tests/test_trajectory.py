@@ -57,8 +57,7 @@ def test_query_records_the_derived_cell_and_the_sampled_spread(load_space, nb201
     assert record["benchmark"] == bench.query(str(model.genotype()))
     assert record["nb201_cifar100"] == record["benchmark"]["cifar100"] and "benchmark_note" not in record
     archs = trajectory.sample_architectures(model, 50, np.random.default_rng(3 * 100003 + 4))
-    cifar10 = sorted(bench.query(a)["cifar10"] for a in archs)
-    summary = record["trajectory"]["cifar10"]
+    cifar10, summary = sorted(bench.query(a)["cifar10"] for a in archs), record["trajectory"]["cifar10"]
     assert (summary["min"], summary["max"]) == (cifar10[0], cifar10[-1])
     assert summary["min"] < summary["median"] < summary["max"], "nearly uniform beta: a spread of cells"
     args = search.get_parser().parse_args(["--dataset", "synthetic"])
@@ -83,8 +82,7 @@ def _space_with_extra_op(load_space, monkeypatch, *more):
 def test_cells_holding_an_unknown_op_are_recorded_not_raised(load_space, monkeypatch, nb201_table, caplog):
     _, genotypes, model_search, trajectory, benchmark, search = _space_with_extra_op(load_space, monkeypatch)
     extra = genotypes.PRIMITIVES.index(EXTRA)
-    bench = benchmark.load_benchmark(nb201_table)
-    model = model_search.Network(4, 1, 10, 1, "dirichlet")
+    bench, model = benchmark.load_benchmark(nb201_table), model_search.Network(4, 1, 10, 1, "dirichlet")
     with torch.no_grad():  # the extra op wins edge 0 (so the derived cell holds it), nor_conv_3x3 the others
         model.beta.zero_()
         model.beta[1:, genotypes.PRIMITIVES.index("nor_conv_3x3")] = 0.5
