@@ -385,23 +385,19 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
         assert torch.equal(value, state1[key]), key
 
 
-def test_warm_up_epochs_are_the_first_of_each_stage_and_the_gumbel_temperature_falls_linearly_from_10_to_1(
-    load_space,
-):
+def test_warm_up_epochs_lead_each_stage_gumbel_tau_falls_from_10_to_1_the_lr_is_one_cosine_over_all_stages(load_space):
     stages_py = load_space("201-space", "runkit.run_flags")
     stages = [stages_py.Stage(4, 4, 5, 2), stages_py.Stage(3, 2, 3, 2)]
     assert [stages_py.stage_at(stages, e) for e in range(7)] == [
         (0, False), (0, False), (0, True), (0, True), (1, False), (1, False), (1, True)
     ]  # fmt: skip
     assert all(stages_py.stage_at([stages_py.Stage(5, 1, 5, 0)], e) == (0, True) for e in range(5))
-    ts = load_space("201-space", "train_search")  # gumbel_tau (snas, gdas): 10 at the first epoch, 1 at the last
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    # gumbel_tau (snas, gdas) falls linearly: 10 at the first epoch, 1 at the last.
     args = ts.get_parser().parse_args([])
     assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(range(10, 0, -1))
     assert [ts.gumbel_tau(e, 4, args.tau_max, args.tau_min) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
-
-
-def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    # The learning rate: one cosine from lr to lr_min over all epochs of all stages.
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args("--init_channels 8 --stage_epochs 3 4 --warmup_epochs 1".split())
     assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]

@@ -50,7 +50,7 @@ def shuffle_by_hand(t, groups):
     return out
 
 
-def test_the_seven_darts_ops_in_order_without_none_and_beta_is_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
+def test_seven_ops_beta_1e_3_normal_14_by_7_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_stem_3c(load_space):
     model_search, genotypes = load_space(SPACE, "model_search", "genotypes")
     ops = "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5"
     assert genotypes.PRIMITIVES == ops.split()
@@ -62,10 +62,7 @@ def test_the_seven_darts_ops_in_order_without_none_and_beta_is_1e_3_times_standa
     assert 0.8e-3 < float(values.std()) < 1.2e-3  # scale 1e-3
     assert abs(float(values.mean())) < 3e-4  # centred (a uniform [0, 1e-3) draw has mean 5e-4)
     assert (values < 0).sum() > 60 and (values.abs() > 2e-3).sum() > 0  # both signs, Gaussian tails
-
-
-def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_nodes_stem_3c(load_space):
-    model_search = load_space(SPACE, "model_search")
+    # The cells: 4 nodes on 14 edges, stride 2 from a reduction cell's inputs, the nodes concatenated.
     for layers in (5, 6):
         torch.manual_seed(0)
         net, reductions = model_search.Network(C, 10, layers, k=1), (layers // 3, 2 * layers // 3)
@@ -484,7 +481,7 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
     assert sorted(weights) == list(parts[0]) and sorted(arch) == list(parts[1]), "each part whole, once"
 
 
-def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(load_space):
+def test_eval_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head_minimised_with_gradient_norm_clip(load_space):
     training = load_space(SPACE, "train")
     logits, aux = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
     y = torch.tensor([0, 2])
@@ -495,10 +492,7 @@ def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(loa
     criterion = torch.nn.CrossEntropyLoss()
     assert float(training.training_loss(criterion, logits, aux, y, 0.4)) == pytest.approx(ce(logits) + 0.4 * ce(aux))
     assert float(training.training_loss(criterion, logits, None, y, 0.4)) == pytest.approx(ce(logits))
-
-
-def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(load_space):
-    training = load_space(SPACE, "train")
+    # train's step minimises it, with the gradient norm clipped.
     torch.manual_seed(0)
 
     class TwoHeads(torch.nn.Module):
