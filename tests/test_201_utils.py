@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from conftest import forbid_host_reads
 
 
-def test_save_checkpoint_is_atomic_and_round_trips_with_the_rng_state(load_space, tmp_path):
+def test_save_checkpoint_is_atomic_round_trips_with_the_rng_state_and_load_errors_are_user_errors(load_space, tmp_path):
     utils = load_space("201-space", "runkit.utils")
     utils.set_seed(5)
     state = {
@@ -35,6 +35,18 @@ def test_save_checkpoint_is_atomic_and_round_trips_with_the_rng_state(load_space
     state["epoch"] = 4  # overwriting replaces the file in one go
     utils.save_checkpoint(state, path)
     assert utils.load_checkpoint(path)["epoch"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    # A missing or unreadable file is a one-line error.
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 20)
+    (tmp_path / "odd.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")  # a valid torch file, but not a checkpoint
+    cases = {"missing.pt": "no such file", "bad.pt": "not a readable checkpoint"}
+    cases |= {"odd.pt": "not a readable checkpoint", "tensor.pt": "not a readable checkpoint"}
+    for name, message in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(utils.UserError, match=message):
+                utils.load_checkpoint(tmp_path / name)
+        assert not caught, f"{name}: the one-line error only, no warning before it"
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
@@ -74,21 +86,6 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     back = utils.load_checkpoint(path)
     assert back["epoch"] == 1 and torch.equal(back["w"], torch.arange(5.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
-
-
-def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
-    utils = load_space("201-space", "runkit.utils")
-    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 20)
-    (tmp_path / "odd.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
-    torch.save(torch.zeros(3), tmp_path / "tensor.pt")  # a valid torch file, but not a checkpoint
-    cases = {"missing.pt": "no such file", "bad.pt": "not a readable checkpoint"}
-    cases |= {"odd.pt": "not a readable checkpoint", "tensor.pt": "not a readable checkpoint"}
-    for name, message in cases.items():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with pytest.raises(utils.UserError, match=message):
-                utils.load_checkpoint(tmp_path / name)
-        assert not caught, f"{name}: the one-line error only, no warning before it"
 
 
 def test_stream_resumes_exactly_from_a_position_its_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):

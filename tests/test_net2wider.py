@@ -76,7 +76,7 @@ def test_conv_copies_weights_without_division_depthwise_conv_grows_its_groups_bn
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_grow_index_is_reproducible_and_expand_carries_momentum_with_the_parameters_channels(load_space, space):
+def test_grow_index_is_reproducible_momentum_follows_the_channels_and_a_widened_op_keeps_its_outputs(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
     index = n2w.grow_index(4, 10, torch.Generator().manual_seed(3))
     assert torch.equal(index[:4], torch.arange(4)) and index.shape == (10,) and (index < 4).all()
@@ -94,11 +94,7 @@ def test_grow_index_is_reproducible_and_expand_carries_momentum_with_the_paramet
     assert carried.shape == new.weight.shape
     assert torch.equal(carried, buf[index][:, index]), "the same channels as the parameter"
     assert torch.equal(new.weight, conv.weight[index][:, index]) and carried.data_ptr() != buf.data_ptr()
-
-
-@pytest.mark.parametrize("space", SPACES)
-def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, space):
-    """201 nor_conv_3x3, DARTS dil_conv_3x3: zeros on the new input channels leave the old outputs unchanged."""
+    # A widened op (201 nor_conv_3x3, DARTS dil_conv_3x3): zeros on the new input channels leave the old outputs.
     n2w, operations = load_space(space, "runkit.net2wider", "operations")
     torch.manual_seed(0)
     if space == "201-space":
