@@ -109,8 +109,7 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_l
     torch.manual_seed(0)
     cell = ms.Cell(4, 1, [range(5)] * 6).train()
     x, w = torch.randn(2, 4, 8, 8), torch.rand(6, 5)
-    got = cell(x, w)
-    nodes = [x]
+    got, nodes = cell(x, w), [x]
     for i in range(1, 4):
         node = 0
         for e, (to, j) in enumerate(gt.EDGES):
@@ -136,8 +135,7 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_l
 def test_beta_is_1e_3_times_standard_normal_and_the_weights_one_rsample_of_dir_elu_beta_plus_one_for_all_cells(
     load_space, monkeypatch
 ):
-    ms = load_space("201-space", "model_search")
-    betas = []
+    ms, betas = load_space("201-space", "model_search"), []
     for seed in range(20):
         torch.manual_seed(seed)
         model = ms.Network(4, 1, 10, k=1)
@@ -180,8 +178,7 @@ def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_group
     q = C // k
     mixed, x = ms.MixedOp(C, 1, k, range(5)).train(), torch.randn(3, C, 6, 6)
     # Zero mixing weights: only the bypassed channels, after C/k zeros, then shuffled.
-    got = mixed(x, F.relu(x), torch.zeros(5))
-    want = torch.empty_like(x)
+    got, want = mixed(x, F.relu(x), torch.zeros(5)), torch.empty_like(x)
     for o in range(C):
         j = (o % k) * q + o // k  # the channel before the shuffle
         want[:, o] = 0.0 if j < q else x[:, j]
@@ -281,10 +278,8 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
 def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_and_clips_the_weights_only(load_space):
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
-    model = ms.Network(4, 1, 10, k=1)
-    args = ts.get_parser().parse_args([])
-    opt = ts.sgd(model, args, args.learning_rate)
-    weights = model.weights()
+    model, args = ms.Network(4, 1, 10, k=1), ts.get_parser().parse_args([])
+    opt, weights = ts.sgd(model, args, args.learning_rate), model.weights()
     assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in weights]
     w, buf = [p.detach().clone() for p in weights], None
     for _ in range(2):

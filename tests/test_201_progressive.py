@@ -17,8 +17,7 @@ def test_enter_stage_widens_every_tensor_and_carries_momentum(load_space):
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])  # stage 2: k 2, 3 ops kept
     model = ms.Network(C=8, N=1, num_classes=10, k=4)
-    architect = architect_module.Architect(model, args)
-    optimizer = ts.sgd(model, args, 0.025)
+    architect, optimizer = architect_module.Architect(model, args), ts.sgd(model, args, 0.025)
     for _ in range(2):  # two search steps, so that every weight has an SGD momentum buffer
         batch = (torch.randn(4, 3, 8, 8), torch.randint(10, (4,)))
         ts.search_step(model, architect, optimizer, model.weights(), batch, batch, 0.025, 5.0)

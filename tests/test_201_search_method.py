@@ -169,8 +169,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     model.train()
     lr, wd, mom, reg = 0.5, 3e-4, 0.9, 0.1
     args = _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg)
-    architect = arch.Architect(model, args)
-    w_opt = torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
+    architect, w_opt = arch.Architect(model, args), torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
     names, bufs = [n for n, _ in model.named_parameters() if n != "beta"], {}
     if momentum_state:
         for n, p in zip(names, model.weights()):

@@ -89,8 +89,7 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
 
 
 def test_stream_resumes_exactly_from_a_position_its_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):
-    streams = load_space("201-space", "runkit.streams")
-    ds = TensorDataset(torch.arange(23), torch.arange(23) * 10)
+    streams, ds = load_space("201-space", "runkit.streams"), TensorDataset(torch.arange(23), torch.arange(23) * 10)
     stream = streams.Stream(ds, batch_size=4, seed=3)
     assert len(stream) == stream.batches_per_pass == 6  # ceil(23 / 4)
     for n in (0, 3, 6, 8, 13):

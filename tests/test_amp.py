@@ -54,8 +54,7 @@ def test_amp_runs_the_cells_in_bf16_the_draw_in_fp32_and_its_beta_gradient_point
 def test_bf16_search_steps_learn_with_fp32_states(load_space, space):
     """Architecture and weight steps under --amp fit a fixed batch; beta and every optimiser state stay fp32."""
     model, x, y = supernet(load_space, space, size=16)
-    architect = load_space(space, "architect")
-    model.amp = True
+    architect, model.amp = load_space(space, "architect"), True
     arch, weights = architect.Architect(model, ARCH_ARGS), model.weights()
     optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9)
     beta, losses = [b.detach().clone() for b in model.arch_parameters()], []

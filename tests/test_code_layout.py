@@ -23,12 +23,10 @@ def _python_files():
 
 @pytest.mark.parametrize("path", _python_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_functions_fit_a_screen_and_an_epoch_loop_reads_as_one_piece(path):
-    """Every function fits on about a screen; one holding an epoch loop (`run.epochs(...)`) may be as long as it."""
     text, long = path.read_text(), []
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            lines = node.end_lineno - node.lineno + 1
-            is_loop = "run.epochs(" in ast.get_source_segment(text, node)
+            lines, is_loop = node.end_lineno - node.lineno + 1, "run.epochs(" in ast.get_source_segment(text, node)
             if lines > (MAX_LOOP_LINES if is_loop else MAX_FUNCTION_LINES):
                 long.append(f"{node.name} ({lines} lines)")
     assert not long, f"{path.name}: {', '.join(long)}"

@@ -26,8 +26,6 @@ def test_cifar_parameter_count(load_space, name):
 
 
 def test_published_sizes(load_space):
-    """The paper: 4.1M on CIFAR-10 and 5.7M on ImageNet (4.10M / 5.73M to two decimals); every named genotype has a
-    golden count."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     assert set(genotypes.NAMED) == set(GOLDEN_CIFAR)
     assert round(GOLDEN_CIFAR["DrNAS_cifar10"] / 1e6, 2) == 4.10

@@ -136,8 +136,7 @@ def test_mixing_weights_are_dirichlet_elu_beta_plus_1_in_training_and_its_mean_i
 
 def test_genotype_ranks_edges_by_softmax_strength_of_best_kept_op_not_raw_beta(load_space):
     model_search, genotypes = load_space(SPACE, "model_search", "genotypes")
-    P = genotypes.PRIMITIVES
-    net = model_search.Network(C, 10, LAYERS, k=2)
+    P, net = genotypes.PRIMITIVES, model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
         net.beta_normal.zero_()
         net.beta_reduce.zero_()
@@ -450,8 +449,7 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
     module, search, architect, datasets = load_space(SPACE, script, "train_search", "architect", "datasets")
     size = 8 if script == "train_search" else 32
     if script == "train_search":  # 32 training images: 16 for the weights, 16 for beta
-        parts = (range(16), range(16, 32))
-        full = _indexed_images(0, 32, size)
+        parts, full = (range(16), range(16, 32)), _indexed_images(0, 32, size)
         monkeypatch.setattr(datasets, "get_datasets", lambda *args, **kwargs: (full, _indexed_images(99, 4, size), 10))
     else:  # the folders: the weights read train/, the architecture val/
         train, val, _ = datasets.imagenet_datasets(tiny_imagenet, size, search=True)

@@ -15,7 +15,6 @@ TINY_TRAIN = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5", "--m
 
 
 def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
-    """Every pool op is pool -> BatchNorm2d(C, affine=False), as in the search; every other BatchNorm is affine."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     net, after_pool = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), set()
     for cell in net.cells:
@@ -123,8 +122,7 @@ def test_architect_clips_beta_gradient_to_grad_clip(load_space):
 
 
 def test_imagenet_search_and_evaluation_transforms(load_space, tiny_imagenet):
-    datasets = load_space("DARTS-space", "datasets")
-    T = pytest.importorskip("torchvision.transforms")
+    datasets, T = load_space("DARTS-space", "datasets"), pytest.importorskip("torchvision.transforms")
     train, arch, classes = datasets.imagenet_datasets(tiny_imagenet, 224, search=True)
     assert classes == 3
     for dataset in (train, arch):

@@ -68,8 +68,7 @@ def test_cutout_synthetic_and_dataset_errors(load_space, tmp_path):
     image, label = train[0]
     assert image.shape == (3, 32, 32) and 0 <= int(label) < 10
     assert (image == 0).sum() >= 3 * 4 * 4  # a (possibly clipped) 8x8 square is zeroed
-    state = torch.get_rng_state()
-    a = datasets.Cutout(8)(torch.ones(3, 16, 16))
+    state, a = torch.get_rng_state(), datasets.Cutout(8)(torch.ones(3, 16, 16))
     torch.set_rng_state(state)
     assert torch.equal(a, datasets.Cutout(8)(torch.ones(3, 16, 16)))  # torch RNG only
     with pytest.raises(utils.UserError, match="train/ and .*val/"):

@@ -53,8 +53,7 @@ def test_kept_lists_the_primitives_indices_per_row_of_beta_and_held_out_accuracy
     assert model.kept == [list(range(len(genotypes.PRIMITIVES)))] * len(beta)
     model.eval()  # the held-out accuracy mixes with the Dirichlet mean
     alpha = model_search.concentration(torch.stack(model.arch_parameters()).detach())
-    weights = model.arch_weights().detach()
-    mean = alpha / alpha.sum(-1, keepdim=True)
+    weights, mean = model.arch_weights().detach(), alpha / alpha.sum(-1, keepdim=True)
     assert torch.allclose(weights.reshape(mean.shape), mean)
     model.prune(3)
     assert model.kept == [sorted(row.topk(3).indices.tolist()) for row in beta]

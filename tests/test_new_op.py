@@ -266,8 +266,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     edge = set_lean(model_search.MixedOp(8, stride, 1, range(n)))
     torch.manual_seed(0)
     plain = nn.ModuleList(operations.OPS[name](8, stride, False) for name in genotypes.PRIMITIVES).train()
-    x = torch.randn(3, 8, 8, 8, requires_grad=True)
-    mix = torch.rand(n).softmax(0).requires_grad_(True)
+    x, mix = torch.randn(3, 8, 8, 8, requires_grad=True), torch.rand(n).softmax(0).requires_grad_(True)
     got, want = edge(x, torch.relu(x), mix), sum(mix[i] * op(x) for i, op in enumerate(plain))
     _assert_same(got, want, [x, mix], edge, plain)
     assert [type(op) for op in new_ops(edge)] == [Conv5x5]

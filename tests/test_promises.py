@@ -88,8 +88,7 @@ def genotype_json(load_space, path, space):
 )  # fmt: skip
 def test_scripts_name_a_genotype_json_of_the_other_space(load_space, capsys, tmp_path, space, script, argv, flag):
     other = "201-space" if space == "DARTS-space" else "DARTS-space"
-    genotype = genotype_json(load_space, tmp_path / "genotype.json", other)
-    main = load_space(space, script).main
+    genotype, main = genotype_json(load_space, tmp_path / "genotype.json", other), load_space(space, script).main
     line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
     assert f"{flag} {genotype}: a {other} genotype.json" in line and f"{other}/train.py" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "cell.png").exists()
