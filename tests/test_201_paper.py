@@ -334,14 +334,13 @@ def _epoch(task, epoch, steps=None):
     return run
 
 
-def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
+def test_weights_train_on_the_train_portion_beta_on_the_rest_once_per_batch_and_not_in_warm_up_epochs(load_space):
     ts, ms, arch, st = load_space("201-space", "train_search", "model_search", "architect", "runkit.streams")
     data, task = _search_task(ts, ms, arch, st, ["--epochs", "1"])
     train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
     train_rows, valid_rows = data.tensors[0][:12], data.tensors[0][12:]
-    events, real_step = [], task.architect.step
-    inside = [False]
+    events, real_step, inside = [], task.architect.step, [False]
 
     def arch_step(x_train, y_train, x_valid, y_valid, lr, opt):
         events.append(("arch", x_train, x_valid))
@@ -358,10 +357,7 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
     for _, *batches in events:  # (x_train, x_valid) of an architecture step, x_train of a weight step
         for batch, rows in zip(batches, (train_rows, valid_rows)):
             assert all(any(torch.equal(r, p) for p in rows) for r in batch)
-
-
-def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
-    ts, ms, arch, st = load_space("201-space", "train_search", "model_search", "architect", "runkit.streams")
+    # A warm-up epoch leaves beta and its Adam state; other epochs take one architecture step per batch.
     argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
     _, task = _search_task(ts, ms, arch, st, argv, k=2)
     model, architect, valid_stream = task.model, task.architect, task.streams["valid"]

@@ -57,8 +57,8 @@ def test_forward_shapes(load_space, network, auxiliary):
     assert net(torch.randn(2, 3, 32, 32))[1] is None  # no auxiliary output at test time
 
 
-def test_drop_path_on_cpu(load_space):
-    model = load_space("DARTS-space", "model")
+def test_drop_path_drops_samples_not_in_eval_nor_on_identities_and_the_shared_relu_is_the_darts_cell(load_space):
+    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
     x = torch.ones(1000, 3, 2, 2, requires_grad=True)
     y = model.drop_path(x * 1.0, 0.25)  # in place, so on an op's output, never a leaf
@@ -68,10 +68,6 @@ def test_drop_path_on_cpu(load_space):
     assert (y[~kept] == 0).all()
     y.sum().backward()
     assert x.grad is not None
-
-
-def test_drop_path_is_identity_in_eval_and_skips_identities_and_the_shared_relu_is_the_darts_cell(load_space):
-    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
     net, x = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), torch.randn(4, 3, 32, 32)
     net.train()

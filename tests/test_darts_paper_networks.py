@@ -14,8 +14,8 @@ from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_
 TINY_TRAIN = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5", "--max_steps_per_epoch", "1"]
 
 
-def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
-    model, genotypes = load_space("DARTS-space", "model", "genotypes")
+def test_eval_cell_pools_end_in_an_affine_free_batchnorm_that_normalises_the_pooled_map(load_space):
+    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     net, after_pool = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), set()
     for cell in net.cells:
         for (name, _), op in zip(cell.genotype_edges, cell.ops):
@@ -29,10 +29,7 @@ def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
     assert after_pool  # DrNAS_cifar10 has a max pool in its reduction cell
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(m.affine == (id(m) not in after_pool) for m in norms)
-
-
-def test_eval_pool_op_normalises_the_pooled_map(load_space):
-    operations = load_space("DARTS-space", "operations")
+    # In training mode a pool op's output has zero mean and unit variance per channel (batch statistics).
     torch.manual_seed(0)
     x = 3 * torch.randn(4, 6, 8, 8) + 2
     for name in ("max_pool_3x3", "avg_pool_3x3"):

@@ -68,8 +68,7 @@ EXTRA = "nor_conv_5x5"  # not one of NAS-Bench-201's five ops
 
 
 def _space_with_extra_op(load_space, monkeypatch, *more):
-    """The 201 space's modules (and the `more` ones, imported with them) with `EXTRA` added to OPS and
-    PRIMITIVES (the last column of beta)."""
+    """The 201 space's modules (and `more`) with `EXTRA` added to OPS and PRIMITIVES (the last column of beta)."""
     names = ("operations", "genotypes", "model_search", "benchmark", "benchmark", "train_search", *more)
     modules = load_space("201-space", *names)
     operations, genotypes = modules[:2]
