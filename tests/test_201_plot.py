@@ -24,7 +24,6 @@ def _is_png(path):
 
 
 def _history_file(tmp_path, records):
-    """A run directory whose history.jsonl holds `records`."""
     run = tmp_path / "run"
     run.mkdir(exist_ok=True)
     (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

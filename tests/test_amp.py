@@ -52,7 +52,6 @@ def test_amp_runs_the_cells_in_bf16_the_draw_in_fp32_and_its_beta_gradient_point
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_bf16_search_steps_learn_with_fp32_states(load_space, space):
-    """Architecture and weight steps under --amp fit a fixed batch; beta and every optimiser state stay fp32."""
     model, x, y = supernet(load_space, space, size=16)
     architect, model.amp = load_space(space, "architect"), True
     arch, weights = architect.Architect(model, ARCH_ARGS), model.weights()
@@ -100,7 +99,6 @@ def test_memory_saving_ops_under_autocast_match_the_plain_ops(load_space, lean):
 
 
 def test_lean_ops_off_computes_the_same_supernet(load_space):
-    """`use_lean_ops(False)` swaps the recomputing ops for plain ones: same logits, same beta gradient."""
     model, x, y = supernet(load_space, "DARTS-space")
     results = []
     for lean in (True, False):

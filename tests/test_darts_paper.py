@@ -298,8 +298,7 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     weights = net.weights()
     sgd = torch.optim.SGD(weights, lr=1.0, momentum=0.0, weight_decay=0.0)
     x, y = batch()
-    w0, beta0 = flat(weights), flat(net.arch_parameters())
-    clip = 1e-3
+    w0, beta0, clip = flat(weights), flat(net.arch_parameters()), 1e-3
     torch.manual_seed(5)
     logits, loss = search.weight_step(net, sgd, weights, x, y, clip, distributed.setup("cpu"))
     torch.testing.assert_close(loss, F.cross_entropy(logits, y))
@@ -310,9 +309,9 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     assert torch.equal(flat(net.arch_parameters()), beta0) and all(b.grad is None for b in net.arch_parameters())
 
 
-def test_stage_schedule_default_25_plus_25_epochs_first_10_weights_only_lr_one_cosine_from_0_1_to_0(load_space):
-    train_search, search, stages = load_space(SPACE, "train_search", "train_search", "runkit.run_flags")
-    args = train_search.get_parser().parse_args([])
+def test_stage_schedule_25_plus_25_epochs_first_10_weights_only_then_an_adam_step_per_batch_lr_one_cosine(load_space):
+    search, model_search, stages = load_space(SPACE, "train_search", "model_search", "runkit.run_flags")
+    args = search.get_parser().parse_args([])
     schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
     # The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch.
@@ -324,15 +323,12 @@ def test_stage_schedule_default_25_plus_25_epochs_first_10_weights_only_lr_one_c
     assert [stages.stage_at(search.get_stages(args), e) for e in range(9)] == [
         (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True),
     ]  # fmt: skip
-
-
-def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
-    search, model_search, train_search = load_space(SPACE, "train_search", "model_search", "train_search")
+    # search.search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch.
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     argv = f"--layers {LAYERS} --init_channels {C} --batch_size 2 --workers 0 --seed 0 --data_on_device off"
     argv += " --learning_rate 0.05 --arch_learning_rate 0.01 --stage_epochs 2 --stage_k 2 --stage_keep 7"
-    args = train_search.get_parser().parse_args([*argv.split(), "--warmup_epochs", "1"])
+    args = search.get_parser().parse_args([*argv.split(), "--warmup_epochs", "1"])
     data = [batch(seed=s) for s in range(4)]
     images = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     beta0, w0 = flat(net.arch_parameters()), flat(net.weights())
