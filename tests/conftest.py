@@ -3,6 +3,7 @@
 import contextlib
 import importlib
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -16,7 +17,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = {"201-space": ROOT / "201-space", "DARTS-space": ROOT / "DARTS-space"}
-NB201_TABLE = SPACES["201-space"] / "tables" / "nb201_test_accuracy.csv.gz"
 # The smallest 201 network on the synthetic set, for the scripts' runs in tests.
 TINY_201 = "--dataset synthetic --init_channels 4 --layers 1 --batch_size 32 --workers 0 --device cpu".split()
 # The smallest DARTS train.py run (add --dataset and --layers): one epoch of two batches of 8.
@@ -51,8 +51,7 @@ def load_space(monkeypatch):
 
 @pytest.fixture
 def nb201_table():
-    """Path of the NAS-Bench-201 accuracy table shipped in 201-space/tables/."""
-    return NB201_TABLE
+    return SPACES["201-space"] / "tables" / "nb201_test_accuracy.csv.gz"
 
 
 # `python INTERRUPTED_RUN <script module> N1 N2 ... -- <arguments with --save>` (run from a space folder): the
@@ -95,6 +94,14 @@ def assert_one_line_error(returncode, stderr, *expected):
     return lines[0]
 
 
+def refusal(capsys, main, *argv):
+    """Run a script's `main(argv)` in process: it must exit 2 with one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    return assert_one_line_error(exit_info.value.code, capsys.readouterr().err)
+
+
 def image_batch(n=2, size=8, seed=0, dtype=torch.float32, classes=10):
     """`n` random images (`size` x `size`) and their labels, the same for the same seed."""
     gen = torch.Generator().manual_seed(seed)
@@ -112,8 +119,7 @@ def load_ckpt(path):
 
 def read_history(run_dir):
     """The records of a run's history.jsonl without the wall-clock fields (they differ between any two runs)."""
-    lines = (run_dir / "history.jsonl").read_text().splitlines()
-    timing = ("time_s", "wall_s", "device_hours")
+    lines, timing = (run_dir / "history.jsonl").read_text().splitlines(), ("time_s", "wall_s", "device_hours")
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines if line.strip()]
 
 
@@ -161,8 +167,6 @@ def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0, labels=None):
 @pytest.fixture
 def restore_logging():
     """`Run.open` points the root logger at the run's log.txt; put pytest's handlers back afterwards."""
-    import logging
-
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
@@ -191,7 +195,6 @@ def write_tiny_imagenet(root):
 
 @pytest.fixture
 def tiny_imagenet(tmp_path):
-    """`write_tiny_imagenet` under the test's tmp_path."""
     return write_tiny_imagenet(tmp_path / "imagenet")
 
 

@@ -23,8 +23,7 @@ def main(argv):
             raise Killed
 
     utils.save_checkpoint = save_then_maybe_die
-    script_main = importlib.import_module(script).main
-    run_dir = arguments[arguments.index("--save") + 1]
+    script_main, run_dir = importlib.import_module(script).main, arguments[arguments.index("--save") + 1]
     for attempt in range(len(stops) + 1):
         try:
             script_main(["--resume", run_dir] if attempt else arguments)

@@ -35,8 +35,6 @@ def _kl_to_uniform(beta):
 
 
 def test_space_has_the_five_nas_bench_201_ops_on_six_edges_zero_identity_relu_conv_bn_and_avg_pool(load_space):
-    """PRIMITIVES and EDGES: 5 ops (the columns of beta) on the 6 edges (i, j), j < i, of nodes 0..3. none = 0,
-    skip = x, nor_conv_kxk = BN(conv_kxk(relu x), pad k//2), avg_pool_3x3 ignores the zero padding."""
     gt, ops = load_space("201-space", "genotypes", "operations")
     assert gt.PRIMITIVES == ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
     assert gt.EDGES == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
@@ -57,7 +55,6 @@ def test_space_has_the_five_nas_bench_201_ops_on_six_edges_zero_identity_relu_co
 
 @pytest.mark.parametrize("net", ["search", "eval"])
 def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_residual_reductions(load_space, net):
-    """stem conv3x3 + BN -> N cells (C) -> block -> N cells (2C) -> block -> N cells (4C) -> BN, ReLU, pool, linear."""
     ms, model_mod, gt, ops = load_space("201-space", "model_search", "model", "genotypes", "operations")
     torch.manual_seed(0)
     C, N, classes = 4, 2, 7
@@ -91,11 +88,9 @@ def test_network_is_stem_then_three_stages_of_n_cells_at_c_2c_4c_joined_by_resid
 
 
 def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_pooled_conv1x1_shortcut(load_space):
-    """ResNetBasicBlock(C_in, C_out)(x) = conv1x1(avgpool2(x)) + RCB3x3(RCB3x3_stride2(x))."""
     ops = load_space("201-space", "operations")
     torch.manual_seed(0)
-    block = ops.ResNetBasicBlock(4, 8).train()
-    x = torch.randn(2, 4, 8, 8)
+    block, x = ops.ResNetBasicBlock(4, 8).train(), torch.randn(2, 4, 8, 8)
 
     def rcb(op, inp, stride):
         conv, bn = op.op[1], op.op[2]
@@ -110,15 +105,11 @@ def test_residual_reduction_block_is_two_relu_conv3x3_bn_stride_2_then_1_plus_po
 
 
 def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_linear_in_its_weights(load_space):
-    """node_i = sum_{j<i} sum_o w[e(i,j), o] op_o(node_j); the cell outputs node 3. MixedOp(k=1)(x, w) =
-    sum_o w_o op_o(x) for any w, d/dw_o of it is op_o(x); one-hot w gives op_o(x) alone."""
     ms, gt, ops = load_space("201-space", "model_search", "genotypes", "operations")
     torch.manual_seed(0)
     cell = ms.Cell(4, 1, [range(5)] * 6).train()
-    x = torch.randn(2, 4, 8, 8)
-    w = torch.rand(6, 5)
-    got = cell(x, w)
-    nodes = [x]
+    x, w = torch.randn(2, 4, 8, 8), torch.rand(6, 5)
+    got, nodes = cell(x, w), [x]
     for i in range(1, 4):
         node = 0
         for e, (to, j) in enumerate(gt.EDGES):
@@ -128,8 +119,7 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_l
     torch.testing.assert_close(got, nodes[3], rtol=1e-5, atol=1e-5)
     torch.manual_seed(0)
     C = 6
-    mixed = ms.MixedOp(C, 1, 1, range(5)).train()
-    x = torch.randn(4, C, 8, 8)
+    mixed, x = ms.MixedOp(C, 1, 1, range(5)).train(), torch.randn(4, C, 8, 8)
     outs = [_op_copy(ops, name, C, mixed.ops[o])(x) for o, name in enumerate(gt.PRIMITIVES)]
     for o, name in enumerate(gt.PRIMITIVES):  # no op bypasses its weight
         torch.testing.assert_close(mixed(x, F.relu(x), torch.eye(5)[o]), outs[o], rtol=1e-5, atol=1e-5, msg=name)
@@ -145,10 +135,7 @@ def test_search_cell_node_i_is_the_sum_of_mixed_ops_on_every_earlier_node_each_l
 def test_beta_is_1e_3_times_standard_normal_and_the_weights_one_rsample_of_dir_elu_beta_plus_one_for_all_cells(
     load_space, monkeypatch
 ):
-    """beta ~ 1e-3 N(0, 1), shape (edges, ops), the only architecture parameter and not a weight; the Dirichlet
-    weights are one draw over all edges, shared by all cells."""
-    ms = load_space("201-space", "model_search")
-    betas = []
+    ms, betas = load_space("201-space", "model_search"), []
     for seed in range(20):
         torch.manual_seed(seed)
         model = ms.Network(4, 1, 10, k=1)
@@ -183,28 +170,15 @@ def test_beta_is_1e_3_times_standard_normal_and_the_weights_one_rsample_of_dir_e
     assert fed[0].requires_grad, "the pathwise gradient reaches beta through the sample"
 
 
-def _shuffled(y, k):
-    """Channel o = i*k + g of the output takes channel g*(C/k) + i of y (k interleaved groups)."""
-    C = y.size(1)
-    out = torch.empty_like(y)
-    for o in range(C):
-        g, i = o % k, o // k
-        out[:, o] = y[:, g * (C // k) + i]
-    return out
-
-
 @pytest.mark.parametrize("k", [2, 4])
 def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_groups(load_space, k):
-    """k>1: ops see x[:, :C/k]; out = shuffle_k(cat(sum_o w_o op_o(x[:, :C/k]), x[:, C/k:]))."""
     ms, ops, gt = load_space("201-space", "model_search", "operations", "genotypes")
     torch.manual_seed(0)
     C = 8
     q = C // k
-    mixed = ms.MixedOp(C, 1, k, range(5)).train()
-    x = torch.randn(3, C, 6, 6)
+    mixed, x = ms.MixedOp(C, 1, k, range(5)).train(), torch.randn(3, C, 6, 6)
     # Zero mixing weights: only the bypassed channels, after C/k zeros, then shuffled.
-    got = mixed(x, F.relu(x), torch.zeros(5))
-    want = torch.empty_like(x)
+    got, want = mixed(x, F.relu(x), torch.zeros(5)), torch.empty_like(x)
     for o in range(C):
         j = (o % k) * q + o // k  # the channel before the shuffle
         want[:, o] = 0.0 if j < q else x[:, j]
@@ -212,19 +186,15 @@ def test_partial_channel_mixed_op_bypasses_last_channels_and_shuffles_in_k_group
     w = torch.rand(5) + 0.1  # any weights: the first C/k channels carry the mixed ops of those channels only
     part = x[:, :q]
     mixed_part = sum(w[o] * _op_copy(ops, name, q, mixed.ops[o])(part) for o, name in enumerate(gt.PRIMITIVES))
-    want = _shuffled(torch.cat([mixed_part, x[:, q:]], dim=1), k)
+    y = torch.cat([mixed_part, x[:, q:]], dim=1)  # shuffled: output channel o = i*k + g is channel g*(C/k) + i of y
+    want = torch.stack([y[:, (o % k) * q + o // k] for o in range(C)], dim=1)
     torch.testing.assert_close(mixed(x, F.relu(x), w), want, rtol=1e-5, atol=1e-5)
-
-
-def _arch_args(ts, *argv):
-    return ts.get_parser().parse_args(list(map(str, argv)))
 
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
 def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is_adam_with_l2_decay_for_l2_only(
     load_space, reg_type
 ):
-    """grad_beta = of CE(val) + reg_scale * (||beta||^2 / 2 for l2 (Adam decay), KL(Dir(alpha) || Dir(1)) for kl)."""
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
@@ -241,9 +211,8 @@ def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is
     with torch.no_grad():
         model.beta.copy_(0.5 * torch.randn(6, 5, dtype=torch.float64))
     lr, reg = 0.01, 0.05
-    args = _arch_args(ts, "--reg_type", reg_type, "--reg_scale", reg, "--arch_learning_rate", lr)
-    architect = arch.Architect(model, args)
-    w_opt = torch.optim.SGD(model.weights(), 0.025)
+    args = ts.get_parser().parse_args(f"--reg_type {reg_type} --reg_scale {reg} --arch_learning_rate {lr}".split())
+    architect, w_opt = arch.Architect(model, args), torch.optim.SGD(model.weights(), 0.025)
     beta = model.beta.detach().clone()
     m, v = torch.zeros_like(beta), torch.zeros_like(beta)
     grads = []
@@ -257,8 +226,7 @@ def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is
             (g,) = torch.autograd.grad(loss, [model.beta])
         grads.append(g)
         g = g + (reg if reg_type == "l2" else 0.0) * beta  # Adam's (coupled) L2 weight decay
-        m = BETA1 * m + (1 - BETA1) * g
-        v = BETA2 * v + (1 - BETA2) * g * g
+        m, v = BETA1 * m + (1 - BETA1) * g, BETA2 * v + (1 - BETA2) * g * g
         beta = beta - lr * (m / (1 - BETA1**t)) / ((v / (1 - BETA2**t)).sqrt() + ADAM_EPS)
         architect.step(xt, yt, xv, yv, 0.025, w_opt)
         torch.testing.assert_close(model.beta.detach(), beta, rtol=1e-10, atol=1e-13, msg=f"step {t}")
@@ -266,14 +234,12 @@ def test_the_regulariser_adds_reg_scale_times_its_term_and_the_architect_step_is
 
 
 def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_along_v_around_w(load_space):
-    """--unrolled: L_val at w' = w - lr (g + momentum m + wd w); Hv at w +- (0.01/||v||) v; w restored."""
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(4, 1, 10, k=1, method="darts").double().train()
-    args = _arch_args(ts, "--unrolled", "--arch_learning_rate", "0.01")  # momentum 0.9, weight decay 3e-4
+    args = ts.get_parser().parse_args(["--unrolled", "--arch_learning_rate", "0.01"])  # momentum 0.9, wd 3e-4
     architect = arch.Architect(model, args)
-    weights = model.weights()
-    lr = 0.1
+    weights, lr = model.weights(), 0.1
     w_opt = torch.optim.SGD(weights, lr, momentum=0.9, weight_decay=3e-4)
     bufs = [0.1 * torch.randn_like(p) for p in weights]
     for p, b in zip(weights, bufs):
@@ -310,17 +276,12 @@ def test_unrolled_step_virtual_sgd_step_then_weights_perturbed_by_norm_0_01_alon
 
 
 def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_and_clips_the_weights_only(load_space):
-    """The weight optimizer (`sgd`) with the paper's defaults: two steps equal hand-written SGD (momentum, L2 decay);
-    the weight step clips the gradient norm of the weights alone to grad_clip."""
     ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
     torch.manual_seed(0)
-    model = ms.Network(4, 1, 10, k=1)
-    args = ts.get_parser().parse_args([])
-    opt = ts.sgd(model, args, args.learning_rate)
-    weights = model.weights()
+    model, args = ms.Network(4, 1, 10, k=1), ts.get_parser().parse_args([])
+    opt, weights = ts.sgd(model, args, args.learning_rate), model.weights()
     assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in weights]
-    w = [p.detach().clone() for p in weights]
-    buf = None
+    w, buf = [p.detach().clone() for p in weights], None
     for _ in range(2):
         grads = [torch.randn_like(p) for p in weights]
         for p, g in zip(weights, grads):
@@ -334,8 +295,7 @@ def test_weight_optimizer_is_sgd_momentum_0_9_weight_decay_3e_4_lr_0_025_and_cli
     model.train()
     architect = arch.Architect(model, args)
     opt = torch.optim.SGD(weights, lr=1.0, momentum=0.0, weight_decay=0.0)
-    beta0 = model.beta.detach().clone()
-    clip = 1e-3
+    beta0, clip = model.beta.detach().clone(), 1e-3
 
     def displacement(grad_clip, seed):
         before = flat(weights)
@@ -374,20 +334,13 @@ def _epoch(task, epoch, steps=None):
     return run
 
 
-def _rows_in(rows, pool):
-    return all(any(torch.equal(r, p) for p in pool) for r in rows)
-
-
-def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_rest(load_space):
-    """split_search_data: first int(n * train_portion) samples -> weights, the rest -> beta; arch step first."""
+def test_weights_train_on_the_train_portion_beta_on_the_rest_once_per_batch_and_not_in_warm_up_epochs(load_space):
     ts, ms, arch, st = load_space("201-space", "train_search", "model_search", "architect", "runkit.streams")
     data, task = _search_task(ts, ms, arch, st, ["--epochs", "1"])
     train_part, valid_part = ts.split_search_data(data, 0.75)
     assert list(train_part.indices) == list(range(12)) and list(valid_part.indices) == list(range(12, 16))
     train_rows, valid_rows = data.tensors[0][:12], data.tensors[0][12:]
-    events = []
-    real_step = task.architect.step
-    inside = [False]
+    events, real_step, inside = [], task.architect.step, [False]
 
     def arch_step(x_train, y_train, x_valid, y_valid, lr, opt):
         events.append(("arch", x_train, x_valid))
@@ -402,12 +355,9 @@ def test_weights_train_on_the_first_train_portion_and_the_architecture_on_the_re
     _epoch(task, 0)
     assert [e[0] for e in events] == ["arch", "weights"] * 3, "each iteration: architecture step, then weight step"
     for _, *batches in events:  # (x_train, x_valid) of an architecture step, x_train of a weight step
-        assert all(_rows_in(batch, rows) for batch, rows in zip(batches, (train_rows, valid_rows)))
-
-
-def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_step_per_batch_otherwise(load_space):
-    """A warm-up epoch (the first of each stage here) moves weights only; other epochs take len(stream) steps."""
-    ts, ms, arch, st = load_space("201-space", "train_search", "model_search", "architect", "runkit.streams")
+        for batch, rows in zip(batches, (train_rows, valid_rows)):
+            assert all(any(torch.equal(r, p) for p in rows) for r in batch)
+    # A warm-up epoch leaves beta and its Adam state; other epochs take one architecture step per batch.
     argv = ["--stage_epochs", "2", "2", "--warmup_epochs", "1", "--stage_k", "2", "1", "--stage_keep", "5", "5"]
     _, task = _search_task(ts, ms, arch, st, argv, k=2)
     model, architect, valid_stream = task.model, task.architect, task.streams["valid"]
@@ -426,30 +376,23 @@ def test_epoch_without_arch_step_leaves_beta_and_its_adam_state_and_one_arch_ste
         assert torch.equal(value, state1[key]), key
 
 
-def test_warm_up_epochs_are_the_first_of_each_stage_and_the_gumbel_temperature_falls_linearly_from_10_to_1(
-    load_space,
-):
-    """stage_at: weight-only epochs are the first `warmup` of every stage; none without warm-up. gumbel_tau: linear."""
+def test_warm_up_epochs_lead_each_stage_gumbel_tau_falls_from_10_to_1_the_lr_is_one_cosine_over_all_stages(load_space):
     stages_py = load_space("201-space", "runkit.run_flags")
     stages = [stages_py.Stage(4, 4, 5, 2), stages_py.Stage(3, 2, 3, 2)]
     assert [stages_py.stage_at(stages, e) for e in range(7)] == [
         (0, False), (0, False), (0, True), (0, True), (1, False), (1, False), (1, True)
     ]  # fmt: skip
     assert all(stages_py.stage_at([stages_py.Stage(5, 1, 5, 0)], e) == (0, True) for e in range(5))
-    ts = load_space("201-space", "train_search")  # gumbel_tau (snas, gdas): 10 at the first epoch, 1 at the last
+    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    # gumbel_tau (snas, gdas) falls linearly: 10 at the first epoch, 1 at the last.
     args = ts.get_parser().parse_args([])
     assert [ts.gumbel_tau(e, 10, args.tau_max, args.tau_min) for e in range(10)] == pytest.approx(range(10, 0, -1))
     assert [ts.gumbel_tau(e, 4, args.tau_max, args.tau_min) for e in range(4)] == pytest.approx([10.0, 7.0, 4.0, 1.0])
-
-
-def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(load_space):
-    """lr(e) = lr_min + (lr - lr_min)(1 + cos(pi e / T)) / 2, T = all epochs, continuous across the stage switch."""
-    ts, ms, arch = load_space("201-space", "train_search", "model_search", "architect")
+    # The learning rate: one cosine from lr to lr_min over all epochs of all stages.
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args("--init_channels 8 --stage_epochs 3 4 --warmup_epochs 1".split())
     assert ts.get_stages(args) == [ts.Stage(3, 4, 5, 1), ts.Stage(4, 2, 3, 1)]
-    total = 7
-    model = ms.Network(8, 1, 10, k=4)
+    total, model = 7, ms.Network(8, 1, 10, k=4)
     streams = {"train": [None], "valid": [None]}  # no steps are taken
     run = LoopRun(steps=0)
     ts.search(run, model, arch.Architect(model, args), ts.sgd(model, args, 0.025), streams, [], args)
@@ -462,7 +405,6 @@ def test_cosine_learning_rate_from_lr_to_lr_min_over_all_epochs_of_all_stages(lo
 
 
 def test_stage_switch_keeps_the_top_keep_ops_by_beta_and_widens_to_the_next_k(load_space):
-    """enter_stage(stage 1: k=2, keep=3) from k=4: every edge keeps its 3 largest-beta ops, on C/2 channels."""
     ts, ms, gt = load_space("201-space", "train_search", "model_search", "genotypes")
     torch.manual_seed(0)
     args = ts.get_parser(progressive=True).parse_args(["--init_channels", "8"])
@@ -490,8 +432,6 @@ SEARCH_SETTINGS = dict(
 
 
 def test_search_defaults_are_the_papers_settings_one_stage_or_two_progressive_100_samples_per_epoch(load_space):
-    """train_search.py: 100 epochs, lr 0.025 -> 0.001, arch lr 3e-4, C 16, N 5, k 1, ...; train_search_progressive.py:
-    stages (50, k 4, 5 ops), (50, k 2, 3 ops), 10 warm-up epochs each; both look up 100 sampled cells an epoch."""
     ts, search, tsp = load_space("201-space", "train_search", "train_search", "train_search_progressive")
     args = ts.get_parser().parse_args([])
     want = {**SEARCH_SETTINGS, "epochs": 100, "k": 1, "tau_max": 10.0, "tau_min": 1.0, "dataset": "cifar10"}
@@ -504,7 +444,6 @@ def test_search_defaults_are_the_papers_settings_one_stage_or_two_progressive_10
 
 
 def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_normalisation(load_space, tmp_path):
-    """Training images: RandomCrop(size, padding 4 on 32 px / 2 on 16 px), flip p=0.5, ToTensor, Normalize."""
     datasets = load_space("201-space", "datasets")
     import torchvision.transforms as T
 
@@ -536,7 +475,6 @@ def test_search_data_is_random_crop_padding_size_over_8_flip_and_the_datasets_no
 def test_found_cell_trains_with_nas_bench_201_protocol_nesterov_sgd_cosine_to_0_as_its_resnet_does(
     load_space, tmp_path, restore_logging, nb201_table
 ):
-    """train.py: C 16, N 5, 200 epochs, batch 256, SGD Nesterov 0.9, lr 0.1 cosine to 0 over all epochs, wd 5e-4."""
     train = load_space("201-space", "train")
     args = train.get_parser().parse_args([])
     want = {

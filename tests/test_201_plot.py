@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_script
+from conftest import refusal, run_script
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 
@@ -24,17 +24,21 @@ def _is_png(path):
 
 
 def _history_file(tmp_path, records):
-    """A run directory whose history.jsonl holds `records`."""
     run = tmp_path / "run"
     run.mkdir(exist_ok=True)
     (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run
 
 
-def test_plot_writes_png_and_refuses_records_without_benchmark(load_space, tmp_path):
+def test_plot_writes_png_with_or_without_sampled_cells_and_refuses_records_without_benchmark(load_space, tmp_path):
     plot, utils = load_space("201-space", "plot_trajectory", "runkit.utils")
     assert _is_png(plot.plot_trajectory(_records(), tmp_path / "fig" / "trajectory.png"))
     assert _is_png(plot.plot_trajectory(_records(1), tmp_path / "one.png")), "one epoch still draws"
+    # --trajectory_samples 0 records the derived cell only: no band, no median, still a figure.
+    records = [{k: v for k, v in r.items() if k != "trajectory"} for r in _records(3)]
+    for ax in plot.draw_trajectory(records).axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["derived architecture"] and not ax.collections
+    assert _is_png(plot.plot_trajectory(records, tmp_path / "derived.png"))
     with pytest.raises(utils.UserError, match="--benchmark"):
         plot.plot_trajectory([{"epoch": 0, "lr": 0.025, "train_acc": 50.0}], tmp_path / "x.png")
     broken = _records(2)
@@ -49,13 +53,12 @@ def test_cli_redraws_from_history(load_space, tmp_path, capsys):
     result = run_script("201-space", "plot_trajectory.py", run, "--out", tmp_path / "redrawn.png")
     assert result.returncode == 0 and _is_png(tmp_path / "redrawn.png"), result.stderr
     _history_file(tmp_path, [{"epoch": 0, "train_acc": 1.0}])
-    with pytest.raises(SystemExit) as exit_info:
-        load_space("201-space", "plot_trajectory").main([str(run)])
-    assert exit_info.value.code != 0 and capsys.readouterr().err.startswith("error: the history has no benchmark")
+    line = refusal(capsys, load_space("201-space", "plot_trajectory").main, run)
+    assert line.startswith("error: the history has no benchmark")
     assert not (run / "trajectory.png").exists()
 
 
-def test_epochs_count_from_one_like_the_log_and_an_unmeasured_data_set_is_named(load_space, tmp_path):
+def test_epochs_count_from_one_like_the_log_an_unmeasured_data_set_is_named_a_stage_switch_marked(load_space, tmp_path):
     plot = load_space("201-space", "plot_trajectory")
     records = plot.read_history(_history_file(tmp_path, _records(4)))
     data = plot.trajectory_series(records)
@@ -70,10 +73,7 @@ def test_epochs_count_from_one_like_the_log_and_an_unmeasured_data_set_is_named(
     note = "the benchmark's figures for the cell, not measured on synthetic"
     fig = plot.draw_trajectory([dict(r, benchmark_note=note) for r in _records(3)])
     assert fig._suptitle.get_text().endswith("\n" + note)
-
-
-def test_progressive_plot_marks_the_stage_switch(load_space, tmp_path):
-    plot = load_space("201-space", "plot_trajectory")
+    # A progressive search: the stage switch is marked.
     records = [dict(r, stage=int(r["epoch"] >= 4)) for r in _records(6)]  # stage 2 begins at epoch 5 (log numbering)
     records = plot.read_history(_history_file(tmp_path, records))
     assert plot.trajectory_series(records)["stage_starts"] == [(4.5, 2)]
@@ -82,12 +82,3 @@ def test_progressive_plot_marks_the_stage_switch(load_space, tmp_path):
         assert len(marks) == 1, "one vertical line between epochs 4 and 5"
         assert [t.get_text() for t in ax.texts] == ["stage 2"]
     assert _is_png(plot.plot_trajectory(records, tmp_path / "progressive.png"))
-
-
-def test_plot_without_sampled_architectures_draws_the_derived_cell(load_space, tmp_path):
-    """--trajectory_samples 0 records the derived cell only: no band, no median, still a figure."""
-    plot = load_space("201-space", "plot_trajectory")
-    records = [{k: v for k, v in r.items() if k != "trajectory"} for r in _records(3)]
-    for ax in plot.draw_trajectory(records).axes:
-        assert [line.get_label() for line in ax.get_lines()] == ["derived architecture"] and not ax.collections
-    assert _is_png(plot.plot_trajectory(records, tmp_path / "derived.png"))

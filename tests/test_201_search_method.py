@@ -5,6 +5,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from conftest import image_batch
 
@@ -20,8 +21,6 @@ def _args(**kw):
 
 @pytest.mark.parametrize("method, k", [("dirichlet", 1), ("dirichlet", 2), ("darts", 1), ("snas", 1), ("gdas", 1)])
 def test_arch_weights_of_each_method_and_pruned_ops_get_no_weight(load_space, method, k):
-    """dirichlet: on the simplex, a new draw each call, a gradient to beta; darts: softmax(beta), the same every call;
-    snas: on the simplex; gdas: one-hot, with a gradient to beta. After prune(2), weights cover the kept ops only."""
     ms = load_space("201-space", "model_search")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=k, method=method)
@@ -68,18 +67,13 @@ def _pathwise_grad(alpha, f, seed, concentration=lambda a: a):
     return g
 
 
-def test_pathwise_gradient_of_linear_expectation_matches_closed_form():
-    """E[c . w] = (alpha . c) / alpha0 for w ~ Dir(alpha)."""
-    alpha = torch.tensor([0.7, 1.3, 2.0, 0.9, 3.1], dtype=torch.float64)
+def test_pathwise_gradient_of_linear_expectation_second_moment_and_through_concentration_wrt_beta(load_space):
+    alpha = torch.tensor([0.7, 1.3, 2.0, 0.9, 3.1], dtype=torch.float64)  # E[c . w] = (alpha . c) / alpha0
     c = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0], dtype=torch.float64)
     mc = _pathwise_grad(alpha, lambda w: (w * c).sum(-1), seed=0)
     torch.testing.assert_close(mc, c / alpha.sum() - (alpha @ c) / alpha.sum() ** 2, atol=0.01, rtol=0.05)
 
-
-def test_pathwise_gradient_of_second_moment_matches_finite_difference():
-    """E[w_0^2] = a_0 (a_0 + 1) / (A (A + 1)); compared with central differences of it."""
-
-    def closed(alpha):
+    def closed(alpha):  # E[w_0^2] = a_0 (a_0 + 1) / (A (A + 1)); compared with central differences of it
         a0, A = alpha[0], alpha.sum()
         return a0 * (a0 + 1) / (A * (A + 1))
 
@@ -87,9 +81,6 @@ def test_pathwise_gradient_of_second_moment_matches_finite_difference():
     mc = _pathwise_grad(alpha, lambda w: w[:, 0] ** 2, seed=1)
     fd = torch.stack([(closed(alpha + h * e) - closed(alpha - h * e)) / (2 * h) for e in torch.eye(5).double()])
     torch.testing.assert_close(mc, fd, atol=0.004, rtol=0.05)
-
-
-def test_pathwise_gradient_through_concentration_wrt_beta(load_space):
     ms = load_space("201-space", "model_search")
     beta = torch.tensor([0.3, -0.4, 0.1, 0.8, -1.2], dtype=torch.float64)
     c = torch.tensor([2.0, 0.0, -1.0, 1.0, 0.5], dtype=torch.float64)
@@ -119,8 +110,7 @@ def test_architect_step_moves_only_beta_and_leaves_bn_buffers_the_weight_step_on
     assert [n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])] == []
     # The weight step, as search.search_step takes it: every weight moves, beta neither gets a gradient nor moves.
     weights = model.weights()
-    opt = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
-    beta0 = model.beta.detach().clone()
+    opt, beta0 = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4), model.beta.detach().clone()
     before = [w.detach().clone() for w in weights]
     opt.zero_grad(set_to_none=True)
     x, y = image_batch(4)
@@ -179,10 +169,8 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     model.train()
     lr, wd, mom, reg = 0.5, 3e-4, 0.9, 0.1
     args = _args(unrolled=True, weight_decay=wd, momentum=mom, reg_type=reg_type, reg_scale=reg)
-    architect = arch.Architect(model, args)
-    w_opt = torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
-    names = [n for n, _ in model.named_parameters() if n != "beta"]
-    bufs = {}
+    architect, w_opt = arch.Architect(model, args), torch.optim.SGD(model.weights(), lr, momentum=mom, weight_decay=wd)
+    names, bufs = [n for n, _ in model.named_parameters() if n != "beta"], {}
     if momentum_state:
         for n, p in zip(names, model.weights()):
             bufs[n] = 0.1 * torch.randn_like(p)
@@ -193,9 +181,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     buffers = {n: b.clone() for n, b in model.named_buffers()}
 
     def call(params, beta, x):
-        return torch.func.functional_call(
-            model, {**params, "beta": beta, **{n: b.clone() for n, b in buffers.items()}}, x
-        )
+        return functional_call(model, {**params, "beta": beta, **{n: b.clone() for n, b in buffers.items()}}, x)
 
     def objective(beta, create_graph=False):
         w = {n: t.clone().requires_grad_(True) for n, t in w0.items()}
@@ -225,8 +211,7 @@ def test_unrolled_gradient_matches_finite_differences(load_space, monkeypatch, m
     # ... and the second-order term matters here, so the check has teeth.
     first = torch.autograd.grad(objective(b), b)[0]
     assert (first - fd).norm() > 0.2 * fd.norm()
-    rel = (got - fd).norm() / fd.norm()
-    cos = F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
+    rel, cos = (got - fd).norm() / fd.norm(), F.cosine_similarity(got.flatten(), fd.flatten(), dim=0)
     assert rel < 0.02 and cos > 0.999, (rel.item(), cos.item())
 
 
@@ -234,8 +219,7 @@ def test_unrolled_hvp_uses_one_dirichlet_draw_for_both_differences(load_space, m
     ms, arch = load_space("201-space", "model_search", "architect")
     torch.manual_seed(0)
     model = ms.Network(C=4, N=1, num_classes=10, k=1, method="dirichlet").train()
-    used = []
-    original = ms.Network.forward
+    used, original = [], ms.Network.forward
 
     def recording(self, x, mix=None):
         if mix is None:

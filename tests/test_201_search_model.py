@@ -157,8 +157,7 @@ def test_widen_copies_channels(load_space):
 
 
 def test_all_edge_combinations_round_trip_and_are_the_shipped_tables_architectures(load_space, nb201_table):
-    gt = load_space("201-space", "genotypes")
-    seen = set()
+    gt, seen = load_space("201-space", "genotypes"), set()
     for ops in itertools.product(gt.PRIMITIVES, repeat=6):
         structure = gt.Structure.from_edges(ops)
         s = str(structure)
@@ -200,8 +199,7 @@ def test_forward_scaled_equals_scale_times_op(load_space, affine):
             for m in (a, b):
                 m.op[2].weight.copy_(torch.linspace(0.5, 2, 4))
                 m.op[2].bias.copy_(torch.linspace(-1, 1, 4))
-    x = torch.randn(3, 4, 6, 6)
-    scale = torch.tensor(0.3, requires_grad=True)
+    x, scale = torch.randn(3, 4, 6, 6), torch.tensor(0.3, requires_grad=True)
     for train in (True, False):
         a.train(train), b.train(train)
         got = b.forward_scaled(x, torch.relu(x), scale)

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from conftest import forbid_host_reads
 
 
-def test_save_checkpoint_is_atomic_and_round_trips_with_the_rng_state(load_space, tmp_path):
+def test_save_checkpoint_is_atomic_round_trips_with_the_rng_state_and_load_errors_are_user_errors(load_space, tmp_path):
     utils = load_space("201-space", "runkit.utils")
     utils.set_seed(5)
     state = {
@@ -35,6 +35,18 @@ def test_save_checkpoint_is_atomic_and_round_trips_with_the_rng_state(load_space
     state["epoch"] = 4  # overwriting replaces the file in one go
     utils.save_checkpoint(state, path)
     assert utils.load_checkpoint(path)["epoch"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    # A missing or unreadable file is a one-line error.
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 20)
+    (tmp_path / "odd.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")  # a valid torch file, but not a checkpoint
+    cases = {"missing.pt": "no such file", "bad.pt": "not a readable checkpoint"}
+    cases |= {"odd.pt": "not a readable checkpoint", "tensor.pt": "not a readable checkpoint"}
+    for name, message in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(utils.UserError, match=message):
+                utils.load_checkpoint(tmp_path / name)
+        assert not caught, f"{name}: the one-line error only, no warning before it"
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
@@ -42,8 +54,7 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     load_space, tmp_path, monkeypatch, space
 ):
     """os.replace of <path>.tmp: a write dying midway leaves the previous checkpoint loadable, no .tmp left."""
-    utils = load_space(space, "runkit.utils")
-    path = tmp_path / "checkpoint.pt"
+    utils, path = load_space(space, "runkit.utils"), tmp_path / "checkpoint.pt"
     replaced, real_replace = [], os.replace
 
     def recording_replace(source, target):
@@ -77,28 +88,8 @@ def test_save_checkpoint_goes_through_a_temporary_file_so_a_failed_write_keeps_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
-def test_load_checkpoint_errors_are_user_errors(load_space, tmp_path):
-    utils = load_space("201-space", "runkit.utils")
-    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 20)
-    (tmp_path / "odd.pt").write_bytes(b"\x80\xe3" + b"garbage" * 20)  # torch warns of an unknown pickle protocol 227
-    torch.save(torch.zeros(3), tmp_path / "tensor.pt")  # a valid torch file, but not a checkpoint
-    cases = {"missing.pt": "no such file", "bad.pt": "not a readable checkpoint"}
-    cases |= {"odd.pt": "not a readable checkpoint", "tensor.pt": "not a readable checkpoint"}
-    for name, message in cases.items():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with pytest.raises(utils.UserError, match=message):
-                utils.load_checkpoint(tmp_path / name)
-        assert not caught, f"{name}: the one-line error only, no warning before it"
-
-
-def _dataset(n=23):
-    return TensorDataset(torch.arange(n), torch.arange(n) * 10)
-
-
-def test_stream_resumes_exactly_from_a_position(load_space):
-    streams = load_space("201-space", "runkit.streams")
-    ds = _dataset()
+def test_stream_resumes_exactly_from_a_position_its_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):
+    streams, ds = load_space("201-space", "runkit.streams"), TensorDataset(torch.arange(23), torch.arange(23) * 10)
     stream = streams.Stream(ds, batch_size=4, seed=3)
     assert len(stream) == stream.batches_per_pass == 6  # ceil(23 / 4)
     for n in (0, 3, 6, 8, 13):
@@ -112,13 +103,7 @@ def test_stream_resumes_exactly_from_a_position(load_space):
             a, b = next(stream), next(resumed)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert stream.position() == resumed.position()
-
-
-def test_stream_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_space):
-    streams = load_space("201-space", "runkit.streams")
-    ds = _dataset()
-    stream = streams.Stream(ds, batch_size=4, seed=3)
-    passes = []
+    stream, passes = streams.Stream(ds, batch_size=4, seed=3), []
     for _ in range(3):
         batches = list(islice(stream, len(stream)))
         assert [len(b[0]) for b in batches] == [4, 4, 4, 4, 4, 3]
@@ -131,7 +116,8 @@ def test_stream_passes_cover_the_data_and_reshuffle_unless_told_not_to(load_spac
     assert torch.cat([b[0] for b in islice(again, 6)]).tolist() == passes[0]
     other = streams.Stream(ds, batch_size=4, seed=4)
     assert torch.cat([b[0] for b in islice(other, 6)]).tolist() != passes[0]
-    stream = streams.Stream(_dataset(10), batch_size=3, seed=0, shuffle=False)  # without shuffle: in order
+    ten = TensorDataset(torch.arange(10), torch.arange(10) * 10)
+    stream = streams.Stream(ten, batch_size=3, seed=0, shuffle=False)  # without shuffle: in order
     assert torch.cat([b[0] for b in islice(stream, 4)]).tolist() == list(range(10))
 
 
@@ -154,8 +140,7 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
     progress = load_space("201-space", "runkit.progress")
     # Targets 0 (top-1), 1 (rank 5: top-5 only), 5 (rank 6: neither), 3 (top-1).
     output = torch.tensor([[0.9, 0.1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
-    output = torch.cat([output, torch.eye(6)[3:4]])
-    target = torch.tensor([0, 1, 5, 3])
+    output, target = torch.cat([output, torch.eye(6)[3:4]]), torch.tensor([0, 1, 5, 3])
     meter = progress.Meter(torch.device("cpu"))
     with forbid_host_reads():
         meter.update(output, target, torch.tensor(2.0, requires_grad=True) * 1)
@@ -173,7 +158,6 @@ def test_meter_sums_loss_top1_top5_on_the_device(load_space):
 
 
 def test_history_is_strict_json_and_drops_epochs_past_a_resume_and_seconds_read_as_clock_time(load_space, tmp_path):
-    """A diverged held-out loss is written as null (JSON has no NaN); a resume keeps the epochs before it."""
     utils = load_space("201-space", "runkit.utils")
     history = utils.History(tmp_path)
     history.append({"epoch": 0, "valid_loss": float("nan"), "nested": {"x": [1.5, float("inf")]}})
@@ -189,7 +173,6 @@ def test_history_is_strict_json_and_drops_epochs_past_a_resume_and_seconds_read_
 
 
 def test_set_deterministic_fixes_kernels_and_the_cublas_workspace(load_space, monkeypatch):
-    """--deterministic: deterministic kernels (warn only), no cuDNN autotuning, the cuBLAS workspace unless user-set."""
     utils = load_space("201-space", "runkit.utils")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)

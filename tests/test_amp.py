@@ -39,8 +39,7 @@ def test_amp_runs_the_cells_in_bf16_the_draw_in_fp32_and_its_beta_gradient_point
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     assert not torch.equal(fp32, bf16)  # the cells really ran in bf16
     assert F.cosine_similarity(fp32, bf16, dim=0) > 0.9
-    model.amp = True
-    seen = []
+    model.amp, seen = True, []
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1))
     conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     assert model.arch_weights().dtype == torch.float32
@@ -53,15 +52,11 @@ def test_amp_runs_the_cells_in_bf16_the_draw_in_fp32_and_its_beta_gradient_point
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 def test_bf16_search_steps_learn_with_fp32_states(load_space, space):
-    """Architecture and weight steps under --amp fit a fixed batch; beta and every optimiser state stay fp32."""
     model, x, y = supernet(load_space, space, size=16)
-    architect = load_space(space, "architect")
-    model.amp = True
-    arch = architect.Architect(model, ARCH_ARGS)
-    weights = model.weights()
+    architect, model.amp = load_space(space, "architect"), True
+    arch, weights = architect.Architect(model, ARCH_ARGS), model.weights()
     optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9)
-    beta = [b.detach().clone() for b in model.arch_parameters()]
-    losses = []
+    beta, losses = [b.detach().clone() for b in model.arch_parameters()], []
     for _ in range(20 if space == "201-space" else 8):  # the DARTS supernet fits the batch sooner
         arch.step(x, y, x, y, 0.1, optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -88,8 +83,7 @@ def test_memory_saving_ops_under_autocast_match_the_plain_ops(load_space, lean):
             if hasattr(module, "lean"):
                 module.lean = lean
         x = torch.randn(4, 8, 12, 12, requires_grad=True)
-        scale = torch.tensor(0.7, requires_grad=True)
-        results = []
+        scale, results = torch.tensor(0.7, requires_grad=True), []
         for amp in (False, True):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 out = op(F.relu(x) if op.expects_relu else x, scale)
@@ -105,7 +99,6 @@ def test_memory_saving_ops_under_autocast_match_the_plain_ops(load_space, lean):
 
 
 def test_lean_ops_off_computes_the_same_supernet(load_space):
-    """`use_lean_ops(False)` swaps the recomputing ops for plain ones: same logits, same beta gradient."""
     model, x, y = supernet(load_space, "DARTS-space")
     results = []
     for lean in (True, False):

@@ -13,9 +13,8 @@ from conftest import assert_one_line_error, run_script
 
 def test_201_bench_prints_one_json_line_and_its_progress(load_space):
     model_search = load_space("201-space", "model_search")
-    result = run_script(
-        *"201-space bench.py --device cpu --init_channels 4 --layers 1 --batch_size 4 --steps 3 --threads 1".split(),
-    )
+    argv = "bench.py --device cpu --init_channels 4 --layers 1 --batch_size 4 --steps 3 --threads 1".split()
+    result = run_script("201-space", *argv)
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.strip().splitlines()  # stdout holds the JSON line alone
     report = json.loads(line)
@@ -54,9 +53,7 @@ def test_201_each_part_of_a_step_is_timed_on_its_own_after_the_warm_up(load_spac
 
 def test_darts_small_search_config_prints_one_json_line_and_its_progress():
     """The small supernet (C=16, 8 cells, k=4: 299,578 weights, as the paper's code), one timed step."""
-    result = run_script(
-        "DARTS-space", "bench.py", "--device", "cpu", "--config", "small", "--steps", "1", "--warmup", "0"
-    )
+    result = run_script("DARTS-space", *"bench.py --device cpu --config small --steps 1 --warmup 0".split())
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.strip().splitlines()  # stdout holds the JSON line alone
     report = json.loads(line)
@@ -89,10 +86,8 @@ def test_darts_each_part_of_a_step_is_timed_on_its_own_after_the_warm_up(load_sp
         return run
 
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
-    args = argparse.Namespace(warmup=1, steps=2)
-    seconds = bench.time_steps(
-        "small", {"arch": part("arch", 3.0), "weight": part("weight", 1.0)}, torch.device("cpu"), args
-    )
+    args, parts = argparse.Namespace(warmup=1, steps=2), {"arch": part("arch", 3.0), "weight": part("weight", 1.0)}
+    seconds = bench.time_steps("small", parts, torch.device("cpu"), args)
     assert seconds == {"arch": 4.5, "weight": 1.5}  # the means of 3, 6 and 1, 2
     assert calls == ["arch", "weight"] * 3  # in order, each step
     err = capsys.readouterr().err
@@ -102,8 +97,7 @@ def test_darts_each_part_of_a_step_is_timed_on_its_own_after_the_warm_up(load_sp
 
 def test_each_configuration_runs_in_a_child_that_gets_gpu_only_when_given(load_space, monkeypatch, capsys):
     """The children write to the user's streams themselves; `--gpu` reaches them only when it was given."""
-    bench = load_space("DARTS-space", "bench")
-    children = []
+    bench, children = load_space("DARTS-space", "bench"), []
 
     def run(command, **kwargs):
         children.append((command, kwargs))
@@ -111,9 +105,8 @@ def test_each_configuration_runs_in_a_child_that_gets_gpu_only_when_given(load_s
 
     monkeypatch.setattr(bench.subprocess, "run", run)
     bench.main(["--device", "cpu", "--steps", "1"])
-    assert [
-        command[command.index("--config") + 1] for command, _ in children
-    ] == "paper_stage1 paper_stage2 small eval".split()
+    configs = [command[command.index("--config") + 1] for command, _ in children]
+    assert configs == "paper_stage1 paper_stage2 small eval".split()
     assert all("--gpu" not in command and kwargs == {} for command, kwargs in children)  # nothing captured
     assert "configuration 1/4: paper_stage1" in capsys.readouterr().err
 

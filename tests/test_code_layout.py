@@ -21,19 +21,12 @@ def _python_files():
     return sorted(p for folder in SPACES.values() for p in [*folder.glob("*.py"), *folder.glob("runkit/*.py")])
 
 
-def _is_script(path):
-    return path.stem in ("bench", "train") or path.stem.startswith("train_")
-
-
 @pytest.mark.parametrize("path", _python_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_functions_fit_a_screen_and_an_epoch_loop_reads_as_one_piece(path):
-    """Every function fits on about a screen; one holding an epoch loop (`run.epochs(...)`) may be as long as it."""
-    text = path.read_text()
-    long = []
+    text, long = path.read_text(), []
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            lines = node.end_lineno - node.lineno + 1
-            is_loop = "run.epochs(" in ast.get_source_segment(text, node)
+            lines, is_loop = node.end_lineno - node.lineno + 1, "run.epochs(" in ast.get_source_segment(text, node)
             if lines > (MAX_LOOP_LINES if is_loop else MAX_FUNCTION_LINES):
                 long.append(f"{node.name} ({lines} lines)")
     assert not long, f"{path.name}: {', '.join(long)}"
@@ -42,7 +35,7 @@ def test_functions_fit_a_screen_and_an_epoch_loop_reads_as_one_piece(path):
 @pytest.mark.parametrize("space", sorted(SPACES))
 def test_a_script_imports_no_script_but_the_one_it_presets(space):
     """Scripts share code through modules; a preset (train_search_progressive.py, ...) imports its base script."""
-    scripts = {p.stem for p in SPACES[space].glob("*.py") if _is_script(p)}
+    scripts = {p.stem for p in SPACES[space].glob("*.py") if re.match(r"bench$|train$|train_", p.stem)}
     for path in SPACES[space].glob("*.py"):
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):

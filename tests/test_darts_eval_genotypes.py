@@ -23,16 +23,7 @@ def test_json_round_trip_of_every_named_genotype_and_a_nested_genotype_key(load_
     assert genotypes.load_genotype(str(path)).normal == genotypes.DARTS_V2.normal
 
 
-def _bad_genotypes(genotypes):
-    good = json.dumps(genotypes.genotype_to_dict(genotypes.DrNAS_cifar10))
-    unknown_op, wrong_shape, bad_index = json.loads(good), json.loads(good), json.loads(good)
-    unknown_op["normal"][0][0] = "conv_7x1_1x7"
-    wrong_shape["reduce"] = wrong_shape["reduce"][:6]  # 3 nodes, where 'normal' has 4
-    bad_index["normal"][0][1] = 5  # node 0 can only read the two cell inputs
-    return {"unknown_op": unknown_op, "wrong_shape": wrong_shape, "bad_index": bad_index}
-
-
-def test_load_errors_in_process(load_space, tmp_path):
+def test_load_errors_in_process_and_a_wrong_arch_ends_train_py_with_one_clear_line(load_space, tmp_path):
     genotypes = load_space("DARTS-space", "genotypes")
     with pytest.raises(genotypes.UserError, match="accepted names: DrNAS_cifar10"):
         genotypes.load_genotype("DrNAS_cifar100")
@@ -43,33 +34,30 @@ def test_load_errors_in_process(load_space, tmp_path):
         "unknown_op": "accepted ops: max_pool_3x3, avg_pool_3x3", "bad_index": "integer in 0..1",
         "wrong_shape": "'normal' has 8 entries but 'reduce' 6",
     }  # fmt: skip
-    for key, data in _bad_genotypes(genotypes).items():
+    good = json.dumps(genotypes.genotype_to_dict(genotypes.DrNAS_cifar10))
+    unknown_op, wrong_shape, bad_index = json.loads(good), json.loads(good), json.loads(good)
+    unknown_op["normal"][0][0] = "conv_7x1_1x7"
+    wrong_shape["reduce"] = wrong_shape["reduce"][:6]  # 3 nodes, where 'normal' has 4
+    bad_index["normal"][0][1] = 5  # node 0 can only read the two cell inputs
+    for key, data in {"unknown_op": unknown_op, "wrong_shape": wrong_shape, "bad_index": bad_index}.items():
         path = tmp_path / f"{key}.json"
         path.write_text(json.dumps(data))
         with pytest.raises(genotypes.UserError, match=expected[key]):
             genotypes.load_genotype(str(path))
-
-
-def test_wrong_arch_ends_with_one_clear_line(load_space, tmp_path):
-    genotypes = load_space("DARTS-space", "genotypes")
-    (tmp_path / "broken.json").write_text("{not json")
+    # The same faults as train.py's --arch, as a user runs it.
     cases = {"unknown name": ("DrNAS_cifar100", "accepted names: DrNAS_cifar10, DrNAS_imagenet")}
     cases["malformed JSON"] = (tmp_path / "broken.json", "not valid JSON")
-    for key, data in _bad_genotypes(genotypes).items():
-        (tmp_path / f"{key}.json").write_text(json.dumps(data))
     cases["unknown op"] = (tmp_path / "unknown_op.json", "accepted ops: max_pool_3x3")
 
     def attempt(what):
         argv = ["--dataset", "synthetic", "--arch", cases[what][0], "--device", "cpu"]
-        return run_script(
-            "DARTS-space", "train.py", *argv, "--save", tmp_path / f"run-{what.replace(' ', '_')}", timeout=180
-        )
+        return run_script("DARTS-space", "train.py", *argv, "--save", tmp_path / what.replace(" ", "_"), timeout=180)
 
     # The three runs spend their time importing torch: side by side they take the time of one.
     with ThreadPoolExecutor(len(cases)) as pool:
         results = dict(zip(cases, pool.map(attempt, cases)))
     for what, (_, expected) in cases.items():
-        run_dir, result = tmp_path / f"run-{what.replace(' ', '_')}", results[what]
+        run_dir, result = tmp_path / what.replace(" ", "_"), results[what]
         assert result.returncode == 2 and "Traceback" not in result.stdout, (what, result.stderr)
         assert_one_line_error(result.returncode, result.stderr, expected)
         assert not run_dir.exists()  # refused before anything was written

@@ -26,8 +26,6 @@ def test_cifar_parameter_count(load_space, name):
 
 
 def test_published_sizes(load_space):
-    """The paper: 4.1M on CIFAR-10 and 5.7M on ImageNet (4.10M / 5.73M to two decimals); every named genotype has a
-    golden count."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     assert set(genotypes.NAMED) == set(GOLDEN_CIFAR)
     assert round(GOLDEN_CIFAR["DrNAS_cifar10"] / 1e6, 2) == 4.10
@@ -59,8 +57,8 @@ def test_forward_shapes(load_space, network, auxiliary):
     assert net(torch.randn(2, 3, 32, 32))[1] is None  # no auxiliary output at test time
 
 
-def test_drop_path_on_cpu(load_space):
-    model = load_space("DARTS-space", "model")
+def test_drop_path_drops_samples_not_in_eval_nor_on_identities_and_the_shared_relu_is_the_darts_cell(load_space):
+    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
     x = torch.ones(1000, 3, 2, 2, requires_grad=True)
     y = model.drop_path(x * 1.0, 0.25)  # in place, so on an op's output, never a leaf
@@ -70,13 +68,8 @@ def test_drop_path_on_cpu(load_space):
     assert (y[~kept] == 0).all()
     y.sum().backward()
     assert x.grad is not None
-
-
-def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
-    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
     torch.manual_seed(0)
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
-    x = torch.randn(4, 3, 32, 32)
+    net, x = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), torch.randn(4, 3, 32, 32)
     net.train()
     net(x)  # give BatchNorm running statistics
     net.eval()
@@ -92,17 +85,9 @@ def test_drop_path_is_identity_in_eval_and_skips_identities(load_space):
     for cell in net.cells:
         flags = [isinstance(op, operations.Identity) for op in cell.ops]
         assert flags == cell.is_identity
-
-
-def test_shared_relu_is_the_darts_cell(load_space):
-    """Rectifying each state once for all its ops equals the ops' own ReLUs (the DARTS ops)."""
-    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
-    torch.manual_seed(0)
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
+    # The shared ReLU: rectifying each state once for all its ops equals the ops' own ReLUs (the DARTS ops).
     x = torch.randn(2, 3, 32, 32)
-    net.train()
-    net(x)  # non-trivial BatchNorm statistics
-    net.eval()
+    net.eval()  # with the BatchNorm statistics of the training passes above
     shared = net(x)[0]
     assert any(any(cell.takes_relu) for cell in net.cells)
     for cell in net.cells:

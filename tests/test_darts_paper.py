@@ -24,10 +24,7 @@ batch = functools.partial(image_batch, size=SIZE)
 
 
 def arch_args(**kw):
-    base = {
-        "unrolled": False, "reg_type": "l2", "reg_scale": 1e-3, "momentum": 0.9, "weight_decay": 3e-4,
-        "arch_learning_rate": 6e-4,
-    }  # fmt: skip
+    base = dict(unrolled=False, reg_type="l2", reg_scale=1e-3, momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -46,17 +43,14 @@ def kl_to_uniform_dirichlet(beta):
 
 def shuffle_by_hand(t, groups):
     """ShuffleNet channel shuffle by index arithmetic: out[:, j * groups + g] = t[:, g * (C / groups) + j]."""
-    per = t.shape[1] // groups
-    out = torch.empty_like(t)
+    per, out = t.shape[1] // groups, torch.empty_like(t)
     for g in range(groups):
         for j in range(per):
             out[:, j * groups + g] = t[:, g * per + j]
     return out
 
 
-def test_the_seven_darts_ops_in_order_without_none_and_beta_is_1e_3_times_standard_normal_of_shape_14_by_7(load_space):
-    """The searched op set is the 7 DARTS ops (no `none`), in this order; beta_normal and beta_reduce are (14, 7)
-    parameters drawn as 1e-3 * N(0, 1)."""
+def test_seven_ops_beta_1e_3_normal_14_by_7_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_stem_3c(load_space):
     model_search, genotypes = load_space(SPACE, "model_search", "genotypes")
     ops = "max_pool_3x3 avg_pool_3x3 skip_connect sep_conv_3x3 sep_conv_5x5 dil_conv_3x3 dil_conv_5x5"
     assert genotypes.PRIMITIVES == ops.split()
@@ -68,15 +62,10 @@ def test_the_seven_darts_ops_in_order_without_none_and_beta_is_1e_3_times_standa
     assert 0.8e-3 < float(values.std()) < 1.2e-3  # scale 1e-3
     assert abs(float(values.mean())) < 3e-4  # centred (a uniform [0, 1e-3) draw has mean 5e-4)
     assert (values < 0).sum() > 60 and (values.abs() > 2e-3).sum() > 0  # both signs, Gaussian tails
-
-
-def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_nodes_stem_3c(load_space):
-    """Cell DAG: node i sums edges from both inputs and earlier nodes; output = concat of the 4 nodes."""
-    model_search = load_space(SPACE, "model_search")
+    # The cells: 4 nodes on 14 edges, stride 2 from a reduction cell's inputs, the nodes concatenated.
     for layers in (5, 6):
         torch.manual_seed(0)
-        net = model_search.Network(C, 10, layers, k=1)
-        reductions = (layers // 3, 2 * layers // 3)
+        net, reductions = model_search.Network(C, 10, layers, k=1), (layers // 3, 2 * layers // 3)
         assert [cell.reduction for cell in net.cells] == [i in reductions for i in range(layers)]
     # The CIFAR stem: one 3x3 conv to 3C channels at full resolution.
     assert net.stem0[0].out_channels == 3 * C and net.stem0[0].stride == (1, 1)
@@ -114,16 +103,15 @@ def test_search_cells_4_nodes_14_edges_stride_2_from_reduction_inputs_concat_of_
             assert outputs[i].shape[1] == 4 * channels
 
 
-def test_training_mixing_weights_are_dirichlet_with_concentration_elu_beta_plus_1(load_space):
-    """Training draws mixing weights ~ Dir(elu(beta) + 1): its mean and variance on every edge."""
+def test_mixing_weights_are_dirichlet_elu_beta_plus_1_in_training_and_its_mean_in_evaluation(load_space):
+    """Training draws mixing weights ~ Dir(elu(beta) + 1): its mean and variance on every edge. In eval mode the
+    supernet mixes with alpha / sum(alpha), deterministically."""
     model_search = load_space(SPACE, "model_search")
     torch.manual_seed(0)
-    net = model_search.Network(C, 10, LAYERS, k=2)
-    row = torch.tensor([2.0, 0.5, 0.0, -0.5, -1.0, -2.0, 1.0])
+    net, row = model_search.Network(C, 10, LAYERS, k=2), torch.tensor([2.0, 0.5, 0.0, -0.5, -1.0, -2.0, 1.0])
     with torch.no_grad():
         net.beta_normal.copy_(row.expand(14, 7))
         net.beta_reduce.copy_(row.roll(3).expand(14, 7))
-    with torch.no_grad():
         draws = torch.stack([net.arch_weights() for _ in range(300)])  # (300, 2, 14, 7)
     for t, beta in enumerate((row, row.roll(3))):
         a = concentration_by_hand(beta)
@@ -134,13 +122,6 @@ def test_training_mixing_weights_are_dirichlet_with_concentration_elu_beta_plus_
         # (worst deviation over 100 seeds: 3.6 %; doubling alpha would lower it by 47 %).
         total = (a * (a0 - a)).sum() / (a0**2 * (a0 + 1))
         assert abs(float(samples.var(0).sum() / total) - 1) < 0.12
-
-
-def test_evaluation_mixing_weights_are_the_dirichlet_mean(load_space):
-    """In eval mode the supernet mixes with alpha / sum(alpha), deterministically."""
-    model_search = load_space(SPACE, "model_search")
-    torch.manual_seed(0)
-    net = model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
         net.beta_normal.normal_(0, 1)
         net.beta_reduce.normal_(0, 1)
@@ -154,10 +135,8 @@ def test_evaluation_mixing_weights_are_the_dirichlet_mean(load_space):
 
 
 def test_genotype_ranks_edges_by_softmax_strength_of_best_kept_op_not_raw_beta(load_space):
-    """Edges are ranked by the softmax weight of their best op (over kept ops), not by raw beta."""
     model_search, genotypes = load_space(SPACE, "model_search", "genotypes")
-    P = genotypes.PRIMITIVES
-    net = model_search.Network(C, 10, LAYERS, k=2)
+    P, net = genotypes.PRIMITIVES, model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
         net.beta_normal.zero_()
         net.beta_reduce.zero_()
@@ -173,12 +152,10 @@ def test_genotype_ranks_edges_by_softmax_strength_of_best_kept_op_not_raw_beta(l
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_op_is_the_weighted_sum_of_its_ops_one_hot_gives_the_op_alone(load_space, stride):
-    """MixedOp (k=1) = sum_o w_o op_o(x): one-hot weights give that op alone, and it is linear in w."""
     model_search, operations, genotypes = load_space(SPACE, "model_search", "operations", "genotypes")
     torch.manual_seed(0)
     edge = model_search.MixedOp(8, stride, 1, range(7))  # train mode: BatchNorm uses batch statistics
-    x = torch.randn(2, 8, 8, 8)
-    one_hot = torch.eye(7)
+    x, one_hot = torch.randn(2, 8, 8, 8), torch.eye(7)
     x_relu = F.relu(x)  # the cell's one ReLU of the state
     with torch.no_grad():
         singles = [edge(x, x_relu, one_hot[i]) for i in range(7)]
@@ -197,15 +174,12 @@ def test_mixed_op_is_the_weighted_sum_of_its_ops_one_hot_gives_the_op_alone(load
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_partial_channels_bypass_is_max_pooled_2x2_on_reduction_and_output_shuffled_in_k_groups(load_space, stride):
-    """k>1: ops see x[:, :C/k]; the rest bypasses (2x2 max pool at stride 2); then a k-group channel shuffle."""
     model_search = load_space(SPACE, "model_search")
     torch.manual_seed(0)
     Cin, k = 8, 4
     part = Cin // k
-    edge = model_search.MixedOp(Cin, stride, k, range(7))
-    x = torch.randn(2, Cin, 8, 8)
-    h = 8 // stride
-    bypass = x[:, part:]
+    edge, x = model_search.MixedOp(Cin, stride, k, range(7)), torch.randn(2, Cin, 8, 8)
+    h, bypass = 8 // stride, x[:, part:]
     if stride == 2:  # max over each 2x2 block
         bypass = bypass.reshape(2, Cin - part, h, 2, h, 2).amax(dim=(3, 5))
     with torch.no_grad():
@@ -220,7 +194,6 @@ def test_partial_channels_bypass_is_max_pooled_2x2_on_reduction_and_output_shuff
 
 @pytest.mark.parametrize("reg_type", ["l2", "kl"])
 def test_architect_is_adam_betas_0_5_0_999_lr_arch_lr_l2_decay_or_kl_to_uniform_dirichlet(load_space, reg_type):
-    """Beta steps = hand Adam(0.5, 0.999, eps 1e-8) on grad L_val + reg_scale * (beta | grad KL(Dir(alpha)||Dir(1)))."""
     model_search, architect = load_space(SPACE, "model_search", "architect")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2).double()
@@ -232,8 +205,7 @@ def test_architect_is_adam_betas_0_5_0_999_lr_arch_lr_l2_decay_or_kl_to_uniform_
     sgd = torch.optim.SGD(net.weights(), 0.1)
     b1, b2, eps = 0.5, 0.999, 1e-8
     params = [b.detach().clone() for b in net.arch_parameters()]
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     grads_seen = []
     for t in (1, 2):
         (x, y), (xv, yv) = batch(seed=10 * t, dtype=torch.double), batch(seed=10 * t + 1, dtype=torch.double)
@@ -320,15 +292,13 @@ def test_unrolled_finite_difference_is_central_at_w_plus_minus_0_01_over_norm_of
 
 
 def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta(load_space):
-    """search.weight_step: CE loss, gradient of the weights only, its global norm clipped to grad_clip."""
     search, model_search, distributed = load_space(SPACE, "train_search", "model_search", "runkit.distributed")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     weights = net.weights()
     sgd = torch.optim.SGD(weights, lr=1.0, momentum=0.0, weight_decay=0.0)
     x, y = batch()
-    w0, beta0 = flat(weights), flat(net.arch_parameters())
-    clip = 1e-3
+    w0, beta0, clip = flat(weights), flat(net.arch_parameters()), 1e-3
     torch.manual_seed(5)
     logits, loss = search.weight_step(net, sgd, weights, x, y, clip, distributed.setup("cpu"))
     torch.testing.assert_close(loss, F.cross_entropy(logits, y))
@@ -339,11 +309,9 @@ def test_weight_step_clips_the_weight_gradient_norm_to_grad_clip_and_leaves_beta
     assert torch.equal(flat(net.arch_parameters()), beta0) and all(b.grad is None for b in net.arch_parameters())
 
 
-def test_stage_schedule_default_25_plus_25_epochs_first_10_weights_only_lr_one_cosine_from_0_1_to_0(load_space):
-    """Default: stage 0 = epochs 0-24, stage 1 = 25-49; architecture steps except epochs 0-9 and 25-34; the weights'
-    learning rate is one cosine from 0.1 to 0 over all 50 epochs."""
-    train_search, search, stages = load_space(SPACE, "train_search", "train_search", "runkit.run_flags")
-    args = train_search.get_parser().parse_args([])
+def test_stage_schedule_25_plus_25_epochs_first_10_weights_only_then_an_adam_step_per_batch_lr_one_cosine(load_space):
+    search, model_search, stages = load_space(SPACE, "train_search", "model_search", "runkit.run_flags")
+    args = search.get_parser().parse_args([])
     schedule = [stages.stage_at(search.get_stages(args), epoch) for epoch in range(50)]
     assert schedule == [(e // 25, e % 25 >= 10) for e in range(50)]
     # The weights' learning rate is 0.1 * (1 + cos(pi e / 50)) / 2, continuous across the stage switch.
@@ -355,16 +323,12 @@ def test_stage_schedule_default_25_plus_25_epochs_first_10_weights_only_lr_one_c
     assert [stages.stage_at(search.get_stages(args), e) for e in range(9)] == [
         (0, False), (0, True), (0, True), (1, False), (1, True), (1, True), (1, True), (2, False), (2, True),
     ]  # fmt: skip
-
-
-def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_space):
-    """search.search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch."""
-    search, model_search, train_search = load_space(SPACE, "train_search", "model_search", "train_search")
+    # search.search: a warm-up epoch leaves beta and Adam untouched; later epochs step beta every batch.
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     argv = f"--layers {LAYERS} --init_channels {C} --batch_size 2 --workers 0 --seed 0 --data_on_device off"
     argv += " --learning_rate 0.05 --arch_learning_rate 0.01 --stage_epochs 2 --stage_k 2 --stage_keep 7"
-    args = train_search.get_parser().parse_args([*argv.split(), "--warmup_epochs", "1"])
+    args = search.get_parser().parse_args([*argv.split(), "--warmup_epochs", "1"])
     data = [batch(seed=s) for s in range(4)]
     images = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     beta0, w0 = flat(net.arch_parameters()), flat(net.weights())
@@ -382,18 +346,14 @@ def test_search_epoch_arch_step_only_after_warmup_one_adam_step_per_batch(load_s
 
 
 def test_stage_switch_prunes_to_top_keep_ops_widens_to_next_k_same_lr_and_carries_the_sgd_momentum(load_space):
-    """enter_stage: each edge keeps its stage_keep ops with largest beta, ops grow to C/k, SGD keeps its lr; the new
-    optimiser gets the weights' momentum: kept parameters keep theirs, widened ones get it expanded."""
-    search, model_search, net2wider, train_search = load_space(
-        SPACE, "train_search", "model_search", "runkit.net2wider", "train_search"
-    )
+    search, model_search, net2wider = load_space(SPACE, "train_search", "model_search", "runkit.net2wider")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
         net.beta_normal.normal_(0, 1)
         net.beta_reduce.normal_(0, 1)
     argv = ["--stage_epochs", "1", "1", "--stage_k", "2", "1", "--stage_keep", "7", "3", "--warmup_epochs", "0"]
-    args = train_search.get_parser().parse_args(argv)
+    args = search.get_parser().parse_args(argv)
     assert (args.momentum, args.weight_decay) == (0.9, 3e-4)
     sgd = torch.optim.SGD(net.weights(), 0.037, momentum=0.9, weight_decay=3e-4)
     x, y = batch()
@@ -439,7 +399,6 @@ def test_stage_switch_prunes_to_top_keep_ops_widens_to_next_k_same_lr_and_carrie
 def test_search_run_sgd_momentum_0_9_decay_3e_4_on_weights_only_lr_per_epoch_arch_after_warmup(
     load_space, tmp_path, monkeypatch
 ):
-    """train_search.py: each epoch's SGD (momentum 0.9, wd 3e-4, no beta) at learning_rate(epoch), arch_on."""
     train_search, search, utils = load_space(SPACE, "train_search", "train_search", "runkit.utils")
     monkeypatch.setattr(utils, "setup_logging", lambda run_dir: None)  # keep pytest's logging
     seen = []
@@ -483,12 +442,10 @@ def _indexed_images(first, count, size):
 def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_search_data(
     load_space, tmp_path, monkeypatch, restore_logging, tiny_imagenet, script
 ):
-    """Weight steps and arch steps see disjoint parts (CIFAR split / ImageNet train+val), each whole, once per epoch."""
     module, search, architect, datasets = load_space(SPACE, script, "train_search", "architect", "datasets")
     size = 8 if script == "train_search" else 32
     if script == "train_search":  # 32 training images: 16 for the weights, 16 for beta
-        parts = (range(16), range(16, 32))
-        full = _indexed_images(0, 32, size)
+        parts, full = (range(16), range(16, 32)), _indexed_images(0, 32, size)
         monkeypatch.setattr(datasets, "get_datasets", lambda *args, **kwargs: (full, _indexed_images(99, 4, size), 10))
     else:  # the folders: the weights read train/, the architecture val/
         train, val, _ = datasets.imagenet_datasets(tiny_imagenet, size, search=True)
@@ -518,11 +475,9 @@ def test_search_weights_and_architecture_train_on_disjoint_parts_that_cover_the_
     assert sorted(weights) == list(parts[0]) and sorted(arch) == list(parts[1]), "each part whole, once"
 
 
-def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(load_space):
-    """training.training_loss = CE(logits) + aux_weight * CE(aux logits); CE(logits) without the aux head."""
+def test_eval_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head_minimised_with_gradient_norm_clip(load_space):
     training = load_space(SPACE, "train")
-    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
-    aux = torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
+    logits, aux = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([[-1.0, 1.0, 0.0], [3.0, 0.0, -2.0]])
     y = torch.tensor([0, 2])
 
     def ce(z):  # mean over the batch of logsumexp(z) - z[y]
@@ -531,11 +486,7 @@ def test_eval_training_loss_is_ce_plus_auxiliary_weight_times_ce_of_aux_head(loa
     criterion = torch.nn.CrossEntropyLoss()
     assert float(training.training_loss(criterion, logits, aux, y, 0.4)) == pytest.approx(ce(logits) + 0.4 * ce(aux))
     assert float(training.training_loss(criterion, logits, None, y, 0.4)) == pytest.approx(ce(logits))
-
-
-def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(load_space):
-    """training.train's step: the loss is CE + auxiliary_weight * CE_aux, the gradient norm is clipped to grad_clip."""
-    training = load_space(SPACE, "train")
+    # train's step minimises it, with the gradient norm clipped.
     torch.manual_seed(0)
 
     class TwoHeads(torch.nn.Module):
@@ -567,7 +518,6 @@ def test_eval_train_epoch_minimises_main_plus_aux_loss_with_gradient_norm_clip(l
 
 
 def test_cifar_train_crop_32_pad_4_flip_normalise_cutout_16_only_when_asked_test_only_normalised(load_space, tmp_path):
-    """CIFAR: train = random crop 32 (pad 4), flip, normalise [, cutout 16]; test = normalise only."""
     datasets = load_space(SPACE, "datasets")
     import torchvision.transforms as T
 
@@ -583,10 +533,8 @@ def test_cifar_train_crop_32_pad_4_flip_normalise_cutout_16_only_when_asked_test
         assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5 and isinstance(to_tensor, T.ToTensor)
         assert isinstance(norm, T.Normalize) and tuple(norm.mean) == datasets.CIFAR10_MEAN
         assert tuple(norm.std) == datasets.CIFAR10_STD
-        if cutout:  # after the normalisation, as in DARTS
-            assert len(rest) == 1 and isinstance(rest[0], datasets.Cutout) and rest[0].length == 16
-        else:
-            assert rest == []
+        # Cutout only when asked, after the normalisation, as in DARTS.
+        assert len(rest) == cutout and all(isinstance(r, datasets.Cutout) and r.length == 16 for r in rest)
         image = torch.from_numpy(pixels[1].reshape(3, 32, 32)).float() / 255
         torch.manual_seed(0)
         torch.testing.assert_close(test[1][0], (image - mean) / std)  # test: normalised, nothing else
@@ -610,7 +558,5 @@ TRAIN_DEFAULTS = dict(
 
 @pytest.mark.parametrize("script, expected", [("train_search", SEARCH_DEFAULTS), ("train", TRAIN_DEFAULTS)])
 def test_search_and_train_defaults_are_the_papers(load_space, script, expected):
-    """train_search.py: 25+25 epochs, batch 64, SGD 0.1->0, Adam 6e-4, C 36, 20 cells, k 6/4, keep 7/4, l2 1e-3;
-    train.py: 600 epochs, batch 64, SGD 0.025, C 36, 20 cells, drop path 0.3, aux 0.4, cutout 16, DrNAS_cifar10."""
     args = vars(load_space(SPACE, script).get_parser().parse_args([]))
     assert {key: args[key] for key in expected} == expected

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from argparse import Namespace
 
 import pytest
 import torch
@@ -13,12 +14,9 @@ from conftest import TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_
 TINY_TRAIN = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5", "--max_steps_per_epoch", "1"]
 
 
-def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
-    """Every pooling op of an evaluation cell is pool -> BatchNorm2d(C, affine=False), as in the search; every other
-    BatchNorm is affine."""
-    model, genotypes = load_space("DARTS-space", "model", "genotypes")
-    net = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10)
-    after_pool = set()
+def test_eval_cell_pools_end_in_an_affine_free_batchnorm_that_normalises_the_pooled_map(load_space):
+    model, genotypes, operations = load_space("DARTS-space", "model", "genotypes", "operations")
+    net, after_pool = model.NetworkCIFAR(8, 10, 5, False, genotypes.DrNAS_cifar10), set()
     for cell in net.cells:
         for (name, _), op in zip(cell.genotype_edges, cell.ops):
             if name.endswith("pool_3x3"):
@@ -31,11 +29,7 @@ def test_eval_cell_pools_end_in_affine_free_batchnorm(load_space):
     assert after_pool  # DrNAS_cifar10 has a max pool in its reduction cell
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(m.affine == (id(m) not in after_pool) for m in norms)
-
-
-def test_eval_pool_op_normalises_the_pooled_map(load_space):
-    """In training mode a pool op's output has zero mean and unit variance per channel (batch statistics)."""
-    operations = load_space("DARTS-space", "operations")
+    # In training mode a pool op's output has zero mean and unit variance per channel (batch statistics).
     torch.manual_seed(0)
     x = 3 * torch.randn(4, 6, 8, 8) + 2
     for name in ("max_pool_3x3", "avg_pool_3x3"):
@@ -49,7 +43,6 @@ def test_eval_pool_op_normalises_the_pooled_map(load_space):
     [("NetworkCIFAR", (36, 10, 20), 299, 4_099_294), ("NetworkImageNet", (48, 1000, 14), 214, 5_726_368)],
 )
 def test_published_networks_have_the_papers_batchnorm_layers_and_size(load_space, network, args, batchnorms, params):
-    """DrNAS_cifar10 (C=36, 20 cells) and DrNAS_imagenet (C=48, 14 cells): 299 / 214 BatchNorms, 4.10M / 5.73M."""
     model, genotypes = load_space("DARTS-space", "model", "genotypes")
     genotype = genotypes.DrNAS_cifar10 if network == "NetworkCIFAR" else genotypes.DrNAS_imagenet
     net = getattr(model, network)(*args, True, genotype)  # with the auxiliary head
@@ -86,8 +79,6 @@ def test_resuming_another_network_or_arch_is_one_line_and_writes_nothing(tmp_pat
 
 
 def test_imagenet_search_stems_end_at_three_times_C_and_the_weight_count_is_the_papers(load_space):
-    """The ImageNet supernet's stems: 3 -> 3C/2 -> 3C (stride 2 twice), ReLU, 3C -> 3C (stride 2); cells read 3C.
-    C=48, 14 cells, k=6, 1000 classes: 3,642,896 weights; the CIFAR stem's net differs by the stems alone."""
     model_search = load_space("DARTS-space", "model_search")
     net = model_search.Network(48, 1000, 14, k=6, imagenet=True)
     convs = [m for m in (*net.stem0, *net.stem1) if isinstance(m, nn.Conv2d)]
@@ -108,21 +99,16 @@ def test_imagenet_search_stems_end_at_three_times_C_and_the_weight_count_is_the_
     assert count - sum(p.numel() for p in cifar.weights()) == imagenet_stems - 3 * C3 * 9 - 2 * C3  # the CIFAR stem
 
 
-class _Args:
-    unrolled, reg_type, reg_scale, momentum, weight_decay, arch_learning_rate = False, "l2", 0.0, 0.9, 3e-4, 1e-3
-
-
 def test_architect_clips_beta_gradient_to_grad_clip(load_space):
-    """With `grad_clip` (ImageNet search), Adam receives beta's gradient clipped to that norm; without, the raw one."""
     model_search, architect = load_space("DARTS-space", "model_search", "architect")
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 16, 16), torch.randint(10, (4,))
-    norms = {}
+    norms, args = {}, Namespace(unrolled=False, reg_type="l2", reg_scale=0.0, momentum=0.9, weight_decay=3e-4)
+    args.arch_learning_rate = 1e-3
     for clip in (None, 1e-4):
         torch.manual_seed(1)
         net = model_search.Network(4, 10, 3, k=1)
-        arch = architect.Architect(net, _Args(), grad_clip=clip)
-        optimizer = torch.optim.SGD(net.weights(), 0.1)
+        arch, optimizer = architect.Architect(net, args, grad_clip=clip), torch.optim.SGD(net.weights(), 0.1)
         torch.manual_seed(2)
         arch.step(x, y, x, y, 0.1, optimizer)
         # After one Adam step (beta1 = 0.5) exp_avg = 0.5 * the gradient Adam received.
@@ -133,10 +119,7 @@ def test_architect_clips_beta_gradient_to_grad_clip(load_space):
 
 
 def test_imagenet_search_and_evaluation_transforms(load_space, tiny_imagenet):
-    """Search: weights and architecture batches both get RandomResizedCrop + flip, no ColorJitter. Evaluation: crop,
-    flip and ColorJitter(0.4, 0.4, 0.4, 0.2) to train; resize 256 + centre crop 224 to test."""
-    datasets = load_space("DARTS-space", "datasets")
-    T = pytest.importorskip("torchvision.transforms")
+    datasets, T = load_space("DARTS-space", "datasets"), pytest.importorskip("torchvision.transforms")
     train, arch, classes = datasets.imagenet_datasets(tiny_imagenet, 224, search=True)
     assert classes == 3
     for dataset in (train, arch):
@@ -156,7 +139,6 @@ def test_imagenet_search_and_evaluation_transforms(load_space, tiny_imagenet):
 
 
 def test_imagenet_search_run_clips_beta_gradient(tmp_path, tiny_imagenet):
-    """train_search_imagenet.py hands --grad_clip to the architecture step: with a tiny clip beta barely moves."""
     run = tmp_path / "run"
     argv = "--image_size 32 --layers 5 --init_channels 8 --batch_size 3 --stage_epochs 1 1 --stage_k 4 2"
     argv += " --warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0 --grad_clip 1e-9 --reg_scale 0"
@@ -180,7 +162,6 @@ def paper_lr(epoch, epochs, lr0, batch_size):
 
 @pytest.mark.parametrize("batch_size", [768, 256, 64])
 def test_train_imagenet_linear_schedule_every_epoch(load_space, batch_size):
-    """250 epochs: warm-up (e+1)/5 only above batch 256, then the linear decay with its last-5-epoch tail."""
     script = load_space("DARTS-space", "train_imagenet")
     args = script.get_parser().parse_args(["--batch_size", str(batch_size)])
     for e in range(250):
@@ -189,7 +170,6 @@ def test_train_imagenet_linear_schedule_every_epoch(load_space, batch_size):
 
 
 def test_train_imagenet_cosine_alternative(load_space):
-    """--lr_scheduler cosine: (1 + cos(pi e / E)) / 2, the same warm-up for large batches."""
     script = load_space("DARTS-space", "train_imagenet")
     args = script.get_parser().parse_args(["--lr_scheduler", "cosine", "--epochs", "20"])
     expected = [(e + 1) / 5 if e < 5 else 0.5 * (1 + math.cos(math.pi * e / 20)) for e in range(20)]
@@ -212,14 +192,11 @@ IMAGENET_DEFAULTS = {
 
 @pytest.mark.parametrize("script", sorted(IMAGENET_DEFAULTS))
 def test_imagenet_defaults_are_the_papers(load_space, script):
-    """train_search_imagenet.py: batch 512, lr 0.5 (5 warm-up epochs), arch lr 6e-3, C=48, 14 cells, k 6->3, seed 0;
-    train_imagenet.py: 250 epochs, batch 768, lr 0.5, wd 3e-5, label smoothing 0.1, aux 0.4, C=48, 14 cells."""
     args = vars(load_space("DARTS-space", script).get_parser().parse_args([]))
     assert {key: args[key] for key in IMAGENET_DEFAULTS[script]} == IMAGENET_DEFAULTS[script]
 
 
 def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_imagenet):
-    """`train_imagenet.py --epochs 12 --learning_rate 0.5` logs the paper's rate each epoch, batch 300 and 64."""
     argv = "--image_size 32 --layers 5 --init_channels 4 --epochs 12 --learning_rate 0.5 --max_steps_per_epoch 1"
     argv = ["train_imagenet.py", "--data", tiny_imagenet, *argv.split(), "--device", "cpu", "--workers", "0"]
     procs = {b: popen_script("DARTS-space", *argv, "--batch_size", b, "--save", tmp_path / str(b)) for b in (300, 64)}
@@ -231,7 +208,6 @@ def test_train_imagenet_history_holds_the_papers_learning_rates(tmp_path, tiny_i
 
 
 def test_missing_data_and_resume_are_refused_before_writing(tmp_path):
-    """train.py with an empty --data or a missing --resume, train_search.py without CIFAR: one line, no run folder."""
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [

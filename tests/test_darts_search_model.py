@@ -22,10 +22,6 @@ def batch(seed=0):
     return image_batch(2, SIZE, seed)
 
 
-def _snapshot(net):
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
 def test_arch_parameters_dirichlet_draw_and_every_weight_gets_a_gradient(load_space):
     model_search = load_space("DARTS-space", "model_search")
     torch.manual_seed(0)
@@ -83,8 +79,7 @@ def test_prune_keeps_count_and_the_pass_never_runs_pruned_ops_nor_reads_host_val
 
 def test_genotype_two_strongest_edges_best_kept_op(load_space):
     model_search, genotypes = load_space("DARTS-space", "model_search", "genotypes")
-    P = genotypes.PRIMITIVES
-    net = model_search.Network(C, 10, LAYERS, k=2)
+    P, net = genotypes.PRIMITIVES, model_search.Network(C, 10, LAYERS, k=2)
     with torch.no_grad():
         net.beta_normal.zero_()
         net.beta_reduce.zero_()
@@ -112,8 +107,7 @@ def test_architect_step_changes_only_arch_params(load_space, reg_type):
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
     arch = architect.Architect(net, arch_args(reg_type=reg_type))
-    sgd = torch.optim.SGD(net.weights(), 0.1, momentum=0.9)
-    before = _snapshot(net)
+    sgd, before = torch.optim.SGD(net.weights(), 0.1, momentum=0.9), {k: v.clone() for k, v in net.state_dict().items()}
     (x, y), (xv, yv) = batch(seed=1), batch(seed=2)
     arch.step(x, y, xv, yv, 0.1, sgd)
     after = net.state_dict()
@@ -123,7 +117,6 @@ def test_architect_step_changes_only_arch_params(load_space, reg_type):
 
 
 def test_unrolled_after_pruning_and_widening(load_space):
-    """--unrolled on a pruned and widened supernet (the second stage)."""
     model_search, architect = load_space("DARTS-space", "model_search", "architect")
     torch.manual_seed(0)
     net = model_search.Network(C, 10, LAYERS, k=2)
@@ -135,7 +128,7 @@ def test_unrolled_after_pruning_and_widening(load_space):
     sgd.step()  # momentum buffers exist, as mid-search
     sgd.zero_grad(set_to_none=True)
     arch = architect.Architect(net, arch_args(unrolled=True))
-    before = _snapshot(net)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     arch.step(x, y, xv, yv, 0.05, sgd)
     after = net.state_dict()
     for name, value in before.items():

@@ -10,8 +10,7 @@ pytestmark = pytest.mark.quick
 def test_every_op_shape_scale_shared_relu_and_widening(load_space, stride):
     operations, net2wider, genotypes = load_space("DARTS-space", "operations", "runkit.net2wider", "genotypes")
     torch.manual_seed(0)
-    x = torch.randn(2, 8, 12, 12)
-    w = torch.tensor(0.3, requires_grad=True)
+    x, w = torch.randn(2, 8, 12, 12), torch.tensor(0.3, requires_grad=True)
     size = 12 // stride
     for name in genotypes.PRIMITIVES:
         for op in (operations.OPS[name](8, stride, True), operations.search_op(name, 8, stride)):
@@ -33,8 +32,7 @@ def test_every_op_shape_scale_shared_relu_and_widening(load_space, stride):
             op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics
         op.eval()
         before = op(x)
-        index = net2wider.grow_index(8, 12)
-        moved = []
+        index, moved = net2wider.grow_index(8, 12), []
         out_index = net2wider.widen_op(op, index, moved)
         after = op(torch.cat([x, torch.zeros(2, 4, 12, 12)], dim=1))
         assert after.shape == (2, 12, size, size), name
@@ -70,8 +68,7 @@ def test_cutout_synthetic_and_dataset_errors(load_space, tmp_path):
     image, label = train[0]
     assert image.shape == (3, 32, 32) and 0 <= int(label) < 10
     assert (image == 0).sum() >= 3 * 4 * 4  # a (possibly clipped) 8x8 square is zeroed
-    state = torch.get_rng_state()
-    a = datasets.Cutout(8)(torch.ones(3, 16, 16))
+    state, a = torch.get_rng_state(), datasets.Cutout(8)(torch.ones(3, 16, 16))
     torch.set_rng_state(state)
     assert torch.equal(a, datasets.Cutout(8)(torch.ones(3, 16, 16)))  # torch RNG only
     with pytest.raises(utils.UserError, match="train/ and .*val/"):
@@ -84,8 +81,7 @@ def test_cutout_synthetic_and_dataset_errors(load_space, tmp_path):
 def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding):
     lean_ops = load_space("DARTS-space", "lean_ops")
     x = torch.randn(2, 4, 8, 8, dtype=torch.double, requires_grad=True)
-    lean = lean_ops.LeanMaxPool(kernel, stride, padding)
-    plain = torch.nn.MaxPool2d(kernel, stride, padding)
+    lean, plain = lean_ops.LeanMaxPool(kernel, stride, padding), torch.nn.MaxPool2d(kernel, stride, padding)
     torch.testing.assert_close(lean(x), plain(x))
     g = torch.randn_like(plain(x))
     torch.testing.assert_close(torch.autograd.grad(lean(x), x, g)[0], torch.autograd.grad(plain(x), x, g)[0])
@@ -96,8 +92,7 @@ def test_lean_max_pool_matches_max_pool(load_space, kernel, stride, padding):
 def test_lean_conv_ops_match_plain_gradients(load_space, name, stride):
     operations = load_space("DARTS-space", "operations")
     torch.manual_seed(0)
-    lean = operations.search_op(name, 4, stride).double()
-    plain = operations.search_op(name, 4, stride).double()
+    lean, plain = operations.search_op(name, 4, stride).double(), operations.search_op(name, 4, stride).double()
     plain.load_state_dict(lean.state_dict())
     for module in plain.modules():
         if isinstance(module, operations.DilConv):

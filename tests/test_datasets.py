@@ -21,13 +21,9 @@ def _write_batches(folder, files, label_key, size, labels_per_file, rng):
             pickle.dump({"data": data, label_key: labels}, f)
 
 
-def make_cifar10(root):
-    write_tiny_cifar(root, per_batch=8, labels=list(range(8)))
-
-
 def test_cifar10_tree_is_read(load_space, tmp_path):
     datasets = load_space("201-space", "datasets")
-    make_cifar10(tmp_path)
+    write_tiny_cifar(tmp_path, per_batch=8, labels=list(range(8)))
     train, test, classes = datasets.get_datasets("cifar10", tmp_path, train_augment=True)
     assert classes == 10 and len(train) == 40 and len(test) == 8
     x, y = train[3]
@@ -40,8 +36,7 @@ def test_cifar10_tree_is_read(load_space, tmp_path):
 
 
 def test_cifar100_and_imagenet16_trees(load_space, tmp_path):
-    datasets = load_space("201-space", "datasets")
-    rng = np.random.default_rng(1)
+    datasets, rng = load_space("201-space", "datasets"), np.random.default_rng(1)
     _write_batches(tmp_path / "c100" / "cifar-100-python", ["train", "test"], "fine_labels", 32, [0, 99, 50], rng)
     train, test, classes = datasets.get_datasets("cifar100", tmp_path / "c100")
     assert classes == 100 and sorted(train.labels) == [0, 50, 99]
@@ -79,7 +74,7 @@ def test_failed_download_is_one_clear_error_and_leaves_nothing(load_space, tmp_p
 
 def test_darts_cifar10_tree_with_cutout(load_space, tmp_path):
     datasets = load_space("DARTS-space", "datasets")
-    make_cifar10(tmp_path)
+    write_tiny_cifar(tmp_path, per_batch=8, labels=list(range(8)))
     train, test, classes = datasets.get_datasets("cifar10", tmp_path, cutout=True, cutout_length=16)
     assert classes == 10 and len(train) == 40 and len(test) == 8
     torch.manual_seed(0)
@@ -91,7 +86,7 @@ def test_darts_cifar10_tree_with_cutout(load_space, tmp_path):
 
 
 def test_201_search_and_darts_train_run_on_a_cifar_tree(tmp_path):
-    make_cifar10(tmp_path / "data")
+    write_tiny_cifar(tmp_path / "data", per_batch=8, labels=list(range(8)))
     data = ["--dataset", "cifar10", "--data", tmp_path / "data"]
     argv = "--epochs 1 --init_channels 4 --layers 1 --batch_size 10 --workers 0 --device cpu".split()
     search = popen_script("201-space", "train_search.py", *data, *argv, "--save", tmp_path / "s", stdout=PIPE)

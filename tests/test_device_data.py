@@ -1,5 +1,6 @@
 """Data on the device (`device_data.py`), on the CPU device."""
 
+import argparse
 import pickle
 from itertools import islice
 
@@ -47,8 +48,7 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
     data = _numbered_set()
     if subset:  # the searches' split, split again
         data = Subset(Subset(data, range(5, 37)), [3, 1, 4, 15, 9, 2, 6, 5, 30, 25, 8, 7, 11, 0, 31])
-    stream = device_data.DeviceStream(data, 4, 3, "cpu", **sharding)
-    reference = streams.Stream(data, 4, 3, **sharding)
+    stream, reference = device_data.DeviceStream(data, 4, 3, "cpu", **sharding), streams.Stream(data, 4, 3, **sharding)
     assert len(stream) == len(reference)
     for _ in range(3 * len(stream) + 1):  # three passes and a bit, partial batches included
         x, y = next(stream)
@@ -58,20 +58,46 @@ def test_same_samples_in_the_same_order_as_stream(load_space, space, sharding, s
 
 
 @pytest.mark.parametrize("space", SPACE_NAMES)
-def test_device_loader_equals_the_dataloader(load_space, tmp_path, space):
+def test_device_loader_equals_the_dataloader_no_batch_reads_the_host_and_resume_is_exact(load_space, tmp_path, space):
     device_data, datasets = load_space(space, "runkit.device_data", "datasets")
     train, test = _pickled_sets(datasets, space, tmp_path, cutout=16)
     plain, _ = _pickled_sets(datasets, space, tmp_path, augment=False)
     split = Subset(Subset(plain, range(3, 19)), [5, 0, 7, 2, 9])
     for data in (test, plain, split, _numbered_set()):  # sets whose transforms do not augment
         loader = device_data.DeviceLoader(data, 3, "cpu")
-        batches = list(loader)
-        reference = list(DataLoader(data, 3))
+        batches, reference = list(loader), list(DataLoader(data, 3))
         assert len(loader) == len(batches) == len(reference)
         for (x, y), (x_ref, y_ref) in zip(batches, reference):
             assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-6)
             assert torch.equal(y, y_ref)
+    # No host reads per batch.
+    stream = device_data.DeviceStream(Subset(train, range(2, 19)), 4, 0, "cpu")
+    loader = device_data.DeviceLoader(test, 3, "cpu")
+    next(stream)  # the first batch of a pass uploads the pass's order: not a per-batch cost
+    with forbid_host_reads():
+        for _ in range(len(stream) - 1):
+            next(stream)
+        assert len(list(loader)) == len(loader)
+    # Resuming from a position and the RNG state is exact.
+    torch.manual_seed(1)
+    stream = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2)  # 10 samples: 2 batches a pass
+    for _ in range(3):
+        next(stream)
+    position, state = stream.position(), torch.get_rng_state()
+    later = list(islice(stream, 5))  # across two pass boundaries
+    torch.set_rng_state(state)
+    resumed = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2, position=position)
+    sought = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2)
+    next(sought)  # a batch of pass 0 first, so seek has an order to drop
+    sought.seek(position)
+    for other in (resumed, sought):
+        torch.set_rng_state(state)
+        for (x, y), (x_b, y_b) in zip(later, islice(other, 5)):
+            assert torch.equal(x, x_b) and torch.equal(y, y_b)
+    sought.seek(position)  # the augmentation comes from the global RNG: the same position with other draws differs
+    x_c, y_c = next(sought)
+    assert torch.equal(y_c, later[0][1]) and not torch.equal(x_c, later[0][0])
 
 
 def _crops(image, pad_value, padding):
@@ -199,51 +225,10 @@ def test_cutout_on_the_synthetic_set(load_space, monkeypatch):
             _check_cutout(out, source, cut, 10, datasets, monkeypatch)
 
 
-@pytest.mark.parametrize("space", SPACE_NAMES)
-def test_resume_from_position_and_rng_state_is_exact(load_space, tmp_path, space):
-    device_data, datasets = load_space(space, "runkit.device_data", "datasets")
-    train, _ = _pickled_sets(datasets, space, tmp_path, cutout=16)
-    torch.manual_seed(1)
-    stream = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2)  # 10 samples: 2 batches a pass
-    for _ in range(3):
-        next(stream)
-    position, state = stream.position(), torch.get_rng_state()
-    later = list(islice(stream, 5))  # across two pass boundaries
-    torch.set_rng_state(state)
-    resumed = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2, position=position)
-    sought = device_data.DeviceStream(train, 7, 2, "cpu", rank=1, world_size=2)
-    next(sought)  # a batch of pass 0 first, so seek has an order to drop
-    sought.seek(position)
-    torch.set_rng_state(state)
-    for (x, y), (x_a, y_a) in zip(later, islice(resumed, 5)):
-        assert torch.equal(x, x_a) and torch.equal(y, y_a)
-    torch.set_rng_state(state)
-    for (x, y), (x_b, y_b) in zip(later, islice(sought, 5)):
-        assert torch.equal(x, x_b) and torch.equal(y, y_b)
-    sought.seek(position)  # the augmentation comes from the global RNG: the same position with other draws differs
-    x_c, y_c = next(sought)
-    assert torch.equal(y_c, later[0][1]) and not torch.equal(x_c, later[0][0])
-
-
-@pytest.mark.parametrize("space", SPACE_NAMES)
-def test_no_host_reads_per_batch(load_space, tmp_path, space):
-    device_data, datasets = load_space(space, "runkit.device_data", "datasets")
-    train, test = _pickled_sets(datasets, space, tmp_path, cutout=16)
-    stream = device_data.DeviceStream(Subset(train, range(2, 19)), 4, 0, "cpu")
-    loader = device_data.DeviceLoader(test, 3, "cpu")
-    next(stream)  # the first batch of a pass uploads the pass's order: not a per-batch cost
-    with forbid_host_reads():
-        for _ in range(len(stream) - 1):
-            next(stream)
-        assert len(list(loader)) == len(loader)
-
-
 def test_use_device_resolves_the_flag_and_stream_and_loader_pick_the_path(load_space, tmp_path, tiny_imagenet):
     device_data, datasets, utils, streams = load_space(
         "201-space", "runkit.device_data", "datasets", "runkit.utils", "runkit.streams"
     )
-    import argparse
-
     data = _numbered_set()
     assert isinstance(device_data.stream(data, 4, 0, "cpu", True), device_data.DeviceStream)
     assert isinstance(device_data.stream(data, 4, 0, "cpu", False, shuffle=False), streams.Stream)

@@ -24,7 +24,7 @@ def test_same_public_api_in_both_folders(load_space):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_dense_conv_copies_weights_without_division_and_depthwise_conv_grows_its_groups(load_space, space):
+def test_conv_copies_weights_without_division_depthwise_conv_grows_its_groups_bn_copies_statistics(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 3, 3, padding=1, bias=True)
@@ -43,27 +43,21 @@ def test_dense_conv_copies_weights_without_division_and_depthwise_conv_grows_its
     for m in moved:
         assert torch.equal(n2w.expand(m.old, m.plan), m.new)
 
-    conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False)
-    index = torch.tensor([0, 1, 2, 3, 3, 0])
+    conv, index = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False), torch.tensor([0, 1, 2, 3, 3, 0])
     new = n2w.widen_conv(conv, index, index, [])
     assert (new.in_channels, new.out_channels, new.groups) == (6, 6, 6)
     assert (new.kernel_size, new.padding, new.dilation) == (conv.kernel_size, conv.padding, conv.dilation)
     assert torch.equal(new.weight, conv.weight[index])  # (6, 1, 3, 3): each filter follows its channel
     x = torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(new(x[:, index]), conv(x)[:, index])
-
-
-@pytest.mark.parametrize("space", SPACES)
-def test_bn_copies_running_statistics_and_affine_parameters(load_space, space):
-    n2w = load_space(space, "runkit.net2wider")
+    # BatchNorm: running statistics and affine parameters are copied.
     bn = nn.BatchNorm2d(4)
     with torch.no_grad():
         for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
             t.copy_(torch.rand(4) + 0.5)
     bn.num_batches_tracked.fill_(7)
     bn.eval()
-    index = torch.tensor([0, 1, 2, 3, 2, 2])
-    moved = []
+    index, moved = torch.tensor([0, 1, 2, 3, 2, 2]), []
     new = n2w.widen_bn(bn, index, moved)
     assert type(new) is type(bn) and new.num_features == 6 and not new.training
     for name in ("running_mean", "running_var", "weight", "bias"):
@@ -82,7 +76,7 @@ def test_bn_copies_running_statistics_and_affine_parameters(load_space, space):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_grow_index_is_reproducible_and_expand_carries_momentum_with_the_parameters_channels(load_space, space):
+def test_grow_index_is_reproducible_momentum_follows_the_channels_and_a_widened_op_keeps_its_outputs(load_space, space):
     n2w = load_space(space, "runkit.net2wider")
     index = n2w.grow_index(4, 10, torch.Generator().manual_seed(3))
     assert torch.equal(index[:4], torch.arange(4)) and index.shape == (10,) and (index < 4).all()
@@ -93,19 +87,14 @@ def test_grow_index_is_reproducible_and_expand_carries_momentum_with_the_paramet
     conv(torch.randn(2, 3, 4, 4)).square().sum().backward()
     sgd.step()
     buf = sgd.state[conv.weight]["momentum_buffer"]
-    index = torch.tensor([0, 1, 2, 1, 0])
-    moved = []
+    index, moved = torch.tensor([0, 1, 2, 1, 0]), []
     new = n2w.widen_conv(conv, index, index, moved)
     (m,) = moved
     carried = n2w.expand(buf, m.plan)
     assert carried.shape == new.weight.shape
     assert torch.equal(carried, buf[index][:, index]), "the same channels as the parameter"
     assert torch.equal(new.weight, conv.weight[index][:, index]) and carried.data_ptr() != buf.data_ptr()
-
-
-@pytest.mark.parametrize("space", SPACES)
-def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, space):
-    """201 nor_conv_3x3, DARTS dil_conv_3x3: zeros on the new input channels leave the old outputs unchanged."""
+    # A widened op (201 nor_conv_3x3, DARTS dil_conv_3x3): zeros on the new input channels leave the old outputs.
     n2w, operations = load_space(space, "runkit.net2wider", "operations")
     torch.manual_seed(0)
     if space == "201-space":
@@ -117,8 +106,7 @@ def test_widened_op_keeps_old_output_channels_on_old_input_channels(load_space, 
         op(x + torch.randn_like(x))  # non-trivial BatchNorm running statistics
     op.eval()
     before = op(x)
-    index = n2w.grow_index(4, 8, torch.Generator().manual_seed(0))
-    moved = []
+    index, moved = n2w.grow_index(4, 8, torch.Generator().manual_seed(0)), []
     out_index = n2w.widen_op(op, index, moved, None)
     assert torch.equal(out_index, index) and moved
     after = op(torch.cat([x, torch.zeros(2, 4, 6, 6)], dim=1))

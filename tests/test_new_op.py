@@ -101,21 +101,6 @@ def train_losses(run_dir):
     return losses
 
 
-def logged_params(run_dir):
-    return int(re.search(r"param count = (\d+)", (run_dir / "log.txt").read_text()).group(1))
-
-
-def own_params(model, skip=()):
-    """The parameters of the network counted module by module."""
-    modules = [m for name, m in model.named_modules() if not any(name.startswith(s) for s in skip)]
-    return sum(p.numel() for m in modules for p in m.parameters(recurse=False))
-
-
-def conv_bn_params(op):
-    conv, bn = op[1], op[2]
-    return conv.weight.numel() + (2 * bn.num_features if bn.affine else 0)
-
-
 SEARCH = {
     "201-space": [*TINY_201, "--max_steps_per_epoch", "2", "--benchmark", "none", "--report_freq", "100"],
     "DARTS-space": """--dataset synthetic --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2
@@ -215,9 +200,10 @@ def test_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, rest
     ops = new_ops(net)
     assert len(ops) == 3 * 3, "three edges in each of the three cells"
     assert all(op[2].affine and op[1].weight.grad is not None for op in ops)
-    params = logged_params(run_dir)
-    assert params == own_params(net, skip) == count(net)
-    assert params - count(without) == sum(conv_bn_params(op) for op in ops)
+    params = int(re.search(r"param count = (\d+)", (run_dir / "log.txt").read_text()).group(1))
+    modules = [m for name, m in net.named_modules() if not any(name.startswith(s) for s in skip)]
+    assert params == sum(p.numel() for m in modules for p in m.parameters(recurse=False)) == count(net)
+    assert params - count(without) == sum(op[1].weight.numel() + 2 * op[2].num_features * op[2].affine for op in ops)
     if space == "201-space":
         cells = [cell for cell in net.cells if isinstance(cell, model_module.InferCell)]
         assert [len(cell.edges) for cell in cells] == [5] * 3
@@ -228,7 +214,6 @@ def test_train_with_a_plain_op(with_new_op, request, tmp_path, monkeypatch, rest
 
 
 def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
-    """An edge computes sum_o w_o * op_o(x)."""
     genotypes, operations, model_search = with_new_op("201-space", "model_search")
     add_nothing(request, genotypes, operations)  # skipped as well
     fused = 0
@@ -237,8 +222,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
         op = operations.OPS[name](8, 8, 1, False).train()
         if hasattr(op, "forward_scaled"):
             plain = copy.deepcopy(op)
-            x = torch.randn(3, 8, 6, 6, requires_grad=True)
-            w = torch.tensor(0.37, requires_grad=True)
+            x, w = torch.randn(3, 8, 6, 6, requires_grad=True), torch.tensor(0.37, requires_grad=True)
             _assert_same(op.forward_scaled(x, torch.relu(x), w), w * plain(x), [x, w], op, plain, name)
             fused += 1
     assert fused == 4  # skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
@@ -251,8 +235,7 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
         op.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls[name] + 1))
     x = torch.randn(3, 8, 6, 6, requires_grad=True)
     mix = torch.rand(len(genotypes.PRIMITIVES)).softmax(0).requires_grad_(True)
-    got = edge(x, torch.relu(x), mix)
-    want = sum(w * op(x) for w, op in zip(mix, plain))
+    got, want = edge(x, torch.relu(x), mix), sum(w * op(x) for w, op in zip(mix, plain))
     assert calls["none"] == calls["nothing"] == 0, "zero ops are skipped"
     assert calls[NEW["201-space"][0]] == 1, "the plain op is run as `op(x)`"
     _assert_same(got, want, [x, mix], edge, plain)
@@ -261,7 +244,6 @@ def test_201_edge_mixes_fused_and_plain_ops(with_new_op, request):
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
-    """An edge computes sum_o w_o * op_o(x)."""
     genotypes, operations, model_search = with_new_op("DARTS-space", "model_search")
 
     def set_lean(module):
@@ -275,8 +257,7 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
         search = set_lean(operations.search_op(name, 8, stride))
         torch.manual_seed(0)  # the same draws: the plain op holds the same weights
         plain = operations.OPS[name](8, stride, False).train()
-        x = torch.randn(3, 8, 8, 8, requires_grad=True)
-        w = torch.tensor(0.37, requires_grad=True)
+        x, w = torch.randn(3, 8, 8, 8, requires_grad=True), torch.tensor(0.37, requires_grad=True)
         got = search(torch.relu(x) if search.expects_relu else x, w)
         _assert_same(got, w * plain(x), [x, w], search, plain, name)
 
@@ -285,10 +266,8 @@ def test_darts_edge_mixes_search_forms_and_plain_ops(with_new_op, stride, lean):
     edge = set_lean(model_search.MixedOp(8, stride, 1, range(n)))
     torch.manual_seed(0)
     plain = nn.ModuleList(operations.OPS[name](8, stride, False) for name in genotypes.PRIMITIVES).train()
-    x = torch.randn(3, 8, 8, 8, requires_grad=True)
-    mix = torch.rand(n).softmax(0).requires_grad_(True)
-    got = edge(x, torch.relu(x), mix)
-    want = sum(mix[i] * op(x) for i, op in enumerate(plain))
+    x, mix = torch.randn(3, 8, 8, 8, requires_grad=True), torch.rand(n).softmax(0).requires_grad_(True)
+    got, want = edge(x, torch.relu(x), mix), sum(mix[i] * op(x) for i, op in enumerate(plain))
     _assert_same(got, want, [x, mix], edge, plain)
     assert [type(op) for op in new_ops(edge)] == [Conv5x5]
 
@@ -301,8 +280,7 @@ def test_widen_op_walks_a_chain_of_convs_and_batchnorms(load_space, space):
     dense = nn.Conv2d(4, 4, 3, padding=1, bias=False)
     op = nn.Sequential(nn.ReLU(), dense, nn.BatchNorm2d(4), depthwise, nn.Conv2d(4, 6, 1, bias=True), nn.BatchNorm2d(6))
     op(torch.randn(2, 4, 5, 5))  # running statistics
-    old = copy.deepcopy(op)
-    index = n2w.grow_index(4, 8, torch.Generator().manual_seed(1))
+    old, index = copy.deepcopy(op), n2w.grow_index(4, 8, torch.Generator().manual_seed(1))
     moved = []
     out_index = n2w.widen_op(op, index, moved, torch.Generator().manual_seed(2))
     assert len(out_index) == 12 and torch.equal(out_index[:6], torch.arange(6))

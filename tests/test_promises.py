@@ -7,25 +7,16 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, run_script
+from conftest import TINY_201, TINY_DARTS_TRAIN, refusal, run_script
 
 # A DARTS cell and a NAS-Bench-201 cell, as each folder's genotype.json holds them.
 DARTS_CELL = "DrNAS_cifar10"
 CELL_201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 
 
-def refusal(capsys, main, *argv):
-    """Run a script's `main(argv)` in process: it must exit 2 with one line on stderr, which is returned."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    return assert_one_line_error(exit_info.value.code, capsys.readouterr().err)
-
-
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 @pytest.mark.parametrize("amp_needs_bf16", [True, False])
 def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, space, amp_needs_bf16):
-    """Every script (fp16 fallback or not) refuses --amp where the CPU emulates bf16; one with bf16 units runs it."""
     accel = load_space(space, "runkit.accel")
     args, cpu = Namespace(amp=True, compile=False), torch.device("cpu")
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)
@@ -45,8 +36,7 @@ def test_amp_is_refused_on_a_cpu_without_bf16_units(load_space, monkeypatch, spa
 )  # fmt: skip
 def test_train_imagenet_image_size_ends_in_one_line(load_space, capsys, tmp_path, flags, expected):
     """Not argparse's usage block, which every torchrun process printed; nothing is made before."""
-    train_imagenet = load_space("DARTS-space", "train_imagenet")
-    save = tmp_path / "run"
+    train_imagenet, save = load_space("DARTS-space", "train_imagenet"), tmp_path / "run"
     argv = ["--dataset", "synthetic", "--layers", "5", "--init_channels", "8", "--device", "cpu", "--save", save]
     line = refusal(capsys, train_imagenet.main, *argv, *flags)
     assert expected in line and not save.exists()
@@ -71,9 +61,7 @@ def test_training_closes_with_the_last_epochs_test_accuracy(tmp_path, space, fla
 
 
 def test_darts_closing_line_tells_the_last_epoch_from_the_best(load_space, caplog):
-    """`finish` with a best epoch that is not the last: each number where it belongs."""
-    training = load_space("DARTS-space", "train")
-    dist = Namespace(world_size=1, device=torch.device("cpu"))
+    training, dist = load_space("DARTS-space", "train"), Namespace(world_size=1, device=torch.device("cpu"))
     run = Namespace(dist=dist, best={"value": 91.35, "epoch": 579}, args=Namespace(epochs=600))
     with caplog.at_level(logging.INFO):
         training.finish(run, None, {"epoch": 599, "test_acc": 91.2})
@@ -100,26 +88,20 @@ def genotype_json(load_space, path, space):
 )  # fmt: skip
 def test_scripts_name_a_genotype_json_of_the_other_space(load_space, capsys, tmp_path, space, script, argv, flag):
     other = "201-space" if space == "DARTS-space" else "DARTS-space"
-    genotype = genotype_json(load_space, tmp_path / "genotype.json", other)
-    main = load_space(space, script).main
+    genotype, main = genotype_json(load_space, tmp_path / "genotype.json", other), load_space(space, script).main
     line = refusal(capsys, main, *[a.format(tmp=tmp_path) for a in argv], genotype)
     assert f"{flag} {genotype}: a {other} genotype.json" in line and f"{other}/train.py" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "cell.png").exists()
 
 
-def write_run(load_space, run_dir, space, script):
-    """A finished one-epoch run folder of `space` by `script`, written by hand: args.json, history, genotype.json."""
+@pytest.mark.parametrize(("space", "other"), [("201-space", "DARTS-space"), ("DARTS-space", "201-space")])
+@pytest.mark.parametrize("script", ["train_search", "train"])
+def test_report_names_a_run_of_the_other_space(load_space, capsys, tmp_path, space, other, script):
+    run_dir = tmp_path / "run"  # a finished one-epoch run of the other space, written by hand
     run_dir.mkdir()
     args = {"script": script, "seed": 0, "dataset": "synthetic", "epochs": 1, "method": "dirichlet"}
     (run_dir / "args.json").write_text(json.dumps(args))
     (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 0, "test_acc": 50.0, "device": "cpu"}) + "\n")
-    genotype_json(load_space, run_dir / "genotype.json", space)
-    return run_dir
-
-
-@pytest.mark.parametrize(("space", "other"), [("201-space", "DARTS-space"), ("DARTS-space", "201-space")])
-@pytest.mark.parametrize("script", ["train_search", "train"])
-def test_report_names_a_run_of_the_other_space(load_space, capsys, tmp_path, space, other, script):
-    run_dir = write_run(load_space, tmp_path / "run", other, script)
+    genotype_json(load_space, run_dir / "genotype.json", other)
     line = refusal(capsys, load_space(space, "report").main, run_dir)
     assert f"{run_dir}: a run of the {other} ({script}.py); report it with {other}/report.py" in line

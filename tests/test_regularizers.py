@@ -17,18 +17,12 @@ SEARCH = {
 }
 
 
-def l1(model):
-    """The new regulariser: the L1 norm of beta."""
-    return sum(b.abs().sum() for b in model.arch_parameters())
-
-
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
 @pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "unrolled"])
 def test_a_new_regulariser_is_one_table_entry(load_space, monkeypatch, tmp_path, restore_logging, space, unrolled):
     architect, train_search = load_space(space, "architect", "train_search")
-    monkeypatch.setitem(architect.REGULARIZERS, "l1", l1)
-    steps = []
-    real_step = architect.Architect.step
+    monkeypatch.setitem(architect.REGULARIZERS, "l1", lambda model: sum(b.abs().sum() for b in model.arch_parameters()))
+    steps, real_step = [], architect.Architect.step
 
     def recording_step(self, *batches):
         """The real step twice on the same draws: without the term (no update), then with it."""

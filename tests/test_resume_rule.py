@@ -38,8 +38,7 @@ def _typed(value):
 def test_every_flag_outside_may_change_must_equal_the_checkpoints(load_space, space, module, kwargs):
     script, run_flags, utils = load_space(space, module, "runkit.run_flags", "runkit.utils")
     parser = script.get_parser(**kwargs)
-    saved = vars(parser.parse_args([]))
-    compared = 0
+    saved, compared = vars(parser.parse_args([])), 0
     for action in parser._actions:
         if action.dest == "help":
             continue
@@ -58,12 +57,8 @@ def test_every_flag_outside_may_change_must_equal_the_checkpoints(load_space, sp
 def test_a_darts_search_resumed_with_another_arch_learning_rate_is_refused(tmp_path):
     """The flag the DARTS searches' old allow-list forgot: one line naming it and both values, nothing written."""
     run_dir = tmp_path / "run"
-    argv = "--dataset synthetic --layers 3 --init_channels 4 --batch_size 4 --device cpu --workers 0 --stage_epochs 1"
-    argv = [
-        "train_search.py",
-        *argv.split(),
-        *"--stage_k 2 --stage_keep 7 --warmup_epochs 0 --max_steps_per_epoch 1".split(),
-    ]
+    argv = "train_search.py --dataset synthetic --layers 3 --init_channels 4 --batch_size 4 --device cpu --workers 0"
+    argv = (argv + " --stage_epochs 1 --stage_k 2 --stage_keep 7 --warmup_epochs 0 --max_steps_per_epoch 1").split()
     first = run_script("DARTS-space", *argv, "--save", run_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}

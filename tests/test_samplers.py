@@ -125,8 +125,6 @@ def test_gumbel_tau_is_linear_and_a_method_not_in_the_table_is_refused(load_spac
 @pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize("pruned", [False, True], ids=["all-ops", "pruned"])
 def test_training_draws_from_the_dirichlet_and_evaluation_mixes_with_its_mean(load_space, space, pruned):
-    """Same seed, same weights (and beta gradients), bit for bit, as Dir(elu(beta_kept) + 1).rsample(); in
-    evaluation, the mean of that Dirichlet, drawing nothing."""
     model_search = load_space(space, "model_search")
     net = small_network(model_search, space, keep=3 if pruned else None)
     assert net.method == "dirichlet" and net.training

@@ -84,8 +84,7 @@ def test_stage_keep_bounds_follow_the_primitives(load_space, space):
     """With one more op in PRIMITIVES, N1 may be that many ops and no more, refused in one line naming the bound."""
     search, script, genotypes, utils = load_space(space, "train_search", SCRIPT[space], "genotypes", "runkit.utils")
     genotypes.PRIMITIVES.append("extra_op")  # the list the search reads (the modules are dropped afterwards)
-    n_ops = len(genotypes.PRIMITIVES)
-    check = search.get_stages if space == "201-space" else search.check_args
+    n_ops, check = len(genotypes.PRIMITIVES), search.get_stages if space == "201-space" else search.check_args
 
     def refusal(*keep):
         argv = [*BASE[space], "--stage_epochs", "2", "2", "--stage_keep", *map(str, keep)]

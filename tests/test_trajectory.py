@@ -11,7 +11,6 @@ import torch
 
 from conftest import TINY_201
 
-# The quick tier (`python -m pytest tests -m quick`): method and paper tests, in-process, seconds each.
 pytestmark = pytest.mark.quick
 
 
@@ -21,11 +20,6 @@ def _model(load_space, method, beta):
     with torch.no_grad():
         model.beta.copy_(beta)
     return model
-
-
-def _ops(arch):
-    """The six op names of an architecture string, edge by edge."""
-    return [token.split("~")[0] for token in arch.replace("+", "").split("|") if token]
 
 
 @pytest.mark.parametrize("method", ["dirichlet", "darts"])
@@ -38,7 +32,8 @@ def test_samples_follow_the_distribution_and_respect_pruning(load_space, method)
     model.kept[0] = [ops.index("skip_connect"), ops.index("avg_pool_3x3")]  # edge 0 pruned to two ops
     archs = trajectory.sample_architectures(model, n, np.random.default_rng(0))
     assert archs == trajectory.sample_architectures(model, n, np.random.default_rng(0)), "seeded"
-    per_edge = [collections.Counter(_ops(a)[e] for a in archs) for e in range(6)]
+    edge_ops = [[token.split("~")[0] for token in a.replace("+", "").split("|") if token] for a in archs]
+    per_edge = [collections.Counter(cell[e] for cell in edge_ops) for e in range(6)]
     assert set(per_edge[0]) == {"skip_connect", "avg_pool_3x3"}, "a pruned op is never drawn"
     # How often the favoured op wins a draw: Dirichlet(elu(beta) + 1) = Dirichlet(1, e^-2 x 4), estimated
     # here with NumPy alone (about 0.73), or softmax(beta) for the categorical methods (0.65): the two differ
@@ -62,22 +57,18 @@ def test_query_records_the_derived_cell_and_the_sampled_spread(load_space, nb201
     assert record["benchmark"] == bench.query(str(model.genotype()))
     assert record["nb201_cifar100"] == record["benchmark"]["cifar100"] and "benchmark_note" not in record
     archs = trajectory.sample_architectures(model, 50, np.random.default_rng(3 * 100003 + 4))
-    cifar10 = sorted(bench.query(a)["cifar10"] for a in archs)
-    summary = record["trajectory"]["cifar10"]
+    cifar10, summary = sorted(bench.query(a)["cifar10"] for a in archs), record["trajectory"]["cifar10"]
     assert (summary["min"], summary["max"]) == (cifar10[0], cifar10[-1])
     assert summary["min"] < summary["median"] < summary["max"], "nearly uniform beta: a spread of cells"
-    on_synthetic = trajectory.query_benchmark(
-        model, bench, search.get_parser().parse_args(["--dataset", "synthetic"]), 0
-    )
-    assert on_synthetic["benchmark_note"].endswith("not measured on synthetic")
+    args = search.get_parser().parse_args(["--dataset", "synthetic"])
+    assert trajectory.query_benchmark(model, bench, args, 0)["benchmark_note"].endswith("not measured on synthetic")
 
 
 EXTRA = "nor_conv_5x5"  # not one of NAS-Bench-201's five ops
 
 
 def _space_with_extra_op(load_space, monkeypatch, *more):
-    """The 201 space's modules (and the `more` ones, imported with them) with `EXTRA` added to OPS and
-    PRIMITIVES (the last column of beta)."""
+    """The 201 space's modules (and `more`) with `EXTRA` added to OPS and PRIMITIVES (the last column of beta)."""
     names = ("operations", "genotypes", "model_search", "benchmark", "benchmark", "train_search", *more)
     modules = load_space("201-space", *names)
     operations, genotypes = modules[:2]
@@ -90,8 +81,7 @@ def _space_with_extra_op(load_space, monkeypatch, *more):
 def test_cells_holding_an_unknown_op_are_recorded_not_raised(load_space, monkeypatch, nb201_table, caplog):
     _, genotypes, model_search, trajectory, benchmark, search = _space_with_extra_op(load_space, monkeypatch)
     extra = genotypes.PRIMITIVES.index(EXTRA)
-    bench = benchmark.load_benchmark(nb201_table)
-    model = model_search.Network(4, 1, 10, 1, "dirichlet")
+    bench, model = benchmark.load_benchmark(nb201_table), model_search.Network(4, 1, 10, 1, "dirichlet")
     with torch.no_grad():  # the extra op wins edge 0 (so the derived cell holds it), nor_conv_3x3 the others
         model.beta.zero_()
         model.beta[1:, genotypes.PRIMITIVES.index("nor_conv_3x3")] = 0.5
