@@ -14,7 +14,8 @@ from conftest import assert_one_line_error, forbid_host_reads, load_ckpt, popen_
 from loop_run import LoopRun
 
 TIMEOUT = 300
-PREEMPT = "--dataset synthetic --epochs 2 --layers 2 --batch_size 8 --device cpu --workers 0 --report_freq 1".split()
+PREEMPT = "--dataset synthetic --epochs 2 --init_channels 8 --layers 2 --batch_size 8 --device cpu --workers 0"
+PREEMPT = [*PREEMPT.split(), "--report_freq", "1"]
 
 
 def _start(root, name, script, args):
@@ -79,7 +80,8 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
 def test_divergence_stops_with_one_line_and_keeps_only_finite_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
     flags = "--epochs 3 --learning_rate 1e12 --grad_clip 1e30 --layers 1 --batch_size 8 --device cpu --workers 0"
-    argv = ["--dataset", "synthetic", *flags.split(), "--save", run_dir]
+    small = ["--init_channels", "4", "--max_steps_per_epoch", "4"]
+    argv = ["--dataset", "synthetic", *flags.split(), *small, "--save", run_dir]
     proc = _start(tmp_path, "div", "train_search.py", argv)
     assert_one_line_error(*_finish(proc, tmp_path, "div"), "not finite")
     if (run_dir / "checkpoint.pt").exists():

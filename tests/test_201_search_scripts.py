@@ -1,4 +1,5 @@
-"""201-space/train_search.py end to end, as a user runs it (subprocesses, cwd=201-space)."""
+"""201-space/train_search.py end to end: as a user runs it (subprocesses, cwd=201-space) where the test is about the
+command line, signals or exact resume; its main() in this process where it is about what a run does."""
 
 import json
 import random
@@ -13,6 +14,8 @@ TINY = (
     "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --workers 0 --device cpu --report_freq 1"
 ).split()
 TIMEOUT = 300
+# The module's runs start once, in one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("201_search_scripts")
 
 
 class Run:
@@ -54,10 +57,9 @@ def runs(tmp_path_factory):
     garbage = root / "garbage" / "checkpoint.pt"
     garbage.parent.mkdir()
     garbage.write_bytes(b"\x80\xe3" + random.Random(0).randbytes(510))  # reads as pickle protocol 227
-    one_epoch = {f"method_{name}": flags for name, flags in METHOD_RUNS.items()}
-    one_epoch |= {"bad_resume_missing": ["--resume", "/missing.pt"], "bad_resume_corrupt": ["--resume", garbage]}
-    argvs = {n: [*TINY, "--epochs", "1", *flags] for n, flags in {**one_epoch, "bad_k": ["--k", "3"]}.items()}
-    argvs |= {"two_epochs": [*TINY, "--epochs", "2"], "learn": LEARN, "default_benchmark": DEFAULT_BENCHMARK}
+    refused = {"bad_resume_missing": ["--resume", "/missing.pt"], "bad_resume_corrupt": ["--resume", garbage]}
+    argvs = {n: [*TINY, "--epochs", "1", *flags] for n, flags in {**refused, "bad_k": ["--k", "3"]}.items()}
+    argvs |= {"two_epochs": [*TINY, "--epochs", "2"]}
     started = {name: Run(root, name, argv) for name, argv in argvs.items()}
     started["root"] = root
     yield started
@@ -69,6 +71,18 @@ def runs(tmp_path_factory):
 
 def _ok(run):
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stderr[-3000:]}"
+
+
+def _search(load_space, run_dir, argv):
+    """train_search.py's main() in this process on `run_dir`; its lock given back after, as a process's end does."""
+    train_search, run_folder = load_space("201-space", "train_search", "runkit.run_folder")
+    try:
+        train_search.main([*map(str, argv), "--save", str(run_dir)])
+    finally:
+        for lock in run_folder._HELD.values():
+            lock.close()
+        run_folder._HELD.clear()
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
 
 
 def test_two_epoch_search_leaves_the_run_directory_that_a_new_run_may_not_take(runs, load_space):
@@ -107,13 +121,15 @@ def test_two_epoch_search_leaves_the_run_directory_that_a_new_run_may_not_take(r
 
 
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
-def test_each_method_and_option_runs(runs, load_space, name):
+def test_each_method_and_option_runs(load_space, tmp_path, restore_logging, name):
+    """One epoch of two steps each, in this process (no benchmark: its look-ups are tested below)."""
+    run_dir = tmp_path / "run"
+    short = ["--epochs", "1", "--max_steps_per_epoch", "2", "--benchmark", "none"]
+    history = _search(load_space, run_dir, [*TINY, *short, *METHOD_RUNS[name]])
     gt = load_space("201-space", "genotypes")
-    run = runs[f"method_{name}"]
-    _ok(run)
-    assert len(run.history()) == 1
-    gt.Structure.from_str(json.loads((run.dir / "genotype.json").read_text())["arch"])
-    task = load_ckpt(run.dir / "checkpoint.pt")["task"]
+    assert len(history) == 1
+    gt.Structure.from_str(json.loads((run_dir / "genotype.json").read_text())["arch"])
+    task = load_ckpt(run_dir / "checkpoint.pt")["task"]
     assert torch.isfinite(task["model"]["beta"]).all()
     assert task["architect"]["state"], "the architecture optimizer never stepped"
 
@@ -153,10 +169,9 @@ def test_resume_after_a_kill_is_exact(runs):
         assert hb["valid_acc"] == pytest.approx(ha["valid_acc"], abs=1e-4) and hb["genotype"] == ha["genotype"]
 
 
-def test_short_search_learns_and_benchmark_none_makes_no_queries(runs):
-    run = runs["learn"]  # --benchmark none
-    _ok(run)
-    history = run.history()
+def test_short_search_learns_and_benchmark_none_makes_no_queries(load_space, tmp_path, restore_logging):
+    run_dir = tmp_path / "learn"
+    history = _search(load_space, run_dir, LEARN)  # --benchmark none
     assert len(history) == 3
     final = history[-1]  # chance is 10 %; this run measured about 84 % train and 74 % valid accuracy
     assert final["train_acc"] > 45 and final["valid_acc"] > 35, history
@@ -164,24 +179,23 @@ def test_short_search_learns_and_benchmark_none_makes_no_queries(runs):
     for record in history:
         assert not {"benchmark", "trajectory", "benchmark_note"} & set(record)
         assert not any(key.startswith("nb201_") for key in record)
-    assert not (run.dir / "trajectory.png").exists()
-    assert "NAS-Bench-201 look-ups off (--benchmark none)" in (run.dir / "log.txt").read_text()
+    assert not (run_dir / "trajectory.png").exists()
+    assert "NAS-Bench-201 look-ups off (--benchmark none)" in (run_dir / "log.txt").read_text()
 
 
-def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(runs, load_space):
+def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(load_space, tmp_path, restore_logging):
+    run_dir = tmp_path / "default_benchmark"
+    (record,) = _search(load_space, run_dir, DEFAULT_BENCHMARK)
     benchmark = load_space("201-space", "benchmark")
-    run = runs["default_benchmark"]
-    _ok(run)
-    (record,) = run.history()
     bench = benchmark.open_benchmark(benchmark.DEFAULT_TABLE)
     assert record["benchmark"] == bench.query(record["genotype"])
     assert record["nb201_cifar10"] == record["benchmark"]["cifar10"]
     assert set(record["trajectory"]) == set(benchmark.DATASETS)
     note = "the benchmark's figures for the cell, not measured on synthetic"
     assert record["benchmark_note"] == note
-    log = (run.dir / "log.txt").read_text()
+    log = (run_dir / "log.txt").read_text()
     assert f"NAS-Bench-201 ({note}): cifar10 {record['nb201_cifar10']:.2f}" in log
-    png = run.dir / "trajectory.png"
+    png = run_dir / "trajectory.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

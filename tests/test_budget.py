@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import INTERRUPTED_RUN, TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, run_script
+from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error
 
 SPACES = ["201-space", "DARTS-space"]
 SEARCH = {
@@ -112,18 +112,39 @@ def test_the_cost_is_that_of_train_py_at_its_defaults(load_space, space):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_train_py_prints_the_figures_of_the_cost_model(load_space, tmp_path, space):
-    model, genotypes = load_space(space, "model", "genotypes")
+def test_train_py_prints_the_figures_of_the_cost_model(load_space, tmp_path, restore_logging, space):
+    model, genotypes, train = load_space(space, "model", "genotypes", "train")
     if space == "201-space":
         argv, layers, cell = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1"], 1, genotypes.DrNAS
     else:
         argv, layers, cell = [*TINY_DARTS_TRAIN, "--dataset", "synthetic", "--layers", "5"], 5, genotypes.DrNAS_cifar10
-    proc = run_script(space, "train.py", *argv, "--save", tmp_path / "run")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main([*argv, "--save", str(tmp_path / "run")])  # in this process, as the searches below
     log = (tmp_path / "run" / "log.txt").read_text()
     params, flops = re.search(r"param count = (\d+) .*multiply-adds \(FLOPs\) = (\d+)", log).groups()
     figures = model.cost_model(10, 32, C=4, layers=layers).of(model.cost_rows(cell))
     assert figures == {"params": int(params), "flops": int(flops)}
+
+
+class Killed(Exception):
+    """The run "dies" here, right after a checkpoint was written."""
+
+
+def killed_and_resumed(utils, main, argv, run_dir):
+    """`main(argv)` "killed" right after its first checkpoint, then resumed from it (as tests/interrupted_run.py does
+    in a process of its own)."""
+    real_save = utils.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "save_checkpoint", save_then_die)
+        try:
+            main([*argv, "--save", str(run_dir)])
+        except Killed:
+            pass
+    main(["--resume", str(run_dir)])
 
 
 def finished(run_dir):
@@ -148,20 +169,20 @@ def assert_same(a, b, where="task"):
 
 @pytest.mark.parametrize("space", SPACES)
 def test_cost_none_searches_as_before_and_a_tight_target_binds_the_derived_cell_and_resumes_exactly(
-    load_space, monkeypatch, tmp_path, restore_logging, space
+    load_space, tmp_path, restore_logging, space
 ):
-    train_search, architect = load_space(space, "train_search", "architect")
+    train_search, architect, utils = load_space(space, "train_search", "architect", "runkit.utils")
     train_search.main([*SEARCH[space], *FAST_BETA, "--cost", "none", "--save", str(tmp_path / "none")])
-    # The search before --cost existed: no cost model, the regularisers' gradient alone.
-    monkeypatch.setattr(train_search, "cost_model", lambda *args, **kwargs: None)
-    monkeypatch.setattr(train_search.budget, "make_budget", lambda *args: None)
 
     def before(net, reg_type, reg_scale, budget=None):
         assert budget is None
         return torch.autograd.grad(reg_scale * architect.REGULARIZERS[reg_type](net), net.arch_parameters())
 
-    monkeypatch.setattr(architect, "regularizer_grads", before)
-    train_search.main([*SEARCH[space], *FAST_BETA, "--save", str(tmp_path / "before")])
+    with pytest.MonkeyPatch.context() as patch:  # the search before --cost existed: the regularisers' gradient alone
+        patch.setattr(train_search, "cost_model", lambda *args, **kwargs: None)
+        patch.setattr(train_search.budget, "make_budget", lambda *args: None)
+        patch.setattr(architect, "regularizer_grads", before)
+        train_search.main([*SEARCH[space], *FAST_BETA, "--save", str(tmp_path / "before")])
     (checkpoint, history, saved), (earlier, _, _) = finished(tmp_path / "none"), finished(tmp_path / "before")
     assert_same(checkpoint["task"], earlier["task"])
     # Every epoch records the derived cell's exact figures (as genotype.json does) and the surrogate's.
@@ -173,13 +194,8 @@ def test_cost_none_searches_as_before_and_a_tight_target_binds_the_derived_cell_
     assert history[-1]["cell_params"] > TIGHT[space], "without the term the cell is over the target"
 
     budget = ["--cost", "params", "--cost_target", str(TIGHT[space]), *FAST_BETA]
-    runs = {
-        "bound": ("train_search.py", *SEARCH[space], *budget),
-        "resumed": (INTERRUPTED_RUN, "train_search", "1", "--", *SEARCH[space], *budget),
-    }
-    for name, argv in runs.items():
-        proc = run_script(space, *argv, "--save", tmp_path / name)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    train_search.main([*SEARCH[space], *budget, "--save", str(tmp_path / "bound")])
+    killed_and_resumed(utils, train_search.main, [*SEARCH[space], *budget], tmp_path / "resumed")
     bound, history, saved = finished(tmp_path / "bound")
     assert history[-1]["cell_params"] <= TIGHT[space] and saved["cost"]["params"] <= TIGHT[space] * 1e6
     assert history[-1]["expected_params"] < history[0]["expected_params"]
@@ -206,16 +222,17 @@ def test_a_budget_that_cannot_work_is_refused_in_one_line(load_space, capsys, tm
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_the_term_works_with_other_methods_regularisers_the_second_order_and_stages(tmp_path, space):
+def test_the_term_works_with_other_methods_regularisers_the_second_order_and_stages(
+    load_space, tmp_path, restore_logging, space
+):
     """A budget binds a second-order search with the KL prior and a Gumbel sampler, through its pruning stage."""
     others = ["--unrolled", "--reg_type", "kl", "--method", "gdas" if space == "201-space" else "snas"]
     budget = ["--cost", "flops", "--cost_target", "10" if space == "201-space" else "300", *FAST_BETA, *others]
-    script, argv = "train_search.py", SEARCH[space]
+    script, argv = "train_search", SEARCH[space]
     if space == "201-space":  # the progressive preset: two stages, pruned to 3 ops in the second
-        script, argv = "train_search_progressive.py", [*TINY_201, "--benchmark", "none", "--max_steps_per_epoch", "2"]
+        script, argv = "train_search_progressive", [*TINY_201, "--benchmark", "none", "--max_steps_per_epoch", "2"]
         argv += "--stage_epochs 1 1 --stage_k 2 1 --stage_keep 5 3 --warmup_epochs 0".split()
-    proc = run_script(space, script, *argv, *budget, "--save", tmp_path / "run")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    load_space(space, script).main([*argv, *budget, "--save", str(tmp_path / "run")])
     _, history, saved = finished(tmp_path / "run")
     assert [record["stage"] for record in history] == [0, 1]
     assert history[-1]["cell_flops"] <= float(budget[3]) and saved["cost"]["flops"] <= float(budget[3]) * 1e6

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_DARTS_TRAIN, load_ckpt, popen_script, read_history, run_script
 
 # A small network that learns the synthetic set in two epochs on a busy CPU.
-TINY = "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 8 --batch_size 16 --learning_rate 0.05"
+TINY = "--dataset synthetic --cutout --auxiliary --layers 3 --init_channels 8 --batch_size 16 --learning_rate 0.05"
 TINY = [*TINY.split(), *"--epochs 2 --device cpu --workers 0 --seed 3 --report_freq 8".split()]
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -60,15 +60,20 @@ def test_train_learns_and_resumes_exactly(tmp_path):
     assert "resumed from" in (resumed / "log.txt").read_text()
 
 
-def test_arch_path_from_a_search(load_space, tmp_path):
-    genotypes, model = load_space("DARTS-space", "genotypes", "model")
+def test_arch_path_from_a_search(load_space, tmp_path, monkeypatch, restore_logging):
+    genotypes, model, train = load_space("DARTS-space", "genotypes", "model", "train")
     path = tmp_path / "genotype.json"
     genotypes.save_genotype(genotypes.PC_DARTS_cifar, path)  # what train_search.py writes
     expected = model.param_count(model.NetworkCIFAR(4, 10, 5, False, genotypes.PC_DARTS_cifar))
     run_dir = tmp_path / "run"
-    argv = ["--dataset", "synthetic", "--arch", path, "--layers", "5", *TINY_DARTS_TRAIN, "--deterministic"]
-    result = run_script("DARTS-space", "train.py", *argv, "--save", run_dir)
-    assert result.returncode == 0, result.stderr
+    argv = ["--dataset", "synthetic", "--arch", str(path), "--layers", "5", *TINY_DARTS_TRAIN, "--deterministic"]
+    # In this process: --deterministic's global settings are put back afterwards.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        train.main([*argv, "--save", str(run_dir)])
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     log = (run_dir / "log.txt").read_text()
     assert f"param count = {expected} (" in log and "--deterministic: deterministic kernels" in log
     args = json.loads((run_dir / "args.json").read_text())
@@ -78,8 +83,8 @@ def test_arch_path_from_a_search(load_space, tmp_path):
 
 
 TORCHRUN_ARGS = {
-    "train.py": "--dataset synthetic --cutout --auxiliary --layers 5 --init_channels 4 --batch_size 8".split(),
-    "train_imagenet.py": "--image_size 32 --layers 5 --init_channels 8 --batch_size 4".split(),
+    "train.py": "--dataset synthetic --cutout --auxiliary --layers 3 --init_channels 4 --batch_size 8".split(),
+    "train_imagenet.py": "--image_size 32 --layers 3 --init_channels 8 --batch_size 4".split(),
 }
 
 
@@ -100,8 +105,7 @@ def test_train_under_torchrun(tmp_path, tiny_imagenet, script):
     assert "2 process(es)" in log and "param count = " in log
 
 
-def test_visualize_writes_a_png(tmp_path):
+def test_visualize_writes_a_png(load_space, tmp_path, restore_logging):
     out = tmp_path / "cell.png"
-    result = run_script("DARTS-space", "visualize.py", "DrNAS_cifar10", "--out", out)
-    assert result.returncode == 0, result.stderr
+    load_space("DARTS-space", "visualize").main(["DrNAS_cifar10", "--out", str(out)])  # in this process
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

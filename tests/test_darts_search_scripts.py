@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import INTERRUPTED_RUN, assert_one_line_error, popen_script
+from conftest import assert_one_line_error, popen_script
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
 TINY = (
@@ -21,6 +21,32 @@ def finish(proc, timeout=400):
     assert proc.returncode == 0, err[-3000:]
 
 
+class Killed(Exception):
+    """The run "dies" here, right after a checkpoint was written."""
+
+
+def interrupted(utils, main, argv, stops):
+    """`main(argv)` "killed" right after each of its checkpoints numbered in `stops` and resumed from it each time, in
+    this process (as tests/interrupted_run.py does in a process of its own)."""
+    real_save, saved = utils.save_checkpoint, []
+
+    def save_then_maybe_die(state, path):
+        real_save(state, path)
+        saved.append(path)
+        if len(saved) in stops:
+            raise Killed
+
+    run_dir = argv[argv.index("--save") + 1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "save_checkpoint", save_then_maybe_die)
+        for attempt in range(len(stops) + 1):
+            try:
+                main(["--resume", run_dir] if attempt else argv)
+            except Killed:
+                continue
+            return
+
+
 def test_bad_input_is_refused_with_one_line(tmp_path):
     """A --k that does not split C=16 and an ImageNet folder without train/ and val/: one line, nothing written."""
     argv = "train_search.py --dataset synthetic --init_channels 16 --layers 8 --stage_k 6 4 --device cpu --save"
@@ -33,13 +59,12 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
     assert not (tmp_path / "k").exists() and not (tmp_path / "run").exists()  # nothing written
 
 
-def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path):
-    """Straight vs. killed after epochs 2 and 3 (stage boundary, inside stage 2) and resumed: the same end state."""
-    straight = popen_script("DARTS-space", "train_search.py", *TINY, "--save", tmp_path / "straight")
-    argv = [INTERRUPTED_RUN, "train_search", "2", "3", "--", *TINY, "--save", tmp_path / "resumed"]
-    broken = popen_script("DARTS-space", *argv)
-    finish(straight)
-    finish(broken)
+def test_search_smoke_and_exact_resume_across_stages(load_space, tmp_path, restore_logging):
+    """Straight vs. killed after epochs 2 and 3 (stage boundary, inside stage 2) and resumed: the same end state.
+    Both in this process: the search's main(), its checkpoints read back as a new process would."""
+    train_search, utils = load_space("DARTS-space", "train_search", "runkit.utils")
+    train_search.main([*TINY, "--save", str(tmp_path / "straight")])
+    interrupted(utils, train_search.main, [*TINY, "--save", str(tmp_path / "resumed")], stops={2, 3})
     run = tmp_path / "straight"
     for name in ("log.txt", "args.json", "checkpoint.pt", "history.jsonl", "genotype.json"):
         assert (run / name).is_file(), name
@@ -80,16 +105,17 @@ def _image_tree(root, classes=3, n=4, size=40):
         Image.fromarray(pixels).save(root / split / f"class{c}" / f"img{i}.png")
 
 
-def test_imagenet_search_one_process_and_torchrun(tmp_path):
+def test_imagenet_search_one_process_and_torchrun(load_space, tmp_path, restore_logging):
     _image_tree(tmp_path / "tiny")
     flags = "--image_size 32 --layers 3 --init_channels 8 --batch_size 4 --stage_epochs 1 1 --stage_k 4 2"
     flags += " --stage_keep 7 2 --warmup_epochs 0 --max_steps_per_epoch 2 --device cpu --workers 0"
-    flags = ["--data", tmp_path / "tiny", *flags.split()]
-    single = popen_script("DARTS-space", "train_search_imagenet.py", *flags, "--save", tmp_path / "one")
+    flags = ["--data", str(tmp_path / "tiny"), *flags.split()]
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 2 train_search_imagenet.py".split()
     ddp = popen_script("DARTS-space", *torchrun, *flags, "--save", tmp_path / "two")
-    finish(single)
-    finish(ddp)
+    try:  # the one-process run in this process meanwhile
+        load_space("DARTS-space", "train_search_imagenet").main([*flags, "--save", str(tmp_path / "one")])
+    finally:
+        finish(ddp)
     for run in ("one", "two"):
         assert (tmp_path / run / "genotype.json").is_file() and (tmp_path / run / "checkpoint.pt").is_file()
     log = (tmp_path / "two" / "log.txt").read_text()

@@ -1,16 +1,23 @@
 """report.py of both folders on real tiny runs, and the wall time and device-hours every run records."""
 
+import contextlib
 import csv
+import importlib
 import json
+import logging
 import re
 import statistics
+import sys
 import time
 from argparse import Namespace
 
 import pytest
 import torch
 
-from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, popen_script, run_script
+from conftest import SPACES, TINY_201, TINY_DARTS_TRAIN, _drop_space_modules, assert_one_line_error, run_script
+
+# The module's runs are made once, in one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("report")
 
 SEARCH_201 = "--batch_size 16 --epochs 1 --max_steps_per_epoch 2 --trajectory_samples 0 --benchmark none"
 SEARCH_201 = [*TINY_201, *SEARCH_201.split(), "--report_freq", "100"]
@@ -33,24 +40,43 @@ def _write_search(run_dir):
     (run_dir / "genotype.json").write_text(json.dumps(CELL))
 
 
+@contextlib.contextmanager
+def _in_process(space):
+    """`import_module` for the space's modules, imported afresh as `load_space` does (which a module fixture cannot
+    take); after the runs their folders are given back, as a process's end does, and pytest's logging put back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with pytest.MonkeyPatch.context() as patch:
+        _drop_space_modules()
+        patch.syspath_prepend(str(SPACES[space]))
+        try:
+            yield importlib.import_module
+        finally:
+            held = getattr(sys.modules.get("runkit.run_folder"), "_HELD", {})
+            for lock in held.values():
+                lock.close()
+            held.clear()
+            _drop_space_modules()
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+                handler.close()
+            for handler in handlers:
+                root.addHandler(handler)
+            root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Three 201 searches and three DARTS trainings, each its script's main() in this process."""
     root = tmp_path_factory.mktemp("report")
     _write_search(root / "search")
-    procs = {f"s{i}": popen_script("201-space", "train_search.py", *SEARCH_201, "--seed", i, "--save", root / f"s{i}")
-             for i in (1, 2, 3)}  # fmt: skip
-    cell = ["--arch", root / "search/genotype.json"]
-    for name, extra in (("e1", ["--seed", "1"]), ("e2", ["--seed", "2"]), ("cell", cell)):
-        procs[name] = popen_script("DARTS-space", "train.py", *TRAIN_DARTS, *extra, "--save", root / name)
-    try:
-        for name, proc in procs.items():
-            _, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, f"{name}: {err[-3000:]}"
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with _in_process("201-space") as load:
+        for seed in (1, 2, 3):
+            load("train_search").main([*SEARCH_201, "--seed", str(seed), "--save", str(root / f"s{seed}")])
+    cell = ["--arch", str(root / "search/genotype.json")]
+    with _in_process("DARTS-space") as load:
+        for name, extra in (("e1", ["--seed", "1"]), ("e2", ["--seed", "2"]), ("cell", cell)):
+            load("train").main([*TRAIN_DARTS, *extra, "--save", str(root / name)])
     return root
 
 
@@ -58,10 +84,11 @@ def _history(run_dir):
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
-def _report(space, *args):
-    result = run_script(space, "report.py", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+def _report(load_space, capsys, space, *args):
+    """report.py's main() in this process: its stdout (the refusals below run it as a user does)."""
+    capsys.readouterr()
+    load_space(space, "report").main([str(arg) for arg in args])
+    return capsys.readouterr().out
 
 
 def test_every_run_records_wall_time_and_device_hours(runs):
@@ -73,9 +100,10 @@ def test_every_run_records_wall_time_and_device_hours(runs):
         assert usage["wall_s"] >= last["wall_s"] and set(usage) == {"wall_s", "device_hours"}
 
 
-def test_201_report_averages_the_seeds_like_the_paper(runs, load_space, nb201_table):
+def test_201_report_averages_the_seeds_like_the_paper(runs, load_space, capsys, nb201_table):
     benchmark = load_space("201-space", "benchmark").load_benchmark(nb201_table)
-    out = _report("201-space", *(runs / f"s{seed}" for seed in (1, 2, 3)), "--csv", runs / "nb201.csv")
+    argv = [*(runs / f"s{seed}" for seed in (1, 2, 3)), "--csv", runs / "nb201.csv"]
+    out = _report(load_space, capsys, "201-space", *argv)
     assert "mean ± std over 3 runs" in out and "sample std, ddof=1" in out, out
     summary = next(line for line in out.splitlines() if line.startswith("| mean ± std over 3 runs"))
     assert len(re.findall(r"\d+\.\d\d ± \d+\.\d\d", summary)) == 6, summary  # 3 data sets, params, MACs, cost
@@ -98,8 +126,9 @@ def test_201_report_averages_the_seeds_like_the_paper(runs, load_space, nb201_ta
         assert f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" in summary
 
 
-def test_darts_report_tabulates_searches_and_evaluations(runs):
-    out = _report("DARTS-space", runs / "search", runs / "e1", runs / "e2", runs / "cell", "--csv", runs / "darts.csv")
+def test_darts_report_tabulates_searches_and_evaluations(runs, load_space, capsys):
+    argv = [runs / "search", runs / "e1", runs / "e2", runs / "cell", "--csv", runs / "darts.csv"]
+    out = _report(load_space, capsys, "DARTS-space", *argv)
     search_row = next(line for line in out.splitlines() if line.startswith(f"| {runs / 'search'} |"))
     cell = re.search(r"cell [0-9a-f]{8}", search_row).group(0)
     assert "| 0.05 | cuda |" in search_row, "1.2 GPU-hours = 0.05 GPU-days"
@@ -146,7 +175,9 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(runs, tmp_path, space):
     assert_one_line_error(result.returncode, result.stderr, str(unfinished), "unfinished (0 of 1 epochs)")
 
 
-def test_an_evaluation_recorded_as_valid_reports_the_same_and_a_damaged_checkpoint_is_one_line(runs, tmp_path):
+def test_an_evaluation_recorded_as_valid_reports_the_same_and_a_damaged_checkpoint_is_one_line(
+    runs, load_space, capsys, tmp_path
+):
     """Runs of train.py made before test_* was its name recorded the test set as valid_acc, valid_top5, ..."""
     old, damaged = tmp_path / "old", tmp_path / "damaged"
     for folder in (old, damaged):
@@ -156,7 +187,7 @@ def test_an_evaluation_recorded_as_valid_reports_the_same_and_a_damaged_checkpoi
     history = (runs / "e1" / "history.jsonl").read_text()
     (old / "history.jsonl").write_text(history.replace('"test_', '"valid_'))
     rows = [
-        [r for r in _report("DARTS-space", run).splitlines() if r.startswith(f"| {run} |")]
+        [r for r in _report(load_space, capsys, "DARTS-space", run).splitlines() if r.startswith(f"| {run} |")]
         for run in (runs / "e1", old)
     ]
     new_row, old_row = (r[0].split(" | ") for r in rows)
