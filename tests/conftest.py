@@ -28,6 +28,11 @@ torch.set_num_threads(1)
 
 
 def _drop_space_modules():
+    """Forget the spaces' modules, as a new process would; the run-folder locks an in-process run held are let go."""
+    held = getattr(sys.modules.get("runkit.run_folder"), "_HELD", {})
+    for lock in held.values():
+        lock.close()
+    held.clear()
     folders = [str(p) for p in SPACES.values()]
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
@@ -54,8 +59,6 @@ def nb201_table():
     return SPACES["201-space"] / "tables" / "nb201_test_accuracy.csv.gz"
 
 
-# `python INTERRUPTED_RUN <script module> N1 N2 ... -- <arguments with --save>` (run from a space folder): the
-# script's main() in one process, "killed" right after its N-th checkpoint each time and resumed from it.
 INTERRUPTED_RUN = Path(__file__).resolve().parent / "interrupted_run.py"
 
 
@@ -164,18 +167,38 @@ def write_tiny_cifar(root, name="cifar10", per_batch=2, seed=0, labels=None):
     return folder
 
 
-@pytest.fixture
-def restore_logging():
+@contextlib.contextmanager
+def kept_logging():
     """`Run.open` points the root logger at the run's log.txt; put pytest's handlers back afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.fixture
+def restore_logging():
+    with kept_logging():
+        yield
+
+
+def main_in_process(space, script, argv):
+    """A script's `main(argv)` in this process as a run of its own: the space's modules imported afresh and dropped
+    after (its run-folder lock let go, as at a process's end), pytest's logging put back."""
+    with kept_logging(), pytest.MonkeyPatch.context() as patch:
+        _drop_space_modules()
+        patch.syspath_prepend(str(SPACES[space]))
+        try:
+            importlib.import_module(script).main([str(arg) for arg in argv])
+        finally:
+            _drop_space_modules()
 
 
 def write_tiny_imagenet(root):

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import assert_one_line_error, load_ckpt, popen_script, run_script, wait_for_log
+from conftest import assert_one_line_error, load_ckpt, main_in_process, popen_script, run_script, wait_for_log
 
 TINY = (
     "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --workers 0 --device cpu --report_freq 1"
@@ -73,15 +73,9 @@ def _ok(run):
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stderr[-3000:]}"
 
 
-def _search(load_space, run_dir, argv):
-    """train_search.py's main() in this process on `run_dir`; its lock given back after, as a process's end does."""
-    train_search, run_folder = load_space("201-space", "train_search", "runkit.run_folder")
-    try:
-        train_search.main([*map(str, argv), "--save", str(run_dir)])
-    finally:
-        for lock in run_folder._HELD.values():
-            lock.close()
-        run_folder._HELD.clear()
+def _search(run_dir, argv):
+    """train_search.py's main() in this process on `run_dir`: its history."""
+    main_in_process("201-space", "train_search", [*argv, "--save", run_dir])
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
 
 
@@ -125,7 +119,7 @@ def test_each_method_and_option_runs(load_space, tmp_path, restore_logging, name
     """One epoch of two steps each, in this process (no benchmark: its look-ups are tested below)."""
     run_dir = tmp_path / "run"
     short = ["--epochs", "1", "--max_steps_per_epoch", "2", "--benchmark", "none"]
-    history = _search(load_space, run_dir, [*TINY, *short, *METHOD_RUNS[name]])
+    history = _search(run_dir, [*TINY, *short, *METHOD_RUNS[name]])
     gt = load_space("201-space", "genotypes")
     assert len(history) == 1
     gt.Structure.from_str(json.loads((run_dir / "genotype.json").read_text())["arch"])
@@ -171,7 +165,7 @@ def test_resume_after_a_kill_is_exact(runs):
 
 def test_short_search_learns_and_benchmark_none_makes_no_queries(load_space, tmp_path, restore_logging):
     run_dir = tmp_path / "learn"
-    history = _search(load_space, run_dir, LEARN)  # --benchmark none
+    history = _search(run_dir, LEARN)  # --benchmark none
     assert len(history) == 3
     final = history[-1]  # chance is 10 %; this run measured about 84 % train and 74 % valid accuracy
     assert final["train_acc"] > 45 and final["valid_acc"] > 35, history
@@ -185,7 +179,7 @@ def test_short_search_learns_and_benchmark_none_makes_no_queries(load_space, tmp
 
 def test_default_benchmark_labels_its_figures_and_draws_the_trajectory(load_space, tmp_path, restore_logging):
     run_dir = tmp_path / "default_benchmark"
-    (record,) = _search(load_space, run_dir, DEFAULT_BENCHMARK)
+    (record,) = _search(run_dir, DEFAULT_BENCHMARK)
     benchmark = load_space("201-space", "benchmark")
     bench = benchmark.open_benchmark(benchmark.DEFAULT_TABLE)
     assert record["benchmark"] == bench.query(record["genotype"])

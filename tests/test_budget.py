@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error
+from interrupted_run import interrupted
 
 SPACES = ["201-space", "DARTS-space"]
 SEARCH = {
@@ -125,28 +126,6 @@ def test_train_py_prints_the_figures_of_the_cost_model(load_space, tmp_path, res
     assert figures == {"params": int(params), "flops": int(flops)}
 
 
-class Killed(Exception):
-    """The run "dies" here, right after a checkpoint was written."""
-
-
-def killed_and_resumed(utils, main, argv, run_dir):
-    """`main(argv)` "killed" right after its first checkpoint, then resumed from it (as tests/interrupted_run.py does
-    in a process of its own)."""
-    real_save = utils.save_checkpoint
-
-    def save_then_die(state, path):
-        real_save(state, path)
-        raise Killed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(utils, "save_checkpoint", save_then_die)
-        try:
-            main([*argv, "--save", str(run_dir)])
-        except Killed:
-            pass
-    main(["--resume", str(run_dir)])
-
-
 def finished(run_dir):
     """(checkpoint, history records, genotype.json) of a finished search in `run_dir`."""
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -195,7 +174,7 @@ def test_cost_none_searches_as_before_and_a_tight_target_binds_the_derived_cell_
 
     budget = ["--cost", "params", "--cost_target", str(TIGHT[space]), *FAST_BETA]
     train_search.main([*SEARCH[space], *budget, "--save", str(tmp_path / "bound")])
-    killed_and_resumed(utils, train_search.main, [*SEARCH[space], *budget], tmp_path / "resumed")
+    interrupted(utils, train_search.main, [*SEARCH[space], *budget, "--save", str(tmp_path / "resumed")], {1})
     bound, history, saved = finished(tmp_path / "bound")
     assert history[-1]["cell_params"] <= TIGHT[space] and saved["cost"]["params"] <= TIGHT[space] * 1e6
     assert history[-1]["expected_params"] < history[0]["expected_params"]

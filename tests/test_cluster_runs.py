@@ -9,7 +9,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import TINY_201, assert_one_line_error, load_ckpt, popen_script, run_script, wait_for_log
+from conftest import TINY_201, assert_one_line_error, load_ckpt, main_in_process, popen_script, run_script, wait_for_log
 
 TIMEOUT = 300
 # A DARTS training of 2 x 32 steps, data through 2 DataLoader workers (the default).
@@ -134,11 +134,7 @@ def test_another_space_or_scripts_checkpoint_is_refused_before_the_flags(tmp_pat
     """A 201 search checkpoint given to the DARTS search (both are train_search.py) or to 201's train.py."""
     run_dir = tmp_path / "s201"
     argv = [*TINY_201, "--epochs", "1", "--max_steps_per_epoch", "1", "--benchmark", "none", "--save", str(run_dir)]
-    train_search, run_folder = load_space("201-space", "train_search", "runkit.run_folder")
-    train_search.main(argv)  # in this process: the checkpoint is what matters, the refusals are the user's commands
-    for lock in run_folder._HELD.values():  # the folder given back, as at the end of a process
-        lock.close()
-    run_folder._HELD.clear()
+    main_in_process("201-space", "train_search", argv)  # the checkpoint is what matters, the refusals are commands
     ckpt = run_dir / "checkpoint.pt"
     darts = run_script("DARTS-space", "train_search.py", "--dataset", "synthetic", "--resume", ckpt, timeout=120)
     assert_one_line_error(darts.returncode, darts.stderr, "train_search.py in the NAS-Bench-201 space", "DARTS space")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, popen_script
+from interrupted_run import interrupted
 
 # A tiny search: 3 cells of 8 channels, 2 + 2 epochs of 2 steps, k 4 -> 2, 7 -> 3 ops.
 TINY = (
@@ -19,32 +20,6 @@ TINY = (
 def finish(proc, timeout=400):
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
-
-
-class Killed(Exception):
-    """The run "dies" here, right after a checkpoint was written."""
-
-
-def interrupted(utils, main, argv, stops):
-    """`main(argv)` "killed" right after each of its checkpoints numbered in `stops` and resumed from it each time, in
-    this process (as tests/interrupted_run.py does in a process of its own)."""
-    real_save, saved = utils.save_checkpoint, []
-
-    def save_then_maybe_die(state, path):
-        real_save(state, path)
-        saved.append(path)
-        if len(saved) in stops:
-            raise Killed
-
-    run_dir = argv[argv.index("--save") + 1]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(utils, "save_checkpoint", save_then_maybe_die)
-        for attempt in range(len(stops) + 1):
-            try:
-                main(["--resume", run_dir] if attempt else argv)
-            except Killed:
-                continue
-            return
 
 
 def test_bad_input_is_refused_with_one_line(tmp_path):

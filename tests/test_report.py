@@ -1,20 +1,16 @@
 """report.py of both folders on real tiny runs, and the wall time and device-hours every run records."""
 
-import contextlib
 import csv
-import importlib
 import json
-import logging
 import re
 import statistics
-import sys
 import time
 from argparse import Namespace
 
 import pytest
 import torch
 
-from conftest import SPACES, TINY_201, TINY_DARTS_TRAIN, _drop_space_modules, assert_one_line_error, run_script
+from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, main_in_process, run_script
 
 # The module's runs are made once, in one pytest-xdist worker.
 pytestmark = pytest.mark.xdist_group("report")
@@ -40,43 +36,19 @@ def _write_search(run_dir):
     (run_dir / "genotype.json").write_text(json.dumps(CELL))
 
 
-@contextlib.contextmanager
-def _in_process(space):
-    """`import_module` for the space's modules, imported afresh as `load_space` does (which a module fixture cannot
-    take); after the runs their folders are given back, as a process's end does, and pytest's logging put back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    with pytest.MonkeyPatch.context() as patch:
-        _drop_space_modules()
-        patch.syspath_prepend(str(SPACES[space]))
-        try:
-            yield importlib.import_module
-        finally:
-            held = getattr(sys.modules.get("runkit.run_folder"), "_HELD", {})
-            for lock in held.values():
-                lock.close()
-            held.clear()
-            _drop_space_modules()
-            for handler in list(root.handlers):
-                root.removeHandler(handler)
-                handler.close()
-            for handler in handlers:
-                root.addHandler(handler)
-            root.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three 201 searches and three DARTS trainings, each its script's main() in this process."""
     root = tmp_path_factory.mktemp("report")
     _write_search(root / "search")
-    with _in_process("201-space") as load:
-        for seed in (1, 2, 3):
-            load("train_search").main([*SEARCH_201, "--seed", str(seed), "--save", str(root / f"s{seed}")])
-    cell = ["--arch", str(root / "search/genotype.json")]
-    with _in_process("DARTS-space") as load:
-        for name, extra in (("e1", ["--seed", "1"]), ("e2", ["--seed", "2"]), ("cell", cell)):
-            load("train").main([*TRAIN_DARTS, *extra, "--save", str(root / name)])
+    for seed in (1, 2, 3):
+        main_in_process("201-space", "train_search", [*SEARCH_201, "--seed", seed, "--save", root / f"s{seed}"])
+    for name, extra in (
+        ("e1", ["--seed", "1"]),
+        ("e2", ["--seed", "2"]),
+        ("cell", ["--arch", root / "search/genotype.json"]),
+    ):
+        main_in_process("DARTS-space", "train", [*TRAIN_DARTS, *extra, "--save", root / name])
     return root
 
 

@@ -14,7 +14,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from conftest import SPACES, TINY_201, assert_one_line_error, run_script, script_env
+from conftest import SPACES, TINY_201, assert_one_line_error, main_in_process, run_script, script_env
 
 # (folder, module, get_parser's arguments, the script's name): every script that trains and checkpoints.
 SCRIPTS = [
@@ -27,17 +27,6 @@ SCRIPTS = [
 SCRIPT_IDS = [f"{space}-{name}" for space, _, _, name in SCRIPTS]
 # A 201 train.py run of two steps an epoch.
 T201 = ["train.py", *TINY_201, "--max_steps_per_epoch", "2", "--threads", "1"]
-
-
-def _in_process(load_space, space, module, argv):
-    """The script's main() in this process; its run folder given back after, as at the end of a process."""
-    script, run_folder = load_space(space, module, "runkit.run_folder")
-    try:
-        script.main([str(arg) for arg in argv])
-    finally:
-        for lock in run_folder._HELD.values():
-            lock.close()
-        run_folder._HELD.clear()
 
 
 def _write_checkpoint(engine, utils, parser, script, path, epoch, epochs, **flags):
@@ -85,7 +74,7 @@ def test_resume_of_a_finished_run_says_so_in_one_line_exits_0_and_writes_nothing
     # As a user types it: the folder of a finished 201 search (made in this process), resumed, is left as it was.
     run_dir = tmp_path / "run"
     short = ["--epochs", "1", "--max_steps_per_epoch", "2", "--benchmark", "none"]
-    _in_process(load_space, "201-space", "train_search", [*TINY_201, *short, "--save", run_dir])
+    main_in_process("201-space", "train_search", [*TINY_201, *short, "--save", run_dir])
     before = _snapshot(run_dir)
     again = run_script("201-space", "train_search.py", "--resume", run_dir, timeout=120)
     assert again.returncode == 0 and not again.stderr.strip(), again.stderr[-3000:]
@@ -98,7 +87,7 @@ def test_resume_of_a_finished_run_says_so_in_one_line_exits_0_and_writes_nothing
 def unfinished_train_run(load_space, tmp_path, restore_logging):
     """A 201 train.py run folder 2 epochs into 3: a 2-epoch run (in this process) whose checkpoints ask for 3."""
     run_dir = tmp_path / "unfinished"
-    _in_process(load_space, "201-space", "train", [*T201[1:], "--epochs", "2", "--save", run_dir])
+    main_in_process("201-space", "train", [*T201[1:], "--epochs", "2", "--save", run_dir])
     for name in ("checkpoint.pt", "best.pt"):
         ckpt = torch.load(run_dir / name, weights_only=True)
         ckpt["epochs"] = ckpt["args"]["epochs"] = 3
