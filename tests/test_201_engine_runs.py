@@ -14,7 +14,7 @@ from conftest import assert_one_line_error, forbid_host_reads, load_ckpt, popen_
 from loop_run import LoopRun
 
 TIMEOUT = 300
-PREEMPT = "--dataset synthetic --epochs 2 --init_channels 8 --layers 2 --batch_size 8 --device cpu --workers 0"
+PREEMPT = "--dataset synthetic --epochs 2 --init_channels 8 --layers 2 --batch_size 16 --device cpu --workers 0"
 PREEMPT = [*PREEMPT.split(), "--report_freq", "1"]
 
 
@@ -41,8 +41,8 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
     a = _start(tmp_path, "a", "train_search.py", [*PREEMPT, "--save", a_dir])
     b = _start(tmp_path, "b", "train_search.py", [*PREEMPT, "--save", b_dir])
     try:
-        # Epoch 1 is checkpointed and epoch 2 has taken its first of 16 steps.
-        wait_for_log(a, a_dir / "log.txt", "epoch 2/2 step 1/16", time.monotonic() + TIMEOUT)
+        # Epoch 1 is checkpointed and epoch 2 has taken its first of 8 steps.
+        wait_for_log(a, a_dir / "log.txt", "epoch 2/2 step 1/8", time.monotonic() + TIMEOUT)
         assert load_ckpt(a_dir / "checkpoint.pt")["epoch"] == 1
         a.send_signal(signal.SIGTERM)
         code, err = _finish(a, tmp_path, "a")
@@ -51,9 +51,9 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_is_exact(tmp_path):
             a.kill()
     assert code == 0, err[-3000:]
     stopped = load_ckpt(a_dir / "checkpoint.pt")
-    assert stopped["epoch"] == 1 and 0 < stopped["step"] <= 16, (stopped["epoch"], stopped["step"])
+    assert stopped["epoch"] == 1 and 0 < stopped["step"] <= 8, (stopped["epoch"], stopped["step"])
     # The training stream stands after the stopped step (pass 1 is epoch 2), the meter holds its sums.
-    assert stopped["streams"]["train"] == ([1, stopped["step"]] if stopped["step"] < 16 else [2, 0])
+    assert stopped["streams"]["train"] == ([1, stopped["step"]] if stopped["step"] < 8 else [2, 0])
     assert stopped["meter"] is not None and not (a_dir / "trajectory.png").exists(), "the preempted run did not finish"
     # It leaves the cell of its last finished epoch, as history.jsonl records it.
     epoch_1 = json.loads((a_dir / "history.jsonl").read_text().splitlines()[0])

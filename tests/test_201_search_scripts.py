@@ -14,8 +14,6 @@ TINY = (
     "--dataset synthetic --init_channels 4 --layers 1 --batch_size 16 --workers 0 --device cpu --report_freq 1"
 ).split()
 TIMEOUT = 300
-# The module's runs start once, in one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("201_search_scripts")
 
 
 class Run:
@@ -54,13 +52,7 @@ DEFAULT_BENCHMARK = "--dataset synthetic --epochs 1 --layers 1 --batch_size 64 -
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_runs")
-    garbage = root / "garbage" / "checkpoint.pt"
-    garbage.parent.mkdir()
-    garbage.write_bytes(b"\x80\xe3" + random.Random(0).randbytes(510))  # reads as pickle protocol 227
-    refused = {"bad_resume_missing": ["--resume", "/missing.pt"], "bad_resume_corrupt": ["--resume", garbage]}
-    argvs = {n: [*TINY, "--epochs", "1", *flags] for n, flags in {**refused, "bad_k": ["--k", "3"]}.items()}
-    argvs |= {"two_epochs": [*TINY, "--epochs", "2"]}
-    started = {name: Run(root, name, argv) for name, argv in argvs.items()}
+    started = {"two_epochs": Run(root, "two_epochs", [*TINY, "--epochs", "2"])}
     started["root"] = root
     yield started
     for run in started.values():
@@ -209,7 +201,13 @@ def test_missing_dataset_is_one_line_and_leaves_no_run_behind(runs):
     assert not (save / "args.json").exists() and not (save / "checkpoint.pt").exists()
 
 
-def test_bad_resume_and_k_are_one_line(runs):
+def test_bad_resume_and_k_are_one_line(tmp_path):
+    garbage = tmp_path / "garbage" / "checkpoint.pt"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"\x80\xe3" + random.Random(0).randbytes(510))  # reads as pickle protocol 227
+    refused = {"bad_resume_missing": ["--resume", "/missing.pt"], "bad_resume_corrupt": ["--resume", garbage]}
+    argvs = {n: [*TINY, "--epochs", "1", *flags] for n, flags in {**refused, "bad_k": ["--k", "3"]}.items()}
+    runs = {name: Run(tmp_path, name, argv) for name, argv in argvs.items()}  # side by side
     _one_line_error(runs["bad_resume_missing"], "/missing.pt")
     _one_line_error(runs["bad_k"], "--k 3")
     _one_line_error(runs["bad_resume_corrupt"], "checkpoint.pt", "not a readable checkpoint")

@@ -15,8 +15,8 @@ TINY = ["--dataset", "synthetic", "--layers", "3", "--device", "cpu", "--workers
 # 4 steps per epoch, cutout and drop path draw random numbers.
 TRAIN = "--init_channels 8 --batch_size 16 --epochs 2 --cutout --auxiliary --report_freq 1 --max_steps_per_epoch 4"
 TRAIN = ["train.py", *TINY, *TRAIN.split()]
-# Two stages of one epoch each, 6 steps per epoch on 16-pixel images, architecture steps from the start.
-SEARCH = "--init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 --max_steps_per_epoch 6"
+# Two stages of one epoch each, 4 steps per epoch on 16-pixel images, architecture steps from the start.
+SEARCH = "--init_channels 8 --batch_size 8 --stage_epochs 1 1 --stage_k 4 2 --warmup_epochs 0 --max_steps_per_epoch 4"
 SEARCH = ["train_search.py", *TINY, *SEARCH.split(), "--report_freq", "1", "--image_size", "16"]
 # One epoch of one step: the smallest run that writes a checkpoint.
 SHORT = {"train": ["train.py", *TINY, *"--init_channels 4 --batch_size 8 --epochs 1 --max_steps_per_epoch 1".split()]}
@@ -89,7 +89,7 @@ def test_preempted_mid_epoch_resumes_exactly(tmp_path, script):
         ckpt = _preempted_run_resumes_exactly(tmp_path, TRAIN, "epoch 2/2 step 2/4 ")
         assert ckpt["task"].keys() >= {"model", "optimizer", "scaler"}  # the learning rate follows from the epoch
     else:
-        ckpt = _preempted_run_resumes_exactly(tmp_path, SEARCH, "epoch 2/2 step 1/6 ")
+        ckpt = _preempted_run_resumes_exactly(tmp_path, SEARCH, "epoch 2/2 step 1/4 ")
         assert ckpt["task"]["stage"] == 1 and ckpt["task"]["k"] == 2
 
 

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ from torch.utils.data import DataLoader
 
 from conftest import assert_one_line_error, run_script
 
-# The module's refused runs start once, in one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("imagefolder")
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 180, 60), "fox": (50, 70, 210)}
 SYSTEM = ["--device", "cpu", "--workers", "0", "--report_freq", "1"]
 SEARCH_201 = "train_search.py --init_channels 4 --layers 1 --batch_size 16 --epochs 1 --benchmark none".split()
@@ -63,26 +60,18 @@ def _bad_trees(good, tmp):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The image trees, and every subprocess of this file (the refused runs) started side by side: name -> (future of
-    its result, its --save, the words its error line holds)."""
+def trees(tmp_path_factory):
+    """The good image trees and the refused runs on the broken ones: name -> (space, arguments, expected words)."""
     tmp = tmp_path_factory.mktemp("imagefolder")
     good = write_image_folder(tmp / "images")
     with_test = write_image_folder(tmp / "images_test", test_split="test", seed=1)  # test/ instead of val/
-    pool = ThreadPoolExecutor(max_workers=4)
-    futures = {}
-    for name, space, args, expected in _bad_trees(good, tmp):
-        save = tmp / f"{name}-run"
-        args = [*args, "--dataset", "imagefolder", *SYSTEM, "--save", save]
-        futures[name] = (pool.submit(run_script, space, *args), save, expected)
-    yield futures, good, with_test
-    pool.shutdown(wait=True, cancel_futures=True)
+    return good, with_test, {name: (space, args, expected) for name, space, args, expected in _bad_trees(good, tmp)}
 
 
 @pytest.mark.parametrize("space", ["201-space", "DARTS-space"])
-def test_search_then_train_learns_the_folder(runs, load_space, capsys, restore_logging, tmp_path, space):
+def test_search_then_train_learns_the_folder(trees, load_space, capsys, restore_logging, tmp_path, space):
     """Search on the tree, then train the genotype.json it wrote: both scripts' main() in this process."""
-    _, good, with_test = runs
+    good, with_test, _ = trees
     tree = good if space == "201-space" else with_test
     (search, *search_args), (train, *train_args) = SEARCH_THEN_TRAIN[space]
     search, train = load_space(space, search.removesuffix(".py"), train.removesuffix(".py"))
@@ -107,9 +96,10 @@ def test_search_then_train_learns_the_folder(runs, load_space, capsys, restore_l
 
 
 @pytest.mark.parametrize("name", ["no_val", "empty_class", "corrupt", "mismatch", "small_auxiliary"])
-def test_bad_folder_is_one_line_and_writes_nothing(runs, name):
-    future, save, expected = runs[0][name]
-    result = future.result(timeout=600)
+def test_bad_folder_is_one_line_and_writes_nothing(trees, tmp_path, name):
+    space, args, expected = trees[2][name]
+    save = tmp_path / "run"
+    result = run_script(space, *args, "--dataset", "imagefolder", *SYSTEM, "--save", save)
     assert_one_line_error(result.returncode, result.stderr, *expected)
     assert not save.exists()
 

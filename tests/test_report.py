@@ -12,9 +12,6 @@ import torch
 
 from conftest import TINY_201, TINY_DARTS_TRAIN, assert_one_line_error, main_in_process, run_script
 
-# The module's runs are made once, in one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("report")
-
 SEARCH_201 = "--batch_size 16 --epochs 1 --max_steps_per_epoch 2 --trajectory_samples 0 --benchmark none"
 SEARCH_201 = [*TINY_201, *SEARCH_201.split(), "--report_freq", "100"]
 TRAIN_DARTS = ["--dataset", "synthetic", "--layers", "3", *TINY_DARTS_TRAIN]
